@@ -1,0 +1,34 @@
+//! endpoint-copier keeps the EndpointSlices of a target Service (by default `default/kubernetes-vip`)
+//! equal to those of a source Service (by default `default/kubernetes`), from systemd on every
+//! control-plane host, with one active copy elected through a Lease.
+//!
+//! The pipeline, one module per step:
+//!
+//! ```text
+//! config ──► client ──► lease (who writes) ─────────────────────────────┐
+//!                  └──► watch (source slices, target Services, our slices)│
+//!                              │ snapshots                               │ fence
+//!                              ▼                                         ▼
+//!              pairs (which pairs, which refused) ──► desired ──► plan ──► apply
+//! ```
+//!
+//! `desired`, `pairs` and `lease::decide` are pure; everything else is thin I/O around them.
+//! `daemon` supervises the tasks; `main` wires the process (flags, logging, exit codes).
+
+pub mod apply;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod desired;
+pub mod error;
+pub mod events;
+pub mod host;
+pub mod lease;
+pub mod logging;
+pub mod metrics;
+pub mod names;
+pub mod notify;
+pub mod pairs;
+pub mod shutdown;
+pub mod watch;

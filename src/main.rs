@@ -1,0 +1,3 @@
+//! The `endpoint-copier` binary: flags, logging, config, runtime, exit code.
+
+fn main() {}

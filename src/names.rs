@@ -1,0 +1,185 @@
+//! Every name the product uses, defined once, and [`ServiceRef`], the `namespace/name` of a Service.
+//!
+//! Other modules build their strings from these constants; nothing else spells `endpoint-copier`.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The crate, binary, unit stem, field manager and managed-by value.
+pub const NAME: &str = "endpoint-copier";
+/// The systemd unit that runs the daemon.
+pub const UNIT: &str = "endpoint-copier.service";
+/// Field manager sent with every write, so `managedFields` names us.
+pub const FIELD_MANAGER: &str = NAME;
+/// Prefix of the environment variables that override config keys.
+pub const ENV_PREFIX: &str = "ENDPOINT_COPIER_";
+/// Environment variable that sets the log filter (wins over `[log] level`).
+pub const LOG_ENV: &str = "ENDPOINT_COPIER_LOG";
+/// Drop-in folders in increasing precedence: package defaults, runtime, admin.
+pub const CONFIG_DIRS: [&str; 3] = [
+    "/usr/lib/endpoint-copier/config.d",
+    "/run/endpoint-copier/config.d",
+    "/etc/endpoint-copier/config.d",
+];
+/// Kubeconfig files tried, in order, when `kubeconfig = "auto"`: RKE2, then K3s.
+pub const AUTO_KUBECONFIGS: [&str; 2] = ["/etc/rancher/rke2/rke2.yaml", "/etc/rancher/k3s/k3s.yaml"];
+
+/// Namespace of the Lease that elects the active copy (default).
+pub const LEASE_NAMESPACE: &str = "kube-system";
+/// Name of the Lease that elects the active copy (default).
+pub const LEASE_NAME: &str = NAME;
+
+/// Label that ties an EndpointSlice to its Service (set by us on every target slice).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label naming the controller that manages an EndpointSlice.
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+/// Our value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = NAME;
+/// The value endpoint-copier-operator put in [`MANAGED_BY_LABEL`] (v0.2 core/v1 Endpoints).
+pub const ECO_MANAGED_BY: &str = "endpoint-copier-operator";
+/// Label naming the source EndpointSlice a target slice was copied from (also set by ECO, which
+/// is how we recognise its slices to adopt them).
+pub const SOURCE_LABEL: &str = "endpoint-copier/source";
+
+/// Annotation that turns a target Service into a pair (value `"true"`).
+pub const ANNOTATION_ENABLED: &str = "endpoint-copier/enabled";
+/// Annotation naming the source Service of an annotated pair.
+pub const ANNOTATION_SOURCE_NAME: &str = "endpoint-copier/default-service-name";
+/// Annotation naming the source Service's namespace (default: the target's namespace).
+pub const ANNOTATION_SOURCE_NAMESPACE: &str = "endpoint-copier/default-service-namespace";
+
+/// The default pair's source: the built-in Service the apiservers write.
+pub const DEFAULT_SOURCE: &str = "default/kubernetes";
+/// The default pair's target: the LoadBalancer Service EIB creates for the VIP.
+pub const DEFAULT_TARGET: &str = "default/kubernetes-vip";
+
+/// The `namespace/name` of a Service, validated as Kubernetes validates them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(into = "String")]
+pub struct ServiceRef {
+    /// Namespace (a DNS-1123 label).
+    pub namespace: String,
+    /// Service name (a DNS-1035 label).
+    pub name: String,
+}
+
+/// Why a string is not a valid `namespace/name` Service reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceRefError {
+    /// No `/`, or more than one.
+    #[error("'{0}' is not of the form namespace/name")]
+    Shape(String),
+    /// The namespace is not a DNS-1123 label.
+    #[error("namespace '{0}' is not a valid DNS-1123 label (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)")]
+    Namespace(String),
+    /// The name is not a DNS-1035 label.
+    #[error("Service name '{0}' is not a valid DNS-1035 label (lowercase letters, digits and '-', at most 63, starting with a letter and ending with a letter or digit)")]
+    Name(String),
+}
+
+impl ServiceRef {
+    /// Builds a reference from its parts, validating both.
+    ///
+    /// # Errors
+    /// [`ServiceRefError`] naming the part that is not valid.
+    pub fn new(namespace: &str, name: &str) -> Result<Self, ServiceRefError> {
+        if !is_dns1123_label(namespace) {
+            return Err(ServiceRefError::Namespace(namespace.to_owned()));
+        }
+        if !is_dns1035_label(name) {
+            return Err(ServiceRefError::Name(name.to_owned()));
+        }
+        Ok(Self { namespace: namespace.to_owned(), name: name.to_owned() })
+    }
+}
+
+impl FromStr for ServiceRef {
+    type Err = ServiceRefError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if !name.contains('/') => Self::new(ns, name),
+            _ => Err(ServiceRefError::Shape(s.to_owned())),
+        }
+    }
+}
+
+impl TryFrom<String> for ServiceRef {
+    type Error = ServiceRefError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ServiceRef> for String {
+    fn from(r: ServiceRef) -> Self {
+        r.to_string()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ServiceRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (namespaces).
+pub fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A DNS-1035 label: like DNS-1123 but starting with a letter (Service names).
+pub fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+/// A DNS-1123 subdomain: dot-separated DNS-1123 labels, at most 253 characters (EndpointSlice,
+/// Lease and Event names).
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_ref_parses_namespace_and_name() {
+        let r: ServiceRef = "default/kubernetes-vip".parse().unwrap();
+        assert_eq!(r.namespace, "default");
+        assert_eq!(r.name, "kubernetes-vip");
+        assert_eq!(r.to_string(), "default/kubernetes-vip");
+    }
+
+    #[test]
+    fn service_ref_rejects_bad_shapes_and_names() {
+        assert!(matches!("kubernetes".parse::<ServiceRef>(), Err(ServiceRefError::Shape(_))));
+        assert!(matches!("a/b/c".parse::<ServiceRef>(), Err(ServiceRefError::Shape(_))));
+        assert!(matches!("Default/x".parse::<ServiceRef>(), Err(ServiceRefError::Namespace(_))));
+        assert!(matches!("default/1abc".parse::<ServiceRef>(), Err(ServiceRefError::Name(_))));
+        assert!(matches!("default/".parse::<ServiceRef>(), Err(ServiceRefError::Name(_))));
+        assert!(matches!("default/a-".parse::<ServiceRef>(), Err(ServiceRefError::Name(_))));
+        let long = format!("default/{}", "a".repeat(64));
+        assert!(matches!(long.parse::<ServiceRef>(), Err(ServiceRefError::Name(_))));
+    }
+
+    #[test]
+    fn subdomains_allow_dots_but_not_empty_labels() {
+        assert!(is_dns1123_subdomain("kubernetes-vip.abc"));
+        assert!(!is_dns1123_subdomain("a..b"));
+        assert!(!is_dns1123_subdomain(""));
+    }
+}
