@@ -22,7 +22,8 @@ pub const CONFIG_DIRS: [&str; 3] = [
     "/etc/endpoint-copier/config.d",
 ];
 /// Kubeconfig files tried, in order, when `kubeconfig = "auto"`: RKE2, then K3s.
-pub const AUTO_KUBECONFIGS: [&str; 2] = ["/etc/rancher/rke2/rke2.yaml", "/etc/rancher/k3s/k3s.yaml"];
+pub const AUTO_KUBECONFIGS: [&str; 2] =
+    ["/etc/rancher/rke2/rke2.yaml", "/etc/rancher/k3s/k3s.yaml"];
 
 /// Namespace of the Lease that elects the active copy (default).
 pub const LEASE_NAMESPACE: &str = "kube-system";
@@ -70,10 +71,14 @@ pub enum ServiceRefError {
     #[error("'{0}' is not of the form namespace/name")]
     Shape(String),
     /// The namespace is not a DNS-1123 label.
-    #[error("namespace '{0}' is not a valid DNS-1123 label (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)")]
+    #[error(
+        "namespace '{0}' is not a valid DNS-1123 label (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)"
+    )]
     Namespace(String),
     /// The name is not a DNS-1035 label.
-    #[error("Service name '{0}' is not a valid DNS-1035 label (lowercase letters, digits and '-', at most 63, starting with a letter and ending with a letter or digit)")]
+    #[error(
+        "Service name '{0}' is not a valid DNS-1035 label (lowercase letters, digits and '-', at most 63, starting with a letter and ending with a letter or digit)"
+    )]
     Name(String),
 }
 
@@ -89,7 +94,10 @@ impl ServiceRef {
         if !is_dns1035_label(name) {
             return Err(ServiceRefError::Name(name.to_owned()));
         }
-        Ok(Self { namespace: namespace.to_owned(), name: name.to_owned() })
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -136,7 +144,8 @@ pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -166,14 +175,35 @@ mod tests {
 
     #[test]
     fn service_ref_rejects_bad_shapes_and_names() {
-        assert!(matches!("kubernetes".parse::<ServiceRef>(), Err(ServiceRefError::Shape(_))));
-        assert!(matches!("a/b/c".parse::<ServiceRef>(), Err(ServiceRefError::Shape(_))));
-        assert!(matches!("Default/x".parse::<ServiceRef>(), Err(ServiceRefError::Namespace(_))));
-        assert!(matches!("default/1abc".parse::<ServiceRef>(), Err(ServiceRefError::Name(_))));
-        assert!(matches!("default/".parse::<ServiceRef>(), Err(ServiceRefError::Name(_))));
-        assert!(matches!("default/a-".parse::<ServiceRef>(), Err(ServiceRefError::Name(_))));
+        assert!(matches!(
+            "kubernetes".parse::<ServiceRef>(),
+            Err(ServiceRefError::Shape(_))
+        ));
+        assert!(matches!(
+            "a/b/c".parse::<ServiceRef>(),
+            Err(ServiceRefError::Shape(_))
+        ));
+        assert!(matches!(
+            "Default/x".parse::<ServiceRef>(),
+            Err(ServiceRefError::Namespace(_))
+        ));
+        assert!(matches!(
+            "default/1abc".parse::<ServiceRef>(),
+            Err(ServiceRefError::Name(_))
+        ));
+        assert!(matches!(
+            "default/".parse::<ServiceRef>(),
+            Err(ServiceRefError::Name(_))
+        ));
+        assert!(matches!(
+            "default/a-".parse::<ServiceRef>(),
+            Err(ServiceRefError::Name(_))
+        ));
         let long = format!("default/{}", "a".repeat(64));
-        assert!(matches!(long.parse::<ServiceRef>(), Err(ServiceRefError::Name(_))));
+        assert!(matches!(
+            long.parse::<ServiceRef>(),
+            Err(ServiceRefError::Name(_))
+        ));
     }
 
     #[test]

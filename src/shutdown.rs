@@ -28,10 +28,14 @@ pub enum Error {
 /// # Errors
 /// [`Error::Install`] when a handler cannot be installed.
 pub fn listen() -> Result<(Shutdown, impl Future<Output = ()>), Error> {
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|source| Error::Install { signal: "SIGTERM", source })?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|source| Error::Install { signal: "SIGINT", source })?;
+    let mut term = signal(SignalKind::terminate()).map_err(|source| Error::Install {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| Error::Install {
+        signal: "SIGINT",
+        source,
+    })?;
     let token = Shutdown::new();
     let first = token.clone();
     let second = async move {
