@@ -24,6 +24,7 @@ pub mod desired;
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod inspect;
 pub mod lease;
 pub mod logging;
 pub mod metrics;

@@ -1,1 +1,336 @@
-//! Placeholder until the module lands.
+//! Read-only watches and the caches they feed: the Services that may be targets, and the
+//! EndpointSlices of every source and target Service in play. No writes happen here.
+//!
+//! Two watches serve any number of pairs, so the cost follows the pairs and not the cluster:
+//!
+//! * **Services**, cluster-wide: only configured targets and annotated Services are kept; the
+//!   rest pass through without being stored, so 10,000 unrelated Services cost a list, not memory.
+//! * **EndpointSlices** selected by `kubernetes.io/service-name in (…)` over the names of every
+//!   source and target, namespaced when they all share one namespace. It is restarted (one
+//!   re-list of just those slices) when the set of Services in play changes.
+//!
+//! `daemon` owns the streams' lifetimes and decides what a change means; `desired` reads the
+//! caches. Stored objects drop `managedFields`, which we never read and which dominate their size.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+
+use crate::names::{self, ServiceRef};
+
+/// A stream of watch events with kube's default backoff between failed attempts.
+pub type Events<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
+
+/// Watches every Service of the cluster (filtering happens in [`ServiceCache`]).
+pub fn services(client: &Client) -> Events<Service> {
+    watcher::watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .boxed()
+}
+
+/// Watches the EndpointSlices of `services` (sources and targets alike), or nothing when empty.
+pub fn slices(client: &Client, services: &BTreeSet<ServiceRef>) -> Option<Events<EndpointSlice>> {
+    let selector = slice_selector(services)?;
+    let namespaces: BTreeSet<&str> = services.iter().map(|s| s.namespace.as_str()).collect();
+    // A namespaced watch when possible: it needs less RBAC and the server filters by namespace.
+    let api = match namespaces.iter().next() {
+        Some(ns) if namespaces.len() == 1 => Api::<EndpointSlice>::namespaced(client.clone(), ns),
+        _ => Api::<EndpointSlice>::all(client.clone()),
+    };
+    Some(watcher::watcher(api, watcher::Config::default().labels(&selector)).default_backoff().boxed())
+}
+
+/// The label selector that picks the slices of `services`: one set-based requirement over their
+/// names (namespaces are filtered client-side, in [`SliceCache`]).
+pub fn slice_selector(services: &BTreeSet<ServiceRef>) -> Option<String> {
+    let names: BTreeSet<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    if names.is_empty() {
+        return None;
+    }
+    let list: Vec<&str> = names.into_iter().collect();
+    Some(format!("{} in ({})", names::SERVICE_NAME_LABEL, list.join(",")))
+}
+
+/// The Services the daemon cares about: configured targets and annotated Services.
+#[derive(Debug, Default)]
+pub struct ServiceCache {
+    objects: BTreeMap<ServiceRef, Service>,
+    buffer: Option<BTreeMap<ServiceRef, Service>>,
+    ready: bool,
+    configured: BTreeSet<ServiceRef>,
+}
+
+impl ServiceCache {
+    /// An empty cache that keeps `configured` targets and any annotated Service.
+    pub fn new(configured: BTreeSet<ServiceRef>) -> ServiceCache {
+        ServiceCache { configured, ..ServiceCache::default() }
+    }
+
+    /// Whether the first full list has arrived (before that, absence means nothing).
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// The kept Services.
+    pub fn objects(&self) -> &BTreeMap<ServiceRef, Service> {
+        &self.objects
+    }
+
+    fn keeps(&self, key: &ServiceRef, svc: &Service) -> bool {
+        self.configured.contains(key)
+            || svc.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(names::ANNOTATION_ENABLED))
+    }
+
+    /// Applies one watch event; returns the Services whose cached state changed.
+    pub fn apply(&mut self, event: Event<Service>) -> BTreeSet<ServiceRef> {
+        let mut changed = BTreeSet::new();
+        match event {
+            Event::Init => self.buffer = Some(BTreeMap::new()),
+            Event::InitApply(svc) => {
+                if let Some((key, svc)) = self.keyed(svc)
+                    && let Some(buffer) = self.buffer.as_mut()
+                {
+                    buffer.insert(key, svc);
+                }
+            }
+            Event::InitDone => {
+                let fresh = self.buffer.take().unwrap_or_default();
+                changed = diff_keys(&self.objects, &fresh, |a, b| a == b);
+                self.objects = fresh;
+                self.ready = true;
+            }
+            Event::Apply(svc) => {
+                let Some(key) = service_ref(&svc) else { return changed };
+                let kept = self.keeps(&key, &svc);
+                let prev = if kept {
+                    self.keyed(svc).and_then(|(k, s)| self.objects.insert(k, s))
+                } else {
+                    self.objects.remove(&key)
+                };
+                if kept || prev.is_some() {
+                    changed.insert(key);
+                }
+            }
+            Event::Delete(svc) => {
+                if let Some(key) = service_ref(&svc)
+                    && self.objects.remove(&key).is_some()
+                {
+                    changed.insert(key);
+                }
+            }
+        }
+        changed
+    }
+
+    fn keyed(&self, mut svc: Service) -> Option<(ServiceRef, Service)> {
+        let key = service_ref(&svc)?;
+        if !self.keeps(&key, &svc) {
+            return None;
+        }
+        svc.metadata.managed_fields = None;
+        Some((key, svc))
+    }
+}
+
+/// The EndpointSlices of the Services in play, grouped by Service.
+#[derive(Debug, Default)]
+pub struct SliceCache {
+    by_service: BTreeMap<ServiceRef, BTreeMap<String, EndpointSlice>>,
+    buffer: Option<BTreeMap<ServiceRef, BTreeMap<String, EndpointSlice>>>,
+    wanted: BTreeSet<ServiceRef>,
+    ready: bool,
+}
+
+impl SliceCache {
+    /// Starts over for a new watch over `wanted`; slices of Services no longer wanted are dropped,
+    /// the others stay (still true until the new list says otherwise).
+    pub fn rewatch(&mut self, wanted: BTreeSet<ServiceRef>) {
+        self.by_service.retain(|k, _| wanted.contains(k));
+        self.wanted = wanted;
+        self.buffer = None;
+        self.ready = false;
+    }
+
+    /// The Services whose slices are watched.
+    pub fn wanted(&self) -> &BTreeSet<ServiceRef> {
+        &self.wanted
+    }
+
+    /// Whether the current watch has delivered its first full list.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// The slices labelled for `service`, in name order.
+    pub fn slices_of(&self, service: &ServiceRef) -> Vec<EndpointSlice> {
+        self.by_service.get(service).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Applies one watch event; returns the Services whose slices changed.
+    pub fn apply(&mut self, event: Event<EndpointSlice>) -> BTreeSet<ServiceRef> {
+        let mut changed = BTreeSet::new();
+        match event {
+            Event::Init => self.buffer = Some(BTreeMap::new()),
+            Event::InitApply(slice) => {
+                if let Some((svc, name, slice)) = self.keyed(slice)
+                    && let Some(buffer) = self.buffer.as_mut()
+                {
+                    buffer.entry(svc).or_default().insert(name, slice);
+                }
+            }
+            Event::InitDone => {
+                let fresh = self.buffer.take().unwrap_or_default();
+                changed = diff_keys(&self.by_service, &fresh, |a, b| a == b);
+                self.by_service = fresh;
+                self.ready = true;
+            }
+            Event::Apply(slice) => {
+                if let Some((svc, name, slice)) = self.keyed(slice) {
+                    let group = self.by_service.entry(svc.clone()).or_default();
+                    if group.get(&name) != Some(&slice) {
+                        group.insert(name, slice);
+                        changed.insert(svc);
+                    }
+                }
+            }
+            Event::Delete(slice) => {
+                if let Some((svc, name, _)) = self.keyed(slice)
+                    && let Some(group) = self.by_service.get_mut(&svc)
+                    && group.remove(&name).is_some()
+                {
+                    changed.insert(svc);
+                }
+            }
+        }
+        changed
+    }
+
+    fn keyed(&self, mut slice: EndpointSlice) -> Option<(ServiceRef, String, EndpointSlice)> {
+        let ns = slice.metadata.namespace.clone()?;
+        let name = slice.metadata.name.clone()?;
+        let svc = slice.metadata.labels.as_ref()?.get(names::SERVICE_NAME_LABEL)?;
+        let key = ServiceRef { namespace: ns, name: svc.clone() };
+        if !self.wanted.contains(&key) {
+            return None;
+        }
+        slice.metadata.managed_fields = None;
+        Some((key, name, slice))
+    }
+}
+
+/// The `namespace/name` of a Service object.
+pub fn service_ref(svc: &Service) -> Option<ServiceRef> {
+    Some(ServiceRef {
+        namespace: svc.metadata.namespace.clone()?,
+        name: svc.metadata.name.clone()?,
+    })
+}
+
+/// Keys present in only one of the maps, or whose values differ.
+fn diff_keys<K: Ord + Clone, V>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>, eq: impl Fn(&V, &V) -> bool) -> BTreeSet<K> {
+    let mut out: BTreeSet<K> = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
+    for (k, v) in b {
+        if a.get(k).is_none_or(|old| !eq(old, v)) {
+            out.insert(k.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn svc(ns: &str, name: &str, annotated: bool) -> Service {
+        let annotations = annotated
+            .then(|| [(names::ANNOTATION_ENABLED.to_owned(), "true".to_owned())].into_iter().collect());
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                annotations,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn slice(ns: &str, svc: &str, name: &str) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                labels: Some([(names::SERVICE_NAME_LABEL.to_owned(), svc.to_owned())].into_iter().collect()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![],
+            ports: None,
+        }
+    }
+
+    fn r(s: &str) -> ServiceRef {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn unrelated_services_are_not_stored() {
+        let mut cache = ServiceCache::new([r("default/kubernetes-vip")].into());
+        cache.apply(Event::Init);
+        for i in 0..100 {
+            cache.apply(Event::InitApply(svc("apps", &format!("s{i}"), false)));
+        }
+        cache.apply(Event::InitApply(svc("default", "kubernetes-vip", false)));
+        cache.apply(Event::InitApply(svc("team", "vip", true)));
+        let changed = cache.apply(Event::InitDone);
+        assert!(cache.is_ready());
+        assert_eq!(cache.objects().len(), 2);
+        assert_eq!(changed, [r("default/kubernetes-vip"), r("team/vip")].into());
+    }
+
+    #[test]
+    fn removing_the_annotation_drops_the_service() {
+        let mut cache = ServiceCache::new(BTreeSet::new());
+        assert_eq!(cache.apply(Event::Apply(svc("team", "vip", true))), [r("team/vip")].into());
+        assert_eq!(cache.apply(Event::Apply(svc("team", "vip", false))), [r("team/vip")].into());
+        assert!(cache.objects().is_empty());
+        // An unrelated Service changing reports nothing.
+        assert!(cache.apply(Event::Apply(svc("team", "other", false))).is_empty());
+    }
+
+    #[test]
+    fn slices_of_other_namespaces_with_the_same_service_name_are_ignored() {
+        let mut cache = SliceCache::default();
+        cache.rewatch([r("default/kubernetes")].into());
+        assert!(cache.apply(Event::Apply(slice("other", "kubernetes", "kubernetes"))).is_empty());
+        assert_eq!(cache.apply(Event::Apply(slice("default", "kubernetes", "kubernetes"))), [r("default/kubernetes")].into());
+        assert_eq!(cache.slices_of(&r("default/kubernetes")).len(), 1);
+        // The same object again is not a change.
+        assert!(cache.apply(Event::Apply(slice("default", "kubernetes", "kubernetes"))).is_empty());
+    }
+
+    #[test]
+    fn a_relist_reports_slices_that_vanished_while_the_watch_was_down() {
+        let mut cache = SliceCache::default();
+        cache.rewatch([r("default/kubernetes")].into());
+        cache.apply(Event::Apply(slice("default", "kubernetes", "a")));
+        cache.apply(Event::Init);
+        let changed = cache.apply(Event::InitDone);
+        assert_eq!(changed, [r("default/kubernetes")].into());
+        assert!(cache.slices_of(&r("default/kubernetes")).is_empty());
+    }
+
+    #[test]
+    fn the_selector_lists_each_service_name_once() {
+        let s = slice_selector(&[r("a/kubernetes"), r("b/kubernetes"), r("a/vip")].into()).unwrap();
+        assert_eq!(s, "kubernetes.io/service-name in (kubernetes,vip)");
+        assert_eq!(slice_selector(&BTreeSet::new()), None);
+    }
+}

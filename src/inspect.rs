@@ -1,0 +1,402 @@
+//! `endpoint-copier check` and `endpoint-copier status`: one-shot, read-only views for an operator.
+//!
+//! `check` answers "would the daemon work on this node?": config (already validated by `main`),
+//! kubeconfig, API reachable, every permission the daemon needs (SelfSubjectAccessReview), the
+//! pairs with their refusals, the plan the leader would apply now (dry run) and the Lease holder.
+//! `status` answers "is it working?": the Lease and, per pair, source and target endpoint counts
+//! and whether they are in sync. Neither writes anything but the access reviews (which the API
+//! evaluates without storing). Both print text or JSON; `main` maps the result to the exit code.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use serde::Serialize;
+
+use crate::cli::Output;
+use crate::config::Config;
+use crate::desired;
+use crate::names::{self, ServiceRef};
+use crate::pairs;
+
+/// Why `check` or `status` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No usable kubeconfig.
+    #[error("kubeconfig")]
+    Kubeconfig(#[source] crate::client::Error),
+    /// An API request failed (the API is down, or we may not read something).
+    #[error("failed to {what}")]
+    Api {
+        /// What we tried.
+        what: String,
+        /// What the API said.
+        #[source]
+        source: kube::Error,
+    },
+    /// The report is printed and lists problems; the count is in the message.
+    #[error("{0} problem(s) found")]
+    Problems(usize),
+    /// The JSON report could not be written.
+    #[error("failed to write the JSON report")]
+    Json(#[source] serde_json::Error),
+}
+
+impl Error {
+    /// 78 for an unusable kubeconfig (a config problem), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Kubeconfig(e) if !e.is_transient() => 78,
+            _ => 1,
+        }
+    }
+
+    /// Whether the report was already printed (so `main` adds nothing).
+    pub fn is_report(&self) -> bool {
+        matches!(self, Error::Problems(_))
+    }
+}
+
+/// One permission the daemon needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Permission {
+    /// Kubernetes verb.
+    pub verb: &'static str,
+    /// API group ("" for core).
+    pub group: &'static str,
+    /// Resource (plural).
+    pub resource: &'static str,
+    /// Namespace, or `None` for all namespaces.
+    pub namespace: Option<String>,
+    /// Whether the API allows it.
+    pub allowed: bool,
+}
+
+/// What `check` and `status` found about one pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairReport {
+    /// Target Service.
+    pub target: String,
+    /// Source Service.
+    pub source: String,
+    /// Where it comes from: config or annotation.
+    pub origin: String,
+    /// Ready endpoints in the source's slices.
+    pub source_endpoints: usize,
+    /// Ready endpoints in the target's slices.
+    pub target_endpoints: usize,
+    /// Whether the leader would write nothing now.
+    pub in_sync: bool,
+    /// Why nothing would be written (fail-static), if so.
+    pub holding: Option<String>,
+    /// The writes the leader would make now.
+    pub plan: Vec<String>,
+}
+
+/// A refused pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusalReport {
+    /// Target Service.
+    pub target: String,
+    /// The reason, as logged.
+    pub reason: String,
+}
+
+/// The Lease as read.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseReport {
+    /// `namespace/name`.
+    pub lease: String,
+    /// Current holder, if any.
+    pub holder: Option<String>,
+    /// Seconds since the holder last renewed, by the holder's clock (approximate).
+    pub renewed_secs_ago: Option<i64>,
+    /// Holder changes so far.
+    pub transitions: Option<i32>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// Config files merged, in order.
+    pub kubeconfig: Option<String>,
+    /// API server URL.
+    pub server: Option<String>,
+    /// API server version.
+    pub server_version: Option<String>,
+    /// Permissions checked (check only).
+    pub permissions: Vec<Permission>,
+    /// Active pairs.
+    pub pairs: Vec<PairReport>,
+    /// Refused pairs.
+    pub refused: Vec<RefusalReport>,
+    /// The Lease.
+    pub lease: Option<LeaseReport>,
+    /// One line per problem; empty when all is well.
+    pub problems: Vec<String>,
+}
+
+/// Runs `endpoint-copier check`.
+///
+/// # Errors
+/// [`Error::Problems`] when the report lists problems (it is printed first); the other variants
+/// when the checks could not run at all.
+pub async fn check(config: &Config, output: Output) -> Result<(), Error> {
+    let mut report = Report::default();
+    let client = match connect(config, &mut report).await {
+        Ok(c) => c,
+        Err(e) => {
+            report.problems.push(crate::daemon::error_chain(&e));
+            return finish(&report, output);
+        }
+    };
+    match client.apiserver_version().await {
+        Ok(v) => report.server_version = Some(v.git_version),
+        Err(e) => {
+            report.problems.push(format!("cannot reach the API server: {}", crate::daemon::error_chain(&e)));
+            return finish(&report, output);
+        }
+    }
+    report.permissions = permissions(&client, config).await?;
+    for p in report.permissions.iter().filter(|p| !p.allowed) {
+        report.problems.push(format!(
+            "missing permission: {} {}{} in {}",
+            p.verb,
+            p.resource,
+            if p.group.is_empty() { String::new() } else { format!(".{}", p.group) },
+            p.namespace.as_deref().unwrap_or("all namespaces"),
+        ));
+    }
+    inspect_pairs(&client, config, &mut report).await?;
+    for r in &report.refused {
+        report.problems.push(format!("pair for {} refused: {}", r.target, r.reason));
+    }
+    report.lease = Some(lease(&client, config).await?);
+    finish(&report, output)
+}
+
+/// Runs `endpoint-copier status`.
+///
+/// # Errors
+/// As [`check`].
+pub async fn status(config: &Config, output: Output) -> Result<(), Error> {
+    let mut report = Report::default();
+    let client = match connect(config, &mut report).await {
+        Ok(c) => c,
+        Err(e) => {
+            report.problems.push(crate::daemon::error_chain(&e));
+            return finish(&report, output);
+        }
+    };
+    report.lease = Some(lease(&client, config).await?);
+    inspect_pairs(&client, config, &mut report).await?;
+    for p in report.pairs.iter().filter(|p| !p.in_sync) {
+        report.problems.push(format!("{} is not in sync with {}", p.target, p.source));
+    }
+    finish(&report, output)
+}
+
+async fn connect(config: &Config, report: &mut Report) -> Result<Client, Error> {
+    let path = crate::client::locate(&config.kubeconfig).ok_or(Error::Kubeconfig(crate::client::Error::NotFound))?;
+    let loaded = crate::client::build(&path, config.allow_insecure_tls).await.map_err(Error::Kubeconfig)?;
+    report.kubeconfig = Some(loaded.path.display().to_string());
+    report.server = Some(loaded.server.clone());
+    report.problems.extend(loaded.warnings.iter().cloned());
+    Ok(loaded.client)
+}
+
+/// The permissions the daemon uses, each asked of the API.
+async fn permissions(client: &Client, config: &Config) -> Result<Vec<Permission>, Error> {
+    let lease_ns = Some(config.lease.namespace.clone());
+    let mut wanted: Vec<(&'static str, &'static str, &'static str, Option<String>)> = vec![
+        ("list", "", "services", None),
+        ("watch", "", "services", None),
+        ("get", "coordination.k8s.io", "leases", lease_ns.clone()),
+        ("watch", "coordination.k8s.io", "leases", lease_ns.clone()),
+        ("create", "coordination.k8s.io", "leases", lease_ns.clone()),
+        ("update", "coordination.k8s.io", "leases", lease_ns),
+    ];
+    let mut namespaces: Vec<Option<String>> = config.pairs.iter().map(|p| Some(p.target.namespace.clone())).collect();
+    if config.annotations.enabled {
+        namespaces.push(None);
+    }
+    namespaces.sort();
+    namespaces.dedup();
+    for ns in namespaces {
+        for verb in ["list", "watch", "create", "update", "delete"] {
+            wanted.push((verb, "discovery.k8s.io", "endpointslices", ns.clone()));
+        }
+        wanted.push(("create", "events.k8s.io", "events", ns.clone()));
+        wanted.push(("patch", "events.k8s.io", "events", ns.clone()));
+        wanted.push(("get", "", "endpoints", ns.clone()));
+        wanted.push(("delete", "", "endpoints", ns));
+    }
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut out = Vec::new();
+    for (verb, group, resource, namespace) in wanted {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    namespace: namespace.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|source| Error::Api { what: format!("ask whether we may {verb} {resource}"), source })?;
+        let allowed = answer.status.is_some_and(|s| s.allowed);
+        out.push(Permission { verb, group, resource, namespace, allowed });
+    }
+    Ok(out)
+}
+
+async fn inspect_pairs(client: &Client, config: &Config, report: &mut Report) -> Result<(), Error> {
+    let services: Api<Service> = Api::all(client.clone());
+    let list = services
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Api { what: "list Services".into(), source })?;
+    let configured: Vec<(ServiceRef, ServiceRef)> =
+        config.pairs.iter().map(|p| (p.source.clone(), p.target.clone())).collect();
+    let mut known: BTreeMap<ServiceRef, Service> = BTreeMap::new();
+    for svc in list.items {
+        if let Some(r) = crate::watch::service_ref(&svc) {
+            let annotated = svc.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(names::ANNOTATION_ENABLED));
+            if annotated || configured.iter().any(|(_, t)| *t == r) {
+                known.insert(r, svc);
+            }
+        }
+    }
+    let resolution = pairs::resolve(&configured, config.annotations.enabled, &config.annotations.allowed_sources, &known);
+    for r in resolution.refusals {
+        report.refused.push(RefusalReport { target: r.target.to_string(), reason: r.reason.to_string() });
+    }
+    for pair in resolution.pairs {
+        let source_slices = slices_of(client, &pair.source).await?;
+        let actual = slices_of(client, &pair.target).await?;
+        let (plan, holding) = match known.get(&pair.target) {
+            None => (desired::plan(&pair.target, &[], &actual), Some(format!("target Service {} does not exist", pair.target))),
+            Some(svc) => match desired::desired(&pair.source, &pair.target, svc, &source_slices) {
+                Ok(d) => (desired::plan(&pair.target, &d, &actual), None),
+                Err(hold) => (desired::Plan::default(), Some(hold.to_string())),
+            },
+        };
+        let mut lines = Vec::new();
+        for s in &plan.creates {
+            lines.push(format!("create {}", s.metadata.name.as_deref().unwrap_or("?")));
+        }
+        for s in &plan.updates {
+            lines.push(format!("update {}", s.metadata.name.as_deref().unwrap_or("?")));
+        }
+        for d in &plan.deletes {
+            lines.push(format!("delete {}", d.name));
+        }
+        report.pairs.push(PairReport {
+            target: pair.target.to_string(),
+            source: pair.source.to_string(),
+            origin: format!("{:?}", pair.origin).to_lowercase(),
+            source_endpoints: desired::ready_endpoints(&source_slices),
+            target_endpoints: desired::ready_endpoints(&actual),
+            in_sync: plan.is_empty() && holding.is_none(),
+            holding,
+            plan: lines,
+        });
+    }
+    Ok(())
+}
+
+async fn slices_of(client: &Client, service: &ServiceRef) -> Result<Vec<EndpointSlice>, Error> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &service.namespace);
+    let lp = ListParams::default().labels(&format!("{}={}", names::SERVICE_NAME_LABEL, service.name));
+    api.list(&lp)
+        .await
+        .map(|l| l.items)
+        .map_err(|source| Error::Api { what: format!("list the EndpointSlices of {service}"), source })
+}
+
+async fn lease(client: &Client, config: &Config) -> Result<LeaseReport, Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &config.lease.namespace);
+    let lease = api
+        .get_opt(&config.lease.name)
+        .await
+        .map_err(|source| Error::Api { what: format!("read Lease {}/{}", config.lease.namespace, config.lease.name), source })?;
+    let spec = lease.and_then(|l| l.spec);
+    let now = jiff::Timestamp::now();
+    Ok(LeaseReport {
+        lease: format!("{}/{}", config.lease.namespace, config.lease.name),
+        holder: spec.as_ref().and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty()),
+        renewed_secs_ago: spec.as_ref().and_then(|s| s.renew_time.as_ref()).map(|t| (now - t.0).get_seconds()),
+        transitions: spec.as_ref().and_then(|s| s.lease_transitions),
+    })
+}
+
+fn finish(report: &Report, output: Output) -> Result<(), Error> {
+    match output {
+        Output::Json => {
+            let json = serde_json::to_string_pretty(report).map_err(Error::Json)?;
+            println!("{json}");
+        }
+        Output::Text => print!("{}", render(report)),
+    }
+    if report.problems.is_empty() { Ok(()) } else { Err(Error::Problems(report.problems.len())) }
+}
+
+/// The text form of a report.
+pub fn render(report: &Report) -> String {
+    let mut s = String::new();
+    if let Some(k) = &report.kubeconfig {
+        let _ = writeln!(s, "kubeconfig: {k}");
+    }
+    if let Some(server) = &report.server {
+        let _ = writeln!(s, "api server: {server} {}", report.server_version.as_deref().unwrap_or(""));
+    }
+    if !report.permissions.is_empty() {
+        let denied = report.permissions.iter().filter(|p| !p.allowed).count();
+        let _ = writeln!(s, "permissions: {} checked, {} missing", report.permissions.len(), denied);
+    }
+    if let Some(l) = &report.lease {
+        let _ = writeln!(
+            s,
+            "lease {}: holder {}, renewed {} ago, {} transitions",
+            l.lease,
+            l.holder.as_deref().unwrap_or("(none)"),
+            l.renewed_secs_ago.map_or_else(|| "never".to_owned(), |x| format!("{x}s")),
+            l.transitions.unwrap_or(0),
+        );
+    }
+    for p in &report.pairs {
+        let state = if p.in_sync { "in sync".to_owned() } else if let Some(h) = &p.holding { format!("holding: {h}") } else { "out of sync".to_owned() };
+        let _ = writeln!(
+            s,
+            "pair {} <- {} ({}): source {} ready, target {} ready, {state}",
+            p.target, p.source, p.origin, p.source_endpoints, p.target_endpoints
+        );
+        for line in &p.plan {
+            let _ = writeln!(s, "  would {line}");
+        }
+    }
+    for r in &report.refused {
+        let _ = writeln!(s, "refused {}: {}", r.target, r.reason);
+    }
+    for p in &report.problems {
+        let _ = writeln!(s, "problem: {p}");
+    }
+    if report.problems.is_empty() {
+        let _ = writeln!(s, "ok");
+    }
+    s
+}
