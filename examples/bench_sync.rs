@@ -1,0 +1,252 @@
+//! The mirror engine's benchmark; prints figures, asserts nothing.
+//!
+//! ```text
+//! cargo build --release && cargo run --release --example bench_sync
+//! ```
+//!
+//! 1. source change → target slice written: p50/p99 over 1,000 changes (in-process daemon);
+//! 2. EndpointSlice writes while nothing changes, over `BENCH_IDLE_SECS` (default 60);
+//! 3. 1,000 annotated pairs from a cold start to all in sync;
+//! 4. resident memory of the real binary (`target/release/endpoint-copier run`) with the
+//!    default pair, then with 10,000 unrelated Services and 10,000 unrelated EndpointSlices.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use endpoint_copier::config::{Config, Kubeconfig};
+use endpoint_copier::names;
+use endpoint_copier::shutdown::Shutdown;
+use endpoint_copier_testbed::store::{ListParams, WriteParams, resource};
+use endpoint_copier_testbed::{TestBed, Verb};
+use futures::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{PostParams, WatchEvent, WatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    println!("endpoint-copier benchmark (machine: {} cores)", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    latency_and_idle_writes().await;
+    cold_start_annotated(1000).await;
+    memory().await;
+}
+
+async fn client(kubeconfig: &Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap()
+}
+
+fn slices() -> &'static endpoint_copier_testbed::store::Resource {
+    resource("discovery.k8s.io", "v1", "endpointslices").unwrap()
+}
+
+fn services() -> &'static endpoint_copier_testbed::store::Resource {
+    resource("", "v1", "services").unwrap()
+}
+
+fn source_slice(addrs: &[String]) -> serde_json::Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {names::SERVICE_NAME_LABEL: "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": addrs.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+        "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+    })
+}
+
+fn vip(name: &str, annotated: bool) -> serde_json::Value {
+    let mut svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "ports": [
+            {"name": "rke2-api", "port": 9345, "targetPort": 9345, "protocol": "TCP"},
+            {"name": "k8s-api", "port": 6443, "targetPort": 6443, "protocol": "TCP"}]},
+    });
+    if annotated {
+        svc["metadata"]["annotations"] = json!({names::ANNOTATION_ENABLED: "true", names::ANNOTATION_SOURCE_NAME: "kubernetes"});
+    }
+    svc
+}
+
+fn three() -> Vec<String> {
+    (11..14).map(|i| format!("198.51.100.{i}")).collect()
+}
+
+fn daemon_config(tb: &TestBed, identity: &str) -> Config {
+    let mut c = Config::default();
+    c.kubeconfig = Kubeconfig::Path(tb.kubeconfig_for(identity));
+    c.lease.identity = Some(identity.to_owned());
+    c.metrics.listen = None;
+    c
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn latency_and_idle_writes() {
+    let tb = TestBed::start().await;
+    let store = tb.store();
+    store.create(slices(), Some("default"), source_slice(&three()), &WriteParams::default()).unwrap();
+    store.create(services(), Some("default"), vip("kubernetes-vip", false), &WriteParams::default()).unwrap();
+    let shutdown = Shutdown::new();
+    let daemon = tokio::spawn(endpoint_copier::daemon::run(daemon_config(&tb, "bench"), shutdown.clone()));
+    let admin = client(tb.kubeconfig()).await;
+    let api: Api<EndpointSlice> = Api::namespaced(admin.clone(), "default");
+
+    // Wait for the first sync, then watch the target from its current version.
+    let rv = loop {
+        if let Ok(s) = api.get("kubernetes-vip").await {
+            break s.metadata.resource_version.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let wp = WatchParams::default().fields("metadata.name=kubernetes-vip");
+    let mut events = api.watch(&wp, &rv).await.unwrap().boxed();
+    let mut samples = Vec::with_capacity(1000);
+    let mut source = api.get("kubernetes").await.unwrap();
+    for i in 0..1000u32 {
+        // Alternate the third address so every change is a real change.
+        let addr = format!("203.0.113.{}", 1 + i % 200);
+        source.endpoints[2].addresses = vec![addr.clone()];
+        let t = Instant::now();
+        source = api.replace("kubernetes", &PostParams::default(), &source).await.unwrap();
+        loop {
+            match events.next().await {
+                Some(Ok(WatchEvent::Modified(s))) if s.endpoints.iter().any(|e| e.addresses[0] == addr) => break,
+                Some(Ok(_)) => {}
+                other => panic!("target watch ended: {other:?}"),
+            }
+        }
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    println!(
+        "source change -> target slice written (1000 changes): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&samples, 0.50).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
+        samples.last().unwrap().as_secs_f64() * 1e3
+    );
+
+    let idle: u64 = std::env::var("BENCH_IDLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let since = tb.requests().last().map_or(0, |r| r.seq);
+    tokio::time::sleep(Duration::from_secs(idle)).await;
+    let log = tb.requests();
+    let writes = log
+        .iter()
+        .filter(|r| r.seq > since && r.resource == "endpointslices" && !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch))
+        .count();
+    let lease_writes = log.iter().filter(|r| r.seq > since && r.resource == "leases" && r.verb == Verb::Update).count();
+    println!("EndpointSlice writes in {idle} s with nothing changing: {writes} (Lease renewals: {lease_writes})");
+    shutdown.cancel();
+    daemon.await.unwrap().unwrap();
+}
+
+async fn cold_start_annotated(n: usize) {
+    let tb = TestBed::start().await;
+    let store = tb.store();
+    store.create(slices(), Some("default"), source_slice(&three()), &WriteParams::default()).unwrap();
+    for i in 0..n {
+        store.create(services(), Some("default"), vip(&format!("vip-{i}"), true), &WriteParams::default()).unwrap();
+    }
+    let mut config = daemon_config(&tb, "bench");
+    config.pairs.clear();
+    let shutdown = Shutdown::new();
+    let t = Instant::now();
+    let daemon = tokio::spawn(endpoint_copier::daemon::run(config, shutdown.clone()));
+    let lp = ListParams { label_selector: Some(format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY)), ..Default::default() };
+    loop {
+        let list = store.list(slices(), Some("default"), &lp).unwrap();
+        if list["items"].as_array().map_or(0, Vec::len) >= n {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "{n} pairs not in sync after 120 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("{n} annotated pairs from a cold start to all in sync: {:.2} s", t.elapsed().as_secs_f64());
+    shutdown.cancel();
+    daemon.await.unwrap().unwrap();
+}
+
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("endpoint-copier");
+    assert!(bin.exists(), "build the daemon first: cargo build --release (looked for {})", bin.display());
+    bin
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn measure_rss(tb: &TestBed, label: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = tb.kubeconfig_for("rss");
+    std::fs::write(
+        dir.path().join("50-bench.toml"),
+        format!("kubeconfig = \"{}\"\n[lease]\nidentity = \"rss\"\n[metrics]\nlisten = \"\"\n", kubeconfig.display()),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(binary())
+        .args(["--config-dir", dir.path().to_str().unwrap(), "run"])
+        .env(names::LOG_ENV, "warn")
+        .spawn()
+        .unwrap();
+    let admin = client(tb.kubeconfig()).await;
+    let api: Api<EndpointSlice> = Api::namespaced(admin, "default");
+    let t = Instant::now();
+    while api.get_opt("kubernetes-vip").await.unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(60), "binary did not sync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let it settle into steady state (a few Lease renewals, watch bookmarks).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss, peak) = rss_kib(child.id());
+    println!("daemon RSS {label}: {:.1} MiB (peak {:.1} MiB)", rss as f64 / 1024.0, peak as f64 / 1024.0);
+    nix_kill(&mut child);
+}
+
+fn nix_kill(child: &mut std::process::Child) {
+    // SIGTERM for a clean release, then reap.
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
+
+async fn memory() {
+    let tb = TestBed::start().await;
+    let store = tb.store();
+    store.create(slices(), Some("default"), source_slice(&three()), &WriteParams::default()).unwrap();
+    store.create(services(), Some("default"), vip("kubernetes-vip", false), &WriteParams::default()).unwrap();
+    measure_rss(&tb, "with the default pair").await;
+    // Delete the target's slice so the second run's sync is observable again.
+    store.delete(slices(), Some("default"), "kubernetes-vip", &Default::default()).unwrap();
+    for i in 0..10_000u32 {
+        let name = format!("app-{i}");
+        store
+            .create(services(), Some("default"), json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}), &WriteParams::default())
+            .unwrap();
+        store
+            .create(slices(), Some("default"), json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{name}-abcde"), "namespace": "default", "labels": {names::SERVICE_NAME_LABEL: name}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [format!("203.0.113.{}", 1 + i % 250)], "conditions": {"ready": true}}],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}), &WriteParams::default())
+            .unwrap();
+    }
+    measure_rss(&tb, "with 10,000 unrelated Services and 10,000 unrelated EndpointSlices").await;
+}

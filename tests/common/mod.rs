@@ -1,0 +1,258 @@
+//! Shared harness for the integration tests: a cluster (the in-process test bed, or a real one
+//! when `ENDPOINT_COPIER_TEST_KUBECONFIG` is set), fixtures written through the API as a user
+//! would, and the real daemon started from a `Config` that points at the cluster's kubeconfig.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use endpoint_copier::config::{Config, Kubeconfig, PairConfig};
+use endpoint_copier::daemon;
+use endpoint_copier::names;
+use endpoint_copier::shutdown::Shutdown;
+pub use endpoint_copier_testbed::{Cluster, TestBed};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+
+/// A kube client for the test itself (seeding, asserting), from the cluster's kubeconfig.
+pub async fn client_for(kubeconfig: &Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    Client::try_from(cfg).unwrap()
+}
+
+/// A daemon config for tests: the given pairs, short Lease timings, no metrics listener.
+pub fn config(kubeconfig: &Path, identity: &str, pairs: &[(&str, &str)]) -> Config {
+    let mut c = Config::default();
+    c.kubeconfig = Kubeconfig::Path(kubeconfig.to_owned());
+    c.pairs = pairs
+        .iter()
+        .map(|(s, t)| PairConfig { source: s.parse().unwrap(), target: t.parse().unwrap() })
+        .collect();
+    c.lease.identity = Some(identity.to_owned());
+    c.lease.duration = Duration::from_secs(3);
+    c.lease.renew_deadline = Duration::from_secs(2);
+    c.lease.retry_period = Duration::from_millis(500);
+    c.metrics.listen = None;
+    c
+}
+
+/// A running daemon; stopping it (or dropping it) cancels its shutdown token.
+pub struct Daemon {
+    pub shutdown: Shutdown,
+    pub task: tokio::task::JoinHandle<Result<(), daemon::Error>>,
+}
+
+impl Daemon {
+    pub fn start(config: Config) -> Daemon {
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(daemon::run(config, shutdown.clone()));
+        Daemon { shutdown, task }
+    }
+
+    /// Graceful stop (SIGTERM path): waits for the daemon to return and checks it returned Ok.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(15), self.task).await.expect("daemon stops within 15 s");
+        r.unwrap().unwrap();
+    }
+
+    /// Hard kill: no release, no drain.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `limit` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn meta(ns: &str, name: &str) -> ObjectMeta {
+    ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), ..Default::default() }
+}
+
+/// A selectorless Service like the ones EIB creates for the VIP.
+pub fn vip_service(ns: &str, name: &str, families: &[&str]) -> Service {
+    let mut m = meta(ns, name);
+    m.labels = Some([("serviceType".to_owned(), "kubernetes-vip".to_owned())].into());
+    Service {
+        metadata: m,
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            ip_families: Some(families.iter().map(|f| (*f).to_owned()).collect()),
+            ip_family_policy: Some(if families.len() > 1 { "RequireDualStack" } else { "SingleStack" }.into()),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("rke2-api".into()),
+                    port: 9345,
+                    protocol: Some("TCP".into()),
+                    target_port: Some(IntOrString::Int(9345)),
+                    ..Default::default()
+                },
+                ServicePort {
+                    name: Some("k8s-api".into()),
+                    port: 6443,
+                    protocol: Some("TCP".into()),
+                    target_port: Some(IntOrString::Int(6443)),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A selectorless source Service (stands in for `default/kubernetes` in its own namespace).
+pub fn source_service(ns: &str, name: &str) -> Service {
+    Service {
+        metadata: meta(ns, name),
+        spec: Some(ServiceSpec {
+            ports: Some(vec![ServicePort {
+                name: Some("https".into()),
+                port: 443,
+                protocol: Some("TCP".into()),
+                target_port: Some(IntOrString::Int(6443)),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn endpoint(addr: &str, ready: bool) -> Endpoint {
+    Endpoint {
+        addresses: vec![addr.to_owned()],
+        conditions: Some(EndpointConditions { ready: Some(ready), serving: Some(ready), terminating: Some(false) }),
+        ..Default::default()
+    }
+}
+
+/// A source slice the way the apiserver writes `kubernetes`: one family, port https 6443.
+pub fn source_slice(ns: &str, service: &str, name: &str, family: &str, addrs: &[&str]) -> EndpointSlice {
+    let mut m = meta(ns, name);
+    m.labels = Some([(names::SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into());
+    EndpointSlice {
+        metadata: m,
+        address_type: family.into(),
+        endpoints: addrs.iter().map(|a| endpoint(a, true)).collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("https".into()),
+            port: Some(6443),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        }]),
+    }
+}
+
+pub async fn create<K>(client: &Client, ns: &str, obj: &K) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), ns).create(&PostParams::default(), obj).await.unwrap()
+}
+
+pub async fn delete<K>(client: &Client, ns: &str, name: &str)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), ns).delete(name, &DeleteParams::default()).await.unwrap();
+}
+
+/// The slices labelled for `service`, by name.
+pub async fn slices_of(client: &Client, ns: &str, service: &str) -> BTreeMap<String, EndpointSlice> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let lp = kube::api::ListParams::default().labels(&format!("{}={service}", names::SERVICE_NAME_LABEL));
+    api.list(&lp).await.unwrap().items.into_iter().map(|s| (s.metadata.name.clone().unwrap(), s)).collect()
+}
+
+/// Sorted addresses of the ready endpoints in `slices`.
+pub fn ready_addresses<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec<String> {
+    let mut v: Vec<String> = slices
+        .into_iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .flat_map(|e| e.addresses.iter().cloned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until the target's ready addresses are exactly `want`.
+pub async fn wait_for_target(client: &Client, ns: &str, target: &str, want: &[&str], limit: Duration) {
+    let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    eventually(&format!("{ns}/{target} to hold {want:?}"), limit, || async {
+        let slices = slices_of(client, ns, target).await;
+        (ready_addresses(slices.values()) == want).then_some(())
+    })
+    .await;
+}
+
+/// One test's world: a cluster, a namespace of its own holding a source Service `apiserver`
+/// (standing in for `default/kubernetes`) and, unless told otherwise, a target Service `vip`.
+pub struct World {
+    pub cluster: Cluster,
+    pub ns: String,
+    pub client: Client,
+}
+
+impl World {
+    pub async fn new(prefix: &str) -> World {
+        let cluster = Cluster::connect().await;
+        let client = client_for(&cluster.kubeconfig()).await;
+        let ns = cluster.unique_namespace(prefix).await;
+        World { cluster, ns, client }
+    }
+
+    pub fn source(&self) -> String {
+        format!("{}/apiserver", self.ns)
+    }
+
+    pub fn target(&self) -> String {
+        format!("{}/vip", self.ns)
+    }
+
+    /// A daemon config mirroring this world's source into its target, as `identity`.
+    pub fn config(&self, identity: &str) -> Config {
+        let kubeconfig = match self.cluster.testbed() {
+            Some(tb) => tb.kubeconfig_for(identity),
+            None => self.cluster.kubeconfig(),
+        };
+        let mut c = config(&kubeconfig, identity, &[(&self.source(), &self.target())]);
+        // Each test elects among its own daemons only.
+        c.lease.namespace = self.ns.clone();
+        c
+    }
+
+    /// Creates the source Service with one IPv4 slice holding `addrs`, and the IPv4 target.
+    pub async fn seed(&self, addrs: &[&str]) {
+        create(&self.client, &self.ns, &source_service(&self.ns, "apiserver")).await;
+        create(&self.client, &self.ns, &source_slice(&self.ns, "apiserver", "apiserver", "IPv4", addrs)).await;
+        create(&self.client, &self.ns, &vip_service(&self.ns, "vip", &["IPv4"])).await;
+    }
+
+    pub fn testbed(&self) -> Option<&TestBed> {
+        self.cluster.testbed()
+    }
+}
