@@ -235,7 +235,7 @@ pub fn desired(
         return Err(Hold::NoSourceSlices);
     }
     let families = served_families(target);
-    slices.retain(|s| families.iter().any(|f| *f == s.address_type));
+    slices.retain(|s| families.contains(&s.address_type));
     // Sorted by name (then resourceVersion, for a caller that passes two reads of one slice) so that
     // name-collision resolution below, and thus the whole output, ignores input order.
     slices.sort_by(|a, b| {

@@ -1,1 +1,391 @@
-//! Placeholder until the module lands.
+//! Which pairs exist and which are refused, decided purely from the config, the annotations of the
+//! Services the daemon knows, and `annotations.allowed_sources`.
+//!
+//! This module knows only `k8s-openapi`, std and [`crate::names`]. It does not log or send Events:
+//! `daemon.rs` turns each [`Refusal`] into a warning log and an Event on the target Service (its
+//! `Display` is written for both), and `desired.rs` computes the slices of each [`Pair`]. Config
+//! syntax (a `[[pair]]` that does not parse) is `config.rs`'s business; here every reference is
+//! already a valid [`ServiceRef`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Service;
+
+use crate::names::{
+    ANNOTATION_ENABLED, ANNOTATION_SOURCE_NAME, ANNOTATION_SOURCE_NAMESPACE, ServiceRef,
+    is_dns1035_label, is_dns1123_label,
+};
+
+/// Where a pair comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    /// A `[[pair]]` in the config (the administrator's decision: may read any namespace).
+    Config,
+    /// endpoint-copier-operator's annotations on the target Service (limited to its own namespace
+    /// and `annotations.allowed_sources`).
+    Annotation,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Config => "config",
+            Self::Annotation => "annotation",
+        })
+    }
+}
+
+/// One active pair: the target's EndpointSlices mirror the source's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pair {
+    /// The Service whose EndpointSlices are copied.
+    pub source: ServiceRef,
+    /// The Service (without selector) whose EndpointSlices we own.
+    pub target: ServiceRef,
+    /// Whether the pair comes from the config or from annotations.
+    pub origin: Origin,
+}
+
+/// Why a pair is refused. Each `Display` is a sentence naming the object at fault, fit for a log
+/// line and an Event note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The target Service has a selector: the built-in EndpointSlice controller owns its slices.
+    TargetHasSelector,
+    /// The source and the target are the same Service.
+    SourceIsTarget,
+    /// The pair is part of a cycle (A→B and B→A, or longer): copying would feed on itself.
+    Cycle {
+        /// The targets on the cycle, starting with this pair's target, each reading the next one
+        /// (the last one reads the first).
+        through: Vec<ServiceRef>,
+    },
+    /// An `endpoint-copier/*` annotation is missing or not valid.
+    InvalidAnnotation {
+        /// The annotation key.
+        key: String,
+        /// The value found (empty when the annotation is missing).
+        value: String,
+        /// Why the value is not acceptable.
+        why: String,
+    },
+    /// An annotated pair reads a Service in another namespace that `annotations.allowed_sources`
+    /// does not list (otherwise anyone who can annotate a Service could read any namespace).
+    SourceNotAllowed {
+        /// The source the annotation asked for.
+        source: ServiceRef,
+    },
+    /// The annotated Service is also a configured target: the config wins, the annotation is ignored.
+    TargetClaimedByConfig,
+    /// Several config pairs name this target with different sources; none of them is applied.
+    DuplicateTarget,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TargetHasSelector => f.write_str(
+                "the target Service has a selector, so the built-in EndpointSlice controller owns its EndpointSlices",
+            ),
+            Self::SourceIsTarget => f.write_str("the source and the target are the same Service"),
+            Self::Cycle { through } => {
+                f.write_str("the pair is part of a cycle: ")?;
+                for (i, svc) in through.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" reads ")?;
+                    }
+                    write!(f, "{svc}")?;
+                }
+                if let Some(first) = through.first() {
+                    write!(f, " reads {first}")?;
+                }
+                Ok(())
+            }
+            Self::InvalidAnnotation { key, value, why } => {
+                write!(f, "annotation {key}='{value}' is not valid: {why}")
+            }
+            Self::SourceNotAllowed { source } => write!(
+                f,
+                "source {source} is in another namespace and not listed in annotations.allowed_sources"
+            ),
+            Self::TargetClaimedByConfig => f.write_str(
+                "the Service is also a configured target; the config pair wins and the annotations are ignored",
+            ),
+            Self::DuplicateTarget => {
+                f.write_str("several config pairs name this target with different sources")
+            }
+        }
+    }
+}
+
+/// A pair (or an annotated Service) that is not applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The target Service the refusal is about (the Event goes there).
+    pub target: ServiceRef,
+    /// The source, when one could be determined.
+    pub source: Option<ServiceRef>,
+    /// Why nothing is written for this pair.
+    pub reason: Reason,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(
+                f,
+                "pair {source} -> {} refused: {}",
+                self.target, self.reason
+            ),
+            None => write!(
+                f,
+                "Service {} refused as a target: {}",
+                self.target, self.reason
+            ),
+        }
+    }
+}
+
+/// The outcome of [`resolve`]: the pairs to run and the refusals to report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Active pairs, sorted by target (one pair per target).
+    pub pairs: Vec<Pair>,
+    /// Refused pairs and Services, sorted by target, then source, then reason text.
+    pub refusals: Vec<Refusal>,
+}
+
+/// Decides the active pairs and the refusals.
+///
+/// `config_pairs` are `(source, target)` from the config; `services` is every Service the daemon
+/// knows (configured targets and sources, annotated Services), keyed by their reference.
+///
+/// - Config pairs are active even while their target Service does not exist yet (`desired` then
+///   holds). An identical pair listed twice counts once; one target with different sources is
+///   refused ([`Reason::DuplicateTarget`]) for every one of them.
+/// - Annotated pairs are read only when `annotations_enabled`; an annotated Service that is also a
+///   configured target is refused ([`Reason::TargetClaimedByConfig`]), the config pair stays.
+/// - Refused: source = target; a target Service that exists and has a non-empty selector; an
+///   annotated source in another namespace not in `allowed_sources` (same namespace is always
+///   allowed); every pair on a cycle. Chains (A→B, B→C) are allowed.
+///
+/// The output is deterministic: it does not depend on the order of `config_pairs`.
+pub fn resolve(
+    config_pairs: &[(ServiceRef, ServiceRef)],
+    annotations_enabled: bool,
+    allowed_sources: &[ServiceRef],
+    services: &BTreeMap<ServiceRef, Service>,
+) -> Resolution {
+    let mut refusals = Vec::new();
+    let mut candidates: Vec<Pair> = Vec::new();
+
+    // Config pairs, grouped by target so duplicates are found whatever their order.
+    let mut by_target: BTreeMap<&ServiceRef, BTreeSet<&ServiceRef>> = BTreeMap::new();
+    for (source, target) in config_pairs {
+        by_target.entry(target).or_default().insert(source);
+    }
+    for (target, sources) in &by_target {
+        if sources.len() > 1 {
+            refusals.extend(sources.iter().map(|source| Refusal {
+                target: (*target).clone(),
+                source: Some((*source).clone()),
+                reason: Reason::DuplicateTarget,
+            }));
+        } else if let Some(source) = sources.first() {
+            candidates.push(Pair {
+                source: (*source).clone(),
+                target: (*target).clone(),
+                origin: Origin::Config,
+            });
+        }
+    }
+
+    if annotations_enabled {
+        for (target, service) in services {
+            // The map key, not the Service's metadata, names the target: it is where the Event goes.
+            let source = match annotated_pair(service) {
+                None => continue,
+                Some(Err(reason)) => {
+                    refusals.push(Refusal {
+                        target: target.clone(),
+                        source: None,
+                        reason,
+                    });
+                    continue;
+                }
+                Some(Ok((source, _))) => source,
+            };
+            if by_target.contains_key(target) {
+                refusals.push(Refusal {
+                    target: target.clone(),
+                    source: Some(source),
+                    reason: Reason::TargetClaimedByConfig,
+                });
+                continue;
+            }
+            if source.namespace != target.namespace && !allowed_sources.contains(&source) {
+                refusals.push(Refusal {
+                    target: target.clone(),
+                    source: Some(source.clone()),
+                    reason: Reason::SourceNotAllowed { source },
+                });
+                continue;
+            }
+            candidates.push(Pair {
+                source,
+                target: target.clone(),
+                origin: Origin::Annotation,
+            });
+        }
+    }
+
+    // Checks that apply to every origin.
+    let mut survivors = Vec::with_capacity(candidates.len());
+    for pair in candidates {
+        let reason = if pair.source == pair.target {
+            Some(Reason::SourceIsTarget)
+        } else if services.get(&pair.target).is_some_and(has_selector) {
+            Some(Reason::TargetHasSelector)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => refusals.push(Refusal {
+                target: pair.target,
+                source: Some(pair.source),
+                reason,
+            }),
+            None => survivors.push(pair),
+        }
+    }
+
+    // Cycles among the survivors: follow "target reads source" from each pair; each target has one
+    // source, so the walk is a path that either leaves the set of targets or comes back.
+    let source_of: BTreeMap<&ServiceRef, &ServiceRef> =
+        survivors.iter().map(|p| (&p.target, &p.source)).collect();
+    let mut pairs = Vec::with_capacity(survivors.len());
+    for pair in &survivors {
+        match cycle_through(&pair.target, &source_of) {
+            Some(through) => refusals.push(Refusal {
+                target: pair.target.clone(),
+                source: Some(pair.source.clone()),
+                reason: Reason::Cycle { through },
+            }),
+            None => pairs.push(pair.clone()),
+        }
+    }
+
+    pairs.sort();
+    refusals.sort_by(|a, b| {
+        (&a.target, &a.source, a.reason.to_string()).cmp(&(
+            &b.target,
+            &b.source,
+            b.reason.to_string(),
+        ))
+    });
+    Resolution { pairs, refusals }
+}
+
+/// The pair endpoint-copier-operator's annotations on `target` ask for, as `(source, target)`.
+///
+/// `None` when the Service is not annotated (`endpoint-copier/enabled` absent or not exactly
+/// `"true"`). Otherwise `endpoint-copier/default-service-name` is required (a DNS-1035 label) and
+/// `endpoint-copier/default-service-namespace` defaults to the target's namespace (empty counts as
+/// absent, as endpoint-copier-operator treated it); it must be a DNS-1123 label.
+///
+/// # Errors
+/// [`Reason::InvalidAnnotation`] naming the key, the value and why it is refused.
+pub fn annotated_pair(target: &Service) -> Option<Result<(ServiceRef, ServiceRef), Reason>> {
+    let annotations = target.metadata.annotations.as_ref()?;
+    if annotations.get(ANNOTATION_ENABLED).map(String::as_str) != Some("true") {
+        return None;
+    }
+    Some(parse_annotations(target, annotations))
+}
+
+/// The validation half of [`annotated_pair`], for a Service known to be enabled.
+fn parse_annotations(
+    target: &Service,
+    annotations: &BTreeMap<String, String>,
+) -> Result<(ServiceRef, ServiceRef), Reason> {
+    let invalid = |key: &str, value: &str, why: &str| Reason::InvalidAnnotation {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        why: why.to_owned(),
+    };
+    let target_ns = target.metadata.namespace.as_deref().unwrap_or_default();
+    let target_name = target.metadata.name.as_deref().unwrap_or_default();
+    let target_ref = ServiceRef::new(target_ns, target_name).map_err(|e| {
+        invalid(
+            ANNOTATION_ENABLED,
+            "true",
+            &format!("the annotated Service itself has no valid namespace/name ({e})"),
+        )
+    })?;
+
+    let name = match annotations.get(ANNOTATION_SOURCE_NAME) {
+        None => {
+            return Err(invalid(
+                ANNOTATION_SOURCE_NAME,
+                "",
+                &format!("required when {ANNOTATION_ENABLED} is \"true\""),
+            ));
+        }
+        Some(name) if !is_dns1035_label(name) => {
+            return Err(invalid(
+                ANNOTATION_SOURCE_NAME,
+                name,
+                "a Service name is a DNS-1035 label (lowercase letters, digits and '-', at most 63, starting with a letter and ending with a letter or digit)",
+            ));
+        }
+        Some(name) => name.as_str(),
+    };
+    let namespace = match annotations
+        .get(ANNOTATION_SOURCE_NAMESPACE)
+        .map(String::as_str)
+    {
+        None | Some("") => target_ns,
+        Some(ns) if !is_dns1123_label(ns) => {
+            return Err(invalid(
+                ANNOTATION_SOURCE_NAMESPACE,
+                ns,
+                "a namespace is a DNS-1123 label (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)",
+            ));
+        }
+        Some(ns) => ns,
+    };
+    // Both parts were validated just above, so this cannot fail; map the error anyway rather than
+    // unwrap, should the two validations ever drift apart.
+    let source = ServiceRef::new(namespace, name)
+        .map_err(|e| invalid(ANNOTATION_SOURCE_NAME, name, &e.to_string()))?;
+    Ok((source, target_ref))
+}
+
+/// True when the Service has a non-empty `spec.selector`.
+fn has_selector(service: &Service) -> bool {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|sel| !sel.is_empty())
+}
+
+/// The cycle `start` is on, as the list of targets from `start` onwards, or `None`.
+fn cycle_through(
+    start: &ServiceRef,
+    source_of: &BTreeMap<&ServiceRef, &ServiceRef>,
+) -> Option<Vec<ServiceRef>> {
+    let mut through = vec![start.clone()];
+    let mut current = *source_of.get(start)?;
+    // At most one step per pair: a longer walk is a cycle that does not pass through `start`
+    // (start only leads into it), which does not make `start`'s own pair a cycle.
+    for _ in 0..source_of.len() {
+        if current == start {
+            return Some(through);
+        }
+        through.push(current.clone());
+        current = *source_of.get(current)?;
+    }
+    None
+}
