@@ -303,6 +303,10 @@ pub fn desired(
 ///   `<name>-<ipv4|ipv6>` instead, so the create happens before the delete and the VIP never empties.
 /// - Adoptable actual slices matched by nothing (stale ones, duplicates, a changed `addressType`)
 ///   are deleted with uid and resourceVersion preconditions.
+///
+/// An empty `desired` deletes every adoptable slice of the target: that is how removing a pair
+/// removes its slices. Never call `plan` after [`desired`] returned a [`Hold`]: a hold means
+/// "write nothing", not "want nothing".
 pub fn plan(target_ref: &ServiceRef, desired: &[EndpointSlice], actual: &[EndpointSlice]) -> Plan {
     let mut taken: BTreeSet<String> = actual
         .iter()
@@ -1650,6 +1654,17 @@ mod tests {
         assert!(execute(&actual, &p).iter().all(|s| ready_endpoints(s) >= 1));
     }
 
+    #[test]
+    fn removing_a_pair_deletes_our_and_eco_slices_but_not_foreign_ones() {
+        let mut a = written(&want(&vip4(), &[three_apiservers()]));
+        a.push(eco("kubernetes-vip-eco", vec![]));
+        a.push(foreign("kubernetes-vip-lb", IPV4));
+        let p = plan(&target_ref(), &[], &a);
+        let deleted: Vec<&str> = p.deletes.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(deleted, ["kubernetes-vip", "kubernetes-vip-eco"]);
+        assert!(p.creates.is_empty() && p.updates.is_empty());
+    }
+
     // ---- properties ----
 
     fn arb_endpoints(v6: bool) -> impl Strategy<Value = Vec<Endpoint>> {
@@ -1802,6 +1817,10 @@ mod tests {
             source_slices in arb_source(),
         ) {
             if let Ok(d) = desired(&source(), &target_ref(), &t, &source_slices) {
+                let names: BTreeSet<&str> =
+                    d.iter().map(|s| s.metadata.name.as_deref().unwrap()).collect();
+                prop_assert_eq!(names.len(), d.len());
+                prop_assert!(names.iter().all(|n| is_dns1123_subdomain(n)), "{:?}", names);
                 let p = plan(&target_ref(), &d, &written(&d));
                 prop_assert!(p.is_empty(), "{:?}", p);
             }

@@ -811,4 +811,37 @@ mod tests {
                 .contains("source kube-system/x is in another namespace")
         );
     }
+
+    fn arb_ref() -> impl proptest::strategy::Strategy<Value = ServiceRef> {
+        use proptest::prelude::*;
+        (prop_oneof![Just("default"), Just("apps")], 0u8..6)
+            .prop_map(|(ns, i)| ServiceRef::new(ns, &format!("svc{i}")).unwrap())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn resolution_is_order_independent_and_every_target_has_at_most_one_acyclic_pair(
+            config in proptest::collection::vec((arb_ref(), arb_ref()), 0..8),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let res = resolve(&config, true, &allowed(), &BTreeMap::new());
+            let mut shuffled = config.clone();
+            fastrand::Rng::with_seed(seed).shuffle(&mut shuffled);
+            proptest::prop_assert_eq!(&res, &resolve(&shuffled, true, &allowed(), &BTreeMap::new()));
+            let targets: BTreeSet<&ServiceRef> = res.pairs.iter().map(|p| &p.target).collect();
+            proptest::prop_assert_eq!(targets.len(), res.pairs.len());
+            let source_of: BTreeMap<&ServiceRef, &ServiceRef> =
+                res.pairs.iter().map(|p| (&p.target, &p.source)).collect();
+            for p in &res.pairs {
+                proptest::prop_assert!(p.source != p.target);
+                proptest::prop_assert!(cycle_through(&p.target, &source_of).is_none());
+            }
+            // Every config pair is accounted for: active or refused.
+            for (source, target) in &config {
+                let active = res.pairs.iter().any(|p| &p.source == source && &p.target == target);
+                let refused = res.refusals.iter().any(|f| &f.target == target);
+                proptest::prop_assert!(active || refused);
+            }
+        }
+    }
 }
