@@ -849,13 +849,13 @@ mod tests {
         s
     }
 
-    /// endpoint-copier-operator's slice: its managed-by value and its source label.
+    /// endpoint-copier-operator's slice as it writes it: no managed-by label, its source label, no
+    /// ownerReference, ports with an empty name when the Service port has none.
     fn eco(name: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
         let mut s = labelled(
             src(name, IPV4, endpoints),
             &[
                 (SERVICE_NAME_LABEL, "kubernetes-vip"),
-                (MANAGED_BY_LABEL, "endpoint-copier-operator"),
                 (SOURCE_LABEL, "kubernetes"),
                 ("app.kubernetes.io/part-of", "eco"),
             ],

@@ -292,7 +292,7 @@ pub fn resolve(
 /// `None` when the Service is not annotated (`endpoint-copier/enabled` absent or not exactly
 /// `"true"`). Otherwise `endpoint-copier/default-service-name` is required (a DNS-1035 label) and
 /// `endpoint-copier/default-service-namespace` defaults to the target's namespace (empty counts as
-/// absent, as endpoint-copier-operator treated it); it must be a DNS-1123 label.
+/// absent: endpoint-copier-operator would have listed every namespace, which we never do); it must be a DNS-1123 label.
 ///
 /// # Errors
 /// [`Reason::InvalidAnnotation`] naming the key, the value and why it is refused.
