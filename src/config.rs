@@ -460,10 +460,7 @@ fn list_dir(dir: &Path) -> Result<Vec<Entry>, Error> {
             source,
         })?;
         let name = item.file_name();
-        if !Path::new(&name)
-            .extension()
-            .is_some_and(|ext| ext == "toml")
-        {
+        if Path::new(&name).extension().is_none_or(|ext| ext != "toml") {
             continue;
         }
         let path = item.path();
@@ -571,9 +568,17 @@ pub fn load_from(
     for (var, value) in vars {
         let key = var[names::ENV_PREFIX.len()..].to_ascii_lowercase();
         let path: Vec<String> = key.split("__").map(str::to_owned).collect();
-        let parsed: Value = value
-            .parse()
-            .unwrap_or_else(|e: std::convert::Infallible| match e {});
+        // figment's Env would parse `12` as a number even for a string key (a numeric host name
+        // as lease.identity); string keys take the value literally unless it is quoted.
+        let literal = expected_type(&path) == Some("a string")
+            && !(value.len() >= 2 && value.starts_with('"') && value.ends_with('"'));
+        let parsed: Value = if literal {
+            Value::from(value)
+        } else {
+            value
+                .parse()
+                .unwrap_or_else(|e: std::convert::Infallible| match e {})
+        };
         let dict = nest(&path, parsed);
         figment = figment.merge(Serialized::defaults(dict.clone()));
         layers.0.push(Layer {
@@ -1052,4 +1057,816 @@ fn secs(value: Option<u64>, default: Duration) -> Duration {
 /// The key a cross-key error points at: the one the operator set, preferring `first`.
 fn pick(first_set: bool, first: &'static str, second: &'static str) -> &'static str {
     if first_set { first } else { second }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::os::unix::fs::symlink;
+    use tempfile::TempDir;
+
+    const DEFAULTS_TOML: &str = include_str!("../packaging/config.d/10-defaults.toml");
+
+    fn dir_with(files: &[(&str, &str)]) -> TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    fn load_env(dirs: &[&TempDir], env: &[(&str, &str)], o: &Overrides) -> Result<Loaded, Error> {
+        let dirs: Vec<PathBuf> = dirs.iter().map(|d| d.path().to_owned()).collect();
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+        load_from(&dirs, env, o)
+    }
+
+    /// Loads one drop-in `50-test.toml`; returns the config or the error and the file's path.
+    fn load_toml(text: &str) -> (Result<Config, Error>, PathBuf) {
+        let dir = dir_with(&[("50-test.toml", text)]);
+        let path = dir.path().join("50-test.toml");
+        let r = load_env(&[&dir], &[], &Overrides::default()).map(|l| l.config);
+        (r, path)
+    }
+
+    fn err_of(text: &str) -> (Error, PathBuf) {
+        let (r, path) = load_toml(text);
+        (r.unwrap_err(), path)
+    }
+
+    fn at(path: &Path, line: usize, column: usize) -> Origin {
+        Origin::File {
+            path: path.to_owned(),
+            line,
+            column,
+        }
+    }
+
+    fn file_names(files: &[PathBuf]) -> Vec<String> {
+        files
+            .iter()
+            .map(|p| {
+                let dir = p.parent().unwrap().file_name().unwrap().to_string_lossy();
+                format!("{dir}/{}", p.file_name().unwrap().to_string_lossy())
+            })
+            .collect()
+    }
+
+    // --- defaults -------------------------------------------------------------------------
+
+    #[test]
+    fn packaged_defaults_file_equals_built_in_defaults() {
+        let dir = dir_with(&[("10-defaults.toml", DEFAULTS_TOML)]);
+        let loaded = load_env(&[&dir], &[], &Overrides::default()).unwrap();
+        assert_eq!(loaded.files, vec![dir.path().join("10-defaults.toml")]);
+        assert_eq!(loaded.config, Config::default());
+    }
+
+    #[test]
+    fn packaged_defaults_file_lists_every_key() {
+        // A struct literal with every field, so adding a key to RawConfig fails to compile here
+        // until this test (and therefore the file) knows about it.
+        let all = RawConfig {
+            kubeconfig: Some(String::new()),
+            allow_insecure_tls: Some(false),
+            pair: Some(vec![RawPair {
+                source: Some(String::new()),
+                target: Some(String::new()),
+            }]),
+            annotations: Some(RawAnnotations {
+                enabled: Some(true),
+                allowed_sources: Some(vec![]),
+            }),
+            lease: Some(RawLease {
+                namespace: Some(String::new()),
+                name: Some(String::new()),
+                identity: Some(String::new()),
+                duration_secs: Some(0),
+                renew_deadline_secs: Some(0),
+                retry_period_secs: Some(0),
+            }),
+            sync: Some(RawSync {
+                resync_interval_secs: Some(0),
+                max_backoff_secs: Some(0),
+            }),
+            log: Some(RawLog {
+                level: Some(String::new()),
+            }),
+            metrics: Some(RawMetrics {
+                listen: Some(String::new()),
+            }),
+        };
+        let schema: toml::Table = toml::Table::try_from(&all).unwrap();
+        let file: toml::Table = toml::from_str(DEFAULTS_TOML).unwrap();
+        let mut checked = 0;
+        for (key, value) in &schema {
+            let sub = match value {
+                toml::Value::Table(t) => t.clone(),
+                toml::Value::Array(a) if key == "pair" => a[0].as_table().unwrap().clone(),
+                _ => {
+                    assert!(file.contains_key(key), "10-defaults.toml lacks key '{key}'");
+                    checked += 1;
+                    continue;
+                }
+            };
+            let in_file = match &file[key] {
+                toml::Value::Array(a) => a[0].as_table().unwrap().clone(),
+                v => v.as_table().unwrap().clone(),
+            };
+            for leaf in sub.keys() {
+                // A key whose default is "unset" can only be shown commented out.
+                let commented = DEFAULTS_TOML.contains(&format!("\n# {leaf} = "));
+                assert!(
+                    in_file.contains_key(leaf) || commented,
+                    "10-defaults.toml lacks key '{key}.{leaf}'"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 16);
+    }
+
+    #[test]
+    fn built_in_default_pair_parses_as_a_valid_service_ref() {
+        let d = Config::default();
+        assert_eq!(d.pairs[0].source, names::DEFAULT_SOURCE.parse().unwrap());
+        assert_eq!(d.pairs[0].target, names::DEFAULT_TARGET.parse().unwrap());
+        assert_eq!(
+            d.annotations.allowed_sources,
+            vec![names::DEFAULT_SOURCE.parse::<ServiceRef>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn no_drop_ins_at_all_gives_the_built_in_defaults() {
+        let missing = PathBuf::from("/nonexistent/endpoint-copier/config.d");
+        let loaded = load_from(&[missing], Vec::new(), &Overrides::default()).unwrap();
+        assert!(loaded.files.is_empty());
+        assert_eq!(loaded.config, Config::default());
+    }
+
+    // --- precedence -----------------------------------------------------------------------
+
+    #[test]
+    fn same_named_file_in_a_later_dir_masks_the_earlier_one() {
+        let usr = dir_with(&[(
+            "50-site.toml",
+            "[log]\nlevel = \"debug\"\n[sync]\nmax_backoff_secs = 5\n",
+        )]);
+        let etc = dir_with(&[("50-site.toml", "[log]\nlevel = \"warn\"\n")]);
+        let loaded = load_env(&[&usr, &etc], &[], &Overrides::default()).unwrap();
+        assert_eq!(loaded.files, vec![etc.path().join("50-site.toml")]);
+        assert_eq!(loaded.config.log.level, "warn");
+        // The masked file contributes nothing, not even keys the masking file leaves out.
+        assert_eq!(loaded.config.sync.max_backoff, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn files_merge_in_name_order_not_directory_order() {
+        let usr = dir_with(&[("90-late.toml", "[log]\nlevel = \"debug\"\n")]);
+        let etc = dir_with(&[("20-early.toml", "[log]\nlevel = \"warn\"\n")]);
+        let loaded = load_env(&[&usr, &etc], &[], &Overrides::default()).unwrap();
+        assert_eq!(
+            loaded.files,
+            vec![
+                etc.path().join("20-early.toml"),
+                usr.path().join("90-late.toml")
+            ]
+        );
+        assert_eq!(loaded.config.log.level, "debug");
+    }
+
+    #[test]
+    fn empty_file_masks_a_same_named_earlier_file() {
+        let usr = dir_with(&[("10-defaults.toml", "[log]\nlevel = \"debug\"\n")]);
+        let etc = dir_with(&[("10-defaults.toml", "")]);
+        let loaded = load_env(&[&usr, &etc], &[], &Overrides::default()).unwrap();
+        assert!(loaded.files.is_empty());
+        assert_eq!(loaded.config.log.level, "info");
+    }
+
+    #[test]
+    fn symlink_to_dev_null_masks_a_same_named_earlier_file() {
+        let usr = dir_with(&[("10-defaults.toml", "[log]\nlevel = \"debug\"\n")]);
+        let etc = tempfile::tempdir().unwrap();
+        symlink("/dev/null", etc.path().join("10-defaults.toml")).unwrap();
+        let loaded = load_env(&[&usr, &etc], &[], &Overrides::default()).unwrap();
+        assert!(loaded.files.is_empty());
+        assert_eq!(loaded.config.log.level, "info");
+    }
+
+    #[test]
+    fn later_file_wins_key_by_key_and_tables_merge() {
+        let dir = dir_with(&[
+            (
+                "10-a.toml",
+                "[lease]\nduration_secs = 40\nrenew_deadline_secs = 30\n",
+            ),
+            ("20-b.toml", "[lease]\nduration_secs = 50\n"),
+        ]);
+        let c = load_env(&[&dir], &[], &Overrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(c.lease.duration, Duration::from_secs(50));
+        assert_eq!(c.lease.renew_deadline, Duration::from_secs(30));
+        assert_eq!(c.lease.retry_period, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn non_toml_files_and_missing_dirs_are_ignored() {
+        let dir = dir_with(&[
+            ("50-site.toml.rpmsave", "garbage ="),
+            ("README", "not toml"),
+            ("50-site.toml", "[log]\nlevel = \"warn\"\n"),
+        ]);
+        fs::create_dir(dir.path().join("60-dir.toml")).unwrap();
+        let missing = tempfile::tempdir().unwrap().path().join("gone");
+        let dirs = vec![missing, dir.path().to_owned()];
+        let loaded = load_from(&dirs, Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(loaded.files, vec![dir.path().join("50-site.toml")]);
+        assert_eq!(loaded.config.log.level, "warn");
+    }
+
+    #[test]
+    fn a_later_pair_list_replaces_the_earlier_one() {
+        let dir = dir_with(&[
+            ("10-defaults.toml", DEFAULTS_TOML),
+            (
+                "50-site.toml",
+                "[[pair]]\nsource = \"web/api\"\ntarget = \"web/api-vip\"\n",
+            ),
+        ]);
+        let c = load_env(&[&dir], &[], &Overrides::default())
+            .unwrap()
+            .config;
+        assert_eq!(
+            c.pairs,
+            vec![PairConfig {
+                source: "web/api".parse().unwrap(),
+                target: "web/api-vip".parse().unwrap(),
+            }]
+        );
+    }
+
+    #[test]
+    fn empty_pair_list_removes_the_default_pair() {
+        let (c, _) = load_toml("pair = []\n");
+        assert!(c.unwrap().pairs.is_empty());
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        Sets,
+        Silent,
+        Empty,
+        DevNull,
+        NotToml,
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            3 => Just(Kind::Sets),
+            1 => Just(Kind::Silent),
+            1 => Just(Kind::Empty),
+            1 => Just(Kind::DevNull),
+            1 => Just(Kind::NotToml),
+        ]
+    }
+
+    const NAMES: [&str; 5] = ["05-a", "10-defaults", "50-site", "50-site2", "90-local"];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Precedence for any set of drop-ins, against a model: per name the last directory wins;
+        /// masked and non-toml winners drop out; the rest merge by name; the last setter wins.
+        #[test]
+        fn precedence_matches_the_model_for_any_set_of_drop_ins(
+            listing in prop::collection::vec(
+                prop::collection::btree_map(0..NAMES.len(), kind(), 0..NAMES.len()),
+                1..4,
+            )
+        ) {
+            let dirs: Vec<TempDir> = listing.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+            for (d, files) in listing.iter().enumerate() {
+                for (&n, &k) in files {
+                    let stem = NAMES[n];
+                    let dir = dirs[d].path();
+                    match k {
+                        Kind::Sets => fs::write(
+                            dir.join(format!("{stem}.toml")),
+                            format!("[lease]\nidentity = \"{d}/{stem}\"\n"),
+                        ).unwrap(),
+                        Kind::Silent => fs::write(
+                            dir.join(format!("{stem}.toml")),
+                            "# only a comment\n[log]\n",
+                        ).unwrap(),
+                        Kind::Empty => fs::write(dir.join(format!("{stem}.toml")), "").unwrap(),
+                        Kind::DevNull => symlink("/dev/null", dir.join(format!("{stem}.toml"))).unwrap(),
+                        Kind::NotToml => fs::write(
+                            dir.join(format!("{stem}.conf")),
+                            "[lease]\nidentity = \"never\"\n",
+                        ).unwrap(),
+                    }
+                }
+            }
+
+            // The model.
+            let mut winner: BTreeMap<&str, (usize, Kind)> = BTreeMap::new();
+            for (d, files) in listing.iter().enumerate() {
+                for (&n, &k) in files {
+                    if !matches!(k, Kind::NotToml) {
+                        winner.insert(NAMES[n], (d, k));
+                    }
+                }
+            }
+            let expected_files: Vec<PathBuf> = winner
+                .iter()
+                .filter(|(_, (_, k))| matches!(k, Kind::Sets | Kind::Silent))
+                .map(|(stem, (d, _))| dirs[*d].path().join(format!("{stem}.toml")))
+                .collect();
+            let expected_identity = winner
+                .iter()
+                .filter(|(_, (_, k))| matches!(k, Kind::Sets))
+                .map(|(stem, (d, _))| format!("{d}/{stem}"))
+                .next_back();
+
+            let paths: Vec<PathBuf> = dirs.iter().map(|d| d.path().to_owned()).collect();
+            let loaded = load_from(&paths, Vec::new(), &Overrides::default()).unwrap();
+            prop_assert_eq!(&loaded.files, &expected_files);
+            prop_assert_eq!(drop_ins(&paths).unwrap(), expected_files);
+            prop_assert_eq!(loaded.config.lease.identity, expected_identity);
+        }
+    }
+
+    #[test]
+    fn file_names_sort_bytewise_across_dirs() {
+        let a = dir_with(&[("9-x.toml", "\n"), ("10-y.toml", "\n")]);
+        let b = dir_with(&[("Z.toml", "\n"), ("a.toml", "\n")]);
+        let files = drop_ins(&[a.path().to_owned(), b.path().to_owned()]).unwrap();
+        let names: Vec<String> = file_names(&files)
+            .iter()
+            .map(|s| s.rsplit('/').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["10-y.toml", "9-x.toml", "Z.toml", "a.toml"]);
+    }
+
+    // --- error positions ------------------------------------------------------------------
+
+    #[test]
+    fn unknown_key_names_file_line_column_and_the_valid_keys() {
+        let (e, path) = err_of("[lease]\nduration_secs = 20\nduraton_secs = 20\n");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:3:1: unknown key 'lease.duraton_secs' (expected one of: namespace, name, identity, duration_secs, renew_deadline_secs, retry_period_secs)",
+                path.display()
+            )
+        );
+        assert_eq!(e.exit_code(), 78);
+    }
+
+    #[test]
+    fn unknown_top_level_key_points_at_the_key() {
+        let (e, path) = err_of("# comment\n  kubeconfg = \"auto\"\n");
+        assert!(matches!(&e, Error::UnknownKey { key, .. } if key == "kubeconfg"));
+        assert_eq!(e.origin(), Some(&at(&path, 2, 3)));
+    }
+
+    #[test]
+    fn unknown_key_inside_a_pair_names_its_index() {
+        let (e, path) = err_of(
+            "[[pair]]\nsource = \"a/b\"\ntarget = \"a/c\"\n[[pair]]\nsource = \"a/d\"\ntraget = \"a/e\"\n",
+        );
+        assert!(
+            matches!(&e, Error::UnknownKey { key, .. } if key == "pair[1].traget"),
+            "{e}"
+        );
+        assert_eq!(e.origin(), Some(&at(&path, 6, 1)));
+    }
+
+    #[test]
+    fn wrong_type_points_at_the_value() {
+        let (e, path) = err_of("[lease]\nname = \"x\"\nduration_secs = \"15s\"\n");
+        assert!(
+            matches!(&e, Error::WrongType { key, expected, .. }
+                if key == "lease.duration_secs" && expected.contains("integer")),
+            "{e}"
+        );
+        assert_eq!(e.origin(), Some(&at(&path, 3, 17)));
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}:3:17: ", path.display()))
+        );
+    }
+
+    #[test]
+    fn negative_duration_is_an_invalid_value_at_its_position() {
+        let (e, path) = err_of("[sync]\nmax_backoff_secs = -1\n");
+        assert!(
+            matches!(&e, Error::InvalidValue { key, .. } if key == "sync.max_backoff_secs"),
+            "{e}"
+        );
+        assert_eq!(e.origin(), Some(&at(&path, 2, 20)));
+    }
+
+    #[test]
+    fn bad_value_points_at_the_value_of_the_key() {
+        let (e, path) =
+            err_of("[[pair]]\nsource = \"default/kubernetes\"\ntarget =   \"Default/vip\"\n");
+        assert!(
+            matches!(&e, Error::InvalidValue { key, reason, .. }
+            if key == "pair[0].target" && reason.contains("namespace 'Default'")),
+            "{e}"
+        );
+        assert_eq!(e.origin(), Some(&at(&path, 3, 12)));
+    }
+
+    #[test]
+    fn toml_syntax_error_names_line_and_column() {
+        let (e, path) = err_of("[log]\nlevel = \"info\"\nlevel2 \"x\"\n");
+        let Error::Syntax { origin, .. } = &e else {
+            panic!("expected a syntax error, got {e}");
+        };
+        let Origin::File { path: p, line, .. } = origin else {
+            panic!("{origin}");
+        };
+        assert_eq!(p, &path);
+        assert_eq!(*line, 3);
+    }
+
+    #[test]
+    fn error_names_the_file_that_supplied_the_value_not_the_last_file() {
+        let dir = dir_with(&[
+            ("10-a.toml", "[sync]\n\nresync_interval_secs = 5\n"),
+            ("20-b.toml", "[log]\nlevel = \"info\"\n"),
+        ]);
+        let e = load_env(&[&dir], &[], &Overrides::default()).unwrap_err();
+        assert_eq!(e.origin(), Some(&at(&dir.path().join("10-a.toml"), 3, 24)));
+    }
+
+    #[test]
+    fn column_counts_characters_not_bytes() {
+        let (e, path) = err_of("# é\n[log]\nlevel = \"\"  # ü\n");
+        assert_eq!(e.origin(), Some(&at(&path, 3, 9)));
+    }
+
+    // --- validation -----------------------------------------------------------------------
+
+    fn invalid(text: &str) -> (String, String) {
+        match err_of(text).0 {
+            Error::InvalidValue { key, reason, .. } => (key, reason),
+            e => panic!("expected an invalid value, got {e}"),
+        }
+    }
+
+    #[test]
+    fn pair_source_must_be_namespace_slash_name() {
+        let (key, reason) =
+            invalid("[[pair]]\nsource = \"kubernetes\"\ntarget = \"default/vip\"\n");
+        assert_eq!(key, "pair[0].source");
+        assert!(reason.contains("namespace/name"), "{reason}");
+    }
+
+    #[test]
+    fn pair_without_target_is_refused() {
+        let (key, reason) = invalid("[[pair]]\nsource = \"default/kubernetes\"\n");
+        assert_eq!(key, "pair[0]");
+        assert!(reason.contains("missing key 'target'"), "{reason}");
+    }
+
+    #[test]
+    fn pair_without_source_is_refused() {
+        let (key, reason) = invalid("[[pair]]\ntarget = \"default/x\"\n");
+        assert_eq!(key, "pair[0]");
+        assert!(reason.contains("missing key 'source'"), "{reason}");
+    }
+
+    #[test]
+    fn pair_whose_source_is_its_target_is_refused() {
+        let (key, reason) = invalid("[[pair]]\nsource = \"a/b\"\ntarget = \"a/b\"\n");
+        assert_eq!(key, "pair[0].target");
+        assert!(reason.contains("also the source"), "{reason}");
+    }
+
+    #[test]
+    fn two_pairs_with_the_same_target_are_refused() {
+        let (key, reason) = invalid(
+            "[[pair]]\nsource = \"a/b\"\ntarget = \"a/t\"\n[[pair]]\nsource = \"a/c\"\ntarget = \"a/t\"\n",
+        );
+        assert_eq!(key, "pair[1].target");
+        assert!(reason.contains("already the target of pair[0]"), "{reason}");
+    }
+
+    #[test]
+    fn allowed_sources_entries_are_validated_with_their_index() {
+        let (key, _) =
+            invalid("[annotations]\nallowed_sources = [\"default/kubernetes\", \"nope\"]\n");
+        assert_eq!(key, "annotations.allowed_sources[1]");
+    }
+
+    #[test]
+    fn lease_duration_must_exceed_renew_deadline() {
+        let (key, reason) = invalid("[lease]\nduration_secs = 10\n");
+        assert_eq!(key, "lease.duration_secs");
+        assert!(
+            reason.contains("greater than renew_deadline_secs (10)"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn lease_renew_deadline_must_exceed_1_2_retry_periods() {
+        // 10 s is not more than 1.2 × 9 s = 10.8 s.
+        let (key, reason) = invalid("[lease]\nretry_period_secs = 9\n");
+        assert_eq!(key, "lease.retry_period_secs");
+        assert!(reason.contains("1.2 × retry_period_secs (9)"), "{reason}");
+        // 10 s is exactly 1.2 × 8.33 s: with whole seconds, 8 passes and the boundary is strict.
+        let (c, _) = load_toml("[lease]\nretry_period_secs = 8\n");
+        assert_eq!(c.unwrap().lease.retry_period, Duration::from_secs(8));
+        let (key, _) = invalid(
+            "[lease]\nduration_secs = 30\nrenew_deadline_secs = 12\nretry_period_secs = 10\n",
+        );
+        assert_eq!(key, "lease.renew_deadline_secs");
+    }
+
+    #[test]
+    fn lease_retry_period_must_be_at_least_one_second() {
+        let (key, reason) = invalid("[lease]\nretry_period_secs = 0\n");
+        assert_eq!(key, "lease.retry_period_secs");
+        assert!(reason.contains("at least 1"), "{reason}");
+    }
+
+    #[test]
+    fn lease_namespace_must_be_a_dns_label() {
+        assert_eq!(
+            invalid("[lease]\nnamespace = \"kube.system\"\n").0,
+            "lease.namespace"
+        );
+        assert_eq!(invalid("[lease]\nnamespace = \"\"\n").0, "lease.namespace");
+    }
+
+    #[test]
+    fn lease_name_must_be_a_dns_subdomain() {
+        assert_eq!(
+            invalid("[lease]\nname = \"Endpoint_Copier\"\n").0,
+            "lease.name"
+        );
+        let (c, _) = load_toml("[lease]\nname = \"endpoint-copier.site-a\"\n");
+        assert_eq!(c.unwrap().lease.name, "endpoint-copier.site-a");
+    }
+
+    #[test]
+    fn lease_identity_must_not_be_empty_when_set() {
+        assert_eq!(invalid("[lease]\nidentity = \" \"\n").0, "lease.identity");
+        let (c, _) = load_toml("[lease]\nidentity = \"node-1\"\n");
+        assert_eq!(c.unwrap().lease.identity.as_deref(), Some("node-1"));
+    }
+
+    #[test]
+    fn resync_interval_must_be_at_least_ten_seconds() {
+        assert_eq!(
+            invalid("[sync]\nresync_interval_secs = 9\n").0,
+            "sync.resync_interval_secs"
+        );
+        let (c, _) = load_toml("[sync]\nresync_interval_secs = 10\n");
+        assert_eq!(c.unwrap().sync.resync_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn max_backoff_must_be_at_least_one_second() {
+        assert_eq!(
+            invalid("[sync]\nmax_backoff_secs = 0\n").0,
+            "sync.max_backoff_secs"
+        );
+    }
+
+    #[test]
+    fn kubeconfig_must_be_auto_or_an_absolute_path() {
+        assert_eq!(invalid("kubeconfig = \"rke2.yaml\"\n").0, "kubeconfig");
+        assert_eq!(invalid("kubeconfig = \"\"\n").0, "kubeconfig");
+        let (c, _) = load_toml("kubeconfig = \"/etc/rancher/k3s/k3s.yaml\"\n");
+        assert_eq!(
+            c.unwrap().kubeconfig,
+            Kubeconfig::Path(PathBuf::from("/etc/rancher/k3s/k3s.yaml"))
+        );
+    }
+
+    #[test]
+    fn metrics_listen_must_be_loopback() {
+        let (key, reason) = invalid("[metrics]\nlisten = \"0.0.0.0:9402\"\n");
+        assert_eq!(key, "metrics.listen");
+        assert!(reason.contains("loopback"), "{reason}");
+        assert_eq!(
+            invalid("[metrics]\nlisten = \"198.51.100.7:9402\"\n").0,
+            "metrics.listen"
+        );
+        assert_eq!(
+            invalid("[metrics]\nlisten = \"localhost:9402\"\n").0,
+            "metrics.listen"
+        );
+        let (c, _) = load_toml("[metrics]\nlisten = \"[::1]:9000\"\n");
+        assert_eq!(
+            c.unwrap().metrics.listen,
+            Some("[::1]:9000".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn empty_metrics_listen_disables_metrics() {
+        let (c, _) = load_toml("[metrics]\nlisten = \"\"\n");
+        assert_eq!(c.unwrap().metrics.listen, None);
+    }
+
+    #[test]
+    fn log_level_must_parse_as_a_filter() {
+        let (key, reason) = invalid("[log]\nlevel = \"info,=[\"\n");
+        assert_eq!(key, "log.level");
+        assert!(reason.contains("not a log filter"), "{reason}");
+        assert_eq!(invalid("[log]\nlevel = \"\"\n").0, "log.level");
+        let (c, _) = load_toml("[log]\nlevel = \"endpoint_copier=debug,kube=info\"\n");
+        assert_eq!(c.unwrap().log.level, "endpoint_copier=debug,kube=info");
+    }
+
+    #[test]
+    fn allow_insecure_tls_and_annotations_enabled_are_read() {
+        let (c, _) = load_toml("allow_insecure_tls = true\n[annotations]\nenabled = false\n");
+        let c = c.unwrap();
+        assert!(c.allow_insecure_tls);
+        assert!(!c.annotations.enabled);
+        assert_eq!(
+            c.annotations.allowed_sources,
+            Config::default().annotations.allowed_sources
+        );
+    }
+
+    // --- environment and flags ------------------------------------------------------------
+
+    #[test]
+    fn env_overrides_files_with_double_underscore_nesting() {
+        let dir = dir_with(&[(
+            "50-site.toml",
+            "[lease]\nduration_secs = 30\nname = \"x\"\n",
+        )]);
+        let c = load_env(
+            &[&dir],
+            &[
+                ("ENDPOINT_COPIER_LEASE__DURATION_SECS", "20"),
+                ("ENDPOINT_COPIER_KUBECONFIG", "/srv/kc.yaml"),
+                ("ENDPOINT_COPIER_METRICS__LISTEN", ""),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.lease.duration, Duration::from_secs(20));
+        assert_eq!(c.lease.name, "x");
+        assert_eq!(
+            c.kubeconfig,
+            Kubeconfig::Path(PathBuf::from("/srv/kc.yaml"))
+        );
+        assert_eq!(c.metrics.listen, None);
+    }
+
+    #[test]
+    fn env_log_and_test_variables_are_not_config_keys() {
+        let c = load_env(
+            &[],
+            &[
+                ("ENDPOINT_COPIER_LOG", "trace"),
+                ("ENDPOINT_COPIER_TEST_KUBECONFIG", "/tmp/kc"),
+                ("ENDPOINT_COPIER_TEST_ANYTHING", "x"),
+                ("OTHER_VARIABLE", "x"),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn env_log_level_is_a_config_key_unlike_env_log() {
+        let c = load_env(
+            &[],
+            &[("ENDPOINT_COPIER_LOG__LEVEL", "debug")],
+            &Overrides::default(),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.log.level, "debug");
+    }
+
+    #[test]
+    fn env_unknown_key_names_the_variable() {
+        let e = load_env(
+            &[],
+            &[("ENDPOINT_COPIER_LEASE__DURATON_SECS", "20")],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment variable ENDPOINT_COPIER_LEASE__DURATON_SECS: unknown key 'lease.duraton_secs' (expected one of: namespace, name, identity, duration_secs, renew_deadline_secs, retry_period_secs)"
+        );
+    }
+
+    #[test]
+    fn env_bad_value_names_the_variable() {
+        let dir = dir_with(&[("50-site.toml", "[sync]\nmax_backoff_secs = 5\n")]);
+        let e = load_env(
+            &[&dir],
+            &[("ENDPOINT_COPIER_SYNC__MAX_BACKOFF_SECS", "soon")],
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::WrongType { key, .. } if key == "sync.max_backoff_secs"),
+            "{e}"
+        );
+        assert_eq!(
+            e.origin(),
+            Some(&Origin::Env {
+                var: "ENDPOINT_COPIER_SYNC__MAX_BACKOFF_SECS".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn env_string_keys_take_the_value_literally() {
+        let c = load_env(
+            &[],
+            &[
+                ("ENDPOINT_COPIER_LEASE__IDENTITY", "12"),
+                ("ENDPOINT_COPIER_LEASE__NAME", "\"quoted\""),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.lease.identity.as_deref(), Some("12"));
+        assert_eq!(c.lease.name, "quoted");
+    }
+
+    #[test]
+    fn env_can_set_booleans_and_lists() {
+        let c = load_env(
+            &[],
+            &[
+                ("ENDPOINT_COPIER_ANNOTATIONS__ENABLED", "false"),
+                (
+                    "ENDPOINT_COPIER_ANNOTATIONS__ALLOWED_SOURCES",
+                    "[\"default/kubernetes\", \"web/api\"]",
+                ),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap()
+        .config;
+        assert!(!c.annotations.enabled);
+        assert_eq!(c.annotations.allowed_sources.len(), 2);
+    }
+
+    #[test]
+    fn kubeconfig_flag_wins_over_env_and_files() {
+        let dir = dir_with(&[("50-site.toml", "kubeconfig = \"/etc/a.yaml\"\n")]);
+        let o = Overrides {
+            config_dirs: Vec::new(),
+            kubeconfig: Some(PathBuf::from("/etc/c.yaml")),
+        };
+        let c = load_env(
+            &[&dir],
+            &[("ENDPOINT_COPIER_KUBECONFIG", "/etc/b.yaml")],
+            &o,
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.kubeconfig, Kubeconfig::Path(PathBuf::from("/etc/c.yaml")));
+    }
+
+    #[test]
+    fn relative_kubeconfig_flag_names_the_flag() {
+        let o = Overrides {
+            config_dirs: Vec::new(),
+            kubeconfig: Some(PathBuf::from("kc.yaml")),
+        };
+        let e = load_env(&[], &[], &o).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "flag --kubeconfig: invalid value for 'kubeconfig': 'kc.yaml' is neither \"auto\" nor an absolute path"
+        );
+    }
+
+    #[test]
+    fn unreadable_config_dir_is_an_error_naming_it() {
+        let dir = dir_with(&[("a.toml", "")]);
+        let not_a_dir = dir.path().join("a.toml");
+        let e = drop_ins(std::slice::from_ref(&not_a_dir)).unwrap_err();
+        assert!(
+            matches!(&e, Error::ReadDir { path, .. } if path == &not_a_dir),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 78);
+    }
 }
