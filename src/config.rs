@@ -510,8 +510,9 @@ pub fn load(o: &Overrides) -> Result<Loaded, Error> {
     };
     let mut env = Vec::new();
     for (key, value) in std::env::vars_os() {
-        // Only our prefix matters; other variables may be anything, UTF-8 or not.
-        let Some(key) = key.to_str().filter(|k| k.starts_with(names::ENV_PREFIX)) else {
+        // Only config keys matter; other variables (ENDPOINT_COPIER_LOG included) may be
+        // anything, UTF-8 or not.
+        let Some(key) = key.to_str().filter(|k| is_config_var(k)) else {
             continue;
         };
         let value = value.into_string().map_err(|_| Error::EnvNotUnicode {
