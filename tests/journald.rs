@@ -196,3 +196,130 @@ fn a_socket_nobody_listens_on_is_an_error_naming_it() {
     assert!(matches!(err, Error::Journald { .. }));
     assert!(err.to_string().contains("no-journald"), "{err}");
 }
+
+// --- `init` in a real process ---------------------------------------------------------------
+// `init` installs the global subscriber, once per process, so these tests run it in a child: the
+// test binary re-executes itself with `CHILD_ENV` set, running only the entry point below.
+
+/// Set in the child's environment; the entry point does nothing without it.
+const CHILD_ENV: &str = "ENDPOINT_COPIER_TEST_LOGGING_CHILD";
+/// The child's exit code when `init` fails.
+const INIT_FAILED: i32 = 3;
+
+#[test]
+fn child_entry_point_logs_through_init() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return; // Not a child: the parent tests below drive this.
+    }
+    if let Err(error) = endpoint_copier::logging::init("info") {
+        eprintln!("init failed: {error}");
+        std::process::exit(INIT_FAILED);
+    }
+    tracing::info!(service = "default/kubernetes-vip", "info shown");
+    tracing::debug!(endpoints = 3, "debug shown");
+    tracing::trace!("trace shown");
+}
+
+/// Runs the entry point in a child with `env` (`None` removes the variable) and stderr sent to
+/// `stderr`; returns the exit code.
+fn run_child(env: &[(&str, Option<&str>)], stderr: std::process::Stdio) -> i32 {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "child_entry_point_logs_through_init",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, "1")
+    .env_remove("JOURNAL_STREAM")
+    .env_remove("ENDPOINT_COPIER_LOG")
+    .stdout(std::process::Stdio::null())
+    .stderr(stderr);
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.status().unwrap().code().unwrap()
+}
+
+/// Runs the child with stderr in a file and returns (exit code, stderr text).
+fn run_child_capturing(env: &[(&str, Option<&str>)]) -> (i32, String) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let code = run_child(env, file.reopen().unwrap().into());
+    (code, std::fs::read_to_string(file.path()).unwrap())
+}
+
+#[test]
+fn init_writes_plain_text_to_stderr_at_the_configured_level() {
+    let (code, err) = run_child_capturing(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("info shown"), "{err}");
+    assert!(err.contains("service=\"default/kubernetes-vip\""), "{err}");
+    assert!(!err.contains("debug shown"), "{err}");
+    assert!(
+        !err.contains('\x1b'),
+        "no colours when stderr is not a terminal: {err}"
+    );
+}
+
+#[test]
+fn init_lets_the_environment_variable_win_over_the_configured_level() {
+    let (code, err) = run_child_capturing(&[("ENDPOINT_COPIER_LOG", Some("debug"))]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("debug shown") && err.contains("endpoints=3"),
+        "{err}"
+    );
+    assert!(!err.contains("trace shown"), "{err}");
+}
+
+#[test]
+fn init_rejects_an_invalid_filter_naming_where_it_came_from() {
+    let (code, err) = run_child_capturing(&[("ENDPOINT_COPIER_LOG", Some("info,kube=loud"))]);
+    assert_eq!(code, INIT_FAILED, "{err}");
+    assert!(err.contains("info,kube=loud"), "{err}");
+    assert!(err.contains("ENDPOINT_COPIER_LOG"), "{err}");
+}
+
+#[test]
+fn a_journal_stream_that_is_not_stderr_keeps_text_on_stderr() {
+    // JOURNAL_STREAM inherited from a unit by a shell: it names some other stream.
+    let (code, err) = run_child_capturing(&[("JOURNAL_STREAM", Some("1:1"))]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("info shown"), "{err}");
+    assert!(
+        !err.contains("instead of journald"),
+        "journald was not tried: {err}"
+    );
+}
+
+#[test]
+fn a_journal_stream_naming_stderr_selects_journald() {
+    use std::os::unix::fs::MetadataExt;
+    if std::path::Path::new(endpoint_copier::logging::JOURNALD_SOCKET).exists() {
+        // A real journald would receive the entries; this test needs it absent to observe the
+        // choice through the fallback warning.
+        eprintln!(
+            "skipped: {} exists",
+            endpoint_copier::logging::JOURNALD_SOCKET
+        );
+        return;
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let meta = file.as_file().metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let code = run_child(
+        &[("JOURNAL_STREAM", Some(&stream))],
+        file.reopen().unwrap().into(),
+    );
+    let err = std::fs::read_to_string(file.path()).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("logging to stderr instead of journald"),
+        "{err}"
+    );
+    assert!(err.contains("/run/systemd/journal/socket"), "{err}");
+    assert!(err.contains("info shown"), "{err}");
+}
