@@ -158,7 +158,8 @@ impl Notifier {
     }
 
     /// STATUS=`line`, sent only when the text differs from the last one systemd accepted.
-    /// Newlines are replaced by spaces: STATUS is one line.
+    /// Newlines are replaced by spaces: STATUS is one line. The ages in a [`status_line`] move, so
+    /// call this on every state change and on a slow timer (every few seconds), not in a hot loop.
     pub fn status(&self, line: &str) {
         let Some(inner) = &self.inner else { return };
         let line = line.replace('\n', " ");
@@ -408,7 +409,8 @@ impl Watchdog {
 }
 
 /// Pings WATCHDOG=1 every half watchdog interval while every registered loop ticked within the
-/// interval; returns when `shutdown` is cancelled. Without a watchdog interval it only waits for
+/// interval (with no loop registered nothing can be wedged, so it pings); returns when `shutdown`
+/// is cancelled. Without a watchdog interval it only waits for
 /// `shutdown`, so the daemon can treat any early return as a dead task.
 pub async fn run_watchdog(notifier: Notifier, beats: Heartbeats, shutdown: CancellationToken) {
     let Some(interval) = notifier.watchdog_interval() else {
