@@ -361,3 +361,82 @@ fn status_line_appends_the_last_error_on_one_short_line() {
     assert!(error.starts_with("first line x"));
     assert!(error.ends_with('…'));
 }
+
+// --- `Notifier::from_env` in a real process ---------------------------------------------------
+// The environment is process-wide (and `set_var` is unsafe), so these tests give it to a child:
+// the test binary re-executes itself with `CHILD_ENV` set, running only the entry point below.
+
+/// Set in the child's environment; the entry point does nothing without it.
+const CHILD_ENV: &str = "ENDPOINT_COPIER_TEST_NOTIFY_CHILD";
+
+#[test]
+fn child_entry_point_notifies_from_the_environment() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return; // Not a child: the parent tests below drive this.
+    }
+    let n = Notifier::from_env();
+    n.ready();
+    n.status(&format!("watchdog {:?}", n.watchdog_interval()));
+}
+
+/// Runs the entry point with `env` and returns its exit code.
+fn run_child(env: &[(&str, &str)]) -> i32 {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "child_entry_point_notifies_from_the_environment",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, "1")
+    .env_remove("NOTIFY_SOCKET")
+    .env_remove("WATCHDOG_USEC")
+    .env_remove("WATCHDOG_PID")
+    .stdout(std::process::Stdio::null());
+    cmd.envs(env.iter().copied());
+    cmd.status().unwrap().code().unwrap()
+}
+
+#[test]
+fn from_env_sends_to_notify_socket_with_the_watchdog_interval() {
+    let systemd = FakeSystemd::new();
+    let path = systemd.path.to_str().unwrap().to_owned();
+    let code = run_child(&[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "30000000")]);
+    assert_eq!(code, 0);
+    assert_eq!(systemd.drain(), ["READY=1", "STATUS=watchdog Some(30s)"]);
+}
+
+#[test]
+fn from_env_ignores_a_watchdog_meant_for_another_pid() {
+    let systemd = FakeSystemd::new();
+    let path = systemd.path.to_str().unwrap().to_owned();
+    let code = run_child(&[
+        ("NOTIFY_SOCKET", &path),
+        ("WATCHDOG_USEC", "30000000"),
+        ("WATCHDOG_PID", "1"),
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(systemd.drain(), ["READY=1", "STATUS=watchdog None"]);
+}
+
+#[test]
+fn from_env_reaches_an_abstract_notify_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("endpoint-copier-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let socket = UnixDatagram::bind_addr(&addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let code = run_child(&[("NOTIFY_SOCKET", &format!("@{name}"))]);
+    assert_eq!(code, 0);
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+}
+
+#[test]
+fn from_env_without_notify_socket_is_a_silent_no_op() {
+    let systemd = FakeSystemd::new();
+    assert_eq!(run_child(&[("WATCHDOG_USEC", "30000000")]), 0);
+    assert!(systemd.drain().is_empty());
+}
