@@ -13,6 +13,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tracing::field::{Field, Visit};
@@ -88,19 +89,61 @@ pub fn init(level: &str) -> Result<(), Error> {
     let journal = stderr_is_journal().then(|| journald_layer_at(Path::new(JOURNALD_SOCKET)));
     let registry = tracing_subscriber::registry().with(filter);
     match journal {
-        Some(Ok(layer)) => registry.with(layer).try_init().map_err(Error::Install),
+        Some(Ok(layer)) => installed(registry.with(layer).try_init()),
         other => {
             let stderr = std::io::stderr();
             let text = tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(stderr.is_terminal());
-            registry.with(text).try_init().map_err(Error::Install)?;
+            installed(registry.with(text).try_init())?;
             if let Some(Err(error)) = other {
                 tracing::warn!(error = %chain(&error), "logging to stderr instead of journald");
             }
             Ok(())
         }
     }
+}
+
+/// Installs the global subscriber for the one-shot commands (`check`, `status`): always text on
+/// stderr (their report goes to stdout, and an operator reads both in a terminal), without
+/// timestamps or module paths; the filter is chosen as in [`init`].
+///
+/// # Errors
+/// [`Error::Filter`] naming the directive and its origin, [`Error::Install`] when called twice.
+pub fn init_for_cli(level: &str) -> Result<(), Error> {
+    let (spec, origin) = filter_spec(level, std::env::var(names::LOG_ENV).ok());
+    let filter = EnvFilter::try_new(&spec).map_err(|source| Error::Filter {
+        spec: spec.clone(),
+        origin,
+        source,
+    })?;
+    let text = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .with_target(false);
+    installed(
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(text)
+            .try_init(),
+    )
+}
+
+/// Whether a global subscriber is installed, so `main` knows if an error it logs will be seen or
+/// must also be printed to stderr (a config error happens before logging is set up).
+pub fn is_initialized() -> bool {
+    INITIALIZED.load(Ordering::Relaxed)
+}
+
+/// Set once [`init`] or [`init_for_cli`] installed the subscriber (tracing's own flag also counts
+/// scoped subscribers, which tests use).
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+fn installed(result: Result<(), tracing_subscriber::util::TryInitError>) -> Result<(), Error> {
+    result.map_err(Error::Install)?;
+    INITIALIZED.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 /// The filter directive and where it came from: the environment wins when set and not blank.

@@ -58,28 +58,6 @@ pub enum Error {
     },
 }
 
-/// A kind of EndpointSlice write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOp {
-    /// A slice created.
-    Create,
-    /// A slice updated (applied).
-    Update,
-    /// A slice deleted.
-    Delete,
-}
-
-/// How an EndpointSlice write ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteResult {
-    /// Accepted.
-    Ok,
-    /// 409: someone else changed the object; re-read and retried.
-    Conflict,
-    /// Any other failure.
-    Error,
-}
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
@@ -264,18 +242,10 @@ impl Metrics {
         });
     }
 
-    /// Counts one EndpointSlice write in `endpoint_copier_writes_total{operation, result}`.
-    pub fn write(&self, operation: WriteOp, result: WriteResult) {
-        let operation = match operation {
-            WriteOp::Create => "create",
-            WriteOp::Update => "update",
-            WriteOp::Delete => "delete",
-        };
-        let result = match result {
-            WriteResult::Ok => "ok",
-            WriteResult::Conflict => "conflict",
-            WriteResult::Error => "error",
-        };
+    /// Counts one EndpointSlice write in `endpoint_copier_writes_total{operation, result}`:
+    /// `operation` is `create`, `update` or `delete`; `result` is `ok`, `conflict` (409, re-read
+    /// and retried) or `error`. Static strings only, so the label set stays small and fixed.
+    pub fn record_write(&self, operation: &'static str, result: &'static str) {
         self.writes
             .get_or_create(&WriteLabels { operation, result })
             .inc();
@@ -291,8 +261,13 @@ impl Metrics {
         self.sync_duration.observe(took.as_secs_f64());
     }
 
+    /// Sets `endpoint_copier_last_sync_timestamp_seconds{pair}` to now.
+    pub fn set_last_sync(&self, pair: &str) {
+        self.set_last_sync_at(pair, SystemTime::now());
+    }
+
     /// Sets `endpoint_copier_last_sync_timestamp_seconds{pair}` to `at` (Unix seconds).
-    pub fn set_last_sync(&self, pair: &str, at: SystemTime) {
+    pub fn set_last_sync_at(&self, pair: &str, at: SystemTime) {
         let secs = at
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -313,11 +288,24 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one failed API request in `endpoint_copier_api_errors_total{code}`: the HTTP status,
-    /// or `None` when no response arrived (refused, reset, timed out).
-    pub fn api_error(&self, code: Option<u16>) {
-        let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
-        self.api_errors.get_or_create(&CodeLabels { code }).inc();
+    /// Counts one API request that failed with HTTP status `code` in
+    /// `endpoint_copier_api_errors_total{code}`.
+    pub fn record_api_error(&self, code: u16) {
+        self.api_errors
+            .get_or_create(&CodeLabels {
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one API request that got no response at all (refused, reset, timed out) in
+    /// `endpoint_copier_api_errors_total{code="none"}`.
+    pub fn record_api_unanswered(&self) {
+        self.api_errors
+            .get_or_create(&CodeLabels {
+                code: "none".to_owned(),
+            })
+            .inc();
     }
 
     /// The whole registry in the OpenMetrics text format (ends with `# EOF`).
@@ -338,18 +326,33 @@ fn saturating_i64(n: usize) -> i64 {
 /// clone: clones share the flags.
 #[derive(Debug, Clone)]
 pub struct Health {
-    beats: Heartbeats,
-    max_age: Duration,
+    loops: Option<(Heartbeats, Duration)>,
     ready: Arc<AtomicBool>,
 }
 
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Health {
-    /// Health judged from `beats`: alive while every registered loop ticked within `max_age`
-    /// (use the watchdog interval, or 30 s without one); not ready until [`Health::set_ready`].
-    pub fn new(beats: Heartbeats, max_age: Duration) -> Self {
+    /// Health without loop tracking: `/healthz` answers 200 while the process serves. Prefer
+    /// [`Health::tracking`], which makes `/healthz` mean "every loop makes progress". Not ready
+    /// until [`Health::set_ready`].
+    pub fn new() -> Self {
         Health {
-            beats,
-            max_age,
+            loops: None,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Health judged from `beats`: `/healthz` answers 200 while every registered loop ticked
+    /// within `max_age` (use the watchdog interval, or 30 s without one) — the same signal that
+    /// gates the systemd watchdog. Not ready until [`Health::set_ready`].
+    pub fn tracking(beats: Heartbeats, max_age: Duration) -> Self {
+        Health {
+            loops: Some((beats, max_age)),
             ready: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -366,7 +369,9 @@ impl Health {
 
     /// The loops that made no progress within the maximum age (empty: `/healthz` answers 200).
     pub fn stale_loops(&self) -> Vec<&'static str> {
-        self.beats.stale(self.max_age)
+        self.loops
+            .as_ref()
+            .map_or_else(Vec::new, |(beats, max_age)| beats.stale(*max_age))
     }
 }
 

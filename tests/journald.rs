@@ -203,6 +203,8 @@ fn a_socket_nobody_listens_on_is_an_error_naming_it() {
 
 /// Set in the child's environment; the entry point does nothing without it.
 const CHILD_ENV: &str = "ENDPOINT_COPIER_TEST_LOGGING_CHILD";
+/// Set in the child's environment to use `init_for_cli` instead of `init`.
+const CLI_ENV: &str = "ENDPOINT_COPIER_TEST_LOGGING_CLI";
 /// The child's exit code when `init` fails.
 const INIT_FAILED: i32 = 3;
 
@@ -211,10 +213,17 @@ fn child_entry_point_logs_through_init() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return; // Not a child: the parent tests below drive this.
     }
-    if let Err(error) = endpoint_copier::logging::init("info") {
+    assert!(!endpoint_copier::logging::is_initialized());
+    let init = if std::env::var_os(CLI_ENV).is_some() {
+        endpoint_copier::logging::init_for_cli("info")
+    } else {
+        endpoint_copier::logging::init("info")
+    };
+    if let Err(error) = init {
         eprintln!("init failed: {error}");
         std::process::exit(INIT_FAILED);
     }
+    assert!(endpoint_copier::logging::is_initialized());
     tracing::info!(service = "default/kubernetes-vip", "info shown");
     tracing::debug!(endpoints = 3, "debug shown");
     tracing::trace!("trace shown");
@@ -322,4 +331,24 @@ fn a_journal_stream_naming_stderr_selects_journald() {
     );
     assert!(err.contains("/run/systemd/journal/socket"), "{err}");
     assert!(err.contains("info shown"), "{err}");
+}
+
+#[test]
+fn init_for_cli_writes_bare_text_to_stderr_even_under_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let meta = file.as_file().metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let code = run_child(
+        &[(CLI_ENV, Some("1")), ("JOURNAL_STREAM", Some(&stream))],
+        file.reopen().unwrap().into(),
+    );
+    let err = std::fs::read_to_string(file.path()).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let line = err.lines().find(|l| l.contains("info shown")).expect(&err);
+    assert!(
+        line.trim_start().starts_with("INFO info shown"),
+        "no time, no module: {line}"
+    );
+    assert!(!err.contains("journald"), "{err}");
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use endpoint_copier::metrics::{Error, Health, Metrics, Server, WriteOp, WriteResult, serve};
+use endpoint_copier::metrics::{Error, Health, Metrics, Server, serve};
 use endpoint_copier::notify::Heartbeats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -73,7 +73,7 @@ struct Running {
 async fn start(max_age: Duration) -> Running {
     let metrics = Metrics::new();
     let beats = Heartbeats::new();
-    let health = Health::new(beats.clone(), max_age);
+    let health = Health::tracking(beats.clone(), max_age);
     let shutdown = CancellationToken::new();
     let server = Server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = server.local_addr();
@@ -98,19 +98,19 @@ async fn scrape_shows_every_family_with_help_and_the_values_set() {
     m.set_pairs(1, 2);
     m.set_endpoints("default/kubernetes-vip", "IPv4", 3, 1);
     m.set_endpoints("default/kubernetes-vip", "IPv6", 2, 0);
-    m.write(WriteOp::Update, WriteResult::Ok);
-    m.write(WriteOp::Update, WriteResult::Ok);
-    m.write(WriteOp::Create, WriteResult::Conflict);
-    m.write(WriteOp::Delete, WriteResult::Error);
+    m.record_write("update", "ok");
+    m.record_write("update", "ok");
+    m.record_write("create", "conflict");
+    m.record_write("delete", "error");
     m.write_skipped();
     m.observe_sync(Duration::from_millis(30));
-    m.set_last_sync(
+    m.set_last_sync_at(
         "default/kubernetes-vip",
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
     );
     m.watch_restart("source default/kubernetes");
-    m.api_error(Some(503));
-    m.api_error(None);
+    m.record_api_error(503);
+    m.record_api_unanswered();
 
     let (status, headers, body) = request(r.addr, "GET", "/metrics").await;
     assert_eq!(status, 200);
@@ -207,8 +207,7 @@ async fn a_forgotten_pair_leaves_no_series_behind() {
     r.metrics
         .set_endpoints("default/kubernetes-vip", "IPv4", 3, 0);
     r.metrics.set_endpoints("default/other-vip", "IPv4", 1, 0);
-    r.metrics
-        .set_last_sync("default/kubernetes-vip", SystemTime::now());
+    r.metrics.set_last_sync("default/kubernetes-vip");
     r.metrics.forget_pair("default/kubernetes-vip");
     let (_, _, body) = request(r.addr, "GET", "/metrics").await;
     assert!(!body.contains("pair=\"default/kubernetes-vip\""), "{body}");
@@ -251,6 +250,35 @@ async fn healthz_fails_naming_the_loop_that_stopped_progressing() {
     assert_eq!(request(r.addr, "GET", "/healthz").await.0, 200);
     r.shutdown.cancel();
     r.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn last_sync_without_a_time_records_now() {
+    let m = Metrics::new();
+    let before = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    m.set_last_sync("default/kubernetes-vip");
+    let s = samples(&m.encode());
+    let at = s["endpoint_copier_last_sync_timestamp_seconds{pair=\"default/kubernetes-vip\"}"];
+    assert!(
+        at >= before.floor() && at < before + 60.0,
+        "{at} vs {before}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn healthz_without_loop_tracking_only_says_the_process_serves() {
+    let metrics = Metrics::new();
+    let shutdown = CancellationToken::new();
+    let server = Server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = server.local_addr();
+    let task = tokio::spawn(server.run(metrics, Health::new(), shutdown.clone()));
+    assert_eq!(request(addr, "GET", "/healthz").await.0, 200);
+    assert_eq!(request(addr, "GET", "/readyz").await.0, 503);
+    shutdown.cancel();
+    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -297,7 +325,7 @@ async fn an_address_in_use_is_an_error_naming_it() {
     let err = serve(
         addr,
         Metrics::new(),
-        Health::new(Heartbeats::new(), Duration::from_secs(30)),
+        Health::new(),
         CancellationToken::new(),
     )
     .await
