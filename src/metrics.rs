@@ -252,7 +252,7 @@ impl Metrics {
     }
 
     /// Counts one sync whose plan was empty in `endpoint_copier_writes_skipped_total`.
-    pub fn write_skipped(&self) {
+    pub fn writes_skipped(&self) {
         self.writes_skipped.inc();
     }
 

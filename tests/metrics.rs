@@ -102,7 +102,7 @@ async fn scrape_shows_every_family_with_help_and_the_values_set() {
     m.record_write("update", "ok");
     m.record_write("create", "conflict");
     m.record_write("delete", "error");
-    m.write_skipped();
+    m.writes_skipped();
     m.observe_sync(Duration::from_millis(30));
     m.set_last_sync_at(
         "default/kubernetes-vip",
