@@ -1,1 +1,531 @@
-//! Placeholder until the module lands.
+//! Prometheus metrics and the health endpoints: the [`Metrics`] registry with one typed setter per
+//! series, the [`Health`] flags, and a small HTTP server for `/metrics`, `/healthz` and `/readyz`.
+//!
+//! The daemon decides when to count and what "ready" means (in sync as leader, or watching as
+//! follower) and calls the setters; this module only stores, encodes and serves. Whether to serve
+//! at all (an empty listen address disables it) is `config`'s and `daemon`'s call.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::notify::Heartbeats;
+
+/// Prefix of every metric name (`endpoint_copier_leader`, ...).
+pub const PREFIX: &str = "endpoint_copier";
+/// Content type of `/metrics`: the registry encodes the OpenMetrics text format, which Prometheus
+/// negotiates and parses.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// How long a client may take to send its request headers, so an idle connection cannot pin a
+/// task forever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long open connections get to finish after shutdown, before they are dropped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed `accept` (out of file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Address families an EndpointSlice can hold, for clearing a removed pair's series.
+const ADDRESS_TYPES: [&str; 3] = ["IPv4", "IPv6", "FQDN"];
+
+/// Why the metrics server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listen address could not be bound (in use, not local).
+    #[error("failed to listen for metrics on {addr}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    pair: String,
+    family: String,
+    ready: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    operation: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PairLabels {
+    pair: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchLabels {
+    watch: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: String,
+}
+
+/// Every series the daemon exports, each behind a typed setter.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    leader: Gauge,
+    lease_transitions: Counter,
+    pairs: Family<StateLabels, Gauge>,
+    endpoints: Family<EndpointLabels, Gauge>,
+    writes: Family<WriteLabels, Counter>,
+    writes_skipped: Counter,
+    sync_duration: Histogram,
+    last_sync: Family<PairLabels, Gauge<f64, AtomicU64>>,
+    watch_restarts: Family<WatchLabels, Counter>,
+    api_errors: Family<CodeLabels, Counter>,
+}
+
+impl Metrics {
+    /// A registry with every series registered (gauges at 0, counters at 0, no labelled series
+    /// until first set).
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this host holds the Lease and writes the target EndpointSlices, else 0",
+            leader.clone(),
+        );
+        let lease_transitions = Counter::default();
+        registry.register(
+            "lease_transitions",
+            "Times this host gained or lost the Lease",
+            lease_transitions.clone(),
+        );
+        let pairs = Family::default();
+        registry.register(
+            "pairs",
+            "Pairs by state: active (mirrored) or refused (invalid, see the Events on the target)",
+            pairs.clone(),
+        );
+        let endpoints = Family::default();
+        registry.register(
+            "endpoints",
+            "Endpoints in the target EndpointSlices, by pair, address family and readiness",
+            endpoints.clone(),
+        );
+        let writes = Family::default();
+        registry.register(
+            "writes",
+            "EndpointSlice writes by operation (create, update, delete) and result (ok, conflict, error)",
+            writes.clone(),
+        );
+        let writes_skipped = Counter::default();
+        registry.register(
+            "writes_skipped",
+            "Syncs whose plan was empty: the target EndpointSlices already matched",
+            writes_skipped.clone(),
+        );
+        // 5 ms to ~10 s: a sync is a few API calls; beyond 10 s something is wrong anyway.
+        let sync_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register_with_unit(
+            "sync_duration",
+            "Time to compute and apply one pair's plan",
+            Unit::Seconds,
+            sync_duration.clone(),
+        );
+        let last_sync = Family::default();
+        registry.register(
+            "last_sync_timestamp_seconds",
+            "Unix time of the last successful sync, by pair",
+            last_sync.clone(),
+        );
+        let watch_restarts = Family::default();
+        registry.register(
+            "watch_restarts",
+            "Times a watch was restarted (dropped connection, 410 Gone), by watch",
+            watch_restarts.clone(),
+        );
+        let api_errors = Family::default();
+        registry.register(
+            "api_errors",
+            "Failed API requests by HTTP status code (\"none\" when no response arrived)",
+            api_errors.clone(),
+        );
+        let metrics = Metrics {
+            registry,
+            leader,
+            lease_transitions,
+            pairs,
+            endpoints,
+            writes,
+            writes_skipped,
+            sync_duration,
+            last_sync,
+            watch_restarts,
+            api_errors,
+        };
+        // Both states exist from the start, so a dashboard sees 0 rather than no data.
+        metrics.set_pairs(0, 0);
+        Arc::new(metrics)
+    }
+
+    /// Sets `endpoint_copier_leader` to 1 (holds the Lease) or 0.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// Counts one gained or lost Lease in `endpoint_copier_lease_transitions_total`.
+    pub fn lease_transition(&self) {
+        self.lease_transitions.inc();
+    }
+
+    /// Sets `endpoint_copier_pairs{state="active"|"refused"}`.
+    pub fn set_pairs(&self, active: usize, refused: usize) {
+        for (state, n) in [("active", active), ("refused", refused)] {
+            self.pairs
+                .get_or_create(&StateLabels { state })
+                .set(saturating_i64(n));
+        }
+    }
+
+    /// Sets `endpoint_copier_endpoints{pair, family, ready}` for one pair and address family
+    /// (`IPv4`, `IPv6` or `FQDN`, as the EndpointSlice's `addressType`).
+    pub fn set_endpoints(&self, pair: &str, family: &str, ready: usize, not_ready: usize) {
+        for (flag, n) in [("true", ready), ("false", not_ready)] {
+            self.endpoints
+                .get_or_create(&EndpointLabels {
+                    pair: pair.to_owned(),
+                    family: family.to_owned(),
+                    ready: flag,
+                })
+                .set(saturating_i64(n));
+        }
+    }
+
+    /// Drops every per-pair series of a pair that no longer exists, so it does not linger at its
+    /// last value.
+    pub fn forget_pair(&self, pair: &str) {
+        for family in ADDRESS_TYPES {
+            for ready in ["true", "false"] {
+                self.endpoints.remove(&EndpointLabels {
+                    pair: pair.to_owned(),
+                    family: family.to_owned(),
+                    ready,
+                });
+            }
+        }
+        self.last_sync.remove(&PairLabels {
+            pair: pair.to_owned(),
+        });
+    }
+
+    /// Counts one EndpointSlice write in `endpoint_copier_writes_total{operation, result}`:
+    /// `operation` is `create`, `update` or `delete`; `result` is `ok`, `conflict` (409, re-read
+    /// and retried) or `error`. Static strings only, so the label set stays small and fixed.
+    pub fn record_write(&self, operation: &'static str, result: &'static str) {
+        self.writes
+            .get_or_create(&WriteLabels { operation, result })
+            .inc();
+    }
+
+    /// Counts one sync whose plan was empty in `endpoint_copier_writes_skipped_total`.
+    pub fn writes_skipped(&self) {
+        self.writes_skipped.inc();
+    }
+
+    /// Records one sync's duration in `endpoint_copier_sync_duration_seconds`.
+    pub fn observe_sync(&self, took: Duration) {
+        self.sync_duration.observe(took.as_secs_f64());
+    }
+
+    /// Sets `endpoint_copier_last_sync_timestamp_seconds{pair}` to now.
+    pub fn set_last_sync(&self, pair: &str) {
+        self.set_last_sync_at(pair, SystemTime::now());
+    }
+
+    /// Sets `endpoint_copier_last_sync_timestamp_seconds{pair}` to `at` (Unix seconds).
+    pub fn set_last_sync_at(&self, pair: &str, at: SystemTime) {
+        let secs = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_sync
+            .get_or_create(&PairLabels {
+                pair: pair.to_owned(),
+            })
+            .set(secs);
+    }
+
+    /// Counts one restart of the named watch (e.g. `source default/kubernetes`, `lease`) in
+    /// `endpoint_copier_watch_restarts_total{watch}`.
+    pub fn watch_restart(&self, watch: &str) {
+        self.watch_restarts
+            .get_or_create(&WatchLabels {
+                watch: watch.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one API request that failed with HTTP status `code` in
+    /// `endpoint_copier_api_errors_total{code}`.
+    pub fn record_api_error(&self, code: u16) {
+        self.api_errors
+            .get_or_create(&CodeLabels {
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one API request that got no response at all (refused, reset, timed out) in
+    /// `endpoint_copier_api_errors_total{code="none"}`.
+    pub fn record_api_unanswered(&self) {
+        self.api_errors
+            .get_or_create(&CodeLabels {
+                code: "none".to_owned(),
+            })
+            .inc();
+    }
+
+    /// The whole registry in the OpenMetrics text format (ends with `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; an encoder error would leave a partial page, which
+        // Prometheus rejects as a failed scrape, the honest outcome.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The flags behind `/healthz` and `/readyz`, shared between the daemon and the server. Cheap to
+/// clone: clones share the flags.
+#[derive(Debug, Clone)]
+pub struct Health {
+    loops: Option<(Heartbeats, Duration)>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Health {
+    /// Health without loop tracking: `/healthz` answers 200 while the process serves. Prefer
+    /// [`Health::tracking`], which makes `/healthz` mean "every loop makes progress". Not ready
+    /// until [`Health::set_ready`].
+    pub fn new() -> Self {
+        Health {
+            loops: None,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Health judged from `beats`: `/healthz` answers 200 while every registered loop ticked
+    /// within `max_age` (use the watchdog interval, or 30 s without one) — the same signal that
+    /// gates the systemd watchdog. Not ready until [`Health::set_ready`].
+    pub fn tracking(beats: Heartbeats, max_age: Duration) -> Self {
+        Health {
+            loops: Some((beats, max_age)),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Sets readiness: true while in sync as leader, or watching as follower.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The loops that made no progress within the maximum age (empty: `/healthz` answers 200).
+    pub fn stale_loops(&self) -> Vec<&'static str> {
+        self.loops
+            .as_ref()
+            .map_or_else(Vec::new, |(beats, max_age)| beats.stale(*max_age))
+    }
+}
+
+/// A bound metrics listener, so a caller (or a test binding port 0) learns the address before
+/// serving.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds `listen`. A non-loopback address is allowed but warned about: the metrics and health
+    /// endpoints have no authentication.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the address.
+    pub async fn bind(listen: SocketAddr) -> Result<Server, Error> {
+        let err = |source| Error::Bind {
+            addr: listen,
+            source,
+        };
+        let listener = TcpListener::bind(listen).await.map_err(err)?;
+        let addr = listener.local_addr().map_err(err)?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(address = %addr, "metrics served on a non-loopback address, without authentication");
+        }
+        Ok(Server { listener, addr })
+    }
+
+    /// The address actually bound (the real port when `:0` was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then gives open connections a moment to finish.
+    /// Accept failures (out of file descriptors) are logged and retried, never fatal.
+    pub async fn run(self, metrics: Arc<Metrics>, health: Health, shutdown: CancellationToken) {
+        tracing::info!(address = %self.addr, "serving metrics and health");
+        // Every connection task is kept here, so none outlives the server.
+        let mut connections = JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+                // Reap finished connections as we go, so the set does not grow without bound.
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(error = %error, "failed to accept a metrics connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let metrics = Arc::clone(&metrics);
+            let health = health.clone();
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let response = route(&req, &metrics, &health);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let mut conn = std::pin::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(error) = result {
+                    tracing::debug!(error = %error, "metrics connection ended with an error");
+                }
+            });
+        }
+        // Dropping the set aborts what did not finish in time.
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+    }
+}
+
+/// Binds `listen` and serves `/metrics`, `/healthz` and `/readyz` until `shutdown` is cancelled.
+///
+/// # Errors
+/// [`Error::Bind`] when the address cannot be bound.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    Server::bind(listen)
+        .await?
+        .run(metrics, health, shutdown)
+        .await;
+    Ok(())
+}
+
+/// Answers one request: GET or HEAD on `/metrics`, `/healthz`, `/readyz`; 405 for other methods on
+/// those paths; 404 elsewhere.
+fn route(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match path {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+            r
+        }
+        "/healthz" => {
+            let stale = health.stale_loops();
+            if stale.is_empty() {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("loops without progress: {}\n", stale.join(", ")),
+                )
+            }
+        }
+        _ => {
+            if health.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
