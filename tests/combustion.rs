@@ -62,12 +62,12 @@ impl Fixture {
         fixture
     }
 
-    /// Writes the fake binary: it appends its arguments to the fake log and exits with
-    /// `$FAKE_EXIT` (default 0). `tag` makes two versions differ.
+    /// Writes the fake binary: it appends its arguments to `$FAKE_LOG` and exits with
+    /// `$FAKE_EXIT` (default 0). `tag` makes two versions differ; nothing else varies, so two
+    /// fixtures install byte-identical binaries.
     fn set_binary(&self, tag: &str) {
         let body = format!(
-            "#!/bin/sh\n# fake endpoint-copier {tag}\necho \"$*\" >> '{}'\nexit \"${{FAKE_EXIT:-0}}\"\n",
-            self.fake_log.display()
+            "#!/bin/sh\n# fake endpoint-copier {tag}\necho \"$*\" >> \"$FAKE_LOG\"\nexit \"${{FAKE_EXIT:-0}}\"\n"
         );
         self.write_file("endpoint-copier", &body, 0o755);
     }
@@ -86,6 +86,7 @@ impl Fixture {
             .env("ENDPOINT_COPIER_ROOT", &self.root)
             .env("ENDPOINT_COPIER_FILES", &self.files)
             .env("ENDPOINT_COPIER_SYSTEMCTL", "/nonexistent/systemctl")
+            .env("FAKE_LOG", &self.fake_log)
             .env_remove("FAKE_EXIT");
         for (key, value) in env {
             command.env(key, value);
@@ -198,7 +199,11 @@ fn first_run_enables_the_unit_with_one_absolute_wants_symlink_per_wanted_by_targ
         let link = fx.at(&format!(
             "/etc/systemd/system/{target}.wants/endpoint-copier.service"
         ));
-        assert_eq!(fs::read_link(&link).unwrap(), Path::new(UNIT_PATH), "{target}");
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            Path::new(UNIT_PATH),
+            "{target}"
+        );
     }
     assert!(
         log.contains(&"endpoint-copier: enabled endpoint-copier.service for multi-user.target rke2-server.service (by symlink)".to_owned()),
@@ -279,15 +284,28 @@ fn site_drop_in_is_installed_into_etc_only_when_given() {
     let site = fx.at("/etc/endpoint-copier/config.d/50-site.toml");
     assert!(!site.exists(), "site drop-in written without being given");
 
-    fx.write_file("endpoint-copier-50-site.toml", "[log]\nlevel = \"debug\"\n", 0o600);
+    fx.write_file(
+        "endpoint-copier-50-site.toml",
+        "[log]\nlevel = \"debug\"\n",
+        0o600,
+    );
     let log = fx.run_ok(&[("ENDPOINT_COPIER_CHECK", "off")]);
 
-    assert_eq!(fs::read_to_string(&site).unwrap(), "[log]\nlevel = \"debug\"\n");
-    assert_eq!(mode(&site), 0o644, "the daemon and operators must be able to read it");
-    assert!(log.contains(
-        &"endpoint-copier: installed /etc/endpoint-copier/config.d/50-site.toml (mode 0644)"
-            .to_owned()
-    ));
+    assert_eq!(
+        fs::read_to_string(&site).unwrap(),
+        "[log]\nlevel = \"debug\"\n"
+    );
+    assert_eq!(
+        mode(&site),
+        0o644,
+        "the daemon and operators must be able to read it"
+    );
+    assert!(
+        log.contains(
+            &"endpoint-copier: installed /etc/endpoint-copier/config.d/50-site.toml (mode 0644)"
+                .to_owned()
+        )
+    );
 }
 
 #[test]
@@ -304,7 +322,10 @@ fn a_new_binary_replaces_the_installed_one_and_is_logged_as_updated() {
         log.first().map(String::as_str),
         Some("endpoint-copier: updated /usr/bin/endpoint-copier (mode 0755)")
     );
-    assert_eq!(log.last().map(String::as_str), Some("endpoint-copier: done, 1 change(s)"));
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("endpoint-copier: done, 1 change(s)")
+    );
 }
 
 #[test]
@@ -316,10 +337,12 @@ fn a_wrong_mode_on_an_installed_file_is_repaired() {
     let log = fx.run_ok(&[("ENDPOINT_COPIER_CHECK", "off")]);
 
     assert_eq!(mode(&fx.at(UNIT_PATH)), 0o644);
-    assert!(log.contains(
-        &"endpoint-copier: updated /usr/lib/systemd/system/endpoint-copier.service (mode 0644)"
-            .to_owned()
-    ));
+    assert!(
+        log.contains(
+            &"endpoint-copier: updated /usr/lib/systemd/system/endpoint-copier.service (mode 0644)"
+                .to_owned()
+        )
+    );
 }
 
 #[test]
@@ -373,8 +396,9 @@ fn a_failed_check_is_a_warning_by_default_and_an_error_when_strict() {
     let fx = Fixture::new();
     let log = fx.run_ok(&[("FAKE_EXIT", "78")]);
     assert!(
-        log.iter()
-            .any(|l| l.starts_with("endpoint-copier: warning: endpoint-copier check failed with exit code 78")),
+        log.iter().any(|l| l.starts_with(
+            "endpoint-copier: warning: endpoint-copier check failed with exit code 78"
+        )),
         "log: {log:#?}"
     );
 
@@ -390,7 +414,10 @@ fn a_failed_check_is_a_warning_by_default_and_an_error_when_strict() {
 fn check_off_never_runs_the_binary() {
     let fx = Fixture::new();
     fx.run_ok(&[("ENDPOINT_COPIER_CHECK", "off")]);
-    assert!(!fx.fake_log.exists(), "the binary ran although check was off");
+    assert!(
+        !fx.fake_log.exists(),
+        "the binary ran although check was off"
+    );
 }
 
 #[test]
