@@ -428,3 +428,70 @@ fn an_unknown_check_mode_is_rejected_before_any_change() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("ENDPOINT_COPIER_CHECK='sometimes'"));
     assert!(snapshot(&fx.root).is_empty());
 }
+
+#[test]
+fn staged_eib_folder_installs_the_same_files_it_was_staged_from() {
+    let fx = Fixture::new();
+    // A stand-in checkout: stage.sh reads the unit and defaults from their real paths in it.
+    let checkout = fx.files.parent().unwrap().join("checkout");
+    fs::create_dir_all(checkout.join("systemd")).unwrap();
+    fs::create_dir_all(checkout.join("packaging/config.d")).unwrap();
+    fs::copy(
+        fx.files.join("endpoint-copier.service"),
+        checkout.join("systemd/endpoint-copier.service"),
+    )
+    .unwrap();
+    fs::copy(
+        fx.files.join("endpoint-copier-10-defaults.toml"),
+        checkout.join("packaging/config.d/10-defaults.toml"),
+    )
+    .unwrap();
+    let site = checkout.join("site.toml");
+    fs::write(&site, "# site\n").unwrap();
+    let eib = fx.files.parent().unwrap().join("eib");
+    fs::create_dir_all(&eib).unwrap();
+
+    let stage = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/combustion/stage.sh"))
+        .arg(&eib)
+        .arg(&site)
+        .env("SOURCE_DIR", &checkout)
+        .env("ENDPOINT_COPIER_BINARY", fx.files.join("endpoint-copier"))
+        .output()
+        .unwrap();
+    assert!(
+        stage.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stage.stderr)
+    );
+
+    let staged_script = eib.join("custom/scripts/25-endpoint-copier.sh");
+    assert_eq!(
+        mode(&staged_script),
+        0o755,
+        "EIB runs custom scripts directly"
+    );
+    assert_eq!(fs::read(&staged_script).unwrap(), fs::read(SCRIPT).unwrap());
+    let output = Command::new("bash")
+        .arg(&staged_script)
+        .env("ENDPOINT_COPIER_ROOT", &fx.root)
+        .env("ENDPOINT_COPIER_FILES", eib.join("custom/files"))
+        .env("ENDPOINT_COPIER_SYSTEMCTL", "/nonexistent/systemctl")
+        .env("ENDPOINT_COPIER_CHECK", "off")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        fs::read(fx.at("/usr/bin/endpoint-copier")).unwrap(),
+        fs::read(fx.files.join("endpoint-copier")).unwrap()
+    );
+    assert_eq!(
+        fs::read_to_string(fx.at("/etc/endpoint-copier/config.d/50-site.toml")).unwrap(),
+        "# site\n"
+    );
+    assert!(fx.at(UNIT_PATH).is_file());
+}
