@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Packaging checks, called by .ci/run: the static release binary, the RPM built around it, and
+# the combustion installer. Prints each check as it goes; exits non-zero at the first failure,
+# naming what failed.
+#
+# Uses the binary .ci/run built with `cargo dist` at
+# ${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/endpoint-copier (or
+# $ENDPOINT_COPIER_BINARY), and builds it with `cargo dist` if it is missing. Installs rpm, cpio and file with apt-get only if they are missing.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+# ENDPOINT_COPIER_BINARY checks another binary (same variable as packaging/build-rpm.sh).
+binary=${ENDPOINT_COPIER_BINARY:-$target_dir/x86_64-unknown-linux-gnu/release/endpoint-copier}
+# 15 MiB: the budget issue #6 sets for the release binary.
+max_bytes=$((15 * 1024 * 1024))
+
+step() { printf '\n==> %s\n' "$*"; }
+ok() { printf '    ok: %s\n' "$*"; }
+fail() { printf '    FAIL: %s\n' "$*" >&2; exit 1; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/check-packaging.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+step "tools"
+missing=()
+command -v rpmbuild >/dev/null 2>&1 || missing+=(rpm)
+command -v rpm2cpio >/dev/null 2>&1 || missing+=(rpm)
+command -v cpio >/dev/null 2>&1 || missing+=(cpio)
+command -v file >/dev/null 2>&1 || missing+=(file)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  command -v apt-get >/dev/null 2>&1 || fail "missing ${missing[*]} and no apt-get to install them"
+  printf '    installing %s\n' "${missing[*]}"
+  apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
+    || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; } \
+    || fail "apt-get install ${missing[*]} failed"
+fi
+ok "rpmbuild, rpm2cpio, cpio, file present"
+
+step "versions agree: Cargo.toml and packaging/endpoint-copier.spec"
+cargo_version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+spec_version=$(sed -n 's/^Version:[[:space:]]*//p' packaging/endpoint-copier.spec)
+[[ -n $cargo_version ]] || fail "no version in Cargo.toml"
+[[ $cargo_version == "$spec_version" ]] \
+  || fail "Cargo.toml says $cargo_version, packaging/endpoint-copier.spec says '$spec_version'"
+ok "$cargo_version"
+
+step "static release binary: $binary"
+if [[ ! -f $binary ]]; then
+  printf '    not built yet; running cargo dist\n'
+  cargo dist
+fi
+file_out=$(file -b "$binary")
+printf '    file: %s\n' "$file_out"
+[[ $file_out == *"static-pie linked"* || $file_out == *"statically linked"* ]] \
+  || fail "$binary is not statically linked"
+ok "statically linked"
+# glibc's ldd says "statically linked" for static-pie and "not a dynamic executable" for static
+# non-PIE binaries; anything naming a .so means it is dynamic.
+ldd_out=$(ldd "$binary" 2>&1 || true)
+printf '    ldd: %s\n' "$ldd_out"
+[[ $ldd_out == *"statically linked"* || $ldd_out == *"not a dynamic executable"* ]] \
+  || fail "ldd lists shared libraries for $binary"
+ok "no shared libraries"
+[[ $file_out == *", stripped"* ]] || fail "$binary is not stripped (Cargo.toml [profile.release] strip)"
+ok "stripped"
+size=$(stat -c %s "$binary")
+((size <= max_bytes)) || fail "$binary is $size bytes, over the budget of $max_bytes"
+ok "$size bytes <= $max_bytes"
+version_out=$("$binary" version) || fail "'$binary version' exited with $?"
+printf '    version: %s\n' "$version_out"
+version_re="^endpoint-copier ${cargo_version//./\\.} \\(commit ([0-9a-f]{7,64}|unknown), rustc [0-9]+\\.[0-9]+\\.[0-9]+.*\\)$"
+[[ $version_out =~ $version_re ]] \
+  || fail "'endpoint-copier version' printed '$version_out', expected 'endpoint-copier $cargo_version (commit <sha>, rustc <version> ...)'"
+ok "version line names the version, commit and rustc"
+
+step "RPM: packaging/build-rpm.sh"
+rpm_file=$(OUT_DIR=$work/dist ENDPOINT_COPIER_BINARY=$binary packaging/build-rpm.sh 2>"$work/build-rpm.log" | tail -n1) \
+  || { cat "$work/build-rpm.log" >&2; fail "packaging/build-rpm.sh failed"; }
+[[ -f $rpm_file ]] || { cat "$work/build-rpm.log" >&2; fail "packaging/build-rpm.sh wrote no RPM"; }
+ok "$(basename "$rpm_file")"
+
+step "RPM file list is exactly the expected one"
+docdir=/usr/share/doc/packages/endpoint-copier
+{
+  printf '%s\n' \
+    /etc/endpoint-copier \
+    /etc/endpoint-copier/config.d \
+    /usr/bin/endpoint-copier \
+    /usr/lib/endpoint-copier \
+    /usr/lib/endpoint-copier/config.d \
+    /usr/lib/endpoint-copier/config.d/10-defaults.toml \
+    /usr/lib/systemd/system/endpoint-copier.service \
+    /usr/share/licenses/endpoint-copier \
+    /usr/share/licenses/endpoint-copier/LICENSE \
+    "$docdir" \
+    "$docdir/README.md" \
+    "$docdir/CHANGELOG.md"
+  # docs/usage is shipped whole; every file and folder in it, under $docdir/usage.
+  (cd docs && find usage | sed "s|^|$docdir/|")
+} | LC_ALL=C sort >"$work/expected-files"
+rpm -qlp "$rpm_file" | LC_ALL=C sort >"$work/actual-files"
+if ! diff -u "$work/expected-files" "$work/actual-files" >"$work/files.diff"; then
+  cat "$work/files.diff" >&2
+  fail "RPM file list differs (- expected, + in the RPM)"
+fi
+ok "$(wc -l <"$work/actual-files") entries"
+
+step "RPM file modes"
+rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpm_file" >"$work/modes"
+grep -qx -- '-rwxr-xr-x /usr/bin/endpoint-copier' "$work/modes" || fail "/usr/bin/endpoint-copier is not 0755"
+grep -qx -- '-rw-r--r-- /usr/lib/systemd/system/endpoint-copier.service' "$work/modes" || fail "the unit is not 0644"
+grep -qx -- '-rw-r--r-- /usr/lib/endpoint-copier/config.d/10-defaults.toml' "$work/modes" || fail "10-defaults.toml is not 0644"
+grep -qx -- 'drwxr-xr-x /etc/endpoint-copier/config.d' "$work/modes" || fail "/etc/endpoint-copier/config.d is not a 0755 directory"
+ok "binary 0755, unit and defaults 0644, admin folder 0755"
+
+step "RPM scriptlets: no unexpanded macro, never enable on install"
+rpm -qp --scripts "$rpm_file" >"$work/scripts"
+sed 's/^/    | /' "$work/scripts"
+if grep -nE '%[{(]|%[A-Za-z_][A-Za-z0-9_]*' "$work/scripts" >"$work/macros"; then
+  cat "$work/macros" >&2
+  fail "scriptlets contain an unexpanded %-macro"
+fi
+ok "no %-macro left"
+# A `systemctl [options] enable` command, not the word in a comment or `disable`.
+if grep -nE 'systemctl([[:space:]]+-[^[:space:]]+)*[[:space:]]+enable([[:space:]]|$)' "$work/scripts" >"$work/enables"; then
+  cat "$work/enables" >&2
+  fail "a scriptlet enables the unit; presets (or EIB) decide that"
+fi
+ok "no 'enable' (presets decide)"
+
+step "RPM requires no shared library"
+rpm -qp --requires "$rpm_file" >"$work/requires"
+if grep -nE '\.so(\.|\(|$)|^rtld' "$work/requires" >"$work/sodeps"; then
+  cat "$work/sodeps" >&2
+  fail "the RPM requires shared libraries, so the binary inside is not static"
+fi
+ok "$(paste -sd' ' "$work/requires")"
+
+step "binary inside the RPM is the static one"
+mkdir -p "$work/payload"
+(cd "$work/payload" && rpm2cpio "$rpm_file" | cpio -idm --quiet)
+inside=$work/payload/usr/bin/endpoint-copier
+[[ -f $inside ]] || fail "no /usr/bin/endpoint-copier in the payload"
+inside_file=$(file -b "$inside")
+[[ $inside_file == *"static-pie linked"* || $inside_file == *"statically linked"* ]] \
+  || fail "/usr/bin/endpoint-copier in the RPM is not static: $inside_file"
+cmp -s "$inside" "$binary" || fail "/usr/bin/endpoint-copier in the RPM differs from $binary"
+ok "static and identical to $binary"
+
+step "combustion installer"
+bash -n combustion/custom/scripts/25-endpoint-copier.sh || fail "25-endpoint-copier.sh does not parse"
+head -n 40 combustion/custom/scripts/25-endpoint-copier.sh | grep -qx 'set -euo pipefail' \
+  || fail "25-endpoint-copier.sh does not start with set -euo pipefail"
+[[ -x combustion/custom/scripts/25-endpoint-copier.sh ]] || fail "25-endpoint-copier.sh is not executable"
+ok "parses, strict mode, executable"
+cargo test --locked --test combustion
+ok "tests/combustion.rs passed"
+
+printf '\npackaging checks passed\n'

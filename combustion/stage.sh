@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Stages the combustion route into an EIB image-definition folder: the custom script and the
+# files it installs, in the names it expects. Run at image build time, before `eib build`.
+#
+# Usage: combustion/stage.sh EIB_DIR [SITE_TOML]
+#   EIB_DIR    the folder holding the EIB definition file (custom/ is created inside it)
+#   SITE_TOML  optional site drop-in; the node gets it as /etc/endpoint-copier/config.d/50-site.toml
+# Environment (optional):
+#   ENDPOINT_COPIER_BINARY  static binary (default: ${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/endpoint-copier)
+#   SOURCE_DIR              checkout holding systemd/ and packaging/config.d/ (default: this repository)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source_dir=${SOURCE_DIR:-$repo}
+binary=${ENDPOINT_COPIER_BINARY:-${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-gnu/release/endpoint-copier}
+
+log() { printf 'stage: %s\n' "$*"; }
+die() { printf 'stage: error: %s\n' "$*" >&2; exit 1; }
+
+[[ $# -ge 1 && $# -le 2 ]] || die "usage: combustion/stage.sh EIB_DIR [SITE_TOML]"
+eib_dir=$1
+site=${2:-}
+[[ -d $eib_dir ]] || die "EIB definition folder '$eib_dir' does not exist"
+[[ -f $binary ]] || die "no binary at '$binary' (build it with: cargo dist)"
+unit=$source_dir/systemd/endpoint-copier.service
+defaults=$source_dir/packaging/config.d/10-defaults.toml
+[[ -f $unit ]] || die "'$unit' is missing"
+[[ -f $defaults ]] || die "'$defaults' is missing"
+[[ -z $site || -f $site ]] || die "site drop-in '$site' does not exist"
+
+scripts=$eib_dir/custom/scripts
+files=$eib_dir/custom/files
+mkdir -p "$scripts" "$files"
+install -m 0755 "$repo/combustion/custom/scripts/25-endpoint-copier.sh" "$scripts/25-endpoint-copier.sh"
+log "wrote $scripts/25-endpoint-copier.sh"
+# EIB copies custom/files/ flat into the combustion folder next to every other component's
+# files, hence the endpoint-copier prefix on each name.
+install -m 0755 "$binary" "$files/endpoint-copier"
+install -m 0644 "$unit" "$files/endpoint-copier.service"
+install -m 0644 "$defaults" "$files/endpoint-copier-10-defaults.toml"
+log "wrote $files/endpoint-copier, endpoint-copier.service, endpoint-copier-10-defaults.toml"
+if [[ -n $site ]]; then
+  install -m 0644 "$site" "$files/endpoint-copier-50-site.toml"
+  log "wrote $files/endpoint-copier-50-site.toml"
+elif [[ -e $files/endpoint-copier-50-site.toml ]]; then
+  # A stale site drop-in from an earlier staging would silently reach the node.
+  rm -f "$files/endpoint-copier-50-site.toml"
+  log "removed stale $files/endpoint-copier-50-site.toml"
+fi
