@@ -1954,3 +1954,1382 @@ fn carry_service_allocations(new: &mut Value, old: &Value) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(group: &str, plural: &str) -> &'static Resource {
+        RESOURCES
+            .iter()
+            .find(|r| r.group == group && r.plural == plural)
+            .unwrap()
+    }
+    fn ns_res() -> &'static Resource {
+        res("", "namespaces")
+    }
+    fn slices() -> &'static Resource {
+        res("discovery.k8s.io", "endpointslices")
+    }
+    fn leases() -> &'static Resource {
+        res("coordination.k8s.io", "leases")
+    }
+    fn services() -> &'static Resource {
+        res("", "services")
+    }
+
+    /// A store with namespaces "default" and "kube-system".
+    fn store() -> Store {
+        let s = Store::new();
+        for n in ["default", "kube-system"] {
+            s.create(
+                ns_res(),
+                None,
+                json!({"metadata": {"name": n}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        }
+        s
+    }
+
+    fn slice(name: &str, labels: Value, addrs: &[&str]) -> Value {
+        json!({"metadata": {"name": name, "labels": labels}, "addressType": "IPv4",
+               "endpoints": addrs.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+               "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]})
+    }
+
+    fn create_slice(s: &Store, name: &str, labels: Value) -> Value {
+        s.create(
+            slices(),
+            Some("default"),
+            slice(name, labels, &["198.51.100.1"]),
+            &WriteParams::default(),
+        )
+        .unwrap()
+    }
+
+    fn lease(name: &str, holder: &str) -> Value {
+        json!({"metadata": {"name": name}, "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+    }
+
+    fn rv(o: &Value) -> u64 {
+        rv_of(o).parse().unwrap()
+    }
+
+    fn drain(w: &mut Watch) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(ev) = w.events.try_recv() {
+            out.push(ev);
+        }
+        out
+    }
+
+    fn types(evs: &[Value]) -> Vec<String> {
+        evs.iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["type"].as_str().unwrap(),
+                    str_at(&e["object"], "/metadata/name")
+                )
+            })
+            .collect()
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#resourceversion-in-metadata and https://kubernetes.io/docs/concepts/overview/working-with-objects/names/#uids
+    #[test]
+    fn create_fills_uid_creation_timestamp_resource_version_and_type_meta() {
+        let s = store();
+        let o = create_slice(&s, "a", json!({}));
+        assert_eq!(o["apiVersion"], "discovery.k8s.io/v1");
+        assert_eq!(o["kind"], "EndpointSlice");
+        assert_eq!(o["metadata"]["namespace"], "default");
+        assert_eq!(str_at(&o, "/metadata/uid").len(), 36);
+        assert!(
+            o["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap()
+                .ends_with('Z')
+        );
+        assert_eq!(o["metadata"]["generation"], 1);
+        assert_eq!(rv(&o), s.resource_version());
+        assert_eq!(s.get(slices(), Some("default"), "a").unwrap(), o);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-versions (one etcd revision for every kind)
+    #[test]
+    fn resource_version_is_one_global_counter_shared_by_all_kinds() {
+        let s = store();
+        let a = create_slice(&s, "a", json!({}));
+        let l = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "n1"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let b = create_slice(&s, "b", json!({}));
+        assert_eq!(rv(&l), rv(&a) + 1);
+        assert_eq!(rv(&b), rv(&l) + 1);
+        assert!(
+            l["metadata"]["generation"].is_null(),
+            "Leases carry no generation"
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#generated-values
+    #[test]
+    fn generate_name_gets_a_random_suffix_and_missing_names_are_invalid() {
+        let s = store();
+        let mut body = slice("", json!({}), &["198.51.100.1"]);
+        body["metadata"] = json!({"generateName": "kubernetes-vip-"});
+        let o = s
+            .create(
+                slices(),
+                Some("default"),
+                body.clone(),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let name = str_at(&o, "/metadata/name");
+        assert!(
+            name.starts_with("kubernetes-vip-") && name.len() == 20,
+            "{name}"
+        );
+        assert_eq!(o["metadata"]["generateName"], "kubernetes-vip-");
+        body["metadata"] = json!({});
+        let e = s
+            .create(slices(), Some("default"), body, &WriteParams::default())
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message
+                .ends_with("metadata.name: Required value: name or generateName is required"),
+            "{}",
+            e.message
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/access-authn-authz/admission-controllers/#namespacelifecycle
+    #[test]
+    fn create_in_a_missing_namespace_is_not_found() {
+        let s = store();
+        let e = s
+            .create(
+                slices(),
+                Some("nope"),
+                slice("a", json!({}), &["198.51.100.1"]),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (404, "NotFound"));
+        assert_eq!(e.message, "namespaces \"nope\" not found");
+        assert_eq!(e.status()["details"]["kind"], "namespaces");
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go (NewAlreadyExists)
+    #[test]
+    fn creating_an_existing_object_is_already_exists() {
+        let s = store();
+        s.create(
+            leases(),
+            Some("kube-system"),
+            lease("l", "a"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let e = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "b"),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists"));
+        assert_eq!(e.message, "leases.coordination.k8s.io \"l\" already exists");
+        let st = e.status();
+        assert_eq!(st["kind"], "Status");
+        assert_eq!(st["status"], "Failure");
+        assert_eq!(
+            st["details"],
+            json!({"name": "l", "group": "coordination.k8s.io", "kind": "leases"})
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#concurrency-control-and-consistency
+    #[test]
+    fn replace_with_a_stale_resource_version_conflicts() {
+        let s = store();
+        let l = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "a"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let mut first = l.clone();
+        first["spec"]["holderIdentity"] = json!("b");
+        let updated = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                first,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert!(rv(&updated) > rv(&l));
+        let mut second = l.clone();
+        second["spec"]["holderIdentity"] = json!("c");
+        let e = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                second,
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+        assert_eq!(
+            e.message,
+            "Operation cannot be fulfilled on leases.coordination.k8s.io \"l\": the object has been modified; please apply your changes to the latest version and try again"
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#concurrency-control-and-consistency (unconditional update when resourceVersion is unset)
+    #[test]
+    fn replace_without_a_resource_version_is_unconditional_and_keeps_system_fields() {
+        let s = store();
+        let l = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "a"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let mut body = lease("l", "z");
+        body["metadata"]["creationTimestamp"] = json!("2000-01-01T00:00:00Z");
+        let u = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                body,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(u["spec"]["holderIdentity"], "z");
+        assert_eq!(u["metadata"]["uid"], l["metadata"]["uid"]);
+        assert_eq!(
+            u["metadata"]["creationTimestamp"],
+            l["metadata"]["creationTimestamp"]
+        );
+        let mut bad = u.clone();
+        bad["metadata"]["uid"] = json!("00000000-0000-0000-0000-000000000000");
+        let e = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                bad,
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(e.message.contains("metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable"), "{}", e.message);
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/discovery/endpointslice/strategy.go (AllowCreateOnUpdate false) and pkg/registry/coordination/lease/strategy.go (true)
+    #[test]
+    fn replacing_a_missing_slice_is_not_found_but_a_lease_put_creates_it() {
+        let s = store();
+        let e = s
+            .replace(
+                slices(),
+                Some("default"),
+                "a",
+                slice("a", json!({}), &["198.51.100.1"]),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (404, "endpointslices.discovery.k8s.io \"a\" not found")
+        );
+        let l = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                lease("l", "a"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(l["spec"]["holderIdentity"], "a");
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/endpoints/handlers/update.go (name on URL must match)
+    #[test]
+    fn replace_with_another_name_in_the_body_is_a_bad_request() {
+        let s = store();
+        s.create(
+            leases(),
+            Some("kube-system"),
+            lease("l", "a"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let e = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                lease("m", "a"),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 400);
+        assert_eq!(
+            e.message,
+            "the name of the object (m) does not match the name on the URL (l)"
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/delete-options/ (preconditions)
+    #[test]
+    fn delete_preconditions_that_do_not_hold_conflict() {
+        let s = store();
+        let o = create_slice(&s, "a", json!({}));
+        let p = DeleteParams {
+            precondition_uid: Some("x".into()),
+            ..DeleteParams::default()
+        };
+        let e = s.delete(slices(), Some("default"), "a", &p).unwrap_err();
+        assert_eq!(e.code, 409);
+        assert_eq!(
+            e.message,
+            format!(
+                "Operation cannot be fulfilled on endpointslices.discovery.k8s.io \"a\": Precondition failed: UID in precondition: x, UID in object meta: {}",
+                str_at(&o, "/metadata/uid")
+            )
+        );
+        let p = DeleteParams {
+            precondition_resource_version: Some("1".into()),
+            ..DeleteParams::default()
+        };
+        assert_eq!(
+            s.delete(slices(), Some("default"), "a", &p)
+                .unwrap_err()
+                .code,
+            409
+        );
+        let p = DeleteParams {
+            precondition_uid: Some(str_at(&o, "/metadata/uid").into()),
+            precondition_resource_version: Some(rv_of(&o).into()),
+            ..DeleteParams::default()
+        };
+        s.delete(slices(), Some("default"), "a", &p).unwrap();
+        let e = s.delete(slices(), Some("default"), "a", &p).unwrap_err();
+        assert_eq!(e.code, 404);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes (DELETED carries the last state)
+    #[test]
+    fn delete_returns_the_last_state_at_the_deletions_resource_version() {
+        let s = store();
+        let o = create_slice(&s, "a", json!({"x": "y"}));
+        let d = s
+            .delete(slices(), Some("default"), "a", &DeleteParams::default())
+            .unwrap();
+        assert_eq!(d["metadata"]["labels"], json!({"x": "y"}));
+        assert_eq!(rv(&d), rv(&o) + 1);
+        assert_eq!(rv(&d), s.resource_version());
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#dry-run
+    #[test]
+    fn dry_run_validates_but_stores_nothing_and_bumps_nothing() {
+        let s = store();
+        let before = s.resource_version();
+        let p = WriteParams {
+            dry_run: true,
+            ..WriteParams::default()
+        };
+        let o = s
+            .create(
+                slices(),
+                Some("default"),
+                slice("a", json!({}), &["198.51.100.1"]),
+                &p,
+            )
+            .unwrap();
+        assert_eq!(o["metadata"]["name"], "a");
+        assert_eq!(s.resource_version(), before);
+        assert_eq!(s.get(slices(), Some("default"), "a").unwrap_err().code, 404);
+        let e = s
+            .create(
+                slices(),
+                Some("default"),
+                slice("a", json!({}), &["127.0.0.1"]),
+                &p,
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/discovery/endpointslice/strategy.go (PrepareForUpdate bumps generation)
+    #[test]
+    fn slice_generation_bumps_only_when_content_outside_metadata_changes() {
+        let s = store();
+        let o = create_slice(&s, "a", json!({}));
+        let mut relabel = o.clone();
+        relabel["metadata"]["labels"] = json!({"k": "v"});
+        let o2 = s
+            .replace(
+                slices(),
+                Some("default"),
+                "a",
+                relabel,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(o2["metadata"]["generation"], 1);
+        let mut readdr = o2.clone();
+        readdr["endpoints"][0]["addresses"] = json!(["198.51.100.2"]);
+        let o3 = s
+            .replace(
+                slices(),
+                Some("default"),
+                "a",
+                readdr,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(o3["metadata"]["generation"], 2);
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go (GuaranteedUpdate skips identical writes)
+    #[test]
+    fn a_replace_that_changes_nothing_writes_nothing() {
+        let s = store();
+        let o = create_slice(&s, "a", json!({}));
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(rv_of(&o).into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        let same = s
+            .replace(
+                slices(),
+                Some("default"),
+                "a",
+                o.clone(),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(rv(&same), rv(&o));
+        assert_eq!(s.resource_version(), rv(&o));
+        assert!(drain(&mut w).is_empty());
+    }
+
+    // matches: DESIGN.md "Facts to respect": an empty slice comes back as "endpoints": null
+    #[test]
+    fn an_endpoint_slice_without_endpoints_reads_back_as_null() {
+        let s = store();
+        let mut body = slice("a", json!({}), &[]);
+        body["endpoints"] = json!([]);
+        let o = s
+            .create(slices(), Some("default"), body, &WriteParams::default())
+            .unwrap();
+        assert!(o.as_object().unwrap().contains_key("endpoints"));
+        assert_eq!(o["endpoints"], Value::Null);
+        let l = s.list(slices(), None, &ListParams::default()).unwrap();
+        assert_eq!(l["items"][0]["endpoints"], Value::Null);
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/services-networking/dual-stack/#services
+    #[test]
+    fn services_get_cluster_ips_families_and_policy_by_default() {
+        let s = store();
+        let body = json!({"metadata": {"name": "kubernetes-vip"}, "spec": {"type": "LoadBalancer", "ports": [{"name": "k8s-api", "port": 6443}]}});
+        let o = s
+            .create(services(), Some("default"), body, &WriteParams::default())
+            .unwrap();
+        let ip = str_at(&o, "/spec/clusterIP");
+        assert!(ip.starts_with("10.43."), "{ip}");
+        assert_eq!(o["spec"]["clusterIPs"], json!([ip]));
+        assert_eq!(o["spec"]["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(o["spec"]["ipFamilyPolicy"], "SingleStack");
+        let np = o["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        assert!((30000..=32767).contains(&np));
+        let dual = json!({"metadata": {"name": "d"}, "spec": {"ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]}});
+        let d = s
+            .create(services(), Some("default"), dual, &WriteParams::default())
+            .unwrap();
+        assert_eq!(d["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
+        assert!(
+            d["spec"]["clusterIPs"][1]
+                .as_str()
+                .unwrap()
+                .starts_with("fd00:43::")
+        );
+        assert!(d["spec"]["ports"][0].get("nodePort").is_none());
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/services-networking/cluster-ip-allocation/
+    #[test]
+    fn a_cluster_ip_in_use_or_out_of_range_is_rejected_and_freed_on_delete() {
+        let s = store();
+        let mk = |n: &str, ip: &str| json!({"metadata": {"name": n}, "spec": {"clusterIP": ip, "ports": [{"port": 443}]}});
+        s.create(
+            services(),
+            Some("default"),
+            mk("kubernetes", "10.43.0.1"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let e = s
+            .create(
+                services(),
+                Some("default"),
+                mk("other", "10.43.0.1"),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message
+                .contains("failed to allocate IP 10.43.0.1: provided IP is already allocated"),
+            "{}",
+            e.message
+        );
+        let e = s
+            .create(
+                services(),
+                Some("default"),
+                mk("far", "10.44.0.1"),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert!(
+            e.message.contains("is not in the valid range"),
+            "{}",
+            e.message
+        );
+        s.delete(
+            services(),
+            Some("default"),
+            "kubernetes",
+            &DeleteParams::default(),
+        )
+        .unwrap();
+        s.create(
+            services(),
+            Some("default"),
+            mk("other", "10.43.0.1"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/core/service/storage/storage.go (patchAllocatedValues)
+    #[test]
+    fn replacing_a_service_without_cluster_ip_keeps_the_allocated_one() {
+        let s = store();
+        let body = json!({"metadata": {"name": "v"}, "spec": {"type": "LoadBalancer", "ports": [{"name": "a", "port": 6443}]}});
+        let o = s
+            .create(
+                services(),
+                Some("default"),
+                body.clone(),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let mut again = body;
+        again["metadata"]["labels"] = json!({"serviceType": "kubernetes-vip"});
+        let u = s
+            .replace(
+                services(),
+                Some("default"),
+                "v",
+                again,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(u["spec"]["clusterIP"], o["spec"]["clusterIP"]);
+        assert_eq!(
+            u["spec"]["ports"][0]["nodePort"],
+            o["spec"]["ports"][0]["nodePort"]
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#list-and-watch-filtering
+    #[test]
+    fn list_filters_by_label_sorts_by_namespace_and_name_and_omits_item_type_meta() {
+        let s = store();
+        create_slice(&s, "b", json!({"kubernetes.io/service-name": "kubernetes"}));
+        create_slice(&s, "a", json!({"kubernetes.io/service-name": "kubernetes"}));
+        create_slice(&s, "c", json!({"kubernetes.io/service-name": "other"}));
+        s.create(
+            slices(),
+            Some("kube-system"),
+            slice(
+                "a",
+                json!({"kubernetes.io/service-name": "kubernetes"}),
+                &["198.51.100.9"],
+            ),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let l = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    label_selector: Some("kubernetes.io/service-name=kubernetes".into()),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(l["kind"], "EndpointSliceList");
+        assert_eq!(l["apiVersion"], "discovery.k8s.io/v1");
+        assert_eq!(
+            l["metadata"]["resourceVersion"],
+            s.resource_version().to_string()
+        );
+        let names: Vec<String> = l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}/{}",
+                    str_at(i, "/metadata/namespace"),
+                    str_at(i, "/metadata/name")
+                )
+            })
+            .collect();
+        assert_eq!(names, ["default/a", "default/b", "kube-system/a"]);
+        assert!(l["items"][0].get("apiVersion").is_none() && l["items"][0].get("kind").is_none());
+        let one_ns = s
+            .list(slices(), Some("kube-system"), &ListParams::default())
+            .unwrap();
+        assert_eq!(one_ns["items"].as_array().unwrap().len(), 1);
+        let e = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    label_selector: Some("a in (b".into()),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (400, "BadRequest"));
+        let e = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    field_selector: Some("spec.x=1".into()),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (400, "field label not supported: spec.x")
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#retrieving-large-results-sets-in-chunks
+    #[test]
+    fn limit_and_continue_page_through_a_consistent_snapshot() {
+        let s = store();
+        for n in ["a", "b", "c"] {
+            create_slice(&s, n, json!({}));
+        }
+        let p1 = s
+            .list(
+                slices(),
+                Some("default"),
+                &ListParams {
+                    limit: Some(2),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(p1["items"].as_array().unwrap().len(), 2);
+        assert_eq!(p1["metadata"]["remainingItemCount"], 1);
+        let tok = p1["metadata"]["continue"].as_str().unwrap().to_string();
+        // A write between pages does not show up: later pages are served at the first page's rv.
+        create_slice(&s, "d", json!({}));
+        let p2 = s
+            .list(
+                slices(),
+                Some("default"),
+                &ListParams {
+                    limit: Some(2),
+                    continue_token: Some(tok),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        let names: Vec<&str> = p2["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| str_at(i, "/metadata/name"))
+            .collect();
+        assert_eq!(names, ["c"]);
+        assert!(p2["metadata"].get("continue").is_none());
+        assert_eq!(
+            p2["metadata"]["resourceVersion"],
+            p1["metadata"]["resourceVersion"]
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#retrieving-large-results-sets-in-chunks (410 Gone for an expired continue token)
+    #[test]
+    fn a_continue_token_older_than_the_compaction_is_expired() {
+        let s = store();
+        for n in ["a", "b"] {
+            create_slice(&s, n, json!({}));
+        }
+        let p1 = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    limit: Some(1),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        create_slice(&s, "c", json!({}));
+        s.compact();
+        let e = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    limit: Some(1),
+                    continue_token: p1["metadata"]["continue"].as_str().map(str::to_string),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+        assert!(
+            e.message
+                .starts_with("The provided continue parameter is too old")
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#resourceversion-in-requests (resourceVersionMatch=Exact)
+    #[test]
+    fn an_exact_list_shows_the_state_at_that_resource_version() {
+        let s = store();
+        let a = create_slice(&s, "a", json!({"v": "1"}));
+        let mut changed = a.clone();
+        changed["metadata"]["labels"] = json!({"v": "2"});
+        s.replace(
+            slices(),
+            Some("default"),
+            "a",
+            changed,
+            &WriteParams::default(),
+        )
+        .unwrap();
+        create_slice(&s, "b", json!({}));
+        let l = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    resource_version: Some(rv_of(&a).into()),
+                    resource_version_match: Some("Exact".into()),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(l["metadata"]["resourceVersion"], rv_of(&a));
+        assert_eq!(l["items"].as_array().unwrap().len(), 1);
+        assert_eq!(l["items"][0]["metadata"]["labels"]["v"], "1");
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#semantics-for-watch ("Get State and Start at Most Recent")
+    #[test]
+    fn a_watch_without_resource_version_sends_the_current_state_then_changes() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        let mut w = s
+            .watch(slices(), Some("default"), &WatchParams::default())
+            .unwrap();
+        assert_eq!(types(&w.initial), ["ADDED a"]);
+        assert_eq!(w.initial[0]["object"]["kind"], "EndpointSlice");
+        create_slice(&s, "b", json!({}));
+        s.create(
+            leases(),
+            Some("kube-system"),
+            lease("l", "x"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        s.delete(slices(), Some("default"), "a", &DeleteParams::default())
+            .unwrap();
+        assert_eq!(types(&drain(&mut w)), ["ADDED b", "DELETED a"]);
+        let w0 = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some("0".into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(types(&w0.initial), ["ADDED b"]);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#semantics-for-watch ("Start at Exact")
+    #[test]
+    fn a_watch_from_a_resource_version_replays_later_changes_without_synthetic_events() {
+        let s = store();
+        let a = create_slice(&s, "a", json!({}));
+        create_slice(&s, "b", json!({}));
+        s.delete(slices(), Some("default"), "a", &DeleteParams::default())
+            .unwrap();
+        let w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(rv_of(&a).into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(types(&w.initial), ["ADDED b", "DELETED a"]);
+        let w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(s.resource_version().to_string()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert!(w.initial.is_empty());
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#410-gone-responses
+    #[test]
+    fn a_watch_from_a_compacted_resource_version_gets_one_410_error_event_and_ends() {
+        let s = store();
+        let a = create_slice(&s, "a", json!({}));
+        create_slice(&s, "b", json!({}));
+        s.compact();
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(rv_of(&a).into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(w.initial.len(), 1);
+        let ev = &w.initial[0];
+        assert_eq!(ev["type"], "ERROR");
+        assert_eq!(ev["object"]["code"], 410);
+        assert_eq!(ev["object"]["reason"], "Expired");
+        assert_eq!(
+            ev["object"]["message"],
+            format!(
+                "too old resource version: {} ({})",
+                rv(&a),
+                s.resource_version() + 1
+            )
+        );
+        assert!(w.events.try_recv().is_err());
+        assert_eq!(s.watcher_count(), 0);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#streaming-lists
+    #[test]
+    fn send_initial_events_ends_the_initial_state_with_an_annotated_bookmark() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        let p = WatchParams {
+            send_initial_events: Some(true),
+            resource_version_match: Some("NotOlderThan".into()),
+            allow_bookmarks: true,
+            ..WatchParams::default()
+        };
+        let w = s.watch(slices(), None, &p).unwrap();
+        assert_eq!(types(&w.initial), ["ADDED a", "BOOKMARK "]);
+        let b = &w.initial[1]["object"];
+        assert_eq!(
+            b["metadata"]["annotations"]["k8s.io/initial-events-end"],
+            "true"
+        );
+        assert_eq!(
+            b["metadata"]["resourceVersion"],
+            s.resource_version().to_string()
+        );
+        assert_eq!(b["apiVersion"], "discovery.k8s.io/v1");
+        let e = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    send_initial_events: Some(true),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message
+                .starts_with("ListOptions.meta.k8s.io \"\" is invalid"),
+            "{}",
+            e.message
+        );
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/storage/cacher/cache_watcher.go (convertToWatchEvent)
+    #[test]
+    fn objects_entering_or_leaving_a_watch_selector_are_added_or_deleted() {
+        let s = store();
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    label_selector: Some("app=x".into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        let o = create_slice(&s, "a", json!({"app": "y"}));
+        let mut m = o.clone();
+        m["metadata"]["labels"] = json!({"app": "x"});
+        let m = s
+            .replace(slices(), Some("default"), "a", m, &WriteParams::default())
+            .unwrap();
+        let mut n = m.clone();
+        n["endpoints"][0]["addresses"] = json!(["198.51.100.3"]);
+        let n = s
+            .replace(slices(), Some("default"), "a", n, &WriteParams::default())
+            .unwrap();
+        let mut out = n.clone();
+        out["metadata"]["labels"] = json!({"app": "z"});
+        let out = s
+            .replace(slices(), Some("default"), "a", out, &WriteParams::default())
+            .unwrap();
+        let evs = drain(&mut w);
+        assert_eq!(types(&evs), ["ADDED a", "MODIFIED a", "DELETED a"]);
+        // The DELETED object is the last matching state, at the change's resourceVersion.
+        assert_eq!(evs[2]["object"]["metadata"]["labels"]["app"], "x");
+        assert_eq!(rv(&evs[2]["object"]), rv(&out));
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#watch-bookmarks
+    #[test]
+    fn bookmarks_carry_the_current_resource_version() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        let b = s.bookmark(slices());
+        assert_eq!(b["type"], "BOOKMARK");
+        assert_eq!(b["object"]["kind"], "EndpointSlice");
+        assert_eq!(
+            b["object"]["metadata"]["resourceVersion"],
+            s.resource_version().to_string()
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes (a dropped watch ends its stream)
+    #[test]
+    fn close_watches_ends_every_stream_and_dropped_receivers_are_not_counted() {
+        let s = store();
+        let mut w1 = s.watch(slices(), None, &WatchParams::default()).unwrap();
+        let w2 = s.watch(leases(), None, &WatchParams::default()).unwrap();
+        assert_eq!(s.watcher_count(), 2);
+        drop(w2);
+        assert_eq!(s.watcher_count(), 1);
+        s.close_watches();
+        assert_eq!(s.watcher_count(), 0);
+        assert!(matches!(
+            w1.events.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
+
+    // matches: https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kubectl-patch/#use-a-json-merge-patch-to-update-a-deployment
+    #[test]
+    fn a_merge_patch_applies_to_the_stored_object_and_its_resource_version_is_a_precondition() {
+        let s = store();
+        let l = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "a"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let p = s
+            .patch(
+                leases(),
+                Some("kube-system"),
+                "l",
+                PatchKind::Merge,
+                json!({"spec": {"holderIdentity": "b", "leaseDurationSeconds": null}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(p["spec"], json!({"holderIdentity": "b"}));
+        let e = s
+            .patch(leases(), Some("kube-system"), "l", PatchKind::Merge, json!({"metadata": {"resourceVersion": rv_of(&l)}, "spec": {"holderIdentity": "c"}}), &WriteParams::default())
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+        let e = s
+            .patch(
+                leases(),
+                Some("kube-system"),
+                "nope",
+                PatchKind::Merge,
+                json!({}),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 404);
+    }
+
+    // matches: https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kubectl-patch/ (JSON patch; a failed test op is 422)
+    #[test]
+    fn a_json_patch_is_applied_then_validated_like_an_update() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        let p = s
+            .patch(slices(), Some("default"), "a", PatchKind::Json, json!([{"op": "add", "path": "/endpoints/-", "value": {"addresses": ["198.51.100.5"]}}]), &WriteParams::default())
+            .unwrap();
+        assert_eq!(p["endpoints"][1]["addresses"][0], "198.51.100.5");
+        assert_eq!(p["endpoints"][1]["conditions"], json!({}));
+        let e = s
+            .patch(
+                slices(),
+                Some("default"),
+                "a",
+                PatchKind::Json,
+                json!([{"op": "test", "path": "/addressType", "value": "IPv6"}]),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        let e = s
+            .patch(slices(), Some("default"), "a", PatchKind::Json, json!([{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "127.0.0.1"}]), &WriteParams::default())
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(e.message.contains("loopback"), "{}", e.message);
+    }
+
+    // The test bed's own limit (documented in docs/development/testing.md): no strategic merge or apply.
+    #[test]
+    fn strategic_merge_and_apply_patches_are_unsupported_media_types() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        for k in [PatchKind::StrategicMerge, PatchKind::Apply { force: true }] {
+            let e = s
+                .patch(
+                    slices(),
+                    Some("default"),
+                    "a",
+                    k,
+                    json!({}),
+                    &WriteParams::default(),
+                )
+                .unwrap_err();
+            assert_eq!((e.code, e.reason.as_str()), (415, "UnsupportedMediaType"));
+        }
+    }
+
+    // matches: kube-runtime 5.0 events::Recorder, which merge-patches a whole events.k8s.io/v1 Event
+    #[test]
+    fn an_events_v1_event_can_be_created_and_merge_patched_with_its_series() {
+        let s = store();
+        let ev = res("events.k8s.io", "events");
+        let body = json!({"metadata": {"name": "kubernetes-vip.1"}, "eventTime": "2026-11-21T06:03:13.123456Z",
+            "reportingController": "endpoint-copier", "reportingInstance": "node-1", "action": "Sync",
+            "reason": "SourceMissing", "type": "Warning", "note": "no source",
+            "regarding": {"kind": "Service", "namespace": "default", "name": "kubernetes-vip", "apiVersion": "v1"}});
+        let o = s
+            .create(ev, Some("default"), body.clone(), &WriteParams::default())
+            .unwrap();
+        assert_eq!(o["eventTime"], "2026-11-21T06:03:13.123456Z");
+        let mut patch = body;
+        patch["series"] = json!({"count": 2, "lastObservedTime": "2026-11-21T06:03:20.000001Z"});
+        let p = s
+            .patch(
+                ev,
+                Some("default"),
+                "kubernetes-vip.1",
+                PatchKind::Merge,
+                patch,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(p["series"]["count"], 2);
+        let mut bad = lease("x", "y");
+        bad["spec"]["renewTime"] = json!("2026-11-21T06:03:13Z");
+        let e = s
+            .create(leases(), Some("kube-system"), bad, &WriteParams::default())
+            .unwrap_err();
+        assert_eq!(e.code, 400);
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/architecture/garbage-collection/#background-deletion
+    #[test]
+    fn deleting_an_owner_deletes_its_dependents_unless_garbage_collection_is_off() {
+        let s = store();
+        let svc = s
+            .create(
+                services(),
+                Some("default"),
+                json!({"metadata": {"name": "v"}, "spec": {"ports": [{"port": 1}]}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let owner = json!([{"apiVersion": "v1", "kind": "Service", "name": "v", "uid": svc["metadata"]["uid"], "controller": true}]);
+        let mut body = slice("v-1", json!({}), &["198.51.100.1"]);
+        body["metadata"]["ownerReferences"] = owner.clone();
+        s.create(
+            slices(),
+            Some("default"),
+            body.clone(),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(s.resource_version().to_string()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        s.delete(services(), Some("default"), "v", &DeleteParams::default())
+            .unwrap();
+        assert_eq!(types(&drain(&mut w)), ["DELETED v-1"]);
+
+        s.set_garbage_collection(false);
+        let svc = s
+            .create(
+                services(),
+                Some("default"),
+                json!({"metadata": {"name": "v"}, "spec": {"ports": [{"port": 1}]}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        body["metadata"]["ownerReferences"][0]["uid"] = svc["metadata"]["uid"].clone();
+        s.create(slices(), Some("default"), body, &WriteParams::default())
+            .unwrap();
+        s.delete(services(), Some("default"), "v", &DeleteParams::default())
+            .unwrap();
+        assert!(
+            s.get(slices(), Some("default"), "v-1").is_ok(),
+            "a dead controller manager leaves dependents"
+        );
+        s.set_garbage_collection(true);
+        assert_eq!(
+            s.get(slices(), Some("default"), "v-1").unwrap_err().code,
+            404,
+            "a restarted one catches up"
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/architecture/garbage-collection/#owners-dependents (a dependent whose owner is absent is collected)
+    #[test]
+    fn a_dependent_created_with_only_absent_owners_is_collected() {
+        let s = store();
+        let mut body = slice("orphan", json!({}), &["198.51.100.1"]);
+        body["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Service", "name": "gone", "uid": "5b0e9a4e-0000-4000-8000-000000000000"}]);
+        let mut w = s.watch(slices(), None, &WatchParams::default()).unwrap();
+        s.create(slices(), Some("default"), body, &WriteParams::default())
+            .unwrap();
+        assert_eq!(types(&drain(&mut w)), ["ADDED orphan", "DELETED orphan"]);
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/namespaces/ (deleting a namespace deletes everything in it)
+    #[test]
+    fn deleting_a_namespace_deletes_its_contents() {
+        let s = store();
+        s.create(
+            ns_res(),
+            None,
+            json!({"metadata": {"name": "t"}}),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        s.create(
+            slices(),
+            Some("t"),
+            slice("a", json!({}), &["198.51.100.1"]),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        create_slice(&s, "keep", json!({}));
+        let d = s
+            .delete(ns_res(), None, "t", &DeleteParams::default())
+            .unwrap();
+        assert_eq!(d["status"]["phase"], "Terminating");
+        assert_eq!(s.get(slices(), Some("t"), "a").unwrap_err().code, 404);
+        assert_eq!(s.get(ns_res(), None, "t").unwrap_err().code, 404);
+        assert!(s.get(slices(), Some("default"), "keep").is_ok());
+        s.set_garbage_collection(false);
+        s.create(
+            ns_res(),
+            None,
+            json!({"metadata": {"name": "u"}}),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        s.delete(ns_res(), None, "u", &DeleteParams::default())
+            .unwrap();
+        let e = s
+            .create(
+                slices(),
+                Some("u"),
+                slice("a", json!({}), &["198.51.100.1"]),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+        assert!(e.message.ends_with(
+            "unable to create new content in namespace u because it is being terminated"
+        ));
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/server-side-apply/#field-management (managedFields on update)
+    #[test]
+    fn a_field_manager_is_recorded_in_managed_fields() {
+        let s = store();
+        let p = WriteParams {
+            field_manager: Some("endpoint-copier".into()),
+            ..WriteParams::default()
+        };
+        let o = s
+            .create(
+                slices(),
+                Some("default"),
+                slice("a", json!({}), &["198.51.100.1"]),
+                &p,
+            )
+            .unwrap();
+        let mf = &o["metadata"]["managedFields"][0];
+        assert_eq!(mf["manager"], "endpoint-copier");
+        assert_eq!(mf["operation"], "Update");
+        assert_eq!(mf["apiVersion"], "discovery.k8s.io/v1");
+        assert!(mf["fieldsV1"]["f:endpoints"].is_object());
+        let plain = create_slice(&s, "b", json!({}));
+        assert!(plain["metadata"].get("managedFields").is_none());
+    }
+
+    // History is bounded (the watch cache keeps a window of events): older starting points get 410.
+    #[test]
+    fn history_keeps_a_bounded_window_of_changes() {
+        let s = store();
+        let first = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "0"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        for i in 0..HISTORY_CAPACITY + 5 {
+            s.patch(
+                leases(),
+                Some("kube-system"),
+                "l",
+                PatchKind::Merge,
+                json!({"spec": {"holderIdentity": i.to_string()}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        }
+        let w = s
+            .watch(
+                leases(),
+                None,
+                &WatchParams {
+                    resource_version: Some(rv_of(&first).into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(w.initial[0]["type"], "ERROR");
+        let recent = (s.resource_version() - 10).to_string();
+        let w = s
+            .watch(
+                leases(),
+                None,
+                &WatchParams {
+                    resource_version: Some(recent),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(w.initial.len(), 10);
+    }
+
+    // Fan-out: every watcher whose selector matches gets each event, in order.
+    #[test]
+    fn ten_watchers_each_receive_every_matching_event_in_order() {
+        let s = store();
+        let mut ws: Vec<Watch> = (0..10)
+            .map(|_| s.watch(leases(), None, &WatchParams::default()).unwrap())
+            .collect();
+        let mut other = s.watch(slices(), None, &WatchParams::default()).unwrap();
+        s.create(
+            leases(),
+            Some("kube-system"),
+            lease("l", "a"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        for i in 0..100 {
+            s.patch(
+                leases(),
+                Some("kube-system"),
+                "l",
+                PatchKind::Merge,
+                json!({"spec": {"holderIdentity": format!("h{i}")}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        }
+        for w in &mut ws {
+            let evs = drain(w);
+            assert_eq!(evs.len(), 101);
+            let rvs: Vec<u64> = evs.iter().map(|e| rv(&e["object"])).collect();
+            assert!(rvs.windows(2).all(|p| p[1] == p[0] + 1));
+        }
+        assert!(drain(&mut other).is_empty());
+    }
+}

@@ -557,11 +557,9 @@ pub fn default_object(r: &Resource, obj: &mut Value) {
                 obj["status"] = json!({"phase": "Active"});
             }
         }
-        ("coordination.k8s.io", "Lease") => {
-            // LeaseSpec is a non-pointer struct without omitempty: always serialized.
-            if obj.get("spec").is_none_or(Value::is_null) {
-                obj["spec"] = json!({});
-            }
+        // LeaseSpec is a non-pointer struct without omitempty: always serialized.
+        ("coordination.k8s.io", "Lease") if obj.get("spec").is_none_or(Value::is_null) => {
+            obj["spec"] = json!({});
         }
         _ => {}
     }
@@ -798,14 +796,14 @@ fn validate_endpoint_slice(obj: &Value, old: Option<&Value>, errs: &mut Vec<Fiel
             )),
             Some(_) => {}
         }
-        if let Some(port) = p.get("port").filter(|v| !v.is_null()) {
-            if !port.as_i64().is_some_and(|n| (0..=65535).contains(&n)) {
-                errs.push(FieldError::invalid(
-                    format!("{f}.port"),
-                    port,
-                    "must be between 0 and 65535, inclusive",
-                ));
-            }
+        if let Some(port) = p.get("port").filter(|v| !v.is_null())
+            && !port.as_i64().is_some_and(|n| (0..=65535).contains(&n))
+        {
+            errs.push(FieldError::invalid(
+                format!("{f}.port"),
+                port,
+                "must be between 0 and 65535, inclusive",
+            ));
         }
         if let Some(ap) = p.get("appProtocol").and_then(Value::as_str) {
             for m in qualified_name_errors(ap) {
@@ -978,13 +976,14 @@ fn validate_service(obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>
             }
             _ => {}
         }
-        if let Some(np) = p.get("nodePort").filter(|v| !v.is_null()) {
-            if !(ty == "NodePort" || ty == "LoadBalancer") && np.as_i64() != Some(0) {
-                errs.push(FieldError::forbidden(
-                    format!("{f}.nodePort"),
-                    "may not be used when `type` is 'ClusterIP'",
-                ));
-            }
+        if let Some(np) = p.get("nodePort").filter(|v| !v.is_null())
+            && !(ty == "NodePort" || ty == "LoadBalancer")
+            && np.as_i64() != Some(0)
+        {
+            errs.push(FieldError::forbidden(
+                format!("{f}.nodePort"),
+                &format!("may not be used when `type` is '{ty}'"),
+            ));
         }
     }
     validate_labels(spec.get("selector"), "spec.selector", errs);
