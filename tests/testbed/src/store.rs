@@ -1569,7 +1569,11 @@ impl Inner {
         if !errs.is_empty() {
             return Err(invalid_error(r, name, &errs));
         }
-        if r.has_generation() && spec_part(&body) != spec_part(&old) {
+        // EndpointSlice PrepareForUpdate: anything outside metadata, or the labels, changed.
+        if r.has_generation()
+            && (spec_part(&body) != spec_part(&old)
+                || body.pointer("/metadata/labels") != old.pointer("/metadata/labels"))
+        {
             let g = old
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
@@ -2385,33 +2389,32 @@ mod tests {
 
     // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/discovery/endpointslice/strategy.go (PrepareForUpdate bumps generation)
     #[test]
-    fn slice_generation_bumps_only_when_content_outside_metadata_changes() {
+    fn slice_generation_bumps_when_content_or_labels_change_but_not_annotations() {
         let s = store();
         let o = create_slice(&s, "a", json!({}));
-        let mut relabel = o.clone();
-        relabel["metadata"]["labels"] = json!({"k": "v"});
-        let o2 = s
-            .replace(
+        let put = |body: Value| {
+            s.replace(
                 slices(),
                 Some("default"),
                 "a",
-                relabel,
+                body,
                 &WriteParams::default(),
             )
-            .unwrap();
-        assert_eq!(o2["metadata"]["generation"], 1);
+            .unwrap()
+        };
+        let mut annotate = o.clone();
+        annotate["metadata"]["annotations"] = json!({"k": "v"});
+        let o1 = put(annotate);
+        assert_eq!(o1["metadata"]["generation"], 1);
+        assert!(rv(&o1) > rv(&o));
+        let mut relabel = o1.clone();
+        relabel["metadata"]["labels"] = json!({"k": "v"});
+        let o2 = put(relabel);
+        assert_eq!(o2["metadata"]["generation"], 2);
         let mut readdr = o2.clone();
         readdr["endpoints"][0]["addresses"] = json!(["198.51.100.2"]);
-        let o3 = s
-            .replace(
-                slices(),
-                Some("default"),
-                "a",
-                readdr,
-                &WriteParams::default(),
-            )
-            .unwrap();
-        assert_eq!(o3["metadata"]["generation"], 2);
+        let o3 = put(readdr);
+        assert_eq!(o3["metadata"]["generation"], 3);
     }
 
     // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go (GuaranteedUpdate skips identical writes)

@@ -675,7 +675,9 @@ pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>) -> Vec<FieldErro
 /// EndpointSlice limits (pkg/apis/discovery/validation/validation.go).
 const MAX_ENDPOINTS: usize = 1000;
 const MAX_ADDRESSES: usize = 100;
-const MAX_PORTS: usize = 100;
+/// The API reference says "a maximum of 100 ports", but the validation code has allowed 20000
+/// since the limit was raised upstream (`maxPorts = 20000`); the server's behaviour wins.
+const MAX_PORTS: usize = 20000;
 const MAX_ZONE_HINTS: usize = 8;
 const MAX_NODE_HINTS: usize = 8;
 const ADDRESS_TYPES: &[&str] = &["FQDN", "IPv4", "IPv6"];
@@ -761,11 +763,16 @@ fn validate_endpoint_slice(obj: &Value, old: Option<&Value>, errs: &mut Vec<Fiel
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    if eps.len() > MAX_ENDPOINTS {
-        errs.push(FieldError::too_many("endpoints", eps.len(), MAX_ENDPOINTS));
-    } else {
-        for (i, ep) in eps.iter().enumerate() {
-            validate_endpoint(at, i, ep, errs);
+    // Endpoints unchanged by an update are not validated again (ratcheting, so slices accepted
+    // under older, laxer IP rules stay writable).
+    let unchanged = old.is_some_and(|o| o.get("endpoints") == obj.get("endpoints"));
+    if !unchanged {
+        if eps.len() > MAX_ENDPOINTS {
+            errs.push(FieldError::too_many("endpoints", eps.len(), MAX_ENDPOINTS));
+        } else {
+            for (i, ep) in eps.iter().enumerate() {
+                validate_endpoint(at, i, ep, errs);
+            }
         }
     }
     let ports = obj
@@ -840,22 +847,31 @@ fn validate_endpoint(at: &str, i: usize, ep: &Value, errs: &mut Vec<FieldError>)
         let af = format!("{f}.addresses[{j}]");
         let s = a.as_str().unwrap_or("");
         match at {
-            "IPv4" => match s.parse::<IpAddr>() {
-                Ok(ip @ IpAddr::V4(_)) => endpoint_ip_errors(&af, s, ip, errs),
-                _ => errs.push(FieldError::invalid(
-                    &af,
-                    &json!(s),
-                    "must be a valid IPv4 address",
-                )),
-            },
-            "IPv6" => match s.parse::<IpAddr>() {
-                Ok(ip @ IpAddr::V6(_)) => endpoint_ip_errors(&af, s, ip, errs),
-                _ => errs.push(FieldError::invalid(
-                    &af,
-                    &json!(s),
-                    "must be a valid IPv6 address",
-                )),
-            },
+            // IsValidIPv4Address/IsValidIPv6Address, then ValidateNonSpecialIP on any family:
+            // both run, so "::1" in an IPv4 slice gets two errors, as upstream.
+            "IPv4" | "IPv6" => {
+                let parsed = s.parse::<IpAddr>().ok();
+                let fam_ok = match parsed {
+                    Some(IpAddr::V4(_)) => at == "IPv4",
+                    Some(IpAddr::V6(_)) => at == "IPv6",
+                    None => false,
+                };
+                if !fam_ok {
+                    errs.push(FieldError::invalid(
+                        &af,
+                        &json!(s),
+                        &format!("must be a valid {at} address"),
+                    ));
+                }
+                match parsed {
+                    Some(ip) => endpoint_ip_errors(&af, s, ip, errs),
+                    None => errs.push(FieldError::invalid(
+                        &af,
+                        &json!(s),
+                        "must be a valid IP address",
+                    )),
+                }
+            }
             "FQDN" => push_msgs(errs, &af, s, dns1123_subdomain_errors(s)),
             _ => {}
         }
@@ -868,8 +884,9 @@ fn validate_endpoint(at: &str, i: usize, ep: &Value, errs: &mut Vec<FieldError>)
             dns1123_subdomain_errors(node),
         );
     }
-    if let Some(zone) = ep.get("zone").and_then(Value::as_str) {
-        push_msgs(errs, &format!("{f}.zone"), zone, label_value_errors(zone));
+    // `zone` is not validated upstream; `hostname` is a DNS-1123 label.
+    if let Some(h) = ep.get("hostname").and_then(Value::as_str) {
+        push_msgs(errs, &format!("{f}.hostname"), h, dns1123_label_errors(h));
     }
     if let Some(hints) = ep.get("hints").filter(|h| h.is_object()) {
         let zones = hints
@@ -883,6 +900,16 @@ fn validate_endpoint(at: &str, i: usize, ep: &Value, errs: &mut Vec<FieldError>)
                 zones.len(),
                 MAX_ZONE_HINTS,
             ));
+        } else {
+            let mut seen = std::collections::HashSet::new();
+            for (k, z) in zones.iter().enumerate() {
+                let zf = format!("{f}.hints.forZones[{k}].name");
+                let name = z.get("name").and_then(Value::as_str).unwrap_or("");
+                if !seen.insert(name) {
+                    errs.push(FieldError::duplicate(&zf, &json!(name)));
+                }
+                push_msgs(errs, &zf, name, label_value_errors(name));
+            }
         }
         let nodes = hints
             .get("forNodes")
@@ -1320,13 +1347,13 @@ mod tests {
         );
         let mut s = slice("IPv4", &["198.51.100.1"]);
         s["ports"] = Value::Array(
-            (0..101)
+            (0..20001)
                 .map(|i| json!({"name": format!("p{i}"), "port": 80, "protocol": "TCP"}))
                 .collect(),
         );
         assert_eq!(
             validate(r, &s, None)[0].message(),
-            "ports: Too many: 101: must have at most 100 items"
+            "ports: Too many: 20001: must have at most 20000 items"
         );
         let s = json!({"metadata": {"name": "s"}, "addressType": "IPv4", "endpoints": [{"addresses": []}]});
         assert_eq!(
@@ -1356,6 +1383,46 @@ mod tests {
         assert!(msgs.contains(
             &"ports[2].protocol: Unsupported value: \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\"".to_string()
         ));
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/apis/discovery/validation/validation.go (family check and ValidateNonSpecialIP both run)
+    #[test]
+    fn a_special_address_of_the_wrong_family_gets_both_errors() {
+        let r = slice_res();
+        let msgs: Vec<String> = validate(r, &slice("IPv4", &["::1"]), None)
+            .iter()
+            .map(FieldError::message)
+            .collect();
+        assert_eq!(
+            msgs,
+            vec![
+                "endpoints[0].addresses[0]: Invalid value: \"::1\": must be a valid IPv4 address".to_string(),
+                "endpoints[0].addresses[0]: Invalid value: \"::1\": may not be in the loopback range (127.0.0.0/8, ::1/128)".to_string(),
+            ]
+        );
+        let msgs = validate(r, &slice("IPv6", &["not-an-ip"]), None);
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(
+            msgs[1].body,
+            "Invalid value: \"not-an-ip\": must be a valid IP address"
+        );
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/apis/discovery/validation/validation.go (unchanged endpoints are not re-validated on update)
+    #[test]
+    fn unchanged_endpoints_are_not_revalidated_on_update() {
+        let r = slice_res();
+        let old = slice("IPv4", &["127.0.0.1"]);
+        let mut new = old.clone();
+        new["metadata"]["labels"] = json!({"a": "b"});
+        assert!(validate(r, &new, Some(&old)).is_empty());
+        new["endpoints"][0]["hostname"] = json!("Not_A_Label");
+        let msgs: Vec<String> = validate(r, &new, Some(&old))
+            .iter()
+            .map(FieldError::message)
+            .collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(msgs[0].contains("loopback") && msgs[1].starts_with("endpoints[0].hostname: "));
     }
 
     // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#syntax-and-character-set
