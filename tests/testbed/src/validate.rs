@@ -297,6 +297,19 @@ fn name_errors(r: &Resource, name: &str) -> Vec<String> {
     match (r.group, r.kind) {
         ("", "Service") => dns1035_label_errors(name),
         ("", "Namespace") => dns1123_label_errors(name),
+        // Core Events skip the strategy's name check (no ObjectMeta validation for v1 requests):
+        // only the generic path segment rule (ValidatePathSegmentName) applies.
+        ("", "Event") => {
+            if name == "." || name == ".." {
+                vec![format!("may not be '{name}'")]
+            } else {
+                ["/", "%"]
+                    .iter()
+                    .filter(|c| name.contains(**c))
+                    .map(|c| format!("may not contain '{c}'"))
+                    .collect()
+            }
+        }
         _ => dns1123_subdomain_errors(name),
     }
 }
@@ -665,8 +678,8 @@ pub fn validate(r: &Resource, obj: &Value, old: Option<&Value>) -> Vec<FieldErro
         ("discovery.k8s.io", "EndpointSlice") => validate_endpoint_slice(obj, old, &mut errs),
         ("", "Service") => validate_service(obj, old, &mut errs),
         ("coordination.k8s.io", "Lease") => validate_lease(obj, &mut errs),
-        ("events.k8s.io", "Event") => validate_events_v1(obj, &mut errs),
-        ("", "Event") => validate_core_event(obj, &mut errs),
+        ("events.k8s.io", "Event") => validate_event(obj, old, true, &mut errs),
+        ("", "Event") => validate_event(obj, old, false, &mut errs),
         _ => {}
     }
     errs
@@ -1114,127 +1127,207 @@ fn str_at<'a>(obj: &'a Value, ptr: &str) -> &'a str {
     obj.pointer(ptr).and_then(Value::as_str).unwrap_or("")
 }
 
-// ValidateEventCreate with requestVersion events.k8s.io/v1: strict validation. Field paths are
-// those of the internal type (e.g. "note" is checked as the internal "message"), as upstream.
-fn validate_events_v1(obj: &Value, errs: &mut Vec<FieldError>) {
-    if obj.get("eventTime").is_none_or(Value::is_null) {
-        errs.push(FieldError::required("eventTime", ""));
+/// An Event seen through the internal type's field names, whichever API version it came in
+/// (events.k8s.io/v1 `regarding`/`note`/`deprecated*` map to core's `involvedObject`/`message`/...),
+/// because pkg/apis/core/validation/events.go validates the internal type and names its fields.
+struct EventView<'a> {
+    obj: &'a Value,
+    v1: bool,
+}
+
+impl EventView<'_> {
+    fn field(&self, internal: &str) -> Option<&Value> {
+        let name = if self.v1 {
+            match internal {
+                "involvedObject" => "regarding",
+                "message" => "note",
+                "firstTimestamp" => "deprecatedFirstTimestamp",
+                "lastTimestamp" => "deprecatedLastTimestamp",
+                "count" => "deprecatedCount",
+                "source" => "deprecatedSource",
+                other => other,
+            }
+        } else {
+            match internal {
+                "reportingController" => "reportingComponent",
+                other => other,
+            }
+        };
+        self.obj.get(name).filter(|v| !v.is_null())
     }
-    let ty = str_at(obj, "/type");
-    if ty != "Normal" && ty != "Warning" {
+    fn s(&self, internal: &str) -> &str {
+        self.field(internal).and_then(Value::as_str).unwrap_or("")
+    }
+    fn set(&self, internal: &str) -> bool {
+        self.field(internal).is_some()
+    }
+}
+
+const EVENT_TEXT_LIMIT: usize = 128;
+const EVENT_NOTE_LIMIT: usize = 1024;
+
+// legacyValidateEvent: runs for every API version.
+fn legacy_validate_event(ev: &EventView, errs: &mut Vec<FieldError>) {
+    let ns = str_at(ev.obj, "/metadata/namespace");
+    let ins = ev
+        .field("involvedObject")
+        .and_then(|o| o.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let mismatch = |errs: &mut Vec<FieldError>| {
         errs.push(FieldError::invalid(
-            "type",
-            &json!(""),
-            &format!("has invalid value: {ty}"),
+            "involvedObject.namespace",
+            &json!(ins),
+            "does not match event.namespace",
         ));
+    };
+    if !ev.set("eventTime") {
+        if ins.is_empty() {
+            // event.Namespace must also be empty (or "default", for old clients).
+            if !ns.is_empty() && ns != "default" {
+                mismatch(errs);
+            }
+        } else if ns != ins {
+            mismatch(errs);
+        }
+        return;
     }
-    if obj
-        .get("deprecatedFirstTimestamp")
-        .is_some_and(|v| !v.is_null())
-    {
-        errs.push(FieldError::invalid(
-            "deprecatedFirstTimestamp",
-            &json!(""),
-            "needs to be unset",
-        ));
+    if ins.is_empty() && ns != "default" && ns != "kube-system" {
+        mismatch(errs);
     }
-    if obj
-        .get("deprecatedLastTimestamp")
-        .is_some_and(|v| !v.is_null())
-    {
-        errs.push(FieldError::invalid(
-            "deprecatedLastTimestamp",
-            &json!(""),
-            "needs to be unset",
-        ));
-    }
-    let rc = str_at(obj, "/reportingController");
+    let rc = ev.s("reportingController");
     if rc.is_empty() {
         errs.push(FieldError::required("reportingController", ""));
     }
     for m in qualified_name_errors(rc) {
         errs.push(FieldError::invalid("reportingController", &json!(rc), &m));
     }
-    let ri = str_at(obj, "/reportingInstance");
+    let too_long = |errs: &mut Vec<FieldError>, f: &str, n: usize| {
+        errs.push(FieldError::invalid(
+            f,
+            &json!(""),
+            &format!("can have at most {n} characters"),
+        ));
+    };
+    let ri = ev.s("reportingInstance");
     if ri.is_empty() {
         errs.push(FieldError::required("reportingInstance", ""));
     }
-    if ri.len() > 128 {
-        errs.push(FieldError::invalid(
-            "reportingInstance",
-            &json!(""),
-            "can have at most 128 characters",
-        ));
+    if ri.len() > EVENT_TEXT_LIMIT {
+        too_long(errs, "reportingInstance", EVENT_TEXT_LIMIT);
     }
-    let action = str_at(obj, "/action");
+    let action = ev.s("action");
     if action.is_empty() {
         errs.push(FieldError::required("action", ""));
     }
-    if action.len() > 128 {
-        errs.push(FieldError::invalid(
-            "action",
-            &json!(""),
-            "can have at most 128 characters",
-        ));
+    if action.len() > EVENT_TEXT_LIMIT {
+        too_long(errs, "action", EVENT_TEXT_LIMIT);
     }
-    let reason = str_at(obj, "/reason");
+    let reason = ev.s("reason");
     if reason.is_empty() {
         errs.push(FieldError::required("reason", ""));
     }
-    if reason.len() > 128 {
-        errs.push(FieldError::invalid(
-            "reason",
-            &json!(""),
-            "can have at most 128 characters",
-        ));
+    if reason.len() > EVENT_TEXT_LIMIT {
+        too_long(errs, "reason", EVENT_TEXT_LIMIT);
     }
-    if str_at(obj, "/note").len() > 1024 {
-        errs.push(FieldError::invalid(
-            "message",
-            &json!(""),
-            "can have at most 1024 characters",
-        ));
-    }
-    let ns = str_at(obj, "/metadata/namespace");
-    let rns = str_at(obj, "/regarding/namespace");
-    if !rns.is_empty() && rns != ns {
-        errs.push(FieldError::invalid(
-            "involvedObject.namespace",
-            &json!(rns),
-            "does not match event.namespace",
-        ));
+    if ev.s("message").len() > EVENT_NOTE_LIMIT {
+        too_long(errs, "message", EVENT_NOTE_LIMIT);
     }
 }
 
-// legacyValidateEvent for requestVersion v1 (core): lenient, only the namespace match and, when
-// eventTime is set, the reporting fields.
-fn validate_core_event(obj: &Value, errs: &mut Vec<FieldError>) {
-    let ns = str_at(obj, "/metadata/namespace");
-    let ins = str_at(obj, "/involvedObject/namespace");
-    if obj.get("involvedObject").is_none_or(Value::is_null) {
-        errs.push(FieldError::required("involvedObject", ""));
-    }
-    if ins.is_empty() {
-        if !ns.is_empty() && ns != "default" {
+// validateV1EventSeries.
+fn validate_event_series(ev: &EventView, errs: &mut Vec<FieldError>) {
+    if let Some(series) = ev.field("series") {
+        if series.get("count").and_then(Value::as_i64).unwrap_or(0) < 2 {
             errs.push(FieldError::invalid(
-                "involvedObject.namespace",
-                &json!(ins),
-                "does not match event.namespace",
+                "series.count",
+                &json!(""),
+                "should be at least 2",
             ));
         }
-    } else if ins != ns {
-        errs.push(FieldError::invalid(
-            "involvedObject.namespace",
-            &json!(ins),
-            "does not match event.namespace",
-        ));
-    }
-    if obj.get("eventTime").is_some_and(|v| !v.is_null()) {
-        if str_at(obj, "/reportingComponent").is_empty() {
-            errs.push(FieldError::required("reportingController", ""));
+        if series.get("lastObservedTime").is_none_or(Value::is_null) {
+            errs.push(FieldError::required("series.lastObservedTime", ""));
         }
-        if str_at(obj, "/reportingInstance").is_empty() {
-            errs.push(FieldError::required("reportingInstance", ""));
+    }
+}
+
+/// ValidateEventCreate / ValidateEventUpdate (pkg/apis/core/validation/events.go): core/v1
+/// requests get only the legacy checks; events.k8s.io/v1 requests get the strict ones too, and on
+/// update most fields are immutable.
+fn validate_event(obj: &Value, old: Option<&Value>, v1: bool, errs: &mut Vec<FieldError>) {
+    let ev = EventView { obj, v1 };
+    legacy_validate_event(&ev, errs);
+    if !v1 {
+        return;
+    }
+    match old {
+        None => {
+            validate_event_series(&ev, errs);
+            if !ev.set("eventTime") {
+                errs.push(FieldError::required("eventTime", ""));
+            }
+            let ty = ev.s("type");
+            if ty != "Normal" && ty != "Warning" {
+                errs.push(FieldError::invalid(
+                    "type",
+                    &json!(""),
+                    &format!("has invalid value: {ty}"),
+                ));
+            }
+            for f in ["firstTimestamp", "lastTimestamp"] {
+                if ev.set(f) {
+                    errs.push(FieldError::invalid(f, &json!(""), "needs to be unset"));
+                }
+            }
+            if ev.field("count").and_then(Value::as_i64).unwrap_or(0) != 0 {
+                errs.push(FieldError::invalid(
+                    "count",
+                    &json!(""),
+                    "needs to be unset",
+                ));
+            }
+            let src = ev.field("source");
+            let src_set = |k: &str| {
+                src.and_then(|s| s.get(k))
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| !v.is_empty())
+            };
+            if src_set("component") || src_set("host") {
+                errs.push(FieldError::invalid(
+                    "source",
+                    &json!(""),
+                    "needs to be unset",
+                ));
+            }
+        }
+        Some(old) => {
+            let old_ev = EventView { obj: old, v1 };
+            if ev.field("series") != old_ev.field("series") {
+                validate_event_series(&ev, errs);
+            }
+            for f in [
+                "involvedObject",
+                "reason",
+                "message",
+                "source",
+                "firstTimestamp",
+                "lastTimestamp",
+                "count",
+                "type",
+                "eventTime",
+                "action",
+                "related",
+                "reportingController",
+                "reportingInstance",
+            ] {
+                if ev.field(f) != old_ev.field(f) {
+                    errs.push(FieldError::invalid(
+                        f,
+                        ev.field(f).unwrap_or(&Value::Null),
+                        "field is immutable",
+                    ));
+                }
+            }
         }
     }
 }
@@ -1542,21 +1635,67 @@ mod tests {
     #[test]
     fn events_v1_require_event_time_reporting_fields_action_and_reason() {
         let ev = resource("events.k8s.io", "v1", "events").unwrap();
+        let required = |o: &Value| -> Vec<String> {
+            validate(ev, o, None)
+                .iter()
+                .filter(|e| e.reason == "FieldValueRequired")
+                .map(|e| e.field.clone())
+                .collect()
+        };
         let o = json!({"metadata": {"name": "e", "namespace": "default"}, "type": "Normal"});
-        let fields: Vec<String> = validate(ev, &o, None)
-            .iter()
-            .filter(|e| e.reason == "FieldValueRequired")
-            .map(|e| e.field.clone())
-            .collect();
+        assert_eq!(required(&o), vec!["eventTime"]);
+        let o = json!({"metadata": {"name": "e", "namespace": "default"}, "type": "Normal",
+                       "eventTime": "2026-11-21T06:03:13.123456Z"});
         assert_eq!(
-            fields,
+            required(&o),
             vec![
-                "eventTime",
                 "reportingController",
                 "reportingInstance",
                 "action",
                 "reason"
             ]
+        );
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/apis/core/validation/events.go (ValidateEventUpdate: immutable fields, series re-validated)
+    #[test]
+    fn events_v1_updates_may_change_the_series_but_not_the_note() {
+        let ev = resource("events.k8s.io", "v1", "events").unwrap();
+        let old = json!({"metadata": {"name": "e", "namespace": "default"}, "type": "Warning",
+            "eventTime": "2026-11-21T06:03:13.123456Z", "reportingController": "endpoint-copier",
+            "reportingInstance": "node-1", "action": "Sync", "reason": "SourceMissing", "note": "a",
+            "regarding": {"kind": "Service", "namespace": "default", "name": "kubernetes-vip"}});
+        assert!(validate(ev, &old, None).is_empty());
+        let mut new = old.clone();
+        new["series"] = json!({"count": 2, "lastObservedTime": "2026-11-21T06:04:00.000000Z"});
+        assert!(validate(ev, &new, Some(&old)).is_empty());
+        new["series"]["count"] = json!(1);
+        new["note"] = json!("b");
+        let msgs: Vec<String> = validate(ev, &new, Some(&old))
+            .iter()
+            .map(FieldError::message)
+            .collect();
+        assert_eq!(
+            msgs,
+            vec![
+                "series.count: Invalid value: \"\": should be at least 2".to_string(),
+                "message: Invalid value: \"b\": field is immutable".to_string()
+            ]
+        );
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/apis/core/validation/events.go (legacyValidateEvent, core/v1 requests)
+    #[test]
+    fn core_events_only_need_matching_namespaces() {
+        let ev = resource("", "v1", "events").unwrap();
+        let ok = json!({"metadata": {"name": "kubernetes-vip.17a9", "namespace": "default"},
+                        "involvedObject": {"kind": "Service", "namespace": "default", "name": "kubernetes-vip"}});
+        assert!(validate(ev, &ok, None).is_empty());
+        let mut bad = ok.clone();
+        bad["involvedObject"]["namespace"] = json!("kube-system");
+        assert_eq!(
+            validate(ev, &bad, None)[0].message(),
+            "involvedObject.namespace: Invalid value: \"kube-system\": does not match event.namespace"
         );
     }
 
