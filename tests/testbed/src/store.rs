@@ -539,6 +539,60 @@ fn selectors(
     Ok((l, f))
 }
 
+/// The 504 the watch cache answers after waiting in vain for a future resourceVersion
+/// (waitUntilFreshAndBlock; the test bed answers at once instead of after 3 s).
+fn too_large(rv: u64, current: u64) -> ApiError {
+    ApiError::new(
+        504,
+        "Timeout",
+        format!("Timeout: Too large resource version: {rv}, current: {current}"),
+        Some(
+            json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
+        ),
+    )
+}
+
+/// ValidateListOptions for a list (k8s.io/apiserver/pkg/apis/meta/internalversion/validation).
+fn validate_list_options(
+    rv_match: Option<&str>,
+    rv: &str,
+    continue_token: Option<&str>,
+) -> Result<(), ApiError> {
+    let mut errs = Vec::new();
+    if let Some(m) = rv_match.filter(|m| !m.is_empty()) {
+        if rv.is_empty() {
+            errs.push(FieldError::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
+        if continue_token.is_some() {
+            errs.push(FieldError::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden when continue is provided",
+            ));
+        }
+        if m != "Exact" && m != "NotOlderThan" {
+            errs.push(FieldError::not_supported(
+                "resourceVersionMatch",
+                &json!(m),
+                &["Exact", "NotOlderThan", ""],
+            ));
+        }
+        if m == "Exact" && rv == "0" {
+            errs.push(FieldError::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(list_options_invalid(&errs))
+    }
+}
+
 fn list_options_invalid(errs: &[FieldError]) -> ApiError {
     static LIST_OPTIONS: Resource = Resource {
         group: "meta.k8s.io",
@@ -652,12 +706,25 @@ impl Store {
         let (labels, fields) =
             selectors(r, p.label_selector.as_deref(), p.field_selector.as_deref())?;
         let ns = scope(r, ns);
+        let rv_param = p.resource_version.as_deref().unwrap_or("");
+        let continue_token = p.continue_token.as_deref().filter(|t| !t.is_empty());
+        validate_list_options(
+            p.resource_version_match.as_deref(),
+            rv_param,
+            continue_token,
+        )?;
         let inner = lock(&self.inner);
         let mut start: Option<String> = None;
         let mut list_rv = inner.rv;
-        let rv_param = p.resource_version.as_deref().unwrap_or("");
         let mut snapshot: Option<BTreeMap<ObjKey, Arc<Value>>> = None;
-        if let Some(tok) = p.continue_token.as_deref().filter(|t| !t.is_empty()) {
+        // resourceVersion="0" is served from the watch cache, which ignores limit (no paging).
+        let mut limit = p.limit.filter(|l| *l > 0);
+        if let Some(tok) = continue_token {
+            if !rv_param.is_empty() && rv_param != "0" {
+                return Err(bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
+            }
             let (rv, key) = decode_continue(tok)?;
             if rv < inner.floor {
                 return Err(expired(CONTINUE_EXPIRED_MSG.into()));
@@ -666,22 +733,26 @@ impl Store {
             list_rv = rv;
             snapshot = Some(inner.snapshot(r.key(), rv));
             start = Some(key);
-        } else if !rv_param.is_empty() && rv_param != "0" {
+        } else if rv_param == "0" {
+            limit = None;
+        } else if !rv_param.is_empty() {
             let rv = parse_rv(rv_param)?;
+            if rv > inner.rv {
+                return Err(too_large(rv, inner.rv));
+            }
             if p.resource_version_match.as_deref() == Some("Exact") {
                 if rv < inner.floor {
-                    return Err(expired(format!(
-                        "too old resource version: {rv} ({})",
-                        inner.floor + 1
-                    )));
+                    // etcd3 interpretListError: a compacted revision.
+                    return Err(expired(
+                        "The resourceVersion for the provided list is too old.".into(),
+                    ));
                 }
                 if rv < inner.rv {
                     snapshot = Some(inner.snapshot(r.key(), rv));
                     list_rv = rv;
                 }
             }
-            // NotOlderThan (or legacy "N"): the current state is not older than N. A future N
-            // makes the real server wait up to 3 s then answer 504; here it gets the current state.
+            // NotOlderThan (or legacy "N"): the current state is not older than N.
         }
         let empty = BTreeMap::new();
         let objects = match &snapshot {
@@ -699,7 +770,6 @@ impl Store {
             },
             std::ops::Bound::Unbounded,
         ));
-        let limit = p.limit.filter(|l| *l > 0);
         let mut items = Vec::new();
         let mut last_key = None;
         let mut remaining = 0usize;
@@ -784,6 +854,18 @@ impl Store {
                 }
             }
         }
+        if let Some(m) = p
+            .resource_version_match
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            && m != "NotOlderThan"
+        {
+            errs.push(FieldError::not_supported(
+                "resourceVersionMatch",
+                &json!(m),
+                &["NotOlderThan"],
+            ));
+        }
         if !errs.is_empty() {
             return Err(list_options_invalid(&errs));
         }
@@ -802,6 +884,11 @@ impl Store {
             tx,
         };
         let mut inner = lock(&self.inner);
+        if let Some(f) = from
+            && f > inner.rv
+        {
+            return Err(too_large(f, inner.rv));
+        }
         // sendInitialEvents=true, or (unset with rv unset/"0"): the current state as ADDED events.
         let synthetic = match p.send_initial_events {
             Some(s) => s,
@@ -825,9 +912,10 @@ impl Store {
             }
         } else if let Some(from) = from {
             if from < inner.floor {
+                // watch_cache.go getAllEventsSinceLocked: "(oldest-1)", the newest gone revision.
                 let e = expired(format!(
                     "too old resource version: {from} ({})",
-                    inner.floor + 1
+                    inner.floor
                 ));
                 // The real server writes this ERROR event and ends the watch: drop the sender.
                 initial.push(event("ERROR", e.status()));
@@ -2865,7 +2953,7 @@ mod tests {
             format!(
                 "too old resource version: {} ({})",
                 rv(&a),
-                s.resource_version() + 1
+                s.resource_version()
             )
         );
         assert!(w.events.try_recv().is_err());
@@ -3334,5 +3422,144 @@ mod tests {
             assert!(rvs.windows(2).all(|p| p[1] == p[0] + 1));
         }
         assert!(drain(&mut other).is_empty());
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#resourceversion-in-requests (resourceVersion="0" is served from the watch cache, limit ignored)
+    #[test]
+    fn a_list_at_resource_version_zero_ignores_limit() {
+        let s = store();
+        for n in ["a", "b", "c"] {
+            create_slice(&s, n, json!({}));
+        }
+        let l = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    limit: Some(1),
+                    resource_version: Some("0".into()),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(l["items"].as_array().unwrap().len(), 3);
+        assert!(l["metadata"].get("continue").is_none());
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go (waitUntilFreshAndBlock: "Too large resource version")
+    #[test]
+    fn a_resource_version_from_the_future_times_out_with_504() {
+        let s = store();
+        let future = (s.resource_version() + 5).to_string();
+        let e = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    resource_version: Some(future.clone()),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (504, "Timeout"));
+        assert!(
+            e.message.contains("Too large resource version"),
+            "{}",
+            e.message
+        );
+        let e = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(future),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 504);
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apimachinery/pkg/apis/meta/internalversion/validation/validation.go (ValidateListOptions)
+    #[test]
+    fn inconsistent_list_options_are_invalid() {
+        let s = store();
+        let bad = |p: ListParams| s.list(slices(), None, &p).unwrap_err();
+        let e = bad(ListParams {
+            resource_version_match: Some("Exact".into()),
+            ..ListParams::default()
+        });
+        assert_eq!(e.code, 422);
+        assert_eq!(
+            e.message,
+            "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+        );
+        let e = bad(ListParams {
+            resource_version: Some("0".into()),
+            resource_version_match: Some("Exact".into()),
+            ..ListParams::default()
+        });
+        assert!(
+            e.message.contains("is forbidden for resourceVersion \"0\""),
+            "{}",
+            e.message
+        );
+        create_slice(&s, "a", json!({}));
+        create_slice(&s, "b", json!({}));
+        let p1 = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    limit: Some(1),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        let e = bad(ListParams {
+            continue_token: p1["metadata"]["continue"].as_str().map(str::to_string),
+            resource_version: Some("5".into()),
+            ..ListParams::default()
+        });
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                400,
+                "specifying resource version is not allowed when using continue"
+            )
+        );
+        let e = bad(ListParams {
+            continue_token: Some("not-a-token".into()),
+            ..ListParams::default()
+        });
+        assert_eq!(e.code, 400);
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go (interpretListError: compacted revision)
+    #[test]
+    fn an_exact_list_older_than_the_compaction_is_expired() {
+        let s = store();
+        let a = create_slice(&s, "a", json!({}));
+        create_slice(&s, "b", json!({}));
+        s.compact();
+        let e = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    resource_version: Some(rv_of(&a).into()),
+                    resource_version_match: Some("Exact".into()),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.reason.as_str(), e.message.as_str()),
+            (
+                410,
+                "Expired",
+                "The resourceVersion for the provided list is too old."
+            )
+        );
     }
 }
