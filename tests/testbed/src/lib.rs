@@ -1,1 +1,425 @@
-//! placeholder
+//! endpoint-copier's test bed: an in-process stand-in for kube-apiserver, reached exactly like a
+//! cluster (a kubeconfig file, HTTPS on 127.0.0.1, client certificate or bearer token), with fault
+//! injection and a request log. Test-only; never shipped.
+//!
+//! Layout: [`TestBed`] (this file) starts the server and is the handle tests hold; `server` speaks
+//! HTTP and routes to the `store` (objects, validation, watches — the store person's modules); `tls`
+//! makes certificates; `auth` knows identities and the allow/deny table; `faults` holds injected
+//! faults; `reqlog` the request log; `kubeconfig` writes RKE2-shaped kubeconfig files; `discovery`
+//! serves /api, /apis and /version; `cluster` switches the integration suite to a real cluster when
+//! `ENDPOINT_COPIER_TEST_KUBECONFIG` is set. What is and is not modelled: docs/development/testing.md.
+
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod cluster;
+pub mod discovery;
+pub mod faults;
+pub mod kubeconfig;
+pub mod meta;
+pub mod patch;
+pub mod reqlog;
+pub mod selector;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use cluster::Cluster;
+pub use faults::{Failure, Match, Partition};
+pub use kubeconfig::Credentials;
+pub use reqlog::{RequestRecord, Verb};
+pub use store::Store;
+
+use server::Shared;
+
+/// The admin identity RKE2's kubeconfig carries (CN of client-admin.crt).
+pub const ADMIN: &str = "system:admin";
+/// The group RKE2's admin certificate carries (O of client-admin.crt).
+pub const MASTERS: &str = "system:masters";
+
+/// How to start a [`TestBed`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seed what a fresh cluster has: namespaces default, kube-system, kube-public,
+    /// kube-node-lease, and Service default/kubernetes (default: true).
+    pub seed: bool,
+    /// Interval between BOOKMARK events on watches with allowWatchBookmarks=true (default: 1 s;
+    /// the real server sends one about every minute, a shorter interval only speeds tests up).
+    pub bookmark_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            seed: true,
+            bookmark_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A running test bed. Dropping it stops the server and deletes its kubeconfig files.
+///
+/// Must be started inside a tokio runtime (the server runs as tasks on it); every method that is
+/// not `async` may be called from any thread.
+pub struct TestBed {
+    shared: Arc<Shared>,
+    ca: tls::Ca,
+    port: u16,
+    dir: tempfile::TempDir,
+    admin: PathBuf,
+    /// kubeconfig path → (identity, whether it holds a client certificate), for rotation.
+    files: Mutex<HashMap<PathBuf, String>>,
+    server: Mutex<Option<JoinHandle<()>>>,
+    counter: AtomicU64,
+}
+
+impl std::fmt::Debug for TestBed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBed")
+            .field("url", &self.url())
+            .field("kubeconfig", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds 127.0.0.1:`port` with SO_REUSEADDR, so `come_up` can take the same port again at once.
+fn bind(port: u16) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+    socket.listen(1024)
+}
+
+/// The test bed's API is infallible for tests' convenience: setup failures (no free port, a full
+/// temp dir) abort the test with the cause.
+fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
+    panic!("test bed: {what}: {e}")
+}
+
+impl TestBed {
+    /// Starts a test bed seeded like a fresh cluster, on 127.0.0.1 and an ephemeral port.
+    ///
+    /// # Panics
+    /// When the CA, the listener or the kubeconfig cannot be created.
+    pub async fn start() -> TestBed {
+        TestBed::start_with(Options::default()).await
+    }
+
+    /// Starts a test bed with `opts`.
+    ///
+    /// # Panics
+    /// When the CA, the listener or the kubeconfig cannot be created, or seeding fails.
+    pub async fn start_with(opts: Options) -> TestBed {
+        let ca = tls::Ca::new().unwrap_or_else(|e| fatal("failed to create the CA", e));
+        let server_cert = ca
+            .issue_server()
+            .unwrap_or_else(|e| fatal("failed to issue the server certificate", e));
+        let tls = ca
+            .server_config(&server_cert)
+            .unwrap_or_else(|e| fatal("failed to configure TLS", e));
+        let listener = bind(0).unwrap_or_else(|e| fatal("failed to listen on 127.0.0.1", e));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| fatal("failed to read the listening port", e))
+            .port();
+        let shared = Arc::new(Shared {
+            store: Store::new(),
+            auth: auth::Auth::default(),
+            faults: faults::Faults::default(),
+            log: reqlog::RequestLog::default(),
+            tls,
+            close_watches: tokio::sync::watch::channel(0).0,
+            address: format!("127.0.0.1:{port}"),
+            bookmark_interval: opts.bookmark_interval,
+        });
+        let server = tokio::spawn(server::serve(listener, shared.clone()));
+        let dir = tempfile::Builder::new()
+            .prefix("endpoint-copier-testbed-")
+            .tempdir()
+            .unwrap_or_else(|e| fatal("failed to create a temp dir", e));
+        let admin = dir.path().join("rke2.yaml");
+        let bed = TestBed {
+            shared,
+            ca,
+            port,
+            dir,
+            admin: admin.clone(),
+            files: Mutex::default(),
+            server: Mutex::new(Some(server)),
+            counter: AtomicU64::new(0),
+        };
+        bed.write_cert_kubeconfig(&admin, ADMIN);
+        if opts.seed {
+            bed.seed();
+        }
+        bed
+    }
+
+    fn seed(&self) {
+        let store = &self.shared.store;
+        let params = store::WriteParams::default();
+        let namespaces = store::resource("", "v1", "namespaces");
+        let services = store::resource("", "v1", "services");
+        let (Some(namespaces), Some(services)) = (namespaces, services) else {
+            fatal("seeding", "the store serves no namespaces or services")
+        };
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns,
+                "labels": {"kubernetes.io/metadata.name": ns}}});
+            store
+                .create(namespaces, None, body, &params)
+                .unwrap_or_else(|e| fatal(&format!("failed to seed namespace '{ns}'"), e.message));
+        }
+        // The built-in Service as kube-apiserver creates it (RKE2's default service CIDR 10.43.0.0/16).
+        let kubernetes = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {
+                "clusterIP": "10.43.0.1", "clusterIPs": ["10.43.0.1"], "type": "ClusterIP",
+                "sessionAffinity": "None", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                "internalTrafficPolicy": "Cluster",
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+            },
+        });
+        store
+            .create(services, Some("default"), kubernetes, &params)
+            .unwrap_or_else(|e| fatal("failed to seed Service default/kubernetes", e.message));
+    }
+
+    fn next_file(&self, identity: &str) -> PathBuf {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let safe: String = identity
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.dir.path().join(format!("{safe}-{n}.yaml"))
+    }
+
+    fn write_cert_kubeconfig(&self, path: &Path, identity: &str) {
+        let issued = self
+            .ca
+            .issue_client(identity, &[MASTERS])
+            .unwrap_or_else(|e| fatal("failed to issue a client certificate", e));
+        self.shared.auth.register_cert(identity, issued.cert_der);
+        let yaml = kubeconfig::render(
+            &self.url(),
+            &self.ca.cert_pem,
+            &Credentials::Cert {
+                cert_pem: issued.cert_pem,
+                key_pem: issued.key_pem,
+            },
+        );
+        kubeconfig::write_atomic(path, &yaml).unwrap_or_else(|e| fatal("kubeconfig", e));
+        self.lock_files()
+            .insert(path.to_path_buf(), identity.to_string());
+    }
+
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, String>> {
+        self.files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The admin kubeconfig, shaped like RKE2's /etc/rancher/rke2/rke2.yaml (client certificate
+    /// CN system:admin, O system:masters; EC key as "EC PRIVATE KEY"; mode 0600).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.admin
+    }
+
+    /// A new kubeconfig with a fresh client certificate for CN=`identity`, O=system:masters.
+    pub fn kubeconfig_for(&self, identity: &str) -> PathBuf {
+        let path = self.next_file(identity);
+        self.write_cert_kubeconfig(&path, identity);
+        path
+    }
+
+    /// A new kubeconfig with a bearer token the server knows as `identity`.
+    pub fn kubeconfig_with_token(&self, identity: &str) -> PathBuf {
+        let path = self.next_file(identity);
+        let token = self.shared.auth.new_token(identity);
+        let yaml = kubeconfig::render(&self.url(), &self.ca.cert_pem, &Credentials::Token(token));
+        kubeconfig::write_atomic(&path, &yaml).unwrap_or_else(|e| fatal("kubeconfig", e));
+        path
+    }
+
+    /// A kubeconfig that trusts the server but carries no credentials (every request gets 401).
+    pub fn kubeconfig_without_credentials(&self) -> PathBuf {
+        let path = self.next_file("anonymous");
+        let yaml = kubeconfig::render(&self.url(), &self.ca.cert_pem, &Credentials::None);
+        kubeconfig::write_atomic(&path, &yaml).unwrap_or_else(|e| fatal("kubeconfig", e));
+        path
+    }
+
+    /// Rewrites `kubeconfig` in place (temp file + rename, as RKE2 does) with a new certificate and
+    /// key for the same identity. The old certificate keeps working until [`TestBed::revoke`].
+    ///
+    /// # Panics
+    /// When `kubeconfig` is not a certificate kubeconfig this test bed wrote.
+    pub fn rotate_client_certificate(&self, kubeconfig: &Path) {
+        let identity = self.lock_files().get(kubeconfig).cloned();
+        let Some(identity) = identity else {
+            fatal(
+                "rotate_client_certificate",
+                format!(
+                    "'{}' is not a certificate kubeconfig of this test bed",
+                    kubeconfig.display()
+                ),
+            )
+        };
+        self.write_cert_kubeconfig(kubeconfig, &identity);
+    }
+
+    /// Revokes every credential issued to `identity` so far: its requests now get 401 (models an
+    /// expired certificate). Credentials issued afterwards (rotation, new kubeconfigs) work.
+    pub fn revoke(&self, identity: &str) {
+        self.shared.auth.revoke(identity);
+    }
+
+    /// "https://127.0.0.1:<port>".
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The listening port (kept across go_down/come_up).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The CA certificate (PEM) that signed the server and client certificates.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca.cert_pem
+    }
+
+    /// Direct access to the objects, for seeding and inspection; bypasses HTTP, authentication,
+    /// faults and the request log.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The request log, ordered by arrival.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.log.snapshot()
+    }
+
+    /// Empties the request log.
+    pub fn clear_requests(&self) {
+        self.shared.log.clear();
+    }
+
+    /// Ends every open watch response cleanly (clients see the stream end and re-watch).
+    pub fn close_watches(&self) {
+        self.shared.store.close_watches();
+        self.shared.close_watches.send_modify(|g| *g += 1);
+    }
+
+    /// Stops listening (new connections are refused) and aborts every open connection and watch.
+    /// Data is kept.
+    pub async fn go_down(&self) {
+        let handle = self
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            handle.abort();
+            // Wait until the task (listener and every connection) is dropped, so the port is
+            // closed when this returns.
+            let _ = handle.await;
+        }
+    }
+
+    /// Listens again on the same port with the same data (no-op when already up).
+    ///
+    /// # Panics
+    /// When the port cannot be bound again.
+    pub async fn come_up(&self) {
+        let mut server = self
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if server.is_some() {
+            return;
+        }
+        let listener = bind(self.port)
+            .unwrap_or_else(|e| fatal(&format!("failed to listen again on port {}", self.port), e));
+        *server = Some(tokio::spawn(server::serve(listener, self.shared.clone())));
+    }
+
+    /// Fails the next `n` requests matching `m` with `f` (real Status bodies; 429 also sets
+    /// Retry-After). Non-matching requests do not count.
+    pub fn fail_next(&self, m: Match, n: usize, f: Failure) {
+        self.shared.faults.fail_next(m, n, f);
+    }
+
+    /// Adds `d` before every response (not before each watch event). Zero by default.
+    pub fn set_latency(&self, d: Duration) {
+        self.shared.faults.set_latency(d);
+    }
+
+    /// Partitions `identity`: its requests hang or are refused, and its open watches stop
+    /// delivering (Hang) or are cut (Refuse); other identities are unaffected.
+    pub fn partition(&self, identity: &str, mode: Partition) {
+        self.shared.faults.partition(identity, mode);
+    }
+
+    /// Heals `identity`'s partition: hung requests and watches carry on.
+    pub fn heal(&self, identity: &str) {
+        self.shared.faults.heal(identity);
+    }
+
+    /// Forgets all watch history: a watch or list continuation from an older resourceVersion gets 410.
+    pub fn compact(&self) {
+        self.shared.store.compact();
+    }
+
+    /// Switches garbage collection through ownerReferences (on by default); off models a cluster
+    /// whose controller manager is down.
+    pub fn set_garbage_collection(&self, on: bool) {
+        self.shared.store.set_garbage_collection(on);
+    }
+
+    /// Allows or denies `verb` on `resource` (plural) to `identity`; everything is allowed by
+    /// default. Denied requests get 403 with RBAC's message; SelfSubjectAccessReview agrees.
+    pub fn set_allowed(&self, identity: &str, verb: Verb, resource: &str, allowed: bool) {
+        self.shared
+            .auth
+            .set_allowed(identity, verb, resource, allowed);
+    }
+
+    /// Number of watches currently open in the store.
+    pub fn watcher_count(&self) -> usize {
+        self.shared.store.watcher_count()
+    }
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        if let Some(handle) = self
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            handle.abort();
+        }
+    }
+}

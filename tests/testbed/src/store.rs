@@ -1,0 +1,3338 @@
+//! The test bed's object store: objects, the global resourceVersion, history, watch fan-out and
+//! garbage collection, with kube-apiserver's semantics and errors.
+//!
+//! Owns: what the registry (k8s.io/apiserver/pkg/registry/generic/registry/store.go), etcd3 storage,
+//! the watch cache and the garbage collector would do for the resources in [`RESOURCES`]. Purely
+//! synchronous, no network: `server.rs` turns HTTP requests into calls here and writes the returned
+//! values / [`ApiError::status`] out. Validation and defaults live in `validate.rs`, system metadata
+//! in `meta.rs`, selectors in `selector.rs`, patch application in `patch.rs`.
+//!
+//! Simplifications (each also said where it is made): one Mutex around everything (writes are
+//! serialized as etcd serializes them); core/v1 and events.k8s.io/v1 Events are stored separately
+//! (the real server shares one storage); namespace deletion is immediate while the garbage
+//! collector is on; strategic merge patch and server-side apply are answered with 415.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::meta;
+use crate::patch;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::validate::{self, FieldError, bad_request, invalid_error};
+
+/// One API resource the test bed serves.
+#[derive(Debug)]
+pub struct Resource {
+    /// API group ("" for core).
+    pub group: &'static str,
+    /// API version, e.g. "v1".
+    pub version: &'static str,
+    /// Plural resource name, e.g. "endpointslices".
+    pub plural: &'static str,
+    /// Kind, e.g. "EndpointSlice".
+    pub kind: &'static str,
+    /// Whether objects live in a namespace.
+    pub namespaced: bool,
+    /// Short names served by discovery.
+    pub short_names: &'static [&'static str],
+    /// Verbs served by discovery.
+    pub verbs: &'static [&'static str],
+}
+
+impl Resource {
+    /// `apiVersion` of this resource's objects ("v1", "discovery.k8s.io/v1").
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The group-qualified resource as errors name it ("services", "leases.coordination.k8s.io").
+    pub fn group_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// Storage identity: (group, plural).
+    fn key(&self) -> ResKey {
+        (self.group, self.plural)
+    }
+
+    /// Whether a PUT to a missing object creates it (each strategy's `AllowCreateOnUpdate`).
+    fn allow_create_on_update(&self) -> bool {
+        matches!(
+            (self.group, self.plural),
+            ("", "services")
+                | ("", "endpoints")
+                | ("", "events")
+                | ("coordination.k8s.io", "leases")
+                | ("events.k8s.io", "events")
+        )
+    }
+
+    /// Whether the strategy maintains metadata.generation (only EndpointSlice among ours:
+    /// pkg/registry/discovery/endpointslice/strategy.go; Services, Leases, Events have none).
+    fn has_generation(&self) -> bool {
+        self.group == "discovery.k8s.io" && self.plural == "endpointslices"
+    }
+}
+
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// Every resource the test bed serves.
+pub static RESOURCES: &[Resource] = &[
+    Resource {
+        group: "",
+        version: "v1",
+        plural: "namespaces",
+        kind: "Namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        verbs: &[
+            "create", "delete", "get", "list", "patch", "update", "watch",
+        ],
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        plural: "nodes",
+        kind: "Node",
+        namespaced: false,
+        short_names: &["no"],
+        verbs: VERBS,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        plural: "services",
+        kind: "Service",
+        namespaced: true,
+        short_names: &["svc"],
+        verbs: VERBS,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        plural: "endpoints",
+        kind: "Endpoints",
+        namespaced: true,
+        short_names: &["ep"],
+        verbs: VERBS,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        plural: "events",
+        kind: "Event",
+        namespaced: true,
+        short_names: &["ev"],
+        verbs: VERBS,
+    },
+    Resource {
+        group: "discovery.k8s.io",
+        version: "v1",
+        plural: "endpointslices",
+        kind: "EndpointSlice",
+        namespaced: true,
+        short_names: &[],
+        verbs: VERBS,
+    },
+    Resource {
+        group: "coordination.k8s.io",
+        version: "v1",
+        plural: "leases",
+        kind: "Lease",
+        namespaced: true,
+        short_names: &[],
+        verbs: VERBS,
+    },
+    Resource {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        kind: "Event",
+        namespaced: true,
+        short_names: &["ev"],
+        verbs: VERBS,
+    },
+];
+
+/// Looks a resource up by group, version and plural.
+pub fn resource(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+fn resource_by_key(k: ResKey) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.key() == k)
+}
+
+/// An API error, rendered as a metav1.Status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// HTTP status code.
+    pub code: u16,
+    /// Status reason, e.g. "NotFound".
+    pub reason: String,
+    /// Human-readable message, worded as kube-apiserver words it.
+    pub message: String,
+    /// Status details ({name, group, kind, causes}); None when the real server sends none.
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    /// The full metav1.Status object.
+    pub fn status(&self) -> Value {
+        let mut s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": self.message, "reason": self.reason, "code": self.code});
+        if let Some(d) = &self.details {
+            s["details"] = d.clone();
+        }
+        s
+    }
+
+    fn new(code: u16, reason: &str, message: String, details: Option<Value>) -> ApiError {
+        ApiError {
+            code,
+            reason: reason.into(),
+            message,
+            details,
+        }
+    }
+}
+
+/// StatusDetails for `name` of `r` (group omitted when empty, as `omitempty` does).
+fn details(r: &Resource, name: &str) -> Value {
+    let mut d = json!({"name": name, "kind": r.plural});
+    if !r.group.is_empty() {
+        d["group"] = json!(r.group);
+    }
+    d
+}
+
+fn not_found(r: &Resource, name: &str) -> ApiError {
+    ApiError::new(
+        404,
+        "NotFound",
+        format!("{} {name:?} not found", r.group_resource()),
+        Some(details(r, name)),
+    )
+}
+
+fn namespace_not_found(ns: &str) -> ApiError {
+    ApiError::new(
+        404,
+        "NotFound",
+        format!("namespaces {ns:?} not found"),
+        Some(json!({"name": ns, "kind": "namespaces"})),
+    )
+}
+
+fn already_exists(r: &Resource, name: &str) -> ApiError {
+    ApiError::new(
+        409,
+        "AlreadyExists",
+        format!("{} {name:?} already exists", r.group_resource()),
+        Some(details(r, name)),
+    )
+}
+
+/// errors.NewConflict: "Operation cannot be fulfilled on <gr> <name>: <detail>".
+fn conflict(r: &Resource, name: &str, detail: &str) -> ApiError {
+    ApiError::new(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} {name:?}: {detail}",
+            r.group_resource()
+        ),
+        Some(details(r, name)),
+    )
+}
+
+/// The optimistic-concurrency message of storage.ErrConflict / registry OptimisticLockErrorMsg.
+const MODIFIED_MSG: &str =
+    "the object has been modified; please apply your changes to the latest version and try again";
+
+fn expired(message: String) -> ApiError {
+    ApiError::new(410, "Expired", message, None)
+}
+
+/// The 410 of a list continuing from a compacted revision (storage.ErrResourceExpired wording).
+const CONTINUE_EXPIRED_MSG: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
+/// List parameters.
+#[derive(Debug, Default, Clone)]
+pub struct ListParams {
+    /// labelSelector (None = everything).
+    pub label_selector: Option<String>,
+    /// fieldSelector (None = everything).
+    pub field_selector: Option<String>,
+    /// limit: at most this many items per page (None or 0 = all).
+    pub limit: Option<usize>,
+    /// continue: the token of the previous page.
+    pub continue_token: Option<String>,
+    /// resourceVersion ("" / None = most recent, "0" = any, "N").
+    pub resource_version: Option<String>,
+    /// resourceVersionMatch ("Exact" or "NotOlderThan").
+    pub resource_version_match: Option<String>,
+}
+
+/// Watch parameters.
+#[derive(Debug, Default, Clone)]
+pub struct WatchParams {
+    /// labelSelector (None = everything).
+    pub label_selector: Option<String>,
+    /// fieldSelector (None = everything).
+    pub field_selector: Option<String>,
+    /// resourceVersion ("" / None = current state then changes, "0" = same, "N" = changes after N).
+    pub resource_version: Option<String>,
+    /// resourceVersionMatch (only "NotOlderThan", only with sendInitialEvents).
+    pub resource_version_match: Option<String>,
+    /// allowWatchBookmarks (default: false).
+    pub allow_bookmarks: bool,
+    /// sendInitialEvents (streaming list).
+    pub send_initial_events: Option<bool>,
+}
+
+/// Write parameters.
+#[derive(Debug, Default, Clone)]
+pub struct WriteParams {
+    /// fieldManager: recorded in managedFields when given.
+    pub field_manager: Option<String>,
+    /// dryRun=All: validate and answer, store nothing.
+    pub dry_run: bool,
+}
+
+/// Delete parameters.
+#[derive(Debug, Default, Clone)]
+pub struct DeleteParams {
+    /// preconditions.uid.
+    pub precondition_uid: Option<String>,
+    /// preconditions.resourceVersion.
+    pub precondition_resource_version: Option<String>,
+    /// dryRun=All.
+    pub dry_run: bool,
+}
+
+/// Patch types.
+#[derive(Debug, Clone, Copy)]
+pub enum PatchKind {
+    /// application/merge-patch+json (RFC 7386).
+    Merge,
+    /// application/json-patch+json (RFC 6902).
+    Json,
+    /// application/strategic-merge-patch+json (not implemented: 415).
+    StrategicMerge,
+    /// application/apply-patch+yaml (not implemented: 415).
+    Apply {
+        /// force=true.
+        force: bool,
+    },
+}
+
+/// An open watch: initial events, then a stream of events.
+#[derive(Debug)]
+pub struct Watch {
+    /// Whole watch events to write first (synthetic ADDED, history replay, or one ERROR).
+    pub initial: Vec<Value>,
+    /// Later events; ends when the store drops the sender (close_watches, or after an ERROR).
+    pub events: UnboundedReceiver<Value>,
+}
+
+/// Storage identity of a resource: (group, plural).
+type ResKey = (&'static str, &'static str);
+/// Storage key of an object: "ns/name" (namespaced) or "name", so iteration order is etcd's.
+type ObjKey = String;
+
+fn obj_key(ns: Option<&str>, name: &str) -> ObjKey {
+    match ns {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EvType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One change, kept for watches from an older resourceVersion and for Exact lists.
+#[derive(Debug)]
+struct Change {
+    rv: u64,
+    res: ResKey,
+    key: ObjKey,
+    ty: EvType,
+    /// New state (Added/Modified) or last state with the deletion's resourceVersion (Deleted).
+    obj: Arc<Value>,
+    /// State before the change (Modified, Deleted).
+    prev: Option<Arc<Value>>,
+}
+
+#[derive(Debug)]
+struct Watcher {
+    res: ResKey,
+    ns: Option<String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    tx: UnboundedSender<Value>,
+}
+
+impl Watcher {
+    fn matches(&self, o: &Value) -> bool {
+        if let Some(ns) = &self.ns
+            && o.pointer("/metadata/namespace").and_then(Value::as_str) != Some(ns.as_str())
+        {
+            return false;
+        }
+        self.labels.matches(o) && self.fields.matches(o)
+    }
+
+    /// The event this watcher sees for `c`, as the watch cache's cacheWatcher computes it:
+    /// an object that starts matching is ADDED, one that stops matching is DELETED (its previous
+    /// state, at the change's resourceVersion).
+    fn event_for(&self, c: &Change) -> Option<Value> {
+        if self.res != c.res {
+            return None;
+        }
+        let (cur, old) = match c.ty {
+            EvType::Added => (Some(&c.obj), None),
+            EvType::Modified => (Some(&c.obj), c.prev.as_ref()),
+            EvType::Deleted => (None, Some(&c.obj)),
+        };
+        let cur_m = cur.is_some_and(|o| self.matches(o));
+        let old_m = old.is_some_and(|o| self.matches(o));
+        match (cur_m, old_m) {
+            (true, true) => Some(event("MODIFIED", (*c.obj).clone())),
+            (true, false) => Some(event("ADDED", (*c.obj).clone())),
+            (false, true) => {
+                let mut o = (**old?).clone();
+                set_rv(&mut o, c.rv);
+                Some(event("DELETED", o))
+            }
+            (false, false) => None,
+        }
+    }
+}
+
+fn event(ty: &str, object: Value) -> Value {
+    json!({"type": ty, "object": object})
+}
+
+fn set_rv(o: &mut Value, rv: u64) {
+    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("resourceVersion".into(), Value::String(rv.to_string()));
+    }
+}
+
+fn rv_of(o: &Value) -> &str {
+    o.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn str_at<'a>(o: &'a Value, ptr: &str) -> &'a str {
+    o.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+}
+
+/// How many changes the store remembers (the watch cache's default capacity order of magnitude):
+/// a watch or Exact list from before the oldest one gets 410.
+pub const HISTORY_CAPACITY: usize = 10_000;
+
+/// Service cluster IP ranges (RKE2 defaults: 10.43.0.0/16, and fd00:43::/112 for IPv6).
+const SERVICE_V4_BASE: u32 = u32::from_be_bytes([10, 43, 0, 0]);
+const SERVICE_V4_SIZE: u32 = 1 << 16;
+const SERVICE_V6_BASE: u128 = 0xfd00_0043_0000_0000_0000_0000_0000_0000;
+const SERVICE_V6_SIZE: u128 = 1 << 16;
+/// Dynamic allocation starts above the static band (KEP-3070: the lower 256 addresses of the range
+/// are kept for addresses chosen by users, such as 10.43.0.1 and 10.43.0.10).
+const SERVICE_DYNAMIC_OFFSET: u32 = 256;
+/// NodePort range (kube-apiserver's default --service-node-port-range).
+const NODE_PORT_MIN: u16 = 30000;
+const NODE_PORT_MAX: u16 = 32767;
+/// NodePort dynamic allocation starts above the static band (KEP-3668: 86 ports for this range).
+const NODE_PORT_DYNAMIC_START: u16 = 30086;
+
+#[derive(Debug, Default)]
+struct Inner {
+    objects: HashMap<ResKey, BTreeMap<ObjKey, Arc<Value>>>,
+    /// uid → where the object lives, for ownerReference lookups.
+    uids: HashMap<String, (ResKey, ObjKey)>,
+    /// owner uid → dependents, so a delete finds its dependents without a scan.
+    dependents: HashMap<String, HashSet<(ResKey, ObjKey)>>,
+    rv: u64,
+    history: VecDeque<Change>,
+    /// Every change with rv > floor is in `history`.
+    floor: u64,
+    watchers: Vec<Watcher>,
+    gc_off: bool,
+    ips: HashSet<IpAddr>,
+    node_ports: HashSet<u16>,
+    next_v4: u32,
+    next_v6: u128,
+    next_port: u16,
+}
+
+/// The object store; cheap to clone (all clones share one state).
+#[derive(Debug, Clone, Default)]
+pub struct Store {
+    // One Mutex for everything: writes are totally ordered by resourceVersion, as etcd orders
+    // them, and every critical section is short (no I/O, no await).
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// The namespace key part for `r` (None for cluster-scoped resources, whatever was passed).
+fn scope<'a>(r: &Resource, ns: Option<&'a str>) -> Option<&'a str> {
+    if r.namespaced { ns } else { None }
+}
+
+fn owner_uids(o: &Value) -> Vec<String> {
+    o.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_rv(s: &str) -> Result<u64, ApiError> {
+    s.parse::<u64>().map_err(|_| {
+        bad_request(format!(
+            "resourceVersion: Invalid value: {s:?}: strconv.ParseUint: parsing {s:?}: invalid syntax"
+        ))
+    })
+}
+
+fn selectors(
+    r: &Resource,
+    label: Option<&str>,
+    field: Option<&str>,
+) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let l = LabelSelector::parse(label.unwrap_or("")).map_err(|e| bad_request(e.to_string()))?;
+    let f = FieldSelector::parse(field.unwrap_or(""), r.group, r.kind)
+        .map_err(|e| bad_request(e.to_string()))?;
+    Ok((l, f))
+}
+
+fn list_options_invalid(errs: &[FieldError]) -> ApiError {
+    static LIST_OPTIONS: Resource = Resource {
+        group: "meta.k8s.io",
+        version: "v1",
+        plural: "listoptions",
+        kind: "ListOptions",
+        namespaced: false,
+        short_names: &[],
+        verbs: &[],
+    };
+    invalid_error(&LIST_OPTIONS, "", errs)
+}
+
+// Continue tokens: base64 of {"v":"meta.k8s.io/v1","rv":N,"start":"<key>\u0000"}, the shape of
+// k8s.io/apiserver/pkg/storage continueToken, so clients see an opaque base64 string like upstream.
+const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn b64_encode(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = B64.iter().position(|x| *x == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    Some(out)
+}
+
+fn encode_continue(rv: u64, last_key: &str) -> String {
+    let tok = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{last_key}\u{0}")});
+    b64_encode(tok.to_string().as_bytes())
+}
+
+fn decode_continue(tok: &str) -> Result<(u64, String), ApiError> {
+    let bad = || bad_request(format!("continue key is not valid: {tok:?}"));
+    let raw = b64_decode(tok).ok_or_else(bad)?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    if v["v"] != "meta.k8s.io/v1" {
+        return Err(bad());
+    }
+    let rv = v["rv"].as_u64().ok_or_else(bad)?;
+    let start = v["start"].as_str().ok_or_else(bad)?.to_string();
+    Ok((rv, start))
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // A panic while holding the lock (a bug in a test) must not wedge every later request.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Store {
+    /// An empty store: no namespaces at all (the server's TestBed seeds what a fresh cluster has).
+    pub fn new() -> Store {
+        let inner = Inner {
+            rv: 1,
+            floor: 1,
+            next_v4: SERVICE_DYNAMIC_OFFSET,
+            next_v6: u128::from(SERVICE_DYNAMIC_OFFSET),
+            next_port: NODE_PORT_DYNAMIC_START,
+            ..Inner::default()
+        };
+        Store {
+            inner: Arc::new(Mutex::new(inner)),
+        }
+    }
+
+    /// Reads one object.
+    ///
+    /// # Errors
+    /// 404 NotFound (`services "x" not found`).
+    pub fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        let inner = lock(&self.inner);
+        inner
+            .get(r, &obj_key(scope(r, ns), name))
+            .map(|o| (*o).clone())
+            .ok_or_else(|| not_found(r, name))
+    }
+
+    /// Lists objects as a full `<Kind>List`, sorted as etcd keys are (namespace, then name); items
+    /// carry no apiVersion/kind, as in a typed list.
+    ///
+    /// # Errors
+    /// 400 BadRequest for a malformed selector or continue token; 410 Expired for a continue token
+    /// or Exact resourceVersion older than the history kept.
+    pub fn list(&self, r: &Resource, ns: Option<&str>, p: &ListParams) -> Result<Value, ApiError> {
+        let (labels, fields) =
+            selectors(r, p.label_selector.as_deref(), p.field_selector.as_deref())?;
+        let ns = scope(r, ns);
+        let inner = lock(&self.inner);
+        let mut start: Option<String> = None;
+        let mut list_rv = inner.rv;
+        let rv_param = p.resource_version.as_deref().unwrap_or("");
+        let mut snapshot: Option<BTreeMap<ObjKey, Arc<Value>>> = None;
+        if let Some(tok) = p.continue_token.as_deref().filter(|t| !t.is_empty()) {
+            let (rv, key) = decode_continue(tok)?;
+            if rv < inner.floor {
+                return Err(expired(CONTINUE_EXPIRED_MSG.into()));
+            }
+            // Later pages are served at the first page's revision, as etcd serves them.
+            list_rv = rv;
+            snapshot = Some(inner.snapshot(r.key(), rv));
+            start = Some(key);
+        } else if !rv_param.is_empty() && rv_param != "0" {
+            let rv = parse_rv(rv_param)?;
+            if p.resource_version_match.as_deref() == Some("Exact") {
+                if rv < inner.floor {
+                    return Err(expired(format!(
+                        "too old resource version: {rv} ({})",
+                        inner.floor + 1
+                    )));
+                }
+                if rv < inner.rv {
+                    snapshot = Some(inner.snapshot(r.key(), rv));
+                    list_rv = rv;
+                }
+            }
+            // NotOlderThan (or legacy "N"): the current state is not older than N. A future N
+            // makes the real server wait up to 3 s then answer 504; here it gets the current state.
+        }
+        let empty = BTreeMap::new();
+        let objects = match &snapshot {
+            Some(s) => s,
+            None => inner.objects.get(&r.key()).unwrap_or(&empty),
+        };
+        let prefix = ns.map(|n| format!("{n}/"));
+        let range = objects.range::<String, _>((
+            match &start {
+                Some(k) => std::ops::Bound::Excluded(k.trim_end_matches('\u{0}').to_string()),
+                None => match &prefix {
+                    Some(pre) => std::ops::Bound::Included(pre.clone()),
+                    None => std::ops::Bound::Unbounded,
+                },
+            },
+            std::ops::Bound::Unbounded,
+        ));
+        let limit = p.limit.filter(|l| *l > 0);
+        let mut items = Vec::new();
+        let mut last_key = None;
+        let mut remaining = 0usize;
+        let mut more = false;
+        for (k, o) in range {
+            if let Some(pre) = &prefix
+                && !k.starts_with(pre.as_str())
+            {
+                break;
+            }
+            if !(labels.matches(o) && fields.matches(o)) {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                more = true;
+                remaining += 1;
+                continue;
+            }
+            let mut item = (**o).clone();
+            if let Some(m) = item.as_object_mut() {
+                m.remove("apiVersion");
+                m.remove("kind");
+            }
+            items.push(item);
+            last_key = Some(k.clone());
+        }
+        let mut md = json!({"resourceVersion": list_rv.to_string()});
+        if more && let Some(k) = last_key {
+            md["continue"] = json!(encode_continue(list_rv, &k));
+            // remainingItemCount is only known (and sent) when nothing is filtered out.
+            if labels.is_empty() && fields.is_empty() {
+                md["remainingItemCount"] = json!(remaining);
+            }
+        }
+        Ok(json!({
+            "kind": format!("{}List", r.kind),
+            "apiVersion": r.api_version(),
+            "metadata": md,
+            "items": items,
+        }))
+    }
+
+    /// Opens a watch (see [`Watch`] for what `initial` holds).
+    ///
+    /// # Errors
+    /// 400 BadRequest for malformed selectors or resourceVersion; 422 Invalid for inconsistent
+    /// sendInitialEvents / resourceVersionMatch / allowWatchBookmarks, as ValidateListOptions.
+    /// A too old resourceVersion is not an error here: it is the ERROR event in `initial`.
+    pub fn watch(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        p: &WatchParams,
+    ) -> Result<Watch, ApiError> {
+        let (labels, fields) =
+            selectors(r, p.label_selector.as_deref(), p.field_selector.as_deref())?;
+        let mut errs = Vec::new();
+        match p.send_initial_events {
+            Some(_) => {
+                if p.resource_version_match.as_deref() != Some("NotOlderThan") {
+                    errs.push(FieldError::forbidden(
+                        "resourceVersionMatch",
+                        "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                    ));
+                }
+                if p.send_initial_events == Some(true) && !p.allow_bookmarks {
+                    errs.push(FieldError::forbidden(
+                        "allowWatchBookmarks",
+                        "allowWatchBookmarks must be set to true when sendInitialEvents is true",
+                    ));
+                }
+            }
+            None => {
+                if p.resource_version_match
+                    .as_deref()
+                    .is_some_and(|m| !m.is_empty())
+                {
+                    errs.push(FieldError::forbidden(
+                        "resourceVersionMatch",
+                        "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                    ));
+                }
+            }
+        }
+        if !errs.is_empty() {
+            return Err(list_options_invalid(&errs));
+        }
+        let rv_param = p.resource_version.as_deref().unwrap_or("");
+        let from = if rv_param.is_empty() || rv_param == "0" {
+            None
+        } else {
+            Some(parse_rv(rv_param)?)
+        };
+        let (tx, rx) = unbounded_channel();
+        let w = Watcher {
+            res: r.key(),
+            ns: scope(r, ns).map(str::to_string),
+            labels,
+            fields,
+            tx,
+        };
+        let mut inner = lock(&self.inner);
+        // sendInitialEvents=true, or (unset with rv unset/"0"): the current state as ADDED events.
+        let synthetic = match p.send_initial_events {
+            Some(s) => s,
+            None => from.is_none(),
+        };
+        let mut initial = Vec::new();
+        if synthetic {
+            if let Some(objs) = inner.objects.get(&r.key()) {
+                for o in objs.values() {
+                    if w.matches(o) {
+                        initial.push(event("ADDED", (**o).clone()));
+                    }
+                }
+            }
+            if p.send_initial_events == Some(true) {
+                // matches: KEP-3157, the bookmark marking the end of the initial events.
+                let mut b = bookmark_for(r, inner.rv);
+                b["object"]["metadata"]["annotations"] =
+                    json!({"k8s.io/initial-events-end": "true"});
+                initial.push(b);
+            }
+        } else if let Some(from) = from {
+            if from < inner.floor {
+                let e = expired(format!(
+                    "too old resource version: {from} ({})",
+                    inner.floor + 1
+                ));
+                // The real server writes this ERROR event and ends the watch: drop the sender.
+                initial.push(event("ERROR", e.status()));
+                return Ok(Watch {
+                    initial,
+                    events: rx,
+                });
+            }
+            for c in inner.history.iter().filter(|c| c.rv > from) {
+                if let Some(ev) = w.event_for(c) {
+                    initial.push(ev);
+                }
+            }
+        }
+        inner.watchers.push(w);
+        Ok(Watch {
+            initial,
+            events: rx,
+        })
+    }
+
+    /// Creates an object; returns it as stored.
+    ///
+    /// # Errors
+    /// 400 (undecodable body, namespace mismatch), 404 (namespace missing), 403 (namespace
+    /// terminating), 409 AlreadyExists, 422 Invalid.
+    pub fn create(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        mut body: Value,
+        p: &WriteParams,
+    ) -> Result<Value, ApiError> {
+        prepare_body(r, scope(r, ns), &mut body)?;
+        let mut inner = lock(&self.inner);
+        inner.create(r, scope(r, ns), body, p)
+    }
+
+    /// Replaces an object (PUT).
+    ///
+    /// # Errors
+    /// 400 (name/namespace mismatch, undecodable), 404 NotFound, 409 Conflict on a stale
+    /// metadata.resourceVersion, 422 Invalid.
+    pub fn replace(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mut body: Value,
+        p: &WriteParams,
+    ) -> Result<Value, ApiError> {
+        let ns = scope(r, ns);
+        prepare_body(r, ns, &mut body)?;
+        let body_name = str_at(&body, "/metadata/name");
+        if body_name != name {
+            return Err(bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let mut inner = lock(&self.inner);
+        match inner.get(r, &obj_key(ns, name)) {
+            Some(old) => inner.update(r, ns, name, body, old, p, "Update"),
+            // AllowCreateOnUpdate kinds (Services, Leases, Events) create on PUT, unless the
+            // body names a resourceVersion: that precondition fails as NotFound upstream too.
+            None if r.allow_create_on_update() && rv_of(&body).is_empty() => {
+                inner.create(r, ns, body, p)
+            }
+            None => Err(not_found(r, name)),
+        }
+    }
+
+    /// Patches an object: the patch is applied to the stored object, then the result is handled
+    /// like a replace (a resourceVersion put in by the patch is a precondition).
+    ///
+    /// # Errors
+    /// 404 NotFound, 400 for a malformed merge patch, 422 for a JSON patch that does not apply or
+    /// an invalid result, 409 Conflict, 415 for strategic merge and apply patches (not modelled:
+    /// endpoint-copier does not send them).
+    pub fn patch(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        patch: Value,
+        p: &WriteParams,
+    ) -> Result<Value, ApiError> {
+        let ns = scope(r, ns);
+        if let PatchKind::StrategicMerge | PatchKind::Apply { .. } = kind {
+            let ct = match kind {
+                PatchKind::StrategicMerge => "application/strategic-merge-patch+json",
+                _ => "application/apply-patch+yaml",
+            };
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the test bed does not implement {ct} patches (endpoint-copier does not send them); use application/merge-patch+json or application/json-patch+json"
+                ),
+                None,
+            ));
+        }
+        let mut inner = lock(&self.inner);
+        let old = inner
+            .get(r, &obj_key(ns, name))
+            .ok_or_else(|| not_found(r, name))?;
+        let mut doc = (*old).clone();
+        match kind {
+            PatchKind::Merge => {
+                if !patch.is_object() {
+                    return Err(bad_request(
+                        "json: cannot unmarshal into Go value of type map[string]interface {}",
+                    ));
+                }
+                patch::merge(&mut doc, &patch);
+            }
+            _ => patch::json_patch(&mut doc, &patch).map_err(|e| match e {
+                patch::Error::Malformed(m) => bad_request(m),
+                patch::Error::Failed(m) => ApiError::new(422, "Invalid", m, None),
+            })?,
+        }
+        prepare_body(r, ns, &mut doc)?;
+        if str_at(&doc, "/metadata/name") != name {
+            return Err(bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                str_at(&doc, "/metadata/name")
+            )));
+        }
+        let op = "Update";
+        inner.update(r, ns, name, doc, old, p, op)
+    }
+
+    /// Deletes an object and returns its last state (at the deletion's resourceVersion), as the real
+    /// server does for objects without finalizers. With garbage collection on, dependents go too.
+    ///
+    /// # Errors
+    /// 404 NotFound; 409 Conflict when a precondition fails.
+    pub fn delete(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        p: &DeleteParams,
+    ) -> Result<Value, ApiError> {
+        let ns = scope(r, ns);
+        let mut inner = lock(&self.inner);
+        let key = obj_key(ns, name);
+        let old = inner.get(r, &key).ok_or_else(|| not_found(r, name))?;
+        if let Some(uid) = &p.precondition_uid {
+            let have = str_at(&old, "/metadata/uid");
+            if uid != have {
+                return Err(conflict(
+                    r,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+                    ),
+                ));
+            }
+        }
+        if let Some(rv) = &p.precondition_resource_version {
+            let have = rv_of(&old);
+            if rv != have {
+                return Err(conflict(
+                    r,
+                    name,
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}"
+                    ),
+                ));
+            }
+        }
+        if p.dry_run {
+            return Ok((*old).clone());
+        }
+        if r.group.is_empty() && r.plural == "namespaces" {
+            return Ok(inner.delete_namespace(name));
+        }
+        Ok(inner.remove(r.key(), &key))
+    }
+
+    /// The current global resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        lock(&self.inner).rv
+    }
+
+    /// A BOOKMARK watch event at the current resourceVersion.
+    pub fn bookmark(&self, r: &Resource) -> Value {
+        bookmark_for(r, lock(&self.inner).rv)
+    }
+
+    /// Forgets all history: watches and continue tokens from an older resourceVersion get 410.
+    pub fn compact(&self) {
+        let mut inner = lock(&self.inner);
+        inner.floor = inner.rv;
+        inner.history.clear();
+    }
+
+    /// Drops every open watch's sender, so the server ends those responses.
+    pub fn close_watches(&self) {
+        lock(&self.inner).watchers.clear();
+    }
+
+    /// Turns the garbage collector (and namespace finalization) on or off (default: on). Off models
+    /// a dead kube-controller-manager; turning it back on catches up at once, as a restarted one does.
+    pub fn set_garbage_collection(&self, on: bool) {
+        let mut inner = lock(&self.inner);
+        inner.gc_off = !on;
+        if on {
+            inner.gc_sweep();
+        }
+    }
+
+    /// Number of open watches (closed receivers are not counted).
+    pub fn watcher_count(&self) -> usize {
+        let mut inner = lock(&self.inner);
+        inner.watchers.retain(|w| !w.tx.is_closed());
+        inner.watchers.len()
+    }
+}
+
+fn bookmark_for(r: &Resource, rv: u64) -> Value {
+    event(
+        "BOOKMARK",
+        json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": {"resourceVersion": rv.to_string()}}),
+    )
+}
+
+/// Decodes and checks a request body against the request's resource and namespace
+/// (what the handler and decoder do before the registry sees the object).
+fn prepare_body(r: &Resource, ns: Option<&str>, body: &mut Value) -> Result<(), ApiError> {
+    validate::decode(r, body)?;
+    let av = r.api_version();
+    match body.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if !v.is_empty() && v != av => {
+            return Err(bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({av})"
+            )));
+        }
+        _ => {}
+    }
+    match body.get("kind").and_then(Value::as_str) {
+        Some(k) if !k.is_empty() && k != r.kind => {
+            return Err(bad_request(format!(
+                "{k} in version {:?} cannot be handled as a {}: no kind {k:?} is registered for the expected kind",
+                r.version, r.kind
+            )));
+        }
+        _ => {}
+    }
+    body["apiVersion"] = json!(av);
+    body["kind"] = json!(r.kind);
+    if !body.get("metadata").is_some_and(Value::is_object) {
+        body["metadata"] = json!({});
+    }
+    let meta = &mut body["metadata"];
+    match ns {
+        Some(ns) => {
+            let given = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
+            if !given.is_empty() && given != ns {
+                return Err(bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            meta["namespace"] = json!(ns);
+        }
+        None => {
+            if let Some(m) = meta.as_object_mut() {
+                m.remove("namespace");
+            }
+        }
+    }
+    // Empty maps and lists in ObjectMeta are omitempty: they read back absent.
+    if let Some(m) = meta.as_object_mut() {
+        m.retain(|_, v| match v {
+            Value::Null => false,
+            Value::Object(o) => !o.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        });
+    }
+    Ok(())
+}
+
+/// Everything outside metadata/status (what decides a generation bump).
+fn spec_part(o: &Value) -> Value {
+    let mut o = o.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    o
+}
+
+/// The object without fields a no-op write would change anyway (resourceVersion, managedFields
+/// timestamps), for detecting writes that change nothing.
+fn comparable(o: &Value) -> Value {
+    let mut o = o.clone();
+    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+        if let Some(Value::Array(mf)) = m.get_mut("managedFields") {
+            for e in mf {
+                if let Some(e) = e.as_object_mut() {
+                    e.remove("time");
+                }
+            }
+        }
+    }
+    o
+}
+
+impl Inner {
+    fn get(&self, r: &Resource, key: &str) -> Option<Arc<Value>> {
+        self.objects.get(&r.key())?.get(key).cloned()
+    }
+
+    /// Stores `obj` under a fresh resourceVersion, indexes it and tells the watchers.
+    fn put(
+        &mut self,
+        res: ResKey,
+        key: ObjKey,
+        mut obj: Value,
+        prev: Option<Arc<Value>>,
+    ) -> Arc<Value> {
+        self.rv += 1;
+        set_rv(&mut obj, self.rv);
+        let obj = Arc::new(obj);
+        if let Some(p) = &prev {
+            self.unindex(res, &key, p);
+        }
+        self.index(res, &key, &obj);
+        self.objects
+            .entry(res)
+            .or_default()
+            .insert(key.clone(), Arc::clone(&obj));
+        let ty = if prev.is_some() {
+            EvType::Modified
+        } else {
+            EvType::Added
+        };
+        self.emit(Change {
+            rv: self.rv,
+            res,
+            key,
+            ty,
+            obj: Arc::clone(&obj),
+            prev,
+        });
+        obj
+    }
+
+    /// Removes an object (no GC); returns its last state at the deletion's resourceVersion.
+    fn take(&mut self, res: ResKey, key: &str) -> Option<Value> {
+        let old = self.objects.get_mut(&res)?.remove(key)?;
+        self.unindex(res, key, &old);
+        if res == ("", "services") {
+            self.release_service(&old, None);
+        }
+        self.rv += 1;
+        let mut last = (*old).clone();
+        set_rv(&mut last, self.rv);
+        self.emit(Change {
+            rv: self.rv,
+            res,
+            key: key.to_string(),
+            ty: EvType::Deleted,
+            obj: Arc::new(last.clone()),
+            prev: Some(old),
+        });
+        Some(last)
+    }
+
+    /// Deletes an object, then (GC on) what it owned.
+    fn remove(&mut self, res: ResKey, key: &str) -> Value {
+        let uid = self
+            .objects
+            .get(&res)
+            .and_then(|m| m.get(key))
+            .map(|o| str_at(o, "/metadata/uid").to_string());
+        let last = self.take(res, key).unwrap_or(Value::Null);
+        if let Some(uid) = uid
+            && !self.gc_off
+        {
+            self.collect_dependents(&uid);
+        }
+        last
+    }
+
+    fn index(&mut self, res: ResKey, key: &str, o: &Value) {
+        self.uids.insert(
+            str_at(o, "/metadata/uid").to_string(),
+            (res, key.to_string()),
+        );
+        for u in owner_uids(o) {
+            self.dependents
+                .entry(u)
+                .or_default()
+                .insert((res, key.to_string()));
+        }
+    }
+
+    fn unindex(&mut self, res: ResKey, key: &str, o: &Value) {
+        self.uids.remove(str_at(o, "/metadata/uid"));
+        for u in owner_uids(o) {
+            if let Some(set) = self.dependents.get_mut(&u) {
+                set.remove(&(res, key.to_string()));
+                if set.is_empty() {
+                    self.dependents.remove(&u);
+                }
+            }
+        }
+    }
+
+    /// Records a change and fans it out.
+    fn emit(&mut self, c: Change) {
+        // Each watcher gets its own copy only when its selector matches; a closed receiver is
+        // dropped here, lazily, instead of being tracked separately.
+        self.watchers.retain(|w| match w.event_for(&c) {
+            Some(ev) => w.tx.send(ev).is_ok(),
+            None => !w.tx.is_closed(),
+        });
+        self.history.push_back(c);
+        while self.history.len() > HISTORY_CAPACITY {
+            if let Some(old) = self.history.pop_front() {
+                self.floor = old.rv;
+            }
+        }
+    }
+
+    /// The objects of `res` as they were at resourceVersion `rv` (history rolled back).
+    fn snapshot(&self, res: ResKey, rv: u64) -> BTreeMap<ObjKey, Arc<Value>> {
+        let mut objs = self.objects.get(&res).cloned().unwrap_or_default();
+        for c in self.history.iter().rev().take_while(|c| c.rv > rv) {
+            if c.res != res {
+                continue;
+            }
+            match (&c.ty, &c.prev) {
+                (EvType::Added, _) => {
+                    objs.remove(&c.key);
+                }
+                (_, Some(prev)) => {
+                    objs.insert(c.key.clone(), Arc::clone(prev));
+                }
+                (_, None) => {}
+            }
+        }
+        objs
+    }
+
+    /// Whether an owner with `uid` exists where the GC would look for it: cluster-scoped, or in
+    /// the dependent's namespace.
+    fn owner_exists(&self, uid: &str, dependent_ns: &str) -> bool {
+        match self.uids.get(uid) {
+            Some(((g, p), key)) => {
+                let namespaced = resource_by_key((g, p)).is_some_and(|r| r.namespaced);
+                !namespaced || key.split_once('/').map(|(ns, _)| ns) == Some(dependent_ns)
+            }
+            None => false,
+        }
+    }
+
+    /// The garbage collector's decision for one object with ownerReferences
+    /// (pkg/controller/garbagecollector attemptToDeleteItem, background propagation): delete it
+    /// when no owner exists; drop the references to absent owners when some still exist.
+    fn gc_check(&mut self, res: ResKey, key: &str) {
+        let Some(o) = self.objects.get(&res).and_then(|m| m.get(key)).cloned() else {
+            return;
+        };
+        let owners = owner_uids(&o);
+        if owners.is_empty() {
+            return;
+        }
+        let ns = str_at(&o, "/metadata/namespace");
+        let alive: Vec<&String> = owners.iter().filter(|u| self.owner_exists(u, ns)).collect();
+        if alive.is_empty() {
+            self.remove(res, key);
+        } else if alive.len() < owners.len() {
+            let mut new = (*o).clone();
+            if let Some(refs) = new
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
+                let alive: HashSet<String> = alive.into_iter().cloned().collect();
+                refs.retain(|r| {
+                    r.get("uid")
+                        .and_then(Value::as_str)
+                        .is_some_and(|u| alive.contains(u))
+                });
+            }
+            self.put(res, key.to_string(), new, Some(o));
+        }
+    }
+
+    fn collect_dependents(&mut self, uid: &str) {
+        let deps: Vec<(ResKey, ObjKey)> = self
+            .dependents
+            .get(uid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for (res, key) in deps {
+            self.gc_check(res, &key);
+        }
+    }
+
+    /// What a restarted kube-controller-manager does at once: collect orphans and finish
+    /// terminating namespaces.
+    fn gc_sweep(&mut self) {
+        let all: Vec<(ResKey, ObjKey)> = self
+            .objects
+            .iter()
+            .flat_map(|(res, m)| m.keys().map(|k| (*res, k.clone())))
+            .collect();
+        for (res, key) in all {
+            self.gc_check(res, &key);
+        }
+        let terminating: Vec<String> = self
+            .objects
+            .get(&("", "namespaces"))
+            .map(|m| {
+                m.values()
+                    .filter(|n| str_at(n, "/status/phase") == "Terminating")
+                    .map(|n| str_at(n, "/metadata/name").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for ns in terminating {
+            self.finalize_namespace(&ns);
+        }
+    }
+
+    /// Namespace deletion. Simplified: with the GC on, the contents and the namespace go at once
+    /// (the real one passes through phase Terminating while the namespace controller empties it);
+    /// with the GC off (no kube-controller-manager), it stays Terminating, as for real.
+    fn delete_namespace(&mut self, name: &str) -> Value {
+        let res = ("", "namespaces");
+        let Some(old) = self.objects.get(&res).and_then(|m| m.get(name)).cloned() else {
+            return Value::Null;
+        };
+        let mut term = (*old).clone();
+        if term.pointer("/metadata/deletionTimestamp").is_none() {
+            term["metadata"]["deletionTimestamp"] = json!(meta::now());
+            term["status"] = json!({"phase": "Terminating"});
+        }
+        if self.gc_off {
+            if str_at(&old, "/status/phase") == "Terminating" {
+                return (*old).clone();
+            }
+            return (*self.put(res, name.to_string(), term, Some(old))).clone();
+        }
+        let mut last = self.finalize_namespace(name);
+        // The DELETE response shows the namespace as the request left it: Terminating.
+        if let Some(m) = last.get_mut("metadata") {
+            m["deletionTimestamp"] = term["metadata"]["deletionTimestamp"].clone();
+        }
+        last["status"] = json!({"phase": "Terminating"});
+        last
+    }
+
+    fn finalize_namespace(&mut self, name: &str) -> Value {
+        let prefix = format!("{name}/");
+        let keys: Vec<(ResKey, ObjKey)> = self
+            .objects
+            .iter()
+            .flat_map(|(res, m)| {
+                m.range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, _)| (*res, k.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (res, key) in keys {
+            if self.objects.get(&res).is_some_and(|m| m.contains_key(&key)) {
+                self.remove(res, &key);
+            }
+        }
+        self.remove(("", "namespaces"), name)
+    }
+
+    fn check_namespace(&self, r: &Resource, ns: Option<&str>, name: &str) -> Result<(), ApiError> {
+        let Some(ns) = ns else { return Ok(()) };
+        match self
+            .objects
+            .get(&("", "namespaces"))
+            .and_then(|m| m.get(ns))
+        {
+            None => Err(namespace_not_found(ns)),
+            Some(n) if str_at(n, "/status/phase") == "Terminating" => Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    r.group_resource()
+                ),
+                Some(details(r, name)),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn create(
+        &mut self,
+        r: &Resource,
+        ns: Option<&str>,
+        mut body: Value,
+        p: &WriteParams,
+    ) -> Result<Value, ApiError> {
+        let res = r.key();
+        let mut name = str_at(&body, "/metadata/name").to_string();
+        let gen_name = str_at(&body, "/metadata/generateName").to_string();
+        if name.is_empty() && !gen_name.is_empty() {
+            // names.SimpleNameGenerator; retry locally instead of failing on the rare collision.
+            loop {
+                name = meta::generate_name(&gen_name);
+                if !self
+                    .objects
+                    .get(&res)
+                    .is_some_and(|m| m.contains_key(&obj_key(ns, &name)))
+                {
+                    break;
+                }
+            }
+            body["metadata"]["name"] = json!(name);
+        }
+        if !rv_of(&body).is_empty() {
+            // etcd3 store.Create refuses objects that carry a resourceVersion.
+            return Err(ApiError::new(
+                500,
+                "InternalError",
+                "resourceVersion should not be set on objects to be created".into(),
+                None,
+            ));
+        }
+        self.check_namespace(r, ns, &name)?;
+        {
+            let m = &mut body["metadata"];
+            m["uid"] = json!(meta::new_uid());
+            m["creationTimestamp"] = json!(meta::now());
+            if let Some(o) = m.as_object_mut() {
+                o.remove("deletionTimestamp");
+                o.remove("deletionGracePeriodSeconds");
+                o.remove("generation");
+                o.remove("managedFields");
+            }
+            if r.has_generation() {
+                m["generation"] = json!(1);
+            }
+        }
+        validate::default_object(r, &mut body);
+        let mut errs = Vec::new();
+        if res == ("", "services") {
+            errs.extend(self.allocate_service(&mut body, None));
+        }
+        errs.extend(validate::validate(r, &body, None));
+        if !errs.is_empty() {
+            return Err(invalid_error(r, &name, &errs));
+        }
+        let key = obj_key(ns, &name);
+        if self.objects.get(&res).is_some_and(|m| m.contains_key(&key)) {
+            return Err(already_exists(r, &name));
+        }
+        if let Some(mgr) = &p.field_manager {
+            meta::record_manager(&mut body, mgr, "Update", &r.api_version());
+        }
+        if p.dry_run {
+            return Ok(body);
+        }
+        if res == ("", "services") {
+            self.commit_service(&body);
+        }
+        let stored = self.put(res, key.clone(), body, None);
+        let out = (*stored).clone();
+        if !self.gc_off {
+            self.gc_check(res, &key);
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mut body: Value,
+        old: Arc<Value>,
+        p: &WriteParams,
+        operation: &str,
+    ) -> Result<Value, ApiError> {
+        let res = r.key();
+        let want_rv = rv_of(&body);
+        if !want_rv.is_empty() && want_rv != rv_of(&old) {
+            return Err(conflict(r, name, MODIFIED_MSG));
+        }
+        let mut errs = Vec::new();
+        let old_uid = str_at(&old, "/metadata/uid").to_string();
+        let new_uid = str_at(&body, "/metadata/uid").to_string();
+        if !new_uid.is_empty() && new_uid != old_uid {
+            errs.push(FieldError::invalid(
+                "metadata.uid",
+                &json!(new_uid),
+                "field is immutable",
+            ));
+        }
+        {
+            // rest.BeforeUpdate: uid, creationTimestamp, generation and deletion fields come from
+            // the stored object whatever the client sent.
+            let m = &mut body["metadata"];
+            m["uid"] = json!(old_uid);
+            for k in ["creationTimestamp", "generation", "deletionTimestamp"] {
+                match old["metadata"].get(k) {
+                    Some(v) => m[k] = v.clone(),
+                    None => {
+                        if let Some(o) = m.as_object_mut() {
+                            o.remove(k);
+                        }
+                    }
+                }
+            }
+            // A body without managedFields keeps the stored ones (the field manager's rule).
+            if m.get("managedFields").is_none()
+                && let Some(mf) = old["metadata"].get("managedFields")
+            {
+                m["managedFields"] = mf.clone();
+            }
+        }
+        if res == ("", "services") {
+            carry_service_allocations(&mut body, &old);
+        }
+        if res == ("", "namespaces") {
+            // The namespace phase and finalizers are not changed by an ordinary update.
+            body["status"] = old["status"].clone();
+        }
+        validate::default_object(r, &mut body);
+        if res == ("", "services") {
+            errs.extend(self.allocate_service(&mut body, Some(&old)));
+        }
+        errs.extend(validate::validate(r, &body, Some(&old)));
+        if !errs.is_empty() {
+            return Err(invalid_error(r, name, &errs));
+        }
+        // EndpointSlice PrepareForUpdate: anything outside metadata, or the labels, changed.
+        if r.has_generation()
+            && (spec_part(&body) != spec_part(&old)
+                || body.pointer("/metadata/labels") != old.pointer("/metadata/labels"))
+        {
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            body["metadata"]["generation"] = json!(g + 1);
+        }
+        if let Some(mgr) = &p.field_manager {
+            meta::record_manager(&mut body, mgr, operation, &r.api_version());
+        }
+        // A write that changes nothing is not written: no new resourceVersion, no watch event
+        // (etcd3 GuaranteedUpdate short-circuits identical bytes).
+        if comparable(&body) == comparable(&old) {
+            return Ok((*old).clone());
+        }
+        if p.dry_run {
+            set_rv(&mut body, rv_of(&old).parse().unwrap_or(0));
+            return Ok(body);
+        }
+        if res == ("", "services") {
+            self.release_service(&old, Some(&body));
+            self.commit_service(&body);
+        }
+        let key = obj_key(ns, name);
+        let stored = self.put(res, key.clone(), body, Some(old));
+        let out = (*stored).clone();
+        if !self.gc_off {
+            self.gc_check(res, &key);
+        }
+        Ok(out)
+    }
+
+    // ---- Service allocation (pkg/registry/core/service/ipallocator, portallocator) ----------
+
+    /// Fills clusterIP(s), ipFamilies, ipFamilyPolicy and nodePorts; checks requested ones.
+    /// Nothing is recorded as allocated until [`Inner::commit_service`].
+    fn allocate_service(&mut self, svc: &mut Value, old: Option<&Value>) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let ty = str_at(svc, "/spec/type").to_string();
+        if ty == "ExternalName" {
+            return errs;
+        }
+        let spec = &mut svc["spec"];
+        let owned_ips: HashSet<IpAddr> = old
+            .map(|o| service_ips(o).into_iter().collect())
+            .unwrap_or_default();
+        let owned_ports: HashSet<u16> = old
+            .map(service_node_ports)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        // clusterIP / clusterIPs consistency (SetDefaults + ValidateService).
+        let cluster_ip = spec
+            .get("clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let mut ips: Vec<String> = spec
+            .get("clusterIPs")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ips.is_empty() && !cluster_ip.is_empty() {
+            ips.push(cluster_ip.clone());
+        }
+        if !cluster_ip.is_empty() && ips.first() != Some(&cluster_ip) {
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs",
+                &json!(ips),
+                "first value must match `clusterIP`",
+            ));
+            return errs;
+        }
+        let policy = spec
+            .get("ipFamilyPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("SingleStack")
+            .to_string();
+        spec["ipFamilyPolicy"] = json!(policy);
+        let headless = ips.first().map(String::as_str) == Some("None");
+        let mut families: Vec<String> = spec
+            .get("ipFamilies")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if families.is_empty() {
+            if !headless {
+                for ip in &ips {
+                    match ip.parse::<IpAddr>() {
+                        Ok(IpAddr::V4(_)) => families.push("IPv4".into()),
+                        Ok(IpAddr::V6(_)) => families.push("IPv6".into()),
+                        Err(_) => {}
+                    }
+                }
+            }
+            if families.is_empty() {
+                families.push("IPv4".into());
+            }
+            if policy != "SingleStack" && families.len() == 1 {
+                let other = if families[0] == "IPv4" {
+                    "IPv6"
+                } else {
+                    "IPv4"
+                };
+                families.push(other.into());
+            }
+        }
+        if policy == "SingleStack" && families.len() > 1 {
+            errs.push(FieldError::invalid(
+                "spec.ipFamilies",
+                &json!(families),
+                "when multiple IP families are specified, IP family policy must be RequireDualStack or PreferDualStack",
+            ));
+            return errs;
+        }
+        spec["ipFamilies"] = json!(families);
+        if headless {
+            spec["clusterIP"] = json!("None");
+            spec["clusterIPs"] = json!(["None"]);
+        } else {
+            for (i, fam) in families.iter().enumerate() {
+                match ips.get(i) {
+                    Some(ip) => {
+                        match ip.parse::<IpAddr>() {
+                            Ok(addr) => {
+                                let fam_ok = matches!(
+                                    (fam.as_str(), addr),
+                                    ("IPv4", IpAddr::V4(_)) | ("IPv6", IpAddr::V6(_))
+                                );
+                                if !fam_ok {
+                                    errs.push(FieldError::invalid(
+                                    format!("spec.clusterIPs[{i}]"),
+                                    &json!(ip),
+                                    &format!("expected an {fam} value as indicated by `ipFamilies[{i}]`"),
+                                ));
+                                } else if !in_service_range(addr) {
+                                    errs.push(FieldError::invalid(
+                                    "spec.clusterIPs",
+                                    &json!(ips),
+                                    &format!(
+                                        "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}",
+                                        if fam == "IPv4" { "10.43.0.0/16" } else { "fd00:43::/112" }
+                                    ),
+                                ));
+                                } else if self.ips.contains(&addr) && !owned_ips.contains(&addr) {
+                                    errs.push(FieldError::invalid(
+                                    "spec.clusterIPs",
+                                    &json!(ips),
+                                    &format!("failed to allocate IP {ip}: provided IP is already allocated"),
+                                ));
+                                }
+                            }
+                            Err(_) => errs.push(FieldError::invalid(
+                                format!("spec.clusterIPs[{i}]"),
+                                &json!(ip),
+                                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                            )),
+                        }
+                    }
+                    None => {
+                        let ip = if fam == "IPv4" {
+                            IpAddr::V4(self.next_free_v4())
+                        } else {
+                            IpAddr::V6(self.next_free_v6())
+                        };
+                        ips.push(ip.to_string());
+                    }
+                }
+            }
+            spec["clusterIP"] = json!(ips.first().cloned().unwrap_or_default());
+            spec["clusterIPs"] = json!(ips);
+        }
+        let wants_node_ports = ty == "NodePort"
+            || (ty == "LoadBalancer"
+                && spec
+                    .get("allocateLoadBalancerNodePorts")
+                    .and_then(Value::as_bool)
+                    != Some(false));
+        if wants_node_ports {
+            let mut taken: HashSet<u16> = HashSet::new();
+            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                for (i, p) in ports.iter_mut().enumerate() {
+                    match p
+                        .get("nodePort")
+                        .and_then(Value::as_i64)
+                        .filter(|n| *n != 0)
+                    {
+                        Some(n) => {
+                            let ok = u16::try_from(n)
+                                .ok()
+                                .filter(|n| (NODE_PORT_MIN..=NODE_PORT_MAX).contains(n));
+                            match ok {
+                                None => errs.push(FieldError::invalid(
+                                    format!("spec.ports[{i}].nodePort"),
+                                    &json!(n),
+                                    "provided port is not in the valid range. The range of valid ports is 30000-32767",
+                                )),
+                                Some(n) if (self.node_ports.contains(&n) && !owned_ports.contains(&n)) || !taken.insert(n) => {
+                                    errs.push(FieldError::invalid(
+                                        format!("spec.ports[{i}].nodePort"),
+                                        &json!(n),
+                                        "provided port is already allocated",
+                                    ));
+                                }
+                                Some(_) => {}
+                            }
+                        }
+                        None => {
+                            let n = self.next_free_port(&taken);
+                            taken.insert(n);
+                            p["nodePort"] = json!(n);
+                        }
+                    }
+                }
+            }
+        }
+        errs
+    }
+
+    fn next_free_v4(&mut self) -> Ipv4Addr {
+        for _ in 0..SERVICE_V4_SIZE {
+            let off = self.next_v4;
+            self.next_v4 = if off + 1 >= SERVICE_V4_SIZE - 1 {
+                SERVICE_DYNAMIC_OFFSET
+            } else {
+                off + 1
+            };
+            let ip = Ipv4Addr::from(SERVICE_V4_BASE + off);
+            if !self.ips.contains(&IpAddr::V4(ip)) {
+                return ip;
+            }
+        }
+        Ipv4Addr::from(SERVICE_V4_BASE + SERVICE_DYNAMIC_OFFSET)
+    }
+
+    fn next_free_v6(&mut self) -> Ipv6Addr {
+        for _ in 0..SERVICE_V6_SIZE {
+            let off = self.next_v6;
+            self.next_v6 = if off + 1 >= SERVICE_V6_SIZE {
+                u128::from(SERVICE_DYNAMIC_OFFSET)
+            } else {
+                off + 1
+            };
+            let ip = Ipv6Addr::from(SERVICE_V6_BASE + off);
+            if !self.ips.contains(&IpAddr::V6(ip)) {
+                return ip;
+            }
+        }
+        Ipv6Addr::from(SERVICE_V6_BASE + u128::from(SERVICE_DYNAMIC_OFFSET))
+    }
+
+    fn next_free_port(&mut self, taken: &HashSet<u16>) -> u16 {
+        for _ in NODE_PORT_MIN..=NODE_PORT_MAX {
+            let n = self.next_port;
+            self.next_port = if n >= NODE_PORT_MAX {
+                NODE_PORT_DYNAMIC_START
+            } else {
+                n + 1
+            };
+            if !self.node_ports.contains(&n) && !taken.contains(&n) {
+                return n;
+            }
+        }
+        NODE_PORT_DYNAMIC_START
+    }
+
+    fn commit_service(&mut self, svc: &Value) {
+        self.ips.extend(service_ips(svc));
+        self.node_ports.extend(service_node_ports(svc));
+    }
+
+    /// Frees what `old` held and `new` (if any) no longer holds.
+    fn release_service(&mut self, old: &Value, new: Option<&Value>) {
+        let keep_ips: HashSet<IpAddr> = new
+            .map(service_ips)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let keep_ports: HashSet<u16> = new
+            .map(service_node_ports)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for ip in service_ips(old) {
+            if !keep_ips.contains(&ip) {
+                self.ips.remove(&ip);
+            }
+        }
+        for p in service_node_ports(old) {
+            if !keep_ports.contains(&p) {
+                self.node_ports.remove(&p);
+            }
+        }
+    }
+}
+
+fn in_service_range(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let n = u32::from(a);
+            n > SERVICE_V4_BASE && n < SERVICE_V4_BASE + SERVICE_V4_SIZE - 1
+        }
+        IpAddr::V6(a) => {
+            let n = u128::from(a);
+            n > SERVICE_V6_BASE && n < SERVICE_V6_BASE + SERVICE_V6_SIZE
+        }
+    }
+}
+
+fn service_ips(svc: &Value) -> Vec<IpAddr> {
+    svc.pointer("/spec/clusterIPs")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn service_node_ports(svc: &Value) -> Vec<u16> {
+    svc.pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| u16::try_from(p.get("nodePort")?.as_i64()?).ok())
+                .filter(|n| *n != 0)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// On update, values the server allocated are kept when the new body leaves them out
+/// (pkg/registry/core/service/storage patchAllocatedValues).
+fn carry_service_allocations(new: &mut Value, old: &Value) {
+    if !new.get("spec").is_some_and(Value::is_object) {
+        new["spec"] = json!({});
+    }
+    let same_type = new
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        == str_at(old, "/spec/type");
+    let spec = &mut new["spec"];
+    let unset = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        _ => false,
+    };
+    if str_at(old, "/spec/type") != "ExternalName" {
+        for k in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            if unset(spec.get(k))
+                && let Some(v) = old.pointer(&format!("/spec/{k}"))
+            {
+                spec[k] = v.clone();
+            }
+        }
+    }
+    if same_type
+        && let Some(old_ports) = old.pointer("/spec/ports").and_then(Value::as_array)
+        && let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut)
+    {
+        for p in ports {
+            if p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0 {
+                continue;
+            }
+            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            if let Some(np) = old_ports
+                .iter()
+                .find(|o| {
+                    o.get("port") == p.get("port")
+                        && o.get("protocol").and_then(Value::as_str).unwrap_or("TCP") == proto
+                })
+                .and_then(|o| o.get("nodePort"))
+            {
+                p["nodePort"] = np.clone();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(group: &str, plural: &str) -> &'static Resource {
+        RESOURCES
+            .iter()
+            .find(|r| r.group == group && r.plural == plural)
+            .unwrap()
+    }
+    fn ns_res() -> &'static Resource {
+        res("", "namespaces")
+    }
+    fn slices() -> &'static Resource {
+        res("discovery.k8s.io", "endpointslices")
+    }
+    fn leases() -> &'static Resource {
+        res("coordination.k8s.io", "leases")
+    }
+    fn services() -> &'static Resource {
+        res("", "services")
+    }
+
+    /// A store with namespaces "default" and "kube-system".
+    fn store() -> Store {
+        let s = Store::new();
+        for n in ["default", "kube-system"] {
+            s.create(
+                ns_res(),
+                None,
+                json!({"metadata": {"name": n}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        }
+        s
+    }
+
+    fn slice(name: &str, labels: Value, addrs: &[&str]) -> Value {
+        json!({"metadata": {"name": name, "labels": labels}, "addressType": "IPv4",
+               "endpoints": addrs.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+               "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]})
+    }
+
+    fn create_slice(s: &Store, name: &str, labels: Value) -> Value {
+        s.create(
+            slices(),
+            Some("default"),
+            slice(name, labels, &["198.51.100.1"]),
+            &WriteParams::default(),
+        )
+        .unwrap()
+    }
+
+    fn lease(name: &str, holder: &str) -> Value {
+        json!({"metadata": {"name": name}, "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+    }
+
+    fn rv(o: &Value) -> u64 {
+        rv_of(o).parse().unwrap()
+    }
+
+    fn drain(w: &mut Watch) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(ev) = w.events.try_recv() {
+            out.push(ev);
+        }
+        out
+    }
+
+    fn types(evs: &[Value]) -> Vec<String> {
+        evs.iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["type"].as_str().unwrap(),
+                    str_at(&e["object"], "/metadata/name")
+                )
+            })
+            .collect()
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#resourceversion-in-metadata and https://kubernetes.io/docs/concepts/overview/working-with-objects/names/#uids
+    #[test]
+    fn create_fills_uid_creation_timestamp_resource_version_and_type_meta() {
+        let s = store();
+        let o = create_slice(&s, "a", json!({}));
+        assert_eq!(o["apiVersion"], "discovery.k8s.io/v1");
+        assert_eq!(o["kind"], "EndpointSlice");
+        assert_eq!(o["metadata"]["namespace"], "default");
+        assert_eq!(str_at(&o, "/metadata/uid").len(), 36);
+        assert!(
+            o["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap()
+                .ends_with('Z')
+        );
+        assert_eq!(o["metadata"]["generation"], 1);
+        assert_eq!(rv(&o), s.resource_version());
+        assert_eq!(s.get(slices(), Some("default"), "a").unwrap(), o);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-versions (one etcd revision for every kind)
+    #[test]
+    fn resource_version_is_one_global_counter_shared_by_all_kinds() {
+        let s = store();
+        let a = create_slice(&s, "a", json!({}));
+        let l = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "n1"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let b = create_slice(&s, "b", json!({}));
+        assert_eq!(rv(&l), rv(&a) + 1);
+        assert_eq!(rv(&b), rv(&l) + 1);
+        assert!(
+            l["metadata"]["generation"].is_null(),
+            "Leases carry no generation"
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#generated-values
+    #[test]
+    fn generate_name_gets_a_random_suffix_and_missing_names_are_invalid() {
+        let s = store();
+        let mut body = slice("", json!({}), &["198.51.100.1"]);
+        body["metadata"] = json!({"generateName": "kubernetes-vip-"});
+        let o = s
+            .create(
+                slices(),
+                Some("default"),
+                body.clone(),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let name = str_at(&o, "/metadata/name");
+        assert!(
+            name.starts_with("kubernetes-vip-") && name.len() == 20,
+            "{name}"
+        );
+        assert_eq!(o["metadata"]["generateName"], "kubernetes-vip-");
+        body["metadata"] = json!({});
+        let e = s
+            .create(slices(), Some("default"), body, &WriteParams::default())
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message
+                .ends_with("metadata.name: Required value: name or generateName is required"),
+            "{}",
+            e.message
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/access-authn-authz/admission-controllers/#namespacelifecycle
+    #[test]
+    fn create_in_a_missing_namespace_is_not_found() {
+        let s = store();
+        let e = s
+            .create(
+                slices(),
+                Some("nope"),
+                slice("a", json!({}), &["198.51.100.1"]),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (404, "NotFound"));
+        assert_eq!(e.message, "namespaces \"nope\" not found");
+        assert_eq!(e.status()["details"]["kind"], "namespaces");
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go (NewAlreadyExists)
+    #[test]
+    fn creating_an_existing_object_is_already_exists() {
+        let s = store();
+        s.create(
+            leases(),
+            Some("kube-system"),
+            lease("l", "a"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let e = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "b"),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists"));
+        assert_eq!(e.message, "leases.coordination.k8s.io \"l\" already exists");
+        let st = e.status();
+        assert_eq!(st["kind"], "Status");
+        assert_eq!(st["status"], "Failure");
+        assert_eq!(
+            st["details"],
+            json!({"name": "l", "group": "coordination.k8s.io", "kind": "leases"})
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#concurrency-control-and-consistency
+    #[test]
+    fn replace_with_a_stale_resource_version_conflicts() {
+        let s = store();
+        let l = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "a"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let mut first = l.clone();
+        first["spec"]["holderIdentity"] = json!("b");
+        let updated = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                first,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert!(rv(&updated) > rv(&l));
+        let mut second = l.clone();
+        second["spec"]["holderIdentity"] = json!("c");
+        let e = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                second,
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+        assert_eq!(
+            e.message,
+            "Operation cannot be fulfilled on leases.coordination.k8s.io \"l\": the object has been modified; please apply your changes to the latest version and try again"
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#concurrency-control-and-consistency (unconditional update when resourceVersion is unset)
+    #[test]
+    fn replace_without_a_resource_version_is_unconditional_and_keeps_system_fields() {
+        let s = store();
+        let l = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "a"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let mut body = lease("l", "z");
+        body["metadata"]["creationTimestamp"] = json!("2000-01-01T00:00:00Z");
+        let u = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                body,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(u["spec"]["holderIdentity"], "z");
+        assert_eq!(u["metadata"]["uid"], l["metadata"]["uid"]);
+        assert_eq!(
+            u["metadata"]["creationTimestamp"],
+            l["metadata"]["creationTimestamp"]
+        );
+        let mut bad = u.clone();
+        bad["metadata"]["uid"] = json!("00000000-0000-0000-0000-000000000000");
+        let e = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                bad,
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(e.message.contains("metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable"), "{}", e.message);
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/discovery/endpointslice/strategy.go (AllowCreateOnUpdate false) and pkg/registry/coordination/lease/strategy.go (true)
+    #[test]
+    fn replacing_a_missing_slice_is_not_found_but_a_lease_put_creates_it() {
+        let s = store();
+        let e = s
+            .replace(
+                slices(),
+                Some("default"),
+                "a",
+                slice("a", json!({}), &["198.51.100.1"]),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (404, "endpointslices.discovery.k8s.io \"a\" not found")
+        );
+        let l = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                lease("l", "a"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(l["spec"]["holderIdentity"], "a");
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/endpoints/handlers/update.go (name on URL must match)
+    #[test]
+    fn replace_with_another_name_in_the_body_is_a_bad_request() {
+        let s = store();
+        s.create(
+            leases(),
+            Some("kube-system"),
+            lease("l", "a"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let e = s
+            .replace(
+                leases(),
+                Some("kube-system"),
+                "l",
+                lease("m", "a"),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 400);
+        assert_eq!(
+            e.message,
+            "the name of the object (m) does not match the name on the URL (l)"
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/delete-options/ (preconditions)
+    #[test]
+    fn delete_preconditions_that_do_not_hold_conflict() {
+        let s = store();
+        let o = create_slice(&s, "a", json!({}));
+        let p = DeleteParams {
+            precondition_uid: Some("x".into()),
+            ..DeleteParams::default()
+        };
+        let e = s.delete(slices(), Some("default"), "a", &p).unwrap_err();
+        assert_eq!(e.code, 409);
+        assert_eq!(
+            e.message,
+            format!(
+                "Operation cannot be fulfilled on endpointslices.discovery.k8s.io \"a\": Precondition failed: UID in precondition: x, UID in object meta: {}",
+                str_at(&o, "/metadata/uid")
+            )
+        );
+        let p = DeleteParams {
+            precondition_resource_version: Some("1".into()),
+            ..DeleteParams::default()
+        };
+        assert_eq!(
+            s.delete(slices(), Some("default"), "a", &p)
+                .unwrap_err()
+                .code,
+            409
+        );
+        let p = DeleteParams {
+            precondition_uid: Some(str_at(&o, "/metadata/uid").into()),
+            precondition_resource_version: Some(rv_of(&o).into()),
+            ..DeleteParams::default()
+        };
+        s.delete(slices(), Some("default"), "a", &p).unwrap();
+        let e = s.delete(slices(), Some("default"), "a", &p).unwrap_err();
+        assert_eq!(e.code, 404);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes (DELETED carries the last state)
+    #[test]
+    fn delete_returns_the_last_state_at_the_deletions_resource_version() {
+        let s = store();
+        let o = create_slice(&s, "a", json!({"x": "y"}));
+        let d = s
+            .delete(slices(), Some("default"), "a", &DeleteParams::default())
+            .unwrap();
+        assert_eq!(d["metadata"]["labels"], json!({"x": "y"}));
+        assert_eq!(rv(&d), rv(&o) + 1);
+        assert_eq!(rv(&d), s.resource_version());
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#dry-run
+    #[test]
+    fn dry_run_validates_but_stores_nothing_and_bumps_nothing() {
+        let s = store();
+        let before = s.resource_version();
+        let p = WriteParams {
+            dry_run: true,
+            ..WriteParams::default()
+        };
+        let o = s
+            .create(
+                slices(),
+                Some("default"),
+                slice("a", json!({}), &["198.51.100.1"]),
+                &p,
+            )
+            .unwrap();
+        assert_eq!(o["metadata"]["name"], "a");
+        assert_eq!(s.resource_version(), before);
+        assert_eq!(s.get(slices(), Some("default"), "a").unwrap_err().code, 404);
+        let e = s
+            .create(
+                slices(),
+                Some("default"),
+                slice("a", json!({}), &["127.0.0.1"]),
+                &p,
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/discovery/endpointslice/strategy.go (PrepareForUpdate bumps generation)
+    #[test]
+    fn slice_generation_bumps_when_content_or_labels_change_but_not_annotations() {
+        let s = store();
+        let o = create_slice(&s, "a", json!({}));
+        let put = |body: Value| {
+            s.replace(
+                slices(),
+                Some("default"),
+                "a",
+                body,
+                &WriteParams::default(),
+            )
+            .unwrap()
+        };
+        let mut annotate = o.clone();
+        annotate["metadata"]["annotations"] = json!({"k": "v"});
+        let o1 = put(annotate);
+        assert_eq!(o1["metadata"]["generation"], 1);
+        assert!(rv(&o1) > rv(&o));
+        let mut relabel = o1.clone();
+        relabel["metadata"]["labels"] = json!({"k": "v"});
+        let o2 = put(relabel);
+        assert_eq!(o2["metadata"]["generation"], 2);
+        let mut readdr = o2.clone();
+        readdr["endpoints"][0]["addresses"] = json!(["198.51.100.2"]);
+        let o3 = put(readdr);
+        assert_eq!(o3["metadata"]["generation"], 3);
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go (GuaranteedUpdate skips identical writes)
+    #[test]
+    fn a_replace_that_changes_nothing_writes_nothing() {
+        let s = store();
+        let o = create_slice(&s, "a", json!({}));
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(rv_of(&o).into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        let same = s
+            .replace(
+                slices(),
+                Some("default"),
+                "a",
+                o.clone(),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(rv(&same), rv(&o));
+        assert_eq!(s.resource_version(), rv(&o));
+        assert!(drain(&mut w).is_empty());
+    }
+
+    // matches: DESIGN.md "Facts to respect": an empty slice comes back as "endpoints": null
+    #[test]
+    fn an_endpoint_slice_without_endpoints_reads_back_as_null() {
+        let s = store();
+        let mut body = slice("a", json!({}), &[]);
+        body["endpoints"] = json!([]);
+        let o = s
+            .create(slices(), Some("default"), body, &WriteParams::default())
+            .unwrap();
+        assert!(o.as_object().unwrap().contains_key("endpoints"));
+        assert_eq!(o["endpoints"], Value::Null);
+        let l = s.list(slices(), None, &ListParams::default()).unwrap();
+        assert_eq!(l["items"][0]["endpoints"], Value::Null);
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/services-networking/dual-stack/#services
+    #[test]
+    fn services_get_cluster_ips_families_and_policy_by_default() {
+        let s = store();
+        let body = json!({"metadata": {"name": "kubernetes-vip"}, "spec": {"type": "LoadBalancer", "ports": [{"name": "k8s-api", "port": 6443}]}});
+        let o = s
+            .create(services(), Some("default"), body, &WriteParams::default())
+            .unwrap();
+        let ip = str_at(&o, "/spec/clusterIP");
+        assert!(ip.starts_with("10.43."), "{ip}");
+        assert_eq!(o["spec"]["clusterIPs"], json!([ip]));
+        assert_eq!(o["spec"]["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(o["spec"]["ipFamilyPolicy"], "SingleStack");
+        let np = o["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        assert!((30000..=32767).contains(&np));
+        let dual = json!({"metadata": {"name": "d"}, "spec": {"ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]}});
+        let d = s
+            .create(services(), Some("default"), dual, &WriteParams::default())
+            .unwrap();
+        assert_eq!(d["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
+        assert!(
+            d["spec"]["clusterIPs"][1]
+                .as_str()
+                .unwrap()
+                .starts_with("fd00:43::")
+        );
+        assert!(d["spec"]["ports"][0].get("nodePort").is_none());
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/services-networking/cluster-ip-allocation/
+    #[test]
+    fn a_cluster_ip_in_use_or_out_of_range_is_rejected_and_freed_on_delete() {
+        let s = store();
+        let mk = |n: &str, ip: &str| json!({"metadata": {"name": n}, "spec": {"clusterIP": ip, "ports": [{"port": 443}]}});
+        s.create(
+            services(),
+            Some("default"),
+            mk("kubernetes", "10.43.0.1"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let e = s
+            .create(
+                services(),
+                Some("default"),
+                mk("other", "10.43.0.1"),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message
+                .contains("failed to allocate IP 10.43.0.1: provided IP is already allocated"),
+            "{}",
+            e.message
+        );
+        let e = s
+            .create(
+                services(),
+                Some("default"),
+                mk("far", "10.44.0.1"),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert!(
+            e.message.contains("is not in the valid range"),
+            "{}",
+            e.message
+        );
+        s.delete(
+            services(),
+            Some("default"),
+            "kubernetes",
+            &DeleteParams::default(),
+        )
+        .unwrap();
+        s.create(
+            services(),
+            Some("default"),
+            mk("other", "10.43.0.1"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/core/service/storage/storage.go (patchAllocatedValues)
+    #[test]
+    fn replacing_a_service_without_cluster_ip_keeps_the_allocated_one() {
+        let s = store();
+        let body = json!({"metadata": {"name": "v"}, "spec": {"type": "LoadBalancer", "ports": [{"name": "a", "port": 6443}]}});
+        let o = s
+            .create(
+                services(),
+                Some("default"),
+                body.clone(),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let mut again = body;
+        again["metadata"]["labels"] = json!({"serviceType": "kubernetes-vip"});
+        let u = s
+            .replace(
+                services(),
+                Some("default"),
+                "v",
+                again,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(u["spec"]["clusterIP"], o["spec"]["clusterIP"]);
+        assert_eq!(
+            u["spec"]["ports"][0]["nodePort"],
+            o["spec"]["ports"][0]["nodePort"]
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#list-and-watch-filtering
+    #[test]
+    fn list_filters_by_label_sorts_by_namespace_and_name_and_omits_item_type_meta() {
+        let s = store();
+        create_slice(&s, "b", json!({"kubernetes.io/service-name": "kubernetes"}));
+        create_slice(&s, "a", json!({"kubernetes.io/service-name": "kubernetes"}));
+        create_slice(&s, "c", json!({"kubernetes.io/service-name": "other"}));
+        s.create(
+            slices(),
+            Some("kube-system"),
+            slice(
+                "a",
+                json!({"kubernetes.io/service-name": "kubernetes"}),
+                &["198.51.100.9"],
+            ),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let l = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    label_selector: Some("kubernetes.io/service-name=kubernetes".into()),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(l["kind"], "EndpointSliceList");
+        assert_eq!(l["apiVersion"], "discovery.k8s.io/v1");
+        assert_eq!(
+            l["metadata"]["resourceVersion"],
+            s.resource_version().to_string()
+        );
+        let names: Vec<String> = l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}/{}",
+                    str_at(i, "/metadata/namespace"),
+                    str_at(i, "/metadata/name")
+                )
+            })
+            .collect();
+        assert_eq!(names, ["default/a", "default/b", "kube-system/a"]);
+        assert!(l["items"][0].get("apiVersion").is_none() && l["items"][0].get("kind").is_none());
+        let one_ns = s
+            .list(slices(), Some("kube-system"), &ListParams::default())
+            .unwrap();
+        assert_eq!(one_ns["items"].as_array().unwrap().len(), 1);
+        let e = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    label_selector: Some("a in (b".into()),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (400, "BadRequest"));
+        let e = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    field_selector: Some("spec.x=1".into()),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (400, "field label not supported: spec.x")
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#retrieving-large-results-sets-in-chunks
+    #[test]
+    fn limit_and_continue_page_through_a_consistent_snapshot() {
+        let s = store();
+        for n in ["a", "b", "c"] {
+            create_slice(&s, n, json!({}));
+        }
+        let p1 = s
+            .list(
+                slices(),
+                Some("default"),
+                &ListParams {
+                    limit: Some(2),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(p1["items"].as_array().unwrap().len(), 2);
+        assert_eq!(p1["metadata"]["remainingItemCount"], 1);
+        let tok = p1["metadata"]["continue"].as_str().unwrap().to_string();
+        // A write between pages does not show up: later pages are served at the first page's rv.
+        create_slice(&s, "d", json!({}));
+        let p2 = s
+            .list(
+                slices(),
+                Some("default"),
+                &ListParams {
+                    limit: Some(2),
+                    continue_token: Some(tok),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        let names: Vec<&str> = p2["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| str_at(i, "/metadata/name"))
+            .collect();
+        assert_eq!(names, ["c"]);
+        assert!(p2["metadata"].get("continue").is_none());
+        assert_eq!(
+            p2["metadata"]["resourceVersion"],
+            p1["metadata"]["resourceVersion"]
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#retrieving-large-results-sets-in-chunks (410 Gone for an expired continue token)
+    #[test]
+    fn a_continue_token_older_than_the_compaction_is_expired() {
+        let s = store();
+        for n in ["a", "b"] {
+            create_slice(&s, n, json!({}));
+        }
+        let p1 = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    limit: Some(1),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        create_slice(&s, "c", json!({}));
+        s.compact();
+        let e = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    limit: Some(1),
+                    continue_token: p1["metadata"]["continue"].as_str().map(str::to_string),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+        assert!(
+            e.message
+                .starts_with("The provided continue parameter is too old")
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#resourceversion-in-requests (resourceVersionMatch=Exact)
+    #[test]
+    fn an_exact_list_shows_the_state_at_that_resource_version() {
+        let s = store();
+        let a = create_slice(&s, "a", json!({"v": "1"}));
+        let mut changed = a.clone();
+        changed["metadata"]["labels"] = json!({"v": "2"});
+        s.replace(
+            slices(),
+            Some("default"),
+            "a",
+            changed,
+            &WriteParams::default(),
+        )
+        .unwrap();
+        create_slice(&s, "b", json!({}));
+        let l = s
+            .list(
+                slices(),
+                None,
+                &ListParams {
+                    resource_version: Some(rv_of(&a).into()),
+                    resource_version_match: Some("Exact".into()),
+                    ..ListParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(l["metadata"]["resourceVersion"], rv_of(&a));
+        assert_eq!(l["items"].as_array().unwrap().len(), 1);
+        assert_eq!(l["items"][0]["metadata"]["labels"]["v"], "1");
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#semantics-for-watch ("Get State and Start at Most Recent")
+    #[test]
+    fn a_watch_without_resource_version_sends_the_current_state_then_changes() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        let mut w = s
+            .watch(slices(), Some("default"), &WatchParams::default())
+            .unwrap();
+        assert_eq!(types(&w.initial), ["ADDED a"]);
+        assert_eq!(w.initial[0]["object"]["kind"], "EndpointSlice");
+        create_slice(&s, "b", json!({}));
+        s.create(
+            leases(),
+            Some("kube-system"),
+            lease("l", "x"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        s.delete(slices(), Some("default"), "a", &DeleteParams::default())
+            .unwrap();
+        assert_eq!(types(&drain(&mut w)), ["ADDED b", "DELETED a"]);
+        let w0 = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some("0".into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(types(&w0.initial), ["ADDED b"]);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#semantics-for-watch ("Start at Exact")
+    #[test]
+    fn a_watch_from_a_resource_version_replays_later_changes_without_synthetic_events() {
+        let s = store();
+        let a = create_slice(&s, "a", json!({}));
+        create_slice(&s, "b", json!({}));
+        s.delete(slices(), Some("default"), "a", &DeleteParams::default())
+            .unwrap();
+        let w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(rv_of(&a).into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(types(&w.initial), ["ADDED b", "DELETED a"]);
+        let w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(s.resource_version().to_string()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert!(w.initial.is_empty());
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#410-gone-responses
+    #[test]
+    fn a_watch_from_a_compacted_resource_version_gets_one_410_error_event_and_ends() {
+        let s = store();
+        let a = create_slice(&s, "a", json!({}));
+        create_slice(&s, "b", json!({}));
+        s.compact();
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(rv_of(&a).into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(w.initial.len(), 1);
+        let ev = &w.initial[0];
+        assert_eq!(ev["type"], "ERROR");
+        assert_eq!(ev["object"]["code"], 410);
+        assert_eq!(ev["object"]["reason"], "Expired");
+        assert_eq!(
+            ev["object"]["message"],
+            format!(
+                "too old resource version: {} ({})",
+                rv(&a),
+                s.resource_version() + 1
+            )
+        );
+        assert!(w.events.try_recv().is_err());
+        assert_eq!(s.watcher_count(), 0);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#streaming-lists
+    #[test]
+    fn send_initial_events_ends_the_initial_state_with_an_annotated_bookmark() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        let p = WatchParams {
+            send_initial_events: Some(true),
+            resource_version_match: Some("NotOlderThan".into()),
+            allow_bookmarks: true,
+            ..WatchParams::default()
+        };
+        let w = s.watch(slices(), None, &p).unwrap();
+        assert_eq!(types(&w.initial), ["ADDED a", "BOOKMARK "]);
+        let b = &w.initial[1]["object"];
+        assert_eq!(
+            b["metadata"]["annotations"]["k8s.io/initial-events-end"],
+            "true"
+        );
+        assert_eq!(
+            b["metadata"]["resourceVersion"],
+            s.resource_version().to_string()
+        );
+        assert_eq!(b["apiVersion"], "discovery.k8s.io/v1");
+        let e = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    send_initial_events: Some(true),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message
+                .starts_with("ListOptions.meta.k8s.io \"\" is invalid"),
+            "{}",
+            e.message
+        );
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/storage/cacher/cache_watcher.go (convertToWatchEvent)
+    #[test]
+    fn objects_entering_or_leaving_a_watch_selector_are_added_or_deleted() {
+        let s = store();
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    label_selector: Some("app=x".into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        let o = create_slice(&s, "a", json!({"app": "y"}));
+        let mut m = o.clone();
+        m["metadata"]["labels"] = json!({"app": "x"});
+        let m = s
+            .replace(slices(), Some("default"), "a", m, &WriteParams::default())
+            .unwrap();
+        let mut n = m.clone();
+        n["endpoints"][0]["addresses"] = json!(["198.51.100.3"]);
+        let n = s
+            .replace(slices(), Some("default"), "a", n, &WriteParams::default())
+            .unwrap();
+        let mut out = n.clone();
+        out["metadata"]["labels"] = json!({"app": "z"});
+        let out = s
+            .replace(slices(), Some("default"), "a", out, &WriteParams::default())
+            .unwrap();
+        let evs = drain(&mut w);
+        assert_eq!(types(&evs), ["ADDED a", "MODIFIED a", "DELETED a"]);
+        // The DELETED object is the last matching state, at the change's resourceVersion.
+        assert_eq!(evs[2]["object"]["metadata"]["labels"]["app"], "x");
+        assert_eq!(rv(&evs[2]["object"]), rv(&out));
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#watch-bookmarks
+    #[test]
+    fn bookmarks_carry_the_current_resource_version() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        let b = s.bookmark(slices());
+        assert_eq!(b["type"], "BOOKMARK");
+        assert_eq!(b["object"]["kind"], "EndpointSlice");
+        assert_eq!(
+            b["object"]["metadata"]["resourceVersion"],
+            s.resource_version().to_string()
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes (a dropped watch ends its stream)
+    #[test]
+    fn close_watches_ends_every_stream_and_dropped_receivers_are_not_counted() {
+        let s = store();
+        let mut w1 = s.watch(slices(), None, &WatchParams::default()).unwrap();
+        let w2 = s.watch(leases(), None, &WatchParams::default()).unwrap();
+        assert_eq!(s.watcher_count(), 2);
+        drop(w2);
+        assert_eq!(s.watcher_count(), 1);
+        s.close_watches();
+        assert_eq!(s.watcher_count(), 0);
+        assert!(matches!(
+            w1.events.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
+
+    // matches: https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kubectl-patch/#use-a-json-merge-patch-to-update-a-deployment
+    #[test]
+    fn a_merge_patch_applies_to_the_stored_object_and_its_resource_version_is_a_precondition() {
+        let s = store();
+        let l = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "a"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let p = s
+            .patch(
+                leases(),
+                Some("kube-system"),
+                "l",
+                PatchKind::Merge,
+                json!({"spec": {"holderIdentity": "b", "leaseDurationSeconds": null}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(p["spec"], json!({"holderIdentity": "b"}));
+        let e = s
+            .patch(leases(), Some("kube-system"), "l", PatchKind::Merge, json!({"metadata": {"resourceVersion": rv_of(&l)}, "spec": {"holderIdentity": "c"}}), &WriteParams::default())
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+        let e = s
+            .patch(
+                leases(),
+                Some("kube-system"),
+                "nope",
+                PatchKind::Merge,
+                json!({}),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 404);
+    }
+
+    // matches: https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kubectl-patch/ (JSON patch; a failed test op is 422)
+    #[test]
+    fn a_json_patch_is_applied_then_validated_like_an_update() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        let p = s
+            .patch(slices(), Some("default"), "a", PatchKind::Json, json!([{"op": "add", "path": "/endpoints/-", "value": {"addresses": ["198.51.100.5"]}}]), &WriteParams::default())
+            .unwrap();
+        assert_eq!(p["endpoints"][1]["addresses"][0], "198.51.100.5");
+        assert_eq!(p["endpoints"][1]["conditions"], json!({}));
+        let e = s
+            .patch(
+                slices(),
+                Some("default"),
+                "a",
+                PatchKind::Json,
+                json!([{"op": "test", "path": "/addressType", "value": "IPv6"}]),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        let e = s
+            .patch(slices(), Some("default"), "a", PatchKind::Json, json!([{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "127.0.0.1"}]), &WriteParams::default())
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(e.message.contains("loopback"), "{}", e.message);
+    }
+
+    // The test bed's own limit (documented in docs/development/testing.md): no strategic merge or apply.
+    #[test]
+    fn strategic_merge_and_apply_patches_are_unsupported_media_types() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        for k in [PatchKind::StrategicMerge, PatchKind::Apply { force: true }] {
+            let e = s
+                .patch(
+                    slices(),
+                    Some("default"),
+                    "a",
+                    k,
+                    json!({}),
+                    &WriteParams::default(),
+                )
+                .unwrap_err();
+            assert_eq!((e.code, e.reason.as_str()), (415, "UnsupportedMediaType"));
+        }
+    }
+
+    // matches: kube-runtime 5.0 events::Recorder, which merge-patches a whole events.k8s.io/v1 Event
+    #[test]
+    fn an_events_v1_event_can_be_created_and_merge_patched_with_its_series() {
+        let s = store();
+        let ev = res("events.k8s.io", "events");
+        let body = json!({"metadata": {"name": "kubernetes-vip.1"}, "eventTime": "2026-11-21T06:03:13.123456Z",
+            "reportingController": "endpoint-copier", "reportingInstance": "node-1", "action": "Sync",
+            "reason": "SourceMissing", "type": "Warning", "note": "no source",
+            "regarding": {"kind": "Service", "namespace": "default", "name": "kubernetes-vip", "apiVersion": "v1"}});
+        let o = s
+            .create(ev, Some("default"), body.clone(), &WriteParams::default())
+            .unwrap();
+        assert_eq!(o["eventTime"], "2026-11-21T06:03:13.123456Z");
+        let mut patch = body;
+        patch["series"] = json!({"count": 2, "lastObservedTime": "2026-11-21T06:03:20.000001Z"});
+        let p = s
+            .patch(
+                ev,
+                Some("default"),
+                "kubernetes-vip.1",
+                PatchKind::Merge,
+                patch,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(p["series"]["count"], 2);
+        let mut bad = lease("x", "y");
+        bad["spec"]["renewTime"] = json!("2026-11-21T06:03:13Z");
+        let e = s
+            .create(leases(), Some("kube-system"), bad, &WriteParams::default())
+            .unwrap_err();
+        assert_eq!(e.code, 400);
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/architecture/garbage-collection/#background-deletion
+    #[test]
+    fn deleting_an_owner_deletes_its_dependents_unless_garbage_collection_is_off() {
+        let s = store();
+        let svc = s
+            .create(
+                services(),
+                Some("default"),
+                json!({"metadata": {"name": "v"}, "spec": {"ports": [{"port": 1}]}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let owner = json!([{"apiVersion": "v1", "kind": "Service", "name": "v", "uid": svc["metadata"]["uid"], "controller": true}]);
+        let mut body = slice("v-1", json!({}), &["198.51.100.1"]);
+        body["metadata"]["ownerReferences"] = owner.clone();
+        s.create(
+            slices(),
+            Some("default"),
+            body.clone(),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(s.resource_version().to_string()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        s.delete(services(), Some("default"), "v", &DeleteParams::default())
+            .unwrap();
+        assert_eq!(types(&drain(&mut w)), ["DELETED v-1"]);
+
+        s.set_garbage_collection(false);
+        let svc = s
+            .create(
+                services(),
+                Some("default"),
+                json!({"metadata": {"name": "v"}, "spec": {"ports": [{"port": 1}]}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        body["metadata"]["ownerReferences"][0]["uid"] = svc["metadata"]["uid"].clone();
+        s.create(slices(), Some("default"), body, &WriteParams::default())
+            .unwrap();
+        s.delete(services(), Some("default"), "v", &DeleteParams::default())
+            .unwrap();
+        assert!(
+            s.get(slices(), Some("default"), "v-1").is_ok(),
+            "a dead controller manager leaves dependents"
+        );
+        s.set_garbage_collection(true);
+        assert_eq!(
+            s.get(slices(), Some("default"), "v-1").unwrap_err().code,
+            404,
+            "a restarted one catches up"
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/architecture/garbage-collection/#owners-dependents (a dependent whose owner is absent is collected)
+    #[test]
+    fn a_dependent_created_with_only_absent_owners_is_collected() {
+        let s = store();
+        let mut body = slice("orphan", json!({}), &["198.51.100.1"]);
+        body["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Service", "name": "gone", "uid": "5b0e9a4e-0000-4000-8000-000000000000"}]);
+        let mut w = s.watch(slices(), None, &WatchParams::default()).unwrap();
+        s.create(slices(), Some("default"), body, &WriteParams::default())
+            .unwrap();
+        assert_eq!(types(&drain(&mut w)), ["ADDED orphan", "DELETED orphan"]);
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/namespaces/ (deleting a namespace deletes everything in it)
+    #[test]
+    fn deleting_a_namespace_deletes_its_contents() {
+        let s = store();
+        s.create(
+            ns_res(),
+            None,
+            json!({"metadata": {"name": "t"}}),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        s.create(
+            slices(),
+            Some("t"),
+            slice("a", json!({}), &["198.51.100.1"]),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        create_slice(&s, "keep", json!({}));
+        let d = s
+            .delete(ns_res(), None, "t", &DeleteParams::default())
+            .unwrap();
+        assert_eq!(d["status"]["phase"], "Terminating");
+        assert_eq!(s.get(slices(), Some("t"), "a").unwrap_err().code, 404);
+        assert_eq!(s.get(ns_res(), None, "t").unwrap_err().code, 404);
+        assert!(s.get(slices(), Some("default"), "keep").is_ok());
+        s.set_garbage_collection(false);
+        s.create(
+            ns_res(),
+            None,
+            json!({"metadata": {"name": "u"}}),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        s.delete(ns_res(), None, "u", &DeleteParams::default())
+            .unwrap();
+        let e = s
+            .create(
+                slices(),
+                Some("u"),
+                slice("a", json!({}), &["198.51.100.1"]),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
+        assert!(e.message.ends_with(
+            "unable to create new content in namespace u because it is being terminated"
+        ));
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/server-side-apply/#field-management (managedFields on update)
+    #[test]
+    fn a_field_manager_is_recorded_in_managed_fields() {
+        let s = store();
+        let p = WriteParams {
+            field_manager: Some("endpoint-copier".into()),
+            ..WriteParams::default()
+        };
+        let o = s
+            .create(
+                slices(),
+                Some("default"),
+                slice("a", json!({}), &["198.51.100.1"]),
+                &p,
+            )
+            .unwrap();
+        let mf = &o["metadata"]["managedFields"][0];
+        assert_eq!(mf["manager"], "endpoint-copier");
+        assert_eq!(mf["operation"], "Update");
+        assert_eq!(mf["apiVersion"], "discovery.k8s.io/v1");
+        assert!(mf["fieldsV1"]["f:endpoints"].is_object());
+        let plain = create_slice(&s, "b", json!({}));
+        assert!(plain["metadata"].get("managedFields").is_none());
+    }
+
+    // History is bounded (the watch cache keeps a window of events): older starting points get 410.
+    #[test]
+    fn history_keeps_a_bounded_window_of_changes() {
+        let s = store();
+        let first = s
+            .create(
+                leases(),
+                Some("kube-system"),
+                lease("l", "0"),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        for i in 0..HISTORY_CAPACITY + 5 {
+            s.patch(
+                leases(),
+                Some("kube-system"),
+                "l",
+                PatchKind::Merge,
+                json!({"spec": {"holderIdentity": i.to_string()}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        }
+        let w = s
+            .watch(
+                leases(),
+                None,
+                &WatchParams {
+                    resource_version: Some(rv_of(&first).into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(w.initial[0]["type"], "ERROR");
+        let recent = (s.resource_version() - 10).to_string();
+        let w = s
+            .watch(
+                leases(),
+                None,
+                &WatchParams {
+                    resource_version: Some(recent),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(w.initial.len(), 10);
+    }
+
+    // Fan-out: every watcher whose selector matches gets each event, in order.
+    #[test]
+    fn ten_watchers_each_receive_every_matching_event_in_order() {
+        let s = store();
+        let mut ws: Vec<Watch> = (0..10)
+            .map(|_| s.watch(leases(), None, &WatchParams::default()).unwrap())
+            .collect();
+        let mut other = s.watch(slices(), None, &WatchParams::default()).unwrap();
+        s.create(
+            leases(),
+            Some("kube-system"),
+            lease("l", "a"),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        for i in 0..100 {
+            s.patch(
+                leases(),
+                Some("kube-system"),
+                "l",
+                PatchKind::Merge,
+                json!({"spec": {"holderIdentity": format!("h{i}")}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        }
+        for w in &mut ws {
+            let evs = drain(w);
+            assert_eq!(evs.len(), 101);
+            let rvs: Vec<u64> = evs.iter().map(|e| rv(&e["object"])).collect();
+            assert!(rvs.windows(2).all(|p| p[1] == p[0] + 1));
+        }
+        assert!(drain(&mut other).is_empty());
+    }
+}
