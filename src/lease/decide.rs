@@ -1,1 +1,583 @@
-//! Placeholder until the module lands.
+//! The pure core of leader election: given the Lease as last read, our identity, the instant we
+//! saw its record change and the current instant, decide whether to create, acquire, renew, wait
+//! or step down; and build the Lease records we write (claim, renewal, release).
+//!
+//! Nothing here does I/O or reads a clock: the monotonic instants (`tokio::time::Instant`, so
+//! tests can fabricate them) and the wall-clock timestamp written into the record are passed in.
+//! Sending the records, watching the Lease and fencing writers belong to `lease/mod.rs`.
+//!
+//! The semantics are client-go's `tools/leaderelection`, with one deliberate difference: a
+//! leader that reads a record held by someone else steps down at once instead of waiting for its
+//! renew deadline (client-go keeps believing it leads until the deadline; we have a fence to
+//! honour, so we stop as soon as we know).
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use tokio::time::Instant;
+
+/// The three timings of the protocol (validated by `config`: duration > renew deadline >
+/// 1.2 × retry period ≥ 1 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a claim is valid without renewal; written to `leaseDurationSeconds` and used
+    /// when a record lacks it (default: 15 s).
+    pub duration: Duration,
+    /// How long the leader may go without a successful renewal before it stops writing
+    /// (default: 10 s).
+    pub renew_deadline: Duration,
+    /// How often the leader renews, and the cap of the retry backoff (default: 2 s).
+    pub retry_period: Duration,
+}
+
+/// What we believe about ourselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// We do not hold the Lease (or do not know that we do).
+    Follower,
+    /// We hold the Lease.
+    Leader {
+        /// When we *sent* the last write that succeeded (claim or renewal): our claim is only
+        /// as fresh as the moment the request left, never the moment the answer came back.
+        renewed_at: Instant,
+    },
+}
+
+/// What to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No Lease exists: create it, holding it (a lost race shows up as AlreadyExists).
+    Create,
+    /// Take the Lease over (released, expired, or already recorded as ours): PUT a claim
+    /// carrying the resourceVersion we read.
+    Acquire,
+    /// We lead and a retry period has passed since the last renewal: PUT a renewal.
+    Renew,
+    /// Nothing to do until `until` (or until the Lease changes).
+    Wait {
+        /// When to decide again at the latest: the holder's expiry for a follower, the next
+        /// renewal for the leader.
+        until: Instant,
+        /// The holder of the Lease as read (`None` when released or absent).
+        holder: Option<String>,
+    },
+    /// We believed we led, but must stop writing now.
+    StepDown {
+        /// Who holds the Lease instead, when the record names someone else.
+        holder: Option<String>,
+    },
+}
+
+/// The holder named by a record: `None` for a released Lease (holder absent or empty, the two
+/// forms client-go and the API use).
+pub fn holder(spec: &LeaseSpec) -> Option<&str> {
+    spec.holder_identity.as_deref().filter(|h| !h.is_empty())
+}
+
+/// How long the record says a claim lasts: its `leaseDurationSeconds`, or ours when the field is
+/// absent or not positive (a malformed record must not let anyone take a held Lease at once).
+pub fn record_duration(spec: &LeaseSpec, timing: &Timing) -> Duration {
+    match spec.lease_duration_seconds {
+        Some(secs) if secs > 0 => Duration::from_secs(u64::from(secs.unsigned_abs())),
+        _ => timing.duration,
+    }
+}
+
+/// When a record expires for us: the instant we saw it change plus its duration. The record's
+/// `renewTime` is never read: it was written by another host's clock.
+pub fn expiry(spec: &LeaseSpec, observed_at: Instant, timing: &Timing) -> Instant {
+    observed_at + record_duration(spec, timing)
+}
+
+/// The instant until which a leader whose last successful write was sent at `renewed_at` may
+/// write. Peers cannot take over before `renewed_at + duration` (they saw the write no earlier
+/// than it was sent), so `duration − renew_deadline` is the safety margin for latency and clock
+/// rate differences.
+pub fn fence_until(renewed_at: Instant, timing: &Timing) -> Instant {
+    renewed_at + timing.renew_deadline
+}
+
+/// When we saw the record change: `previous_at` when the record equals the previous one,
+/// `now` otherwise. `previous` is `None` when nothing was observed yet; `Some(None)` when the
+/// Lease was observed absent.
+///
+/// The whole spec is compared (as client-go compares the whole record), so a leader's renewal,
+/// which rewrites `renewTime`, restarts the clock even though we never interpret that time.
+pub fn observed_at(
+    previous: Option<(Option<&LeaseSpec>, Instant)>,
+    current: Option<&LeaseSpec>,
+    now: Instant,
+) -> Instant {
+    match previous {
+        Some((spec, at)) if spec == current => at,
+        _ => now,
+    }
+}
+
+/// The decision for the Lease as read (`None`: it does not exist), given when we saw its record
+/// change, who we are and what we believe.
+pub fn decide(
+    lease: Option<&LeaseSpec>,
+    observed_at: Instant,
+    identity: &str,
+    role: Role,
+    now: Instant,
+    timing: &Timing,
+) -> Decision {
+    if let Role::Leader { renewed_at } = role {
+        let current = lease.and_then(holder);
+        if current != Some(identity) {
+            // Deleted, released or taken by someone else: the record proves we no longer hold
+            // it, whatever our deadline says.
+            return Decision::StepDown {
+                holder: current.map(str::to_owned),
+            };
+        }
+        if now >= fence_until(renewed_at, timing) {
+            return Decision::StepDown { holder: None };
+        }
+        let next = renewed_at + timing.retry_period;
+        if now >= next {
+            return Decision::Renew;
+        }
+        return Decision::Wait {
+            until: next,
+            holder: Some(identity.to_owned()),
+        };
+    }
+    let Some(spec) = lease else {
+        return Decision::Create;
+    };
+    match holder(spec) {
+        // Released: take it at once, no need to wait for any expiry.
+        None => Decision::Acquire,
+        // Recorded as ours (we restarted, or stepped down and the record was never taken):
+        // client-go's IsLeader case. Safe because the write carries the resourceVersion we read,
+        // so it fails if anyone changed the record since.
+        Some(h) if h == identity => Decision::Acquire,
+        Some(h) => {
+            let until = expiry(spec, observed_at, timing);
+            if now >= until {
+                Decision::Acquire
+            } else {
+                Decision::Wait {
+                    until,
+                    holder: Some(h.to_owned()),
+                }
+            }
+        }
+    }
+}
+
+/// `leaseDurationSeconds` for our duration: whole seconds, rounded up, at least 1.
+fn duration_seconds(d: Duration) -> i32 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i32::try_from(secs.max(1)).unwrap_or(i32::MAX)
+}
+
+/// The record to write when we claim or renew the Lease whose current record is `current`
+/// (`None`: it does not exist yet). A claim by a new holder sets `acquireTime` and increments
+/// `leaseTransitions` (client-go counts a takeover from a released Lease too); a renewal by the
+/// current holder keeps both.
+pub fn claim(
+    current: Option<&LeaseSpec>,
+    identity: &str,
+    now: Timestamp,
+    timing: &Timing,
+) -> LeaseSpec {
+    let ours = current.and_then(holder) == Some(identity);
+    let (acquire_time, transitions) = match current {
+        None => (MicroTime(now), 0),
+        Some(spec) if ours => (
+            spec.acquire_time.clone().unwrap_or(MicroTime(now)),
+            spec.lease_transitions.unwrap_or(0),
+        ),
+        Some(spec) => (
+            MicroTime(now),
+            spec.lease_transitions.unwrap_or(0).saturating_add(1),
+        ),
+    };
+    LeaseSpec {
+        holder_identity: Some(identity.to_owned()),
+        lease_duration_seconds: Some(duration_seconds(timing.duration)),
+        acquire_time: Some(acquire_time),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(transitions),
+        ..LeaseSpec::default()
+    }
+}
+
+/// The record that releases the Lease, as client-go's `release()` writes it: empty holder,
+/// `leaseDurationSeconds` 1, `acquireTime` = `renewTime` = now, transitions kept.
+pub fn release(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: Some(String::new()),
+        lease_duration_seconds: Some(1),
+        acquire_time: Some(MicroTime(now)),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: current.lease_transitions,
+        ..LeaseSpec::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TIMING: Timing = Timing {
+        duration: Duration::from_secs(15),
+        renew_deadline: Duration::from_secs(10),
+        retry_period: Duration::from_secs(2),
+    };
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn ts(second: i64) -> Timestamp {
+        Timestamp::from_second(second).unwrap()
+    }
+
+    fn held_by(holder: &str, renew_second: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.to_owned()),
+            lease_duration_seconds: Some(15),
+            acquire_time: Some(MicroTime(ts(renew_second - 60))),
+            renew_time: Some(MicroTime(ts(renew_second))),
+            lease_transitions: Some(3),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn an_absent_lease_is_created() {
+        let t0 = Instant::now();
+        assert_eq!(
+            decide(None, t0, "node-1", Role::Follower, t0, &TIMING),
+            Decision::Create
+        );
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once() {
+        let t0 = Instant::now();
+        let released = release(&held_by("node-2", 1_700_000_000), ts(1_700_000_001));
+        // Observed this very instant: no expiry to wait for.
+        assert_eq!(
+            decide(Some(&released), t0, "node-1", Role::Follower, t0, &TIMING),
+            Decision::Acquire
+        );
+        let no_holder = LeaseSpec::default();
+        assert_eq!(
+            decide(Some(&no_holder), t0, "node-1", Role::Follower, t0, &TIMING),
+            Decision::Acquire
+        );
+    }
+
+    #[test]
+    fn a_lease_held_by_another_is_waited_for_until_it_expires() {
+        let t0 = Instant::now();
+        let spec = held_by("node-2", 1_700_000_000);
+        assert_eq!(
+            decide(
+                Some(&spec),
+                t0,
+                "node-1",
+                Role::Follower,
+                t0 + secs(14),
+                &TIMING
+            ),
+            Decision::Wait {
+                until: t0 + secs(15),
+                holder: Some("node-2".into())
+            }
+        );
+        assert_eq!(
+            decide(
+                Some(&spec),
+                t0,
+                "node-1",
+                Role::Follower,
+                t0 + secs(15),
+                &TIMING
+            ),
+            Decision::Acquire
+        );
+    }
+
+    #[test]
+    fn expiry_uses_the_records_duration_and_ours_only_when_it_is_missing_or_not_positive() {
+        let t0 = Instant::now();
+        let mut spec = held_by("node-2", 1_700_000_000);
+        spec.lease_duration_seconds = Some(40);
+        assert_eq!(expiry(&spec, t0, &TIMING), t0 + secs(40));
+        spec.lease_duration_seconds = None;
+        assert_eq!(expiry(&spec, t0, &TIMING), t0 + secs(15));
+        spec.lease_duration_seconds = Some(0);
+        assert_eq!(expiry(&spec, t0, &TIMING), t0 + secs(15));
+        spec.lease_duration_seconds = Some(-5);
+        assert_eq!(expiry(&spec, t0, &TIMING), t0 + secs(15));
+    }
+
+    #[test]
+    fn a_record_naming_us_is_acquired_without_waiting() {
+        let t0 = Instant::now();
+        let spec = held_by("node-1", 1_700_000_000);
+        assert_eq!(
+            decide(Some(&spec), t0, "node-1", Role::Follower, t0, &TIMING),
+            Decision::Acquire
+        );
+    }
+
+    #[test]
+    fn a_remote_renew_time_far_in_the_future_or_past_changes_nothing() {
+        let t0 = Instant::now();
+        let now_wall = 1_700_000_000;
+        for skew in [-6 * 3600, -1, 0, 1, 6 * 3600] {
+            let spec = held_by("node-2", now_wall + skew);
+            for elapsed in [0, 5, 14] {
+                assert_eq!(
+                    decide(
+                        Some(&spec),
+                        t0,
+                        "node-1",
+                        Role::Follower,
+                        t0 + secs(elapsed),
+                        &TIMING
+                    ),
+                    Decision::Wait {
+                        until: t0 + secs(15),
+                        holder: Some("node-2".into())
+                    },
+                    "skew {skew}s, {elapsed}s after observation"
+                );
+            }
+            assert_eq!(
+                decide(
+                    Some(&spec),
+                    t0,
+                    "node-1",
+                    Role::Follower,
+                    t0 + secs(15),
+                    &TIMING
+                ),
+                Decision::Acquire,
+                "skew {skew}s"
+            );
+        }
+    }
+
+    #[test]
+    fn the_leader_renews_every_retry_period() {
+        let t0 = Instant::now();
+        let spec = held_by("node-1", 1_700_000_000);
+        let role = Role::Leader { renewed_at: t0 };
+        assert_eq!(
+            decide(Some(&spec), t0, "node-1", role, t0 + secs(1), &TIMING),
+            Decision::Wait {
+                until: t0 + secs(2),
+                holder: Some("node-1".into())
+            }
+        );
+        assert_eq!(
+            decide(Some(&spec), t0, "node-1", role, t0 + secs(2), &TIMING),
+            Decision::Renew
+        );
+        // Renewals that keep failing are still attempted right up to the deadline.
+        assert_eq!(
+            decide(
+                Some(&spec),
+                t0,
+                "node-1",
+                role,
+                t0 + Duration::from_millis(9_999),
+                &TIMING
+            ),
+            Decision::Renew
+        );
+    }
+
+    #[test]
+    fn the_leader_steps_down_at_the_renew_deadline() {
+        let t0 = Instant::now();
+        let spec = held_by("node-1", 1_700_000_000);
+        let role = Role::Leader { renewed_at: t0 };
+        assert_eq!(
+            decide(Some(&spec), t0, "node-1", role, t0 + secs(10), &TIMING),
+            Decision::StepDown { holder: None }
+        );
+        assert_eq!(fence_until(t0, &TIMING), t0 + secs(10));
+    }
+
+    #[test]
+    fn the_leader_steps_down_at_once_when_the_record_names_another_holder() {
+        let t0 = Instant::now();
+        let role = Role::Leader { renewed_at: t0 };
+        let taken = held_by("node-2", 1_700_000_000);
+        assert_eq!(
+            decide(Some(&taken), t0, "node-1", role, t0, &TIMING),
+            Decision::StepDown {
+                holder: Some("node-2".into())
+            }
+        );
+        let released = release(&taken, ts(1_700_000_000));
+        assert_eq!(
+            decide(Some(&released), t0, "node-1", role, t0, &TIMING),
+            Decision::StepDown { holder: None }
+        );
+        assert_eq!(
+            decide(None, t0, "node-1", role, t0, &TIMING),
+            Decision::StepDown { holder: None }
+        );
+    }
+
+    #[test]
+    fn observation_time_restarts_only_when_the_record_changes() {
+        let t0 = Instant::now();
+        let later = t0 + secs(7);
+        let a = held_by("node-2", 1_700_000_000);
+        let renewed = held_by("node-2", 1_700_000_002);
+        assert_eq!(observed_at(None, Some(&a), later), later);
+        assert_eq!(observed_at(Some((Some(&a), t0)), Some(&a), later), t0);
+        assert_eq!(
+            observed_at(Some((Some(&a), t0)), Some(&renewed), later),
+            later
+        );
+        assert_eq!(observed_at(Some((None, t0)), None, later), t0);
+        assert_eq!(observed_at(Some((None, t0)), Some(&a), later), later);
+    }
+
+    #[test]
+    fn creating_the_lease_counts_no_transition() {
+        let spec = claim(None, "node-1", ts(1_700_000_000), &TIMING);
+        assert_eq!(spec.holder_identity.as_deref(), Some("node-1"));
+        assert_eq!(spec.lease_transitions, Some(0));
+        assert_eq!(spec.lease_duration_seconds, Some(15));
+        assert_eq!(spec.acquire_time, Some(MicroTime(ts(1_700_000_000))));
+        assert_eq!(spec.renew_time, Some(MicroTime(ts(1_700_000_000))));
+    }
+
+    #[test]
+    fn taking_over_counts_a_transition_and_renewing_does_not() {
+        let theirs = held_by("node-2", 1_700_000_000);
+        let taken = claim(Some(&theirs), "node-1", ts(1_700_000_100), &TIMING);
+        assert_eq!(taken.lease_transitions, Some(4));
+        assert_eq!(taken.acquire_time, Some(MicroTime(ts(1_700_000_100))));
+
+        let renewed = claim(Some(&taken), "node-1", ts(1_700_000_102), &TIMING);
+        assert_eq!(renewed.lease_transitions, Some(4));
+        assert_eq!(renewed.acquire_time, Some(MicroTime(ts(1_700_000_100))));
+        assert_eq!(renewed.renew_time, Some(MicroTime(ts(1_700_000_102))));
+    }
+
+    #[test]
+    fn release_empties_the_holder_and_keeps_the_transition_count() {
+        let ours = held_by("node-1", 1_700_000_000);
+        let released = release(&ours, ts(1_700_000_005));
+        assert_eq!(released.holder_identity.as_deref(), Some(""));
+        assert_eq!(holder(&released), None);
+        assert_eq!(released.lease_duration_seconds, Some(1));
+        assert_eq!(released.lease_transitions, Some(3));
+        assert_eq!(released.renew_time, Some(MicroTime(ts(1_700_000_005))));
+        // The next holder counts the handover.
+        let next = claim(Some(&released), "node-2", ts(1_700_000_006), &TIMING);
+        assert_eq!(next.lease_transitions, Some(4));
+    }
+
+    #[test]
+    fn sub_second_durations_round_up_to_whole_seconds() {
+        let timing = Timing {
+            duration: Duration::from_millis(2_500),
+            ..TIMING
+        };
+        let spec = claim(None, "node-1", ts(1_700_000_000), &timing);
+        assert_eq!(spec.lease_duration_seconds, Some(3));
+        assert_eq!(duration_seconds(Duration::ZERO), 1);
+    }
+
+    fn any_spec() -> impl Strategy<Value = LeaseSpec> {
+        (
+            prop::option::of(prop::sample::select(vec![
+                "node-2", "node-3", "", "node-10",
+            ])),
+            prop::option::of(-5i32..100),
+            prop::option::of(-4_000_000_000i64..4_000_000_000),
+            prop::option::of(0i32..1000),
+        )
+            .prop_map(|(h, d, renew, transitions)| LeaseSpec {
+                holder_identity: h.map(str::to_owned),
+                lease_duration_seconds: d,
+                renew_time: renew.map(|s| MicroTime(ts(s))),
+                acquire_time: renew.map(|s| MicroTime(ts(s - 1))),
+                lease_transitions: transitions,
+                ..LeaseSpec::default()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn an_unexpired_lease_held_by_someone_else_is_never_taken(
+            spec in any_spec(),
+            elapsed_ms in 0u64..200_000,
+        ) {
+            let t0 = Instant::now();
+            let now = t0 + Duration::from_millis(elapsed_ms);
+            let decision = decide(Some(&spec), t0, "node-1", Role::Follower, now, &TIMING);
+            let held_by_other = holder(&spec).is_some_and(|h| h != "node-1");
+            if held_by_other && now < expiry(&spec, t0, &TIMING) {
+                let is_wait = matches!(decision, Decision::Wait { .. });
+                prop_assert!(is_wait, "took a held Lease: {:?}", decision);
+            }
+        }
+
+        #[test]
+        fn a_leader_never_keeps_writing_past_its_deadline_or_under_another_holder(
+            spec in any_spec(),
+            elapsed_ms in 0u64..30_000,
+        ) {
+            let t0 = Instant::now();
+            let now = t0 + Duration::from_millis(elapsed_ms);
+            let mut ours = spec.clone();
+            ours.holder_identity = Some("node-1".into());
+            for (record, is_ours) in [(&spec, false), (&ours, true)] {
+                let decision = decide(Some(record), t0, "node-1", Role::Leader { renewed_at: t0 }, now, &TIMING);
+                let may_write = matches!(decision, Decision::Renew | Decision::Wait { .. });
+                let allowed = is_ours && now < fence_until(t0, &TIMING);
+                prop_assert_eq!(may_write, allowed, "{:?}", decision);
+            }
+        }
+
+        #[test]
+        fn the_remote_renew_time_never_changes_a_decision(
+            spec in any_spec(),
+            other_renew in -4_000_000_000i64..4_000_000_000,
+            elapsed_ms in 0u64..60_000,
+            leader in any::<bool>(),
+        ) {
+            let t0 = Instant::now();
+            let now = t0 + Duration::from_millis(elapsed_ms);
+            let role = if leader { Role::Leader { renewed_at: t0 } } else { Role::Follower };
+            let mut skewed = spec.clone();
+            skewed.renew_time = Some(MicroTime(ts(other_renew)));
+            prop_assert_eq!(
+                decide(Some(&spec), t0, "node-1", role, now, &TIMING),
+                decide(Some(&skewed), t0, "node-1", role, now, &TIMING)
+            );
+        }
+
+        #[test]
+        fn the_transition_count_rises_exactly_when_the_holder_changes(
+            spec in any_spec(),
+            who in prop::sample::select(vec!["node-1", "node-2"]),
+        ) {
+            let next = claim(Some(&spec), who, ts(1_700_000_000), &TIMING);
+            let before = spec.lease_transitions.unwrap_or(0);
+            let expected = if holder(&spec) == Some(who) { before } else { before + 1 };
+            prop_assert_eq!(next.lease_transitions, Some(expected));
+            prop_assert_eq!(next.holder_identity.as_deref(), Some(who));
+        }
+    }
+}

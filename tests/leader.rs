@@ -1,0 +1,681 @@
+//! Leader election against the test bed: three electors with distinct identities (one client
+//! certificate each, so the request log tells them apart), each with a writer that patches a probe
+//! EndpointSlice whenever its fence allows.
+//!
+//! Every test checks two things besides its own behaviour: a sampler proves that no two fences were
+//! ever valid at the same instant, and the request log proves that no EndpointSlice write came from
+//! an identity outside its own leadership window. These tests need the test bed (identities,
+//! fault injection, request log), so they do not run against a real cluster. They run in real
+//! time with short timings (3 s / 2 s / 0.5 s) and wait for conditions, never for fixed sleeps,
+//! except where the behaviour under test is that nothing happens for a while.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use endpoint_copier::lease::{Counters, Elector, Fence, Leadership, Settings};
+use endpoint_copier_testbed::{Failure, Match, Partition, RequestRecord, TestBed, Verb};
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep};
+use tokio_util::sync::CancellationToken;
+
+const NAMESPACE: &str = "kube-system";
+const LEASE: &str = "endpoint-copier";
+const DURATION: Duration = Duration::from_secs(3);
+const RENEW_DEADLINE: Duration = Duration::from_secs(2);
+const RETRY_PERIOD: Duration = Duration::from_millis(500);
+/// Scheduling and request slack on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_millis(300);
+
+async fn client_for(kubeconfig: &Path) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+fn settings(identity: &str) -> Settings {
+    Settings {
+        namespace: NAMESPACE.into(),
+        name: LEASE.into(),
+        identity: identity.into(),
+        duration: DURATION,
+        renew_deadline: RENEW_DEADLINE,
+        retry_period: RETRY_PERIOD,
+    }
+}
+
+/// One daemon stand-in: an elector and a writer that writes only while its fence allows.
+struct Node {
+    identity: String,
+    rx: watch::Receiver<Leadership>,
+    fence: Fence,
+    counters: Counters,
+    stop: CancellationToken,
+    stop_writer: CancellationToken,
+    elector: JoinHandle<Result<(), endpoint_copier::lease::Error>>,
+    writer: JoinHandle<()>,
+}
+
+impl Node {
+    async fn start(bed: &TestBed, identity: &str) -> Node {
+        let client = client_for(&bed.kubeconfig_for(identity)).await;
+        let (elector, rx, fence) = Elector::new(
+            Api::namespaced(client.clone(), NAMESPACE),
+            settings(identity),
+        );
+        let counters = elector.counters();
+        let stop = CancellationToken::new();
+        let elector = tokio::spawn(elector.run(stop.clone()));
+        let stop_writer = CancellationToken::new();
+        let writer = tokio::spawn(write_while_fenced(
+            Api::namespaced(client, "default"),
+            fence.clone(),
+            identity.to_owned(),
+            stop_writer.clone(),
+        ));
+        Node {
+            identity: identity.to_owned(),
+            rx,
+            fence,
+            counters,
+            stop,
+            stop_writer,
+            elector,
+            writer,
+        }
+    }
+
+    fn leads(&self) -> bool {
+        *self.rx.borrow() == Leadership::Leader
+    }
+
+    /// The daemon's graceful stop: writers first, then the elector (which releases).
+    async fn stop(self) {
+        self.stop_writer.cancel();
+        self.writer.await.unwrap();
+        self.stop.cancel();
+        self.elector.await.unwrap().unwrap();
+    }
+
+    /// A crash: both tasks vanish, nothing is released.
+    async fn kill(self) {
+        self.writer.abort();
+        self.elector.abort();
+        let _ = self.writer.await;
+        let _ = self.elector.await;
+    }
+}
+
+/// Patches the probe EndpointSlice every 50 ms, after checking the fence (as `apply` does).
+async fn write_while_fenced(
+    slices: Api<EndpointSlice>,
+    fence: Fence,
+    identity: String,
+    stop: CancellationToken,
+) {
+    let patch = Patch::Merge(json!({"metadata": {"labels": {"writer": identity}}}));
+    let params = PatchParams::default();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = sleep(Duration::from_millis(50)) => {}
+        }
+        if fence.check().is_ok() {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = slices.patch("probe", &params, &patch) => {}
+            }
+        }
+    }
+}
+
+/// Samples every fence every 2 ms and remembers whether two were ever valid at once.
+struct Sampler {
+    overlap: Arc<AtomicBool>,
+    samples: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(fences: Vec<Fence>) -> Sampler {
+        let overlap = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (overlap, samples, stop) = (overlap.clone(), samples.clone(), stop.clone());
+            async move {
+                while !stop.is_cancelled() {
+                    if fences.iter().filter(|f| f.check().is_ok()).count() > 1 {
+                        overlap.store(true, Ordering::SeqCst);
+                    }
+                    samples.fetch_add(1, Ordering::Relaxed);
+                    sleep(Duration::from_millis(2)).await;
+                }
+            }
+        });
+        Sampler {
+            overlap,
+            samples,
+            stop,
+            task,
+        }
+    }
+
+    async fn assert_never_overlapped(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        assert!(self.samples.load(Ordering::Relaxed) > 20, "sampler starved");
+        assert!(
+            !self.overlap.load(Ordering::SeqCst),
+            "two fences were valid at the same instant"
+        );
+    }
+}
+
+/// Every successful EndpointSlice write by a node must follow (in arrival order) a successful
+/// Lease write by that same node, with no other identity's successful Lease write in between.
+fn assert_writes_inside_leadership(records: &[RequestRecord]) {
+    let mut records = records.to_vec();
+    records.sort_by_key(|r| r.seq);
+    let mut holder: Option<&str> = None;
+    let mut fenced_writes = 0;
+    for r in &records {
+        let ok = (200..300).contains(&r.code);
+        if r.resource == "leases" && r.verb.is_write() && ok {
+            holder = Some(&r.identity);
+        }
+        if r.resource == "endpointslices"
+            && r.verb.is_write()
+            && ok
+            && r.identity.starts_with("node-")
+        {
+            fenced_writes += 1;
+            assert_eq!(
+                holder,
+                Some(r.identity.as_str()),
+                "EndpointSlice write #{} by {} outside its leadership window",
+                r.seq,
+                r.identity
+            );
+        }
+    }
+    assert!(
+        fenced_writes > 0,
+        "no node ever wrote: the check proves nothing"
+    );
+}
+
+/// Waits until `identity` has written the probe slice, so the log check has a write to judge.
+async fn until_written_by(bed: &TestBed, identity: &str) {
+    until(
+        &format!("a fenced write by {identity}"),
+        Duration::from_secs(2),
+        || {
+            bed.requests().iter().any(|r| {
+                r.identity == identity
+                    && r.resource == "endpointslices"
+                    && r.verb.is_write()
+                    && (200..300).contains(&r.code)
+            })
+        },
+    )
+    .await;
+}
+
+async fn seed_probe_slice(bed: &TestBed) {
+    let admin = client_for(bed.kubeconfig()).await;
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "probe", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "probe"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["198.51.100.10"], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]
+    }))
+    .unwrap();
+    Api::<EndpointSlice>::namespaced(admin, "default")
+        .create(&PostParams::default(), &slice)
+        .await
+        .unwrap();
+}
+
+async fn until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if condition() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn leaders(nodes: &[Node]) -> Vec<&str> {
+    nodes
+        .iter()
+        .filter(|n| n.leads())
+        .map(|n| n.identity.as_str())
+        .collect()
+}
+
+async fn lease(bed: &TestBed) -> Lease {
+    let admin = client_for(bed.kubeconfig()).await;
+    Api::<Lease>::namespaced(admin, NAMESPACE)
+        .get(LEASE)
+        .await
+        .unwrap()
+}
+
+fn holder_of(lease: &Lease) -> Option<String> {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone())
+        .filter(|h| !h.is_empty())
+}
+
+async fn three_nodes(bed: &TestBed) -> Vec<Node> {
+    seed_probe_slice(bed).await;
+    let mut nodes = Vec::new();
+    for identity in ["node-1", "node-2", "node-3"] {
+        nodes.push(Node::start(bed, identity).await);
+    }
+    until("a leader", DURATION, || leaders(&nodes).len() == 1).await;
+    nodes
+}
+
+fn take_leader(nodes: &mut Vec<Node>) -> Node {
+    let i = nodes.iter().position(Node::leads).unwrap();
+    nodes.remove(i)
+}
+
+#[tokio::test]
+async fn exactly_one_of_three_electors_leads_and_the_others_follow_it() {
+    let bed = TestBed::start().await;
+    let nodes = three_nodes(&bed).await;
+    let sampler = Sampler::start(nodes.iter().map(|n| n.fence.clone()).collect());
+    let leader = leaders(&nodes)[0].to_owned();
+    // Several renewals: leadership must stay put and the followers must name the leader.
+    let start = Instant::now();
+    while start.elapsed() < 4 * RETRY_PERIOD {
+        assert_eq!(leaders(&nodes), vec![leader.as_str()]);
+        sleep(Duration::from_millis(20)).await;
+    }
+    for node in nodes.iter().filter(|n| n.identity != leader) {
+        assert_eq!(
+            *node.rx.borrow(),
+            Leadership::Follower {
+                holder: Some(leader.clone())
+            }
+        );
+        assert!(node.fence.check().is_err());
+    }
+    assert_eq!(holder_of(&lease(&bed).await), Some(leader.clone()));
+    let leader = leaders(&nodes)[0].to_owned();
+    until_written_by(&bed, &leader).await;
+    sampler.assert_never_overlapped().await;
+    assert_writes_inside_leadership(&bed.requests());
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_steady_state_costs_one_lease_write_per_retry_period_and_none_from_followers() {
+    let bed = TestBed::start().await;
+    let nodes = three_nodes(&bed).await;
+    let leader = leaders(&nodes)[0].to_owned();
+    sleep(RETRY_PERIOD).await;
+    bed.clear_requests();
+    let window = Duration::from_secs(3);
+    sleep(window).await;
+    let lease_writes: Vec<_> = bed
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "leases" && r.verb.is_write())
+        .collect();
+    assert!(
+        lease_writes.iter().all(|r| r.identity == leader),
+        "a follower wrote the Lease: {lease_writes:?}"
+    );
+    // 3 s / 0.5 s = 6 renewals; allow one either way for the window edges.
+    assert!(
+        (5..=7).contains(&lease_writes.len()),
+        "{} Lease writes in {window:?}",
+        lease_writes.len()
+    );
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_graceful_stop_releases_the_lease_and_another_node_leads_within_a_second() {
+    let bed = TestBed::start().await;
+    let mut nodes = three_nodes(&bed).await;
+    let sampler = Sampler::start(nodes.iter().map(|n| n.fence.clone()).collect());
+    let before = lease(&bed).await.spec.unwrap().lease_transitions.unwrap();
+    let old = take_leader(&mut nodes);
+    let old_identity = old.identity.clone();
+    let stopped = Instant::now();
+    old.stop().await;
+    let handover = until("a new leader", Duration::from_secs(1), || {
+        leaders(&nodes).len() == 1
+    })
+    .await;
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "handover took {took:?} ({handover:?} after release)"
+    );
+    let new = leaders(&nodes)[0].to_owned();
+    assert_ne!(new, old_identity);
+    // The new leadership holds through renewals (the fences keep being sampled meanwhile).
+    sleep(2 * RETRY_PERIOD).await;
+    assert_eq!(leaders(&nodes), vec![new.as_str()]);
+    let after = lease(&bed).await.spec.unwrap();
+    assert_eq!(after.holder_identity.as_deref(), Some(new.as_str()));
+    assert_eq!(
+        after.lease_transitions,
+        Some(before + 1),
+        "release + takeover is one transition"
+    );
+    // The release went through the API as an update by the old leader.
+    assert!(bed.requests().iter().any(|r| r.identity == old_identity
+        && r.resource == "leases"
+        && r.verb == Verb::Update
+        && r.code == 200));
+    let leader = leaders(&nodes)[0].to_owned();
+    until_written_by(&bed, &leader).await;
+    sampler.assert_never_overlapped().await;
+    assert_writes_inside_leadership(&bed.requests());
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_hard_killed_leader_is_replaced_after_expiry_and_not_before() {
+    let bed = TestBed::start().await;
+    let mut nodes = three_nodes(&bed).await;
+    let sampler = Sampler::start(nodes.iter().map(|n| n.fence.clone()).collect());
+    let old = take_leader(&mut nodes);
+    old.kill().await;
+    let took = until(
+        "a new leader after expiry",
+        DURATION + RETRY_PERIOD + SLACK,
+        || leaders(&nodes).len() == 1,
+    )
+    .await;
+    // The last renewal was at most one retry period before the kill, and followers count the
+    // duration from when they saw it.
+    assert!(
+        took >= DURATION - RETRY_PERIOD - Duration::from_millis(100),
+        "took over {took:?} after the kill: before the Lease expired"
+    );
+    assert!(took <= DURATION + RETRY_PERIOD, "took {took:?}");
+    let leader = leaders(&nodes)[0].to_owned();
+    until_written_by(&bed, &leader).await;
+    sampler.assert_never_overlapped().await;
+    assert_writes_inside_leadership(&bed.requests());
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_partitioned_leader_stops_writing_before_its_deadline_and_nobody_takes_over_before_expiry()
+ {
+    let bed = TestBed::start().await;
+    let mut nodes = three_nodes(&bed).await;
+    let all_fences: Vec<Fence> = nodes.iter().map(|n| n.fence.clone()).collect();
+    let sampler = Sampler::start(all_fences);
+    let old = take_leader(&mut nodes);
+    bed.partition(&old.identity, Partition::Hang);
+    // Its last successful renewal was sent before the cut, so its fence ends within the deadline.
+    let fenced = until(
+        "the partitioned leader's fence to close",
+        RENEW_DEADLINE + SLACK,
+        || old.fence.check().is_err(),
+    )
+    .await;
+    assert!(
+        fenced <= RENEW_DEADLINE + Duration::from_millis(50),
+        "fence closed after {fenced:?}"
+    );
+    assert!(
+        leaders(&nodes).is_empty(),
+        "someone took over before expiry"
+    );
+    let took = until("a new leader", DURATION + RETRY_PERIOD + SLACK, || {
+        leaders(&nodes).len() == 1
+    })
+    .await;
+    let took = fenced + took;
+    assert!(
+        took >= DURATION - RETRY_PERIOD - Duration::from_millis(100),
+        "took over {took:?} after the partition"
+    );
+    let new = leaders(&nodes)[0].to_owned();
+    // Healed, the old leader reads the new record and follows.
+    bed.heal(&old.identity);
+    let mut rx = old.rx.clone();
+    until(
+        "the old leader to follow the new one",
+        DURATION + SLACK,
+        || {
+            *rx.borrow_and_update()
+                == Leadership::Follower {
+                    holder: Some(new.clone()),
+                }
+        },
+    )
+    .await;
+    assert!(old.counters.lost() >= 1);
+    let leader = leaders(&nodes)[0].to_owned();
+    until_written_by(&bed, &leader).await;
+    sampler.assert_never_overlapped().await;
+    assert_writes_inside_leadership(&bed.requests());
+    old.stop().await;
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// A Lease held by "node-9", which the test renews through the admin client, with `renew_time`
+/// chosen by the test (another host's clock).
+async fn seed_ghost_lease(bed: &TestBed, renew_time: Timestamp) -> Api<Lease> {
+    let admin = Api::<Lease>::namespaced(client_for(bed.kubeconfig()).await, NAMESPACE);
+    let lease = Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some(LEASE.into()),
+            ..Default::default()
+        },
+        spec: Some(ghost_spec(renew_time)),
+    };
+    admin.create(&PostParams::default(), &lease).await.unwrap();
+    admin
+}
+
+fn ghost_spec(renew_time: Timestamp) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: Some("node-9".into()),
+        lease_duration_seconds: Some(3),
+        acquire_time: Some(MicroTime(renew_time)),
+        renew_time: Some(MicroTime(renew_time)),
+        lease_transitions: Some(7),
+        ..Default::default()
+    }
+}
+
+/// Renews the ghost's Lease every retry period for `for_how_long`, each time with a renewTime
+/// `skew` away from now (a distinct value each time, as a real holder writes).
+async fn renew_ghost(admin: &Api<Lease>, skew: jiff::SignedDuration, for_how_long: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < for_how_long {
+        sleep(RETRY_PERIOD).await;
+        let mut lease = admin.get(LEASE).await.unwrap();
+        lease.spec = Some(ghost_spec(Timestamp::now() + skew));
+        admin
+            .replace(LEASE, &PostParams::default(), &lease)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_live_holder_whose_clock_is_hours_behind_keeps_the_lease() {
+    let bed = TestBed::start().await;
+    seed_probe_slice(&bed).await;
+    let skew = jiff::SignedDuration::from_hours(-6);
+    let admin = seed_ghost_lease(&bed, Timestamp::now() + skew).await;
+    let nodes = vec![
+        Node::start(&bed, "node-1").await,
+        Node::start(&bed, "node-2").await,
+    ];
+    // Two whole durations: a wall-clock comparison would call the Lease expired at once.
+    renew_ghost(&admin, skew, 2 * DURATION).await;
+    assert!(leaders(&nodes).is_empty());
+    assert_eq!(holder_of(&lease(&bed).await).as_deref(), Some("node-9"));
+    for node in &nodes {
+        assert_eq!(
+            *node.rx.borrow(),
+            Leadership::Follower {
+                holder: Some("node-9".into())
+            }
+        );
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_dead_holder_whose_clock_is_hours_ahead_loses_the_lease_after_one_duration() {
+    let bed = TestBed::start().await;
+    seed_probe_slice(&bed).await;
+    let _admin =
+        seed_ghost_lease(&bed, Timestamp::now() + jiff::SignedDuration::from_hours(6)).await;
+    let started = Instant::now();
+    let nodes = vec![
+        Node::start(&bed, "node-1").await,
+        Node::start(&bed, "node-2").await,
+    ];
+    let sampler = Sampler::start(nodes.iter().map(|n| n.fence.clone()).collect());
+    until("a takeover", DURATION + RETRY_PERIOD + SLACK, || {
+        leaders(&nodes).len() == 1
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took >= DURATION - Duration::from_millis(100),
+        "took over after {took:?}"
+    );
+    let after = lease(&bed).await.spec.unwrap();
+    assert_eq!(after.lease_transitions, Some(8));
+    let leader = leaders(&nodes)[0].to_owned();
+    until_written_by(&bed, &leader).await;
+    sampler.assert_never_overlapped().await;
+    assert_writes_inside_leadership(&bed.requests());
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_follower_with_a_stale_resource_version_fails_to_take_the_lease() {
+    let bed = TestBed::start().await;
+    seed_probe_slice(&bed).await;
+    let admin = seed_ghost_lease(&bed, Timestamp::now()).await;
+    // node-1 can read the Lease once but never watch it, so it never sees the renewals and its
+    // resourceVersion goes stale; when its local expiry comes, it tries to take the Lease.
+    bed.fail_next(
+        Match {
+            identity: Some("node-1".into()),
+            verb: Some(Verb::Watch),
+            resource: Some("leases".into()),
+        },
+        usize::MAX / 2,
+        Failure::ServiceUnavailable,
+    );
+    let node = Node::start(&bed, "node-1").await;
+    renew_ghost(
+        &admin,
+        jiff::SignedDuration::ZERO,
+        DURATION + 4 * RETRY_PERIOD,
+    )
+    .await;
+    assert!(!node.leads());
+    let stale_attempts = bed
+        .requests()
+        .iter()
+        .filter(|r| r.identity == "node-1" && r.resource == "leases" && r.verb == Verb::Update)
+        .map(|r| r.code)
+        .collect::<Vec<_>>();
+    assert!(
+        !stale_attempts.is_empty(),
+        "node-1 never tried to take the expired-looking Lease"
+    );
+    assert!(
+        stale_attempts.iter().all(|c| *c == 409),
+        "a stale write was not refused: {stale_attempts:?}"
+    );
+    assert_eq!(holder_of(&lease(&bed).await).as_deref(), Some("node-9"));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn conflicts_and_unavailability_never_yield_two_leaders() {
+    let bed = TestBed::start().await;
+    let mut nodes = three_nodes(&bed).await;
+    let sampler = Sampler::start(nodes.iter().map(|n| n.fence.clone()).collect());
+    let lease_writes = |verb| Match {
+        identity: None,
+        verb: Some(verb),
+        resource: Some("leases".into()),
+    };
+    // Waves of injected 409s and 503s on Lease writes and reads, with a handover in the middle.
+    for wave in 0..4 {
+        bed.fail_next(lease_writes(Verb::Update), 3, Failure::Conflict);
+        bed.fail_next(lease_writes(Verb::Update), 3, Failure::ServiceUnavailable);
+        bed.fail_next(lease_writes(Verb::Get), 2, Failure::ServiceUnavailable);
+        sleep(2 * RETRY_PERIOD).await;
+        if wave == 1 {
+            until("a leader to stop", DURATION + RETRY_PERIOD + SLACK, || {
+                leaders(&nodes).len() == 1
+            })
+            .await;
+            take_leader(&mut nodes).stop().await;
+        }
+    }
+    until(
+        "a leader after the faults",
+        DURATION + RETRY_PERIOD + SLACK,
+        || leaders(&nodes).len() == 1,
+    )
+    .await;
+    let leader = leaders(&nodes)[0].to_owned();
+    until_written_by(&bed, &leader).await;
+    sampler.assert_never_overlapped().await;
+    assert_writes_inside_leadership(&bed.requests());
+    for node in nodes {
+        node.stop().await;
+    }
+}
