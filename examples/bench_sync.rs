@@ -27,7 +27,10 @@ use serde_json::json;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    println!("endpoint-copier benchmark (machine: {} cores)", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "endpoint-copier benchmark (machine: {} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     latency_and_idle_writes().await;
     cold_start_annotated(1000).await;
     memory().await;
@@ -35,7 +38,12 @@ async fn main() {
 
 async fn client(kubeconfig: &Path) -> Client {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap()
+    Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn slices() -> &'static endpoint_copier_testbed::store::Resource {
@@ -65,7 +73,8 @@ fn vip(name: &str, annotated: bool) -> serde_json::Value {
             {"name": "k8s-api", "port": 6443, "targetPort": 6443, "protocol": "TCP"}]},
     });
     if annotated {
-        svc["metadata"]["annotations"] = json!({names::ANNOTATION_ENABLED: "true", names::ANNOTATION_SOURCE_NAME: "kubernetes"});
+        svc["metadata"]["annotations"] =
+            json!({names::ANNOTATION_ENABLED: "true", names::ANNOTATION_SOURCE_NAME: "kubernetes"});
     }
     svc
 }
@@ -90,10 +99,27 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn latency_and_idle_writes() {
     let tb = TestBed::start().await;
     let store = tb.store();
-    store.create(slices(), Some("default"), source_slice(&three()), &WriteParams::default()).unwrap();
-    store.create(services(), Some("default"), vip("kubernetes-vip", false), &WriteParams::default()).unwrap();
+    store
+        .create(
+            slices(),
+            Some("default"),
+            source_slice(&three()),
+            &WriteParams::default(),
+        )
+        .unwrap();
+    store
+        .create(
+            services(),
+            Some("default"),
+            vip("kubernetes-vip", false),
+            &WriteParams::default(),
+        )
+        .unwrap();
     let shutdown = Shutdown::new();
-    let daemon = tokio::spawn(endpoint_copier::daemon::run(daemon_config(&tb, "bench"), shutdown.clone()));
+    let daemon = tokio::spawn(endpoint_copier::daemon::run(
+        daemon_config(&tb, "bench"),
+        shutdown.clone(),
+    ));
     let admin = client(tb.kubeconfig()).await;
     let api: Api<EndpointSlice> = Api::namespaced(admin.clone(), "default");
 
@@ -113,10 +139,17 @@ async fn latency_and_idle_writes() {
         let addr = format!("203.0.113.{}", 1 + i % 200);
         source.endpoints[2].addresses = vec![addr.clone()];
         let t = Instant::now();
-        source = api.replace("kubernetes", &PostParams::default(), &source).await.unwrap();
+        source = api
+            .replace("kubernetes", &PostParams::default(), &source)
+            .await
+            .unwrap();
         loop {
             match events.next().await {
-                Some(Ok(WatchEvent::Modified(s))) if s.endpoints.iter().any(|e| e.addresses[0] == addr) => break,
+                Some(Ok(WatchEvent::Modified(s)))
+                    if s.endpoints.iter().any(|e| e.addresses[0] == addr) =>
+                {
+                    break;
+                }
                 Some(Ok(_)) => {}
                 other => panic!("target watch ended: {other:?}"),
             }
@@ -131,17 +164,29 @@ async fn latency_and_idle_writes() {
         samples.last().unwrap().as_secs_f64() * 1e3
     );
 
-    let idle: u64 = std::env::var("BENCH_IDLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let idle: u64 = std::env::var("BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let since = tb.requests().last().map_or(0, |r| r.seq);
     tokio::time::sleep(Duration::from_secs(idle)).await;
     let log = tb.requests();
     let writes = log
         .iter()
-        .filter(|r| r.seq > since && r.resource == "endpointslices" && !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch))
+        .filter(|r| {
+            r.seq > since
+                && r.resource == "endpointslices"
+                && !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch)
+        })
         .count();
-    let lease_writes = log.iter().filter(|r| r.seq > since && r.resource == "leases" && r.verb == Verb::Update).count();
-    println!("EndpointSlice writes in {idle} s with nothing changing: {writes} (Lease renewals: {lease_writes})");
+    let lease_writes = log
+        .iter()
+        .filter(|r| r.seq > since && r.resource == "leases" && r.verb == Verb::Update)
+        .count();
+    println!(
+        "EndpointSlice writes in {idle} s with nothing changing: {writes} (Lease renewals: {lease_writes})"
+    );
     shutdown.cancel();
     daemon.await.unwrap().unwrap();
 }
@@ -149,33 +194,65 @@ async fn latency_and_idle_writes() {
 async fn cold_start_annotated(n: usize) {
     let tb = TestBed::start().await;
     let store = tb.store();
-    store.create(slices(), Some("default"), source_slice(&three()), &WriteParams::default()).unwrap();
+    store
+        .create(
+            slices(),
+            Some("default"),
+            source_slice(&three()),
+            &WriteParams::default(),
+        )
+        .unwrap();
     for i in 0..n {
-        store.create(services(), Some("default"), vip(&format!("vip-{i}"), true), &WriteParams::default()).unwrap();
+        store
+            .create(
+                services(),
+                Some("default"),
+                vip(&format!("vip-{i}"), true),
+                &WriteParams::default(),
+            )
+            .unwrap();
     }
     let mut config = daemon_config(&tb, "bench");
     config.pairs.clear();
     let shutdown = Shutdown::new();
     let t = Instant::now();
     let daemon = tokio::spawn(endpoint_copier::daemon::run(config, shutdown.clone()));
-    let lp = ListParams { label_selector: Some(format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY)), ..Default::default() };
+    let lp = ListParams {
+        label_selector: Some(format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY)),
+        ..Default::default()
+    };
     loop {
         let list = store.list(slices(), Some("default"), &lp).unwrap();
         if list["items"].as_array().map_or(0, Vec::len) >= n {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(120), "{n} pairs not in sync after 120 s");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{n} pairs not in sync after 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    println!("{n} annotated pairs from a cold start to all in sync: {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "{n} annotated pairs from a cold start to all in sync: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     shutdown.cancel();
     daemon.await.unwrap().unwrap();
 }
 
 fn binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("endpoint-copier");
-    assert!(bin.exists(), "build the daemon first: cargo build --release (looked for {})", bin.display());
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("endpoint-copier");
+    assert!(
+        bin.exists(),
+        "build the daemon first: cargo build --release (looked for {})",
+        bin.display()
+    );
     bin
 }
 
@@ -197,7 +274,10 @@ async fn measure_rss(tb: &TestBed, label: &str) {
     let kubeconfig = tb.kubeconfig_for("rss");
     std::fs::write(
         dir.path().join("50-bench.toml"),
-        format!("kubeconfig = \"{}\"\n[lease]\nidentity = \"rss\"\n[metrics]\nlisten = \"\"\n", kubeconfig.display()),
+        format!(
+            "kubeconfig = \"{}\"\n[lease]\nidentity = \"rss\"\n[metrics]\nlisten = \"\"\n",
+            kubeconfig.display()
+        ),
     )
     .unwrap();
     let mut child = std::process::Command::new(binary())
@@ -215,24 +295,52 @@ async fn measure_rss(tb: &TestBed, label: &str) {
     // Let it settle into steady state (a few Lease renewals, watch bookmarks).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (rss, peak) = rss_kib(child.id());
-    println!("daemon RSS {label}: {:.1} MiB (peak {:.1} MiB)", rss as f64 / 1024.0, peak as f64 / 1024.0);
+    println!(
+        "daemon RSS {label}: {:.1} MiB (peak {:.1} MiB)",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
     nix_kill(&mut child);
 }
 
 fn nix_kill(child: &mut std::process::Child) {
     // SIGTERM for a clean release, then reap.
-    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let _ = child.wait();
 }
 
 async fn memory() {
     let tb = TestBed::start().await;
     let store = tb.store();
-    store.create(slices(), Some("default"), source_slice(&three()), &WriteParams::default()).unwrap();
-    store.create(services(), Some("default"), vip("kubernetes-vip", false), &WriteParams::default()).unwrap();
+    store
+        .create(
+            slices(),
+            Some("default"),
+            source_slice(&three()),
+            &WriteParams::default(),
+        )
+        .unwrap();
+    store
+        .create(
+            services(),
+            Some("default"),
+            vip("kubernetes-vip", false),
+            &WriteParams::default(),
+        )
+        .unwrap();
     measure_rss(&tb, "with the default pair").await;
     // Delete the target's slice so the second run's sync is observable again.
-    store.delete(slices(), Some("default"), "kubernetes-vip", &Default::default()).unwrap();
+    store
+        .delete(
+            slices(),
+            Some("default"),
+            "kubernetes-vip",
+            &Default::default(),
+        )
+        .unwrap();
     for i in 0..10_000u32 {
         let name = format!("app-{i}");
         store
@@ -248,5 +356,9 @@ async fn memory() {
                 "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}), &WriteParams::default())
             .unwrap();
     }
-    measure_rss(&tb, "with 10,000 unrelated Services and 10,000 unrelated EndpointSlices").await;
+    measure_rss(
+        &tb,
+        "with 10,000 unrelated Services and 10,000 unrelated EndpointSlices",
+    )
+    .await;
 }

@@ -22,7 +22,11 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use tracing::Instrument;
 
-const NODES: [(&str, &str); 3] = [("node-1", "198.51.100.11"), ("node-2", "198.51.100.12"), ("node-3", "198.51.100.13")];
+const NODES: [(&str, &str); 3] = [
+    ("node-1", "198.51.100.11"),
+    ("node-2", "198.51.100.12"),
+    ("node-3", "198.51.100.13"),
+];
 
 struct Node {
     name: &'static str,
@@ -41,7 +45,9 @@ async fn main() {
         .without_time()
         .init();
     let started = Instant::now();
-    say("starting an in-process Kubernetes API server (the test bed) seeded like a 3-node RKE2 control plane");
+    say(
+        "starting an in-process Kubernetes API server (the test bed) seeded like a 3-node RKE2 control plane",
+    );
     let tb = TestBed::start().await;
     let admin = client(tb.kubeconfig()).await;
     seed(&admin).await;
@@ -60,25 +66,40 @@ async fn main() {
             let shutdown = Shutdown::new();
             let span = tracing::info_span!("host", name = *name);
             let task = tokio::spawn(daemon::run(config, shutdown.clone()).instrument(span));
-            Node { name, shutdown, task }
+            Node {
+                name,
+                shutdown,
+                task,
+            }
         })
         .collect();
     say("started endpoint-copier on node-1, node-2 and node-3 (the real daemon code, one Lease)");
 
     let leader = wait("a leader", Duration::from_secs(10), || holder(&admin)).await;
-    say(&format!("{leader} holds Lease kube-system/endpoint-copier; the others follow"));
+    say(&format!(
+        "{leader} holds Lease kube-system/endpoint-copier; the others follow"
+    ));
     let t = Instant::now();
     wait_for_vip(&admin, &["198.51.100.11", "198.51.100.12", "198.51.100.13"]).await;
-    say(&format!("default/kubernetes-vip now holds the 3 control-plane addresses ({} ms after election)", t.elapsed().as_millis()));
+    say(&format!(
+        "default/kubernetes-vip now holds the 3 control-plane addresses ({} ms after election)",
+        t.elapsed().as_millis()
+    ));
 
-    say("node-3's apiserver dies: the surviving apiservers remove 198.51.100.13 from default/kubernetes");
+    say(
+        "node-3's apiserver dies: the surviving apiservers remove 198.51.100.13 from default/kubernetes",
+    );
     let t = Instant::now();
     set_source(&admin, &["198.51.100.11", "198.51.100.12"]).await;
     wait_for_vip(&admin, &["198.51.100.11", "198.51.100.12"]).await;
     let follow_ms = t.elapsed().as_millis();
-    say(&format!("the VIP dropped 198.51.100.13 {follow_ms} ms later: MetalLB now only sends API traffic to live nodes"));
+    say(&format!(
+        "the VIP dropped 198.51.100.13 {follow_ms} ms later: MetalLB now only sends API traffic to live nodes"
+    ));
 
-    say(&format!("`systemctl stop endpoint-copier` on {leader}: it finishes its writes and releases the Lease"));
+    say(&format!(
+        "`systemctl stop endpoint-copier` on {leader}: it finishes its writes and releases the Lease"
+    ));
     let idx = nodes.iter().position(|n| n.name == leader).unwrap();
     let stopping = nodes.remove(idx);
     let t = Instant::now();
@@ -89,7 +110,9 @@ async fn main() {
     })
     .await;
     let handover_ms = t.elapsed().as_millis();
-    say(&format!("{next} took over in {handover_ms} ms (no wait for the 15 s Lease to expire)"));
+    say(&format!(
+        "{next} took over in {handover_ms} ms (no wait for the 15 s Lease to expire)"
+    ));
 
     say("node-3 comes back: its apiserver re-adds 198.51.100.13");
     let t = Instant::now();
@@ -104,9 +127,14 @@ async fn main() {
     }
     println!();
     println!("summary:");
-    println!("  source change mirrored to the VIP:  {follow_ms} ms (by the first leader), {rejoin_ms} ms (by the second)");
+    println!(
+        "  source change mirrored to the VIP:  {follow_ms} ms (by the first leader), {rejoin_ms} ms (by the second)"
+    );
     println!("  graceful handover ({leader} → {next}): {handover_ms} ms");
-    println!("  whole demo:                         {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "  whole demo:                         {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn say(line: &str) {
@@ -115,13 +143,22 @@ fn say(line: &str) {
 
 async fn client(kubeconfig: &std::path::Path) -> Client {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap()
+    Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn endpoint(addr: &str) -> Endpoint {
     Endpoint {
         addresses: vec![addr.to_owned()],
-        conditions: Some(EndpointConditions { ready: Some(true), serving: Some(true), terminating: Some(false) }),
+        conditions: Some(EndpointConditions {
+            ready: Some(true),
+            serving: Some(true),
+            terminating: Some(false),
+        }),
         ..Default::default()
     }
 }
@@ -131,14 +168,28 @@ async fn seed(client: &Client) {
     let slice = EndpointSlice {
         metadata: ObjectMeta {
             name: Some("kubernetes".into()),
-            labels: Some([(names::SERVICE_NAME_LABEL.to_owned(), "kubernetes".to_owned())].into()),
+            labels: Some(
+                [(
+                    names::SERVICE_NAME_LABEL.to_owned(),
+                    "kubernetes".to_owned(),
+                )]
+                .into(),
+            ),
             ..Default::default()
         },
         address_type: "IPv4".into(),
         endpoints: NODES.iter().map(|(_, a)| endpoint(a)).collect(),
-        ports: Some(vec![EndpointPort { name: Some("https".into()), port: Some(6443), protocol: Some("TCP".into()), app_protocol: None }]),
+        ports: Some(vec![EndpointPort {
+            name: Some("https".into()),
+            port: Some(6443),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        }]),
     };
-    Api::<EndpointSlice>::namespaced(client.clone(), "default").create(&PostParams::default(), &slice).await.unwrap();
+    Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &slice)
+        .await
+        .unwrap();
     // What EIB creates for the VIP.
     let port = |name: &str, port: i32| ServicePort {
         name: Some(name.into()),
@@ -160,14 +211,19 @@ async fn seed(client: &Client) {
         }),
         ..Default::default()
     };
-    Api::<Service>::namespaced(client.clone(), "default").create(&PostParams::default(), &vip).await.unwrap();
+    Api::<Service>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &vip)
+        .await
+        .unwrap();
 }
 
 async fn set_source(client: &Client, addrs: &[&str]) {
     let api = Api::<EndpointSlice>::namespaced(client.clone(), "default");
     let mut slice = api.get("kubernetes").await.unwrap();
     slice.endpoints = addrs.iter().map(|a| endpoint(a)).collect();
-    api.replace("kubernetes", &PostParams::default(), &slice).await.unwrap();
+    api.replace("kubernetes", &PostParams::default(), &slice)
+        .await
+        .unwrap();
 }
 
 async fn holder(client: &Client) -> Option<String> {
@@ -194,9 +250,11 @@ async fn vip_addresses(client: &Client) -> Vec<String> {
 }
 
 async fn wait_for_vip(client: &Client, want: &[&str]) {
-    wait("the VIP's EndpointSlices", Duration::from_secs(10), || async {
-        (vip_addresses(client).await == want).then_some(())
-    })
+    wait(
+        "the VIP's EndpointSlices",
+        Duration::from_secs(10),
+        || async { (vip_addresses(client).await == want).then_some(()) },
+    )
     .await;
 }
 

@@ -109,8 +109,14 @@ impl Error {
     /// The HTTP status code of an API error, for metrics.
     pub fn code(&self) -> Option<u16> {
         match self {
-            Error::Api { source: kube::Error::Api(s), .. }
-            | Error::Legacy { source: kube::Error::Api(s), .. } => Some(s.code),
+            Error::Api {
+                source: kube::Error::Api(s),
+                ..
+            }
+            | Error::Legacy {
+                source: kube::Error::Api(s),
+                ..
+            } => Some(s.code),
             _ => None,
         }
     }
@@ -131,7 +137,9 @@ impl Error {
             Error::NotLeader { .. } => false,
             Error::Timeout { .. } => true,
             Error::Api { source, .. } | Error::Legacy { source, .. } => match source {
-                kube::Error::Api(s) => s.code == 409 || s.code == 429 || s.code >= 500 || s.code == 404,
+                kube::Error::Api(s) => {
+                    s.code == 409 || s.code == 429 || s.code >= 500 || s.code == 404
+                }
                 _ => true,
             },
         }
@@ -140,7 +148,10 @@ impl Error {
     /// The server's Retry-After, when it sent one (429 from API Priority and Fairness).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Api { source: kube::Error::Api(s), .. } => s
+            Error::Api {
+                source: kube::Error::Api(s),
+                ..
+            } => s
                 .details
                 .as_ref()
                 .map(|d| d.retry_after_seconds)
@@ -181,18 +192,37 @@ pub async fn apply(
     metrics: &Metrics,
 ) -> Result<Applied, Error> {
     let mut done = Applied::default();
-    let pp = PostParams { dry_run: false, field_manager: Some(names::FIELD_MANAGER.to_owned()) };
+    let pp = PostParams {
+        dry_run: false,
+        field_manager: Some(names::FIELD_MANAGER.to_owned()),
+    };
     // Order matters: new and updated slices first, deletions last, so that at every instant the
     // target holds at least the endpoints it will hold at the end (no VIP gap, even when an
     // addressType change forces a delete + create).
     for slice in &plan.creates {
         let name = slice_name(slice);
-        write(Op::Create, namespace, &name, fence, metrics, api.create(&pp, slice)).await?;
+        write(
+            Op::Create,
+            namespace,
+            &name,
+            fence,
+            metrics,
+            api.create(&pp, slice),
+        )
+        .await?;
         done.created += 1;
     }
     for slice in &plan.updates {
         let name = slice_name(slice);
-        write(Op::Update, namespace, &name, fence, metrics, api.replace(&name, &pp, slice)).await?;
+        write(
+            Op::Update,
+            namespace,
+            &name,
+            fence,
+            metrics,
+            api.replace(&name, &pp, slice),
+        )
+        .await?;
         done.updated += 1;
     }
     for del in &plan.deletes {
@@ -203,9 +233,21 @@ pub async fn apply(
             }),
             ..DeleteParams::default()
         };
-        match write(Op::Delete, namespace, &del.name, fence, metrics, api.delete(&del.name, &dp)).await {
+        match write(
+            Op::Delete,
+            namespace,
+            &del.name,
+            fence,
+            metrics,
+            api.delete(&del.name, &dp),
+        )
+        .await
+        {
             // Already gone is what we wanted.
-            Err(Error::Api { source: kube::Error::Api(s), .. }) if s.code == 404 => {}
+            Err(Error::Api {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 404 => {}
             Err(e) => return Err(e),
             Ok(_) => done.deleted += 1,
         }
@@ -231,8 +273,17 @@ async fn write<T>(
     })?;
     let result = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(Error::Api { op, namespace: namespace.to_owned(), slice: slice.to_owned(), source }),
-        Err(_) => Err(Error::Timeout { op, namespace: namespace.to_owned(), slice: slice.to_owned() }),
+        Ok(Err(source)) => Err(Error::Api {
+            op,
+            namespace: namespace.to_owned(),
+            slice: slice.to_owned(),
+            source,
+        }),
+        Err(_) => Err(Error::Timeout {
+            op,
+            namespace: namespace.to_owned(),
+            slice: slice.to_owned(),
+        }),
     };
     match &result {
         Ok(_) => metrics.record_write(op.as_str(), "ok"),
@@ -265,12 +316,24 @@ pub async fn remove_eco_endpoints(
     name: &str,
     fence: &Fence,
 ) -> Result<bool, Error> {
-    let legacy = |source| Error::Legacy { namespace: namespace.to_owned(), name: name.to_owned(), source };
+    let legacy = |source| Error::Legacy {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        source,
+    };
     let found = match tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(name)).await {
         Ok(r) => r.map_err(legacy)?,
-        Err(_) => return Err(Error::Timeout { op: Op::Delete, namespace: namespace.to_owned(), slice: name.to_owned() }),
+        Err(_) => {
+            return Err(Error::Timeout {
+                op: Op::Delete,
+                namespace: namespace.to_owned(),
+                slice: name.to_owned(),
+            });
+        }
     };
-    let Some(endpoints) = found else { return Ok(false) };
+    let Some(endpoints) = found else {
+        return Ok(false);
+    };
     let is_eco = endpoints
         .metadata
         .labels
@@ -296,7 +359,11 @@ pub async fn remove_eco_endpoints(
         Ok(Ok(_)) => Ok(true),
         Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(false),
         Ok(Err(source)) => Err(legacy(source)),
-        Err(_) => Err(Error::Timeout { op: Op::Delete, namespace: namespace.to_owned(), slice: name.to_owned() }),
+        Err(_) => Err(Error::Timeout {
+            op: Op::Delete,
+            namespace: namespace.to_owned(),
+            slice: name.to_owned(),
+        }),
     }
 }
 
@@ -307,12 +374,18 @@ mod tests {
     fn api_error(op: Op, code: u16, retry_after: u32) -> Error {
         let mut status = kube::core::Status::failure("x", "y").with_code(code);
         if retry_after > 0 {
-            status = status.with_details(kube::core::StatusDetails {
-                retry_after_seconds: retry_after,
-                ..Default::default()
-            });
+            // Deserialized, as the client gets it: StatusDetails has no Default.
+            let details =
+                serde_json::from_value(serde_json::json!({ "retryAfterSeconds": retry_after }))
+                    .unwrap();
+            status = status.with_details(details);
         }
-        Error::Api { op, namespace: "default".into(), slice: "kubernetes-vip".into(), source: kube::Error::Api(status.boxed()) }
+        Error::Api {
+            op,
+            namespace: "default".into(),
+            slice: "kubernetes-vip".into(),
+            source: kube::Error::Api(status.boxed()),
+        }
     }
 
     #[test]
@@ -333,13 +406,19 @@ mod tests {
 
     #[test]
     fn retry_after_comes_from_the_status_details() {
-        assert_eq!(api_error(Op::Create, 429, 3).retry_after(), Some(Duration::from_secs(3)));
+        assert_eq!(
+            api_error(Op::Create, 429, 3).retry_after(),
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(api_error(Op::Create, 503, 0).retry_after(), None);
     }
 
     #[test]
     fn error_messages_name_the_slice_and_the_operation() {
         let e = api_error(Op::Update, 409, 0);
-        assert_eq!(e.to_string(), "failed to update EndpointSlice 'default/kubernetes-vip'");
+        assert_eq!(
+            e.to_string(),
+            "failed to update EndpointSlice 'default/kubernetes-vip'"
+        );
     }
 }

@@ -105,13 +105,21 @@ pub fn waiting_for(kubeconfig: &config::Kubeconfig) -> String {
 /// verification without `allow_insecure_tls`, [`Error::Build`] when the credentials are unusable.
 pub async fn build(path: &Path, allow_insecure_tls: bool) -> Result<Loaded, Error> {
     let fingerprint = Fingerprint::of(path);
-    let kubeconfig =
-        Kubeconfig::read_from(path).map_err(|source| Error::Load { path: path.to_owned(), source })?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(|source| Error::Load { path: path.to_owned(), source })?;
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Load {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|source| Error::Load {
+                path: path.to_owned(),
+                source,
+            })?;
     if config.accept_invalid_certs && !allow_insecure_tls {
-        return Err(Error::Insecure { path: path.to_owned() });
+        return Err(Error::Insecure {
+            path: path.to_owned(),
+        });
     }
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.write_timeout = Some(WRITE_TIMEOUT);
@@ -126,7 +134,11 @@ pub async fn build(path: &Path, allow_insecure_tls: bool) -> Result<Loaded, Erro
     let server = config.cluster_url.to_string();
     let mut warnings = Vec::new();
     if let Some(host) = config.cluster_url.host()
-        && host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_err()
+        && host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_err()
     {
         warnings.push(format!(
             "kubeconfig '{}' names the API server by host name '{host}': the static binary resolves it \
@@ -146,9 +158,17 @@ pub async fn build(path: &Path, allow_insecure_tls: bool) -> Result<Loaded, Erro
             path.display()
         ));
     }
-    let client = kube::Client::try_from(config)
-        .map_err(|source| Error::Build { path: path.to_owned(), source })?;
-    Ok(Loaded { client, path: path.to_owned(), server, warnings, fingerprint })
+    let client = kube::Client::try_from(config).map_err(|source| Error::Build {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Loaded {
+        client,
+        path: path.to_owned(),
+        server,
+        warnings,
+        fingerprint,
+    })
 }
 
 /// Identity of a file's content on disk: RKE2 replaces the kubeconfig by rename on certificate
@@ -166,7 +186,12 @@ impl Fingerprint {
     pub fn of(path: &Path) -> Option<Fingerprint> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path).ok()?;
-        Some(Fingerprint { dev: m.dev(), ino: m.ino(), len: m.len(), modified: m.modified().ok() })
+        Some(Fingerprint {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
     }
 }
 
@@ -212,7 +237,11 @@ impl Reloadable {
             }
         });
         let outer = kube::Client::new(service, "default");
-        Reloadable { current, unauthorized, outer }
+        Reloadable {
+            current,
+            unauthorized,
+            outer,
+        }
     }
 
     /// The client every task uses.
@@ -247,7 +276,9 @@ mod tests {
     #[test]
     fn waiting_names_both_auto_paths() {
         let s = waiting_for(&config::Kubeconfig::Auto);
-        assert!(s.contains("/etc/rancher/rke2/rke2.yaml") && s.contains("/etc/rancher/k3s/k3s.yaml"));
+        assert!(
+            s.contains("/etc/rancher/rke2/rke2.yaml") && s.contains("/etc/rancher/k3s/k3s.yaml")
+        );
     }
 
     #[test]
@@ -265,7 +296,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreadable_kubeconfig_names_the_file() {
-        let err = build(Path::new("/nonexistent/rke2.yaml"), false).await.err().unwrap();
+        let err = build(Path::new("/nonexistent/rke2.yaml"), false)
+            .await
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("/nonexistent/rke2.yaml"), "{err}");
         assert!(err.is_transient());
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::watcher;
@@ -35,7 +35,7 @@ use crate::desired::{self, Hold, Plan};
 use crate::events::{self, Reason, Report};
 use crate::lease::{self, Elector, Fence, Leadership};
 use crate::metrics::{self, Health, Metrics};
-use crate::names::{self, ServiceRef};
+use crate::names::ServiceRef;
 use crate::notify::{self, Heartbeats, Notifier, PairStatus, Role, StatusView};
 use crate::pairs::{self, Pair, Refusal};
 use crate::shutdown::Shutdown;
@@ -97,12 +97,21 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let notifier = Notifier::from_env();
     let heartbeats = Heartbeats::new();
     let metrics = Metrics::new();
-    let health = Health::new();
+    let health = Health::tracking(
+        heartbeats.clone(),
+        notifier
+            .watchdog_interval()
+            .unwrap_or(Duration::from_secs(30)),
+    );
     let mut tasks: JoinSet<Result<(), Error>> = JoinSet::new();
 
     if let Some(listen) = config.metrics.listen {
         let (m, h, s) = (metrics.clone(), health.clone(), shutdown.clone());
-        tasks.spawn(async move { metrics::serve(listen, m, h, s).await.map_err(Error::Metrics) });
+        tasks.spawn(async move {
+            metrics::serve(listen, m, h, s)
+                .await
+                .map_err(Error::Metrics)
+        });
     }
     {
         let (n, b, s) = (notifier.clone(), heartbeats.clone(), shutdown.clone());
@@ -129,7 +138,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         match attempt {
             Ok(l) => break l,
             Err(e) if e.is_transient() => {
-                let what = found.map_or_else(|| client::waiting_for(&config.kubeconfig), |p| p.display().to_string());
+                let what = found.map_or_else(
+                    || client::waiting_for(&config.kubeconfig),
+                    |p| p.display().to_string(),
+                );
                 notifier.status(&format!("waiting for {what}"));
                 debug!(error = %e, "kubeconfig not usable yet");
             }
@@ -178,7 +190,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             leadership,
             &mut tasks,
             &mut elector_task,
-            Loop { notifier: &notifier, health: &health, beat: &beat, reloadable: &reloadable, loaded },
+            Loop {
+                notifier: &notifier,
+                health: &health,
+                beat: &beat,
+                reloadable: &reloadable,
+                loaded,
+            },
         )
         .await;
 
@@ -281,16 +299,28 @@ struct Engine {
     slices: SliceCache,
     pairs: BTreeMap<ServiceRef, PairState>,
     refused: BTreeMap<ServiceRef, Refusal>,
+    /// Refusals already reported as an Event during this leadership term.
+    refusals_reported: BTreeSet<(ServiceRef, String)>,
     leader: Leadership,
     writers: JoinSet<Outcome>,
     last_error: Option<String>,
 }
 
 impl Engine {
-    fn new(config: &Config, client: kube::Client, fence: Fence, metrics: Arc<Metrics>, events: events::Sender) -> Engine {
-        let config_pairs: Vec<(ServiceRef, ServiceRef)> =
-            config.pairs.iter().map(|p| (p.source.clone(), p.target.clone())).collect();
-        let configured: BTreeSet<ServiceRef> = config_pairs.iter().map(|(_, t)| t.clone()).collect();
+    fn new(
+        config: &Config,
+        client: kube::Client,
+        fence: Fence,
+        metrics: Arc<Metrics>,
+        events: events::Sender,
+    ) -> Engine {
+        let config_pairs: Vec<(ServiceRef, ServiceRef)> = config
+            .pairs
+            .iter()
+            .map(|p| (p.source.clone(), p.target.clone()))
+            .collect();
+        let configured: BTreeSet<ServiceRef> =
+            config_pairs.iter().map(|(_, t)| t.clone()).collect();
         Engine {
             client,
             fence,
@@ -304,6 +334,7 @@ impl Engine {
             slices: SliceCache::default(),
             pairs: BTreeMap::new(),
             refused: BTreeMap::new(),
+            refusals_reported: BTreeSet::new(),
             leader: Leadership::Starting,
             writers: JoinSet::new(),
             last_error: None,
@@ -325,7 +356,10 @@ impl Engine {
     ) -> Result<(), Error> {
         let mut service_events = watch::services(&self.client);
         let mut slice_events: Option<watch::Events<EndpointSlice>> = None;
-        let mut resync = tokio::time::interval_at(Instant::now() + config.sync.resync_interval, config.sync.resync_interval);
+        let mut resync = tokio::time::interval_at(
+            Instant::now() + config.sync.resync_interval,
+            config.sync.resync_interval,
+        );
         let mut tick = tokio::time::interval(TICK);
         let mut kubeconfig_poll = tokio::time::interval(KUBECONFIG_POLL);
         let never = Instant::now() + Duration::from_secs(86_400 * 365);
@@ -417,6 +451,8 @@ impl Engine {
         }
         match &now {
             Leadership::Leader => {
+                // Events are the leader's job: a new leader reports the standing refusals again.
+                self.refusals_reported.clear();
                 // A new leader plans every pair from its (warm) caches before its first write;
                 // preconditions on every write catch anything the caches have not seen yet.
                 self.mark_all_dirty();
@@ -435,6 +471,18 @@ impl Engine {
                 }
             }
         }
+        let holder = |l: &Leadership| match l {
+            Leadership::Leader => Some(None),
+            Leadership::Follower { holder } => Some(holder.clone()),
+            Leadership::Starting => None,
+        };
+        // A transition is a change of holder we can see: us ↔ someone, or one peer to another.
+        if let (Some(before), Some(after)) = (holder(&self.leader), holder(&now))
+            && (before != after
+                || (self.leader == Leadership::Leader) != (now == Leadership::Leader))
+        {
+            self.metrics.lease_transition();
+        }
         self.metrics.set_leader(now == Leadership::Leader);
         self.leader = now;
     }
@@ -447,8 +495,11 @@ impl Engine {
             &self.allowed_sources,
             self.services.objects(),
         );
-        let active: BTreeMap<ServiceRef, Pair> =
-            resolution.pairs.into_iter().map(|p| (p.target.clone(), p)).collect();
+        let active: BTreeMap<ServiceRef, Pair> = resolution
+            .pairs
+            .into_iter()
+            .map(|p| (p.target.clone(), p))
+            .collect();
         // Pairs that went away: their slices are deleted (only removing a pair removes slices).
         for (target, state) in &mut self.pairs {
             if !state.retired && !active.contains_key(target) {
@@ -471,19 +522,25 @@ impl Engine {
                 }
             }
         }
-        let refused: BTreeMap<ServiceRef, Refusal> =
-            resolution.refusals.into_iter().map(|r| (r.target.clone(), r)).collect();
+        let refused: BTreeMap<ServiceRef, Refusal> = resolution
+            .refusals
+            .into_iter()
+            .map(|r| (r.target.clone(), r))
+            .collect();
         for (target, refusal) in &refused {
-            let is_new = self.refused.get(target).is_none_or(|old| old.reason.to_string() != refusal.reason.to_string());
+            let is_new = self
+                .refused
+                .get(target)
+                .is_none_or(|old| old.reason.to_string() != refusal.reason.to_string());
             if is_new {
                 warn!(service = %target, reason = %refusal.reason, "pair refused; nothing is written for it");
-                if self.is_leader() {
-                    self.report(target, Reason::Refused, refusal.reason.to_string());
-                }
             }
         }
         self.refused = refused;
-        self.metrics.set_pairs(self.pairs.values().filter(|s| !s.retired).count(), self.refused.len());
+        self.metrics.set_pairs(
+            self.pairs.values().filter(|s| !s.retired).count(),
+            self.refused.len(),
+        );
     }
 
     /// Every Service whose slices we need: sources and targets of active pairs, and retired
@@ -520,7 +577,9 @@ impl Engine {
     fn watch_error(&mut self, watch: &'static str, e: &watcher::Error) {
         // kube's watcher re-lists on 410 and backs off on failures by itself; we count and say.
         self.metrics.watch_restart(watch);
-        if let watcher::Error::WatchError(s) | watcher::Error::InitialListFailed(kube::Error::Api(s)) = e {
+        if let watcher::Error::WatchError(s)
+        | watcher::Error::InitialListFailed(kube::Error::Api(s)) = e
+        {
             self.metrics.record_api_error(s.code);
         }
         warn!(watch, error = %error_chain(e), "watch failed; retrying with backoff");
@@ -536,6 +595,16 @@ impl Engine {
             return;
         }
         let now = Instant::now();
+        let unreported: Vec<(ServiceRef, String)> = self
+            .refused
+            .iter()
+            .map(|(t, r)| (t.clone(), r.reason.to_string()))
+            .filter(|k| !self.refusals_reported.contains(k))
+            .collect();
+        for (target, note) in unreported {
+            self.report(&target, Reason::Refused, note.clone());
+            self.refusals_reported.insert((target, note));
+        }
         let targets: Vec<ServiceRef> = self
             .pairs
             .iter()
@@ -551,11 +620,17 @@ impl Engine {
     }
 
     fn sync_pair(&mut self, target: &ServiceRef, now: Instant) {
-        let Some(state) = self.pairs.get_mut(target) else { return };
+        let Some(state) = self.pairs.get_mut(target) else {
+            return;
+        };
         state.dirty = false;
         let source = state.source.clone();
         let actual = self.slices.slices_of(target);
-        let target_svc = if state.retired { None } else { self.services.objects().get(target) };
+        let target_svc = if state.retired {
+            None
+        } else {
+            self.services.objects().get(target)
+        };
         let plan = match target_svc {
             // The pair or its target Service is gone: nothing to protect, our slices go.
             None => desired::plan(target, &[], &actual),
@@ -579,7 +654,8 @@ impl Engine {
                             _ => None,
                         };
                         if let Some(reason) = reason {
-                            let note = format!("{hold}; keeping the {kept} ready endpoints of {target}");
+                            let note =
+                                format!("{hold}; keeping the {kept} ready endpoints of {target}");
                             self.report(target, reason, note);
                         }
                         return;
@@ -614,7 +690,9 @@ impl Engine {
     }
 
     fn spawn_write(&mut self, target: &ServiceRef, plan: Plan, started: Instant) {
-        let Some(state) = self.pairs.get_mut(target) else { return };
+        let Some(state) = self.pairs.get_mut(target) else {
+            return;
+        };
         state.in_flight = true;
         let check_legacy = !state.legacy_checked && !state.retired;
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &target.namespace);
@@ -624,15 +702,33 @@ impl Engine {
             let result = apply::apply(&api, &target.namespace, &plan, &fence, &metrics).await;
             // After our slices are in place, so the VIP never depends on the legacy object.
             let legacy_removed = match (&result, check_legacy) {
-                (Ok(_), true) => Some(apply::remove_eco_endpoints(&legacy_api, &target.namespace, &target.name, &fence).await),
+                (Ok(_), true) => Some(
+                    apply::remove_eco_endpoints(
+                        &legacy_api,
+                        &target.namespace,
+                        &target.name,
+                        &fence,
+                    )
+                    .await,
+                ),
                 _ => None,
             };
-            Outcome { target, started, result, legacy_removed }
+            Outcome {
+                target,
+                started,
+                result,
+                legacy_removed,
+            }
         });
     }
 
     fn finish(&mut self, outcome: Outcome) {
-        let Outcome { target, started, result, legacy_removed } = outcome;
+        let Outcome {
+            target,
+            started,
+            result,
+            legacy_removed,
+        } = outcome;
         let elapsed = started.elapsed();
         if let Some(state) = self.pairs.get_mut(&target) {
             state.in_flight = false;
@@ -646,7 +742,9 @@ impl Engine {
                     s.legacy_checked = true;
                 }
             }
-            Some(Err(e)) => warn!(service = %target, error = %error_chain(&e), "could not check for endpoint-copier-operator's leftover Endpoints"),
+            Some(Err(e)) => {
+                warn!(service = %target, error = %error_chain(&e), "could not check for endpoint-copier-operator's leftover Endpoints")
+            }
             None => {}
         }
         match result {
@@ -654,13 +752,21 @@ impl Engine {
                 let actual = self.slices.slices_of(&target);
                 if applied.writes() > 0 {
                     self.metrics.observe_sync(elapsed);
-                    let source = self.pairs.get(&target).map(|s| s.source.to_string()).unwrap_or_default();
+                    let source = self
+                        .pairs
+                        .get(&target)
+                        .map(|s| s.source.to_string())
+                        .unwrap_or_default();
                     info!(service = %target, source = %source, created = applied.created, updated = applied.updated, deleted = applied.deleted, "target EndpointSlices updated");
                     if self.pairs.get(&target).is_some_and(|s| !s.retired) {
-                        self.report(&target, Reason::Synced, format!(
-                            "mirrored {source}: {} created, {} updated, {} deleted",
-                            applied.created, applied.updated, applied.deleted
-                        ));
+                        self.report(
+                            &target,
+                            Reason::Synced,
+                            format!(
+                                "mirrored {source}: {} created, {} updated, {} deleted",
+                                applied.created, applied.updated, applied.deleted
+                            ),
+                        );
                     }
                 }
                 if let Some(state) = self.pairs.get_mut(&target) {
@@ -676,9 +782,13 @@ impl Engine {
                 debug!(service = %target, error = %error_chain(&e), "write skipped: not the leader");
             }
             Err(e) => {
-                let Some(state) = self.pairs.get_mut(&target) else { return };
+                let Some(state) = self.pairs.get_mut(&target) else {
+                    return;
+                };
                 state.attempt += 1;
-                let delay = e.retry_after().unwrap_or_else(|| backoff(state.attempt, self.max_backoff));
+                let delay = e
+                    .retry_after()
+                    .unwrap_or_else(|| backoff(state.attempt, self.max_backoff));
                 state.retry_at = Some(Instant::now() + delay);
                 state.dirty = true;
                 let chain = error_chain(&e);
@@ -711,16 +821,30 @@ impl Engine {
             }
             state.reported = Some(key);
         }
-        let uid = self.services.objects().get(target).and_then(|s| s.metadata.uid.clone());
-        self.events.send(Report { target: target.clone(), uid, reason, note });
+        let uid = self
+            .services
+            .objects()
+            .get(target)
+            .and_then(|s| s.metadata.uid.clone());
+        self.events.send(Report {
+            target: target.clone(),
+            uid,
+            reason,
+            note,
+        });
     }
 
     fn record_endpoints(&self, target: &ServiceRef, slices: &[EndpointSlice]) {
         for family in ["IPv4", "IPv6"] {
-            let of_family: Vec<EndpointSlice> = slices.iter().filter(|s| s.address_type == family).cloned().collect();
+            let of_family: Vec<EndpointSlice> = slices
+                .iter()
+                .filter(|s| s.address_type == family)
+                .cloned()
+                .collect();
             let total: usize = of_family.iter().map(|s| s.endpoints.len()).sum();
             let ready = desired::ready_endpoints(&of_family);
-            self.metrics.set_endpoints(&target.to_string(), family, ready, total - ready);
+            self.metrics
+                .set_endpoints(&target.to_string(), family, ready, total - ready);
         }
     }
 
@@ -767,8 +891,15 @@ impl Engine {
             })
             .collect();
         let last_error = self.pairs.values().find_map(|s| s.last_error.clone());
-        notifier.status(&notify::status_line(&StatusView { role, pairs, last_error }));
-        let in_sync = self.pairs.values().all(|s| !s.dirty && !s.in_flight && s.last_error.is_none() && s.synced_at.is_some());
+        notifier.status(&notify::status_line(&StatusView {
+            role,
+            pairs,
+            last_error,
+        }));
+        let in_sync = self
+            .pairs
+            .values()
+            .all(|s| !s.dirty && !s.in_flight && s.last_error.is_none() && s.synced_at.is_some());
         let watching = self.services.is_ready() && self.slices.is_ready();
         let ready = match self.leader {
             Leadership::Leader => watching && in_sync,
@@ -797,7 +928,9 @@ impl Engine {
 }
 
 /// The next event of an optional stream; pending forever when there is none.
-async fn next_event<K>(events: &mut Option<watch::Events<K>>) -> Option<Result<watcher::Event<K>, watcher::Error>> {
+async fn next_event<K>(
+    events: &mut Option<watch::Events<K>>,
+) -> Option<Result<watcher::Event<K>, watcher::Error>> {
     match events {
         Some(s) => s.next().await,
         None => futures::future::pending().await,
@@ -848,7 +981,12 @@ mod tests {
             source: kube::Error::Service(Box::new(inner)),
         };
         let chain = error_chain(&outer);
-        assert!(chain.starts_with("failed to build a Kubernetes client from '/etc/rancher/rke2/rke2.yaml': "), "{chain}");
+        assert!(
+            chain.starts_with(
+                "failed to build a Kubernetes client from '/etc/rancher/rke2/rke2.yaml': "
+            ),
+            "{chain}"
+        );
         assert!(chain.contains("connection refused"), "{chain}");
     }
 }

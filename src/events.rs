@@ -96,18 +96,30 @@ impl Sender {
 
 /// Creates the queue and the publishing loop (run it as a task; it ends when every [`Sender`] is
 /// dropped).
-pub fn channel(client: kube::Client, identity: &str) -> (Sender, impl Future<Output = ()>) {
+pub fn channel(client: kube::Client, identity: &str) -> (Sender, impl Future<Output = ()> + use<>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let reporter = Reporter { controller: names::NAME.to_owned(), instance: Some(identity.to_owned()) };
-    (Sender(tx), publish_loop(Recorder::new(client, reporter), rx))
+    let reporter = Reporter {
+        controller: names::NAME.to_owned(),
+        instance: Some(identity.to_owned()),
+    };
+    (
+        Sender(tx),
+        publish_loop(Recorder::new(client, reporter), rx),
+    )
 }
 
 async fn publish_loop(recorder: Recorder, mut rx: mpsc::Receiver<Report>) {
     let mut limits: HashMap<ServiceRef, Bucket> = HashMap::new();
     while let Some(report) = rx.recv().await {
-        let Some(uid) = report.uid.clone() else { continue };
+        let Some(uid) = report.uid.clone() else {
+            continue;
+        };
         let now = Instant::now();
-        if !limits.entry(report.target.clone()).or_insert_with(|| Bucket::full(now)).take(now) {
+        if !limits
+            .entry(report.target.clone())
+            .or_insert_with(|| Bucket::full(now))
+            .take(now)
+        {
             tracing::debug!(service = %report.target, reason = report.reason.as_str(), "event rate-limited");
             continue;
         }
@@ -128,7 +140,9 @@ async fn publish_loop(recorder: Recorder, mut rx: mpsc::Receiver<Report>) {
         };
         match tokio::time::timeout(PUBLISH_TIMEOUT, recorder.publish(&event, &reference)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(service = %report.target, error = %e, "failed to publish event"),
+            Ok(Err(e)) => {
+                tracing::debug!(service = %report.target, error = %e, "failed to publish event")
+            }
             Err(_) => tracing::debug!(service = %report.target, "publishing an event timed out"),
         }
     }
@@ -143,7 +157,10 @@ struct Bucket {
 
 impl Bucket {
     fn full(now: Instant) -> Bucket {
-        Bucket { tokens: BURST, at: now }
+        Bucket {
+            tokens: BURST,
+            at: now,
+        }
     }
 
     fn take(&mut self, now: Instant) -> bool {
@@ -181,7 +198,12 @@ mod tests {
     #[test]
     fn only_synced_is_normal() {
         assert!(matches!(Reason::Synced.event_type(), EventType::Normal));
-        for r in [Reason::SourceMissing, Reason::SourceEmpty, Reason::Refused, Reason::WriteFailed] {
+        for r in [
+            Reason::SourceMissing,
+            Reason::SourceEmpty,
+            Reason::Refused,
+            Reason::WriteFailed,
+        ] {
             assert!(matches!(r.event_type(), EventType::Warning), "{r:?}");
         }
     }

@@ -160,7 +160,10 @@ pub async fn check(config: &Config, output: Output) -> Result<(), Error> {
     match client.apiserver_version().await {
         Ok(v) => report.server_version = Some(v.git_version),
         Err(e) => {
-            report.problems.push(format!("cannot reach the API server: {}", crate::daemon::error_chain(&e)));
+            report.problems.push(format!(
+                "cannot reach the API server: {}",
+                crate::daemon::error_chain(&e)
+            ));
             return finish(&report, output);
         }
     }
@@ -170,13 +173,19 @@ pub async fn check(config: &Config, output: Output) -> Result<(), Error> {
             "missing permission: {} {}{} in {}",
             p.verb,
             p.resource,
-            if p.group.is_empty() { String::new() } else { format!(".{}", p.group) },
+            if p.group.is_empty() {
+                String::new()
+            } else {
+                format!(".{}", p.group)
+            },
             p.namespace.as_deref().unwrap_or("all namespaces"),
         ));
     }
     inspect_pairs(&client, config, &mut report).await?;
     for r in &report.refused {
-        report.problems.push(format!("pair for {} refused: {}", r.target, r.reason));
+        report
+            .problems
+            .push(format!("pair for {} refused: {}", r.target, r.reason));
     }
     report.lease = Some(lease(&client, config).await?);
     finish(&report, output)
@@ -198,14 +207,19 @@ pub async fn status(config: &Config, output: Output) -> Result<(), Error> {
     report.lease = Some(lease(&client, config).await?);
     inspect_pairs(&client, config, &mut report).await?;
     for p in report.pairs.iter().filter(|p| !p.in_sync) {
-        report.problems.push(format!("{} is not in sync with {}", p.target, p.source));
+        report
+            .problems
+            .push(format!("{} is not in sync with {}", p.target, p.source));
     }
     finish(&report, output)
 }
 
 async fn connect(config: &Config, report: &mut Report) -> Result<Client, Error> {
-    let path = crate::client::locate(&config.kubeconfig).ok_or(Error::Kubeconfig(crate::client::Error::NotFound))?;
-    let loaded = crate::client::build(&path, config.allow_insecure_tls).await.map_err(Error::Kubeconfig)?;
+    let path = crate::client::locate(&config.kubeconfig)
+        .ok_or(Error::Kubeconfig(crate::client::Error::NotFound))?;
+    let loaded = crate::client::build(&path, config.allow_insecure_tls)
+        .await
+        .map_err(Error::Kubeconfig)?;
     report.kubeconfig = Some(loaded.path.display().to_string());
     report.server = Some(loaded.server.clone());
     report.problems.extend(loaded.warnings.iter().cloned());
@@ -223,7 +237,11 @@ async fn permissions(client: &Client, config: &Config) -> Result<Vec<Permission>
         ("create", "coordination.k8s.io", "leases", lease_ns.clone()),
         ("update", "coordination.k8s.io", "leases", lease_ns),
     ];
-    let mut namespaces: Vec<Option<String>> = config.pairs.iter().map(|p| Some(p.target.namespace.clone())).collect();
+    let mut namespaces: Vec<Option<String>> = config
+        .pairs
+        .iter()
+        .map(|p| Some(p.target.namespace.clone()))
+        .collect();
     if config.annotations.enabled {
         namespaces.push(None);
     }
@@ -257,9 +275,18 @@ async fn permissions(client: &Client, config: &Config) -> Result<Vec<Permission>
         let answer = api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|source| Error::Api { what: format!("ask whether we may {verb} {resource}"), source })?;
+            .map_err(|source| Error::Api {
+                what: format!("ask whether we may {verb} {resource}"),
+                source,
+            })?;
         let allowed = answer.status.is_some_and(|s| s.allowed);
-        out.push(Permission { verb, group, resource, namespace, allowed });
+        out.push(Permission {
+            verb,
+            group,
+            resource,
+            namespace,
+            allowed,
+        });
     }
     Ok(out)
 }
@@ -269,27 +296,48 @@ async fn inspect_pairs(client: &Client, config: &Config, report: &mut Report) ->
     let list = services
         .list(&ListParams::default())
         .await
-        .map_err(|source| Error::Api { what: "list Services".into(), source })?;
-    let configured: Vec<(ServiceRef, ServiceRef)> =
-        config.pairs.iter().map(|p| (p.source.clone(), p.target.clone())).collect();
+        .map_err(|source| Error::Api {
+            what: "list Services".into(),
+            source,
+        })?;
+    let configured: Vec<(ServiceRef, ServiceRef)> = config
+        .pairs
+        .iter()
+        .map(|p| (p.source.clone(), p.target.clone()))
+        .collect();
     let mut known: BTreeMap<ServiceRef, Service> = BTreeMap::new();
     for svc in list.items {
         if let Some(r) = crate::watch::service_ref(&svc) {
-            let annotated = svc.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(names::ANNOTATION_ENABLED));
+            let annotated = svc
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(names::ANNOTATION_ENABLED));
             if annotated || configured.iter().any(|(_, t)| *t == r) {
                 known.insert(r, svc);
             }
         }
     }
-    let resolution = pairs::resolve(&configured, config.annotations.enabled, &config.annotations.allowed_sources, &known);
+    let resolution = pairs::resolve(
+        &configured,
+        config.annotations.enabled,
+        &config.annotations.allowed_sources,
+        &known,
+    );
     for r in resolution.refusals {
-        report.refused.push(RefusalReport { target: r.target.to_string(), reason: r.reason.to_string() });
+        report.refused.push(RefusalReport {
+            target: r.target.to_string(),
+            reason: r.reason.to_string(),
+        });
     }
     for pair in resolution.pairs {
         let source_slices = slices_of(client, &pair.source).await?;
         let actual = slices_of(client, &pair.target).await?;
         let (plan, holding) = match known.get(&pair.target) {
-            None => (desired::plan(&pair.target, &[], &actual), Some(format!("target Service {} does not exist", pair.target))),
+            None => (
+                desired::plan(&pair.target, &[], &actual),
+                Some(format!("target Service {} does not exist", pair.target)),
+            ),
             Some(svc) => match desired::desired(&pair.source, &pair.target, svc, &source_slices) {
                 Ok(d) => (desired::plan(&pair.target, &d, &actual), None),
                 Err(hold) => (desired::Plan::default(), Some(hold.to_string())),
@@ -297,10 +345,16 @@ async fn inspect_pairs(client: &Client, config: &Config, report: &mut Report) ->
         };
         let mut lines = Vec::new();
         for s in &plan.creates {
-            lines.push(format!("create {}", s.metadata.name.as_deref().unwrap_or("?")));
+            lines.push(format!(
+                "create {}",
+                s.metadata.name.as_deref().unwrap_or("?")
+            ));
         }
         for s in &plan.updates {
-            lines.push(format!("update {}", s.metadata.name.as_deref().unwrap_or("?")));
+            lines.push(format!(
+                "update {}",
+                s.metadata.name.as_deref().unwrap_or("?")
+            ));
         }
         for d in &plan.deletes {
             lines.push(format!("delete {}", d.name));
@@ -321,11 +375,15 @@ async fn inspect_pairs(client: &Client, config: &Config, report: &mut Report) ->
 
 async fn slices_of(client: &Client, service: &ServiceRef) -> Result<Vec<EndpointSlice>, Error> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &service.namespace);
-    let lp = ListParams::default().labels(&format!("{}={}", names::SERVICE_NAME_LABEL, service.name));
+    let lp =
+        ListParams::default().labels(&format!("{}={}", names::SERVICE_NAME_LABEL, service.name));
     api.list(&lp)
         .await
         .map(|l| l.items)
-        .map_err(|source| Error::Api { what: format!("list the EndpointSlices of {service}"), source })
+        .map_err(|source| Error::Api {
+            what: format!("list the EndpointSlices of {service}"),
+            source,
+        })
 }
 
 async fn lease(client: &Client, config: &Config) -> Result<LeaseReport, Error> {
@@ -333,13 +391,25 @@ async fn lease(client: &Client, config: &Config) -> Result<LeaseReport, Error> {
     let lease = api
         .get_opt(&config.lease.name)
         .await
-        .map_err(|source| Error::Api { what: format!("read Lease {}/{}", config.lease.namespace, config.lease.name), source })?;
+        .map_err(|source| Error::Api {
+            what: format!(
+                "read Lease {}/{}",
+                config.lease.namespace, config.lease.name
+            ),
+            source,
+        })?;
     let spec = lease.and_then(|l| l.spec);
     let now = jiff::Timestamp::now();
     Ok(LeaseReport {
         lease: format!("{}/{}", config.lease.namespace, config.lease.name),
-        holder: spec.as_ref().and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty()),
-        renewed_secs_ago: spec.as_ref().and_then(|s| s.renew_time.as_ref()).map(|t| (now - t.0).get_seconds()),
+        holder: spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.clone())
+            .filter(|h| !h.is_empty()),
+        renewed_secs_ago: spec
+            .as_ref()
+            .and_then(|s| s.renew_time.as_ref())
+            .map(|t| (now - t.0).get_seconds()),
         transitions: spec.as_ref().and_then(|s| s.lease_transitions),
     })
 }
@@ -352,7 +422,11 @@ fn finish(report: &Report, output: Output) -> Result<(), Error> {
         }
         Output::Text => print!("{}", render(report)),
     }
-    if report.problems.is_empty() { Ok(()) } else { Err(Error::Problems(report.problems.len())) }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Problems(report.problems.len()))
+    }
 }
 
 /// The text form of a report.
@@ -362,11 +436,20 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(s, "kubeconfig: {k}");
     }
     if let Some(server) = &report.server {
-        let _ = writeln!(s, "api server: {server} {}", report.server_version.as_deref().unwrap_or(""));
+        let _ = writeln!(
+            s,
+            "api server: {server} {}",
+            report.server_version.as_deref().unwrap_or("")
+        );
     }
     if !report.permissions.is_empty() {
         let denied = report.permissions.iter().filter(|p| !p.allowed).count();
-        let _ = writeln!(s, "permissions: {} checked, {} missing", report.permissions.len(), denied);
+        let _ = writeln!(
+            s,
+            "permissions: {} checked, {} missing",
+            report.permissions.len(),
+            denied
+        );
     }
     if let Some(l) = &report.lease {
         let _ = writeln!(
@@ -374,12 +457,19 @@ pub fn render(report: &Report) -> String {
             "lease {}: holder {}, renewed {} ago, {} transitions",
             l.lease,
             l.holder.as_deref().unwrap_or("(none)"),
-            l.renewed_secs_ago.map_or_else(|| "never".to_owned(), |x| format!("{x}s")),
+            l.renewed_secs_ago
+                .map_or_else(|| "never".to_owned(), |x| format!("{x}s")),
             l.transitions.unwrap_or(0),
         );
     }
     for p in &report.pairs {
-        let state = if p.in_sync { "in sync".to_owned() } else if let Some(h) = &p.holding { format!("holding: {h}") } else { "out of sync".to_owned() };
+        let state = if p.in_sync {
+            "in sync".to_owned()
+        } else if let Some(h) = &p.holding {
+            format!("holding: {h}")
+        } else {
+            "out of sync".to_owned()
+        };
         let _ = writeln!(
             s,
             "pair {} <- {} ({}): source {} ready, target {} ready, {state}",

@@ -5,8 +5,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use endpoint_copier::cli::{Cli, Command};
+use endpoint_copier::cli::{Cli, Command, OutputArgs};
 use endpoint_copier::error::Error;
 use endpoint_copier::{config, daemon, inspect, logging, shutdown};
 
@@ -35,7 +34,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), Error> {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from_env() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version: print and succeed.
@@ -69,13 +68,17 @@ fn run() -> Result<(), Error> {
                 }
             })
         }
-        Command::Check { output } => {
+        Command::Check(OutputArgs { output }) => {
             logging::init_for_cli(&config.log.level).map_err(Error::Logging)?;
-            runtime.block_on(inspect::check(&config, output)).map_err(Error::Inspect)
+            runtime
+                .block_on(inspect::check(&config, output))
+                .map_err(Error::Inspect)
         }
-        Command::Status { output } => {
+        Command::Status(OutputArgs { output }) => {
             logging::init_for_cli(&config.log.level).map_err(Error::Logging)?;
-            runtime.block_on(inspect::status(&config, output)).map_err(Error::Inspect)
+            runtime
+                .block_on(inspect::status(&config, output))
+                .map_err(Error::Inspect)
         }
         Command::Version => Ok(()),
     }

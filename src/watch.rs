@@ -18,8 +18,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
 use crate::names::{self, ServiceRef};
@@ -29,9 +29,12 @@ pub type Events<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
 
 /// Watches every Service of the cluster (filtering happens in [`ServiceCache`]).
 pub fn services(client: &Client) -> Events<Service> {
-    watcher::watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .boxed()
+    watcher::watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .boxed()
 }
 
 /// Watches the EndpointSlices of `services` (sources and targets alike), or nothing when empty.
@@ -43,7 +46,11 @@ pub fn slices(client: &Client, services: &BTreeSet<ServiceRef>) -> Option<Events
         Some(ns) if namespaces.len() == 1 => Api::<EndpointSlice>::namespaced(client.clone(), ns),
         _ => Api::<EndpointSlice>::all(client.clone()),
     };
-    Some(watcher::watcher(api, watcher::Config::default().labels(&selector)).default_backoff().boxed())
+    Some(
+        watcher::watcher(api, watcher::Config::default().labels(&selector))
+            .default_backoff()
+            .boxed(),
+    )
 }
 
 /// The label selector that picks the slices of `services`: one set-based requirement over their
@@ -54,7 +61,11 @@ pub fn slice_selector(services: &BTreeSet<ServiceRef>) -> Option<String> {
         return None;
     }
     let list: Vec<&str> = names.into_iter().collect();
-    Some(format!("{} in ({})", names::SERVICE_NAME_LABEL, list.join(",")))
+    Some(format!(
+        "{} in ({})",
+        names::SERVICE_NAME_LABEL,
+        list.join(",")
+    ))
 }
 
 /// The Services the daemon cares about: configured targets and annotated Services.
@@ -69,7 +80,10 @@ pub struct ServiceCache {
 impl ServiceCache {
     /// An empty cache that keeps `configured` targets and any annotated Service.
     pub fn new(configured: BTreeSet<ServiceRef>) -> ServiceCache {
-        ServiceCache { configured, ..ServiceCache::default() }
+        ServiceCache {
+            configured,
+            ..ServiceCache::default()
+        }
     }
 
     /// Whether the first full list has arrived (before that, absence means nothing).
@@ -84,7 +98,11 @@ impl ServiceCache {
 
     fn keeps(&self, key: &ServiceRef, svc: &Service) -> bool {
         self.configured.contains(key)
-            || svc.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(names::ANNOTATION_ENABLED))
+            || svc
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(names::ANNOTATION_ENABLED))
     }
 
     /// Applies one watch event; returns the Services whose cached state changed.
@@ -106,7 +124,9 @@ impl ServiceCache {
                 self.ready = true;
             }
             Event::Apply(svc) => {
-                let Some(key) = service_ref(&svc) else { return changed };
+                let Some(key) = service_ref(&svc) else {
+                    return changed;
+                };
                 let kept = self.keeps(&key, &svc);
                 let prev = if kept {
                     self.keyed(svc).and_then(|(k, s)| self.objects.insert(k, s))
@@ -152,9 +172,10 @@ impl SliceCache {
     /// the others stay (still true until the new list says otherwise).
     pub fn rewatch(&mut self, wanted: BTreeSet<ServiceRef>) {
         self.by_service.retain(|k, _| wanted.contains(k));
+        // With nothing to watch there is no list to wait for: the (empty) cache is complete.
+        self.ready = wanted.is_empty();
         self.wanted = wanted;
         self.buffer = None;
-        self.ready = false;
     }
 
     /// The Services whose slices are watched.
@@ -169,7 +190,10 @@ impl SliceCache {
 
     /// The slices labelled for `service`, in name order.
     pub fn slices_of(&self, service: &ServiceRef) -> Vec<EndpointSlice> {
-        self.by_service.get(service).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.by_service
+            .get(service)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Applies one watch event; returns the Services whose slices changed.
@@ -214,8 +238,15 @@ impl SliceCache {
     fn keyed(&self, mut slice: EndpointSlice) -> Option<(ServiceRef, String, EndpointSlice)> {
         let ns = slice.metadata.namespace.clone()?;
         let name = slice.metadata.name.clone()?;
-        let svc = slice.metadata.labels.as_ref()?.get(names::SERVICE_NAME_LABEL)?;
-        let key = ServiceRef { namespace: ns, name: svc.clone() };
+        let svc = slice
+            .metadata
+            .labels
+            .as_ref()?
+            .get(names::SERVICE_NAME_LABEL)?;
+        let key = ServiceRef {
+            namespace: ns,
+            name: svc.clone(),
+        };
         if !self.wanted.contains(&key) {
             return None;
         }
@@ -233,7 +264,11 @@ pub fn service_ref(svc: &Service) -> Option<ServiceRef> {
 }
 
 /// Keys present in only one of the maps, or whose values differ.
-fn diff_keys<K: Ord + Clone, V>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>, eq: impl Fn(&V, &V) -> bool) -> BTreeSet<K> {
+fn diff_keys<K: Ord + Clone, V>(
+    a: &BTreeMap<K, V>,
+    b: &BTreeMap<K, V>,
+    eq: impl Fn(&V, &V) -> bool,
+) -> BTreeSet<K> {
     let mut out: BTreeSet<K> = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
     for (k, v) in b {
         if a.get(k).is_none_or(|old| !eq(old, v)) {
@@ -249,8 +284,11 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn svc(ns: &str, name: &str, annotated: bool) -> Service {
-        let annotations = annotated
-            .then(|| [(names::ANNOTATION_ENABLED.to_owned(), "true".to_owned())].into_iter().collect());
+        let annotations = annotated.then(|| {
+            [(names::ANNOTATION_ENABLED.to_owned(), "true".to_owned())]
+                .into_iter()
+                .collect()
+        });
         Service {
             metadata: ObjectMeta {
                 namespace: Some(ns.into()),
@@ -267,7 +305,11 @@ mod tests {
             metadata: ObjectMeta {
                 namespace: Some(ns.into()),
                 name: Some(name.into()),
-                labels: Some([(names::SERVICE_NAME_LABEL.to_owned(), svc.to_owned())].into_iter().collect()),
+                labels: Some(
+                    [(names::SERVICE_NAME_LABEL.to_owned(), svc.to_owned())]
+                        .into_iter()
+                        .collect(),
+                ),
                 ..Default::default()
             },
             address_type: "IPv4".into(),
@@ -298,22 +340,43 @@ mod tests {
     #[test]
     fn removing_the_annotation_drops_the_service() {
         let mut cache = ServiceCache::new(BTreeSet::new());
-        assert_eq!(cache.apply(Event::Apply(svc("team", "vip", true))), [r("team/vip")].into());
-        assert_eq!(cache.apply(Event::Apply(svc("team", "vip", false))), [r("team/vip")].into());
+        assert_eq!(
+            cache.apply(Event::Apply(svc("team", "vip", true))),
+            [r("team/vip")].into()
+        );
+        assert_eq!(
+            cache.apply(Event::Apply(svc("team", "vip", false))),
+            [r("team/vip")].into()
+        );
         assert!(cache.objects().is_empty());
         // An unrelated Service changing reports nothing.
-        assert!(cache.apply(Event::Apply(svc("team", "other", false))).is_empty());
+        assert!(
+            cache
+                .apply(Event::Apply(svc("team", "other", false)))
+                .is_empty()
+        );
     }
 
     #[test]
     fn slices_of_other_namespaces_with_the_same_service_name_are_ignored() {
         let mut cache = SliceCache::default();
         cache.rewatch([r("default/kubernetes")].into());
-        assert!(cache.apply(Event::Apply(slice("other", "kubernetes", "kubernetes"))).is_empty());
-        assert_eq!(cache.apply(Event::Apply(slice("default", "kubernetes", "kubernetes"))), [r("default/kubernetes")].into());
+        assert!(
+            cache
+                .apply(Event::Apply(slice("other", "kubernetes", "kubernetes")))
+                .is_empty()
+        );
+        assert_eq!(
+            cache.apply(Event::Apply(slice("default", "kubernetes", "kubernetes"))),
+            [r("default/kubernetes")].into()
+        );
         assert_eq!(cache.slices_of(&r("default/kubernetes")).len(), 1);
         // The same object again is not a change.
-        assert!(cache.apply(Event::Apply(slice("default", "kubernetes", "kubernetes"))).is_empty());
+        assert!(
+            cache
+                .apply(Event::Apply(slice("default", "kubernetes", "kubernetes")))
+                .is_empty()
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ fn legacy_endpoints(ns: &str, managed_by: Option<&str>) -> Endpoints {
     Endpoints {
         metadata: m,
         subsets: Some(vec![EndpointSubset {
-            addresses: Some(vec![EndpointAddress { ip: "198.51.100.200".into(), ..Default::default() }]),
+            addresses: Some(vec![EndpointAddress {
+                ip: "198.51.100.200".into(),
+                ..Default::default()
+            }]),
             ..Default::default()
         }]),
     }
@@ -42,9 +45,24 @@ fn legacy_endpoints(ns: &str, managed_by: Option<&str>) -> Endpoints {
 async fn the_operators_slice_is_adopted_in_place_without_a_gap() {
     let world = World::new("eco-adopt").await;
     let addrs = ["198.51.100.1", "198.51.100.2", "198.51.100.3"];
-    create(&world.client, &world.ns, &source_service(&world.ns, "apiserver")).await;
-    create(&world.client, &world.ns, &source_slice(&world.ns, "apiserver", "apiserver", "IPv4", &addrs)).await;
-    create(&world.client, &world.ns, &vip_service(&world.ns, "vip", &["IPv4"])).await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_service(&world.ns, "apiserver"),
+    )
+    .await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_slice(&world.ns, "apiserver", "apiserver", "IPv4", &addrs),
+    )
+    .await;
+    create(
+        &world.client,
+        &world.ns,
+        &vip_service(&world.ns, "vip", &["IPv4"]),
+    )
+    .await;
     let before = create(&world.client, &world.ns, &eco_slice(&world.ns, &addrs)).await;
 
     // Record the ready endpoint count of the target after every change the API reports.
@@ -66,7 +84,10 @@ async fn the_operators_slice_is_adopted_in_place_without_a_gap() {
                     }
                     _ => continue,
                 }
-                history.lock().unwrap().push(ready_addresses(store.values()).len());
+                history
+                    .lock()
+                    .unwrap()
+                    .push(ready_addresses(store.values()).len());
             }
         })
     };
@@ -76,24 +97,41 @@ async fn the_operators_slice_is_adopted_in_place_without_a_gap() {
     eventually("the slice relabelled as ours", CONVERGE, || async {
         let s = slices_of(&world.client, &world.ns, "vip").await;
         let s = s.get("vip")?;
-        (s.metadata.labels.as_ref()?.get(names::MANAGED_BY_LABEL)? == names::MANAGED_BY).then(|| s.clone())
+        (s.metadata.labels.as_ref()?.get(names::MANAGED_BY_LABEL)? == names::MANAGED_BY)
+            .then(|| s.clone())
     })
     .await;
     let after = slices_of(&world.client, &world.ns, "vip").await;
-    assert_eq!(after.len(), 1, "adopted, not duplicated: {:?}", after.keys().collect::<Vec<_>>());
-    assert_eq!(after["vip"].metadata.uid, before.metadata.uid, "updated in place (same uid), not deleted and recreated");
+    assert_eq!(
+        after.len(),
+        1,
+        "adopted, not duplicated: {:?}",
+        after.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        after["vip"].metadata.uid, before.metadata.uid,
+        "updated in place (same uid), not deleted and recreated"
+    );
     daemon.stop().await;
     recorder.abort();
     let history = history.lock().unwrap().clone();
     assert!(!history.is_empty());
-    assert!(history.iter().all(|n| *n == 3), "the VIP always had 3 ready endpoints: {history:?}");
+    assert!(
+        history.iter().all(|n| *n == 3),
+        "the VIP always had 3 ready endpoints: {history:?}"
+    );
 }
 
 #[tokio::test]
 async fn the_operators_leftover_endpoints_object_is_removed() {
     let world = World::new("eco-legacy").await;
     world.seed(&["198.51.100.1"]).await;
-    create(&world.client, &world.ns, &legacy_endpoints(&world.ns, Some(names::ECO_MANAGED_BY))).await;
+    create(
+        &world.client,
+        &world.ns,
+        &legacy_endpoints(&world.ns, Some(names::ECO_MANAGED_BY)),
+    )
+    .await;
     let daemon = Daemon::start(world.config("node-1"));
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
     let endpoints: Api<Endpoints> = Api::namespaced(world.client.clone(), &world.ns);
@@ -108,12 +146,20 @@ async fn the_operators_leftover_endpoints_object_is_removed() {
 async fn an_endpoints_object_that_is_not_the_operators_is_left_alone() {
     let world = World::new("eco-foreign").await;
     world.seed(&["198.51.100.1"]).await;
-    create(&world.client, &world.ns, &legacy_endpoints(&world.ns, Some("someone-else"))).await;
+    create(
+        &world.client,
+        &world.ns,
+        &legacy_endpoints(&world.ns, Some("someone-else")),
+    )
+    .await;
     let daemon = Daemon::start(world.config("node-1"));
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let endpoints: Api<Endpoints> = Api::namespaced(world.client.clone(), &world.ns);
-    assert!(endpoints.get_opt("vip").await.unwrap().is_some(), "not ours, not ECO's: untouched");
+    assert!(
+        endpoints.get_opt("vip").await.unwrap().is_some(),
+        "not ours, not ECO's: untouched"
+    );
     daemon.stop().await;
 }
 
@@ -123,12 +169,27 @@ async fn a_slice_we_do_not_own_is_never_touched() {
     world.seed(&["198.51.100.1"]).await;
     // Someone else's slice for the same Service (for example a mirroring controller's).
     let mut foreign = source_slice(&world.ns, "vip", "vip-manual", "IPv4", &["203.0.113.50"]);
-    foreign.metadata.labels.as_mut().unwrap().insert(names::MANAGED_BY_LABEL.into(), "someone-else".into());
+    foreign
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(names::MANAGED_BY_LABEL.into(), "someone-else".into());
     let foreign = create(&world.client, &world.ns, &foreign).await;
     let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1", "203.0.113.50"], CONVERGE).await;
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1", "203.0.113.50"],
+        CONVERGE,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let now = slices_of(&world.client, &world.ns, "vip").await;
-    assert_eq!(now["vip-manual"].metadata.resource_version, foreign.metadata.resource_version, "never written");
+    assert_eq!(
+        now["vip-manual"].metadata.resource_version, foreign.metadata.resource_version,
+        "never written"
+    );
     daemon.stop().await;
 }

@@ -17,7 +17,10 @@ const SEEN: Duration = Duration::from_secs(10);
 
 fn annotated(ns: &str, name: &str, annotations: &[(&str, &str)]) -> Service {
     let mut svc = vip_service(ns, name, &["IPv4"]);
-    let map: BTreeMap<String, String> = annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let map: BTreeMap<String, String> = annotations
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     svc.metadata.annotations = Some(map);
     svc
 }
@@ -28,29 +31,56 @@ async fn assert_refused(world: &World, pairs: &[(&str, &str)], target: &str, exp
     let mut config = world.config("node-1");
     config.pairs = pairs
         .iter()
-        .map(|(s, t)| endpoint_copier::config::PairConfig { source: s.parse().unwrap(), target: t.parse().unwrap() })
+        .map(|(s, t)| endpoint_copier::config::PairConfig {
+            source: s.parse().unwrap(),
+            target: t.parse().unwrap(),
+        })
         .collect();
     let daemon = Daemon::start(config);
     let events: Api<Event> = Api::namespaced(world.client.clone(), &world.ns);
-    let note = eventually(&format!("a Refused Event on {target} mentioning {expect:?}"), SEEN, || async {
-        let list = events.list(&Default::default()).await.ok()?;
-        list.items.into_iter().find_map(|e| {
-            let about = e.regarding.as_ref().and_then(|r| r.name.clone());
-            (e.reason.as_deref() == Some("Refused") && about.as_deref() == Some(target)).then(|| e.note.unwrap_or_default())
-        })
-    })
+    let note = eventually(
+        &format!("a Refused Event on {target} mentioning {expect:?}"),
+        SEEN,
+        || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                let about = e.regarding.as_ref().and_then(|r| r.name.clone());
+                (e.reason.as_deref() == Some("Refused") && about.as_deref() == Some(target))
+                    .then(|| e.note.unwrap_or_default())
+            })
+        },
+    )
     .await;
     assert!(note.contains(expect), "the Event names the problem: {note}");
     // Give a wrongly accepted pair every chance to write before checking nothing was written.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(slices_of(&world.client, &world.ns, target).await.is_empty(), "nothing was written for {target}");
+    assert!(
+        slices_of(&world.client, &world.ns, target).await.is_empty(),
+        "nothing was written for {target}"
+    );
     daemon.stop().await;
 }
 
 async fn world_with_source(prefix: &str) -> World {
     let world = World::new(prefix).await;
-    create(&world.client, &world.ns, &source_service(&world.ns, "apiserver")).await;
-    create(&world.client, &world.ns, &source_slice(&world.ns, "apiserver", "apiserver", "IPv4", &["198.51.100.1"])).await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_service(&world.ns, "apiserver"),
+    )
+    .await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_slice(
+            &world.ns,
+            "apiserver",
+            "apiserver",
+            "IPv4",
+            &["198.51.100.1"],
+        ),
+    )
+    .await;
     world
 }
 
@@ -60,21 +90,63 @@ async fn a_configured_target_with_a_selector_is_refused() {
     let mut svc = vip_service(&world.ns, "vip", &["IPv4"]);
     svc.spec.as_mut().unwrap().selector = Some([("app".to_owned(), "web".to_owned())].into());
     create(&world.client, &world.ns, &svc).await;
-    assert_refused(&world, &[(&world.source(), &world.target())], "vip", "selector").await;
+    assert_refused(
+        &world,
+        &[(&world.source(), &world.target())],
+        "vip",
+        "selector",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn an_annotated_service_copying_itself_is_refused() {
     let world = world_with_source("refuse-self").await;
-    create(&world.client, &world.ns, &annotated(&world.ns, "vip", &[(names::ANNOTATION_ENABLED, "true"), (names::ANNOTATION_SOURCE_NAME, "vip")])).await;
+    create(
+        &world.client,
+        &world.ns,
+        &annotated(
+            &world.ns,
+            "vip",
+            &[
+                (names::ANNOTATION_ENABLED, "true"),
+                (names::ANNOTATION_SOURCE_NAME, "vip"),
+            ],
+        ),
+    )
+    .await;
     assert_refused(&world, &[], "vip", "same Service").await;
 }
 
 #[tokio::test]
 async fn two_annotated_services_reading_each_other_are_refused() {
     let world = world_with_source("refuse-cycle").await;
-    create(&world.client, &world.ns, &annotated(&world.ns, "vip", &[(names::ANNOTATION_ENABLED, "true"), (names::ANNOTATION_SOURCE_NAME, "vip2")])).await;
-    create(&world.client, &world.ns, &annotated(&world.ns, "vip2", &[(names::ANNOTATION_ENABLED, "true"), (names::ANNOTATION_SOURCE_NAME, "vip")])).await;
+    create(
+        &world.client,
+        &world.ns,
+        &annotated(
+            &world.ns,
+            "vip",
+            &[
+                (names::ANNOTATION_ENABLED, "true"),
+                (names::ANNOTATION_SOURCE_NAME, "vip2"),
+            ],
+        ),
+    )
+    .await;
+    create(
+        &world.client,
+        &world.ns,
+        &annotated(
+            &world.ns,
+            "vip2",
+            &[
+                (names::ANNOTATION_ENABLED, "true"),
+                (names::ANNOTATION_SOURCE_NAME, "vip"),
+            ],
+        ),
+    )
+    .await;
     assert_refused(&world, &[], "vip", "cycle").await;
     assert!(slices_of(&world.client, &world.ns, "vip2").await.is_empty());
 }
@@ -82,7 +154,19 @@ async fn two_annotated_services_reading_each_other_are_refused() {
 #[tokio::test]
 async fn an_invalid_source_name_annotation_is_refused() {
     let world = world_with_source("refuse-name").await;
-    create(&world.client, &world.ns, &annotated(&world.ns, "vip", &[(names::ANNOTATION_ENABLED, "true"), (names::ANNOTATION_SOURCE_NAME, "Not_A_Name")])).await;
+    create(
+        &world.client,
+        &world.ns,
+        &annotated(
+            &world.ns,
+            "vip",
+            &[
+                (names::ANNOTATION_ENABLED, "true"),
+                (names::ANNOTATION_SOURCE_NAME, "Not_A_Name"),
+            ],
+        ),
+    )
+    .await;
     assert_refused(&world, &[], "vip", "Not_A_Name").await;
 }
 
@@ -92,11 +176,15 @@ async fn an_invalid_source_namespace_annotation_is_refused() {
     create(
         &world.client,
         &world.ns,
-        &annotated(&world.ns, "vip", &[
-            (names::ANNOTATION_ENABLED, "true"),
-            (names::ANNOTATION_SOURCE_NAME, "apiserver"),
-            (names::ANNOTATION_SOURCE_NAMESPACE, "UPPER"),
-        ]),
+        &annotated(
+            &world.ns,
+            "vip",
+            &[
+                (names::ANNOTATION_ENABLED, "true"),
+                (names::ANNOTATION_SOURCE_NAME, "apiserver"),
+                (names::ANNOTATION_SOURCE_NAMESPACE, "UPPER"),
+            ],
+        ),
     )
     .await;
     assert_refused(&world, &[], "vip", "UPPER").await;
@@ -105,7 +193,12 @@ async fn an_invalid_source_namespace_annotation_is_refused() {
 #[tokio::test]
 async fn a_missing_source_name_annotation_is_refused() {
     let world = world_with_source("refuse-missing").await;
-    create(&world.client, &world.ns, &annotated(&world.ns, "vip", &[(names::ANNOTATION_ENABLED, "true")])).await;
+    create(
+        &world.client,
+        &world.ns,
+        &annotated(&world.ns, "vip", &[(names::ANNOTATION_ENABLED, "true")]),
+    )
+    .await;
     assert_refused(&world, &[], "vip", names::ANNOTATION_SOURCE_NAME).await;
 }
 
@@ -114,15 +207,24 @@ async fn a_cross_namespace_source_not_in_allowed_sources_is_refused() {
     let world = world_with_source("refuse-xns").await;
     let other = world.cluster.unique_namespace("refuse-xns-src").await;
     create(&world.client, &other, &source_service(&other, "secret-db")).await;
-    create(&world.client, &other, &source_slice(&other, "secret-db", "secret-db", "IPv4", &["203.0.113.5"])).await;
+    create(
+        &world.client,
+        &other,
+        &source_slice(&other, "secret-db", "secret-db", "IPv4", &["203.0.113.5"]),
+    )
+    .await;
     create(
         &world.client,
         &world.ns,
-        &annotated(&world.ns, "vip", &[
-            (names::ANNOTATION_ENABLED, "true"),
-            (names::ANNOTATION_SOURCE_NAME, "secret-db"),
-            (names::ANNOTATION_SOURCE_NAMESPACE, &other),
-        ]),
+        &annotated(
+            &world.ns,
+            "vip",
+            &[
+                (names::ANNOTATION_ENABLED, "true"),
+                (names::ANNOTATION_SOURCE_NAME, "secret-db"),
+                (names::ANNOTATION_SOURCE_NAMESPACE, &other),
+            ],
+        ),
     )
     .await;
     assert_refused(&world, &[], "vip", "allowed_sources").await;
@@ -131,23 +233,48 @@ async fn a_cross_namespace_source_not_in_allowed_sources_is_refused() {
 #[tokio::test]
 async fn annotations_on_a_configured_target_are_ignored_in_favour_of_the_config() {
     let world = world_with_source("refuse-claimed").await;
-    create(&world.client, &world.ns, &source_service(&world.ns, "other")).await;
     create(
         &world.client,
         &world.ns,
-        &annotated(&world.ns, "vip", &[(names::ANNOTATION_ENABLED, "true"), (names::ANNOTATION_SOURCE_NAME, "other")]),
+        &source_service(&world.ns, "other"),
+    )
+    .await;
+    create(
+        &world.client,
+        &world.ns,
+        &annotated(
+            &world.ns,
+            "vip",
+            &[
+                (names::ANNOTATION_ENABLED, "true"),
+                (names::ANNOTATION_SOURCE_NAME, "other"),
+            ],
+        ),
     )
     .await;
     let mut config = world.config("node-1");
-    config.pairs = vec![endpoint_copier::config::PairConfig { source: world.source().parse().unwrap(), target: world.target().parse().unwrap() }];
+    config.pairs = vec![endpoint_copier::config::PairConfig {
+        source: world.source().parse().unwrap(),
+        target: world.target().parse().unwrap(),
+    }];
     let daemon = Daemon::start(config);
     // The config's source wins: the target mirrors `apiserver`, not `other`.
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], SEEN).await;
     let events: Api<Event> = Api::namespaced(world.client.clone(), &world.ns);
-    eventually("a Refused Event about the ignored annotations", SEEN, || async {
-        let list = events.list(&Default::default()).await.ok()?;
-        list.items.iter().any(|e| e.reason.as_deref() == Some("Refused") && e.note.as_deref().is_some_and(|n| n.contains("config"))).then_some(())
-    })
+    eventually(
+        "a Refused Event about the ignored annotations",
+        SEEN,
+        || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("Refused")
+                        && e.note.as_deref().is_some_and(|n| n.contains("config"))
+                })
+                .then_some(())
+        },
+    )
     .await;
     daemon.stop().await;
 }
@@ -158,14 +285,24 @@ async fn an_annotation_enabled_value_other_than_true_is_not_a_pair() {
     create(
         &world.client,
         &world.ns,
-        &annotated(&world.ns, "vip", &[(names::ANNOTATION_ENABLED, "yes"), (names::ANNOTATION_SOURCE_NAME, "apiserver")]),
+        &annotated(
+            &world.ns,
+            "vip",
+            &[
+                (names::ANNOTATION_ENABLED, "yes"),
+                (names::ANNOTATION_SOURCE_NAME, "apiserver"),
+            ],
+        ),
     )
     .await;
     let mut config = world.config("node-1");
     config.pairs.clear();
     let daemon = Daemon::start(config);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(slices_of(&world.client, &world.ns, "vip").await.is_empty(), "only \"true\" enables a pair, as in ECO");
+    assert!(
+        slices_of(&world.client, &world.ns, "vip").await.is_empty(),
+        "only \"true\" enables a pair, as in ECO"
+    );
     daemon.stop().await;
 }
 
@@ -179,32 +316,71 @@ async fn a_kubeconfig_that_skips_tls_verification_stops_the_daemon_with_exit_78(
          contexts:\n- name: default\n  context:\n    cluster: default\n    user: default\ncurrent-context: default\nusers:\n- name: default\n  user:\n    token: abc\n",
     )
     .unwrap();
-    let config = config(&path, "node-1", &[("default/kubernetes", "default/kubernetes-vip")]);
-    let err = endpoint_copier::daemon::run(config, endpoint_copier::shutdown::Shutdown::new()).await.unwrap_err();
+    let config = config(
+        &path,
+        "node-1",
+        &[("default/kubernetes", "default/kubernetes-vip")],
+    );
+    let err = endpoint_copier::daemon::run(config, endpoint_copier::shutdown::Shutdown::new())
+        .await
+        .unwrap_err();
     assert_eq!(err.exit_code(), 78);
-    assert!(endpoint_copier::daemon::error_chain(&err).contains("insecure-skip-tls-verify"), "{err}");
+    assert!(
+        endpoint_copier::daemon::error_chain(&err).contains("insecure-skip-tls-verify"),
+        "{err}"
+    );
 }
 
 #[test]
 fn config_errors_name_the_file_and_exit_78() {
     use endpoint_copier::config::{Overrides, load_from};
     let cases = [
-        ("unknown key", "[lease]\nduraton_secs = 20\n", "duraton_secs"),
-        ("source equals target", "[[pair]]\nsource = \"default/a\"\ntarget = \"default/a\"\n", "default/a"),
-        ("renew deadline not below the duration", "[lease]\nduration_secs = 10\nrenew_deadline_secs = 10\n", "renew_deadline"),
-        ("bad Service reference", "[[pair]]\nsource = \"kubernetes\"\ntarget = \"default/kubernetes-vip\"\n", "kubernetes"),
-        ("metrics on a public address", "[metrics]\nlisten = \"0.0.0.0:9402\"\n", "listen"),
+        (
+            "unknown key",
+            "[lease]\nduraton_secs = 20\n",
+            "duraton_secs",
+        ),
+        (
+            "source equals target",
+            "[[pair]]\nsource = \"default/a\"\ntarget = \"default/a\"\n",
+            "default/a",
+        ),
+        (
+            "renew deadline not below the duration",
+            "[lease]\nduration_secs = 10\nrenew_deadline_secs = 10\n",
+            "renew_deadline",
+        ),
+        (
+            "bad Service reference",
+            "[[pair]]\nsource = \"kubernetes\"\ntarget = \"default/kubernetes-vip\"\n",
+            "kubernetes",
+        ),
+        (
+            "metrics on a public address",
+            "[metrics]\nlisten = \"0.0.0.0:9402\"\n",
+            "listen",
+        ),
     ];
     for (what, toml, culprit) in cases {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("50-site.toml");
         std::fs::write(&file, toml).unwrap();
-        let err = load_from(&[dir.path().to_owned()], Vec::<(String, String)>::new(), &Overrides::default())
-            .err()
-            .unwrap_or_else(|| panic!("{what}: accepted"));
+        let err = load_from(
+            &[dir.path().to_owned()],
+            Vec::<(String, String)>::new(),
+            &Overrides::default(),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{what}: accepted"));
         let msg = err.to_string();
-        assert!(msg.contains("50-site.toml"), "{what}: the error names the file: {msg}");
-        assert!(msg.contains(culprit), "{what}: the error names {culprit:?}: {msg}");
+        assert!(
+            msg.contains("50-site.toml"),
+            "{what}: the error names the file: {msg}"
+        );
+        assert!(
+            msg.contains(culprit),
+            "{what}: the error names {culprit:?}: {msg}"
+        );
         assert_eq!(err.exit_code(), 78, "{what}");
     }
 }

@@ -21,7 +21,12 @@ fn writes_to_slices(tb: &TestBed, since: u64) -> usize {
     tb.requests()
         .iter()
         .filter(|r| r.seq > since && r.resource == "endpointslices")
-        .filter(|r| matches!(r.verb, Verb::Create | Verb::Update | Verb::Patch | Verb::Delete))
+        .filter(|r| {
+            matches!(
+                r.verb,
+                Verb::Create | Verb::Update | Verb::Patch | Verb::Delete
+            )
+        })
         .count()
 }
 
@@ -36,8 +41,18 @@ async fn the_default_pair_mirrors_kubernetes_into_kubernetes_vip() {
     let tb = cluster.testbed().unwrap();
     let client = client_for(tb.kubeconfig()).await;
     let addrs = ["198.51.100.10", "198.51.100.11", "198.51.100.12"];
-    create(&client, "default", &source_slice("default", "kubernetes", "kubernetes", "IPv4", &addrs)).await;
-    create(&client, "default", &vip_service("default", "kubernetes-vip", &["IPv4"])).await;
+    create(
+        &client,
+        "default",
+        &source_slice("default", "kubernetes", "kubernetes", "IPv4", &addrs),
+    )
+    .await;
+    create(
+        &client,
+        "default",
+        &vip_service("default", "kubernetes-vip", &["IPv4"]),
+    )
+    .await;
 
     let mut config = endpoint_copier::config::Config::default();
     config.kubeconfig = endpoint_copier::config::Kubeconfig::Path(tb.kubeconfig_for("node-1"));
@@ -47,16 +62,29 @@ async fn the_default_pair_mirrors_kubernetes_into_kubernetes_vip() {
     wait_for_target(&client, "default", "kubernetes-vip", &addrs, CONVERGE).await;
 
     let slices = slices_of(&client, "default", "kubernetes-vip").await;
-    let slice = slices.get("kubernetes-vip").expect("the target slice is named like the target Service");
+    let slice = slices
+        .get("kubernetes-vip")
+        .expect("the target slice is named like the target Service");
     let labels = slice.metadata.labels.clone().unwrap();
     assert_eq!(labels[names::MANAGED_BY_LABEL], "endpoint-copier");
     assert_eq!(labels[names::SOURCE_LABEL], "kubernetes");
-    let mut ports: Vec<(String, i32)> =
-        slice.ports.clone().unwrap().into_iter().map(|p| (p.name.unwrap(), p.port.unwrap())).collect();
+    let mut ports: Vec<(String, i32)> = slice
+        .ports
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap(), p.port.unwrap()))
+        .collect();
     ports.sort();
-    assert_eq!(ports, vec![("k8s-api".into(), 6443), ("rke2-api".into(), 9345)]);
+    assert_eq!(
+        ports,
+        vec![("k8s-api".into(), 6443), ("rke2-api".into(), 9345)]
+    );
     let owner = &slice.metadata.owner_references.clone().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Service", "kubernetes-vip"));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Service", "kubernetes-vip")
+    );
     daemon.stop().await;
 }
 
@@ -64,16 +92,40 @@ async fn the_default_pair_mirrors_kubernetes_into_kubernetes_vip() {
 async fn annotated_pairs_in_several_namespaces_are_mirrored() {
     let world = World::new("annotated").await;
     let other = world.cluster.unique_namespace("annotated-b").await;
-    create(&world.client, &world.ns, &source_service(&world.ns, "apiserver")).await;
-    create(&world.client, &world.ns, &source_slice(&world.ns, "apiserver", "apiserver", "IPv4", &["203.0.113.1"])).await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_service(&world.ns, "apiserver"),
+    )
+    .await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_slice(
+            &world.ns,
+            "apiserver",
+            "apiserver",
+            "IPv4",
+            &["203.0.113.1"],
+        ),
+    )
+    .await;
     create(&world.client, &other, &source_service(&other, "apiserver")).await;
-    create(&world.client, &other, &source_slice(&other, "apiserver", "apiserver", "IPv4", &["203.0.113.2"])).await;
+    create(
+        &world.client,
+        &other,
+        &source_slice(&other, "apiserver", "apiserver", "IPv4", &["203.0.113.2"]),
+    )
+    .await;
     for ns in [&world.ns, &other] {
         let mut svc = vip_service(ns, "vip", &["IPv4"]);
         svc.metadata.annotations = Some(
             [
                 (names::ANNOTATION_ENABLED.to_owned(), "true".to_owned()),
-                (names::ANNOTATION_SOURCE_NAME.to_owned(), "apiserver".to_owned()),
+                (
+                    names::ANNOTATION_SOURCE_NAME.to_owned(),
+                    "apiserver".to_owned(),
+                ),
             ]
             .into(),
         );
@@ -90,23 +142,71 @@ async fn annotated_pairs_in_several_namespaces_are_mirrored() {
 #[tokio::test]
 async fn a_dual_stack_source_gives_one_target_slice_per_family() {
     let world = World::new("dualstack").await;
-    create(&world.client, &world.ns, &source_service(&world.ns, "apiserver")).await;
-    create(&world.client, &world.ns, &source_slice(&world.ns, "apiserver", "apiserver-v4", "IPv4", &["198.51.100.1"])).await;
-    create(&world.client, &world.ns, &source_slice(&world.ns, "apiserver", "apiserver-v6", "IPv6", &["2001:db8::1"])).await;
-    create(&world.client, &world.ns, &vip_service(&world.ns, "vip", &["IPv4", "IPv6"])).await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_service(&world.ns, "apiserver"),
+    )
+    .await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_slice(
+            &world.ns,
+            "apiserver",
+            "apiserver-v4",
+            "IPv4",
+            &["198.51.100.1"],
+        ),
+    )
+    .await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_slice(
+            &world.ns,
+            "apiserver",
+            "apiserver-v6",
+            "IPv6",
+            &["2001:db8::1"],
+        ),
+    )
+    .await;
+    create(
+        &world.client,
+        &world.ns,
+        &vip_service(&world.ns, "vip", &["IPv4", "IPv6"]),
+    )
+    .await;
     let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1", "2001:db8::1"], CONVERGE).await;
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1", "2001:db8::1"],
+        CONVERGE,
+    )
+    .await;
     let slices = slices_of(&world.client, &world.ns, "vip").await;
     let mut families: Vec<String> = slices.values().map(|s| s.address_type.clone()).collect();
     families.sort();
-    assert_eq!(families, vec!["IPv4", "IPv6"], "two slices, not one overwriting the other");
+    assert_eq!(
+        families,
+        vec!["IPv4", "IPv6"],
+        "two slices, not one overwriting the other"
+    );
     daemon.stop().await;
 }
 
 #[tokio::test]
 async fn a_source_of_2500_endpoints_over_3_slices_is_mirrored_whole() {
     let world = World::new("large").await;
-    create(&world.client, &world.ns, &source_service(&world.ns, "apiserver")).await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_service(&world.ns, "apiserver"),
+    )
+    .await;
     let mut all = Vec::new();
     for (i, count) in [(0u32, 1000u32), (1, 1000), (2, 500)] {
         let addrs: Vec<String> = (0..count)
@@ -116,13 +216,36 @@ async fn a_source_of_2500_endpoints_over_3_slices_is_mirrored_whole() {
             })
             .collect();
         let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-        create(&world.client, &world.ns, &source_slice(&world.ns, "apiserver", &format!("apiserver-{i}"), "IPv6", &refs)).await;
+        create(
+            &world.client,
+            &world.ns,
+            &source_slice(
+                &world.ns,
+                "apiserver",
+                &format!("apiserver-{i}"),
+                "IPv6",
+                &refs,
+            ),
+        )
+        .await;
         all.extend(addrs);
     }
-    create(&world.client, &world.ns, &vip_service(&world.ns, "vip", &["IPv6"])).await;
+    create(
+        &world.client,
+        &world.ns,
+        &vip_service(&world.ns, "vip", &["IPv6"]),
+    )
+    .await;
     let daemon = Daemon::start(world.config("node-1"));
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    wait_for_target(&world.client, &world.ns, "vip", &refs, Duration::from_secs(30)).await;
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &refs,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(slices_of(&world.client, &world.ns, "vip").await.len(), 3);
     daemon.stop().await;
 }
@@ -132,24 +255,56 @@ async fn endpoints_added_removed_and_turned_not_ready_follow_the_source() {
     let world = World::new("follow").await;
     world.seed(&["198.51.100.1", "198.51.100.2"]).await;
     let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1", "198.51.100.2"], CONVERGE).await;
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1", "198.51.100.2"],
+        CONVERGE,
+    )
+    .await;
 
     let api: Api<EndpointSlice> = Api::namespaced(world.client.clone(), &world.ns);
     let mut slice = api.get("apiserver").await.unwrap();
     slice.endpoints.push(endpoint("198.51.100.3", true));
-    slice = api.replace("apiserver", &PostParams::default(), &slice).await.unwrap();
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1", "198.51.100.2", "198.51.100.3"], CONVERGE).await;
+    slice = api
+        .replace("apiserver", &PostParams::default(), &slice)
+        .await
+        .unwrap();
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1", "198.51.100.2", "198.51.100.3"],
+        CONVERGE,
+    )
+    .await;
 
     slice.endpoints.retain(|e| e.addresses[0] != "198.51.100.1");
-    slice = api.replace("apiserver", &PostParams::default(), &slice).await.unwrap();
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.2", "198.51.100.3"], CONVERGE).await;
+    slice = api
+        .replace("apiserver", &PostParams::default(), &slice)
+        .await
+        .unwrap();
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.2", "198.51.100.3"],
+        CONVERGE,
+    )
+    .await;
 
     slice.endpoints[0] = endpoint("198.51.100.2", false);
-    api.replace("apiserver", &PostParams::default(), &slice).await.unwrap();
+    api.replace("apiserver", &PostParams::default(), &slice)
+        .await
+        .unwrap();
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.3"], CONVERGE).await;
     let target = slices_of(&world.client, &world.ns, "vip").await;
     let total: usize = target.values().map(|s| s.endpoints.len()).sum();
-    assert_eq!(total, 2, "the not-ready endpoint is copied as not ready, not dropped");
+    assert_eq!(
+        total, 2,
+        "the not-ready endpoint is copied as not ready, not dropped"
+    );
     daemon.stop().await;
 }
 
@@ -166,16 +321,31 @@ async fn changing_the_target_ports_rewrites_the_slice_ports() {
     ports[0].target_port = Some(IntOrString::String("https".into())); // named: resolved in the source
     ports[1].target_port = Some(IntOrString::Int(16443));
     ports[1].app_protocol = Some("kubernetes.io/h2c".into());
-    services.replace("vip", &PostParams::default(), &svc).await.unwrap();
+    services
+        .replace("vip", &PostParams::default(), &svc)
+        .await
+        .unwrap();
 
     eventually("ports rewritten", CONVERGE, || async {
         let slices = slices_of(&world.client, &world.ns, "vip").await;
         let ports = slices.get("vip")?.ports.clone()?;
-        let mut got: Vec<(String, i32, Option<String>)> =
-            ports.into_iter().map(|p| (p.name.unwrap_or_default(), p.port.unwrap_or(0), p.app_protocol)).collect();
+        let mut got: Vec<(String, i32, Option<String>)> = ports
+            .into_iter()
+            .map(|p| {
+                (
+                    p.name.unwrap_or_default(),
+                    p.port.unwrap_or(0),
+                    p.app_protocol,
+                )
+            })
+            .collect();
         got.sort();
         (got == vec![
-            ("k8s-api".to_owned(), 16443, Some("kubernetes.io/h2c".to_owned())),
+            (
+                "k8s-api".to_owned(),
+                16443,
+                Some("kubernetes.io/h2c".to_owned()),
+            ),
             ("rke2-api".to_owned(), 6443, None),
         ])
         .then_some(())
@@ -187,13 +357,32 @@ async fn changing_the_target_ports_rewrites_the_slice_ports() {
 #[tokio::test]
 async fn removing_the_annotation_deletes_our_slices() {
     let world = World::new("unannotate").await;
-    create(&world.client, &world.ns, &source_service(&world.ns, "apiserver")).await;
-    create(&world.client, &world.ns, &source_slice(&world.ns, "apiserver", "apiserver", "IPv4", &["203.0.113.9"])).await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_service(&world.ns, "apiserver"),
+    )
+    .await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_slice(
+            &world.ns,
+            "apiserver",
+            "apiserver",
+            "IPv4",
+            &["203.0.113.9"],
+        ),
+    )
+    .await;
     let mut svc = vip_service(&world.ns, "vip", &["IPv4"]);
     svc.metadata.annotations = Some(
         [
             (names::ANNOTATION_ENABLED.to_owned(), "true".to_owned()),
-            (names::ANNOTATION_SOURCE_NAME.to_owned(), "apiserver".to_owned()),
+            (
+                names::ANNOTATION_SOURCE_NAME.to_owned(),
+                "apiserver".to_owned(),
+            ),
         ]
         .into(),
     );
@@ -205,9 +394,15 @@ async fn removing_the_annotation_deletes_our_slices() {
 
     let services: Api<Service> = Api::namespaced(world.client.clone(), &world.ns);
     let patch = serde_json::json!({"metadata": {"annotations": {names::ANNOTATION_ENABLED: null}}});
-    services.patch("vip", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    services
+        .patch("vip", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     eventually("our slices deleted", CONVERGE, || async {
-        slices_of(&world.client, &world.ns, "vip").await.is_empty().then_some(())
+        slices_of(&world.client, &world.ns, "vip")
+            .await
+            .is_empty()
+            .then_some(())
     })
     .await;
     daemon.stop().await;
@@ -225,7 +420,10 @@ async fn deleting_the_target_service_removes_its_slices() {
     }
     delete::<Service>(&world.client, &world.ns, "vip").await;
     eventually("target slices gone", CONVERGE, || async {
-        slices_of(&world.client, &world.ns, "vip").await.is_empty().then_some(())
+        slices_of(&world.client, &world.ns, "vip")
+            .await
+            .is_empty()
+            .then_some(())
     })
     .await;
     daemon.stop().await;
@@ -236,22 +434,36 @@ async fn deleting_the_source_keeps_the_target_and_raises_an_event() {
     let world = World::new("source-gone").await;
     world.seed(&["198.51.100.1", "198.51.100.2"]).await;
     let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1", "198.51.100.2"], CONVERGE).await;
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1", "198.51.100.2"],
+        CONVERGE,
+    )
+    .await;
 
     delete::<EndpointSlice>(&world.client, &world.ns, "apiserver").await;
     delete::<Service>(&world.client, &world.ns, "apiserver").await;
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(world.client.clone(), &world.ns);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(world.client.clone(), &world.ns);
     eventually("a SourceMissing Event on the target", CONVERGE, || async {
         let list = events.list(&Default::default()).await.ok()?;
         list.items
             .iter()
-            .any(|e| e.reason.as_deref() == Some("SourceMissing") && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("vip"))
+            .any(|e| {
+                e.reason.as_deref() == Some("SourceMissing")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("vip")
+            })
             .then_some(())
     })
     .await;
     // Fail-static: the VIP keeps its endpoints.
     let slices = slices_of(&world.client, &world.ns, "vip").await;
-    assert_eq!(ready_addresses(slices.values()), vec!["198.51.100.1", "198.51.100.2"]);
+    assert_eq!(
+        ready_addresses(slices.values()),
+        vec!["198.51.100.1", "198.51.100.2"]
+    );
     daemon.stop().await;
 }
 
@@ -265,7 +477,9 @@ async fn a_manual_edit_or_delete_of_a_target_slice_is_repaired() {
     let api: Api<EndpointSlice> = Api::namespaced(world.client.clone(), &world.ns);
     let mut slice = api.get("vip").await.unwrap();
     slice.endpoints = vec![endpoint("203.0.113.66", true)];
-    api.replace("vip", &PostParams::default(), &slice).await.unwrap();
+    api.replace("vip", &PostParams::default(), &slice)
+        .await
+        .unwrap();
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
 
     delete::<EndpointSlice>(&world.client, &world.ns, "vip").await;
@@ -278,7 +492,14 @@ async fn restarting_in_sync_writes_nothing() {
     let world = World::new("restart").await;
     world.seed(&["198.51.100.1", "198.51.100.2"]).await;
     let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1", "198.51.100.2"], CONVERGE).await;
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1", "198.51.100.2"],
+        CONVERGE,
+    )
+    .await;
     daemon.stop().await;
 
     let Some(tb) = world.testbed() else {
@@ -289,11 +510,20 @@ async fn restarting_in_sync_writes_nothing() {
     let daemon = Daemon::start(world.config("node-1"));
     // Wait until the restarted daemon leads and has planned (its Lease write is in the log).
     eventually("the restarted daemon leads", CONVERGE, || async {
-        tb.requests().iter().any(|r| r.seq > since && r.resource == "leases" && r.verb == Verb::Update && r.code == 200).then_some(())
+        tb.requests()
+            .iter()
+            .any(|r| {
+                r.seq > since && r.resource == "leases" && r.verb == Verb::Update && r.code == 200
+            })
+            .then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(writes_to_slices(tb, since), 0, "a restart in sync writes no EndpointSlice");
+    assert_eq!(
+        writes_to_slices(tb, since),
+        0,
+        "a restart in sync writes no EndpointSlice"
+    );
     daemon.stop().await;
 }
 
@@ -331,13 +561,30 @@ async fn the_api_down_for_10_seconds_converges_after() {
 
     tb.go_down().await;
     // Change the source while the API is down (directly in the store: nobody can reach it).
-    let api = endpoint_copier_testbed::store::resource("discovery.k8s.io", "v1", "endpointslices").unwrap();
+    let api = endpoint_copier_testbed::store::resource("discovery.k8s.io", "v1", "endpointslices")
+        .unwrap();
     let mut slice = tb.store().get(api, Some(&world.ns), "apiserver").unwrap();
-    slice["endpoints"] = serde_json::json!([{"addresses": ["198.51.100.2"], "conditions": {"ready": true}}]);
-    tb.store().replace(api, Some(&world.ns), "apiserver", slice, &Default::default()).unwrap();
+    slice["endpoints"] =
+        serde_json::json!([{"addresses": ["198.51.100.2"], "conditions": {"ready": true}}]);
+    tb.store()
+        .replace(
+            api,
+            Some(&world.ns),
+            "apiserver",
+            slice,
+            &Default::default(),
+        )
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
     tb.come_up().await;
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.2"], Duration::from_secs(30)).await;
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.2"],
+        Duration::from_secs(30),
+    )
+    .await;
     daemon.stop().await;
 }
 
@@ -356,7 +603,9 @@ async fn an_expired_watch_relists_and_converges() {
     // Compact history and drop the watches together: the re-watch from the last seen
     // resourceVersion gets 410 Gone and must relist.
     tb.compact();
-    api.replace("apiserver", &PostParams::default(), &slice).await.unwrap();
+    api.replace("apiserver", &PostParams::default(), &slice)
+        .await
+        .unwrap();
     tb.compact();
     tb.close_watches();
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.7"], CONVERGE).await;
@@ -370,19 +619,59 @@ async fn injected_409_429_and_503_are_retried_until_converged() {
     require_testbed!(world.cluster);
     let tb = world.testbed().unwrap();
     world.seed(&["198.51.100.1"]).await;
-    let m = Match { identity: Some("node-1".into()), verb: None, resource: Some("endpointslices".into()) };
-    tb.fail_next(Match { verb: Some(Verb::Create), ..m.clone() }, 1, Failure::Conflict);
-    tb.fail_next(Match { verb: Some(Verb::Create), ..m.clone() }, 1, Failure::TooManyRequests { retry_after_secs: 1 });
-    tb.fail_next(Match { verb: Some(Verb::Create), ..m.clone() }, 1, Failure::ServiceUnavailable);
+    let m = Match {
+        identity: Some("node-1".into()),
+        verb: None,
+        resource: Some("endpointslices".into()),
+    };
+    tb.fail_next(
+        Match {
+            verb: Some(Verb::Create),
+            ..m.clone()
+        },
+        1,
+        Failure::Conflict,
+    );
+    tb.fail_next(
+        Match {
+            verb: Some(Verb::Create),
+            ..m.clone()
+        },
+        1,
+        Failure::TooManyRequests {
+            retry_after_secs: 1,
+        },
+    );
+    tb.fail_next(
+        Match {
+            verb: Some(Verb::Create),
+            ..m.clone()
+        },
+        1,
+        Failure::ServiceUnavailable,
+    );
     let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], Duration::from_secs(20)).await;
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1"],
+        Duration::from_secs(20),
+    )
+    .await;
     let codes: Vec<u16> = tb
         .requests()
         .iter()
-        .filter(|r| r.identity == "node-1" && r.resource == "endpointslices" && r.verb == Verb::Create)
+        .filter(|r| {
+            r.identity == "node-1" && r.resource == "endpointslices" && r.verb == Verb::Create
+        })
         .map(|r| r.code)
         .collect();
-    assert_eq!(&codes[..3], &[409, 429, 503], "each injected failure was met: {codes:?}");
+    assert_eq!(
+        &codes[..3],
+        &[409, 429, 503],
+        "each injected failure was met: {codes:?}"
+    );
     assert_eq!(codes.last(), Some(&201));
     daemon.stop().await;
 }

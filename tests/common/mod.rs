@@ -22,7 +22,9 @@ use kube::{Api, Client};
 /// A kube client for the test itself (seeding, asserting), from the cluster's kubeconfig.
 pub async fn client_for(kubeconfig: &Path) -> Client {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
     Client::try_from(cfg).unwrap()
 }
 
@@ -32,7 +34,10 @@ pub fn config(kubeconfig: &Path, identity: &str, pairs: &[(&str, &str)]) -> Conf
     c.kubeconfig = Kubeconfig::Path(kubeconfig.to_owned());
     c.pairs = pairs
         .iter()
-        .map(|(s, t)| PairConfig { source: s.parse().unwrap(), target: t.parse().unwrap() })
+        .map(|(s, t)| PairConfig {
+            source: s.parse().unwrap(),
+            target: t.parse().unwrap(),
+        })
         .collect();
     c.lease.identity = Some(identity.to_owned());
     c.lease.duration = Duration::from_secs(3);
@@ -58,7 +63,9 @@ impl Daemon {
     /// Graceful stop (SIGTERM path): waits for the daemon to return and checks it returned Ok.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let r = tokio::time::timeout(Duration::from_secs(15), self.task).await.expect("daemon stops within 15 s");
+        let r = tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("daemon stops within 15 s");
         r.unwrap().unwrap();
     }
 
@@ -79,13 +86,20 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 pub fn meta(ns: &str, name: &str) -> ObjectMeta {
-    ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), ..Default::default() }
+    ObjectMeta {
+        namespace: Some(ns.into()),
+        name: Some(name.into()),
+        ..Default::default()
+    }
 }
 
 /// A selectorless Service like the ones EIB creates for the VIP.
@@ -97,7 +111,14 @@ pub fn vip_service(ns: &str, name: &str, families: &[&str]) -> Service {
         spec: Some(ServiceSpec {
             type_: Some("LoadBalancer".into()),
             ip_families: Some(families.iter().map(|f| (*f).to_owned()).collect()),
-            ip_family_policy: Some(if families.len() > 1 { "RequireDualStack" } else { "SingleStack" }.into()),
+            ip_family_policy: Some(
+                if families.len() > 1 {
+                    "RequireDualStack"
+                } else {
+                    "SingleStack"
+                }
+                .into(),
+            ),
             ports: Some(vec![
                 ServicePort {
                     name: Some("rke2-api".into()),
@@ -141,13 +162,23 @@ pub fn source_service(ns: &str, name: &str) -> Service {
 pub fn endpoint(addr: &str, ready: bool) -> Endpoint {
     Endpoint {
         addresses: vec![addr.to_owned()],
-        conditions: Some(EndpointConditions { ready: Some(ready), serving: Some(ready), terminating: Some(false) }),
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            serving: Some(ready),
+            terminating: Some(false),
+        }),
         ..Default::default()
     }
 }
 
 /// A source slice the way the apiserver writes `kubernetes`: one family, port https 6443.
-pub fn source_slice(ns: &str, service: &str, name: &str, family: &str, addrs: &[&str]) -> EndpointSlice {
+pub fn source_slice(
+    ns: &str,
+    service: &str,
+    name: &str,
+    family: &str,
+    addrs: &[&str],
+) -> EndpointSlice {
     let mut m = meta(ns, name);
     m.labels = Some([(names::SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into());
     EndpointSlice {
@@ -165,25 +196,49 @@ pub fn source_slice(ns: &str, service: &str, name: &str, family: &str, addrs: &[
 
 pub async fn create<K>(client: &Client, ns: &str, obj: &K) -> K
 where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
     K::DynamicType: Default,
 {
-    Api::<K>::namespaced(client.clone(), ns).create(&PostParams::default(), obj).await.unwrap()
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), obj)
+        .await
+        .unwrap()
 }
 
 pub async fn delete<K>(client: &Client, ns: &str, name: &str)
 where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
     K::DynamicType: Default,
 {
-    Api::<K>::namespaced(client.clone(), ns).delete(name, &DeleteParams::default()).await.unwrap();
+    Api::<K>::namespaced(client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 /// The slices labelled for `service`, by name.
-pub async fn slices_of(client: &Client, ns: &str, service: &str) -> BTreeMap<String, EndpointSlice> {
+pub async fn slices_of(
+    client: &Client,
+    ns: &str,
+    service: &str,
+) -> BTreeMap<String, EndpointSlice> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-    let lp = kube::api::ListParams::default().labels(&format!("{}={service}", names::SERVICE_NAME_LABEL));
-    api.list(&lp).await.unwrap().items.into_iter().map(|s| (s.metadata.name.clone().unwrap(), s)).collect()
+    let lp = kube::api::ListParams::default()
+        .labels(&format!("{}={service}", names::SERVICE_NAME_LABEL));
+    api.list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|s| (s.metadata.name.clone().unwrap(), s))
+        .collect()
 }
 
 /// Sorted addresses of the ready endpoints in `slices`.
@@ -199,13 +254,23 @@ pub fn ready_addresses<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) 
 }
 
 /// Waits until the target's ready addresses are exactly `want`.
-pub async fn wait_for_target(client: &Client, ns: &str, target: &str, want: &[&str], limit: Duration) {
+pub async fn wait_for_target(
+    client: &Client,
+    ns: &str,
+    target: &str,
+    want: &[&str],
+    limit: Duration,
+) {
     let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
-    eventually(&format!("{ns}/{target} to hold {want:?}"), limit, || async {
-        let slices = slices_of(client, ns, target).await;
-        (ready_addresses(slices.values()) == want).then_some(())
-    })
+    eventually(
+        &format!("{ns}/{target} to hold {want:?}"),
+        limit,
+        || async {
+            let slices = slices_of(client, ns, target).await;
+            (ready_addresses(slices.values()) == want).then_some(())
+        },
+    )
     .await;
 }
 
@@ -222,7 +287,11 @@ impl World {
         let cluster = Cluster::connect().await;
         let client = client_for(&cluster.kubeconfig()).await;
         let ns = cluster.unique_namespace(prefix).await;
-        World { cluster, ns, client }
+        World {
+            cluster,
+            ns,
+            client,
+        }
     }
 
     pub fn source(&self) -> String {
@@ -247,9 +316,24 @@ impl World {
 
     /// Creates the source Service with one IPv4 slice holding `addrs`, and the IPv4 target.
     pub async fn seed(&self, addrs: &[&str]) {
-        create(&self.client, &self.ns, &source_service(&self.ns, "apiserver")).await;
-        create(&self.client, &self.ns, &source_slice(&self.ns, "apiserver", "apiserver", "IPv4", addrs)).await;
-        create(&self.client, &self.ns, &vip_service(&self.ns, "vip", &["IPv4"])).await;
+        create(
+            &self.client,
+            &self.ns,
+            &source_service(&self.ns, "apiserver"),
+        )
+        .await;
+        create(
+            &self.client,
+            &self.ns,
+            &source_slice(&self.ns, "apiserver", "apiserver", "IPv4", addrs),
+        )
+        .await;
+        create(
+            &self.client,
+            &self.ns,
+            &vip_service(&self.ns, "vip", &["IPv4"]),
+        )
+        .await;
     }
 
     pub fn testbed(&self) -> Option<&TestBed> {
