@@ -84,8 +84,10 @@ fn three() -> Vec<String> {
 }
 
 fn daemon_config(tb: &TestBed, identity: &str) -> Config {
-    let mut c = Config::default();
-    c.kubeconfig = Kubeconfig::Path(tb.kubeconfig_for(identity));
+    let mut c = Config {
+        kubeconfig: Kubeconfig::Path(tb.kubeconfig_for(identity)),
+        ..Config::default()
+    };
     c.lease.identity = Some(identity.to_owned());
     c.metrics.listen = None;
     c

@@ -38,10 +38,12 @@ struct Node {
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env(names::LOG_ENV)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("endpoint_copier=info")),
+            tracing_subscriber::EnvFilter::try_from_env(names::LOG_ENV).unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("endpoint_copier=info,demo=info")
+            }),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
     let started = Instant::now();
@@ -59,8 +61,10 @@ async fn main() {
     let mut nodes: Vec<Node> = NODES
         .iter()
         .map(|(name, _)| {
-            let mut config = Config::default();
-            config.kubeconfig = Kubeconfig::Path(tb.kubeconfig_for(name));
+            let mut config = Config {
+                kubeconfig: Kubeconfig::Path(tb.kubeconfig_for(name)),
+                ..Config::default()
+            };
             config.lease.identity = Some((*name).to_owned());
             config.metrics.listen = None;
             let shutdown = Shutdown::new();

@@ -647,7 +647,7 @@ impl Engine {
                         if state.hold.as_ref() != Some(&hold) {
                             warn!(service = %target, source = %source, endpoints = kept, reason = %hold, "holding the target's EndpointSlices as they are");
                         }
-                        state.hold = Some(hold.clone());
+                        state.hold = Some(hold);
                         let reason = match hold {
                             Hold::NoSourceSlices => Some(Reason::SourceMissing),
                             Hold::NoEndpoints => Some(Reason::SourceEmpty),

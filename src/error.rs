@@ -10,7 +10,7 @@ pub enum Error {
     Cli(#[source] clap::Error),
     /// Invalid configuration.
     #[error("invalid configuration")]
-    Config(#[source] crate::config::Error),
+    Config(#[source] Box<crate::config::Error>),
     /// Logging could not be set up.
     #[error("failed to set up logging")]
     Logging(#[source] crate::logging::Error),

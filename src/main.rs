@@ -47,7 +47,7 @@ fn run() -> Result<(), Error> {
         println!("{}", version());
         return Ok(());
     }
-    let loaded = config::load(&cli.overrides()).map_err(Error::Config)?;
+    let loaded = config::load(&cli.overrides()).map_err(|e| Error::Config(Box::new(e)))?;
     let config = loaded.config;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

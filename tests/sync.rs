@@ -54,8 +54,10 @@ async fn the_default_pair_mirrors_kubernetes_into_kubernetes_vip() {
     )
     .await;
 
-    let mut config = endpoint_copier::config::Config::default();
-    config.kubeconfig = endpoint_copier::config::Kubeconfig::Path(tb.kubeconfig_for("node-1"));
+    let mut config = endpoint_copier::config::Config {
+        kubeconfig: endpoint_copier::config::Kubeconfig::Path(tb.kubeconfig_for("node-1")),
+        ..Default::default()
+    };
     config.lease.identity = Some("node-1".into());
     config.metrics.listen = None;
     let daemon = Daemon::start(config);

@@ -30,15 +30,17 @@ pub async fn client_for(kubeconfig: &Path) -> Client {
 
 /// A daemon config for tests: the given pairs, short Lease timings, no metrics listener.
 pub fn config(kubeconfig: &Path, identity: &str, pairs: &[(&str, &str)]) -> Config {
-    let mut c = Config::default();
-    c.kubeconfig = Kubeconfig::Path(kubeconfig.to_owned());
-    c.pairs = pairs
-        .iter()
-        .map(|(s, t)| PairConfig {
-            source: s.parse().unwrap(),
-            target: t.parse().unwrap(),
-        })
-        .collect();
+    let mut c = Config {
+        kubeconfig: Kubeconfig::Path(kubeconfig.to_owned()),
+        pairs: pairs
+            .iter()
+            .map(|(s, t)| PairConfig {
+                source: s.parse().unwrap(),
+                target: t.parse().unwrap(),
+            })
+            .collect(),
+        ..Config::default()
+    };
     c.lease.identity = Some(identity.to_owned());
     c.lease.duration = Duration::from_secs(3);
     c.lease.renew_deadline = Duration::from_secs(2);
