@@ -2,10 +2,10 @@
 //! `endpoint-copier version`.
 //!
 //! It sets two compile-time environment variables that `src/main.rs` reads with `env!`:
-//! - `ENDPOINT_COPIER_GIT_COMMIT`: `SOURCE_GIT_COMMIT` when set (the RPM spec passes it, since an
+//! - `BUILD_GIT_COMMIT`: `SOURCE_GIT_COMMIT` when set (the RPM spec passes it, since an
 //!   OBS build runs from a tarball without `.git`), else the short hash of `HEAD` when the crate is
 //!   the top of a git checkout, else `unknown`;
-//! - `ENDPOINT_COPIER_RUSTC_VERSION`: the first line of `$RUSTC -V`, else `rustc unknown`.
+//! - `BUILD_RUSTC_VERSION`: the first line of `$RUSTC -V`, else `rustc unknown`.
 //!
 //! It never fails the build: version information is nice to have, a release is not.
 //! What the binary prints is `main.rs`'s business.
@@ -27,7 +27,7 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let commit = commit_from_env()
         .unwrap_or_else(|| commit_from_git(&manifest_dir).unwrap_or_else(|| "unknown".to_owned()));
-    println!("cargo:rustc-env=ENDPOINT_COPIER_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
 
     // Cargo passes the compiler it uses in RUSTC, and reruns build scripts when it changes.
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
@@ -35,7 +35,7 @@ fn main() {
         .and_then(|out| out.lines().next().map(str::to_owned))
         .filter(|line| !line.is_empty())
         .unwrap_or_else(|| "rustc unknown".to_owned());
-    println!("cargo:rustc-env=ENDPOINT_COPIER_RUSTC_VERSION={rustc_version}");
+    println!("cargo:rustc-env=BUILD_RUSTC_VERSION={rustc_version}");
 }
 
 /// `SOURCE_GIT_COMMIT`, if set to something that looks like a commit name.

@@ -29,9 +29,6 @@ use crate::pairs;
 /// Why `check` or `status` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No usable kubeconfig.
-    #[error("kubeconfig")]
-    Kubeconfig(#[source] crate::client::Error),
     /// An API request failed (the API is down, or we may not read something).
     #[error("failed to {what}")]
     Api {
@@ -50,12 +47,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// 78 for an unusable kubeconfig (a config problem), 1 otherwise.
+    /// Always 1: config errors (78) stop `main` before `check` or `status` run.
     pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::Kubeconfig(e) if !e.is_transient() => 78,
-            _ => 1,
-        }
+        1
     }
 
     /// Whether the report was already printed (so `main` adds nothing).
@@ -125,7 +119,9 @@ pub struct LeaseReport {
 /// The whole report.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
-    /// Config files merged, in order.
+    /// Config drop-ins merged, in merge order.
+    pub config_files: Vec<String>,
+    /// The kubeconfig used.
     pub kubeconfig: Option<String>,
     /// API server URL.
     pub server: Option<String>,
@@ -143,41 +139,66 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
-/// Runs `endpoint-copier check`.
+/// Runs `endpoint-copier check` and prints its report.
 ///
 /// # Errors
 /// [`Error::Problems`] when the report lists problems (it is printed first); the other variants
 /// when the checks could not run at all.
-pub async fn check(config: &Config, output: Output) -> Result<(), Error> {
+pub async fn check(
+    config: &Config,
+    files: &[std::path::PathBuf],
+    output: Output,
+) -> Result<(), Error> {
+    let mut report = check_report(config).await?;
+    report.config_files = files.iter().map(|f| f.display().to_string()).collect();
+    finish(&report, output)
+}
+
+/// Runs `endpoint-copier status` and prints its report.
+///
+/// # Errors
+/// As [`check`].
+pub async fn status(config: &Config, output: Output) -> Result<(), Error> {
+    finish(&status_report(config).await?, output)
+}
+
+/// What `check` finds, without printing it. An unusable kubeconfig or an unreachable API is a
+/// problem in the report, not an error: that is exactly what an operator runs `check` to learn.
+///
+/// # Errors
+/// [`Error::Api`] when a read the report needs fails after the API answered once.
+pub async fn check_report(config: &Config) -> Result<Report, Error> {
     let mut report = Report::default();
-    let client = match connect(config, &mut report).await {
-        Ok(c) => c,
-        Err(e) => {
-            report.problems.push(crate::daemon::error_chain(&e));
-            return finish(&report, output);
-        }
+    let Some(client) = connect(config, &mut report).await else {
+        return Ok(report);
     };
-    match client.apiserver_version().await {
-        Ok(v) => report.server_version = Some(v.git_version),
-        Err(e) => {
+    match tokio::time::timeout(crate::apply::REQUEST_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(v)) => report.server_version = Some(v.git_version),
+        Ok(Err(e)) => {
             report.problems.push(format!(
                 "cannot reach the API server: {}",
                 crate::daemon::error_chain(&e)
             ));
-            return finish(&report, output);
+            return Ok(report);
+        }
+        Err(_) => {
+            report
+                .problems
+                .push("cannot reach the API server: no answer in 10 s".to_owned());
+            return Ok(report);
         }
     }
     report.permissions = permissions(&client, config).await?;
     for p in report.permissions.iter().filter(|p| !p.allowed) {
+        let group = if p.group.is_empty() {
+            String::new()
+        } else {
+            format!(".{}", p.group)
+        };
         report.problems.push(format!(
-            "missing permission: {} {}{} in {}",
+            "missing permission: {} {}{group} in {}",
             p.verb,
             p.resource,
-            if p.group.is_empty() {
-                String::new()
-            } else {
-                format!(".{}", p.group)
-            },
             p.namespace.as_deref().unwrap_or("all namespaces"),
         ));
     }
@@ -188,42 +209,52 @@ pub async fn check(config: &Config, output: Output) -> Result<(), Error> {
             .push(format!("pair for {} refused: {}", r.target, r.reason));
     }
     report.lease = Some(lease(&client, config).await?);
-    finish(&report, output)
+    Ok(report)
 }
 
-/// Runs `endpoint-copier status`.
+/// What `status` finds, without printing it.
 ///
 /// # Errors
-/// As [`check`].
-pub async fn status(config: &Config, output: Output) -> Result<(), Error> {
+/// As [`check_report`].
+pub async fn status_report(config: &Config) -> Result<Report, Error> {
     let mut report = Report::default();
-    let client = match connect(config, &mut report).await {
-        Ok(c) => c,
+    let Some(client) = connect(config, &mut report).await else {
+        return Ok(report);
+    };
+    match lease(&client, config).await {
+        Ok(l) => report.lease = Some(l),
         Err(e) => {
             report.problems.push(crate::daemon::error_chain(&e));
-            return finish(&report, output);
+            return Ok(report);
         }
-    };
-    report.lease = Some(lease(&client, config).await?);
+    }
     inspect_pairs(&client, config, &mut report).await?;
     for p in report.pairs.iter().filter(|p| !p.in_sync) {
         report
             .problems
             .push(format!("{} is not in sync with {}", p.target, p.source));
     }
-    finish(&report, output)
+    Ok(report)
 }
 
-async fn connect(config: &Config, report: &mut Report) -> Result<Client, Error> {
-    let path = crate::client::locate(&config.kubeconfig)
-        .ok_or(Error::Kubeconfig(crate::client::Error::NotFound))?;
-    let loaded = crate::client::build(&path, config.allow_insecure_tls)
-        .await
-        .map_err(Error::Kubeconfig)?;
-    report.kubeconfig = Some(loaded.path.display().to_string());
-    report.server = Some(loaded.server.clone());
-    report.problems.extend(loaded.warnings.iter().cloned());
-    Ok(loaded.client)
+/// Builds the client; on failure records the problem and returns `None`.
+async fn connect(config: &Config, report: &mut Report) -> Option<Client> {
+    let built = match crate::client::locate(&config.kubeconfig) {
+        Some(path) => crate::client::build(&path, config.allow_insecure_tls).await,
+        None => Err(crate::client::Error::NotFound),
+    };
+    match built {
+        Ok(loaded) => {
+            report.kubeconfig = Some(loaded.path.display().to_string());
+            report.server = Some(loaded.server.clone());
+            report.problems.extend(loaded.warnings.iter().cloned());
+            Some(loaded.client)
+        }
+        Err(e) => {
+            report.problems.push(crate::daemon::error_chain(&e));
+            None
+        }
+    }
 }
 
 /// The permissions the daemon uses, each asked of the API.
@@ -237,14 +268,17 @@ async fn permissions(client: &Client, config: &Config) -> Result<Vec<Permission>
         ("create", "coordination.k8s.io", "leases", lease_ns.clone()),
         ("update", "coordination.k8s.io", "leases", lease_ns),
     ];
-    let mut namespaces: Vec<Option<String>> = config
-        .pairs
-        .iter()
-        .map(|p| Some(p.target.namespace.clone()))
-        .collect();
-    if config.annotations.enabled {
-        namespaces.push(None);
-    }
+    // Annotated pairs can be in any namespace: then the cluster-wide grant is the one that
+    // matters (and implies every namespace's). Otherwise, each configured target's namespace.
+    let mut namespaces: Vec<Option<String>> = if config.annotations.enabled {
+        vec![None]
+    } else {
+        config
+            .pairs
+            .iter()
+            .map(|p| Some(p.target.namespace.clone()))
+            .collect()
+    };
     namespaces.sort();
     namespaces.dedup();
     for ns in namespaces {
@@ -432,6 +466,9 @@ fn finish(report: &Report, output: Output) -> Result<(), Error> {
 /// The text form of a report.
 pub fn render(report: &Report) -> String {
     let mut s = String::new();
+    if !report.config_files.is_empty() {
+        let _ = writeln!(s, "config: {}", report.config_files.join(", "));
+    }
     if let Some(k) = &report.kubeconfig {
         let _ = writeln!(s, "kubeconfig: {k}");
     }

@@ -48,7 +48,7 @@ fn run() -> Result<(), Error> {
         return Ok(());
     }
     let loaded = config::load(&cli.overrides()).map_err(|e| Error::Config(Box::new(e)))?;
-    let config = loaded.config;
+    let config = loaded.config.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,7 +71,7 @@ fn run() -> Result<(), Error> {
         Command::Check(OutputArgs { output }) => {
             logging::init_for_cli(&config.log.level).map_err(Error::Logging)?;
             runtime
-                .block_on(inspect::check(&config, output))
+                .block_on(inspect::check(&config, &loaded.files, output))
                 .map_err(Error::Inspect)
         }
         Command::Status(OutputArgs { output }) => {
@@ -89,7 +89,7 @@ fn version() -> String {
     format!(
         "endpoint-copier {} (commit {}, {})",
         env!("CARGO_PKG_VERSION"),
-        option_env!("ENDPOINT_COPIER_GIT_COMMIT").unwrap_or("unknown"),
-        option_env!("ENDPOINT_COPIER_RUSTC_VERSION").unwrap_or("rustc unknown"),
+        option_env!("BUILD_GIT_COMMIT").unwrap_or("unknown"),
+        option_env!("BUILD_RUSTC_VERSION").unwrap_or("rustc unknown"),
     )
 }

@@ -233,14 +233,19 @@ impl Error {
         }
     }
 
-    /// Worth retrying: timeouts, connection failures, 409, 429 and 5xx. Everything else (401,
-    /// 403, 404 on create because the namespace is missing, 422) needs a person.
+    /// Worth retrying: timeouts, connection failures, 401, 409, 429 and 5xx. A 401 is transient
+    /// because RKE2 rotates the client certificate: the daemon re-reads the kubeconfig on the
+    /// first 401 (`client::Reloadable`) and the next attempt carries the new one; if the file
+    /// never gets better, the renew deadline passes and we step down, which is the right outcome
+    /// too. Everything else (403, 404 on create because the namespace is missing, 422) needs a
+    /// person.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Timeout { .. } => true,
             Error::Request { source, .. } => match source {
                 kube::Error::Api(status) => {
-                    matches!(status.code, 408 | 409 | 429) || (500..=599).contains(&status.code)
+                    matches!(status.code, 401 | 408 | 409 | 429)
+                        || (500..=599).contains(&status.code)
                 }
                 kube::Error::HyperError(_)
                 | kube::Error::Service(_)
@@ -393,7 +398,7 @@ impl Elector {
     ///
     /// # Errors
     /// Transient API errors (timeouts, connection failures, 409, 429, 5xx) are retried inside;
-    /// [`Error`] is returned only for fatal ones (401, 403, the namespace missing, 422). The fence
+    /// [`Error`] is returned only for fatal ones (403, the namespace missing, 422). The fence
     /// is invalid when this returns.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
         let config =
@@ -852,10 +857,10 @@ mod tests {
 
     #[test]
     fn only_retryable_errors_are_transient() {
-        for code in [408, 409, 429, 500, 503, 504] {
+        for code in [401, 408, 409, 429, 500, 503, 504] {
             assert!(request("update", code).is_transient(), "{code}");
         }
-        for code in [400, 401, 403, 404, 422] {
+        for code in [400, 403, 404, 422] {
             assert!(!request("create", code).is_transient(), "{code}");
         }
         let timeout = Error::Timeout {
