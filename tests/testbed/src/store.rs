@@ -1201,31 +1201,52 @@ fn prepare_body(r: &Resource, ns: Option<&str>, body: &mut Value) -> Result<(), 
     Ok(())
 }
 
-/// Everything outside metadata/status (what decides a generation bump).
-fn spec_part(o: &Value) -> Value {
-    let mut o = o.clone();
-    if let Some(m) = o.as_object_mut() {
-        m.remove("metadata");
-        m.remove("status");
+/// Whether two objects are equal when the top-level keys in `skip` are ignored (no clones: this
+/// runs on every update).
+fn eq_without(a: &Value, b: &Value, skip: &[&str]) -> bool {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            let keys = |m: &'_ serde_json::Map<String, Value>| {
+                m.iter()
+                    .filter(|(k, _)| !skip.contains(&k.as_str()))
+                    .count()
+            };
+            keys(a) == keys(b)
+                && a.iter()
+                    .filter(|(k, _)| !skip.contains(&k.as_str()))
+                    .all(|(k, v)| b.get(k) == Some(v))
+        }
+        _ => a == b,
     }
-    o
 }
 
-/// The object without fields a no-op write would change anyway (resourceVersion, managedFields
-/// timestamps), for detecting writes that change nothing.
-fn comparable(o: &Value) -> Value {
-    let mut o = o.clone();
-    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
-        if let Some(Value::Array(mf)) = m.get_mut("managedFields") {
-            for e in mf {
-                if let Some(e) = e.as_object_mut() {
-                    e.remove("time");
-                }
-            }
-        }
+/// Everything outside metadata/status is equal (what decides a generation bump).
+fn same_spec(a: &Value, b: &Value) -> bool {
+    eq_without(a, b, &["metadata", "status"])
+}
+
+/// Equal but for what a no-op write changes anyway (resourceVersion, managedFields timestamps),
+/// for detecting writes that change nothing.
+fn same_content(a: &Value, b: &Value) -> bool {
+    if !eq_without(a, b, &["metadata"]) {
+        return false;
     }
-    o
+    let (Some(ma), Some(mb)) = (a.get("metadata"), b.get("metadata")) else {
+        return a.get("metadata") == b.get("metadata");
+    };
+    if !eq_without(ma, mb, &["resourceVersion", "managedFields"]) {
+        return false;
+    }
+    let mf = |m: &Value| m.get("managedFields").and_then(Value::as_array).cloned();
+    match (mf(ma), mf(mb)) {
+        (Some(x), Some(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(e, f)| eq_without(e, f, &["time"]))
+        }
+        (x, y) => x == y,
+    }
 }
 
 impl Inner {
@@ -1659,7 +1680,7 @@ impl Inner {
         }
         // EndpointSlice PrepareForUpdate: anything outside metadata, or the labels, changed.
         if r.has_generation()
-            && (spec_part(&body) != spec_part(&old)
+            && (!same_spec(&body, &old)
                 || body.pointer("/metadata/labels") != old.pointer("/metadata/labels"))
         {
             let g = old
@@ -1673,7 +1694,7 @@ impl Inner {
         }
         // A write that changes nothing is not written: no new resourceVersion, no watch event
         // (etcd3 GuaranteedUpdate short-circuits identical bytes).
-        if comparable(&body) == comparable(&old) {
+        if same_content(&body, &old) {
             return Ok((*old).clone());
         }
         if p.dry_run {
