@@ -504,9 +504,30 @@ pub struct Store {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// The namespace of a single-object request: required for namespaced resources (the real router
+/// has no such path without one), ignored for cluster-scoped ones.
+fn object_scope<'a>(r: &Resource, ns: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
+    match (r.namespaced, ns.filter(|n| !n.is_empty())) {
+        (false, _) => Ok(None),
+        (true, Some(ns)) => Ok(Some(ns)),
+        (true, None) => Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+            None,
+        )),
+    }
+}
+
 /// The namespace key part for `r` (None for cluster-scoped resources, whatever was passed).
 fn scope<'a>(r: &Resource, ns: Option<&'a str>) -> Option<&'a str> {
     if r.namespaced { ns } else { None }
+}
+
+fn has_finalizers(o: &Value) -> bool {
+    o.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
 }
 
 fn owner_uids(o: &Value) -> Vec<String> {
@@ -689,9 +710,10 @@ impl Store {
     /// # Errors
     /// 404 NotFound (`services "x" not found`).
     pub fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        let ns = object_scope(r, ns)?;
         let inner = lock(&self.inner);
         inner
-            .get(r, &obj_key(scope(r, ns), name))
+            .get(r, &obj_key(ns, name))
             .map(|o| (*o).clone())
             .ok_or_else(|| not_found(r, name))
     }
@@ -949,9 +971,10 @@ impl Store {
         mut body: Value,
         p: &WriteParams,
     ) -> Result<Value, ApiError> {
-        prepare_body(r, scope(r, ns), &mut body)?;
+        let ns = object_scope(r, ns)?;
+        prepare_body(r, ns, &mut body)?;
         let mut inner = lock(&self.inner);
-        inner.create(r, scope(r, ns), body, p)
+        inner.create(r, ns, body, p)
     }
 
     /// Replaces an object (PUT).
@@ -967,7 +990,7 @@ impl Store {
         mut body: Value,
         p: &WriteParams,
     ) -> Result<Value, ApiError> {
-        let ns = scope(r, ns);
+        let ns = object_scope(r, ns)?;
         prepare_body(r, ns, &mut body)?;
         let body_name = str_at(&body, "/metadata/name");
         if body_name != name {
@@ -1003,7 +1026,7 @@ impl Store {
         patch: Value,
         p: &WriteParams,
     ) -> Result<Value, ApiError> {
-        let ns = scope(r, ns);
+        let ns = object_scope(r, ns)?;
         if let PatchKind::StrategicMerge | PatchKind::Apply { .. } = kind {
             let ct = match kind {
                 PatchKind::StrategicMerge => "application/strategic-merge-patch+json",
@@ -1060,7 +1083,7 @@ impl Store {
         name: &str,
         p: &DeleteParams,
     ) -> Result<Value, ApiError> {
-        let ns = scope(r, ns);
+        let ns = object_scope(r, ns)?;
         let mut inner = lock(&self.inner);
         let key = obj_key(ns, name);
         let old = inner.get(r, &key).ok_or_else(|| not_found(r, name))?;
@@ -1093,6 +1116,17 @@ impl Store {
         }
         if r.group.is_empty() && r.plural == "namespaces" {
             return Ok(inner.delete_namespace(name));
+        }
+        // An object with finalizers is only marked (deletionTimestamp); the update that removes
+        // the last finalizer deletes it (registry store.Delete / updateForGracefulDeletionAndFinalizers).
+        if has_finalizers(&old) {
+            if old.pointer("/metadata/deletionTimestamp").is_some() {
+                return Ok((*old).clone());
+            }
+            let mut marked = (*old).clone();
+            marked["metadata"]["deletionTimestamp"] = json!(meta::now());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            return Ok((*inner.put(r.key(), key, marked, Some(old))).clone());
         }
         Ok(inner.remove(r.key(), &key))
     }
@@ -1675,6 +1709,22 @@ impl Inner {
             errs.extend(self.allocate_service(&mut body, Some(&old)));
         }
         errs.extend(validate::validate(r, &body, Some(&old)));
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            // ValidateObjectMetaUpdate: a terminating object may lose finalizers, not gain them.
+            let fins = |o: &Value| -> Vec<Value> {
+                o.pointer("/metadata/finalizers")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let before = fins(&old);
+            if fins(&body).iter().any(|f| !before.contains(f)) {
+                errs.push(FieldError::forbidden(
+                    "metadata.finalizers",
+                    "no new finalizers can be added if the object is being deleted",
+                ));
+            }
+        }
         if !errs.is_empty() {
             return Err(invalid_error(r, name, &errs));
         }
@@ -1708,6 +1758,11 @@ impl Inner {
         let key = obj_key(ns, name);
         let stored = self.put(res, key.clone(), body, Some(old));
         let out = (*stored).clone();
+        if out.pointer("/metadata/deletionTimestamp").is_some() && !has_finalizers(&out) {
+            // The last finalizer is gone: the object goes now.
+            self.remove(res, &key);
+            return Ok(out);
+        }
         if !self.gc_off {
             self.gc_check(res, &key);
         }
@@ -3581,6 +3636,87 @@ mod tests {
                 "Expired",
                 "The resourceVersion for the provided list is too old."
             )
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/finalizers/
+    #[test]
+    fn an_object_with_finalizers_is_marked_on_delete_and_goes_with_its_last_finalizer() {
+        let s = store();
+        let mut body = slice("f", json!({}), &["198.51.100.1"]);
+        body["metadata"]["finalizers"] = json!(["example.com/hold"]);
+        s.create(slices(), Some("default"), body, &WriteParams::default())
+            .unwrap();
+        let marked = s
+            .delete(slices(), Some("default"), "f", &DeleteParams::default())
+            .unwrap();
+        assert!(marked["metadata"]["deletionTimestamp"].is_string());
+        let got = s.get(slices(), Some("default"), "f").unwrap();
+        assert_eq!(
+            got["metadata"]["deletionTimestamp"],
+            marked["metadata"]["deletionTimestamp"]
+        );
+        let mut more = got.clone();
+        more["metadata"]["finalizers"] = json!(["example.com/hold", "example.com/other"]);
+        let e = s
+            .replace(
+                slices(),
+                Some("default"),
+                "f",
+                more,
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert!(
+            e.message
+                .contains("no new finalizers can be added if the object is being deleted"),
+            "{}",
+            e.message
+        );
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(s.resource_version().to_string()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        s.patch(
+            slices(),
+            Some("default"),
+            "f",
+            PatchKind::Merge,
+            json!({"metadata": {"finalizers": null}}),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        assert_eq!(s.get(slices(), Some("default"), "f").unwrap_err().code, 404);
+        assert_eq!(types(&drain(&mut w)), ["MODIFIED f", "DELETED f"]);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-uris (namespaced objects only live under /namespaces/{ns}/)
+    #[test]
+    fn a_namespaced_object_request_without_namespace_is_not_found() {
+        let s = store();
+        let e = s.get(slices(), None, "a").unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (404, "the server could not find the requested resource")
+        );
+        let e = s
+            .create(
+                slices(),
+                None,
+                slice("a", json!({}), &["198.51.100.1"]),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 404);
+        assert_eq!(
+            s.list(slices(), None, &ListParams::default()).unwrap()["items"],
+            json!([])
         );
     }
 }
