@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, PeerCert};
 use crate::faults::{Faults, Partition, Target};
 use crate::reqlog::{RequestLog, RequestRecord, Verb};
 use crate::store::{
@@ -89,12 +89,12 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let Ok(tls) = acceptor.accept(stream).await else {
         return;
     };
-    let peer: Arc<Option<Vec<u8>>> = Arc::new(
+    let peer: Arc<Option<PeerCert>> = Arc::new(
         tls.get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .map(|c| c.to_vec()),
+            .map(|c| PeerCert::new(c.to_vec())),
     );
     let service = hyper::service::service_fn(move |req| handle(shared.clone(), peer.clone(), req));
     let _ = hyper::server::conn::http1::Builder::new()
@@ -257,7 +257,7 @@ fn text_response(code: u16, text: &'static str) -> Response<Body> {
 
 async fn handle(
     shared: Arc<Shared>,
-    peer: Arc<Option<Vec<u8>>>,
+    peer: Arc<Option<PeerCert>>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refused> {
     let seq = shared.log.next_seq();
@@ -271,7 +271,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok());
     let user = shared
         .auth
-        .authenticate(peer.as_ref().as_deref(), authorization);
+        .authenticate(peer.as_ref().as_ref(), authorization);
     let identity = user
         .as_ref()
         .map(|u| u.name.clone())
