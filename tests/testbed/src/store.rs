@@ -497,7 +497,7 @@ struct Inner {
 }
 
 /// The object store; cheap to clone (all clones share one state).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Store {
     // One Mutex for everything: writes are totally ordered by resourceVersion, as etcd orders
     // them, and every critical section is short (no I/O, no await).
@@ -687,6 +687,13 @@ fn decode_continue(tok: &str) -> Result<(u64, String), ApiError> {
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // A panic while holding the lock (a bug in a test) must not wedge every later request.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Default for Store {
+    /// Same as [`Store::new`] (the counters must not start at zero).
+    fn default() -> Store {
+        Store::new()
+    }
 }
 
 impl Store {
