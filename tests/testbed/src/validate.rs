@@ -513,6 +513,30 @@ pub fn decode(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
             "json: cannot unmarshal into Go struct field .metadata of type v1.ObjectMeta".into(),
         ));
     }
+    for k in ["labels", "annotations"] {
+        if let Some(map) = obj
+            .pointer(&format!("/metadata/{k}"))
+            .filter(|v| !v.is_null())
+        {
+            let bad = match map.as_object() {
+                Some(m) => m.values().find(|v| !v.is_string()).map(json_type),
+                None => Some(json_type(map)),
+            };
+            if let Some(t) = bad {
+                let want = if map.is_object() {
+                    "string"
+                } else {
+                    "map[string]string"
+                };
+                return Err(decode_err(
+                    r,
+                    format!(
+                        "json: cannot unmarshal {t} into Go struct field ObjectMeta.metadata.{k} of type {want}"
+                    ),
+                ));
+            }
+        }
+    }
     fix_time(r, obj.pointer_mut("/metadata/creationTimestamp"), false)?;
     fix_time(r, obj.pointer_mut("/metadata/deletionTimestamp"), false)?;
     match (r.group, r.kind) {
@@ -1609,6 +1633,18 @@ mod tests {
                 .starts_with("Lease in version \"v1\" cannot be handled as a Lease: parsing time"),
             "{}",
             e.message
+        );
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apimachinery/pkg/apis/meta/v1/types.go (labels are map[string]string: other JSON types fail decoding with 400)
+    #[test]
+    fn non_string_label_values_fail_decoding_with_400() {
+        let mut o = json!({"metadata": {"name": "s", "labels": {"a": 1}}});
+        let e = decode(slice_res(), &mut o).unwrap_err();
+        assert_eq!(e.code, 400);
+        assert_eq!(
+            e.message,
+            "EndpointSlice in version \"v1\" cannot be handled as a EndpointSlice: json: cannot unmarshal number into Go struct field ObjectMeta.metadata.labels of type string"
         );
     }
 
