@@ -358,6 +358,8 @@ pub struct Watch {
     pub initial: Vec<Value>,
     /// Later events; ends when the store drops the sender (close_watches, or after an ERROR).
     pub events: UnboundedReceiver<Value>,
+    /// This watch's id, for [`Store::request_bookmark`].
+    pub id: u64,
 }
 
 /// Storage identity of a resource: (group, plural).
@@ -394,6 +396,7 @@ struct Change {
 
 #[derive(Debug)]
 struct Watcher {
+    id: u64,
     res: ResKey,
     ns: Option<String>,
     labels: LabelSelector,
@@ -488,6 +491,8 @@ struct Inner {
     /// Every change with rv > floor is in `history`.
     floor: u64,
     watchers: Vec<Watcher>,
+    /// Last watch id handed out (ids start at 1; 0 is a watch that already ended).
+    next_watch_id: u64,
     gc_off: bool,
     ips: HashSet<IpAddr>,
     node_ports: HashSet<u16>,
@@ -906,6 +911,7 @@ impl Store {
         };
         let (tx, rx) = unbounded_channel();
         let w = Watcher {
+            id: 0,
             res: r.key(),
             ns: scope(r, ns).map(str::to_string),
             labels,
@@ -951,6 +957,7 @@ impl Store {
                 return Ok(Watch {
                     initial,
                     events: rx,
+                    id: 0,
                 });
             }
             for c in inner.history.iter().filter(|c| c.rv > from) {
@@ -959,10 +966,13 @@ impl Store {
                 }
             }
         }
-        inner.watchers.push(w);
+        inner.next_watch_id += 1;
+        let id = inner.next_watch_id;
+        inner.watchers.push(Watcher { id, ..w });
         Ok(Watch {
             initial,
             events: rx,
+            id,
         })
     }
 
@@ -1146,6 +1156,20 @@ impl Store {
     /// A BOOKMARK watch event at the current resourceVersion.
     pub fn bookmark(&self, r: &Resource) -> Value {
         bookmark_for(r, lock(&self.inner).rv)
+    }
+
+    /// Queues a BOOKMARK at the current resourceVersion into watch `id`'s own event stream, behind
+    /// every event already sent to it. Prefer this to [`Store::bookmark`] for periodic bookmarks:
+    /// a bookmark written ahead of queued events would let a client resume past events it never
+    /// received. Returns false when that watch is gone.
+    pub fn request_bookmark(&self, r: &Resource, id: u64) -> bool {
+        let inner = lock(&self.inner);
+        let b = bookmark_for(r, inner.rv);
+        inner
+            .watchers
+            .iter()
+            .find(|w| w.id == id)
+            .is_some_and(|w| w.tx.send(b).is_ok())
     }
 
     /// Forgets all history: watches and continue tokens from an older resourceVersion get 410.
@@ -3725,5 +3749,29 @@ mod tests {
             s.list(slices(), None, &ListParams::default()).unwrap()["items"],
             json!([])
         );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#watch-bookmarks (a bookmark promises every change up to its resourceVersion was sent)
+    #[test]
+    fn a_requested_bookmark_arrives_after_the_events_already_queued() {
+        let s = store();
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    allow_bookmarks: true,
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        create_slice(&s, "a", json!({}));
+        assert!(s.request_bookmark(slices(), w.id));
+        create_slice(&s, "b", json!({}));
+        let evs = drain(&mut w);
+        assert_eq!(types(&evs), ["ADDED a", "BOOKMARK ", "ADDED b"]);
+        assert_eq!(rv(&evs[1]["object"]), rv(&evs[0]["object"]));
+        drop(w);
+        assert!(!s.request_bookmark(slices(), 999));
     }
 }
