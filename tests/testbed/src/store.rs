@@ -1101,6 +1101,18 @@ impl Store {
         p: &DeleteParams,
     ) -> Result<Value, ApiError> {
         let ns = object_scope(r, ns)?;
+        if r.group.is_empty()
+            && r.plural == "namespaces"
+            && ["default", "kube-system", "kube-public"].contains(&name)
+        {
+            // The NamespaceLifecycle admission plugin protects the immortal namespaces.
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("namespaces {name:?} is forbidden: this namespace may not be deleted"),
+                Some(details(r, name)),
+            ));
+        }
         let mut inner = lock(&self.inner);
         let key = obj_key(ns, name);
         let old = inner.get(r, &key).ok_or_else(|| not_found(r, name))?;
@@ -3399,6 +3411,16 @@ mod tests {
         assert_eq!(s.get(slices(), Some("t"), "a").unwrap_err().code, 404);
         assert_eq!(s.get(ns_res(), None, "t").unwrap_err().code, 404);
         assert!(s.get(slices(), Some("default"), "keep").is_ok());
+        let e = s
+            .delete(ns_res(), None, "default", &DeleteParams::default())
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                403,
+                "namespaces \"default\" is forbidden: this namespace may not be deleted"
+            )
+        );
         s.set_garbage_collection(false);
         s.create(
             ns_res(),
