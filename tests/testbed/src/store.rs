@@ -2718,11 +2718,9 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.code, 422);
-        assert!(
-            e.message
-                .contains("failed to allocate IP 10.43.0.1: provided IP is already allocated"),
-            "{}",
-            e.message
+        assert_eq!(
+            e.message,
+            "Service \"other\" is invalid: spec.clusterIPs: Invalid value: [\"10.43.0.1\"]: failed to allocate IP 10.43.0.1: provided IP is already allocated"
         );
         let e = s
             .create(

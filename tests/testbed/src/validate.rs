@@ -28,15 +28,11 @@ pub struct FieldError {
     pub body: String,
 }
 
-/// Renders a value as field.Error does: strings quoted (%q), numbers and booleans bare.
+/// Renders a value as field.Error does: strings quoted (%q), numbers and booleans bare, anything
+/// else as JSON (e.g. `["10.43.0.10"]`, as recent servers print lists).
 fn show(v: &Value) -> String {
     match v {
         Value::String(s) => format!("{s:?}"),
-        Value::Null => "null".into(),
-        Value::Array(a) => format!(
-            "[]string{{{}}}",
-            a.iter().map(show).collect::<Vec<_>>().join(", ")
-        ),
         other => other.to_string(),
     }
 }
@@ -356,53 +352,40 @@ pub fn validate_meta(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
         .and_then(|m| m.get("ownerReferences"))
         .and_then(Value::as_array)
     {
-        let mut controllers = Vec::new();
-        for (i, o) in refs.iter().enumerate() {
-            let f = "metadata.ownerReferences";
+        let f = "metadata.ownerReferences";
+        let mut first_controller: Option<String> = None;
+        for o in refs {
             let s = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("");
-            // ValidateOwnerReferences: the apiVersion/kind/name/uid checks of validateOwnerReference.
-            if s("apiVersion").is_empty() {
+            // validateOwnerReference: paths carry no index, as upstream.
+            if s("apiVersion").rsplit('/').next().is_none_or(str::is_empty) {
                 errs.push(FieldError::invalid(
                     format!("{f}.apiVersion"),
                     &json!(s("apiVersion")),
                     "version must not be empty",
                 ));
             }
-            if s("kind").is_empty() {
-                errs.push(FieldError::invalid(
-                    format!("{f}.kind"),
-                    &json!(s("kind")),
-                    "kind must not be empty",
-                ));
-            }
-            if s("name").is_empty() {
-                errs.push(FieldError::invalid(
-                    format!("{f}.name"),
-                    &json!(s("name")),
-                    "name must not be empty",
-                ));
-            }
-            if s("uid").is_empty() {
-                errs.push(FieldError::invalid(
-                    format!("{f}.uid"),
-                    &json!(s("uid")),
-                    "uid must not be empty",
-                ));
+            for k in ["kind", "name", "uid"] {
+                if s(k).is_empty() {
+                    errs.push(FieldError::invalid(
+                        format!("{f}.{k}"),
+                        &json!(s(k)),
+                        &format!("{k} must not be empty"),
+                    ));
+                }
             }
             if o.get("controller").and_then(Value::as_bool) == Some(true) {
-                controllers.push(format!("Kind={}, Name={}", s("kind"), s("name")));
+                let cur = format!("{}/{}", s("kind"), s("name"));
+                match &first_controller {
+                    Some(first) => errs.push(FieldError::invalid(
+                        f,
+                        &Value::Array(refs.clone()),
+                        &format!(
+                            "Only one reference can have Controller set to true. Found \"true\" in references for {first} and {cur}"
+                        ),
+                    )),
+                    None => first_controller = Some(cur),
+                }
             }
-            let _ = i;
-        }
-        if controllers.len() > 1 {
-            errs.push(FieldError::invalid(
-                "metadata.ownerReferences",
-                &Value::Null,
-                &format!(
-                    "Only one reference can have Controller set to true. Found \"true\" in references for {}",
-                    controllers.join(" and ")
-                ),
-            ));
         }
     }
 }
@@ -1604,7 +1587,7 @@ mod tests {
         assert!(msgs.iter().any(|m| m.contains("version must not be empty")));
         assert!(msgs.iter().any(|m| m.contains("uid must not be empty")));
         assert!(msgs.iter().any(|m| m.contains(
-            "Only one reference can have Controller set to true. Found \"true\" in references for Kind=Service, Name=a and Kind=Service, Name=b"
+            "Only one reference can have Controller set to true. Found \"true\" in references for Service/a and Service/b"
         )));
     }
 
