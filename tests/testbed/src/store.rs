@@ -10,7 +10,11 @@
 //! Simplifications (each also said where it is made): one Mutex around everything (writes are
 //! serialized as etcd serializes them); core/v1 and events.k8s.io/v1 Events are stored separately
 //! (the real server shares one storage); namespace deletion is immediate while the garbage
-//! collector is on; strategic merge patch and server-side apply are answered with 415.
+//! collector is on, and the namespace's contents go even if they carry finalizers; the garbage
+//! collector acts synchronously, inside the write that orphaned a dependent; a future
+//! resourceVersion is refused at once (the real watch cache waits up to 3 s first); managedFields
+//! are recorded only when a fieldManager is given, one entry per manager and operation; Event TTL
+//! is not modelled; strategic merge patch and server-side apply are answered with 415.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
