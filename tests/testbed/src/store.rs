@@ -3798,4 +3798,66 @@ mod tests {
         drop(w);
         assert!(!s.request_bookmark(slices(), 999));
     }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#streaming-lists (sendInitialEvents=false: start at most recent)
+    #[test]
+    fn send_initial_events_false_skips_the_current_state() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    send_initial_events: Some(false),
+                    resource_version_match: Some("NotOlderThan".into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert!(w.initial.is_empty());
+        create_slice(&s, "b", json!({}));
+        assert_eq!(types(&drain(&mut w)), ["ADDED b"]);
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#list-and-watch-filtering (the initial state is filtered too)
+    #[test]
+    fn a_selective_watch_sends_only_matching_objects_in_its_initial_state() {
+        let s = store();
+        create_slice(&s, "a", json!({"kubernetes.io/service-name": "kubernetes"}));
+        create_slice(&s, "b", json!({"kubernetes.io/service-name": "other"}));
+        s.create(
+            slices(),
+            Some("kube-system"),
+            slice(
+                "c",
+                json!({"kubernetes.io/service-name": "kubernetes"}),
+                &["198.51.100.4"],
+            ),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let w = s
+            .watch(
+                slices(),
+                Some("default"),
+                &WatchParams {
+                    label_selector: Some("kubernetes.io/service-name=kubernetes".into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(types(&w.initial), ["ADDED a"]);
+        let w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    field_selector: Some("metadata.name=c".into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(types(&w.initial), ["ADDED c"]);
+    }
 }
