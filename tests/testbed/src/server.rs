@@ -705,6 +705,7 @@ fn watch(
     let ns = info.namespace.as_deref();
     let w = shared.store.watch(r, ns, &p)?;
     let state = WatchState {
+        watch_id: w.id,
         initial: w.initial.into(),
         events: w.events,
         bookmarks: p.allow_bookmarks.then(|| {
@@ -733,6 +734,7 @@ fn watch(
 }
 
 struct WatchState {
+    watch_id: u64,
     initial: VecDeque<Value>,
     events: tokio::sync::mpsc::UnboundedReceiver<Value>,
     bookmarks: Option<tokio::time::Interval>,
@@ -767,7 +769,12 @@ async fn next_event(mut s: WatchState) -> Option<(Result<Bytes, Refused>, WatchS
                 }
                 tokio::select! {
                     ev = s.events.recv() => break ev?,
-                    _ = tick(&mut s.bookmarks) => break s.shared.store.bookmark(s.resource),
+                    // The bookmark goes into this watch's own channel, behind every event already
+                    // queued: written ahead of them, it would let a client that loses the
+                    // connection resume past events it never received.
+                    _ = tick(&mut s.bookmarks) => {
+                        s.shared.store.request_bookmark(s.resource, s.watch_id);
+                    }
                     _ = tokio::time::sleep_until(s.deadline) => return None,
                     _ = s.close.changed() => return None,
                     // Re-check the partition state when it changes.
