@@ -1048,39 +1048,14 @@ impl Store {
         p: &WriteParams,
     ) -> Result<Value, ApiError> {
         let ns = object_scope(r, ns)?;
-        if let PatchKind::StrategicMerge | PatchKind::Apply { .. } = kind {
-            let ct = match kind {
-                PatchKind::StrategicMerge => "application/strategic-merge-patch+json",
-                _ => "application/apply-patch+yaml",
-            };
-            return Err(ApiError::new(
-                415,
-                "UnsupportedMediaType",
-                format!(
-                    "the test bed does not implement {ct} patches (endpoint-copier does not send them); use application/merge-patch+json or application/json-patch+json"
-                ),
-                None,
-            ));
+        if let Some(e) = unsupported_patch(kind) {
+            return Err(e);
         }
         let mut inner = lock(&self.inner);
         let old = inner
             .get(r, &obj_key(ns, name))
             .ok_or_else(|| not_found(r, name))?;
-        let mut doc = (*old).clone();
-        match kind {
-            PatchKind::Merge => {
-                if !patch.is_object() {
-                    return Err(bad_request(
-                        "json: cannot unmarshal into Go value of type map[string]interface {}",
-                    ));
-                }
-                patch::merge(&mut doc, &patch);
-            }
-            _ => patch::json_patch(&mut doc, &patch).map_err(|e| match e {
-                patch::Error::Malformed(m) => bad_request(m),
-                patch::Error::Failed(m) => ApiError::new(422, "Invalid", m, None),
-            })?,
-        }
+        let mut doc = apply_patch(&old, kind, &patch)?;
         prepare_body(r, ns, &mut doc)?;
         if str_at(&doc, "/metadata/name") != name {
             return Err(bad_request(format!(
@@ -1088,8 +1063,55 @@ impl Store {
                 str_at(&doc, "/metadata/name")
             )));
         }
-        let op = "Update";
-        inner.update(r, ns, name, doc, old, p, op)
+        inner.update(r, ns, name, doc, old, p, "Update")
+    }
+
+    /// Replaces only `.status` (PUT `.../{name}/status`): everything else in `body` is ignored, as
+    /// the status strategies do; `metadata.resourceVersion` in `body` is a precondition.
+    ///
+    /// # Errors
+    /// 404 NotFound, 409 Conflict, 400 for a body that does not decode.
+    pub fn replace_status(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mut body: Value,
+        p: &WriteParams,
+    ) -> Result<Value, ApiError> {
+        let ns = object_scope(r, ns)?;
+        prepare_body(r, ns, &mut body)?;
+        let mut inner = lock(&self.inner);
+        let old = inner
+            .get(r, &obj_key(ns, name))
+            .ok_or_else(|| not_found(r, name))?;
+        inner.update_status(r, ns, name, &body, old, p)
+    }
+
+    /// Patches only `.status` (PATCH `.../{name}/status`): the patch is applied to the whole
+    /// object and only the resulting status is kept.
+    ///
+    /// # Errors
+    /// As [`Store::patch`].
+    pub fn patch_status(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        patch: Value,
+        p: &WriteParams,
+    ) -> Result<Value, ApiError> {
+        let ns = object_scope(r, ns)?;
+        if let Some(e) = unsupported_patch(kind) {
+            return Err(e);
+        }
+        let mut inner = lock(&self.inner);
+        let old = inner
+            .get(r, &obj_key(ns, name))
+            .ok_or_else(|| not_found(r, name))?;
+        let doc = apply_patch(&old, kind, &patch)?;
+        inner.update_status(r, ns, name, &doc, old, p)
     }
 
     /// Deletes an object and returns its last state (at the deletion's resourceVersion), as the real
@@ -1223,6 +1245,49 @@ fn bookmark_for(r: &Resource, rv: u64) -> Value {
         "BOOKMARK",
         json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": {"resourceVersion": rv.to_string()}}),
     )
+}
+
+/// The 415 for patch types the test bed does not implement (endpoint-copier sends neither
+/// strategic merge nor apply patches; docs/development/testing.md says so too).
+fn unsupported_patch(kind: PatchKind) -> Option<ApiError> {
+    let ct = match kind {
+        PatchKind::StrategicMerge => "application/strategic-merge-patch+json",
+        PatchKind::Apply { .. } => "application/apply-patch+yaml",
+        PatchKind::Merge | PatchKind::Json => return None,
+    };
+    Some(ApiError::new(
+        415,
+        "UnsupportedMediaType",
+        format!(
+            "the test bed does not implement {ct} patches (endpoint-copier does not send them); use application/merge-patch+json or application/json-patch+json"
+        ),
+        None,
+    ))
+}
+
+/// Applies a merge or JSON patch to a copy of `old`.
+fn apply_patch(old: &Value, kind: PatchKind, patch: &Value) -> Result<Value, ApiError> {
+    let mut doc = old.clone();
+    match kind {
+        PatchKind::Merge => {
+            if !patch.is_object() {
+                return Err(bad_request(
+                    "json: cannot unmarshal into Go value of type map[string]interface {}",
+                ));
+            }
+            patch::merge(&mut doc, patch);
+        }
+        PatchKind::Json => patch::json_patch(&mut doc, patch).map_err(|e| match e {
+            patch::Error::Malformed(m) => bad_request(m),
+            patch::Error::Failed(m) => ApiError::new(422, "Invalid", m, None),
+        })?,
+        PatchKind::StrategicMerge | PatchKind::Apply { .. } => {
+            if let Some(e) = unsupported_patch(kind) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(doc)
 }
 
 /// Decodes and checks a request body against the request's resource and namespace
@@ -1666,6 +1731,12 @@ impl Inner {
                 m["generation"] = json!(1);
             }
         }
+        if res == ("", "services") {
+            // svcStrategy.PrepareForCreate: a new Service starts with an empty status.
+            if let Some(m) = body.as_object_mut() {
+                m.remove("status");
+            }
+        }
         validate::default_object(r, &mut body);
         let mut errs = Vec::new();
         if res == ("", "services") {
@@ -1747,8 +1818,9 @@ impl Inner {
         if res == ("", "services") {
             carry_service_allocations(&mut body, &old);
         }
-        if res == ("", "namespaces") {
-            // The namespace phase and finalizers are not changed by an ordinary update.
+        if res == ("", "namespaces") || res == ("", "services") {
+            // status is a subresource: an update of the main resource keeps the stored status
+            // (namespace and Service strategies' PrepareForUpdate).
             body["status"] = old["status"].clone();
         }
         validate::default_object(r, &mut body);
@@ -1814,6 +1886,43 @@ impl Inner {
             self.gc_check(res, &key);
         }
         Ok(out)
+    }
+
+    /// The status subresource write: only `.status` of `body` is taken.
+    fn update_status(
+        &mut self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: &Value,
+        old: Arc<Value>,
+        p: &WriteParams,
+    ) -> Result<Value, ApiError> {
+        let want_rv = rv_of(body);
+        if !want_rv.is_empty() && want_rv != rv_of(&old) {
+            return Err(conflict(r, name, MODIFIED_MSG));
+        }
+        let mut new = (*old).clone();
+        match body.get("status") {
+            Some(st) => new["status"] = st.clone(),
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+        validate::default_object(r, &mut new);
+        if let Some(mgr) = &p.field_manager {
+            meta::record_manager(&mut new, mgr, "Update", &r.api_version());
+        }
+        if same_content(&new, &old) {
+            return Ok((*old).clone());
+        }
+        if p.dry_run {
+            return Ok(new);
+        }
+        let stored = self.put(r.key(), obj_key(ns, name), new, Some(old));
+        Ok((*stored).clone())
     }
 
     // ---- Service allocation (pkg/registry/core/service/ipallocator, portallocator) ----------
@@ -3859,5 +3968,86 @@ mod tests {
             )
             .unwrap();
         assert_eq!(types(&w.initial), ["ADDED c"]);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#status-subresource-for-custom-resources (Service status changes only through /status)
+    #[test]
+    fn a_service_status_is_not_set_by_create_or_replace() {
+        let s = store();
+        let lb = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}});
+        let o = s
+            .create(
+                services(),
+                Some("default"),
+                json!({"metadata": {"name": "v"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 6443}]}, "status": lb}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(o["status"], json!({"loadBalancer": {}}));
+        let mut u = o.clone();
+        u["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}});
+        let u = s
+            .replace(services(), Some("default"), "v", u, &WriteParams::default())
+            .unwrap();
+        assert_eq!(u["status"], json!({"loadBalancer": {}}));
+        assert_eq!(
+            rv(&u),
+            rv(&o),
+            "an update that only touches status changes nothing"
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/kubernetes-api/service-resources/service-v1/#update-replace-status-of-the-specified-service
+    #[test]
+    fn the_status_subresource_changes_only_the_status() {
+        let s = store();
+        let o = s
+            .create(
+                services(),
+                Some("default"),
+                json!({"metadata": {"name": "v"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 6443}]}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let mut body = o.clone();
+        body["spec"]["ports"][0]["port"] = json!(1);
+        body["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}});
+        let u = s
+            .replace_status(
+                services(),
+                Some("default"),
+                "v",
+                body,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            u["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "203.0.113.10"
+        );
+        assert_eq!(u["spec"]["ports"][0]["port"], 6443);
+        assert!(rv(&u) > rv(&o));
+        let e = s
+            .replace_status(
+                services(),
+                Some("default"),
+                "v",
+                o.clone(),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 409);
+        let p = s
+            .patch_status(
+                services(),
+                Some("default"),
+                "v",
+                PatchKind::Merge,
+                json!({"status": {"loadBalancer": {"ingress": null}}, "spec": {"type": "ClusterIP"}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(p["status"], json!({"loadBalancer": {}}));
+        assert_eq!(p["spec"]["type"], "LoadBalancer");
     }
 }
