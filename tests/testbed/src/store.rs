@@ -1823,6 +1823,15 @@ impl Inner {
             // (namespace and Service strategies' PrepareForUpdate).
             body["status"] = old["status"].clone();
         }
+        if res == ("", "namespaces")
+            && body
+                .get("spec")
+                .is_none_or(|v| v.is_object() || v.is_null())
+            && let Some(f) = old.pointer("/spec/finalizers")
+        {
+            // namespaceStrategy.PrepareForUpdate: spec.finalizers change only through /finalize.
+            body["spec"]["finalizers"] = f.clone();
+        }
         validate::default_object(r, &mut body);
         if res == ("", "services") {
             errs.extend(self.allocate_service(&mut body, Some(&old)));

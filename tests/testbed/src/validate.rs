@@ -472,6 +472,52 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// The JSON shapes of an EndpointSlice's lists, which the typed decoder enforces (400).
+fn check_shape(r: &Resource, obj: &Value) -> Result<(), ApiError> {
+    let wrong = |path: &str, v: &Value, want: &str| {
+        Err(decode_err(
+            r,
+            format!(
+                "json: cannot unmarshal {} into Go struct field {path} of type {want}",
+                json_type(v)
+            ),
+        ))
+    };
+    for (k, want) in [
+        ("endpoints", "[]v1.Endpoint"),
+        ("ports", "[]v1.EndpointPort"),
+    ] {
+        match obj.get(k) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for it in items {
+                    if !it.is_object() {
+                        return wrong(&format!("EndpointSlice.{k}"), it, &want[2..]);
+                    }
+                }
+            }
+            Some(v) => return wrong(&format!("EndpointSlice.{k}"), v, want),
+        }
+    }
+    for ep in obj
+        .get("endpoints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match ep.get("addresses") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) => {
+                if let Some(v) = a.iter().find(|v| !v.is_string()) {
+                    return wrong("Endpoint.endpoints.addresses", v, "string");
+                }
+            }
+            Some(v) => return wrong("Endpoint.endpoints.addresses", v, "[]string"),
+        }
+    }
+    Ok(())
+}
+
 /// The checks and normalizations the real server's decoder applies: body must be an object,
 /// time fields parse with their Go layout (and are re-serialized in UTC), integers are integers.
 ///
@@ -519,6 +565,24 @@ pub fn decode(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
                 ));
             }
         }
+    }
+    if (r.group, r.kind) == ("discovery.k8s.io", "EndpointSlice") {
+        check_shape(r, obj)?;
+    }
+    let has_spec = matches!(r.kind, "Namespace" | "Node" | "Service" | "Lease");
+    if let Some(spec) = obj
+        .get("spec")
+        .filter(|v| has_spec && !v.is_null() && !v.is_object())
+    {
+        return Err(decode_err(
+            r,
+            format!(
+                "json: cannot unmarshal {} into Go struct field {}.spec of type v1.{}Spec",
+                json_type(spec),
+                r.kind,
+                r.kind
+            ),
+        ));
     }
     fix_time(r, obj.pointer_mut("/metadata/creationTimestamp"), false)?;
     fix_time(r, obj.pointer_mut("/metadata/deletionTimestamp"), false)?;
@@ -1629,6 +1693,25 @@ mod tests {
             e.message,
             "EndpointSlice in version \"v1\" cannot be handled as a EndpointSlice: json: cannot unmarshal number into Go struct field ObjectMeta.metadata.labels of type string"
         );
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/api/discovery/v1/types.go (typed decoding rejects wrong JSON shapes with 400)
+    #[test]
+    fn endpoint_slices_of_the_wrong_shape_fail_decoding_with_400() {
+        for bad in [
+            json!({"metadata": {"name": "s"}, "addressType": "IPv4", "endpoints": "x"}),
+            json!({"metadata": {"name": "s"}, "addressType": "IPv4", "endpoints": [{"addresses": "198.51.100.1"}]}),
+            json!({"metadata": {"name": "s"}, "addressType": "IPv4", "ports": [1]}),
+        ] {
+            let mut o = bad;
+            let e = decode(slice_res(), &mut o).unwrap_err();
+            assert_eq!(e.code, 400, "{o}");
+            assert!(
+                e.message.contains("json: cannot unmarshal"),
+                "{}",
+                e.message
+            );
+        }
     }
 
     // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/apis/coordination/validation/validation.go (ValidateLeaseSpec)
