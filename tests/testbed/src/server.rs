@@ -696,10 +696,18 @@ fn watch(
             .map(|v| v == "true" || v == "1"),
     };
     let timeout = match query.get("timeoutSeconds") {
-        Some(t) if !t.is_empty() => Duration::from_secs(
-            t.parse::<u64>()
-                .map_err(|_| bad_request(format!("invalid timeoutSeconds '{t}'")))?,
-        ),
+        Some(t) if !t.is_empty() => {
+            let secs = t
+                .parse::<u64>()
+                .map_err(|_| bad_request(format!("invalid timeoutSeconds '{t}'")))?;
+            // timeoutSeconds=0 means "no client timeout": the server's default applies
+            // (apiserver handlers/watch.go only uses a positive value).
+            if secs == 0 {
+                DEFAULT_WATCH_TIMEOUT
+            } else {
+                Duration::from_secs(secs)
+            }
+        }
         _ => DEFAULT_WATCH_TIMEOUT,
     };
     let ns = info.namespace.as_deref();
