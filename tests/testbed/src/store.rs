@@ -4059,4 +4059,169 @@ mod tests {
         assert_eq!(p["status"], json!({"loadBalancer": {}}));
         assert_eq!(p["spec"]["type"], "LoadBalancer");
     }
+
+    /// Applies watch events to a name → object map, as an informer does.
+    fn apply_events(state: &mut BTreeMap<String, Value>, evs: &[Value]) {
+        for e in evs {
+            let o = &e["object"];
+            let key = format!(
+                "{}/{}",
+                str_at(o, "/metadata/namespace"),
+                str_at(o, "/metadata/name")
+            );
+            match e["type"].as_str().unwrap() {
+                "ADDED" | "MODIFIED" => {
+                    let mut o = o.clone();
+                    o.as_object_mut().unwrap().remove("apiVersion");
+                    o.as_object_mut().unwrap().remove("kind");
+                    state.insert(key, o);
+                }
+                "DELETED" => {
+                    state.remove(&key);
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+
+    fn list_state(l: &Value) -> BTreeMap<String, Value> {
+        l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    format!(
+                        "{}/{}",
+                        str_at(o, "/metadata/namespace"),
+                        str_at(o, "/metadata/name")
+                    ),
+                    o.clone(),
+                )
+            })
+            .collect()
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes (list at N, then watch from N, reproduces every later state)
+    #[test]
+    fn a_list_then_a_watch_from_its_resource_version_always_reproduces_the_current_state() {
+        let s = store();
+        // A fixed linear congruential sequence: random-looking, reproducible.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let mut checkpoints = Vec::new();
+        // Successful writes per kind (create, replace, patch, delete); failures (409, 404) are part
+        // of the sequence and change nothing.
+        let mut ok = [0usize; 4];
+        for step in 0..400 {
+            let ns = if next(2) == 0 {
+                "default"
+            } else {
+                "kube-system"
+            };
+            let name = format!("s{}", next(6));
+            let labels = json!({"app": format!("a{}", next(3))});
+            let addr = format!("198.51.100.{}", next(200) + 1);
+            let w = WriteParams::default();
+            let op = next(4) as usize;
+            let done = match op {
+                0 => s
+                    .create(slices(), Some(ns), slice(&name, labels, &[&addr]), &w)
+                    .is_ok(),
+                1 => s
+                    .replace(
+                        slices(),
+                        Some(ns),
+                        &name,
+                        slice(&name, labels, &[&addr]),
+                        &w,
+                    )
+                    .is_ok(),
+                2 => s
+                    .patch(
+                        slices(),
+                        Some(ns),
+                        &name,
+                        PatchKind::Merge,
+                        json!({"metadata": {"labels": labels}}),
+                        &w,
+                    )
+                    .is_ok(),
+                _ => s
+                    .delete(slices(), Some(ns), &name, &DeleteParams::default())
+                    .is_ok(),
+            };
+            ok[op] += usize::from(done);
+            if step % 37 == 0 {
+                let l = s.list(slices(), None, &ListParams::default()).unwrap();
+                checkpoints.push(l);
+            }
+        }
+        assert!(
+            ok.iter().all(|n| *n > 10),
+            "every kind of write happened: {ok:?}"
+        );
+        assert!(checkpoints.len() > 5);
+        let now = list_state(&s.list(slices(), None, &ListParams::default()).unwrap());
+        assert!(!now.is_empty());
+        for l in &checkpoints {
+            let rv = l["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let exact = s
+                .list(
+                    slices(),
+                    None,
+                    &ListParams {
+                        resource_version: Some(rv.clone()),
+                        resource_version_match: Some("Exact".into()),
+                        ..ListParams::default()
+                    },
+                )
+                .unwrap();
+            assert_eq!(list_state(&exact), list_state(l), "Exact list at {rv}");
+            let w = s
+                .watch(
+                    slices(),
+                    None,
+                    &WatchParams {
+                        resource_version: Some(rv.clone()),
+                        ..WatchParams::default()
+                    },
+                )
+                .unwrap();
+            let mut state = list_state(l);
+            apply_events(&mut state, &w.initial);
+            assert_eq!(state, now, "list at {rv} + watch from {rv}");
+            // The same through a selective watch: only app=a1 objects, entering and leaving.
+            let w = s
+                .watch(
+                    slices(),
+                    None,
+                    &WatchParams {
+                        resource_version: Some(rv.clone()),
+                        label_selector: Some("app=a1".into()),
+                        ..WatchParams::default()
+                    },
+                )
+                .unwrap();
+            let mut state: BTreeMap<String, Value> = list_state(l)
+                .into_iter()
+                .filter(|(_, o)| o["metadata"]["labels"]["app"] == "a1")
+                .collect();
+            apply_events(&mut state, &w.initial);
+            let want: BTreeMap<String, Value> = now
+                .iter()
+                .filter(|(_, o)| o["metadata"]["labels"]["app"] == "a1")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(state, want, "selective watch from {rv}");
+        }
+    }
 }
