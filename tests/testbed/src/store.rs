@@ -73,13 +73,10 @@ impl Resource {
 
     /// Whether a PUT to a missing object creates it (each strategy's `AllowCreateOnUpdate`).
     fn allow_create_on_update(&self) -> bool {
+        // Events went to false upstream ("POST is needed to create one").
         matches!(
             (self.group, self.plural),
-            ("", "services")
-                | ("", "endpoints")
-                | ("", "events")
-                | ("coordination.k8s.io", "leases")
-                | ("events.k8s.io", "events")
+            ("", "services") | ("", "endpoints") | ("coordination.k8s.io", "leases")
         )
     }
 
@@ -1022,9 +1019,13 @@ impl Store {
         let mut inner = lock(&self.inner);
         match inner.get(r, &obj_key(ns, name)) {
             Some(old) => inner.update(r, ns, name, body, old, p, "Update"),
-            // AllowCreateOnUpdate kinds (Services, Leases, Events) create on PUT, unless the
-            // body names a resourceVersion: that precondition fails as NotFound upstream too.
-            None if r.allow_create_on_update() && rv_of(&body).is_empty() => {
+            // AllowCreateOnUpdate kinds (Services, Endpoints, Leases) create on PUT, whatever
+            // resourceVersion the body carries (registry Store.Update: no precondition applies to
+            // an object that does not exist; storage drops the field).
+            None if r.allow_create_on_update() => {
+                if let Some(m) = body["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
                 inner.create(r, ns, body, p)
             }
             None => Err(not_found(r, name)),
@@ -2595,16 +2596,19 @@ mod tests {
             (e.code, e.message.as_str()),
             (404, "endpointslices.discovery.k8s.io \"a\" not found")
         );
+        let mut body = lease("l", "a");
+        body["metadata"]["resourceVersion"] = json!("12");
         let l = s
             .replace(
                 leases(),
                 Some("kube-system"),
                 "l",
-                lease("l", "a"),
+                body,
                 &WriteParams::default(),
             )
             .unwrap();
         assert_eq!(l["spec"]["holderIdentity"], "a");
+        assert_eq!(rv(&l), s.resource_version());
     }
 
     // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/endpoints/handlers/update.go (name on URL must match)
