@@ -80,6 +80,12 @@ impl Resource {
         )
     }
 
+    /// Whether a PUT without metadata.resourceVersion is allowed (each strategy's
+    /// `AllowUnconditionalUpdate`; false for Leases, so leader election is always conditional).
+    fn allow_unconditional_update(&self) -> bool {
+        !(self.group == "coordination.k8s.io" && self.plural == "leases")
+    }
+
     /// Whether the strategy maintains metadata.generation (only EndpointSlice among ours:
     /// pkg/registry/discovery/endpointslice/strategy.go; Services, Leases, Events have none).
     fn has_generation(&self) -> bool {
@@ -1781,6 +1787,22 @@ impl Inner {
     ) -> Result<Value, ApiError> {
         let res = r.key();
         let want_rv = rv_of(&body);
+        if want_rv.is_empty() && !r.allow_unconditional_update() {
+            // registry Store.Update: the Invalid error names the resource, not the kind.
+            let qualified = Resource {
+                kind: r.plural,
+                ..*r
+            };
+            return Err(invalid_error(
+                &qualified,
+                name,
+                &[FieldError::invalid(
+                    "metadata.resourceVersion",
+                    &json!(0),
+                    "must be specified for an update",
+                )],
+            ));
+        }
         if !want_rv.is_empty() && want_rv != rv_of(&old) {
             return Err(conflict(r, name, MODIFIED_MSG));
         }
@@ -2539,44 +2561,61 @@ mod tests {
     #[test]
     fn replace_without_a_resource_version_is_unconditional_and_keeps_system_fields() {
         let s = store();
-        let l = s
-            .create(
-                leases(),
-                Some("kube-system"),
-                lease("l", "a"),
-                &WriteParams::default(),
-            )
-            .unwrap();
-        let mut body = lease("l", "z");
+        let o = create_slice(&s, "a", json!({}));
+        let mut body = slice("a", json!({"v": "2"}), &["198.51.100.9"]);
         body["metadata"]["creationTimestamp"] = json!("2000-01-01T00:00:00Z");
-        let u = s
-            .replace(
-                leases(),
-                Some("kube-system"),
-                "l",
-                body,
-                &WriteParams::default(),
-            )
-            .unwrap();
-        assert_eq!(u["spec"]["holderIdentity"], "z");
-        assert_eq!(u["metadata"]["uid"], l["metadata"]["uid"]);
+        let put = |b: Value| s.replace(slices(), Some("default"), "a", b, &WriteParams::default());
+        let u = put(body).unwrap();
+        assert_eq!(u["endpoints"][0]["addresses"][0], "198.51.100.9");
+        assert_eq!(u["metadata"]["uid"], o["metadata"]["uid"]);
         assert_eq!(
             u["metadata"]["creationTimestamp"],
-            l["metadata"]["creationTimestamp"]
+            o["metadata"]["creationTimestamp"]
         );
         let mut bad = u.clone();
         bad["metadata"]["uid"] = json!("00000000-0000-0000-0000-000000000000");
+        let e = put(bad).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(e.message.contains("metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable"), "{}", e.message);
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/coordination/lease/strategy.go (AllowUnconditionalUpdate false)
+    #[test]
+    fn a_lease_replace_must_carry_a_resource_version() {
+        let s = store();
+        s.create(
+            leases(),
+            Some("kube-system"),
+            lease("l", "a"),
+            &WriteParams::default(),
+        )
+        .unwrap();
         let e = s
             .replace(
                 leases(),
                 Some("kube-system"),
                 "l",
-                bad,
+                lease("l", "b"),
                 &WriteParams::default(),
             )
             .unwrap_err();
-        assert_eq!(e.code, 422);
-        assert!(e.message.contains("metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable"), "{}", e.message);
+        assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+        assert_eq!(
+            e.message,
+            "leases.coordination.k8s.io \"l\" is invalid: metadata.resourceVersion: Invalid value: 0: must be specified for an update"
+        );
+        // A merge patch applies to the stored object, whose resourceVersion it keeps.
+        let p = s
+            .patch(
+                leases(),
+                Some("kube-system"),
+                "l",
+                PatchKind::Merge,
+                json!({"spec": {"holderIdentity": "b"}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(p["spec"]["holderIdentity"], "b");
     }
 
     // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/discovery/endpointslice/strategy.go (AllowCreateOnUpdate false) and pkg/registry/coordination/lease/strategy.go (true)
