@@ -141,7 +141,14 @@ pub fn invalid_error(r: &Resource, name: &str, errs: &[FieldError]) -> ApiError 
         code: 422,
         reason: "Invalid".into(),
         message: format!("{qualified} {name:?} is invalid: {agg}"),
-        details: Some(json!({"name": name, "group": r.group, "kind": r.kind, "causes": causes})),
+        details: Some({
+            // StatusDetails fields are omitempty: no "group" for the core group.
+            let mut d = json!({"name": name, "kind": r.kind, "causes": causes});
+            if !r.group.is_empty() {
+                d["group"] = json!(r.group);
+            }
+            d
+        }),
     }
 }
 
