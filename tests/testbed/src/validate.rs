@@ -142,8 +142,11 @@ pub fn invalid_error(r: &Resource, name: &str, errs: &[FieldError]) -> ApiError 
         reason: "Invalid".into(),
         message: format!("{qualified} {name:?} is invalid: {agg}"),
         details: Some({
-            // StatusDetails fields are omitempty: no "group" for the core group.
-            let mut d = json!({"name": name, "kind": r.kind, "causes": causes});
+            // StatusDetails fields are omitempty: no "group" for the core group, no empty name.
+            let mut d = json!({"kind": r.kind, "causes": causes});
+            if !name.is_empty() {
+                d["name"] = json!(name);
+            }
             if !r.group.is_empty() {
                 d["group"] = json!(r.group);
             }
