@@ -2114,7 +2114,8 @@ impl Inner {
         if wants_node_ports {
             let mut taken: HashSet<u16> = HashSet::new();
             if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                for (i, p) in ports.iter_mut().enumerate() {
+                // Ports that are not objects were already reported by validation.
+                for (i, p) in ports.iter_mut().enumerate().filter(|(_, p)| p.is_object()) {
                     match p
                         .get("nodePort")
                         .and_then(Value::as_i64)
@@ -2293,7 +2294,7 @@ fn carry_service_allocations(new: &mut Value, old: &Value) {
         && let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut)
     {
         for p in ports {
-            if p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0 {
+            if !p.is_object() || p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0 {
                 continue;
             }
             let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
@@ -4266,5 +4267,37 @@ mod tests {
                 .collect();
             assert_eq!(state, want, "selective watch from {rv}");
         }
+    }
+
+    // Robustness: malformed bodies are refused, never a panic under the store's lock.
+    #[test]
+    fn malformed_service_ports_are_rejected_without_panicking() {
+        let s = store();
+        let e = s
+            .create(
+                services(),
+                Some("default"),
+                json!({"metadata": {"name": "v"}, "spec": {"type": "NodePort", "ports": [5, {"port": 80}]}}),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        s.create(
+            services(),
+            Some("default"),
+            json!({"metadata": {"name": "w"}, "spec": {"type": "NodePort", "ports": [{"name": "a", "port": 80}]}}),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let e = s
+            .replace(
+                services(),
+                Some("default"),
+                "w",
+                json!({"metadata": {"name": "w"}, "spec": {"type": "NodePort", "ports": [7]}}),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
     }
 }
