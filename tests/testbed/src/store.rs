@@ -4300,4 +4300,93 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code, 422);
     }
+
+    /// A pseudo-random JSON value shaped roughly like an object of `r` (fields it has, wrong types).
+    fn garbage(next: &mut impl FnMut(u64) -> u64, depth: u32) -> Value {
+        const KEYS: &[&str] = &[
+            "metadata",
+            "spec",
+            "status",
+            "endpoints",
+            "ports",
+            "addresses",
+            "name",
+            "labels",
+            "port",
+            "nodePort",
+            "clusterIP",
+            "clusterIPs",
+            "type",
+            "addressType",
+            "conditions",
+            "finalizers",
+            "ownerReferences",
+            "renewTime",
+            "eventTime",
+            "series",
+            "regarding",
+            "uid",
+            "resourceVersion",
+            "namespace",
+            "generateName",
+            "annotations",
+            "ipFamilies",
+        ];
+        match if depth == 0 { next(4) } else { next(7) } {
+            0 => Value::Null,
+            1 => json!(next(70000)),
+            2 => json!(["IPv4", "TCP", "a", "198.51.100.1", "x/y", ""][next(6) as usize]),
+            3 => json!(next(2) == 0),
+            4 | 5 => {
+                let mut m = serde_json::Map::new();
+                for _ in 0..next(5) {
+                    m.insert(
+                        KEYS[next(KEYS.len() as u64) as usize].into(),
+                        garbage(next, depth - 1),
+                    );
+                }
+                Value::Object(m)
+            }
+            _ => Value::Array((0..next(4)).map(|_| garbage(next, depth - 1)).collect()),
+        }
+    }
+
+    // Robustness: whatever a client sends, the store answers with a value or a Status.
+    #[test]
+    fn arbitrary_bodies_get_an_answer_and_never_a_panic() {
+        let s = store();
+        let mut seed: u64 = 42;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n.max(1)
+        };
+        let mut accepted = 0;
+        for _ in 0..3000 {
+            let r = &RESOURCES[next(RESOURCES.len() as u64) as usize];
+            let mut body = garbage(&mut next, 4);
+            if next(2) == 0
+                && let Some(m) = body.as_object_mut()
+            {
+                m.insert("metadata".into(), json!({"name": "g"}));
+            }
+            let ns = Some("default");
+            let w = WriteParams::default();
+            let res = match next(4) {
+                0 => s.create(r, ns, body, &w),
+                1 => s.replace(r, ns, "g", body, &w),
+                2 => s.patch(r, ns, "g", PatchKind::Merge, body, &w),
+                _ => s.patch(r, ns, "g", PatchKind::Json, body, &w),
+            };
+            match res {
+                Ok(o) => {
+                    accepted += 1;
+                    assert!(o["metadata"]["uid"].is_string(), "{o}");
+                }
+                Err(e) => assert!((400..=504).contains(&e.code), "{e:?}"),
+            }
+        }
+        assert!(accepted > 0);
+    }
 }
