@@ -58,6 +58,8 @@ pub struct Options {
     /// Interval between BOOKMARK events on watches with allowWatchBookmarks=true (default: 1 s;
     /// the real server sends one about every minute, a shorter interval only speeds tests up).
     pub bookmark_interval: Duration,
+    /// Worker threads of the server's own runtime (default: 2, the cores of our CI machines).
+    pub worker_threads: usize,
 }
 
 impl Default for Options {
@@ -65,14 +67,15 @@ impl Default for Options {
         Options {
             seed: true,
             bookmark_interval: Duration::from_secs(1),
+            worker_threads: 2,
         }
     }
 }
 
 /// A running test bed. Dropping it stops the server and deletes its kubeconfig files.
 ///
-/// Must be started inside a tokio runtime (the server runs as tasks on it); every method that is
-/// not `async` may be called from any thread.
+/// The server runs on its own runtime and thread (real time, even when the test pauses tokio
+/// time); every method that is not `async` may be called from any thread.
 pub struct TestBed {
     shared: Arc<Shared>,
     ca: tls::Ca,
@@ -83,6 +86,55 @@ pub struct TestBed {
     files: Mutex<HashMap<PathBuf, String>>,
     server: Mutex<Option<JoinHandle<()>>>,
     counter: AtomicU64,
+    /// The server's own runtime (see [`ServerRuntime`]).
+    runtime: ServerRuntime,
+}
+
+/// The test bed runs on its own runtime, on its own thread, not on the test's: a test that pauses
+/// tokio time (`tokio::time::pause()`, as STYLE.md asks for lease and backoff tests) must not make
+/// the server's watch timeouts, bookmarks and latency jump ahead, and a test blocking its own
+/// runtime must not stall the server — a real apiserver runs on its own clock and CPU too.
+struct ServerRuntime {
+    handle: tokio::runtime::Handle,
+    /// Dropping this ends the runtime's thread, which cancels every server task.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ServerRuntime {
+    fn start(worker_threads: usize) -> std::io::Result<ServerRuntime> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("testbed-server".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(worker_threads.max(1))
+                    .thread_name("testbed-worker")
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => {
+                        let _ = handle_tx.send(Ok(rt.handle().clone()));
+                        // Runs until the TestBed is dropped (the sender goes away).
+                        rt.block_on(async {
+                            let _ = stopped.await;
+                        });
+                        // The runtime is dropped here, outside any async context: every task
+                        // (listener, connections, watches) is cancelled.
+                    }
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                    }
+                }
+            })?;
+        let handle = handle_rx
+            .recv()
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        Ok(ServerRuntime {
+            handle,
+            _stop: stop,
+        })
+    }
 }
 
 impl std::fmt::Debug for TestBed {
@@ -95,7 +147,9 @@ impl std::fmt::Debug for TestBed {
 }
 
 /// Binds 127.0.0.1:`port` with SO_REUSEADDR, so `come_up` can take the same port again at once.
-fn bind(port: u16) -> std::io::Result<TcpListener> {
+fn bind(rt: &tokio::runtime::Handle, port: u16) -> std::io::Result<TcpListener> {
+    // The listener registers with the reactor of the runtime it is created in: the server's.
+    let _guard = rt.enter();
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
@@ -129,7 +183,10 @@ impl TestBed {
         let tls = ca
             .server_config(&server_cert)
             .unwrap_or_else(|e| fatal("failed to configure TLS", e));
-        let listener = bind(0).unwrap_or_else(|e| fatal("failed to listen on 127.0.0.1", e));
+        let runtime = ServerRuntime::start(opts.worker_threads)
+            .unwrap_or_else(|e| fatal("failed to start the server runtime", e));
+        let listener =
+            bind(&runtime.handle, 0).unwrap_or_else(|e| fatal("failed to listen on 127.0.0.1", e));
         let port = listener
             .local_addr()
             .unwrap_or_else(|e| fatal("failed to read the listening port", e))
@@ -144,7 +201,9 @@ impl TestBed {
             address: format!("127.0.0.1:{port}"),
             bookmark_interval: opts.bookmark_interval,
         });
-        let server = tokio::spawn(server::serve(listener, shared.clone()));
+        let server = runtime
+            .handle
+            .spawn(server::serve(listener, shared.clone()));
         let dir = tempfile::Builder::new()
             .prefix("endpoint-copier-testbed-")
             .tempdir()
@@ -159,6 +218,7 @@ impl TestBed {
             files: Mutex::default(),
             server: Mutex::new(Some(server)),
             counter: AtomicU64::new(0),
+            runtime,
         };
         bed.write_cert_kubeconfig(&admin, ADMIN);
         if opts.seed {
@@ -359,9 +419,13 @@ impl TestBed {
         if server.is_some() {
             return;
         }
-        let listener = bind(self.port)
+        let listener = bind(&self.runtime.handle, self.port)
             .unwrap_or_else(|e| fatal(&format!("failed to listen again on port {}", self.port), e));
-        *server = Some(tokio::spawn(server::serve(listener, self.shared.clone())));
+        *server = Some(
+            self.runtime
+                .handle
+                .spawn(server::serve(listener, self.shared.clone())),
+        );
     }
 
     /// Fails the next `n` requests matching `m` with `f` (real Status bodies; 429 also sets
@@ -421,5 +485,55 @@ impl Drop for TestBed {
         {
             handle.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_bed_can_be_shared_across_tasks_and_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<TestBed>();
+        send_sync::<Cluster>();
+    }
+
+    #[test]
+    fn test_bed_serves_while_the_test_thread_is_blocked() {
+        // The server has its own runtime: a test blocking its thread does not stall it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let bed = rt.block_on(TestBed::start());
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", bed.port())).unwrap();
+        // A TLS ClientHello is answered by the server even though `rt` is not being driven.
+        use std::io::{Read, Write};
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates({
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(bed.ca_pem().as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            roots
+        })
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut stream = rustls::Stream::new(&mut tls, &mut conn);
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        // No credentials: the server answered (401), which is all this test needs.
+        assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     }
 }

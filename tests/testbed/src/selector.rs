@@ -157,10 +157,10 @@ fn check_key(key: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_value(v: &str) -> Result<(), Error> {
+fn check_value(i: usize, v: &str) -> Result<(), Error> {
     if let Some(msg) = validate::label_value_errors(v).into_iter().next() {
         return Err(Error::LabelRequirement(format!(
-            "values[0][{v}]: Invalid value: \"{v}\": {msg}"
+            "values[{i}]: Invalid value: \"{v}\": {msg}"
         )));
     }
     Ok(())
@@ -214,7 +214,7 @@ impl LabelSelector {
                             None | Some(Tok::Comma) => String::new(),
                             other => return Err(expect_err(other, "identifier")),
                         };
-                        check_value(&v)?;
+                        check_value(0, &v)?;
                         reqs.push((
                             key,
                             if neg {
@@ -235,7 +235,7 @@ impl LabelSelector {
                         loop {
                             match toks.get(i) {
                                 Some(Tok::Ident(v)) => {
-                                    check_value(v)?;
+                                    check_value(vals.len(), v)?;
                                     vals.push(v.clone());
                                     i += 1;
                                 }
@@ -273,7 +273,7 @@ impl LabelSelector {
                         reqs.push((key, if gt { Op::Gt(n) } else { Op::Lt(n) }));
                     }
                     other => {
-                        return Err(expect_err(other, "'=', '!=', '==', 'in', notin'"));
+                        return Err(expect_err(other, "in, notin, =, ==, !=, gt, lt"));
                     }
                 }
             }
@@ -519,8 +519,14 @@ mod tests {
         assert!(e.to_string().starts_with("found 'valid'"), "{e}");
         let e = LabelSelector::parse("app=-bad").unwrap_err();
         assert!(
-            e.to_string().starts_with("unable to parse requirement: "),
+            e.to_string()
+                .starts_with("unable to parse requirement: values[0]: Invalid value: \"-bad\": a valid label must be"),
             "{e}"
+        );
+        let e = LabelSelector::parse("bad key=x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "found 'key', expected: in, notin, =, ==, !=, gt, lt"
         );
     }
 

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, PeerCert};
 use crate::faults::{Faults, Partition, Target};
 use crate::reqlog::{RequestLog, RequestRecord, Verb};
 use crate::store::{
@@ -89,12 +89,12 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let Ok(tls) = acceptor.accept(stream).await else {
         return;
     };
-    let peer: Arc<Option<Vec<u8>>> = Arc::new(
+    let peer: Arc<Option<PeerCert>> = Arc::new(
         tls.get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .map(|c| c.to_vec()),
+            .map(|c| PeerCert::new(c.to_vec())),
     );
     let service = hyper::service::service_fn(move |req| handle(shared.clone(), peer.clone(), req));
     let _ = hyper::server::conn::http1::Builder::new()
@@ -257,7 +257,7 @@ fn text_response(code: u16, text: &'static str) -> Response<Body> {
 
 async fn handle(
     shared: Arc<Shared>,
-    peer: Arc<Option<Vec<u8>>>,
+    peer: Arc<Option<PeerCert>>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refused> {
     let seq = shared.log.next_seq();
@@ -271,7 +271,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok());
     let user = shared
         .auth
-        .authenticate(peer.as_ref().as_deref(), authorization);
+        .authenticate(peer.as_ref().as_ref(), authorization);
     let identity = user
         .as_ref()
         .map(|u| u.name.clone())
@@ -696,15 +696,24 @@ fn watch(
             .map(|v| v == "true" || v == "1"),
     };
     let timeout = match query.get("timeoutSeconds") {
-        Some(t) if !t.is_empty() => Duration::from_secs(
-            t.parse::<u64>()
-                .map_err(|_| bad_request(format!("invalid timeoutSeconds '{t}'")))?,
-        ),
+        Some(t) if !t.is_empty() => {
+            let secs = t
+                .parse::<u64>()
+                .map_err(|_| bad_request(format!("invalid timeoutSeconds '{t}'")))?;
+            // timeoutSeconds=0 means "no client timeout": the server's default applies
+            // (apiserver handlers/watch.go only uses a positive value).
+            if secs == 0 {
+                DEFAULT_WATCH_TIMEOUT
+            } else {
+                Duration::from_secs(secs)
+            }
+        }
         _ => DEFAULT_WATCH_TIMEOUT,
     };
     let ns = info.namespace.as_deref();
     let w = shared.store.watch(r, ns, &p)?;
     let state = WatchState {
+        watch_id: w.id,
         initial: w.initial.into(),
         events: w.events,
         bookmarks: p.allow_bookmarks.then(|| {
@@ -733,6 +742,7 @@ fn watch(
 }
 
 struct WatchState {
+    watch_id: u64,
     initial: VecDeque<Value>,
     events: tokio::sync::mpsc::UnboundedReceiver<Value>,
     bookmarks: Option<tokio::time::Interval>,
@@ -767,7 +777,12 @@ async fn next_event(mut s: WatchState) -> Option<(Result<Bytes, Refused>, WatchS
                 }
                 tokio::select! {
                     ev = s.events.recv() => break ev?,
-                    _ = tick(&mut s.bookmarks) => break s.shared.store.bookmark(s.resource),
+                    // The bookmark goes into this watch's own channel, behind every event already
+                    // queued: written ahead of them, it would let a client that loses the
+                    // connection resume past events it never received.
+                    _ = tick(&mut s.bookmarks) => {
+                        s.shared.store.request_bookmark(s.resource, s.watch_id);
+                    }
                     _ = tokio::time::sleep_until(s.deadline) => return None,
                     _ = s.close.changed() => return None,
                     // Re-check the partition state when it changes.

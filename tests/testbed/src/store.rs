@@ -10,7 +10,11 @@
 //! Simplifications (each also said where it is made): one Mutex around everything (writes are
 //! serialized as etcd serializes them); core/v1 and events.k8s.io/v1 Events are stored separately
 //! (the real server shares one storage); namespace deletion is immediate while the garbage
-//! collector is on; strategic merge patch and server-side apply are answered with 415.
+//! collector is on, and the namespace's contents go even if they carry finalizers; the garbage
+//! collector acts synchronously, inside the write that orphaned a dependent; a future
+//! resourceVersion is refused at once (the real watch cache waits up to 3 s first); managedFields
+//! are recorded only when a fieldManager is given, one entry per manager and operation; Event TTL
+//! is not modelled; strategic merge patch and server-side apply are answered with 415.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -69,14 +73,17 @@ impl Resource {
 
     /// Whether a PUT to a missing object creates it (each strategy's `AllowCreateOnUpdate`).
     fn allow_create_on_update(&self) -> bool {
+        // Events went to false upstream ("POST is needed to create one").
         matches!(
             (self.group, self.plural),
-            ("", "services")
-                | ("", "endpoints")
-                | ("", "events")
-                | ("coordination.k8s.io", "leases")
-                | ("events.k8s.io", "events")
+            ("", "services") | ("", "endpoints") | ("coordination.k8s.io", "leases")
         )
+    }
+
+    /// Whether a PUT without metadata.resourceVersion is allowed (each strategy's
+    /// `AllowUnconditionalUpdate`; false for Leases, so leader election is always conditional).
+    fn allow_unconditional_update(&self) -> bool {
+        !(self.group == "coordination.k8s.io" && self.plural == "leases")
     }
 
     /// Whether the strategy maintains metadata.generation (only EndpointSlice among ours:
@@ -358,6 +365,8 @@ pub struct Watch {
     pub initial: Vec<Value>,
     /// Later events; ends when the store drops the sender (close_watches, or after an ERROR).
     pub events: UnboundedReceiver<Value>,
+    /// This watch's id, for [`Store::request_bookmark`].
+    pub id: u64,
 }
 
 /// Storage identity of a resource: (group, plural).
@@ -394,6 +403,7 @@ struct Change {
 
 #[derive(Debug)]
 struct Watcher {
+    id: u64,
     res: ResKey,
     ns: Option<String>,
     labels: LabelSelector,
@@ -488,6 +498,8 @@ struct Inner {
     /// Every change with rv > floor is in `history`.
     floor: u64,
     watchers: Vec<Watcher>,
+    /// Last watch id handed out (ids start at 1; 0 is a watch that already ended).
+    next_watch_id: u64,
     gc_off: bool,
     ips: HashSet<IpAddr>,
     node_ports: HashSet<u16>,
@@ -497,16 +509,37 @@ struct Inner {
 }
 
 /// The object store; cheap to clone (all clones share one state).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Store {
     // One Mutex for everything: writes are totally ordered by resourceVersion, as etcd orders
     // them, and every critical section is short (no I/O, no await).
     inner: Arc<Mutex<Inner>>,
 }
 
+/// The namespace of a single-object request: required for namespaced resources (the real router
+/// has no such path without one), ignored for cluster-scoped ones.
+fn object_scope<'a>(r: &Resource, ns: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
+    match (r.namespaced, ns.filter(|n| !n.is_empty())) {
+        (false, _) => Ok(None),
+        (true, Some(ns)) => Ok(Some(ns)),
+        (true, None) => Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+            None,
+        )),
+    }
+}
+
 /// The namespace key part for `r` (None for cluster-scoped resources, whatever was passed).
 fn scope<'a>(r: &Resource, ns: Option<&'a str>) -> Option<&'a str> {
     if r.namespaced { ns } else { None }
+}
+
+fn has_finalizers(o: &Value) -> bool {
+    o.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
 }
 
 fn owner_uids(o: &Value) -> Vec<String> {
@@ -668,6 +701,13 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+impl Default for Store {
+    /// Same as [`Store::new`] (the counters must not start at zero).
+    fn default() -> Store {
+        Store::new()
+    }
+}
+
 impl Store {
     /// An empty store: no namespaces at all (the server's TestBed seeds what a fresh cluster has).
     pub fn new() -> Store {
@@ -689,9 +729,10 @@ impl Store {
     /// # Errors
     /// 404 NotFound (`services "x" not found`).
     pub fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        let ns = object_scope(r, ns)?;
         let inner = lock(&self.inner);
         inner
-            .get(r, &obj_key(scope(r, ns), name))
+            .get(r, &obj_key(ns, name))
             .map(|o| (*o).clone())
             .ok_or_else(|| not_found(r, name))
     }
@@ -877,6 +918,7 @@ impl Store {
         };
         let (tx, rx) = unbounded_channel();
         let w = Watcher {
+            id: 0,
             res: r.key(),
             ns: scope(r, ns).map(str::to_string),
             labels,
@@ -922,6 +964,7 @@ impl Store {
                 return Ok(Watch {
                     initial,
                     events: rx,
+                    id: 0,
                 });
             }
             for c in inner.history.iter().filter(|c| c.rv > from) {
@@ -930,10 +973,13 @@ impl Store {
                 }
             }
         }
-        inner.watchers.push(w);
+        inner.next_watch_id += 1;
+        let id = inner.next_watch_id;
+        inner.watchers.push(Watcher { id, ..w });
         Ok(Watch {
             initial,
             events: rx,
+            id,
         })
     }
 
@@ -949,9 +995,10 @@ impl Store {
         mut body: Value,
         p: &WriteParams,
     ) -> Result<Value, ApiError> {
-        prepare_body(r, scope(r, ns), &mut body)?;
+        let ns = object_scope(r, ns)?;
+        prepare_body(r, ns, &mut body)?;
         let mut inner = lock(&self.inner);
-        inner.create(r, scope(r, ns), body, p)
+        inner.create(r, ns, body, p)
     }
 
     /// Replaces an object (PUT).
@@ -967,7 +1014,7 @@ impl Store {
         mut body: Value,
         p: &WriteParams,
     ) -> Result<Value, ApiError> {
-        let ns = scope(r, ns);
+        let ns = object_scope(r, ns)?;
         prepare_body(r, ns, &mut body)?;
         let body_name = str_at(&body, "/metadata/name");
         if body_name != name {
@@ -978,9 +1025,13 @@ impl Store {
         let mut inner = lock(&self.inner);
         match inner.get(r, &obj_key(ns, name)) {
             Some(old) => inner.update(r, ns, name, body, old, p, "Update"),
-            // AllowCreateOnUpdate kinds (Services, Leases, Events) create on PUT, unless the
-            // body names a resourceVersion: that precondition fails as NotFound upstream too.
-            None if r.allow_create_on_update() && rv_of(&body).is_empty() => {
+            // AllowCreateOnUpdate kinds (Services, Endpoints, Leases) create on PUT, whatever
+            // resourceVersion the body carries (registry Store.Update: no precondition applies to
+            // an object that does not exist; storage drops the field).
+            None if r.allow_create_on_update() => {
+                if let Some(m) = body["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
                 inner.create(r, ns, body, p)
             }
             None => Err(not_found(r, name)),
@@ -1003,40 +1054,15 @@ impl Store {
         patch: Value,
         p: &WriteParams,
     ) -> Result<Value, ApiError> {
-        let ns = scope(r, ns);
-        if let PatchKind::StrategicMerge | PatchKind::Apply { .. } = kind {
-            let ct = match kind {
-                PatchKind::StrategicMerge => "application/strategic-merge-patch+json",
-                _ => "application/apply-patch+yaml",
-            };
-            return Err(ApiError::new(
-                415,
-                "UnsupportedMediaType",
-                format!(
-                    "the test bed does not implement {ct} patches (endpoint-copier does not send them); use application/merge-patch+json or application/json-patch+json"
-                ),
-                None,
-            ));
+        let ns = object_scope(r, ns)?;
+        if let Some(e) = unsupported_patch(kind) {
+            return Err(e);
         }
         let mut inner = lock(&self.inner);
         let old = inner
             .get(r, &obj_key(ns, name))
             .ok_or_else(|| not_found(r, name))?;
-        let mut doc = (*old).clone();
-        match kind {
-            PatchKind::Merge => {
-                if !patch.is_object() {
-                    return Err(bad_request(
-                        "json: cannot unmarshal into Go value of type map[string]interface {}",
-                    ));
-                }
-                patch::merge(&mut doc, &patch);
-            }
-            _ => patch::json_patch(&mut doc, &patch).map_err(|e| match e {
-                patch::Error::Malformed(m) => bad_request(m),
-                patch::Error::Failed(m) => ApiError::new(422, "Invalid", m, None),
-            })?,
-        }
+        let mut doc = apply_patch(&old, kind, &patch)?;
         prepare_body(r, ns, &mut doc)?;
         if str_at(&doc, "/metadata/name") != name {
             return Err(bad_request(format!(
@@ -1044,8 +1070,55 @@ impl Store {
                 str_at(&doc, "/metadata/name")
             )));
         }
-        let op = "Update";
-        inner.update(r, ns, name, doc, old, p, op)
+        inner.update(r, ns, name, doc, old, p, "Update")
+    }
+
+    /// Replaces only `.status` (PUT `.../{name}/status`): everything else in `body` is ignored, as
+    /// the status strategies do; `metadata.resourceVersion` in `body` is a precondition.
+    ///
+    /// # Errors
+    /// 404 NotFound, 409 Conflict, 400 for a body that does not decode.
+    pub fn replace_status(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mut body: Value,
+        p: &WriteParams,
+    ) -> Result<Value, ApiError> {
+        let ns = object_scope(r, ns)?;
+        prepare_body(r, ns, &mut body)?;
+        let mut inner = lock(&self.inner);
+        let old = inner
+            .get(r, &obj_key(ns, name))
+            .ok_or_else(|| not_found(r, name))?;
+        inner.update_status(r, ns, name, &body, old, p)
+    }
+
+    /// Patches only `.status` (PATCH `.../{name}/status`): the patch is applied to the whole
+    /// object and only the resulting status is kept.
+    ///
+    /// # Errors
+    /// As [`Store::patch`].
+    pub fn patch_status(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        patch: Value,
+        p: &WriteParams,
+    ) -> Result<Value, ApiError> {
+        let ns = object_scope(r, ns)?;
+        if let Some(e) = unsupported_patch(kind) {
+            return Err(e);
+        }
+        let mut inner = lock(&self.inner);
+        let old = inner
+            .get(r, &obj_key(ns, name))
+            .ok_or_else(|| not_found(r, name))?;
+        let doc = apply_patch(&old, kind, &patch)?;
+        inner.update_status(r, ns, name, &doc, old, p)
     }
 
     /// Deletes an object and returns its last state (at the deletion's resourceVersion), as the real
@@ -1060,7 +1133,19 @@ impl Store {
         name: &str,
         p: &DeleteParams,
     ) -> Result<Value, ApiError> {
-        let ns = scope(r, ns);
+        let ns = object_scope(r, ns)?;
+        if r.group.is_empty()
+            && r.plural == "namespaces"
+            && ["default", "kube-system", "kube-public"].contains(&name)
+        {
+            // The NamespaceLifecycle admission plugin protects the immortal namespaces.
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("namespaces {name:?} is forbidden: this namespace may not be deleted"),
+                Some(details(r, name)),
+            ));
+        }
         let mut inner = lock(&self.inner);
         let key = obj_key(ns, name);
         let old = inner.get(r, &key).ok_or_else(|| not_found(r, name))?;
@@ -1094,6 +1179,17 @@ impl Store {
         if r.group.is_empty() && r.plural == "namespaces" {
             return Ok(inner.delete_namespace(name));
         }
+        // An object with finalizers is only marked (deletionTimestamp); the update that removes
+        // the last finalizer deletes it (registry store.Delete / updateForGracefulDeletionAndFinalizers).
+        if has_finalizers(&old) {
+            if old.pointer("/metadata/deletionTimestamp").is_some() {
+                return Ok((*old).clone());
+            }
+            let mut marked = (*old).clone();
+            marked["metadata"]["deletionTimestamp"] = json!(meta::now());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            return Ok((*inner.put(r.key(), key, marked, Some(old))).clone());
+        }
         Ok(inner.remove(r.key(), &key))
     }
 
@@ -1105,6 +1201,20 @@ impl Store {
     /// A BOOKMARK watch event at the current resourceVersion.
     pub fn bookmark(&self, r: &Resource) -> Value {
         bookmark_for(r, lock(&self.inner).rv)
+    }
+
+    /// Queues a BOOKMARK at the current resourceVersion into watch `id`'s own event stream, behind
+    /// every event already sent to it. Prefer this to [`Store::bookmark`] for periodic bookmarks:
+    /// a bookmark written ahead of queued events would let a client resume past events it never
+    /// received. Returns false when that watch is gone.
+    pub fn request_bookmark(&self, r: &Resource, id: u64) -> bool {
+        let inner = lock(&self.inner);
+        let b = bookmark_for(r, inner.rv);
+        inner
+            .watchers
+            .iter()
+            .find(|w| w.id == id)
+            .is_some_and(|w| w.tx.send(b).is_ok())
     }
 
     /// Forgets all history: watches and continue tokens from an older resourceVersion get 410.
@@ -1142,6 +1252,49 @@ fn bookmark_for(r: &Resource, rv: u64) -> Value {
         "BOOKMARK",
         json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": {"resourceVersion": rv.to_string()}}),
     )
+}
+
+/// The 415 for patch types the test bed does not implement (endpoint-copier sends neither
+/// strategic merge nor apply patches; docs/development/testing.md says so too).
+fn unsupported_patch(kind: PatchKind) -> Option<ApiError> {
+    let ct = match kind {
+        PatchKind::StrategicMerge => "application/strategic-merge-patch+json",
+        PatchKind::Apply { .. } => "application/apply-patch+yaml",
+        PatchKind::Merge | PatchKind::Json => return None,
+    };
+    Some(ApiError::new(
+        415,
+        "UnsupportedMediaType",
+        format!(
+            "the test bed does not implement {ct} patches (endpoint-copier does not send them); use application/merge-patch+json or application/json-patch+json"
+        ),
+        None,
+    ))
+}
+
+/// Applies a merge or JSON patch to a copy of `old`.
+fn apply_patch(old: &Value, kind: PatchKind, patch: &Value) -> Result<Value, ApiError> {
+    let mut doc = old.clone();
+    match kind {
+        PatchKind::Merge => {
+            if !patch.is_object() {
+                return Err(bad_request(
+                    "json: cannot unmarshal into Go value of type map[string]interface {}",
+                ));
+            }
+            patch::merge(&mut doc, patch);
+        }
+        PatchKind::Json => patch::json_patch(&mut doc, patch).map_err(|e| match e {
+            patch::Error::Malformed(m) => bad_request(m),
+            patch::Error::Failed(m) => ApiError::new(422, "Invalid", m, None),
+        })?,
+        PatchKind::StrategicMerge | PatchKind::Apply { .. } => {
+            if let Some(e) = unsupported_patch(kind) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(doc)
 }
 
 /// Decodes and checks a request body against the request's resource and namespace
@@ -1201,31 +1354,52 @@ fn prepare_body(r: &Resource, ns: Option<&str>, body: &mut Value) -> Result<(), 
     Ok(())
 }
 
-/// Everything outside metadata/status (what decides a generation bump).
-fn spec_part(o: &Value) -> Value {
-    let mut o = o.clone();
-    if let Some(m) = o.as_object_mut() {
-        m.remove("metadata");
-        m.remove("status");
+/// Whether two objects are equal when the top-level keys in `skip` are ignored (no clones: this
+/// runs on every update).
+fn eq_without(a: &Value, b: &Value, skip: &[&str]) -> bool {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            let keys = |m: &'_ serde_json::Map<String, Value>| {
+                m.iter()
+                    .filter(|(k, _)| !skip.contains(&k.as_str()))
+                    .count()
+            };
+            keys(a) == keys(b)
+                && a.iter()
+                    .filter(|(k, _)| !skip.contains(&k.as_str()))
+                    .all(|(k, v)| b.get(k) == Some(v))
+        }
+        _ => a == b,
     }
-    o
 }
 
-/// The object without fields a no-op write would change anyway (resourceVersion, managedFields
-/// timestamps), for detecting writes that change nothing.
-fn comparable(o: &Value) -> Value {
-    let mut o = o.clone();
-    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
-        if let Some(Value::Array(mf)) = m.get_mut("managedFields") {
-            for e in mf {
-                if let Some(e) = e.as_object_mut() {
-                    e.remove("time");
-                }
-            }
-        }
+/// Everything outside metadata/status is equal (what decides a generation bump).
+fn same_spec(a: &Value, b: &Value) -> bool {
+    eq_without(a, b, &["metadata", "status"])
+}
+
+/// Equal but for what a no-op write changes anyway (resourceVersion, managedFields timestamps),
+/// for detecting writes that change nothing.
+fn same_content(a: &Value, b: &Value) -> bool {
+    if !eq_without(a, b, &["metadata"]) {
+        return false;
     }
-    o
+    let (Some(ma), Some(mb)) = (a.get("metadata"), b.get("metadata")) else {
+        return a.get("metadata") == b.get("metadata");
+    };
+    if !eq_without(ma, mb, &["resourceVersion", "managedFields"]) {
+        return false;
+    }
+    let mf = |m: &Value| m.get("managedFields").and_then(Value::as_array).cloned();
+    match (mf(ma), mf(mb)) {
+        (Some(x), Some(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(e, f)| eq_without(e, f, &["time"]))
+        }
+        (x, y) => x == y,
+    }
 }
 
 impl Inner {
@@ -1564,6 +1738,12 @@ impl Inner {
                 m["generation"] = json!(1);
             }
         }
+        if res == ("", "services") {
+            // svcStrategy.PrepareForCreate: a new Service starts with an empty status.
+            if let Some(m) = body.as_object_mut() {
+                m.remove("status");
+            }
+        }
         validate::default_object(r, &mut body);
         let mut errs = Vec::new();
         if res == ("", "services") {
@@ -1607,6 +1787,22 @@ impl Inner {
     ) -> Result<Value, ApiError> {
         let res = r.key();
         let want_rv = rv_of(&body);
+        if want_rv.is_empty() && !r.allow_unconditional_update() {
+            // registry Store.Update: the Invalid error names the resource, not the kind.
+            let qualified = Resource {
+                kind: r.plural,
+                ..*r
+            };
+            return Err(invalid_error(
+                &qualified,
+                name,
+                &[FieldError::invalid(
+                    "metadata.resourceVersion",
+                    &json!(0),
+                    "must be specified for an update",
+                )],
+            ));
+        }
         if !want_rv.is_empty() && want_rv != rv_of(&old) {
             return Err(conflict(r, name, MODIFIED_MSG));
         }
@@ -1645,21 +1841,47 @@ impl Inner {
         if res == ("", "services") {
             carry_service_allocations(&mut body, &old);
         }
-        if res == ("", "namespaces") {
-            // The namespace phase and finalizers are not changed by an ordinary update.
+        if res == ("", "namespaces") || res == ("", "services") {
+            // status is a subresource: an update of the main resource keeps the stored status
+            // (namespace and Service strategies' PrepareForUpdate).
             body["status"] = old["status"].clone();
+        }
+        if res == ("", "namespaces")
+            && body
+                .get("spec")
+                .is_none_or(|v| v.is_object() || v.is_null())
+            && let Some(f) = old.pointer("/spec/finalizers")
+        {
+            // namespaceStrategy.PrepareForUpdate: spec.finalizers change only through /finalize.
+            body["spec"]["finalizers"] = f.clone();
         }
         validate::default_object(r, &mut body);
         if res == ("", "services") {
             errs.extend(self.allocate_service(&mut body, Some(&old)));
         }
         errs.extend(validate::validate(r, &body, Some(&old)));
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            // ValidateObjectMetaUpdate: a terminating object may lose finalizers, not gain them.
+            let fins = |o: &Value| -> Vec<Value> {
+                o.pointer("/metadata/finalizers")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let before = fins(&old);
+            if fins(&body).iter().any(|f| !before.contains(f)) {
+                errs.push(FieldError::forbidden(
+                    "metadata.finalizers",
+                    "no new finalizers can be added if the object is being deleted",
+                ));
+            }
+        }
         if !errs.is_empty() {
             return Err(invalid_error(r, name, &errs));
         }
         // EndpointSlice PrepareForUpdate: anything outside metadata, or the labels, changed.
         if r.has_generation()
-            && (spec_part(&body) != spec_part(&old)
+            && (!same_spec(&body, &old)
                 || body.pointer("/metadata/labels") != old.pointer("/metadata/labels"))
         {
             let g = old
@@ -1673,7 +1895,7 @@ impl Inner {
         }
         // A write that changes nothing is not written: no new resourceVersion, no watch event
         // (etcd3 GuaranteedUpdate short-circuits identical bytes).
-        if comparable(&body) == comparable(&old) {
+        if same_content(&body, &old) {
             return Ok((*old).clone());
         }
         if p.dry_run {
@@ -1687,10 +1909,52 @@ impl Inner {
         let key = obj_key(ns, name);
         let stored = self.put(res, key.clone(), body, Some(old));
         let out = (*stored).clone();
+        if out.pointer("/metadata/deletionTimestamp").is_some() && !has_finalizers(&out) {
+            // The last finalizer is gone: the object goes now.
+            self.remove(res, &key);
+            return Ok(out);
+        }
         if !self.gc_off {
             self.gc_check(res, &key);
         }
         Ok(out)
+    }
+
+    /// The status subresource write: only `.status` of `body` is taken.
+    fn update_status(
+        &mut self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: &Value,
+        old: Arc<Value>,
+        p: &WriteParams,
+    ) -> Result<Value, ApiError> {
+        let want_rv = rv_of(body);
+        if !want_rv.is_empty() && want_rv != rv_of(&old) {
+            return Err(conflict(r, name, MODIFIED_MSG));
+        }
+        let mut new = (*old).clone();
+        match body.get("status") {
+            Some(st) => new["status"] = st.clone(),
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+        validate::default_object(r, &mut new);
+        if let Some(mgr) = &p.field_manager {
+            meta::record_manager(&mut new, mgr, "Update", &r.api_version());
+        }
+        if same_content(&new, &old) {
+            return Ok((*old).clone());
+        }
+        if p.dry_run {
+            return Ok(new);
+        }
+        let stored = self.put(r.key(), obj_key(ns, name), new, Some(old));
+        Ok((*stored).clone())
     }
 
     // ---- Service allocation (pkg/registry/core/service/ipallocator, portallocator) ----------
@@ -1850,7 +2114,8 @@ impl Inner {
         if wants_node_ports {
             let mut taken: HashSet<u16> = HashSet::new();
             if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                for (i, p) in ports.iter_mut().enumerate() {
+                // Ports that are not objects were already reported by validation.
+                for (i, p) in ports.iter_mut().enumerate().filter(|(_, p)| p.is_object()) {
                     match p
                         .get("nodePort")
                         .and_then(Value::as_i64)
@@ -2029,7 +2294,7 @@ fn carry_service_allocations(new: &mut Value, old: &Value) {
         && let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut)
     {
         for p in ports {
-            if p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0 {
+            if !p.is_object() || p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0 {
                 continue;
             }
             let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
@@ -2297,44 +2562,61 @@ mod tests {
     #[test]
     fn replace_without_a_resource_version_is_unconditional_and_keeps_system_fields() {
         let s = store();
-        let l = s
-            .create(
-                leases(),
-                Some("kube-system"),
-                lease("l", "a"),
-                &WriteParams::default(),
-            )
-            .unwrap();
-        let mut body = lease("l", "z");
+        let o = create_slice(&s, "a", json!({}));
+        let mut body = slice("a", json!({"v": "2"}), &["198.51.100.9"]);
         body["metadata"]["creationTimestamp"] = json!("2000-01-01T00:00:00Z");
-        let u = s
-            .replace(
-                leases(),
-                Some("kube-system"),
-                "l",
-                body,
-                &WriteParams::default(),
-            )
-            .unwrap();
-        assert_eq!(u["spec"]["holderIdentity"], "z");
-        assert_eq!(u["metadata"]["uid"], l["metadata"]["uid"]);
+        let put = |b: Value| s.replace(slices(), Some("default"), "a", b, &WriteParams::default());
+        let u = put(body).unwrap();
+        assert_eq!(u["endpoints"][0]["addresses"][0], "198.51.100.9");
+        assert_eq!(u["metadata"]["uid"], o["metadata"]["uid"]);
         assert_eq!(
             u["metadata"]["creationTimestamp"],
-            l["metadata"]["creationTimestamp"]
+            o["metadata"]["creationTimestamp"]
         );
         let mut bad = u.clone();
         bad["metadata"]["uid"] = json!("00000000-0000-0000-0000-000000000000");
+        let e = put(bad).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(e.message.contains("metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable"), "{}", e.message);
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/coordination/lease/strategy.go (AllowUnconditionalUpdate false)
+    #[test]
+    fn a_lease_replace_must_carry_a_resource_version() {
+        let s = store();
+        s.create(
+            leases(),
+            Some("kube-system"),
+            lease("l", "a"),
+            &WriteParams::default(),
+        )
+        .unwrap();
         let e = s
             .replace(
                 leases(),
                 Some("kube-system"),
                 "l",
-                bad,
+                lease("l", "b"),
                 &WriteParams::default(),
             )
             .unwrap_err();
-        assert_eq!(e.code, 422);
-        assert!(e.message.contains("metadata.uid: Invalid value: \"00000000-0000-0000-0000-000000000000\": field is immutable"), "{}", e.message);
+        assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+        assert_eq!(
+            e.message,
+            "leases.coordination.k8s.io \"l\" is invalid: metadata.resourceVersion: Invalid value: 0: must be specified for an update"
+        );
+        // A merge patch applies to the stored object, whose resourceVersion it keeps.
+        let p = s
+            .patch(
+                leases(),
+                Some("kube-system"),
+                "l",
+                PatchKind::Merge,
+                json!({"spec": {"holderIdentity": "b"}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(p["spec"]["holderIdentity"], "b");
     }
 
     // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/discovery/endpointslice/strategy.go (AllowCreateOnUpdate false) and pkg/registry/coordination/lease/strategy.go (true)
@@ -2354,16 +2636,19 @@ mod tests {
             (e.code, e.message.as_str()),
             (404, "endpointslices.discovery.k8s.io \"a\" not found")
         );
+        let mut body = lease("l", "a");
+        body["metadata"]["resourceVersion"] = json!("12");
         let l = s
             .replace(
                 leases(),
                 Some("kube-system"),
                 "l",
-                lease("l", "a"),
+                body,
                 &WriteParams::default(),
             )
             .unwrap();
         assert_eq!(l["spec"]["holderIdentity"], "a");
+        assert_eq!(rv(&l), s.resource_version());
     }
 
     // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/endpoints/handlers/update.go (name on URL must match)
@@ -2599,11 +2884,9 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.code, 422);
-        assert!(
-            e.message
-                .contains("failed to allocate IP 10.43.0.1: provided IP is already allocated"),
-            "{}",
-            e.message
+        assert_eq!(
+            e.message,
+            "Service \"other\" is invalid: spec.clusterIPs: Invalid value: [\"10.43.0.1\"]: failed to allocate IP 10.43.0.1: provided IP is already allocated"
         );
         let e = s
             .create(
@@ -3292,6 +3575,16 @@ mod tests {
         assert_eq!(s.get(slices(), Some("t"), "a").unwrap_err().code, 404);
         assert_eq!(s.get(ns_res(), None, "t").unwrap_err().code, 404);
         assert!(s.get(slices(), Some("default"), "keep").is_ok());
+        let e = s
+            .delete(ns_res(), None, "default", &DeleteParams::default())
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                403,
+                "namespaces \"default\" is forbidden: this namespace may not be deleted"
+            )
+        );
         s.set_garbage_collection(false);
         s.create(
             ns_res(),
@@ -3561,5 +3854,539 @@ mod tests {
                 "The resourceVersion for the provided list is too old."
             )
         );
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/finalizers/
+    #[test]
+    fn an_object_with_finalizers_is_marked_on_delete_and_goes_with_its_last_finalizer() {
+        let s = store();
+        let mut body = slice("f", json!({}), &["198.51.100.1"]);
+        body["metadata"]["finalizers"] = json!(["example.com/hold"]);
+        s.create(slices(), Some("default"), body, &WriteParams::default())
+            .unwrap();
+        let marked = s
+            .delete(slices(), Some("default"), "f", &DeleteParams::default())
+            .unwrap();
+        assert!(marked["metadata"]["deletionTimestamp"].is_string());
+        let got = s.get(slices(), Some("default"), "f").unwrap();
+        assert_eq!(
+            got["metadata"]["deletionTimestamp"],
+            marked["metadata"]["deletionTimestamp"]
+        );
+        let mut more = got.clone();
+        more["metadata"]["finalizers"] = json!(["example.com/hold", "example.com/other"]);
+        let e = s
+            .replace(
+                slices(),
+                Some("default"),
+                "f",
+                more,
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert!(
+            e.message
+                .contains("no new finalizers can be added if the object is being deleted"),
+            "{}",
+            e.message
+        );
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    resource_version: Some(s.resource_version().to_string()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        s.patch(
+            slices(),
+            Some("default"),
+            "f",
+            PatchKind::Merge,
+            json!({"metadata": {"finalizers": null}}),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        assert_eq!(s.get(slices(), Some("default"), "f").unwrap_err().code, 404);
+        assert_eq!(types(&drain(&mut w)), ["MODIFIED f", "DELETED f"]);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-uris (namespaced objects only live under /namespaces/{ns}/)
+    #[test]
+    fn a_namespaced_object_request_without_namespace_is_not_found() {
+        let s = store();
+        let e = s.get(slices(), None, "a").unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (404, "the server could not find the requested resource")
+        );
+        let e = s
+            .create(
+                slices(),
+                None,
+                slice("a", json!({}), &["198.51.100.1"]),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 404);
+        assert_eq!(
+            s.list(slices(), None, &ListParams::default()).unwrap()["items"],
+            json!([])
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#watch-bookmarks (a bookmark promises every change up to its resourceVersion was sent)
+    #[test]
+    fn a_requested_bookmark_arrives_after_the_events_already_queued() {
+        let s = store();
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    allow_bookmarks: true,
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        create_slice(&s, "a", json!({}));
+        assert!(s.request_bookmark(slices(), w.id));
+        create_slice(&s, "b", json!({}));
+        let evs = drain(&mut w);
+        assert_eq!(types(&evs), ["ADDED a", "BOOKMARK ", "ADDED b"]);
+        assert_eq!(rv(&evs[1]["object"]), rv(&evs[0]["object"]));
+        drop(w);
+        assert!(!s.request_bookmark(slices(), 999));
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#streaming-lists (sendInitialEvents=false: start at most recent)
+    #[test]
+    fn send_initial_events_false_skips_the_current_state() {
+        let s = store();
+        create_slice(&s, "a", json!({}));
+        let mut w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    send_initial_events: Some(false),
+                    resource_version_match: Some("NotOlderThan".into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert!(w.initial.is_empty());
+        create_slice(&s, "b", json!({}));
+        assert_eq!(types(&drain(&mut w)), ["ADDED b"]);
+    }
+
+    // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#list-and-watch-filtering (the initial state is filtered too)
+    #[test]
+    fn a_selective_watch_sends_only_matching_objects_in_its_initial_state() {
+        let s = store();
+        create_slice(&s, "a", json!({"kubernetes.io/service-name": "kubernetes"}));
+        create_slice(&s, "b", json!({"kubernetes.io/service-name": "other"}));
+        s.create(
+            slices(),
+            Some("kube-system"),
+            slice(
+                "c",
+                json!({"kubernetes.io/service-name": "kubernetes"}),
+                &["198.51.100.4"],
+            ),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let w = s
+            .watch(
+                slices(),
+                Some("default"),
+                &WatchParams {
+                    label_selector: Some("kubernetes.io/service-name=kubernetes".into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(types(&w.initial), ["ADDED a"]);
+        let w = s
+            .watch(
+                slices(),
+                None,
+                &WatchParams {
+                    field_selector: Some("metadata.name=c".into()),
+                    ..WatchParams::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(types(&w.initial), ["ADDED c"]);
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#status-subresource-for-custom-resources (Service status changes only through /status)
+    #[test]
+    fn a_service_status_is_not_set_by_create_or_replace() {
+        let s = store();
+        let lb = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}});
+        let o = s
+            .create(
+                services(),
+                Some("default"),
+                json!({"metadata": {"name": "v"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 6443}]}, "status": lb}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(o["status"], json!({"loadBalancer": {}}));
+        let mut u = o.clone();
+        u["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}});
+        let u = s
+            .replace(services(), Some("default"), "v", u, &WriteParams::default())
+            .unwrap();
+        assert_eq!(u["status"], json!({"loadBalancer": {}}));
+        assert_eq!(
+            rv(&u),
+            rv(&o),
+            "an update that only touches status changes nothing"
+        );
+    }
+
+    // matches: https://kubernetes.io/docs/reference/kubernetes-api/service-resources/service-v1/#update-replace-status-of-the-specified-service
+    #[test]
+    fn the_status_subresource_changes_only_the_status() {
+        let s = store();
+        let o = s
+            .create(
+                services(),
+                Some("default"),
+                json!({"metadata": {"name": "v"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 6443}]}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        let mut body = o.clone();
+        body["spec"]["ports"][0]["port"] = json!(1);
+        body["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}});
+        let u = s
+            .replace_status(
+                services(),
+                Some("default"),
+                "v",
+                body,
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            u["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "203.0.113.10"
+        );
+        assert_eq!(u["spec"]["ports"][0]["port"], 6443);
+        assert!(rv(&u) > rv(&o));
+        let e = s
+            .replace_status(
+                services(),
+                Some("default"),
+                "v",
+                o.clone(),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 409);
+        let p = s
+            .patch_status(
+                services(),
+                Some("default"),
+                "v",
+                PatchKind::Merge,
+                json!({"status": {"loadBalancer": {"ingress": null}}, "spec": {"type": "ClusterIP"}}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(p["status"], json!({"loadBalancer": {}}));
+        assert_eq!(p["spec"]["type"], "LoadBalancer");
+    }
+
+    /// Applies watch events to a name → object map, as an informer does.
+    fn apply_events(state: &mut BTreeMap<String, Value>, evs: &[Value]) {
+        for e in evs {
+            let o = &e["object"];
+            let key = format!(
+                "{}/{}",
+                str_at(o, "/metadata/namespace"),
+                str_at(o, "/metadata/name")
+            );
+            match e["type"].as_str().unwrap() {
+                "ADDED" | "MODIFIED" => {
+                    let mut o = o.clone();
+                    o.as_object_mut().unwrap().remove("apiVersion");
+                    o.as_object_mut().unwrap().remove("kind");
+                    state.insert(key, o);
+                }
+                "DELETED" => {
+                    state.remove(&key);
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+
+    fn list_state(l: &Value) -> BTreeMap<String, Value> {
+        l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    format!(
+                        "{}/{}",
+                        str_at(o, "/metadata/namespace"),
+                        str_at(o, "/metadata/name")
+                    ),
+                    o.clone(),
+                )
+            })
+            .collect()
+    }
+
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes (list at N, then watch from N, reproduces every later state)
+    #[test]
+    fn a_list_then_a_watch_from_its_resource_version_always_reproduces_the_current_state() {
+        let s = store();
+        // A fixed linear congruential sequence: random-looking, reproducible.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let mut checkpoints = Vec::new();
+        // Successful writes per kind (create, replace, patch, delete); failures (409, 404) are part
+        // of the sequence and change nothing.
+        let mut ok = [0usize; 4];
+        for step in 0..400 {
+            let ns = if next(2) == 0 {
+                "default"
+            } else {
+                "kube-system"
+            };
+            let name = format!("s{}", next(6));
+            let labels = json!({"app": format!("a{}", next(3))});
+            let addr = format!("198.51.100.{}", next(200) + 1);
+            let w = WriteParams::default();
+            let op = next(4) as usize;
+            let done = match op {
+                0 => s
+                    .create(slices(), Some(ns), slice(&name, labels, &[&addr]), &w)
+                    .is_ok(),
+                1 => s
+                    .replace(
+                        slices(),
+                        Some(ns),
+                        &name,
+                        slice(&name, labels, &[&addr]),
+                        &w,
+                    )
+                    .is_ok(),
+                2 => s
+                    .patch(
+                        slices(),
+                        Some(ns),
+                        &name,
+                        PatchKind::Merge,
+                        json!({"metadata": {"labels": labels}}),
+                        &w,
+                    )
+                    .is_ok(),
+                _ => s
+                    .delete(slices(), Some(ns), &name, &DeleteParams::default())
+                    .is_ok(),
+            };
+            ok[op] += usize::from(done);
+            if step % 37 == 0 {
+                let l = s.list(slices(), None, &ListParams::default()).unwrap();
+                checkpoints.push(l);
+            }
+        }
+        assert!(
+            ok.iter().all(|n| *n > 10),
+            "every kind of write happened: {ok:?}"
+        );
+        assert!(checkpoints.len() > 5);
+        let now = list_state(&s.list(slices(), None, &ListParams::default()).unwrap());
+        assert!(!now.is_empty());
+        for l in &checkpoints {
+            let rv = l["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let exact = s
+                .list(
+                    slices(),
+                    None,
+                    &ListParams {
+                        resource_version: Some(rv.clone()),
+                        resource_version_match: Some("Exact".into()),
+                        ..ListParams::default()
+                    },
+                )
+                .unwrap();
+            assert_eq!(list_state(&exact), list_state(l), "Exact list at {rv}");
+            let w = s
+                .watch(
+                    slices(),
+                    None,
+                    &WatchParams {
+                        resource_version: Some(rv.clone()),
+                        ..WatchParams::default()
+                    },
+                )
+                .unwrap();
+            let mut state = list_state(l);
+            apply_events(&mut state, &w.initial);
+            assert_eq!(state, now, "list at {rv} + watch from {rv}");
+            // The same through a selective watch: only app=a1 objects, entering and leaving.
+            let w = s
+                .watch(
+                    slices(),
+                    None,
+                    &WatchParams {
+                        resource_version: Some(rv.clone()),
+                        label_selector: Some("app=a1".into()),
+                        ..WatchParams::default()
+                    },
+                )
+                .unwrap();
+            let mut state: BTreeMap<String, Value> = list_state(l)
+                .into_iter()
+                .filter(|(_, o)| o["metadata"]["labels"]["app"] == "a1")
+                .collect();
+            apply_events(&mut state, &w.initial);
+            let want: BTreeMap<String, Value> = now
+                .iter()
+                .filter(|(_, o)| o["metadata"]["labels"]["app"] == "a1")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(state, want, "selective watch from {rv}");
+        }
+    }
+
+    // Robustness: malformed bodies are refused, never a panic under the store's lock.
+    #[test]
+    fn malformed_service_ports_are_rejected_without_panicking() {
+        let s = store();
+        let e = s
+            .create(
+                services(),
+                Some("default"),
+                json!({"metadata": {"name": "v"}, "spec": {"type": "NodePort", "ports": [5, {"port": 80}]}}),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        s.create(
+            services(),
+            Some("default"),
+            json!({"metadata": {"name": "w"}, "spec": {"type": "NodePort", "ports": [{"name": "a", "port": 80}]}}),
+            &WriteParams::default(),
+        )
+        .unwrap();
+        let e = s
+            .replace(
+                services(),
+                Some("default"),
+                "w",
+                json!({"metadata": {"name": "w"}, "spec": {"type": "NodePort", "ports": [7]}}),
+                &WriteParams::default(),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+    }
+
+    /// A pseudo-random JSON value shaped roughly like an object of `r` (fields it has, wrong types).
+    fn garbage(next: &mut impl FnMut(u64) -> u64, depth: u32) -> Value {
+        const KEYS: &[&str] = &[
+            "metadata",
+            "spec",
+            "status",
+            "endpoints",
+            "ports",
+            "addresses",
+            "name",
+            "labels",
+            "port",
+            "nodePort",
+            "clusterIP",
+            "clusterIPs",
+            "type",
+            "addressType",
+            "conditions",
+            "finalizers",
+            "ownerReferences",
+            "renewTime",
+            "eventTime",
+            "series",
+            "regarding",
+            "uid",
+            "resourceVersion",
+            "namespace",
+            "generateName",
+            "annotations",
+            "ipFamilies",
+        ];
+        match if depth == 0 { next(4) } else { next(7) } {
+            0 => Value::Null,
+            1 => json!(next(70000)),
+            2 => json!(["IPv4", "TCP", "a", "198.51.100.1", "x/y", ""][next(6) as usize]),
+            3 => json!(next(2) == 0),
+            4 | 5 => {
+                let mut m = serde_json::Map::new();
+                for _ in 0..next(5) {
+                    m.insert(
+                        KEYS[next(KEYS.len() as u64) as usize].into(),
+                        garbage(next, depth - 1),
+                    );
+                }
+                Value::Object(m)
+            }
+            _ => Value::Array((0..next(4)).map(|_| garbage(next, depth - 1)).collect()),
+        }
+    }
+
+    // Robustness: whatever a client sends, the store answers with a value or a Status.
+    #[test]
+    fn arbitrary_bodies_get_an_answer_and_never_a_panic() {
+        let s = store();
+        let mut seed: u64 = 42;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n.max(1)
+        };
+        let mut accepted = 0;
+        for _ in 0..3000 {
+            let r = &RESOURCES[next(RESOURCES.len() as u64) as usize];
+            let mut body = garbage(&mut next, 4);
+            if next(2) == 0
+                && let Some(m) = body.as_object_mut()
+            {
+                m.insert("metadata".into(), json!({"name": "g"}));
+            }
+            let ns = Some("default");
+            let w = WriteParams::default();
+            let res = match next(4) {
+                0 => s.create(r, ns, body, &w),
+                1 => s.replace(r, ns, "g", body, &w),
+                2 => s.patch(r, ns, "g", PatchKind::Merge, body, &w),
+                _ => s.patch(r, ns, "g", PatchKind::Json, body, &w),
+            };
+            match res {
+                Ok(o) => {
+                    accepted += 1;
+                    assert!(o["metadata"]["uid"].is_string(), "{o}");
+                }
+                Err(e) => assert!((400..=504).contains(&e.code), "{e:?}"),
+            }
+        }
+        assert!(accepted > 0);
     }
 }

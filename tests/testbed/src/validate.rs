@@ -28,15 +28,11 @@ pub struct FieldError {
     pub body: String,
 }
 
-/// Renders a value as field.Error does: strings quoted (%q), numbers and booleans bare.
+/// Renders a value as field.Error does: strings quoted (%q), numbers and booleans bare, anything
+/// else as JSON (e.g. `["10.43.0.10"]`, as recent servers print lists).
 fn show(v: &Value) -> String {
     match v {
         Value::String(s) => format!("{s:?}"),
-        Value::Null => "null".into(),
-        Value::Array(a) => format!(
-            "[]string{{{}}}",
-            a.iter().map(show).collect::<Vec<_>>().join(", ")
-        ),
         other => other.to_string(),
     }
 }
@@ -145,7 +141,17 @@ pub fn invalid_error(r: &Resource, name: &str, errs: &[FieldError]) -> ApiError 
         code: 422,
         reason: "Invalid".into(),
         message: format!("{qualified} {name:?} is invalid: {agg}"),
-        details: Some(json!({"name": name, "group": r.group, "kind": r.kind, "causes": causes})),
+        details: Some({
+            // StatusDetails fields are omitempty: no "group" for the core group, no empty name.
+            let mut d = json!({"kind": r.kind, "causes": causes});
+            if !name.is_empty() {
+                d["name"] = json!(name);
+            }
+            if !r.group.is_empty() {
+                d["group"] = json!(r.group);
+            }
+            d
+        }),
     }
 }
 
@@ -356,53 +362,40 @@ pub fn validate_meta(r: &Resource, obj: &Value, errs: &mut Vec<FieldError>) {
         .and_then(|m| m.get("ownerReferences"))
         .and_then(Value::as_array)
     {
-        let mut controllers = Vec::new();
-        for (i, o) in refs.iter().enumerate() {
-            let f = "metadata.ownerReferences";
+        let f = "metadata.ownerReferences";
+        let mut first_controller: Option<String> = None;
+        for o in refs {
             let s = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("");
-            // ValidateOwnerReferences: the apiVersion/kind/name/uid checks of validateOwnerReference.
-            if s("apiVersion").is_empty() {
+            // validateOwnerReference: paths carry no index, as upstream.
+            if s("apiVersion").rsplit('/').next().is_none_or(str::is_empty) {
                 errs.push(FieldError::invalid(
                     format!("{f}.apiVersion"),
                     &json!(s("apiVersion")),
                     "version must not be empty",
                 ));
             }
-            if s("kind").is_empty() {
-                errs.push(FieldError::invalid(
-                    format!("{f}.kind"),
-                    &json!(s("kind")),
-                    "kind must not be empty",
-                ));
-            }
-            if s("name").is_empty() {
-                errs.push(FieldError::invalid(
-                    format!("{f}.name"),
-                    &json!(s("name")),
-                    "name must not be empty",
-                ));
-            }
-            if s("uid").is_empty() {
-                errs.push(FieldError::invalid(
-                    format!("{f}.uid"),
-                    &json!(s("uid")),
-                    "uid must not be empty",
-                ));
+            for k in ["kind", "name", "uid"] {
+                if s(k).is_empty() {
+                    errs.push(FieldError::invalid(
+                        format!("{f}.{k}"),
+                        &json!(s(k)),
+                        &format!("{k} must not be empty"),
+                    ));
+                }
             }
             if o.get("controller").and_then(Value::as_bool) == Some(true) {
-                controllers.push(format!("Kind={}, Name={}", s("kind"), s("name")));
+                let cur = format!("{}/{}", s("kind"), s("name"));
+                match &first_controller {
+                    Some(first) => errs.push(FieldError::invalid(
+                        f,
+                        &Value::Array(refs.clone()),
+                        &format!(
+                            "Only one reference can have Controller set to true. Found \"true\" in references for {first} and {cur}"
+                        ),
+                    )),
+                    None => first_controller = Some(cur),
+                }
             }
-            let _ = i;
-        }
-        if controllers.len() > 1 {
-            errs.push(FieldError::invalid(
-                "metadata.ownerReferences",
-                &Value::Null,
-                &format!(
-                    "Only one reference can have Controller set to true. Found \"true\" in references for {}",
-                    controllers.join(" and ")
-                ),
-            ));
         }
     }
 }
@@ -489,6 +482,52 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// The JSON shapes of an EndpointSlice's lists, which the typed decoder enforces (400).
+fn check_shape(r: &Resource, obj: &Value) -> Result<(), ApiError> {
+    let wrong = |path: &str, v: &Value, want: &str| {
+        Err(decode_err(
+            r,
+            format!(
+                "json: cannot unmarshal {} into Go struct field {path} of type {want}",
+                json_type(v)
+            ),
+        ))
+    };
+    for (k, want) in [
+        ("endpoints", "[]v1.Endpoint"),
+        ("ports", "[]v1.EndpointPort"),
+    ] {
+        match obj.get(k) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for it in items {
+                    if !it.is_object() {
+                        return wrong(&format!("EndpointSlice.{k}"), it, &want[2..]);
+                    }
+                }
+            }
+            Some(v) => return wrong(&format!("EndpointSlice.{k}"), v, want),
+        }
+    }
+    for ep in obj
+        .get("endpoints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match ep.get("addresses") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) => {
+                if let Some(v) = a.iter().find(|v| !v.is_string()) {
+                    return wrong("Endpoint.endpoints.addresses", v, "string");
+                }
+            }
+            Some(v) => return wrong("Endpoint.endpoints.addresses", v, "[]string"),
+        }
+    }
+    Ok(())
+}
+
 /// The checks and normalizations the real server's decoder applies: body must be an object,
 /// time fields parse with their Go layout (and are re-serialized in UTC), integers are integers.
 ///
@@ -511,6 +550,48 @@ pub fn decode(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
         return Err(decode_err(
             r,
             "json: cannot unmarshal into Go struct field .metadata of type v1.ObjectMeta".into(),
+        ));
+    }
+    for k in ["labels", "annotations"] {
+        if let Some(map) = obj
+            .pointer(&format!("/metadata/{k}"))
+            .filter(|v| !v.is_null())
+        {
+            let bad = match map.as_object() {
+                Some(m) => m.values().find(|v| !v.is_string()).map(json_type),
+                None => Some(json_type(map)),
+            };
+            if let Some(t) = bad {
+                let want = if map.is_object() {
+                    "string"
+                } else {
+                    "map[string]string"
+                };
+                return Err(decode_err(
+                    r,
+                    format!(
+                        "json: cannot unmarshal {t} into Go struct field ObjectMeta.metadata.{k} of type {want}"
+                    ),
+                ));
+            }
+        }
+    }
+    if (r.group, r.kind) == ("discovery.k8s.io", "EndpointSlice") {
+        check_shape(r, obj)?;
+    }
+    let has_spec = matches!(r.kind, "Namespace" | "Node" | "Service" | "Lease");
+    if let Some(spec) = obj
+        .get("spec")
+        .filter(|v| has_spec && !v.is_null() && !v.is_object())
+    {
+        return Err(decode_err(
+            r,
+            format!(
+                "json: cannot unmarshal {} into Go struct field {}.spec of type v1.{}Spec",
+                json_type(spec),
+                r.kind,
+                r.kind
+            ),
         ));
     }
     fix_time(r, obj.pointer_mut("/metadata/creationTimestamp"), false)?;
@@ -1580,7 +1661,7 @@ mod tests {
         assert!(msgs.iter().any(|m| m.contains("version must not be empty")));
         assert!(msgs.iter().any(|m| m.contains("uid must not be empty")));
         assert!(msgs.iter().any(|m| m.contains(
-            "Only one reference can have Controller set to true. Found \"true\" in references for Kind=Service, Name=a and Kind=Service, Name=b"
+            "Only one reference can have Controller set to true. Found \"true\" in references for Service/a and Service/b"
         )));
     }
 
@@ -1610,6 +1691,37 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apimachinery/pkg/apis/meta/v1/types.go (labels are map[string]string: other JSON types fail decoding with 400)
+    #[test]
+    fn non_string_label_values_fail_decoding_with_400() {
+        let mut o = json!({"metadata": {"name": "s", "labels": {"a": 1}}});
+        let e = decode(slice_res(), &mut o).unwrap_err();
+        assert_eq!(e.code, 400);
+        assert_eq!(
+            e.message,
+            "EndpointSlice in version \"v1\" cannot be handled as a EndpointSlice: json: cannot unmarshal number into Go struct field ObjectMeta.metadata.labels of type string"
+        );
+    }
+
+    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/api/discovery/v1/types.go (typed decoding rejects wrong JSON shapes with 400)
+    #[test]
+    fn endpoint_slices_of_the_wrong_shape_fail_decoding_with_400() {
+        for bad in [
+            json!({"metadata": {"name": "s"}, "addressType": "IPv4", "endpoints": "x"}),
+            json!({"metadata": {"name": "s"}, "addressType": "IPv4", "endpoints": [{"addresses": "198.51.100.1"}]}),
+            json!({"metadata": {"name": "s"}, "addressType": "IPv4", "ports": [1]}),
+        ] {
+            let mut o = bad;
+            let e = decode(slice_res(), &mut o).unwrap_err();
+            assert_eq!(e.code, 400, "{o}");
+            assert!(
+                e.message.contains("json: cannot unmarshal"),
+                "{}",
+                e.message
+            );
+        }
     }
 
     // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/apis/coordination/validation/validation.go (ValidateLeaseSpec)

@@ -250,6 +250,14 @@ async fn hung_partition_stalls_one_identity_while_others_are_served() {
         .unwrap();
     let stalled = tokio::time::timeout(Duration::from_millis(500), watch.try_next()).await;
     assert!(stalled.is_err(), "a partitioned watch delivered an event");
+    // The hung request is in the log, unanswered (code 0).
+    assert!(
+        bed.requests()
+            .iter()
+            .any(|r| r.identity == "node-1" && r.verb == Verb::List && r.code == 0),
+        "{:#?}",
+        bed.requests()
+    );
     bed.heal("node-1");
     let ev = tokio::time::timeout(Duration::from_secs(5), watch.try_next())
         .await

@@ -351,3 +351,23 @@ async fn health_endpoints_answer_ok() {
         assert_eq!((r.code, r.decoded()), (200, b"ok".to_vec()), "{path}");
     }
 }
+
+#[tokio::test]
+async fn watch_with_timeout_seconds_zero_stays_open_with_the_server_default() {
+    // matches: k8s.io/apiserver/pkg/endpoints/handlers/get.go (only a positive timeoutSeconds
+    // shortens the watch; otherwise the server's minRequestTimeout-based default applies)
+    let bed = TestBed::start().await;
+    let token = token_of(&bed.kubeconfig_with_token("node-1"));
+    let open = tokio::time::timeout(
+        Duration::from_millis(1500),
+        raw(
+            &bed,
+            "GET",
+            "/api/v1/namespaces/default/services?watch=true&timeoutSeconds=0",
+            Some(&token),
+            None,
+        ),
+    )
+    .await;
+    assert!(open.is_err(), "the watch ended at once: {open:?}");
+}

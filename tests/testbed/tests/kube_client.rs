@@ -395,3 +395,38 @@ async fn kube_runtime_watcher_relists_after_compaction_makes_its_resource_versio
     }
     assert!(saw_gone, "the watcher relisted without a 410");
 }
+
+#[tokio::test]
+async fn kube_runtime_watcher_with_streaming_lists_gets_initial_events_then_changes() {
+    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#streaming-lists
+    // (sendInitialEvents=true: synthetic ADDED events, then a BOOKMARK annotated
+    // k8s.io/initial-events-end, then changes)
+    let bed = TestBed::start().await;
+    let api: Api<EndpointSlice> = Api::namespaced(client(bed.kubeconfig()).await, "default");
+    api.create(
+        &PostParams::default(),
+        &slice("kubernetes", "kubernetes", &["198.51.100.10"]),
+    )
+    .await
+    .unwrap();
+    let mut w = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    assert!(matches!(next_apply(&mut w).await, watcher::Event::Init));
+    match next_apply(&mut w).await {
+        watcher::Event::InitApply(s) => assert_eq!(s.name_any(), "kubernetes"),
+        other => panic!("expected InitApply, got {other:?}"),
+    }
+    assert!(matches!(next_apply(&mut w).await, watcher::Event::InitDone));
+    // No list: the initial state came on the watch itself.
+    let verbs: Vec<Verb> = bed.requests().iter().map(|r| r.verb).collect();
+    assert_eq!(verbs, vec![Verb::Create, Verb::Watch]);
+    api.create(
+        &PostParams::default(),
+        &slice("kubernetes-2", "kubernetes", &["198.51.100.11"]),
+    )
+    .await
+    .unwrap();
+    match next_apply(&mut w).await {
+        watcher::Event::Apply(s) => assert_eq!(s.name_any(), "kubernetes-2"),
+        other => panic!("expected Apply, got {other:?}"),
+    }
+}
