@@ -218,6 +218,17 @@ fn assert_writes_inside_leadership(records: &[RequestRecord]) {
     );
 }
 
+/// Nobody led, so no node may have written an EndpointSlice.
+fn assert_no_fenced_writes(records: &[RequestRecord]) {
+    let writes: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r.identity.starts_with("node-") && r.resource == "endpointslices" && r.verb.is_write()
+        })
+        .collect();
+    assert!(writes.is_empty(), "writes without leadership: {writes:?}");
+}
+
 /// Waits until `identity` has written the probe slice, so the log check has a write to judge.
 async fn until_written_by(bed: &TestBed, identity: &str) {
     until(
@@ -562,6 +573,7 @@ async fn a_live_holder_whose_clock_is_hours_behind_keeps_the_lease() {
             }
         );
     }
+    assert_no_fenced_writes(&bed.requests());
     for node in nodes {
         node.stop().await;
     }
@@ -638,6 +650,7 @@ async fn a_follower_with_a_stale_resource_version_fails_to_take_the_lease() {
         "a stale write was not refused: {stale_attempts:?}"
     );
     assert_eq!(holder_of(&lease(&bed).await).as_deref(), Some("node-9"));
+    assert_no_fenced_writes(&bed.requests());
     node.stop().await;
 }
 
