@@ -22,7 +22,7 @@ const RUNS: usize = 10;
 const DURATION: Duration = Duration::from_secs(3);
 const RENEW_DEADLINE: Duration = Duration::from_secs(2);
 const RETRY_PERIOD: Duration = Duration::from_millis(500);
-const STEADY_WINDOW: Duration = Duration::from_secs(3);
+const STEADY_WINDOW: Duration = Duration::from_secs(5);
 
 struct Node {
     rx: watch::Receiver<Leadership>,
@@ -114,18 +114,27 @@ async fn main() {
         wait_for_leader(&nodes, Duration::from_secs(10)).await;
         graceful.push(stopped.elapsed().as_secs_f64() * 1000.0);
 
-        // Steady state: count Lease writes over a window, from the request log.
+        // Steady state: the leader's Lease writes over a window, from the request log. The rate
+        // comes from the first and last write's arrival (not from the count in the window), since
+        // a window that is a multiple of the retry period and starts right after a write counts
+        // one write fewer than it should.
         sleep(RETRY_PERIOD).await;
-        let from = Instant::now();
+        let from = Instant::now().into_std();
         sleep(STEADY_WINDOW).await;
         let lease = format!("graceful-{run}");
-        let writes = bed
+        let arrivals: Vec<_> = bed
             .requests()
             .iter()
-            .filter(|r| r.at >= from.into_std() && r.resource == "leases" && r.verb.is_write())
+            .filter(|r| r.at >= from && r.resource == "leases" && r.verb.is_write())
             .filter(|r| r.name.as_deref() == Some(lease.as_str()))
-            .count();
-        per_minute.push(writes as f64 * 60.0 / STEADY_WINDOW.as_secs_f64());
+            .map(|r| r.at)
+            .collect();
+        if let (Some(first), Some(last)) = (arrivals.first(), arrivals.last())
+            && arrivals.len() > 1
+        {
+            let span = last.duration_since(*first).as_secs_f64();
+            per_minute.push((arrivals.len() - 1) as f64 * 60.0 / span);
+        }
         stop_all(nodes).await;
 
         // Hard kill: no release; followers wait for the expiry they measured themselves.

@@ -218,6 +218,17 @@ fn assert_writes_inside_leadership(records: &[RequestRecord]) {
     );
 }
 
+/// Nobody led, so no node may have written an EndpointSlice.
+fn assert_no_fenced_writes(records: &[RequestRecord]) {
+    let writes: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r.identity.starts_with("node-") && r.resource == "endpointslices" && r.verb.is_write()
+        })
+        .collect();
+    assert!(writes.is_empty(), "writes without leadership: {writes:?}");
+}
+
 /// Waits until `identity` has written the probe slice, so the log check has a write to judge.
 async fn until_written_by(bed: &TestBed, identity: &str) {
     until(
@@ -562,6 +573,7 @@ async fn a_live_holder_whose_clock_is_hours_behind_keeps_the_lease() {
             }
         );
     }
+    assert_no_fenced_writes(&bed.requests());
     for node in nodes {
         node.stop().await;
     }
@@ -638,6 +650,7 @@ async fn a_follower_with_a_stale_resource_version_fails_to_take_the_lease() {
         "a stale write was not refused: {stale_attempts:?}"
     );
     assert_eq!(holder_of(&lease(&bed).await).as_deref(), Some("node-9"));
+    assert_no_fenced_writes(&bed.requests());
     node.stop().await;
 }
 
@@ -675,6 +688,69 @@ async fn conflicts_and_unavailability_never_yield_two_leaders() {
     until_written_by(&bed, &leader).await;
     sampler.assert_never_overlapped().await;
     assert_writes_inside_leadership(&bed.requests());
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_identity_forbidden_to_create_the_lease_stops_with_an_error_naming_it() {
+    let bed = TestBed::start().await;
+    bed.set_allowed("node-1", Verb::Create, "leases", false);
+    let client = client_for(&bed.kubeconfig_for("node-1")).await;
+    let (elector, rx, fence) = Elector::new(Api::namespaced(client, NAMESPACE), settings("node-1"));
+    let result = tokio::time::timeout(DURATION, elector.run(CancellationToken::new()))
+        .await
+        .expect("a 403 must end the elector, not be retried");
+    let error = result.unwrap_err();
+    assert!(!error.is_transient());
+    assert_eq!(
+        error.to_string(),
+        "failed to create Lease kube-system/endpoint-copier"
+    );
+    let cause = std::error::Error::source(&error).unwrap().to_string();
+    assert!(cause.contains("forbidden"), "{cause}");
+    assert!(fence.check().is_err());
+    assert_ne!(*rx.borrow(), Leadership::Leader);
+}
+
+#[tokio::test]
+async fn a_lease_namespace_that_does_not_exist_stops_the_elector() {
+    let bed = TestBed::start().await;
+    let client = client_for(&bed.kubeconfig_for("node-1")).await;
+    let mut settings = settings("node-1");
+    settings.namespace = "no-such-namespace".into();
+    let (elector, _rx, fence) = Elector::new(Api::namespaced(client, NAMESPACE), settings);
+    let result = tokio::time::timeout(DURATION, elector.run(CancellationToken::new()))
+        .await
+        .expect("a missing namespace must end the elector, not be retried");
+    let error = result.unwrap_err();
+    assert!(!error.is_transient());
+    assert_eq!(
+        error.to_string(),
+        "failed to create Lease no-such-namespace/endpoint-copier"
+    );
+    assert!(fence.check().is_err());
+}
+
+#[tokio::test]
+async fn a_follower_stops_at_once_and_writes_nothing_on_shutdown() {
+    let bed = TestBed::start().await;
+    let mut nodes = three_nodes(&bed).await;
+    let leader = leaders(&nodes)[0].to_owned();
+    let follower = nodes.remove(nodes.iter().position(|n| !n.leads()).unwrap());
+    let identity = follower.identity.clone();
+    bed.clear_requests();
+    let stopped = Instant::now();
+    follower.stop().await;
+    assert!(stopped.elapsed() < Duration::from_millis(200));
+    assert!(
+        !bed.requests()
+            .iter()
+            .any(|r| r.identity == identity && r.resource == "leases" && r.verb.is_write()),
+        "a follower wrote the Lease on its way out"
+    );
+    assert_eq!(holder_of(&lease(&bed).await), Some(leader));
     for node in nodes {
         node.stop().await;
     }

@@ -461,6 +461,9 @@ impl Elector {
             let Some(observed) = &self.observed else {
                 continue;
             };
+            // Read again: the GET above may have taken a while, and a stale `now` would only
+            // make us decide early and loop once more.
+            let now = Instant::now();
             let decision = decide::decide(
                 observed.spec(),
                 observed.at,
