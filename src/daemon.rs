@@ -32,6 +32,7 @@ use crate::apply::{self, Applied};
 use crate::client::{self, Reloadable};
 use crate::config::Config;
 use crate::desired::{self, Hold, Plan};
+use crate::error::chain;
 use crate::events::{self, Reason, Report};
 use crate::lease::{self, Elector, Fence, Leadership};
 use crate::metrics::{self, Health, Metrics};
@@ -208,7 +209,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     lease_stop.cancel();
     match tokio::time::timeout(RELEASE_TIMEOUT, &mut elector_task).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %error_chain(&e), "leader election ended with an error"),
+        Ok(Ok(Err(e))) => warn!(error = %chain(&e), "leader election ended with an error"),
         Ok(Err(e)) => warn!(error = %e, "leader election task failed"),
         Err(_) => {
             warn!(lease = %config.lease.name, "releasing the Lease timed out; peers take over when it expires");
@@ -303,6 +304,10 @@ struct Engine {
     refusals_reported: BTreeSet<(ServiceRef, String)>,
     leader: Leadership,
     writers: JoinSet<Outcome>,
+    /// The scan for slices of pairs removed while we were not leading (at most one running).
+    scans: JoinSet<Result<BTreeSet<ServiceRef>, kube::Error>>,
+    /// Whether this leadership term (or resync period) has scanned for orphaned slices.
+    scanned: bool,
     last_error: Option<String>,
 }
 
@@ -337,6 +342,8 @@ impl Engine {
             refusals_reported: BTreeSet::new(),
             leader: Leadership::Starting,
             writers: JoinSet::new(),
+            scans: JoinSet::new(),
+            scanned: false,
             last_error: None,
         }
     }
@@ -384,12 +391,7 @@ impl Engine {
                         let changed = self.services.apply(event);
                         if self.services.is_ready() {
                             self.resolve(&changed);
-                            let wanted = self.wanted_services();
-                            if &wanted != self.slices.wanted() || slice_events.is_none() {
-                                debug!(services = wanted.len(), "watching EndpointSlices of a new set of Services");
-                                self.slices.rewatch(wanted.clone());
-                                slice_events = watch::slices(&self.client, &wanted);
-                            }
+                            self.rewatch_slices(&mut slice_events);
                         }
                     }
                     Err(e) => self.watch_error("services", &e),
@@ -408,6 +410,20 @@ impl Engine {
                         error!(error = %e, "apply task failed");
                     }
                 },
+                Some(done) = self.scans.join_next(), if !self.scans.is_empty() => {
+                    match done {
+                        Ok(Ok(targets)) => {
+                            self.adopt_orphans(targets);
+                            self.rewatch_slices(&mut slice_events);
+                        }
+                        Ok(Err(e)) => {
+                            // Retried at the next resync; nothing depends on it meanwhile.
+                            warn!(error = %chain(&e), "could not list our EndpointSlices to find removed pairs");
+                            self.scanned = false;
+                        }
+                        Err(e) => error!(error = %e, "orphan scan task failed"),
+                    }
+                }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     return match done {
                         Ok(Err(e)) => Err(e),
@@ -426,6 +442,7 @@ impl Engine {
                 }
                 _ = resync.tick() => {
                     debug!("periodic resync");
+                    self.scanned = false;
                     self.mark_all_dirty();
                     for state in self.pairs.values_mut() {
                         state.legacy_checked = false;
@@ -453,6 +470,8 @@ impl Engine {
             Leadership::Leader => {
                 // Events are the leader's job: a new leader reports the standing refusals again.
                 self.refusals_reported.clear();
+                // Pairs may have been removed while another copy (or none) led.
+                self.scanned = false;
                 // A new leader plans every pair from its (warm) caches before its first write;
                 // preconditions on every write catch anything the caches have not seen yet.
                 self.mark_all_dirty();
@@ -466,6 +485,7 @@ impl Engine {
             _ => {
                 // Writers check the fence before every request; aborting them also stops retries.
                 self.writers.abort_all();
+                self.scans.abort_all();
                 for state in self.pairs.values_mut() {
                     state.in_flight = false;
                 }
@@ -543,6 +563,67 @@ impl Engine {
         );
     }
 
+    /// Restarts the slice watch when the set of Services in play changed.
+    fn rewatch_slices(&mut self, slice_events: &mut Option<watch::Events<EndpointSlice>>) {
+        let wanted = self.wanted_services();
+        if &wanted != self.slices.wanted() || slice_events.is_none() {
+            debug!(
+                services = wanted.len(),
+                "watching EndpointSlices of a new set of Services"
+            );
+            self.slices.rewatch(wanted.clone());
+            *slice_events = watch::slices(&self.client, &wanted);
+        }
+    }
+
+    /// Lists (metadata only, one request) every EndpointSlice we manage in the cluster, so that
+    /// slices of pairs removed while this copy was not leading — an annotation dropped while the
+    /// daemon was down — are found and deleted. Without it they would stay forever.
+    fn scan_for_orphans(&mut self) {
+        self.scanned = true;
+        let api: Api<EndpointSlice> = Api::all(self.client.clone());
+        let selector = format!(
+            "{}={}",
+            crate::names::MANAGED_BY_LABEL,
+            crate::names::MANAGED_BY
+        );
+        self.scans.spawn(async move {
+            let list = tokio::time::timeout(
+                apply::REQUEST_TIMEOUT,
+                api.list_metadata(&kube::api::ListParams::default().labels(&selector)),
+            )
+            .await
+            .map_err(|_| kube::Error::Service("listing our EndpointSlices timed out".into()))??;
+            Ok(list
+                .items
+                .iter()
+                .filter_map(|s| {
+                    let namespace = s.metadata.namespace.clone()?;
+                    let name = s
+                        .metadata
+                        .labels
+                        .as_ref()?
+                        .get(crate::names::SERVICE_NAME_LABEL)?
+                        .clone();
+                    Some(ServiceRef { namespace, name })
+                })
+                .collect())
+        });
+    }
+
+    /// Targets holding our slices that no pair claims become retired pairs: their slices go.
+    fn adopt_orphans(&mut self, targets: BTreeSet<ServiceRef>) {
+        for target in targets {
+            if self.pairs.contains_key(&target) {
+                continue;
+            }
+            info!(service = %target, "found EndpointSlices of a removed pair; deleting them");
+            let mut state = PairState::new(target.clone());
+            state.retired = true;
+            self.pairs.insert(target, state);
+        }
+    }
+
     /// Every Service whose slices we need: sources and targets of active pairs, and retired
     /// targets until their slices are gone.
     fn wanted_services(&self) -> BTreeSet<ServiceRef> {
@@ -582,7 +663,7 @@ impl Engine {
         {
             self.metrics.record_api_error(s.code);
         }
-        warn!(watch, error = %error_chain(e), "watch failed; retrying with backoff");
+        warn!(watch, error = %chain(e), "watch failed; retrying with backoff");
         self.last_error = Some(format!("{watch} watch: {e}"));
     }
 
@@ -593,6 +674,9 @@ impl Engine {
         }
         if !self.is_leader() {
             return;
+        }
+        if !self.scanned {
+            self.scan_for_orphans();
         }
         let now = Instant::now();
         let unreported: Vec<(ServiceRef, String)> = self
@@ -743,7 +827,7 @@ impl Engine {
                 }
             }
             Some(Err(e)) => {
-                warn!(service = %target, error = %error_chain(&e), "could not check for endpoint-copier-operator's leftover Endpoints")
+                warn!(service = %target, error = %chain(&e), "could not check for endpoint-copier-operator's leftover Endpoints")
             }
             None => {}
         }
@@ -779,7 +863,7 @@ impl Engine {
                 }
             }
             Err(e) if matches!(e, apply::Error::NotLeader { .. }) => {
-                debug!(service = %target, error = %error_chain(&e), "write skipped: not the leader");
+                debug!(service = %target, error = %chain(&e), "write skipped: not the leader");
             }
             Err(e) => {
                 let Some(state) = self.pairs.get_mut(&target) else {
@@ -791,7 +875,7 @@ impl Engine {
                     .unwrap_or_else(|| backoff(state.attempt, self.max_backoff));
                 state.retry_at = Some(Instant::now() + delay);
                 state.dirty = true;
-                let chain = error_chain(&e);
+                let chain = chain(&e);
                 let attempt = state.attempt;
                 state.last_error = Some(chain.clone());
                 self.last_error = Some(chain.clone());
@@ -865,7 +949,7 @@ impl Engine {
                 lp.loaded = next;
             }
             Err(e) => {
-                warn!(path = %path.display(), error = %error_chain(&e), "kubeconfig changed but cannot be used; keeping the previous credentials");
+                warn!(path = %path.display(), error = %chain(&e), "kubeconfig changed but cannot be used; keeping the previous credentials");
                 // Do not retry every poll on the same broken file: remember its fingerprint.
                 lp.loaded.fingerprint = now;
             }
@@ -946,18 +1030,6 @@ pub fn backoff(attempt: u32, max: Duration) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-/// An error and its sources, joined with ": ", for one log field.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -980,7 +1052,7 @@ mod tests {
             path: "/etc/rancher/rke2/rke2.yaml".into(),
             source: kube::Error::Service(Box::new(inner)),
         };
-        let chain = error_chain(&outer);
+        let chain = chain(&outer);
         assert!(
             chain.starts_with(
                 "failed to build a Kubernetes client from '/etc/rancher/rke2/rke2.yaml': "

@@ -41,6 +41,19 @@ impl Error {
     }
 }
 
+/// An error and its sources, joined with ": ", for one log field or one line of output. Every
+/// module logs errors through this, so a chain reads the same everywhere.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,7 +177,7 @@ pub async fn check_report(config: &Config) -> Result<Report, Error> {
         Ok(Err(e)) => {
             report.problems.push(format!(
                 "cannot reach the API server: {}",
-                crate::daemon::error_chain(&e)
+                crate::error::chain(&e)
             ));
             return Ok(report);
         }
@@ -224,7 +224,7 @@ pub async fn status_report(config: &Config) -> Result<Report, Error> {
     match lease(&client, config).await {
         Ok(l) => report.lease = Some(l),
         Err(e) => {
-            report.problems.push(crate::daemon::error_chain(&e));
+            report.problems.push(crate::error::chain(&e));
             return Ok(report);
         }
     }
@@ -251,7 +251,7 @@ async fn connect(config: &Config, report: &mut Report) -> Option<Client> {
             Some(loaded.client)
         }
         Err(e) => {
-            report.problems.push(crate::daemon::error_chain(&e));
+            report.problems.push(crate::error::chain(&e));
             None
         }
     }
@@ -526,4 +526,70 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(s, "ok");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            config_files: vec!["/usr/lib/endpoint-copier/config.d/10-defaults.toml".into()],
+            kubeconfig: Some("/etc/rancher/rke2/rke2.yaml".into()),
+            server: Some("https://127.0.0.1:6443/".into()),
+            server_version: Some("v1.33.5+rke2r1".into()),
+            permissions: vec![Permission {
+                verb: "list",
+                group: "",
+                resource: "services",
+                namespace: None,
+                allowed: true,
+            }],
+            pairs: vec![PairReport {
+                target: "default/kubernetes-vip".into(),
+                source: "default/kubernetes".into(),
+                origin: "config".into(),
+                source_endpoints: 3,
+                target_endpoints: 2,
+                in_sync: false,
+                holding: None,
+                plan: vec!["update kubernetes-vip".into()],
+            }],
+            refused: vec![],
+            lease: Some(LeaseReport {
+                lease: "kube-system/endpoint-copier".into(),
+                holder: Some("cp-1".into()),
+                renewed_secs_ago: Some(1),
+                transitions: Some(4),
+            }),
+            problems: vec![],
+        }
+    }
+
+    #[test]
+    fn the_text_report_reads_top_down_and_ends_with_ok() {
+        assert_eq!(
+            render(&report()),
+            "config: /usr/lib/endpoint-copier/config.d/10-defaults.toml
+kubeconfig: /etc/rancher/rke2/rke2.yaml
+api server: https://127.0.0.1:6443/ v1.33.5+rke2r1
+permissions: 1 checked, 0 missing
+lease kube-system/endpoint-copier: holder cp-1, renewed 1s ago, 4 transitions
+pair default/kubernetes-vip <- default/kubernetes (config): source 3 ready, target 2 ready, out of sync
+  would update kubernetes-vip
+ok
+"
+        );
+    }
+
+    #[test]
+    fn problems_are_one_line_each_and_replace_ok() {
+        let mut r = report();
+        r.problems = vec![
+            "missing permission: update endpointslices.discovery.k8s.io in all namespaces".into(),
+        ];
+        let text = render(&r);
+        assert!(text.ends_with("problem: missing permission: update endpointslices.discovery.k8s.io in all namespaces\n"), "{text}");
+        assert!(!text.contains("\nok\n"));
+    }
 }

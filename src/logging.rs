@@ -97,7 +97,7 @@ pub fn init(level: &str) -> Result<(), Error> {
                 .with_ansi(stderr.is_terminal());
             installed(registry.with(text).try_init())?;
             if let Some(Err(error)) = other {
-                tracing::warn!(error = %chain(&error), "logging to stderr instead of journald");
+                tracing::warn!(error = %crate::error::chain(&error), "logging to stderr instead of journald");
             }
             Ok(())
         }
@@ -404,18 +404,6 @@ where
             fields,
         });
     }
-}
-
-/// The error and its sources, joined by ": ", for one log field.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

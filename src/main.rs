@@ -21,7 +21,7 @@ fn main() -> ExitCode {
                 }
                 Error::Inspect(i) if i.is_report() => {}
                 _ => {
-                    let chain = daemon::error_chain(&e);
+                    let chain = endpoint_copier::error::chain(&e);
                     tracing::error!(error = %chain, "exiting");
                     if !logging::is_initialized() {
                         eprintln!("endpoint-copier: {chain}");

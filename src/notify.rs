@@ -5,6 +5,7 @@
 //! must not take the VIP down. *When* to send READY/STOPPING and *what* the status says belongs to
 //! `daemon`; this module only formats and delivers.
 
+use sd_notify::NotifyState;
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
@@ -93,7 +94,7 @@ impl Notifier {
         match Self::open(&socket, watchdog) {
             Ok(n) => n,
             Err(error) => {
-                tracing::warn!(error = %chain(&error), "systemd notifications disabled");
+                tracing::warn!(error = %crate::error::chain(&error), "systemd notifications disabled");
                 Notifier::disabled()
             }
         }
@@ -154,7 +155,7 @@ impl Notifier {
     /// READY=1: the daemon runs its loops. Sent before the cluster is reachable, so
     /// `systemctl start` never waits on the API; STATUS tells what is still missing.
     pub fn ready(&self) {
-        self.send("READY=1");
+        self.send(&NotifyState::Ready);
     }
 
     /// STATUS=`line`, sent only when the text differs from the last one systemd accepted.
@@ -172,7 +173,7 @@ impl Notifier {
                 return;
             }
         }
-        if self.send(&format!("STATUS={line}")) {
+        if self.send(&NotifyState::Status(&line)) {
             *inner
                 .last_status
                 .lock()
@@ -182,13 +183,13 @@ impl Notifier {
 
     /// STOPPING=1: shutdown has begun (systemd shows "deactivating").
     pub fn stopping(&self) {
-        self.send("STOPPING=1");
+        self.send(&NotifyState::Stopping);
     }
 
     /// WATCHDOG=1: one keep-alive ping. Call it through [`run_watchdog`], which sends it only while
     /// the loops make progress.
     pub fn watchdog(&self) {
-        self.send("WATCHDOG=1");
+        self.send(&NotifyState::Watchdog);
     }
 
     /// The watchdog interval systemd expects pings within (`WATCHDOG_USEC`), or `None` when the
@@ -199,10 +200,15 @@ impl Notifier {
 
     /// Sends one message; returns whether it was delivered. Failures are logged (warn on the
     /// first, debug while they continue, info when delivery recovers).
-    fn send(&self, message: &str) -> bool {
+    ///
+    /// The message text comes from the sd-notify crate's `NotifyState`; the socket is our own
+    /// because `sd_notify::notify` opens a blocking socket per call, and a full notify queue must
+    /// drop a ping here, never stall the daemon's one-thread runtime.
+    fn send(&self, state: &NotifyState<'_>) -> bool {
         let Some(inner) = &self.inner else {
             return false;
         };
+        let message = state.to_string();
         match inner.socket.send_to_addr(message.as_bytes(), &inner.addr) {
             Ok(_) => {
                 if inner.failing.swap(false, Ordering::Relaxed) {
@@ -217,9 +223,9 @@ impl Notifier {
                     source,
                 };
                 if inner.failing.swap(true, Ordering::Relaxed) {
-                    tracing::debug!(error = %chain(&error), "systemd notification not delivered");
+                    tracing::debug!(error = %crate::error::chain(&error), "systemd notification not delivered");
                 } else {
-                    tracing::warn!(error = %chain(&error), "systemd notification not delivered");
+                    tracing::warn!(error = %crate::error::chain(&error), "systemd notification not delivered");
                 }
                 false
             }
@@ -237,18 +243,6 @@ fn watchdog_from(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<
     }
     let usec: u64 = usec?.trim().parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec))
-}
-
-/// The error and its sources, joined by ": ", for one log field.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Progress heartbeats of the daemon's loops.
@@ -575,7 +569,7 @@ mod tests {
     fn disabled_notifier_sends_nothing_and_has_no_watchdog() {
         let n = Notifier::disabled();
         assert!(!n.is_enabled());
-        assert!(!n.send("READY=1"));
+        assert!(!n.send(&NotifyState::Ready));
         assert_eq!(n.watchdog_interval(), None);
     }
 }

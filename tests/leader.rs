@@ -743,7 +743,13 @@ async fn a_follower_stops_at_once_and_writes_nothing_on_shutdown() {
     bed.clear_requests();
     let stopped = Instant::now();
     follower.stop().await;
-    assert!(stopped.elapsed() < Duration::from_millis(200));
+    // "At once" means no request and no timeout on the way out; the bound only has to be far
+    // below the shortest timeout involved (the 2 s renew deadline), not a speed figure.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        stopped.elapsed()
+    );
     assert!(
         !bed.requests()
             .iter()

@@ -326,7 +326,7 @@ async fn a_kubeconfig_that_skips_tls_verification_stops_the_daemon_with_exit_78(
         .unwrap_err();
     assert_eq!(err.exit_code(), 78);
     assert!(
-        endpoint_copier::daemon::error_chain(&err).contains("insecure-skip-tls-verify"),
+        endpoint_copier::error::chain(&err).contains("insecure-skip-tls-verify"),
         "{err}"
     );
 }

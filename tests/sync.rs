@@ -677,3 +677,59 @@ async fn injected_409_429_and_503_are_retried_until_converged() {
     assert_eq!(codes.last(), Some(&201));
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn slices_of_a_pair_removed_while_the_daemon_was_down_are_deleted_at_start() {
+    let world = World::new("orphans").await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_service(&world.ns, "apiserver"),
+    )
+    .await;
+    create(
+        &world.client,
+        &world.ns,
+        &source_slice(
+            &world.ns,
+            "apiserver",
+            "apiserver",
+            "IPv4",
+            &["203.0.113.9"],
+        ),
+    )
+    .await;
+    let mut svc = vip_service(&world.ns, "vip", &["IPv4"]);
+    svc.metadata.annotations = Some(
+        [
+            (names::ANNOTATION_ENABLED.to_owned(), "true".to_owned()),
+            (
+                names::ANNOTATION_SOURCE_NAME.to_owned(),
+                "apiserver".to_owned(),
+            ),
+        ]
+        .into(),
+    );
+    create(&world.client, &world.ns, &svc).await;
+    let mut config = world.config("node-1");
+    config.pairs.clear();
+    let daemon = Daemon::start(config.clone());
+    wait_for_target(&world.client, &world.ns, "vip", &["203.0.113.9"], CONVERGE).await;
+    daemon.stop().await;
+
+    let services: Api<Service> = Api::namespaced(world.client.clone(), &world.ns);
+    let patch = serde_json::json!({"metadata": {"annotations": {names::ANNOTATION_ENABLED: null}}});
+    services
+        .patch("vip", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let daemon = Daemon::start(config);
+    eventually("the orphaned slices deleted", CONVERGE, || async {
+        slices_of(&world.client, &world.ns, "vip")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    daemon.stop().await;
+}
