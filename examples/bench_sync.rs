@@ -8,7 +8,8 @@
 //! 2. EndpointSlice writes while nothing changes, over `BENCH_IDLE_SECS` (default 60);
 //! 3. 1,000 annotated pairs from a cold start to all in sync;
 //! 4. resident memory of the real binary (`target/release/endpoint-copier run`) with the
-//!    default pair, then with 10,000 unrelated Services and 10,000 unrelated EndpointSlices.
+//!    default pair, then with 10,000 unrelated Services and 10,000 unrelated EndpointSlices
+//!    (`BENCH_BINARY=path` measures another build, e.g. the static one from `cargo dist`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -242,7 +243,12 @@ async fn cold_start_annotated(n: usize) {
     daemon.await.unwrap().unwrap();
 }
 
+/// The daemon binary to measure: `BENCH_BINARY` (for example the static one from `cargo dist`),
+/// else the release build next to this benchmark.
 fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("BENCH_BINARY") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -302,15 +308,13 @@ async fn measure_rss(tb: &TestBed, label: &str) {
         rss as f64 / 1024.0,
         peak as f64 / 1024.0
     );
-    nix_kill(&mut child);
+    stop(&mut child);
 }
 
-fn nix_kill(child: &mut std::process::Child) {
-    // SIGTERM for a clean release, then reap.
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+fn stop(child: &mut std::process::Child) {
+    // SIGTERM for a clean release (as systemd stops it), then reap.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
 }
 
