@@ -26,7 +26,7 @@ use kube::Api;
 use kube::runtime::watcher;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::apply::{self, Applied};
 use crate::client::{self, Reloadable};
@@ -178,10 +178,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let lease_stop = Shutdown::new();
     let mut elector_task = {
         let s = lease_stop.clone();
-        tokio::spawn(async move { elector.run(s).await })
+        tokio::spawn(async move { elector.run(s).await }.in_current_span())
     };
     let (event_tx, event_loop) = events::channel(client.clone(), &identity);
-    let event_task = tokio::spawn(event_loop);
+    let event_task = tokio::spawn(event_loop.in_current_span());
 
     let mut engine = Engine::new(&config, client.clone(), fence, metrics.clone(), event_tx);
     let result = engine
@@ -308,6 +308,7 @@ struct Engine {
     scans: JoinSet<Result<BTreeSet<ServiceRef>, kube::Error>>,
     /// Whether this leadership term (or resync period) has scanned for orphaned slices.
     scanned: bool,
+    /// The last watch failure, until a watch delivers again (shown in STATUS).
     last_error: Option<String>,
 }
 
@@ -388,6 +389,7 @@ impl Engine {
                 }
                 Some(event) = service_events.next() => match event {
                     Ok(event) => {
+                        self.last_error = None;
                         let changed = self.services.apply(event);
                         if self.services.is_ready() {
                             self.resolve(&changed);
@@ -398,6 +400,7 @@ impl Engine {
                 },
                 Some(event) = next_event(&mut slice_events) => match event {
                     Ok(event) => {
+                        self.last_error = None;
                         let changed = self.slices.apply(event);
                         self.mark_services_dirty(&changed);
                     }
@@ -537,7 +540,7 @@ impl Engine {
                     }
                 }
                 _ => {
-                    info!(service = %target, source = %pair.source, origin = ?pair.origin, "pair active");
+                    info!(service = %target, source = %pair.source, origin = %pair.origin, "pair active");
                     self.pairs.insert(target, PairState::new(pair.source));
                 }
             }
@@ -587,28 +590,33 @@ impl Engine {
             crate::names::MANAGED_BY_LABEL,
             crate::names::MANAGED_BY
         );
-        self.scans.spawn(async move {
-            let list = tokio::time::timeout(
-                apply::REQUEST_TIMEOUT,
-                api.list_metadata(&kube::api::ListParams::default().labels(&selector)),
-            )
-            .await
-            .map_err(|_| kube::Error::Service("listing our EndpointSlices timed out".into()))??;
-            Ok(list
-                .items
-                .iter()
-                .filter_map(|s| {
-                    let namespace = s.metadata.namespace.clone()?;
-                    let name = s
-                        .metadata
-                        .labels
-                        .as_ref()?
-                        .get(crate::names::SERVICE_NAME_LABEL)?
-                        .clone();
-                    Some(ServiceRef { namespace, name })
-                })
-                .collect())
-        });
+        self.scans.spawn(
+            async move {
+                let list = tokio::time::timeout(
+                    apply::REQUEST_TIMEOUT,
+                    api.list_metadata(&kube::api::ListParams::default().labels(&selector)),
+                )
+                .await
+                .map_err(|_| {
+                    kube::Error::Service("listing our EndpointSlices timed out".into())
+                })??;
+                Ok(list
+                    .items
+                    .iter()
+                    .filter_map(|s| {
+                        let namespace = s.metadata.namespace.clone()?;
+                        let name = s
+                            .metadata
+                            .labels
+                            .as_ref()?
+                            .get(crate::names::SERVICE_NAME_LABEL)?
+                            .clone();
+                        Some(ServiceRef { namespace, name })
+                    })
+                    .collect())
+            }
+            .in_current_span(),
+        );
     }
 
     /// Targets holding our slices that no pair claims become retired pairs: their slices go.
@@ -717,7 +725,12 @@ impl Engine {
         };
         let plan = match target_svc {
             // The pair or its target Service is gone: nothing to protect, our slices go.
-            None => desired::plan(target, &[], &actual),
+            None => {
+                if !state.retired {
+                    state.hold = Some(Hold::TargetMissing);
+                }
+                desired::plan(target, &[], &actual)
+            }
             Some(svc) => {
                 let source_slices = self.slices.slices_of(&source);
                 match desired::desired(&source, target, svc, &source_slices) {
@@ -782,28 +795,31 @@ impl Engine {
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &target.namespace);
         let legacy_api: Api<Endpoints> = Api::namespaced(self.client.clone(), &target.namespace);
         let (fence, metrics, target) = (self.fence.clone(), self.metrics.clone(), target.clone());
-        self.writers.spawn(async move {
-            let result = apply::apply(&api, &target.namespace, &plan, &fence, &metrics).await;
-            // After our slices are in place, so the VIP never depends on the legacy object.
-            let legacy_removed = match (&result, check_legacy) {
-                (Ok(_), true) => Some(
-                    apply::remove_eco_endpoints(
-                        &legacy_api,
-                        &target.namespace,
-                        &target.name,
-                        &fence,
-                    )
-                    .await,
-                ),
-                _ => None,
-            };
-            Outcome {
-                target,
-                started,
-                result,
-                legacy_removed,
+        self.writers.spawn(
+            async move {
+                let result = apply::apply(&api, &target.namespace, &plan, &fence, &metrics).await;
+                // After our slices are in place, so the VIP never depends on the legacy object.
+                let legacy_removed = match (&result, check_legacy) {
+                    (Ok(_), true) => Some(
+                        apply::remove_eco_endpoints(
+                            &legacy_api,
+                            &target.namespace,
+                            &target.name,
+                            &fence,
+                        )
+                        .await,
+                    ),
+                    _ => None,
+                };
+                Outcome {
+                    target,
+                    started,
+                    result,
+                    legacy_removed,
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -878,7 +894,6 @@ impl Engine {
                 let chain = chain(&e);
                 let attempt = state.attempt;
                 state.last_error = Some(chain.clone());
-                self.last_error = Some(chain.clone());
                 let backoff_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                 if e.is_conflict() {
                     debug!(service = %target, attempt, backoff_ms, error = %chain, "conflict; re-planning");
@@ -974,7 +989,11 @@ impl Engine {
                 holding: s.hold.as_ref().map(ToString::to_string),
             })
             .collect();
-        let last_error = self.pairs.values().find_map(|s| s.last_error.clone());
+        let last_error = self
+            .pairs
+            .values()
+            .find_map(|s| s.last_error.clone())
+            .or_else(|| self.last_error.clone());
         notifier.status(&notify::status_line(&StatusView {
             role,
             pairs,

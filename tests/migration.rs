@@ -45,18 +45,7 @@ fn legacy_endpoints(ns: &str, managed_by: Option<&str>) -> Endpoints {
 async fn the_operators_slice_is_adopted_in_place_without_a_gap() {
     let world = World::new("eco-adopt").await;
     let addrs = ["198.51.100.1", "198.51.100.2", "198.51.100.3"];
-    create(
-        &world.client,
-        &world.ns,
-        &source_service(&world.ns, "apiserver"),
-    )
-    .await;
-    create(
-        &world.client,
-        &world.ns,
-        &source_slice(&world.ns, "apiserver", "apiserver", "IPv4", &addrs),
-    )
-    .await;
+    world.seed_source(&addrs).await;
     create(
         &world.client,
         &world.ns,

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
@@ -17,11 +16,7 @@ const SEEN: Duration = Duration::from_secs(10);
 
 fn annotated(ns: &str, name: &str, annotations: &[(&str, &str)]) -> Service {
     let mut svc = vip_service(ns, name, &["IPv4"]);
-    let map: BTreeMap<String, String> = annotations
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    svc.metadata.annotations = Some(map);
+    annotate(&mut svc, annotations);
     svc
 }
 
@@ -63,24 +58,7 @@ async fn assert_refused(world: &World, pairs: &[(&str, &str)], target: &str, exp
 
 async fn world_with_source(prefix: &str) -> World {
     let world = World::new(prefix).await;
-    create(
-        &world.client,
-        &world.ns,
-        &source_service(&world.ns, "apiserver"),
-    )
-    .await;
-    create(
-        &world.client,
-        &world.ns,
-        &source_slice(
-            &world.ns,
-            "apiserver",
-            "apiserver",
-            "IPv4",
-            &["198.51.100.1"],
-        ),
-    )
-    .await;
+    world.seed_source(&["198.51.100.1"]).await;
     world
 }
 

@@ -94,24 +94,7 @@ async fn the_default_pair_mirrors_kubernetes_into_kubernetes_vip() {
 async fn annotated_pairs_in_several_namespaces_are_mirrored() {
     let world = World::new("annotated").await;
     let other = world.cluster.unique_namespace("annotated-b").await;
-    create(
-        &world.client,
-        &world.ns,
-        &source_service(&world.ns, "apiserver"),
-    )
-    .await;
-    create(
-        &world.client,
-        &world.ns,
-        &source_slice(
-            &world.ns,
-            "apiserver",
-            "apiserver",
-            "IPv4",
-            &["203.0.113.1"],
-        ),
-    )
-    .await;
+    world.seed_source(&["203.0.113.1"]).await;
     create(&world.client, &other, &source_service(&other, "apiserver")).await;
     create(
         &world.client,
@@ -359,36 +342,7 @@ async fn changing_the_target_ports_rewrites_the_slice_ports() {
 #[tokio::test]
 async fn removing_the_annotation_deletes_our_slices() {
     let world = World::new("unannotate").await;
-    create(
-        &world.client,
-        &world.ns,
-        &source_service(&world.ns, "apiserver"),
-    )
-    .await;
-    create(
-        &world.client,
-        &world.ns,
-        &source_slice(
-            &world.ns,
-            "apiserver",
-            "apiserver",
-            "IPv4",
-            &["203.0.113.9"],
-        ),
-    )
-    .await;
-    let mut svc = vip_service(&world.ns, "vip", &["IPv4"]);
-    svc.metadata.annotations = Some(
-        [
-            (names::ANNOTATION_ENABLED.to_owned(), "true".to_owned()),
-            (
-                names::ANNOTATION_SOURCE_NAME.to_owned(),
-                "apiserver".to_owned(),
-            ),
-        ]
-        .into(),
-    );
-    create(&world.client, &world.ns, &svc).await;
+    world.seed_annotated(&["203.0.113.9"]).await;
     let mut config = world.config("node-1");
     config.pairs.clear();
     let daemon = Daemon::start(config);
@@ -681,36 +635,7 @@ async fn injected_409_429_and_503_are_retried_until_converged() {
 #[tokio::test]
 async fn slices_of_a_pair_removed_while_the_daemon_was_down_are_deleted_at_start() {
     let world = World::new("orphans").await;
-    create(
-        &world.client,
-        &world.ns,
-        &source_service(&world.ns, "apiserver"),
-    )
-    .await;
-    create(
-        &world.client,
-        &world.ns,
-        &source_slice(
-            &world.ns,
-            "apiserver",
-            "apiserver",
-            "IPv4",
-            &["203.0.113.9"],
-        ),
-    )
-    .await;
-    let mut svc = vip_service(&world.ns, "vip", &["IPv4"]);
-    svc.metadata.annotations = Some(
-        [
-            (names::ANNOTATION_ENABLED.to_owned(), "true".to_owned()),
-            (
-                names::ANNOTATION_SOURCE_NAME.to_owned(),
-                "apiserver".to_owned(),
-            ),
-        ]
-        .into(),
-    );
-    create(&world.client, &world.ns, &svc).await;
+    world.seed_annotated(&["203.0.113.9"]).await;
     let mut config = world.config("node-1");
     config.pairs.clear();
     let daemon = Daemon::start(config.clone());

@@ -143,6 +143,16 @@ pub fn vip_service(ns: &str, name: &str, families: &[&str]) -> Service {
     }
 }
 
+/// Sets `svc`'s annotations to exactly `annotations`.
+pub fn annotate(svc: &mut Service, annotations: &[(&str, &str)]) {
+    svc.metadata.annotations = Some(
+        annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    );
+}
+
 /// A selectorless source Service (stands in for `default/kubernetes` in its own namespace).
 pub fn source_service(ns: &str, name: &str) -> Service {
     Service {
@@ -318,24 +328,40 @@ impl World {
 
     /// Creates the source Service with one IPv4 slice holding `addrs`, and the IPv4 target.
     pub async fn seed(&self, addrs: &[&str]) {
-        create(
-            &self.client,
-            &self.ns,
-            &source_service(&self.ns, "apiserver"),
-        )
-        .await;
-        create(
-            &self.client,
-            &self.ns,
-            &source_slice(&self.ns, "apiserver", "apiserver", "IPv4", addrs),
-        )
-        .await;
+        self.seed_source(addrs).await;
         create(
             &self.client,
             &self.ns,
             &vip_service(&self.ns, "vip", &["IPv4"]),
         )
         .await;
+    }
+
+    /// Creates only the source Service `apiserver` with one IPv4 slice holding `addrs`.
+    pub async fn seed_source(&self, addrs: &[&str]) {
+        create(
+            &self.client,
+            &self.ns,
+            &source_service(&self.ns, "apiserver"),
+        )
+        .await;
+        let slice = source_slice(&self.ns, "apiserver", "apiserver", "IPv4", addrs);
+        create(&self.client, &self.ns, &slice).await;
+    }
+
+    /// Creates the source (as [`World::seed_source`]) and a target `vip` that names it through
+    /// endpoint-copier-operator's annotations instead of the config.
+    pub async fn seed_annotated(&self, addrs: &[&str]) {
+        self.seed_source(addrs).await;
+        let mut svc = vip_service(&self.ns, "vip", &["IPv4"]);
+        annotate(
+            &mut svc,
+            &[
+                (names::ANNOTATION_ENABLED, "true"),
+                (names::ANNOTATION_SOURCE_NAME, "apiserver"),
+            ],
+        );
+        create(&self.client, &self.ns, &svc).await;
     }
 
     pub fn testbed(&self) -> Option<&TestBed> {
