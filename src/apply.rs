@@ -123,9 +123,13 @@ impl Error {
 
     /// Someone else changed the target since we read it (409 on any write, or 404 on an update
     /// of a slice that vanished): re-plan from fresher state, soon.
+    ///
+    /// A create refused with AlreadyExists is not one of these: it is usually a name taken by a
+    /// slice of another Service, which re-planning does not change. It is retried on the normal
+    /// backoff and reported (warn, Event), so a person can see the clash instead of a silent loop.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Api { op, source: kube::Error::Api(s), .. }
-            if s.code == 409 || (s.code == 404 && *op == Op::Update))
+            if (s.code == 409 && s.reason != "AlreadyExists") || (s.code == 404 && *op == Op::Update))
     }
 
     /// Whether this heals by itself: conflicts, 429, 5xx, timeouts and transport errors. These are
@@ -271,7 +275,11 @@ async fn write<T>(
         slice: slice.to_owned(),
         source,
     })?;
-    let result = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+    // Bounded by our term as well: past the fence the write must not be in flight any more.
+    let limit = fence
+        .remaining()
+        .map_or(REQUEST_TIMEOUT, |r| r.min(REQUEST_TIMEOUT));
+    let result = match tokio::time::timeout(limit, request).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(source)) => Err(Error::Api {
             op,
@@ -394,6 +402,23 @@ mod tests {
         assert!(api_error(Op::Create, 409, 0).is_conflict());
         assert!(api_error(Op::Update, 404, 0).is_conflict());
         assert!(!api_error(Op::Create, 422, 0).is_conflict());
+    }
+
+    #[test]
+    fn a_name_already_taken_is_reported_not_silently_replanned() {
+        let status = kube::core::Status::failure(
+            "endpointslices.discovery.k8s.io \"vip-abc\" already exists",
+            "AlreadyExists",
+        )
+        .with_code(409);
+        let e = Error::Api {
+            op: Op::Create,
+            namespace: "default".into(),
+            slice: "vip-abc".into(),
+            source: kube::Error::Api(status.boxed()),
+        };
+        assert!(!e.is_conflict());
+        assert!(e.is_transient(), "still retried on the backoff");
     }
 
     #[test]

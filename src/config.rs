@@ -33,6 +33,11 @@ use crate::names::{self, ServiceRef};
 /// keeps a typo from becoming a restart loop.
 pub const EXIT_CONFIG: i32 = 78;
 
+/// Longest Lease timing accepted (each of duration, renew deadline, retry period).
+const MAX_LEASE_SECS: Duration = Duration::from_secs(3600);
+/// Longest resync interval and backoff cap accepted.
+const MAX_SYNC_SECS: Duration = Duration::from_secs(86_400);
+
 /// The validated configuration, with every default filled in. Only this leaves the module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -972,6 +977,20 @@ fn validate(raw: RawConfig, layers: &Layers) -> Result<Config, Error> {
             ),
         ));
     }
+    // Upper bounds: beyond them a value is a typo, and unbounded seconds would overflow the
+    // monotonic clock arithmetic (and `leaseDurationSeconds` is an int32).
+    for (key, value) in [
+        ("duration_secs", lease.duration),
+        ("renew_deadline_secs", lease.renew_deadline),
+        ("retry_period_secs", lease.retry_period),
+    ] {
+        if value > MAX_LEASE_SECS {
+            return Err(c.bad(
+                &["lease", key],
+                format!("must be at most {} (one hour)", MAX_LEASE_SECS.as_secs()),
+            ));
+        }
+    }
     if lease.duration <= lease.renew_deadline {
         return Err(c.bad(
             &[
@@ -1003,6 +1022,18 @@ fn validate(raw: RawConfig, layers: &Layers) -> Result<Config, Error> {
     }
     if sync.max_backoff < Duration::from_secs(1) {
         return Err(c.bad(&["sync", "max_backoff_secs"], "must be at least 1"));
+    }
+    if sync.resync_interval > MAX_SYNC_SECS {
+        return Err(c.bad(
+            &["sync", "resync_interval_secs"],
+            format!("must be at most {} (one day)", MAX_SYNC_SECS.as_secs()),
+        ));
+    }
+    if sync.max_backoff > MAX_SYNC_SECS {
+        return Err(c.bad(
+            &["sync", "max_backoff_secs"],
+            format!("must be at most {} (one day)", MAX_SYNC_SECS.as_secs()),
+        ));
     }
 
     let level = raw.log.and_then(|l| l.level).unwrap_or(d.log.level);
@@ -1633,6 +1664,16 @@ mod tests {
         );
         let (c, _) = load_toml("[sync]\nresync_interval_secs = 10\n");
         assert_eq!(c.unwrap().sync.resync_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn lease_timings_and_sync_intervals_have_upper_bounds() {
+        let (key, reason) = invalid("[lease]\nduration_secs = 99999999999\n");
+        assert_eq!(key, "lease.duration_secs");
+        assert!(reason.contains("at most 3600"), "{reason}");
+        let (key, reason) = invalid("[sync]\nresync_interval_secs = 999999999\n");
+        assert_eq!(key, "sync.resync_interval_secs");
+        assert!(reason.contains("at most 86400"), "{reason}");
     }
 
     #[test]

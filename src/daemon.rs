@@ -51,6 +51,9 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const KUBECONFIG_POLL: Duration = Duration::from_secs(5);
 /// How often STATUS, metrics and the heartbeat are refreshed.
 const TICK: Duration = Duration::from_secs(1);
+/// How long a kubeconfig that exists but does not load is retried before it is a config error:
+/// long enough for any writer to finish the file, short enough to be seen as a failed unit.
+const KUBECONFIG_GIVE_UP: Duration = Duration::from_secs(60);
 /// How long a stopping leader waits for its in-flight writes before releasing the Lease.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long releasing the Lease may take on shutdown.
@@ -68,9 +71,6 @@ pub enum Error {
     /// Leader election failed for good (for example 403 on the Lease).
     #[error("leader election failed")]
     Lease(#[source] lease::Error),
-    /// The metrics listener could not start or failed.
-    #[error("metrics server failed")]
-    Metrics(#[source] metrics::Error),
     /// A task that should run until shutdown ended.
     #[error("the {0} task ended unexpectedly")]
     TaskEnded(&'static str),
@@ -80,7 +80,8 @@ impl Error {
     /// Exit code for `main`: a refused kubeconfig is a config error (78), the rest runtime (1).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Kubeconfig(e) if !e.is_transient() => 78,
+            // Refused, or still unloadable after KUBECONFIG_GIVE_UP: restarting will not help.
+            Error::Kubeconfig(_) => 78,
             _ => 1,
         }
     }
@@ -109,9 +110,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     if let Some(listen) = config.metrics.listen {
         let (m, h, s) = (metrics.clone(), health.clone(), shutdown.clone());
         tasks.spawn(async move {
-            metrics::serve(listen, m, h, s)
-                .await
-                .map_err(Error::Metrics)
+            // Metrics are for observing; they must never stop the mirroring. A port already taken
+            // is reported once, loudly, and the daemon goes on without the endpoint.
+            if let Err(e) = metrics::serve(listen, m, h, s.clone()).await {
+                error!(listen = %listen, error = %chain(&e), "metrics endpoint disabled; mirroring goes on");
+                s.cancelled().await;
+            }
+            Ok(())
         });
     }
     {
@@ -130,6 +135,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     };
 
     // First boot: RKE2 writes its kubeconfig only once the server is up. Wait for it, visibly.
+    // A file that exists but does not load is retried for a while (caught mid-write), warned
+    // about when the error changes, and after KUBECONFIG_GIVE_UP it is a config error (78).
+    let mut load_failing: Option<(Instant, String)> = None;
     let loaded = loop {
         let found = client::locate(&config.kubeconfig);
         let attempt = match &found {
@@ -138,13 +146,31 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         };
         match attempt {
             Ok(l) => break l,
+            Err(client::Error::NotFound) => {
+                notifier.status(&format!(
+                    "waiting for {}",
+                    client::waiting_for(&config.kubeconfig)
+                ));
+                debug!("no kubeconfig yet");
+            }
             Err(e) if e.is_transient() => {
                 let what = found.map_or_else(
                     || client::waiting_for(&config.kubeconfig),
                     |p| p.display().to_string(),
                 );
-                notifier.status(&format!("waiting for {what}"));
-                debug!(error = %e, "kubeconfig not usable yet");
+                let message = chain(&e);
+                let since = match &load_failing {
+                    Some((since, previous)) if *previous == message => *since,
+                    _ => {
+                        warn!(path = %what, error = %message, "kubeconfig exists but cannot be used yet; retrying");
+                        Instant::now()
+                    }
+                };
+                if since.elapsed() >= KUBECONFIG_GIVE_UP {
+                    return Err(Error::Kubeconfig(e));
+                }
+                notifier.status(&format!("waiting for {what}: {message}"));
+                load_failing = Some((since, message));
             }
             Err(e) => return Err(Error::Kubeconfig(e)),
         }
@@ -204,16 +230,27 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     // Shutdown, in the order that hands over cleanly: say so, stop watching, let the writes in
     // flight finish, then release the Lease so a peer takes over at once.
     notifier.stopping();
+    notifier.status("stopping");
     info!("stopping");
-    engine.drain(DRAIN_TIMEOUT).await;
-    lease_stop.cancel();
-    match tokio::time::timeout(RELEASE_TIMEOUT, &mut elector_task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %chain(&e), "leader election ended with an error"),
-        Ok(Err(e)) => warn!(error = %e, "leader election task failed"),
-        Err(_) => {
-            warn!(lease = %config.lease.name, "releasing the Lease timed out; peers take over when it expires");
-            elector_task.abort();
+    let drained = engine.drain(DRAIN_TIMEOUT).await;
+    if elector_task.is_finished() {
+        // It ended by itself (its error is in `result`): there is nothing left to release, and
+        // its handle may already have been awaited.
+    } else if !drained {
+        // A write may still reach the server: do not invite a peer to write concurrently.
+        // Aborting skips the release; peers take over when the Lease expires, after our fence
+        // (renew deadline) has closed.
+        elector_task.abort();
+    } else {
+        lease_stop.cancel();
+        match tokio::time::timeout(RELEASE_TIMEOUT, &mut elector_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %chain(&e), "leader election ended with an error"),
+            Ok(Err(e)) => warn!(error = %e, "leader election task failed"),
+            Err(_) => {
+                warn!(lease = %config.lease.name, "releasing the Lease timed out; peers take over when it expires");
+                elector_task.abort();
+            }
         }
     }
     event_task.abort();
@@ -257,6 +294,8 @@ struct PairState {
     /// The pair is gone (config, annotation or target removed): its slices are deleted, then
     /// this state is dropped. Kept as a pair so deletes get the same queue and backoff.
     retired: bool,
+    /// The pair was active and is refused now: nothing is written, its slices stay as they are.
+    held_by_refusal: bool,
 }
 
 impl PairState {
@@ -274,6 +313,7 @@ impl PairState {
             reported: None,
             legacy_checked: false,
             retired: false,
+            held_by_refusal: false,
         }
     }
 }
@@ -304,6 +344,8 @@ struct Engine {
     refusals_reported: BTreeSet<(ServiceRef, String)>,
     leader: Leadership,
     writers: JoinSet<Outcome>,
+    /// Which target each running writer serves, to clean up after a panic.
+    writer_targets: std::collections::HashMap<tokio::task::Id, ServiceRef>,
     /// The scan for slices of pairs removed while we were not leading (at most one running).
     scans: JoinSet<Result<BTreeSet<ServiceRef>, kube::Error>>,
     /// Whether this leadership term (or resync period) has scanned for orphaned slices.
@@ -343,6 +385,7 @@ impl Engine {
             refusals_reported: BTreeSet::new(),
             leader: Leadership::Starting,
             writers: JoinSet::new(),
+            writer_targets: std::collections::HashMap::new(),
             scans: JoinSet::new(),
             scanned: false,
             last_error: None,
@@ -406,13 +449,9 @@ impl Engine {
                     }
                     Err(e) => self.watch_error("endpointslices", &e),
                 },
-                Some(done) = self.writers.join_next(), if !self.writers.is_empty() => match done {
-                    Ok(outcome) => self.finish(outcome),
-                    Err(e) => {
-                        // A writer panicked or was aborted; its pair is retried like a failure.
-                        error!(error = %e, "apply task failed");
-                    }
-                },
+                Some(done) = self.writers.join_next_with_id(), if !self.writers.is_empty() => {
+                    self.joined(done);
+                }
                 Some(done) = self.scans.join_next(), if !self.scans.is_empty() => {
                     match done {
                         Ok(Ok(targets)) => {
@@ -523,9 +562,18 @@ impl Engine {
             .into_iter()
             .map(|p| (p.target.clone(), p))
             .collect();
+        let refused: BTreeMap<ServiceRef, Refusal> = resolution
+            .refusals
+            .into_iter()
+            .map(|r| (r.target.clone(), r))
+            .collect();
         // Pairs that went away: their slices are deleted (only removing a pair removes slices).
+        // A pair that is refused now is not removed: it is held, its slices untouched, until the
+        // refusal is fixed ("never half-applied" — and never a VIP blanked by a bad annotation).
         for (target, state) in &mut self.pairs {
-            if !state.retired && !active.contains_key(target) {
+            let is_refused = refused.contains_key(target) && !active.contains_key(target);
+            state.held_by_refusal = is_refused;
+            if !state.retired && !active.contains_key(target) && !is_refused {
                 info!(service = %target, "pair removed; deleting its EndpointSlices");
                 state.retired = true;
                 state.dirty = true;
@@ -539,17 +587,21 @@ impl Engine {
                         state.dirty = true;
                     }
                 }
-                _ => {
+                Some(state) => {
+                    // The source changed, or a removed pair came back: same target, so keep what
+                    // protects its writes (one in flight, backoff) and plan afresh.
+                    info!(service = %target, source = %pair.source, origin = %pair.origin, "pair active");
+                    state.source = pair.source;
+                    state.retired = false;
+                    state.hold = None;
+                    state.dirty = true;
+                }
+                None => {
                     info!(service = %target, source = %pair.source, origin = %pair.origin, "pair active");
                     self.pairs.insert(target, PairState::new(pair.source));
                 }
             }
         }
-        let refused: BTreeMap<ServiceRef, Refusal> = resolution
-            .refusals
-            .into_iter()
-            .map(|r| (r.target.clone(), r))
-            .collect();
         for (target, refusal) in &refused {
             let is_new = self
                 .refused
@@ -622,7 +674,8 @@ impl Engine {
     /// Targets holding our slices that no pair claims become retired pairs: their slices go.
     fn adopt_orphans(&mut self, targets: BTreeSet<ServiceRef>) {
         for target in targets {
-            if self.pairs.contains_key(&target) {
+            // A refused target keeps its slices (held), like a pair refused while running.
+            if self.pairs.contains_key(&target) || self.refused.contains_key(&target) {
                 continue;
             }
             info!(service = %target, "found EndpointSlices of a removed pair; deleting them");
@@ -683,7 +736,7 @@ impl Engine {
         if !self.is_leader() {
             return;
         }
-        if !self.scanned {
+        if !self.scanned && self.scans.is_empty() {
             self.scan_for_orphans();
         }
         let now = Instant::now();
@@ -700,7 +753,9 @@ impl Engine {
         let targets: Vec<ServiceRef> = self
             .pairs
             .iter()
-            .filter(|(_, s)| s.dirty && !s.in_flight && s.retry_at.is_none_or(|t| t <= now))
+            .filter(|(_, s)| {
+                s.dirty && !s.in_flight && !s.held_by_refusal && s.retry_at.is_none_or(|t| t <= now)
+            })
             .map(|(t, _)| t.clone())
             .collect();
         for target in targets {
@@ -764,6 +819,7 @@ impl Engine {
             // Every slice of a removed pair is gone: forget it (and stop watching its slices on
             // the next Service change).
             self.pairs.remove(target);
+            self.metrics.forget_pair(&target.to_string());
             return;
         }
         if plan.is_empty() {
@@ -794,8 +850,10 @@ impl Engine {
         let check_legacy = !state.legacy_checked && !state.retired;
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &target.namespace);
         let legacy_api: Api<Endpoints> = Api::namespaced(self.client.clone(), &target.namespace);
-        let (fence, metrics, target) = (self.fence.clone(), self.metrics.clone(), target.clone());
-        self.writers.spawn(
+        let (fence, metrics, target_ref) =
+            (self.fence.clone(), self.metrics.clone(), target.clone());
+        let target = target_ref.clone();
+        let handle = self.writers.spawn(
             async move {
                 let result = apply::apply(&api, &target.namespace, &plan, &fence, &metrics).await;
                 // After our slices are in place, so the VIP never depends on the legacy object.
@@ -820,6 +878,7 @@ impl Engine {
             }
             .in_current_span(),
         );
+        self.writer_targets.insert(handle.id(), target_ref);
     }
 
     fn finish(&mut self, outcome: Outcome) {
@@ -843,7 +902,12 @@ impl Engine {
                 }
             }
             Some(Err(e)) => {
-                warn!(service = %target, error = %chain(&e), "could not check for endpoint-copier-operator's leftover Endpoints")
+                warn!(service = %target, error = %chain(&e), "could not check for endpoint-copier-operator's leftover Endpoints");
+                if let Some(s) = self.pairs.get_mut(&target) {
+                    s.dirty = true;
+                    s.attempt += 1;
+                    s.retry_at = Some(Instant::now() + backoff(s.attempt, self.max_backoff));
+                }
             }
             None => {}
         }
@@ -879,7 +943,12 @@ impl Engine {
                 }
             }
             Err(e) if matches!(e, apply::Error::NotLeader { .. }) => {
+                // Our term ended mid-plan. Keep the pair dirty: if the elector re-acquires before
+                // the supervisor notices the gap, nothing else would re-plan it.
                 debug!(service = %target, error = %chain(&e), "write skipped: not the leader");
+                if let Some(state) = self.pairs.get_mut(&target) {
+                    state.dirty = true;
+                }
             }
             Err(e) => {
                 let Some(state) = self.pairs.get_mut(&target) else {
@@ -1012,21 +1081,52 @@ impl Engine {
         health.set_ready(ready);
     }
 
-    /// Waits (bounded) for writes in flight; aborts what is left.
-    async fn drain(&mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.writers.is_empty() {
-            match tokio::time::timeout_at(deadline, self.writers.join_next()).await {
-                Ok(Some(Ok(outcome))) => self.finish(outcome),
-                Ok(Some(Err(_))) => {}
-                Ok(None) => break,
-                Err(_) => {
-                    warn!("writes still in flight at shutdown were abandoned");
-                    self.writers.abort_all();
-                    break;
+    /// A writer task ended: its outcome, or why it has none.
+    fn joined(&mut self, done: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
+        match done {
+            Ok((id, outcome)) => {
+                self.writer_targets.remove(&id);
+                self.finish(outcome);
+            }
+            Err(e) => {
+                let target = self.writer_targets.remove(&e.id());
+                let state = target.as_ref().and_then(|t| self.pairs.get_mut(t));
+                if let Some(state) = state {
+                    state.in_flight = false;
+                    if !e.is_cancelled() {
+                        // A panic: retried like any failed write, after a backoff.
+                        state.dirty = true;
+                        state.attempt += 1;
+                        state.retry_at =
+                            Some(Instant::now() + backoff(state.attempt, self.max_backoff));
+                    }
+                }
+                if !e.is_cancelled() {
+                    error!(service = ?target, error = %e, "apply task failed");
                 }
             }
         }
+    }
+
+    /// Waits (bounded) for writes in flight; aborts what is left. Returns whether every write
+    /// finished: if one was abandoned it may still reach the server, so the Lease must not be
+    /// released (peers then take over only when it expires, after our fence has closed).
+    async fn drain(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !self.writers.is_empty() {
+            match tokio::time::timeout_at(deadline, self.writers.join_next_with_id()).await {
+                Ok(Some(done)) => self.joined(done),
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(
+                        "writes still in flight at shutdown were abandoned; not releasing the Lease"
+                    );
+                    self.writers.abort_all();
+                    return false;
+                }
+            }
+        }
+        true
     }
 }
 

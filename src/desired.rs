@@ -270,7 +270,7 @@ pub fn desired(
         }
         used.insert(name.clone());
 
-        let mut endpoints = slice.endpoints.clone();
+        let mut endpoints: Vec<Endpoint> = slice.endpoints.iter().map(as_stored).collect();
         sort_endpoints(&mut endpoints);
         out.push(EndpointSlice {
             metadata: ObjectMeta {
@@ -287,6 +287,22 @@ pub fn desired(
     }
     out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     Ok(out)
+}
+
+/// An endpoint as kube-apiserver stores it in a discovery/v1 EndpointSlice: the strategy drops
+/// `deprecatedTopology` on every v1 write (`dropTopologyOnV1`), and `hints.forNodes` while the
+/// alpha PreferSameTrafficDistribution gate is off (1.33's default). Copying them would make the
+/// desired slice differ forever from what the server keeps, and every re-plan would rewrite it.
+fn as_stored(endpoint: &Endpoint) -> Endpoint {
+    let mut e = endpoint.clone();
+    e.deprecated_topology = None;
+    if let Some(hints) = e.hints.as_mut() {
+        hints.for_nodes = None;
+        if hints.for_zones.is_none() {
+            e.hints = None;
+        }
+    }
+    e
 }
 
 /// The writes that turn `actual` (every slice labelled `kubernetes.io/service-name=<target>` in the
@@ -1145,7 +1161,7 @@ mod tests {
     }
 
     #[test]
-    fn every_endpoint_field_is_copied_verbatim() {
+    fn every_endpoint_field_the_api_stores_is_copied_verbatim() {
         let full = Endpoint {
             addresses: vec!["198.51.100.10".into()],
             conditions: Some(EndpointConditions {
@@ -1170,7 +1186,12 @@ mod tests {
             zone: Some("zone-a".into()),
         };
         let d = want(&vip4(), &[src("kubernetes", IPV4, vec![full.clone()])]);
-        assert_eq!(d[0].endpoints, vec![full]);
+        // All but deprecatedTopology, which the API server drops from v1 slices.
+        let stored = Endpoint {
+            deprecated_topology: None,
+            ..full
+        };
+        assert_eq!(d[0].endpoints, vec![stored]);
     }
 
     #[test]

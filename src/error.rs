@@ -36,6 +36,9 @@ impl Error {
             Error::Config(_) => 78,
             Error::Daemon(e) => e.exit_code(),
             Error::Inspect(e) => e.exit_code(),
+            // A bad filter (`[log] level` or ENDPOINT_COPIER_LOG) is a typo in config: 78, so
+            // systemd does not restart it in a loop.
+            Error::Logging(crate::logging::Error::Filter { .. }) => 78,
             Error::Logging(_) | Error::Runtime(_) | Error::Shutdown(_) => 1,
         }
     }

@@ -22,6 +22,9 @@ const QUEUE: usize = 256;
 const BURST: f64 = 25.0;
 /// ...then one token every 5 minutes.
 const REFILL_EVERY: Duration = Duration::from_secs(300);
+/// events.k8s.io/v1 rejects a `note` longer than this (in bytes): a long error chain would lose
+/// exactly the Events that need a person.
+const NOTE_MAX: usize = 1024;
 /// One publish may not take longer than this.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -134,7 +137,7 @@ async fn publish_loop(recorder: Recorder, mut rx: mpsc::Receiver<Report>) {
         let event = Event {
             type_: report.reason.event_type(),
             reason: report.reason.as_str().into(),
-            note: Some(report.note.clone()),
+            note: Some(truncate(&report.note, NOTE_MAX)),
             action: report.reason.action().into(),
             secondary: None,
         };
@@ -146,6 +149,19 @@ async fn publish_loop(recorder: Recorder, mut rx: mpsc::Receiver<Report>) {
             Err(_) => tracing::debug!(service = %report.target, "publishing an event timed out"),
         }
     }
+}
+
+/// `note` cut to at most `max` bytes at a character boundary, marked with "…" when cut.
+fn truncate(note: &str, max: usize) -> String {
+    if note.len() <= max {
+        return note.to_owned();
+    }
+    let ellipsis = "…";
+    let mut end = max - ellipsis.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &note[..end])
 }
 
 /// A token bucket: `BURST` tokens, one more every `REFILL_EVERY`.
@@ -193,6 +209,15 @@ mod tests {
         // ...one and a half after 450 s buys exactly one Event.
         assert!(b.take(now + Duration::from_secs(450)));
         assert!(!b.take(now + Duration::from_secs(450)));
+    }
+
+    #[test]
+    fn long_notes_are_cut_to_what_the_api_accepts_at_a_character_boundary() {
+        let note = "é".repeat(700);
+        let cut = truncate(&note, NOTE_MAX);
+        assert!(cut.len() <= NOTE_MAX, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncate("short", NOTE_MAX), "short");
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub enum Reason {
         /// The source the annotation asked for.
         source: ServiceRef,
     },
+    /// The annotated Service is the source of a configured pair: an annotation may not change what
+    /// a configured pair copies (annotating `default/kubernetes` would otherwise feed foreign
+    /// endpoints into the VIP, or form a cycle that stops the VIP's own pair).
+    TargetIsConfiguredSource,
     /// The annotated Service is also a configured target: the config wins, the annotation is ignored.
     TargetClaimedByConfig,
     /// Several config pairs name this target with different sources; none of them is applied.
@@ -108,6 +112,9 @@ impl fmt::Display for Reason {
             Self::SourceNotAllowed { source } => write!(
                 f,
                 "source {source} is in another namespace and not listed in annotations.allowed_sources"
+            ),
+            Self::TargetIsConfiguredSource => f.write_str(
+                "the Service is the source of a configured pair; its annotations are ignored so they cannot change what that pair copies",
             ),
             Self::TargetClaimedByConfig => f.write_str(
                 "the Service is also a configured target; the config pair wins and the annotations are ignored",
@@ -221,6 +228,14 @@ pub fn resolve(
                     target: target.clone(),
                     source: Some(source),
                     reason: Reason::TargetClaimedByConfig,
+                });
+                continue;
+            }
+            if config_pairs.iter().any(|(s, _)| s == target) {
+                refusals.push(Refusal {
+                    target: target.clone(),
+                    source: Some(source),
+                    reason: Reason::TargetIsConfiguredSource,
                 });
                 continue;
             }
@@ -567,6 +582,23 @@ mod tests {
                 .iter()
                 .all(|f| matches!(&f.reason, Reason::Cycle { through } if through.len() == 3))
         );
+    }
+
+    #[test]
+    fn an_annotation_on_a_configured_source_is_refused_and_the_configured_pair_stays() {
+        // Annotating default/kubernetes to read the VIP would form a cycle with the default pair
+        // (stopping the VIP's own pair) or feed other endpoints into it.
+        let services = known(vec![
+            annotated("default/kubernetes", "kubernetes-vip", None),
+            service("default/kubernetes-vip", &[]),
+        ]);
+        let config = [(r("default/kubernetes"), r("default/kubernetes-vip"))];
+        let res = resolve(&config, true, &[r("default/kubernetes")], &services);
+        assert_eq!(res.pairs.len(), 1, "{res:?}");
+        assert_eq!(res.pairs[0].target, r("default/kubernetes-vip"));
+        assert_eq!(res.refusals.len(), 1);
+        assert_eq!(res.refusals[0].target, r("default/kubernetes"));
+        assert_eq!(res.refusals[0].reason, Reason::TargetIsConfiguredSource);
     }
 
     #[test]

@@ -215,7 +215,18 @@ impl SliceCache {
                 self.ready = true;
             }
             Event::Apply(slice) => {
-                if let Some((svc, name, slice)) = self.keyed(slice) {
+                let (ns, name) = (
+                    slice.metadata.namespace.clone(),
+                    slice.metadata.name.clone(),
+                );
+                let kept = self.keyed(slice);
+                // A slice relabelled from one Service in play to another (or out of them) must
+                // leave its old group: the object is identified by namespace/name, not label.
+                if let (Some(ns), Some(name)) = (ns, name) {
+                    let keep_in = kept.as_ref().map(|(svc, _, _)| svc);
+                    changed.extend(self.remove_elsewhere(&ns, &name, keep_in));
+                }
+                if let Some((svc, name, slice)) = kept {
                     let group = self.by_service.entry(svc.clone()).or_default();
                     if group.get(&name) != Some(&slice) {
                         group.insert(name, slice);
@@ -224,15 +235,35 @@ impl SliceCache {
                 }
             }
             Event::Delete(slice) => {
-                if let Some((svc, name, _)) = self.keyed(slice)
-                    && let Some(group) = self.by_service.get_mut(&svc)
-                    && group.remove(&name).is_some()
-                {
-                    changed.insert(svc);
+                if let (Some(ns), Some(name)) = (&slice.metadata.namespace, &slice.metadata.name) {
+                    changed.extend(self.remove_elsewhere(ns, name, None));
                 }
             }
         }
         changed
+    }
+
+    /// Removes the slice `ns/name` from every group but `except`; returns the groups it left.
+    fn remove_elsewhere(
+        &mut self,
+        ns: &str,
+        name: &str,
+        except: Option<&ServiceRef>,
+    ) -> Vec<ServiceRef> {
+        let mut left = Vec::new();
+        let from = ServiceRef {
+            namespace: ns.to_owned(),
+            name: String::new(),
+        };
+        for (svc, group) in self.by_service.range_mut(from..) {
+            if svc.namespace != ns {
+                break;
+            }
+            if Some(svc) != except && group.remove(name).is_some() {
+                left.push(svc.clone());
+            }
+        }
+        left
     }
 
     fn keyed(&self, mut slice: EndpointSlice) -> Option<(ServiceRef, String, EndpointSlice)> {
@@ -377,6 +408,21 @@ mod tests {
                 .apply(Event::Apply(slice("default", "kubernetes", "kubernetes")))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_slice_relabelled_to_another_service_leaves_its_old_group() {
+        let mut cache = SliceCache::default();
+        cache.rewatch([r("default/a"), r("default/b")].into());
+        cache.apply(Event::Apply(slice("default", "a", "x")));
+        let changed = cache.apply(Event::Apply(slice("default", "b", "x")));
+        assert_eq!(changed, [r("default/a"), r("default/b")].into());
+        assert!(cache.slices_of(&r("default/a")).is_empty());
+        assert_eq!(cache.slices_of(&r("default/b")).len(), 1);
+        // Deleted with a label of a Service not in play: still removed by name.
+        let changed = cache.apply(Event::Delete(slice("default", "elsewhere", "x")));
+        assert_eq!(changed, [r("default/b")].into());
+        assert!(cache.slices_of(&r("default/b")).is_empty());
     }
 
     #[test]

@@ -117,18 +117,27 @@ pub fn observed_at(
 }
 
 /// The decision for the Lease as read (`None`: it does not exist), given when we saw its record
-/// change, who we are and what we believe.
+/// change, who we are, whether this process wrote the record as read (`wrote_it`: its
+/// resourceVersion is the one our last successful write returned), and what we believe.
+///
+/// `wrote_it` guards against a twin: two processes with the same identity (an operator running
+/// `endpoint-copier run` by hand next to the unit, two hosts both named `localhost`). A record
+/// that names us but that we did not write is treated like anyone else's — waited for until it
+/// expires — and a leader that finds one steps down. Otherwise both twins would keep renewing
+/// "their" Lease, each 409 resolved by re-reading a record that still names them, and both
+/// fences would stay valid.
 pub fn decide(
     lease: Option<&LeaseSpec>,
     observed_at: Instant,
     identity: &str,
+    wrote_it: bool,
     role: Role,
     now: Instant,
     timing: &Timing,
 ) -> Decision {
     if let Role::Leader { renewed_at } = role {
         let current = lease.and_then(holder);
-        if current != Some(identity) {
+        if current != Some(identity) || !wrote_it {
             // Deleted, released or taken by someone else: the record proves we no longer hold
             // it, whatever our deadline says.
             return Decision::StepDown {
@@ -153,10 +162,12 @@ pub fn decide(
     match holder(spec) {
         // Released: take it at once, no need to wait for any expiry.
         None => Decision::Acquire,
-        // Recorded as ours (we restarted, or stepped down and the record was never taken):
-        // client-go's IsLeader case. Safe because the write carries the resourceVersion we read,
-        // so it fails if anyone changed the record since.
-        Some(h) if h == identity => Decision::Acquire,
+        // Recorded as ours by this very process (we stepped down on a deadline and nobody took
+        // it since): client-go's IsLeader case. Safe because the write carries the
+        // resourceVersion we read, so it fails if anyone changed the record since. A record that
+        // names us but was written by another process (a twin, or our previous incarnation) falls
+        // through to the expiry rule below.
+        Some(h) if h == identity && wrote_it => Decision::Acquire,
         Some(h) => {
             let until = expiry(spec, observed_at, timing);
             if now >= until {
@@ -225,6 +236,68 @@ pub fn release(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Most tests are about records this process wrote (or others' records, where the flag
+    /// does not matter); the twin tests call `super::decide` with `wrote_it = false`.
+    fn decide(
+        lease: Option<&LeaseSpec>,
+        observed_at: Instant,
+        identity: &str,
+        role: Role,
+        now: Instant,
+        timing: &Timing,
+    ) -> Decision {
+        super::decide(lease, observed_at, identity, true, role, now, timing)
+    }
+
+    #[test]
+    fn a_record_naming_us_that_another_process_wrote_is_waited_for_like_anyones() {
+        let t0 = Instant::now();
+        let spec = held_by("node-1", 1_700_000_000);
+        assert!(matches!(
+            super::decide(
+                Some(&spec),
+                t0,
+                "node-1",
+                false,
+                Role::Follower,
+                t0 + secs(1),
+                &TIMING
+            ),
+            Decision::Wait { .. }
+        ));
+        assert_eq!(
+            super::decide(
+                Some(&spec),
+                t0,
+                "node-1",
+                false,
+                Role::Follower,
+                t0 + secs(15),
+                &TIMING
+            ),
+            Decision::Acquire
+        );
+    }
+
+    #[test]
+    fn a_leader_that_finds_its_identity_written_by_another_process_steps_down() {
+        let t0 = Instant::now();
+        let spec = held_by("node-1", 1_700_000_000);
+        let role = Role::Leader { renewed_at: t0 };
+        assert!(matches!(
+            super::decide(
+                Some(&spec),
+                t0,
+                "node-1",
+                false,
+                role,
+                t0 + secs(1),
+                &TIMING
+            ),
+            Decision::StepDown { .. }
+        ));
+    }
     use proptest::prelude::*;
 
     const TIMING: Timing = Timing {

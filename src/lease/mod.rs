@@ -27,7 +27,7 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::names;
 use decide::{Decision, Role, Timing};
@@ -147,6 +147,21 @@ impl Fence {
                 lease: state.lease.clone(),
             }),
         }
+    }
+
+    /// How long writes stay allowed from now: zero once the fence is closed, `None` for
+    /// [`Fence::always`]. A writer bounds each request by it, so a write checked just before the
+    /// deadline cannot land long after our term ended (a create carries no precondition).
+    pub fn remaining(&self) -> Option<Duration> {
+        let state = self.state.as_ref()?;
+        let until = state.until_nanos.load(Ordering::SeqCst);
+        let elapsed = u64::try_from(
+            Instant::now()
+                .saturating_duration_since(state.base)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX);
+        Some(Duration::from_nanos(until.saturating_sub(elapsed)))
     }
 
     /// A fence that always allows writing, for tests with a single writer and no Lease.
@@ -347,6 +362,9 @@ pub struct Elector {
     failures: u32,
     /// After a failed request, do not send the next one before this instant.
     retry_at: Option<Instant>,
+    /// resourceVersion of the Lease our last successful write returned: a record naming us with
+    /// any other version was written by another process with our identity (see `decide`).
+    written_rv: Option<String>,
 }
 
 impl Elector {
@@ -377,6 +395,7 @@ impl Elector {
             role: Role::Follower,
             failures: 0,
             retry_at: None,
+            written_rv: None,
         };
         (elector, rx, Fence { state: Some(fence) })
     }
@@ -464,10 +483,13 @@ impl Elector {
             // Read again: the GET above may have taken a while, and a stale `now` would only
             // make us decide early and loop once more.
             let now = Instant::now();
+            let wrote_it = observed.resource_version().is_some()
+                && observed.resource_version() == self.written_rv.as_deref();
             let decision = decide::decide(
                 observed.spec(),
                 observed.at,
                 &self.settings.identity,
+                wrote_it,
                 self.role,
                 now,
                 &self.timing,
@@ -527,7 +549,7 @@ impl Elector {
                     }
                     Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
                     Err(error) => {
-                        warn!(lease = %self.lease_ref, error = %error, "lease watch failed, re-watching");
+                        warn!(lease = %self.lease_ref, error = %crate::error::chain(&error), "lease watch failed, re-watching");
                     }
                 }
                 Flow::Continue
@@ -637,13 +659,14 @@ impl Elector {
             Ok(lease) => {
                 self.failures = 0;
                 self.retry_at = None;
+                self.written_rv = lease.metadata.resource_version.clone();
                 self.counters.inner.writes.fetch_add(1, Ordering::Relaxed);
                 self.observe(Some(lease));
                 self.lead(sent);
                 Ok(())
             }
             Err(e) if e.is_lost_race() => {
-                debug!(lease = %self.lease_ref, error = %e, "lease changed under us, re-reading");
+                debug!(lease = %self.lease_ref, error = %crate::error::chain(&e), "lease changed under us, re-reading");
                 self.observed = None;
                 Ok(())
             }
@@ -664,7 +687,7 @@ impl Elector {
             identity = %self.settings.identity,
             attempt = self.failures,
             backoff_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            error = %error,
+            error = %crate::error::chain(error),
             "lease request failed, retrying"
         );
     }
@@ -691,6 +714,13 @@ impl Elector {
         self.fence.invalidate();
         if matches!(self.role, Role::Leader { .. }) {
             self.counters.inner.lost.fetch_add(1, Ordering::Relaxed);
+            if holder.as_deref() == Some(self.settings.identity.as_str()) {
+                error!(
+                    lease = %self.lease_ref,
+                    identity = %self.settings.identity,
+                    "another process renewed the Lease under this identity; stepping down (is endpoint-copier running twice with the same identity?)"
+                );
+            }
             info!(
                 lease = %self.lease_ref,
                 identity = %self.settings.identity,
@@ -705,7 +735,15 @@ impl Elector {
     fn follow(&mut self, holder: Option<String>) {
         let next = Leadership::Follower { holder };
         if *self.tx.borrow() != next {
-            if let Leadership::Follower { holder: Some(h) } = &next {
+            if let Leadership::Follower { holder: Some(h) } = &next
+                && *h == self.settings.identity
+            {
+                warn!(
+                    lease = %self.lease_ref,
+                    identity = %self.settings.identity,
+                    "the Lease names this identity but another process wrote it (a previous run of this host, or a second copy with the same identity); waiting for it to expire"
+                );
+            } else if let Leadership::Follower { holder: Some(h) } = &next {
                 info!(lease = %self.lease_ref, identity = %self.settings.identity, holder = %h, "following");
             }
             self.publish(next);
@@ -752,7 +790,7 @@ impl Elector {
                 Ok(Err(source)) => {
                     let e = self.request("update", source);
                     if !e.is_transient() {
-                        warn!(lease = %self.lease_ref, error = %e, "could not release lease, peers wait for expiry");
+                        warn!(lease = %self.lease_ref, error = %crate::error::chain(&e), "could not release lease, peers wait for expiry");
                         return;
                     }
                     // A conflict means the record changed (our own renewal seen late, or a
@@ -760,7 +798,7 @@ impl Elector {
                     match tokio::time::timeout_at(deadline, self.api.get_opt(&name)).await {
                         Ok(Ok(lease)) => self.observe(lease),
                         _ => {
-                            warn!(lease = %self.lease_ref, error = %e, "could not release lease, peers wait for expiry");
+                            warn!(lease = %self.lease_ref, error = %crate::error::chain(&e), "could not release lease, peers wait for expiry");
                             return;
                         }
                     }

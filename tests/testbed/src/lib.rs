@@ -407,7 +407,8 @@ impl TestBed {
         }
     }
 
-    /// Listens again on the same port with the same data (no-op when already up).
+    /// Listens again on the same port with the same data (no-op when already up). Like a
+    /// restarted kube-apiserver, it has no watch history: resuming an old watch gets 410.
     ///
     /// # Panics
     /// When the port cannot be bound again.
@@ -421,6 +422,10 @@ impl TestBed {
         }
         let listener = bind(&self.runtime.handle, self.port)
             .unwrap_or_else(|e| fatal(&format!("failed to listen again on port {}", self.port), e));
+        // matches: staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go — a restarted
+        // apiserver's watch cache starts at the current etcd revision, so a client resuming from
+        // an older resourceVersion gets 410 Gone and must re-list. The data survives (etcd).
+        self.shared.store.compact();
         *server = Some(
             self.runtime
                 .handle

@@ -678,6 +678,15 @@ fn default_endpoint_slice(obj: &mut Value) {
             if ep.is_object() && ep.get("conditions").is_none_or(Value::is_null) {
                 ep["conditions"] = json!({});
             }
+            // matches: pkg/registry/discovery/endpointslice/strategy.go — dropTopologyOnV1 removes
+            // deprecatedTopology on every v1 write, and dropDisabledFieldsOnCreate/Update removes
+            // hints.forNodes while the alpha PreferSameTrafficDistribution gate is off (1.33).
+            if let Some(ep) = ep.as_object_mut() {
+                ep.remove("deprecatedTopology");
+                if let Some(hints) = ep.get_mut("hints").and_then(Value::as_object_mut) {
+                    hints.remove("forNodes");
+                }
+            }
         }
     }
     if let Some(ports) = obj.get_mut("ports").and_then(Value::as_array_mut) {
