@@ -27,13 +27,44 @@ use crate::names::{self, ServiceRef};
 /// A stream of watch events with kube's default backoff between failed attempts.
 pub type Events<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
 
+/// Backoff between failed watch attempts: 200 ms doubling, jittered, capped at
+/// [`WATCH_BACKOFF_MAX`], reset once a watch succeeds. kube's default grows to 30 s, so after a
+/// 10 s apiserver restart the VIP could wait half a minute for the re-list; the apiserver is on
+/// this host or one hop away, and a retry every few seconds costs it nothing.
+#[derive(Debug, Default)]
+pub struct WatchBackoff {
+    attempt: u32,
+}
+
+/// The longest wait between two watch attempts.
+pub const WATCH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Iterator for WatchBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let base =
+            std::time::Duration::from_millis(200).saturating_mul(1u32 << self.attempt.min(10));
+        self.attempt = self.attempt.saturating_add(1);
+        let ceiling = base.min(WATCH_BACKOFF_MAX);
+        // Full jitter over the upper half, so restarting copies do not retry in lockstep.
+        Some(ceiling / 2 + (ceiling / 2).mul_f64(fastrand::f64()))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
 /// Watches every Service of the cluster (filtering happens in [`ServiceCache`]).
 pub fn services(client: &Client) -> Events<Service> {
     watcher::watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(WatchBackoff::default())
     .boxed()
 }
 
@@ -48,7 +79,7 @@ pub fn slices(client: &Client, services: &BTreeSet<ServiceRef>) -> Option<Events
     };
     Some(
         watcher::watcher(api, watcher::Config::default().labels(&selector))
-            .default_backoff()
+            .backoff(WatchBackoff::default())
             .boxed(),
     )
 }
@@ -434,6 +465,19 @@ mod tests {
         let changed = cache.apply(Event::InitDone);
         assert_eq!(changed, [r("default/kubernetes")].into());
         assert!(cache.slices_of(&r("default/kubernetes")).is_empty());
+    }
+
+    #[test]
+    fn watch_retries_back_off_to_at_most_five_seconds_and_reset() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let first = b.next().unwrap();
+        assert!(first <= std::time::Duration::from_millis(200), "{first:?}");
+        for _ in 0..50 {
+            assert!(b.next().unwrap() <= WATCH_BACKOFF_MAX);
+        }
+        b.reset();
+        assert!(b.next().unwrap() <= std::time::Duration::from_millis(200));
     }
 
     #[test]
