@@ -8,17 +8,10 @@ use std::time::Duration;
 
 use common::*;
 use endpoint_copier::names;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 
 const SEEN: Duration = Duration::from_secs(10);
-
-fn annotated(ns: &str, name: &str, annotations: &[(&str, &str)]) -> Service {
-    let mut svc = vip_service(ns, name, &["IPv4"]);
-    annotate(&mut svc, annotations);
-    svc
-}
 
 /// Starts a daemon with no config pairs (or `pairs`), waits for a `Refused` Event on `target`
 /// whose note contains `expect`, checks no EndpointSlice exists for `target`, and stops.
@@ -80,51 +73,39 @@ async fn a_configured_target_with_a_selector_is_refused() {
 #[tokio::test]
 async fn an_annotated_service_copying_itself_is_refused() {
     let world = world_with_source("refuse-self").await;
-    create(
-        &world.client,
-        &world.ns,
-        &annotated(
-            &world.ns,
+    world
+        .create_annotated(
             "vip",
             &[
                 (names::ANNOTATION_ENABLED, "true"),
                 (names::ANNOTATION_SOURCE_NAME, "vip"),
             ],
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_refused(&world, &[], "vip", "same Service").await;
 }
 
 #[tokio::test]
 async fn two_annotated_services_reading_each_other_are_refused() {
     let world = world_with_source("refuse-cycle").await;
-    create(
-        &world.client,
-        &world.ns,
-        &annotated(
-            &world.ns,
+    world
+        .create_annotated(
             "vip",
             &[
                 (names::ANNOTATION_ENABLED, "true"),
                 (names::ANNOTATION_SOURCE_NAME, "vip2"),
             ],
-        ),
-    )
-    .await;
-    create(
-        &world.client,
-        &world.ns,
-        &annotated(
-            &world.ns,
+        )
+        .await;
+    world
+        .create_annotated(
             "vip2",
             &[
                 (names::ANNOTATION_ENABLED, "true"),
                 (names::ANNOTATION_SOURCE_NAME, "vip"),
             ],
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_refused(&world, &[], "vip", "cycle").await;
     assert!(slices_of(&world.client, &world.ns, "vip2").await.is_empty());
 }
@@ -132,51 +113,40 @@ async fn two_annotated_services_reading_each_other_are_refused() {
 #[tokio::test]
 async fn an_invalid_source_name_annotation_is_refused() {
     let world = world_with_source("refuse-name").await;
-    create(
-        &world.client,
-        &world.ns,
-        &annotated(
-            &world.ns,
+    world
+        .create_annotated(
             "vip",
             &[
                 (names::ANNOTATION_ENABLED, "true"),
                 (names::ANNOTATION_SOURCE_NAME, "Not_A_Name"),
             ],
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_refused(&world, &[], "vip", "Not_A_Name").await;
 }
 
 #[tokio::test]
 async fn an_invalid_source_namespace_annotation_is_refused() {
     let world = world_with_source("refuse-ns").await;
-    create(
-        &world.client,
-        &world.ns,
-        &annotated(
-            &world.ns,
+    world
+        .create_annotated(
             "vip",
             &[
                 (names::ANNOTATION_ENABLED, "true"),
                 (names::ANNOTATION_SOURCE_NAME, "apiserver"),
                 (names::ANNOTATION_SOURCE_NAMESPACE, "UPPER"),
             ],
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_refused(&world, &[], "vip", "UPPER").await;
 }
 
 #[tokio::test]
 async fn a_missing_source_name_annotation_is_refused() {
     let world = world_with_source("refuse-missing").await;
-    create(
-        &world.client,
-        &world.ns,
-        &annotated(&world.ns, "vip", &[(names::ANNOTATION_ENABLED, "true")]),
-    )
-    .await;
+    world
+        .create_annotated("vip", &[(names::ANNOTATION_ENABLED, "true")])
+        .await;
     assert_refused(&world, &[], "vip", names::ANNOTATION_SOURCE_NAME).await;
 }
 
@@ -191,20 +161,16 @@ async fn a_cross_namespace_source_not_in_allowed_sources_is_refused() {
         &source_slice(&other, "secret-db", "secret-db", "IPv4", &["203.0.113.5"]),
     )
     .await;
-    create(
-        &world.client,
-        &world.ns,
-        &annotated(
-            &world.ns,
+    world
+        .create_annotated(
             "vip",
             &[
                 (names::ANNOTATION_ENABLED, "true"),
                 (names::ANNOTATION_SOURCE_NAME, "secret-db"),
                 (names::ANNOTATION_SOURCE_NAMESPACE, &other),
             ],
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_refused(&world, &[], "vip", "allowed_sources").await;
 }
 
@@ -217,19 +183,15 @@ async fn annotations_on_a_configured_target_are_ignored_in_favour_of_the_config(
         &source_service(&world.ns, "other"),
     )
     .await;
-    create(
-        &world.client,
-        &world.ns,
-        &annotated(
-            &world.ns,
+    world
+        .create_annotated(
             "vip",
             &[
                 (names::ANNOTATION_ENABLED, "true"),
                 (names::ANNOTATION_SOURCE_NAME, "other"),
             ],
-        ),
-    )
-    .await;
+        )
+        .await;
     let mut config = world.config("node-1");
     config.pairs = vec![endpoint_copier::config::PairConfig {
         source: world.source().parse().unwrap(),
@@ -260,19 +222,15 @@ async fn annotations_on_a_configured_target_are_ignored_in_favour_of_the_config(
 #[tokio::test]
 async fn an_annotation_enabled_value_other_than_true_is_not_a_pair() {
     let world = world_with_source("refuse-enabled").await;
-    create(
-        &world.client,
-        &world.ns,
-        &annotated(
-            &world.ns,
+    world
+        .create_annotated(
             "vip",
             &[
                 (names::ANNOTATION_ENABLED, "yes"),
                 (names::ANNOTATION_SOURCE_NAME, "apiserver"),
             ],
-        ),
-    )
-    .await;
+        )
+        .await;
     let mut config = world.config("node-1");
     config.pairs.clear();
     let daemon = Daemon::start(config);

@@ -364,6 +364,13 @@ impl World {
         create(&self.client, &self.ns, &svc).await;
     }
 
+    /// Creates a target `name` (like EIB's VIP Service) carrying exactly `annotations`.
+    pub async fn create_annotated(&self, name: &str, annotations: &[(&str, &str)]) {
+        let mut svc = vip_service(&self.ns, name, &["IPv4"]);
+        annotate(&mut svc, annotations);
+        create(&self.client, &self.ns, &svc).await;
+    }
+
     pub fn testbed(&self) -> Option<&TestBed> {
         self.cluster.testbed()
     }
