@@ -141,8 +141,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let loaded = loop {
         let found = client::locate(&config.kubeconfig);
         let attempt = match &found {
-            Some(path) => client::build(path, config.allow_insecure_tls).await,
-            None => Err(client::Error::NotFound),
+            // A configured path that does not exist yet is waited for like `auto`'s files.
+            Some(path) if path.exists() => client::build(path, config.allow_insecure_tls).await,
+            _ => Err(client::Error::NotFound),
         };
         match attempt {
             Ok(l) => break l,
@@ -497,7 +498,7 @@ impl Engine {
                 }
                 _ = tick.tick() => {
                     lp.beat.tick();
-                    self.publish_status(lp.notifier, lp.health);
+                    self.publish_status(lp.notifier, lp.health, &lp.loaded.server);
                 }
             }
             self.dispatch();
@@ -1040,16 +1041,22 @@ impl Engine {
         }
     }
 
-    fn publish_status(&self, notifier: &Notifier, health: &Health) {
+    fn publish_status(&self, notifier: &Notifier, health: &Health, server: &str) {
         let role = match &self.leader {
+            // Neither the Lease nor the first list came back yet: say what we wait for.
+            Leadership::Starting if !self.services.is_ready() => {
+                Role::Waiting(format!("the API server at {server}"))
+            }
             Leadership::Starting => Role::Starting,
             Leadership::Leader => Role::Leader,
             Leadership::Follower { holder } => Role::Follower(holder.clone()),
         };
         let now = Instant::now();
+        // Per-pair counts are the leader's: a follower does not sync, and its line says who does.
         let pairs: Vec<PairStatus> = self
             .pairs
             .iter()
+            .filter(|_| self.is_leader())
             .filter(|(_, s)| !s.retired)
             .map(|(target, s)| PairStatus {
                 target: target.to_string(),
