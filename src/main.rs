@@ -24,7 +24,15 @@ fn main() -> ExitCode {
                     let chain = endpoint_copier::error::chain(&e);
                     tracing::error!(error = %chain, "exiting");
                     if !logging::is_initialized() {
-                        eprintln!("endpoint-copier: {chain}");
+                        // Under systemd, stderr is the journal: the "<3>" prefix (sd-daemon(3))
+                        // files the line at priority err, so `journalctl -p err` shows why the
+                        // unit failed (a config error, exit 78) and not just that it did.
+                        let prefix = if std::env::var_os("JOURNAL_STREAM").is_some() {
+                            "<3>"
+                        } else {
+                            ""
+                        };
+                        eprintln!("{prefix}endpoint-copier: {chain}");
                     }
                 }
             }

@@ -104,6 +104,24 @@ fn a_config_error_exits_78_and_names_file_line_and_column() {
     assert!(stderr.contains("renew_deadlin_secs"), "{stderr}");
 }
 
+#[test]
+fn under_systemd_a_config_error_is_filed_at_priority_err() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("50-site.toml"),
+        "[lease]\nduraton_secs = 15\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config-dir", dir.path().to_str().unwrap(), "run"])
+        .env("JOURNAL_STREAM", "1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("<3>endpoint-copier: "), "{stderr}");
+}
+
 #[tokio::test]
 async fn check_exits_0_when_all_is_well_and_1_with_one_line_per_problem() {
     let world = World::new("bin-check").await;
