@@ -201,6 +201,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     };
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
     let (elector, leadership, fence) = Elector::new(lease_api, settings);
+    // The elector is a loop the watchdog must see progress from too, not only the supervisor.
+    let lease_beat = heartbeats.register("lease");
+    let elector = elector.with_progress(move || lease_beat.tick());
     // The Lease outlives the writers: it is released only after they drained (see below).
     let lease_stop = Shutdown::new();
     let mut elector_task = {

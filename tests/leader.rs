@@ -761,3 +761,30 @@ async fn a_follower_stops_at_once_and_writes_nothing_on_shutdown() {
         node.stop().await;
     }
 }
+
+#[tokio::test]
+async fn the_elector_reports_progress_on_every_decision_for_the_watchdog() {
+    let bed = TestBed::start().await;
+    let client = client_for(&bed.kubeconfig_for("node-1")).await;
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = ticks.clone();
+    let (elector, rx, _fence) =
+        Elector::new(Api::namespaced(client, NAMESPACE), settings("node-1"));
+    let elector = elector.with_progress(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(elector.run(stop.clone()));
+    until("leadership", DURATION, || {
+        *rx.borrow() == Leadership::Leader
+    })
+    .await;
+    let at_leadership = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    // A leader decides (renews) every retry period: progress keeps coming while all is well.
+    sleep(RETRY_PERIOD * 3).await;
+    let later = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(at_leadership >= 1, "{at_leadership}");
+    assert!(later >= at_leadership + 2, "{at_leadership} -> {later}");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -365,6 +365,8 @@ pub struct Elector {
     /// resourceVersion of the Lease our last successful write returned: a record naming us with
     /// any other version was written by another process with our identity (see `decide`).
     written_rv: Option<String>,
+    /// Called on every decision (see [`Elector::with_progress`]).
+    progress: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Elector {
@@ -396,8 +398,18 @@ impl Elector {
             failures: 0,
             retry_at: None,
             written_rv: None,
+            progress: None,
         };
         (elector, rx, Fence { state: Some(fence) })
+    }
+
+    /// Calls `progress` every time the elector decides (at least once per retry period while
+    /// leading, once per Lease duration while following): the daemon ticks a watchdog heartbeat
+    /// with it. The lease module knows nothing of systemd.
+    #[must_use]
+    pub fn with_progress(mut self, progress: impl Fn() + Send + Sync + 'static) -> Elector {
+        self.progress = Some(Box::new(progress));
+        self
     }
 
     /// Counters for metrics (shared: keep the clone, they keep counting while `run` runs).
@@ -453,6 +465,11 @@ impl Elector {
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
+            }
+            // Progress for the watchdog: every decision passes here, at least once per retry
+            // period or Lease duration, so a wedged elector stops the keep-alive pings.
+            if let Some(progress) = &self.progress {
+                progress();
             }
             let now = Instant::now();
             // The deadline holds even when we cannot read the Lease at all.
