@@ -80,6 +80,23 @@ fn vip(name: &str, annotated: bool) -> serde_json::Value {
     svc
 }
 
+/// The default pair's objects, written straight into the store: the `kubernetes` slice with
+/// three control-plane addresses and EIB's `kubernetes-vip` Service.
+fn seed_default_pair(store: &endpoint_copier_testbed::Store) {
+    let w = WriteParams::default();
+    store
+        .create(slices(), Some("default"), source_slice(&three()), &w)
+        .unwrap();
+    store
+        .create(
+            services(),
+            Some("default"),
+            vip("kubernetes-vip", false),
+            &w,
+        )
+        .unwrap();
+}
+
 fn three() -> Vec<String> {
     (11..14).map(|i| format!("198.51.100.{i}")).collect()
 }
@@ -102,22 +119,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn latency_and_idle_writes() {
     let tb = TestBed::start().await;
     let store = tb.store();
-    store
-        .create(
-            slices(),
-            Some("default"),
-            source_slice(&three()),
-            &WriteParams::default(),
-        )
-        .unwrap();
-    store
-        .create(
-            services(),
-            Some("default"),
-            vip("kubernetes-vip", false),
-            &WriteParams::default(),
-        )
-        .unwrap();
+    seed_default_pair(store);
     let shutdown = Shutdown::new();
     let daemon = tokio::spawn(endpoint_copier::daemon::run(
         daemon_config(&tb, "bench"),
@@ -321,22 +323,7 @@ fn stop(child: &mut std::process::Child) {
 async fn memory() {
     let tb = TestBed::start().await;
     let store = tb.store();
-    store
-        .create(
-            slices(),
-            Some("default"),
-            source_slice(&three()),
-            &WriteParams::default(),
-        )
-        .unwrap();
-    store
-        .create(
-            services(),
-            Some("default"),
-            vip("kubernetes-vip", false),
-            &WriteParams::default(),
-        )
-        .unwrap();
+    seed_default_pair(store);
     measure_rss(&tb, "with the default pair").await;
     // Delete the target's slice so the second run's sync is observable again.
     store

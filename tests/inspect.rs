@@ -13,16 +13,7 @@ use endpoint_copier_testbed::{Verb, require_testbed};
 #[tokio::test]
 async fn check_is_clean_when_everything_is_in_place() {
     let world = World::new("check-ok").await;
-    world.seed(&["198.51.100.1"]).await;
-    let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(
-        &world.client,
-        &world.ns,
-        "vip",
-        &["198.51.100.1"],
-        Duration::from_secs(10),
-    )
-    .await;
+    let daemon = world.synced(&["198.51.100.1"]).await;
     let report = check_report(&world.config("node-2")).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(report.permissions.iter().all(|p| p.allowed));

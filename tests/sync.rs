@@ -238,16 +238,7 @@ async fn a_source_of_2500_endpoints_over_3_slices_is_mirrored_whole() {
 #[tokio::test]
 async fn endpoints_added_removed_and_turned_not_ready_follow_the_source() {
     let world = World::new("follow").await;
-    world.seed(&["198.51.100.1", "198.51.100.2"]).await;
-    let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(
-        &world.client,
-        &world.ns,
-        "vip",
-        &["198.51.100.1", "198.51.100.2"],
-        CONVERGE,
-    )
-    .await;
+    let daemon = world.synced(&["198.51.100.1", "198.51.100.2"]).await;
 
     let api: Api<EndpointSlice> = Api::namespaced(world.client.clone(), &world.ns);
     let mut slice = api.get("apiserver").await.unwrap();
@@ -296,9 +287,7 @@ async fn endpoints_added_removed_and_turned_not_ready_follow_the_source() {
 #[tokio::test]
 async fn changing_the_target_ports_rewrites_the_slice_ports() {
     let world = World::new("ports").await;
-    world.seed(&["198.51.100.1"]).await;
-    let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    let daemon = world.synced(&["198.51.100.1"]).await;
 
     let services: Api<Service> = Api::namespaced(world.client.clone(), &world.ns);
     let mut svc = services.get("vip").await.unwrap();
@@ -367,9 +356,7 @@ async fn removing_the_annotation_deletes_our_slices() {
 #[tokio::test]
 async fn deleting_the_target_service_removes_its_slices() {
     let world = World::new("target-gone").await;
-    world.seed(&["198.51.100.1"]).await;
-    let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    let daemon = world.synced(&["198.51.100.1"]).await;
     if let Some(tb) = world.testbed() {
         // Even with the garbage collector down, the daemon removes the slices itself.
         tb.set_garbage_collection(false);
@@ -388,16 +375,7 @@ async fn deleting_the_target_service_removes_its_slices() {
 #[tokio::test]
 async fn deleting_the_source_keeps_the_target_and_raises_an_event() {
     let world = World::new("source-gone").await;
-    world.seed(&["198.51.100.1", "198.51.100.2"]).await;
-    let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(
-        &world.client,
-        &world.ns,
-        "vip",
-        &["198.51.100.1", "198.51.100.2"],
-        CONVERGE,
-    )
-    .await;
+    let daemon = world.synced(&["198.51.100.1", "198.51.100.2"]).await;
 
     delete::<EndpointSlice>(&world.client, &world.ns, "apiserver").await;
     delete::<Service>(&world.client, &world.ns, "apiserver").await;
@@ -426,9 +404,7 @@ async fn deleting_the_source_keeps_the_target_and_raises_an_event() {
 #[tokio::test]
 async fn a_manual_edit_or_delete_of_a_target_slice_is_repaired() {
     let world = World::new("repair").await;
-    world.seed(&["198.51.100.1"]).await;
-    let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    let daemon = world.synced(&["198.51.100.1"]).await;
 
     let api: Api<EndpointSlice> = Api::namespaced(world.client.clone(), &world.ns);
     let mut slice = api.get("vip").await.unwrap();
@@ -446,16 +422,7 @@ async fn a_manual_edit_or_delete_of_a_target_slice_is_repaired() {
 #[tokio::test]
 async fn restarting_in_sync_writes_nothing() {
     let world = World::new("restart").await;
-    world.seed(&["198.51.100.1", "198.51.100.2"]).await;
-    let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(
-        &world.client,
-        &world.ns,
-        "vip",
-        &["198.51.100.1", "198.51.100.2"],
-        CONVERGE,
-    )
-    .await;
+    let daemon = world.synced(&["198.51.100.1", "198.51.100.2"]).await;
     daemon.stop().await;
 
     let Some(tb) = world.testbed() else {
@@ -488,9 +455,7 @@ async fn nothing_is_written_while_nothing_changes() {
     let world = World::new("idle").await;
     require_testbed!(world.cluster);
     let tb = world.testbed().unwrap();
-    world.seed(&["198.51.100.1"]).await;
-    let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    let daemon = world.synced(&["198.51.100.1"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let since = last_seq(tb);
     // Watches restarting and resyncs must not write either.
@@ -549,9 +514,7 @@ async fn an_expired_watch_relists_and_converges() {
     let world = World::new("gone").await;
     require_testbed!(world.cluster);
     let tb = world.testbed().unwrap();
-    world.seed(&["198.51.100.1"]).await;
-    let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    let daemon = world.synced(&["198.51.100.1"]).await;
 
     let api: Api<EndpointSlice> = Api::namespaced(world.client.clone(), &world.ns);
     let mut slice = api.get("apiserver").await.unwrap();

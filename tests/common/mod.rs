@@ -337,6 +337,22 @@ impl World {
         .await;
     }
 
+    /// Seeds as [`World::seed`], starts the daemon as `node-1` and waits until the target holds
+    /// `addrs`: the starting point of most tests.
+    pub async fn synced(&self, addrs: &[&str]) -> Daemon {
+        self.seed(addrs).await;
+        let daemon = Daemon::start(self.config("node-1"));
+        wait_for_target(
+            &self.client,
+            &self.ns,
+            "vip",
+            addrs,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+        daemon
+    }
+
     /// Creates only the source Service `apiserver` with one IPv4 slice holding `addrs`.
     pub async fn seed_source(&self, addrs: &[&str]) {
         create(
