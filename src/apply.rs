@@ -82,8 +82,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// The API server did not answer in [`REQUEST_TIMEOUT`].
-    #[error("timed out trying to {op} EndpointSlice '{namespace}/{slice}' after {}s", REQUEST_TIMEOUT.as_secs())]
+    /// The API server did not answer in time ([`REQUEST_TIMEOUT`], or less when our Lease term
+    /// ended sooner).
+    #[error("timed out trying to {op} EndpointSlice '{namespace}/{slice}' after {} ms", after.as_millis())]
     Timeout {
         /// What we tried.
         op: Op,
@@ -91,6 +92,8 @@ pub enum Error {
         namespace: String,
         /// The slice.
         slice: String,
+        /// How long we waited.
+        after: Duration,
     },
     /// Reading or deleting ECO's leftover core/v1 Endpoints failed.
     #[error("failed to remove endpoint-copier-operator's Endpoints '{namespace}/{name}'")]
@@ -291,6 +294,7 @@ async fn write<T>(
             op,
             namespace: namespace.to_owned(),
             slice: slice.to_owned(),
+            after: limit,
         }),
     };
     match &result {
@@ -336,6 +340,7 @@ pub async fn remove_eco_endpoints(
                 op: Op::Delete,
                 namespace: namespace.to_owned(),
                 slice: name.to_owned(),
+                after: REQUEST_TIMEOUT,
             });
         }
     };
@@ -371,6 +376,7 @@ pub async fn remove_eco_endpoints(
             op: Op::Delete,
             namespace: namespace.to_owned(),
             slice: name.to_owned(),
+            after: REQUEST_TIMEOUT,
         }),
     }
 }

@@ -187,6 +187,18 @@ impl Sampler {
 
 /// Every successful EndpointSlice write by a node must follow (in arrival order) a successful
 /// Lease write by that same node, with no other identity's successful Lease write in between.
+/// The closing checks every multi-node test shares: the current leader writes, fences never
+/// overlapped, no EndpointSlice write fell outside its writer's leadership; then every node stops.
+async fn settle_and_check(bed: &TestBed, sampler: Sampler, nodes: Vec<Node>) {
+    let leader = leaders(&nodes)[0].to_owned();
+    until_written_by(bed, &leader).await;
+    sampler.assert_never_overlapped().await;
+    assert_writes_inside_leadership(&bed.requests());
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 fn assert_writes_inside_leadership(records: &[RequestRecord]) {
     let mut records = records.to_vec();
     records.sort_by_key(|r| r.seq);
@@ -339,13 +351,7 @@ async fn exactly_one_of_three_electors_leads_and_the_others_follow_it() {
         assert!(node.fence.check().is_err());
     }
     assert_eq!(holder_of(&lease(&bed).await), Some(leader.clone()));
-    let leader = leaders(&nodes)[0].to_owned();
-    until_written_by(&bed, &leader).await;
-    sampler.assert_never_overlapped().await;
-    assert_writes_inside_leadership(&bed.requests());
-    for node in nodes {
-        node.stop().await;
-    }
+    settle_and_check(&bed, sampler, nodes).await;
 }
 
 #[tokio::test]
@@ -413,13 +419,7 @@ async fn a_graceful_stop_releases_the_lease_and_another_node_leads_within_a_seco
         && r.resource == "leases"
         && r.verb == Verb::Update
         && r.code == 200));
-    let leader = leaders(&nodes)[0].to_owned();
-    until_written_by(&bed, &leader).await;
-    sampler.assert_never_overlapped().await;
-    assert_writes_inside_leadership(&bed.requests());
-    for node in nodes {
-        node.stop().await;
-    }
+    settle_and_check(&bed, sampler, nodes).await;
 }
 
 #[tokio::test]
@@ -442,13 +442,7 @@ async fn a_hard_killed_leader_is_replaced_after_expiry_and_not_before() {
         "took over {took:?} after the kill: before the Lease expired"
     );
     assert!(took <= DURATION + RETRY_PERIOD, "took {took:?}");
-    let leader = leaders(&nodes)[0].to_owned();
-    until_written_by(&bed, &leader).await;
-    sampler.assert_never_overlapped().await;
-    assert_writes_inside_leadership(&bed.requests());
-    for node in nodes {
-        node.stop().await;
-    }
+    settle_and_check(&bed, sampler, nodes).await;
 }
 
 #[tokio::test]
@@ -500,14 +494,8 @@ async fn a_partitioned_leader_stops_writing_before_its_deadline_and_nobody_takes
     )
     .await;
     assert!(old.counters.lost() >= 1);
-    let leader = leaders(&nodes)[0].to_owned();
-    until_written_by(&bed, &leader).await;
-    sampler.assert_never_overlapped().await;
-    assert_writes_inside_leadership(&bed.requests());
+    settle_and_check(&bed, sampler, nodes).await;
     old.stop().await;
-    for node in nodes {
-        node.stop().await;
-    }
 }
 
 /// A Lease held by "node-9", which the test renews through the admin client, with `renew_time`
@@ -602,13 +590,7 @@ async fn a_dead_holder_whose_clock_is_hours_ahead_loses_the_lease_after_one_dura
     );
     let after = lease(&bed).await.spec.unwrap();
     assert_eq!(after.lease_transitions, Some(8));
-    let leader = leaders(&nodes)[0].to_owned();
-    until_written_by(&bed, &leader).await;
-    sampler.assert_never_overlapped().await;
-    assert_writes_inside_leadership(&bed.requests());
-    for node in nodes {
-        node.stop().await;
-    }
+    settle_and_check(&bed, sampler, nodes).await;
 }
 
 #[tokio::test]
@@ -684,13 +666,7 @@ async fn conflicts_and_unavailability_never_yield_two_leaders() {
         || leaders(&nodes).len() == 1,
     )
     .await;
-    let leader = leaders(&nodes)[0].to_owned();
-    until_written_by(&bed, &leader).await;
-    sampler.assert_never_overlapped().await;
-    assert_writes_inside_leadership(&bed.requests());
-    for node in nodes {
-        node.stop().await;
-    }
+    settle_and_check(&bed, sampler, nodes).await;
 }
 
 #[tokio::test]

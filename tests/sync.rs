@@ -30,6 +30,17 @@ fn writes_to_slices(tb: &TestBed, since: u64) -> usize {
         .count()
 }
 
+/// Waits until the target `vip` has no EndpointSlice at all (not merely no ready endpoint).
+async fn wait_for_no_slices(world: &World, what: &str) {
+    eventually(what, CONVERGE, || async {
+        slices_of(&world.client, &world.ns, "vip")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
+
 fn last_seq(tb: &TestBed) -> u64 {
     tb.requests().last().map_or(0, |r| r.seq)
 }
@@ -343,13 +354,7 @@ async fn removing_the_annotation_deletes_our_slices() {
         .patch("vip", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    eventually("our slices deleted", CONVERGE, || async {
-        slices_of(&world.client, &world.ns, "vip")
-            .await
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    wait_for_no_slices(&world, "our slices deleted").await;
     daemon.stop().await;
 }
 
@@ -362,13 +367,7 @@ async fn deleting_the_target_service_removes_its_slices() {
         tb.set_garbage_collection(false);
     }
     delete::<Service>(&world.client, &world.ns, "vip").await;
-    eventually("target slices gone", CONVERGE, || async {
-        slices_of(&world.client, &world.ns, "vip")
-            .await
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    wait_for_no_slices(&world, "target slices gone").await;
     daemon.stop().await;
 }
 
@@ -612,12 +611,6 @@ async fn slices_of_a_pair_removed_while_the_daemon_was_down_are_deleted_at_start
         .await
         .unwrap();
     let daemon = Daemon::start(config);
-    eventually("the orphaned slices deleted", CONVERGE, || async {
-        slices_of(&world.client, &world.ns, "vip")
-            .await
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    wait_for_no_slices(&world, "the orphaned slices deleted").await;
     daemon.stop().await;
 }
