@@ -155,7 +155,7 @@ head -n 40 combustion/custom/scripts/25-endpoint-copier.sh | grep -qx 'set -euo 
   || fail "25-endpoint-copier.sh does not start with set -euo pipefail"
 [[ -x combustion/custom/scripts/25-endpoint-copier.sh ]] || fail "25-endpoint-copier.sh is not executable"
 ok "parses, strict mode, executable"
-cargo test --locked --test combustion
-ok "tests/combustion.rs passed"
+cargo test --locked --test it combustion::
+ok "tests/it/combustion.rs passed"
 
 printf '\npackaging checks passed\n'

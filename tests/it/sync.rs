@@ -2,11 +2,10 @@
 //! `ENDPOINT_COPIER_TEST_KUBECONFIG`), one behaviour per test.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use endpoint_copier::names;
 use endpoint_copier_testbed::{Verb, require_testbed};
 use k8s_openapi::api::core::v1::Service;

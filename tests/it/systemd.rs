@@ -3,14 +3,13 @@
 //! reachable, STATUS lines for waiting, leader and follower, and STOPPING=1 on SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use endpoint_copier_testbed::require_testbed;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

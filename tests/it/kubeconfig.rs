@@ -3,11 +3,10 @@
 //! and it turns invalid (a half-written or broken file must not cost us the credentials we have).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use endpoint_copier::config::Kubeconfig;
 use endpoint_copier_testbed::require_testbed;
 use k8s_openapi::api::coordination::v1::Lease;

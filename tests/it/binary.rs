@@ -1,13 +1,12 @@
 //! The binary as systemd runs it: exit codes, `version`, `check`, and SIGTERM handling.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use endpoint_copier_testbed::{Partition, require_testbed};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;

@@ -2,11 +2,10 @@
 //! down, and a dry-run plan that writes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use endpoint_copier::inspect::{check_report, status_report};
 use endpoint_copier_testbed::{Verb, require_testbed};
 

@@ -2,11 +2,10 @@
 //! names the culprit, and nothing is written for it.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use endpoint_copier::names;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;

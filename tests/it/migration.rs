@@ -2,12 +2,11 @@
 //! without ready endpoints, and its v0.2 leftover core/v1 Endpoints is removed — nothing else.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use endpoint_copier::names;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointSubset, Endpoints};

@@ -1,0 +1,20 @@
+//! The integration suite, one binary: the real daemon and its commands against the in-process
+//! test bed (or a real cluster through `ENDPOINT_COPIER_TEST_KUBECONFIG`), one module per
+//! behaviour. One binary links kube and tokio once instead of once per file.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+mod binary;
+mod combustion;
+mod config;
+mod inspect;
+mod journald;
+mod kubeconfig;
+mod leader;
+mod metrics;
+mod migration;
+mod notify;
+mod refusals;
+mod sync;
+mod systemd;
