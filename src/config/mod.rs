@@ -129,7 +129,7 @@ pub struct LeaseSettings {
 /// Per-host member objects (`[members]`): each live copy renews one, naming the pairs it has
 /// configured, so that the leader knows which pairs some live copy still wants (and the probes
 /// can publish their verdicts in it). Validated: `expiry > heartbeat ≥ 1 s`, `forget_after ≥
-/// expiry`.
+/// expiry`, each at most a day.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembersSettings {
     /// How often a copy renews its member object (key `heartbeat_secs`, default: 10 s, at least

@@ -100,3 +100,11 @@ fn no_drop_ins_at_all_gives_the_built_in_defaults() {
     assert!(loaded.files.is_empty());
     assert_eq!(loaded.config, Config::default());
 }
+
+#[test]
+fn default_member_timings_are_10_30_and_900_seconds() {
+    let m = Config::default().members;
+    assert_eq!(m.heartbeat, Duration::from_secs(10));
+    assert_eq!(m.expiry, Duration::from_secs(30));
+    assert_eq!(m.forget_after, Duration::from_secs(900));
+}

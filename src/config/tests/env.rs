@@ -168,3 +168,36 @@ fn unreadable_config_dir_is_an_error_naming_it() {
     );
     assert_eq!(e.exit_code(), 78);
 }
+
+#[test]
+fn env_sets_members_keys_like_the_other_tables() {
+    let c = load_env(
+        &[],
+        &[
+            ("ENDPOINT_COPIER_MEMBERS__HEARTBEAT_SECS", "3"),
+            ("ENDPOINT_COPIER_MEMBERS__EXPIRY_SECS", "9"),
+            ("ENDPOINT_COPIER_MEMBERS__FORGET_AFTER_SECS", "60"),
+        ],
+        &Overrides::default(),
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.members.heartbeat, Duration::from_secs(3));
+    assert_eq!(c.members.expiry, Duration::from_secs(9));
+    assert_eq!(c.members.forget_after, Duration::from_secs(60));
+}
+
+#[test]
+fn env_members_rule_names_the_variable() {
+    let dir = dir_with(&[("50-site.toml", "[members]\nheartbeat_secs = 5\n")]);
+    let e = load_env(
+        &[&dir],
+        &[("ENDPOINT_COPIER_MEMBERS__EXPIRY_SECS", "5")],
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "environment variable ENDPOINT_COPIER_MEMBERS__EXPIRY_SECS: invalid value for 'members.expiry_secs': expiry_secs (5) must be greater than heartbeat_secs (5)"
+    );
+}

@@ -196,3 +196,144 @@ fn allow_insecure_tls_and_annotations_enabled_are_read() {
         Config::default().annotations.allowed_sources
     );
 }
+
+#[test]
+fn lease_renew_deadline_plus_retry_period_must_be_less_than_duration() {
+    // 10 + 2 = 12 is not less than 12: the old leader's last request could land after the
+    // successor's first write.
+    let (e, path) = err_of("[lease]\nduration_secs = 12\n");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:2:17: invalid value for 'lease.duration_secs': renew_deadline_secs (10) + retry_period_secs (2) must be less than duration_secs (12)",
+            path.display()
+        )
+    );
+    assert_eq!(e.exit_code(), 78);
+    let (c, _) = load_toml("[lease]\nduration_secs = 13\n");
+    assert_eq!(c.unwrap().lease.duration, Duration::from_secs(13));
+}
+
+#[test]
+fn lease_sum_rule_points_at_the_timing_the_operator_set() {
+    let (key, reason) = invalid("[lease]\nrenew_deadline_secs = 13\n");
+    assert_eq!(key, "lease.renew_deadline_secs");
+    assert!(
+        reason.contains("renew_deadline_secs (13) + retry_period_secs (2)"),
+        "{reason}"
+    );
+    let (key, reason) = invalid("[lease]\nretry_period_secs = 5\n");
+    assert_eq!(key, "lease.retry_period_secs");
+    assert!(
+        reason.contains("must be less than duration_secs (15)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn default_lease_timings_satisfy_every_lease_rule() {
+    let d = Config::default().lease;
+    assert!(d.duration > d.renew_deadline);
+    assert!(d.renew_deadline.as_millis() * 10 > d.retry_period.as_millis() * 12);
+    assert!(d.renew_deadline + d.retry_period < d.duration);
+}
+
+#[test]
+fn members_keys_are_read_in_seconds() {
+    let (c, _) =
+        load_toml("[members]\nheartbeat_secs = 5\nexpiry_secs = 20\nforget_after_secs = 3600\n");
+    assert_eq!(
+        c.unwrap().members,
+        MembersSettings {
+            heartbeat: Duration::from_secs(5),
+            expiry: Duration::from_secs(20),
+            forget_after: Duration::from_secs(3600),
+        }
+    );
+}
+
+#[test]
+fn members_expiry_must_exceed_the_heartbeat() {
+    let (e, path) = err_of("[members]\nexpiry_secs = 10\n");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:2:15: invalid value for 'members.expiry_secs': expiry_secs (10) must be greater than heartbeat_secs (10)",
+            path.display()
+        )
+    );
+    let (key, reason) = invalid("[members]\nheartbeat_secs = 30\n");
+    assert_eq!(key, "members.heartbeat_secs");
+    assert!(
+        reason.contains("expiry_secs (30) must be greater than heartbeat_secs (30)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn members_forget_after_must_be_at_least_the_expiry() {
+    let (key, reason) = invalid("[members]\nforget_after_secs = 29\n");
+    assert_eq!(key, "members.forget_after_secs");
+    assert!(
+        reason.contains("forget_after_secs (29) must be at least expiry_secs (30)"),
+        "{reason}"
+    );
+    let (c, _) = load_toml("[members]\nforget_after_secs = 30\n");
+    assert_eq!(c.unwrap().members.forget_after, Duration::from_secs(30));
+    let (key, _) = invalid("[members]\nexpiry_secs = 1000\n");
+    assert_eq!(key, "members.expiry_secs");
+}
+
+#[test]
+fn members_heartbeat_must_be_at_least_one_second() {
+    let (key, reason) = invalid("[members]\nheartbeat_secs = 0\n");
+    assert_eq!(key, "members.heartbeat_secs");
+    assert!(reason.contains("at least 1"), "{reason}");
+}
+
+#[test]
+fn members_timings_have_an_upper_bound() {
+    let (key, reason) = invalid("[members]\nforget_after_secs = 99999999999\n");
+    assert_eq!(key, "members.forget_after_secs");
+    assert!(reason.contains("at most 86400"), "{reason}");
+}
+
+#[test]
+fn unknown_members_key_lists_the_valid_ones() {
+    let (e, path) = err_of("[members]\nheartbeat = 10\n");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:2:1: unknown key 'members.heartbeat' (expected one of: heartbeat_secs, expiry_secs, forget_after_secs)",
+            path.display()
+        )
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Lease timings are accepted exactly when client-go's rules and the sum rule all hold.
+    #[test]
+    fn lease_timings_are_accepted_exactly_when_every_rule_holds(
+        duration in 1u64..40, renew in 1u64..40, retry in 0u64..40,
+    ) {
+        let (c, _) = load_toml(&format!(
+            "[lease]\nduration_secs = {duration}\nrenew_deadline_secs = {renew}\nretry_period_secs = {retry}\n"
+        ));
+        let valid = retry >= 1 && renew * 10 > retry * 12 && duration > renew && renew + retry < duration;
+        proptest::prop_assert_eq!(c.is_ok(), valid);
+    }
+
+    /// Member timings are accepted exactly when expiry > heartbeat ≥ 1 and forget_after ≥ expiry.
+    #[test]
+    fn member_timings_are_accepted_exactly_when_every_rule_holds(
+        heartbeat in 0u64..50, expiry in 0u64..50, forget_after in 0u64..100,
+    ) {
+        let (c, _) = load_toml(&format!(
+            "[members]\nheartbeat_secs = {heartbeat}\nexpiry_secs = {expiry}\nforget_after_secs = {forget_after}\n"
+        ));
+        let valid = heartbeat >= 1 && expiry > heartbeat && forget_after >= expiry;
+        proptest::prop_assert_eq!(c.is_ok(), valid);
+    }
+}
