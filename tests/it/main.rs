@@ -7,7 +7,6 @@ mod common;
 
 mod binary;
 mod combustion;
-mod config;
 mod inspect;
 mod journald;
 mod kubeconfig;

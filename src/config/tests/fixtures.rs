@@ -1,12 +1,7 @@
-//! Black-box tests of config loading through `config::load_from`: the packaged defaults plus the
-//! drop-ins in `tests/fixtures/config/`, as an operator would lay them out. The precedence rules
-//! themselves are pinned by the unit tests in `src/config.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Operator-style tests, moved from the former `tests/config.rs`: the packaged defaults plus the
+//! drop-ins in `tests/fixtures/config/`, laid out as an operator would lay them out.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use endpoint_copier::config::{self, Config, Error, Kubeconfig, Origin, Overrides, PairConfig};
+use super::*;
 
 /// The package's drop-in folder, as installed in /usr/lib/endpoint-copier/config.d.
 fn packaged() -> PathBuf {
@@ -19,8 +14,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn load(dirs: &[PathBuf]) -> Result<config::Loaded, Error> {
-    config::load_from(dirs, Vec::new(), &Overrides::default())
+fn load_dirs(dirs: &[PathBuf]) -> Result<Loaded, Error> {
+    load_from(dirs, Vec::new(), &Overrides::default())
 }
 
 fn pair(source: &str, target: &str) -> PairConfig {
@@ -32,14 +27,14 @@ fn pair(source: &str, target: &str) -> PairConfig {
 
 #[test]
 fn packaged_defaults_alone_give_the_built_in_config() {
-    let loaded = load(&[packaged()]).unwrap();
+    let loaded = load_dirs(&[packaged()]).unwrap();
     assert_eq!(loaded.files, vec![packaged().join("10-defaults.toml")]);
     assert_eq!(loaded.config, Config::default());
 }
 
 #[test]
 fn site_drop_in_adds_a_pair_and_keeps_the_other_defaults() {
-    let loaded = load(&[packaged(), fixture("site")]).unwrap();
+    let loaded = load_dirs(&[packaged(), fixture("site")]).unwrap();
     assert_eq!(
         loaded.files,
         vec![
@@ -64,14 +59,14 @@ fn site_drop_in_adds_a_pair_and_keeps_the_other_defaults() {
 
 #[test]
 fn empty_same_named_drop_in_masks_the_packaged_defaults() {
-    let loaded = load(&[packaged(), fixture("mask")]).unwrap();
+    let loaded = load_dirs(&[packaged(), fixture("mask")]).unwrap();
     assert!(loaded.files.is_empty(), "{:?}", loaded.files);
     assert_eq!(loaded.config, Config::default());
 }
 
 #[test]
 fn disabling_annotations_keeps_the_default_pair() {
-    let c = load(&[packaged(), fixture("no-annotations")])
+    let c = load_dirs(&[packaged(), fixture("no-annotations")])
         .unwrap()
         .config;
     assert!(!c.annotations.enabled);
@@ -80,14 +75,16 @@ fn disabling_annotations_keeps_the_default_pair() {
 
 #[test]
 fn empty_pair_list_removes_the_default_pair() {
-    let c = load(&[packaged(), fixture("no-pairs")]).unwrap().config;
+    let c = load_dirs(&[packaged(), fixture("no-pairs")])
+        .unwrap()
+        .config;
     assert!(c.pairs.is_empty());
     assert!(c.annotations.enabled);
 }
 
 #[test]
 fn typo_is_reported_with_file_line_and_column_and_exits_78() {
-    let e = load(&[packaged(), fixture("typo")]).unwrap_err();
+    let e = load_dirs(&[packaged(), fixture("typo")]).unwrap_err();
     let file = fixture("typo").join("50-site.toml");
     assert_eq!(
         e.to_string(),
@@ -101,14 +98,14 @@ fn typo_is_reported_with_file_line_and_column_and_exits_78() {
 
 #[test]
 fn inconsistent_lease_timings_are_refused_naming_the_key() {
-    let e = load(&[packaged(), fixture("bad-lease")]).unwrap_err();
+    let e = load_dirs(&[packaged(), fixture("bad-lease")]).unwrap_err();
     let Error::InvalidValue { origin, key, .. } = &e else {
         panic!("expected an invalid value, got {e}");
     };
     assert_eq!(key, "lease.duration_secs");
     assert_eq!(
         origin,
-        &Origin::File {
+        &Provenance::File {
             path: fixture("bad-lease").join("50-lease.toml"),
             line: 2,
             column: 17,
@@ -137,7 +134,7 @@ fn environment_overrides_drop_ins_and_the_flag_overrides_both() {
         config_dirs: Vec::new(),
         kubeconfig: Some(PathBuf::from("/srv/admin.kubeconfig")),
     };
-    let c = config::load_from(&[packaged(), fixture("site")], env, &o)
+    let c = load_from(&[packaged(), fixture("site")], env, &o)
         .unwrap()
         .config;
     assert_eq!(c.sync.resync_interval, Duration::from_secs(60));
