@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod desired;
 pub mod error;
 pub mod events;
+pub mod group;
 pub mod host;
 pub mod inspect;
 pub mod lease;

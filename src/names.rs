@@ -161,6 +161,18 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
+/// Label naming the copier group (the Lease that elects its copies) on every EndpointSlice and
+/// member Lease the group writes; its value is `group::Group::label_value`.
+pub const GROUP_LABEL: &str = "endpoint-copier/group";
+/// Label marking a member Lease (value [`MEMBER_LABEL_VALUE`]): one per running copy, so that the
+/// leader knows which copies are live and what each one is configured with.
+pub const MEMBER_LABEL: &str = "endpoint-copier/member";
+/// The value of [`MEMBER_LABEL`].
+pub const MEMBER_LABEL_VALUE: &str = "true";
+/// Annotation on a member Lease holding the copy's configured pairs as compact sorted JSON
+/// (`[{"source":"default/kubernetes","target":"default/kubernetes-vip"}]`).
+pub const MEMBER_PAIRS_ANNOTATION: &str = "endpoint-copier/pairs";
+
 #[cfg(test)]
 mod tests {
     use super::*;
