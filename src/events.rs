@@ -41,6 +41,11 @@ pub enum Reason {
     Refused,
     /// Writing the target's slices failed and is being retried (Warning).
     WriteFailed,
+    /// Slices another manager writes also reach the target (Warning).
+    ForeignSlices,
+    /// The pair is configured on some copies of the group and not on others; slices of a pair
+    /// that live copies still configure are kept (Warning).
+    ConfiguredElsewhere,
 }
 
 impl Reason {
@@ -52,6 +57,8 @@ impl Reason {
             Reason::SourceEmpty => "SourceEmpty",
             Reason::Refused => "Refused",
             Reason::WriteFailed => "WriteFailed",
+            Reason::ForeignSlices => "ForeignSlices",
+            Reason::ConfiguredElsewhere => "ConfiguredElsewhere",
         }
     }
 
@@ -67,6 +74,8 @@ impl Reason {
             Reason::Synced | Reason::WriteFailed => "Sync",
             Reason::SourceMissing | Reason::SourceEmpty => "Hold",
             Reason::Refused => "Refuse",
+            Reason::ForeignSlices => "Report",
+            Reason::ConfiguredElsewhere => "Hold",
         }
     }
 }

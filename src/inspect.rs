@@ -7,6 +7,8 @@
 //! and whether they are in sync. Neither writes anything but the access reviews (which the API
 //! evaluates without storing). Both print text or JSON; `main` maps the result to the exit code.
 
+use crate::daemon::pair::{Phase, plan_for};
+use crate::group::Group;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -364,18 +366,28 @@ async fn inspect_pairs(client: &Client, config: &Config, report: &mut Report) ->
             reason: r.reason.to_string(),
         });
     }
+    let owner = Group::new(&config.lease.namespace, &config.lease.name).owner();
     for pair in resolution.pairs {
         let source_slices = slices_of(client, &pair.source).await?;
         let actual = slices_of(client, &pair.target).await?;
-        let (plan, holding) = match known.get(&pair.target) {
-            None => (
-                desired::plan(&pair.target, &[], &actual),
+        // The engine's own decision, from the same inputs.
+        let phase = Phase::Active {
+            source: pair.source.clone(),
+        };
+        let (plan, holding) = match plan_for(
+            &phase,
+            &pair.target,
+            &known,
+            &source_slices,
+            &actual,
+            &owner,
+        ) {
+            Ok(step) if step.clears_target => (
+                step.plan,
                 Some(format!("target Service {} does not exist", pair.target)),
             ),
-            Some(svc) => match desired::desired(&pair.source, &pair.target, svc, &source_slices) {
-                Ok(d) => (desired::plan(&pair.target, &d, &actual), None),
-                Err(hold) => (desired::Plan::default(), Some(hold.to_string())),
-            },
+            Ok(step) => (step.plan, None),
+            Err(hold) => (desired::Plan::default(), Some(hold.to_string())),
         };
         let mut lines = Vec::new();
         for s in &plan.creates {

@@ -105,6 +105,7 @@ pub struct Metrics {
     last_sync: Family<PairLabels, Gauge<f64, AtomicU64>>,
     watch_restarts: Family<WatchLabels, Counter>,
     api_errors: Family<CodeLabels, Counter>,
+    foreign_slices: Family<PairLabels, Gauge>,
 }
 
 impl Metrics {
@@ -174,7 +175,14 @@ impl Metrics {
             "Failed API requests by HTTP status code (\"none\" when no response arrived)",
             api_errors.clone(),
         );
+        let foreign_slices = Family::default();
+        registry.register(
+            "foreign_slices",
+            "EndpointSlices on a target that this copier group does not manage (another controller, another group), by pair",
+            foreign_slices.clone(),
+        );
         let metrics = Metrics {
+            foreign_slices,
             registry,
             leader,
             lease_transitions,
@@ -195,6 +203,15 @@ impl Metrics {
     /// Sets `endpoint_copier_leader` to 1 (holds the Lease) or 0.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Sets `endpoint_copier_foreign_slices{pair}`: slices on the target another manager writes.
+    pub fn set_foreign_slices(&self, pair: &str, n: usize) {
+        self.foreign_slices
+            .get_or_create(&PairLabels {
+                pair: pair.to_owned(),
+            })
+            .set(saturating_i64(n));
     }
 
     /// Counts one gained or lost Lease in `endpoint_copier_lease_transitions_total`.

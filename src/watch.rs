@@ -68,20 +68,91 @@ pub fn services(client: &Client) -> Events<Service> {
     .boxed()
 }
 
-/// Watches the EndpointSlices of `services` (sources and targets alike), or nothing when empty.
-pub fn slices(client: &Client, services: &BTreeSet<ServiceRef>) -> Option<Events<EndpointSlice>> {
-    let selector = slice_selector(services)?;
-    let namespaces: BTreeSet<&str> = services.iter().map(|s| s.namespace.as_str()).collect();
-    // A namespaced watch when possible: it needs less RBAC and the server filters by namespace.
-    let api = match namespaces.iter().next() {
-        Some(ns) if namespaces.len() == 1 => Api::<EndpointSlice>::namespaced(client.clone(), ns),
-        _ => Api::<EndpointSlice>::all(client.clone()),
-    };
-    Some(
-        watcher::watcher(api, watcher::Config::default().labels(&selector))
+/// A watch event of the EndpointSlices of one namespace, tagged with the namespace and the
+/// generation of the watch that produced it (an event of a replaced watch is stale).
+pub type SliceEvent = (String, u64, Result<Event<EndpointSlice>, watcher::Error>);
+
+/// One EndpointSlice watch per namespace in play, each selecting the slices of the Services of
+/// that namespace by a set-based `kubernetes.io/service-name in (…)` selector.
+///
+/// Per namespace, not one cluster-wide watch: a namespace whose list keeps failing (no right to
+/// list there, an admission webhook, a huge namespace timing out) then stalls only the pairs of
+/// that namespace, never `kubernetes-vip`; and a namespaced watch needs only namespaced RBAC.
+#[derive(Default)]
+pub struct SliceWatches {
+    streams: futures::stream::SelectAll<BoxStream<'static, SliceEvent>>,
+    running: BTreeMap<String, (u64, BTreeSet<String>, tokio_util::sync::CancellationToken)>,
+    generation: u64,
+}
+
+impl SliceWatches {
+    /// Starts, restarts or stops watches so that exactly the namespaces of `services` are watched,
+    /// each for exactly its Services' names. Returns the namespaces whose watch (re)started.
+    pub fn ensure(&mut self, client: &Client, services: &BTreeSet<ServiceRef>) -> BTreeSet<String> {
+        let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for s in services {
+            wanted
+                .entry(s.namespace.clone())
+                .or_default()
+                .insert(s.name.clone());
+        }
+        self.running.retain(|ns, (_, names, token)| {
+            let keep = wanted.get(ns) == Some(names);
+            if !keep {
+                // The stream ends at its next poll; events it already yielded carry an old
+                // generation and are dropped by the caller.
+                token.cancel();
+            }
+            keep
+        });
+        let mut started = BTreeSet::new();
+        for (ns, names) in wanted {
+            if self.running.contains_key(&ns) {
+                continue;
+            }
+            self.generation += 1;
+            let generation = self.generation;
+            let token = tokio_util::sync::CancellationToken::new();
+            let of_namespace: BTreeSet<ServiceRef> = services
+                .iter()
+                .filter(|s| s.namespace == ns)
+                .cloned()
+                .collect();
+            let Some(selector) = slice_selector(&of_namespace) else {
+                continue;
+            };
+            let tag = ns.clone();
+            let stream = watcher::watcher(
+                Api::<EndpointSlice>::namespaced(client.clone(), &ns),
+                watcher::Config::default().labels(&selector),
+            )
             .backoff(WatchBackoff::default())
-            .boxed(),
-    )
+            .take_until(token.clone().cancelled_owned())
+            .map(move |e| (tag.clone(), generation, e))
+            .boxed();
+            self.streams.push(stream);
+            self.running.insert(ns.clone(), (generation, names, token));
+            started.insert(ns);
+        }
+        started
+    }
+
+    /// Whether `generation` is the current watch of `namespace`.
+    pub fn is_current(&self, namespace: &str, generation: u64) -> bool {
+        self.running
+            .get(namespace)
+            .is_some_and(|(g, _, _)| *g == generation)
+    }
+
+    /// The next event of any namespace's watch; pending forever while nothing is watched.
+    pub async fn next(&mut self) -> SliceEvent {
+        loop {
+            match self.streams.next().await {
+                Some(event) => return event,
+                None => futures::future::pending::<()>().await,
+            }
+        }
+    }
 }
 
 /// The label selector that picks the slices of `services`: one set-based requirement over their
@@ -189,24 +260,30 @@ impl ServiceCache {
     }
 }
 
-/// The EndpointSlices of the Services in play, grouped by Service.
+/// The EndpointSlices of the Services in play, grouped by Service, filled by one watch per
+/// namespace (see [`SliceWatches`]); each namespace is ready on its own.
 #[derive(Debug, Default)]
 pub struct SliceCache {
     by_service: BTreeMap<ServiceRef, BTreeMap<String, EndpointSlice>>,
-    buffer: Option<BTreeMap<ServiceRef, BTreeMap<String, EndpointSlice>>>,
+    /// Per namespace: the list being received (between Init and InitDone).
+    buffers: BTreeMap<String, BTreeMap<ServiceRef, BTreeMap<String, EndpointSlice>>>,
     wanted: BTreeSet<ServiceRef>,
-    ready: bool,
+    /// Namespaces whose current watch has delivered its first full list.
+    ready: BTreeSet<String>,
 }
 
 impl SliceCache {
-    /// Starts over for a new watch over `wanted`; slices of Services no longer wanted are dropped,
-    /// the others stay (still true until the new list says otherwise).
-    pub fn rewatch(&mut self, wanted: BTreeSet<ServiceRef>) {
+    /// Sets the Services in play; slices of Services no longer wanted are dropped, the others
+    /// stay (still true until a new list says otherwise). `restarted` namespaces wait for the
+    /// first list of their new watch before they are ready again.
+    pub fn rewatch(&mut self, wanted: BTreeSet<ServiceRef>, restarted: &BTreeSet<String>) {
         self.by_service.retain(|k, _| wanted.contains(k));
-        // With nothing to watch there is no list to wait for: the (empty) cache is complete.
-        self.ready = wanted.is_empty();
+        let namespaces: BTreeSet<&str> = wanted.iter().map(|s| s.namespace.as_str()).collect();
+        self.ready
+            .retain(|ns| namespaces.contains(ns.as_str()) && !restarted.contains(ns));
+        self.buffers
+            .retain(|ns, _| namespaces.contains(ns.as_str()) && !restarted.contains(ns));
         self.wanted = wanted;
-        self.buffer = None;
     }
 
     /// The Services whose slices are watched.
@@ -214,9 +291,14 @@ impl SliceCache {
         &self.wanted
     }
 
-    /// Whether the current watch has delivered its first full list.
+    /// Whether the slices of `service` are known: its namespace's watch delivered a full list.
+    pub fn is_ready_for(&self, service: &ServiceRef) -> bool {
+        self.ready.contains(&service.namespace)
+    }
+
+    /// Whether every namespace in play has delivered a full list.
     pub fn is_ready(&self) -> bool {
-        self.ready
+        self.wanted.iter().all(|s| self.is_ready_for(s))
     }
 
     /// The slices labelled for `service`, in name order.
@@ -227,23 +309,36 @@ impl SliceCache {
             .unwrap_or_default()
     }
 
-    /// Applies one watch event; returns the Services whose slices changed.
-    pub fn apply(&mut self, event: Event<EndpointSlice>) -> BTreeSet<ServiceRef> {
+    /// Applies one watch event of `namespace`'s watch; returns the Services whose slices changed.
+    pub fn apply(&mut self, namespace: &str, event: Event<EndpointSlice>) -> BTreeSet<ServiceRef> {
         let mut changed = BTreeSet::new();
         match event {
-            Event::Init => self.buffer = Some(BTreeMap::new()),
+            Event::Init => {
+                self.buffers.insert(namespace.to_owned(), BTreeMap::new());
+            }
             Event::InitApply(slice) => {
                 if let Some((svc, name, slice)) = self.keyed(slice)
-                    && let Some(buffer) = self.buffer.as_mut()
+                    && let Some(buffer) = self.buffers.get_mut(namespace)
                 {
                     buffer.entry(svc).or_default().insert(name, slice);
                 }
             }
             Event::InitDone => {
-                let fresh = self.buffer.take().unwrap_or_default();
-                changed = diff_keys(&self.by_service, &fresh, |a, b| a == b);
-                self.by_service = fresh;
-                self.ready = true;
+                let fresh = self.buffers.remove(namespace).unwrap_or_default();
+                let from = ServiceRef {
+                    namespace: namespace.to_owned(),
+                    name: String::new(),
+                };
+                let old: BTreeMap<ServiceRef, BTreeMap<String, EndpointSlice>> = self
+                    .by_service
+                    .range(from..)
+                    .take_while(|(k, _)| k.namespace == namespace)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                changed = diff_keys(&old, &fresh, |a, b| a == b);
+                self.by_service.retain(|k, _| k.namespace != namespace);
+                self.by_service.extend(fresh);
+                self.ready.insert(namespace.to_owned());
             }
             Event::Apply(slice) => {
                 let (ns, name) = (
@@ -422,21 +517,30 @@ mod tests {
     #[test]
     fn slices_of_other_namespaces_with_the_same_service_name_are_ignored() {
         let mut cache = SliceCache::default();
-        cache.rewatch([r("default/kubernetes")].into());
+        cache.rewatch([r("default/kubernetes")].into(), &BTreeSet::new());
         assert!(
             cache
-                .apply(Event::Apply(slice("other", "kubernetes", "kubernetes")))
+                .apply(
+                    "other",
+                    Event::Apply(slice("other", "kubernetes", "kubernetes"))
+                )
                 .is_empty()
         );
         assert_eq!(
-            cache.apply(Event::Apply(slice("default", "kubernetes", "kubernetes"))),
+            cache.apply(
+                "default",
+                Event::Apply(slice("default", "kubernetes", "kubernetes"))
+            ),
             [r("default/kubernetes")].into()
         );
         assert_eq!(cache.slices_of(&r("default/kubernetes")).len(), 1);
         // The same object again is not a change.
         assert!(
             cache
-                .apply(Event::Apply(slice("default", "kubernetes", "kubernetes")))
+                .apply(
+                    "default",
+                    Event::Apply(slice("default", "kubernetes", "kubernetes"))
+                )
                 .is_empty()
         );
     }
@@ -444,14 +548,14 @@ mod tests {
     #[test]
     fn a_slice_relabelled_to_another_service_leaves_its_old_group() {
         let mut cache = SliceCache::default();
-        cache.rewatch([r("default/a"), r("default/b")].into());
-        cache.apply(Event::Apply(slice("default", "a", "x")));
-        let changed = cache.apply(Event::Apply(slice("default", "b", "x")));
+        cache.rewatch([r("default/a"), r("default/b")].into(), &BTreeSet::new());
+        cache.apply("default", Event::Apply(slice("default", "a", "x")));
+        let changed = cache.apply("default", Event::Apply(slice("default", "b", "x")));
         assert_eq!(changed, [r("default/a"), r("default/b")].into());
         assert!(cache.slices_of(&r("default/a")).is_empty());
         assert_eq!(cache.slices_of(&r("default/b")).len(), 1);
         // Deleted with a label of a Service not in play: still removed by name.
-        let changed = cache.apply(Event::Delete(slice("default", "elsewhere", "x")));
+        let changed = cache.apply("default", Event::Delete(slice("default", "elsewhere", "x")));
         assert_eq!(changed, [r("default/b")].into());
         assert!(cache.slices_of(&r("default/b")).is_empty());
     }
@@ -459,10 +563,10 @@ mod tests {
     #[test]
     fn a_relist_reports_slices_that_vanished_while_the_watch_was_down() {
         let mut cache = SliceCache::default();
-        cache.rewatch([r("default/kubernetes")].into());
-        cache.apply(Event::Apply(slice("default", "kubernetes", "a")));
-        cache.apply(Event::Init);
-        let changed = cache.apply(Event::InitDone);
+        cache.rewatch([r("default/kubernetes")].into(), &BTreeSet::new());
+        cache.apply("default", Event::Apply(slice("default", "kubernetes", "a")));
+        cache.apply("default", Event::Init);
+        let changed = cache.apply("default", Event::InitDone);
         assert_eq!(changed, [r("default/kubernetes")].into());
         assert!(cache.slices_of(&r("default/kubernetes")).is_empty());
     }

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::names::{
-    MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, SOURCE_LABEL, ServiceRef,
+    GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, SOURCE_LABEL, ServiceRef,
     is_dns1123_subdomain,
 };
 
@@ -26,7 +26,7 @@ pub const IPV6: &str = "IPv6";
 /// Protocol the API server fills in when an EndpointPort or ServicePort names none.
 pub(super) const DEFAULT_PROTOCOL: &str = "TCP";
 /// Longest label value the API accepts.
-const MAX_LABEL_VALUE: usize = 63;
+pub(super) const MAX_LABEL_VALUE: usize = 63;
 /// Longest EndpointSlice name the API accepts (a DNS-1123 subdomain).
 pub(super) const MAX_NAME: usize = 253;
 
@@ -58,6 +58,9 @@ pub enum Hold {
     /// `pairs.rs` refuses such pairs; [`desired`] refuses too, so that a caller that skipped the
     /// refusal still never writes slices the built-in controller would fight over.
     TargetHasSelector,
+    /// The pair is refused (bad annotation, cycle, selector...; the refusal says which): its
+    /// slices stay as they are until the refusal is fixed or the pair is removed.
+    Refused,
 }
 
 impl fmt::Display for Hold {
@@ -69,6 +72,7 @@ impl fmt::Display for Hold {
             }
             Self::TargetMissing => "the target Service does not exist",
             Self::TargetHasNoUid => "the target Service has no uid yet",
+            Self::Refused => "the pair is refused; its EndpointSlices are kept as they are",
             Self::TargetHasSelector => {
                 "the target Service has a selector, so the built-in EndpointSlice controller owns its EndpointSlices"
             }
@@ -159,6 +163,7 @@ pub fn desired(
     target_ref: &ServiceRef,
     target: &Service,
     source_slices: &[EndpointSlice],
+    owner: &Owner,
 ) -> Result<Vec<EndpointSlice>, Hold> {
     let spec = target.spec.as_ref();
     if spec
@@ -202,7 +207,7 @@ pub fn desired(
     }
 
     let service_ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
-    let owner = owner_reference(target_ref, uid);
+    let owner_ref = owner_reference(target_ref, uid);
     let mut used = BTreeSet::new();
     let mut out = Vec::with_capacity(slices.len());
     for slice in slices {
@@ -223,8 +228,8 @@ pub fn desired(
             metadata: ObjectMeta {
                 name: Some(name),
                 namespace: Some(target_ref.namespace.clone()),
-                labels: Some(our_labels(target_ref, source_slice)),
-                owner_references: Some(vec![owner.clone()]),
+                labels: Some(our_labels(target_ref, source_slice, owner)),
+                owner_references: Some(vec![owner_ref.clone()]),
                 ..ObjectMeta::default()
             },
             address_type: slice.address_type.clone(),
@@ -274,7 +279,7 @@ pub fn owner_reference(target_ref: &ServiceRef, uid: &str) -> OwnerReference {
 
 /// 32-bit FNV-1a, written out here (not std's randomly seeded hasher) because the names it feeds
 /// must be identical on every host, run and version.
-fn fnv1a(bytes: &[u8]) -> u32 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u32 {
     const OFFSET_BASIS: u32 = 0x811c_9dc5;
     const PRIME: u32 = 0x0100_0193;
     bytes.iter().fold(OFFSET_BASIS, |hash, b| {
@@ -295,11 +300,16 @@ pub(super) fn hashed_name(target_service: &str, key: &str) -> String {
     )
 }
 
-/// Our three labels for a slice of `target_ref` copied from `source_slice`.
-fn our_labels(target_ref: &ServiceRef, source_slice: &str) -> BTreeMap<String, String> {
+/// Our four labels for a slice of `target_ref` copied from `source_slice`.
+fn our_labels(
+    target_ref: &ServiceRef,
+    source_slice: &str,
+    owner: &Owner,
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         (SERVICE_NAME_LABEL.to_owned(), target_ref.name.clone()),
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (GROUP_LABEL.to_owned(), owner.group.clone()),
         (SOURCE_LABEL.to_owned(), source_label_value(source_slice)),
     ])
 }
@@ -400,7 +410,7 @@ fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 }
 
 /// `conditions.ready != false`: absent means ready.
-fn is_ready(endpoint: &Endpoint) -> bool {
+pub(super) fn is_ready(endpoint: &Endpoint) -> bool {
     endpoint
         .conditions
         .as_ref()
@@ -408,8 +418,10 @@ fn is_ready(endpoint: &Endpoint) -> bool {
         .unwrap_or(true)
 }
 
+mod owner;
 mod plan;
-pub use plan::{Plan, SliceDelete, is_adoptable, is_ours, plan};
+pub use owner::{ForeignSlice, Manager, Owner, foreign_slices, manager_of};
+pub use plan::{Plan, SliceDelete, plan};
 
 #[cfg(test)]
 mod tests;

@@ -10,13 +10,11 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
+use super::owner::{Owner, manager_of};
 use super::{
     DEFAULT_PROTOCOL, MAX_NAME, hashed_name, label, ready_endpoints, sort_endpoints, sort_ports,
 };
-use crate::names::{
-    MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, SOURCE_LABEL, ServiceRef,
-    is_dns1123_subdomain,
-};
+use crate::names::{SERVICE_NAME_LABEL, SOURCE_LABEL, ServiceRef, is_dns1123_subdomain};
 
 /// One EndpointSlice to delete, with the preconditions the DELETE must carry so that it never
 /// removes a slice that changed (or was replaced) since it was read.
@@ -60,22 +58,11 @@ impl Plan {
     }
 }
 
-/// True when `slice` carries our managed-by label (`endpointslice.kubernetes.io/managed-by=endpoint-copier`).
-pub fn is_ours(slice: &EndpointSlice) -> bool {
-    label(&slice.metadata, MANAGED_BY_LABEL) == Some(MANAGED_BY)
-}
-
-/// True when we may change or delete `slice`: it is ours, or it is endpoint-copier-operator's (it has
-/// the label `endpoint-copier/source`, any value, whatever its managed-by says), which we adopt.
-pub fn is_adoptable(slice: &EndpointSlice) -> bool {
-    is_ours(slice) || label(&slice.metadata, SOURCE_LABEL).is_some()
-}
-
 /// The writes that turn `actual` (every slice labelled `kubernetes.io/service-name=<target>` in the
 /// target namespace, ours or not) into `desired` (the output of [`desired`]).
 ///
-/// - Never plans any change to a slice that is not [`is_adoptable`], or that belongs to another
-///   Service or namespace.
+/// - Never plans any change to a slice that `owner` may not change (see [`manager_of`]: only this
+///   copier group's and endpoint-copier-operator's), or that belongs to another Service or namespace.
 /// - Matches each desired slice to an adoptable actual one first by name (same `addressType`), then
 ///   by (`endpoint-copier/source` label, `addressType`). A match that already equals the desired
 ///   slice costs nothing; one that differs is updated in place (its name, uid, resourceVersion and
@@ -89,7 +76,12 @@ pub fn is_adoptable(slice: &EndpointSlice) -> bool {
 /// An empty `desired` deletes every adoptable slice of the target: that is how removing a pair
 /// removes its slices. Never call `plan` after [`desired`] returned a [`Hold`]: a hold means
 /// "write nothing", not "want nothing".
-pub fn plan(target_ref: &ServiceRef, desired: &[EndpointSlice], actual: &[EndpointSlice]) -> Plan {
+pub fn plan(
+    target_ref: &ServiceRef,
+    desired: &[EndpointSlice],
+    actual: &[EndpointSlice],
+    owner: &Owner,
+) -> Plan {
     let mut taken: BTreeSet<String> = actual
         .iter()
         .filter_map(|s| s.metadata.name.clone())
@@ -100,7 +92,7 @@ pub fn plan(target_ref: &ServiceRef, desired: &[EndpointSlice], actual: &[Endpoi
     // not depend on list order.
     let mut candidates: Vec<&EndpointSlice> = actual
         .iter()
-        .filter(|s| is_adoptable(s) && is_of_target(s, target_ref))
+        .filter(|s| manager_of(s, owner).is_ours_to_change() && is_of_target(s, target_ref))
         .collect();
     candidates.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let mut used = vec![false; candidates.len()];
@@ -230,7 +222,7 @@ pub(super) fn normalized_ports(slice: &EndpointSlice) -> Vec<EndpointPort> {
 }
 
 /// True when `have` already says what `want` says, in everything we set: addressType, endpoints (in
-/// any order), ports, our three labels, and exactly our ownerReference to the target Service.
+/// any order), ports, our four labels, and exactly our ownerReference to the target Service.
 /// Foreign labels, annotations, managedFields, resourceVersion and the name are ignored.
 pub(super) fn same_content(
     want: &EndpointSlice,

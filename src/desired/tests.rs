@@ -7,6 +7,29 @@ use proptest::prelude::*;
 
 const UID: &str = "0d7c3b9e-5c1f-4a8e-9f1e-3c2b1a000001";
 
+/// The default copier group, which every test below plans for unless it says otherwise.
+fn owner() -> Owner {
+    Owner {
+        group: "kube-system.endpoint-copier".into(),
+        adopts_unlabelled: true,
+    }
+}
+
+/// [`super::desired`] for the default group.
+fn desired(
+    source: &ServiceRef,
+    target_ref: &ServiceRef,
+    target: &Service,
+    source_slices: &[EndpointSlice],
+) -> Result<Vec<EndpointSlice>, Hold> {
+    super::desired(source, target_ref, target, source_slices, &owner())
+}
+
+/// [`super::plan`] for the default group.
+fn plan(target_ref: &ServiceRef, desired: &[EndpointSlice], actual: &[EndpointSlice]) -> Plan {
+    super::plan(target_ref, desired, actual, &owner())
+}
+
 fn r(s: &str) -> ServiceRef {
     s.parse().unwrap()
 }
@@ -270,13 +293,14 @@ fn default_pair_maps_kubernetes_slice_to_kubernetes_vip_with_the_vip_ports() {
 }
 
 #[test]
-fn target_slices_carry_our_three_labels_and_nothing_else() {
+fn target_slices_carry_our_four_labels_and_nothing_else() {
     let d = want(&vip4(), &[three_apiservers()]);
     assert_eq!(
         d[0].metadata.labels,
         Some(BTreeMap::from([
             (SERVICE_NAME_LABEL.to_owned(), "kubernetes-vip".to_owned()),
             (MANAGED_BY_LABEL.to_owned(), "endpoint-copier".to_owned()),
+            (GROUP_LABEL.to_owned(), "kube-system.endpoint-copier".to_owned()),
             (SOURCE_LABEL.to_owned(), "kubernetes".to_owned()),
         ]))
     );
@@ -709,11 +733,64 @@ fn ready_endpoints_counts_absent_conditions_as_ready() {
 #[test]
 fn ours_and_eco_slices_are_adoptable_and_foreign_ones_are_not() {
     let ours = want(&vip4(), &[three_apiservers()]).remove(0);
-    assert!(is_ours(&ours) && is_adoptable(&ours));
+    assert_eq!(manager_of(&ours, &owner()), Manager::Us);
     let e = eco("kubernetes-vip", vec![]);
-    assert!(!is_ours(&e) && is_adoptable(&e));
+    assert_eq!(manager_of(&e, &owner()), Manager::Operator);
     let f = foreign("kubernetes-vip", IPV4);
-    assert!(!is_ours(&f) && !is_adoptable(&f));
+    assert!(!manager_of(&f, &owner()).is_ours_to_change());
+}
+
+#[test]
+fn slices_written_before_groups_are_adopted_in_place_by_the_default_group() {
+    let d = want(&vip4(), &[three_apiservers()]);
+    let mut legacy = written(&d);
+    legacy[0]
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove(GROUP_LABEL);
+    let p = plan(&target_ref(), &d, &legacy);
+    assert!(p.creates.is_empty() && p.deletes.is_empty(), "{p:?}");
+    assert_eq!(p.updates.len(), 1);
+    assert_eq!(p.updates[0].metadata.name, legacy[0].metadata.name);
+    assert_eq!(p.updates[0].metadata.uid, legacy[0].metadata.uid);
+    assert_eq!(
+        label(&p.updates[0].metadata, GROUP_LABEL),
+        Some("kube-system.endpoint-copier")
+    );
+}
+
+#[test]
+fn another_group_never_adopts_or_deletes_unlabelled_or_foreign_group_slices() {
+    let other = Owner {
+        group: "kube-system.copier-b".into(),
+        adopts_unlabelled: false,
+    };
+    let d = want(&vip4(), &[three_apiservers()]);
+    let mut legacy = written(&d);
+    legacy[0]
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove(GROUP_LABEL);
+    // Group b wants nothing on this target: neither the legacy slice nor the default group's goes.
+    assert!(super::plan(&target_ref(), &[], &legacy, &other).is_empty());
+    assert!(super::plan(&target_ref(), &[], &written(&d), &other).is_empty());
+    // Group b wants its own slice under the same name: it is created under another name.
+    let mine = super::desired(
+        &source(),
+        &target_ref(),
+        &vip4(),
+        &[three_apiservers()],
+        &other,
+    )
+    .unwrap();
+    let p = super::plan(&target_ref(), &mine, &written(&d), &other);
+    assert!(p.updates.is_empty() && p.deletes.is_empty(), "{p:?}");
+    assert_eq!(p.creates.len(), 1);
+    assert_ne!(p.creates[0].metadata.name, d[0].metadata.name);
 }
 
 #[test]
@@ -1046,7 +1123,7 @@ fn arb_actual(d: Vec<EndpointSlice>) -> impl Strategy<Value = Vec<EndpointSlice>
     (
         prop::collection::vec(0u8..5, n),
         prop::collection::vec(
-            (0u8..4, 0usize..(n + 3), arb_family(), arb_endpoints(false)),
+            (0u8..5, 0usize..(n + 3), arb_family(), arb_endpoints(false)),
             0..5,
         ),
     )
@@ -1083,6 +1160,15 @@ fn arb_actual(d: Vec<EndpointSlice>) -> impl Strategy<Value = Vec<EndpointSlice>
                             (SERVICE_NAME_LABEL, "kubernetes-vip"),
                             (MANAGED_BY_LABEL, MANAGED_BY),
                             (SOURCE_LABEL, "gone"),
+                        ],
+                    ),
+                    3 => labelled(
+                        src(&name, family, eps.clone()),
+                        &[
+                            (SERVICE_NAME_LABEL, "kubernetes-vip"),
+                            (MANAGED_BY_LABEL, MANAGED_BY),
+                            (GROUP_LABEL, "kube-system.another-copier"),
+                            (SOURCE_LABEL, "kubernetes"),
                         ],
                     ),
                     _ => labelled(
@@ -1156,13 +1242,16 @@ proptest! {
     }
 
     #[test]
-    fn plan_never_touches_a_slice_that_is_not_adoptable_or_not_the_targets(
+    fn plan_never_touches_a_slice_of_another_group_or_manager_or_not_the_targets(
         (_t, d, actual) in arb_case(),
     ) {
         let p = plan(&target_ref(), &d, &actual);
         let untouchable: BTreeSet<String> = actual
             .iter()
-            .filter(|s| !is_adoptable(s) || label(&s.metadata, SERVICE_NAME_LABEL) != Some("kubernetes-vip"))
+            .filter(|s| {
+                !manager_of(s, &owner()).is_ours_to_change()
+                    || label(&s.metadata, SERVICE_NAME_LABEL) != Some("kubernetes-vip")
+            })
             .filter_map(|s| s.metadata.name.clone())
             .collect();
         for u in &p.updates {

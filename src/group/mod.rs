@@ -136,6 +136,14 @@ impl Group {
         (names::GROUP_LABEL.to_owned(), self.label_value.clone())
     }
 
+    /// What the pure core (`desired`) needs to know of this group to tell its slices apart.
+    pub fn owner(&self) -> crate::desired::Owner {
+        crate::desired::Owner {
+            group: self.label_value.clone(),
+            adopts_unlabelled: self.is_default(),
+        }
+    }
+
     /// The label selector of this group's member Leases.
     pub fn member_selector(&self) -> String {
         format!(

@@ -1,7 +1,6 @@
 //! The binary as systemd runs it: exit codes, `version`, `check`, and SIGTERM handling.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -2,7 +2,6 @@
 //! down, and a dry-run plan that writes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-
 use std::time::Duration;
 
 use crate::common::*;

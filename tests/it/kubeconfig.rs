@@ -3,7 +3,6 @@
 //! and it turns invalid (a half-written or broken file must not cost us the credentials we have).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-
 use std::time::Duration;
 
 use crate::common::*;

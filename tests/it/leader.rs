@@ -605,6 +605,7 @@ async fn a_follower_with_a_stale_resource_version_fails_to_take_the_lease() {
             identity: Some("node-1".into()),
             verb: Some(Verb::Watch),
             resource: Some("leases".into()),
+            ..Match::default()
         },
         usize::MAX / 2,
         Failure::ServiceUnavailable,
@@ -645,6 +646,7 @@ async fn conflicts_and_unavailability_never_yield_two_leaders() {
         identity: None,
         verb: Some(verb),
         resource: Some("leases".into()),
+        ..Match::default()
     };
     // Waves of injected 409s and 503s on Lease writes and reads, with a handover in the middle.
     for wave in 0..4 {

@@ -2,7 +2,6 @@
 //! without ready endpoints, and its v0.2 leftover core/v1 Endpoints is removed — nothing else.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -2,7 +2,6 @@
 //! names the culprit, and nothing is written for it.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-
 use std::time::Duration;
 
 use crate::common::*;

@@ -2,7 +2,6 @@
 //! `ENDPOINT_COPIER_TEST_KUBECONFIG`), one behaviour per test.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-
 use std::time::Duration;
 
 use crate::common::*;
@@ -540,6 +539,7 @@ async fn injected_409_429_and_503_are_retried_until_converged() {
         identity: Some("node-1".into()),
         verb: None,
         resource: Some("endpointslices".into()),
+        ..Match::default()
     };
     tb.fail_next(
         Match {

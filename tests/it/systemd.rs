@@ -3,7 +3,6 @@
 //! reachable, STATUS lines for waiting, leader and follower, and STOPPING=1 on SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

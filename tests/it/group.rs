@@ -235,6 +235,7 @@ async fn the_member_lease_is_renewed_every_heartbeat_and_survives_a_conflict() {
             identity: Some("node-1".into()),
             verb: Some(Verb::Update),
             resource: Some("leases".into()),
+            ..Match::default()
         },
         1,
         Failure::Conflict,

@@ -1,0 +1,214 @@
+//! The daemon: start-up, the engine, and the shutdown order that hands over cleanly.
+//!
+//! ```text
+//!  kubeconfig::wait ─► client ─► Elector task ─────────► Leadership (watch channel) + Fence
+//!                                Service watch ──────┐
+//!                                slice watches (per ns)┼─► engine: caches ─► pairs ─► schedule
+//!                                resync tick ────────┘                                │
+//!                         (leader only) plan_for ─► task: apply (≤ 1 per pair) ◄──────┘
+//! ```
+//!
+//! A source change reaches the write in five named steps (also in
+//! `docs/development/architecture.md`): 1. [`crate::watch::SliceWatches::next`] yields the event;
+//! 2. `Engine::on_slices` updates the cache and touches the pairs that read it; 3. `Engine::dispatch`
+//! picks the pairs whose schedule is due; 4. `Engine::start_write` computes [`pair::plan_for`] and
+//! spawns the write; 5. [`crate::apply::apply`] writes, fenced by the Lease.
+//!
+//! Modules: `kubeconfig` (wait, reload), `engine` (the one `select!` loop and its handlers),
+//! `pair` (per-pair state, the shared plan decision), `schedule` (pure: when work runs next),
+//! `jobs` (the tasks the engine spawns), `status` (STATUS, readiness, Events).
+
+mod engine;
+mod jobs;
+mod kubeconfig;
+pub mod pair;
+pub mod schedule;
+mod status;
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use tokio::task::JoinSet;
+use tracing::{Instrument, error, info, warn};
+
+use crate::client::{self, Reloadable};
+use crate::config::Config;
+use crate::error::chain;
+use crate::events;
+use crate::lease::{self, Elector};
+use crate::metrics::{self, Health, Metrics};
+use crate::notify::{self, Heartbeats, Notifier};
+use crate::shutdown::Shutdown;
+
+/// How long a stopping leader waits for its in-flight writes before it abandons them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long releasing the Lease may take on shutdown.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the daemon stopped other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kubeconfig exists but cannot be used (insecure, bad credentials).
+    #[error("unusable kubeconfig")]
+    Kubeconfig(#[source] client::Error),
+    /// The host name could not be read for the Lease identity.
+    #[error("failed to determine the Lease identity")]
+    Identity(#[source] crate::host::Error),
+    /// Leader election failed for good (for example 403 on the Lease).
+    #[error("leader election failed")]
+    Lease(#[source] lease::Error),
+    /// A task that should run until shutdown ended.
+    #[error("the {0} task ended unexpectedly")]
+    TaskEnded(&'static str),
+}
+
+impl Error {
+    /// Exit code for `main`: a refused kubeconfig is a config error (78), the rest runtime (1).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            // Refused, or still unloadable after the wait: restarting will not help.
+            Error::Kubeconfig(_) => 78,
+            _ => 1,
+        }
+    }
+}
+
+/// Capped exponential backoff with equal jitter, from 200 ms: uniformly in [ceiling/2, ceiling],
+/// the ceiling doubling per attempt up to `max`.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    engine::backoff_delay(attempt, Duration::from_millis(200), max)
+}
+
+/// Runs the daemon until `shutdown` is cancelled (→ `Ok`) or something fatal happens.
+///
+/// Sends READY=1 at once (so `systemctl start` never waits for the cluster), then waits for the
+/// kubeconfig, elects, watches and mirrors.
+///
+/// # Errors
+/// [`Error`] for the failures listed there; transient API trouble is retried inside, never
+/// returned.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let notifier = Notifier::from_env();
+    let heartbeats = Heartbeats::new();
+    let metrics = Metrics::new();
+    let health = Health::tracking(
+        heartbeats.clone(),
+        notifier
+            .watchdog_interval()
+            .unwrap_or(Duration::from_secs(30)),
+    );
+    let mut services: JoinSet<Result<(), Error>> = JoinSet::new();
+
+    if let Some(listen) = config.metrics.listen {
+        let (m, h, s) = (metrics.clone(), health.clone(), shutdown.clone());
+        services.spawn(async move {
+            // Metrics are for observing; they must never stop the mirroring. A port already taken
+            // is reported once, loudly, and the daemon goes on without the endpoint.
+            if let Err(e) = metrics::serve(listen, m, h, s.clone()).await {
+                error!(listen = %listen, error = %chain(&e), "metrics endpoint disabled; mirroring goes on");
+                s.cancelled().await;
+            }
+            Ok(())
+        });
+    }
+    {
+        let (n, b, s) = (notifier.clone(), heartbeats.clone(), shutdown.clone());
+        services.spawn(async move {
+            notify::run_watchdog(n, b, s).await;
+            Ok(())
+        });
+    }
+    notifier.ready();
+
+    let beat = heartbeats.register("supervisor");
+    let identity = match &config.lease.identity {
+        Some(id) => id.clone(),
+        None => crate::host::hostname().map_err(Error::Identity)?,
+    };
+    let Some(loaded) = kubeconfig::wait(&config, &notifier, &beat, &shutdown).await? else {
+        notifier.stopping();
+        return Ok(());
+    };
+    for w in &loaded.warnings {
+        warn!(path = %loaded.path.display(), "{w}");
+    }
+    info!(path = %loaded.path.display(), server = %loaded.server, identity = %identity, "connected");
+    let reloadable = Reloadable::new(loaded.client.clone());
+    let client = reloadable.client();
+
+    let settings = lease::Settings {
+        namespace: config.lease.namespace.clone(),
+        name: config.lease.name.clone(),
+        identity: identity.clone(),
+        duration: config.lease.duration,
+        renew_deadline: config.lease.renew_deadline,
+        retry_period: config.lease.retry_period,
+    };
+    let lease_api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
+    let (elector, leadership, fence) = Elector::new(lease_api, settings);
+    // The elector is a loop the watchdog must see progress from too, not only the supervisor.
+    let lease_beat = heartbeats.register("lease");
+    let elector = elector.with_progress(move || lease_beat.tick());
+    // The Lease outlives the writers: it is released only after they drained (see below).
+    let lease_stop = Shutdown::new();
+    let mut elector_task = {
+        let s = lease_stop.clone();
+        tokio::spawn(async move { elector.run(s).await }.in_current_span())
+    };
+    let (event_tx, event_loop) = events::channel(client.clone(), &identity);
+    let event_task = tokio::spawn(event_loop.in_current_span());
+
+    let mut engine = engine::Engine::new(&config, client, fence, metrics.clone(), event_tx);
+    let mut host = engine::Host {
+        notifier: &notifier,
+        health: &health,
+        beat: &beat,
+        credentials: kubeconfig::Credentials { reloadable, loaded },
+    };
+    let result = engine
+        .run(
+            &config,
+            &shutdown,
+            leadership,
+            &mut services,
+            &mut elector_task,
+            &mut host,
+        )
+        .await;
+
+    // Shutdown, in the order that hands over cleanly: say so, stop watching, let the writes in
+    // flight finish, then release the Lease so a peer takes over at once.
+    notifier.stopping();
+    info!("stopping");
+    let abandoned = engine.drain(DRAIN_TIMEOUT).await;
+    if elector_task.is_finished() {
+        // It ended by itself (its error is in `result`): there is nothing left to release, and
+        // its handle may already have been awaited.
+    } else {
+        if let Some(margin) = abandoned {
+            // A write we abandoned may still be on its way to (or inside) the API server. Keep
+            // the Lease — the elector renews it meanwhile — until that request's own timeout has
+            // passed, so no peer is invited to write while our client still sends; the
+            // preconditions on every write make a later arrival harmless (docs/development/lease.md).
+            warn!(
+                margin_ms = u64::try_from(margin.as_millis()).unwrap_or(u64::MAX),
+                "writes still in flight at shutdown were abandoned; keeping the Lease until their requests have timed out"
+            );
+            tokio::time::sleep(margin).await;
+        }
+        lease_stop.cancel();
+        match tokio::time::timeout(RELEASE_TIMEOUT, &mut elector_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %chain(&e), "leader election ended with an error"),
+            Ok(Err(e)) => warn!(error = %e, "leader election task failed"),
+            Err(_) => {
+                warn!(lease = %config.lease.name, "releasing the Lease timed out; peers take over when it expires");
+                elector_task.abort();
+            }
+        }
+    }
+    event_task.abort();
+    services.abort_all();
+    result
+}

@@ -1,0 +1,218 @@
+//! One pair's state in the engine, and the one pure decision of what to write for it
+//! ([`plan_for`]), shared with `endpoint-copier check`.
+//!
+//! The phase is an enum whose variants carry their data, so that a pair cannot be both retired
+//! and refused; the schedules (pure, in `schedule.rs`) say when its work runs next.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::time::Instant;
+
+use super::schedule::Schedule;
+use crate::desired::{self, ForeignSlice, Hold, Owner, Plan};
+use crate::events::Reason;
+use crate::names::ServiceRef;
+
+/// What the engine does with a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Mirrored: the target's slices follow the source's.
+    Active {
+        /// The Service whose slices are copied.
+        source: ServiceRef,
+    },
+    /// Was active and is refused now (bad annotation, cycle, selector): nothing is written, its
+    /// slices stay exactly as they are until the refusal is fixed or the pair removed.
+    Refused {
+        /// The source it had while active.
+        source: ServiceRef,
+    },
+    /// Removed (config, annotation or target gone), or found by the orphan scan: its slices are
+    /// deleted once a fresh read of the target confirms it and no live member of the copier group
+    /// still has it configured; then the state is dropped.
+    Retired,
+}
+
+impl Phase {
+    /// The source, while the pair has one.
+    pub fn source(&self) -> Option<&ServiceRef> {
+        match self {
+            Phase::Active { source } | Phase::Refused { source } => Some(source),
+            Phase::Retired => None,
+        }
+    }
+}
+
+/// What the engine knows about one target.
+#[derive(Debug)]
+pub struct PairState {
+    /// What is done with the target.
+    pub phase: Phase,
+    /// When its slices are planned and written next.
+    pub write: Schedule,
+    /// When endpoint-copier-operator's leftover Endpoints are looked for next (once per
+    /// leadership term and resync, after a successful sync; its own backoff).
+    pub legacy: Schedule,
+    /// When the target was last seen equal to desired.
+    pub synced_at: Option<Instant>,
+    /// Ready endpoints in the target after the last sync.
+    pub endpoints: usize,
+    /// Why nothing is written (fail-static), if so.
+    pub hold: Option<Hold>,
+    /// The last write error, until a write succeeds.
+    pub last_error: Option<String>,
+    /// The last Event reported, so that only transitions are reported.
+    pub reported: Option<(Reason, String)>,
+    /// Slices on the target that this group does not manage, as last reported.
+    pub foreign: Vec<ForeignSlice>,
+    /// Live or recent members of the group that still have this retired pair configured, as
+    /// last reported (the slices are held while this is not empty).
+    pub wanted_by: Vec<String>,
+}
+
+impl PairState {
+    /// A pair first seen in `phase`: due for a plan now.
+    pub fn new(phase: Phase) -> PairState {
+        PairState {
+            phase,
+            write: Schedule::Due,
+            legacy: Schedule::Idle,
+            synced_at: None,
+            endpoints: 0,
+            hold: None,
+            last_error: None,
+            reported: None,
+            foreign: Vec::new(),
+            wanted_by: Vec::new(),
+        }
+    }
+
+    /// Whether the target equals desired and nothing is pending.
+    pub fn is_in_sync(&self) -> bool {
+        !self.write.is_due(Instant::now())
+            && !self.write.is_running()
+            && self.write.attempt() == 0
+            && self.synced_at.is_some()
+    }
+}
+
+/// The writes for one pair, and whether they remove the target's slices altogether.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Creates, updates and deletes, in apply order.
+    pub plan: Plan,
+    /// The plan deletes every slice of the target (pair removed, target gone). Such a plan runs
+    /// only after a fresh read of the target Service confirms it, never on a cache alone.
+    pub clears_target: bool,
+}
+
+/// What to write for the target `target` in `phase`, from the caches: the Service objects kept
+/// by the watch, the source's slices and the target's slices (`actual`, every manager's).
+///
+/// # Errors
+/// A [`Hold`] when nothing may be written now (fail-static: the target keeps what it has).
+pub fn plan_for(
+    phase: &Phase,
+    target: &ServiceRef,
+    services: &BTreeMap<ServiceRef, Service>,
+    source_slices: &[EndpointSlice],
+    actual: &[EndpointSlice],
+    owner: &Owner,
+) -> Result<Step, Hold> {
+    let clear = || Step {
+        plan: desired::plan(target, &[], actual, owner),
+        clears_target: true,
+    };
+    match phase {
+        Phase::Retired => Ok(clear()),
+        // The target Service is gone: the garbage collector removes our slices through their
+        // ownerReference; we remove them too (after a fresh read), so nothing waits on it.
+        Phase::Active { .. } if !services.contains_key(target) => Ok(clear()),
+        Phase::Active { source } => {
+            let svc = services.get(target).ok_or(Hold::TargetMissing)?;
+            let want = desired::desired(source, target, svc, source_slices, owner)?;
+            Ok(Step {
+                plan: desired::plan(target, &want, actual, owner),
+                clears_target: false,
+            })
+        }
+        Phase::Refused { .. } => Err(Hold::Refused),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ServiceSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn r(s: &str) -> ServiceRef {
+        s.parse().unwrap()
+    }
+
+    fn owner() -> Owner {
+        crate::group::Group::default_group().owner()
+    }
+
+    fn vip() -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some("kubernetes-vip".into()),
+                namespace: Some("default".into()),
+                uid: Some("u1".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                ip_families: Some(vec!["IPv4".into()]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    #[test]
+    fn an_active_pair_without_source_slices_holds() {
+        let services = BTreeMap::from([(r("default/kubernetes-vip"), vip())]);
+        let phase = Phase::Active {
+            source: r("default/kubernetes"),
+        };
+        let got = plan_for(
+            &phase,
+            &r("default/kubernetes-vip"),
+            &services,
+            &[],
+            &[],
+            &owner(),
+        );
+        assert_eq!(got, Err(Hold::NoSourceSlices));
+    }
+
+    #[test]
+    fn a_refused_pair_is_held_and_a_retired_or_targetless_one_clears_after_confirmation() {
+        let target = r("default/kubernetes-vip");
+        let refused = Phase::Refused {
+            source: r("default/kubernetes"),
+        };
+        assert_eq!(
+            plan_for(&refused, &target, &BTreeMap::new(), &[], &[], &owner()),
+            Err(Hold::Refused)
+        );
+        let retired = plan_for(
+            &Phase::Retired,
+            &target,
+            &BTreeMap::new(),
+            &[],
+            &[],
+            &owner(),
+        );
+        assert!(retired.is_ok_and(|s| s.clears_target));
+        let active = Phase::Active {
+            source: r("default/kubernetes"),
+        };
+        let gone = plan_for(&active, &target, &BTreeMap::new(), &[], &[], &owner());
+        assert!(gone.is_ok_and(|s| s.clears_target));
+    }
+}
