@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use tokio::time::Instant;
 
 /// The three timings of the protocol (validated by `config`: duration > renew deadline >
-/// 1.2 × retry period ≥ 1 s).
+/// 1.2 × retry period ≥ 1 s, and renew deadline + retry period < duration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
     /// How long a claim is valid without renewal; written to `leaseDurationSeconds` and used

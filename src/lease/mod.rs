@@ -3,7 +3,8 @@
 //! keeps the [`Fence`] that every EndpointSlice write checks.
 //!
 //! What it leaves to others: the settings come from `config` (validated there: duration > renew
-//! deadline > 1.2 × retry period ≥ 1 s) and the identity from `host`; `daemon` starts and stops
+//! deadline > 1.2 × retry period ≥ 1 s, renew deadline + retry period < duration) and the
+//! identity from `host`; the fence itself is `fence.rs`; `daemon` starts and stops
 //! the writers on [`Leadership`] transitions and must stop them *before* it cancels the token
 //! given to [`Elector::run`]; `apply` calls [`Fence::check`] right before every write and bounds
 //! the request by its answer. Services and EndpointSlices are never touched here.
