@@ -3,9 +3,11 @@
 //! Deciding *what* to write is `desired`'s job; deciding *when* (coalescing, backoff) is
 //! `daemon`'s. This module writes in the order that keeps the VIP reachable — creates, then
 //! updates, then deletes — checks the leadership fence immediately before every request, bounds
-//! every request with a timeout, and carries optimistic-concurrency preconditions on every write
-//! (resourceVersion on updates, uid + resourceVersion on deletes, AlreadyExists on creates) so a
-//! stale cache or a deposed leader can never overwrite newer state.
+//! every request by `min(REQUEST_TIMEOUT, what the fence has left)` so none is sent after our term
+//! ended, and carries optimistic-concurrency preconditions on every write (resourceVersion on
+//! updates, uid + resourceVersion on deletes, AlreadyExists on creates), which is what keeps a
+//! request that reaches the server late — or a deposed leader that was paused — from overwriting
+//! newer state. What each of these guarantees is in `docs/development/lease.md`.
 //!
 //! We write with create/replace/delete rather than server-side apply: the plan already holds the
 //! whole object, and a replace carrying the resourceVersion we planned against is a compare-and-
@@ -13,10 +15,13 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 
+use crate::client::{ErrorClass, classify};
 use crate::desired::Plan;
 use crate::lease::{Fence, NotLeader};
 use crate::metrics::Metrics;
@@ -95,6 +100,17 @@ pub enum Error {
         /// How long we waited.
         after: Duration,
     },
+    /// Reading or deleting ECO's leftover core/v1 Endpoints did not complete in time
+    /// ([`REQUEST_TIMEOUT`], or less when our Lease term ended sooner).
+    #[error("timed out removing endpoint-copier-operator's Endpoints '{namespace}/{name}' after {} ms", after.as_millis())]
+    LegacyTimeout {
+        /// Namespace of the Endpoints.
+        namespace: String,
+        /// Name of the Endpoints.
+        name: String,
+        /// How long we waited.
+        after: Duration,
+    },
     /// Reading or deleting ECO's leftover core/v1 Endpoints failed.
     #[error("failed to remove endpoint-copier-operator's Endpoints '{namespace}/{name}'")]
     Legacy {
@@ -131,42 +147,56 @@ impl Error {
     /// slice of another Service, which re-planning does not change. It is retried on the normal
     /// backoff and reported (warn, Event), so a person can see the clash instead of a silent loop.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::Api { op, source: kube::Error::Api(s), .. }
-            if (s.code == 409 && s.reason != "AlreadyExists") || (s.code == 404 && *op == Op::Update))
+        match self {
+            Error::Api { op, source, .. } => match (classify(source), source) {
+                (ErrorClass::Conflict, kube::Error::Api(s)) => s.reason != "AlreadyExists",
+                (_, kube::Error::Api(s)) => s.code == 404 && *op == Op::Update,
+                _ => false,
+            },
+            _ => false,
+        }
     }
 
-    /// Whether this heals by itself: conflicts, 429, 5xx, timeouts and transport errors. These are
-    /// logged at warn. The others (403 Forbidden, 422 Invalid) need a person and are logged at
-    /// error — yet `daemon` retries them too, on the capped backoff: it never gives up on the VIP,
-    /// and an RBAC fix or a Service edit makes the next attempt succeed without a restart.
+    /// Whether this heals by itself: what `client::classify` calls retryable (conflicts, 401
+    /// after the daemon reloads the kubeconfig, 429, 5xx, transport errors), timeouts, and —
+    /// on top of the shared class — a 404 on an update or delete: for an EndpointSlice we
+    /// planned against, it means the object is gone and the next plan starts from what is there
+    /// (the shared class calls 404 fatal because for a create it means the namespace is
+    /// missing). These are logged at warn. The others (403 Forbidden, 422 Invalid, a create's
+    /// 404) need a person and are logged at error — yet `daemon` retries them too, on the
+    /// capped backoff: it never gives up on the VIP, and an RBAC fix or a Service edit makes the
+    /// next attempt succeed without a restart.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::NotLeader { .. } => false,
-            Error::Timeout { .. } => true,
-            Error::Api { source, .. } | Error::Legacy { source, .. } => match source {
-                kube::Error::Api(s) => {
-                    s.code == 409 || s.code == 429 || s.code >= 500 || s.code == 404
-                }
-                _ => true,
-            },
+            Error::Timeout { .. } | Error::LegacyTimeout { .. } => true,
+            Error::Api { op, source, .. } => {
+                classify(source).is_retryable()
+                    || (*op != Op::Create && matches!(source, kube::Error::Api(s) if s.code == 404))
+            }
+            Error::Legacy { source, .. } => classify(source).is_retryable(),
         }
     }
 
     /// The server's Retry-After, when it sent one (429 from API Priority and Fairness).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Api {
-                source: kube::Error::Api(s),
-                ..
-            } => s
-                .details
-                .as_ref()
-                .map(|d| d.retry_after_seconds)
-                .filter(|s| *s > 0)
-                .map(|s| Duration::from_secs(u64::from(s))),
+            Error::Api { source, .. } | Error::Legacy { source, .. } => {
+                crate::client::retry_after(source)
+            }
             _ => None,
         }
     }
+}
+
+/// The latest instant at which a write in flight now can still be waiting for its answer, while
+/// the fence is open: every request is bounded by `min(REQUEST_TIMEOUT, fence.remaining())` when
+/// it is sent, and the fence only moves forward while we lead. A daemon that abandons writes at
+/// shutdown keeps the Lease (lets the elector renew) until this instant before releasing it.
+/// It bounds how long *we* wait, not when the server acts on a request it already received:
+/// that is what the preconditions are for (see `docs/development/lease.md`).
+pub fn outstanding_until(fence: &Fence) -> Instant {
+    Instant::now() + fence.remaining().min(REQUEST_TIMEOUT)
 }
 
 /// What a plan did.
@@ -273,15 +303,14 @@ async fn write<T>(
 ) -> Result<T, Error> {
     // The fence is checked here, after every earlier write of the plan returned, and not once per
     // plan: a plan can take long enough for our term to end in the middle of it.
-    fence.check().map_err(|source| Error::NotLeader {
+    let left = fence.check().map_err(|source| Error::NotLeader {
         namespace: namespace.to_owned(),
         slice: slice.to_owned(),
         source,
     })?;
-    // Bounded by our term as well: past the fence the write must not be in flight any more.
-    let limit = fence
-        .remaining()
-        .map_or(REQUEST_TIMEOUT, |r| r.min(REQUEST_TIMEOUT));
+    // Bounded by our term as well: past the fence we no longer wait for an answer, and a request
+    // not yet sent (a slow connect) is dropped unsent.
+    let limit = left.min(REQUEST_TIMEOUT);
     let result = match tokio::time::timeout(limit, request).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(source)) => Err(Error::Api {
@@ -333,16 +362,27 @@ pub async fn remove_eco_endpoints(
         name: name.to_owned(),
         source,
     };
-    let found = match tokio::time::timeout(REQUEST_TIMEOUT, api.get_opt(name)).await {
-        Ok(r) => r.map_err(legacy)?,
-        Err(_) => {
-            return Err(Error::Timeout {
-                op: Op::Delete,
+    // Both requests are bounded by what the fence has left, as every write is: the read decides
+    // the delete, and a delete sent after our term would race the next leader's view.
+    let bound = || {
+        fence
+            .check()
+            .map(|left| left.min(REQUEST_TIMEOUT))
+            .map_err(|source| Error::NotLeader {
                 namespace: namespace.to_owned(),
                 slice: name.to_owned(),
-                after: REQUEST_TIMEOUT,
-            });
-        }
+                source,
+            })
+    };
+    let timed_out = |after| Error::LegacyTimeout {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        after,
+    };
+    let limit = bound()?;
+    let found = match tokio::time::timeout(limit, api.get_opt(name)).await {
+        Ok(r) => r.map_err(legacy)?,
+        Err(_) => return Err(timed_out(limit)),
     };
     let Some(endpoints) = found else {
         return Ok(false);
@@ -356,11 +396,7 @@ pub async fn remove_eco_endpoints(
     if !is_eco {
         return Ok(false);
     }
-    fence.check().map_err(|source| Error::NotLeader {
-        namespace: namespace.to_owned(),
-        slice: name.to_owned(),
-        source,
-    })?;
+    let limit = bound()?;
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
             uid: endpoints.metadata.uid.clone(),
@@ -368,16 +404,12 @@ pub async fn remove_eco_endpoints(
         }),
         ..DeleteParams::default()
     };
-    match tokio::time::timeout(REQUEST_TIMEOUT, api.delete(name, &dp)).await {
+    match tokio::time::timeout(limit, api.delete(name, &dp)).await {
         Ok(Ok(_)) => Ok(true),
+        // Already gone (a 404 on a delete means what we wanted happened).
         Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(false),
         Ok(Err(source)) => Err(legacy(source)),
-        Err(_) => Err(Error::Timeout {
-            op: Op::Delete,
-            namespace: namespace.to_owned(),
-            slice: name.to_owned(),
-            after: REQUEST_TIMEOUT,
-        }),
+        Err(_) => Err(timed_out(limit)),
     }
 }
 
@@ -433,6 +465,119 @@ mod tests {
         assert!(api_error(Op::Create, 503, 0).is_transient());
         assert!(!api_error(Op::Create, 422, 0).is_transient());
         assert!(!api_error(Op::Create, 403, 0).is_transient());
+    }
+
+    #[test]
+    fn every_caller_shares_one_class_and_only_apply_reads_404_as_gone() {
+        // 401: reload the credentials and retry, as the Lease does.
+        assert!(api_error(Op::Update, 401, 0).is_transient());
+        // An update or delete of a slice that vanished: re-plan.
+        assert!(api_error(Op::Update, 404, 0).is_transient());
+        assert!(api_error(Op::Delete, 404, 0).is_transient());
+        // A create's 404 is a missing namespace: a person must act.
+        assert!(!api_error(Op::Create, 404, 0).is_transient());
+        assert!(!api_error(Op::Create, 404, 0).is_conflict());
+        assert!(!api_error(Op::Delete, 404, 0).is_conflict());
+    }
+
+    /// A client whose API server answers a GET of Endpoints with ECO's leftover object (when
+    /// `answer_get`) and never answers anything else.
+    fn hung_client(answer_get: bool) -> kube::Client {
+        let service = tower::service_fn(
+            move |request: http::Request<kube::client::Body>| async move {
+                if answer_get && request.method() == http::Method::GET {
+                    let body = serde_json::json!({
+                        "apiVersion": "v1",
+                        "kind": "Endpoints",
+                        "metadata": {
+                            "name": "kubernetes-vip",
+                            "namespace": "default",
+                            "uid": "u-1",
+                            "resourceVersion": "5",
+                            "labels": { names::MANAGED_BY_LABEL: names::ECO_MANAGED_BY },
+                        },
+                    });
+                    let response = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(
+                            body.to_string(),
+                        )))
+                        .unwrap();
+                    return Ok::<_, std::convert::Infallible>(response);
+                }
+                futures::future::pending().await
+            },
+        );
+        kube::Client::new(service, "default")
+    }
+
+    async fn remove_with_fence_of(client: kube::Client, left: Duration) -> (Error, Duration) {
+        let api = Api::<Endpoints>::namespaced(client, "default");
+        let fence = Fence::open_for("kube-system/endpoint-copier", left);
+        let started = Instant::now();
+        let error = remove_eco_endpoints(&api, "default", "kubernetes-vip", &fence)
+            .await
+            .unwrap_err();
+        (error, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_legacy_delete_on_a_hung_server_gives_up_when_the_fence_closes() {
+        let (error, took) =
+            remove_with_fence_of(hung_client(true), Duration::from_millis(200)).await;
+        assert!(matches!(error, Error::LegacyTimeout { .. }), "{error:?}");
+        assert!(took <= Duration::from_millis(200), "{took:?}");
+        assert!(error.is_transient());
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "timed out removing endpoint-copier-operator's Endpoints 'default/kubernetes-vip' after {} ms",
+                took.as_millis()
+            )
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_read_before_the_legacy_delete_is_bounded_by_the_fence_too() {
+        let (error, took) =
+            remove_with_fence_of(hung_client(false), Duration::from_millis(200)).await;
+        assert!(matches!(error, Error::LegacyTimeout { .. }), "{error:?}");
+        assert!(took <= Duration::from_millis(200), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_fence_sends_no_legacy_request_at_all() {
+        let (error, took) = remove_with_fence_of(hung_client(false), Duration::ZERO).await;
+        assert!(matches!(error, Error::NotLeader { .. }), "{error:?}");
+        assert_eq!(took, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slice_write_on_a_hung_server_gives_up_when_the_fence_closes() {
+        let api = Api::<EndpointSlice>::namespaced(hung_client(false), "default");
+        let fence = Fence::open_for("kube-system/endpoint-copier", Duration::from_millis(300));
+        let mut slice = EndpointSlice::default();
+        slice.metadata.name = Some("kubernetes-vip".into());
+        let plan = Plan {
+            creates: vec![slice],
+            ..Plan::default()
+        };
+        let started = Instant::now();
+        let error = apply(&api, "default", &plan, &fence, &Metrics::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
+        assert!(started.elapsed() <= Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_in_flight_are_outstanding_until_the_fence_or_the_timeout_whichever_is_first() {
+        let short = Fence::open_for("kube-system/endpoint-copier", Duration::from_secs(2));
+        let until = outstanding_until(&short);
+        assert_eq!(until, Instant::now() + Duration::from_secs(2));
+        let long = Fence::open_for("kube-system/endpoint-copier", Duration::from_secs(60));
+        assert_eq!(outstanding_until(&long), Instant::now() + REQUEST_TIMEOUT);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! Owns: finding the kubeconfig (`auto` = RKE2's, then K3s's), loading it with the settings a
 //! daemon needs (timeouts, no hidden retries), the safety checks an operator should hear about
 //! (insecure TLS refused, loose file modes and host names warned), and noticing when the file is
-//! rewritten (RKE2 rotates its client certificate by writing a new file). It never reads
-//! `~/.kube/config`, `KUBECONFIG` or the in-cluster environment. Deciding *when* to rebuild is
-//! `daemon`'s job; permissions are read through `host`.
+//! rewritten (RKE2 rotates its client certificate by writing a new file); and the one
+//! classification of failed requests ([`classify`], [`retry_after`]) that every caller retries
+//! by. It never reads `~/.kube/config`, `KUBECONFIG` or the in-cluster environment. Deciding
+//! *when* to rebuild is `daemon`'s job; permissions are read through `host`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -195,10 +196,69 @@ impl Fingerprint {
     }
 }
 
-/// Whether an API error means our credentials are no longer accepted (RKE2 rotated the client
-/// certificate and the old one expired): the daemon then re-reads the kubeconfig.
-pub fn is_unauthorized(err: &kube::Error) -> bool {
-    matches!(err, kube::Error::Api(s) if s.code == 401)
+/// What a failed request means for whoever sent it: the one classification of `kube::Error`
+/// that every caller (Lease, EndpointSlice writes, legacy Endpoints) builds on.
+///
+/// Callers may refine it with what only they know, and say so where they do: for an
+/// EndpointSlice update or delete, a 404 is [`ErrorClass::Fatal`] here but means "the object is
+/// gone, re-plan" to `apply`; for a Lease update it means "deleted under us, re-read" to `lease`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Heals by itself: 408, 429 (API Priority and Fairness), 5xx, timeouts, connection and
+    /// transport errors (refused, reset, TLS handshake, a body cut short). Retry on the backoff.
+    Transient,
+    /// 409: someone wrote first (stale resourceVersion) or the name exists (AlreadyExists).
+    /// Re-read, decide again.
+    Conflict,
+    /// 401, or the client could not produce credentials: RKE2 rotated the client certificate.
+    /// Reload the kubeconfig (`Reloadable` notices 401s), then retry: transient for retry purposes.
+    Auth,
+    /// Needs a person: 400, 403 (RBAC), 404 (a namespace or resource that does not exist), 422,
+    /// and errors that are not about the server at all (a request we could not build).
+    Fatal,
+}
+
+impl ErrorClass {
+    /// Whether retrying (after a re-read or a credential reload where the class says so) can
+    /// succeed without a person: everything but [`ErrorClass::Fatal`].
+    pub fn is_retryable(self) -> bool {
+        self != ErrorClass::Fatal
+    }
+}
+
+/// The [`ErrorClass`] of a failed request.
+pub fn classify(error: &kube::Error) -> ErrorClass {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            401 => ErrorClass::Auth,
+            409 => ErrorClass::Conflict,
+            408 | 429 | 500..=599 => ErrorClass::Transient,
+            _ => ErrorClass::Fatal,
+        },
+        // The connection failed or the answer was cut short: nothing the server decided.
+        kube::Error::HyperError(_)
+        | kube::Error::Service(_)
+        | kube::Error::ReadEvents(_)
+        | kube::Error::SerdeError(_)
+        | kube::Error::FromUtf8(_)
+        | kube::Error::LinesCodecMaxLineLengthExceeded => ErrorClass::Transient,
+        kube::Error::Auth(_) => ErrorClass::Auth,
+        _ => ErrorClass::Fatal,
+    }
+}
+
+/// The server's Retry-After, when it sent one (429 from API Priority and Fairness, some 5xx):
+/// honour it instead of our own backoff.
+pub fn retry_after(error: &kube::Error) -> Option<Duration> {
+    match error {
+        kube::Error::Api(status) => status
+            .details
+            .as_ref()
+            .map(|d| d.retry_after_seconds)
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(u64::from(s))),
+        _ => None,
+    }
 }
 
 /// One `kube::Client` for the whole process whose credentials can be replaced underneath it.
@@ -292,6 +352,53 @@ mod tests {
         std::fs::rename(&tmp, &p).unwrap();
         assert_ne!(Fingerprint::of(&p).unwrap(), before);
         assert_eq!(Fingerprint::of(&dir.path().join("missing")), None);
+    }
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("x", "y")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn every_status_code_has_one_class() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(classify(&api(code)), ErrorClass::Transient, "{code}");
+        }
+        assert_eq!(classify(&api(409)), ErrorClass::Conflict);
+        assert_eq!(classify(&api(401)), ErrorClass::Auth);
+        for code in [400, 403, 404, 410, 422] {
+            assert_eq!(classify(&api(code)), ErrorClass::Fatal, "{code}");
+        }
+    }
+
+    #[test]
+    fn transport_failures_are_transient_and_only_fatal_is_not_retryable() {
+        let reset = kube::Error::Service(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(classify(&reset), ErrorClass::Transient);
+        assert!(ErrorClass::Transient.is_retryable());
+        assert!(ErrorClass::Conflict.is_retryable());
+        assert!(ErrorClass::Auth.is_retryable());
+        assert!(!ErrorClass::Fatal.is_retryable());
+    }
+
+    #[test]
+    fn retry_after_comes_from_the_status_details() {
+        // Deserialized, as the client gets it: StatusDetails has no Default.
+        let details =
+            serde_json::from_value(serde_json::json!({ "retryAfterSeconds": 3 })).unwrap();
+        let throttled = kube::Error::Api(
+            kube::core::Status::failure("x", "TooManyRequests")
+                .with_code(429)
+                .with_details(details)
+                .boxed(),
+        );
+        assert_eq!(retry_after(&throttled), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(&api(503)), None);
     }
 
     #[tokio::test]

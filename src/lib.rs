@@ -16,6 +16,7 @@
 //! `daemon` supervises the tasks; `main` wires the process (flags, logging, exit codes).
 
 pub mod apply;
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -27,35 +27,15 @@ use crate::names::{self, ServiceRef};
 /// A stream of watch events with kube's default backoff between failed attempts.
 pub type Events<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
 
-/// Backoff between failed watch attempts: 200 ms doubling, jittered, capped at
-/// [`WATCH_BACKOFF_MAX`], reset once a watch succeeds. kube's default grows to 30 s, so after a
-/// 10 s apiserver restart the VIP could wait half a minute for the re-list; the apiserver is on
-/// this host or one hop away, and a retry every few seconds costs it nothing.
-#[derive(Debug, Default)]
-pub struct WatchBackoff {
-    attempt: u32,
-}
-
-/// The longest wait between two watch attempts.
+/// The longest wait between two watch attempts. kube's default grows to 30 s, so after a 10 s
+/// apiserver restart the VIP could wait half a minute for the re-list; the apiserver is on this
+/// host or one hop away, and a retry every few seconds costs it nothing.
 pub const WATCH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
-impl Iterator for WatchBackoff {
-    type Item = std::time::Duration;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let base =
-            std::time::Duration::from_millis(200).saturating_mul(1u32 << self.attempt.min(10));
-        self.attempt = self.attempt.saturating_add(1);
-        let ceiling = base.min(WATCH_BACKOFF_MAX);
-        // Full jitter over the upper half, so restarting copies do not retry in lockstep.
-        Some(ceiling / 2 + (ceiling / 2).mul_f64(fastrand::f64()))
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
+/// Backoff between failed watch attempts: 200 ms doubling, jittered, capped at
+/// [`WATCH_BACKOFF_MAX`], reset once a watch succeeds.
+pub fn watch_backoff() -> crate::backoff::Backoff {
+    crate::backoff::Backoff::new(std::time::Duration::from_millis(200), WATCH_BACKOFF_MAX)
 }
 
 /// Watches every Service of the cluster (filtering happens in [`ServiceCache`]).
@@ -64,7 +44,7 @@ pub fn services(client: &Client) -> Events<Service> {
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
-    .backoff(WatchBackoff::default())
+    .backoff(watch_backoff())
     .boxed()
 }
 
@@ -126,7 +106,7 @@ impl SliceWatches {
                 Api::<EndpointSlice>::namespaced(client.clone(), &ns),
                 watcher::Config::default().labels(&selector),
             )
-            .backoff(WatchBackoff::default())
+            .backoff(watch_backoff())
             .take_until(token.clone().cancelled_owned())
             .map(move |e| (tag.clone(), generation, e))
             .boxed();
@@ -573,8 +553,7 @@ mod tests {
 
     #[test]
     fn watch_retries_back_off_to_at_most_five_seconds_and_reset() {
-        use kube::runtime::utils::Backoff;
-        let mut b = WatchBackoff::default();
+        let mut b = watch_backoff();
         let first = b.next().unwrap();
         assert!(first <= std::time::Duration::from_millis(200), "{first:?}");
         for _ in 0..50 {

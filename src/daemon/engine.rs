@@ -685,7 +685,7 @@ impl Engine {
                 self.schedule_of(job).map_or(0, |s| s.attempt()),
             ),
         };
-        backoff_delay(attempt.saturating_add(1), BACKOFF_BASE, cap)
+        crate::backoff::delay(attempt.saturating_add(1), BACKOFF_BASE, cap)
     }
 
     fn finish(&mut self, done: Done) {
@@ -849,10 +849,10 @@ impl Engine {
             .min()
     }
 
-    /// Waits (bounded) for the writes in flight; aborts what is left. Returns how long the Lease
-    /// must still be kept when a write was abandoned: it may still reach the server until its own
-    /// request timeout, which the fence bounds.
-    pub async fn drain(&mut self, limit: Duration) -> Option<Duration> {
+    /// Waits (bounded) for the writes in flight; aborts what is left. Returns until when the
+    /// Lease must still be kept when a write was abandoned: its request may still be waiting for
+    /// an answer until its own timeout, which the fence bounds ([`apply::outstanding_until`]).
+    pub async fn drain(&mut self, limit: Duration) -> Option<Instant> {
         let deadline = Instant::now() + limit;
         // Background checks are not worth waiting for; writes are.
         let checks: Vec<tokio::task::Id> = self
@@ -867,23 +867,13 @@ impl Engine {
                 Ok(Some(done)) => self.joined(done),
                 Ok(None) => break,
                 Err(_) => {
+                    let until = apply::outstanding_until(&self.fence);
                     self.tasks.abort_all();
-                    let margin = self.fence.remaining()?;
-                    return Some(margin.min(apply::REQUEST_TIMEOUT));
+                    return Some(until);
                 }
             }
         }
         self.tasks.abort_all();
         None
     }
-}
-
-/// Capped exponential backoff with equal jitter: uniformly in [ceiling/2, ceiling], where the
-/// ceiling is `base`·2^(attempt-1) capped at `max`.
-pub(super) fn backoff_delay(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let ceiling = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(max);
-    let half = ceiling / 2;
-    half + half.mul_f64(fastrand::f64())
 }

@@ -74,12 +74,6 @@ impl Error {
     }
 }
 
-/// Capped exponential backoff with equal jitter, from 200 ms: uniformly in [ceiling/2, ceiling],
-/// the ceiling doubling per attempt up to `max`.
-pub fn backoff(attempt: u32, max: Duration) -> Duration {
-    engine::backoff_delay(attempt, Duration::from_millis(200), max)
-}
-
 /// Runs the daemon until `shutdown` is cancelled (→ `Ok`) or something fatal happens.
 ///
 /// Sends READY=1 at once (so `systemctl start` never waits for the cluster), then waits for the
@@ -186,16 +180,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         // It ended by itself (its error is in `result`): there is nothing left to release, and
         // its handle may already have been awaited.
     } else {
-        if let Some(margin) = abandoned {
+        if let Some(until) = abandoned {
             // A write we abandoned may still be on its way to (or inside) the API server. Keep
             // the Lease — the elector renews it meanwhile — until that request's own timeout has
-            // passed, so no peer is invited to write while our client still sends; the
+            // passed, so no peer is invited to write while our client may still send; the
             // preconditions on every write make a later arrival harmless (docs/development/lease.md).
+            let margin = until.saturating_duration_since(tokio::time::Instant::now());
             warn!(
                 margin_ms = u64::try_from(margin.as_millis()).unwrap_or(u64::MAX),
                 "writes still in flight at shutdown were abandoned; keeping the Lease until their requests have timed out"
             );
-            tokio::time::sleep(margin).await;
+            tokio::time::sleep_until(until).await;
         }
         lease_stop.cancel();
         match tokio::time::timeout(RELEASE_TIMEOUT, &mut elector_task).await {

@@ -300,7 +300,10 @@ fn target_slices_carry_our_four_labels_and_nothing_else() {
         Some(BTreeMap::from([
             (SERVICE_NAME_LABEL.to_owned(), "kubernetes-vip".to_owned()),
             (MANAGED_BY_LABEL.to_owned(), "endpoint-copier".to_owned()),
-            (GROUP_LABEL.to_owned(), "kube-system.endpoint-copier".to_owned()),
+            (
+                GROUP_LABEL.to_owned(),
+                "kube-system.endpoint-copier".to_owned()
+            ),
             (SOURCE_LABEL.to_owned(), "kubernetes".to_owned()),
         ]))
     );

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::member::{DecodeError, MemberRecord, PairRef};
 use super::{Group, Settings};
 use crate::names::{self, ServiceRef};
-use crate::watch::{Events, WatchBackoff};
+use crate::watch::{Events, watch_backoff};
 
 /// Watches `group`'s member Leases (label `endpoint-copier/group=<value>,endpoint-copier/member=true`
 /// in the group Lease's namespace), for the engine to poll into [`Members::apply`]. Another group's
@@ -32,7 +32,7 @@ pub fn watch(client: &Client, group: &Group) -> Events<Lease> {
         api,
         watcher::Config::default().labels(&group.member_selector()),
     )
-    .backoff(WatchBackoff::default())
+    .backoff(watch_backoff())
     .boxed()
 }
 

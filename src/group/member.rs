@@ -262,7 +262,7 @@ fn request_timeout(settings: &Settings) -> Duration {
 /// Each write is a PUT carrying the resourceVersion last read or written (409: re-read and
 /// retry), or a create when the object is missing. A change of `record` is written at once;
 /// a dropped sender just freezes the content. Failures are retried with capped jittered backoff
-/// (`daemon::backoff`, capped at one heartbeat), with one warning per failure streak and a notice
+/// (`backoff::delay` from 200 ms, capped at one heartbeat), with one warning per failure streak and a notice
 /// when it ends. On shutdown the object is left in place: a restart must not look like the member
 /// left (its liveness simply lapses if the copy does not come back).
 ///
@@ -422,7 +422,11 @@ impl Publisher {
 
     /// The wait before the next attempt after `failures` failures in a row.
     fn backoff(&self) -> Duration {
-        crate::daemon::backoff(self.failures, self.settings.heartbeat)
+        crate::backoff::delay(
+            self.failures,
+            std::time::Duration::from_millis(200),
+            self.settings.heartbeat,
+        )
     }
 }
 

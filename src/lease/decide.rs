@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use tokio::time::Instant;
 
 /// The three timings of the protocol (validated by `config`: duration > renew deadline >
-/// 1.2 × retry period ≥ 1 s).
+/// 1.2 × retry period ≥ 1 s, and renew deadline + retry period < duration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
     /// How long a claim is valid without renewal; written to `leaseDurationSeconds` and used
@@ -116,6 +116,25 @@ pub fn observed_at(
     }
 }
 
+/// Whether this process wrote the record as read (`spec`, with resourceVersion `rv`), given
+/// the resourceVersion our last successful write returned (`written_rv`) and the last claim or
+/// renewal we sent (`sent`, whatever became of it).
+///
+/// Either proves it: the version is the one our write returned, or the record is *exactly* the
+/// one we sent — holder, `acquireTime` and `renewTime` to the microsecond, transitions. The
+/// second case is a write whose reply was lost (a timeout, a connection dropped after the server
+/// committed it): the record carries a version we never saw, yet it is ours. A twin (another
+/// process with our identity) writes its own `renewTime` from its own clock, so it cannot
+/// produce our exact record by chance.
+pub fn wrote_it(
+    spec: &LeaseSpec,
+    rv: Option<&str>,
+    written_rv: Option<&str>,
+    sent: Option<&LeaseSpec>,
+) -> bool {
+    (rv.is_some() && rv == written_rv) || sent == Some(spec)
+}
+
 /// The decision for the Lease as read (`None`: it does not exist), given when we saw its record
 /// change, who we are, whether this process wrote the record as read (`wrote_it`: its
 /// resourceVersion is the one our last successful write returned), and what we believe.
@@ -188,16 +207,24 @@ fn duration_seconds(d: Duration) -> i32 {
     i32::try_from(secs.max(1)).unwrap_or(i32::MAX)
 }
 
+/// `now` truncated to the microsecond: a `MicroTime` is sent with six decimals, so this is the
+/// value the server stores and echoes, and a record we built compares equal to the record we
+/// read back (which is how [`wrote_it`] recognises a write whose reply was lost).
+fn micro(now: Timestamp) -> Timestamp {
+    Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now)
+}
+
 /// The record to write when we claim or renew the Lease whose current record is `current`
 /// (`None`: it does not exist yet). A claim by a new holder sets `acquireTime` and increments
 /// `leaseTransitions` (client-go counts a takeover from a released Lease too); a renewal by the
-/// current holder keeps both.
+/// current holder keeps both. Timestamps are truncated to the microsecond, as the API keeps them.
 pub fn claim(
     current: Option<&LeaseSpec>,
     identity: &str,
     now: Timestamp,
     timing: &Timing,
 ) -> LeaseSpec {
+    let now = micro(now);
     let ours = current.and_then(holder) == Some(identity);
     let (acquire_time, transitions) = match current {
         None => (MicroTime(now), 0),
@@ -223,6 +250,7 @@ pub fn claim(
 /// The record that releases the Lease, as client-go's `release()` writes it: empty holder,
 /// `leaseDurationSeconds` 1, `acquireTime` = `renewTime` = now, transitions kept.
 pub fn release(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
+    let now = micro(now);
     LeaseSpec {
         holder_identity: Some(String::new()),
         lease_duration_seconds: Some(1),
@@ -278,6 +306,77 @@ mod tests {
             ),
             Decision::Acquire
         );
+    }
+
+    #[test]
+    fn a_renewal_whose_reply_was_lost_is_recognised_and_the_leader_keeps_leading() {
+        let t0 = Instant::now();
+        let held = claim(None, "node-1", ts(1_700_000_000), &TIMING);
+        // The renewal we sent; the server committed it as version 12, the reply never came, so
+        // the last version we know is 11's.
+        let sent = claim(
+            Some(&held),
+            "node-1",
+            Timestamp::from_nanosecond(1_700_000_002_123_456_789).unwrap(),
+            &TIMING,
+        );
+        // As read back from the API (MicroTime keeps six decimals).
+        let observed: LeaseSpec =
+            serde_json::from_value(serde_json::to_value(&sent).unwrap()).unwrap();
+        let ours = wrote_it(&observed, Some("12"), Some("11"), Some(&sent));
+        assert!(ours);
+        let role = Role::Leader { renewed_at: t0 };
+        let decision = super::decide(
+            Some(&observed),
+            t0 + secs(1),
+            "node-1",
+            ours,
+            role,
+            t0 + secs(1),
+            &TIMING,
+        );
+        assert!(
+            matches!(decision, Decision::Wait { .. } | Decision::Renew),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn a_create_or_claim_whose_reply_was_lost_is_taken_without_waiting_for_expiry() {
+        let t0 = Instant::now();
+        for current in [None, Some(held_by("node-2", 1_700_000_000))] {
+            let sent = claim(current.as_ref(), "node-1", ts(1_700_000_020), &TIMING);
+            let ours = wrote_it(&sent, Some("7"), None, Some(&sent));
+            assert!(ours);
+            assert_eq!(
+                super::decide(Some(&sent), t0, "node-1", ours, Role::Follower, t0, &TIMING),
+                Decision::Acquire
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_naming_us_that_differs_from_what_we_sent_is_not_ours() {
+        let sent = claim(None, "node-1", ts(1_700_000_000), &TIMING);
+        // A twin's renewal: same identity, its own clock.
+        let twin = claim(Some(&sent), "node-1", ts(1_700_000_001), &TIMING);
+        assert!(!wrote_it(&twin, Some("9"), Some("8"), Some(&sent)));
+        assert!(!wrote_it(&twin, Some("9"), None, None));
+        assert!(!wrote_it(&twin, None, None, None), "no version is no proof");
+        assert!(wrote_it(&twin, Some("9"), Some("9"), Some(&sent)));
+    }
+
+    #[test]
+    fn records_we_build_carry_microseconds_so_they_survive_the_round_trip() {
+        let now = Timestamp::from_nanosecond(1_700_000_000_999_999_999).unwrap();
+        for spec in [
+            claim(None, "node-1", now, &TIMING),
+            release(&held_by("node-1", 1_700_000_000), now),
+        ] {
+            let back: LeaseSpec =
+                serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+            assert_eq!(back, spec);
+        }
     }
 
     #[test]

@@ -3,17 +3,18 @@
 //! keeps the [`Fence`] that every EndpointSlice write checks.
 //!
 //! What it leaves to others: the settings come from `config` (validated there: duration > renew
-//! deadline > 1.2 × retry period ≥ 1 s) and the identity from `host`; `daemon` starts and stops
+//! deadline > 1.2 × retry period ≥ 1 s, renew deadline + retry period < duration) and the
+//! identity from `host`; the fence itself is `fence.rs`; `daemon` starts and stops
 //! the writers on [`Leadership`] transitions and must stop them *before* it cancels the token
-//! given to [`Elector::run`]; `apply` calls [`Fence::check`] right before every write; `metrics`
-//! reads [`Counters`]. Services and EndpointSlices are never touched here.
+//! given to [`Elector::run`]; `apply` calls [`Fence::check`] right before every write and bounds
+//! the request by its answer. Services and EndpointSlices are never touched here.
 //!
 //! The protocol and the reasons behind each rule are in `docs/development/lease.md`.
 
 pub mod decide;
+mod fence;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -29,8 +30,11 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::client::{ErrorClass, classify};
 use crate::names;
 use decide::{Decision, Role, Timing};
+use fence::FenceState;
+pub use fence::{Fence, NotLeader};
 
 /// Where the Lease is, who we are, and the three timings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,137 +84,6 @@ pub enum Leadership {
     },
 }
 
-/// Returned by [`Fence::check`] when we may not write.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not the holder of Lease {lease}")]
-pub struct NotLeader {
-    /// `namespace/name` of the Lease we do not hold.
-    pub lease: String,
-}
-
-/// The shared state behind a [`Fence`]: the monotonic instant until which writes are allowed.
-#[derive(Debug)]
-struct FenceState {
-    /// `namespace/name` of the Lease, for [`NotLeader`].
-    lease: String,
-    /// Origin of `until_nanos` (an `Instant` is not atomic; an offset from it is).
-    base: Instant,
-    /// Writes are allowed while `now - base < until_nanos`; 0 means not allowed.
-    until_nanos: AtomicU64,
-}
-
-impl FenceState {
-    fn set_until(&self, until: Instant) {
-        let nanos = u64::try_from(until.saturating_duration_since(self.base).as_nanos())
-            .unwrap_or(u64::MAX);
-        self.until_nanos.store(nanos, Ordering::SeqCst);
-    }
-
-    fn invalidate(&self) {
-        self.until_nanos.store(0, Ordering::SeqCst);
-    }
-
-    fn valid_at(&self, now: Instant) -> bool {
-        let until = self.until_nanos.load(Ordering::SeqCst);
-        let elapsed =
-            u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
-        elapsed < until
-    }
-}
-
-/// Fencing token: cloned into every EndpointSlice writer; [`Fence::check`] is called right before
-/// each write.
-///
-/// It turns invalid by itself at (send time of the last successful renewal + renew deadline),
-/// comparing the monotonic clock, so a stuck elector task cannot keep a stale leader writing;
-/// the elector also invalidates it at once when it steps down or shuts down.
-#[derive(Clone, Debug)]
-pub struct Fence {
-    /// `None`: [`Fence::always`].
-    state: Option<Arc<FenceState>>,
-}
-
-impl Fence {
-    /// `Ok` while we hold the Lease and our renew deadline has not passed.
-    ///
-    /// # Errors
-    /// [`NotLeader`] otherwise.
-    pub fn check(&self) -> Result<(), NotLeader> {
-        self.check_at(Instant::now())
-    }
-
-    fn check_at(&self, now: Instant) -> Result<(), NotLeader> {
-        match &self.state {
-            None => Ok(()),
-            Some(state) if state.valid_at(now) => Ok(()),
-            Some(state) => Err(NotLeader {
-                lease: state.lease.clone(),
-            }),
-        }
-    }
-
-    /// How long writes stay allowed from now: zero once the fence is closed, `None` for
-    /// [`Fence::always`]. A writer bounds each request by it, so a write checked just before the
-    /// deadline cannot land long after our term ended (a create carries no precondition).
-    pub fn remaining(&self) -> Option<Duration> {
-        let state = self.state.as_ref()?;
-        let until = state.until_nanos.load(Ordering::SeqCst);
-        let elapsed = u64::try_from(
-            Instant::now()
-                .saturating_duration_since(state.base)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX);
-        Some(Duration::from_nanos(until.saturating_sub(elapsed)))
-    }
-
-    /// A fence that always allows writing, for tests with a single writer and no Lease.
-    pub fn always() -> Fence {
-        Fence { state: None }
-    }
-}
-
-/// Counters for metrics; cheap to clone, read at any time.
-#[derive(Clone, Debug, Default)]
-pub struct Counters {
-    inner: Arc<CountersInner>,
-}
-
-#[derive(Debug, Default)]
-struct CountersInner {
-    acquired: AtomicU64,
-    lost: AtomicU64,
-    writes: AtomicU64,
-    /// `leaseTransitions` of the record last read, plus one (0: never read).
-    transitions: AtomicI64,
-}
-
-impl Counters {
-    /// How many times this process became the leader.
-    pub fn acquired(&self) -> u64 {
-        self.inner.acquired.load(Ordering::Relaxed)
-    }
-
-    /// How many times this process stopped being the leader (step down, deadline, shutdown).
-    pub fn lost(&self) -> u64 {
-        self.inner.lost.load(Ordering::Relaxed)
-    }
-
-    /// Lease writes (create, claim, renewal, release) that succeeded.
-    pub fn writes(&self) -> u64 {
-        self.inner.writes.load(Ordering::Relaxed)
-    }
-
-    /// `spec.leaseTransitions` of the Lease as last read (holder changes over the Lease's life,
-    /// counted by every holder), `None` before the first read.
-    pub fn lease_transitions(&self) -> Option<i32> {
-        match self.inner.transitions.load(Ordering::Relaxed) {
-            0 => None,
-            n => i32::try_from(n - 1).ok(),
-        }
-    }
-}
-
 /// Why the elector stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -238,61 +111,41 @@ pub enum Error {
 }
 
 impl Error {
-    fn code(&self) -> Option<u16> {
+    /// The shared class of the client error; a timeout is transient.
+    fn class(&self) -> ErrorClass {
         match self {
-            Error::Request {
-                source: kube::Error::Api(status),
-                ..
-            } => Some(status.code),
-            _ => None,
+            Error::Timeout { .. } => ErrorClass::Transient,
+            Error::Request { source, .. } => classify(source),
         }
     }
 
-    /// Worth retrying: timeouts, connection failures, 401, 409, 429 and 5xx. A 401 is transient
-    /// because RKE2 rotates the client certificate: the daemon re-reads the kubeconfig on the
-    /// first 401 (`client::Reloadable`) and the next attempt carries the new one; if the file
-    /// never gets better, the renew deadline passes and we step down, which is the right outcome
-    /// too. Everything else (403, 404 on create because the namespace is missing, 422) needs a
-    /// person.
+    /// Worth retrying: everything [`crate::client::classify`] does not call fatal — timeouts,
+    /// connection failures, 401, 409, 429 and 5xx. A 401 is retried because RKE2 rotates the
+    /// client certificate: the daemon re-reads the kubeconfig on the first 401
+    /// (`client::Reloadable`) and the next attempt carries the new one; if the file never gets
+    /// better, the renew deadline passes and we step down, which is the right outcome too.
+    /// Everything else (403, 404 on create because the namespace is missing, 422) needs a person.
     pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Timeout { .. } => true,
-            Error::Request { source, .. } => match source {
-                kube::Error::Api(status) => {
-                    matches!(status.code, 401 | 408 | 409 | 429)
-                        || (500..=599).contains(&status.code)
-                }
-                kube::Error::HyperError(_)
-                | kube::Error::Service(_)
-                | kube::Error::ReadEvents(_)
-                | kube::Error::SerdeError(_)
-                | kube::Error::FromUtf8(_) => true,
-                _ => false,
-            },
-        }
+        self.class().is_retryable()
     }
 
     /// Someone else wrote first: our resourceVersion is stale (409), the Lease we meant to create
-    /// exists (409 AlreadyExists), or the Lease we meant to update was deleted (404 on update).
-    /// Not a failure: re-read and decide again.
+    /// exists (409 AlreadyExists), or the Lease we meant to update was deleted (404 on update:
+    /// fatal in the shared class, but for a Lease we hold a resourceVersion of, it can only mean
+    /// the object went away under us). Not a failure: re-read and decide again.
     fn is_lost_race(&self) -> bool {
-        matches!(
-            (self, self.code()),
-            (_, Some(409)) | (Error::Request { verb: "update", .. }, Some(404))
-        )
+        match self {
+            Error::Request { verb, source, .. } => {
+                classify(source) == ErrorClass::Conflict
+                    || (*verb == "update" && matches!(source, kube::Error::Api(s) if s.code == 404))
+            }
+            Error::Timeout { .. } => false,
+        }
     }
 }
 
-/// Capped, jittered exponential backoff: 100 ms doubling per attempt up to `cap`, then a random
-/// point in its upper half (so candidates that failed together do not retry together).
-fn backoff(attempt: u32, cap: Duration) -> Duration {
-    let full = Duration::from_millis(100)
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(cap);
-    let half = full / 2;
-    let jitter = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-    half + Duration::from_nanos(fastrand::u64(0..=jitter))
-}
+/// The first retry waits at most this long; then it doubles, capped at the retry period.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
 
 /// Whether a watch event's object is newer than what we hold. Kubernetes calls
 /// resourceVersions opaque, but every etcd-backed apiserver uses the etcd revision; comparing
@@ -341,6 +194,15 @@ impl Observed {
     }
 }
 
+/// The last claim or renewal we sent, whatever became of it.
+struct Sent {
+    /// The record as sent: timestamps truncated to the microsecond, so the server echoes it
+    /// exactly (see `decide::claim`).
+    spec: LeaseSpec,
+    /// When the request left (local monotonic clock): the claim is as fresh as this, no more.
+    at: Instant,
+}
+
 /// Whether the loop goes on or shutdown was requested.
 enum Flow {
     Continue,
@@ -355,18 +217,23 @@ pub struct Elector {
     timing: Timing,
     tx: watch::Sender<Leadership>,
     fence: Arc<FenceState>,
-    counters: Counters,
     observed: Option<Observed>,
     role: Role,
     /// Consecutive failed requests (0 after a success).
     failures: u32,
     /// After a failed request, do not send the next one before this instant.
     retry_at: Option<Instant>,
-    /// resourceVersion of the Lease our last successful write returned: a record naming us with
-    /// any other version was written by another process with our identity (see `decide`).
+    /// resourceVersion of the Lease our last successful write returned (or of the record that
+    /// proved a write committed whose reply was lost): with [`Elector::sent`], how we tell our
+    /// own record from a twin's (see `decide::wrote_it`).
     written_rv: Option<String>,
+    /// The last claim or renewal we sent. Seeing exactly this record proves that write
+    /// committed, even when its reply was lost to a timeout or a dropped connection.
+    sent: Option<Sent>,
     /// Called on every decision (see [`Elector::with_progress`]).
     progress: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Set once the campaign ended: from then on nothing may open the fence again.
+    stopped: bool,
 }
 
 impl Elector {
@@ -379,11 +246,7 @@ impl Elector {
     ) -> (Elector, watch::Receiver<Leadership>, Fence) {
         let (tx, rx) = watch::channel(Leadership::Starting);
         let lease_ref = settings.lease_ref();
-        let fence = Arc::new(FenceState {
-            lease: lease_ref.clone(),
-            base: Instant::now(),
-            until_nanos: AtomicU64::new(0),
-        });
+        let fence = FenceState::new(&lease_ref);
         let api = Api::namespaced(api.into_client(), &settings.namespace);
         let elector = Elector {
             api,
@@ -392,15 +255,16 @@ impl Elector {
             lease_ref,
             tx,
             fence: fence.clone(),
-            counters: Counters::default(),
             observed: None,
             role: Role::Follower,
             failures: 0,
             retry_at: None,
             written_rv: None,
+            sent: None,
             progress: None,
+            stopped: false,
         };
-        (elector, rx, Fence { state: Some(fence) })
+        (elector, rx, Fence::new(fence))
     }
 
     /// Calls `progress` every time the elector decides (at least once per retry period while
@@ -410,11 +274,6 @@ impl Elector {
     pub fn with_progress(mut self, progress: impl Fn() + Send + Sync + 'static) -> Elector {
         self.progress = Some(Box::new(progress));
         self
-    }
-
-    /// Counters for metrics (shared: keep the clone, they keep counting while `run` runs).
-    pub fn counters(&self) -> Counters {
-        self.counters.clone()
     }
 
     /// Campaigns until `shutdown` is cancelled; then, if the Lease names us, releases it (empty
@@ -427,6 +286,12 @@ impl Elector {
     /// finished first (bounded by its timeout). The release is bounded by the renew deadline; if
     /// it fails the Lease simply expires.
     ///
+    /// Until `shutdown` is cancelled the elector keeps renewing, whatever the writers do. So a
+    /// daemon that abandoned a write (its drain timed out) and wants to keep the Lease until that
+    /// write's own deadline has passed (`apply::outstanding_until`) only has to wait until then
+    /// before cancelling `shutdown`: no successor can start while we renew, and the release
+    /// follows at once.
+    ///
     /// # Errors
     /// Transient API errors (timeouts, connection failures, 409, 429, 5xx) are retried inside;
     /// [`Error`] is returned only for fatal ones (403, the namespace missing, 422). The fence
@@ -435,16 +300,21 @@ impl Elector {
         let config =
             watcher::Config::default().fields(&format!("metadata.name={}", self.settings.name));
         // The watch lets followers react the moment the Lease is released or changes hands
-        // instead of polling; its own backoff paces re-watches when the API is unreachable.
+        // instead of polling. Re-watches are paced like our requests, capped at the retry
+        // period: kube's default grows to 30 s, and a follower whose watch is down learns of a
+        // release only at the holder's expiry.
         let mut events = watcher(self.api.clone(), config)
-            .default_backoff()
+            .backoff(crate::backoff::Backoff::new(
+                BACKOFF_BASE,
+                self.timing.retry_period,
+            ))
             .fuse()
             .boxed();
         let result = self.campaign(&mut events, &shutdown).await;
+        self.stopped = true;
         self.fence.invalidate();
         if matches!(self.role, Role::Leader { .. }) {
             self.role = Role::Follower;
-            self.counters.inner.lost.fetch_add(1, Ordering::Relaxed);
             info!(lease = %self.lease_ref, identity = %self.settings.identity, "lost leadership");
         }
         self.publish(Leadership::Follower { holder: None });
@@ -500,8 +370,7 @@ impl Elector {
             // Read again: the GET above may have taken a while, and a stale `now` would only
             // make us decide early and loop once more.
             let now = Instant::now();
-            let wrote_it = observed.resource_version().is_some()
-                && observed.resource_version() == self.written_rv.as_deref();
+            let wrote_it = self.wrote_it();
             let decision = decide::decide(
                 observed.spec(),
                 observed.at,
@@ -593,13 +462,56 @@ impl Elector {
         let spec = lease.as_ref().map(|l| l.spec.clone().unwrap_or_default());
         let previous = self.observed.as_ref().map(|o| (o.spec(), o.at));
         let at = decide::observed_at(previous, spec.as_ref(), now);
-        if let Some(transitions) = spec.as_ref().and_then(|s| s.lease_transitions) {
-            self.counters
-                .inner
-                .transitions
-                .store(i64::from(transitions) + 1, Ordering::Relaxed);
-        }
         self.observed = Some(Observed { lease, at });
+        self.recognise_own_write();
+    }
+
+    /// Whether this process wrote the record as last read (see `decide::wrote_it`).
+    fn wrote_it(&self) -> bool {
+        self.observed
+            .as_ref()
+            .and_then(|o| o.spec().map(|spec| (spec, o.resource_version())))
+            .is_some_and(|(spec, rv)| {
+                decide::wrote_it(
+                    spec,
+                    rv,
+                    self.written_rv.as_deref(),
+                    self.sent.as_ref().map(|s| &s.spec),
+                )
+            })
+    }
+
+    /// A record that is exactly the claim or renewal we last sent proves that write committed,
+    /// even if its reply never reached us (a timeout, a connection dropped after the server
+    /// wrote). Treat it as the success it was: remember its resourceVersion, forget the failure,
+    /// and lead from the instant it was *sent* — as a reply would have made us — if that term
+    /// has not already run out. Without this, the next read shows a record naming us with a
+    /// version we never saw, which looks exactly like a twin: the leader stepped down with an
+    /// error and everyone waited a whole Lease duration.
+    fn recognise_own_write(&mut self) {
+        let Some(observed) = &self.observed else {
+            return;
+        };
+        let Some(sent) = &self.sent else {
+            return;
+        };
+        if observed.spec() != Some(&sent.spec) {
+            return;
+        }
+        let rv = observed.resource_version().map(str::to_owned);
+        if rv.is_none() || rv == self.written_rv {
+            return;
+        }
+        let sent_at = sent.at;
+        debug!(lease = %self.lease_ref, resource_version = rv.as_deref().unwrap_or(""), "our lease write committed although its reply was lost");
+        self.written_rv = rv;
+        self.failures = 0;
+        self.retry_at = None;
+        // Past its term the fence would open onto nothing: the loop steps down at the deadline
+        // and, since the record is ours, re-acquires at once.
+        if !self.stopped && Instant::now() < decide::fence_until(sent_at, &self.timing) {
+            self.lead(sent_at);
+        }
     }
 
     /// Timeout for the next request: a leader must not wait past its deadline; a follower has
@@ -640,6 +552,12 @@ impl Elector {
         };
         // Our claim is as old as the moment the request leaves: peers may see it any time after.
         let sent = Instant::now();
+        // Remembered before the request: if its reply is lost, seeing this record is how we
+        // learn that it committed (see `recognise_own_write`).
+        self.sent = Some(Sent {
+            spec: spec.clone(),
+            at: sent,
+        });
         let (verb, result) = if decision == Decision::Create {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -677,7 +595,6 @@ impl Elector {
                 self.failures = 0;
                 self.retry_at = None;
                 self.written_rv = lease.metadata.resource_version.clone();
-                self.counters.inner.writes.fetch_add(1, Ordering::Relaxed);
                 self.observe(Some(lease));
                 self.lead(sent);
                 Ok(())
@@ -697,7 +614,7 @@ impl Elector {
 
     fn failed(&mut self, error: &Error) {
         self.failures = self.failures.saturating_add(1);
-        let wait = backoff(self.failures, self.timing.retry_period);
+        let wait = crate::backoff::delay(self.failures, BACKOFF_BASE, self.timing.retry_period);
         self.retry_at = Some(Instant::now() + wait);
         warn!(
             lease = %self.lease_ref,
@@ -715,7 +632,6 @@ impl Elector {
         self.fence
             .set_until(decide::fence_until(sent, &self.timing));
         if !was_leader {
-            self.counters.inner.acquired.fetch_add(1, Ordering::Relaxed);
             info!(
                 lease = %self.lease_ref,
                 identity = %self.settings.identity,
@@ -730,7 +646,6 @@ impl Elector {
         // Fence first: writers must be refused before anyone hears we stepped down.
         self.fence.invalidate();
         if matches!(self.role, Role::Leader { .. }) {
-            self.counters.inner.lost.fetch_add(1, Ordering::Relaxed);
             if holder.as_deref() == Some(self.settings.identity.as_str()) {
                 error!(
                     lease = %self.lease_ref,
@@ -791,7 +706,8 @@ impl Elector {
                 return;
             };
             let spec = lease.spec.clone().unwrap_or_default();
-            if decide::holder(&spec) != Some(self.settings.identity.as_str()) {
+            // Only a record this process wrote: a twin's record naming us is not ours to end.
+            if decide::holder(&spec) != Some(self.settings.identity.as_str()) || !self.wrote_it() {
                 return;
             }
             lease.spec = Some(decide::release(&spec, Timestamp::now()));
@@ -799,7 +715,6 @@ impl Elector {
             match tokio::time::timeout_at(deadline, self.api.replace(&name, &params, &lease)).await
             {
                 Ok(Ok(lease)) => {
-                    self.counters.inner.writes.fetch_add(1, Ordering::Relaxed);
                     info!(lease = %self.lease_ref, identity = %self.settings.identity, "released lease");
                     self.observe(Some(lease));
                     return;
@@ -849,15 +764,6 @@ impl Elector {
 mod tests {
     use super::*;
 
-    fn fence_for(lease: &str) -> (Arc<FenceState>, Fence) {
-        let state = Arc::new(FenceState {
-            lease: lease.to_owned(),
-            base: Instant::now(),
-            until_nanos: AtomicU64::new(0),
-        });
-        (state.clone(), Fence { state: Some(state) })
-    }
-
     fn api_error(code: u16, reason: &str) -> kube::Error {
         kube::Error::Api(Box::new(kube::core::Status {
             code,
@@ -872,36 +778,6 @@ mod tests {
             lease: "kube-system/endpoint-copier".into(),
             source: api_error(code, "x"),
         }
-    }
-
-    #[test]
-    fn a_new_fence_refuses_writes_and_names_the_lease() {
-        let (_, fence) = fence_for("kube-system/endpoint-copier");
-        assert_eq!(
-            fence.check(),
-            Err(NotLeader {
-                lease: "kube-system/endpoint-copier".into()
-            })
-        );
-    }
-
-    #[test]
-    fn the_fence_expires_by_itself_at_its_deadline() {
-        let (state, fence) = fence_for("kube-system/endpoint-copier");
-        let t0 = state.base + Duration::from_secs(1);
-        state.set_until(t0 + Duration::from_secs(10));
-        assert!(fence.check_at(t0).is_ok());
-        assert!(fence.check_at(t0 + Duration::from_millis(9_999)).is_ok());
-        assert!(fence.check_at(t0 + Duration::from_secs(10)).is_err());
-        // A clone shares the deadline: every writer sees the same fence.
-        let clone = fence.clone();
-        state.invalidate();
-        assert!(clone.check_at(t0).is_err());
-    }
-
-    #[test]
-    fn the_always_fence_allows_every_write() {
-        assert!(Fence::always().check().is_ok());
     }
 
     #[test]
@@ -931,19 +807,6 @@ mod tests {
             timeout.to_string(),
             "request to get Lease kube-system/endpoint-copier timed out after 10 ms"
         );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
-        let cap = Duration::from_secs(2);
-        for _ in 0..100 {
-            let first = backoff(1, cap);
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-            let third = backoff(3, cap);
-            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
-            let late = backoff(40, cap);
-            assert!(late >= Duration::from_secs(1) && late <= cap);
-        }
     }
 
     #[test]
