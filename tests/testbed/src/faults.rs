@@ -1,5 +1,6 @@
-//! Fault injection state: injected failures for the next N matching requests, added latency, and
-//! per-identity network partitions.
+//! Fault injection state: injected failures for the next N matching requests or until healed,
+//! lost replies (the request is committed, the answer never sent), added latency, and per-identity
+//! network partitions.
 //!
 //! Owns only the state and its matching rules; server.rs applies them to requests (faults never
 //! touch the Store). Closing watches, going down and compaction are driven from lib.rs.
@@ -12,7 +13,11 @@ use serde_json::{Value, json};
 
 use crate::reqlog::Verb;
 
-/// Which requests a [`Failure`] applies to; `None` fields match anything.
+/// Which requests a fault applies to; `None` fields match anything.
+///
+/// Build one with [`Match::any`] and the builder methods
+/// (`Match::any().verb(Verb::List).resource("endpointslices").cluster_wide()`), or as a struct
+/// literal ending in `..Match::any()` so that new fields do not break it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Match {
     /// Only requests from this identity (certificate CN or token user).
@@ -21,6 +26,18 @@ pub struct Match {
     pub verb: Option<Verb>,
     /// Only requests on this resource (plural, e.g. "leases").
     pub resource: Option<String>,
+    /// Only requests in this scope: cluster-wide or one namespace (see [`Scope`]).
+    pub scope: Option<Scope>,
+}
+
+/// The scope a request addresses, as the namespace segment of its path says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// No namespace in the path: a list or watch of a namespaced resource across all namespaces
+    /// (`/apis/discovery.k8s.io/v1/endpointslices`), or any request on a cluster-scoped resource.
+    Cluster,
+    /// `/namespaces/<name>/...` requests in this namespace.
+    Namespace(String),
 }
 
 impl Match {
@@ -29,11 +46,62 @@ impl Match {
         Match::default()
     }
 
-    /// Whether a request with these attributes matches.
-    pub fn matches(&self, identity: &str, verb: Verb, resource: &str) -> bool {
+    /// Only requests from `identity`.
+    pub fn identity(self, identity: impl Into<String>) -> Match {
+        Match {
+            identity: Some(identity.into()),
+            ..self
+        }
+    }
+
+    /// Only requests with `verb`.
+    pub fn verb(self, verb: Verb) -> Match {
+        Match {
+            verb: Some(verb),
+            ..self
+        }
+    }
+
+    /// Only requests on `resource` (plural, e.g. "endpointslices").
+    pub fn resource(self, resource: impl Into<String>) -> Match {
+        Match {
+            resource: Some(resource.into()),
+            ..self
+        }
+    }
+
+    /// Only requests without a namespace in their path ([`Scope::Cluster`]).
+    pub fn cluster_wide(self) -> Match {
+        Match {
+            scope: Some(Scope::Cluster),
+            ..self
+        }
+    }
+
+    /// Only requests in namespace `ns` ([`Scope::Namespace`]).
+    pub fn namespace(self, ns: impl Into<String>) -> Match {
+        Match {
+            scope: Some(Scope::Namespace(ns.into())),
+            ..self
+        }
+    }
+
+    /// Whether a request with these attributes matches (`namespace`: the namespace segment of
+    /// its path, None when it has none).
+    pub fn matches(
+        &self,
+        identity: &str,
+        verb: Verb,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> bool {
         self.identity.as_deref().is_none_or(|i| i == identity)
             && self.verb.is_none_or(|v| v == verb)
             && self.resource.as_deref().is_none_or(|r| r == resource)
+            && self.scope.as_ref().is_none_or(|s| match s {
+                Scope::Cluster => namespace.is_none(),
+                Scope::Namespace(ns) => namespace == Some(ns.as_str()),
+            })
     }
 }
 
@@ -160,9 +228,20 @@ impl Failure {
     }
 }
 
+/// How long a failure rule lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lasts {
+    /// This many more matching requests.
+    Next(usize),
+    /// Every matching request until [`Faults::heal_failures`].
+    UntilHealed,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    rules: Vec<(Match, usize, Failure)>,
+    rules: Vec<(Match, Lasts, Failure)>,
+    /// Lost replies: (which requests, how many more).
+    drops: Vec<(Match, usize)>,
     latency: Duration,
     partitions: HashMap<String, Partition>,
 }
@@ -191,26 +270,80 @@ impl Faults {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Fails the next `n` requests matching `m` with `f` (rules are consumed in the order given).
+    /// Fails the next `n` requests matching `m` with `f` (rules apply in the order given: the
+    /// first one that matches a request answers it).
     pub fn fail_next(&self, m: Match, n: usize, f: Failure) {
         if n > 0 {
-            self.lock().rules.push((m, n, f));
+            self.lock().rules.push((m, Lasts::Next(n), f));
         }
     }
 
-    /// If a rule matches this request, consumes one of its count and returns the failure.
-    pub fn take_failure(&self, identity: &str, verb: Verb, resource: &str) -> Option<Failure> {
+    /// Fails every request matching `m` with `f` until [`Faults::heal_failures`].
+    pub fn fail_until_healed(&self, m: Match, f: Failure) {
+        self.lock().rules.push((m, Lasts::UntilHealed, f));
+    }
+
+    /// Lets the next `n` requests matching `m` reach the store, then drops their connection
+    /// instead of answering.
+    pub fn commit_then_drop_next(&self, m: Match, n: usize) {
+        if n > 0 {
+            self.lock().drops.push((m, n));
+        }
+    }
+
+    /// Removes every injected failure and lost-reply rule, counted or not (partitions and latency
+    /// stay).
+    pub fn heal_failures(&self) {
+        let mut s = self.lock();
+        s.rules.clear();
+        s.drops.clear();
+    }
+
+    /// If a rule matches this request, consumes one of its count (if counted) and returns the
+    /// failure.
+    pub fn take_failure(
+        &self,
+        identity: &str,
+        verb: Verb,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Option<Failure> {
         let mut s = self.lock();
         let i = s
             .rules
             .iter()
-            .position(|(m, _, _)| m.matches(identity, verb, resource))?;
+            .position(|(m, _, _)| m.matches(identity, verb, resource, namespace))?;
         let f = s.rules[i].2.clone();
-        s.rules[i].1 -= 1;
-        if s.rules[i].1 == 0 {
-            s.rules.remove(i);
+        if let Lasts::Next(n) = &mut s.rules[i].1 {
+            *n -= 1;
+            if *n == 0 {
+                s.rules.remove(i);
+            }
         }
         Some(f)
+    }
+
+    /// Whether this request's reply is to be lost (consumes one of the matching rule's count).
+    pub fn take_drop(
+        &self,
+        identity: &str,
+        verb: Verb,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> bool {
+        let mut s = self.lock();
+        let Some(i) = s
+            .drops
+            .iter()
+            .position(|(m, _)| m.matches(identity, verb, resource, namespace))
+        else {
+            return false;
+        };
+        s.drops[i].1 -= 1;
+        if s.drops[i].1 == 0 {
+            s.drops.remove(i);
+        }
+        true
     }
 
     /// Sets the latency added before every response (zero by default).
@@ -268,19 +401,56 @@ mod tests {
             identity: Some("node-1".into()),
             verb: Some(Verb::Update),
             resource: Some("leases".into()),
+            ..Match::any()
         };
+        let ns = Some("kube-system");
         f.fail_next(m, 2, Failure::Conflict);
-        assert_eq!(f.take_failure("node-2", Verb::Update, "leases"), None);
-        assert_eq!(f.take_failure("node-1", Verb::Get, "leases"), None);
+        assert_eq!(f.take_failure("node-2", Verb::Update, "leases", ns), None);
+        assert_eq!(f.take_failure("node-1", Verb::Get, "leases", ns), None);
         assert_eq!(
-            f.take_failure("node-1", Verb::Update, "leases"),
+            f.take_failure("node-1", Verb::Update, "leases", ns),
             Some(Failure::Conflict)
         );
         assert_eq!(
-            f.take_failure("node-1", Verb::Update, "leases"),
+            f.take_failure("node-1", Verb::Update, "leases", ns),
             Some(Failure::Conflict)
         );
-        assert_eq!(f.take_failure("node-1", Verb::Update, "leases"), None);
+        assert_eq!(f.take_failure("node-1", Verb::Update, "leases", ns), None);
+    }
+
+    #[test]
+    fn a_scope_matches_cluster_wide_requests_or_one_namespace_only() {
+        let cluster = Match::any().resource("endpointslices").cluster_wide();
+        assert!(cluster.matches("a", Verb::List, "endpointslices", None));
+        assert!(!cluster.matches("a", Verb::List, "endpointslices", Some("default")));
+        let default = Match::any().namespace("default");
+        assert!(default.matches("a", Verb::Watch, "services", Some("default")));
+        assert!(!default.matches("a", Verb::Watch, "services", Some("kube-system")));
+        assert!(!default.matches("a", Verb::Watch, "services", None));
+        assert!(Match::any().matches("a", Verb::Get, "nodes", None));
+    }
+
+    #[test]
+    fn a_failure_until_healed_is_not_used_up_and_heal_failures_ends_it() {
+        let f = Faults::default();
+        f.fail_until_healed(Match::any().verb(Verb::List), Failure::ServiceUnavailable);
+        for _ in 0..100 {
+            assert_eq!(
+                f.take_failure("a", Verb::List, "services", None),
+                Some(Failure::ServiceUnavailable)
+            );
+        }
+        f.heal_failures();
+        assert_eq!(f.take_failure("a", Verb::List, "services", None), None);
+    }
+
+    #[test]
+    fn commit_then_drop_counts_only_matching_requests() {
+        let f = Faults::default();
+        f.commit_then_drop_next(Match::any().verb(Verb::Create), 1);
+        assert!(!f.take_drop("a", Verb::Get, "services", Some("default")));
+        assert!(f.take_drop("a", Verb::Create, "services", Some("default")));
+        assert!(!f.take_drop("a", Verb::Create, "services", Some("default")));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! injection and a request log. Test-only; never shipped.
 //!
 //! Layout: [`TestBed`] (this file) starts the server and is the handle tests hold; `server` speaks
-//! HTTP and routes to the `store` (objects, validation, watches — the store person's modules); `tls`
+//! HTTP and routes to the `store` (objects, validation, watches, and the garbage collector and
+//! EndpointSlice controllers of kube-controller-manager — the store person's modules); `tls`
 //! makes certificates; `auth` knows identities and the allow/deny table; `faults` holds injected
 //! faults; `reqlog` the request log; `kubeconfig` writes RKE2-shaped kubeconfig files; `discovery`
 //! serves /api, /apis and /version; `cluster` switches the integration suite to a real cluster when
@@ -37,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use cluster::Cluster;
-pub use faults::{Failure, Match, Partition};
+pub use faults::{Failure, Match, Partition, Scope};
 pub use kubeconfig::Credentials;
 pub use reqlog::{RequestRecord, Verb};
 pub use store::Store;
@@ -439,6 +440,28 @@ impl TestBed {
         self.shared.faults.fail_next(m, n, f);
     }
 
+    /// Fails every request matching `m` with `f` until [`TestBed::heal_failures`], for a fault
+    /// that lasts (for example every cluster-wide list and watch of EndpointSlices, with
+    /// `Match::any().resource("endpointslices").cluster_wide()`, while namespaced ones succeed).
+    /// Only new requests fail: watches already open carry on (`close_watches` ends them).
+    pub fn fail_until_healed(&self, m: Match, f: Failure) {
+        self.shared.faults.fail_until_healed(m, f);
+    }
+
+    /// Lets the next `n` requests matching `m` be carried out by the store, then drops their
+    /// connection without an answer: a reply lost after the write was committed. The client sees
+    /// a connection error, yet the object is written (watches see it; the request log records the
+    /// code the server would have sent). Non-matching requests do not count.
+    pub fn commit_then_drop_next(&self, m: Match, n: usize) {
+        self.shared.faults.commit_then_drop_next(m, n);
+    }
+
+    /// Ends every `fail_next`, `fail_until_healed` and `commit_then_drop_next` rule still in force
+    /// (partitions and latency are left as they are).
+    pub fn heal_failures(&self) {
+        self.shared.faults.heal_failures();
+    }
+
     /// Adds `d` before every response (not before each watch event). Zero by default.
     pub fn set_latency(&self, d: Duration) {
         self.shared.faults.set_latency(d);
@@ -461,9 +484,34 @@ impl TestBed {
     }
 
     /// Switches garbage collection through ownerReferences (on by default); off models a cluster
-    /// whose controller manager is down.
+    /// whose garbage collector is not running ([`TestBed::set_controller_manager`] switches every
+    /// modelled controller at once).
     pub fn set_garbage_collection(&self, on: bool) {
         self.shared.store.set_garbage_collection(on);
+    }
+
+    /// Switches kube-controller-manager's endpointslice controller (on by default): every Service
+    /// with a selector gets a placeholder EndpointSlice managed by
+    /// `endpointslice-controller.k8s.io` (Pods are not modelled, so it never has endpoints).
+    /// Turning it back on catches up at once, as a restarted controller does.
+    pub fn set_endpointslice_controller(&self, on: bool) {
+        self.shared.store.set_endpointslice_controller(on);
+    }
+
+    /// Switches kube-controller-manager's endpointslice-mirroring controller (on by default): the
+    /// core/v1 Endpoints of a Service without a selector are mirrored into EndpointSlices managed
+    /// by `endpointslicemirroring-controller.k8s.io`, unless labelled
+    /// `endpointslice.kubernetes.io/skip-mirror: "true"`. Turning it back on catches up at once.
+    pub fn set_endpointslice_mirroring(&self, on: bool) {
+        self.shared.store.set_endpointslice_mirroring(on);
+    }
+
+    /// Switches every modelled kube-controller-manager controller at once (garbage collector,
+    /// endpointslice, endpointslice-mirroring): off models a dead controller manager.
+    pub fn set_controller_manager(&self, on: bool) {
+        self.set_garbage_collection(on);
+        self.set_endpointslice_controller(on);
+        self.set_endpointslice_mirroring(on);
     }
 
     /// Allows or denies `verb` on `resource` (plural) to `identity`; everything is allowed by

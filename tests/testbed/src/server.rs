@@ -77,7 +77,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Raised by the service to make hyper drop the connection without answering (Partition::Refuse).
+/// Raised by the service to make hyper drop the connection without answering (Partition::Refuse,
+/// and lost replies from `commit_then_drop_next`).
 #[derive(Debug, thiserror::Error)]
 #[error("connection refused by an injected partition")]
 pub struct Refused;
@@ -321,7 +322,11 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
     let verb = info.verb.unwrap_or(Verb::Get);
-    if let Some(f) = shared.faults.take_failure(&identity, verb, &info.resource) {
+    let ns = info.namespace.as_deref();
+    if let Some(f) = shared
+        .faults
+        .take_failure(&identity, verb, &info.resource, ns)
+    {
         let target = Target {
             resource: &info.resource,
             group: &info.group,
@@ -335,8 +340,16 @@ async fn handle(
         log(f.code());
         return Ok(resp);
     }
+    // Decided before routing, so that the rule is consumed by the request that arrived first.
+    let drop_reply = shared.faults.take_drop(&identity, verb, &info.resource, ns);
     let resp = route(&shared, &identity, &info, &query, req).await;
     log(resp.status().as_u16());
+    if drop_reply {
+        // A lost reply: the store has committed (or refused) the request; the client gets no
+        // answer, only a closed connection, as when the apiserver or the network dies right after
+        // the etcd write.
+        return Err(Refused);
+    }
     Ok(resp)
 }
 

@@ -1,8 +1,9 @@
-//! The test bed's object store: objects, the global resourceVersion, history, watch fan-out and
-//! garbage collection, with kube-apiserver's semantics and errors.
+//! The test bed's object store: objects, the global resourceVersion, history, watch fan-out,
+//! garbage collection and the EndpointSlice controllers, with kube-apiserver's semantics and errors.
 //!
 //! Owns: what the registry (k8s.io/apiserver/pkg/registry/generic/registry/store.go), etcd3 storage,
-//! the watch cache and the garbage collector would do for the resources in [`RESOURCES`]. Purely
+//! the watch cache and the garbage collector would do for the resources in [`RESOURCES`]; the
+//! endpointslice and endpointslice-mirroring controllers live in [`controllers`]. Purely
 //! synchronous, no network: `server.rs` turns HTTP requests into calls here and writes the returned
 //! values / [`ApiError::status`] out. Validation and defaults live in `validate.rs`, system metadata
 //! in `meta.rs`, selectors in `selector.rs`, patch application in `patch.rs`.
@@ -25,6 +26,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::meta;
 use crate::patch;
+
+pub mod controllers;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::validate::{self, FieldError, bad_request, invalid_error};
 
@@ -501,6 +504,8 @@ struct Inner {
     /// Last watch id handed out (ids start at 1; 0 is a watch that already ended).
     next_watch_id: u64,
     gc_off: bool,
+    /// The endpointslice and endpointslice-mirroring controllers (controllers.rs).
+    controllers: controllers::Controllers,
     ips: HashSet<IpAddr>,
     node_ports: HashSet<u16>,
     next_v4: u32,
@@ -998,7 +1003,9 @@ impl Store {
         let ns = object_scope(r, ns)?;
         prepare_body(r, ns, &mut body)?;
         let mut inner = lock(&self.inner);
-        inner.create(r, ns, body, p)
+        let out = inner.create(r, ns, body, p);
+        inner.run_controllers();
+        out
     }
 
     /// Replaces an object (PUT).
@@ -1023,7 +1030,7 @@ impl Store {
             )));
         }
         let mut inner = lock(&self.inner);
-        match inner.get(r, &obj_key(ns, name)) {
+        let out = match inner.get(r, &obj_key(ns, name)) {
             Some(old) => inner.update(r, ns, name, body, old, p, "Update"),
             // AllowCreateOnUpdate kinds (Services, Endpoints, Leases) create on PUT, whatever
             // resourceVersion the body carries (registry Store.Update: no precondition applies to
@@ -1035,7 +1042,9 @@ impl Store {
                 inner.create(r, ns, body, p)
             }
             None => Err(not_found(r, name)),
-        }
+        };
+        inner.run_controllers();
+        out
     }
 
     /// Patches an object: the patch is applied to the stored object, then the result is handled
@@ -1070,7 +1079,9 @@ impl Store {
                 str_at(&doc, "/metadata/name")
             )));
         }
-        inner.update(r, ns, name, doc, old, p, "Update")
+        let out = inner.update(r, ns, name, doc, old, p, "Update");
+        inner.run_controllers();
+        out
     }
 
     /// Replaces only `.status` (PUT `.../{name}/status`): everything else in `body` is ignored, as
@@ -1092,7 +1103,9 @@ impl Store {
         let old = inner
             .get(r, &obj_key(ns, name))
             .ok_or_else(|| not_found(r, name))?;
-        inner.update_status(r, ns, name, &body, old, p)
+        let out = inner.update_status(r, ns, name, &body, old, p);
+        inner.run_controllers();
+        out
     }
 
     /// Patches only `.status` (PATCH `.../{name}/status`): the patch is applied to the whole
@@ -1118,7 +1131,9 @@ impl Store {
             .get(r, &obj_key(ns, name))
             .ok_or_else(|| not_found(r, name))?;
         let doc = apply_patch(&old, kind, &patch)?;
-        inner.update_status(r, ns, name, &doc, old, p)
+        let out = inner.update_status(r, ns, name, &doc, old, p);
+        inner.run_controllers();
+        out
     }
 
     /// Deletes an object and returns its last state (at the deletion's resourceVersion), as the real
@@ -1177,7 +1192,9 @@ impl Store {
             return Ok((*old).clone());
         }
         if r.group.is_empty() && r.plural == "namespaces" {
-            return Ok(inner.delete_namespace(name));
+            let out = inner.delete_namespace(name);
+            inner.run_controllers();
+            return Ok(out);
         }
         // An object with finalizers is only marked (deletionTimestamp); the update that removes
         // the last finalizer deletes it (registry store.Delete / updateForGracefulDeletionAndFinalizers).
@@ -1188,9 +1205,13 @@ impl Store {
             let mut marked = (*old).clone();
             marked["metadata"]["deletionTimestamp"] = json!(meta::now());
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            return Ok((*inner.put(r.key(), key, marked, Some(old))).clone());
+            let out = (*inner.put(r.key(), key, marked, Some(old))).clone();
+            inner.run_controllers();
+            return Ok(out);
         }
-        Ok(inner.remove(r.key(), &key))
+        let out = inner.remove(r.key(), &key);
+        inner.run_controllers();
+        Ok(out)
     }
 
     /// The current global resourceVersion.
@@ -1236,7 +1257,22 @@ impl Store {
         inner.gc_off = !on;
         if on {
             inner.gc_sweep();
+            inner.run_controllers();
         }
+    }
+
+    /// Turns kube-controller-manager's endpointslice controller on or off (default: on): a
+    /// Service with a selector gets a placeholder EndpointSlice (see `store/controllers.rs`). Off
+    /// models a controller that is not running; turning it back on catches up at once.
+    pub fn set_endpointslice_controller(&self, on: bool) {
+        lock(&self.inner).set_endpointslice_controller(on);
+    }
+
+    /// Turns kube-controller-manager's endpointslice-mirroring controller on or off (default:
+    /// on): the core/v1 Endpoints of a Service without a selector are mirrored into
+    /// EndpointSlices (see `store/controllers.rs`). Turning it back on catches up at once.
+    pub fn set_endpointslice_mirroring(&self, on: bool) {
+        lock(&self.inner).set_endpointslice_mirroring(on);
     }
 
     /// Number of open watches (closed receivers are not counted).
@@ -1506,6 +1542,8 @@ impl Inner {
 
     /// Records a change and fans it out.
     fn emit(&mut self, c: Change) {
+        // Queue the controllers' work; they run when the write that caused it is done.
+        self.controllers.note(&c);
         // Each watcher gets its own copy only when its selector matches; a closed receiver is
         // dropped here, lazily, instead of being tracked separately.
         self.watchers.retain(|w| match w.event_for(&c) {

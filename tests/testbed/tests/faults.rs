@@ -1,6 +1,7 @@
 //! Each injected fault, seen from a kube-rs client: go down / come up on the same port with the
-//! same data, fail_next with each Failure (real Status bodies, Retry-After on 429), latency,
-//! partitions (hang, refuse) of one identity while others carry on, and garbage collection off.
+//! same data, fail_next with each Failure (real Status bodies, Retry-After on 429), failures of one
+//! scope until healed, lost replies after a committed write, latency, partitions (hang, refuse) of
+//! one identity while others carry on, and garbage collection off.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,7 +15,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
-use endpoint_copier_testbed::{Failure, Match, Partition, TestBed, Verb};
+use endpoint_copier_testbed::{Failure, Match, Partition, Scope, TestBed, Verb};
 
 use common::{client, raw, slice, token_of, vip_service};
 
@@ -163,6 +164,7 @@ async fn fail_next_counts_only_requests_matching_identity_verb_and_resource() {
             identity: Some("node-1".into()),
             verb: Some(Verb::Create),
             resource: Some("endpointslices".into()),
+            ..Match::any()
         },
         1,
         Failure::InternalError,
@@ -344,4 +346,134 @@ async fn garbage_collection_off_keeps_slices_owned_by_a_deleted_service() {
         gone,
         "a slice owned by a deleted Service survived with garbage collection on"
     );
+}
+
+#[tokio::test]
+async fn commit_then_drop_writes_the_object_but_the_client_gets_no_answer() {
+    // matches: a reply lost after the apiserver committed the write to etcd (apiserver crash or
+    // network cut between the write and the response): the client cannot tell the write happened
+    let bed = TestBed::start().await;
+    let api: Api<EndpointSlice> =
+        Api::namespaced(client(&bed.kubeconfig_for("node-1")).await, "default");
+    bed.commit_then_drop_next(
+        Match::any()
+            .identity("node-1")
+            .verb(Verb::Create)
+            .resource("endpointslices"),
+        1,
+    );
+    // Not matching: a read goes through and does not use the rule up.
+    api.list(&ListParams::default()).await.unwrap();
+    let e = api
+        .create(
+            &PostParams::default(),
+            &slice("lost-reply", "kubernetes", &["198.51.100.1"]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        !matches!(e, kube::Error::Api(_)),
+        "expected a transport error, got {e:?}"
+    );
+    // The write happened: the object is there, and a retried create is AlreadyExists.
+    let stored = api.get("lost-reply").await.unwrap();
+    assert_eq!(stored.endpoints[0].addresses, vec!["198.51.100.1"]);
+    let again = api
+        .create(
+            &PostParams::default(),
+            &slice("lost-reply", "kubernetes", &["198.51.100.1"]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(again).code, 409);
+    // The log shows the code the server committed, though the client never saw it.
+    let creates: Vec<u16> = bed
+        .requests()
+        .iter()
+        .filter(|r| r.verb == Verb::Create)
+        .map(|r| r.code)
+        .collect();
+    assert_eq!(creates, vec![201, 409]);
+}
+
+#[tokio::test]
+async fn commit_then_drop_of_an_update_applies_the_update() {
+    let bed = TestBed::start().await;
+    let api: Api<EndpointSlice> = Api::namespaced(client(bed.kubeconfig()).await, "default");
+    let mut s = api
+        .create(
+            &PostParams::default(),
+            &slice("upd", "kubernetes", &["198.51.100.1"]),
+        )
+        .await
+        .unwrap();
+    s.endpoints[0].addresses = vec!["198.51.100.2".into()];
+    bed.commit_then_drop_next(Match::any().verb(Verb::Update), 1);
+    assert!(
+        api.replace("upd", &PostParams::default(), &s)
+            .await
+            .is_err()
+    );
+    let now = api.get("upd").await.unwrap();
+    assert_eq!(now.endpoints[0].addresses, vec!["198.51.100.2"]);
+    // The stale resourceVersion the client still holds now conflicts, as on a real cluster.
+    let e = api
+        .replace("upd", &PostParams::default(), &s)
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(e).code, 409);
+}
+
+#[tokio::test]
+async fn a_cluster_wide_failure_lasts_until_healed_while_namespaced_lists_succeed() {
+    // matches: one scope failing, e.g. RBAC that grants list/watch in one namespace only
+    // (https://kubernetes.io/docs/reference/access-authn-authz/rbac/#rolebinding-and-clusterrolebinding)
+    let bed = TestBed::start().await;
+    let c = client(bed.kubeconfig()).await;
+    let all: Api<EndpointSlice> = Api::all(c.clone());
+    let default: Api<EndpointSlice> = Api::namespaced(c, "default");
+    bed.fail_until_healed(
+        Match::any().resource("endpointslices").cluster_wide(),
+        Failure::Status(403),
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            status_of(all.list(&ListParams::default()).await.unwrap_err()).code,
+            403
+        );
+        default.list(&ListParams::default()).await.unwrap();
+    }
+    let e = all.watch(&WatchParams::default(), "0").await;
+    match e {
+        Err(e) => assert_eq!(status_of(e).code, 403),
+        Ok(stream) => {
+            let first = stream.boxed().try_next().await;
+            assert!(first.is_err(), "a cluster-wide watch was served: {first:?}");
+        }
+    }
+    bed.heal_failures();
+    all.list(&ListParams::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failure_scoped_to_one_namespace_leaves_the_others_alone() {
+    let bed = TestBed::start().await;
+    let c = client(bed.kubeconfig()).await;
+    let default: Api<Service> = Api::namespaced(c.clone(), "default");
+    let kube_system: Api<Service> = Api::namespaced(c.clone(), "kube-system");
+    let all: Api<Service> = Api::all(c);
+    bed.fail_until_healed(
+        Match {
+            scope: Some(Scope::Namespace("default".into())),
+            ..Match::any()
+        },
+        // Not 503: a default kube-rs client retries that by itself (docs/development/testing.md).
+        Failure::InternalError,
+    );
+    let e = default.get("kubernetes").await.unwrap_err();
+    assert_eq!(status_of(e).code, 500);
+    kube_system.list(&ListParams::default()).await.unwrap();
+    all.list(&ListParams::default()).await.unwrap();
+    bed.heal_failures();
+    default.get("kubernetes").await.unwrap();
 }
