@@ -211,8 +211,9 @@ impl Metrics {
         }
     }
 
-    /// Sets `endpoint_copier_endpoints{pair, family, ready}` for one pair and address family
-    /// (`IPv4`, `IPv6` or `FQDN`, as the EndpointSlice's `addressType`).
+    /// Sets `endpoint_copier_endpoints{pair, family, ready}` for one pair (its target,
+    /// `namespace/name`) and address family (the EndpointSlice's `addressType`; the daemon sets
+    /// `IPv4` and `IPv6`).
     pub fn set_endpoints(&self, pair: &str, family: &str, ready: usize, not_ready: usize) {
         for (flag, n) in [("true", ready), ("false", not_ready)] {
             self.endpoints
