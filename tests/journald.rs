@@ -388,6 +388,65 @@ fn a_journal_stream_naming_stderr_selects_journald() {
 }
 
 #[test]
+fn under_systemd_init_sends_to_journalds_own_socket_with_the_fields_operators_query() {
+    // The production path, JOURNALD_SOCKET included: the child runs in a private mount namespace
+    // where this test's socket is bind-mounted over /run/systemd/journal/socket. Needs root (or
+    // unprivileged user namespaces) and unshare(1); skipped without them.
+    use std::os::unix::fs::MetadataExt;
+    let journal = FakeJournal::new();
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let meta = stderr.as_file().metadata().unwrap();
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && touch {sock} && \
+         mount --bind \"$0\" {sock} && exec \"$1\" --exact child_entry_point_logs_through_init \
+         --nocapture --test-threads=1",
+        sock = endpoint_copier::logging::JOURNALD_SOCKET
+    );
+    let status = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(&journal.path)
+        .arg(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, "1")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("ENDPOINT_COPIER_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr.reopen().unwrap())
+        .status();
+    let err = std::fs::read_to_string(stderr.path()).unwrap();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(_) if err.contains("Operation not permitted") || err.contains("unshare failed") => {
+            eprintln!("skipped: no private mount namespace here: {err}");
+            return;
+        }
+        Ok(s) => panic!("child failed ({s}): {err}"),
+        Err(e) => {
+            eprintln!("skipped: unshare(1) not available: {e}");
+            return;
+        }
+    }
+    journal.socket.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut entries = Vec::new();
+    while let Ok(n) = journal.socket.recv(&mut buf) {
+        if n > 0 {
+            entries.push(parse(&buf[..n]));
+        }
+    }
+    assert_eq!(
+        entries.len(),
+        1,
+        "info only, at the configured level: {entries:?}"
+    );
+    let e = &entries[0];
+    assert_eq!(one(e, "MESSAGE"), "info shown");
+    assert_eq!(one(e, "PRIORITY"), "5");
+    assert_eq!(one(e, "SYSLOG_IDENTIFIER"), "endpoint-copier");
+    assert_eq!(one(e, "F_SERVICE"), "default/kubernetes-vip");
+    assert!(!err.contains("info shown"), "not on stderr as well: {err}");
+}
+
+#[test]
 fn init_for_cli_writes_bare_text_to_stderr_even_under_the_journal() {
     use std::os::unix::fs::MetadataExt;
     let file = tempfile::NamedTempFile::new().unwrap();
