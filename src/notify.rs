@@ -157,7 +157,7 @@ impl Notifier {
     /// READY=1: the daemon runs its loops. Sent before the cluster is reachable, so
     /// `systemctl start` never waits on the API; STATUS tells what is still missing.
     pub fn ready(&self) {
-        self.send(&[NotifyState::Ready]);
+        self.send(&NotifyState::Ready);
     }
 
     /// STATUS=`line`, sent only when the text differs from the last one systemd accepted.
@@ -175,7 +175,7 @@ impl Notifier {
                 return;
             }
         }
-        if self.send(&[NotifyState::Status(&line)]) {
+        if self.send(&NotifyState::Status(&line)) {
             *inner
                 .last_status
                 .lock()
@@ -183,23 +183,18 @@ impl Notifier {
         }
     }
 
-    /// STOPPING=1 with STATUS=[`STATUS_STOPPING`], in one message: shutdown has begun (systemd
-    /// shows "deactivating" and the status line says why). The one way the daemon says it stops;
-    /// a later [`Notifier::status`] with the same text sends nothing.
+    /// STOPPING=1, then STATUS=[`STATUS_STOPPING`]: shutdown has begun (systemd shows
+    /// "deactivating" and the status line says so). The one way the daemon says it stops; a later
+    /// [`Notifier::status`] with the same text sends nothing.
     pub fn stopping(&self) {
-        let Some(inner) = &self.inner else { return };
-        if self.send(&[NotifyState::Stopping, NotifyState::Status(STATUS_STOPPING)]) {
-            *inner
-                .last_status
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(STATUS_STOPPING.to_owned());
-        }
+        self.send(&NotifyState::Stopping);
+        self.status(STATUS_STOPPING);
     }
 
     /// WATCHDOG=1: one keep-alive ping. Call it through [`run_watchdog`], which sends it only while
     /// the loops make progress.
     pub fn watchdog(&self) {
-        self.send(&[NotifyState::Watchdog]);
+        self.send(&NotifyState::Watchdog);
     }
 
     /// The watchdog interval systemd expects pings within (`WATCHDOG_USEC`), or `None` when the
@@ -208,21 +203,17 @@ impl Notifier {
         self.watchdog
     }
 
-    /// Sends one message holding `states`, one per line; returns whether it was delivered. Failures are logged (warn on the
+    /// Sends one message; returns whether it was delivered. Failures are logged (warn on the
     /// first, debug while they continue, info when delivery recovers).
     ///
     /// The message text comes from the sd-notify crate's `NotifyState`; the socket is our own
     /// because `sd_notify::notify` opens a blocking socket per call, and a full notify queue must
     /// drop a ping here, never stall the daemon's one-thread runtime.
-    fn send(&self, states: &[NotifyState<'_>]) -> bool {
+    fn send(&self, state: &NotifyState<'_>) -> bool {
         let Some(inner) = &self.inner else {
             return false;
         };
-        let message = states
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n");
+        let message = state.to_string();
         match inner.socket.send_to_addr(message.as_bytes(), &inner.addr) {
             Ok(_) => {
                 if inner.failing.swap(false, Ordering::Relaxed) {
@@ -563,7 +554,7 @@ mod tests {
     fn disabled_notifier_sends_nothing_and_has_no_watchdog() {
         let n = Notifier::disabled();
         assert!(!n.is_enabled());
-        assert!(!n.send(&[NotifyState::Ready]));
+        assert!(!n.send(&NotifyState::Ready));
         assert_eq!(n.watchdog_interval(), None);
     }
 }

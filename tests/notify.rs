@@ -96,7 +96,8 @@ fn lifecycle_sends_ready_status_watchdog_stopping_in_order() {
             "STATUS=waiting for /etc/rancher/rke2/rke2.yaml",
             "STATUS=leader, default/kubernetes-vip: 3 endpoints, synced 2s ago",
             "WATCHDOG=1",
-            "STOPPING=1\nSTATUS=stopping",
+            "STOPPING=1",
+            "STATUS=stopping",
         ]
     );
 }
