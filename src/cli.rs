@@ -1,42 +1,70 @@
 //! The command line: `endpoint-copier [--config-dir DIR]... [--kubeconfig PATH] <run|check|status|version>`,
-//! parsed with clap's derive.
+//! parsed with clap's derive, and the version text (`version`, `--version`, `-V`).
 //!
-//! Owns: the subcommands, the global flags, `--output` of `check` and `status`, and which exit
-//! code a parse failure maps to ([`exit_code`]). Leaves to others: reading files (`config`, which
-//! receives [`Cli::overrides`]), the version text and every `process::exit` (`main`), and what each
-//! subcommand does (`daemon`, the check and status code).
+//! Owns: the subcommands, the global flags, `--output` of `check` and `status`, and what `--help`
+//! says. Leaves to others: reading files (`config`, which receives [`Cli::overrides`]), exit codes
+//! and every `process::exit` (`main`), and what each subcommand does (`daemon`, `inspect`).
+//!
+//! The `///` docs here are for rustdoc; what an operator reads in `--help` is given separately in
+//! `about`/`long_about`, so neither has to serve both readers.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::config::Overrides;
 
-/// Exit code for bad flags (`EX_USAGE`), listed in the unit's `RestartPreventExitStatus=`.
-pub const EXIT_USAGE: i32 = 64;
+/// `endpoint-copier --help`, first line.
+const ABOUT: &str = "Copy the EndpointSlices of default/kubernetes to default/kubernetes-vip, \
+                     with one writer elected through a Lease";
+
+/// `endpoint-copier --help`, the description.
+const LONG_ABOUT: &str = "\
+Keeps the EndpointSlices of a target Service (by default default/kubernetes-vip) equal to those of \
+a source Service (by default default/kubernetes), so a load balancer such as MetalLB can announce \
+a virtual IP for the Kubernetes API. It runs from systemd on every control-plane host; the hosts \
+elect one writer through a Lease.
+
+Configuration is read from *.toml drop-ins in /usr/lib, /run and /etc endpoint-copier/config.d \
+(later wins); ENDPOINT_COPIER_LOG sets the log filter.
+
+Exit codes: 0 success, 1 runtime failure or problems found, 64 bad command line, 78 invalid \
+configuration or kubeconfig.";
 
 /// The parsed command line.
 ///
-/// Parse with [`Parser::try_parse_from`] (or [`Cli::try_parse_from_env`]) and map an error to an
-/// exit code with [`exit_code`]; nothing here exits the process.
+/// Parse it with [`Cli::try_parse_from_env`] or [`Cli::try_parse_from_args`]; nothing here exits
+/// the process.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
 #[command(
     name = "endpoint-copier",
-    about = "Keeps the EndpointSlices of a target Service (default/kubernetes-vip) equal to those of a source Service (default/kubernetes)",
-    // `version` is a subcommand whose text main builds; no `--version` flag.
-    disable_version_flag = true,
-    propagate_version = false
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    // The text itself is set at run time (`version_text`): it holds the commit and compiler.
+    version,
+    propagate_version = false,
+    disable_help_subcommand = true
 )]
 pub struct Cli {
-    /// Read drop-ins (*.toml) from DIR instead of /usr/lib, /run and /etc
-    /// endpoint-copier/config.d; repeat it, in increasing precedence.
-    #[arg(long = "config-dir", value_name = "DIR", global = true)]
+    /// Drop-in directories given with `--config-dir`, in increasing precedence; empty means the
+    /// standard search path.
+    #[arg(
+        long = "config-dir",
+        value_name = "DIR",
+        global = true,
+        help = "Read drop-ins (*.toml) from DIR instead of /usr/lib, /run and /etc endpoint-copier/config.d; repeat it, in increasing precedence"
+    )]
     pub config_dirs: Vec<PathBuf>,
-    /// Use this kubeconfig (an absolute path, or "auto"); wins over the `kubeconfig` key and
-    /// ENDPOINT_COPIER_KUBECONFIG.
-    #[arg(long, value_name = "PATH", global = true)]
+    /// The kubeconfig given with `--kubeconfig`, if any.
+    #[arg(
+        long,
+        value_name = "PATH",
+        global = true,
+        help = "Use this kubeconfig (an absolute path, or \"auto\"); wins over the config's `kubeconfig` key and ENDPOINT_COPIER_KUBECONFIG"
+    )]
     pub kubeconfig: Option<PathBuf>,
-    /// What to do.
+    /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,22 +72,51 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
-    /// Run the daemon (what the systemd unit starts).
+    /// `run`: the daemon.
+    #[command(
+        about = "Run the daemon (what the systemd unit starts)",
+        long_about = "Run the daemon (what the systemd unit starts): wait for the kubeconfig, \
+take part in the Lease election and, as the leader, keep the target EndpointSlices equal to the \
+source's. Stops cleanly on SIGTERM or SIGINT, releasing the Lease; a second signal exits at once."
+    )]
     Run,
-    /// Validate the config, reach the API, check permissions and show what the leader would
-    /// write; exits 0 when all is well, 78 on a config error.
+    /// `check`: would the daemon work on this node?
+    #[command(
+        about = "Check that the daemon would work on this node, and show what it would write",
+        long_about = "Check that the daemon would work on this node: the configuration, the \
+kubeconfig, the API server, every permission the daemon needs, the pairs and what the leader \
+would write now (a dry run), and the Lease holder. Writes nothing.
+
+Exit codes: 0 all is well (a pair merely out of sync is not a problem), 1 problems found (one \
+`problem:` line each), 78 invalid configuration."
+    )]
     Check(OutputArgs),
-    /// Show the Lease holder and, per pair, the source and target endpoint counts.
+    /// `status`: is it working?
+    #[command(
+        about = "Show the Lease holder and whether each pair is in sync",
+        long_about = "Show the Lease holder and, per pair, the source and target ready-endpoint \
+counts and whether they are in sync. Writes nothing.
+
+Exit codes: 0 all pairs in sync, 1 problems found (one `problem:` line each), 78 invalid \
+configuration."
+    )]
     Status(OutputArgs),
-    /// Print the version and exit.
+    /// `version`.
+    #[command(about = "Print the version, commit and compiler, and exit", long_about = None)]
     Version,
 }
 
 /// Options of `check` and `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct OutputArgs {
-    /// Output format (default: text).
-    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Output::Text)]
+    /// The report's format (default: text).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = Output::Text,
+        help = "Report format: text for a person, json for scripts"
+    )]
     pub output: Output,
 }
 
@@ -73,14 +130,48 @@ pub enum Output {
     Json,
 }
 
+/// The version line `version`, `--version` and `-V` print:
+/// `endpoint-copier <version> (commit <sha>, <rustc>)`. The commit and compiler come from the
+/// build's `BUILD_GIT_COMMIT` and `BUILD_RUSTC_VERSION` (`unknown` when not set).
+pub fn version() -> String {
+    format!("{} {}", crate::names::NAME, version_text())
+}
+
+/// The version without the program name, as clap wants it for `--version`.
+fn version_text() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{} (commit {}, {})",
+            env!("CARGO_PKG_VERSION"),
+            option_env!("BUILD_GIT_COMMIT").unwrap_or("unknown"),
+            option_env!("BUILD_RUSTC_VERSION").unwrap_or("rustc unknown"),
+        )
+    })
+}
+
 impl Cli {
     /// Parses the process arguments.
     ///
     /// # Errors
-    /// clap's error for unknown or malformed flags, and for `--help` (print it with
-    /// [`clap::Error::print`], exit with [`exit_code`]).
+    /// clap's error for unknown or malformed flags, and for `--help` and `--version` (for those,
+    /// [`clap::Error::use_stderr`] is false: print it and succeed).
     pub fn try_parse_from_env() -> Result<Self, clap::Error> {
-        Self::try_parse_from(std::env::args_os())
+        Self::try_parse_from_args(std::env::args_os())
+    }
+
+    /// Parses `args` (the first is the program name), with the version text `--version` prints.
+    ///
+    /// # Errors
+    /// As [`Cli::try_parse_from_env`].
+    pub fn try_parse_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Self::command().version(version_text());
+        let matches = command.try_get_matches_from_mut(args)?;
+        Self::from_arg_matches(&matches).map_err(|e| e.format(&mut command))
     }
 
     /// What the command line overrides in the config.
@@ -92,19 +183,12 @@ impl Cli {
     }
 }
 
-/// The exit code for a parse error: 0 for `--help` (clap reports it as an "error" printed to
-/// stdout), 64 (`EX_USAGE`) for everything else.
-pub fn exit_code(error: &clap::Error) -> i32 {
-    if error.use_stderr() { EXIT_USAGE } else { 0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("endpoint-copier").chain(args.iter().copied()))
+        Cli::try_parse_from_args(std::iter::once("endpoint-copier").chain(args.iter().copied()))
     }
 
     #[test]
@@ -171,38 +255,75 @@ mod tests {
     #[test]
     fn unknown_output_format_is_a_usage_error() {
         let e = parse(&["check", "--output", "yaml"]).unwrap_err();
-        assert_eq!(exit_code(&e), 64);
+        assert!(e.use_stderr(), "a usage error, for main to map to 64");
     }
 
     #[test]
     fn output_is_refused_on_run() {
         let e = parse(&["run", "--output", "json"]).unwrap_err();
-        assert_eq!(exit_code(&e), 64);
+        assert!(e.use_stderr(), "a usage error, for main to map to 64");
     }
 
     #[test]
-    fn unknown_flag_exits_64() {
+    fn an_unknown_flag_is_a_usage_error() {
         let e = parse(&["--frobnicate", "run"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
-        assert_eq!(exit_code(&e), 64);
+        assert!(e.use_stderr(), "a usage error, for main to map to 64");
     }
 
     #[test]
-    fn missing_subcommand_exits_64() {
+    fn a_missing_subcommand_is_a_usage_error() {
         let e = parse(&[]).unwrap_err();
-        assert_eq!(exit_code(&e), 64);
+        assert!(e.use_stderr(), "a usage error, for main to map to 64");
     }
 
     #[test]
-    fn help_exits_0() {
+    fn help_is_printed_to_stdout_not_reported_as_an_error() {
         let e = parse(&["--help"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
-        assert_eq!(exit_code(&e), 0);
+        assert!(!e.use_stderr());
     }
 
     #[test]
-    fn version_is_a_subcommand_not_a_flag() {
+    fn help_describes_the_program_not_the_rust_type() {
+        let help = parse(&["--help"]).unwrap_err().to_string();
+        assert!(help.contains("kubernetes-vip"), "{help}");
+        assert!(help.contains("Exit codes"), "{help}");
+        assert!(
+            !help.contains("Parse"),
+            "rustdoc leaked into --help: {help}"
+        );
+        let short = Cli::command().render_help().to_string();
+        assert!(short.starts_with(ABOUT), "{short}");
+    }
+
+    #[test]
+    fn every_subcommand_has_help_of_its_own() {
+        for name in ["run", "check", "status", "version"] {
+            let mut cmd = Cli::command();
+            let sub = cmd.find_subcommand_mut(name).unwrap();
+            let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
+            assert!(!about.is_empty(), "{name} has no about");
+            assert!(!about.contains('`'), "{name}: rustdoc in help: {about}");
+        }
+    }
+
+    #[test]
+    fn version_flags_print_the_same_line_as_the_version_subcommand() {
         assert_eq!(parse(&["version"]).unwrap().command, Command::Version);
-        assert_eq!(exit_code(&parse(&["--version"]).unwrap_err()), 64);
+        for flag in ["--version", "-V"] {
+            let e = parse(&[flag]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion, "{flag}");
+            assert!(!e.use_stderr());
+            assert_eq!(e.to_string().trim_end(), version(), "{flag}");
+        }
+        assert!(
+            version().starts_with(&format!(
+                "endpoint-copier {} (commit ",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{}",
+            version()
+        );
     }
 }

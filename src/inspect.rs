@@ -28,10 +28,12 @@ use crate::desired;
 use crate::names::{self, ServiceRef};
 use crate::pairs;
 
-/// Why `check` or `status` failed.
+/// Why `check` or `status` could not produce a report. Problems the report lists are not
+/// errors: they are the [`Verdict`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An API request failed (the API is down, or we may not read something).
+    /// An API request failed after the API answered once (it went down, or we may not read
+    /// something).
     #[error("failed to {what}")]
     Api {
         /// What we tried.
@@ -40,23 +42,27 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// The report is printed and lists problems; the count is in the message.
-    #[error("{0} problem(s) found")]
-    Problems(usize),
     /// The JSON report could not be written.
     #[error("failed to write the JSON report")]
     Json(#[source] serde_json::Error),
 }
 
-impl Error {
-    /// Always 1: config errors (78) stop `main` before `check` or `status` run.
-    pub fn exit_code(&self) -> i32 {
-        1
-    }
+/// What a printed report concluded, for `main` to turn into the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to fix.
+    Ok,
+    /// This many `problem:` lines were printed.
+    Problems(usize),
+}
 
-    /// Whether the report was already printed (so `main` adds nothing).
-    pub fn is_report(&self) -> bool {
-        matches!(self, Error::Problems(_))
+impl Verdict {
+    /// The verdict of a report: [`Verdict::Ok`] when it lists no problem.
+    pub fn of(report: &Report) -> Verdict {
+        match report.problems.len() {
+            0 => Verdict::Ok,
+            n => Verdict::Problems(n),
+        }
     }
 }
 
@@ -141,26 +147,25 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
-/// Runs `endpoint-copier check` and prints its report.
+/// Runs `endpoint-copier check`, prints its report and returns what it concluded.
 ///
 /// # Errors
-/// [`Error::Problems`] when the report lists problems (it is printed first); the other variants
-/// when the checks could not run at all.
+/// [`Error`] when the checks could not run at all or the report could not be written.
 pub async fn check(
     config: &Config,
     files: &[std::path::PathBuf],
     output: Output,
-) -> Result<(), Error> {
+) -> Result<Verdict, Error> {
     let mut report = check_report(config).await?;
     report.config_files = files.iter().map(|f| f.display().to_string()).collect();
     finish(&report, output)
 }
 
-/// Runs `endpoint-copier status` and prints its report.
+/// Runs `endpoint-copier status`, prints its report and returns what it concluded.
 ///
 /// # Errors
 /// As [`check`].
-pub async fn status(config: &Config, output: Output) -> Result<(), Error> {
+pub async fn status(config: &Config, output: Output) -> Result<Verdict, Error> {
     finish(&status_report(config).await?, output)
 }
 
@@ -460,7 +465,7 @@ async fn lease(client: &Client, config: &Config) -> Result<LeaseReport, Error> {
     })
 }
 
-fn finish(report: &Report, output: Output) -> Result<(), Error> {
+fn finish(report: &Report, output: Output) -> Result<Verdict, Error> {
     match output {
         Output::Json => {
             let json = serde_json::to_string_pretty(report).map_err(Error::Json)?;
@@ -468,11 +473,7 @@ fn finish(report: &Report, output: Output) -> Result<(), Error> {
         }
         Output::Text => print!("{}", render(report)),
     }
-    if report.problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Problems(report.problems.len()))
-    }
+    Ok(Verdict::of(report))
 }
 
 /// The text form of a report.
@@ -485,11 +486,10 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(s, "kubeconfig: {k}");
     }
     if let Some(server) = &report.server {
-        let _ = writeln!(
-            s,
-            "api server: {server} {}",
-            report.server_version.as_deref().unwrap_or("")
-        );
+        let _ = match &report.server_version {
+            Some(version) => writeln!(s, "api server: {server} {version}"),
+            None => writeln!(s, "api server: {server}"),
+        };
     }
     if !report.permissions.is_empty() {
         let denied = report.permissions.iter().filter(|p| !p.allowed).count();
@@ -603,5 +603,19 @@ ok
         let text = render(&r);
         assert!(text.ends_with("problem: missing permission: update endpointslices.discovery.k8s.io in all namespaces\n"), "{text}");
         assert!(!text.contains("\nok\n"));
+        assert_eq!(Verdict::of(&r), Verdict::Problems(1));
+        assert_eq!(Verdict::of(&report()), Verdict::Ok);
+    }
+
+    #[test]
+    fn no_line_ends_in_a_space_when_the_server_version_is_unknown() {
+        let mut r = report();
+        r.server_version = None;
+        let text = render(&r);
+        assert!(
+            text.contains("api server: https://127.0.0.1:6443/\n"),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| !l.ends_with(' ')), "{text:?}");
     }
 }

@@ -1,11 +1,25 @@
 //! Builds the process's tracing subscriber: journald's native protocol with structured fields when
 //! stderr is the journal (`JOURNAL_STREAM` names stderr's device and inode), readable text on
-//! stderr otherwise. The filter comes from `ENDPOINT_COPIER_LOG`, else from `[log] level`.
+//! stderr otherwise. The filter comes from `ENDPOINT_COPIER_LOG`, else from `[log] level`; the
+//! libraries' own events (kube, hyper, tower, h2, rustls) count as debug: they are shown only
+//! when the filter asks for debug or names them, because kube-client logs every failed request at
+//! error level, without context, next to our own report of the same failure.
 //!
-//! The journald layer is written here rather than taken from `tracing-journald`, because that
-//! crate hard-codes `/run/systemd/journal/socket`: [`journald_layer_at`] lets a test receive the
-//! exact datagrams on a socket of its own. What gets logged, and at which level, is left to the
-//! modules that log; `main` calls [`init`] once, before anything else logs.
+//! The journald layer is our own rather than `tracing-journald`'s, for one reason: that crate
+//! (0.3.2) sends each entry with a blocking `UnixDatagram::send_to` and no timeout, so once
+//! journald stops reading (restarting, stalled on a slow disk) and its socket queue is full
+//! (`net.unix.max_dgram_qlen` datagrams), the next event blocks the thread that logs it until
+//! journald reads again. Here that is the daemon's only runtime thread: Lease renewals, watches and
+//! watchdog pings would stop with it. Measured against a socket nobody reads, the crate's 11th
+//! event never returned; ours never blocks (`tests/journald.rs`): an entry that finds the queue
+//! full is dropped and counted, and the next entry that gets through is preceded by one warning
+//! with the count (`F_DROPPED`). Otherwise it writes what the crate writes: `F_`-prefixed
+//! upper-cased field names, `SYSLOG_IDENTIFIER`, the same priorities, `TARGET`, `CODE_FILE`,
+//! `CODE_LINE`. [`journald_layer_at`] also lets a test receive the exact datagrams on a socket of
+//! its own.
+//!
+//! What gets logged, and at which level, is left to the modules that log; `main` calls [`init`]
+//! (the daemon) or [`init_for_cli`] (`check`, `status`) once, before anything else logs.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
@@ -13,8 +27,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -36,9 +49,9 @@ pub const FIELD_PREFIX: &str = "F_";
 /// Longest value kept per field, in bytes, when a whole entry is too large for one datagram
 /// (trace-level API payloads); the entry then also carries `F_TRUNCATED=true`.
 const TRUNCATED_VALUE_BYTES: usize = 4096;
-/// How long one journal write may block the daemon's single thread, so a stalled journald cannot
-/// wedge the loops (the entry then goes to stderr instead).
-const JOURNAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Libraries whose events count as debug (a directive's target matches every target it
+/// prefixes: `kube` covers `kube_client::client::builder`).
+const LIBRARY_TARGETS: [&str; 5] = ["kube", "hyper", "tower", "h2", "rustls"];
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +93,7 @@ pub enum Error {
 /// # Errors
 /// [`Error::Filter`] naming the directive and its origin, [`Error::Install`] when called twice.
 pub fn init(level: &str) -> Result<(), Error> {
-    let (spec, origin) = filter_spec(level, std::env::var(names::LOG_ENV).ok());
-    let filter = EnvFilter::try_new(&spec).map_err(|source| Error::Filter {
-        spec: spec.clone(),
-        origin,
-        source,
-    })?;
+    let filter = build_filter(level)?;
     let journal = stderr_is_journal().then(|| journald_layer_at(Path::new(JOURNALD_SOCKET)));
     let registry = tracing_subscriber::registry().with(filter);
     match journal {
@@ -111,12 +119,7 @@ pub fn init(level: &str) -> Result<(), Error> {
 /// # Errors
 /// [`Error::Filter`] naming the directive and its origin, [`Error::Install`] when called twice.
 pub fn init_for_cli(level: &str) -> Result<(), Error> {
-    let (spec, origin) = filter_spec(level, std::env::var(names::LOG_ENV).ok());
-    let filter = EnvFilter::try_new(&spec).map_err(|source| Error::Filter {
-        spec: spec.clone(),
-        origin,
-        source,
-    })?;
+    let filter = build_filter(level)?;
     let text = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -144,6 +147,49 @@ fn installed(result: Result<(), tracing_subscriber::util::TryInitError>) -> Resu
     result.map_err(Error::Install)?;
     INITIALIZED.store(true, Ordering::Relaxed);
     Ok(())
+}
+
+/// The filter for `level` (or `ENDPOINT_COPIER_LOG`), with the libraries quietened as the module
+/// doc says.
+fn build_filter(level: &str) -> Result<EnvFilter, Error> {
+    let (spec, origin) = filter_spec(level, std::env::var(names::LOG_ENV).ok());
+    let invalid = |source| Error::Filter {
+        spec: spec.clone(),
+        origin,
+        source,
+    };
+    // The operator's directive alone first, so an error names only what they wrote.
+    EnvFilter::try_new(&spec).map_err(invalid)?;
+    EnvFilter::try_new(with_quiet_libraries(&spec)).map_err(invalid)
+}
+
+/// `spec` plus `<library>=off` for each library it neither names nor lets through with a
+/// `debug` or `trace` default level.
+fn with_quiet_libraries(spec: &str) -> String {
+    let directives: Vec<&str> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    let verbose_default = directives.iter().any(|d| {
+        d.parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_ok_and(|l| l >= tracing_subscriber::filter::LevelFilter::DEBUG)
+    });
+    if verbose_default {
+        return spec.to_owned();
+    }
+    let mut out = spec.to_owned();
+    for library in LIBRARY_TARGETS {
+        let named = directives.iter().any(|d| d.starts_with(library));
+        if !named {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(library);
+            out.push_str("=off");
+        }
+    }
+    out
 }
 
 /// The filter directive and where it came from: the environment wins when set and not blank.
@@ -179,15 +225,29 @@ fn matches_journal_stream(value: &str, dev: u64, ino: u64) -> bool {
     d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
 }
 
-/// A tracing layer that sends each event to journald over the native protocol.
+/// A tracing layer that sends each event to journald over the native protocol, never blocking:
+/// an entry that finds journald's queue full is dropped and counted (see the module doc).
 #[derive(Debug)]
 pub struct JournaldLayer {
+    /// Non-blocking, unbound: each entry is addressed, so a restarted journald is reached again.
     socket: UnixDatagram,
     path: PathBuf,
+    /// Entries dropped because journald's queue was full, not yet reported to journald.
+    dropped: AtomicU64,
+}
+
+/// How one send went.
+enum Sent {
+    /// journald has it.
+    Delivered,
+    /// journald's queue is full: it is not reading.
+    QueueFull,
+    /// Anything else (journald gone, entry too large even cut).
+    Failed,
 }
 
 /// A journald layer sending to the datagram socket at `socket` ([`JOURNALD_SOCKET`] in
-/// production; a test's own socket in tests). Checks once that the socket accepts datagrams.
+/// production; a test's own socket in tests). Checks once that somebody listens there.
 ///
 /// # Errors
 /// [`Error::Journald`] naming the socket when it cannot be created or nobody listens there.
@@ -197,13 +257,18 @@ pub fn journald_layer_at(socket: &Path) -> Result<JournaldLayer, Error> {
         source,
     };
     let sock = UnixDatagram::unbound().map_err(err)?;
-    sock.set_write_timeout(Some(JOURNAL_WRITE_TIMEOUT))
-        .map_err(err)?;
-    // journald discards an empty datagram; sending one proves somebody listens.
-    sock.send_to(&[], socket).map_err(err)?;
+    sock.set_nonblocking(true).map_err(err)?;
+    // journald discards an empty datagram; sending one proves somebody listens (a full queue
+    // proves it too: somebody bound the socket, and will read again).
+    match sock.send_to(&[], socket) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(err(e)),
+    }
     Ok(JournaldLayer {
         socket: sock,
         path: socket.to_owned(),
+        dropped: AtomicU64::new(0),
     })
 }
 
@@ -295,6 +360,18 @@ struct Entry {
 }
 
 impl Entry {
+    /// The warning that `count` entries were dropped while journald's queue was full.
+    fn dropped(count: u64) -> Entry {
+        Entry {
+            priority: priority(&Level::WARN),
+            message: "journald was not reading: log entries dropped".to_owned(),
+            target: module_path!().to_owned(),
+            file: None,
+            line: None,
+            fields: vec![(journal_field_name("dropped"), count.to_string())],
+        }
+    }
+
     fn encode(&self, cap: Option<usize>) -> Vec<u8> {
         let mut buf = Vec::with_capacity(256);
         put_field(&mut buf, "PRIORITY", &[b'0' + self.priority], None);
@@ -334,9 +411,40 @@ impl Entry {
 
 impl JournaldLayer {
     fn send(&self, entry: &Entry) {
+        let backlog = self.dropped.load(Ordering::Relaxed);
+        if backlog > 0 {
+            match self.try_send(&Entry::dropped(backlog)) {
+                Sent::Delivered => {
+                    self.dropped.fetch_sub(backlog, Ordering::Relaxed);
+                }
+                Sent::QueueFull => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // The entry below meets the same fate and says so on stderr.
+                Sent::Failed => {}
+            }
+        }
+        match self.try_send(entry) {
+            Sent::Delivered => {}
+            Sent::QueueFull => {
+                // Waiting would stall the daemon's only thread until journald reads again.
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Sent::Failed => {
+                // Logging about logging would recurse: keep the entry on stderr, which under
+                // systemd is the journal's stream socket anyway.
+                let _ = std::io::stderr().write_all(entry.to_stderr_line().as_bytes());
+            }
+        }
+    }
+
+    fn try_send(&self, entry: &Entry) -> Sent {
         let full = entry.encode(None);
         let mut sent = self.socket.send_to(&full, &self.path);
-        if sent.is_err() {
+        if let Err(e) = &sent
+            && e.kind() != std::io::ErrorKind::WouldBlock
+        {
             // Most likely too large for one datagram (EMSGSIZE/ENOBUFS): cut each value rather
             // than lose the entry. journald would also take a memfd, but passing one needs unsafe
             // code or more of nix.
@@ -345,10 +453,10 @@ impl JournaldLayer {
                 sent = self.socket.send_to(&cut, &self.path);
             }
         }
-        if sent.is_err() {
-            // Logging about logging would recurse: keep the entry on stderr, which under systemd
-            // is the journal's stream socket anyway.
-            let _ = std::io::stderr().write_all(entry.to_stderr_line().as_bytes());
+        match sent {
+            Ok(_) => Sent::Delivered,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Sent::QueueFull,
+            Err(_) => Sent::Failed,
         }
     }
 }
@@ -423,6 +531,28 @@ mod tests {
         assert_eq!(
             filter_spec("warn", None),
             ("warn".to_owned(), "[log] level")
+        );
+    }
+
+    #[test]
+    fn libraries_are_quiet_unless_the_filter_asks_for_debug_or_names_them() {
+        assert_eq!(
+            with_quiet_libraries("info"),
+            "info,kube=off,hyper=off,tower=off,h2=off,rustls=off"
+        );
+        assert_eq!(
+            with_quiet_libraries("info,endpoint_copier=debug"),
+            "info,endpoint_copier=debug,kube=off,hyper=off,tower=off,h2=off,rustls=off"
+        );
+        assert_eq!(
+            with_quiet_libraries("warn,kube_client=debug"),
+            "warn,kube_client=debug,hyper=off,tower=off,h2=off,rustls=off"
+        );
+        assert_eq!(with_quiet_libraries("debug"), "debug");
+        assert_eq!(with_quiet_libraries("trace,kube=info"), "trace,kube=info");
+        assert_eq!(
+            with_quiet_libraries(""),
+            "kube=off,hyper=off,tower=off,h2=off,rustls=off"
         );
     }
 

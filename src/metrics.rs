@@ -172,7 +172,7 @@ impl Metrics {
         let api_errors = Family::default();
         registry.register(
             "api_errors",
-            "Failed API requests by HTTP status code (\"none\" when no response arrived)",
+            "API requests answered with an error status, by HTTP status code",
             api_errors.clone(),
         );
         let foreign_slices = Family::default();
@@ -228,8 +228,9 @@ impl Metrics {
         }
     }
 
-    /// Sets `endpoint_copier_endpoints{pair, family, ready}` for one pair and address family
-    /// (`IPv4`, `IPv6` or `FQDN`, as the EndpointSlice's `addressType`).
+    /// Sets `endpoint_copier_endpoints{pair, family, ready}` for one pair (its target,
+    /// `namespace/name`) and address family (the EndpointSlice's `addressType`; the daemon sets
+    /// `IPv4` and `IPv6`).
     pub fn set_endpoints(&self, pair: &str, family: &str, ready: usize, not_ready: usize) {
         for (flag, n) in [("true", ready), ("false", not_ready)] {
             self.endpoints
@@ -295,8 +296,8 @@ impl Metrics {
             .set(secs);
     }
 
-    /// Counts one restart of the named watch (e.g. `source default/kubernetes`, `lease`) in
-    /// `endpoint_copier_watch_restarts_total{watch}`.
+    /// Counts one restart of the named watch (the daemon's are `services` and `endpointslices`)
+    /// in `endpoint_copier_watch_restarts_total{watch}`.
     pub fn watch_restart(&self, watch: &str) {
         self.watch_restarts
             .get_or_create(&WatchLabels {
@@ -305,22 +306,13 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one API request that failed with HTTP status `code` in
-    /// `endpoint_copier_api_errors_total{code}`.
+    /// Counts one API request that the API answered with the error status `code` in
+    /// `endpoint_copier_api_errors_total{code}`. A request that got no answer (refused, timed
+    /// out) has no code and is not counted here.
     pub fn record_api_error(&self, code: u16) {
         self.api_errors
             .get_or_create(&CodeLabels {
                 code: code.to_string(),
-            })
-            .inc();
-    }
-
-    /// Counts one API request that got no response at all (refused, reset, timed out) in
-    /// `endpoint_copier_api_errors_total{code="none"}`.
-    pub fn record_api_unanswered(&self) {
-        self.api_errors
-            .get_or_create(&CodeLabels {
-                code: "none".to_owned(),
             })
             .inc();
     }

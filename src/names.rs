@@ -7,8 +7,6 @@ use std::str::FromStr;
 
 /// The crate, binary, unit stem, field manager and managed-by value.
 pub const NAME: &str = "endpoint-copier";
-/// The systemd unit that runs the daemon.
-pub const UNIT: &str = "endpoint-copier.service";
 /// Field manager sent with every write, so `managedFields` names us.
 pub const FIELD_MANAGER: &str = NAME;
 /// Prefix of the environment variables that override config keys.

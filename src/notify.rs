@@ -22,6 +22,8 @@ const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
 const WATCHDOG_USEC_ENV: &str = "WATCHDOG_USEC";
 /// Environment variable naming the PID the watchdog applies to (absent: the main process).
 const WATCHDOG_PID_ENV: &str = "WATCHDOG_PID";
+/// The STATUS text while shutting down, sent by [`Notifier::stopping`].
+pub const STATUS_STOPPING: &str = "stopping";
 /// Longest error text kept in the STATUS line, in characters: `systemctl status` shows one line.
 const STATUS_ERROR_MAX_CHARS: usize = 120;
 
@@ -181,9 +183,12 @@ impl Notifier {
         }
     }
 
-    /// STOPPING=1: shutdown has begun (systemd shows "deactivating").
+    /// STOPPING=1, then STATUS=[`STATUS_STOPPING`]: shutdown has begun (systemd shows
+    /// "deactivating" and the status line says so). The one way the daemon says it stops; a later
+    /// [`Notifier::status`] with the same text sends nothing.
     pub fn stopping(&self) {
         self.send(&NotifyState::Stopping);
+        self.status(STATUS_STOPPING);
     }
 
     /// WATCHDOG=1: one keep-alive ping. Call it through [`run_watchdog`], which sends it only while
@@ -259,8 +264,8 @@ pub struct Heartbeats {
 
 #[derive(Debug, Default)]
 struct Registry {
-    next_id: u64,
-    loops: Vec<(u64, &'static str, Arc<AtomicInstant>)>,
+    /// Each loop's name and last tick, in registration order.
+    loops: Vec<(&'static str, Arc<AtomicInstant>)>,
 }
 
 /// The last tick, as nanoseconds since the registry's epoch (an atomic, so `tick` takes no lock).
@@ -282,13 +287,11 @@ impl AtomicInstant {
     }
 }
 
-/// One loop's heartbeat: call [`Beat::tick`] on progress. Clones tick the same heartbeat.
+/// One loop's heartbeat: call [`Beat::tick`] on progress. Clones tick the same heartbeat. A
+/// `Beat` dropped stays registered, so a loop that died counts as wedged.
 #[derive(Debug, Clone)]
 pub struct Beat {
-    id: u64,
-    name: &'static str,
     last: Arc<AtomicInstant>,
-    registry: Arc<Mutex<Registry>>,
 }
 
 impl Beat {
@@ -301,18 +304,6 @@ impl Beat {
     /// drive time by hand). An instant earlier than the registration counts as the registration.
     pub fn tick_at(&self, at: Instant) {
         self.last.store(at);
-    }
-
-    /// The loop's name, as given to [`Heartbeats::register`].
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    /// Removes this loop from the watch: for a loop that ends on purpose (a pair removed).
-    /// A `Beat` merely dropped stays registered, so a loop that died counts as wedged.
-    pub fn retire(self) {
-        let mut reg = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        reg.loops.retain(|(id, _, _)| *id != self.id);
     }
 }
 
@@ -331,15 +322,8 @@ impl Heartbeats {
             nanos: AtomicU64::new(0),
         });
         let mut reg = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let id = reg.next_id;
-        reg.next_id += 1;
-        reg.loops.push((id, name, Arc::clone(&last)));
-        Beat {
-            id,
-            name,
-            last,
-            registry: Arc::clone(&self.inner),
-        }
+        reg.loops.push((name, Arc::clone(&last)));
+        Beat { last }
     }
 
     /// The names of the loops that have not ticked within `max_age` of now, in registration order.
@@ -353,8 +337,8 @@ impl Heartbeats {
         let reg = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         reg.loops
             .iter()
-            .filter(|(_, _, last)| now.saturating_duration_since(last.load()) > max_age)
-            .map(|(_, name, _)| *name)
+            .filter(|(_, last)| now.saturating_duration_since(last.load()) > max_age)
+            .map(|(name, _)| *name)
             .collect()
     }
 }
@@ -423,9 +407,10 @@ pub async fn run_watchdog(notifier: Notifier, beats: Heartbeats, shutdown: Cance
     }
 }
 
-/// What the daemon is doing, for the STATUS line.
+/// Where the daemon stands, for the STATUS line. (Named apart from `lease::decide::Role`, which is
+/// the elector's own view of the Lease.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
+pub enum Standing {
     /// Waiting for something before it can start (the kubeconfig file, the API); the text says
     /// what, e.g. `/etc/rancher/rke2/rke2.yaml`.
     Waiting(String),
@@ -435,9 +420,10 @@ pub enum Role {
     Leader,
     /// Another host holds the Lease (its identity, when known).
     Follower(Option<String>),
-    /// Shutting down.
-    Stopping,
 }
+
+/// The former name of [`Standing`], kept only until `daemon` names `Standing` itself.
+pub type Role = Standing;
 
 /// The state of one pair, for the STATUS line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -455,8 +441,8 @@ pub struct PairStatus {
 /// Everything the STATUS line shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusView {
-    /// What the daemon is doing.
-    pub role: Role,
+    /// Where the daemon stands.
+    pub role: Standing,
     /// The pairs, in the order to show them.
     pub pairs: Vec<PairStatus>,
     /// The last error worth an operator's attention, if any.
@@ -468,14 +454,13 @@ pub struct StatusView {
 /// `; ` and a last error is appended as `; last error: ...` (cut to 120 characters).
 pub fn status_line(v: &StatusView) -> String {
     let mut line = match &v.role {
-        Role::Waiting(what) => format!("waiting for {what}"),
-        Role::Starting => "starting".to_owned(),
-        Role::Leader => "leader".to_owned(),
-        Role::Follower(Some(holder)) => format!("follower, leader {holder}"),
-        Role::Follower(None) => "follower, no leader".to_owned(),
-        Role::Stopping => "stopping".to_owned(),
+        Standing::Waiting(what) => format!("waiting for {what}"),
+        Standing::Starting => "starting".to_owned(),
+        Standing::Leader => "leader".to_owned(),
+        Standing::Follower(Some(holder)) => format!("follower, leader {holder}"),
+        Standing::Follower(None) => "follower, no leader".to_owned(),
     };
-    let leader = v.role == Role::Leader;
+    let leader = v.role == Standing::Leader;
     for (i, pair) in v.pairs.iter().enumerate() {
         line.push_str(if i == 0 { ", " } else { "; " });
         line.push_str(&pair_text(pair, leader));

@@ -1,4 +1,5 @@
-//! The binary as systemd runs it: exit codes, `version`, `check`, and SIGTERM handling.
+//! The binary as systemd and operators run it: exit codes, `--help`, `version`, `check`, `status`
+//! with the API down, and SIGTERM handling.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::Path;
@@ -79,6 +80,126 @@ fn version_prints_version_commit_and_compiler() {
         "{line}"
     );
     assert!(line.contains("rustc "), "{line}");
+}
+
+#[test]
+fn version_flags_print_the_same_line_as_the_version_subcommand() {
+    let want = run(&["version"]).stdout;
+    for flag in ["--version", "-V"] {
+        let out = run(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(want.clone()).unwrap(),
+            "{flag}"
+        );
+    }
+}
+
+#[test]
+fn help_describes_the_program_and_each_command_for_an_operator() {
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("kubernetes-vip"), "{help}");
+    assert!(help.contains("Exit codes"), "{help}");
+    for command in ["run", "check", "status", "version"] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(command) && l.len() > command.len() + 4),
+            "{command} has no summary: {help}"
+        );
+    }
+    assert!(
+        !help.contains("Parse") && !help.contains("[`"),
+        "rustdoc leaked into --help: {help}"
+    );
+    let out = run(&["check", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("permission"), "{help}");
+}
+
+/// A port on 127.0.0.1 that nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+    // Dropped here: connections are refused from now on.
+}
+
+/// Runs `command` (`status` or `check`) against an API server that refuses connections, with an
+/// empty config directory; returns (exit code, stdout, stderr).
+fn run_with_api_down(command: &str) -> (Option<i32>, String, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}/\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            closed_port()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&kubeconfig, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.path().join("config.d");
+    std::fs::create_dir(&config).unwrap();
+    let out = run(&[
+        "--config-dir",
+        config.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        command,
+    ]);
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn status_with_the_api_down_exits_1_naming_each_cause_once() {
+    let (code, stdout, _) = run_with_api_down("status");
+    assert_eq!(code, Some(1), "{stdout}");
+    let problem = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("problem: "))
+        .unwrap_or_else(|| panic!("no problem line: {stdout}"));
+    assert!(problem.contains("Connection refused"), "{problem}");
+    let causes: Vec<&str> = problem.split(": ").collect();
+    for (i, cause) in causes.iter().enumerate() {
+        assert!(
+            !causes[i + 1..].contains(cause),
+            "'{cause}' repeated in: {problem}"
+        );
+    }
+}
+
+#[test]
+fn status_and_check_with_the_api_down_print_no_library_log_lines() {
+    for command in ["status", "check"] {
+        let (code, stdout, stderr) = run_with_api_down(command);
+        assert_eq!(code, Some(1), "{command}: {stdout}");
+        assert!(
+            stderr.is_empty(),
+            "{command}: the report says it all, once: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn no_report_line_ends_in_a_space_when_the_server_version_is_unknown() {
+    for command in ["status", "check"] {
+        let (_, stdout, _) = run_with_api_down(command);
+        assert!(
+            stdout.contains("api server: https://127.0.0.1:"),
+            "{stdout}"
+        );
+        for line in stdout.lines() {
+            assert!(!line.ends_with(' '), "{command}: {line:?}");
+        }
+    }
 }
 
 #[test]

@@ -189,6 +189,60 @@ fn an_entry_too_large_for_one_datagram_arrives_truncated_and_marked() {
 }
 
 #[test]
+fn a_journald_that_stops_reading_never_blocks_the_logging_thread_and_the_drops_are_counted() {
+    // journald stalled: its socket is bound but nobody reads, so the kernel queue fills
+    // (net.unix.max_dgram_qlen datagrams). tracing-journald blocks here for good, on the 11th
+    // event with the kernel default of 10; this layer must return at once and count.
+    let journal = FakeJournal::new();
+    let layer = journald_layer_at(&journal.path).unwrap();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    let dispatch = tracing::Dispatch::new(subscriber);
+    const EVENTS: u64 = 2000;
+    let (done, finished) = std::sync::mpsc::channel();
+    let logging = {
+        let dispatch = dispatch.clone();
+        std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || {
+                let start = std::time::Instant::now();
+                for i in 0..EVENTS {
+                    tracing::info!(i, "while journald is stalled");
+                }
+                done.send(start.elapsed()).unwrap();
+            });
+        })
+    };
+    let took = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("logging blocked on a stalled journald");
+    logging.join().unwrap();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // journald reads again: what was queued, then one warning with the count, then new entries.
+    journal.socket.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut queued = 0u64;
+    while let Ok(n) = journal.socket.recv(&mut buf) {
+        if n > 0 {
+            queued += 1;
+        }
+    }
+    assert!(queued > 0 && queued < EVENTS, "queued {queued}");
+    tracing::dispatcher::with_default(&dispatch, || tracing::info!("journald is back"));
+    let mut after = Vec::new();
+    while let Ok(n) = journal.socket.recv(&mut buf) {
+        after.push(parse(&buf[..n]));
+    }
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(
+        one(&after[0], "MESSAGE"),
+        "journald was not reading: log entries dropped"
+    );
+    assert_eq!(one(&after[0], "PRIORITY"), "4");
+    assert_eq!(one(&after[0], "F_DROPPED"), (EVENTS - queued).to_string());
+    assert_eq!(one(&after[1], "MESSAGE"), "journald is back");
+}
+
+#[test]
 fn a_socket_nobody_listens_on_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no-journald");
@@ -331,6 +385,65 @@ fn a_journal_stream_naming_stderr_selects_journald() {
     );
     assert!(err.contains("/run/systemd/journal/socket"), "{err}");
     assert!(err.contains("info shown"), "{err}");
+}
+
+#[test]
+fn under_systemd_init_sends_to_journalds_own_socket_with_the_fields_operators_query() {
+    // The production path, JOURNALD_SOCKET included: the child runs in a private mount namespace
+    // where this test's socket is bind-mounted over /run/systemd/journal/socket. Needs root (or
+    // unprivileged user namespaces) and unshare(1); skipped without them.
+    use std::os::unix::fs::MetadataExt;
+    let journal = FakeJournal::new();
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let meta = stderr.as_file().metadata().unwrap();
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && touch {sock} && \
+         mount --bind \"$0\" {sock} && exec \"$1\" --exact child_entry_point_logs_through_init \
+         --nocapture --test-threads=1",
+        sock = endpoint_copier::logging::JOURNALD_SOCKET
+    );
+    let status = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(&journal.path)
+        .arg(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, "1")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("ENDPOINT_COPIER_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr.reopen().unwrap())
+        .status();
+    let err = std::fs::read_to_string(stderr.path()).unwrap();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(_) if err.contains("Operation not permitted") || err.contains("unshare failed") => {
+            eprintln!("skipped: no private mount namespace here: {err}");
+            return;
+        }
+        Ok(s) => panic!("child failed ({s}): {err}"),
+        Err(e) => {
+            eprintln!("skipped: unshare(1) not available: {e}");
+            return;
+        }
+    }
+    journal.socket.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut entries = Vec::new();
+    while let Ok(n) = journal.socket.recv(&mut buf) {
+        if n > 0 {
+            entries.push(parse(&buf[..n]));
+        }
+    }
+    assert_eq!(
+        entries.len(),
+        1,
+        "info only, at the configured level: {entries:?}"
+    );
+    let e = &entries[0];
+    assert_eq!(one(e, "MESSAGE"), "info shown");
+    assert_eq!(one(e, "PRIORITY"), "5");
+    assert_eq!(one(e, "SYSLOG_IDENTIFIER"), "endpoint-copier");
+    assert_eq!(one(e, "F_SERVICE"), "default/kubernetes-vip");
+    assert!(!err.contains("info shown"), "not on stderr as well: {err}");
 }
 
 #[test]
