@@ -422,9 +422,6 @@ pub enum Standing {
     Follower(Option<String>),
 }
 
-/// The former name of [`Standing`], kept only until `daemon` names `Standing` itself.
-pub type Role = Standing;
-
 /// The state of one pair, for the STATUS line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairStatus {

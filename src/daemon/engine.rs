@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::desired::{self, Hold, Owner};
 use crate::error::chain;
 use crate::events::{self, Reason};
-use crate::group::Group;
+use crate::group::{Group, Members, Mismatch, Wanted};
 use crate::lease::{self, Fence, Leadership};
 use crate::metrics::{Health, Metrics};
 use crate::names::ServiceRef;
@@ -93,6 +93,12 @@ pub struct Engine {
     scan: Schedule,
     /// Watches failing now, by scope ("services", "endpointslices in <ns>"), until they deliver.
     pub(super) watch_errors: BTreeMap<String, String>,
+    /// The group's member Leases: who is live and which pairs each has configured.
+    members: Members,
+    /// When an answer of `members` changes by time alone (a member turning stale or gone).
+    members_due: Option<Instant>,
+    /// Pairs configured on some live members and not on others, as last reported.
+    pub(super) mismatches: Vec<Mismatch>,
 }
 
 impl Engine {
@@ -103,6 +109,7 @@ impl Engine {
         fence: Fence,
         metrics: Arc<Metrics>,
         events: events::Sender,
+        members: Members,
     ) -> Engine {
         let config_pairs: Vec<(ServiceRef, ServiceRef)> = config
             .pairs
@@ -136,6 +143,9 @@ impl Engine {
             next_task: 0,
             scan: Schedule::Idle,
             watch_errors: BTreeMap::new(),
+            members,
+            members_due: None,
+            mismatches: Vec::new(),
         }
     }
 
@@ -154,6 +164,7 @@ impl Engine {
         host: &mut Host<'_>,
     ) -> Result<(), Error> {
         let mut service_events = watch::services(&self.client);
+        let mut member_events = crate::group::live::watch(&self.client, &self.group);
         let mut resync = tokio::time::interval_at(
             Instant::now() + config.sync.resync_interval,
             config.sync.resync_interval,
@@ -178,6 +189,15 @@ impl Engine {
                     self.set_leadership(now);
                 }
                 Some(event) = service_events.next() => self.on_services(event),
+                Some(event) = member_events.next() => match event {
+                    Ok(event) => {
+                        self.watch_errors.remove("members");
+                        if self.members.apply(event, Instant::now()) {
+                            self.members_due = Some(Instant::now());
+                        }
+                    }
+                    Err(e) => self.watch_error("members".to_owned(), &e),
+                },
                 (namespace, generation, event) = self.watches.next() => {
                     self.on_slices(&namespace, generation, event);
                 }
@@ -431,10 +451,9 @@ impl Engine {
     fn watch_error(&mut self, scope: String, e: &watcher::Error) {
         // kube's watcher re-lists on 410 and backs off on failures by itself; we count and say,
         // once per failing streak at warn (the backoff keeps it to a few lines a minute anyway).
-        self.metrics.watch_restart(if scope == "services" {
-            "services"
-        } else {
-            "endpointslices"
+        self.metrics.watch_restart(match scope.as_str() {
+            "services" | "members" => "services",
+            _ => "endpointslices",
         });
         if let watcher::Error::WatchError(s)
         | watcher::Error::InitialListFailed(kube::Error::Api(s)) = e
@@ -457,6 +476,9 @@ impl Engine {
         }
         let now = Instant::now();
         self.report_refusals();
+        if self.members_due.is_some_and(|t| t <= now) {
+            self.members_changed(now);
+        }
         if self.scan.is_due(now) && self.slices.is_ready() && self.tasks.len() < MAX_IN_FLIGHT {
             let (client, group) = (self.client.clone(), self.group.clone());
             let outcome = async move { Outcome::Scan(jobs::scan(client, group).await) };
@@ -543,6 +565,29 @@ impl Engine {
             self.record_endpoints(target, &actual);
             return;
         }
+        if state.phase == Phase::Retired {
+            // Deleting what another live copy of the group still wants would blank its pair
+            // whenever leadership moves here: hold and say so instead.
+            let wanted_by = match self.members.who_wants(target, now) {
+                Wanted::Nobody => Vec::new(),
+                Wanted::Unknown => vec!["(member list not read yet)".to_owned()],
+                Wanted::Live(ids) | Wanted::Stale(ids) => ids,
+            };
+            if !wanted_by.is_empty() {
+                state.write.settle();
+                if state.wanted_by != wanted_by {
+                    let note = format!(
+                        "not configured here, but still configured on {}; its EndpointSlices are kept",
+                        wanted_by.join(", ")
+                    );
+                    warn!(service = %target, "{note}");
+                    state.wanted_by = wanted_by;
+                    self.report(target, Reason::ConfiguredElsewhere, note);
+                }
+                return;
+            }
+            state.wanted_by.clear();
+        }
         debug!(service = %target, creates = step.plan.creates.len(), updates = step.plan.updates.len(), deletes = step.plan.deletes.len(), "applying plan");
         let cx = WriteContext {
             target: target.clone(),
@@ -562,6 +607,39 @@ impl Engine {
             }
         };
         self.spawn(Job::Write(target.clone()), outcome, now);
+    }
+
+    /// The members' answers may have changed: retired pairs are looked at again, and pairs
+    /// configured on some copies only are reported.
+    fn members_changed(&mut self, now: Instant) {
+        self.members_due = self.members.next_change(now);
+        for state in self.pairs.values_mut() {
+            if state.phase == Phase::Retired {
+                state.write.touch();
+            }
+        }
+        let own: BTreeSet<(ServiceRef, ServiceRef)> = self.config_pairs.iter().cloned().collect();
+        let mismatches = self.members.mismatches(&own, now);
+        if mismatches == self.mismatches {
+            return;
+        }
+        let new: Vec<Mismatch> = mismatches
+            .iter()
+            .filter(|m| !self.mismatches.contains(m))
+            .cloned()
+            .collect();
+        for m in &new {
+            let note = format!(
+                "pair {} -> {} is configured on {} but not on {}; its EndpointSlices are kept, never deleted, while a live copy configures it",
+                m.source,
+                m.target,
+                m.configured_on.join(", "),
+                m.missing_on.join(", ")
+            );
+            warn!(service = %m.target, source = %m.source, "{note}");
+            self.report(&m.target, Reason::ConfiguredElsewhere, note);
+        }
+        self.mismatches = mismatches;
     }
 
     /// Reports each refusal once per leadership term as an Event.
@@ -844,7 +922,7 @@ impl Engine {
         self.pairs
             .values()
             .flat_map(|s| [s.write.wakeup(), s.legacy.wakeup()])
-            .chain([self.scan.wakeup()])
+            .chain([self.scan.wakeup(), self.members_due])
             .flatten()
             .min()
     }

@@ -36,6 +36,7 @@ use crate::client::{self, Reloadable};
 use crate::config::Config;
 use crate::error::chain;
 use crate::events;
+use crate::group::{self, Group, MemberRecord};
 use crate::lease::{self, Elector};
 use crate::metrics::{self, Health, Metrics};
 use crate::notify::{self, Heartbeats, Notifier};
@@ -63,14 +64,12 @@ pub enum Error {
     TaskEnded(&'static str),
 }
 
-impl Error {
-    /// Exit code for `main`: a refused kubeconfig is a config error (78), the rest runtime (1).
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            // Refused, or still unloadable after the wait: restarting will not help.
-            Error::Kubeconfig(_) => 78,
-            _ => 1,
-        }
+/// The member timings from `[members]`.
+fn member_settings(config: &Config) -> group::Settings {
+    group::Settings {
+        heartbeat: config.members.heartbeat,
+        expiry: config.members.expiry,
+        forget_after: config.members.forget_after,
     }
 }
 
@@ -150,10 +149,40 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         let s = lease_stop.clone();
         tokio::spawn(async move { elector.run(s).await }.in_current_span())
     };
+    // Every copy, leader or not, says which pairs it has configured, so that a leader never
+    // deletes the slices of a pair another live copy of the group still wants.
+    let group = Group::new(&config.lease.namespace, &config.lease.name);
+    let record = MemberRecord::new(
+        &identity,
+        config
+            .pairs
+            .iter()
+            .map(|p| (p.source.clone(), p.target.clone())),
+    );
+    // The record is fixed for the process's life (no config reload); the sender stays alive so
+    // the publisher keeps renewing.
+    let (_record_tx, record_rx) = tokio::sync::watch::channel(record);
+    {
+        let api: Api<Lease> = Api::namespaced(client.clone(), group.lease_namespace());
+        let (g, settings, s) = (group.clone(), member_settings(&config), shutdown.clone());
+        services.spawn(
+            async move {
+                if let Err(e) = group::publish(api, g, record_rx, settings, s.clone()).await {
+                    // Only an object the API refuses ends it: a bug, not a reason to stop mirroring.
+                    error!(error = %chain(&e), "publishing this copy's member Lease stopped; mirroring goes on");
+                    s.cancelled().await;
+                }
+                Ok(())
+            }
+            .in_current_span(),
+        );
+    }
     let (event_tx, event_loop) = events::channel(client.clone(), &identity);
     let event_task = tokio::spawn(event_loop.in_current_span());
 
-    let mut engine = engine::Engine::new(&config, client, fence, metrics.clone(), event_tx);
+    let members = group::Members::new(member_settings(&config), &identity);
+    let mut engine =
+        engine::Engine::new(&config, client, fence, metrics.clone(), event_tx, members);
     let mut host = engine::Host {
         notifier: &notifier,
         health: &health,

@@ -12,20 +12,20 @@ use crate::desired::{self, ForeignSlice};
 use crate::events::{Reason, Report};
 use crate::lease::Leadership;
 use crate::names::ServiceRef;
-use crate::notify::{self, PairStatus, Role, StatusView};
+use crate::notify::{self, PairStatus, Standing, StatusView};
 
 impl Engine {
     /// Refreshes STATUS and /readyz.
     pub(super) fn publish_status(&self, host: &Host<'_>) {
         let role = match &self.leader {
             // Neither the Lease nor the first list came back yet: say what we wait for.
-            Leadership::Starting if !self.services.is_ready() => Role::Waiting(format!(
+            Leadership::Starting if !self.services.is_ready() => Standing::Waiting(format!(
                 "the API server at {}",
                 host.credentials.loaded.server
             )),
-            Leadership::Starting => Role::Starting,
-            Leadership::Leader => Role::Leader,
-            Leadership::Follower { holder } => Role::Follower(holder.clone()),
+            Leadership::Starting => Standing::Starting,
+            Leadership::Leader => Standing::Leader,
+            Leadership::Follower { holder } => Standing::Follower(holder.clone()),
         };
         let now = Instant::now();
         // Per-pair counts are the leader's: a follower does not sync, and its line says who does.
