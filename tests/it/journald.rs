@@ -104,7 +104,7 @@ fn an_info_event_arrives_with_message_priority_identifier_and_prefixed_fields() 
     assert_eq!(one(e, "SYSLOG_IDENTIFIER"), "endpoint-copier");
     assert_eq!(one(e, "F_SERVICE"), "default/kubernetes-vip");
     assert_eq!(one(e, "F_ENDPOINTS"), "3");
-    assert_eq!(one(e, "TARGET"), "journald");
+    assert_eq!(one(e, "TARGET"), module_path!());
     assert!(one(e, "CODE_FILE").ends_with("journald.rs"));
     assert!(!e.contains_key("F_MESSAGE"), "the message is MESSAGE only");
 }
@@ -289,7 +289,7 @@ fn run_child(env: &[(&str, Option<&str>)], stderr: std::process::Stdio) -> i32 {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
-        "child_entry_point_logs_through_init",
+        "journald::child_entry_point_logs_through_init",
         "--nocapture",
         "--test-threads=1",
     ])
@@ -398,7 +398,7 @@ fn under_systemd_init_sends_to_journalds_own_socket_with_the_fields_operators_qu
     let meta = stderr.as_file().metadata().unwrap();
     let script = format!(
         "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && touch {sock} && \
-         mount --bind \"$0\" {sock} && exec \"$1\" --exact child_entry_point_logs_through_init \
+         mount --bind \"$0\" {sock} && exec \"$1\" --exact journald::child_entry_point_logs_through_init \
          --nocapture --test-threads=1",
         sock = endpoint_copier::logging::JOURNALD_SOCKET
     );

@@ -366,7 +366,7 @@ fn run_child(env: &[(&str, &str)]) -> i32 {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
-        "child_entry_point_notifies_from_the_environment",
+        "notify::child_entry_point_notifies_from_the_environment",
         "--test-threads=1",
     ])
     .env(CHILD_ENV, "1")
