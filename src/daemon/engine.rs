@@ -15,19 +15,18 @@ use futures::StreamExt;
 use kube::runtime::watcher;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use super::Error;
-use super::jobs::{self, Done, Job, Outcome, WriteContext, WriteError};
+use super::jobs::{Done, Job};
 use super::kubeconfig::Credentials;
-use super::pair::{PairState, Phase, plan_for};
-use super::schedule::{Finish, Schedule, TaskId};
-use crate::apply;
+use super::pair::{PairState, Phase};
+use super::schedule::{Schedule, TaskId};
 use crate::config::Config;
-use crate::desired::{self, Hold, Owner};
+use crate::desired::Owner;
 use crate::error::chain;
-use crate::events::{self, Reason};
-use crate::group::{Group, Members, Mismatch, Wanted};
+use crate::events::{self};
+use crate::group::{Group, Members, Mismatch};
 use crate::lease::{self, Fence, Leadership};
 use crate::metrics::{Health, Metrics};
 use crate::names::ServiceRef;
@@ -41,7 +40,7 @@ use crate::watch::{self, ServiceCache, SliceCache, SliceWatches};
 /// Fairness.
 pub const MAX_IN_FLIGHT: usize = 16;
 /// First retry delay after a failure; doubles per attempt up to the cap of the work.
-const BACKOFF_BASE: Duration = Duration::from_millis(200);
+pub(super) const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// How often the kubeconfig file is checked for a rewrite (certificate rotation).
 const KUBECONFIG_POLL: Duration = Duration::from_secs(5);
 /// How often STATUS, metrics and the heartbeat are refreshed.
@@ -66,37 +65,37 @@ pub struct Engine {
     pub(super) metrics: Arc<Metrics>,
     pub(super) events: events::Sender,
     /// The copier group (the Lease that elects its writer) whose slices these are.
-    group: Group,
+    pub(super) group: Group,
     /// The group as the pure core needs it.
     pub(super) owner: Owner,
-    config_pairs: Vec<(ServiceRef, ServiceRef)>,
-    configured: BTreeSet<ServiceRef>,
-    annotations_enabled: bool,
-    allowed_sources: Vec<ServiceRef>,
+    pub(super) config_pairs: Vec<(ServiceRef, ServiceRef)>,
+    pub(super) configured: BTreeSet<ServiceRef>,
+    pub(super) annotations_enabled: bool,
+    pub(super) allowed_sources: Vec<ServiceRef>,
     /// Cap of a pair's write backoff (`[sync] max_backoff_secs`).
-    max_backoff: Duration,
+    pub(super) max_backoff: Duration,
     /// Cap of the background checks' backoff: a check that keeps failing runs once per resync.
-    chore_backoff: Duration,
+    pub(super) chore_backoff: Duration,
     pub(super) services: ServiceCache,
     pub(super) slices: SliceCache,
-    watches: SliceWatches,
+    pub(super) watches: SliceWatches,
     pub(super) pairs: BTreeMap<ServiceRef, PairState>,
     pub(super) refused: BTreeMap<ServiceRef, Refusal>,
     /// Refusals already reported as an Event during this leadership term.
-    refusals_reported: BTreeSet<(ServiceRef, String)>,
+    pub(super) refusals_reported: BTreeSet<(ServiceRef, String)>,
     pub(super) leader: Leadership,
-    tasks: JoinSet<Done>,
+    pub(super) tasks: JoinSet<Done>,
     /// The run each task belongs to, by tokio's id (a panicked task has no outcome of its own).
-    running: HashMap<tokio::task::Id, (TaskId, Job)>,
-    next_task: u64,
+    pub(super) running: HashMap<tokio::task::Id, (TaskId, Job)>,
+    pub(super) next_task: u64,
     /// The scan for slices of pairs removed while this copy did not lead.
-    scan: Schedule,
+    pub(super) scan: Schedule,
     /// Watches failing now, by scope ("services", "endpointslices in <ns>"), until they deliver.
     pub(super) watch_errors: BTreeMap<String, String>,
     /// The group's member Leases: who is live and which pairs each has configured.
-    members: Members,
+    pub(super) members: Members,
     /// When an answer of `members` changes by time alone (a member turning stale or gone).
-    members_due: Option<Instant>,
+    pub(super) members_due: Option<Instant>,
     /// Pairs configured on some live members and not on others, as last reported.
     pub(super) mismatches: Vec<Mismatch>,
 }
@@ -407,7 +406,7 @@ impl Engine {
     }
 
     /// Starts, restarts or stops the per-namespace slice watches for the Services in play.
-    fn rewatch_slices(&mut self) {
+    pub(super) fn rewatch_slices(&mut self) {
         let wanted = self.wanted_services();
         if &wanted == self.slices.wanted() && !wanted.is_empty() {
             return;
@@ -469,455 +468,6 @@ impl Engine {
         self.watch_errors.insert(scope, message);
     }
 
-    /// Step 3 of five: starts every task that is due, the leader's only.
-    fn dispatch(&mut self) {
-        if !self.services.is_ready() || !self.is_leader() {
-            return;
-        }
-        let now = Instant::now();
-        self.report_refusals();
-        if self.members_due.is_some_and(|t| t <= now) {
-            self.members_changed(now);
-        }
-        if self.scan.is_due(now) && self.slices.is_ready() && self.tasks.len() < MAX_IN_FLIGHT {
-            let (client, group) = (self.client.clone(), self.group.clone());
-            let outcome = async move { Outcome::Scan(jobs::scan(client, group).await) };
-            self.spawn(Job::Scan, outcome, now);
-        }
-        let due: Vec<ServiceRef> = self
-            .pairs
-            .iter()
-            .filter(|(target, s)| {
-                s.write.is_due(now)
-                    && self.slices.is_ready_for(target)
-                    && s.phase
-                        .source()
-                        .is_none_or(|src| self.slices.is_ready_for(src))
-            })
-            .map(|(t, _)| t.clone())
-            .collect();
-        for target in due {
-            if self.tasks.len() >= MAX_IN_FLIGHT {
-                return;
-            }
-            self.start_write(&target, now);
-        }
-        let legacy: Vec<ServiceRef> = self
-            .pairs
-            .iter()
-            .filter(|(_, s)| s.legacy.is_due(now) && s.synced_at.is_some())
-            .map(|(t, _)| t.clone())
-            .collect();
-        for target in legacy {
-            if self.tasks.len() >= MAX_IN_FLIGHT {
-                return;
-            }
-            let (client, fence, t) = (self.client.clone(), self.fence.clone(), target.clone());
-            let outcome = async move { Outcome::Legacy(jobs::legacy(client, t, fence).await) };
-            self.spawn(Job::Legacy(target), outcome, now);
-        }
-    }
-
-    /// Step 4 of five: plans one pair from the caches and spawns its write, or settles it.
-    fn start_write(&mut self, target: &ServiceRef, now: Instant) {
-        let Some(state) = self.pairs.get(target) else {
-            return;
-        };
-        let actual = self.slices.slices_of(target);
-        let source_slices = state
-            .phase
-            .source()
-            .map(|s| self.slices.slices_of(s))
-            .unwrap_or_default();
-        let planned = plan_for(
-            &state.phase,
-            target,
-            self.services.objects(),
-            &source_slices,
-            &actual,
-            &self.owner,
-        );
-        self.note_foreign(target, &actual);
-        let step = match planned {
-            Err(hold) => return self.hold(target, hold, &actual),
-            Ok(step) => step,
-        };
-        let Some(state) = self.pairs.get_mut(target) else {
-            return;
-        };
-        if step.plan.is_empty() {
-            state.write.settle();
-            if state.phase == Phase::Retired {
-                // Every slice of a removed pair is gone: forget it (and stop watching its
-                // slices on the next Service change).
-                self.pairs.remove(target);
-                self.metrics.forget_pair(&target.to_string());
-                return;
-            }
-            state.hold = None;
-            state.last_error = None;
-            if state.synced_at.is_none() {
-                state.legacy.touch();
-            }
-            state.synced_at = Some(now);
-            state.endpoints = desired::ready_endpoints(&actual);
-            self.metrics.writes_skipped();
-            self.record_endpoints(target, &actual);
-            return;
-        }
-        if state.phase == Phase::Retired {
-            // Deleting what another live copy of the group still wants would blank its pair
-            // whenever leadership moves here: hold and say so instead.
-            let wanted_by = match self.members.who_wants(target, now) {
-                Wanted::Nobody => Vec::new(),
-                Wanted::Unknown => vec!["(member list not read yet)".to_owned()],
-                Wanted::Live(ids) | Wanted::Stale(ids) => ids,
-            };
-            if !wanted_by.is_empty() {
-                state.write.settle();
-                if state.wanted_by != wanted_by {
-                    let note = format!(
-                        "not configured here, but still configured on {}; its EndpointSlices are kept",
-                        wanted_by.join(", ")
-                    );
-                    warn!(service = %target, "{note}");
-                    state.wanted_by = wanted_by;
-                    self.report(target, Reason::ConfiguredElsewhere, note);
-                }
-                return;
-            }
-            state.wanted_by.clear();
-        }
-        debug!(service = %target, creates = step.plan.creates.len(), updates = step.plan.updates.len(), deletes = step.plan.deletes.len(), "applying plan");
-        let cx = WriteContext {
-            target: target.clone(),
-            configured: self.configured.contains(target),
-            annotations_enabled: self.annotations_enabled,
-        };
-        let (client, fence, metrics) = (
-            self.client.clone(),
-            self.fence.clone(),
-            self.metrics.clone(),
-        );
-        // Step 5 of five: `jobs::write` runs `apply::apply`, fenced.
-        let outcome = async move {
-            Outcome::Write {
-                started: now,
-                result: jobs::write(client, cx, step, fence, metrics).await,
-            }
-        };
-        self.spawn(Job::Write(target.clone()), outcome, now);
-    }
-
-    /// The members' answers may have changed: retired pairs are looked at again, and pairs
-    /// configured on some copies only are reported.
-    fn members_changed(&mut self, now: Instant) {
-        self.members_due = self.members.next_change(now);
-        for state in self.pairs.values_mut() {
-            if state.phase == Phase::Retired {
-                state.write.touch();
-            }
-        }
-        let own: BTreeSet<(ServiceRef, ServiceRef)> = self.config_pairs.iter().cloned().collect();
-        let mismatches = self.members.mismatches(&own, now);
-        if mismatches == self.mismatches {
-            return;
-        }
-        let new: Vec<Mismatch> = mismatches
-            .iter()
-            .filter(|m| !self.mismatches.contains(m))
-            .cloned()
-            .collect();
-        for m in &new {
-            let note = format!(
-                "pair {} -> {} is configured on {} but not on {}; its EndpointSlices are kept, never deleted, while a live copy configures it",
-                m.source,
-                m.target,
-                m.configured_on.join(", "),
-                m.missing_on.join(", ")
-            );
-            warn!(service = %m.target, source = %m.source, "{note}");
-            self.report(&m.target, Reason::ConfiguredElsewhere, note);
-        }
-        self.mismatches = mismatches;
-    }
-
-    /// Reports each refusal once per leadership term as an Event.
-    fn report_refusals(&mut self) {
-        let unreported: Vec<(ServiceRef, String)> = self
-            .refused
-            .iter()
-            .map(|(t, r)| (t.clone(), r.reason.to_string()))
-            .filter(|k| !self.refusals_reported.contains(k))
-            .collect();
-        for (target, note) in unreported {
-            self.report(&target, Reason::Refused, note.clone());
-            self.refusals_reported.insert((target, note));
-        }
-    }
-
-    /// Fail-static: nothing is written for `target`; say why once per change.
-    fn hold(
-        &mut self,
-        target: &ServiceRef,
-        hold: Hold,
-        actual: &[k8s_openapi::api::discovery::v1::EndpointSlice],
-    ) {
-        let Some(state) = self.pairs.get_mut(target) else {
-            return;
-        };
-        state.write.settle();
-        let kept = desired::ready_endpoints(actual);
-        if state.hold != Some(hold) && hold != Hold::Refused {
-            let source = state
-                .phase
-                .source()
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            warn!(service = %target, source = %source, endpoints = kept, reason = %hold, "holding the target's EndpointSlices as they are");
-        }
-        state.hold = Some(hold);
-        let reason = match hold {
-            Hold::NoSourceSlices => Some(Reason::SourceMissing),
-            Hold::NoEndpoints => Some(Reason::SourceEmpty),
-            _ => None,
-        };
-        if let Some(reason) = reason {
-            let note = format!("{hold}; keeping the {kept} ready endpoints of {target}");
-            self.report(target, reason, note);
-        }
-    }
-
-    fn spawn(
-        &mut self,
-        job: Job,
-        work: impl std::future::Future<Output = Outcome> + Send + 'static,
-        now: Instant,
-    ) {
-        self.next_task += 1;
-        let task = TaskId(self.next_task);
-        let Some(schedule) = self.schedule_of(&job) else {
-            return;
-        };
-        if !schedule.start(task, now) {
-            return;
-        }
-        let tagged = job.clone();
-        let handle = self.tasks.spawn(
-            async move {
-                Done {
-                    task,
-                    job: tagged,
-                    outcome: work.await,
-                }
-            }
-            .in_current_span(),
-        );
-        self.running.insert(handle.id(), (task, job));
-    }
-
-    fn schedule_of(&mut self, job: &Job) -> Option<&mut Schedule> {
-        match job {
-            Job::Scan => Some(&mut self.scan),
-            Job::Write(t) => self.pairs.get_mut(t).map(|s| &mut s.write),
-            Job::Legacy(t) => self.pairs.get_mut(t).map(|s| &mut s.legacy),
-        }
-    }
-
-    /// A task ended: its outcome, or why it has none.
-    fn joined(&mut self, joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
-        match joined {
-            Ok((id, done)) => {
-                self.running.remove(&id);
-                self.finish(done);
-            }
-            Err(e) => {
-                let Some((task, job)) = self.running.remove(&e.id()) else {
-                    return; // aborted at a leadership change: already accounted for
-                };
-                if e.is_cancelled() {
-                    if let Some(s) = self.schedule_of(&job) {
-                        s.abort(task, Instant::now());
-                    }
-                    return;
-                }
-                // A panic: retried like any failure, after a backoff.
-                error!(job = ?job, error = %e, "task failed");
-                let delay = self.backoff_for(&job);
-                if let Some(s) = self.schedule_of(&job) {
-                    s.finish(task, Finish::Failed(delay), Instant::now());
-                }
-            }
-        }
-    }
-
-    /// The delay before the next run of `job` after one more failure.
-    fn backoff_for(&mut self, job: &Job) -> Duration {
-        let (cap, attempt) = match job {
-            Job::Write(_) => (
-                self.max_backoff,
-                self.schedule_of(job).map_or(0, |s| s.attempt()),
-            ),
-            _ => (
-                self.chore_backoff,
-                self.schedule_of(job).map_or(0, |s| s.attempt()),
-            ),
-        };
-        crate::backoff::delay(attempt.saturating_add(1), BACKOFF_BASE, cap)
-    }
-
-    fn finish(&mut self, done: Done) {
-        let Done { task, job, outcome } = done;
-        let now = Instant::now();
-        match outcome {
-            Outcome::Write { started, result } => {
-                let Job::Write(target) = &job else { return };
-                self.finish_write(task, target, started, result, now);
-            }
-            Outcome::Legacy(result) => {
-                let Job::Legacy(target) = &job else { return };
-                let how = match &result {
-                    Ok(_) => Finish::Done,
-                    Err(e) => {
-                        Finish::Failed(e.retry_after().unwrap_or_else(|| self.backoff_for(&job)))
-                    }
-                };
-                let Some(state) = self.pairs.get_mut(target) else {
-                    return;
-                };
-                if !state.legacy.finish(task, how, now) {
-                    return;
-                }
-                match result {
-                    Ok(true) => {
-                        info!(service = %target, "removed endpoint-copier-operator's leftover Endpoints")
-                    }
-                    Ok(false) => {}
-                    // One warning per failing streak; the schedule's backoff keeps it rare.
-                    Err(e) if state.legacy.attempt() == 1 => {
-                        warn!(service = %target, error = %chain(&e), "could not check for endpoint-copier-operator's leftover Endpoints; retrying with backoff")
-                    }
-                    Err(e) => {
-                        debug!(service = %target, attempt = state.legacy.attempt(), error = %chain(&e), "legacy Endpoints check still failing")
-                    }
-                }
-            }
-            Outcome::Scan(result) => {
-                let how = match &result {
-                    Ok(_) => Finish::Done,
-                    Err(_) => Finish::Failed(self.backoff_for(&job)),
-                };
-                if !self.scan.finish(task, how, now) {
-                    return;
-                }
-                match result {
-                    Ok(targets) => {
-                        self.adopt_orphans(targets);
-                        self.rewatch_slices();
-                    }
-                    Err(e) if self.scan.attempt() == 1 => {
-                        warn!(error = %chain(&e), "could not list our EndpointSlices to find removed pairs; retrying with backoff")
-                    }
-                    Err(e) => {
-                        debug!(attempt = self.scan.attempt(), error = %chain(&e), "orphan scan still failing")
-                    }
-                }
-            }
-        }
-    }
-
-    fn finish_write(
-        &mut self,
-        task: TaskId,
-        target: &ServiceRef,
-        started: Instant,
-        result: Result<apply::Applied, WriteError>,
-        now: Instant,
-    ) {
-        let job = Job::Write(target.clone());
-        let how = match &result {
-            Ok(_) => Finish::Done,
-            Err(WriteError::Apply(apply::Error::NotLeader { .. })) => Finish::Interrupted,
-            Err(WriteError::Apply(e)) => {
-                Finish::Failed(e.retry_after().unwrap_or_else(|| self.backoff_for(&job)))
-            }
-            Err(_) => Finish::Failed(self.backoff_for(&job)),
-        };
-        let Some(state) = self.pairs.get_mut(target) else {
-            return;
-        };
-        if !state.write.finish(task, how, now) {
-            return; // a run aborted at a leadership flap: another one owns the pair now
-        }
-        match result {
-            Ok(applied) => {
-                let actual = self.slices.slices_of(target);
-                let source = state
-                    .phase
-                    .source()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                if state.synced_at.is_none() {
-                    state.legacy.touch();
-                }
-                state.synced_at = Some(now);
-                state.last_error = None;
-                state.endpoints = desired::ready_endpoints(&actual);
-                let retired = state.phase == Phase::Retired;
-                self.metrics.set_last_sync(&target.to_string());
-                if applied.writes() > 0 {
-                    self.metrics.observe_sync(now.duration_since(started));
-                    info!(service = %target, source = %source, created = applied.created, updated = applied.updated, deleted = applied.deleted, "target EndpointSlices updated");
-                    if !retired {
-                        let note = format!(
-                            "mirrored {source}: {} created, {} updated, {} deleted",
-                            applied.created, applied.updated, applied.deleted
-                        );
-                        self.report(target, Reason::Synced, note);
-                    }
-                }
-            }
-            Err(WriteError::Apply(e @ apply::Error::NotLeader { .. })) => {
-                debug!(service = %target, error = %chain(&e), "write skipped: not the leader");
-            }
-            Err(e @ WriteError::StillWanted { .. }) => {
-                // The caches lag behind the API: wait for the watch, never delete on a stale view.
-                info!(service = %target, error = %chain(&e), "not deleting; waiting for the Service watch to catch up");
-            }
-            Err(e) => {
-                let message = chain(&e);
-                let attempt = state.write.attempt();
-                state.last_error = Some(message.clone());
-                let conflict = matches!(&e, WriteError::Apply(a) if a.is_conflict());
-                let transient = matches!(&e, WriteError::Apply(a) if a.is_transient())
-                    || matches!(e, WriteError::Confirm { .. });
-                if conflict {
-                    debug!(service = %target, attempt, error = %message, "conflict; re-planning");
-                } else if transient {
-                    warn!(service = %target, attempt, error = %message, "write failed; retrying with backoff");
-                } else {
-                    error!(service = %target, attempt, error = %message, "write refused; retrying with backoff until fixed");
-                }
-                if !conflict {
-                    self.report(target, Reason::WriteFailed, message);
-                }
-            }
-        }
-    }
-
-    /// Targets holding this group's slices that no pair claims become retired pairs: their
-    /// slices go after a fresh read confirms it.
-    fn adopt_orphans(&mut self, targets: BTreeSet<ServiceRef>) {
-        for target in targets {
-            // A refused target keeps its slices (held), like a pair refused while running.
-            if self.pairs.contains_key(&target) || self.refused.contains_key(&target) {
-                continue;
-            }
-            info!(service = %target, "found EndpointSlices of a removed pair; deleting them once a fresh read confirms it");
-            self.pairs.insert(target, PairState::new(Phase::Retired));
-        }
-    }
-
     fn next_wakeup(&self) -> Option<Instant> {
         self.pairs
             .values()
@@ -925,33 +475,5 @@ impl Engine {
             .chain([self.scan.wakeup(), self.members_due])
             .flatten()
             .min()
-    }
-
-    /// Waits (bounded) for the writes in flight; aborts what is left. Returns until when the
-    /// Lease must still be kept when a write was abandoned: its request may still be waiting for
-    /// an answer until its own timeout, which the fence bounds ([`apply::outstanding_until`]).
-    pub async fn drain(&mut self, limit: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + limit;
-        // Background checks are not worth waiting for; writes are.
-        let checks: Vec<tokio::task::Id> = self
-            .running
-            .iter()
-            .filter(|(_, (_, job))| matches!(job, Job::Scan))
-            .map(|(id, _)| *id)
-            .collect();
-        self.running.retain(|id, _| !checks.contains(id));
-        while !self.running.is_empty() {
-            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
-                Ok(Some(done)) => self.joined(done),
-                Ok(None) => break,
-                Err(_) => {
-                    let until = apply::outstanding_until(&self.fence);
-                    self.tasks.abort_all();
-                    return Some(until);
-                }
-            }
-        }
-        self.tasks.abort_all();
-        None
     }
 }

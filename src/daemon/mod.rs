@@ -18,9 +18,11 @@
 //! `pair` (per-pair state, the shared plan decision), `schedule` (pure: when work runs next),
 //! `jobs` (the tasks the engine spawns), `status` (STATUS, readiness, Events).
 
+mod dispatch;
 mod engine;
 mod jobs;
 mod kubeconfig;
+mod outcome;
 pub mod pair;
 pub mod schedule;
 mod status;

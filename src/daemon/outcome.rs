@@ -1,0 +1,246 @@
+//! What the engine does with a finished task: a write's result (synced, failed with backoff,
+//! interrupted, or a delete not confirmed), the legacy check's and the orphan scan's; and the
+//! drain at shutdown.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::engine::{BACKOFF_BASE, Engine};
+use super::jobs::{Done, Job, Outcome, WriteError};
+use super::pair::{PairState, Phase};
+use super::schedule::{Finish, TaskId};
+use crate::apply;
+use crate::desired;
+use crate::error::chain;
+use crate::events::Reason;
+use crate::names::ServiceRef;
+
+impl Engine {
+    /// A task ended: its outcome, or why it has none.
+    pub(super) fn joined(
+        &mut self,
+        joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>,
+    ) {
+        match joined {
+            Ok((id, done)) => {
+                self.running.remove(&id);
+                self.finish(done);
+            }
+            Err(e) => {
+                let Some((task, job)) = self.running.remove(&e.id()) else {
+                    return; // aborted at a leadership change: already accounted for
+                };
+                if e.is_cancelled() {
+                    if let Some(s) = self.schedule_of(&job) {
+                        s.abort(task, Instant::now());
+                    }
+                    return;
+                }
+                // A panic: retried like any failure, after a backoff.
+                error!(job = ?job, error = %e, "task failed");
+                let delay = self.backoff_for(&job);
+                if let Some(s) = self.schedule_of(&job) {
+                    s.finish(task, Finish::Failed(delay), Instant::now());
+                }
+            }
+        }
+    }
+
+    /// The delay before the next run of `job` after one more failure.
+    pub(super) fn backoff_for(&mut self, job: &Job) -> Duration {
+        let (cap, attempt) = match job {
+            Job::Write(_) => (
+                self.max_backoff,
+                self.schedule_of(job).map_or(0, |s| s.attempt()),
+            ),
+            _ => (
+                self.chore_backoff,
+                self.schedule_of(job).map_or(0, |s| s.attempt()),
+            ),
+        };
+        crate::backoff::delay(attempt.saturating_add(1), BACKOFF_BASE, cap)
+    }
+
+    pub(super) fn finish(&mut self, done: Done) {
+        let Done { task, job, outcome } = done;
+        let now = Instant::now();
+        match outcome {
+            Outcome::Write { started, result } => {
+                let Job::Write(target) = &job else { return };
+                self.finish_write(task, target, started, result, now);
+            }
+            Outcome::Legacy(result) => {
+                let Job::Legacy(target) = &job else { return };
+                let how = match &result {
+                    Ok(_) => Finish::Done,
+                    Err(e) => {
+                        Finish::Failed(e.retry_after().unwrap_or_else(|| self.backoff_for(&job)))
+                    }
+                };
+                let Some(state) = self.pairs.get_mut(target) else {
+                    return;
+                };
+                if !state.legacy.finish(task, how, now) {
+                    return;
+                }
+                match result {
+                    Ok(true) => {
+                        info!(service = %target, "removed endpoint-copier-operator's leftover Endpoints")
+                    }
+                    Ok(false) => {}
+                    // One warning per failing streak; the schedule's backoff keeps it rare.
+                    Err(e) if state.legacy.attempt() == 1 => {
+                        warn!(service = %target, error = %chain(&e), "could not check for endpoint-copier-operator's leftover Endpoints; retrying with backoff")
+                    }
+                    Err(e) => {
+                        debug!(service = %target, attempt = state.legacy.attempt(), error = %chain(&e), "legacy Endpoints check still failing")
+                    }
+                }
+            }
+            Outcome::Scan(result) => {
+                let how = match &result {
+                    Ok(_) => Finish::Done,
+                    Err(_) => Finish::Failed(self.backoff_for(&job)),
+                };
+                if !self.scan.finish(task, how, now) {
+                    return;
+                }
+                match result {
+                    Ok(targets) => {
+                        self.adopt_orphans(targets);
+                        self.rewatch_slices();
+                    }
+                    Err(e) if self.scan.attempt() == 1 => {
+                        warn!(error = %chain(&e), "could not list our EndpointSlices to find removed pairs; retrying with backoff")
+                    }
+                    Err(e) => {
+                        debug!(attempt = self.scan.attempt(), error = %chain(&e), "orphan scan still failing")
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn finish_write(
+        &mut self,
+        task: TaskId,
+        target: &ServiceRef,
+        started: Instant,
+        result: Result<apply::Applied, WriteError>,
+        now: Instant,
+    ) {
+        let job = Job::Write(target.clone());
+        let how = match &result {
+            Ok(_) => Finish::Done,
+            Err(WriteError::Apply(apply::Error::NotLeader { .. })) => Finish::Interrupted,
+            Err(WriteError::Apply(e)) => {
+                Finish::Failed(e.retry_after().unwrap_or_else(|| self.backoff_for(&job)))
+            }
+            Err(_) => Finish::Failed(self.backoff_for(&job)),
+        };
+        let Some(state) = self.pairs.get_mut(target) else {
+            return;
+        };
+        if !state.write.finish(task, how, now) {
+            return; // a run aborted at a leadership flap: another one owns the pair now
+        }
+        match result {
+            Ok(applied) => {
+                let actual = self.slices.slices_of(target);
+                let source = state
+                    .phase
+                    .source()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                if state.synced_at.is_none() {
+                    state.legacy.touch();
+                }
+                state.synced_at = Some(now);
+                state.last_error = None;
+                state.endpoints = desired::ready_endpoints(&actual);
+                let retired = state.phase == Phase::Retired;
+                self.metrics.set_last_sync(&target.to_string());
+                if applied.writes() > 0 {
+                    self.metrics.observe_sync(now.duration_since(started));
+                    info!(service = %target, source = %source, created = applied.created, updated = applied.updated, deleted = applied.deleted, "target EndpointSlices updated");
+                    if !retired {
+                        let note = format!(
+                            "mirrored {source}: {} created, {} updated, {} deleted",
+                            applied.created, applied.updated, applied.deleted
+                        );
+                        self.report(target, Reason::Synced, note);
+                    }
+                }
+            }
+            Err(WriteError::Apply(e @ apply::Error::NotLeader { .. })) => {
+                debug!(service = %target, error = %chain(&e), "write skipped: not the leader");
+            }
+            Err(e @ WriteError::StillWanted { .. }) => {
+                // The caches lag behind the API: wait for the watch, never delete on a stale view.
+                info!(service = %target, error = %chain(&e), "not deleting; waiting for the Service watch to catch up");
+            }
+            Err(e) => {
+                let message = chain(&e);
+                let attempt = state.write.attempt();
+                state.last_error = Some(message.clone());
+                let conflict = matches!(&e, WriteError::Apply(a) if a.is_conflict());
+                let transient = matches!(&e, WriteError::Apply(a) if a.is_transient())
+                    || matches!(e, WriteError::Confirm { .. });
+                if conflict {
+                    debug!(service = %target, attempt, error = %message, "conflict; re-planning");
+                } else if transient {
+                    warn!(service = %target, attempt, error = %message, "write failed; retrying with backoff");
+                } else {
+                    error!(service = %target, attempt, error = %message, "write refused; retrying with backoff until fixed");
+                }
+                if !conflict {
+                    self.report(target, Reason::WriteFailed, message);
+                }
+            }
+        }
+    }
+
+    /// Targets holding this group's slices that no pair claims become retired pairs: their
+    /// slices go after a fresh read confirms it.
+    pub(super) fn adopt_orphans(&mut self, targets: BTreeSet<ServiceRef>) {
+        for target in targets {
+            // A refused target keeps its slices (held), like a pair refused while running.
+            if self.pairs.contains_key(&target) || self.refused.contains_key(&target) {
+                continue;
+            }
+            info!(service = %target, "found EndpointSlices of a removed pair; deleting them once a fresh read confirms it");
+            self.pairs.insert(target, PairState::new(Phase::Retired));
+        }
+    }
+
+    /// Waits (bounded) for the writes in flight; aborts what is left. Returns until when the
+    /// Lease must still be kept when a write was abandoned: its request may still be waiting for
+    /// an answer until its own timeout, which the fence bounds ([`apply::outstanding_until`]).
+    pub async fn drain(&mut self, limit: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + limit;
+        // Background checks are not worth waiting for; writes are.
+        let checks: Vec<tokio::task::Id> = self
+            .running
+            .iter()
+            .filter(|(_, (_, job))| matches!(job, Job::Scan))
+            .map(|(id, _)| *id)
+            .collect();
+        self.running.retain(|id, _| !checks.contains(id));
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
+                Ok(Some(done)) => self.joined(done),
+                Ok(None) => break,
+                Err(_) => {
+                    let until = apply::outstanding_until(&self.fence);
+                    self.tasks.abort_all();
+                    return Some(until);
+                }
+            }
+        }
+        self.tasks.abort_all();
+        None
+    }
+}
