@@ -30,7 +30,7 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What happened to a pair, as an Event reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
+pub enum EventReason {
     /// The target's slices were written to match the source (Normal).
     Synced,
     /// The source has no EndpointSlices: the target keeps what it has (Warning).
@@ -48,34 +48,34 @@ pub enum Reason {
     ConfiguredElsewhere,
 }
 
-impl Reason {
+impl EventReason {
     /// The CamelCase reason string.
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::Synced => "Synced",
-            Reason::SourceMissing => "SourceMissing",
-            Reason::SourceEmpty => "SourceEmpty",
-            Reason::Refused => "Refused",
-            Reason::WriteFailed => "WriteFailed",
-            Reason::ForeignSlices => "ForeignSlices",
-            Reason::ConfiguredElsewhere => "ConfiguredElsewhere",
+            EventReason::Synced => "Synced",
+            EventReason::SourceMissing => "SourceMissing",
+            EventReason::SourceEmpty => "SourceEmpty",
+            EventReason::Refused => "Refused",
+            EventReason::WriteFailed => "WriteFailed",
+            EventReason::ForeignSlices => "ForeignSlices",
+            EventReason::ConfiguredElsewhere => "ConfiguredElsewhere",
         }
     }
 
     fn event_type(self) -> EventType {
         match self {
-            Reason::Synced => EventType::Normal,
+            EventReason::Synced => EventType::Normal,
             _ => EventType::Warning,
         }
     }
 
     fn action(self) -> &'static str {
         match self {
-            Reason::Synced | Reason::WriteFailed => "Sync",
-            Reason::SourceMissing | Reason::SourceEmpty => "Hold",
-            Reason::Refused => "Refuse",
-            Reason::ForeignSlices => "Report",
-            Reason::ConfiguredElsewhere => "Hold",
+            EventReason::Synced | EventReason::WriteFailed => "Sync",
+            EventReason::SourceMissing | EventReason::SourceEmpty => "Hold",
+            EventReason::Refused => "Refuse",
+            EventReason::ForeignSlices => "Report",
+            EventReason::ConfiguredElsewhere => "Hold",
         }
     }
 }
@@ -88,7 +88,7 @@ pub struct Report {
     /// Its uid, when known (Events about a Service that does not exist are not published).
     pub uid: Option<String>,
     /// What happened.
-    pub reason: Reason,
+    pub reason: EventReason,
     /// One sentence for `kubectl describe`.
     pub note: String,
 }
@@ -231,12 +231,15 @@ mod tests {
 
     #[test]
     fn only_synced_is_normal() {
-        assert!(matches!(Reason::Synced.event_type(), EventType::Normal));
+        assert!(matches!(
+            EventReason::Synced.event_type(),
+            EventType::Normal
+        ));
         for r in [
-            Reason::SourceMissing,
-            Reason::SourceEmpty,
-            Reason::Refused,
-            Reason::WriteFailed,
+            EventReason::SourceMissing,
+            EventReason::SourceEmpty,
+            EventReason::Refused,
+            EventReason::WriteFailed,
         ] {
             assert!(matches!(r.event_type(), EventType::Warning), "{r:?}");
         }

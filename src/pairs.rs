@@ -304,8 +304,10 @@ pub fn resolve(
 
 /// The pair endpoint-copier-operator's annotations on `target` ask for, as `(source, target)`.
 ///
-/// `None` when the Service is not annotated (`endpoint-copier/enabled` absent or not exactly
-/// `"true"`). Otherwise `endpoint-copier/default-service-name` is required (a DNS-1035 label) and
+/// `None` when the Service is not annotated (`endpoint-copier/enabled` absent or exactly
+/// `"false"`). Any other value than `"true"` (`"True"`, `"yes"`, `""`) is refused: read as "off",
+/// a typo would make the pair vanish and its slices be deleted; refused, the pair is held with
+/// its slices as they are until someone writes what they mean. Otherwise `endpoint-copier/default-service-name` is required (a DNS-1035 label) and
 /// `endpoint-copier/default-service-namespace` defaults to the target's namespace (empty counts as
 /// absent: endpoint-copier-operator would have listed every namespace, which we never do); it must be a DNS-1123 label.
 ///
@@ -313,10 +315,15 @@ pub fn resolve(
 /// [`Reason::InvalidAnnotation`] naming the key, the value and why it is refused.
 pub fn annotated_pair(target: &Service) -> Option<Result<(ServiceRef, ServiceRef), Reason>> {
     let annotations = target.metadata.annotations.as_ref()?;
-    if annotations.get(ANNOTATION_ENABLED).map(String::as_str) != Some("true") {
-        return None;
+    match annotations.get(ANNOTATION_ENABLED).map(String::as_str) {
+        None | Some("false") => None,
+        Some("true") => Some(parse_annotations(target, annotations)),
+        Some(other) => Some(Err(Reason::InvalidAnnotation {
+            key: ANNOTATION_ENABLED.to_owned(),
+            value: other.to_owned(),
+            why: "must be \"true\" or \"false\" (a value we do not understand holds the pair as it is)".to_owned(),
+        })),
     }
-    Some(parse_annotations(target, annotations))
 }
 
 /// The validation half of [`annotated_pair`], for a Service known to be enabled.
@@ -734,13 +741,27 @@ mod tests {
     }
 
     #[test]
-    fn enabled_must_be_exactly_true() {
-        for value in ["false", "True", "yes", "1", ""] {
+    fn enabled_false_turns_the_pair_off() {
+        let s = service(
+            "apps/web",
+            &[(ANNOTATION_ENABLED, "false"), (ANNOTATION_SOURCE_NAME, "x")],
+        );
+        assert_eq!(annotated_pair(&s), None);
+    }
+
+    #[test]
+    fn an_enabled_value_that_is_not_true_or_false_is_refused_not_read_as_off() {
+        for value in ["True", "yes", "1", ""] {
             let s = service(
                 "apps/web",
                 &[(ANNOTATION_ENABLED, value), (ANNOTATION_SOURCE_NAME, "x")],
             );
-            assert_eq!(annotated_pair(&s), None, "{value}");
+            match annotated_pair(&s) {
+                Some(Err(Reason::InvalidAnnotation { key, value: v, .. })) => {
+                    assert_eq!((key.as_str(), v.as_str()), (ANNOTATION_ENABLED, value));
+                }
+                other => panic!("{value:?}: {other:?}"),
+            }
         }
     }
 

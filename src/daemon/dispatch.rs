@@ -12,7 +12,7 @@ use super::jobs::{self, Done, Job, Outcome, WriteContext};
 use super::pair::{Phase, plan_for};
 use super::schedule::{Schedule, TaskId};
 use crate::desired::{self, Hold};
-use crate::events::Reason;
+use crate::events::EventReason;
 use crate::group::{Mismatch, Wanted};
 use crate::names::ServiceRef;
 
@@ -94,7 +94,7 @@ impl Engine {
                 m.missing_on.join(", ")
             );
             warn!(service = %m.target, source = %m.source, "{note}");
-            self.report(&m.target, Reason::ConfiguredElsewhere, note);
+            self.report(&m.target, EventReason::ConfiguredElsewhere, note);
         }
         self.mismatches = mismatches;
     }
@@ -108,7 +108,7 @@ impl Engine {
             .filter(|k| !self.refusals_reported.contains(k))
             .collect();
         for (target, note) in unreported {
-            self.report(&target, Reason::Refused, note.clone());
+            self.report(&target, EventReason::Refused, note.clone());
             self.refusals_reported.insert((target, note));
         }
     }
@@ -177,7 +177,7 @@ impl Engine {
                     );
                     warn!(service = %target, "{note}");
                     state.wanted_by = wanted_by;
-                    self.report(target, Reason::ConfiguredElsewhere, note);
+                    self.report(target, EventReason::ConfiguredElsewhere, note);
                 }
                 return;
             }
@@ -226,8 +226,8 @@ impl Engine {
         }
         state.hold = Some(hold);
         let reason = match hold {
-            Hold::NoSourceSlices => Some(Reason::SourceMissing),
-            Hold::NoEndpoints => Some(Reason::SourceEmpty),
+            Hold::NoSourceSlices => Some(EventReason::SourceMissing),
+            Hold::NoEndpoints => Some(EventReason::SourceEmpty),
             _ => None,
         };
         if let Some(reason) = reason {

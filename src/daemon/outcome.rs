@@ -15,7 +15,7 @@ use super::schedule::{Finish, TaskId};
 use crate::apply;
 use crate::desired;
 use crate::error::chain;
-use crate::events::Reason;
+use crate::events::EventReason;
 use crate::names::ServiceRef;
 
 impl Engine {
@@ -171,7 +171,7 @@ impl Engine {
                             "mirrored {source}: {} created, {} updated, {} deleted",
                             applied.created, applied.updated, applied.deleted
                         );
-                        self.report(target, Reason::Synced, note);
+                        self.report(target, EventReason::Synced, note);
                     }
                 }
             }
@@ -197,7 +197,7 @@ impl Engine {
                     error!(service = %target, attempt, error = %message, "write refused; retrying with backoff until fixed");
                 }
                 if !conflict {
-                    self.report(target, Reason::WriteFailed, message);
+                    self.report(target, EventReason::WriteFailed, message);
                 }
             }
         }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::schedule::Schedule;
 use crate::desired::{self, ForeignSlice, Hold, Owner, Plan};
-use crate::events::Reason;
+use crate::events::EventReason;
 use crate::names::ServiceRef;
 
 /// What the engine does with a target.
@@ -64,7 +64,7 @@ pub struct PairState {
     /// The last write error, until a write succeeds.
     pub last_error: Option<String>,
     /// The last Event reported, so that only transitions are reported.
-    pub reported: Option<(Reason, String)>,
+    pub reported: Option<(EventReason, String)>,
     /// Slices on the target that this group does not manage, as last reported.
     pub foreign: Vec<ForeignSlice>,
     /// Live or recent members of the group that still have this retired pair configured, as

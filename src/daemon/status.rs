@@ -9,7 +9,7 @@ use tracing::warn;
 use super::engine::{Engine, Host};
 use super::pair::Phase;
 use crate::desired::{self, ForeignSlice};
-use crate::events::{Reason, Report};
+use crate::events::{EventReason, Report};
 use crate::lease::Leadership;
 use crate::names::ServiceRef;
 use crate::notify::{self, PairStatus, Standing, StatusView};
@@ -68,7 +68,7 @@ impl Engine {
     }
 
     /// Reports `note` for `target` as an Event, once per change of (reason, note), leader only.
-    pub(super) fn report(&mut self, target: &ServiceRef, reason: Reason, note: String) {
+    pub(super) fn report(&mut self, target: &ServiceRef, reason: EventReason, note: String) {
         if !self.is_leader() {
             return;
         }
@@ -117,7 +117,7 @@ impl Engine {
         warn!(service = %target, slices = %text, "the target has EndpointSlices that endpoint-copier does not manage; the VIP serves their addresses too");
         self.report(
             target,
-            Reason::ForeignSlices,
+            EventReason::ForeignSlices,
             format!("EndpointSlices not managed by this copier group also reach {target}: {text}"),
         );
     }

@@ -13,7 +13,7 @@ use kube::Api;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_endpoint-copier");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_endpoint-copier");
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -24,7 +24,7 @@ fn run(args: &[&str]) -> Output {
 }
 
 /// A config directory with one drop-in for `world`, as combustion would write it.
-fn config_dir(world: &World, identity: &str) -> tempfile::TempDir {
+pub(crate) fn config_dir(world: &World, identity: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = world.cluster.testbed().map_or_else(
         || world.cluster.kubeconfig(),
@@ -44,7 +44,7 @@ fn config_dir(world: &World, identity: &str) -> tempfile::TempDir {
     dir
 }
 
-fn spawn_run(dir: &Path) -> Child {
+pub(crate) fn spawn_run(dir: &Path) -> Child {
     Command::new(BIN)
         .args(["--config-dir", dir.to_str().unwrap(), "run"])
         .stdout(Stdio::null())
@@ -53,7 +53,7 @@ fn spawn_run(dir: &Path) -> Child {
         .unwrap()
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
+pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -7,6 +7,8 @@ mod common;
 
 mod binary;
 mod combustion;
+mod group;
+mod groups;
 mod inspect;
 mod journald;
 mod kubeconfig;
@@ -15,5 +17,6 @@ mod metrics;
 mod migration;
 mod notify;
 mod refusals;
+mod safety;
 mod sync;
 mod systemd;

@@ -242,6 +242,8 @@ struct State {
     rules: Vec<(Match, Lasts, Failure)>,
     /// Lost replies: (which requests, how many more).
     drops: Vec<(Match, usize)>,
+    /// Slow requests: (which requests, how many more, how long each waits before it is served).
+    delays: Vec<(Match, usize, Duration)>,
     latency: Duration,
     partitions: HashMap<String, Partition>,
 }
@@ -297,6 +299,7 @@ impl Faults {
         let mut s = self.lock();
         s.rules.clear();
         s.drops.clear();
+        s.delays.clear();
     }
 
     /// If a rule matches this request, consumes one of its count (if counted) and returns the
@@ -321,6 +324,39 @@ impl Faults {
             }
         }
         Some(f)
+    }
+
+    /// Delays the next `n` requests matching `m` by `d` before they are served (and the store
+    /// is touched): a slow or stuck apiserver for one kind of request, while others answer.
+    pub fn delay_next(&self, m: Match, n: usize, d: Duration) {
+        if n > 0 {
+            self.lock().delays.push((m, n, d));
+        }
+    }
+
+    /// How long this request waits before it is served (consumes one of the matching rule's
+    /// count); zero when no rule matches.
+    pub fn take_delay(
+        &self,
+        identity: &str,
+        verb: Verb,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Duration {
+        let mut s = self.lock();
+        let Some(i) = s
+            .delays
+            .iter()
+            .position(|(m, _, _)| m.matches(identity, verb, resource, namespace))
+        else {
+            return Duration::ZERO;
+        };
+        let d = s.delays[i].2;
+        s.delays[i].1 -= 1;
+        if s.delays[i].1 == 0 {
+            s.delays.remove(i);
+        }
+        d
     }
 
     /// Whether this request's reply is to be lost (consumes one of the matching rule's count).
@@ -462,5 +498,28 @@ mod tests {
         assert_eq!(s["code"], 429);
         assert_eq!(s["reason"], "TooManyRequests");
         assert_eq!(s["details"]["retryAfterSeconds"], 3);
+    }
+
+    #[test]
+    fn a_delay_applies_to_matching_requests_only_and_is_used_up() {
+        let f = Faults::default();
+        let d = Duration::from_secs(7);
+        f.delay_next(
+            Match::any().resource("endpointslices").verb(Verb::Update),
+            1,
+            d,
+        );
+        assert_eq!(
+            f.take_delay("node-1", Verb::Update, "leases", Some("x")),
+            Duration::ZERO
+        );
+        assert_eq!(
+            f.take_delay("node-1", Verb::Update, "endpointslices", Some("x")),
+            d
+        );
+        assert_eq!(
+            f.take_delay("node-1", Verb::Update, "endpointslices", Some("x")),
+            Duration::ZERO
+        );
     }
 }

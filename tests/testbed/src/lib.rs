@@ -462,6 +462,13 @@ impl TestBed {
         self.shared.faults.heal_failures();
     }
 
+    /// Delays the next `n` requests matching `m` by `d` before they are served (and before the
+    /// store sees them): one kind of request stuck while the rest answer. A delay a request has
+    /// already taken runs its course; [`TestBed::heal_failures`] drops the unused rules.
+    pub fn delay_next(&self, m: Match, n: usize, d: Duration) {
+        self.shared.faults.delay_next(m, n, d);
+    }
+
     /// Adds `d` before every response (not before each watch event). Zero by default.
     pub fn set_latency(&self, d: Duration) {
         self.shared.faults.set_latency(d);

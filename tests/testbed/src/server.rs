@@ -323,6 +323,12 @@ async fn handle(
     }
     let verb = info.verb.unwrap_or(Verb::Get);
     let ns = info.namespace.as_deref();
+    let delay = shared
+        .faults
+        .take_delay(&identity, verb, &info.resource, ns);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(f) = shared
         .faults
         .take_failure(&identity, verb, &info.resource, ns)

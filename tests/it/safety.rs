@@ -1,0 +1,271 @@
+//! The safety findings of issue 14, each as a behaviour: a refused or failing request is never
+//! retried faster than its backoff, one failing watch scope stalls only its own pairs, a value
+//! we do not understand holds a pair instead of removing it, and a stopping leader that abandons
+//! a write keeps the Lease until that write's request has timed out.
+
+use std::io::{BufRead, BufReader};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use endpoint_copier::names;
+use endpoint_copier_testbed::{Failure, Match, Verb, require_testbed};
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::binary::{config_dir, spawn_run, wait_exit};
+use crate::common::*;
+
+const CONVERGE: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn a_leader_whose_lists_and_gets_are_refused_for_30s_makes_few_requests_and_logs_little() {
+    let world = World::new("soak").await;
+    let tb = require_testbed!(world.cluster);
+    world.seed(&["198.51.100.1"]).await;
+    let dir = config_dir(&world, "node-1");
+    let mut child = spawn_run(dir.path());
+    // Every line the daemon logs, as it logs it.
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // From now on every LIST and GET of node-1 is refused (403: RBAC taken away), and its
+    // watches are cut, so every watch must re-list and every check retries.
+    let since = tb.requests().last().map_or(0, |r| r.seq);
+    let logged_before = lines.lock().unwrap().len();
+    for verb in [Verb::List, Verb::Get] {
+        tb.fail_until_healed(
+            Match::any().identity("node-1").verb(verb),
+            Failure::Status(403),
+        );
+    }
+    tb.close_watches();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    tb.heal_failures();
+
+    let requests: Vec<_> = tb
+        .requests()
+        .into_iter()
+        .filter(|r| r.seq > since && r.identity == "node-1")
+        .filter(|r| matches!(r.verb, Verb::List | Verb::Get))
+        .collect();
+    let logged = lines.lock().unwrap()[logged_before..].to_vec();
+    kill(
+        Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    // Four watches (Services, the namespace's EndpointSlices, the member Leases, the Lease)
+    // back off to 5 s; the checks back off further. Before the fix: thousands a second.
+    assert!(
+        requests.len() <= 60,
+        "{} refused LIST/GET requests in 30 s: {:?}",
+        requests.len(),
+        requests
+            .iter()
+            .map(|r| format!("{:?} {}", r.verb, r.path))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        logged.len() <= 40,
+        "{} lines logged in 30 s:\n{}",
+        logged.len(),
+        logged.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_whose_slice_list_fails_does_not_stall_the_pairs_of_another() {
+    let world = World::new("scope-a").await;
+    let tb = require_testbed!(world.cluster);
+    world.seed(&["198.51.100.1"]).await;
+    // An annotated pair in a second namespace whose EndpointSlice lists keep failing.
+    let other = world.cluster.unique_namespace("scope-b").await;
+    create(&world.client, &other, &source_service(&other, "apiserver")).await;
+    let slice = source_slice(&other, "apiserver", "apiserver", "IPv4", &["203.0.113.5"]);
+    create(&world.client, &other, &slice).await;
+    let mut vip = vip_service(&other, "vip", &["IPv4"]);
+    annotate(
+        &mut vip,
+        &[
+            (names::ANNOTATION_ENABLED, "true"),
+            (names::ANNOTATION_SOURCE_NAME, "apiserver"),
+        ],
+    );
+    create(&world.client, &other, &vip).await;
+    tb.fail_until_healed(
+        Match::any()
+            .identity("node-1")
+            .resource("endpointslices")
+            .namespace(other.clone()),
+        Failure::ServiceUnavailable,
+    );
+
+    let daemon = Daemon::start(world.config("node-1"));
+    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    // And it keeps following its source while the other namespace still fails.
+    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(world.client.clone(), &world.ns);
+    let mut changed = source_slice(
+        &world.ns,
+        "apiserver",
+        "apiserver",
+        "IPv4",
+        &["198.51.100.1", "198.51.100.2"],
+    );
+    changed.metadata.resource_version = api
+        .get("apiserver")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    api.replace("apiserver", &Default::default(), &changed)
+        .await
+        .unwrap();
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1", "198.51.100.2"],
+        CONVERGE,
+    )
+    .await;
+    assert!(slices_of(&world.client, &other, "vip").await.is_empty());
+    // Healed, the other namespace catches up.
+    tb.heal_failures();
+    wait_for_target(&world.client, &other, "vip", &["203.0.113.5"], CONVERGE).await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn an_enabled_annotation_we_do_not_understand_holds_the_pair_and_its_slices() {
+    let world = World::new("enabled-true").await;
+    world.seed_annotated(&["198.51.100.1"]).await;
+    let mut config = world.config("node-1");
+    config.pairs.clear();
+    let daemon = Daemon::start(config);
+    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    // "True" is not "true": read as "off" it would remove the pair and delete its slices.
+    let services: Api<Service> = Api::namespaced(world.client.clone(), &world.ns);
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {names::ANNOTATION_ENABLED: "True"}}
+    });
+    services
+        .patch("vip", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(world.client.clone(), &world.ns);
+    let note = eventually("a Refused Event naming the value", CONVERGE, || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Refused"))
+            .and_then(|e| e.note)
+    })
+    .await;
+    assert!(note.contains("True"), "{note}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        ready_addresses(slices_of(&world.client, &world.ns, "vip").await.values()),
+        ["198.51.100.1"],
+        "held, not deleted"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopping_leader_keeps_the_lease_until_its_abandoned_write_has_timed_out() {
+    let world = World::new("abandoned").await;
+    let tb = require_testbed!(world.cluster);
+    world.seed(&["198.51.100.1"]).await;
+    // The default timings: a write may wait up to min(10 s, the fence's remaining time, up to
+    // the 10 s renew deadline) — longer than the 5 s a stopping daemon waits for its writes.
+    let mut config = world.config("node-1");
+    let defaults = endpoint_copier::config::Config::default();
+    config.lease.duration = defaults.lease.duration;
+    config.lease.renew_deadline = defaults.lease.renew_deadline;
+    config.lease.retry_period = defaults.lease.retry_period;
+    let daemon = Daemon::start(config);
+    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    // The next EndpointSlice write of node-1 sits in the API server for 30 s.
+    tb.delay_next(
+        Match::any()
+            .identity("node-1")
+            .resource("endpointslices")
+            .verb(Verb::Update),
+        1,
+        Duration::from_secs(30),
+    );
+    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(world.client.clone(), &world.ns);
+    let mut changed = source_slice(
+        &world.ns,
+        "apiserver",
+        "apiserver",
+        "IPv4",
+        &["198.51.100.1", "198.51.100.2"],
+    );
+    changed.metadata.resource_version = api
+        .get("apiserver")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    api.replace("apiserver", &Default::default(), &changed)
+        .await
+        .unwrap();
+    let sent = std::time::Instant::now();
+    // The write is on its way (the plan is applied within milliseconds of the change).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let since = tb.requests().last().map_or(0, |r| r.seq);
+    daemon.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), daemon.task)
+        .await
+        .expect("the daemon stops within 30 s")
+        .unwrap()
+        .unwrap();
+    // The release (the Lease written with an empty holder) came, and only once the abandoned
+    // write's own timeout had passed: its request was bounded by at least 8 s of fence (renewed
+    // every 2 s, 10 s deadline), so no peer was invited to write while our client waited on it.
+    let release = tb
+        .requests()
+        .into_iter()
+        .filter(|r| r.seq > since && r.identity == "node-1")
+        .filter(|r| r.resource == "leases" && r.verb == Verb::Update && r.code == 200)
+        .rfind(|r| r.name.as_deref() == Some(names::LEASE_NAME))
+        .expect("the Lease is written on the way out");
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        world.client.clone(),
+        &world.ns,
+    )
+    .get(names::LEASE_NAME)
+    .await
+    .unwrap();
+    let holder = lease.spec.unwrap().holder_identity.unwrap_or_default();
+    assert!(
+        holder.is_empty(),
+        "released, not left to expire: {holder:?}"
+    );
+    assert!(
+        release.at.duration_since(sent) >= Duration::from_secs(8),
+        "released {:?} after the write was sent",
+        release.at.duration_since(sent)
+    );
+}
