@@ -4,7 +4,7 @@
 //!
 //! Nothing here does I/O or reads a clock: the monotonic instants (`tokio::time::Instant`, so
 //! tests can fabricate them) and the wall-clock timestamp written into the record are passed in.
-//! Sending the records, watching the Lease and fencing writers belong to `lease/mod.rs`.
+//! Sending the records, watching the Lease and fencing writers belong to `lease/elector.rs`.
 //!
 //! The semantics are client-go's `tools/leaderelection`, with one deliberate difference: a
 //! leader that reads a record held by someone else steps down at once instead of waiting for its

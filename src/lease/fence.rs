@@ -5,8 +5,8 @@
 //!
 //! What it guarantees, and what it does not (a request already inside the server, a paused
 //! process), is written down in `docs/development/lease.md`, section "What the fence guarantees".
-//! Deciding when it moves is `lease/mod.rs`'s job (through `decide::fence_until`); bounding each
-//! request by [`Fence::check`]'s answer is `apply`'s.
+//! Deciding when it moves is `lease/elector.rs`'s job (through `decide::fence_until`); bounding
+//! each request by [`Fence::check`]'s answer is `apply`'s.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

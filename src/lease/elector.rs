@@ -1,0 +1,586 @@
+//! The [`Elector`]: the I/O loop around [`decide`] that reads and watches the Lease, claims,
+//! renews and releases it, publishes [`Leadership`] on a watch channel and keeps the [`Fence`]
+//! writers check. Failed requests are classified by [`Error`]'s methods in `mod.rs` and retried
+//! on `backoff::delay`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::PostParams;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::decide::{self, Decision, Role, Timing};
+use super::fence::{Fence, FenceState};
+use super::observed::{Observed, Sent, is_newer};
+use super::{Error, Leadership, Settings};
+use crate::names;
+
+/// The first retry waits at most this long; then it doubles, capped at the retry period.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+
+/// Whether the loop goes on or shutdown was requested.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Campaigns for the Lease; see [`Elector::run`].
+pub struct Elector {
+    api: Api<Lease>,
+    settings: Settings,
+    lease_ref: String,
+    timing: Timing,
+    tx: watch::Sender<Leadership>,
+    fence: Arc<FenceState>,
+    observed: Option<Observed>,
+    role: Role,
+    /// Consecutive failed requests (0 after a success).
+    failures: u32,
+    /// After a failed request, do not send the next one before this instant.
+    retry_at: Option<Instant>,
+    /// resourceVersion of the Lease our last successful write returned (or of the record that
+    /// proved a write committed whose reply was lost): with [`Elector::sent`], how we tell our
+    /// own record from a twin's (see `decide::wrote_it`).
+    written_rv: Option<String>,
+    /// The last claim or renewal we sent. Seeing exactly this record proves that write
+    /// committed, even when its reply was lost to a timeout or a dropped connection.
+    sent: Option<Sent>,
+    /// Called on every decision (see [`Elector::with_progress`]).
+    progress: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Set once the campaign ended: from then on nothing may open the fence again.
+    stopped: bool,
+}
+
+impl Elector {
+    /// An elector for the Lease `settings.namespace/settings.name` reached through `api`
+    /// (which may be scoped to any namespace: requests use `settings.namespace`), with the
+    /// receiver on which [`Leadership`] changes are published and the [`Fence`] for writers.
+    pub fn new(
+        api: Api<Lease>,
+        settings: Settings,
+    ) -> (Elector, watch::Receiver<Leadership>, Fence) {
+        let (tx, rx) = watch::channel(Leadership::Starting);
+        let lease_ref = settings.lease_ref();
+        let fence = FenceState::new(&lease_ref);
+        let api = Api::namespaced(api.into_client(), &settings.namespace);
+        let elector = Elector {
+            api,
+            timing: settings.timing(),
+            settings,
+            lease_ref,
+            tx,
+            fence: fence.clone(),
+            observed: None,
+            role: Role::Follower,
+            failures: 0,
+            retry_at: None,
+            written_rv: None,
+            sent: None,
+            progress: None,
+            stopped: false,
+        };
+        (elector, rx, Fence::new(fence))
+    }
+
+    /// Calls `progress` every time the elector decides (at least once per retry period while
+    /// leading, once per Lease duration while following): the daemon ticks a watchdog heartbeat
+    /// with it. The lease module knows nothing of systemd.
+    #[must_use]
+    pub fn with_progress(mut self, progress: impl Fn() + Send + Sync + 'static) -> Elector {
+        self.progress = Some(Box::new(progress));
+        self
+    }
+
+    /// Campaigns until `shutdown` is cancelled; then, if the Lease names us, releases it (empty
+    /// holder, as client-go's `release()`) so a follower takes over at once, and returns `Ok`.
+    ///
+    /// The daemon must stop its writers and wait for the write in flight *before* cancelling
+    /// `shutdown` (use a token of its own, not the process-wide one): the fence is invalidated
+    /// before the release is sent, but a write already past its check could otherwise land after
+    /// the next leader's first write. A Lease write in flight when `shutdown` is cancelled is
+    /// finished first (bounded by its timeout). The release is bounded by the renew deadline; if
+    /// it fails the Lease simply expires.
+    ///
+    /// Until `shutdown` is cancelled the elector keeps renewing, whatever the writers do. So a
+    /// daemon that abandoned a write (its drain timed out) and wants to keep the Lease until that
+    /// write's own deadline has passed (`apply::outstanding_until`) only has to wait until then
+    /// before cancelling `shutdown`: no successor can start while we renew, and the release
+    /// follows at once.
+    ///
+    /// # Errors
+    /// Transient API errors (timeouts, connection failures, 409, 429, 5xx) are retried inside;
+    /// [`Error`] is returned only for fatal ones (403, the namespace missing, 422). The fence
+    /// is invalid when this returns.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
+        let config =
+            watcher::Config::default().fields(&format!("metadata.name={}", self.settings.name));
+        // The watch lets followers react the moment the Lease is released or changes hands
+        // instead of polling. Re-watches are paced like our requests, capped at the retry
+        // period: kube's default grows to 30 s, and a follower whose watch is down learns of a
+        // release only at the holder's expiry.
+        let mut events = watcher(self.api.clone(), config)
+            .backoff(crate::backoff::Backoff::new(
+                BACKOFF_BASE,
+                self.timing.retry_period,
+            ))
+            .fuse()
+            .boxed();
+        let result = self.campaign(&mut events, &shutdown).await;
+        self.stopped = true;
+        self.fence.invalidate();
+        if matches!(self.role, Role::Leader { .. }) {
+            self.role = Role::Follower;
+            info!(lease = %self.lease_ref, identity = %self.settings.identity, "lost leadership");
+        }
+        self.publish(Leadership::Follower { holder: None });
+        if result.is_ok() {
+            self.release().await;
+        }
+        result
+    }
+
+    async fn campaign<S>(
+        &mut self,
+        events: &mut S,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error>
+    where
+        S: Stream<Item = Result<watcher::Event<Lease>, watcher::Error>> + Unpin,
+    {
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            // Progress for the watchdog: every decision passes here, at least once per retry
+            // period or Lease duration, so a wedged elector stops the keep-alive pings.
+            if let Some(progress) = &self.progress {
+                progress();
+            }
+            let now = Instant::now();
+            // The deadline holds even when we cannot read the Lease at all.
+            if let Role::Leader { renewed_at } = self.role
+                && now >= decide::fence_until(renewed_at, &self.timing)
+            {
+                self.step_down(None);
+            }
+            if self.observed.is_none() {
+                if let Some(until) = self.retry_at.filter(|t| *t > now) {
+                    if let Flow::Stop = self.wait(until, events, shutdown).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                match self.read().await {
+                    Ok(()) => {}
+                    Err(e) if e.is_transient() => {
+                        self.failed(&e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(observed) = &self.observed else {
+                continue;
+            };
+            // Read again: the GET above may have taken a while, and a stale `now` would only
+            // make us decide early and loop once more.
+            let now = Instant::now();
+            let wrote_it = self.wrote_it();
+            let decision = decide::decide(
+                observed.spec(),
+                observed.at,
+                &self.settings.identity,
+                wrote_it,
+                self.role,
+                now,
+                &self.timing,
+            );
+            debug!(lease = %self.lease_ref, ?decision, "lease decision");
+            match decision {
+                Decision::StepDown { holder } => self.step_down(holder),
+                Decision::Wait { until, holder } => {
+                    if self.role == Role::Follower {
+                        self.follow(holder);
+                    }
+                    if let Flow::Stop = self.wait(until, events, shutdown).await {
+                        return Ok(());
+                    }
+                }
+                Decision::Create | Decision::Acquire | Decision::Renew => {
+                    if let Some(until) = self.retry_at.filter(|t| *t > now) {
+                        if let Flow::Stop = self.wait(until, events, shutdown).await {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    self.write(decision).await?;
+                }
+            }
+        }
+    }
+
+    /// Sleeps until `until`, shutdown, or a watch event (which updates the observation).
+    async fn wait<S>(
+        &mut self,
+        until: Instant,
+        events: &mut S,
+        shutdown: &CancellationToken,
+    ) -> Flow
+    where
+        S: Stream<Item = Result<watcher::Event<Lease>, watcher::Error>> + Unpin,
+    {
+        // A leader never sleeps past its own deadline, so it steps down on time.
+        let until = match self.role {
+            Role::Leader { renewed_at } => until.min(decide::fence_until(renewed_at, &self.timing)),
+            Role::Follower => until,
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Flow::Stop,
+            () = sleep_until(until) => Flow::Continue,
+            Some(event) = events.next() => {
+                match event {
+                    Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                        self.seen(Some(lease));
+                    }
+                    Ok(watcher::Event::Delete(lease)) => {
+                        if is_newer(lease.metadata.resource_version.as_deref(), self.current_rv()) {
+                            self.observe(None);
+                        }
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                    Err(error) => {
+                        warn!(lease = %self.lease_ref, error = %crate::error::chain(&error), "lease watch failed, re-watching");
+                    }
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    fn current_rv(&self) -> Option<&str> {
+        self.observed.as_ref().and_then(Observed::resource_version)
+    }
+
+    /// A Lease seen on the watch: taken unless older than what we hold.
+    fn seen(&mut self, lease: Option<Lease>) {
+        let rv = lease
+            .as_ref()
+            .and_then(|l| l.metadata.resource_version.as_deref());
+        if self.observed.is_none() || is_newer(rv, self.current_rv()) {
+            self.observe(lease);
+        }
+    }
+
+    fn observe(&mut self, lease: Option<Lease>) {
+        let now = Instant::now();
+        let spec = lease.as_ref().map(|l| l.spec.clone().unwrap_or_default());
+        let previous = self.observed.as_ref().map(|o| (o.spec(), o.at));
+        let at = decide::observed_at(previous, spec.as_ref(), now);
+        self.observed = Some(Observed { lease, at });
+        self.recognise_own_write();
+    }
+
+    /// Whether this process wrote the record as last read (see `decide::wrote_it`).
+    fn wrote_it(&self) -> bool {
+        self.observed
+            .as_ref()
+            .and_then(|o| o.spec().map(|spec| (spec, o.resource_version())))
+            .is_some_and(|(spec, rv)| {
+                decide::wrote_it(
+                    spec,
+                    rv,
+                    self.written_rv.as_deref(),
+                    self.sent.as_ref().map(|s| &s.spec),
+                )
+            })
+    }
+
+    /// A record that is exactly the claim or renewal we last sent proves that write committed,
+    /// even if its reply never reached us (a timeout, a connection dropped after the server
+    /// wrote). Treat it as the success it was: remember its resourceVersion, forget the failure,
+    /// and lead from the instant it was *sent* — as a reply would have made us — if that term
+    /// has not already run out. Without this, the next read shows a record naming us with a
+    /// version we never saw, which looks exactly like a twin: the leader stepped down with an
+    /// error and everyone waited a whole Lease duration.
+    fn recognise_own_write(&mut self) {
+        let Some(observed) = &self.observed else {
+            return;
+        };
+        let Some(sent) = &self.sent else {
+            return;
+        };
+        if observed.spec() != Some(&sent.spec) {
+            return;
+        }
+        let rv = observed.resource_version().map(str::to_owned);
+        if rv.is_none() || rv == self.written_rv {
+            return;
+        }
+        let sent_at = sent.at;
+        debug!(lease = %self.lease_ref, resource_version = rv.as_deref().unwrap_or(""), "our lease write committed although its reply was lost");
+        self.written_rv = rv;
+        self.failures = 0;
+        self.retry_at = None;
+        // Past its term the fence would open onto nothing: the loop steps down at the deadline
+        // and, since the record is ours, re-acquires at once.
+        if !self.stopped && Instant::now() < decide::fence_until(sent_at, &self.timing) {
+            self.lead(sent_at);
+        }
+    }
+
+    /// Timeout for the next request: a leader must not wait past its deadline; a follower has
+    /// no deadline, the renew deadline is a generous bound.
+    fn request_timeout(&self) -> Duration {
+        match self.role {
+            Role::Leader { renewed_at } => decide::fence_until(renewed_at, &self.timing)
+                .saturating_duration_since(Instant::now()),
+            Role::Follower => self.timing.renew_deadline,
+        }
+        .max(Duration::from_millis(1))
+    }
+
+    async fn read(&mut self) -> Result<(), Error> {
+        let after = self.request_timeout();
+        let lease = match tokio::time::timeout(after, self.api.get_opt(&self.settings.name)).await {
+            Err(_) => Err(self.timeout("get", after)),
+            Ok(result) => result.map_err(|source| self.request("get", source)),
+        }?;
+        self.failures = 0;
+        self.retry_at = None;
+        self.observe(lease);
+        Ok(())
+    }
+
+    async fn write(&mut self, decision: Decision) -> Result<(), Error> {
+        let current = self.observed.as_ref().and_then(Observed::spec);
+        let spec = decide::claim(
+            current,
+            &self.settings.identity,
+            Timestamp::now(),
+            &self.timing,
+        );
+        let after = self.request_timeout();
+        let params = PostParams {
+            dry_run: false,
+            field_manager: Some(names::FIELD_MANAGER.to_owned()),
+        };
+        // Our claim is as old as the moment the request leaves: peers may see it any time after.
+        let sent = Instant::now();
+        // Remembered before the request: if its reply is lost, seeing this record is how we
+        // learn that it committed (see `recognise_own_write`).
+        self.sent = Some(Sent {
+            spec: spec.clone(),
+            at: sent,
+        });
+        let (verb, result) = if decision == Decision::Create {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.settings.name.clone()),
+                    namespace: Some(self.settings.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(spec),
+            };
+            (
+                "create",
+                tokio::time::timeout(after, self.api.create(&params, &lease)).await,
+            )
+        } else {
+            // The body carries the resourceVersion we read: the API refuses it (409) if anyone
+            // wrote in between, so two candidates can never both win.
+            let mut lease = self
+                .observed
+                .as_ref()
+                .and_then(|o| o.lease.clone())
+                .unwrap_or_default();
+            lease.spec = Some(spec);
+            let name = self.settings.name.clone();
+            (
+                "update",
+                tokio::time::timeout(after, self.api.replace(&name, &params, &lease)).await,
+            )
+        };
+        let result = match result {
+            Err(_) => Err(self.timeout(verb, after)),
+            Ok(r) => r.map_err(|source| self.request(verb, source)),
+        };
+        match result {
+            Ok(lease) => {
+                self.failures = 0;
+                self.retry_at = None;
+                self.written_rv = lease.metadata.resource_version.clone();
+                self.observe(Some(lease));
+                self.lead(sent);
+                Ok(())
+            }
+            Err(e) if e.is_lost_race() => {
+                debug!(lease = %self.lease_ref, error = %crate::error::chain(&e), "lease changed under us, re-reading");
+                self.observed = None;
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                self.failed(&e);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn failed(&mut self, error: &Error) {
+        self.failures = self.failures.saturating_add(1);
+        let wait = crate::backoff::delay(self.failures, BACKOFF_BASE, self.timing.retry_period);
+        self.retry_at = Some(Instant::now() + wait);
+        warn!(
+            lease = %self.lease_ref,
+            identity = %self.settings.identity,
+            attempt = self.failures,
+            backoff_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            error = %crate::error::chain(error),
+            "lease request failed, retrying"
+        );
+    }
+
+    fn lead(&mut self, sent: Instant) {
+        let was_leader = matches!(self.role, Role::Leader { .. });
+        self.role = Role::Leader { renewed_at: sent };
+        self.fence
+            .set_until(decide::fence_until(sent, &self.timing));
+        if !was_leader {
+            info!(
+                lease = %self.lease_ref,
+                identity = %self.settings.identity,
+                holder = %self.settings.identity,
+                "became leader"
+            );
+            self.publish(Leadership::Leader);
+        }
+    }
+
+    fn step_down(&mut self, holder: Option<String>) {
+        // Fence first: writers must be refused before anyone hears we stepped down.
+        self.fence.invalidate();
+        if matches!(self.role, Role::Leader { .. }) {
+            if holder.as_deref() == Some(self.settings.identity.as_str()) {
+                error!(
+                    lease = %self.lease_ref,
+                    identity = %self.settings.identity,
+                    "another process renewed the Lease under this identity; stepping down (is endpoint-copier running twice with the same identity?)"
+                );
+            }
+            info!(
+                lease = %self.lease_ref,
+                identity = %self.settings.identity,
+                holder = holder.as_deref().unwrap_or(""),
+                "lost leadership"
+            );
+        }
+        self.role = Role::Follower;
+        self.publish(Leadership::Follower { holder });
+    }
+
+    fn follow(&mut self, holder: Option<String>) {
+        let next = Leadership::Follower { holder };
+        if *self.tx.borrow() != next {
+            if let Leadership::Follower { holder: Some(h) } = &next
+                && *h == self.settings.identity
+            {
+                warn!(
+                    lease = %self.lease_ref,
+                    identity = %self.settings.identity,
+                    "the Lease names this identity but another process wrote it (a previous run of this host, or a second copy with the same identity); waiting for it to expire"
+                );
+            } else if let Leadership::Follower { holder: Some(h) } = &next {
+                info!(lease = %self.lease_ref, identity = %self.settings.identity, holder = %h, "following");
+            }
+            self.publish(next);
+        }
+    }
+
+    fn publish(&self, state: Leadership) {
+        self.tx.send_if_modified(|current| {
+            if *current == state {
+                false
+            } else {
+                *current = state;
+                true
+            }
+        });
+    }
+
+    /// Releases the Lease if the record as last read names us; best effort, bounded by the renew
+    /// deadline (failure only means peers wait for expiry).
+    async fn release(&mut self) {
+        let deadline = Instant::now() + self.timing.renew_deadline;
+        let params = PostParams {
+            dry_run: false,
+            field_manager: Some(names::FIELD_MANAGER.to_owned()),
+        };
+        for _ in 0..3 {
+            let Some(mut lease) = self.observed.as_ref().and_then(|o| o.lease.clone()) else {
+                return;
+            };
+            let spec = lease.spec.clone().unwrap_or_default();
+            // Only a record this process wrote: a twin's record naming us is not ours to end.
+            if decide::holder(&spec) != Some(self.settings.identity.as_str()) || !self.wrote_it() {
+                return;
+            }
+            lease.spec = Some(decide::release(&spec, Timestamp::now()));
+            let name = self.settings.name.clone();
+            match tokio::time::timeout_at(deadline, self.api.replace(&name, &params, &lease)).await
+            {
+                Ok(Ok(lease)) => {
+                    info!(lease = %self.lease_ref, identity = %self.settings.identity, "released lease");
+                    self.observe(Some(lease));
+                    return;
+                }
+                Ok(Err(source)) => {
+                    let e = self.request("update", source);
+                    if !e.is_transient() {
+                        warn!(lease = %self.lease_ref, error = %crate::error::chain(&e), "could not release lease, peers wait for expiry");
+                        return;
+                    }
+                    // A conflict means the record changed (our own renewal seen late, or a
+                    // takeover): re-read, and release only if it still names us.
+                    match tokio::time::timeout_at(deadline, self.api.get_opt(&name)).await {
+                        Ok(Ok(lease)) => self.observe(lease),
+                        _ => {
+                            warn!(lease = %self.lease_ref, error = %crate::error::chain(&e), "could not release lease, peers wait for expiry");
+                            return;
+                        }
+                    }
+                }
+                Err(_) => {
+                    warn!(lease = %self.lease_ref, "lease release timed out, peers wait for expiry");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn timeout(&self, verb: &'static str, after: Duration) -> Error {
+        Error::Timeout {
+            verb,
+            lease: self.lease_ref.clone(),
+            after_ms: after.as_millis(),
+        }
+    }
+
+    fn request(&self, verb: &'static str, source: kube::Error) -> Error {
+        Error::Request {
+            verb,
+            lease: self.lease_ref.clone(),
+            source,
+        }
+    }
+}
