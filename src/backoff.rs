@@ -1,6 +1,6 @@
 //! The one retry backoff of the daemon: capped exponential growth with "equal jitter".
 //!
-//! Owns the formula and nothing else. The Lease elector, the supervisor's per-pair retries and
+//! Owns the formula and nothing else. The Lease elector, the engine's per-pair retries and
 //! the watches all wait by it, so a flapping apiserver sees the same pacing from every loop, and
 //! the watches get it through kube's [`kube::runtime::utils::Backoff`] trait. *When* to retry,
 //! and whether an error is worth retrying at all, stays with each caller (see

@@ -41,10 +41,6 @@ pub use provenance::Provenance;
 use provenance::{Layers, file_origin, from_figment};
 use raw::{RawConfig, expected_type};
 
-/// Exit code for every config error (`EX_CONFIG`): systemd's `RestartPreventExitStatus=64 78`
-/// keeps a typo from becoming a restart loop.
-pub const EXIT_CONFIG: i32 = 78;
-
 /// The validated configuration, with every default filled in. Only this leaves the module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -314,11 +310,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code for this error: always 78 (`EX_CONFIG`).
-    pub fn exit_code(&self) -> i32 {
-        EXIT_CONFIG
-    }
-
     /// Where the culprit was written, when the error is about one key or file position.
     pub fn origin(&self) -> Option<&Provenance> {
         match self {

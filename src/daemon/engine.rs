@@ -52,7 +52,7 @@ pub struct Host<'a> {
     pub notifier: &'a Notifier,
     /// /readyz.
     pub health: &'a Health,
-    /// The supervisor's watchdog heartbeat.
+    /// The engine loop's watchdog heartbeat.
     pub beat: &'a Beat,
     /// The kubeconfig and the client it feeds.
     pub credentials: Credentials,

@@ -116,7 +116,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     }
     notifier.ready();
 
-    let beat = heartbeats.register("supervisor");
+    let beat = heartbeats.register("engine");
     let identity = match &config.lease.identity {
         Some(id) => id.clone(),
         None => crate::host::hostname().map_err(Error::Identity)?,
@@ -142,7 +142,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     };
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
     let (elector, leadership, fence) = Elector::new(lease_api, settings);
-    // The elector is a loop the watchdog must see progress from too, not only the supervisor.
+    // The elector is a loop the watchdog must see progress from too, not only the engine.
     let lease_beat = heartbeats.register("lease");
     let elector = elector.with_progress(move || lease_beat.tick());
     // The Lease outlives the writers: it is released only after they drained (see below).
