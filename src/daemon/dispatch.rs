@@ -29,7 +29,8 @@ impl Engine {
         }
         if self.scan.is_due(now) && self.slices.is_ready() && self.tasks.len() < MAX_IN_FLIGHT {
             let (client, group) = (self.client.clone(), self.group.clone());
-            let outcome = async move { Outcome::Scan(jobs::scan(client, group).await) };
+            let gone = self.members.gone_for_good(now);
+            let outcome = async move { Outcome::Scan(jobs::scan(client, group, gone).await) };
             self.spawn(Job::Scan, outcome, now);
         }
         let due: Vec<ServiceRef> = self
@@ -149,7 +150,9 @@ impl Engine {
                 self.metrics.forget_pair(&target.to_string());
                 return;
             }
-            state.hold = None;
+            // An active pair whose target Service does not exist (yet): nothing to write, and
+            // STATUS says why rather than "synced".
+            state.hold = step.clears_target.then_some(Hold::TargetMissing);
             state.last_error = None;
             if state.synced_at.is_none() {
                 state.legacy.touch();
@@ -165,7 +168,13 @@ impl Engine {
             // whenever leadership moves here: hold and say so instead.
             let wanted_by = match self.members.who_wants(target, now) {
                 Wanted::Nobody => Vec::new(),
-                Wanted::Unknown => vec!["(member list not read yet)".to_owned()],
+                Wanted::Unknown => {
+                    // Nobody can be ruled out before the member list arrived; its arrival
+                    // touches this pair again.
+                    state.write.settle();
+                    debug!(service = %target, "holding a removed pair's slices until the group's member list is read");
+                    return;
+                }
                 Wanted::Live(ids) | Wanted::Stale(ids) => ids,
             };
             if !wanted_by.is_empty() {

@@ -15,10 +15,14 @@ use super::pair::Step;
 use super::schedule::TaskId;
 use crate::apply::{self, Applied};
 use crate::group::Group;
+use crate::group::live::Gone;
+use crate::group::member::forget;
 use crate::lease::Fence;
 use crate::metrics::Metrics;
 use crate::names::{SERVICE_NAME_LABEL, ServiceRef};
 use crate::pairs;
+use k8s_openapi::api::coordination::v1::Lease;
+use tracing::{debug, info};
 
 /// What a task works on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,8 +151,30 @@ pub async fn legacy(
     apply::remove_eco_endpoints(&api, &target.namespace, &target.name, &fence).await
 }
 
-/// Lists (metadata only) every slice of this group in the cluster and returns their targets.
-pub async fn scan(client: kube::Client, group: Group) -> Result<BTreeSet<ServiceRef>, kube::Error> {
+/// Lists (metadata only) every slice of this group in the cluster and returns their targets;
+/// first removes the member Leases of copies `gone` for good (each only if unchanged since it
+/// was judged gone: uid and resourceVersion preconditions), so replaced hosts do not linger.
+pub async fn scan(
+    client: kube::Client,
+    group: Group,
+    gone: Vec<Gone>,
+) -> Result<BTreeSet<ServiceRef>, kube::Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), group.lease_namespace());
+    for member in gone {
+        let (Some(uid), Some(rv)) = (&member.uid, &member.resource_version) else {
+            continue;
+        };
+        match forget(&leases, &member.name, uid, rv).await {
+            Ok(true) => {
+                info!(identity = %member.identity, lease = %member.name, "removed the member Lease of a copy gone for good")
+            }
+            Ok(false) => {}
+            // Tried again at the next scan; nothing depends on it.
+            Err(e) => {
+                debug!(lease = %member.name, error = %crate::error::chain(&e), "could not remove a member Lease")
+            }
+        }
+    }
     let api: Api<EndpointSlice> = Api::all(client);
     let mut targets = BTreeSet::new();
     for selector in group.label_selectors() {
