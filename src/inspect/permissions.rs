@@ -343,6 +343,8 @@ mod tests {
             cluster_list.features,
             vec![Feature::Annotations, Feature::OrphanScan]
         );
+        // The figure in docs/usage/rbac.md's example.
+        assert_eq!(w.len(), 27);
         let mut keys: Vec<_> = w
             .iter()
             .map(|x| (x.verb, x.resource, x.namespace.clone()))

@@ -227,4 +227,64 @@ ok
         );
         assert!(text.lines().all(|l| !l.ends_with(' ')), "{text:?}");
     }
+
+    #[test]
+    fn members_and_foreign_slices_get_a_line_each_and_warnings_keep_ok() {
+        let mut r = report();
+        r.config_files.clear();
+        r.kubeconfig = None;
+        r.server = None;
+        r.permissions.clear();
+        r.lease = None;
+        r.group = Some(GroupReport {
+            label: "kube-system.endpoint-copier".into(),
+            lease: "kube-system/endpoint-copier".into(),
+            identity: "cp-1".into(),
+            members: Some(vec![
+                MemberReport {
+                    identity: "cp-1".into(),
+                    lease: "endpoint-copier.cp-1-00000000".into(),
+                    this_host: true,
+                    live: true,
+                    renewed_secs_ago: Some(3),
+                    lease_duration_secs: Some(30),
+                    pairs: vec![ConfiguredPair {
+                        source: "default/kubernetes".into(),
+                        target: "default/kubernetes-vip".into(),
+                    }],
+                    error: None,
+                },
+                MemberReport {
+                    identity: "cp-2".into(),
+                    lease: "endpoint-copier.cp-2-00000000".into(),
+                    this_host: false,
+                    live: false,
+                    renewed_secs_ago: Some(120),
+                    lease_duration_secs: Some(30),
+                    pairs: vec![],
+                    error: None,
+                },
+            ]),
+        });
+        r.pairs[0].foreign_endpoints = 1;
+        r.pairs[0].foreign = vec![ForeignReport {
+            name: "kubernetes-vip-x1".into(),
+            manager: "endpointslicemirroring-controller.k8s.io".into(),
+            ready_addresses: vec!["203.0.113.9".into()],
+            fix: "remove it".into(),
+        }];
+        r.warnings = vec!["something to know".into()];
+        assert_eq!(
+            render(&r),
+            "group kube-system.endpoint-copier (lease kube-system/endpoint-copier), this host cp-1: 2 members
+  member cp-1 (this host): live, renewed 3s ago, pairs default/kubernetes-vip <- default/kubernetes
+  member cp-2: not live, renewed 120s ago, no configured pairs
+pair default/kubernetes-vip <- default/kubernetes (config): source 3 ready, target 2 ready ours + 1 ready foreign, out of sync
+  foreign slice kubernetes-vip-x1 by endpointslicemirroring-controller.k8s.io: 203.0.113.9
+  would update kubernetes-vip
+warning: something to know
+ok
+"
+        );
+    }
 }
