@@ -498,3 +498,21 @@ fn no_right_unused(rules: &[(Option<String>, PolicyRule)], used: &[Wanted]) {
         }
     }
 }
+
+#[tokio::test]
+async fn check_reports_a_read_it_may_not_make_instead_of_failing() {
+    let world = World::new("check-no-list").await;
+    let tb = require_testbed!(world.cluster);
+    world.seed(&["198.51.100.1"]).await;
+    tb.set_allowed("node-2", Verb::List, "endpointslices", false);
+    let report = check_report(&world.config("node-2")).await.unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.starts_with(&format!(
+            "missing permission: list endpointslices.discovery.k8s.io in {}, needed by mirroring",
+            world.ns
+        ))),
+        "{:?}",
+        report.problems
+    );
+    assert!(report.pairs.is_empty(), "the pairs could not be read");
+}
