@@ -249,26 +249,51 @@ pub async fn ask(client: &Client, wanted: Vec<Wanted>) -> Result<Vec<Permission>
     Ok(out)
 }
 
-/// The report lines for the denied `permissions`: `(problems, warnings)`. A right any required
-/// feature needs is a problem; one only optional features need is a warning saying what they
-/// lose.
+/// The report lines for the denied `permissions`: `(problems, warnings)`, one line per denied
+/// verb and resource (its namespaces and features merged, so one missing grant is one line). A
+/// right any required feature needs is a problem; one only optional features need is a warning
+/// saying what they lose.
 pub fn findings(permissions: &[Permission]) -> (Vec<String>, Vec<String>) {
+    // (verb, group, resource) -> where and for whom, in first-asked order.
+    let mut denied: Vec<((&str, &str, &str), Denied<'_>)> = Vec::new();
+    for p in permissions.iter().filter(|p| !p.allowed) {
+        let key = (p.verb, p.group, p.resource);
+        let at = match denied.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                denied.push((key, Denied::default()));
+                denied.len() - 1
+            }
+        };
+        let entry = &mut denied[at].1;
+        match &p.namespace {
+            Some(ns) => entry.namespaces.push(ns),
+            None => entry.cluster = true,
+        }
+        entry.features.extend(p.features.iter().copied());
+    }
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
-    for p in permissions.iter().filter(|p| !p.allowed) {
-        let group = if p.group.is_empty() {
+    for ((verb, group, resource), d) in denied {
+        let Denied {
+            namespaces,
+            cluster,
+            features,
+        } = d;
+        let group = if group.is_empty() {
             String::new()
         } else {
-            format!(".{}", p.group)
+            format!(".{group}")
         };
+        let mut places: Vec<&str> = namespaces;
+        if cluster {
+            places.push("all namespaces");
+        }
         let what = format!(
-            "missing permission: {} {}{group} in {}",
-            p.verb,
-            p.resource,
-            p.namespace.as_deref().unwrap_or("all namespaces"),
+            "missing permission: {verb} {resource}{group} in {}",
+            and_list(&places)
         );
-        let required: Vec<Feature> = p
-            .features
+        let required: Vec<Feature> = features
             .iter()
             .copied()
             .filter(|f| f.is_required())
@@ -277,15 +302,35 @@ pub fn findings(permissions: &[Permission]) -> (Vec<String>, Vec<String>) {
             let names: Vec<&str> = required.iter().map(|f| f.name()).collect();
             problems.push(format!(
                 "{what}, needed by {}: {}",
-                names.join(" and "),
+                and_list(&names),
                 first.without()
             ));
         } else {
-            let costs: Vec<&str> = p.features.iter().map(|f| f.without()).collect();
+            let costs: Vec<&str> = features.iter().map(|f| f.without()).collect();
             warnings.push(format!("{what} {}", costs.join("; ")));
         }
     }
     (problems, warnings)
+}
+
+/// Where one verb on one resource was denied, and which features need it.
+#[derive(Default)]
+struct Denied<'a> {
+    /// Namespaces denied, in the order asked.
+    namespaces: Vec<&'a str>,
+    /// Whether the cluster-wide request was denied.
+    cluster: bool,
+    /// Every feature that needs one of them.
+    features: BTreeSet<Feature>,
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [head @ .., last] => format!("{} and {last}", head.join(", ")),
+    }
 }
 
 #[cfg(test)]
@@ -374,6 +419,7 @@ mod tests {
             vec!["missing permission: get endpoints in default disables the removal of endpoint-copier-operator's leftover Endpoints".to_owned()]
         );
         assert_eq!(problems.len(), 1);
+        assert_eq!(and_list(&["a", "b", "c"]), "a, b and c");
         assert!(
             problems[0].starts_with(
                 "missing permission: list leases in default, needed by mirroring and members: "
