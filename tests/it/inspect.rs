@@ -1,12 +1,23 @@
-//! `endpoint-copier check` and `status` against the test bed: all well, missing RBAC, the API
-//! down, and a dry-run plan that writes nothing.
+//! `endpoint-copier check` and `status` against the test bed: all well, missing RBAC (required
+//! and optional), the API down, a dry-run plan that writes nothing, a foreign (mirrored) slice on
+//! the target, the group's members and a pair configured on another member only; and the
+//! shipped RBAC manifests against the rights `check` asks for.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use crate::common::*;
-use endpoint_copier::inspect::{check_report, status_report};
+use endpoint_copier::inspect::permissions::{self, Wanted};
+use endpoint_copier::inspect::{Feature, Verdict, check_report, render, status_report};
+use endpoint_copier::names;
 use endpoint_copier_testbed::{Verb, require_testbed};
+use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use serde::Deserialize;
 
 #[tokio::test]
 async fn check_is_clean_when_everything_is_in_place() {
@@ -128,4 +139,382 @@ async fn the_json_report_carries_every_section() {
         assert!(json.get(key).is_some(), "missing {key}: {json}");
     }
     assert_eq!(json["pairs"][0]["target"], world.target());
+}
+
+/// An `Endpoints` object named like the target, with a port and `addr`: the mirroring controller
+/// copies it into a slice of the target that no copier group manages.
+fn mirrored_endpoints(ns: &str, addr: &str) -> Endpoints {
+    Endpoints {
+        metadata: meta(ns, "vip"),
+        subsets: Some(vec![EndpointSubset {
+            addresses: Some(vec![EndpointAddress {
+                ip: addr.into(),
+                ..Default::default()
+            }]),
+            ports: Some(vec![EndpointPort {
+                name: Some("k8s-api".into()),
+                port: 6443,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// Seeds, syncs as node-1 and adds a mirrored slice of `203.0.113.9` to the target; returns the
+/// daemon and the mirrored slice's name.
+async fn synced_with_a_mirrored_slice(world: &World) -> (Daemon, String) {
+    let daemon = world.synced(&["198.51.100.1"]).await;
+    create(
+        &world.client,
+        &world.ns,
+        &mirrored_endpoints(&world.ns, "203.0.113.9"),
+    )
+    .await;
+    let name = eventually(
+        "the mirroring controller's slice of the target",
+        Duration::from_secs(10),
+        || async {
+            slices_of(&world.client, &world.ns, "vip")
+                .await
+                .into_iter()
+                .find(|(_, s)| {
+                    s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(names::MANAGED_BY_LABEL))
+                        == Some(&MIRRORING.to_owned())
+                })
+                .map(|(n, _)| n)
+        },
+    )
+    .await;
+    (daemon, name)
+}
+
+const MIRRORING: &str = "endpointslicemirroring-controller.k8s.io";
+
+#[tokio::test]
+async fn check_names_a_mirrored_slice_with_its_manager_and_addresses_as_a_problem() {
+    let world = World::new("check-foreign").await;
+    require_testbed!(world.cluster);
+    let (daemon, name) = synced_with_a_mirrored_slice(&world).await;
+    let report = check_report(&world.config("node-2")).await.unwrap();
+    let pair = &report.pairs[0];
+    // In sync is judged over our slices only; the foreign one is counted apart.
+    assert!(pair.in_sync, "{pair:?}");
+    assert_eq!((pair.target_endpoints, pair.foreign_endpoints), (1, 1));
+    assert_eq!(pair.foreign.len(), 1, "{pair:?}");
+    assert_eq!(pair.foreign[0].name, name);
+    assert_eq!(pair.foreign[0].manager, MIRRORING);
+    assert_eq!(
+        pair.foreign[0].ready_addresses,
+        vec!["203.0.113.9".to_owned()]
+    );
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let problem = &report.problems[0];
+    for part in [
+        name.as_str(),
+        MIRRORING,
+        "203.0.113.9",
+        &format!(
+            "remove the Endpoints object {}/vip, or label it endpointslice.kubernetes.io/skip-mirror=true",
+            world.ns
+        ),
+    ] {
+        assert!(problem.contains(part), "{part} missing in {problem}");
+    }
+    assert_eq!(Verdict::of(&report), Verdict::Problems(1));
+
+    let text = render(&report);
+    assert!(!text.contains("\nok\n"), "{text}");
+    assert!(
+        text.contains("target 1 ready ours + 1 ready foreign, in sync"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "  foreign slice {name} by {MIRRORING}: 203.0.113.9"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("problem: EndpointSlice "), "{text}");
+
+    let json = serde_json::to_value(&report).unwrap();
+    let foreign = &json["pairs"][0]["foreign"][0];
+    assert_eq!(foreign["name"], name.as_str());
+    assert_eq!(foreign["manager"], MIRRORING);
+    assert_eq!(foreign["ready_addresses"][0], "203.0.113.9");
+    assert_eq!(json["pairs"][0]["foreign_endpoints"], 1);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn status_shows_a_mirrored_slice_apart_from_ours() {
+    let world = World::new("status-foreign").await;
+    require_testbed!(world.cluster);
+    let (daemon, name) = synced_with_a_mirrored_slice(&world).await;
+    let report = status_report(&world.config("node-2")).await.unwrap();
+    let pair = &report.pairs[0];
+    assert!(pair.in_sync);
+    assert_eq!((pair.target_endpoints, pair.foreign_endpoints), (1, 1));
+    assert_eq!(pair.foreign[0].manager, MIRRORING);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains(&name) && w.contains("203.0.113.9")),
+        "{:?}",
+        report.warnings
+    );
+    assert!(render(&report).contains(&format!("foreign slice {name} by {MIRRORING}")));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn check_and_status_show_the_group_and_its_live_members() {
+    let world = World::new("check-group").await;
+    let daemon = world.synced(&["198.51.100.1"]).await;
+    for report in [
+        check_report(&world.config("node-2")).await.unwrap(),
+        status_report(&world.config("node-2")).await.unwrap(),
+    ] {
+        let group = report.group.as_ref().unwrap();
+        assert_eq!(group.lease, format!("{}/endpoint-copier", world.ns));
+        assert_eq!(group.label, format!("{}.endpoint-copier", world.ns));
+        assert_eq!(group.identity, "node-2");
+        let members = group.members.as_ref().unwrap();
+        assert_eq!(members.len(), 1, "{members:?}");
+        let m = &members[0];
+        assert_eq!(m.identity, "node-1");
+        assert!(m.live && !m.this_host, "{m:?}");
+        assert_eq!(m.pairs[0].target, world.target());
+        // The same pair on both hosts: nothing to warn about.
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        let text = render(&report);
+        assert!(text.contains("  member node-1: live, renewed "), "{text}");
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_pair_configured_only_on_another_live_member_is_a_warning() {
+    let world = World::new("check-mismatch").await;
+    let daemon = world.synced(&["198.51.100.1"]).await;
+    let mut config = world.config("node-2");
+    config.pairs.clear();
+    let report = check_report(&config).await.unwrap();
+    let want = format!(
+        "pair {} <- {} is configured on node-1 only: kept, never deleted, while node-1 is live",
+        world.target(),
+        world.source()
+    );
+    assert_eq!(report.warnings, vec![want.clone()]);
+    assert_eq!(Verdict::of(&report), Verdict::Ok, "{:?}", report.problems);
+    assert!(render(&report).contains(&format!("warning: {want}\n")));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_optional_right_is_a_warning_naming_what_it_disables() {
+    let world = World::new("check-optional").await;
+    let tb = require_testbed!(world.cluster);
+    let daemon = world.synced(&["198.51.100.1"]).await;
+    tb.set_allowed("node-2", Verb::Delete, "endpoints", false);
+    let report = check_report(&world.config("node-2")).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(Verdict::of(&report), Verdict::Ok);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("missing permission: delete endpoints")
+                && w.ends_with(
+                    "disables the removal of endpoint-copier-operator's leftover Endpoints"
+                )),
+        "{:?}",
+        report.warnings
+    );
+    let denied: Vec<_> = report.permissions.iter().filter(|p| !p.allowed).collect();
+    assert!(
+        denied
+            .iter()
+            .all(|p| p.features == vec![Feature::LegacyCleanup]),
+        "{denied:?}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_right_the_member_watch_needs_is_a_problem() {
+    let world = World::new("check-members-rbac").await;
+    let tb = require_testbed!(world.cluster);
+    world.seed(&["198.51.100.1"]).await;
+    tb.set_allowed("node-2", Verb::Watch, "leases", false);
+    let report = check_report(&world.config("node-2")).await.unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.starts_with(&format!(
+            "missing permission: watch leases.coordination.k8s.io in {}, needed by mirroring and members",
+            world.ns
+        ))),
+        "{:?}",
+        report.problems
+    );
+    assert!(matches!(Verdict::of(&report), Verdict::Problems(_)));
+}
+
+// ---- the shipped RBAC -------------------------------------------------------------------------
+
+/// The rules granted to the user `endpoint-copier` by the manifests in packaging/rbac/, without
+/// the file `skip` if given: `(namespace or None for cluster-wide, rule)`.
+fn shipped_rules(skip: Option<&str>) -> Vec<(Option<String>, PolicyRule)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/rbac");
+    let mut objects: Vec<serde_json::Value> = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    files.retain(|f| skip.is_none_or(|s| !f.ends_with(s)));
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if !value.is_null() {
+                objects.push(value);
+            }
+        }
+    }
+    let mut cluster_roles = BTreeMap::new();
+    let mut roles = BTreeMap::new();
+    let mut bindings: Vec<(Option<String>, RoleRef, Vec<Subject>)> = Vec::new();
+    for o in objects {
+        match o["kind"].as_str().unwrap() {
+            "ClusterRole" => {
+                let r: ClusterRole = serde_json::from_value(o).unwrap();
+                cluster_roles.insert(
+                    r.metadata.name.clone().unwrap(),
+                    r.rules.unwrap_or_default(),
+                );
+            }
+            "Role" => {
+                let r: Role = serde_json::from_value(o).unwrap();
+                let key = (
+                    r.metadata.namespace.clone().unwrap(),
+                    r.metadata.name.clone().unwrap(),
+                );
+                roles.insert(key, r.rules.unwrap_or_default());
+            }
+            "ClusterRoleBinding" => {
+                let b: ClusterRoleBinding = serde_json::from_value(o).unwrap();
+                bindings.push((None, b.role_ref, b.subjects.unwrap_or_default()));
+            }
+            "RoleBinding" => {
+                let b: RoleBinding = serde_json::from_value(o).unwrap();
+                bindings.push((
+                    b.metadata.namespace.clone(),
+                    b.role_ref,
+                    b.subjects.unwrap_or_default(),
+                ));
+            }
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+    let mut out = Vec::new();
+    for (ns, role_ref, subjects) in bindings {
+        assert!(
+            subjects
+                .iter()
+                .any(|s| s.kind == "User" && s.name == "endpoint-copier"),
+            "{role_ref:?} binds {subjects:?}"
+        );
+        let rules = match (role_ref.kind.as_str(), &ns) {
+            ("ClusterRole", _) => cluster_roles.get(&role_ref.name).cloned(),
+            ("Role", Some(ns)) => roles.get(&(ns.clone(), role_ref.name.clone())).cloned(),
+            _ => None,
+        }
+        .unwrap_or_else(|| panic!("binding to a missing role {role_ref:?}"));
+        out.extend(rules.into_iter().map(|r| (ns.clone(), r)));
+    }
+    out
+}
+
+fn grants(rules: &[(Option<String>, PolicyRule)], w: &Wanted) -> bool {
+    rules.iter().any(|(ns, rule)| {
+        // A cluster-wide grant covers every namespace; a namespaced one only its own.
+        (ns.is_none() || *ns == w.namespace)
+            && rule.verbs.iter().any(|v| v == w.verb)
+            && rule.resources.iter().flatten().any(|r| r == w.resource)
+            && rule.api_groups.iter().flatten().any(|g| g == w.group)
+    })
+}
+
+#[test]
+fn the_shipped_rbac_grants_every_right_check_asks_for_the_default_config_and_no_more() {
+    let default_pair = [(
+        "default/kubernetes".parse().unwrap(),
+        "default/kubernetes-vip".parse().unwrap(),
+    )];
+    // The whole directory for the default config; without 30-annotations.yaml for
+    // `[annotations] enabled = false`, as docs/usage/rbac.md says.
+    for (annotations, skip) in [(true, None), (false, Some("30-annotations.yaml"))] {
+        let rules = shipped_rules(skip);
+        let used = permissions::wanted(&default_pair, "kube-system", annotations);
+        for w in &used {
+            assert!(
+                grants(&rules, w),
+                "not granted (annotations {annotations}): {w:?}"
+            );
+        }
+        no_right_unused(&rules, &used);
+    }
+}
+
+/// Least privilege: every granted (verb, resource, namespace) is one the daemon uses, except the
+/// delete of member Leases kept for forgetting members gone for good.
+fn no_right_unused(rules: &[(Option<String>, PolicyRule)], used: &[Wanted]) {
+    for (ns, rule) in rules {
+        for verb in &rule.verbs {
+            for resource in rule.resources.iter().flatten() {
+                for group in rule.api_groups.iter().flatten() {
+                    let known = used.iter().any(|w| {
+                        w.verb == verb
+                            && w.resource == resource
+                            && w.group == group
+                            && w.namespace == *ns
+                    }) || (verb == "delete"
+                        && resource == "leases"
+                        && ns.as_deref() == Some("kube-system"));
+                    assert!(
+                        known,
+                        "granted but never used: {verb} {resource}.{group} in {ns:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn check_reports_a_read_it_may_not_make_instead_of_failing() {
+    let world = World::new("check-no-list").await;
+    let tb = require_testbed!(world.cluster);
+    world.seed(&["198.51.100.1"]).await;
+    tb.set_allowed("node-2", Verb::List, "endpointslices", false);
+    let report = check_report(&world.config("node-2")).await.unwrap();
+    // The test bed grants per identity, not per namespace: the namespaced and the cluster-wide
+    // requests are both denied, and said in one line.
+    assert_eq!(
+        report.problems,
+        vec![format!(
+            "missing permission: list endpointslices.discovery.k8s.io in {} and all namespaces, needed by mirroring and annotated pairs: {}",
+            world.ns,
+            Feature::Mirroring.without()
+        )]
+    );
+    assert!(report.pairs.is_empty(), "the pairs could not be read");
 }

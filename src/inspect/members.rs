@@ -1,0 +1,229 @@
+//! The copier group as a one-shot command sees it: its member Leases read once, each judged live
+//! when it was renewed within its `leaseDurationSeconds` of now **by this host's clock** — unlike
+//! the daemon (`group::live`), a one-shot command has no history of observed changes, so it
+//! compares timestamps and says how long ago each member renewed. Pairs configured on some live
+//! members but not on this host (or the reverse) become warnings: the leader keeps such slices
+//! and never deletes them while a live member wants them, which an operator should know about.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+use super::Error;
+use super::report::{ConfiguredPair, MemberReport};
+use crate::group::{Group, MemberRecord};
+
+/// Lists `group`'s member Leases and reports each, sorted by identity; `identity` is this host's.
+///
+/// # Errors
+/// [`Error::Api`] when the member Leases cannot be listed.
+pub async fn read(
+    client: &Client,
+    group: &Group,
+    identity: &str,
+    now: Timestamp,
+) -> Result<Vec<MemberReport>, Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), group.lease_namespace());
+    let list = api
+        .list(&ListParams::default().labels(&group.member_selector()))
+        .await
+        .map_err(|source| Error::Api {
+            what: format!("list the member Leases of copier group {group}"),
+            source,
+        })?;
+    let mut members: Vec<MemberReport> = list
+        .items
+        .iter()
+        .map(|l| member_report(l, identity, now))
+        .collect();
+    members.sort_by(|a, b| a.identity.cmp(&b.identity).then(a.lease.cmp(&b.lease)));
+    Ok(members)
+}
+
+/// One member Lease as reported, judged at `now`.
+pub fn member_report(lease: &Lease, identity: &str, now: Timestamp) -> MemberReport {
+    let name = lease.metadata.name.clone().unwrap_or_default();
+    let spec = lease.spec.as_ref();
+    let renewed_secs_ago = spec
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| (now - t.0).get_seconds());
+    let lease_duration_secs = spec.and_then(|s| s.lease_duration_seconds);
+    // No duration: never live (the publisher always writes one).
+    let live = match (renewed_secs_ago, lease_duration_secs) {
+        (Some(ago), Some(d)) => ago <= i64::from(d),
+        _ => false,
+    };
+    let (who, pairs, error) = match MemberRecord::from_lease(lease) {
+        Ok(record) => {
+            let pairs = record
+                .pairs
+                .iter()
+                .map(|(s, t)| ConfiguredPair {
+                    source: s.to_string(),
+                    target: t.to_string(),
+                })
+                .collect();
+            (record.identity, pairs, None)
+        }
+        Err(e) => (
+            spec.and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| name.clone()),
+            Vec::new(),
+            Some(e.to_string()),
+        ),
+    };
+    MemberReport {
+        this_host: who == identity,
+        identity: who,
+        lease: name,
+        live,
+        renewed_secs_ago,
+        lease_duration_secs,
+        pairs,
+        error,
+    }
+}
+
+/// The warnings about the members: unreadable records, and every pair configured on some live
+/// members but not on others, this host counting as live with `own_pairs` (its own config is the
+/// truth about itself; its published record may lag behind a restart).
+pub fn warnings(
+    identity: &str,
+    own_pairs: &BTreeSet<ConfiguredPair>,
+    members: &[MemberReport],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in members.iter().filter(|m| !m.this_host) {
+        if let Some(e) = &m.error {
+            out.push(format!(
+                "member Lease {} cannot be read ({e}): the leader counts it as wanting every target and deletes nothing while it is live",
+                m.lease
+            ));
+        }
+    }
+    let others: Vec<&MemberReport> = members
+        .iter()
+        .filter(|m| m.live && !m.this_host && m.error.is_none())
+        .collect();
+    let mut all: BTreeMap<&ConfiguredPair, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
+    for p in own_pairs
+        .iter()
+        .chain(others.iter().flat_map(|m| m.pairs.iter()))
+    {
+        all.entry(p).or_default();
+    }
+    for (pair, (on, off)) in &mut all {
+        for m in &others {
+            if m.pairs.contains(pair) {
+                on.push(&m.identity);
+            } else {
+                off.push(&m.identity);
+            }
+        }
+    }
+    for (pair, (on, off)) in all {
+        if own_pairs.contains(pair) {
+            if off.is_empty() {
+                continue;
+            }
+            let leads = if off.len() == 1 {
+                format!("while {} leads", off[0])
+            } else {
+                "while one of them leads".to_owned()
+            };
+            out.push(format!(
+                "pair {} <- {} is configured on this host ({identity}) but not on {}: {leads}, its slices are kept but not updated",
+                pair.target,
+                pair.source,
+                off.join(", ")
+            ));
+        } else {
+            let live = if on.len() == 1 {
+                format!("while {} is live", on[0])
+            } else {
+                "while any of them is live".to_owned()
+            };
+            out.push(format!(
+                "pair {} <- {} is configured on {} only: kept, never deleted, {live}",
+                pair.target,
+                pair.source,
+                on.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::group::member::member_lease;
+
+    fn pair(s: &str, t: &str) -> ConfiguredPair {
+        ConfiguredPair {
+            source: s.into(),
+            target: t.into(),
+        }
+    }
+
+    fn member(identity: &str, live: bool, pairs: &[ConfiguredPair]) -> MemberReport {
+        MemberReport {
+            identity: identity.into(),
+            lease: format!("endpoint-copier.{identity}"),
+            this_host: identity == "node-1",
+            live,
+            renewed_secs_ago: Some(if live { 1 } else { 100 }),
+            lease_duration_secs: Some(30),
+            pairs: pairs.to_vec(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_member_is_live_within_its_lease_duration_by_our_clock() {
+        let record = MemberRecord::new(
+            "node-2",
+            [("a/src".parse().unwrap(), "a/vip".parse().unwrap())],
+        );
+        let lease = member_lease(
+            &Group::default_group(),
+            &record,
+            Duration::from_secs(30),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        let at = |secs| Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(secs);
+        let m = member_report(&lease, "node-1", at(30));
+        assert!(m.live && !m.this_host);
+        assert_eq!(m.renewed_secs_ago, Some(30));
+        assert_eq!(m.pairs, vec![pair("a/src", "a/vip")]);
+        assert!(!member_report(&lease, "node-1", at(31)).live);
+        assert!(member_report(&lease, "node-2", at(0)).this_host);
+    }
+
+    #[test]
+    fn pairs_configured_elsewhere_or_only_here_are_warned_about_and_stale_members_are_ignored() {
+        let common = pair("default/kubernetes", "default/kubernetes-vip");
+        let extra = pair("edge/api", "edge/api-vip");
+        let mine = pair("lab/a", "lab/a-vip");
+        let own: BTreeSet<ConfiguredPair> = [common.clone(), mine].into();
+        let members = vec![
+            member("node-1", true, std::slice::from_ref(&common)),
+            member("node-2", true, &[common.clone(), extra]),
+            member("node-3", false, &[pair("old/x", "old/x-vip")]),
+        ];
+        assert_eq!(
+            warnings("node-1", &own, &members),
+            vec![
+                "pair edge/api-vip <- edge/api is configured on node-2 only: kept, never deleted, while node-2 is live".to_owned(),
+                "pair lab/a-vip <- lab/a is configured on this host (node-1) but not on node-2: while node-2 leads, its slices are kept but not updated".to_owned(),
+            ]
+        );
+    }
+}

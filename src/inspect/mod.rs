@@ -1,0 +1,322 @@
+//! `endpoint-copier check` and `endpoint-copier status`: one-shot, read-only views for an operator.
+//!
+//! `check` answers "would the daemon work on this node?": config (already validated by `main`),
+//! kubeconfig, API reachable, every right the daemon uses, grouped by the feature that uses it
+//! (SelfSubjectAccessReview; a missing optional right is a warning naming what it disables), the
+//! pairs with their refusals, the plan the leader would apply now (dry run), the slices on each
+//! target that this copier group does not manage, the Lease holder and the group's members.
+//! `status` answers "is it working?": the Lease, the group's members and, per pair, source and
+//! target endpoint counts (ours and foreign apart) and whether they are in sync. Neither writes
+//! anything but the access reviews (which the API evaluates without storing). Both print text or
+//! JSON; `main` maps the verdict to the exit code.
+//!
+//! Files: this one holds the entry points and the order of the checks; `report.rs` the report
+//! types; `permissions.rs` the rights per feature; `pairs.rs` the per-pair dry run and foreign
+//! slices; `members.rs` the member Leases; `render.rs` the text form.
+
+mod members;
+mod pairs;
+pub mod permissions;
+mod render;
+mod report;
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+
+pub use permissions::Feature;
+pub use render::render;
+pub use report::{
+    ConfiguredPair, ForeignReport, GroupReport, LeaseReport, MemberReport, PairReport, Permission,
+    RefusalReport, Report, Verdict,
+};
+
+use crate::cli::Output;
+use crate::config::Config;
+use crate::group::Group;
+
+/// Why `check` or `status` could not produce a report. Problems the report lists are not
+/// errors: they are the [`Verdict`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API request failed after the API answered once (it went down, or we may not read
+    /// something).
+    #[error("failed to {what}")]
+    Api {
+        /// What we tried.
+        what: String,
+        /// What the API said.
+        #[source]
+        source: kube::Error,
+    },
+    /// The JSON report could not be written.
+    #[error("failed to write the JSON report")]
+    Json(#[source] serde_json::Error),
+}
+
+impl Error {
+    /// Whether the API refused the request for lack of a right (403).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 403)
+    }
+}
+
+/// Runs `endpoint-copier check`, prints its report and returns what it concluded.
+///
+/// # Errors
+/// [`Error`] when the checks could not run at all or the report could not be written.
+pub async fn check(
+    config: &Config,
+    files: &[std::path::PathBuf],
+    output: Output,
+) -> Result<Verdict, Error> {
+    let mut report = check_report(config).await?;
+    report.config_files = files.iter().map(|f| f.display().to_string()).collect();
+    finish(&report, output)
+}
+
+/// Runs `endpoint-copier status`, prints its report and returns what it concluded.
+///
+/// # Errors
+/// As [`check`].
+pub async fn status(config: &Config, output: Output) -> Result<Verdict, Error> {
+    finish(&status_report(config).await?, output)
+}
+
+/// What `check` finds, without printing it. An unusable kubeconfig or an unreachable API is a
+/// problem in the report, not an error: that is exactly what an operator runs `check` to learn.
+///
+/// # Errors
+/// [`Error::Api`] when a read the report needs fails after the API answered once (a read that
+/// a missing right forbids is reported as that missing right instead).
+pub async fn check_report(config: &Config) -> Result<Report, Error> {
+    let mut report = Report::default();
+    let Some(client) = connect(config, &mut report).await else {
+        return Ok(report);
+    };
+    match tokio::time::timeout(crate::apply::REQUEST_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(v)) => report.server_version = Some(v.git_version),
+        Ok(Err(e)) => {
+            report.problems.push(format!(
+                "cannot reach the API server: {}",
+                crate::error::chain(&e)
+            ));
+            return Ok(report);
+        }
+        Err(_) => {
+            report
+                .problems
+                .push("cannot reach the API server: no answer in 10 s".to_owned());
+            return Ok(report);
+        }
+    }
+    // The pairs first: the rights asked depend on their namespaces. Without the right to list
+    // Services there are no pairs to inspect; the permissions below say so.
+    let resolved = match pairs::resolve(&client, config).await {
+        Ok(r) => Some(r),
+        Err(e) if e.is_forbidden() => None,
+        Err(e) => return Err(e),
+    };
+    let refs = match &resolved {
+        Some(r) => r.pair_refs(),
+        None => config
+            .pairs
+            .iter()
+            .map(|p| (p.source.clone(), p.target.clone()))
+            .collect(),
+    };
+    let wanted = permissions::wanted(&refs, &config.lease.namespace, config.annotations.enabled);
+    report.permissions = permissions::ask(&client, wanted).await?;
+    let (problems, warnings) = permissions::findings(&report.permissions);
+    report.problems.extend(problems);
+    report.warnings.extend(warnings);
+    let group = group_of(config);
+    // A read that a missing right forbids is left out: that right is a problem above already.
+    if let Some(resolved) = &resolved {
+        match pairs::inspect(&client, resolved, &group.owner()).await {
+            Ok((pairs, refused)) => {
+                report.pairs = pairs;
+                report.refused = refused;
+            }
+            Err(e) if e.is_forbidden() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for r in &report.refused {
+        report
+            .problems
+            .push(format!("pair for {} refused: {}", r.target, r.reason));
+    }
+    // The VIP serves every slice labelled for it: a foreign one adds addresses no copy of this
+    // group controls, so it is a problem for `check` even while our own slices are in sync.
+    for p in &report.pairs {
+        for f in &p.foreign {
+            report.problems.push(pairs::foreign_line(p, f));
+        }
+    }
+    report.lease = match lease(&client, config).await {
+        Ok(l) => Some(l),
+        Err(e) if e.is_forbidden() => None,
+        Err(e) => return Err(e),
+    };
+    let may_list_members = report
+        .permissions
+        .iter()
+        .all(|p| p.allowed || p.resource != "leases" || p.verb != "list");
+    members_into(&client, config, &group, may_list_members, &mut report).await;
+    Ok(report)
+}
+
+/// What `status` finds, without printing it.
+///
+/// # Errors
+/// As [`check_report`].
+pub async fn status_report(config: &Config) -> Result<Report, Error> {
+    let mut report = Report::default();
+    let Some(client) = connect(config, &mut report).await else {
+        return Ok(report);
+    };
+    match lease(&client, config).await {
+        Ok(l) => report.lease = Some(l),
+        Err(e) => {
+            report.problems.push(crate::error::chain(&e));
+            return Ok(report);
+        }
+    }
+    let group = group_of(config);
+    let resolved = pairs::resolve(&client, config).await?;
+    let (pairs, refused) = pairs::inspect(&client, &resolved, &group.owner()).await?;
+    report.pairs = pairs;
+    report.refused = refused;
+    for p in report.pairs.iter().filter(|p| !p.in_sync) {
+        report
+            .problems
+            .push(format!("{} is not in sync with {}", p.target, p.source));
+    }
+    for p in &report.pairs {
+        for f in &p.foreign {
+            report.warnings.push(pairs::foreign_line(p, f));
+        }
+    }
+    members_into(&client, config, &group, true, &mut report).await;
+    Ok(report)
+}
+
+/// The copier group of `config`.
+fn group_of(config: &Config) -> Group {
+    Group::new(&config.lease.namespace, &config.lease.name)
+}
+
+/// This host's identity in the group, as the daemon computes it.
+fn identity(config: &Config) -> String {
+    match &config.lease.identity {
+        Some(id) => id.clone(),
+        None => crate::host::hostname().unwrap_or_else(|_| "(unknown host name)".to_owned()),
+    }
+}
+
+/// Reads the group's members into `report.group`, with their warnings. A failed read is a
+/// problem (the leader cannot delete safely without them), unless `may_list` says the missing
+/// right was reported already.
+async fn members_into(
+    client: &Client,
+    config: &Config,
+    group: &Group,
+    may_list: bool,
+    report: &mut Report,
+) {
+    let identity = identity(config);
+    let members = if may_list {
+        match members::read(client, group, &identity, jiff::Timestamp::now()).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                report.problems.push(format!(
+                    "cannot read the members of copier group {group}: {}",
+                    crate::error::chain(&e)
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(m) = &members {
+        let own: BTreeSet<ConfiguredPair> = config
+            .pairs
+            .iter()
+            .map(|p| ConfiguredPair {
+                source: p.source.to_string(),
+                target: p.target.to_string(),
+            })
+            .collect();
+        report
+            .warnings
+            .extend(members::warnings(&identity, &own, m));
+    }
+    report.group = Some(GroupReport {
+        label: group.label_value().to_owned(),
+        lease: group.to_string(),
+        identity,
+        members,
+    });
+}
+
+/// Builds the client; on failure records the problem and returns `None`.
+async fn connect(config: &Config, report: &mut Report) -> Option<Client> {
+    let built = match crate::client::locate(&config.kubeconfig) {
+        Some(path) => crate::client::build(&path, config.allow_insecure_tls).await,
+        None => Err(crate::client::Error::NotFound),
+    };
+    match built {
+        Ok(loaded) => {
+            report.kubeconfig = Some(loaded.path.display().to_string());
+            report.server = Some(loaded.server.clone());
+            report.problems.extend(loaded.warnings.iter().cloned());
+            Some(loaded.client)
+        }
+        Err(e) => {
+            report.problems.push(crate::error::chain(&e));
+            None
+        }
+    }
+}
+
+async fn lease(client: &Client, config: &Config) -> Result<LeaseReport, Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &config.lease.namespace);
+    let lease = api
+        .get_opt(&config.lease.name)
+        .await
+        .map_err(|source| Error::Api {
+            what: format!(
+                "read Lease {}/{}",
+                config.lease.namespace, config.lease.name
+            ),
+            source,
+        })?;
+    let spec = lease.and_then(|l| l.spec);
+    let now = jiff::Timestamp::now();
+    Ok(LeaseReport {
+        lease: format!("{}/{}", config.lease.namespace, config.lease.name),
+        holder: spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.clone())
+            .filter(|h| !h.is_empty()),
+        renewed_secs_ago: spec
+            .as_ref()
+            .and_then(|s| s.renew_time.as_ref())
+            .map(|t| (now - t.0).get_seconds()),
+        transitions: spec.as_ref().and_then(|s| s.lease_transitions),
+    })
+}
+
+fn finish(report: &Report, output: Output) -> Result<Verdict, Error> {
+    match output {
+        Output::Json => {
+            let json = serde_json::to_string_pretty(report).map_err(Error::Json)?;
+            println!("{json}");
+        }
+        Output::Text => print!("{}", render(report)),
+    }
+    Ok(Verdict::of(report))
+}

@@ -1,0 +1,258 @@
+//! Per pair: the engine's own plan from a fresh read (dry run), endpoint counts, and the slices
+//! on the target that this copier group does not manage, each with the one-line fix an operator
+//! applies. The pairs themselves are resolved as the daemon resolves them (`crate::pairs`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+use super::Error;
+use super::report::{ForeignReport, PairReport, RefusalReport};
+use crate::config::Config;
+use crate::daemon::pair::{Phase, plan_for};
+use crate::desired::{self, ForeignSlice, Owner, manager_of};
+use crate::names::{self, ServiceRef};
+use crate::pairs::{self, Resolution};
+
+/// The managed-by value of kube-controller-manager's endpointslice-mirroring controller.
+const MIRRORING_CONTROLLER: &str = "endpointslicemirroring-controller.k8s.io";
+/// The managed-by value of kube-controller-manager's endpointslice controller.
+const ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
+/// The label that tells the mirroring controller to leave an Endpoints object alone.
+const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
+
+/// The pairs as the daemon would resolve them now, with the Services they were resolved from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Configured targets and every annotated Service, by reference.
+    pub known: BTreeMap<ServiceRef, Service>,
+    /// Active pairs and refusals.
+    pub resolution: Resolution,
+}
+
+impl Resolved {
+    /// The active pairs as `(source, target)`.
+    pub fn pair_refs(&self) -> Vec<(ServiceRef, ServiceRef)> {
+        self.resolution
+            .pairs
+            .iter()
+            .map(|p| (p.source.clone(), p.target.clone()))
+            .collect()
+    }
+}
+
+/// Lists the Services and resolves the pairs exactly as the engine does.
+///
+/// # Errors
+/// [`Error::Api`] when the Services cannot be listed.
+pub async fn resolve(client: &Client, config: &Config) -> Result<Resolved, Error> {
+    let services: Api<Service> = Api::all(client.clone());
+    let list = services
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Api {
+            what: "list Services".into(),
+            source,
+        })?;
+    let configured: Vec<(ServiceRef, ServiceRef)> = config
+        .pairs
+        .iter()
+        .map(|p| (p.source.clone(), p.target.clone()))
+        .collect();
+    let mut known: BTreeMap<ServiceRef, Service> = BTreeMap::new();
+    for svc in list.items {
+        if let Some(r) = crate::watch::service_ref(&svc) {
+            let annotated = svc
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(names::ANNOTATION_ENABLED));
+            if annotated || configured.iter().any(|(_, t)| *t == r) {
+                known.insert(r, svc);
+            }
+        }
+    }
+    let resolution = pairs::resolve(
+        &configured,
+        config.annotations.enabled,
+        &config.annotations.allowed_sources,
+        &known,
+    );
+    Ok(Resolved { known, resolution })
+}
+
+/// Reads every resolved pair's source and target slices and reports what the leader would do,
+/// with the target's foreign slices.
+///
+/// # Errors
+/// [`Error::Api`] when a pair's slices cannot be listed.
+pub async fn inspect(
+    client: &Client,
+    resolved: &Resolved,
+    owner: &Owner,
+) -> Result<(Vec<PairReport>, Vec<RefusalReport>), Error> {
+    let refused = resolved
+        .resolution
+        .refusals
+        .iter()
+        .map(|r| RefusalReport {
+            target: r.target.to_string(),
+            reason: r.reason.to_string(),
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for pair in &resolved.resolution.pairs {
+        let source_slices = slices_of(client, &pair.source).await?;
+        let actual = slices_of(client, &pair.target).await?;
+        // The engine's own decision, from the same inputs.
+        let phase = Phase::Active {
+            source: pair.source.clone(),
+        };
+        let (plan, holding) = match plan_for(
+            &phase,
+            &pair.target,
+            &resolved.known,
+            &source_slices,
+            &actual,
+            owner,
+        ) {
+            Ok(step) if step.clears_target => (
+                step.plan,
+                Some(format!("target Service {} does not exist", pair.target)),
+            ),
+            Ok(step) => (step.plan, None),
+            Err(hold) => (desired::Plan::default(), Some(hold.to_string())),
+        };
+        let mut lines = Vec::new();
+        for s in &plan.creates {
+            lines.push(format!(
+                "create {}",
+                s.metadata.name.as_deref().unwrap_or("?")
+            ));
+        }
+        for s in &plan.updates {
+            lines.push(format!(
+                "update {}",
+                s.metadata.name.as_deref().unwrap_or("?")
+            ));
+        }
+        for d in &plan.deletes {
+            lines.push(format!("delete {}", d.name));
+        }
+        let (ours, theirs): (Vec<EndpointSlice>, Vec<EndpointSlice>) = actual
+            .iter()
+            .cloned()
+            .partition(|s| manager_of(s, owner).is_ours_to_change());
+        let foreign = desired::foreign_slices(&actual, owner)
+            .into_iter()
+            .map(|f| foreign_report(&pair.target, f))
+            .collect();
+        reports.push(PairReport {
+            target: pair.target.to_string(),
+            source: pair.source.to_string(),
+            origin: pair.origin.to_string(),
+            source_endpoints: desired::ready_endpoints(&source_slices),
+            target_endpoints: desired::ready_endpoints(&ours),
+            foreign_endpoints: desired::ready_endpoints(&theirs),
+            // The plan covers our slices only: a foreign slice never makes a pair out of sync,
+            // it is a finding of its own.
+            in_sync: plan.is_empty() && holding.is_none(),
+            holding,
+            plan: lines,
+            foreign,
+        });
+    }
+    Ok((reports, refused))
+}
+
+/// A foreign slice of `target` with its fix.
+pub fn foreign_report(target: &ServiceRef, slice: ForeignSlice) -> ForeignReport {
+    let fix = fix_for(target, &slice);
+    ForeignReport {
+        name: slice.name,
+        manager: slice.manager,
+        ready_addresses: slice.ready_addresses,
+        fix,
+    }
+}
+
+/// What to do about a foreign slice of `target`, in one line.
+pub fn fix_for(target: &ServiceRef, slice: &ForeignSlice) -> String {
+    let ns = &target.namespace;
+    match slice.manager.as_str() {
+        MIRRORING_CONTROLLER => {
+            format!("remove the Endpoints object {target}, or label it {SKIP_MIRROR_LABEL}=true")
+        }
+        ENDPOINTSLICE_CONTROLLER => format!(
+            "the Service {target} has (or had) a selector: remove it, and the endpointslice controller deletes its slices"
+        ),
+        m if m.starts_with("endpoint-copier (group ") => format!(
+            "another copier group mirrors into {target}: configure the pair in one group only, then delete EndpointSlice {ns}/{}",
+            slice.name
+        ),
+        m if m.starts_with("endpoint-copier (no group") => format!(
+            "written by an endpoint-copier without copier groups, which only the default group adopts: delete EndpointSlice {ns}/{} once no such copy runs",
+            slice.name
+        ),
+        _ => format!(
+            "find who writes EndpointSlice {ns}/{} and stop it, or delete the slice",
+            slice.name
+        ),
+    }
+}
+
+/// The problem line for a foreign slice of `pair`.
+pub fn foreign_line(pair: &PairReport, f: &ForeignReport) -> String {
+    let adds = if f.ready_addresses.is_empty() {
+        "no ready address for now".to_owned()
+    } else {
+        f.ready_addresses.join(", ")
+    };
+    format!(
+        "EndpointSlice {} on {} is managed by {}, not by this copier group, and adds {adds} to the target: {}",
+        f.name, pair.target, f.manager, f.fix
+    )
+}
+
+async fn slices_of(client: &Client, service: &ServiceRef) -> Result<Vec<EndpointSlice>, Error> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &service.namespace);
+    let lp =
+        ListParams::default().labels(&format!("{}={}", names::SERVICE_NAME_LABEL, service.name));
+    api.list(&lp)
+        .await
+        .map(|l| l.items)
+        .map_err(|source| Error::Api {
+            what: format!("list the EndpointSlices of {service}"),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(manager: &str) -> ForeignSlice {
+        ForeignSlice {
+            name: "kubernetes-vip-x1".into(),
+            manager: manager.into(),
+            ready_addresses: vec!["203.0.113.9".into()],
+        }
+    }
+
+    #[test]
+    fn the_fix_for_a_mirrored_slice_names_the_endpoints_object_and_the_skip_label() {
+        let target: ServiceRef = "default/kubernetes-vip".parse().unwrap();
+        assert_eq!(
+            fix_for(&target, &slice(MIRRORING_CONTROLLER)),
+            "remove the Endpoints object default/kubernetes-vip, or label it endpointslice.kubernetes.io/skip-mirror=true"
+        );
+        assert!(
+            fix_for(&target, &slice("endpoint-copier (group kube-system.b)"))
+                .starts_with("another copier group")
+        );
+        assert!(fix_for(&target, &slice("someone")).contains("default/kubernetes-vip-x1"));
+    }
+}

@@ -1,0 +1,290 @@
+//! The text form of a report: one fact per line, read top-down (where we are, who leads, the
+//! group, each pair), then `warning:` and `problem:` lines, and `ok` when there is no problem.
+
+use std::fmt::Write as _;
+
+use super::report::{GroupReport, MemberReport, PairReport, Report};
+
+/// The text form of a report.
+pub fn render(report: &Report) -> String {
+    let mut s = String::new();
+    if !report.config_files.is_empty() {
+        let _ = writeln!(s, "config: {}", report.config_files.join(", "));
+    }
+    if let Some(k) = &report.kubeconfig {
+        let _ = writeln!(s, "kubeconfig: {k}");
+    }
+    if let Some(server) = &report.server {
+        let _ = match &report.server_version {
+            Some(version) => writeln!(s, "api server: {server} {version}"),
+            None => writeln!(s, "api server: {server}"),
+        };
+    }
+    if !report.permissions.is_empty() {
+        let denied = report.permissions.iter().filter(|p| !p.allowed).count();
+        let _ = writeln!(
+            s,
+            "permissions: {} checked, {} missing",
+            report.permissions.len(),
+            denied
+        );
+    }
+    if let Some(l) = &report.lease {
+        let _ = writeln!(
+            s,
+            "lease {}: holder {}, renewed {} ago, {} transitions",
+            l.lease,
+            l.holder.as_deref().unwrap_or("(none)"),
+            l.renewed_secs_ago
+                .map_or_else(|| "never".to_owned(), |x| format!("{x}s")),
+            l.transitions.unwrap_or(0),
+        );
+    }
+    if let Some(g) = &report.group {
+        group(&mut s, g);
+    }
+    for p in &report.pairs {
+        pair(&mut s, p);
+    }
+    for r in &report.refused {
+        let _ = writeln!(s, "refused {}: {}", r.target, r.reason);
+    }
+    for w in &report.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    for p in &report.problems {
+        let _ = writeln!(s, "problem: {p}");
+    }
+    if report.problems.is_empty() {
+        let _ = writeln!(s, "ok");
+    }
+    s
+}
+
+fn group(s: &mut String, g: &GroupReport) {
+    let count = match &g.members {
+        Some(m) if m.len() == 1 => "1 member".to_owned(),
+        Some(m) => format!("{} members", m.len()),
+        None => "members unknown".to_owned(),
+    };
+    let _ = writeln!(
+        s,
+        "group {} (lease {}), this host {}: {count}",
+        g.label, g.lease, g.identity
+    );
+    for m in g.members.iter().flatten() {
+        member(s, m);
+    }
+}
+
+fn member(s: &mut String, m: &MemberReport) {
+    let here = if m.this_host { " (this host)" } else { "" };
+    let state = if m.live { "live" } else { "not live" };
+    let renewed = match m.renewed_secs_ago {
+        None => "never renewed".to_owned(),
+        Some(ago) if ago < 0 => format!("renewed {}s ahead of our clock", -ago),
+        Some(ago) => format!("renewed {ago}s ago"),
+    };
+    let pairs = match &m.error {
+        Some(e) => format!("record unreadable: {e}"),
+        None if m.pairs.is_empty() => "no configured pairs".to_owned(),
+        None => {
+            let list: Vec<String> = m
+                .pairs
+                .iter()
+                .map(|p| format!("{} <- {}", p.target, p.source))
+                .collect();
+            format!("pairs {}", list.join(", "))
+        }
+    };
+    let _ = writeln!(
+        s,
+        "  member {}{here}: {state}, {renewed}, {pairs}",
+        m.identity
+    );
+}
+
+fn pair(s: &mut String, p: &PairReport) {
+    let state = if p.in_sync {
+        "in sync".to_owned()
+    } else if let Some(h) = &p.holding {
+        format!("holding: {h}")
+    } else {
+        "out of sync".to_owned()
+    };
+    let target = if p.foreign.is_empty() {
+        format!("target {} ready", p.target_endpoints)
+    } else {
+        format!(
+            "target {} ready ours + {} ready foreign",
+            p.target_endpoints, p.foreign_endpoints
+        )
+    };
+    let _ = writeln!(
+        s,
+        "pair {} <- {} ({}): source {} ready, {target}, {state}",
+        p.target, p.source, p.origin, p.source_endpoints
+    );
+    for f in &p.foreign {
+        let addresses = if f.ready_addresses.is_empty() {
+            "no ready address".to_owned()
+        } else {
+            f.ready_addresses.join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "  foreign slice {} by {}: {addresses}",
+            f.name, f.manager
+        );
+    }
+    for line in &p.plan {
+        let _ = writeln!(s, "  would {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::Feature;
+    use crate::inspect::report::*;
+
+    fn report() -> Report {
+        Report {
+            config_files: vec!["/usr/lib/endpoint-copier/config.d/10-defaults.toml".into()],
+            kubeconfig: Some("/etc/rancher/rke2/rke2.yaml".into()),
+            server: Some("https://127.0.0.1:6443/".into()),
+            server_version: Some("v1.33.5+rke2r1".into()),
+            permissions: vec![Permission {
+                verb: "list",
+                group: "",
+                resource: "services",
+                namespace: None,
+                features: vec![Feature::Mirroring],
+                allowed: true,
+            }],
+            pairs: vec![PairReport {
+                target: "default/kubernetes-vip".into(),
+                source: "default/kubernetes".into(),
+                origin: "config".into(),
+                source_endpoints: 3,
+                target_endpoints: 2,
+                foreign_endpoints: 0,
+                in_sync: false,
+                holding: None,
+                plan: vec!["update kubernetes-vip".into()],
+                foreign: vec![],
+            }],
+            refused: vec![],
+            lease: Some(LeaseReport {
+                lease: "kube-system/endpoint-copier".into(),
+                holder: Some("cp-1".into()),
+                renewed_secs_ago: Some(1),
+                transitions: Some(4),
+            }),
+            group: None,
+            warnings: vec![],
+            problems: vec![],
+        }
+    }
+
+    #[test]
+    fn the_text_report_reads_top_down_and_ends_with_ok() {
+        assert_eq!(
+            render(&report()),
+            "config: /usr/lib/endpoint-copier/config.d/10-defaults.toml
+kubeconfig: /etc/rancher/rke2/rke2.yaml
+api server: https://127.0.0.1:6443/ v1.33.5+rke2r1
+permissions: 1 checked, 0 missing
+lease kube-system/endpoint-copier: holder cp-1, renewed 1s ago, 4 transitions
+pair default/kubernetes-vip <- default/kubernetes (config): source 3 ready, target 2 ready, out of sync
+  would update kubernetes-vip
+ok
+"
+        );
+    }
+
+    #[test]
+    fn problems_are_one_line_each_and_replace_ok() {
+        let mut r = report();
+        r.problems = vec![
+            "missing permission: update endpointslices.discovery.k8s.io in all namespaces".into(),
+        ];
+        let text = render(&r);
+        assert!(text.ends_with("problem: missing permission: update endpointslices.discovery.k8s.io in all namespaces\n"), "{text}");
+        assert!(!text.contains("\nok\n"));
+        assert_eq!(Verdict::of(&r), Verdict::Problems(1));
+        assert_eq!(Verdict::of(&report()), Verdict::Ok);
+    }
+
+    #[test]
+    fn no_line_ends_in_a_space_when_the_server_version_is_unknown() {
+        let mut r = report();
+        r.server_version = None;
+        let text = render(&r);
+        assert!(
+            text.contains("api server: https://127.0.0.1:6443/\n"),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| !l.ends_with(' ')), "{text:?}");
+    }
+
+    #[test]
+    fn members_and_foreign_slices_get_a_line_each_and_warnings_keep_ok() {
+        let mut r = report();
+        r.config_files.clear();
+        r.kubeconfig = None;
+        r.server = None;
+        r.permissions.clear();
+        r.lease = None;
+        r.group = Some(GroupReport {
+            label: "kube-system.endpoint-copier".into(),
+            lease: "kube-system/endpoint-copier".into(),
+            identity: "cp-1".into(),
+            members: Some(vec![
+                MemberReport {
+                    identity: "cp-1".into(),
+                    lease: "endpoint-copier.cp-1-00000000".into(),
+                    this_host: true,
+                    live: true,
+                    renewed_secs_ago: Some(3),
+                    lease_duration_secs: Some(30),
+                    pairs: vec![ConfiguredPair {
+                        source: "default/kubernetes".into(),
+                        target: "default/kubernetes-vip".into(),
+                    }],
+                    error: None,
+                },
+                MemberReport {
+                    identity: "cp-2".into(),
+                    lease: "endpoint-copier.cp-2-00000000".into(),
+                    this_host: false,
+                    live: false,
+                    renewed_secs_ago: Some(120),
+                    lease_duration_secs: Some(30),
+                    pairs: vec![],
+                    error: None,
+                },
+            ]),
+        });
+        r.pairs[0].foreign_endpoints = 1;
+        r.pairs[0].foreign = vec![ForeignReport {
+            name: "kubernetes-vip-x1".into(),
+            manager: "endpointslicemirroring-controller.k8s.io".into(),
+            ready_addresses: vec!["203.0.113.9".into()],
+            fix: "remove it".into(),
+        }];
+        r.warnings = vec!["something to know".into()];
+        assert_eq!(
+            render(&r),
+            "group kube-system.endpoint-copier (lease kube-system/endpoint-copier), this host cp-1: 2 members
+  member cp-1 (this host): live, renewed 3s ago, pairs default/kubernetes-vip <- default/kubernetes
+  member cp-2: not live, renewed 120s ago, no configured pairs
+pair default/kubernetes-vip <- default/kubernetes (config): source 3 ready, target 2 ready ours + 1 ready foreign, out of sync
+  foreign slice kubernetes-vip-x1 by endpointslicemirroring-controller.k8s.io: 203.0.113.9
+  would update kubernetes-vip
+warning: something to know
+ok
+"
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! The report `check` and `status` produce: plain data, printed as text by `render.rs` and
+//! serialized as is for `--output json`. Gathering it is the job of the sibling files.
+
+use serde::Serialize;
+
+use super::permissions::Feature;
+
+/// What a printed report concluded, for `main` to turn into the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to fix (warnings may have been printed: they do not change the verdict).
+    Ok,
+    /// This many `problem:` lines were printed.
+    Problems(usize),
+}
+
+impl Verdict {
+    /// The verdict of a report: [`Verdict::Ok`] when it lists no problem.
+    pub fn of(report: &Report) -> Verdict {
+        match report.problems.len() {
+            0 => Verdict::Ok,
+            n => Verdict::Problems(n),
+        }
+    }
+}
+
+/// One permission the daemon needs, as the API answered a SelfSubjectAccessReview for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Permission {
+    /// Kubernetes verb.
+    pub verb: &'static str,
+    /// API group ("" for core).
+    pub group: &'static str,
+    /// Resource (plural).
+    pub resource: &'static str,
+    /// Namespace, or `None` for all namespaces (a cluster-wide request).
+    pub namespace: Option<String>,
+    /// The features of the daemon that make this request (at least one).
+    pub features: Vec<Feature>,
+    /// Whether the API allows it.
+    pub allowed: bool,
+}
+
+/// A slice on a pair's target that this copier group does not manage: the VIP serves its ready
+/// addresses all the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForeignReport {
+    /// Name of the EndpointSlice (in the target's namespace).
+    pub name: String,
+    /// Who writes it: its managed-by label, `endpoint-copier (group <g>)`, or `unknown`.
+    pub manager: String,
+    /// Addresses of its ready endpoints, sorted.
+    pub ready_addresses: Vec<String>,
+    /// What to do about it, in one line.
+    pub fix: String,
+}
+
+/// What `check` and `status` found about one pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairReport {
+    /// Target Service.
+    pub target: String,
+    /// Source Service.
+    pub source: String,
+    /// Where it comes from: config or annotation.
+    pub origin: String,
+    /// Ready endpoints in the source's slices.
+    pub source_endpoints: usize,
+    /// Ready endpoints in the target slices this group manages (adopted ones included).
+    pub target_endpoints: usize,
+    /// Ready endpoints in the target slices other managers write ([`PairReport::foreign`]).
+    pub foreign_endpoints: usize,
+    /// Whether the leader would write nothing now; computed over this group's slices only.
+    pub in_sync: bool,
+    /// Why nothing would be written (fail-static), if so.
+    pub holding: Option<String>,
+    /// The writes the leader would make now.
+    pub plan: Vec<String>,
+    /// The target's slices that this group does not manage, sorted by name.
+    pub foreign: Vec<ForeignReport>,
+}
+
+/// A refused pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusalReport {
+    /// Target Service.
+    pub target: String,
+    /// The reason, as logged.
+    pub reason: String,
+}
+
+/// The election Lease as read.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseReport {
+    /// `namespace/name`.
+    pub lease: String,
+    /// Current holder, if any.
+    pub holder: Option<String>,
+    /// Seconds since the holder last renewed, by the holder's clock (approximate).
+    pub renewed_secs_ago: Option<i64>,
+    /// Holder changes so far.
+    pub transitions: Option<i32>,
+}
+
+/// A pair as a member publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ConfiguredPair {
+    /// Source Service, `namespace/name`.
+    pub source: String,
+    /// Target Service, `namespace/name`.
+    pub target: String,
+}
+
+/// One member of the copier group, from its member Lease.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberReport {
+    /// The identity it names (its object name when its record cannot be read).
+    pub identity: String,
+    /// Name of its member Lease (in the group Lease's namespace).
+    pub lease: String,
+    /// Whether this is the copy configured on this host (same identity).
+    pub this_host: bool,
+    /// Whether it looks live: renewed within its `leaseDurationSeconds` of now, by this host's
+    /// clock (a one-shot command has no observation history; clocks may drift).
+    pub live: bool,
+    /// Seconds between its last renewal and now, by this host's clock (negative when its clock
+    /// runs ahead of ours); `None` when it never renewed.
+    pub renewed_secs_ago: Option<i64>,
+    /// Its `leaseDurationSeconds`.
+    pub lease_duration_secs: Option<i32>,
+    /// The pairs its own config names, sorted.
+    pub pairs: Vec<ConfiguredPair>,
+    /// Why its record cannot be read, if so (the leader then counts it as wanting every target).
+    pub error: Option<String>,
+}
+
+/// The copier group this host belongs to.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupReport {
+    /// Value of the `endpoint-copier/group` label on the group's slices and member Leases.
+    pub label: String,
+    /// The election Lease, `namespace/name`.
+    pub lease: String,
+    /// This host's identity in the group.
+    pub identity: String,
+    /// The member Leases found, sorted by identity; `None` when they could not be read.
+    pub members: Option<Vec<MemberReport>>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// Config drop-ins merged, in merge order.
+    pub config_files: Vec<String>,
+    /// The kubeconfig used.
+    pub kubeconfig: Option<String>,
+    /// API server URL.
+    pub server: Option<String>,
+    /// API server version.
+    pub server_version: Option<String>,
+    /// Permissions checked (check only).
+    pub permissions: Vec<Permission>,
+    /// Active pairs.
+    pub pairs: Vec<PairReport>,
+    /// Refused pairs.
+    pub refused: Vec<RefusalReport>,
+    /// The Lease.
+    pub lease: Option<LeaseReport>,
+    /// The copier group and its members.
+    pub group: Option<GroupReport>,
+    /// One line per thing worth knowing that does not stop the daemon from working; they do not
+    /// change the verdict.
+    pub warnings: Vec<String>,
+    /// One line per problem; empty when all is well.
+    pub problems: Vec<String>,
+}
