@@ -99,6 +99,8 @@ docdir=/usr/share/doc/packages/endpoint-copier
     "$docdir/CHANGELOG.md"
   # docs/usage is shipped whole; every file and folder in it, under $docdir/usage.
   (cd docs && find usage | sed "s|^|$docdir/|")
+  # So are the RBAC manifests, under $docdir/rbac.
+  (cd packaging && find rbac | sed "s|^|$docdir/|")
 } | LC_ALL=C sort >"$work/expected-files"
 rpm -qlp "$rpm_file" | LC_ALL=C sort >"$work/actual-files"
 if ! diff -u "$work/expected-files" "$work/actual-files" >"$work/files.diff"; then

@@ -77,7 +77,7 @@ impl Feature {
                 "disables the removal of endpoint-copier-operator's leftover Endpoints"
             }
             Feature::OrphanScan => {
-                "disables the orphan scan: slices of pairs removed while the daemon was down are not found"
+                "disables the orphan scan: slices of pairs removed while the daemon was down are not found, and member Leases of replaced hosts stay"
             }
         }
     }
@@ -204,8 +204,15 @@ pub fn wanted(
     if annotations {
         add(Feature::LegacyCleanup, ENDPOINTS, &["get", "delete"], None);
     }
-    // `daemon::jobs::scan`: one cluster-wide metadata list per group selector.
+    // `daemon::jobs::scan`: one cluster-wide metadata list per group selector, after removing
+    // the member Leases of copies gone for good (a delete with preconditions).
     add(Feature::OrphanScan, SLICES, &["list"], None);
+    add(
+        Feature::OrphanScan,
+        LEASES,
+        &["delete"],
+        Some(lease_namespace),
+    );
     out
 }
 
@@ -389,7 +396,7 @@ mod tests {
             vec![Feature::Annotations, Feature::OrphanScan]
         );
         // The figure in docs/usage/rbac.md's example.
-        assert_eq!(w.len(), 27);
+        assert_eq!(w.len(), 28);
         let mut keys: Vec<_> = w
             .iter()
             .map(|x| (x.verb, x.resource, x.namespace.clone()))

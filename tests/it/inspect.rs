@@ -474,8 +474,7 @@ fn the_shipped_rbac_grants_every_right_check_asks_for_the_default_config_and_no_
     }
 }
 
-/// Least privilege: every granted (verb, resource, namespace) is one the daemon uses, except the
-/// delete of member Leases kept for forgetting members gone for good.
+/// Least privilege: every granted (verb, resource, namespace) is one the daemon uses.
 fn no_right_unused(rules: &[(Option<String>, PolicyRule)], used: &[Wanted]) {
     for (ns, rule) in rules {
         for verb in &rule.verbs {
@@ -486,9 +485,7 @@ fn no_right_unused(rules: &[(Option<String>, PolicyRule)], used: &[Wanted]) {
                             && w.resource == resource
                             && w.group == group
                             && w.namespace == *ns
-                    }) || (verb == "delete"
-                        && resource == "leases"
-                        && ns.as_deref() == Some("kube-system"));
+                    });
                     assert!(
                         known,
                         "granted but never used: {verb} {resource}.{group} in {ns:?}"
