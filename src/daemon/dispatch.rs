@@ -22,12 +22,19 @@ impl Engine {
         if !self.services.is_ready() || !self.is_leader() {
             return;
         }
+        // The fence closes by itself at the renew deadline, a moment before the elector says it
+        // stepped down: starting writes in that gap would only fail (and retry) at once.
+        if self.fence.remaining().is_zero() {
+            return;
+        }
         let now = Instant::now();
         self.report_refusals();
         if self.members_due.is_some_and(|t| t <= now) {
             self.members_changed(now);
         }
-        if self.scan.is_due(now) && self.slices.is_ready() && self.tasks.len() < MAX_IN_FLIGHT {
+        // The scan reads the API, not the slice cache: a namespace whose list keeps failing must
+        // not stop it (each retired pair it finds still waits for its own namespace's list).
+        if self.scan.is_due(now) && self.tasks.len() < MAX_IN_FLIGHT {
             let (client, group) = (self.client.clone(), self.group.clone());
             let gone = self.members.gone_for_good(now);
             let outcome = async move { Outcome::Scan(jobs::scan(client, group, gone).await) };
@@ -120,6 +127,11 @@ impl Engine {
             return;
         };
         let actual = self.slices.slices_of(target);
+        if state.phase == Phase::Retired && self.refused.contains_key(target) {
+            // Removed, then annotated again with values we refuse: held as they are, like any
+            // refused pair, until the annotation is fixed or removed (both touch it again).
+            return self.hold(target, Hold::Refused, &actual);
+        }
         let source_slices = state
             .phase
             .source()
@@ -166,7 +178,13 @@ impl Engine {
         if state.phase == Phase::Retired {
             // Deleting what another live copy of the group still wants would blank its pair
             // whenever leadership moves here: hold and say so instead.
-            let wanted_by = match self.members.who_wants(target, now) {
+            // While the member watch fails, a live member may look gone: nobody can be ruled out.
+            let wanted = if self.watch_errors.contains_key("members") {
+                Wanted::Unknown
+            } else {
+                self.members.who_wants(target, now)
+            };
+            let wanted_by = match wanted {
                 Wanted::Nobody => Vec::new(),
                 Wanted::Unknown => {
                     // Nobody can be ruled out before the member list arrived; its arrival

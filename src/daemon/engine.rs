@@ -468,12 +468,18 @@ impl Engine {
         self.watch_errors.insert(scope, message);
     }
 
+    /// The next instant a timer must wake the loop: the earliest *future* backoff end or
+    /// member-liveness change. Work already due but not started (not leader, its namespace
+    /// re-listing, every task slot busy) is started by the event that lifts the block, so a past
+    /// instant here would only spin the loop.
     fn next_wakeup(&self) -> Option<Instant> {
+        let now = Instant::now();
         self.pairs
             .values()
             .flat_map(|s| [s.write.wakeup(), s.legacy.wakeup()])
             .chain([self.scan.wakeup(), self.members_due])
             .flatten()
+            .filter(|t| *t > now)
             .min()
     }
 }

@@ -10,7 +10,7 @@
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{is_ready, label};
-use crate::names::{GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SOURCE_LABEL};
+use crate::names::{ECO_MANAGED_BY, GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SOURCE_LABEL};
 
 /// The copier group a daemon writes for, as the pure core needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,12 @@ pub fn manager_of(slice: &EndpointSlice, owner: &Owner) -> Manager {
         (Some(MANAGED_BY), Some(group)) => Manager::OtherGroup(group.to_owned()),
         (Some(MANAGED_BY), None) if owner.adopts_unlabelled => Manager::Us,
         (Some(MANAGED_BY), None) => Manager::OtherGroup(String::new()),
-        (_, _) if label(&slice.metadata, SOURCE_LABEL).is_some() => Manager::Operator,
+        // endpoint-copier-operator wrote no managed-by label (or its own name). A slice another
+        // controller manages is never adopted, even if it copied our source label from an
+        // Endpoints object (the mirroring controller copies labels).
+        (None | Some(ECO_MANAGED_BY), _) if label(&slice.metadata, SOURCE_LABEL).is_some() => {
+            Manager::Operator
+        }
         (other, _) => Manager::Other(other.unwrap_or_default().to_owned()),
     }
 }
@@ -171,6 +176,18 @@ mod tests {
             &[],
         );
         let bare = slice("x", &[], &[]);
+        let mirrored_with_our_source_label = slice(
+            "x",
+            &[
+                (MANAGED_BY_LABEL, "endpointslicemirroring-controller.k8s.io"),
+                (SOURCE_LABEL, "kubernetes"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            manager_of(&mirrored_with_our_source_label, &default),
+            Manager::Other("endpointslicemirroring-controller.k8s.io".into())
+        );
 
         assert_eq!(manager_of(&ours_default, &default), Manager::Us);
         assert_eq!(

@@ -269,3 +269,59 @@ async fn a_stopping_leader_keeps_the_lease_until_its_abandoned_write_has_timed_o
         release.at.duration_since(sent)
     );
 }
+
+/// CPU time (user + system) the process `pid` has used so far, from /proc/<pid>/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .unwrap();
+    let per_second: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+#[tokio::test]
+async fn an_idle_leader_and_follower_use_almost_no_cpu() {
+    let world = World::new("idle-cpu").await;
+    require_testbed!(world.cluster);
+    world.seed(&["198.51.100.1"]).await;
+    let (dir1, dir2) = (config_dir(&world, "node-1"), config_dir(&world, "node-2"));
+    let mut leader = spawn_run(dir1.path());
+    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    let mut follower = spawn_run(dir2.path());
+    // Both have listed everything, elected, and published their member Leases.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = [cpu_time(leader.id()), cpu_time(follower.id())];
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let used = [
+        cpu_time(leader.id()) - before[0],
+        cpu_time(follower.id()) - before[1],
+    ];
+    for child in [&leader, &follower] {
+        kill(
+            Pid::from_raw(i32::try_from(child.id()).unwrap()),
+            Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+    tokio::task::spawn_blocking(move || {
+        wait_exit(&mut leader, Duration::from_secs(30));
+        wait_exit(&mut follower, Duration::from_secs(30));
+    })
+    .await
+    .unwrap();
+    // A loop woken by a timer that is already due spins a core (5 s of CPU in 5 s); idle, a
+    // copy renews a Lease or two and ticks its status once a second.
+    for (who, cpu) in ["leader", "follower"].iter().zip(used) {
+        assert!(
+            cpu < Duration::from_millis(500),
+            "the idle {who} used {cpu:?} of CPU in 5 s"
+        );
+    }
+}
