@@ -140,7 +140,23 @@ async fn an_endpoints_object_that_is_not_the_operators_is_left_alone() {
     )
     .await;
     let daemon = Daemon::start(world.config("node-1"));
-    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    // kube-controller-manager's mirroring controller also turns that Endpoints object into a
+    // slice of the target (a foreign slice: reported, never touched). Our slices hold the source.
+    eventually("our slices of vip to hold the source", CONVERGE, || async {
+        let ours: Vec<EndpointSlice> = slices_of(&world.client, &world.ns, "vip")
+            .await
+            .into_values()
+            .filter(|s| {
+                s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(names::MANAGED_BY_LABEL))
+                    .is_some_and(|m| m == names::MANAGED_BY)
+            })
+            .collect();
+        (ready_addresses(&ours) == ["198.51.100.1"]).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let endpoints: Api<Endpoints> = Api::namespaced(world.client.clone(), &world.ns);
     assert!(

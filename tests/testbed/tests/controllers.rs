@@ -672,9 +672,11 @@ async fn deleting_the_service_deletes_the_mirrored_slices() {
 }
 
 #[tokio::test]
-async fn a_subset_without_ports_mirrors_nothing() {
-    // matches: pkg/api/v1/endpoints/util.go RepackSubsets (addresses are mapped per port: a subset
-    // without ports disappears), which the mirroring reconciler applies first
+async fn a_subset_without_ports_is_mirrored_into_a_slice_without_ports() {
+    // matches: pkg/api/v1/endpoints/util.go RepackSubsets (a subset without ports maps its
+    // addresses to the sentinel EndpointPort{Port: -1}, kept with nil ports), which the mirroring
+    // reconciler applies first; seen on a real 1.28 control plane, where such an Endpoints object
+    // put its address on the VIP
     let bed = TestBed::start().await;
     let (services, endpoints_api, _) = apis(&bed).await;
     services
@@ -689,7 +691,15 @@ async fn a_subset_without_ports_mirrors_nothing() {
         .create(&PostParams::default(), &ep)
         .await
         .unwrap();
-    assert!(slices_of(&bed, "vip", MIRRORING).is_empty());
+    let mirrored = slices_of(&bed, "vip", MIRRORING);
+    assert_eq!(mirrored.len(), 1, "{mirrored:?}");
+    let slice = &mirrored[0];
+    assert_eq!(slice["addressType"], "IPv4");
+    assert!(
+        slice["ports"].as_array().is_none_or(Vec::is_empty),
+        "no ports: {slice}"
+    );
+    assert_eq!(slice["endpoints"][0]["addresses"][0], "198.51.100.200");
 }
 
 #[tokio::test]

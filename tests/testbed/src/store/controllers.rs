@@ -639,16 +639,22 @@ fn slice_key(s: &Value) -> PortKey {
 ///
 /// The subsets are canonicalized first as pkg/api/v1/endpoints `RepackSubsets` does: addresses
 /// (deduplicated by IP and targetRef uid; not ready wins over ready) are grouped by the exact
-/// set of ports they serve — a subset without ports serves nothing and is dropped.
+/// set of ports they serve. A subset without ports keeps its addresses under a "no port" sentinel
+/// (`Port: -1` upstream), so they are mirrored into a slice without ports — current
+/// RepackSubsets does this; only releases before 1.4 dropped such subsets.
 fn desired_mirror(ep: &Value) -> BTreeMap<PortKey, Group> {
-    // port → (ip, targetRef uid) → (address, ready)
+    // port (None: the "no port" sentinel) → (ip, targetRef uid) → (address, ready)
     type Addrs = BTreeMap<(String, String), (Value, bool)>;
-    let mut by_port: BTreeMap<String, (Value, Addrs)> = BTreeMap::new();
+    let mut by_port: BTreeMap<String, (Option<Value>, Addrs)> = BTreeMap::new();
     for subset in list(ep, "subsets") {
-        for port in list(&subset, "ports") {
-            let port = slice_port(&port);
+        let ports: Vec<Option<Value>> = match list(&subset, "ports") {
+            p if p.is_empty() => vec![None],
+            p => p.iter().map(|port| Some(slice_port(port))).collect(),
+        };
+        for port in ports {
+            let key = port.as_ref().map_or_else(|| "-".to_owned(), Value::to_string);
             let entry = by_port
-                .entry(port.to_string())
+                .entry(key)
                 .or_insert_with(|| (port.clone(), BTreeMap::new()));
             for (field, ready) in [("addresses", true), ("notReadyAddresses", false)] {
                 for a in list(&subset, field) {
@@ -666,6 +672,7 @@ fn desired_mirror(ep: &Value) -> BTreeMap<PortKey, Group> {
         }
     }
     // Ports serving exactly the same addresses (with the same readiness) form one subset.
+    // The sentinel adds no port: addresses that only it serves form a subset without ports.
     let mut subsets: BTreeMap<String, (Vec<Value>, Addrs)> = BTreeMap::new();
     for (port, addrs) in by_port.into_values() {
         let k = serde_json::to_string(&addrs.iter().collect::<Vec<_>>()).unwrap_or_default();
@@ -673,7 +680,7 @@ fn desired_mirror(ep: &Value) -> BTreeMap<PortKey, Group> {
             .entry(k)
             .or_insert_with(|| (Vec::new(), addrs))
             .0
-            .push(port);
+            .extend(port);
     }
     let mut out: BTreeMap<PortKey, Group> = BTreeMap::new();
     for (ports, addrs) in subsets.into_values() {
