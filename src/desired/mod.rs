@@ -33,7 +33,7 @@ pub(super) const MAX_NAME: usize = 253;
 /// Why nothing may be written for a pair right now (fail-static: the target keeps what it has).
 ///
 /// Every variant means "leave the target slices exactly as they are and retry later"; only removing
-/// the pair removes its slices (DESIGN.md, "Fail-static").
+/// the pair removes its slices (docs/development/architecture.md, "Fail-static").
 ///
 /// An existing-but-empty source ([`Hold::NoEndpoints`]) is deliberately treated like a missing one
 /// and never blanks the target. For the default pair the `kubernetes` slice is empty only when no
@@ -314,7 +314,8 @@ fn our_labels(
     ])
 }
 
-/// The ports of a target slice: one per Service port (see DESIGN.md "Mirror semantics"), sorted.
+/// The ports of a target slice: one per Service port, sorted (the rule is in
+/// docs/development/architecture.md, "What a target slice holds").
 fn target_ports(
     service_ports: &[k8s_openapi::api::core::v1::ServicePort],
     source: &EndpointSlice,
