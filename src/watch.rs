@@ -1,13 +1,15 @@
 //! Read-only watches and the caches they feed: the Services that may be targets, and the
 //! EndpointSlices of every source and target Service in play. No writes happen here.
 //!
-//! Two watches serve any number of pairs, so the cost follows the pairs and not the cluster:
+//! The cost follows the pairs, not the cluster:
 //!
-//! * **Services**, cluster-wide: only configured targets and annotated Services are kept; the
-//!   rest pass through without being stored, so 10,000 unrelated Services cost a list, not memory.
-//! * **EndpointSlices** selected by `kubernetes.io/service-name in (…)` over the names of every
-//!   source and target, namespaced when they all share one namespace. It is restarted (one
-//!   re-list of just those slices) when the set of Services in play changes.
+//! * **Services**, one cluster-wide watch: only configured targets and annotated Services are
+//!   kept; the rest pass through without being stored, so 10,000 unrelated Services cost a list,
+//!   not memory.
+//! * **EndpointSlices**, one watch per namespace in play ([`SliceWatches`]), selected by
+//!   `kubernetes.io/service-name in (…)` over the names of that namespace's sources and targets.
+//!   A namespace's watch is restarted (one re-list of just those slices) when its set of Services
+//!   changes; a namespace whose list keeps failing stalls only its own pairs.
 //!
 //! `daemon` owns the streams' lifetimes and decides what a change means; `desired` reads the
 //! caches. Stored objects drop `managedFields`, which we never read and which dominate their size.

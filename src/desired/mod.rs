@@ -3,7 +3,7 @@
 //!
 //! This module knows only `k8s-openapi`, std and [`crate::names`]. It never talks to the API, never
 //! reads a clock and never logs: `watch.rs` hands it snapshots, `apply.rs` runs the [`Plan`] it
-//! returns (creates, then updates, then deletes, in the order given), and `daemon.rs` reports a
+//! returns (creates, then updates, then deletes, in the order given), and `daemon` reports a
 //! [`Hold`] (log, Event, STATUS, metric). Which pairs exist and which are refused is `pairs.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};

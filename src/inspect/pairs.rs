@@ -187,7 +187,7 @@ pub fn fix_for(target: &ServiceRef, slice: &ForeignSlice) -> String {
             format!("remove the Endpoints object {target}, or label it {SKIP_MIRROR_LABEL}=true")
         }
         ENDPOINTSLICE_CONTROLLER => format!(
-            "the Service {target} has (or had) a selector: remove it, and the endpointslice controller deletes its slices"
+            "the Service {target} has (or had) a selector: remove it, then delete the slices the endpointslice controller wrote (it keeps them once the selector is gone)"
         ),
         m if m.starts_with("endpoint-copier (group ") => format!(
             "another copier group mirrors into {target}: configure the pair in one group only, then delete EndpointSlice {ns}/{}",
