@@ -117,24 +117,7 @@ async fn a_namespace_whose_slice_list_fails_does_not_stall_the_pairs_of_another(
     let daemon = Daemon::start(world.config("node-1"));
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
     // And it keeps following its source while the other namespace still fails.
-    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
-        Api::namespaced(world.client.clone(), &world.ns);
-    let mut changed = source_slice(
-        &world.ns,
-        "apiserver",
-        "apiserver",
-        "IPv4",
-        &["198.51.100.1", "198.51.100.2"],
-    );
-    changed.metadata.resource_version = api
-        .get("apiserver")
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
-    api.replace("apiserver", &Default::default(), &changed)
-        .await
-        .unwrap();
+    world.set_source(&["198.51.100.1", "198.51.100.2"]).await;
     wait_for_target(
         &world.client,
         &world.ns,
@@ -213,24 +196,7 @@ async fn a_stopping_leader_keeps_the_lease_until_its_abandoned_write_has_timed_o
         1,
         Duration::from_secs(30),
     );
-    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
-        Api::namespaced(world.client.clone(), &world.ns);
-    let mut changed = source_slice(
-        &world.ns,
-        "apiserver",
-        "apiserver",
-        "IPv4",
-        &["198.51.100.1", "198.51.100.2"],
-    );
-    changed.metadata.resource_version = api
-        .get("apiserver")
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
-    api.replace("apiserver", &Default::default(), &changed)
-        .await
-        .unwrap();
+    world.set_source(&["198.51.100.1", "198.51.100.2"]).await;
     let sent = std::time::Instant::now();
     // The write is on its way (the plan is applied within milliseconds of the change).
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -365,6 +365,22 @@ impl World {
         create(&self.client, &self.ns, &slice).await;
     }
 
+    /// Replaces the source's IPv4 slice so it holds exactly `addrs` (read, then replace with its
+    /// resourceVersion, as a writer of `default/kubernetes` would).
+    pub async fn set_source(&self, addrs: &[&str]) {
+        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut slice = source_slice(&self.ns, "apiserver", "apiserver", "IPv4", addrs);
+        slice.metadata.resource_version = api
+            .get("apiserver")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version;
+        api.replace("apiserver", &Default::default(), &slice)
+            .await
+            .unwrap();
+    }
+
     /// Creates the source (as [`World::seed_source`]) and a target `vip` that names it through
     /// endpoint-copier-operator's annotations instead of the config.
     pub async fn seed_annotated(&self, addrs: &[&str]) {
