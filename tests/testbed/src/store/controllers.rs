@@ -652,7 +652,9 @@ fn desired_mirror(ep: &Value) -> BTreeMap<PortKey, Group> {
             p => p.iter().map(|port| Some(slice_port(port))).collect(),
         };
         for port in ports {
-            let key = port.as_ref().map_or_else(|| "-".to_owned(), Value::to_string);
+            let key = port
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), Value::to_string);
             let entry = by_port
                 .entry(key)
                 .or_insert_with(|| (port.clone(), BTreeMap::new()));
