@@ -18,7 +18,6 @@
 pub mod live;
 pub mod member;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::names;
@@ -102,21 +101,8 @@ impl Group {
         self.lease_namespace == names::LEASE_NAMESPACE && self.lease_name == names::LEASE_NAME
     }
 
-    /// Whether an EndpointSlice with these labels belongs to this group: it carries our
-    /// managed-by label, and its group label is ours — or it has none and this is the default
-    /// group (slices written by versions without groups are adopted by the default group).
-    pub fn owns(&self, labels: &BTreeMap<String, String>) -> bool {
-        if labels.get(names::MANAGED_BY_LABEL).map(String::as_str) != Some(names::MANAGED_BY) {
-            return false;
-        }
-        match labels.get(names::GROUP_LABEL) {
-            Some(value) => *value == self.label_value,
-            None => self.is_default(),
-        }
-    }
-
-    /// The label selectors whose union lists exactly the EndpointSlices this group owns (see
-    /// [`Group::owns`]): one for our group label, plus, for the default group, one for our
+    /// The label selectors whose union lists exactly the EndpointSlices this group owns (those
+    /// `desired::manager_of` calls `Us` for [`Group::owner`]): one for our group label, plus, for the default group, one for our
     /// slices without any group label. A LIST or watch per selector; the results never overlap.
     pub fn label_selectors(&self) -> Vec<String> {
         let managed = format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY);
@@ -214,6 +200,8 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use proptest::prelude::*;
 
@@ -222,6 +210,18 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    /// Whether `group` owns a slice with `labels`: the one ownership rule, `desired::manager_of`.
+    fn owns(group: &Group, labels: &BTreeMap<String, String>) -> bool {
+        let slice = k8s_openapi::api::discovery::v1::EndpointSlice {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        crate::desired::manager_of(&slice, &group.owner()) == crate::desired::Manager::Us
     }
 
     #[test]
@@ -267,12 +267,12 @@ mod tests {
             (names::MANAGED_BY_LABEL, names::MANAGED_BY),
             (names::GROUP_LABEL, other.label_value()),
         ]);
-        assert!(default.owns(&old));
-        assert!(default.owns(&ours));
-        assert!(!default.owns(&theirs));
-        assert!(!other.owns(&old));
-        assert!(!other.owns(&ours));
-        assert!(other.owns(&theirs));
+        assert!(owns(&default, &old));
+        assert!(owns(&default, &ours));
+        assert!(!owns(&default, &theirs));
+        assert!(!owns(&other, &old));
+        assert!(!owns(&other, &ours));
+        assert!(owns(&other, &theirs));
     }
 
     #[test]
@@ -282,8 +282,8 @@ mod tests {
             (names::MANAGED_BY_LABEL, "endpointslice-controller.k8s.io"),
             (names::GROUP_LABEL, default.label_value()),
         ]);
-        assert!(!default.owns(&controller));
-        assert!(!default.owns(&BTreeMap::new()));
+        assert!(!owns(&default, &controller));
+        assert!(!owns(&default, &BTreeMap::new()));
     }
 
     #[test]

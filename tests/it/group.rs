@@ -435,12 +435,21 @@ async fn the_group_selectors_list_exactly_the_slices_the_group_owns() {
         let owned: BTreeSet<String> = cases
             .iter()
             .filter(|(_, labels)| {
-                group.owns(
-                    &labels
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                )
+                // The one ownership rule the plan uses: `desired::manager_of` says `Us`.
+                let slice = k8s_openapi::api::discovery::v1::EndpointSlice {
+                    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                        labels: Some(
+                            labels
+                                .iter()
+                                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                                .collect(),
+                        ),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                endpoint_copier::desired::manager_of(&slice, &group.owner())
+                    == endpoint_copier::desired::Manager::Us
             })
             .map(|(name, _)| (*name).to_owned())
             .collect();
