@@ -77,6 +77,8 @@ pub struct Loaded {
     pub warnings: Vec<String>,
     /// The file's fingerprint when it was read, to notice rewrites.
     pub fingerprint: Option<Fingerprint>,
+    /// The kube config the client was built from: the probes take its CA and credentials.
+    pub config: kube::Config,
 }
 
 /// Where the kubeconfig is: the configured path, or for `auto` the first of RKE2's and K3s's files
@@ -159,7 +161,7 @@ pub async fn build(path: &Path, allow_insecure_tls: bool) -> Result<Loaded, Erro
             path.display()
         ));
     }
-    let client = kube::Client::try_from(config).map_err(|source| Error::Build {
+    let client = kube::Client::try_from(config.clone()).map_err(|source| Error::Build {
         path: path.to_owned(),
         source,
     })?;
@@ -169,6 +171,7 @@ pub async fn build(path: &Path, allow_insecure_tls: bool) -> Result<Loaded, Erro
         server,
         warnings,
         fingerprint,
+        config,
     })
 }
 

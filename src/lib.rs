@@ -33,5 +33,6 @@ pub mod metrics;
 pub mod names;
 pub mod notify;
 pub mod pairs;
+pub mod probe;
 pub mod shutdown;
 pub mod watch;
