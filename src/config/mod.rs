@@ -34,6 +34,7 @@ use figment::providers::Serialized;
 use figment::value::{Dict, Value};
 
 use crate::names::{self, ServiceRef};
+use crate::probe;
 
 pub use drop_ins::drop_ins;
 pub use provenance::Provenance;
@@ -58,6 +59,8 @@ pub struct Config {
     pub lease: LeaseSettings,
     /// Per-host member objects (`[members]`).
     pub members: MembersSettings,
+    /// Health probes (`[probe]`): timing for every pair that probes.
+    pub probe: ProbeSettings,
     /// Periodic resync and retry backoff (`[sync]`).
     pub sync: SyncSettings,
     /// Logging (`[log]`).
@@ -83,6 +86,37 @@ pub struct PairConfig {
     pub source: ServiceRef,
     /// The Service, without selector, whose EndpointSlices we own (key `target`).
     pub target: ServiceRef,
+    /// What the pair's endpoints are probed with (key `probe`: `false`, `{ https = "/readyz" }`,
+    /// `{ http = "/healthz" }`, `{ tcp = PORT }`); `None`: not probed. Unset: `{ https =
+    /// "/readyz" }` for a pair whose source is `default/kubernetes`, else not probed
+    /// ([`crate::probe::spec::default_for`]).
+    pub probe: Option<probe::Spec>,
+}
+
+impl PairConfig {
+    /// The pair `source` → `target` with the probe it has when its config says nothing.
+    pub fn new(source: ServiceRef, target: ServiceRef) -> PairConfig {
+        PairConfig {
+            probe: probe::spec::default_for(&source),
+            source,
+            target,
+        }
+    }
+}
+
+/// Health probes (`[probe]`): the timing every probing pair shares, and how HTTPS probes check
+/// the apiserver's certificate. Validated: `period_ms` 100–60,000, `timeout_ms` at least 10 and
+/// less than `period_ms` (probes of one target never overlap), `failure_threshold` 2–100 (one
+/// failed probe never evicts), `success_threshold` 1–100.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSettings {
+    /// Period, timeout and thresholds (keys `period_ms`, `timeout_ms`, `failure_threshold`,
+    /// `success_threshold`; defaults 500 ms, 400 ms, 2, 1).
+    pub timing: probe::Timing,
+    /// The name an HTTPS probe checks the certificate against (key `tls_server_name`, default:
+    /// unset, meaning the kubeconfig's `tls-server-name` if it sets one, else the endpoint's IP
+    /// address, which RKE2's and K3s's apiserver certificates carry).
+    pub tls_server_name: Option<String>,
 }
 
 /// Pairs declared through annotations on target Services (`[annotations]`).
@@ -176,10 +210,10 @@ impl Default for Config {
         Self {
             kubeconfig: Kubeconfig::Auto,
             allow_insecure_tls: false,
-            pairs: vec![PairConfig {
-                source: builtin_ref(names::DEFAULT_SOURCE),
-                target: builtin_ref(names::DEFAULT_TARGET),
-            }],
+            pairs: vec![PairConfig::new(
+                builtin_ref(names::DEFAULT_SOURCE),
+                builtin_ref(names::DEFAULT_TARGET),
+            )],
             annotations: AnnotationsSettings {
                 enabled: true,
                 allowed_sources: vec![builtin_ref(names::DEFAULT_SOURCE)],
@@ -196,6 +230,10 @@ impl Default for Config {
                 heartbeat: Duration::from_secs(10),
                 expiry: Duration::from_secs(30),
                 forget_after: Duration::from_secs(900),
+            },
+            probe: ProbeSettings {
+                timing: probe::Timing::default(),
+                tls_server_name: None,
             },
             sync: SyncSettings {
                 resync_interval: Duration::from_secs(300),

@@ -33,6 +33,9 @@ pub(super) struct RawConfig {
     /// `[members]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) members: Option<RawMembers>,
+    /// `[probe]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) probe: Option<RawProbe>,
     /// `[sync]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) sync: Option<RawSync>,
@@ -55,6 +58,32 @@ pub(super) struct RawPair {
     /// `target`: `"namespace/name"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) target: Option<String>,
+    /// `probe`: `false` or a table (`{ https = "/readyz" }`...), read by `probe::spec` so that
+    /// the config and the `endpoint-copier/probe` annotation share one vocabulary and one set of
+    /// error messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) probe: Option<serde_json::Value>,
+}
+
+/// `[probe]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProbe {
+    /// `period_ms`, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) period_ms: Option<u64>,
+    /// `timeout_ms`, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) timeout_ms: Option<u64>,
+    /// `failure_threshold`, a count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) failure_threshold: Option<u64>,
+    /// `success_threshold`, a count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) success_threshold: Option<u64>,
+    /// `tls_server_name`: a DNS name or an IP address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) tls_server_name: Option<String>,
 }
 
 /// `[annotations]`.
@@ -148,7 +177,14 @@ pub(super) fn expected_type(path: &[String]) -> Option<&'static str> {
         ("pair", false) => "an array of tables ([[pair]])",
         ("allowed_sources", true) => "a string \"namespace/name\"",
         ("allowed_sources", false) => "an array of strings \"namespace/name\"",
-        ("annotations" | "lease" | "members" | "sync" | "log" | "metrics", _) => "a table",
+        ("annotations" | "lease" | "members" | "probe" | "sync" | "log" | "metrics", _)
+            if path.len() == 1 =>
+        {
+            "a table"
+        }
+        ("probe", _) => "false or a table such as { https = \"/readyz\" }",
+        ("failure_threshold" | "success_threshold", _) => "a positive integer",
+        (k, _) if k.ends_with("_ms") => "a non-negative integer (milliseconds)",
         ("enabled" | "allow_insecure_tls", _) => "a boolean",
         (k, _) if k.ends_with("_secs") => "a non-negative integer (seconds)",
         _ => "a string",

@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::provenance::{Layers, Part, key_name};
-use super::raw::{RawAnnotations, RawConfig, RawLease, RawMembers, RawMetrics, RawPair, RawSync};
+use super::raw::{
+    RawAnnotations, RawConfig, RawLease, RawMembers, RawMetrics, RawPair, RawProbe, RawSync,
+};
 use super::{
     AnnotationsSettings, Config, Error, Kubeconfig, LeaseSettings, LogSettings, MembersSettings,
-    MetricsSettings, PairConfig, SyncSettings,
+    MetricsSettings, PairConfig, ProbeSettings, SyncSettings,
 };
 use crate::names::{self, ServiceRef};
 
@@ -69,6 +71,7 @@ pub(super) fn validate(raw: RawConfig, layers: &Layers) -> Result<Config, Error>
     let annotations = annotations(&c, raw.annotations.unwrap_or_default(), d.annotations)?;
     let lease = lease(&c, raw.lease.unwrap_or_default(), d.lease)?;
     let members = members(&c, &raw.members.unwrap_or_default(), &d.members)?;
+    let probe = probe(&c, raw.probe.unwrap_or_default(), d.probe)?;
     let sync = sync(&c, &raw.sync.unwrap_or_default(), &d.sync)?;
     let level = log_level(&c, raw.log.and_then(|l| l.level).unwrap_or(d.log.level))?;
     let listen = metrics_listen(&c, raw.metrics.unwrap_or_default(), d.metrics.listen)?;
@@ -80,6 +83,7 @@ pub(super) fn validate(raw: RawConfig, layers: &Layers) -> Result<Config, Error>
         annotations,
         lease,
         members,
+        probe,
         sync,
         log: LogSettings { level },
         metrics: MetricsSettings { listen },
@@ -129,7 +133,16 @@ fn pairs(c: &Checker<'_>, raw_pairs: &[RawPair]) -> Result<Vec<PairConfig>, Erro
                 format!("'{target}' is already the target of pair[{j}]; a target has one source"),
             ));
         }
-        pairs.push(PairConfig { source, target });
+        let probe = match &p.probe {
+            None => crate::probe::spec::default_for(&source),
+            Some(value) => crate::probe::spec::from_value(value)
+                .map_err(|e| c.bad(&["pair", &idx, "probe"], e.to_string()))?,
+        };
+        pairs.push(PairConfig {
+            source,
+            target,
+            probe,
+        });
     }
     Ok(pairs)
 }
@@ -323,6 +336,85 @@ fn members(
         ));
     }
     Ok(members)
+}
+
+/// `[probe]`: a period of 100 ms to a minute, a timeout shorter than the period (probes of one
+/// target never overlap, so a longer timeout would silently stretch the period), thresholds of
+/// 2–100 failures (one failed probe never evicts) and 1–100 successes.
+fn probe(c: &Checker<'_>, rp: RawProbe, d: ProbeSettings) -> Result<ProbeSettings, Error> {
+    let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+    let count = |key: &str, v: Option<u64>, d: u32, min: u64| -> Result<u32, Error> {
+        match v {
+            None => Ok(d),
+            Some(n) if (min..=100).contains(&n) => Ok(u32::try_from(n).unwrap_or(d)),
+            Some(n) => Err(c.bad(&["probe", key], format!("{n} is outside {min}-100"))),
+        }
+    };
+    let timing = crate::probe::Timing {
+        period: ms(rp.period_ms, d.timing.period),
+        timeout: ms(rp.timeout_ms, d.timing.timeout),
+        failure_threshold: count(
+            "failure_threshold",
+            rp.failure_threshold,
+            d.timing.failure_threshold,
+            2,
+        )
+        .map_err(|e| match e {
+            Error::InvalidValue {
+                origin,
+                key,
+                reason,
+            } => Error::InvalidValue {
+                origin,
+                key,
+                reason: format!("{reason}: one failed probe must never evict an endpoint"),
+            },
+            other => other,
+        })?,
+        success_threshold: count(
+            "success_threshold",
+            rp.success_threshold,
+            d.timing.success_threshold,
+            1,
+        )?,
+    };
+    if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timing.period) {
+        return Err(c.bad(&["probe", "period_ms"], "must be 100-60000"));
+    }
+    if timing.timeout < Duration::from_millis(10) {
+        return Err(c.bad(&["probe", "timeout_ms"], "must be at least 10"));
+    }
+    if timing.timeout >= timing.period {
+        return Err(c.bad(
+            &[
+                "probe",
+                pick(rp.timeout_ms.is_some(), "timeout_ms", "period_ms"),
+            ],
+            format!(
+                "timeout_ms ({}) must be less than period_ms ({}): probes of one endpoint never overlap",
+                timing.timeout.as_millis(),
+                timing.period.as_millis()
+            ),
+        ));
+    }
+    let tls_server_name = match rp.tls_server_name {
+        None => d.tls_server_name,
+        Some(name) => {
+            let valid = name.parse::<std::net::IpAddr>().is_ok()
+                || names::is_dns1123_subdomain(&name.to_ascii_lowercase());
+            if !valid {
+                return Err(c.bad(
+                    &["probe", "tls_server_name"],
+                    format!("'{name}' is neither a DNS name nor an IP address"),
+                ));
+            }
+            Some(name)
+        }
+    };
+    Ok(ProbeSettings {
+        timing,
+        tls_server_name,
+    })
 }
 
 /// `[sync]`: a resync of at least 10 s, a backoff cap of at least 1 s, both at most a day.

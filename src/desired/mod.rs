@@ -241,6 +241,65 @@ pub fn desired(
     Ok(out)
 }
 
+/// The ready endpoints of the source that the target serves, each as its first address and the
+/// port of its slice (the first by name, then number; `None` when the slice lists no port): what
+/// the probes of a pair look at. Same filters as [`desired`] (families the target serves, slices
+/// of the source only); an address that does not parse (an FQDN slice) is skipped. Sorted,
+/// without duplicates.
+pub fn probed_endpoints(
+    source: &ServiceRef,
+    target: &Service,
+    source_slices: &[EndpointSlice],
+) -> Vec<(std::net::IpAddr, Option<u16>)> {
+    let families = served_families(target);
+    let mut out: Vec<(std::net::IpAddr, Option<u16>)> = source_slices
+        .iter()
+        .filter(|s| belongs_to(s, source) && families.contains(&s.address_type))
+        .flat_map(|slice| {
+            let mut ports: Vec<EndpointPort> = slice.ports.clone().unwrap_or_default();
+            sort_ports(&mut ports);
+            let port = ports
+                .first()
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok());
+            slice
+                .endpoints
+                .iter()
+                .filter(|e| is_ready(e))
+                .filter_map(move |e| Some((e.addresses.first()?.parse().ok()?, port)))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Marks every endpoint of `slices` whose first address is in `evicted` as `ready: false,
+/// serving: false` (kube-proxy and MetalLB then skip it; `kubectl` still shows it). `terminating`
+/// is kept. Returns how many endpoints were marked.
+pub fn mark_evicted(slices: &mut [EndpointSlice], evicted: &BTreeSet<std::net::IpAddr>) -> usize {
+    let mut marked = 0;
+    for endpoint in slices.iter_mut().flat_map(|s| s.endpoints.iter_mut()) {
+        let hit = endpoint
+            .addresses
+            .first()
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|a| evicted.contains(&a));
+        if hit {
+            let conditions = endpoint.conditions.get_or_insert_with(Default::default);
+            conditions.ready = Some(false);
+            conditions.serving = Some(false);
+            marked += 1;
+        }
+    }
+    if marked > 0 {
+        for slice in slices.iter_mut() {
+            sort_endpoints(&mut slice.endpoints);
+        }
+    }
+    marked
+}
+
 /// An endpoint as kube-apiserver stores it in a discovery/v1 EndpointSlice: the strategy drops
 /// `deprecatedTopology` on every v1 write (`dropTopologyOnV1`), and `hints.forNodes` while the
 /// alpha PreferSameTrafficDistribution gate is off (1.33's default). Copying them would make the

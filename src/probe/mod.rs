@@ -11,6 +11,9 @@
 //! - `quorum`: the pure decision — which targets the leader evicts, from the votes of the live
 //!   copies, never the last ready endpoint of a target.
 
+pub mod quorum;
+pub mod spec;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;

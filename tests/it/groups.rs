@@ -104,9 +104,11 @@ fn group_config(world: &World, identity: &str, lease_name: &str, targets: &[&str
     c.lease.name = lease_name.to_owned();
     c.pairs = targets
         .iter()
-        .map(|t| PairConfig {
-            source: world.source().parse().unwrap(),
-            target: format!("{}/{t}", world.ns).parse().unwrap(),
+        .map(|t| {
+            PairConfig::new(
+                world.source().parse().unwrap(),
+                format!("{}/{t}", world.ns).parse().unwrap(),
+            )
         })
         .collect();
     // Short member timings, so "gone for good" happens within a test.

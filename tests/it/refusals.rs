@@ -17,9 +17,8 @@ async fn assert_refused(world: &World, pairs: &[(&str, &str)], target: &str, exp
     let mut config = world.config("node-1");
     config.pairs = pairs
         .iter()
-        .map(|(s, t)| endpoint_copier::config::PairConfig {
-            source: s.parse().unwrap(),
-            target: t.parse().unwrap(),
+        .map(|(s, t)| {
+            endpoint_copier::config::PairConfig::new(s.parse().unwrap(), t.parse().unwrap())
         })
         .collect();
     let daemon = Daemon::start(config);
@@ -205,10 +204,10 @@ async fn annotations_on_a_configured_target_are_ignored_in_favour_of_the_config(
         )
         .await;
     let mut config = world.config("node-1");
-    config.pairs = vec![endpoint_copier::config::PairConfig {
-        source: world.source().parse().unwrap(),
-        target: world.target().parse().unwrap(),
-    }];
+    config.pairs = vec![endpoint_copier::config::PairConfig::new(
+        world.source().parse().unwrap(),
+        world.target().parse().unwrap(),
+    )];
     let daemon = Daemon::start(config);
     // The config's source wins: the target mirrors `apiserver`, not `other`.
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], SEEN).await;

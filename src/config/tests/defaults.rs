@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::raw::{
-    RawAnnotations, RawLease, RawLog, RawMembers, RawMetrics, RawPair, RawSync,
+    RawAnnotations, RawLease, RawLog, RawMembers, RawMetrics, RawPair, RawProbe, RawSync,
 };
 
 #[test]
@@ -23,6 +23,7 @@ fn packaged_defaults_file_lists_every_key() {
         pair: Some(vec![RawPair {
             source: Some(String::new()),
             target: Some(String::new()),
+            probe: Some(serde_json::Value::Bool(false)),
         }]),
         annotations: Some(RawAnnotations {
             enabled: Some(true),
@@ -40,6 +41,13 @@ fn packaged_defaults_file_lists_every_key() {
             heartbeat_secs: Some(0),
             expiry_secs: Some(0),
             forget_after_secs: Some(0),
+        }),
+        probe: Some(RawProbe {
+            period_ms: Some(0),
+            timeout_ms: Some(0),
+            failure_threshold: Some(0),
+            success_threshold: Some(0),
+            tls_server_name: Some(String::new()),
         }),
         sync: Some(RawSync {
             resync_interval_secs: Some(0),
@@ -79,7 +87,7 @@ fn packaged_defaults_file_lists_every_key() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 19);
+    assert_eq!(checked, 25);
 }
 
 #[test]

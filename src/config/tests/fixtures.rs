@@ -19,10 +19,7 @@ fn load_dirs(dirs: &[PathBuf]) -> Result<Loaded, Error> {
 }
 
 fn pair(source: &str, target: &str) -> PairConfig {
-    PairConfig {
-        source: source.parse().unwrap(),
-        target: target.parse().unwrap(),
-    }
+    PairConfig::new(source.parse().unwrap(), target.parse().unwrap())
 }
 
 #[test]

@@ -102,10 +102,10 @@ fn a_later_pair_list_replaces_the_earlier_one() {
         .config;
     assert_eq!(
         c.pairs,
-        vec![PairConfig {
-            source: "web/api".parse().unwrap(),
-            target: "web/api-vip".parse().unwrap(),
-        }]
+        vec![PairConfig::new(
+            "web/api".parse().unwrap(),
+            "web/api-vip".parse().unwrap(),
+        )]
     );
 }
 

@@ -336,3 +336,96 @@ proptest::proptest! {
         proptest::prop_assert_eq!(c.is_ok(), valid);
     }
 }
+
+#[test]
+fn a_pair_reads_every_probe_kind_and_the_apiserver_source_probes_readyz_by_default() {
+    let (c, _) = load_toml(
+        "[[pair]]\nsource = \"default/kubernetes\"\ntarget = \"default/vip\"\n\
+         [[pair]]\nsource = \"app/db\"\ntarget = \"app/db-vip\"\nprobe = { tcp = 5432 }\n\
+         [[pair]]\nsource = \"app/web\"\ntarget = \"app/web-vip\"\n\
+         [[pair]]\nsource = \"default/kubernetes\"\ntarget = \"default/vip2\"\nprobe = false\n\
+         [[pair]]\nsource = \"app/api\"\ntarget = \"app/api-vip\"\nprobe = { https = \"/livez\", port = 8443 }\n",
+    );
+    let probes: Vec<String> = c
+        .unwrap()
+        .pairs
+        .iter()
+        .map(|p| crate::probe::spec::to_toml(p.probe.as_ref()))
+        .collect();
+    assert_eq!(
+        probes,
+        [
+            "{ https = \"/readyz\" }",
+            "{ tcp = 5432 }",
+            "false",
+            "false",
+            "{ https = \"/livez\", port = 8443 }"
+        ]
+    );
+}
+
+#[test]
+fn a_bad_probe_names_the_pair_and_where_it_is() {
+    let (e, path) = err_of("[[pair]]\nsource = \"a/b\"\ntarget = \"a/c\"\nprobe = { tcp = 0 }\n");
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!("{}:4:", path.display())),
+        "{text}"
+    );
+    assert!(text.contains("pair[0].probe"), "{text}");
+    assert!(text.contains("tcp = 0 is not a port"), "{text}");
+    let (key, reason) = invalid("[[pair]]\nsource = \"a/b\"\ntarget = \"a/c\"\nprobe = true\n");
+    assert_eq!(key, "pair[0].probe");
+    assert!(reason.contains("does not say what to probe"), "{reason}");
+}
+
+#[test]
+fn probe_timing_rules_name_the_key() {
+    for (text, key, says) in [
+        (
+            "[probe]\nperiod_ms = 50\ntimeout_ms = 20\n",
+            "probe.period_ms",
+            "100-60000",
+        ),
+        (
+            "[probe]\ntimeout_ms = 500\n",
+            "probe.timeout_ms",
+            "less than period_ms (500)",
+        ),
+        (
+            "[probe]\nperiod_ms = 300\n",
+            "probe.period_ms",
+            "timeout_ms (400) must be less",
+        ),
+        (
+            "[probe]\nfailure_threshold = 1\n",
+            "probe.failure_threshold",
+            "never evict",
+        ),
+        (
+            "[probe]\nsuccess_threshold = 0\n",
+            "probe.success_threshold",
+            "outside 1-100",
+        ),
+        (
+            "[probe]\ntls_server_name = \"a b\"\n",
+            "probe.tls_server_name",
+            "neither",
+        ),
+    ] {
+        let (k, reason) = invalid(text);
+        assert_eq!(k, key, "{text}");
+        assert!(reason.contains(says), "{text}: {reason}");
+    }
+    let (c, _) = load_toml(
+        "[probe]\nperiod_ms = 1000\ntimeout_ms = 900\nfailure_threshold = 3\nsuccess_threshold = 2\ntls_server_name = \"kubernetes.default.svc\"\n",
+    );
+    let p = c.unwrap().probe;
+    assert_eq!(p.timing.period, Duration::from_millis(1000));
+    assert_eq!(p.timing.timeout, Duration::from_millis(900));
+    assert_eq!(
+        (p.timing.failure_threshold, p.timing.success_threshold),
+        (3, 2)
+    );
+    assert_eq!(p.tls_server_name.as_deref(), Some("kubernetes.default.svc"));
+}

@@ -34,10 +34,7 @@ pub fn config(kubeconfig: &Path, identity: &str, pairs: &[(&str, &str)]) -> Conf
         kubeconfig: Kubeconfig::Path(kubeconfig.to_owned()),
         pairs: pairs
             .iter()
-            .map(|(s, t)| PairConfig {
-                source: s.parse().unwrap(),
-                target: t.parse().unwrap(),
-            })
+            .map(|(s, t)| PairConfig::new(s.parse().unwrap(), t.parse().unwrap()))
             .collect(),
         ..Config::default()
     };

@@ -1,0 +1,428 @@
+//! The quorum: which endpoints the leader marks not ready, from the verdicts the live copies
+//! publish. Pure — no clock, no API: the caller says which ballots are live (`group::live`
+//! judges that by the local clock) and passes its own verdicts as one more ballot.
+//!
+//! The rules (docs/usage/operations.md, "Probes and eviction"):
+//! - a copy whose every verdict is down is presumed cut off itself (its NIC, its route, its
+//!   firewall), and its ballot is not counted;
+//! - an endpoint is evicted when a strict majority of the counted ballots see it down: a ballot
+//!   silent on it counts as not down, so a minority — or copies that do not probe it yet — never
+//!   evicts; with one counted ballot, that copy's view decides;
+//! - fail-static: if that would leave a target with no ready endpoint, the endpoint with the
+//!   fewest down votes (then the lowest address) stays ready. Probes never blank a VIP.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use super::{Target, Verdict};
+
+/// One copy's published verdicts.
+#[derive(Clone, Copy, Debug)]
+pub struct Ballot<'a> {
+    /// The copy's identity (for `status` and logs).
+    pub voter: &'a str,
+    /// Whether the copy is live (fresh heartbeat); a stale ballot is never counted.
+    pub live: bool,
+    /// Its verdicts; a target it does not name is one it has no verdict on.
+    pub verdicts: &'a BTreeMap<Target, Verdict>,
+}
+
+impl Ballot<'_> {
+    /// A copy that sees every target it probes down is presumed cut off itself.
+    fn is_cut_off(&self) -> bool {
+        !self.verdicts.is_empty() && self.verdicts.values().all(|v| *v == Verdict::Down)
+    }
+}
+
+/// The ballots that count, and how they see each target.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    /// Voters whose ballots count (live, not cut off), sorted.
+    pub counted: Vec<String>,
+    /// Live voters presumed cut off (every verdict down), sorted.
+    pub cut_off: Vec<String>,
+    /// Per target, the voters that see it down and up (sorted).
+    pub votes: BTreeMap<Target, Votes>,
+}
+
+/// How the counted ballots see one target.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Votes {
+    /// Voters that see it down.
+    pub down: Vec<String>,
+    /// Voters that see it up.
+    pub up: Vec<String>,
+}
+
+impl Count {
+    /// Counts `ballots`: stale ones and cut-off ones are left out.
+    pub fn of(ballots: &[Ballot<'_>]) -> Count {
+        let mut count = Count::default();
+        for ballot in ballots.iter().filter(|b| b.live) {
+            if ballot.is_cut_off() {
+                count.cut_off.push(ballot.voter.to_owned());
+                continue;
+            }
+            count.counted.push(ballot.voter.to_owned());
+            for (target, verdict) in ballot.verdicts {
+                let votes = count.votes.entry(target.clone()).or_default();
+                match verdict {
+                    Verdict::Down => votes.down.push(ballot.voter.to_owned()),
+                    Verdict::Up => votes.up.push(ballot.voter.to_owned()),
+                }
+            }
+        }
+        count.counted.sort();
+        count.cut_off.sort();
+        for votes in count.votes.values_mut() {
+            votes.down.sort();
+            votes.up.sort();
+        }
+        count
+    }
+
+    /// Down votes on `target`.
+    pub fn down(&self, target: &Target) -> usize {
+        self.votes.get(target).map_or(0, |v| v.down.len())
+    }
+
+    /// Whether a strict majority of the counted ballots see `target` down.
+    pub fn majority_down(&self, target: &Target) -> bool {
+        2 * self.down(target) > self.counted.len()
+    }
+}
+
+/// One ready endpoint of a pair's source, and what probes it (`None`: nothing can, e.g. no port).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Candidate {
+    /// The endpoint's address.
+    pub address: IpAddr,
+    /// Its probe target.
+    pub target: Option<Target>,
+}
+
+/// What the quorum decided for one pair's endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Addresses to write with `ready: false, serving: false`.
+    pub evicted: BTreeSet<IpAddr>,
+    /// An address a majority sees down but kept ready because it is the last one (fail-static).
+    pub spared: Option<IpAddr>,
+}
+
+/// Decides which of a pair's ready `candidates` are evicted under `count`. Never all of them:
+/// when every candidate has a majority down, the one with the fewest down votes (then the lowest
+/// address) is spared. The result does not depend on the order of `candidates`.
+pub fn decide(candidates: &[Candidate], count: &Count) -> Decision {
+    let addresses: BTreeSet<IpAddr> = candidates.iter().map(|c| c.address).collect();
+    // An address listed twice (two families never share one; two slices of a family might) is
+    // evicted only when every target naming it has a majority down.
+    let mut down: BTreeMap<IpAddr, (bool, usize)> = BTreeMap::new();
+    for c in candidates {
+        let (majority, votes) = match &c.target {
+            Some(t) => (count.majority_down(t), count.down(t)),
+            None => (false, 0),
+        };
+        let entry = down.entry(c.address).or_insert((true, usize::MAX));
+        entry.0 &= majority;
+        entry.1 = entry.1.min(votes);
+    }
+    let mut evicted: BTreeSet<IpAddr> = down
+        .iter()
+        .filter(|(_, (majority, _))| *majority)
+        .map(|(a, _)| *a)
+        .collect();
+    let mut spared = None;
+    if !addresses.is_empty() && evicted.len() == addresses.len() {
+        // BTreeMap order makes the lowest address win a tie.
+        let keep = down
+            .iter()
+            .min_by_key(|(_, (_, votes))| *votes)
+            .map(|(a, _)| *a);
+        if let Some(keep) = keep {
+            evicted.remove(&keep);
+            spared = Some(keep);
+        }
+    }
+    Decision { evicted, spared }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::probe::Kind;
+
+    fn target(last: u8) -> Target {
+        Target {
+            address: IpAddr::from([198, 51, 100, last]),
+            port: 6443,
+            kind: Kind::Https {
+                path: "/readyz".into(),
+            },
+        }
+    }
+
+    fn candidate(last: u8) -> Candidate {
+        Candidate {
+            address: IpAddr::from([198, 51, 100, last]),
+            target: Some(target(last)),
+        }
+    }
+
+    fn view(down: &[u8], up: &[u8]) -> BTreeMap<Target, Verdict> {
+        down.iter()
+            .map(|l| (target(*l), Verdict::Down))
+            .chain(up.iter().map(|l| (target(*l), Verdict::Up)))
+            .collect()
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([198, 51, 100, last])
+    }
+
+    #[test]
+    fn a_majority_of_three_evicts_a_dead_apiserver() {
+        let (a, b, c) = (
+            view(&[1], &[2, 3]),
+            view(&[1], &[2, 3]),
+            view(&[], &[1, 2, 3]),
+        );
+        let ballots = [
+            Ballot {
+                voter: "node-2",
+                live: true,
+                verdicts: &a,
+            },
+            Ballot {
+                voter: "node-3",
+                live: true,
+                verdicts: &b,
+            },
+            // node-1's last word before it died: it saw itself up.
+            Ballot {
+                voter: "node-1",
+                live: true,
+                verdicts: &c,
+            },
+        ];
+        let count = Count::of(&ballots);
+        let d = decide(&[candidate(1), candidate(2), candidate(3)], &count);
+        assert_eq!(d.evicted, BTreeSet::from([ip(1)]));
+        assert_eq!(d.spared, None);
+        assert_eq!(count.votes[&target(1)].down, ["node-2", "node-3"]);
+    }
+
+    #[test]
+    fn one_copy_of_three_never_evicts_and_a_lone_copy_decides() {
+        let (a, b) = (view(&[1], &[2]), view(&[], &[1, 2]));
+        let ballots = [
+            Ballot {
+                voter: "n1",
+                live: true,
+                verdicts: &a,
+            },
+            Ballot {
+                voter: "n2",
+                live: true,
+                verdicts: &b,
+            },
+            Ballot {
+                voter: "n3",
+                live: true,
+                verdicts: &b,
+            },
+        ];
+        let cands = [candidate(1), candidate(2)];
+        assert!(decide(&cands, &Count::of(&ballots)).evicted.is_empty());
+        let alone = [Ballot {
+            voter: "n1",
+            live: true,
+            verdicts: &a,
+        }];
+        assert_eq!(
+            decide(&cands, &Count::of(&alone)).evicted,
+            BTreeSet::from([ip(1)])
+        );
+    }
+
+    #[test]
+    fn a_copy_that_sees_everything_down_is_presumed_cut_off() {
+        let (cut, ok) = (view(&[1, 2, 3], &[]), view(&[], &[1, 2, 3]));
+        let ballots = [
+            Ballot {
+                voter: "cut",
+                live: true,
+                verdicts: &cut,
+            },
+            Ballot {
+                voter: "ok",
+                live: true,
+                verdicts: &ok,
+            },
+        ];
+        let count = Count::of(&ballots);
+        assert_eq!(count.cut_off, ["cut"]);
+        assert_eq!(count.counted, ["ok"]);
+        assert!(
+            decide(&[candidate(1), candidate(2)], &count)
+                .evicted
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_last_ready_endpoint_is_spared_the_one_with_fewest_down_votes() {
+        let (a, b, c) = (
+            view(&[1, 2], &[3]),
+            view(&[2, 3], &[1]),
+            view(&[1, 2, 3], &[]),
+        );
+        let (d, e) = (view(&[2, 3], &[1]), view(&[1, 2], &[3]));
+        let ballots = [
+            Ballot {
+                voter: "a",
+                live: true,
+                verdicts: &a,
+            },
+            Ballot {
+                voter: "b",
+                live: true,
+                verdicts: &b,
+            },
+            Ballot {
+                voter: "c",
+                live: true,
+                verdicts: &c,
+            },
+            Ballot {
+                voter: "d",
+                live: true,
+                verdicts: &d,
+            },
+            Ballot {
+                voter: "e",
+                live: true,
+                verdicts: &e,
+            },
+        ];
+        // c is cut off; of a, b, d, e: 1 has 2 down (no majority), 2 has 4, 3 has 2.
+        let got = decide(
+            &[candidate(1), candidate(2), candidate(3)],
+            &Count::of(&ballots),
+        );
+        assert_eq!(got.evicted, BTreeSet::from([ip(2)]));
+        // Every candidate down by majority: the fewest votes (then the lowest address) stays.
+        let (x, z) = (view(&[1, 2], &[3]), view(&[1], &[2, 3]));
+        let ballots = [
+            Ballot {
+                voter: "x",
+                live: true,
+                verdicts: &x,
+            },
+            Ballot {
+                voter: "y",
+                live: true,
+                verdicts: &x,
+            },
+            Ballot {
+                voter: "z",
+                live: true,
+                verdicts: &z,
+            },
+        ];
+        let count = Count::of(&ballots);
+        let got = decide(&[candidate(1), candidate(2)], &count);
+        assert_eq!(got.evicted, BTreeSet::from([ip(1)]));
+        assert_eq!(got.spared, Some(ip(2)));
+    }
+
+    #[test]
+    fn an_endpoint_nothing_can_probe_is_never_evicted() {
+        let v = view(&[1], &[2]);
+        let ballots = [Ballot {
+            voter: "n",
+            live: true,
+            verdicts: &v,
+        }];
+        let unprobed = Candidate {
+            address: ip(1),
+            target: None,
+        };
+        let got = decide(&[unprobed, candidate(2)], &Count::of(&ballots));
+        assert!(got.evicted.is_empty());
+    }
+
+    fn arb_view() -> impl Strategy<Value = BTreeMap<Target, Verdict>> {
+        proptest::collection::btree_map(
+            (1u8..6).prop_map(target),
+            prop_oneof![Just(Verdict::Up), Just(Verdict::Down)],
+            0..6,
+        )
+    }
+
+    fn arb_ballots() -> impl Strategy<Value = Vec<(String, bool, BTreeMap<Target, Verdict>)>> {
+        proptest::collection::vec((any::<bool>(), arb_view()), 0..7).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (live, view))| (format!("n{i}"), live, view))
+                .collect()
+        })
+    }
+
+    fn ballots_of(v: &[(String, bool, BTreeMap<Target, Verdict>)]) -> Vec<Ballot<'_>> {
+        v.iter()
+            .map(|(voter, live, verdicts)| Ballot {
+                voter,
+                live: *live,
+                verdicts,
+            })
+            .collect()
+    }
+
+    fn arb_candidates() -> impl Strategy<Value = Vec<Candidate>> {
+        proptest::collection::vec((1u8..6).prop_map(candidate), 1..6)
+    }
+
+    proptest! {
+        #[test]
+        fn never_evicts_every_ready_endpoint(b in arb_ballots(), c in arb_candidates()) {
+            let d = decide(&c, &Count::of(&ballots_of(&b)));
+            let distinct: BTreeSet<IpAddr> = c.iter().map(|c| c.address).collect();
+            prop_assert!(d.evicted.len() < distinct.len());
+        }
+
+        #[test]
+        fn a_minority_never_evicts(b in arb_ballots(), c in arb_candidates()) {
+            let count = Count::of(&ballots_of(&b));
+            for a in decide(&c, &count).evicted {
+                let t = c.iter().find(|c| c.address == a).and_then(|c| c.target.clone());
+                let t = t.expect("an evicted endpoint has a target");
+                prop_assert!(2 * count.down(&t) > count.counted.len());
+            }
+        }
+
+        #[test]
+        fn stale_and_cut_off_ballots_never_count(
+            b in arb_ballots(), c in arb_candidates(), extra in arb_view(), cut in 1u8..6,
+        ) {
+            let before = decide(&c, &Count::of(&ballots_of(&b)));
+            let mut more = b.clone();
+            more.push(("stale".into(), false, extra));
+            more.push(("cut".into(), true, view(&(1..=cut).collect::<Vec<_>>(), &[])));
+            prop_assert_eq!(decide(&c, &Count::of(&ballots_of(&more))), before);
+        }
+
+        #[test]
+        fn order_does_not_matter(b in arb_ballots(), c in arb_candidates(), seed in any::<u64>()) {
+            let before = decide(&c, &Count::of(&ballots_of(&b)));
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let (mut b2, mut c2) = (b.clone(), c.clone());
+            rng.shuffle(&mut b2);
+            rng.shuffle(&mut c2);
+            prop_assert_eq!(decide(&c2, &Count::of(&ballots_of(&b2))), before);
+            prop_assert_eq!(Count::of(&ballots_of(&b2)), Count::of(&ballots_of(&b)));
+        }
+    }
+}
