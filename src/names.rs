@@ -46,6 +46,10 @@ pub const ANNOTATION_ENABLED: &str = "endpoint-copier/enabled";
 pub const ANNOTATION_SOURCE_NAME: &str = "endpoint-copier/default-service-name";
 /// Annotation naming the source Service's namespace (default: the target's namespace).
 pub const ANNOTATION_SOURCE_NAMESPACE: &str = "endpoint-copier/default-service-namespace";
+/// Annotation on an annotated target Service: how its endpoints are probed, in the config's
+/// vocabulary as a string (`{ https = "/readyz" }`, `{ tcp = 5432 }`, `false`). Absent: the
+/// apiservers' `/readyz` when the source is `default/kubernetes`, no probe otherwise.
+pub const ANNOTATION_PROBE: &str = "endpoint-copier/probe";
 
 /// The default pair's source: the built-in Service the apiservers write.
 pub const DEFAULT_SOURCE: &str = "default/kubernetes";
@@ -170,6 +174,9 @@ pub const MEMBER_LABEL_VALUE: &str = "true";
 /// Annotation on a member Lease holding the copy's configured pairs as compact sorted JSON
 /// (`[{"source":"default/kubernetes","target":"default/kubernetes-vip"}]`).
 pub const MEMBER_PAIRS_ANNOTATION: &str = "endpoint-copier/pairs";
+/// Annotation on a member Lease: the copy's probe verdicts, `{"down":[target...],"up":[target...]}`
+/// with each target in its display form (`https://198.51.100.1:6443/readyz`). Absent: no verdicts.
+pub const MEMBER_VERDICTS_ANNOTATION: &str = "endpoint-copier/verdicts";
 
 #[cfg(test)]
 mod tests {

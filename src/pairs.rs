@@ -13,8 +13,8 @@ use std::fmt;
 use k8s_openapi::api::core::v1::Service;
 
 use crate::names::{
-    ANNOTATION_ENABLED, ANNOTATION_SOURCE_NAME, ANNOTATION_SOURCE_NAMESPACE, ServiceRef,
-    is_dns1035_label, is_dns1123_label,
+    ANNOTATION_ENABLED, ANNOTATION_PROBE, ANNOTATION_SOURCE_NAME, ANNOTATION_SOURCE_NAMESPACE,
+    ServiceRef, is_dns1035_label, is_dns1123_label,
 };
 
 /// Where a pair comes from.
@@ -377,11 +377,42 @@ fn parse_annotations(
         }
         Some(ns) => ns,
     };
+    if let Some(text) = annotations.get(ANNOTATION_PROBE) {
+        // Refused, not ignored: a typo would otherwise silently turn the probes off.
+        crate::probe::spec::from_annotation(text)
+            .map_err(|e| invalid(ANNOTATION_PROBE, text, &e.to_string()))?;
+    }
     // Both parts were validated just above, so this cannot fail; map the error anyway rather than
     // unwrap, should the two validations ever drift apart.
     let source = ServiceRef::new(namespace, name)
         .map_err(|e| invalid(ANNOTATION_SOURCE_NAME, name, &e.to_string()))?;
     Ok((source, target_ref))
+}
+
+/// What an active `pair` probes its endpoints with: a config pair's `probe` key, an annotated
+/// pair's `endpoint-copier/probe` annotation (validated by [`annotated_pair`]: a bad value refuses
+/// the pair), or, when neither says, [`crate::probe::spec::default_for`] its source.
+pub fn probe_of(
+    pair: &Pair,
+    config: &[crate::config::PairConfig],
+    services: &BTreeMap<ServiceRef, Service>,
+) -> Option<crate::probe::Spec> {
+    match pair.origin {
+        Origin::Config => config
+            .iter()
+            .find(|p| p.target == pair.target && p.source == pair.source)
+            .and_then(|p| p.probe.clone()),
+        Origin::Annotation => {
+            let annotated = services
+                .get(&pair.target)
+                .and_then(|s| s.metadata.annotations.as_ref())
+                .and_then(|a| a.get(ANNOTATION_PROBE));
+            match annotated {
+                Some(text) => crate::probe::spec::from_annotation(text).ok().flatten(),
+                None => crate::probe::spec::default_for(&pair.source),
+            }
+        }
+    }
 }
 
 /// True when the Service has a non-empty `spec.selector`.
@@ -896,5 +927,61 @@ mod tests {
                 proptest::prop_assert!(active || refused);
             }
         }
+    }
+
+    #[test]
+    fn probes_come_from_the_config_the_annotation_or_the_apiserver_default() {
+        let mut cfg = crate::config::PairConfig::new(r("app/db"), r("app/db-vip"));
+        cfg.probe = crate::probe::spec::from_annotation("{ tcp = 5432 }").unwrap();
+        let services = known(vec![
+            service(
+                "apps/vip",
+                &[
+                    (ANNOTATION_ENABLED, "true"),
+                    (ANNOTATION_SOURCE_NAME, "web"),
+                    (ANNOTATION_PROBE, "{ http = \"/healthz\" }"),
+                ],
+            ),
+            annotated("apps/kube-vip", "kubernetes", Some("default")),
+        ]);
+        let tcp = probe_of(
+            &pair("app/db", "app/db-vip", Origin::Config),
+            &[cfg],
+            &services,
+        );
+        assert_eq!(crate::probe::spec::to_toml(tcp.as_ref()), "{ tcp = 5432 }");
+        let http = probe_of(
+            &pair("apps/web", "apps/vip", Origin::Annotation),
+            &[],
+            &services,
+        );
+        assert_eq!(
+            crate::probe::spec::to_toml(http.as_ref()),
+            "{ http = \"/healthz\" }"
+        );
+        let readyz = probe_of(
+            &pair("default/kubernetes", "apps/kube-vip", Origin::Annotation),
+            &[],
+            &services,
+        );
+        assert_eq!(readyz, Some(crate::probe::Spec::readyz()));
+    }
+
+    #[test]
+    fn a_bad_probe_annotation_refuses_the_pair_naming_the_annotation() {
+        let svc = service(
+            "apps/vip",
+            &[
+                (ANNOTATION_ENABLED, "true"),
+                (ANNOTATION_SOURCE_NAME, "web"),
+                (ANNOTATION_PROBE, "tcp:5432"),
+            ],
+        );
+        let reason = annotated_pair(&svc).unwrap().unwrap_err().to_string();
+        assert!(
+            reason.contains("endpoint-copier/probe='tcp:5432'"),
+            "{reason}"
+        );
+        assert!(reason.contains("is not a TOML value"), "{reason}");
     }
 }

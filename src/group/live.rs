@@ -86,8 +86,9 @@ pub struct Gone {
 }
 
 /// What of a member Lease counts as a change: its spec (a renewal rewrites `renewTime`) and the
-/// record annotation. Label or other metadata edits by a person do not make a dead member live.
-type Fingerprint = (Option<LeaseSpec>, Option<String>);
+/// record annotations (pairs, verdicts). Label or other metadata edits by a person do not make a
+/// dead member live.
+type Fingerprint = (Option<LeaseSpec>, Option<String>, Option<String>);
 
 /// One member Lease as last seen.
 #[derive(Clone, Debug)]
@@ -206,13 +207,17 @@ impl Members {
 
     /// The new state of a member Lease seen at `now`, and whether it is news (see `apply`).
     fn observe(&self, previous: Option<&Seen>, lease: &Lease, now: Instant) -> (Seen, bool) {
-        let fingerprint: Fingerprint = (
-            lease.spec.clone(),
+        let annotation = |key: &str| {
             lease
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(names::MEMBER_PAIRS_ANNOTATION).cloned()),
+                .and_then(|a| a.get(key).cloned())
+        };
+        let fingerprint: Fingerprint = (
+            lease.spec.clone(),
+            annotation(names::MEMBER_PAIRS_ANNOTATION),
+            annotation(names::MEMBER_VERDICTS_ANNOTATION),
         );
         let content = MemberRecord::from_lease(lease);
         let identity = match &content {

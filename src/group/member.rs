@@ -5,8 +5,8 @@
 //! ([`forget`]).
 //!
 //! Judging liveness from these objects is `live.rs`'s job; starting the publisher and deciding
-//! when to forget is `daemon`'s. The probe verdicts will join [`MemberRecord`] in an annotation
-//! of their own, so older readers keep reading the pairs.
+//! when to forget is `daemon`'s. The probe verdicts travel in an annotation of their own
+//! ([`names::MEMBER_VERDICTS_ANNOTATION`]), so older readers keep reading the pairs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::{Group, Settings, fnv1a};
 use crate::names::{self, ServiceRef};
+use crate::probe::{Target, Verdict};
 
 /// A configured pair as a member publishes it: `(source, target)`.
 pub type PairRef = (ServiceRef, ServiceRef);
@@ -36,6 +37,8 @@ pub struct MemberRecord {
     /// The pairs the copy's own config names (`[[pair]]`), not the annotated ones (those are the
     /// same for every copy: they live on the Services).
     pub pairs: BTreeSet<PairRef>,
+    /// The copy's probe verdicts (what it sees up and down), the ballot the leader counts.
+    pub verdicts: BTreeMap<Target, Verdict>,
 }
 
 impl MemberRecord {
@@ -44,15 +47,23 @@ impl MemberRecord {
         MemberRecord {
             identity: identity.to_owned(),
             pairs: pairs.into_iter().collect(),
+            verdicts: BTreeMap::new(),
         }
     }
 
-    /// The annotations that carry this record (today only [`names::MEMBER_PAIRS_ANNOTATION`]).
+    /// The annotations that carry this record: the pairs, and the verdicts when there are any.
     fn annotations(&self) -> Result<BTreeMap<String, String>, Error> {
-        Ok(BTreeMap::from([(
+        let mut annotations = BTreeMap::from([(
             names::MEMBER_PAIRS_ANNOTATION.to_owned(),
             encode_pairs(&self.pairs)?,
-        )]))
+        )]);
+        if !self.verdicts.is_empty() {
+            annotations.insert(
+                names::MEMBER_VERDICTS_ANNOTATION.to_owned(),
+                encode_verdicts(&self.verdicts)?,
+            );
+        }
+        Ok(annotations)
     }
 
     /// Reads a record back from a member Lease: the identity from `spec.holderIdentity`, the pairs
@@ -69,16 +80,22 @@ impl MemberRecord {
             .and_then(|s| s.holder_identity.clone())
             .filter(|h| !h.is_empty())
             .ok_or(DecodeError::NoIdentity)?;
-        let pairs = match lease
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(names::MEMBER_PAIRS_ANNOTATION))
-        {
+        let annotations = lease.metadata.annotations.as_ref();
+        let pairs = match annotations.and_then(|a| a.get(names::MEMBER_PAIRS_ANNOTATION)) {
             None => BTreeSet::new(),
             Some(json) => decode_pairs(json)?,
         };
-        Ok(MemberRecord { identity, pairs })
+        // Verdicts a reader cannot parse (a newer kind of target) are skipped, not fatal: the
+        // ballot then abstains on them, which never evicts.
+        let verdicts = annotations
+            .and_then(|a| a.get(names::MEMBER_VERDICTS_ANNOTATION))
+            .map(|json| decode_verdicts(json))
+            .unwrap_or_default();
+        Ok(MemberRecord {
+            identity,
+            pairs,
+            verdicts,
+        })
     }
 }
 
@@ -110,6 +127,41 @@ fn encode_pairs(pairs: &BTreeSet<PairRef>) -> Result<String, Error> {
         })
         .collect();
     serde_json::to_string(&wire).map_err(Error::Encode)
+}
+
+/// The wire form of [`names::MEMBER_VERDICTS_ANNOTATION`].
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct WireVerdicts {
+    #[serde(default)]
+    down: Vec<String>,
+    #[serde(default)]
+    up: Vec<String>,
+}
+
+/// `{"down":[...],"up":[...]}`, each list sorted (the map iterates in order), compact.
+fn encode_verdicts(verdicts: &BTreeMap<Target, Verdict>) -> Result<String, Error> {
+    let mut wire = WireVerdicts::default();
+    for (target, verdict) in verdicts {
+        match verdict {
+            Verdict::Down => wire.down.push(target.to_string()),
+            Verdict::Up => wire.up.push(target.to_string()),
+        }
+    }
+    serde_json::to_string(&wire).map_err(Error::Encode)
+}
+
+/// The verdicts of [`names::MEMBER_VERDICTS_ANNOTATION`]; what does not parse is left out.
+fn decode_verdicts(json: &str) -> BTreeMap<Target, Verdict> {
+    let wire: WireVerdicts = serde_json::from_str(json).unwrap_or_default();
+    let parse = |list: Vec<String>, verdict: Verdict| {
+        list.into_iter()
+            .filter_map(move |t| Some((t.parse::<Target>().ok()?, verdict)))
+    };
+    // A target listed as both is read as down: a writer never lists one twice, and down is the
+    // verdict a majority must reach, so a garbled ballot cannot help to keep a dead endpoint.
+    parse(wire.up, Verdict::Up)
+        .chain(parse(wire.down, Verdict::Down))
+        .collect()
 }
 
 fn decode_pairs(json: &str) -> Result<BTreeSet<PairRef>, DecodeError> {
@@ -250,6 +302,11 @@ impl Error {
     }
 }
 
+/// The least time between two writes of a member Lease: what the probes' verdicts may cost at
+/// most (4 writes a second, only while verdicts keep changing), and the longest a verdict change
+/// waits behind the previous write.
+pub const MIN_WRITE_GAP: Duration = Duration::from_millis(250);
+
 /// The request timeout of the publisher: a heartbeat, but at least 1 s (a request slower than a
 /// heartbeat is late anyway; the next one carries fresher content).
 fn request_timeout(settings: &Settings) -> Duration {
@@ -312,7 +369,13 @@ pub async fn publish(
                     outcome = publisher.write(&content) => outcome,
                 };
                 (next, not_before) = match outcome {
-                    Ok(sent) => (sent + publisher.settings.heartbeat, Instant::now()),
+                    // A changed record waits MIN_WRITE_GAP after a write: a burst of verdict
+                    // changes becomes one write, and a flapping endpoint costs at most
+                    // 1 / MIN_WRITE_GAP writes a second.
+                    Ok(sent) => (
+                        sent + publisher.settings.heartbeat,
+                        Instant::now() + MIN_WRITE_GAP,
+                    ),
                     Err(e) if e.is_fatal() => return Err(e),
                     Err(_) => {
                         let retry = Instant::now() + publisher.backoff();
@@ -512,6 +575,60 @@ mod tests {
             annotations[names::MEMBER_PAIRS_ANNOTATION],
             r#"[{"source":"default/kubernetes","target":"default/kubernetes-vip"},{"source":"edge/api","target":"edge/api-vip"}]"#
         );
+    }
+
+    #[test]
+    fn verdicts_travel_in_their_own_annotation_and_read_back() {
+        let mut rec = record();
+        let t = |s: &str| s.parse::<Target>().unwrap();
+        rec.verdicts = BTreeMap::from([
+            (t("https://198.51.100.2:6443/readyz"), Verdict::Down),
+            (t("https://198.51.100.1:6443/readyz"), Verdict::Up),
+            (t("tcp://[2001:db8::1]:5432"), Verdict::Up),
+        ]);
+        let lease = member_lease(
+            &Group::default_group(),
+            &rec,
+            Duration::from_secs(30),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        let annotations = lease.metadata.annotations.as_ref().unwrap();
+        assert_eq!(
+            annotations[names::MEMBER_VERDICTS_ANNOTATION],
+            r#"{"down":["https://198.51.100.2:6443/readyz"],"up":["https://198.51.100.1:6443/readyz","tcp://[2001:db8::1]:5432"]}"#
+        );
+        assert_eq!(MemberRecord::from_lease(&lease).unwrap(), rec);
+        // No verdicts: no annotation, so a copy that probes nothing writes what it always did.
+        let plain = member_lease(
+            &Group::default_group(),
+            &record(),
+            Duration::from_secs(30),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        assert!(
+            !plain
+                .metadata
+                .annotations
+                .unwrap()
+                .contains_key(names::MEMBER_VERDICTS_ANNOTATION)
+        );
+    }
+
+    #[test]
+    fn verdicts_a_reader_cannot_parse_are_skipped_and_down_wins_a_double_listing() {
+        let got = decode_verdicts(
+            r#"{"down":["https://198.51.100.1:6443/readyz","quic://x"],"up":["https://198.51.100.1:6443/readyz","tcp://198.51.100.9:1"],"later":1}"#,
+        );
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[&"https://198.51.100.1:6443/readyz"
+                .parse::<Target>()
+                .unwrap()],
+            Verdict::Down
+        );
+        assert!(decode_verdicts("not json").is_empty());
     }
 
     #[test]
