@@ -46,6 +46,12 @@ pub enum EventReason {
     /// The pair is configured on some copies of the group and not on others; slices of a pair
     /// that live copies still configure are kept (Warning).
     ConfiguredElsewhere,
+    /// A majority of the live copies sees an endpoint down: it is marked not ready (Warning).
+    Evicted,
+    /// An evicted endpoint is seen up again: it is ready again (Normal).
+    Returned,
+    /// Every endpoint looks down: one is kept ready so the target is never empty (Warning).
+    Spared,
 }
 
 impl EventReason {
@@ -59,12 +65,15 @@ impl EventReason {
             EventReason::WriteFailed => "WriteFailed",
             EventReason::ForeignSlices => "ForeignSlices",
             EventReason::ConfiguredElsewhere => "ConfiguredElsewhere",
+            EventReason::Evicted => "EndpointEvicted",
+            EventReason::Returned => "EndpointReturned",
+            EventReason::Spared => "EndpointSpared",
         }
     }
 
     fn event_type(self) -> EventType {
         match self {
-            EventReason::Synced => EventType::Normal,
+            EventReason::Synced | EventReason::Returned => EventType::Normal,
             _ => EventType::Warning,
         }
     }
@@ -76,6 +85,7 @@ impl EventReason {
             EventReason::Refused => "Refuse",
             EventReason::ForeignSlices => "Report",
             EventReason::ConfiguredElsewhere => "Hold",
+            EventReason::Evicted | EventReason::Returned | EventReason::Spared => "Probe",
         }
     }
 }

@@ -106,6 +106,16 @@ pub struct Metrics {
     watch_restarts: Family<WatchLabels, Counter>,
     api_errors: Family<CodeLabels, Counter>,
     foreign_slices: Family<PairLabels, Gauge>,
+    probe_verdict: Family<EndpointTargetLabels, Gauge>,
+    evictions: Family<PairLabels, Counter>,
+    evicted: Family<PairLabels, Gauge>,
+    time_to_evict: Histogram,
+}
+
+/// Labels of a per-probe-target series: its display form (`https://198.51.100.1:6443/readyz`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointTargetLabels {
+    endpoint: String,
 }
 
 impl Metrics {
@@ -181,7 +191,37 @@ impl Metrics {
             "EndpointSlices on a target that this copier group does not manage (another controller, another group), by pair",
             foreign_slices.clone(),
         );
+        let probe_verdict = Family::default();
+        registry.register(
+            "probe_verdict",
+            "This host's probe verdict per endpoint: 1 up, 0 down (after the thresholds)",
+            probe_verdict.clone(),
+        );
+        let evictions = Family::default();
+        registry.register(
+            "evictions",
+            "Endpoints the leader marked not ready because a majority of the live hosts saw them down, by pair",
+            evictions.clone(),
+        );
+        let evicted = Family::default();
+        registry.register(
+            "evicted_endpoints",
+            "Endpoints marked not ready by the probes' quorum now, by pair (leader only)",
+            evicted.clone(),
+        );
+        // 100 ms to ~100 s: the goal is under 2 s; the tail shows a slow quorum or a slow Lease.
+        let time_to_evict = Histogram::new(exponential_buckets(0.1, 2.0, 11));
+        registry.register_with_unit(
+            "probe_time_to_evict",
+            "Time from this host's first failed probe of an endpoint to the leader's eviction of it",
+            Unit::Seconds,
+            time_to_evict.clone(),
+        );
         let metrics = Metrics {
+            probe_verdict,
+            evictions,
+            evicted,
+            time_to_evict,
             foreign_slices,
             registry,
             leader,
@@ -226,6 +266,45 @@ impl Metrics {
                 .get_or_create(&StateLabels { state })
                 .set(saturating_i64(n));
         }
+    }
+
+    /// Sets `endpoint_copier_probe_verdict{endpoint}`: 1 up, 0 down; `None` drops the series (the
+    /// endpoint is no longer probed).
+    pub fn set_probe_verdict(&self, endpoint: &str, up: Option<bool>) {
+        let labels = EndpointTargetLabels {
+            endpoint: endpoint.to_owned(),
+        };
+        match up {
+            Some(up) => {
+                self.probe_verdict.get_or_create(&labels).set(i64::from(up));
+            }
+            None => {
+                self.probe_verdict.remove(&labels);
+            }
+        }
+    }
+
+    /// Counts one eviction in `endpoint_copier_evictions_total{pair}`.
+    pub fn probe_eviction(&self, pair: &str) {
+        self.evictions
+            .get_or_create(&PairLabels {
+                pair: pair.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets `endpoint_copier_evicted_endpoints{pair}`.
+    pub fn set_evicted(&self, pair: &str, n: usize) {
+        self.evicted
+            .get_or_create(&PairLabels {
+                pair: pair.to_owned(),
+            })
+            .set(saturating_i64(n));
+    }
+
+    /// Observes one time from first failed probe to eviction.
+    pub fn observe_time_to_evict(&self, took: Duration) {
+        self.time_to_evict.observe(took.as_secs_f64());
     }
 
     /// Sets `endpoint_copier_endpoints{pair, family, ready}` for one pair (its target,

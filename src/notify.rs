@@ -433,6 +433,8 @@ pub struct PairStatus {
     pub synced_ago: Option<Duration>,
     /// Why the pair is held fail-static (source missing, read failed), if it is.
     pub holding: Option<String>,
+    /// Endpoints marked not ready by the probes' quorum.
+    pub evicted: usize,
 }
 
 /// Everything the STATUS line shows.
@@ -482,6 +484,9 @@ fn pair_text(pair: &PairStatus, leader: bool) -> String {
         "endpoints"
     };
     let mut text = format!("{}: {} {noun}", pair.target, pair.endpoints);
+    if pair.evicted > 0 {
+        text.push_str(&format!(", {} evicted", pair.evicted));
+    }
     match pair.synced_ago {
         Some(ago) => {
             text.push_str(", synced ");

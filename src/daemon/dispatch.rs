@@ -83,6 +83,8 @@ impl Engine {
                 state.write.touch();
             }
         }
+        // A ballot changed, or a member turned stale (its ballot stops counting).
+        self.touch_probing();
         let own: BTreeSet<(ServiceRef, ServiceRef)> = self.config_pairs.iter().cloned().collect();
         let mismatches = self.members.mismatches(&own, now);
         if mismatches == self.mismatches {
@@ -137,6 +139,7 @@ impl Engine {
             .source()
             .map(|s| self.slices.slices_of(s))
             .unwrap_or_default();
+        let count = state.probe.as_ref().map(|_| self.count(now));
         let planned = plan_for(
             &state.phase,
             target,
@@ -144,12 +147,16 @@ impl Engine {
             &source_slices,
             &actual,
             &self.owner,
+            state.probe.as_ref().zip(count.as_ref()),
         );
         self.note_foreign(target, &actual);
-        let step = match planned {
+        let mut step = match planned {
             Err(hold) => return self.hold(target, hold, &actual),
             Ok(step) => step,
         };
+        if let (Some(decision), Some(count)) = (step.decision.take(), count.as_ref()) {
+            self.note_decision(target, decision, count);
+        }
         let Some(state) = self.pairs.get_mut(target) else {
             return;
         };

@@ -21,6 +21,7 @@ use super::Error;
 use super::jobs::{Done, Job};
 use super::kubeconfig::Credentials;
 use super::pair::{PairState, Phase};
+use super::probes::ProbeState;
 use super::schedule::{Schedule, TaskId};
 use crate::config::Config;
 use crate::desired::Owner;
@@ -98,6 +99,12 @@ pub struct Engine {
     pub(super) members_due: Option<Instant>,
     /// Pairs configured on some live members and not on others, as last reported.
     pub(super) mismatches: Vec<Mismatch>,
+    /// This copy's identity (its ballot's name).
+    pub(super) identity: String,
+    /// The configured pairs with their probes.
+    pub(super) pair_configs: Vec<crate::config::PairConfig>,
+    /// What this copy probes, its verdicts, and the leader's last decisions.
+    pub(super) probes: ProbeState,
 }
 
 impl Engine {
@@ -109,6 +116,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         events: events::Sender,
         members: Members,
+        probes: ProbeState,
     ) -> Engine {
         let config_pairs: Vec<(ServiceRef, ServiceRef)> = config
             .pairs
@@ -142,9 +150,12 @@ impl Engine {
             next_task: 0,
             scan: Schedule::Idle,
             watch_errors: BTreeMap::new(),
+            identity: members.own().to_owned(),
             members,
             members_due: None,
             mismatches: Vec::new(),
+            pair_configs: config.pairs.clone(),
+            probes,
         }
     }
 
@@ -188,6 +199,7 @@ impl Engine {
                     self.set_leadership(now);
                 }
                 Some(event) = service_events.next() => self.on_services(event),
+                Some(report) = self.probes.reports.recv() => self.on_report(report),
                 Some(event) = member_events.next() => match event {
                     Ok(event) => {
                         self.watch_errors.remove("members");
@@ -238,6 +250,8 @@ impl Engine {
                 self.refusals_reported.clear();
                 // Pairs may have been removed while another copy (or none) led.
                 self.scan.reset();
+                // Evictions are decided afresh, and reported, by each leadership term.
+                self.probes.decided.clear();
                 // A new leader plans every pair from its (warm) caches before its first write;
                 // preconditions on every write catch anything the caches have not seen yet.
                 for state in self.pairs.values_mut() {
@@ -309,12 +323,17 @@ impl Engine {
             Ok(event) => {
                 self.watch_errors.remove(&scope);
                 let changed = self.slices.apply(namespace, event);
+                let mut probed = false;
                 for (target, state) in &mut self.pairs {
                     let reads = changed.contains(target)
                         || state.phase.source().is_some_and(|s| changed.contains(s));
                     if reads {
                         state.write.touch();
+                        probed |= state.probe.is_some();
                     }
+                }
+                if probed {
+                    self.reprobe();
                 }
             }
             Err(e) => self.watch_error(scope, &e),
@@ -340,6 +359,13 @@ impl Engine {
             .map(|r| (r.target.clone(), r))
             .collect();
         for (target, state) in &mut self.pairs {
+            let probe = active
+                .get(target)
+                .and_then(|p| pairs::probe_of(p, &self.pair_configs, self.services.objects()));
+            if probe != state.probe {
+                state.probe = probe;
+                state.write.touch();
+            }
             let next = match (
                 &state.phase,
                 active.get(target),
@@ -381,6 +407,7 @@ impl Engine {
                 let mut state = PairState::new(Phase::Active {
                     source: pair.source.clone(),
                 });
+                state.probe = pairs::probe_of(pair, &self.pair_configs, self.services.objects());
                 if self.is_leader() {
                     state.legacy = Schedule::Idle;
                 }
@@ -397,6 +424,7 @@ impl Engine {
             }
         }
         self.refused = refused;
+        self.reprobe();
         let active_count = self
             .pairs
             .values()

@@ -24,6 +24,7 @@ mod jobs;
 mod kubeconfig;
 mod outcome;
 pub mod pair;
+mod probes;
 pub mod schedule;
 mod status;
 
@@ -161,9 +162,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             .iter()
             .map(|p| (p.source.clone(), p.target.clone())),
     );
-    // The record is fixed for the process's life (no config reload); the sender stays alive so
-    // the publisher keeps renewing.
-    let (_record_tx, record_rx) = tokio::sync::watch::channel(record);
+    // The pairs are fixed for the process's life (no config reload); the engine puts this copy's
+    // probe verdicts into the record as they change.
+    let (record_tx, record_rx) = tokio::sync::watch::channel(record);
     {
         let api: Api<Lease> = Api::namespaced(client.clone(), group.lease_namespace());
         let (g, settings, s) = (group.clone(), member_settings(&config), shutdown.clone());
@@ -183,8 +184,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let event_task = tokio::spawn(event_loop.in_current_span());
 
     let members = group::Members::new(member_settings(&config), &identity);
-    let mut engine =
-        engine::Engine::new(&config, client, fence, metrics.clone(), event_tx, members);
+    let (report_tx, report_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (probe_state, wanted_rx) = probes::ProbeState::new(record_tx, report_rx);
+    let mut engine = engine::Engine::new(
+        &config,
+        client,
+        fence,
+        metrics.clone(),
+        event_tx,
+        members,
+        probe_state,
+    );
     let mut host = engine::Host {
         notifier: &notifier,
         health: &health,

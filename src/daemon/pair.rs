@@ -14,6 +14,8 @@ use super::schedule::Schedule;
 use crate::desired::{self, ForeignSlice, Hold, Owner, Plan};
 use crate::events::EventReason;
 use crate::names::ServiceRef;
+use crate::probe::Spec;
+use crate::probe::quorum::{self, Count, Decision};
 
 /// What the engine does with a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,8 @@ pub struct PairState {
     /// Live or recent members of the group that still have this retired pair configured, as
     /// last reported (the slices are held while this is not empty).
     pub wanted_by: Vec<String>,
+    /// What the pair's endpoints are probed with, while it is active and probes.
+    pub probe: Option<Spec>,
 }
 
 impl PairState {
@@ -86,6 +90,7 @@ impl PairState {
             reported: None,
             foreign: Vec::new(),
             wanted_by: Vec::new(),
+            probe: None,
         }
     }
 
@@ -106,10 +111,14 @@ pub struct Step {
     /// The plan deletes every slice of the target (pair removed, target gone). Such a plan runs
     /// only after a fresh read of the target Service confirms it, never on a cache alone.
     pub clears_target: bool,
+    /// What the quorum decided for a pair that probes (the plan already carries it).
+    pub decision: Option<Decision>,
 }
 
 /// What to write for the target `target` in `phase`, from the caches: the Service objects kept
-/// by the watch, the source's slices and the target's slices (`actual`, every manager's).
+/// by the watch, the source's slices and the target's slices (`actual`, every manager's). A pair
+/// that probes passes its probe and the ballots counted now: endpoints a majority sees down are
+/// written `ready: false, serving: false` (never the last ready one, see [`quorum::decide`]).
 ///
 /// # Errors
 /// A [`Hold`] when nothing may be written now (fail-static: the target keeps what it has).
@@ -120,10 +129,12 @@ pub fn plan_for(
     source_slices: &[EndpointSlice],
     actual: &[EndpointSlice],
     owner: &Owner,
+    probe: Option<(&Spec, &Count)>,
 ) -> Result<Step, Hold> {
     let clear = || Step {
         plan: desired::plan(target, &[], actual, owner),
         clears_target: true,
+        decision: None,
     };
     match phase {
         Phase::Retired => Ok(clear()),
@@ -132,10 +143,20 @@ pub fn plan_for(
         Phase::Active { .. } if !services.contains_key(target) => Ok(clear()),
         Phase::Active { source } => {
             let svc = services.get(target).ok_or(Hold::TargetMissing)?;
-            let want = desired::desired(source, target, svc, source_slices, owner)?;
+            let mut want = desired::desired(source, target, svc, source_slices, owner)?;
+            let decision = probe.map(|(spec, count)| {
+                let candidates = quorum::candidates(
+                    spec,
+                    desired::probed_endpoints(source, svc, source_slices),
+                );
+                let decision = quorum::decide(&candidates, count);
+                desired::mark_evicted(&mut want, &decision.evicted);
+                decision
+            });
             Ok(Step {
                 plan: desired::plan(target, &want, actual, owner),
                 clears_target: false,
+                decision,
             })
         }
         Phase::Refused { .. } => Err(Hold::Refused),
@@ -186,6 +207,7 @@ mod tests {
             &[],
             &[],
             &owner(),
+            None,
         );
         assert_eq!(got, Err(Hold::NoSourceSlices));
     }
@@ -197,7 +219,7 @@ mod tests {
             source: r("default/kubernetes"),
         };
         assert_eq!(
-            plan_for(&refused, &target, &BTreeMap::new(), &[], &[], &owner()),
+            plan_for(&refused, &target, &BTreeMap::new(), &[], &[], &owner(), None),
             Err(Hold::Refused)
         );
         let retired = plan_for(
@@ -207,12 +229,13 @@ mod tests {
             &[],
             &[],
             &owner(),
+            None,
         );
         assert!(retired.is_ok_and(|s| s.clears_target));
         let active = Phase::Active {
             source: r("default/kubernetes"),
         };
-        let gone = plan_for(&active, &target, &BTreeMap::new(), &[], &[], &owner());
+        let gone = plan_for(&active, &target, &BTreeMap::new(), &[], &[], &owner(), None);
         assert!(gone.is_ok_and(|s| s.clears_target));
     }
 }

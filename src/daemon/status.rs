@@ -39,6 +39,11 @@ impl Engine {
                 endpoints: s.endpoints,
                 synced_ago: s.synced_at.map(|t| now.duration_since(t)),
                 holding: s.hold.as_ref().map(ToString::to_string),
+                evicted: self
+                    .probes
+                    .decided
+                    .get(target)
+                    .map_or(0, |d| d.evicted.len()),
             })
             .collect();
         // A failing watch scope is said first: while it fails, the pairs it feeds do not follow.

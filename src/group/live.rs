@@ -152,6 +152,11 @@ impl Members {
         }
     }
 
+    /// Our own identity.
+    pub fn own(&self) -> &str {
+        &self.own
+    }
+
     /// Whether the first full list has arrived; before that [`Members::who_wants`] says
     /// [`Wanted::Unknown`].
     pub fn is_ready(&self) -> bool {

@@ -118,6 +118,7 @@ pub async fn inspect(
             &source_slices,
             &actual,
             owner,
+            None,
         ) {
             Ok(step) if step.clears_target => (
                 step.plan,

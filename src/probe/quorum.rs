@@ -101,6 +101,21 @@ pub struct Candidate {
     pub target: Option<Target>,
 }
 
+/// The candidates of a pair that probes with `spec`, from its ready source endpoints as
+/// `desired::probed_endpoints` lists them (address, port of its slice).
+pub fn candidates(
+    spec: &super::Spec,
+    endpoints: impl IntoIterator<Item = (IpAddr, Option<u16>)>,
+) -> Vec<Candidate> {
+    endpoints
+        .into_iter()
+        .map(|(address, port)| Candidate {
+            address,
+            target: super::spec::target(spec, address, port),
+        })
+        .collect()
+}
+
 /// What the quorum decided for one pair's endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Decision {

@@ -69,6 +69,7 @@ fn leader_view(endpoints: usize, synced: u64) -> StatusView {
             endpoints,
             synced_ago: Some(Duration::from_secs(synced)),
             holding: None,
+            evicted: 0,
         }],
         last_error: None,
     }
@@ -264,10 +265,21 @@ fn status_line_for_a_leader_shows_each_pair_and_its_sync_age() {
         endpoints: 1,
         synced_ago: Some(Duration::from_secs(150)),
         holding: None,
+        evicted: 0,
     });
     assert_eq!(
         status_line(&v),
         "leader, default/kubernetes-vip: 3 endpoints, synced 2s ago; default/other-vip: 1 endpoint, synced 2m ago"
+    );
+}
+
+#[test]
+fn status_line_counts_the_endpoints_the_probes_evicted() {
+    let mut v = leader_view(3, 2);
+    v.pairs[0].evicted = 1;
+    assert_eq!(
+        status_line(&v),
+        "leader, default/kubernetes-vip: 3 endpoints, 1 evicted, synced 2s ago"
     );
 }
 

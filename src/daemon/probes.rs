@@ -1,0 +1,275 @@
+//! The engine's side of the probes: which targets this copy probes (from the caches), its own
+//! verdicts (from the prober's reports, published in its member Lease), and — on the leader —
+//! the quorum's decision per pair, reported when it changes (journal, Event, metrics).
+//!
+//! Probing itself is `probe::run` (tasks of their own, never blocking the loop); deciding is
+//! `probe::quorum` (pure). This file only moves facts between them and the engine's state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::engine::Engine;
+use super::pair::Phase;
+use crate::desired;
+use crate::events::EventReason;
+use crate::group::MemberRecord;
+use crate::names::ServiceRef;
+use crate::probe::quorum::{self, Ballot, Candidate, Count, Decision};
+use crate::probe::{Report, Spec, Target, Verdict};
+
+/// This copy's verdict on one target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Own {
+    /// Up or down, after the thresholds.
+    pub verdict: Verdict,
+    /// When the streak behind it began (local monotonic clock).
+    pub since: Instant,
+    /// When it last changed, wall clock (for `status`).
+    pub changed_at: Timestamp,
+    /// The last probe's outcome in words.
+    pub detail: String,
+}
+
+/// What the engine keeps for the probes.
+pub struct ProbeState {
+    /// The targets this copy probes, for the prober.
+    pub wanted: watch::Sender<BTreeSet<Target>>,
+    /// The prober's reports.
+    pub reports: mpsc::UnboundedReceiver<Report>,
+    /// This copy's member record; its verdicts are this copy's ballot.
+    pub record: watch::Sender<MemberRecord>,
+    /// This copy's verdicts.
+    pub own: BTreeMap<Target, Own>,
+    /// The quorum's last decision per target Service (leader only), as reported.
+    pub decided: BTreeMap<ServiceRef, Decision>,
+}
+
+impl ProbeState {
+    /// The state for a copy publishing `record`; the prober reads `wanted` and sends `reports`.
+    pub fn new(
+        record: watch::Sender<MemberRecord>,
+        reports: mpsc::UnboundedReceiver<Report>,
+    ) -> (ProbeState, watch::Receiver<BTreeSet<Target>>) {
+        let (wanted, wanted_rx) = watch::channel(BTreeSet::new());
+        (
+            ProbeState {
+                wanted,
+                reports,
+                record,
+                own: BTreeMap::new(),
+                decided: BTreeMap::new(),
+            },
+            wanted_rx,
+        )
+    }
+}
+
+impl Engine {
+    /// The probe targets of the active pair `target` that probes with `spec`: one per ready
+    /// source endpoint the target serves (the source port unless the spec names one).
+    fn candidates(&self, target: &ServiceRef, source: &ServiceRef, spec: &Spec) -> Vec<Candidate> {
+        let Some(svc) = self.services.objects().get(target) else {
+            return Vec::new();
+        };
+        let slices = self.slices.slices_of(source);
+        quorum::candidates(spec, desired::probed_endpoints(source, svc, &slices))
+    }
+
+    /// Recomputes what this copy probes (every copy probes, leader or not): called when pairs,
+    /// Services or slices change. The prober starts and stops tasks from the difference.
+    pub(super) fn reprobe(&mut self) {
+        let mut wanted = BTreeSet::new();
+        for (target, state) in &self.pairs {
+            let (Phase::Active { source }, Some(spec)) = (&state.phase, &state.probe) else {
+                continue;
+            };
+            wanted.extend(
+                self.candidates(target, source, spec)
+                    .into_iter()
+                    .filter_map(|c| c.target),
+            );
+        }
+        let probes = &mut self.probes;
+        probes.wanted.send_if_modified(|current| {
+            if *current == wanted {
+                return false;
+            }
+            *current = wanted.clone();
+            true
+        });
+        // Verdicts on targets no longer probed are dropped, so the ballot speaks only of now.
+        let gone: Vec<Target> = probes
+            .own
+            .keys()
+            .filter(|t| !wanted.contains(*t))
+            .cloned()
+            .collect();
+        for t in &gone {
+            probes.own.remove(t);
+            self.metrics.set_probe_verdict(&t.to_string(), None);
+        }
+        if !gone.is_empty() {
+            self.publish_verdicts();
+        }
+    }
+
+    /// A verdict of this copy's prober: kept, logged, published, and (leader) the pairs that
+    /// probe re-planned.
+    pub(super) fn on_report(&mut self, report: Report) {
+        if !self.probes.wanted.borrow().contains(&report.target) {
+            return; // a late report of a target just removed
+        }
+        let previous = self.probes.own.get(&report.target).map(|o| o.verdict);
+        match (previous, report.verdict) {
+            (Some(Verdict::Up) | None, Verdict::Down) => {
+                warn!(endpoint = %report.target, detail = %report.detail, "probe: endpoint down as seen from this host");
+            }
+            (Some(Verdict::Down), Verdict::Up) => {
+                info!(endpoint = %report.target, detail = %report.detail, "probe: endpoint up again as seen from this host");
+            }
+            _ => {}
+        }
+        self.metrics
+            .set_probe_verdict(&report.target.to_string(), Some(report.verdict == Verdict::Up));
+        self.probes.own.insert(
+            report.target,
+            Own {
+                verdict: report.verdict,
+                since: report.since,
+                changed_at: Timestamp::now(),
+                detail: report.detail,
+            },
+        );
+        self.publish_verdicts();
+        self.touch_probing();
+    }
+
+    /// Puts this copy's verdicts into its member record (the publisher writes it at once, at most
+    /// every `group::member::MIN_WRITE_GAP`).
+    fn publish_verdicts(&mut self) {
+        let verdicts: BTreeMap<Target, Verdict> = self
+            .probes
+            .own
+            .iter()
+            .map(|(t, o)| (t.clone(), o.verdict))
+            .collect();
+        self.probes.record.send_if_modified(|record| {
+            if record.verdicts == verdicts {
+                return false;
+            }
+            record.verdicts = verdicts;
+            true
+        });
+    }
+
+    /// Every active pair that probes is planned again (a verdict or a ballot changed).
+    pub(super) fn touch_probing(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        for state in self.pairs.values_mut() {
+            if state.probe.is_some() && matches!(state.phase, Phase::Active { .. }) {
+                state.write.touch();
+            }
+        }
+    }
+
+    /// The ballots as the leader counts them now: its own verdicts, and every other live member's.
+    pub(super) fn count(&self, now: Instant) -> Count {
+        let own: BTreeMap<Target, Verdict> = self
+            .probes
+            .own
+            .iter()
+            .map(|(t, o)| (t.clone(), o.verdict))
+            .collect();
+        let others = self.members.live(now);
+        let mut ballots = vec![Ballot {
+            voter: &self.identity,
+            live: true,
+            verdicts: &own,
+        }];
+        ballots.extend(
+            others
+                .iter()
+                .filter(|(id, _)| **id != self.identity)
+                .map(|(id, record)| Ballot {
+                    voter: id,
+                    live: true,
+                    verdicts: &record.verdicts,
+                }),
+        );
+        Count::of(&ballots)
+    }
+
+    /// Reports what changed between the last decision for `target` and `decision`: each
+    /// eviction and return in the journal (with the endpoint as a field), as an Event on the
+    /// target, and in the metrics.
+    pub(super) fn note_decision(&mut self, target: &ServiceRef, decision: Decision, count: &Count) {
+        let before = self.probes.decided.get(target).cloned().unwrap_or_default();
+        if before == decision {
+            return;
+        }
+        let pair = target.to_string();
+        let votes = |address: &std::net::IpAddr| {
+            count
+                .votes
+                .iter()
+                .find(|(t, _)| t.address == *address)
+                .map_or_else(String::new, |(t, v)| {
+                    format!(
+                        "{t}: {} of {} live copies see it down ({})",
+                        v.down.len(),
+                        count.counted.len(),
+                        v.down.join(", ")
+                    )
+                })
+        };
+        for address in decision.evicted.difference(&before.evicted) {
+            let why = votes(address);
+            warn!(service = %target, endpoint = %address, votes = %why, "endpoint evicted: marked not ready in the target");
+            self.metrics.probe_eviction(&pair);
+            // Time from this copy's first failed probe to the eviction, when it saw one.
+            if let Some(own) = self
+                .probes
+                .own
+                .iter()
+                .find(|(t, o)| t.address == *address && o.verdict == Verdict::Down)
+                .map(|(_, o)| o)
+            {
+                self.metrics
+                    .observe_time_to_evict(Instant::now().duration_since(own.since));
+            }
+            self.report(
+                target,
+                EventReason::Evicted,
+                format!("endpoint {address} marked not ready: {why}"),
+            );
+        }
+        for address in before.evicted.difference(&decision.evicted) {
+            info!(service = %target, endpoint = %address, "endpoint returned: ready again in the target");
+            self.report(
+                target,
+                EventReason::Returned,
+                format!("endpoint {address} ready again: a majority of the live copies no longer sees it down"),
+            );
+        }
+        if decision.spared != before.spared
+            && let Some(address) = decision.spared
+        {
+            let why = votes(&address);
+            warn!(service = %target, endpoint = %address, votes = %why, "every endpoint looks down; keeping this one ready (fail-static: probes never empty a target)");
+            self.report(
+                target,
+                EventReason::Spared,
+                format!("every endpoint of {target} looks down; {address} stays ready so the VIP is never empty ({why})"),
+            );
+        }
+        self.metrics
+            .set_evicted(&pair, decision.evicted.len());
+        self.probes.decided.insert(target.clone(), decision);
+    }
+}
