@@ -145,10 +145,8 @@ pub fn plan_for(
             let svc = services.get(target).ok_or(Hold::TargetMissing)?;
             let mut want = desired::desired(source, target, svc, source_slices, owner)?;
             let decision = probe.map(|(spec, count)| {
-                let candidates = quorum::candidates(
-                    spec,
-                    desired::probed_endpoints(source, svc, source_slices),
-                );
+                let candidates =
+                    quorum::candidates(spec, desired::probed_endpoints(source, svc, source_slices));
                 let decision = quorum::decide(&candidates, count);
                 desired::mark_evicted(&mut want, &decision.evicted);
                 decision
@@ -219,7 +217,15 @@ mod tests {
             source: r("default/kubernetes"),
         };
         assert_eq!(
-            plan_for(&refused, &target, &BTreeMap::new(), &[], &[], &owner(), None),
+            plan_for(
+                &refused,
+                &target,
+                &BTreeMap::new(),
+                &[],
+                &[],
+                &owner(),
+                None
+            ),
             Err(Hold::Refused)
         );
         let retired = plan_for(
@@ -237,5 +243,103 @@ mod tests {
         };
         let gone = plan_for(&active, &target, &BTreeMap::new(), &[], &[], &owner(), None);
         assert!(gone.is_ok_and(|s| s.clears_target));
+    }
+
+    fn apiserver_slice(addrs: &[&str]) -> EndpointSlice {
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some("kubernetes".into()),
+                namespace: Some("default".into()),
+                ..ObjectMeta::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: addrs
+                .iter()
+                .map(|a| Endpoint {
+                    addresses: vec![(*a).to_owned()],
+                    ..Endpoint::default()
+                })
+                .collect(),
+            ports: Some(vec![EndpointPort {
+                name: Some("https".into()),
+                port: Some(6443),
+                protocol: Some("TCP".into()),
+                app_protocol: None,
+            }]),
+        }
+    }
+
+    #[test]
+    fn a_probing_pair_writes_what_the_quorum_evicts_as_not_ready() {
+        use crate::probe::quorum::{Ballot, Count};
+        use crate::probe::{Target, Verdict};
+        let services = BTreeMap::from([(r("default/kubernetes-vip"), vip())]);
+        let phase = Phase::Active {
+            source: r("default/kubernetes"),
+        };
+        let source = [apiserver_slice(&[
+            "198.51.100.1",
+            "198.51.100.2",
+            "198.51.100.3",
+        ])];
+        let t = |s: &str| s.parse::<Target>().unwrap();
+        let seen = BTreeMap::from([
+            (t("https://198.51.100.1:6443/readyz"), Verdict::Up),
+            (t("https://198.51.100.2:6443/readyz"), Verdict::Down),
+            (t("https://198.51.100.3:6443/readyz"), Verdict::Up),
+        ]);
+        let count = Count::of(&[Ballot {
+            voter: "node-1",
+            live: true,
+            verdicts: &seen,
+        }]);
+        let spec = Spec::readyz();
+        let step = plan_for(
+            &phase,
+            &r("default/kubernetes-vip"),
+            &services,
+            &source,
+            &[],
+            &owner(),
+            Some((&spec, &count)),
+        )
+        .unwrap();
+        let decision = step.decision.unwrap();
+        assert_eq!(decision.evicted.len(), 1);
+        let slice = &step.plan.creates[0];
+        let ready: Vec<(&str, Option<bool>, Option<bool>)> = slice
+            .endpoints
+            .iter()
+            .map(|e| {
+                let c = e.conditions.as_ref();
+                (
+                    e.addresses[0].as_str(),
+                    c.and_then(|c| c.ready),
+                    c.and_then(|c| c.serving),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ready,
+            [
+                ("198.51.100.1", None, None),
+                ("198.51.100.2", Some(false), Some(false)),
+                ("198.51.100.3", None, None)
+            ]
+        );
+        // The same pair without probes copies every endpoint as it is.
+        let plain = plan_for(
+            &phase,
+            &r("default/kubernetes-vip"),
+            &services,
+            &source,
+            &[],
+            &owner(),
+            None,
+        )
+        .unwrap();
+        assert!(plain.decision.is_none());
+        assert_eq!(desired::ready_endpoints(&plain.plan.creates), 3);
     }
 }

@@ -133,8 +133,10 @@ impl Engine {
             }
             _ => {}
         }
-        self.metrics
-            .set_probe_verdict(&report.target.to_string(), Some(report.verdict == Verdict::Up));
+        self.metrics.set_probe_verdict(
+            &report.target.to_string(),
+            Some(report.verdict == Verdict::Up),
+        );
         self.probes.own.insert(
             report.target,
             Own {
@@ -157,11 +159,18 @@ impl Engine {
             .iter()
             .map(|(t, o)| (t.clone(), o.verdict))
             .collect();
+        let since: BTreeMap<Target, Timestamp> = self
+            .probes
+            .own
+            .iter()
+            .map(|(t, o)| (t.clone(), o.changed_at))
+            .collect();
         self.probes.record.send_if_modified(|record| {
             if record.verdicts == verdicts {
                 return false;
             }
             record.verdicts = verdicts;
+            record.verdicts_since = since;
             true
         });
     }
@@ -192,16 +201,13 @@ impl Engine {
             live: true,
             verdicts: &own,
         }];
-        ballots.extend(
-            others
-                .iter()
-                .filter(|(id, _)| **id != self.identity)
-                .map(|(id, record)| Ballot {
-                    voter: id,
-                    live: true,
-                    verdicts: &record.verdicts,
-                }),
-        );
+        ballots.extend(others.iter().filter(|(id, _)| **id != self.identity).map(
+            |(id, record)| Ballot {
+                voter: id,
+                live: true,
+                verdicts: &record.verdicts,
+            },
+        ));
         Count::of(&ballots)
     }
 
@@ -268,8 +274,7 @@ impl Engine {
                 format!("every endpoint of {target} looks down; {address} stays ready so the VIP is never empty ({why})"),
             );
         }
-        self.metrics
-            .set_evicted(&pair, decision.evicted.len());
+        self.metrics.set_evicted(&pair, decision.evicted.len());
         self.probes.decided.insert(target.clone(), decision);
     }
 }

@@ -36,7 +36,13 @@ impl Engine {
             .filter(|(_, s)| s.phase != Phase::Retired)
             .map(|(target, s)| PairStatus {
                 target: target.to_string(),
-                endpoints: s.endpoints,
+                // Evicted endpoints are still in the target (not ready): "3 endpoints, 1 evicted".
+                endpoints: s.endpoints
+                    + self
+                        .probes
+                        .decided
+                        .get(target)
+                        .map_or(0, |d| d.evicted.len()),
                 synced_ago: s.synced_at.map(|t| now.duration_since(t)),
                 holding: s.hold.as_ref().map(ToString::to_string),
                 evicted: self

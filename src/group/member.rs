@@ -39,6 +39,9 @@ pub struct MemberRecord {
     pub pairs: BTreeSet<PairRef>,
     /// The copy's probe verdicts (what it sees up and down), the ballot the leader counts.
     pub verdicts: BTreeMap<Target, Verdict>,
+    /// When each verdict last changed, by the copy's wall clock (shown by `status`; never used
+    /// to decide anything, as another host's clock is never compared with ours).
+    pub verdicts_since: BTreeMap<Target, Timestamp>,
 }
 
 impl MemberRecord {
@@ -48,6 +51,7 @@ impl MemberRecord {
             identity: identity.to_owned(),
             pairs: pairs.into_iter().collect(),
             verdicts: BTreeMap::new(),
+            verdicts_since: BTreeMap::new(),
         }
     }
 
@@ -60,7 +64,7 @@ impl MemberRecord {
         if !self.verdicts.is_empty() {
             annotations.insert(
                 names::MEMBER_VERDICTS_ANNOTATION.to_owned(),
-                encode_verdicts(&self.verdicts)?,
+                encode_verdicts(&self.verdicts, &self.verdicts_since)?,
             );
         }
         Ok(annotations)
@@ -87,7 +91,7 @@ impl MemberRecord {
         };
         // Verdicts a reader cannot parse (a newer kind of target) are skipped, not fatal: the
         // ballot then abstains on them, which never evicts.
-        let verdicts = annotations
+        let (verdicts, verdicts_since) = annotations
             .and_then(|a| a.get(names::MEMBER_VERDICTS_ANNOTATION))
             .map(|json| decode_verdicts(json))
             .unwrap_or_default();
@@ -95,6 +99,7 @@ impl MemberRecord {
             identity,
             pairs,
             verdicts,
+            verdicts_since,
         })
     }
 }
@@ -136,22 +141,35 @@ struct WireVerdicts {
     down: Vec<String>,
     #[serde(default)]
     up: Vec<String>,
+    /// When each verdict last changed (RFC 3339), by target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    since: BTreeMap<String, String>,
 }
 
-/// `{"down":[...],"up":[...]}`, each list sorted (the map iterates in order), compact.
-fn encode_verdicts(verdicts: &BTreeMap<Target, Verdict>) -> Result<String, Error> {
+/// `{"down":[...],"up":[...],"since":{...}}`, each list sorted (the maps iterate in order),
+/// compact.
+fn encode_verdicts(
+    verdicts: &BTreeMap<Target, Verdict>,
+    since: &BTreeMap<Target, Timestamp>,
+) -> Result<String, Error> {
     let mut wire = WireVerdicts::default();
     for (target, verdict) in verdicts {
         match verdict {
             Verdict::Down => wire.down.push(target.to_string()),
             Verdict::Up => wire.up.push(target.to_string()),
         }
+        if let Some(at) = since.get(target) {
+            wire.since.insert(target.to_string(), at.to_string());
+        }
     }
     serde_json::to_string(&wire).map_err(Error::Encode)
 }
 
+/// Verdicts by target, and when each changed.
+type Verdicts = (BTreeMap<Target, Verdict>, BTreeMap<Target, Timestamp>);
+
 /// The verdicts of [`names::MEMBER_VERDICTS_ANNOTATION`]; what does not parse is left out.
-fn decode_verdicts(json: &str) -> BTreeMap<Target, Verdict> {
+fn decode_verdicts(json: &str) -> Verdicts {
     let wire: WireVerdicts = serde_json::from_str(json).unwrap_or_default();
     let parse = |list: Vec<String>, verdict: Verdict| {
         list.into_iter()
@@ -159,9 +177,16 @@ fn decode_verdicts(json: &str) -> BTreeMap<Target, Verdict> {
     };
     // A target listed as both is read as down: a writer never lists one twice, and down is the
     // verdict a majority must reach, so a garbled ballot cannot help to keep a dead endpoint.
-    parse(wire.up, Verdict::Up)
+    let verdicts: BTreeMap<Target, Verdict> = parse(wire.up, Verdict::Up)
         .chain(parse(wire.down, Verdict::Down))
-        .collect()
+        .collect();
+    let since = wire
+        .since
+        .iter()
+        .filter_map(|(t, at)| Some((t.parse::<Target>().ok()?, at.parse::<Timestamp>().ok()?)))
+        .filter(|(t, _)| verdicts.contains_key(t))
+        .collect();
+    (verdicts, since)
 }
 
 fn decode_pairs(json: &str) -> Result<BTreeSet<PairRef>, DecodeError> {
@@ -586,6 +611,10 @@ mod tests {
             (t("https://198.51.100.1:6443/readyz"), Verdict::Up),
             (t("tcp://[2001:db8::1]:5432"), Verdict::Up),
         ]);
+        rec.verdicts_since = BTreeMap::from([(
+            t("https://198.51.100.2:6443/readyz"),
+            "2026-11-30T19:00:00Z".parse().unwrap(),
+        )]);
         let lease = member_lease(
             &Group::default_group(),
             &rec,
@@ -596,7 +625,7 @@ mod tests {
         let annotations = lease.metadata.annotations.as_ref().unwrap();
         assert_eq!(
             annotations[names::MEMBER_VERDICTS_ANNOTATION],
-            r#"{"down":["https://198.51.100.2:6443/readyz"],"up":["https://198.51.100.1:6443/readyz","tcp://[2001:db8::1]:5432"]}"#
+            r#"{"down":["https://198.51.100.2:6443/readyz"],"up":["https://198.51.100.1:6443/readyz","tcp://[2001:db8::1]:5432"],"since":{"https://198.51.100.2:6443/readyz":"2026-11-30T19:00:00Z"}}"#
         );
         assert_eq!(MemberRecord::from_lease(&lease).unwrap(), rec);
         // No verdicts: no annotation, so a copy that probes nothing writes what it always did.
@@ -618,7 +647,7 @@ mod tests {
 
     #[test]
     fn verdicts_a_reader_cannot_parse_are_skipped_and_down_wins_a_double_listing() {
-        let got = decode_verdicts(
+        let (got, _) = decode_verdicts(
             r#"{"down":["https://198.51.100.1:6443/readyz","quic://x"],"up":["https://198.51.100.1:6443/readyz","tcp://198.51.100.9:1"],"later":1}"#,
         );
         assert_eq!(got.len(), 2);
@@ -628,7 +657,7 @@ mod tests {
                 .unwrap()],
             Verdict::Down
         );
-        assert!(decode_verdicts("not json").is_empty());
+        assert!(decode_verdicts("not json").0.is_empty());
     }
 
     #[test]
