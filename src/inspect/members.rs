@@ -13,8 +13,9 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 
 use super::Error;
-use super::report::{ConfiguredPair, MemberReport};
+use super::report::{ConfiguredPair, MemberReport, VerdictReport};
 use crate::group::{Group, MemberRecord};
+use crate::probe::{Target, Verdict};
 
 /// Lists `group`'s member Leases and reports each, sorted by identity; `identity` is this host's.
 ///
@@ -56,7 +57,7 @@ pub fn member_report(lease: &Lease, identity: &str, now: Timestamp) -> MemberRep
         (Some(ago), Some(d)) => ago <= i64::from(d),
         _ => false,
     };
-    let (who, pairs, error) = match MemberRecord::from_lease(lease) {
+    let (who, pairs, verdicts, error) = match MemberRecord::from_lease(lease) {
         Ok(record) => {
             let pairs = record
                 .pairs
@@ -66,12 +67,26 @@ pub fn member_report(lease: &Lease, identity: &str, now: Timestamp) -> MemberRep
                     target: t.to_string(),
                 })
                 .collect();
-            (record.identity, pairs, None)
+            let verdicts = record
+                .verdicts
+                .iter()
+                .map(|(t, v)| VerdictReport {
+                    endpoint: t.to_string(),
+                    verdict: match v {
+                        Verdict::Up => "up",
+                        Verdict::Down => "down",
+                    }
+                    .to_owned(),
+                    since: record.verdicts_since.get(t).map(ToString::to_string),
+                })
+                .collect();
+            (record.identity, pairs, verdicts, None)
         }
         Err(e) => (
             spec.and_then(|s| s.holder_identity.clone())
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| name.clone()),
+            Vec::new(),
             Vec::new(),
             Some(e.to_string()),
         ),
@@ -85,7 +100,32 @@ pub fn member_report(lease: &Lease, identity: &str, now: Timestamp) -> MemberRep
         lease_duration_secs,
         pairs,
         error,
+        verdicts,
     }
+}
+
+/// The ballots of the live members as a one-shot command can judge them (renewed within their
+/// duration by this host's clock), for [`crate::probe::quorum::Count::of`].
+pub fn ballots(members: &[MemberReport]) -> Vec<(String, BTreeMap<Target, Verdict>)> {
+    members
+        .iter()
+        .filter(|m| m.live && m.error.is_none())
+        .map(|m| {
+            let verdicts = m
+                .verdicts
+                .iter()
+                .filter_map(|v| {
+                    let verdict = match v.verdict.as_str() {
+                        "up" => Verdict::Up,
+                        "down" => Verdict::Down,
+                        _ => return None,
+                    };
+                    Some((v.endpoint.parse::<Target>().ok()?, verdict))
+                })
+                .collect();
+            (m.identity.clone(), verdicts)
+        })
+        .collect()
 }
 
 /// The warnings about the members: unreadable records, and every pair configured on some live
@@ -182,6 +222,7 @@ mod tests {
             lease_duration_secs: Some(30),
             pairs: pairs.to_vec(),
             error: None,
+            verdicts: Vec::new(),
         }
     }
 

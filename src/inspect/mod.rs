@@ -35,6 +35,7 @@ pub use report::{
 use crate::cli::Output;
 use crate::config::Config;
 use crate::group::Group;
+use crate::probe::quorum::{Ballot, Count};
 
 /// Why `check` or `status` could not produce a report. Problems the report lists are not
 /// errors: they are the [`Verdict`].
@@ -132,9 +133,16 @@ pub async fn check_report(config: &Config) -> Result<Report, Error> {
     report.problems.extend(problems);
     report.warnings.extend(warnings);
     let group = group_of(config);
+    let may_list_members = report
+        .permissions
+        .iter()
+        .all(|p| p.allowed || p.resource != "leases" || p.verb != "list");
+    // The members first: their probe verdicts are the ballots the pairs' decisions count.
+    members_into(&client, config, &group, may_list_members, &mut report).await;
+    let count = count_of(&report);
     // A read that a missing right forbids is left out: that right is a problem above already.
     if let Some(resolved) = &resolved {
-        match pairs::inspect(&client, resolved, &group.owner()).await {
+        match pairs::inspect(&client, config, resolved, &group.owner(), &count).await {
             Ok((pairs, refused)) => {
                 report.pairs = pairs;
                 report.refused = refused;
@@ -155,16 +163,12 @@ pub async fn check_report(config: &Config) -> Result<Report, Error> {
             report.problems.push(pairs::foreign_line(p, f));
         }
     }
+    probe_findings(&mut report);
     report.lease = match lease(&client, config).await {
         Ok(l) => Some(l),
         Err(e) if e.is_forbidden() => None,
         Err(e) => return Err(e),
     };
-    let may_list_members = report
-        .permissions
-        .iter()
-        .all(|p| p.allowed || p.resource != "leases" || p.verb != "list");
-    members_into(&client, config, &group, may_list_members, &mut report).await;
     Ok(report)
 }
 
@@ -185,8 +189,11 @@ pub async fn status_report(config: &Config) -> Result<Report, Error> {
         }
     }
     let group = group_of(config);
+    members_into(&client, config, &group, true, &mut report).await;
+    let count = count_of(&report);
     let resolved = pairs::resolve(&client, config).await?;
-    let (pairs, refused) = pairs::inspect(&client, &resolved, &group.owner()).await?;
+    let (pairs, refused) =
+        pairs::inspect(&client, config, &resolved, &group.owner(), &count).await?;
     report.pairs = pairs;
     report.refused = refused;
     for p in report.pairs.iter().filter(|p| !p.in_sync) {
@@ -199,8 +206,59 @@ pub async fn status_report(config: &Config) -> Result<Report, Error> {
             report.warnings.push(pairs::foreign_line(p, f));
         }
     }
-    members_into(&client, config, &group, true, &mut report).await;
+    probe_findings(&mut report);
     Ok(report)
+}
+
+/// The live members' ballots as read into `report.group`, counted (no members read: nothing
+/// counted, so nothing is evicted in the report's plans).
+fn count_of(report: &Report) -> Count {
+    let ballots = report
+        .group
+        .as_ref()
+        .and_then(|g| g.members.as_ref())
+        .map(|m| members::ballots(m))
+        .unwrap_or_default();
+    let ballots: Vec<Ballot<'_>> = ballots
+        .iter()
+        .map(|(voter, verdicts)| Ballot {
+            voter,
+            live: true,
+            verdicts,
+        })
+        .collect();
+    Count::of(&ballots)
+}
+
+/// What the probes found: an evicted endpoint and a host presumed cut off are warnings (the
+/// daemon is doing its job: someone should look at that apiserver or host); an endpoint kept
+/// ready only because it is the last is a problem (a majority sees every endpoint down).
+fn probe_findings(report: &mut Report) {
+    for p in &report.pairs {
+        for e in &p.endpoints {
+            let who = e.down.join(", ");
+            match e.decision.as_str() {
+                "evicted" => report.warnings.push(format!(
+                    "{} is out of {} (not ready): {} of {} live hosts see it down ({who})",
+                    e.address,
+                    p.target,
+                    e.down.len(),
+                    e.counted
+                )),
+                "spared" => report.problems.push(format!(
+                    "every endpoint of {} looks down; {} is kept ready only so that the target is never empty ({who} see it down)",
+                    p.target, e.address
+                )),
+                _ => {}
+            }
+        }
+        for host in &p.presumed_cut_off {
+            report.warnings.push(format!(
+                "host {host} sees every endpoint of {} down: presumed cut off, its votes are not counted",
+                p.target
+            ));
+        }
+    }
 }
 
 /// The copier group of `config`.

@@ -10,12 +10,13 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 
 use super::Error;
-use super::report::{ForeignReport, PairReport, RefusalReport};
+use super::report::{EndpointReport, ForeignReport, PairReport, RefusalReport};
 use crate::config::Config;
 use crate::daemon::pair::{Phase, plan_for};
 use crate::desired::{self, ForeignSlice, Owner, manager_of};
 use crate::names::{self, ServiceRef};
 use crate::pairs::{self, Resolution};
+use crate::probe::quorum::{self, Candidate, Count, Decision};
 
 /// The managed-by value of kube-controller-manager's endpointslice-mirroring controller.
 const MIRRORING_CONTROLLER: &str = "endpointslicemirroring-controller.k8s.io";
@@ -91,8 +92,10 @@ pub async fn resolve(client: &Client, config: &Config) -> Result<Resolved, Error
 /// [`Error::Api`] when a pair's slices cannot be listed.
 pub async fn inspect(
     client: &Client,
+    config: &Config,
     resolved: &Resolved,
     owner: &Owner,
+    count: &Count,
 ) -> Result<(Vec<PairReport>, Vec<RefusalReport>), Error> {
     let refused = resolved
         .resolution
@@ -111,21 +114,33 @@ pub async fn inspect(
         let phase = Phase::Active {
             source: pair.source.clone(),
         };
-        let (plan, holding) = match plan_for(
+        let probe = pairs::probe_of(pair, &config.pairs, &resolved.known);
+        let (plan, holding, decision) = match plan_for(
             &phase,
             &pair.target,
             &resolved.known,
             &source_slices,
             &actual,
             owner,
-            None,
+            probe.as_ref().map(|p| (p, count)),
         ) {
             Ok(step) if step.clears_target => (
                 step.plan,
                 Some(format!("target Service {} does not exist", pair.target)),
+                None,
             ),
-            Ok(step) => (step.plan, None),
-            Err(hold) => (desired::Plan::default(), Some(hold.to_string())),
+            Ok(step) => (step.plan, None, step.decision),
+            Err(hold) => (desired::Plan::default(), Some(hold.to_string()), None),
+        };
+        let endpoints = match (&probe, decision, resolved.known.get(&pair.target)) {
+            (Some(spec), Some(decision), Some(svc)) => quorum::candidates(
+                spec,
+                desired::probed_endpoints(&pair.source, svc, &source_slices),
+            )
+            .into_iter()
+            .map(|c| endpoint_report(&c, &decision, count))
+            .collect(),
+            _ => Vec::new(),
         };
         let mut lines = Vec::new();
         for s in &plan.creates {
@@ -164,9 +179,36 @@ pub async fn inspect(
             holding,
             plan: lines,
             foreign,
+            probe: probe.as_ref().map(|p| crate::probe::spec::to_toml(Some(p))),
+            endpoints,
+            presumed_cut_off: if probe.is_some() {
+                count.cut_off.clone()
+            } else {
+                Vec::new()
+            },
         });
     }
     Ok((reports, refused))
+}
+
+/// One candidate endpoint with its votes and the quorum's decision.
+fn endpoint_report(c: &Candidate, decision: &Decision, count: &Count) -> EndpointReport {
+    let votes = c.target.as_ref().and_then(|t| count.votes.get(t));
+    EndpointReport {
+        address: c.address.to_string(),
+        probe: c.target.as_ref().map(ToString::to_string),
+        decision: if decision.evicted.contains(&c.address) {
+            "evicted"
+        } else if decision.spared == Some(c.address) {
+            "spared"
+        } else {
+            "ready"
+        }
+        .to_owned(),
+        down: votes.map(|v| v.down.clone()).unwrap_or_default(),
+        up: votes.map(|v| v.up.clone()).unwrap_or_default(),
+        counted: count.counted.len(),
+    }
 }
 
 /// A foreign slice of `target` with its fix.

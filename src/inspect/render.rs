@@ -102,6 +102,14 @@ fn member(s: &mut String, m: &MemberReport) {
         "  member {}{here}: {state}, {renewed}, {pairs}",
         m.identity
     );
+    for v in &m.verdicts {
+        let since = v
+            .since
+            .as_deref()
+            .map(|at| format!(" since {at}"))
+            .unwrap_or_default();
+        let _ = writeln!(s, "    sees {} {}{since}", v.endpoint, v.verdict);
+    }
 }
 
 fn pair(s: &mut String, p: &PairReport) {
@@ -125,6 +133,36 @@ fn pair(s: &mut String, p: &PairReport) {
         "pair {} <- {} ({}): source {} ready, {target}, {state}",
         p.target, p.source, p.origin, p.source_endpoints
     );
+    if let Some(probe) = &p.probe {
+        let cut_off = if p.presumed_cut_off.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", presumed cut off (votes not counted): {}",
+                p.presumed_cut_off.join(", ")
+            )
+        };
+        let _ = writeln!(s, "  probe {probe}{cut_off}");
+    }
+    for e in &p.endpoints {
+        let names = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        let _ = writeln!(
+            s,
+            "  endpoint {}: {} ({} of {} live hosts see it down: {}; up: {})",
+            e.address,
+            e.decision,
+            e.down.len(),
+            e.counted,
+            names(&e.down),
+            names(&e.up)
+        );
+    }
     for f in &p.foreign {
         let addresses = if f.ready_addresses.is_empty() {
             "no ready address".to_owned()
@@ -173,6 +211,9 @@ mod tests {
                 holding: None,
                 plan: vec!["update kubernetes-vip".into()],
                 foreign: vec![],
+                probe: None,
+                endpoints: vec![],
+                presumed_cut_off: vec![],
             }],
             refused: vec![],
             lease: Some(LeaseReport {
@@ -253,6 +294,7 @@ ok
                         target: "default/kubernetes-vip".into(),
                     }],
                     error: None,
+                    verdicts: vec![],
                 },
                 MemberReport {
                     identity: "cp-2".into(),
@@ -263,6 +305,7 @@ ok
                     lease_duration_secs: Some(30),
                     pairs: vec![],
                     error: None,
+                    verdicts: vec![],
                 },
             ]),
         });
@@ -283,6 +326,58 @@ pair default/kubernetes-vip <- default/kubernetes (config): source 3 ready, targ
   foreign slice kubernetes-vip-x1 by endpointslicemirroring-controller.k8s.io: 203.0.113.9
   would update kubernetes-vip
 warning: something to know
+ok
+"
+        );
+    }
+
+    #[test]
+    fn a_probing_pair_shows_each_endpoint_with_its_votes_and_each_host_what_it_sees() {
+        let mut r = report();
+        r.config_files.clear();
+        r.kubeconfig = None;
+        r.server = None;
+        r.permissions.clear();
+        r.lease = None;
+        r.pairs[0].probe = Some("{ https = \"/readyz\" }".into());
+        r.pairs[0].endpoints = vec![super::super::report::EndpointReport {
+            address: "198.51.100.2".into(),
+            probe: Some("https://198.51.100.2:6443/readyz".into()),
+            decision: "evicted".into(),
+            down: vec!["cp-1".into(), "cp-3".into()],
+            up: vec!["cp-2".into()],
+            counted: 3,
+        }];
+        r.pairs[0].presumed_cut_off = vec!["cp-4".into()];
+        r.group = Some(GroupReport {
+            label: "kube-system.endpoint-copier".into(),
+            lease: "kube-system/endpoint-copier".into(),
+            identity: "cp-1".into(),
+            members: Some(vec![MemberReport {
+                identity: "cp-1".into(),
+                lease: "endpoint-copier.cp-1-00000000".into(),
+                this_host: true,
+                live: true,
+                renewed_secs_ago: Some(3),
+                lease_duration_secs: Some(30),
+                pairs: vec![],
+                error: None,
+                verdicts: vec![super::super::report::VerdictReport {
+                    endpoint: "https://198.51.100.2:6443/readyz".into(),
+                    verdict: "down".into(),
+                    since: Some("2026-11-30T19:00:00Z".into()),
+                }],
+            }]),
+        });
+        assert_eq!(
+            render(&r),
+            "group kube-system.endpoint-copier (lease kube-system/endpoint-copier), this host cp-1: 1 member
+  member cp-1 (this host): live, renewed 3s ago, no configured pairs
+    sees https://198.51.100.2:6443/readyz down since 2026-11-30T19:00:00Z
+pair default/kubernetes-vip <- default/kubernetes (config): source 3 ready, target 2 ready, out of sync
+  probe { https = \"/readyz\" }, presumed cut off (votes not counted): cp-4
+  endpoint 198.51.100.2: evicted (2 of 3 live hosts see it down: cp-1, cp-3; up: cp-2)
+  would update kubernetes-vip
 ok
 "
         );

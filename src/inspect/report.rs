@@ -78,6 +78,43 @@ pub struct PairReport {
     pub plan: Vec<String>,
     /// The target's slices that this group does not manage, sorted by name.
     pub foreign: Vec<ForeignReport>,
+    /// The pair's probe in the config's vocabulary (`{ https = "/readyz" }`), `None` when it
+    /// does not probe.
+    pub probe: Option<String>,
+    /// For a pair that probes: each ready source endpoint with the live hosts' votes and the
+    /// quorum's decision, sorted by address.
+    pub endpoints: Vec<EndpointReport>,
+    /// Live hosts whose every verdict is down: presumed cut off, their votes not counted.
+    pub presumed_cut_off: Vec<String>,
+}
+
+/// One endpoint of a probing pair, as the live hosts see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointReport {
+    /// Its address.
+    pub address: String,
+    /// What is probed (`https://198.51.100.1:6443/readyz`); `None` when no port is known.
+    pub probe: Option<String>,
+    /// `ready`, `evicted` (a majority sees it down) or `spared` (a majority sees it down but it
+    /// is the last ready one).
+    pub decision: String,
+    /// Live hosts that see it down.
+    pub down: Vec<String>,
+    /// Live hosts that see it up.
+    pub up: Vec<String>,
+    /// Live hosts whose votes count.
+    pub counted: usize,
+}
+
+/// One verdict a member publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerdictReport {
+    /// The probed endpoint (`https://198.51.100.1:6443/readyz`).
+    pub endpoint: String,
+    /// `up` or `down`.
+    pub verdict: String,
+    /// When it last changed, by that host's clock (RFC 3339).
+    pub since: Option<String>,
 }
 
 /// A refused pair.
@@ -132,6 +169,8 @@ pub struct MemberReport {
     pub pairs: Vec<ConfiguredPair>,
     /// Why its record cannot be read, if so (the leader then counts it as wanting every target).
     pub error: Option<String>,
+    /// Its probe verdicts: what that host sees, sorted by endpoint.
+    pub verdicts: Vec<VerdictReport>,
 }
 
 /// The copier group this host belongs to.
