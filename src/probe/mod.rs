@@ -11,6 +11,14 @@
 //! - `quorum`: the pure decision — which targets the leader evicts, from the votes of the live
 //!   copies, never the last ready endpoint of a target.
 
+mod check;
+mod run;
+mod tracker;
+
+pub use check::{Error as ProberError, Outcome, Prober, Session};
+pub use run::spawn;
+pub use tracker::{Change, Tracker};
+
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
