@@ -283,10 +283,16 @@ impl Session {
                 .server_name
                 .clone()
                 .unwrap_or(ServerName::IpAddress(addr.ip().into()));
-            let tls = connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| Failure(format!("TLS: {}", describe_io(&e))))?;
+            let tls = connector.connect(name, tcp).await.map_err(|e| {
+                // A refused certificate is a rustls error ("TLS: ..."); anything else in the
+                // handshake (a reset, EOF) is named as happening there.
+                let detail = describe_io(&e);
+                if detail.starts_with("TLS: ") {
+                    Failure(detail)
+                } else {
+                    Failure(format!("TLS handshake: {detail}"))
+                }
+            })?;
             handshake(TokioIo::new(tls)).await
         } else {
             handshake(TokioIo::new(tcp)).await
