@@ -233,9 +233,6 @@ impl Session {
         if let Some(mut connection) = self.connection.take()
             && !connection.sender.is_closed()
         {
-            // Build a second request up front: the first is consumed even if the kept-alive
-            // connection turns out to have been closed by the server while idle.
-            let retry = self.request(&path, https).await?;
             match send(&mut connection, request).await {
                 Ok(answer) => {
                     if answer.reusable {
@@ -244,8 +241,12 @@ impl Session {
                     return answer.verdict();
                 }
                 // A reused connection can fail only because the server closed it while idle;
-                // like Go's transport, try once more on a fresh one before calling it a failure.
-                Err(_) => return self.fresh(addr, https, retry).await,
+                // like Go's transport, try once more on a fresh one before calling it a failure
+                // (a dead server then refuses, a black-holed one times out).
+                Err(_) => {
+                    let retry = self.request(&path, https).await?;
+                    return self.fresh(addr, https, retry).await;
+                }
             }
         }
         self.fresh(addr, https, request).await
@@ -420,5 +421,108 @@ fn describe_io(e: &std::io::Error) -> String {
         K::NetworkUnreachable => "network unreachable".to_owned(),
         K::UnexpectedEof => "connection closed".to_owned(),
         _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_are_described_in_words() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(describe_io(&refused), "connection refused");
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert_eq!(
+            describe_io(&tls),
+            "TLS: invalid peer certificate: UnknownIssuer"
+        );
+    }
+
+    #[test]
+    fn a_bad_server_name_override_is_refused() {
+        let config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        let err = Prober::new(&config, Some("not a name")).unwrap_err();
+        assert!(matches!(err, Error::ServerName(_)), "{err}");
+    }
+
+    #[test]
+    fn a_prober_never_shows_its_token() {
+        let mut config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        config.auth_info.token = Some("s3cr3t-token".to_owned().into());
+        let prober = Prober::new(&config, None).unwrap();
+        let shown = format!("{prober:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("credentials: true"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn without_tls_an_https_target_fails_with_the_reason() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target {
+            address: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port: listener.local_addr().unwrap().port(),
+            kind: Kind::Https {
+                path: "/readyz".to_owned(),
+            },
+        };
+        let prober = Arc::new(Prober::without_tls("no kubeconfig yet"));
+        let outcome = Session::new(prober, target)
+            .probe(Duration::from_millis(400))
+            .await;
+        assert!(!outcome.ok);
+        assert_eq!(outcome.detail, "TLS: no kubeconfig yet");
+    }
+
+    /// Reads one request head from `stream` (probes send no body).
+    async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_the_server_dropped_is_retried_on_a_fresh_one() {
+        use tokio::io::AsyncWriteExt;
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            // First connection: answers one request, then drops the second unanswered, as a
+            // server closing an idle connection at the wrong moment does.
+            let (mut first, _) = listener.accept().await.unwrap();
+            assert!(read_head(&mut first).await);
+            first.write_all(OK).await.unwrap();
+            assert!(read_head(&mut first).await);
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            assert!(read_head(&mut second).await);
+            second.write_all(OK).await.unwrap();
+            second
+        });
+        let target = Target {
+            address: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port,
+            kind: Kind::Http {
+                path: "/healthz".to_owned(),
+            },
+        };
+        let mut session = Session::new(Arc::new(Prober::without_tls("unused")), target);
+        let timeout = Duration::from_secs(2);
+        assert_eq!(session.probe(timeout).await.detail, "HTTP 200");
+        assert!(session.is_connected());
+        let second = session.probe(timeout).await;
+        assert!(second.ok, "{}", second.detail);
+        let _kept = server.await.unwrap();
     }
 }

@@ -79,7 +79,7 @@ pub struct NetNs {
 /// (unreachable from inside) or when namespaces cannot be created — except under `CI=true`,
 /// where that panics: CI must not skip these tests.
 pub fn enter(test: &str) -> Option<Arc<NetNs>> {
-    if std::env::var_os(IN_NETNS).is_some() {
+    if inside() {
         return Some(Arc::new(NetNs::prepare()));
     }
     if std::env::var_os("ENDPOINT_COPIER_TEST_KUBECONFIG").is_some() {
@@ -88,7 +88,7 @@ pub fn enter(test: &str) -> Option<Arc<NetNs>> {
         );
         return None;
     }
-    let Some(unshare) = unshare_args() else {
+    let Some(mut command) = unshare_command() else {
         let why =
             "cannot create a network namespace (unshare --net failed, also with --map-root-user)";
         assert!(
@@ -98,13 +98,8 @@ pub fn enter(test: &str) -> Option<Arc<NetNs>> {
         eprintln!("skipping {test}: {why}");
         return None;
     };
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("unshare")
-        .args(&unshare)
-        .arg("--")
-        .arg(&exe)
+    let out = command
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(IN_NETNS, "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -122,9 +117,17 @@ pub fn enter(test: &str) -> Option<Arc<NetNs>> {
     None
 }
 
-/// The `unshare` flags that work here: `--net` as root, else with a user namespace.
-fn unshare_args() -> Option<Vec<&'static str>> {
-    [vec!["--net"], vec!["--net", "--map-root-user"]]
+/// Whether this process runs inside a namespace made by [`enter`] or [`unshare_command`].
+pub fn inside() -> bool {
+    std::env::var_os(IN_NETNS).is_some()
+}
+
+/// A command that runs this executable again in a new network namespace (as root, else with a
+/// user namespace), marked so that [`inside`] is true there; add the arguments. `None` when
+/// namespaces cannot be created here. For programs other than the test suite (the benchmark):
+/// re-run yourself with it, and call [`NetNs::prepare`] inside.
+pub fn unshare_command() -> Option<Command> {
+    let flags = [vec!["--net"], vec!["--net", "--map-root-user"]]
         .into_iter()
         .find(|args| {
             Command::new("unshare")
@@ -132,11 +135,20 @@ fn unshare_args() -> Option<Vec<&'static str>> {
                 .arg("true")
                 .output()
                 .is_ok_and(|o| o.status.success())
-        })
+        })?;
+    let mut command = Command::new("unshare");
+    command
+        .args(flags)
+        .arg("--")
+        .arg(std::env::current_exe().ok()?)
+        .env(IN_NETNS, "1");
+    Some(command)
 }
 
 impl NetNs {
-    fn prepare() -> NetNs {
+    /// Prepares the namespace this process is in (see [`inside`]): `lo` up, the black hole's
+    /// veth pair, and a check that nothing can leave. Panics when that fails.
+    pub fn prepare() -> NetNs {
         ip(&["link", "set", "lo", "up"]);
         ip(&[
             "link", "add", HOLE, "type", "veth", "peer", "name", HOLE_PEER,
