@@ -100,6 +100,22 @@ fn addr(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// Room for a loaded CI machine on top of the times the thresholds allow.
+const SLACK: Duration = Duration::from_millis(300);
+
+/// How long after a fault the verdict may turn down with the default timing: the first failing
+/// probe starts within one period, then `failure_threshold - 1` more periods, plus the last
+/// probe's own time (the timeout when the fault is a timeout, next to nothing otherwise).
+fn down_within(by_timeout: bool) -> Duration {
+    let t = Timing::default();
+    let last = if by_timeout {
+        t.timeout
+    } else {
+        Duration::ZERO
+    };
+    t.period * t.failure_threshold + last + SLACK
+}
+
 /// Up, then `mode` gives Down with a detail starting with `detail` within `within` of the fault,
 /// then `Mode::Ok` gives Up again within one period and a probe.
 async fn fault_and_heal(test: &str, mode: Mode, detail: &str, within: Duration) {
@@ -139,9 +155,10 @@ async fn fault_and_heal(test: &str, mode: Mode, detail: &str, within: Duration) 
     println!("{mode:?}: up again after {back:?}");
     assert_eq!(up.detail, "HTTP 200");
     // One period until the next probe, plus the probe itself (a fresh connection and TLS).
+    let limit = Timing::default().period + SLACK;
     assert!(
-        back <= Duration::from_millis(1000),
-        "up again after {back:?}"
+        back <= limit,
+        "up again after {back:?}, more than {limit:?}"
     );
     assert!(
         api.requests().iter().all(|r| r.path == "/readyz"),
@@ -152,25 +169,23 @@ async fn fault_and_heal(test: &str, mode: Mode, detail: &str, within: Duration) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_apiserver_is_down_within_a_second_and_up_when_it_listens_again() {
-    // Two failed probes, 500 ms apart; the first within one period of the fault.
+async fn a_refused_apiserver_is_down_after_two_periods_and_up_when_it_listens_again() {
     fault_and_heal(
-        "probes::a_refused_apiserver_is_down_within_a_second_and_up_when_it_listens_again",
+        "probes::a_refused_apiserver_is_down_after_two_periods_and_up_when_it_listens_again",
         Mode::Refuse,
         "connection refused",
-        Duration::from_millis(1200),
+        down_within(false),
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_apiserver_is_down_by_timeout_and_up_when_it_answers_again() {
-    // Two timed-out probes: at most a period until the first starts, then period + timeout.
     fault_and_heal(
         "probes::a_hung_apiserver_is_down_by_timeout_and_up_when_it_answers_again",
         Mode::Hang,
         "timed out after 400 ms",
-        Duration::from_millis(1900),
+        down_within(true),
     )
     .await;
 }
@@ -181,7 +196,7 @@ async fn a_black_holed_apiserver_is_down_by_timeout_and_up_when_healed() {
         "probes::a_black_holed_apiserver_is_down_by_timeout_and_up_when_healed",
         Mode::BlackHole,
         "timed out after 400 ms",
-        Duration::from_millis(1900),
+        down_within(true),
     )
     .await;
 }
@@ -192,7 +207,7 @@ async fn an_apiserver_answering_500_is_down_and_up_when_it_answers_200() {
         "probes::an_apiserver_answering_500_is_down_and_up_when_it_answers_200",
         Mode::Status(500),
         "HTTP 500",
-        Duration::from_millis(1200),
+        down_within(false),
     )
     .await;
 }
@@ -203,7 +218,7 @@ async fn an_apiserver_answering_401_is_down_and_up_when_it_accepts_us_again() {
         "probes::an_apiserver_answering_401_is_down_and_up_when_it_accepts_us_again",
         Mode::Unauthorized,
         "HTTP 401",
-        Duration::from_millis(1200),
+        down_within(false),
     )
     .await;
 }
