@@ -87,6 +87,12 @@ struct WatchLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: String,
 }
@@ -110,6 +116,8 @@ pub struct Metrics {
     evictions: Family<PairLabels, Counter>,
     evicted: Family<PairLabels, Gauge>,
     time_to_evict: Histogram,
+    probe_duration: Family<ProbeLabels, Histogram>,
+    probes: Family<ProbeLabels, Counter>,
 }
 
 /// Labels of a per-probe-target series: its display form (`https://198.51.100.1:6443/readyz`).
@@ -217,11 +225,30 @@ impl Metrics {
             Unit::Seconds,
             time_to_evict.clone(),
         );
+        // 1 ms to ~1 s: a probe is one request on a kept-alive connection (about a millisecond),
+        // and the timeout cuts it off below a second.
+        let probe_duration = Family::<ProbeLabels, Histogram>::new_with_constructor(
+            probe_buckets as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "probe_duration",
+            "Time one health probe took, by kind (https, http, tcp) and result (ok, failed)",
+            Unit::Seconds,
+            probe_duration.clone(),
+        );
+        let probes = Family::default();
+        registry.register(
+            "probes",
+            "Health probes run, by kind (https, http, tcp) and result (ok, failed)",
+            probes.clone(),
+        );
         let metrics = Metrics {
             probe_verdict,
             evictions,
             evicted,
             time_to_evict,
+            probe_duration,
+            probes,
             foreign_slices,
             registry,
             leader,
@@ -396,6 +423,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Records one health probe in `endpoint_copier_probe_duration_seconds{kind, result}` and
+    /// `endpoint_copier_probes_total{kind, result}`: `kind` is the target's scheme (`https`,
+    /// `http`, `tcp`), `result` is `ok` or `failed`.
+    pub fn observe_probe(&self, kind: &'static str, ok: bool, took: Duration) {
+        let labels = ProbeLabels {
+            kind,
+            result: if ok { "ok" } else { "failed" },
+        };
+        self.probe_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        self.probes.get_or_create(&labels).inc();
+    }
+
     /// The whole registry in the OpenMetrics text format (ends with `# EOF`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -404,6 +445,11 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Buckets of the probe duration histogram: 1 ms doubling to ~1 s.
+fn probe_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 11))
 }
 
 fn saturating_i64(n: usize) -> i64 {

@@ -13,6 +13,13 @@
 
 pub mod quorum;
 pub mod spec;
+mod check;
+mod run;
+mod tracker;
+
+pub use check::{Error as ProberError, Outcome, Prober, Session};
+pub use run::spawn;
+pub use tracker::{Change, Tracker};
 
 use std::fmt;
 use std::net::IpAddr;

@@ -16,6 +16,7 @@ mod leader;
 mod metrics;
 mod migration;
 mod notify;
+mod probes;
 mod refusals;
 mod safety;
 mod sync;

@@ -3,6 +3,8 @@
 //! would, and the real daemon started from a `Config` that points at the cluster's kubeconfig.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod netns;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;

@@ -365,6 +365,31 @@ impl TestBed {
         self.port
     }
 
+    /// A TLS server configuration for a stand-in apiserver at `ips` (health-probe tests): a
+    /// certificate for exactly those IP addresses signed by this test bed's CA, and client
+    /// certificates verified against the same CA but optional, as kube-apiserver does (a client
+    /// without a valid certificate or token then gets 401 from [`Authenticator`]).
+    ///
+    /// # Panics
+    /// When the certificate or the configuration cannot be built.
+    pub fn server_tls_for(&self, ips: &[std::net::IpAddr]) -> Arc<rustls::ServerConfig> {
+        let issued = self
+            .ca
+            .issue_server_for(ips)
+            .unwrap_or_else(|e| fatal("failed to issue a server certificate", e));
+        self.ca
+            .server_config(&issued)
+            .unwrap_or_else(|e| fatal("failed to configure TLS", e))
+    }
+
+    /// Who this test bed's credentials say a request comes from, for stand-in servers (the
+    /// same certificates, tokens and revocations as the API server).
+    pub fn authenticator(&self) -> Authenticator {
+        Authenticator {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The CA certificate (PEM) that signed the server and client certificates.
     pub fn ca_pem(&self) -> &str {
         &self.ca.cert_pem
@@ -532,6 +557,35 @@ impl TestBed {
     /// Number of watches currently open in the store.
     pub fn watcher_count(&self) -> usize {
         self.shared.store.watcher_count()
+    }
+}
+
+/// The test bed's authentication, usable by stand-in servers on other addresses (see
+/// [`TestBed::authenticator`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Authenticator {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// The user name of a request with the verified client certificate `peer_cert` (DER, if
+    /// any) and the `Authorization` header value (if any); `None` means 401.
+    pub fn authenticate(
+        &self,
+        peer_cert: Option<&[u8]>,
+        authorization: Option<&str>,
+    ) -> Option<String> {
+        let cert = peer_cert.map(|der| auth::PeerCert::new(der.to_vec()));
+        self.shared
+            .auth
+            .authenticate(cert.as_ref(), authorization)
+            .map(|user| user.name)
     }
 }
 

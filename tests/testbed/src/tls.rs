@@ -129,6 +129,23 @@ impl Ca {
         self.issue(params, "server certificate")
     }
 
+    /// Issues a serving certificate for exactly `ips` (IP SANs, no DNS names), like the
+    /// certificate an apiserver on a node serves at its node addresses: what a health probe that
+    /// dials an endpoint address verifies.
+    ///
+    /// # Errors
+    /// [`Error::Generate`] when rcgen fails.
+    pub fn issue_server_for(&self, ips: &[std::net::IpAddr]) -> Result<Issued, Error> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "kube-apiserver");
+        params.distinguished_name = dn;
+        params.subject_alt_names = ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.issue(params, "server certificate for endpoint addresses")
+    }
+
     /// Issues a client certificate with CN = `identity` and O = each of `groups`, like RKE2's
     /// `client-admin.crt` (CN system:admin, O system:masters).
     ///

@@ -1,0 +1,528 @@
+//! One probe of one target: TCP connect, TLS for HTTPS, `GET <path>` with hyper's HTTP/1 client,
+//! all within the probe timeout; the connection is kept alive between probes of the same target.
+//!
+//! Owns: the TLS and credentials taken from the kube config ([`Prober`]: kube's own
+//! `rustls_client_config()` for the CA and client certificate, `auth_layer()` for bearer and
+//! refreshable tokens), dialling an endpoint address, and describing what went wrong in words.
+//! Scheduling, thresholds and reporting are `run`'s; what a verdict means is the quorum's.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use kube::client::ConfigExt;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tower::{BoxError, Layer, ServiceExt};
+
+use super::{Kind, Target};
+
+/// The User-Agent of every probe, so an apiserver's audit log tells probes from the daemon's
+/// own API requests.
+const USER_AGENT: &str = concat!("endpoint-copier-probe/", env!("CARGO_PKG_VERSION"));
+/// The most of a response body read to keep a connection reusable. `/readyz` answers "ok";
+/// `?verbose` about 2 KiB. A longer body costs the kept-alive connection, not the verdict.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Why no [`Prober`] could be built from a kube config.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The CA or the client certificate and key could not be loaded into rustls.
+    #[error("failed to build the probes' TLS configuration from the kubeconfig")]
+    Tls(#[source] kube::Error),
+    /// The credentials (token, token file, exec plugin) could not be set up.
+    #[error("failed to set up the probes' credentials from the kubeconfig")]
+    Auth(#[source] kube::Error),
+    /// The TLS server name override is not a valid DNS name or IP address.
+    #[error("'{0}' is not a valid TLS server name")]
+    ServerName(String),
+}
+
+/// Request type the credentials layer rewrites.
+type ProbeRequest = http::Request<Empty<Bytes>>;
+/// The kube config's `Authorization` header as a service that adds it to a request (bearer
+/// tokens, token files re-read when they change, exec plugins); `None` for client certificates.
+/// The layer wants a service answering with an `http::Response`; ours carries the rewritten
+/// request back as the response body.
+type Credentials =
+    tower::util::BoxCloneSyncService<ProbeRequest, http::Response<ProbeRequest>, BoxError>;
+
+/// What the probes of every target share: TLS (CA, client certificate) and credentials from the
+/// kube config, and how to name the server in TLS. Cheap to share behind an [`Arc`]; rebuild it
+/// when the kubeconfig changes (RKE2 rotates client certificates).
+#[derive(Clone)]
+pub struct Prober {
+    /// How HTTPS targets are dialled: kube's rustls config (ALPN http/1.1), or why there is none.
+    tls: Result<tokio_rustls::TlsConnector, String>,
+    /// The name the server certificate is verified against; `None`: the endpoint's IP address.
+    server_name: Option<ServerName<'static>>,
+    /// Adds `Authorization` to HTTPS requests; never sent in clear text.
+    credentials: Option<Credentials>,
+}
+
+impl std::fmt::Debug for Prober {
+    // Hand-written: the TLS connector and the credentials must never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prober")
+            .field("tls", &self.tls.as_ref().map(|_| "configured"))
+            .field("server_name", &self.server_name)
+            .field("credentials", &self.credentials.is_some())
+            .finish()
+    }
+}
+
+impl Prober {
+    /// A prober that verifies HTTPS targets against `config`'s CA and authenticates with its
+    /// client certificate or token. The server certificate is checked against `server_name` when
+    /// given, else the kube config's `tls-server-name`, else the endpoint's IP address (an
+    /// apiserver's serving certificate lists its node addresses).
+    ///
+    /// # Errors
+    /// [`Error::Tls`] for an unusable CA, certificate or key; [`Error::Auth`] for unusable
+    /// credentials; [`Error::ServerName`] for a bad override.
+    pub fn new(config: &kube::Config, server_name: Option<&str>) -> Result<Prober, Error> {
+        let mut tls = config.rustls_client_config().map_err(Error::Tls)?;
+        // We speak HTTP/1.1 only (one request at a time per connection is all a probe needs).
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let server_name = match server_name.or(config.tls_server_name.as_deref()) {
+            Some(name) => Some(
+                ServerName::try_from(name.to_owned())
+                    .map_err(|_| Error::ServerName(name.to_owned()))?,
+            ),
+            None => None,
+        };
+        let credentials = config.auth_layer().map_err(Error::Auth)?.map(|layer| {
+            let pass = tower::service_fn(|r: ProbeRequest| async move {
+                Ok::<_, BoxError>(http::Response::new(r))
+            });
+            Credentials::new(layer.layer(pass))
+        });
+        Ok(Prober {
+            tls: Ok(tokio_rustls::TlsConnector::from(Arc::new(tls))),
+            server_name,
+            credentials,
+        })
+    }
+
+    /// A prober without a kube config: HTTP and TCP targets work, HTTPS targets fail with
+    /// `reason` in their detail (say why there is no config, for `status`).
+    pub fn without_tls(reason: &str) -> Prober {
+        Prober {
+            tls: Err(reason.to_owned()),
+            server_name: None,
+            credentials: None,
+        }
+    }
+}
+
+/// The result of one probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Whether it passed: connected (TCP), or a 2xx answer (HTTP, HTTPS).
+    pub ok: bool,
+    /// What happened, in words: `HTTP 200`, `connected`, `connection refused`, `timed out after
+    /// 400 ms`, `HTTP 401`, `TLS: invalid peer certificate: UnknownIssuer`...
+    pub detail: String,
+    /// How long it took, connect and TLS included (at most about the timeout).
+    pub took: Duration,
+}
+
+/// An open HTTP/1 connection to one target, with the task that drives it.
+struct Connection {
+    sender: SendRequest<Empty<Bytes>>,
+    /// Aborted on drop, so a connection we gave up on (timeout, error) is closed at once
+    /// instead of lingering on a hung server.
+    driver: JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// The probes of one target: one kept-alive connection reused from probe to probe and dropped
+/// on any error or timeout. Not shared: `run` gives each target its own, and probes of one
+/// target never overlap.
+pub struct Session {
+    prober: Arc<Prober>,
+    target: Target,
+    connection: Option<Connection>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("target", &self.target)
+            .field("connected", &self.connection.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A session for `target`; nothing is dialled until the first probe.
+    pub fn new(prober: Arc<Prober>, target: Target) -> Session {
+        Session {
+            prober,
+            target,
+            connection: None,
+        }
+    }
+
+    /// The target probed.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The prober this session was built with (to notice a rebuilt one).
+    pub fn prober(&self) -> &Arc<Prober> {
+        &self.prober
+    }
+
+    /// Whether a kept-alive connection is open (for tests and the benchmark).
+    pub fn is_connected(&self) -> bool {
+        self.connection
+            .as_ref()
+            .is_some_and(|c| !c.sender.is_closed())
+    }
+
+    /// Probes once; the whole probe (connect, TLS, request, response) takes at most `timeout`.
+    /// Never fails: a failure is an [`Outcome`] that says why.
+    pub async fn probe(&mut self, timeout: Duration) -> Outcome {
+        let started = Instant::now();
+        let result = tokio::time::timeout(timeout, self.attempt()).await;
+        let (ok, detail) = match result {
+            Ok(Ok(detail)) => (true, detail),
+            Ok(Err(Failure(detail))) => {
+                self.connection = None;
+                (false, detail)
+            }
+            Err(_elapsed) => {
+                // The server may answer this request later; a fresh connection next time keeps
+                // a late answer from being read as the next probe's.
+                self.connection = None;
+                (false, format!("timed out after {} ms", timeout.as_millis()))
+            }
+        };
+        Outcome {
+            ok,
+            detail,
+            took: started.elapsed(),
+        }
+    }
+
+    /// One probe without the time limit: `Ok(detail)` when it passed.
+    async fn attempt(&mut self) -> Result<String, Failure> {
+        let addr = SocketAddr::new(self.target.address, self.target.port);
+        let (path, https) = match &self.target.kind {
+            Kind::Tcp => {
+                let stream = TcpStream::connect(addr).await.map_err(Failure::io)?;
+                drop(stream);
+                return Ok("connected".to_owned());
+            }
+            Kind::Http { path } => (path.clone(), false),
+            Kind::Https { path } => (path.clone(), true),
+        };
+        let request = self.request(&path, https).await?;
+        if let Some(mut connection) = self.connection.take()
+            && !connection.sender.is_closed()
+        {
+            match send(&mut connection, request).await {
+                Ok(answer) => {
+                    if answer.reusable {
+                        self.connection = Some(connection);
+                    }
+                    return answer.verdict();
+                }
+                // A reused connection can fail only because the server closed it while idle;
+                // like Go's transport, try once more on a fresh one before calling it a failure
+                // (a dead server then refuses, a black-holed one times out).
+                Err(_) => {
+                    let retry = self.request(&path, https).await?;
+                    return self.fresh(addr, https, retry).await;
+                }
+            }
+        }
+        self.fresh(addr, https, request).await
+    }
+
+    /// Dials a new connection, sends `request` on it and keeps the connection when it can be
+    /// reused.
+    async fn fresh(
+        &mut self,
+        addr: SocketAddr,
+        https: bool,
+        request: ProbeRequest,
+    ) -> Result<String, Failure> {
+        self.connection = None;
+        let mut connection = self.connect(addr, https).await?;
+        let answer = send(&mut connection, request).await?;
+        if answer.reusable {
+            self.connection = Some(connection);
+        }
+        answer.verdict()
+    }
+
+    async fn connect(&self, addr: SocketAddr, https: bool) -> Result<Connection, Failure> {
+        let tcp = TcpStream::connect(addr).await.map_err(Failure::io)?;
+        // Requests are tiny and latency is what we measure.
+        let _ = tcp.set_nodelay(true);
+        if https {
+            let connector = self
+                .prober
+                .tls
+                .as_ref()
+                .map_err(|reason| Failure(format!("TLS: {reason}")))?;
+            let name = self
+                .prober
+                .server_name
+                .clone()
+                .unwrap_or(ServerName::IpAddress(addr.ip().into()));
+            let tls = connector.connect(name, tcp).await.map_err(|e| {
+                // A refused certificate is a rustls error ("TLS: ..."); anything else in the
+                // handshake (a reset, EOF) is named as happening there.
+                let detail = describe_io(&e);
+                if detail.starts_with("TLS: ") {
+                    Failure(detail)
+                } else {
+                    Failure(format!("TLS handshake: {detail}"))
+                }
+            })?;
+            handshake(TokioIo::new(tls)).await
+        } else {
+            handshake(TokioIo::new(tcp)).await
+        }
+    }
+
+    /// `GET path`, with the kube config's credentials on HTTPS only (never in clear text).
+    async fn request(&self, path: &str, https: bool) -> Result<ProbeRequest, Failure> {
+        let host = match self.target.address {
+            IpAddr::V4(a) => format!("{a}:{}", self.target.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", self.target.port),
+        };
+        let request = http::Request::get(path)
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, USER_AGENT)
+            .body(Empty::new())
+            .map_err(|e| Failure(format!("bad request: {e}")))?;
+        match (&self.prober.credentials, https) {
+            (Some(credentials), true) => credentials
+                .clone()
+                .oneshot(request)
+                .await
+                .map(http::Response::into_body)
+                // An exec plugin's or token file's error names the source, never the token.
+                .map_err(|e| Failure(format!("credentials: {e}"))),
+            _ => Ok(request),
+        }
+    }
+}
+
+/// HTTP/1 handshake on an open stream; the connection is driven by its own task.
+async fn handshake<T>(io: T) -> Result<Connection, Failure>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| Failure::hyper(&e))?;
+    let driver = tokio::spawn(async move {
+        // Its errors surface on the request side, where they are described.
+        let _ = connection.await;
+    });
+    Ok(Connection { sender, driver })
+}
+
+/// What a server answered.
+struct Answer {
+    status: http::StatusCode,
+    /// Whether the connection can carry the next probe (the body was read to its end).
+    reusable: bool,
+}
+
+impl Answer {
+    /// `Ok(detail)` for 2xx, else the status as the failure.
+    fn verdict(&self) -> Result<String, Failure> {
+        let detail = format!("HTTP {}", self.status.as_u16());
+        if self.status.is_success() {
+            Ok(detail)
+        } else {
+            Err(Failure(detail))
+        }
+    }
+}
+
+/// Sends one request and reads the answer; `Err` when the connection failed before an answer.
+async fn send(connection: &mut Connection, request: ProbeRequest) -> Result<Answer, Failure> {
+    connection
+        .sender
+        .ready()
+        .await
+        .map_err(|e| Failure::hyper(&e))?;
+    let response = connection
+        .sender
+        .send_request(request)
+        .await
+        .map_err(|e| Failure::hyper(&e))?;
+    let status = response.status();
+    // Read the body to its end so the connection can carry the next probe; a body too long or
+    // cut short costs the connection, not the verdict (the status stands).
+    let body = http_body_util::Limited::new(response.into_body(), MAX_BODY);
+    let reusable = body.collect().await.is_ok();
+    Ok(Answer { status, reusable })
+}
+
+/// Why a probe failed, in words.
+#[derive(Debug)]
+struct Failure(String);
+
+impl Failure {
+    fn io(e: std::io::Error) -> Failure {
+        Failure(describe_io(&e))
+    }
+
+    fn hyper(e: &hyper::Error) -> Failure {
+        // The interesting part is usually an I/O or TLS error a few sources down.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = source {
+            if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+                return Failure(format!("TLS: {tls}"));
+            }
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                return Failure(describe_io(io));
+            }
+            source = s.source();
+        }
+        if e.is_incomplete_message() {
+            return Failure("connection closed before the answer".to_owned());
+        }
+        Failure(format!("HTTP: {e}"))
+    }
+}
+
+/// An I/O error in words; a TLS error inside it is named as such.
+fn describe_io(e: &std::io::Error) -> String {
+    if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return format!("TLS: {tls}");
+    }
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused".to_owned(),
+        K::ConnectionReset => "connection reset".to_owned(),
+        K::ConnectionAborted => "connection aborted".to_owned(),
+        K::TimedOut => "timed out".to_owned(),
+        K::HostUnreachable => "host unreachable".to_owned(),
+        K::NetworkUnreachable => "network unreachable".to_owned(),
+        K::UnexpectedEof => "connection closed".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_are_described_in_words() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(describe_io(&refused), "connection refused");
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert_eq!(
+            describe_io(&tls),
+            "TLS: invalid peer certificate: UnknownIssuer"
+        );
+    }
+
+    #[test]
+    fn a_bad_server_name_override_is_refused() {
+        let config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        let err = Prober::new(&config, Some("not a name")).unwrap_err();
+        assert!(matches!(err, Error::ServerName(_)), "{err}");
+    }
+
+    #[test]
+    fn a_prober_never_shows_its_token() {
+        let mut config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        config.auth_info.token = Some("s3cr3t-token".to_owned().into());
+        let prober = Prober::new(&config, None).unwrap();
+        let shown = format!("{prober:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("credentials: true"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn without_tls_an_https_target_fails_with_the_reason() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target {
+            address: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port: listener.local_addr().unwrap().port(),
+            kind: Kind::Https {
+                path: "/readyz".to_owned(),
+            },
+        };
+        let prober = Arc::new(Prober::without_tls("no kubeconfig yet"));
+        let outcome = Session::new(prober, target)
+            .probe(Duration::from_millis(400))
+            .await;
+        assert!(!outcome.ok);
+        assert_eq!(outcome.detail, "TLS: no kubeconfig yet");
+    }
+
+    /// Reads one request head from `stream` (probes send no body).
+    async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_the_server_dropped_is_retried_on_a_fresh_one() {
+        use tokio::io::AsyncWriteExt;
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            // First connection: answers one request, then drops the second unanswered, as a
+            // server closing an idle connection at the wrong moment does.
+            let (mut first, _) = listener.accept().await.unwrap();
+            assert!(read_head(&mut first).await);
+            first.write_all(OK).await.unwrap();
+            assert!(read_head(&mut first).await);
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            assert!(read_head(&mut second).await);
+            second.write_all(OK).await.unwrap();
+            second
+        });
+        let target = Target {
+            address: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port,
+            kind: Kind::Http {
+                path: "/healthz".to_owned(),
+            },
+        };
+        let mut session = Session::new(Arc::new(Prober::without_tls("unused")), target);
+        let timeout = Duration::from_secs(2);
+        assert_eq!(session.probe(timeout).await.detail, "HTTP 200");
+        assert!(session.is_connected());
+        let second = session.probe(timeout).await;
+        assert!(second.ok, "{}", second.detail);
+        let _kept = server.await.unwrap();
+    }
+}
