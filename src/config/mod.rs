@@ -111,7 +111,7 @@ impl PairConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSettings {
     /// Period, timeout and thresholds (keys `period_ms`, `timeout_ms`, `failure_threshold`,
-    /// `success_threshold`; defaults 500 ms, 400 ms, 2, 1).
+    /// `success_threshold`; defaults 300 ms, 250 ms, 2, 1).
     pub timing: probe::Timing,
     /// The name an HTTPS probe checks the certificate against (key `tls_server_name`, default:
     /// unset, meaning the kubeconfig's `tls-server-name` if it sets one, else the endpoint's IP

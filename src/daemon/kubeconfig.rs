@@ -86,6 +86,8 @@ pub struct Credentials {
     pub reloadable: Reloadable,
     /// The kubeconfig as last loaded.
     pub loaded: client::Loaded,
+    /// Its kube config, for the probes (their TLS and credentials follow a rotation too).
+    pub probe_config: tokio::sync::watch::Sender<kube::Config>,
 }
 
 impl Credentials {
@@ -105,6 +107,7 @@ impl Credentials {
             Ok(next) => {
                 info!(path = %path.display(), "kubeconfig changed; reconnecting with the new credentials");
                 self.reloadable.swap(next.client.clone());
+                self.probe_config.send_replace(next.config.clone());
                 self.loaded = next;
             }
             Err(e) => {

@@ -184,8 +184,20 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let event_task = tokio::spawn(event_loop.in_current_span());
 
     let members = group::Members::new(member_settings(&config), &identity);
-    let (report_tx, report_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Every copy probes, leader or not: its verdicts are its ballot. The prober's tasks never
+    // block the engine; a report waits only when the engine is behind by 64 verdict changes.
+    let (report_tx, report_rx) = tokio::sync::mpsc::channel(64);
     let (probe_state, wanted_rx) = probes::ProbeState::new(record_tx, report_rx);
+    let (probe_config, probe_config_rx) = tokio::sync::watch::channel(loaded.config.clone());
+    let prober = crate::probe::spawn(
+        wanted_rx,
+        probe_config_rx,
+        config.probe.tls_server_name.clone(),
+        config.probe.timing,
+        report_tx,
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let mut engine = engine::Engine::new(
         &config,
         client,
@@ -199,7 +211,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         notifier: &notifier,
         health: &health,
         beat: &beat,
-        credentials: kubeconfig::Credentials { reloadable, loaded },
+        credentials: kubeconfig::Credentials {
+            reloadable,
+            loaded,
+            probe_config,
+        },
     };
     let result = engine
         .run(
@@ -245,6 +261,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         }
     }
     event_task.abort();
+    prober.abort();
     services.abort_all();
     result
 }

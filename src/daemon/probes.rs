@@ -39,7 +39,7 @@ pub struct ProbeState {
     /// The targets this copy probes, for the prober.
     pub wanted: watch::Sender<BTreeSet<Target>>,
     /// The prober's reports.
-    pub reports: mpsc::UnboundedReceiver<Report>,
+    pub reports: mpsc::Receiver<Report>,
     /// This copy's member record; its verdicts are this copy's ballot.
     pub record: watch::Sender<MemberRecord>,
     /// This copy's verdicts.
@@ -52,7 +52,7 @@ impl ProbeState {
     /// The state for a copy publishing `record`; the prober reads `wanted` and sends `reports`.
     pub fn new(
         record: watch::Sender<MemberRecord>,
-        reports: mpsc::UnboundedReceiver<Report>,
+        reports: mpsc::Receiver<Report>,
     ) -> (ProbeState, watch::Receiver<BTreeSet<Target>>) {
         let (wanted, wanted_rx) = watch::channel(BTreeSet::new());
         (

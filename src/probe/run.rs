@@ -34,13 +34,20 @@ const MIN_PERIOD: Duration = Duration::from_millis(50);
 pub fn spawn(
     targets: watch::Receiver<BTreeSet<Target>>,
     kubeconfig: watch::Receiver<kube::Config>,
+    server_name: Option<String>,
     timing: Timing,
     reports: mpsc::Sender<Report>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(supervise(
-        targets, kubeconfig, timing, reports, metrics, shutdown,
+        targets,
+        kubeconfig,
+        server_name,
+        timing,
+        reports,
+        metrics,
+        shutdown,
     ))
 }
 
@@ -53,8 +60,12 @@ struct Probing {
 
 /// Builds the prober for `config`, keeping `previous` when the new config is unusable: a
 /// half-rotated kubeconfig must not turn every HTTPS target down on this host.
-fn build(config: &kube::Config, previous: Option<&Arc<Prober>>) -> Arc<Prober> {
-    match Prober::new(config, None) {
+fn build(
+    config: &kube::Config,
+    server_name: Option<&str>,
+    previous: Option<&Arc<Prober>>,
+) -> Arc<Prober> {
+    match Prober::new(config, server_name) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             let error = crate::error::chain(&e);
@@ -75,6 +86,7 @@ fn build(config: &kube::Config, previous: Option<&Arc<Prober>>) -> Arc<Prober> {
 async fn supervise(
     mut targets: watch::Receiver<BTreeSet<Target>>,
     mut kubeconfig: watch::Receiver<kube::Config>,
+    server_name: Option<String>,
     timing: Timing,
     reports: mpsc::Sender<Report>,
     metrics: Arc<Metrics>,
@@ -82,7 +94,11 @@ async fn supervise(
 ) {
     // A watch channel to the target tasks: each picks up a rebuilt prober before its next probe,
     // and only the latest one matters.
-    let first = build(&kubeconfig.borrow_and_update(), None);
+    let first = build(
+        &kubeconfig.borrow_and_update(),
+        server_name.as_deref(),
+        None,
+    );
     let (prober_tx, prober_rx) = watch::channel(first);
     let mut running: BTreeMap<Target, Probing> = BTreeMap::new();
     let mut kubeconfig_open = true;
@@ -115,7 +131,11 @@ async fn supervise(
             changed = targets.changed() => if changed.is_err() { break },
             changed = kubeconfig.changed(), if kubeconfig_open => match changed {
                 Ok(()) => {
-                    let next = build(&kubeconfig.borrow_and_update(), Some(&prober_tx.borrow()));
+                    let next = build(
+                        &kubeconfig.borrow_and_update(),
+                        server_name.as_deref(),
+                        Some(&prober_tx.borrow()),
+                    );
                     prober_tx.send_replace(next);
                 }
                 // Nobody will rotate it any more: keep probing with what we have.
@@ -230,6 +250,7 @@ mod tests {
         let task = spawn(
             targets,
             kubeconfig,
+            None,
             fast(),
             tx,
             Arc::clone(&metrics),
@@ -269,6 +290,7 @@ mod tests {
         let task = spawn(
             targets,
             kubeconfig,
+            None,
             fast(),
             tx,
             Metrics::new(),

@@ -7,6 +7,7 @@ mod common;
 
 mod binary;
 mod combustion;
+mod eviction;
 mod group;
 mod groups;
 mod inspect;

@@ -51,6 +51,7 @@ impl Probing {
         let task = probe::spawn(
             targets_rx,
             config_rx,
+            None,
             timing,
             tx,
             Arc::clone(&metrics),
@@ -184,7 +185,7 @@ async fn a_hung_apiserver_is_down_by_timeout_and_up_when_it_answers_again() {
     fault_and_heal(
         "probes::a_hung_apiserver_is_down_by_timeout_and_up_when_it_answers_again",
         Mode::Hang,
-        "timed out after 400 ms",
+        "timed out after 250 ms",
         down_within(true),
     )
     .await;
@@ -195,7 +196,7 @@ async fn a_black_holed_apiserver_is_down_by_timeout_and_up_when_healed() {
     fault_and_heal(
         "probes::a_black_holed_apiserver_is_down_by_timeout_and_up_when_healed",
         Mode::BlackHole,
-        "timed out after 400 ms",
+        "timed out after 250 ms",
         down_within(true),
     )
     .await;
@@ -353,7 +354,7 @@ async fn an_ipv6_endpoint_is_probed_and_black_holed_like_ipv4() {
     probing.expect(&target, Verdict::Up).await;
     api.set_mode(Mode::BlackHole);
     let down = probing.expect(&target, Verdict::Down).await;
-    assert_eq!(down.detail, "timed out after 400 ms");
+    assert_eq!(down.detail, "timed out after 250 ms");
     api.set_mode(Mode::Ok);
     probing.expect(&target, Verdict::Up).await;
     probing.stop().await;

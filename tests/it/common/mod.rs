@@ -48,7 +48,9 @@ pub fn config(kubeconfig: &Path, identity: &str, pairs: &[(&str, &str)]) -> Conf
     c
 }
 
-/// A running daemon; stopping it (or dropping it) cancels its shutdown token.
+/// A running daemon; stopping it (or dropping it) cancels its shutdown token. There is no hard
+/// kill in-process: aborting `run` would leave its spawned tasks (the elector, the prober)
+/// running; a test that kills a host runs the binary and sends SIGKILL.
 pub struct Daemon {
     pub shutdown: Shutdown,
     pub task: tokio::task::JoinHandle<Result<(), daemon::Error>>,
@@ -68,11 +70,6 @@ impl Daemon {
             .await
             .expect("daemon stops within 15 s");
         r.unwrap().unwrap();
-    }
-
-    /// Hard kill: no release, no drain.
-    pub fn kill(self) {
-        self.task.abort();
     }
 }
 

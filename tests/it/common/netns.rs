@@ -30,7 +30,7 @@ use endpoint_copier::probe::{Kind, Target};
 use endpoint_copier_testbed::{Authenticator, TestBed};
 
 /// Set in the re-executed test: we are inside the namespace.
-const IN_NETNS: &str = "ENDPOINT_COPIER_IN_NETNS";
+const IN_NETNS: &str = "ECTEST_IN_NETNS";
 /// The black hole's veth pair (both ends inside the namespace).
 const HOLE: &str = "ecbh0";
 const HOLE_PEER: &str = "ecbh1";
@@ -257,6 +257,7 @@ impl NetNs {
             connections: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
             max_open: AtomicUsize::new(0),
+            flaps: AtomicUsize::new(0),
         });
         let listener = Listener {
             ns: Arc::clone(self),
@@ -298,6 +299,8 @@ pub enum Mode {
     Unauthorized,
     /// The address is black-holed: nothing reaches the listener (see [`NetNs::black_hole`]).
     BlackHole,
+    /// Every other request fails with 500 (the first one fails): a flapping apiserver.
+    Flap,
 }
 
 /// One received request.
@@ -316,6 +319,8 @@ struct State {
     connections: AtomicUsize,
     open: AtomicUsize,
     max_open: AtomicUsize,
+    /// Requests answered in [`Mode::Flap`].
+    flaps: AtomicUsize,
 }
 
 /// A stand-in apiserver at one address of the namespace. Stops when dropped.
@@ -512,6 +517,9 @@ async fn answer(
     let (status, body) = match current {
         Mode::Status(code) => (StatusCode::from_u16(code).unwrap(), "failed"),
         Mode::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+        Mode::Flap if state.flaps.fetch_add(1, Ordering::SeqCst) % 2 == 0 => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "failed")
+        }
         _ if https && user.is_none() => (StatusCode::UNAUTHORIZED, "Unauthorized"),
         _ if matches!(req.uri().path(), "/readyz" | "/livez" | "/healthz") => {
             (StatusCode::OK, "ok")
