@@ -1,15 +1,20 @@
 //! Lease election benchmark against the in-process test bed (`cargo run --release --example
-//! bench_lease`): the median of 10 runs each of graceful handover (leader stops → another
-//! elector leads), hard-kill takeover (leader task aborted, no release → another leads), and
-//! Lease writes per minute in steady state (from the test bed's request log).
+//! bench_lease`), with the *default* Lease timings (`Config::default()`: duration 4 s, renew
+//! deadline 2 s, retry period 1 s). Median and max of 10 runs each of:
+//! - graceful handover (leader stops and releases → another elector leads);
+//! - hard-kill takeover (leader task aborted at a random point, nothing released → another
+//!   leads), and its worst case (aborted right after a renewal the followers saw);
+//! - restart on the same host (leader aborted, a new elector with the same identity and the same
+//!   runtime lock directory started at once → it leads again);
+//! - Lease writes per minute in steady state (from the test bed's request log).
 //!
-//! Timings are the integration tests' (duration 3 s, renew deadline 2 s, retry period 0.5 s);
-//! the figures go to docs/development/lease.md. Takes about a minute and stops by itself.
+//! The figures go to docs/development/lease.md. Takes about three minutes and stops by itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use endpoint_copier::lease::{Elector, Leadership, Settings};
+use endpoint_copier::config::Config;
+use endpoint_copier::lease::{Elector, Leadership, RuntimeLock, Settings};
 use endpoint_copier_testbed::TestBed;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
@@ -19,10 +24,13 @@ use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
 const RUNS: usize = 10;
-const DURATION: Duration = Duration::from_secs(3);
-const RENEW_DEADLINE: Duration = Duration::from_secs(2);
-const RETRY_PERIOD: Duration = Duration::from_millis(500);
 const STEADY_WINDOW: Duration = Duration::from_secs(5);
+
+/// The default Lease timings, as the packaged config has them.
+fn defaults() -> (Duration, Duration, Duration) {
+    let d = Config::default().lease;
+    (d.duration, d.renew_deadline, d.retry_period)
+}
 
 struct Node {
     rx: watch::Receiver<Leadership>,
@@ -30,27 +38,51 @@ struct Node {
     task: JoinHandle<Result<(), endpoint_copier::lease::Error>>,
 }
 
-async fn start(clients: &[Client], lease: &str) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for (i, client) in clients.iter().enumerate() {
-        let settings = Settings {
-            namespace: "kube-system".into(),
-            name: lease.into(),
-            identity: format!("node-{}", i + 1),
-            duration: DURATION,
-            renew_deadline: RENEW_DEADLINE,
-            retry_period: RETRY_PERIOD,
-        };
-        let (elector, rx, _fence) = Elector::new(
-            Api::<Lease>::namespaced(client.clone(), "kube-system"),
-            settings,
-        );
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(elector.run(stop.clone()));
-        nodes.push(Node { rx, stop, task });
+fn settings(lease: &str, identity: String) -> Settings {
+    let (duration, renew_deadline, retry_period) = defaults();
+    Settings {
+        namespace: "kube-system".into(),
+        name: lease.into(),
+        identity,
+        duration,
+        renew_deadline,
+        retry_period,
     }
+}
+
+/// One elector for `identity`, holding `lock` if given.
+fn node(client: &Client, lease: &str, identity: String, lock: Option<RuntimeLock>) -> Node {
+    let (elector, rx, _fence) = Elector::new(
+        Api::<Lease>::namespaced(client.clone(), "kube-system"),
+        settings(lease, identity),
+    );
+    let elector = match lock {
+        Some(lock) => elector.with_runtime_lock(lock),
+        None => elector,
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(elector.run(stop.clone()));
+    Node { rx, stop, task }
+}
+
+async fn start(clients: &[Client], lease: &str) -> Vec<Node> {
+    let nodes: Vec<Node> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, client)| node(client, lease, format!("node-{}", i + 1), None))
+        .collect();
     wait_for_leader(&nodes, Duration::from_secs(10)).await;
     nodes
+}
+
+/// Waits until the Lease `lease` is written again (a renewal), so a kill right after it is the
+/// worst case for the followers, whose clocks started when they saw that renewal.
+async fn until_renewed(client: &Client, lease: &str) {
+    let api = Api::<Lease>::namespaced(client.clone(), "kube-system");
+    let rv = api.get(lease).await.unwrap().metadata.resource_version;
+    while api.get(lease).await.unwrap().metadata.resource_version == rv {
+        sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn leader(nodes: &[Node]) -> Option<usize> {
@@ -75,6 +107,10 @@ async fn stop_all(nodes: Vec<Node>) {
     }
 }
 
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::MIN, f64::max)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -95,6 +131,7 @@ async fn client_for(path: &std::path::Path) -> Client {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    let (duration, renew_deadline, retry_period) = defaults();
     let bed = TestBed::start().await;
     let mut clients = Vec::new();
     for identity in ["node-1", "node-2", "node-3"] {
@@ -103,6 +140,8 @@ async fn main() {
 
     let mut graceful = Vec::new();
     let mut hard = Vec::new();
+    let mut worst = Vec::new();
+    let mut restart = Vec::new();
     let mut per_minute = Vec::new();
     for run in 0..RUNS {
         // Graceful: the leader releases on stop; a follower's watch sees it and takes over.
@@ -118,7 +157,7 @@ async fn main() {
         // comes from the first and last write's arrival (not from the count in the window), since
         // a window that is a multiple of the retry period and starts right after a write counts
         // one write fewer than it should.
-        sleep(RETRY_PERIOD).await;
+        sleep(retry_period).await;
         let from = Instant::now().into_std();
         sleep(STEADY_WINDOW).await;
         let lease = format!("graceful-{run}");
@@ -137,8 +176,10 @@ async fn main() {
         }
         stop_all(nodes).await;
 
-        // Hard kill: no release; followers wait for the expiry they measured themselves.
+        // Hard kill at a random point of the renewal cycle: no release; followers wait for the
+        // expiry they measured themselves.
         let mut nodes = start(&clients, &format!("hard-{run}")).await;
+        sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
         let old = nodes.remove(leader(&nodes).unwrap());
         let killed = Instant::now();
         old.task.abort();
@@ -146,24 +187,75 @@ async fn main() {
         wait_for_leader(&nodes, Duration::from_secs(10)).await;
         hard.push(killed.elapsed().as_secs_f64() * 1000.0);
         stop_all(nodes).await;
+
+        // Worst case: killed right after a renewal the followers saw.
+        let lease = format!("worst-{run}");
+        let mut nodes = start(&clients, &lease).await;
+        until_renewed(&clients[0], &lease).await;
+        let old = nodes.remove(leader(&nodes).unwrap());
+        let killed = Instant::now();
+        old.task.abort();
+        let _ = old.task.await;
+        wait_for_leader(&nodes, Duration::from_secs(10)).await;
+        worst.push(killed.elapsed().as_secs_f64() * 1000.0);
+        stop_all(nodes).await;
+
+        // Restart on the same host: the elector (and with it the runtime lock) is dropped, a new
+        // one with the same identity and runtime directory starts at once.
+        let dir = tempfile::tempdir().unwrap();
+        let lease = format!("restart-{run}");
+        let first = node(
+            &clients[0],
+            &lease,
+            "node-1".into(),
+            Some(RuntimeLock::acquire(dir.path()).unwrap()),
+        );
+        wait_for_leader(std::slice::from_ref(&first), Duration::from_secs(10)).await;
+        first.task.abort();
+        let _ = first.task.await;
+        let restarted = Instant::now();
+        let second = node(
+            &clients[0],
+            &lease,
+            "node-1".into(),
+            Some(RuntimeLock::acquire(dir.path()).unwrap()),
+        );
+        wait_for_leader(std::slice::from_ref(&second), Duration::from_secs(10)).await;
+        restart.push(restarted.elapsed().as_secs_f64() * 1000.0);
+        stop_all(vec![second]).await;
+
         bed.clear_requests();
         eprintln!("run {}/{RUNS} done", run + 1);
     }
 
     println!(
-        "lease election, 3 electors, duration 3 s / renew deadline 2 s / retry period 0.5 s, median of {RUNS} runs"
+        "lease election, 3 electors, default timings: duration {:?} / renew deadline {:?} / retry period {:?}; median (max) of {RUNS} runs",
+        duration, renew_deadline, retry_period
     );
     println!(
-        "graceful handover (stop → new leader): {:.1} ms",
-        median(graceful)
+        "graceful handover (stop → new leader): {:.1} ms ({:.1})",
+        median(graceful.clone()),
+        max(&graceful)
     );
     println!(
-        "hard-kill takeover (abort → new leader): {:.0} ms (bound: duration + retry period = 3500 ms)",
-        median(hard)
+        "hard-kill takeover, random point (abort → new leader): {:.0} ms ({:.0}); bound: [duration − retry period, duration] + delivery",
+        median(hard.clone()),
+        max(&hard)
     );
     println!(
-        "steady-state Lease writes: {:.0} per minute (one per retry period = {:.0}; at the default 2 s: 30)",
+        "hard-kill takeover, right after a renewal (abort → new leader): {:.0} ms ({:.0}); bound: duration + delivery = {} ms + delivery",
+        median(worst.clone()),
+        max(&worst),
+        duration.as_millis()
+    );
+    println!(
+        "restart on the same host (new process → leads again): {:.1} ms ({:.1})",
+        median(restart.clone()),
+        max(&restart)
+    );
+    println!(
+        "steady-state Lease writes: {:.0} per minute (one per retry period = {:.0})",
         median(per_minute),
-        60.0 / RETRY_PERIOD.as_secs_f64()
+        60.0 / retry_period.as_secs_f64()
     );
 }

@@ -136,7 +136,8 @@ pub struct AnnotationsSettings {
 /// retry_period < duration`. The last is ours: a successor takes over only `duration` after the
 /// last renewal it saw; the old leader's fence closes `renew_deadline` after its last successful
 /// renewal; `retry_period` is the margin for one request still in flight when the fence closes.
-/// The defaults 15/10/2 satisfy all of them.
+/// The defaults 4/2/1 satisfy all of them and bound a hard takeover to the Lease duration plus
+/// one watch delivery (the arithmetic is in `docs/development/lease.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseSettings {
     /// Namespace of the Lease, a DNS-1123 label (key `namespace`, default: `kube-system`).
@@ -146,14 +147,19 @@ pub struct LeaseSettings {
     /// Holder identity written into the Lease (key `identity`, default: unset, meaning the host
     /// name, which `host` reads).
     pub identity: Option<String>,
-    /// How long a claim is valid without renewal (key `duration_secs`, default: 15 s).
+    /// How long a claim is valid without renewal (key `duration_secs`, default: 4 s).
     pub duration: Duration,
     /// How long the leader keeps trying to renew before it stops writing (key
-    /// `renew_deadline_secs`, default: 10 s).
+    /// `renew_deadline_secs`, default: 2 s).
     pub renew_deadline: Duration,
     /// Interval between Lease attempts, for the leader and candidates (key `retry_period_secs`,
-    /// default: 2 s).
+    /// default: 1 s).
     pub retry_period: Duration,
+    /// Directory of the runtime lock file that lets a restarted copy take over its own dead
+    /// claim at once and refuses a second live copy sharing it (key `runtime_dir`, default:
+    /// `/run/endpoint-copier/lease`, the unit's `RuntimeDirectory=`; `None` when set to `""`:
+    /// no lock, a restarted copy waits out its old claim).
+    pub runtime_dir: Option<PathBuf>,
 }
 
 /// Per-host member objects (`[members]`): each live copy renews one, naming the pairs it has
@@ -201,6 +207,10 @@ pub struct MetricsSettings {
     pub listen: Option<SocketAddr>,
 }
 
+/// Default `[lease] runtime_dir`: the unit's `RuntimeDirectory=endpoint-copier/lease`. A
+/// subdirectory, so that the unit makes only it writable, not the `config.d` drop-ins beside it.
+pub const DEFAULT_LEASE_RUNTIME_DIR: &str = "/run/endpoint-copier/lease";
+
 /// Default `[metrics] listen`: loopback only, because the unit's hardening only allows loopback.
 const DEFAULT_METRICS_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9402);
@@ -222,9 +232,10 @@ impl Default for Config {
                 namespace: names::LEASE_NAMESPACE.to_owned(),
                 name: names::LEASE_NAME.to_owned(),
                 identity: None,
-                duration: Duration::from_secs(15),
-                renew_deadline: Duration::from_secs(10),
-                retry_period: Duration::from_secs(2),
+                duration: Duration::from_secs(4),
+                renew_deadline: Duration::from_secs(2),
+                retry_period: Duration::from_secs(1),
+                runtime_dir: Some(PathBuf::from(DEFAULT_LEASE_RUNTIME_DIR)),
             },
             members: MembersSettings {
                 heartbeat: Duration::from_secs(10),

@@ -120,6 +120,9 @@ pub(super) struct RawLease {
     /// `retry_period_secs`, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) retry_period_secs: Option<u64>,
+    /// `runtime_dir`: an absolute path, or `""` for none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) runtime_dir: Option<String>,
 }
 
 /// `[members]`.

@@ -189,6 +189,17 @@ fn lease(c: &Checker<'_>, rl: RawLease, d: LeaseSettings) -> Result<LeaseSetting
             "must not be empty (leave it unset to use the host name)",
         ));
     }
+    let runtime_dir = match rl.runtime_dir {
+        None => d.runtime_dir,
+        Some(dir) if dir.is_empty() => None,
+        Some(dir) if Path::new(&dir).is_absolute() => Some(PathBuf::from(dir)),
+        Some(dir) => {
+            return Err(c.bad(
+                &["lease", "runtime_dir"],
+                format!("'{dir}' is not an absolute path (or \"\" for no runtime lock)"),
+            ));
+        }
+    };
     let lease = LeaseSettings {
         namespace,
         name,
@@ -196,6 +207,7 @@ fn lease(c: &Checker<'_>, rl: RawLease, d: LeaseSettings) -> Result<LeaseSetting
         duration: secs(rl.duration_secs, d.duration),
         renew_deadline: secs(rl.renew_deadline_secs, d.renew_deadline),
         retry_period: secs(rl.retry_period_secs, d.retry_period),
+        runtime_dir,
     };
     // client-go's rules: the leader must give up (renew deadline) before its claim can expire
     // (duration), and have time for more than one retry before giving up (the 1.2 jitter factor).

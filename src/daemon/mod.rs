@@ -62,6 +62,9 @@ pub enum Error {
     /// Leader election failed for good (for example 403 on the Lease).
     #[error("leader election failed")]
     Lease(#[source] lease::Error),
+    /// Another live copy holds our runtime lock (`[lease] runtime_dir`): refused at start.
+    #[error("refusing to start a second copy")]
+    RuntimeLock(#[source] lease::runtime::Error),
     /// A task that should run until shutdown ended.
     #[error("the {0} task ended unexpectedly")]
     TaskEnded(&'static str),
@@ -85,6 +88,20 @@ fn member_settings(config: &Config) -> group::Settings {
 /// [`Error`] for the failures listed there; transient API trouble is retried inside, never
 /// returned.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    // First of all, before any port or API is touched: a second live copy sharing our runtime
+    // directory is refused (exit 1; under systemd that copy can only be a manual run, and the
+    // unit retries until it is gone). An unusable directory only costs the fast restart.
+    let runtime_lock = match &config.lease.runtime_dir {
+        None => None,
+        Some(dir) => match lease::RuntimeLock::acquire(dir) {
+            Ok(lock) => Some(lock),
+            Err(e @ lease::runtime::Error::Held { .. }) => return Err(Error::RuntimeLock(e)),
+            Err(e) => {
+                warn!(error = %chain(&e), "no runtime lock: after a crash this copy waits out its own old claim on the Lease");
+                None
+            }
+        },
+    };
     let notifier = Notifier::from_env();
     let heartbeats = Heartbeats::new();
     let metrics = Metrics::new();
@@ -146,6 +163,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     // The elector is a loop the watchdog must see progress from too, not only the engine.
     let lease_beat = heartbeats.register("lease");
     let elector = elector.with_progress(move || lease_beat.tick());
+    let elector = match runtime_lock {
+        Some(lock) => elector.with_runtime_lock(lock),
+        None => elector,
+    };
     // The Lease outlives the writers: it is released only after they drained (see below).
     let lease_stop = Shutdown::new();
     let mut elector_task = {

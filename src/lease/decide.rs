@@ -135,9 +135,71 @@ pub fn wrote_it(
     (rv.is_some() && rv == written_rv) || sent == Some(spec)
 }
 
+/// Annotation on the Lease that says which runtime lock the writer of the current claim held:
+/// `token=<token of the lock file> pid=<pid, for humans> renew=<renewTime in µs since the epoch>`.
+/// Written with every claim and renewal by a copy that holds its runtime lock, removed by one
+/// that does not (see [`claim_mark`] and [`dead_predecessor`]).
+pub const CLAIM_ANNOTATION: &str = "endpoint-copier/claim";
+
+/// The `endpoint-copier/claim` value for the record `spec` we are about to write, when we hold
+/// the runtime lock whose token is `token`. It names `spec`'s `renewTime`, so it vouches for
+/// that one record only: a writer that copies the annotation along without rewriting it (an
+/// older endpoint-copier, `kubectl edit`) and changes the record makes it void.
+pub fn claim_mark(token: &str, pid: u32, spec: &LeaseSpec) -> String {
+    let renew = spec.renew_time.as_ref().map_or(0, |t| t.0.as_microsecond());
+    format!("token={token} pid={pid} renew={renew}")
+}
+
+/// A claim written by a process that held the runtime lock we hold now, as told by the record's
+/// `endpoint-copier/claim` annotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Predecessor {
+    /// The pid it recorded (for the log only: pids are reused and namespaced).
+    pub pid: Option<u32>,
+}
+
+/// Whether the record as read (`spec`, with its `endpoint-copier/claim` annotation) is the claim
+/// of a *dead* process that held our runtime lock (token `our_token`; `None`: we hold none):
+/// it names our identity, this process did not write it (`wrote_it` false), and its annotation
+/// carries our lock's token and exactly this record's `renewTime`.
+///
+/// Why that means dead: a claim carries a token only when its writer held the lock of the file
+/// holding that token, and writers hold their lock for as long as they may write the Lease. We
+/// hold that lock now, exclusively; the kernel gives it to us only once every earlier holder
+/// closed it, which a copy does only by exiting (or dying). Another host, a container with its
+/// own `/run`, or a copy with another `runtime_dir` has another lock file, so another token: its
+/// claims are waited for like anyone's. The full argument is in `docs/development/lease.md`.
+pub fn dead_predecessor(
+    spec: &LeaseSpec,
+    annotation: Option<&str>,
+    identity: &str,
+    wrote_it: bool,
+    our_token: Option<&str>,
+) -> Option<Predecessor> {
+    if wrote_it || holder(spec) != Some(identity) {
+        return None;
+    }
+    let our_token = our_token?;
+    let (mut token, mut pid, mut renew) = (None, None, None);
+    for word in annotation?.split_whitespace() {
+        match word.split_once('=') {
+            Some(("token", v)) => token = Some(v),
+            Some(("pid", v)) => pid = v.parse::<u32>().ok(),
+            Some(("renew", v)) => renew = v.parse::<i64>().ok(),
+            _ => {}
+        }
+    }
+    let record_renew = spec.renew_time.as_ref().map(|t| t.0.as_microsecond());
+    (token == Some(our_token) && renew.is_some() && renew == record_renew)
+        .then_some(Predecessor { pid })
+}
+
 /// The decision for the Lease as read (`None`: it does not exist), given when we saw its record
 /// change, who we are, whether this process wrote the record as read (`wrote_it`: its
 /// resourceVersion is the one our last successful write returned), and what we believe.
+///
+/// `wrote_it` is also true for the claim of a dead predecessor that held our runtime lock
+/// ([`dead_predecessor`]): such a record is acquired at once, like one this process wrote.
 ///
 /// `wrote_it` guards against a twin: two processes with the same identity (an operator running
 /// `endpoint-copier run` by hand next to the unit, two hosts both named `localhost`). A record
@@ -750,6 +812,116 @@ mod tests {
             let expected = if holder(&spec) == Some(who) { before } else { before + 1 };
             prop_assert_eq!(next.lease_transitions, Some(expected));
             prop_assert_eq!(next.holder_identity.as_deref(), Some(who));
+        }
+    }
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn marked(holder: &str, token: &str) -> (LeaseSpec, String) {
+        let spec = claim(None, holder, ts(1_700_000_000), &TIMING);
+        let mark = claim_mark(token, 4242, &spec);
+        (spec, mark)
+    }
+
+    #[test]
+    fn a_claim_naming_us_with_our_lock_token_is_a_dead_predecessor_and_taken_at_once() {
+        let t0 = Instant::now();
+        let (spec, mark) = marked("node-1", TOKEN);
+        let found = dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN));
+        assert_eq!(found, Some(Predecessor { pid: Some(4242) }));
+        // The elector passes it to decide as a record of ours: acquired without waiting.
+        assert_eq!(
+            super::decide(Some(&spec), t0, "node-1", true, Role::Follower, t0, &TIMING),
+            Decision::Acquire
+        );
+    }
+
+    #[test]
+    fn a_claim_with_another_token_is_a_live_twin_for_all_we_know() {
+        let (spec, mark) = marked("node-1", "ffffffffffffffffffffffffffffffff");
+        assert_eq!(
+            dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN)),
+            None
+        );
+    }
+
+    #[test]
+    fn without_a_lock_of_our_own_no_claim_is_a_dead_predecessor() {
+        let (spec, mark) = marked("node-1", TOKEN);
+        assert_eq!(
+            dead_predecessor(&spec, Some(&mark), "node-1", false, None),
+            None
+        );
+    }
+
+    #[test]
+    fn a_claim_without_annotation_or_with_a_garbled_one_is_not_a_dead_predecessor() {
+        let (spec, _) = marked("node-1", TOKEN);
+        for annotation in [
+            None,
+            Some(""),
+            Some("token="),
+            Some(TOKEN),
+            Some("pid=1 renew=2"),
+        ] {
+            assert_eq!(
+                dead_predecessor(&spec, annotation, "node-1", false, Some(TOKEN)),
+                None,
+                "{annotation:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_holder_with_our_token_is_not_our_predecessor() {
+        let (spec, mark) = marked("node-2", TOKEN);
+        assert_eq!(
+            dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_record_changed_without_rewriting_the_annotation_voids_it() {
+        // An older copy (or kubectl edit) renewed the record and carried our annotation along.
+        let (spec, mark) = marked("node-1", TOKEN);
+        let renewed = claim(Some(&spec), "node-1", ts(1_700_000_001), &TIMING);
+        assert_eq!(
+            dead_predecessor(&renewed, Some(&mark), "node-1", false, Some(TOKEN)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_record_this_process_wrote_is_not_a_predecessor() {
+        let (spec, mark) = marked("node-1", TOKEN);
+        assert_eq!(
+            dead_predecessor(&spec, Some(&mark), "node-1", true, Some(TOKEN)),
+            None
+        );
+    }
+
+    proptest! {
+        /// Whatever the annotation says, a claim carrying a token other than ours is never
+        /// taken before it expires.
+        #[test]
+        fn a_foreign_token_never_shortens_the_wait(
+            other in "[0-9a-f]{32}",
+            pid in any::<u32>(),
+            after_ms in 0_u64..14_999,
+        ) {
+            prop_assume!(other != TOKEN);
+            let t0 = Instant::now();
+            let spec = claim(None, "node-1", ts(1_700_000_000), &TIMING);
+            let mark = claim_mark(&other, pid, &spec);
+            let ours = dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN)).is_some();
+            prop_assert!(!ours);
+            let decision = super::decide(
+                Some(&spec), t0, "node-1", ours, Role::Follower,
+                t0 + Duration::from_millis(after_ms), &TIMING,
+            );
+            let waits = matches!(decision, Decision::Wait { .. });
+            prop_assert!(waits);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 use super::decide::{self, Decision, Role, Timing};
 use super::fence::{Fence, FenceState};
 use super::observed::{Observed, Sent, is_newer};
+use super::runtime::RuntimeLock;
 use super::{Error, Leadership, Settings};
 use crate::names;
 
@@ -59,6 +60,9 @@ pub struct Elector {
     progress: Option<Box<dyn Fn() + Send + Sync>>,
     /// Set once the campaign ended: from then on nothing may open the fence again.
     stopped: bool,
+    /// The runtime lock, held for as long as this elector may write the Lease (see
+    /// [`Elector::with_runtime_lock`]); `None`: our claims carry no token.
+    runtime: Option<RuntimeLock>,
 }
 
 impl Elector {
@@ -88,6 +92,7 @@ impl Elector {
             sent: None,
             progress: None,
             stopped: false,
+            runtime: None,
         };
         (elector, rx, Fence::new(fence))
     }
@@ -98,6 +103,16 @@ impl Elector {
     #[must_use]
     pub fn with_progress(mut self, progress: impl Fn() + Send + Sync + 'static) -> Elector {
         self.progress = Some(Box::new(progress));
+        self
+    }
+
+    /// Holds `lock` for as long as this elector may write the Lease, marks every claim and
+    /// renewal with its token (the `endpoint-copier/claim` annotation) and takes over at once a
+    /// claim naming our identity that carries that token, since its writer is dead
+    /// (`decide::dead_predecessor`). Without it, such a claim is waited out like anyone's.
+    #[must_use]
+    pub fn with_runtime_lock(mut self, lock: RuntimeLock) -> Elector {
+        self.runtime = Some(lock);
         self
     }
 
@@ -196,16 +211,25 @@ impl Elector {
             // make us decide early and loop once more.
             let now = Instant::now();
             let wrote_it = self.wrote_it();
+            let predecessor = self.dead_predecessor(wrote_it);
             let decision = decide::decide(
                 observed.spec(),
                 observed.at,
                 &self.settings.identity,
-                wrote_it,
+                wrote_it || predecessor.is_some(),
                 self.role,
                 now,
                 &self.timing,
             );
             debug!(lease = %self.lease_ref, ?decision, "lease decision");
+            if let (Some(p), Decision::Acquire) = (&predecessor, &decision) {
+                info!(
+                    lease = %self.lease_ref,
+                    identity = %self.settings.identity,
+                    pid = p.pid.unwrap_or(0),
+                    "the Lease names this identity, written by a previous run of this host that held our runtime lock and is gone; taking it over now"
+                );
+            }
             match decision {
                 Decision::StepDown { holder } => self.step_down(holder),
                 Decision::Wait { until, holder } => {
@@ -306,6 +330,48 @@ impl Elector {
             })
     }
 
+    /// Whether the record as last read is the claim of a dead process that held our runtime
+    /// lock (see `decide::dead_predecessor`).
+    fn dead_predecessor(&self, wrote_it: bool) -> Option<decide::Predecessor> {
+        let observed = self.observed.as_ref()?;
+        let spec = observed.spec()?;
+        let annotation = observed
+            .lease
+            .as_ref()
+            .and_then(|l| l.metadata.annotations.as_ref())
+            .and_then(|a| a.get(decide::CLAIM_ANNOTATION))
+            .map(String::as_str);
+        decide::dead_predecessor(
+            spec,
+            annotation,
+            &self.settings.identity,
+            wrote_it,
+            self.runtime.as_ref().map(RuntimeLock::token),
+        )
+    }
+
+    /// Sets (we hold the runtime lock) or removes (we do not) the `endpoint-copier/claim`
+    /// annotation for the record `spec` we are about to write. Removing matters: a stale mark
+    /// left by an earlier run must never vouch for a record written without the lock.
+    fn mark(&self, metadata: &mut ObjectMeta, spec: &LeaseSpec) {
+        match &self.runtime {
+            Some(lock) => {
+                metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(
+                        decide::CLAIM_ANNOTATION.to_owned(),
+                        decide::claim_mark(lock.token(), std::process::id(), spec),
+                    );
+            }
+            None => {
+                if let Some(a) = metadata.annotations.as_mut() {
+                    a.remove(decide::CLAIM_ANNOTATION);
+                }
+            }
+        }
+    }
+
     /// A record that is exactly the claim or renewal we last sent proves that write committed,
     /// even if its reply never reached us (a timeout, a connection dropped after the server
     /// wrote). Treat it as the success it was: remember its resourceVersion, forget the failure,
@@ -384,12 +450,14 @@ impl Elector {
             at: sent,
         });
         let (verb, result) = if decision == Decision::Create {
+            let mut metadata = ObjectMeta {
+                name: Some(self.settings.name.clone()),
+                namespace: Some(self.settings.namespace.clone()),
+                ..ObjectMeta::default()
+            };
+            self.mark(&mut metadata, &spec);
             let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.settings.name.clone()),
-                    namespace: Some(self.settings.namespace.clone()),
-                    ..ObjectMeta::default()
-                },
+                metadata,
                 spec: Some(spec),
             };
             (
@@ -404,6 +472,7 @@ impl Elector {
                 .as_ref()
                 .and_then(|o| o.lease.clone())
                 .unwrap_or_default();
+            self.mark(&mut lease.metadata, &spec);
             lease.spec = Some(spec);
             let name = self.settings.name.clone();
             (
@@ -536,6 +605,9 @@ impl Elector {
                 return;
             }
             lease.spec = Some(decide::release(&spec, Timestamp::now()));
+            if let Some(a) = lease.metadata.annotations.as_mut() {
+                a.remove(decide::CLAIM_ANNOTATION);
+            }
             let name = self.settings.name.clone();
             match tokio::time::timeout_at(deadline, self.api.replace(&name, &params, &lease)).await
             {

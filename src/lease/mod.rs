@@ -22,6 +22,7 @@ pub mod decide;
 mod elector;
 mod fence;
 mod observed;
+pub mod runtime;
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use crate::client::{ErrorClass, classify};
 use decide::Timing;
 pub use elector::Elector;
 pub use fence::{Fence, NotLeader};
+pub use runtime::RuntimeLock;
 
 /// Where the Lease is, who we are, and the three timings.
 #[derive(Clone, Debug, PartialEq, Eq)]

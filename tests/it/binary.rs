@@ -33,11 +33,12 @@ pub(crate) fn config_dir(world: &World, identity: &str) -> tempfile::TempDir {
     std::fs::write(
         dir.path().join("50-site.toml"),
         format!(
-            "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\nduration_secs = 4\nrenew_deadline_secs = 2\nretry_period_secs = 1\n\n[metrics]\nlisten = \"\"\n",
+            "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\nduration_secs = 4\nrenew_deadline_secs = 2\nretry_period_secs = 1\nruntime_dir = \"{}\"\n\n[metrics]\nlisten = \"\"\n",
             kubeconfig.display(),
             world.source(),
             world.target(),
             world.ns,
+            dir.path().join("run").display(),
         ),
     )
     .unwrap();

@@ -63,11 +63,12 @@ impl Bed {
         std::fs::write(
             dir.path().join("50-test.toml"),
             format!(
-                "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\nprobe = {{ https = \"/readyz\" }}\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\nduration_secs = 4\nrenew_deadline_secs = 2\nretry_period_secs = 1\n\n[metrics]\nlisten = \"\"\n",
+                "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\nprobe = {{ https = \"/readyz\" }}\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\nduration_secs = 4\nrenew_deadline_secs = 2\nretry_period_secs = 1\nruntime_dir = \"{}\"\n\n[metrics]\nlisten = \"\"\n",
                 kubeconfig.display(),
                 self.world.source(),
                 self.world.target(),
                 self.world.ns,
+                crate::common::runtime_dir().display(),
             ),
         )
         .unwrap();

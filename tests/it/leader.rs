@@ -1035,3 +1035,283 @@ async fn an_elector_whose_claim_reply_is_lost_leads_at_once_not_after_a_lease_du
     assert_eq!(errors.get(), 0, "an ERROR was logged");
     settle_and_check(&bed, sampler, vec![node]).await;
 }
+
+// --- The leader's own host (issue 11, item 4) ----------------------------------------------------
+//
+// These run the real binary, one process per copy, and kill it with SIGKILL: only a real process
+// death shows what the kernel does with the runtime lock, and the daemon's tasks do not all die
+// with an aborted in-process task. They use the *default* Lease timings (4 s / 2 s / 1 s): the
+// drop-in sets no timing key.
+
+mod own_host {
+    use std::io::{BufRead, BufReader};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::Api;
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use tokio::time::Instant;
+
+    use crate::binary::{BIN, wait_exit};
+    use crate::common::*;
+    use endpoint_copier::names;
+
+    /// The goal of issue 11 for a dead leader host: out of the VIP within 5 s.
+    const HOST_DEATH_BUDGET: Duration = Duration::from_secs(5);
+    /// The goal for a leader restarted on its own host: writing again within 2 s of the restart.
+    const RESTART_BUDGET: Duration = Duration::from_secs(2);
+
+    /// A config directory for `identity` in `world` with the default Lease timings and the runtime
+    /// directory `runtime`.
+    fn config_dir(world: &World, identity: &str, runtime: &Path) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = world.cluster.testbed().map_or_else(
+            || world.cluster.kubeconfig(),
+            |tb| tb.kubeconfig_for(identity),
+        );
+        std::fs::write(
+            dir.path().join("50-site.toml"),
+            format!(
+                "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\nruntime_dir = \"{}\"\n\n[metrics]\nlisten = \"\"\n",
+                kubeconfig.display(),
+                world.source(),
+                world.target(),
+                world.ns,
+                runtime.display(),
+            ),
+        )
+        .unwrap();
+        dir
+    }
+
+    /// One running copy: the process and every line it logged (drained so the pipe never fills).
+    struct Copy {
+        child: Child,
+        lines: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Copy {
+        fn start(dir: &Path) -> Copy {
+            let mut child = Command::new(BIN)
+                .args(["--config-dir", dir.to_str().unwrap(), "run"])
+                .env("ENDPOINT_COPIER_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let stderr = child.stderr.take().unwrap();
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            Copy { child, lines }
+        }
+
+        fn pid(&self) -> Pid {
+            Pid::from_raw(i32::try_from(self.child.id()).unwrap())
+        }
+
+        fn logged(&self, needle: &str) -> bool {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+        }
+
+        /// The host dies or the process crashes: SIGKILL, nothing released.
+        async fn kill(mut self) {
+            kill(self.pid(), Signal::SIGKILL).unwrap();
+            tokio::task::spawn_blocking(move || wait_exit(&mut self.child, Duration::from_secs(5)))
+                .await
+                .unwrap();
+        }
+
+        async fn stop(mut self) {
+            kill(self.pid(), Signal::SIGTERM).unwrap();
+            let code = tokio::task::spawn_blocking(move || {
+                wait_exit(&mut self.child, Duration::from_secs(15))
+            })
+            .await
+            .unwrap();
+            assert_eq!(code, 0);
+        }
+    }
+
+    async fn holder(world: &World) -> Option<String> {
+        let api: Api<Lease> = Api::namespaced(world.client.clone(), &world.ns);
+        api.get_opt(names::LEASE_NAME)
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    }
+
+    async fn wait_holder(world: &World, identity: &str, limit: Duration) {
+        eventually(&format!("{identity} to hold the Lease"), limit, || async {
+            (holder(world).await.as_deref() == Some(identity)).then_some(())
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_dead_leader_host_is_replaced_and_a_change_mirrored_within_five_seconds_with_default_timings()
+     {
+        let world = World::new("hostdeath").await;
+        world.seed(&["198.51.100.1"]).await;
+        let (run1, run2) = (runtime_dir(), runtime_dir());
+        let (dir1, dir2) = (
+            config_dir(&world, "node-1", &run1),
+            config_dir(&world, "node-2", &run2),
+        );
+        let leader = Copy::start(dir1.path());
+        wait_for_target(
+            &world.client,
+            &world.ns,
+            "vip",
+            &["198.51.100.1"],
+            Duration::from_secs(15),
+        )
+        .await;
+        wait_holder(&world, "node-1", Duration::from_secs(5)).await;
+        let follower = Copy::start(dir2.path());
+        eventually(
+            "node-2 to follow node-1",
+            Duration::from_secs(10),
+            || async { follower.logged("following").then_some(()) },
+        )
+        .await;
+        // Kill right after a renewal was seen: the worst case (the follower's clock started then).
+        let api: Api<Lease> = Api::namespaced(world.client.clone(), &world.ns);
+        let rv = api
+            .get(names::LEASE_NAME)
+            .await
+            .unwrap()
+            .metadata
+            .resource_version;
+        eventually("a renewal", Duration::from_secs(3), || {
+            let (api, rv) = (api.clone(), rv.clone());
+            async move {
+                let now = api
+                    .get(names::LEASE_NAME)
+                    .await
+                    .unwrap()
+                    .metadata
+                    .resource_version;
+                (now != rv).then_some(())
+            }
+        })
+        .await;
+        let killed = Instant::now();
+        leader.kill().await;
+        world.set_source(&["198.51.100.1", "198.51.100.2"]).await;
+        wait_for_target(
+            &world.client,
+            &world.ns,
+            "vip",
+            &["198.51.100.1", "198.51.100.2"],
+            Duration::from_secs(15),
+        )
+        .await;
+        let took = killed.elapsed();
+        assert_eq!(holder(&world).await.as_deref(), Some("node-2"));
+        eprintln!("host death: the change was mirrored {took:?} after the leader was killed");
+        assert!(took <= HOST_DEATH_BUDGET, "took {took:?}");
+        follower.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_leader_killed_and_restarted_on_its_host_writes_again_within_two_seconds_of_the_restart()
+     {
+        let world = World::new("restart").await;
+        world.seed(&["198.51.100.1"]).await;
+        let run = runtime_dir();
+        let dir = config_dir(&world, "node-1", &run);
+        let first = Copy::start(dir.path());
+        wait_for_target(
+            &world.client,
+            &world.ns,
+            "vip",
+            &["198.51.100.1"],
+            Duration::from_secs(15),
+        )
+        .await;
+        wait_holder(&world, "node-1", Duration::from_secs(5)).await;
+        let api: Api<Lease> = Api::namespaced(world.client.clone(), &world.ns);
+        let before = api.get(names::LEASE_NAME).await.unwrap().spec.unwrap();
+        first.kill().await;
+        // As systemd would: the same config, the same runtime directory, a new process.
+        let restarted = Instant::now();
+        let second = Copy::start(dir.path());
+        world.set_source(&["198.51.100.1", "198.51.100.2"]).await;
+        wait_for_target(
+            &world.client,
+            &world.ns,
+            "vip",
+            &["198.51.100.1", "198.51.100.2"],
+            Duration::from_secs(15),
+        )
+        .await;
+        let took = restarted.elapsed();
+        eprintln!("restart: the change was mirrored {took:?} after the restart");
+        assert!(
+            took <= RESTART_BUDGET,
+            "writing again only {took:?} after the restart (waiting out the old claim takes up to 4 s)"
+        );
+        assert!(
+            second.logged("taking it over now"),
+            "the restarted copy did not recognise its predecessor's claim"
+        );
+        // The same holder kept it: no transition, as for a renewal.
+        let after = api.get(names::LEASE_NAME).await.unwrap().spec.unwrap();
+        assert_eq!(after.holder_identity.as_deref(), Some("node-1"));
+        assert_eq!(after.lease_transitions, before.lease_transitions);
+        second.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_second_live_copy_with_the_same_identity_and_runtime_dir_is_refused_naming_the_lock()
+    {
+        let world = World::new("twinlock").await;
+        world.seed(&["198.51.100.1"]).await;
+        let run = runtime_dir();
+        let dir = config_dir(&world, "node-1", &run);
+        let first = Copy::start(dir.path());
+        wait_for_target(
+            &world.client,
+            &world.ns,
+            "vip",
+            &["198.51.100.1"],
+            Duration::from_secs(15),
+        )
+        .await;
+        let mut twin = Copy::start(dir.path());
+        let code = {
+            let child = &mut twin.child;
+            wait_exit(child, Duration::from_secs(10))
+        };
+        assert_eq!(code, 1, "refused as a runtime failure (systemd retries it)");
+        // The reader thread may lag the exit by a moment.
+        eventually(
+            "the refusal to be logged",
+            Duration::from_secs(2),
+            || async { twin.logged("holds the runtime lock").then_some(()) },
+        )
+        .await;
+        let lock = run.join("claim.lock").display().to_string();
+        let pid = format!("pid {}", first.child.id());
+        let lines = twin.lines.lock().unwrap().join("\n");
+        assert!(lines.contains(&lock), "{lines}");
+        assert!(lines.contains(&pid), "{lines}");
+        // The first copy was not disturbed.
+        assert_eq!(holder(&world).await.as_deref(), Some("node-1"));
+        first.stop().await;
+    }
+}

@@ -178,13 +178,13 @@ async fn a_stopping_leader_keeps_the_lease_until_its_abandoned_write_has_timed_o
     let world = World::new("abandoned").await;
     let tb = require_testbed!(world.cluster);
     world.seed(&["198.51.100.1"]).await;
-    // The default timings: a write may wait up to min(10 s, the fence's remaining time, up to
-    // the 10 s renew deadline) — longer than the 5 s a stopping daemon waits for its writes.
+    // Long timings (the defaults before issue 11): a write may wait up to min(10 s, the fence's
+    // remaining time, up to the 10 s renew deadline) — longer than the 5 s a stopping daemon
+    // waits for its writes. (With today's 2 s renew deadline no write outlives the drain.)
     let mut config = world.config("node-1");
-    let defaults = endpoint_copier::config::Config::default();
-    config.lease.duration = defaults.lease.duration;
-    config.lease.renew_deadline = defaults.lease.renew_deadline;
-    config.lease.retry_period = defaults.lease.retry_period;
+    config.lease.duration = Duration::from_secs(15);
+    config.lease.renew_deadline = Duration::from_secs(10);
+    config.lease.retry_period = Duration::from_secs(2);
     let daemon = Daemon::start(config);
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
     // The next EndpointSlice write of node-1 sits in the API server for 30 s.

@@ -75,11 +75,12 @@ fn drop_in(dir: &Path, kubeconfig: &Path, world: &World, identity: &str) {
     std::fs::write(
         dir.join("50-test.toml"),
         format!(
-            "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\nduration_secs = 4\nrenew_deadline_secs = 2\nretry_period_secs = 1\n\n[metrics]\nlisten = \"\"\n",
+            "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\nduration_secs = 4\nrenew_deadline_secs = 2\nretry_period_secs = 1\nruntime_dir = \"{}\"\n\n[metrics]\nlisten = \"\"\n",
             kubeconfig.display(),
             world.source(),
             world.target(),
             world.ns,
+            dir.join("run").display(),
         ),
     )
     .unwrap();

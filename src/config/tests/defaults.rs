@@ -36,6 +36,7 @@ fn packaged_defaults_file_lists_every_key() {
             duration_secs: Some(0),
             renew_deadline_secs: Some(0),
             retry_period_secs: Some(0),
+            runtime_dir: Some(String::new()),
         }),
         members: Some(RawMembers {
             heartbeat_secs: Some(0),
@@ -87,7 +88,7 @@ fn packaged_defaults_file_lists_every_key() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 25);
+    assert_eq!(checked, 26);
 }
 
 #[test]

@@ -67,7 +67,7 @@ fn env_unknown_key_names_the_variable() {
     .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "environment variable ENDPOINT_COPIER_LEASE__DURATON_SECS: unknown key 'lease.duraton_secs' (expected one of: namespace, name, identity, duration_secs, renew_deadline_secs, retry_period_secs)"
+        "environment variable ENDPOINT_COPIER_LEASE__DURATON_SECS: unknown key 'lease.duraton_secs' (expected one of: namespace, name, identity, duration_secs, renew_deadline_secs, retry_period_secs, runtime_dir)"
     );
 }
 

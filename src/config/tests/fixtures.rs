@@ -50,7 +50,7 @@ fn site_drop_in_adds_a_pair_and_keeps_the_other_defaults() {
     assert_eq!(c.lease.identity.as_deref(), Some("cp-1.site-a"));
     assert_eq!(c.sync.resync_interval, Duration::from_secs(120));
     // Untouched keys keep the packaged values.
-    assert_eq!(c.lease.duration, Duration::from_secs(15));
+    assert_eq!(c.lease.duration, Duration::from_secs(4));
     assert_eq!(c.kubeconfig, Kubeconfig::Auto);
 }
 
@@ -86,7 +86,7 @@ fn typo_is_reported_with_file_line_and_column_and_exits_78() {
     assert_eq!(
         e.to_string(),
         format!(
-            "{}:3:1: unknown key 'lease.duraton_secs' (expected one of: namespace, name, identity, duration_secs, renew_deadline_secs, retry_period_secs)",
+            "{}:3:1: unknown key 'lease.duraton_secs' (expected one of: namespace, name, identity, duration_secs, renew_deadline_secs, retry_period_secs, runtime_dir)",
             file.display()
         )
     );

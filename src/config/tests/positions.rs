@@ -8,7 +8,7 @@ fn unknown_key_names_file_line_column_and_the_valid_keys() {
     assert_eq!(
         e.to_string(),
         format!(
-            "{}:3:1: unknown key 'lease.duraton_secs' (expected one of: namespace, name, identity, duration_secs, renew_deadline_secs, retry_period_secs)",
+            "{}:3:1: unknown key 'lease.duraton_secs' (expected one of: namespace, name, identity, duration_secs, renew_deadline_secs, retry_period_secs, runtime_dir)",
             path.display()
         )
     );

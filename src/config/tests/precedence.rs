@@ -70,7 +70,7 @@ fn later_file_wins_key_by_key_and_tables_merge() {
         .config;
     assert_eq!(c.lease.duration, Duration::from_secs(50));
     assert_eq!(c.lease.renew_deadline, Duration::from_secs(30));
-    assert_eq!(c.lease.retry_period, Duration::from_secs(2));
+    assert_eq!(c.lease.retry_period, Duration::from_secs(1));
 }
 
 #[test]

@@ -54,23 +54,57 @@ fn allowed_sources_entries_are_validated_with_their_index() {
 
 #[test]
 fn lease_duration_must_exceed_renew_deadline() {
-    let (key, reason) = invalid("[lease]\nduration_secs = 10\n");
+    let (key, reason) = invalid("[lease]\nduration_secs = 2\n");
     assert_eq!(key, "lease.duration_secs");
     assert!(
-        reason.contains("greater than renew_deadline_secs (10)"),
+        reason.contains("greater than renew_deadline_secs (2)"),
         "{reason}"
     );
 }
 
 #[test]
+fn lease_defaults_bound_a_hard_takeover_to_five_seconds() {
+    // The goal of issue #11: a follower takes over a dead leader's claim one duration after the
+    // last renewal it saw; the rest of the 5 s is for the watch delivery and the first write.
+    let d = Config::default().lease;
+    assert!(d.duration + Duration::from_millis(500) <= Duration::from_secs(5));
+    assert!(d.renew_deadline + d.retry_period < d.duration);
+    assert!(d.retry_period >= Duration::from_secs(1));
+}
+
+#[test]
+fn integer_lease_timings_of_older_configs_stay_valid() {
+    let (c, _) =
+        load_toml("[lease]\nduration_secs = 15\nrenew_deadline_secs = 10\nretry_period_secs = 2\n");
+    let lease = c.unwrap().lease;
+    assert_eq!(lease.duration, Duration::from_secs(15));
+    assert_eq!(lease.retry_period, Duration::from_secs(2));
+}
+
+#[test]
+fn lease_runtime_dir_is_an_absolute_path_or_empty_for_none() {
+    let (c, _) = load_toml("[lease]\nruntime_dir = \"/tmp/x\"\n");
+    assert_eq!(
+        c.unwrap().lease.runtime_dir,
+        Some(std::path::PathBuf::from("/tmp/x"))
+    );
+    let (c, _) = load_toml("[lease]\nruntime_dir = \"\"\n");
+    assert_eq!(c.unwrap().lease.runtime_dir, None);
+    let (key, reason) = invalid("[lease]\nruntime_dir = \"run/x\"\n");
+    assert_eq!(key, "lease.runtime_dir");
+    assert!(reason.contains("absolute path"), "{reason}");
+}
+
+#[test]
 fn lease_renew_deadline_must_exceed_1_2_retry_periods() {
-    // 10 s is not more than 1.2 × 9 s = 10.8 s.
-    let (key, reason) = invalid("[lease]\nretry_period_secs = 9\n");
+    // The default 2 s is not more than 1.2 × 9 s = 10.8 s.
+    let (key, reason) = invalid("[lease]\nduration_secs = 30\nretry_period_secs = 9\n");
     assert_eq!(key, "lease.retry_period_secs");
     assert!(reason.contains("1.2 × retry_period_secs (9)"), "{reason}");
     // 10 s is exactly 1.2 × 8.33 s: with whole seconds, 8 passes and the boundary is strict
     // (with a duration long enough for renew deadline + retry period).
-    let (c, _) = load_toml("[lease]\nduration_secs = 20\nretry_period_secs = 8\n");
+    let (c, _) =
+        load_toml("[lease]\nduration_secs = 20\nrenew_deadline_secs = 10\nretry_period_secs = 8\n");
     assert_eq!(c.unwrap().lease.retry_period, Duration::from_secs(8));
     let (key, _) =
         invalid("[lease]\nduration_secs = 30\nrenew_deadline_secs = 12\nretry_period_secs = 10\n");
@@ -199,32 +233,33 @@ fn allow_insecure_tls_and_annotations_enabled_are_read() {
 
 #[test]
 fn lease_renew_deadline_plus_retry_period_must_be_less_than_duration() {
-    // 10 + 2 = 12 is not less than 12: the old leader's last request could land after the
+    // 2 + 1 = 3 is not less than 3: the old leader's last request could land after the
     // successor's first write.
-    let (e, path) = err_of("[lease]\nduration_secs = 12\n");
+    let (e, path) = err_of("[lease]\nduration_secs = 3\n");
     assert_eq!(
         e.to_string(),
         format!(
-            "{}:2:17: invalid value for 'lease.duration_secs': renew_deadline_secs (10) + retry_period_secs (2) must be less than duration_secs (12)",
+            "{}:2:17: invalid value for 'lease.duration_secs': renew_deadline_secs (2) + retry_period_secs (1) must be less than duration_secs (3)",
             path.display()
         )
     );
-    let (c, _) = load_toml("[lease]\nduration_secs = 13\n");
-    assert_eq!(c.unwrap().lease.duration, Duration::from_secs(13));
+    let (c, _) = load_toml("[lease]\nduration_secs = 5\n");
+    assert_eq!(c.unwrap().lease.duration, Duration::from_secs(5));
 }
 
 #[test]
 fn lease_sum_rule_points_at_the_timing_the_operator_set() {
-    let (key, reason) = invalid("[lease]\nrenew_deadline_secs = 13\n");
+    let (key, reason) = invalid("[lease]\nrenew_deadline_secs = 3\n");
     assert_eq!(key, "lease.renew_deadline_secs");
     assert!(
-        reason.contains("renew_deadline_secs (13) + retry_period_secs (2)"),
+        reason.contains("renew_deadline_secs (3) + retry_period_secs (1)"),
         "{reason}"
     );
-    let (key, reason) = invalid("[lease]\nretry_period_secs = 5\n");
-    assert_eq!(key, "lease.retry_period_secs");
+    let (key, reason) =
+        invalid("[lease]\nduration_secs = 14\nrenew_deadline_secs = 10\nretry_period_secs = 5\n");
+    assert_eq!(key, "lease.duration_secs");
     assert!(
-        reason.contains("must be less than duration_secs (15)"),
+        reason.contains("must be less than duration_secs (14)"),
         "{reason}"
     );
 }

@@ -30,7 +30,19 @@ pub async fn client_for(kubeconfig: &Path) -> Client {
     Client::try_from(cfg).unwrap()
 }
 
-/// A daemon config for tests: the given pairs, short Lease timings, no metrics listener.
+/// A runtime directory of its own for each daemon config (`[lease] runtime_dir`): the daemons
+/// of a test share one process, and the default `/run/endpoint-copier/lease` would make the
+/// second one a refused twin. Left behind in the temp dir (a few bytes each).
+pub fn runtime_dir() -> std::path::PathBuf {
+    tempfile::Builder::new()
+        .prefix("endpoint-copier-it-run-")
+        .tempdir()
+        .unwrap()
+        .keep()
+}
+
+/// A daemon config for tests: the given pairs, short Lease timings, no metrics listener, a
+/// runtime directory of its own.
 pub fn config(kubeconfig: &Path, identity: &str, pairs: &[(&str, &str)]) -> Config {
     let mut c = Config {
         kubeconfig: Kubeconfig::Path(kubeconfig.to_owned()),
@@ -44,6 +56,7 @@ pub fn config(kubeconfig: &Path, identity: &str, pairs: &[(&str, &str)]) -> Conf
     c.lease.duration = Duration::from_secs(3);
     c.lease.renew_deadline = Duration::from_secs(2);
     c.lease.retry_period = Duration::from_millis(500);
+    c.lease.runtime_dir = Some(runtime_dir());
     c.metrics.listen = None;
     c
 }

@@ -517,7 +517,7 @@ async fn answer(
     let (status, body) = match current {
         Mode::Status(code) => (StatusCode::from_u16(code).unwrap(), "failed"),
         Mode::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-        Mode::Flap if state.flaps.fetch_add(1, Ordering::SeqCst) % 2 == 0 => {
+        Mode::Flap if state.flaps.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "failed")
         }
         _ if https && user.is_none() => (StatusCode::UNAUTHORIZED, "Unauthorized"),
