@@ -93,9 +93,10 @@ pub async fn status(config: &Config, output: Output) -> Result<Verdict, Error> {
 /// a missing right forbids is reported as that missing right instead).
 pub async fn check_report(config: &Config) -> Result<Report, Error> {
     let mut report = Report::default();
-    let Some(client) = connect(config, &mut report).await else {
+    let Some(loaded) = connect(config, &mut report).await else {
         return Ok(report);
     };
+    let client = loaded.client.clone();
     match tokio::time::timeout(crate::apply::REQUEST_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(v)) => report.server_version = Some(v.git_version),
         Ok(Err(e)) => {
@@ -142,7 +143,31 @@ pub async fn check_report(config: &Config) -> Result<Report, Error> {
     let count = count_of(&report);
     // A read that a missing right forbids is left out: that right is a problem above already.
     if let Some(resolved) = &resolved {
-        match pairs::inspect(&client, config, resolved, &group.owner(), &count).await {
+        // The VIP is probed as the hosts probe the endpoints: same TLS, credentials, timeout.
+        let prober = match crate::probe::Prober::new(
+            &loaded.config,
+            config.probe.tls_server_name.as_deref(),
+        ) {
+            Ok(p) => Some(std::sync::Arc::new(p)),
+            Err(e) => {
+                report.problems.push(format!(
+                    "cannot build the probes' TLS from the kubeconfig: {}",
+                    crate::error::chain(&e)
+                ));
+                None
+            }
+        };
+        match pairs::inspect(
+            &client,
+            config,
+            resolved,
+            &group.owner(),
+            &count,
+            prober.as_ref(),
+            config.probe.timing.timeout,
+        )
+        .await
+        {
             Ok((pairs, refused)) => {
                 report.pairs = pairs;
                 report.refused = refused;
@@ -178,9 +203,10 @@ pub async fn check_report(config: &Config) -> Result<Report, Error> {
 /// As [`check_report`].
 pub async fn status_report(config: &Config) -> Result<Report, Error> {
     let mut report = Report::default();
-    let Some(client) = connect(config, &mut report).await else {
+    let Some(loaded) = connect(config, &mut report).await else {
         return Ok(report);
     };
+    let client = loaded.client;
     match lease(&client, config).await {
         Ok(l) => report.lease = Some(l),
         Err(e) => {
@@ -192,8 +218,16 @@ pub async fn status_report(config: &Config) -> Result<Report, Error> {
     members_into(&client, config, &group, true, &mut report).await;
     let count = count_of(&report);
     let resolved = pairs::resolve(&client, config).await?;
-    let (pairs, refused) =
-        pairs::inspect(&client, config, &resolved, &group.owner(), &count).await?;
+    let (pairs, refused) = pairs::inspect(
+        &client,
+        config,
+        &resolved,
+        &group.owner(),
+        &count,
+        None,
+        config.probe.timing.timeout,
+    )
+    .await?;
     report.pairs = pairs;
     report.refused = refused;
     for p in report.pairs.iter().filter(|p| !p.in_sync) {
@@ -251,6 +285,12 @@ fn probe_findings(report: &mut Report) {
                 )),
                 _ => {}
             }
+        }
+        for v in p.vip.iter().filter(|v| !v.ok) {
+            report.problems.push(format!(
+                "{} does not answer through the VIP of {}: {}",
+                v.probe, p.target, v.detail
+            ));
         }
         for host in &p.presumed_cut_off {
             report.warnings.push(format!(
@@ -321,7 +361,7 @@ async fn members_into(
 }
 
 /// Builds the client; on failure records the problem and returns `None`.
-async fn connect(config: &Config, report: &mut Report) -> Option<Client> {
+async fn connect(config: &Config, report: &mut Report) -> Option<crate::client::Loaded> {
     let built = match crate::client::locate(&config.kubeconfig) {
         Some(path) => crate::client::build(&path, config.allow_insecure_tls).await,
         None => Err(crate::client::Error::NotFound),
@@ -331,7 +371,7 @@ async fn connect(config: &Config, report: &mut Report) -> Option<Client> {
             report.kubeconfig = Some(loaded.path.display().to_string());
             report.server = Some(loaded.server.clone());
             report.problems.extend(loaded.warnings.iter().cloned());
-            Some(loaded.client)
+            Some(loaded)
         }
         Err(e) => {
             report.problems.push(crate::error::chain(&e));

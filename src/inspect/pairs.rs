@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
 use super::Error;
-use super::report::{EndpointReport, ForeignReport, PairReport, RefusalReport};
+use super::report::{EndpointReport, ForeignReport, PairReport, RefusalReport, VipReport};
 use crate::config::Config;
 use crate::daemon::pair::{Phase, plan_for};
 use crate::desired::{self, ForeignSlice, Owner, manager_of};
@@ -96,6 +97,8 @@ pub async fn inspect(
     resolved: &Resolved,
     owner: &Owner,
     count: &Count,
+    vip_prober: Option<&std::sync::Arc<crate::probe::Prober>>,
+    timeout: std::time::Duration,
 ) -> Result<(Vec<PairReport>, Vec<RefusalReport>), Error> {
     let refused = resolved
         .resolution
@@ -132,6 +135,23 @@ pub async fn inspect(
             Ok(step) => (step.plan, None, step.decision),
             Err(hold) => (desired::Plan::default(), Some(hold.to_string()), None),
         };
+        let mut vip = Vec::new();
+        if let (Some(prober), Some(spec), Some(svc)) =
+            (vip_prober, &probe, resolved.known.get(&pair.target))
+        {
+            let source_port = desired::probed_endpoints(&pair.source, svc, &source_slices)
+                .first()
+                .and_then(|(_, port)| *port);
+            for target in vip_targets(svc, spec, source_port) {
+                let mut session = crate::probe::Session::new(prober.clone(), target.clone());
+                let outcome = session.probe(timeout).await;
+                vip.push(VipReport {
+                    probe: target.to_string(),
+                    ok: outcome.ok,
+                    detail: outcome.detail,
+                });
+            }
+        }
         let endpoints = match (&probe, decision, resolved.known.get(&pair.target)) {
             (Some(spec), Some(decision), Some(svc)) => quorum::candidates(
                 spec,
@@ -186,9 +206,56 @@ pub async fn inspect(
             } else {
                 Vec::new()
             },
+            vip,
         });
     }
     Ok((reports, refused))
+}
+
+/// The probe targets that reach `target`'s LoadBalancer ingress addresses with `spec`: the port
+/// is the Service port whose targetPort is the probed source port (`kubernetes-vip` 6443 →
+/// 6443), else the spec's own port. Names (`ingress[].hostname`) are skipped: the probes dial
+/// addresses only.
+pub fn vip_targets(
+    target: &Service,
+    spec: &crate::probe::Spec,
+    source_port: Option<u16>,
+) -> Vec<crate::probe::Target> {
+    let ingress = target
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    let probed = spec.port.or(source_port);
+    let port = target
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ports| {
+            ports.iter().find(|p| {
+                let to = match &p.target_port {
+                    Some(IntOrString::Int(n)) if *n != 0 => Some(*n),
+                    Some(IntOrString::String(_)) => None,
+                    _ => Some(p.port),
+                };
+                to.and_then(|n| u16::try_from(n).ok()) == probed
+            })
+        })
+        .and_then(|p| u16::try_from(p.port).ok())
+        .or(probed);
+    let Some(port) = port else {
+        return Vec::new();
+    };
+    ingress
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .map(|address| crate::probe::Target {
+            address,
+            port,
+            kind: spec.kind.clone(),
+        })
+        .collect()
 }
 
 /// One candidate endpoint with its votes and the quorum's decision.
@@ -297,5 +364,51 @@ mod tests {
                 .starts_with("another copier group")
         );
         assert!(fix_for(&target, &slice("someone")).contains("default/kubernetes-vip-x1"));
+    }
+
+    #[test]
+    fn the_vip_is_probed_on_the_service_port_that_leads_to_the_probed_port() {
+        use k8s_openapi::api::core::v1::{
+            LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
+        };
+        let port = |name: &str, n: i32| ServicePort {
+            name: Some(name.into()),
+            port: n,
+            target_port: Some(IntOrString::Int(n)),
+            ..ServicePort::default()
+        };
+        let vip = Service {
+            spec: Some(ServiceSpec {
+                ports: Some(vec![port("rke2-api", 9345), port("k8s-api", 6443)]),
+                ..ServiceSpec::default()
+            }),
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![
+                        LoadBalancerIngress {
+                            ip: Some("192.0.2.100".into()),
+                            ..LoadBalancerIngress::default()
+                        },
+                        LoadBalancerIngress {
+                            hostname: Some("vip.example".into()),
+                            ..LoadBalancerIngress::default()
+                        },
+                    ]),
+                }),
+                ..ServiceStatus::default()
+            }),
+            ..Service::default()
+        };
+        let got: Vec<String> = vip_targets(&vip, &crate::probe::Spec::readyz(), Some(6443))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, ["https://192.0.2.100:6443/readyz"]);
+        // No ingress address yet: nothing to probe.
+        let pending = Service {
+            status: None,
+            ..vip
+        };
+        assert!(vip_targets(&pending, &crate::probe::Spec::readyz(), Some(6443)).is_empty());
     }
 }

@@ -144,6 +144,10 @@ fn pair(s: &mut String, p: &PairReport) {
         };
         let _ = writeln!(s, "  probe {probe}{cut_off}");
     }
+    for v in &p.vip {
+        let verdict = if v.ok { "answers" } else { "does not answer" };
+        let _ = writeln!(s, "  vip {}: {verdict} ({})", v.probe, v.detail);
+    }
     for e in &p.endpoints {
         let names = |v: &[String]| {
             if v.is_empty() {
@@ -214,6 +218,7 @@ mod tests {
                 probe: None,
                 endpoints: vec![],
                 presumed_cut_off: vec![],
+                vip: vec![],
             }],
             refused: vec![],
             lease: Some(LeaseReport {

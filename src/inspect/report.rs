@@ -86,6 +86,20 @@ pub struct PairReport {
     pub endpoints: Vec<EndpointReport>,
     /// Live hosts whose every verdict is down: presumed cut off, their votes not counted.
     pub presumed_cut_off: Vec<String>,
+    /// For a pair that probes and whose target has a LoadBalancer ingress address: the pair's
+    /// probe sent through that address (`check` only).
+    pub vip: Vec<VipReport>,
+}
+
+/// The pair's probe sent to the target's LoadBalancer address (the VIP) from this host.
+#[derive(Debug, Clone, Serialize)]
+pub struct VipReport {
+    /// What was probed (`https://192.0.2.100:6443/readyz`).
+    pub probe: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What happened (`HTTP 200`, `timed out after 250 ms`, `TLS: ...`).
+    pub detail: String,
 }
 
 /// One endpoint of a probing pair, as the live hosts see it.

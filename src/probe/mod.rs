@@ -5,9 +5,11 @@
 //! This file owns the vocabulary every step shares: what a pair's probe is ([`Spec`]), one probed
 //! thing ([`Target`]: address, port, kind), the timing ([`Timing`]) and a copy's verdict on a
 //! target ([`Verdict`], [`Report`]). The steps:
-//! - `run`: the probes themselves (HTTPS with the kubeconfig's CA and credentials, HTTP, TCP),
-//!   one task per target, never overlapping, thresholds applied; it sends a [`Report`] when a
-//!   target's verdict is first known and whenever it changes;
+//! - `spec`: a pair's probe from its config value or annotation (pure);
+//! - `check`: one probe (HTTPS with the kubeconfig's CA and credentials, HTTP, TCP) over one
+//!   kept-alive connection; `tracker`: the thresholds (pure);
+//! - `run`: one task per target, never overlapping, thresholds applied; it sends a [`Report`]
+//!   when a target's verdict is first known and whenever it changes;
 //! - `quorum`: the pure decision — which targets the leader evicts, from the votes of the live
 //!   copies, never the last ready endpoint of a target.
 

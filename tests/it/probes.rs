@@ -101,8 +101,10 @@ fn addr(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// Room for a loaded CI machine on top of the times the thresholds allow.
-const SLACK: Duration = Duration::from_millis(300);
+/// Room for a loaded CI machine (the whole suite runs in parallel on two cores) on top of the
+/// times the thresholds allow. The speed itself is `examples/bench_probe.rs`'s to measure; this
+/// bound only catches a prober that is grossly late (stuck behind another target, say).
+const SLACK: Duration = Duration::from_secs(1);
 
 /// How long after a fault the verdict may turn down with the default timing: the first failing
 /// probe starts within one period, then `failure_threshold - 1` more periods, plus the last

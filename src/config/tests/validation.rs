@@ -423,14 +423,14 @@ fn probe_timing_rules_name_the_key() {
             "100-60000",
         ),
         (
-            "[probe]\ntimeout_ms = 500\n",
+            "[probe]\ntimeout_ms = 300\n",
             "probe.timeout_ms",
-            "less than period_ms (500)",
+            "less than period_ms (300)",
         ),
         (
-            "[probe]\nperiod_ms = 300\n",
+            "[probe]\nperiod_ms = 200\n",
             "probe.period_ms",
-            "timeout_ms (400) must be less",
+            "timeout_ms (250) must be less",
         ),
         (
             "[probe]\nfailure_threshold = 1\n",
