@@ -380,3 +380,67 @@ async fn when_the_leaders_own_apiserver_dies_with_it_a_follower_evicts_it() {
         f.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probes_readyz_through_the_vip_and_shows_each_hosts_view() {
+    let Some(ns) =
+        netns::enter("eviction::check_probes_readyz_through_the_vip_and_shows_each_hosts_view")
+    else {
+        return;
+    };
+    let bed = Bed::new(ns).await;
+    // MetalLB gave the target an address: a stand-in for the VIP answering as the apiservers do.
+    const VIP: &str = "198.51.100.100";
+    let tb = bed.world.testbed().unwrap();
+    let vip = bed.ns.listener(ip(VIP), 6443, Some(tb)).await;
+    tb.store()
+        .replace_status(
+            endpoint_copier_testbed::store::resource("", "v1", "services").unwrap(),
+            Some(&bed.world.ns),
+            "vip",
+            serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": VIP}]}}}),
+            &Default::default(),
+        )
+        .unwrap();
+    bed.ballot("node-2", &[B]).await;
+    let daemon = Daemon::start(bed.config("node-1"));
+    bed.vip(&[A, B, C]).await;
+    bed.published("node-1", B, Verdict::Up).await;
+
+    let report = endpoint_copier::inspect::check_report(&bed.config("node-1"))
+        .await
+        .unwrap();
+    let pair = &report.pairs[0];
+    assert_eq!(pair.probe.as_deref(), Some("{ https = \"/readyz\" }"));
+    assert_eq!(pair.vip.len(), 1);
+    assert!(pair.vip[0].ok, "{:?}", pair.vip[0]);
+    assert_eq!(pair.vip[0].probe, format!("https://{VIP}:6443/readyz"));
+    let b = pair.endpoints.iter().find(|e| e.address == B).unwrap();
+    assert_eq!(
+        (b.decision.as_str(), b.down.as_slice()),
+        ("ready", &["node-2".to_owned()][..])
+    );
+    let members = report.group.as_ref().unwrap().members.as_ref().unwrap();
+    let node2 = members.iter().find(|m| m.identity == "node-2").unwrap();
+    assert!(
+        node2
+            .verdicts
+            .iter()
+            .any(|v| v.endpoint == bed.target(B).to_string() && v.verdict == "down")
+    );
+
+    // The VIP stops answering: a problem, named with what happened.
+    vip.set_mode(Mode::Status(503));
+    let report = endpoint_copier::inspect::check_report(&bed.config("node-1"))
+        .await
+        .unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("does not answer through the VIP") && p.contains("HTTP 503")),
+        "{:?}",
+        report.problems
+    );
+    daemon.stop().await;
+}
