@@ -23,26 +23,18 @@ fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// A config directory with one drop-in for `world`, as combustion would write it.
+/// A config directory with one drop-in for `world`, as combustion would write it (Lease 4/2/1 s,
+/// a runtime directory of its own).
 pub(crate) fn config_dir(world: &World, identity: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = world.cluster.testbed().map_or_else(
-        || world.cluster.kubeconfig(),
-        |tb| tb.kubeconfig_for(identity),
-    );
-    std::fs::write(
-        dir.path().join("50-site.toml"),
-        format!(
-            "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\nduration_secs = 4\nrenew_deadline_secs = 2\nretry_period_secs = 1\nruntime_dir = \"{}\"\n\n[metrics]\nlisten = \"\"\n",
-            kubeconfig.display(),
-            world.source(),
-            world.target(),
-            world.ns,
-            dir.path().join("run").display(),
+    drop_in_dir(
+        world,
+        identity,
+        "",
+        &format!(
+            "duration_secs = 4\nrenew_deadline_secs = 2\nretry_period_secs = 1\nruntime_dir = \"{}\"",
+            runtime_dir().display()
         ),
     )
-    .unwrap();
-    dir
 }
 
 pub(crate) fn spawn_run(dir: &Path) -> Child {

@@ -58,21 +58,15 @@ impl Bed {
     /// A config directory for the binary as `identity`, with the same pair and probe as
     /// [`Bed::config`] (Lease timings 4/2/1 s: the binary takes whole seconds).
     fn binary_config(&self, identity: &str) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = self.world.testbed().unwrap().kubeconfig_for(identity);
-        std::fs::write(
-            dir.path().join("50-test.toml"),
-            format!(
-                "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\nprobe = {{ https = \"/readyz\" }}\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\nduration_secs = 4\nrenew_deadline_secs = 2\nretry_period_secs = 1\nruntime_dir = \"{}\"\n\n[metrics]\nlisten = \"\"\n",
-                kubeconfig.display(),
-                self.world.source(),
-                self.world.target(),
-                self.world.ns,
-                crate::common::runtime_dir().display(),
+        crate::common::drop_in_dir(
+            &self.world,
+            identity,
+            "probe = { https = \"/readyz\" }",
+            &format!(
+                "duration_secs = 4\nrenew_deadline_secs = 2\nretry_period_secs = 1\nruntime_dir = \"{}\"",
+                crate::common::runtime_dir().display()
             ),
         )
-        .unwrap();
-        dir
     }
 
     fn target(&self, a: &str) -> Target {

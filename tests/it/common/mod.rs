@@ -416,3 +416,31 @@ impl World {
         self.cluster.testbed()
     }
 }
+
+/// A config directory with one drop-in for the binary, as combustion would write it: `world`'s
+/// pair (plus `pair_keys`, e.g. `probe = { https = "/readyz" }`), the Lease in the world's
+/// namespace as `identity` (plus `lease_keys`: timings, `runtime_dir`), no metrics listener.
+pub fn drop_in_dir(
+    world: &World,
+    identity: &str,
+    pair_keys: &str,
+    lease_keys: &str,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = world.cluster.testbed().map_or_else(
+        || world.cluster.kubeconfig(),
+        |tb| tb.kubeconfig_for(identity),
+    );
+    std::fs::write(
+        dir.path().join("50-site.toml"),
+        format!(
+            "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\n{pair_keys}\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\n{lease_keys}\n\n[metrics]\nlisten = \"\"\n",
+            kubeconfig.display(),
+            world.source(),
+            world.target(),
+            world.ns,
+        ),
+    )
+    .unwrap();
+    dir
+}
