@@ -108,6 +108,13 @@ fn daemon_config(tb: &TestBed, identity: &str) -> Config {
     };
     c.lease.identity = Some(identity.to_owned());
     c.metrics.listen = None;
+    c.lease.runtime_dir = Some(std::env::temp_dir().join(format!(
+        "endpoint-copier-bench-{}-{identity}",
+        std::process::id()
+    )));
+    // The mirror alone: no probes (the seeded addresses exist nowhere; bench_probe measures
+    // the probes inside a network namespace).
+    c.pairs[0].probe = None;
     c
 }
 
@@ -285,8 +292,9 @@ async fn measure_rss(tb: &TestBed, label: &str) {
     std::fs::write(
         dir.path().join("50-bench.toml"),
         format!(
-            "kubeconfig = \"{}\"\n[lease]\nidentity = \"rss\"\n[metrics]\nlisten = \"\"\n",
-            kubeconfig.display()
+            "kubeconfig = \"{}\"\n[[pair]]\nsource = \"default/kubernetes\"\ntarget = \"default/kubernetes-vip\"\nprobe = false\n[lease]\nidentity = \"rss\"\nruntime_dir = \"{}\"\n[metrics]\nlisten = \"\"\n",
+            kubeconfig.display(),
+            dir.path().join("run").display()
         ),
     )
     .unwrap();

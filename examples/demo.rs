@@ -67,6 +67,15 @@ async fn main() {
             };
             config.lease.identity = Some((*name).to_owned());
             config.metrics.listen = None;
+            // Three copies in one process: each its own runtime lock, as each host has its own.
+            config.lease.runtime_dir = Some(std::env::temp_dir().join(format!(
+                "endpoint-copier-demo-{}-{name}",
+                std::process::id()
+            )));
+            // No probes in the demo: the seeded apiserver addresses exist nowhere, and probing
+            // them would send packets off this machine. The probes are shown by the tests, which
+            // give the addresses to stand-in apiservers inside a network namespace.
+            config.pairs[0].probe = None;
             let shutdown = Shutdown::new();
             let span = tracing::info_span!("host", name = *name);
             let task = tokio::spawn(daemon::run(config, shutdown.clone()).instrument(span));

@@ -68,7 +68,11 @@ async fn the_default_pair_mirrors_kubernetes_into_kubernetes_vip() {
         ..Default::default()
     };
     config.lease.identity = Some("node-1".into());
+    config.lease.runtime_dir = Some(runtime_dir());
     config.metrics.listen = None;
+    // The default pair probes the apiservers; these addresses exist only in the eviction tests'
+    // network namespaces, so here the probes are off (they would dial outside the machine).
+    config.pairs[0].probe = None;
     let daemon = Daemon::start(config);
     wait_for_target(&client, "default", "kubernetes-vip", &addrs, CONVERGE).await;
 

@@ -71,6 +71,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: Config) -> Daemon {
+        // Probes dial the endpoint addresses: only inside a test's own network namespace may a
+        // test daemon do that (every address here is a documentation address, routed nowhere
+        // but out of this machine).
+        assert!(
+            netns::inside() || config.pairs.iter().all(|p| p.probe.is_none()),
+            "a test daemon probes only inside a network namespace (common::netns::enter)"
+        );
         let shutdown = Shutdown::new();
         let task = tokio::spawn(daemon::run(config, shutdown.clone()));
         Daemon { shutdown, task }
