@@ -18,8 +18,11 @@ use crate::desired;
 use crate::events::EventReason;
 use crate::group::MemberRecord;
 use crate::names::ServiceRef;
-use crate::probe::quorum::{self, Ballot, Candidate, Count, Decision};
-use crate::probe::{Report, Spec, Target, Verdict};
+use crate::probe::quorum::{self, Ballot, Count, Decision};
+use crate::probe::{Report, Target, Verdict};
+
+/// A ready source endpoint as the probes see it: its address and its slice's port.
+type ProbedEndpoint = (std::net::IpAddr, Option<u16>);
 
 /// This copy's verdict on one target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,26 +72,28 @@ impl ProbeState {
 }
 
 impl Engine {
-    /// The probe targets of the active pair `target` that probes with `spec`: one per ready
-    /// source endpoint the target serves (the source port unless the spec names one).
-    fn candidates(&self, target: &ServiceRef, source: &ServiceRef, spec: &Spec) -> Vec<Candidate> {
-        let Some(svc) = self.services.objects().get(target) else {
-            return Vec::new();
-        };
-        let slices = self.slices.slices_of(source);
-        quorum::candidates(spec, desired::probed_endpoints(source, svc, &slices))
-    }
-
     /// Recomputes what this copy probes (every copy probes, leader or not): called when pairs,
     /// Services or slices change. The prober starts and stops tasks from the difference.
+    ///
+    /// Many pairs may share a source (1,000 annotated VIPs of `default/kubernetes`): its ready
+    /// endpoints are read once per call and per set of served families, not once per pair.
     pub(super) fn reprobe(&mut self) {
         let mut wanted = BTreeSet::new();
+        let mut endpoints: BTreeMap<(&ServiceRef, Vec<String>), Vec<ProbedEndpoint>> =
+            BTreeMap::new();
         for (target, state) in &self.pairs {
             let (Phase::Active { source }, Some(spec)) = (&state.phase, &state.probe) else {
                 continue;
             };
+            let Some(svc) = self.services.objects().get(target) else {
+                continue;
+            };
+            let families = desired::served_families(svc);
+            let listed = endpoints.entry((source, families)).or_insert_with(|| {
+                desired::probed_endpoints(source, svc, &self.slices.slices_of(source))
+            });
             wanted.extend(
-                self.candidates(target, source, spec)
+                quorum::candidates(spec, listed.iter().copied())
                     .into_iter()
                     .filter_map(|c| c.target),
             );
