@@ -75,7 +75,13 @@ impl Engine {
         let Some(svc) = self.services.objects().get(target) else {
             return Vec::new();
         };
-        let slices = self.slices.slices_of(source);
+        let mut slices = self.slices.slices_of(source);
+        // Derived endpoints are probed on their own address, as the plan counts them.
+        let derive = self.pairs.get(target).is_some_and(|s| s.derive);
+        if let Some(view) = self.node_view(derive) {
+            slices =
+                desired::nodes::with_nodes(source, svc, &slices, view.index, view.derive).slices;
+        }
         quorum::candidates(spec, desired::probed_endpoints(source, svc, &slices))
     }
 
