@@ -52,6 +52,11 @@ pub enum EventReason {
     Returned,
     /// Every endpoint looks down: one is kept ready so the target is never empty (Warning).
     Spared,
+    /// Endpoints on a drained Node are marked not ready, or ready again after the drain (Normal).
+    Drained,
+    /// A Node lacks an address of a family the target derives, or no Node holds a source
+    /// endpoint's address: that family has no endpoint for it (Warning).
+    NodeAddressMissing,
 }
 
 impl EventReason {
@@ -68,12 +73,14 @@ impl EventReason {
             EventReason::Evicted => "EndpointEvicted",
             EventReason::Returned => "EndpointReturned",
             EventReason::Spared => "EndpointSpared",
+            EventReason::Drained => "EndpointDrained",
+            EventReason::NodeAddressMissing => "NodeAddressMissing",
         }
     }
 
     fn event_type(self) -> EventType {
         match self {
-            EventReason::Synced | EventReason::Returned => EventType::Normal,
+            EventReason::Synced | EventReason::Returned | EventReason::Drained => EventType::Normal,
             _ => EventType::Warning,
         }
     }
@@ -86,6 +93,8 @@ impl EventReason {
             EventReason::ForeignSlices => "Report",
             EventReason::ConfiguredElsewhere => "Hold",
             EventReason::Evicted | EventReason::Returned | EventReason::Spared => "Probe",
+            EventReason::Drained => "Drain",
+            EventReason::NodeAddressMissing => "Report",
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod names;
+pub mod nodes;
 pub mod notify;
 pub mod pairs;
 pub mod probe;

@@ -115,6 +115,7 @@ pub struct Metrics {
     probe_verdict: Family<EndpointTargetLabels, Gauge>,
     evictions: Family<PairLabels, Counter>,
     evicted: Family<PairLabels, Gauge>,
+    drained: Family<PairLabels, Gauge>,
     time_to_evict: Histogram,
     probe_duration: Family<ProbeLabels, Histogram>,
     probes: Family<ProbeLabels, Counter>,
@@ -217,6 +218,12 @@ impl Metrics {
             "Endpoints marked not ready by the probes' quorum now, by pair (leader only)",
             evicted.clone(),
         );
+        let drained = Family::default();
+        registry.register(
+            "drained_endpoints",
+            "Endpoints marked not ready because their Node is drained (endpoint-copier/drain), by pair (leader only)",
+            drained.clone(),
+        );
         // 100 ms to ~100 s: the goal is under 2 s; the tail shows a slow quorum or a slow Lease.
         let time_to_evict = Histogram::new(exponential_buckets(0.1, 2.0, 11));
         registry.register_with_unit(
@@ -246,6 +253,7 @@ impl Metrics {
             probe_verdict,
             evictions,
             evicted,
+            drained,
             time_to_evict,
             probe_duration,
             probes,
@@ -323,6 +331,15 @@ impl Metrics {
     /// Sets `endpoint_copier_evicted_endpoints{pair}`.
     pub fn set_evicted(&self, pair: &str, n: usize) {
         self.evicted
+            .get_or_create(&PairLabels {
+                pair: pair.to_owned(),
+            })
+            .set(saturating_i64(n));
+    }
+
+    /// Sets `endpoint_copier_drained_endpoints{pair}`.
+    pub fn set_drained(&self, pair: &str, n: usize) {
+        self.drained
             .get_or_create(&PairLabels {
                 pair: pair.to_owned(),
             })

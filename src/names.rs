@@ -51,6 +51,22 @@ pub const ANNOTATION_SOURCE_NAMESPACE: &str = "endpoint-copier/default-service-n
 /// apiservers' `/readyz` when the source is `default/kubernetes`, no probe otherwise.
 pub const ANNOTATION_PROBE: &str = "endpoint-copier/probe";
 
+/// Annotation on a Node that takes every endpoint on it out of every target (`ready: false,
+/// serving: false`, the endpoint kept in the slice) while its value is `"true"`: a planned drain
+/// for maintenance, set by hand or by `endpoint-copier drain`.
+pub const ANNOTATION_DRAIN: &str = "endpoint-copier/drain";
+/// Annotation on a Node beside [`ANNOTATION_DRAIN`]: an RFC 3339 instant after which the drain
+/// no longer counts (judged by the leader's wall clock). Written by `endpoint-copier drain`, so
+/// that a drain whose `resume` never ran ends by itself.
+pub const ANNOTATION_DRAIN_EXPIRES: &str = "endpoint-copier/drain-expires";
+/// The value of [`ANNOTATION_DRAIN`] that drains; any other value is ignored (and reported).
+pub const DRAIN_VALUE: &str = "true";
+/// Label that RKE2 and K3s set on server Nodes (the hosts of the apiservers): the default
+/// `[nodes] selector`.
+pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+/// Node label naming its zone, copied into an endpoint's `zone`.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// The default pair's source: the built-in Service the apiservers write.
 pub const DEFAULT_SOURCE: &str = "default/kubernetes";
 /// The default pair's target: the LoadBalancer Service EIB creates for the VIP.

@@ -435,6 +435,8 @@ pub struct PairStatus {
     pub holding: Option<String>,
     /// Endpoints marked not ready by the probes' quorum.
     pub evicted: usize,
+    /// Endpoints marked not ready because their Node is drained.
+    pub drained: usize,
 }
 
 /// Everything the STATUS line shows.
@@ -486,6 +488,9 @@ fn pair_text(pair: &PairStatus, leader: bool) -> String {
     let mut text = format!("{}: {} {noun}", pair.target, pair.endpoints);
     if pair.evicted > 0 {
         text.push_str(&format!(", {} evicted", pair.evicted));
+    }
+    if pair.drained > 0 {
+        text.push_str(&format!(", {} drained", pair.drained));
     }
     match pair.synced_ago {
         Some(ago) => {

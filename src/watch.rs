@@ -11,6 +11,10 @@
 //!   A namespace's watch is restarted (one re-list of just those slices) when its set of Services
 //!   changes; a namespace whose list keeps failing stalls only its own pairs.
 //!
+//! * **Nodes**, one cluster-wide watch selected by `[nodes] selector` (control-plane Nodes by
+//!   default): each Node is kept only as its [`NodeFacts`] projection (name, addresses, zone,
+//!   drain annotations), so neither the Node objects' size nor the workers' count grows memory.
+//!
 //! `daemon` owns the streams' lifetimes and decides what a change means; `desired` reads the
 //! caches. Stored objects drop `managedFields`, which we never read and which dominate their size.
 
@@ -25,6 +29,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
 use crate::names::{self, ServiceRef};
+use crate::nodes::{NodeFacts, NodeIndex};
 
 /// A stream of watch events with kube's default backoff between failed attempts.
 pub type Events<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
@@ -48,6 +53,76 @@ pub fn services(client: &Client) -> Events<Service> {
     )
     .backoff(watch_backoff())
     .boxed()
+}
+
+/// Watches the Nodes `selector` picks (`None`: every Node), for [`NodeCache`].
+pub fn nodes(client: &Client, selector: Option<&str>) -> Events<k8s_openapi::api::core::v1::Node> {
+    let config = match selector {
+        Some(s) => watcher::Config::default().labels(s),
+        None => watcher::Config::default(),
+    };
+    watcher::watcher(
+        Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()),
+        config,
+    )
+    .backoff(watch_backoff())
+    .boxed()
+}
+
+/// The watched Nodes, each kept only as its [`NodeFacts`] projection.
+#[derive(Debug, Default)]
+pub struct NodeCache {
+    index: NodeIndex,
+    buffer: Option<Vec<NodeFacts>>,
+    ready: bool,
+}
+
+impl NodeCache {
+    /// The Nodes known now (as of the last event; kept as they are while the watch fails).
+    pub fn index(&self) -> &NodeIndex {
+        &self.index
+    }
+
+    /// Whether the first full list has arrived.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Applies one watch event; returns whether any projection changed (a Node's heartbeat or
+    /// condition update changes nothing we keep, and touches no pair).
+    pub fn apply(&mut self, event: Event<k8s_openapi::api::core::v1::Node>) -> bool {
+        match event {
+            Event::Init => {
+                self.buffer = Some(Vec::new());
+                false
+            }
+            Event::InitApply(node) => {
+                if let (Some(facts), Some(buffer)) =
+                    (NodeFacts::from_node(&node), self.buffer.as_mut())
+                {
+                    buffer.push(facts);
+                }
+                false
+            }
+            Event::InitDone => {
+                let fresh = NodeIndex::new(self.buffer.take().unwrap_or_default());
+                self.ready = true;
+                if fresh == self.index {
+                    return false;
+                }
+                self.index = fresh;
+                true
+            }
+            Event::Apply(node) => {
+                NodeFacts::from_node(&node).is_some_and(|facts| self.index.insert(facts))
+            }
+            Event::Delete(node) => node
+                .metadata
+                .name
+                .as_deref()
+                .is_some_and(|name| self.index.remove(name)),
+        }
+    }
 }
 
 /// A watch event of the EndpointSlices of one namespace, tagged with the namespace and the

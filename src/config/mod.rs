@@ -61,6 +61,8 @@ pub struct Config {
     pub members: MembersSettings,
     /// Health probes (`[probe]`): timing for every pair that probes.
     pub probe: ProbeSettings,
+    /// Which Nodes are watched for node facts and drains (`[nodes]`).
+    pub nodes: NodesSettings,
     /// Periodic resync and retry backoff (`[sync]`).
     pub sync: SyncSettings,
     /// Logging (`[log]`).
@@ -91,6 +93,18 @@ pub struct PairConfig {
     /// "/readyz" }` for a pair whose source is `default/kubernetes`, else not probed
     /// ([`crate::probe::spec::default_for`]).
     pub probe: Option<probe::Spec>,
+    /// Whether a family the target serves (`spec.ipFamilies`) but the source lacks is derived
+    /// from the addresses of the source endpoints' Nodes (key `derive_families`; unset: true for
+    /// a pair whose source is `default/kubernetes`, whose slice is single-stack while EIB's
+    /// `kubernetes-vip` may be dual-stack, else false: [`derive_families_default`]).
+    pub derive_families: bool,
+}
+
+/// Whether a pair from `source` derives missing families by default: only the apiservers'
+/// `default/kubernetes`, whose endpoints are the Nodes' own addresses. Any other Service's
+/// endpoints are Pods or foreign hosts, whose other-family address a Node cannot tell.
+pub fn derive_families_default(source: &ServiceRef) -> bool {
+    source.to_string() == names::DEFAULT_SOURCE
 }
 
 impl PairConfig {
@@ -98,6 +112,7 @@ impl PairConfig {
     pub fn new(source: ServiceRef, target: ServiceRef) -> PairConfig {
         PairConfig {
             probe: probe::spec::default_for(&source),
+            derive_families: derive_families_default(&source),
             source,
             target,
         }
@@ -180,6 +195,17 @@ pub struct MembersSettings {
     pub forget_after: Duration,
 }
 
+/// Which Nodes the daemon watches (`[nodes]`) to fill `nodeName` and zone, derive a missing
+/// family and honour drains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodesSettings {
+    /// A label selector for the Node watch (key `selector`, default:
+    /// `node-role.kubernetes.io/control-plane`, which RKE2 and K3s set on server Nodes, the
+    /// apiservers' hosts: memory then does not grow with the number of workers); `None` when set
+    /// to `""`: every Node (for pairs whose endpoints run on agents).
+    pub selector: Option<String>,
+}
+
 /// Resync and backoff (`[sync]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncSettings {
@@ -245,6 +271,9 @@ impl Default for Config {
             probe: ProbeSettings {
                 timing: probe::Timing::default(),
                 tls_server_name: None,
+            },
+            nodes: NodesSettings {
+                selector: Some(names::CONTROL_PLANE_LABEL.to_owned()),
             },
             sync: SyncSettings {
                 resync_interval: Duration::from_secs(300),

@@ -39,6 +39,9 @@ pub(super) struct RawConfig {
     /// `[sync]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) sync: Option<RawSync>,
+    /// `[nodes]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) nodes: Option<RawNodes>,
     /// `[log]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) log: Option<RawLog>,
@@ -63,6 +66,18 @@ pub(super) struct RawPair {
     /// error messages.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) probe: Option<serde_json::Value>,
+    /// `derive_families`: a boolean.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) derive_families: Option<bool>,
+}
+
+/// `[nodes]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNodes {
+    /// `selector`: a label selector, or `""` for every Node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) selector: Option<String>,
 }
 
 /// `[probe]`.
@@ -180,15 +195,14 @@ pub(super) fn expected_type(path: &[String]) -> Option<&'static str> {
         ("pair", false) => "an array of tables ([[pair]])",
         ("allowed_sources", true) => "a string \"namespace/name\"",
         ("allowed_sources", false) => "an array of strings \"namespace/name\"",
-        ("annotations" | "lease" | "members" | "probe" | "sync" | "log" | "metrics", _)
-            if path.len() == 1 =>
-        {
-            "a table"
-        }
+        (
+            "annotations" | "lease" | "members" | "probe" | "nodes" | "sync" | "log" | "metrics",
+            _,
+        ) if path.len() == 1 => "a table",
         ("probe", _) => "false or a table such as { https = \"/readyz\" }",
         ("failure_threshold" | "success_threshold", _) => "a positive integer",
         (k, _) if k.ends_with("_ms") => "a non-negative integer (milliseconds)",
-        ("enabled" | "allow_insecure_tls", _) => "a boolean",
+        ("enabled" | "allow_insecure_tls" | "derive_families", _) => "a boolean",
         (k, _) if k.ends_with("_secs") => "a non-negative integer (seconds)",
         _ => "a string",
     })

@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use super::provenance::{Layers, Part, key_name};
 use super::raw::{
-    RawAnnotations, RawConfig, RawLease, RawMembers, RawMetrics, RawPair, RawProbe, RawSync,
+    RawAnnotations, RawConfig, RawLease, RawMembers, RawMetrics, RawNodes, RawPair, RawProbe,
+    RawSync,
 };
 use super::{
     AnnotationsSettings, Config, Error, Kubeconfig, LeaseSettings, LogSettings, MembersSettings,
-    MetricsSettings, PairConfig, ProbeSettings, SyncSettings,
+    MetricsSettings, NodesSettings, PairConfig, ProbeSettings, SyncSettings,
 };
 use crate::names::{self, ServiceRef};
 
@@ -72,6 +73,7 @@ pub(super) fn validate(raw: RawConfig, layers: &Layers) -> Result<Config, Error>
     let lease = lease(&c, raw.lease.unwrap_or_default(), d.lease)?;
     let members = members(&c, &raw.members.unwrap_or_default(), &d.members)?;
     let probe = probe(&c, raw.probe.unwrap_or_default(), d.probe)?;
+    let nodes = nodes(&c, raw.nodes.unwrap_or_default(), d.nodes)?;
     let sync = sync(&c, &raw.sync.unwrap_or_default(), &d.sync)?;
     let level = log_level(&c, raw.log.and_then(|l| l.level).unwrap_or(d.log.level))?;
     let listen = metrics_listen(&c, raw.metrics.unwrap_or_default(), d.metrics.listen)?;
@@ -84,6 +86,7 @@ pub(super) fn validate(raw: RawConfig, layers: &Layers) -> Result<Config, Error>
         lease,
         members,
         probe,
+        nodes,
         sync,
         log: LogSettings { level },
         metrics: MetricsSettings { listen },
@@ -138,10 +141,14 @@ fn pairs(c: &Checker<'_>, raw_pairs: &[RawPair]) -> Result<Vec<PairConfig>, Erro
             Some(value) => crate::probe::spec::from_value(value)
                 .map_err(|e| c.bad(&["pair", &idx, "probe"], e.to_string()))?,
         };
+        let derive_families = p
+            .derive_families
+            .unwrap_or_else(|| super::derive_families_default(&source));
         pairs.push(PairConfig {
             source,
             target,
             probe,
+            derive_families,
         });
     }
     Ok(pairs)
@@ -427,6 +434,83 @@ fn probe(c: &Checker<'_>, rp: RawProbe, d: ProbeSettings) -> Result<ProbeSetting
         timing,
         tls_server_name,
     })
+}
+
+/// `[nodes] selector`: `""` selects every Node; otherwise comma-separated requirements, each
+/// `key`, `!key`, `key=value`, `key==value`, `key!=value`, `key in (…)` or `key notin (…)`,
+/// so that a typo exits 78 here instead of failing the watch at every retry.
+fn nodes(c: &Checker<'_>, rn: RawNodes, d: NodesSettings) -> Result<NodesSettings, Error> {
+    let Some(selector) = rn.selector else {
+        return Ok(d);
+    };
+    let selector = selector.trim().to_owned();
+    if selector.is_empty() {
+        return Ok(NodesSettings { selector: None });
+    }
+    if let Some(bad) = selector_problem(&selector) {
+        return Err(c.bad(
+            &["nodes", "selector"],
+            format!("'{selector}' is not a label selector: {bad} (\"\" selects every Node)"),
+        ));
+    }
+    Ok(NodesSettings {
+        selector: Some(selector),
+    })
+}
+
+/// What is wrong with a label selector, if anything (a light check of its shape: the API
+/// server has the last word).
+fn selector_problem(selector: &str) -> Option<String> {
+    let key_ok = |k: &str| {
+        let (prefix, name) = k.rsplit_once('/').map_or((None, k), |(p, n)| (Some(p), n));
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+            && name.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+            && name.ends_with(|ch: char| ch.is_ascii_alphanumeric());
+        name_ok && prefix.is_none_or(names::is_dns1123_subdomain)
+    };
+    // Split on commas outside parentheses (a set's values are comma-separated too).
+    let mut depth = 0usize;
+    let mut parts = vec![String::new()];
+    for ch in selector.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(last) = parts.last_mut() {
+            last.push(ch);
+        }
+    }
+    for part in parts.iter().map(|p| p.trim()) {
+        let key = if let Some(k) = part.strip_prefix('!') {
+            k.trim()
+        } else if let Some((k, _)) = part
+            .split_once(" notin ")
+            .or_else(|| part.split_once(" in "))
+        {
+            k.trim()
+        } else if let Some((k, _)) = part
+            .split_once("!=")
+            .or_else(|| part.split_once("=="))
+            .or_else(|| part.split_once('='))
+        {
+            k.trim()
+        } else {
+            part
+        };
+        if !key_ok(key) {
+            return Some(format!("'{part}' does not start with a valid label key"));
+        }
+    }
+    None
 }
 
 /// `[sync]`: a resync of at least 10 s, a backoff cap of at least 1 s, both at most a day.

@@ -9,7 +9,7 @@ use tracing::{Instrument, debug, warn};
 
 use super::engine::{Engine, MAX_IN_FLIGHT};
 use super::jobs::{self, Done, Job, Outcome, WriteContext};
-use super::pair::{Phase, plan_for};
+use super::pair::{Facts, Phase, plan_for};
 use super::schedule::{Schedule, TaskId};
 use crate::desired::{self, Hold};
 use crate::events::EventReason;
@@ -32,6 +32,10 @@ impl Engine {
         if self.members_due.is_some_and(|t| t <= now) {
             self.members_changed(now);
         }
+        if self.drain_due.is_some_and(|t| t <= now) {
+            // A drain expired: its endpoints are ready again in every target.
+            self.nodes_changed();
+        }
         // The scan reads the API, not the slice cache: a namespace whose list keeps failing must
         // not stop it (each retired pair it finds still waits for its own namespace's list).
         if self.scan.is_due(now) && self.tasks.len() < MAX_IN_FLIGHT {
@@ -39,6 +43,12 @@ impl Engine {
             let gone = self.members.gone_for_good(now);
             let outcome = async move { Outcome::Scan(jobs::scan(client, group, gone).await) };
             self.spawn(Job::Scan, outcome, now);
+        }
+        // Until the Node list arrives, a plan would drop derived slices and drains (a new
+        // leader's caches are warm; this waits only at start): the watch's arrival, or its
+        // failure, touches the pairs again.
+        if !self.nodes_settled() {
+            return;
         }
         let due: Vec<ServiceRef> = self
             .pairs
@@ -147,7 +157,10 @@ impl Engine {
             &source_slices,
             &actual,
             &self.owner,
-            state.probe.as_ref().zip(count.as_ref()),
+            &Facts {
+                probe: state.probe.as_ref().zip(count.as_ref()),
+                nodes: self.node_view(state.derive),
+            },
         );
         self.note_foreign(target, &actual);
         let mut step = match planned {
@@ -157,6 +170,7 @@ impl Engine {
         if let (Some(decision), Some(count)) = (step.decision.take(), count.as_ref()) {
             self.note_decision(target, decision, count);
         }
+        self.note_nodes(target, std::mem::take(&mut step.nodes));
         let Some(state) = self.pairs.get_mut(target) else {
             return;
         };

@@ -34,7 +34,7 @@ use crate::names::ServiceRef;
 use crate::notify::{Beat, Notifier};
 use crate::pairs::{self, Refusal};
 use crate::shutdown::Shutdown;
-use crate::watch::{self, ServiceCache, SliceCache, SliceWatches};
+use crate::watch::{self, NodeCache, ServiceCache, SliceCache, SliceWatches};
 
 /// At most this many tasks (writes, checks) run at once: enough to bring 1,000 annotated pairs
 /// in sync in well under a second, few enough not to look like a flood to API Priority and
@@ -105,6 +105,12 @@ pub struct Engine {
     pub(super) pair_configs: Vec<crate::config::PairConfig>,
     /// What this copy probes, its verdicts, and the leader's last decisions.
     pub(super) probes: ProbeState,
+    /// The watched Nodes' projections (`[nodes] selector`).
+    pub(super) nodes: NodeCache,
+    /// The Node watch's label selector (`None`: every Node).
+    pub(super) node_selector: Option<String>,
+    /// When the earliest active drain expires (the pairs are planned again then).
+    pub(super) drain_due: Option<Instant>,
 }
 
 impl Engine {
@@ -156,6 +162,9 @@ impl Engine {
             mismatches: Vec::new(),
             pair_configs: config.pairs.clone(),
             probes,
+            nodes: NodeCache::default(),
+            node_selector: config.nodes.selector.clone(),
+            drain_due: None,
         }
     }
 
@@ -175,6 +184,7 @@ impl Engine {
     ) -> Result<(), Error> {
         let mut service_events = watch::services(&self.client);
         let mut member_events = crate::group::live::watch(&self.client, &self.group);
+        let mut node_events = watch::nodes(&self.client, self.node_selector.as_deref());
         let mut resync = tokio::time::interval_at(
             Instant::now() + config.sync.resync_interval,
             config.sync.resync_interval,
@@ -199,6 +209,7 @@ impl Engine {
                     self.set_leadership(now);
                 }
                 Some(event) = service_events.next() => self.on_services(event),
+                Some(event) = node_events.next() => self.on_nodes(event),
                 Some(report) = self.probes.reports.recv() => self.on_report(report),
                 Some(event) = member_events.next() => match event {
                     Ok(event) => {
@@ -366,6 +377,13 @@ impl Engine {
                 state.probe = probe;
                 state.write.touch();
             }
+            let derive = active
+                .get(target)
+                .is_some_and(|p| super::pair::derives(p, &self.pair_configs));
+            if derive != state.derive {
+                state.derive = derive;
+                state.write.touch();
+            }
             let next = match (
                 &state.phase,
                 active.get(target),
@@ -408,6 +426,7 @@ impl Engine {
                     source: pair.source.clone(),
                 });
                 state.probe = pairs::probe_of(pair, &self.pair_configs, self.services.objects());
+                state.derive = super::pair::derives(pair, &self.pair_configs);
                 if self.is_leader() {
                     state.legacy = Schedule::Idle;
                 }
@@ -475,11 +494,12 @@ impl Engine {
         }
     }
 
-    fn watch_error(&mut self, scope: String, e: &watcher::Error) {
+    pub(super) fn watch_error(&mut self, scope: String, e: &watcher::Error) {
         // kube's watcher re-lists on 410 and backs off on failures by itself; we count and say,
         // once per failing streak at warn (the backoff keeps it to a few lines a minute anyway).
         self.metrics.watch_restart(match scope.as_str() {
             "services" | "members" => "services",
+            super::nodes::NODES_SCOPE => "nodes",
             _ => "endpointslices",
         });
         if let watcher::Error::WatchError(s)
@@ -505,7 +525,7 @@ impl Engine {
         self.pairs
             .values()
             .flat_map(|s| [s.write.wakeup(), s.legacy.wakeup()])
-            .chain([self.scan.wakeup(), self.members_due])
+            .chain([self.scan.wakeup(), self.members_due, self.drain_due])
             .flatten()
             .filter(|t| *t > now)
             .min()

@@ -22,6 +22,7 @@ mod dispatch;
 mod engine;
 mod jobs;
 mod kubeconfig;
+mod nodes;
 mod outcome;
 pub mod pair;
 mod probes;

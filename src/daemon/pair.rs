@@ -11,9 +11,11 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::time::Instant;
 
 use super::schedule::Schedule;
+use crate::desired::nodes::{Gap, Withheld};
 use crate::desired::{self, ForeignSlice, Hold, Owner, Plan};
 use crate::events::EventReason;
 use crate::names::ServiceRef;
+use crate::nodes::NodeIndex;
 use crate::probe::Spec;
 use crate::probe::quorum::{self, Count, Decision};
 
@@ -74,6 +76,10 @@ pub struct PairState {
     pub wanted_by: Vec<String>,
     /// What the pair's endpoints are probed with, while it is active and probes.
     pub probe: Option<Spec>,
+    /// Whether a family the target serves but the source lacks is derived from Nodes.
+    pub derive: bool,
+    /// What the Nodes did to the target at the last plan, as last reported.
+    pub nodes: NodeOutcome,
 }
 
 impl PairState {
@@ -91,6 +97,8 @@ impl PairState {
             foreign: Vec::new(),
             wanted_by: Vec::new(),
             probe: None,
+            derive: false,
+            nodes: NodeOutcome::default(),
         }
     }
 
@@ -100,6 +108,19 @@ impl PairState {
             && !self.write.is_running()
             && self.write.attempt() == 0
             && self.synced_at.is_some()
+    }
+}
+
+/// Whether `pair` derives a family its target serves but its source lacks from the Nodes: the
+/// configured `derive_families` for a configured pair; for an annotated pair the default
+/// ([`crate::config::derive_families_default`]: only a source `default/kubernetes`).
+pub fn derives(pair: &crate::pairs::Pair, config: &[crate::config::PairConfig]) -> bool {
+    match pair.origin {
+        crate::pairs::Origin::Config => config
+            .iter()
+            .find(|p| p.target == pair.target && p.source == pair.source)
+            .is_some_and(|p| p.derive_families),
+        crate::pairs::Origin::Annotation => crate::config::derive_families_default(&pair.source),
     }
 }
 
@@ -113,12 +134,49 @@ pub struct Step {
     pub clears_target: bool,
     /// What the quorum decided for a pair that probes (the plan already carries it).
     pub decision: Option<Decision>,
+    /// What the Nodes did (the plan already carries it).
+    pub nodes: NodeOutcome,
+}
+
+/// The Nodes as one plan sees them: the index, the leader's wall clock (drain expiry) and
+/// whether the pair derives missing families.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeView<'a> {
+    /// The watched Nodes.
+    pub index: &'a NodeIndex,
+    /// Now, by the wall clock: a drain whose expiry is past does not count.
+    pub now: jiff::Timestamp,
+    /// Derive a family the target serves but the source lacks.
+    pub derive: bool,
+}
+
+/// What the facts beside the slices make of a plan: probes and Nodes. `Default`: neither.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts<'a> {
+    /// The pair's probe and the ballots counted now, for a pair that probes.
+    pub probe: Option<(&'a Spec, &'a Count)>,
+    /// The Nodes, when the Node watch delivered them.
+    pub nodes: Option<NodeView<'a>>,
+}
+
+/// What the Nodes did to one plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeOutcome {
+    /// Source endpoints without an endpoint in a derived family (Node lacking the address, or
+    /// no Node found).
+    pub gaps: Vec<Gap>,
+    /// Drained Nodes (at plan time), by name.
+    pub drained_nodes: Vec<String>,
+    /// Endpoints marked not ready by drains, and those kept ready so no family empties.
+    pub withheld: Withheld,
 }
 
 /// What to write for the target `target` in `phase`, from the caches: the Service objects kept
 /// by the watch, the source's slices and the target's slices (`actual`, every manager's). A pair
 /// that probes passes its probe and the ballots counted now: endpoints a majority sees down are
-/// written `ready: false, serving: false` (never the last ready one, see [`quorum::decide`]).
+/// written `ready: false, serving: false`. With the Nodes, endpoints get `nodeName` and zone, a
+/// missing family is derived (`desired::nodes::with_nodes`) and endpoints on drained Nodes are
+/// written not ready too — never the last ready one of a family (`desired::nodes::withhold`).
 ///
 /// # Errors
 /// A [`Hold`] when nothing may be written now (fail-static: the target keeps what it has).
@@ -129,12 +187,13 @@ pub fn plan_for(
     source_slices: &[EndpointSlice],
     actual: &[EndpointSlice],
     owner: &Owner,
-    probe: Option<(&Spec, &Count)>,
+    facts: &Facts<'_>,
 ) -> Result<Step, Hold> {
     let clear = || Step {
         plan: desired::plan(target, &[], actual, owner),
         clears_target: true,
         decision: None,
+        nodes: NodeOutcome::default(),
     };
     match phase {
         Phase::Retired => Ok(clear()),
@@ -143,18 +202,52 @@ pub fn plan_for(
         Phase::Active { .. } if !services.contains_key(target) => Ok(clear()),
         Phase::Active { source } => {
             let svc = services.get(target).ok_or(Hold::TargetMissing)?;
+            let mut outcome = NodeOutcome::default();
+            let augmented;
+            let source_slices = match &facts.nodes {
+                Some(view) => {
+                    let with = desired::nodes::with_nodes(
+                        source,
+                        svc,
+                        source_slices,
+                        view.index,
+                        view.derive,
+                    );
+                    outcome.gaps = with.gaps;
+                    augmented = with.slices;
+                    &augmented[..]
+                }
+                None => source_slices,
+            };
             let mut want = desired::desired(source, target, svc, source_slices, owner)?;
-            let decision = probe.map(|(spec, count)| {
+            let mut decision = facts.probe.map(|(spec, count)| {
                 let candidates =
                     quorum::candidates(spec, desired::probed_endpoints(source, svc, source_slices));
-                let decision = quorum::decide(&candidates, count);
-                desired::mark_evicted(&mut want, &decision.evicted);
-                decision
+                quorum::decide(&candidates, count)
             });
+            let evicted = decision
+                .as_ref()
+                .map(|d| d.evicted.clone())
+                .unwrap_or_default();
+            let (drained_nodes, drained_addresses) = match &facts.nodes {
+                Some(view) => (
+                    view.index.drained(view.now),
+                    view.index.drained_addresses(view.now),
+                ),
+                None => Default::default(),
+            };
+            outcome.withheld =
+                desired::nodes::withhold(&mut want, &evicted, &drained_nodes, &drained_addresses);
+            outcome.drained_nodes = drained_nodes.into_iter().collect();
+            if let Some(d) = decision.as_mut() {
+                // An endpoint kept ready so that its family is not empty is not evicted.
+                d.evicted.retain(|a| !outcome.withheld.kept.contains(a));
+            }
             Ok(Step {
                 plan: desired::plan(target, &want, actual, owner),
                 clears_target: false,
                 decision,
+                nodes: outcome,
             })
         }
         Phase::Refused { .. } => Err(Hold::Refused),
@@ -205,7 +298,7 @@ mod tests {
             &[],
             &[],
             &owner(),
-            None,
+            &Facts::default(),
         );
         assert_eq!(got, Err(Hold::NoSourceSlices));
     }
@@ -224,7 +317,7 @@ mod tests {
                 &[],
                 &[],
                 &owner(),
-                None
+                &Facts::default()
             ),
             Err(Hold::Refused)
         );
@@ -235,13 +328,21 @@ mod tests {
             &[],
             &[],
             &owner(),
-            None,
+            &Facts::default(),
         );
         assert!(retired.is_ok_and(|s| s.clears_target));
         let active = Phase::Active {
             source: r("default/kubernetes"),
         };
-        let gone = plan_for(&active, &target, &BTreeMap::new(), &[], &[], &owner(), None);
+        let gone = plan_for(
+            &active,
+            &target,
+            &BTreeMap::new(),
+            &[],
+            &[],
+            &owner(),
+            &Facts::default(),
+        );
         assert!(gone.is_ok_and(|s| s.clears_target));
     }
 
@@ -302,7 +403,10 @@ mod tests {
             &source,
             &[],
             &owner(),
-            Some((&spec, &count)),
+            &Facts {
+                probe: Some((&spec, &count)),
+                nodes: None,
+            },
         )
         .unwrap();
         let decision = step.decision.unwrap();
@@ -336,7 +440,7 @@ mod tests {
             &source,
             &[],
             &owner(),
-            None,
+            &Facts::default(),
         )
         .unwrap();
         assert!(plain.decision.is_none());

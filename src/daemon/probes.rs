@@ -79,7 +79,7 @@ impl Engine {
     /// endpoints are read once per call and per set of served families, not once per pair.
     pub(super) fn reprobe(&mut self) {
         let mut wanted = BTreeSet::new();
-        let mut endpoints: BTreeMap<(&ServiceRef, Vec<String>), Vec<ProbedEndpoint>> =
+        let mut endpoints: BTreeMap<(&ServiceRef, Vec<String>, bool), Vec<ProbedEndpoint>> =
             BTreeMap::new();
         for (target, state) in &self.pairs {
             let (Phase::Active { source }, Some(spec)) = (&state.phase, &state.probe) else {
@@ -89,9 +89,23 @@ impl Engine {
                 continue;
             };
             let families = desired::served_families(svc);
-            let listed = endpoints.entry((source, families)).or_insert_with(|| {
-                desired::probed_endpoints(source, svc, &self.slices.slices_of(source))
-            });
+            let listed = endpoints
+                .entry((source, families, state.derive))
+                .or_insert_with(|| {
+                    let mut slices = self.slices.slices_of(source);
+                    // Derived endpoints are probed on their own address, as the plan counts them.
+                    if let Some(view) = self.node_view(state.derive) {
+                        slices = desired::nodes::with_nodes(
+                            source,
+                            svc,
+                            &slices,
+                            view.index,
+                            view.derive,
+                        )
+                        .slices;
+                    }
+                    desired::probed_endpoints(source, svc, &slices)
+                });
             wanted.extend(
                 quorum::candidates(spec, listed.iter().copied())
                     .into_iter()

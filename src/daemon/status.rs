@@ -36,13 +36,16 @@ impl Engine {
             .filter(|(_, s)| s.phase != Phase::Retired)
             .map(|(target, s)| PairStatus {
                 target: target.to_string(),
-                // Evicted endpoints are still in the target (not ready): "3 endpoints, 1 evicted".
+                // Evicted and drained endpoints are still in the target (not ready): "3
+                // endpoints, 1 evicted" / "3 endpoints, 1 drained".
                 endpoints: s.endpoints
                     + self
                         .probes
                         .decided
                         .get(target)
-                        .map_or(0, |d| d.evicted.len()),
+                        .map_or(0, |d| d.evicted.len())
+                    + s.nodes.withheld.drained.len(),
+                drained: s.nodes.withheld.drained.len(),
                 synced_ago: s.synced_at.map(|t| now.duration_since(t)),
                 holding: s.hold.as_ref().map(ToString::to_string),
                 evicted: self

@@ -1,7 +1,7 @@
 //! The pure core of the mirror: which target EndpointSlices a pair wants ([`desired`]), and the
 //! creates, updates and deletes that turn the slices that exist into them ([`plan`]).
 //!
-//! This module knows only `k8s-openapi`, std and [`crate::names`]. It never talks to the API, never
+//! This module knows only `k8s-openapi`, std, [`crate::names`] and the pure [`crate::nodes`]. It never talks to the API, never
 //! reads a clock and never logs: `watch.rs` hands it snapshots, `apply.rs` runs the [`Plan`] it
 //! returns (creates, then updates, then deletes, in the order given), and `daemon` reports a
 //! [`Hold`] (log, Event, STATUS, metric). Which pairs exist and which are refused is `pairs.rs`.
@@ -470,7 +470,7 @@ fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 }
 
 /// `conditions.ready != false`: absent means ready.
-pub(super) fn is_ready(endpoint: &Endpoint) -> bool {
+pub fn is_ready(endpoint: &Endpoint) -> bool {
     endpoint
         .conditions
         .as_ref()
@@ -478,6 +478,7 @@ pub(super) fn is_ready(endpoint: &Endpoint) -> bool {
         .unwrap_or(true)
 }
 
+pub mod nodes;
 mod owner;
 mod plan;
 pub use owner::{ForeignSlice, Manager, Owner, foreign_slices, manager_of};

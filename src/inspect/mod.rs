@@ -244,6 +244,30 @@ pub async fn status_report(config: &Config) -> Result<Report, Error> {
     Ok(report)
 }
 
+/// What the Nodes do to each pair: a drained Node and a missing derived address are warnings
+/// (someone planned the drain; a Node may lack an IPv6 address on purpose); a drain the leader
+/// does not apply because it would empty the target is a problem.
+fn node_findings(report: &mut Report) {
+    for p in &report.pairs {
+        for node in &p.drained_nodes {
+            report.warnings.push(format!(
+                "Node {node} is drained (annotation endpoint-copier/drain): its endpoints are not ready in {}",
+                p.target
+            ));
+        }
+        for gap in &p.node_gaps {
+            report.warnings.push(format!("{}: {gap}", p.target));
+        }
+        if !p.kept.is_empty() && !p.drained_nodes.is_empty() {
+            report.problems.push(format!(
+                "drains and probe evictions would leave {} without a ready endpoint; {} stays ready",
+                p.target,
+                p.kept.join(", ")
+            ));
+        }
+    }
+}
+
 /// The live members' ballots as read into `report.group`, counted (no members read: nothing
 /// counted, so nothing is evicted in the report's plans).
 fn count_of(report: &Report) -> Count {
@@ -268,6 +292,7 @@ fn count_of(report: &Report) -> Count {
 /// daemon is doing its job: someone should look at that apiserver or host); an endpoint kept
 /// ready only because it is the last is a problem (a majority sees every endpoint down).
 fn probe_findings(report: &mut Report) {
+    node_findings(report);
     for p in &report.pairs {
         for e in &p.endpoints {
             let who = e.down.join(", ");

@@ -13,7 +13,7 @@ use kube::{Api, Client};
 use super::Error;
 use super::report::{EndpointReport, ForeignReport, PairReport, RefusalReport, VipReport};
 use crate::config::Config;
-use crate::daemon::pair::{Phase, plan_for};
+use crate::daemon::pair::{Facts, NodeOutcome, NodeView, Phase, plan_for};
 use crate::desired::{self, ForeignSlice, Owner, manager_of};
 use crate::names::{self, ServiceRef};
 use crate::pairs::{self, Resolution};
@@ -33,6 +33,9 @@ pub struct Resolved {
     pub known: BTreeMap<ServiceRef, Service>,
     /// Active pairs and refusals.
     pub resolution: Resolution,
+    /// The Nodes the daemon watches (`[nodes] selector`), as projected; `None` when they cannot
+    /// be listed (the missing right is a warning of its own).
+    pub nodes: Option<crate::nodes::NodeIndex>,
 }
 
 impl Resolved {
@@ -83,7 +86,40 @@ pub async fn resolve(client: &Client, config: &Config) -> Result<Resolved, Error
         &config.annotations.allowed_sources,
         &known,
     );
-    Ok(Resolved { known, resolution })
+    let nodes = list_nodes(client, config).await?;
+    Ok(Resolved {
+        known,
+        resolution,
+        nodes,
+    })
+}
+
+/// The Nodes the daemon watches, projected as its cache keeps them; `None` when listing them
+/// is forbidden.
+///
+/// # Errors
+/// [`Error::Api`] when the list fails for another reason.
+async fn list_nodes(
+    client: &Client,
+    config: &Config,
+) -> Result<Option<crate::nodes::NodeIndex>, Error> {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let params = match &config.nodes.selector {
+        Some(s) => ListParams::default().labels(s),
+        None => ListParams::default(),
+    };
+    match api.list(&params).await {
+        Ok(list) => Ok(Some(crate::nodes::NodeIndex::new(
+            list.items
+                .iter()
+                .filter_map(crate::nodes::NodeFacts::from_node),
+        ))),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(None),
+        Err(source) => Err(Error::Api {
+            what: "list Nodes".into(),
+            source,
+        }),
+    }
 }
 
 /// Reads every resolved pair's source and target slices and reports what the leader would do,
@@ -118,22 +154,45 @@ pub async fn inspect(
             source: pair.source.clone(),
         };
         let probe = pairs::probe_of(pair, &config.pairs, &resolved.known);
-        let (plan, holding, decision) = match plan_for(
+        let derive = crate::daemon::pair::derives(pair, &config.pairs);
+        let view = resolved.nodes.as_ref().map(|index| NodeView {
+            index,
+            now: jiff::Timestamp::now(),
+            derive,
+        });
+        let (plan, holding, decision, node_outcome) = match plan_for(
             &phase,
             &pair.target,
             &resolved.known,
             &source_slices,
             &actual,
             owner,
-            probe.as_ref().map(|p| (p, count)),
+            &Facts {
+                probe: probe.as_ref().map(|p| (p, count)),
+                nodes: view,
+            },
         ) {
             Ok(step) if step.clears_target => (
                 step.plan,
                 Some(format!("target Service {} does not exist", pair.target)),
                 None,
+                NodeOutcome::default(),
             ),
-            Ok(step) => (step.plan, None, step.decision),
-            Err(hold) => (desired::Plan::default(), Some(hold.to_string()), None),
+            Ok(step) => (step.plan, None, step.decision, step.nodes),
+            Err(hold) => (
+                desired::Plan::default(),
+                Some(hold.to_string()),
+                None,
+                NodeOutcome::default(),
+            ),
+        };
+        // The probes cover derived endpoints too, as the daemon's do.
+        let source_slices = match (&view, resolved.known.get(&pair.target)) {
+            (Some(v), Some(svc)) => {
+                desired::nodes::with_nodes(&pair.source, svc, &source_slices, v.index, derive)
+                    .slices
+            }
+            _ => source_slices,
         };
         let mut vip = Vec::new();
         if let (Some(prober), Some(spec), Some(svc)) =
@@ -207,6 +266,20 @@ pub async fn inspect(
                 Vec::new()
             },
             vip,
+            drained_nodes: node_outcome.drained_nodes,
+            drained: node_outcome
+                .withheld
+                .drained
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            kept: node_outcome
+                .withheld
+                .kept
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            node_gaps: node_outcome.gaps.iter().map(ToString::to_string).collect(),
         });
     }
     Ok((reports, refused))

@@ -38,6 +38,8 @@ pub enum Feature {
     /// The cluster-wide list of this group's slices that finds pairs removed while no copy
     /// led. Optional.
     OrphanScan,
+    /// The Node watch (`watch::nodes`): nodeName and zone, derived families, drains. Optional.
+    Nodes,
 }
 
 impl Feature {
@@ -49,6 +51,7 @@ impl Feature {
             Feature::Annotations => "annotated pairs",
             Feature::LegacyCleanup => "legacy clean-up",
             Feature::OrphanScan => "orphan scan",
+            Feature::Nodes => "node facts",
         }
     }
 
@@ -79,6 +82,9 @@ impl Feature {
             Feature::OrphanScan => {
                 "disables the orphan scan: slices of pairs removed while the daemon was down are not found, and member Leases of replaced hosts stay"
             }
+            Feature::Nodes => {
+                "disables node facts: nodeName and zone are not filled, no address family is derived from Nodes (a dual-stack VIP gets no IPv6 backends) and drains (endpoint-copier/drain) are ignored"
+            }
         }
     }
 }
@@ -103,6 +109,7 @@ const EVENTS: (&str, &str) = ("events.k8s.io", "events");
 const LEASES: (&str, &str) = ("coordination.k8s.io", "leases");
 const SERVICES: (&str, &str) = ("", "services");
 const ENDPOINTS: (&str, &str) = ("", "endpoints");
+const NODES: (&str, &str) = ("", "nodes");
 
 /// The requests the daemon makes for `pairs` (every active pair, configured or annotated, as
 /// `(source, target)`), with its election and member Leases in `lease_namespace` and annotated
@@ -213,6 +220,8 @@ pub fn wanted(
         &["delete"],
         Some(lease_namespace),
     );
+    // The Node watch (cluster-scoped, read-only): node facts and drains.
+    add(Feature::Nodes, NODES, &["list", "watch"], None);
     out
 }
 
@@ -396,7 +405,7 @@ mod tests {
             vec![Feature::Annotations, Feature::OrphanScan]
         );
         // The figure in docs/usage/rbac.md's example.
-        assert_eq!(w.len(), 28);
+        assert_eq!(w.len(), 30);
         let mut keys: Vec<_> = w
             .iter()
             .map(|x| (x.verb, x.resource, x.namespace.clone()))

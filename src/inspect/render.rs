@@ -144,6 +144,18 @@ fn pair(s: &mut String, p: &PairReport) {
         };
         let _ = writeln!(s, "  probe {probe}{cut_off}");
     }
+    if !p.drained_nodes.is_empty() {
+        let _ = writeln!(
+            s,
+            "  drained Nodes: {} (not ready: {})",
+            p.drained_nodes.join(", "),
+            if p.drained.is_empty() {
+                "none".to_owned()
+            } else {
+                p.drained.join(", ")
+            }
+        );
+    }
     for v in &p.vip {
         let verdict = if v.ok { "answers" } else { "does not answer" };
         let _ = writeln!(s, "  vip {}: {verdict} ({})", v.probe, v.detail);
@@ -219,6 +231,10 @@ mod tests {
                 endpoints: vec![],
                 presumed_cut_off: vec![],
                 vip: vec![],
+                drained_nodes: vec![],
+                drained: vec![],
+                kept: vec![],
+                node_gaps: vec![],
             }],
             refused: vec![],
             lease: Some(LeaseReport {

@@ -89,6 +89,16 @@ pub struct PairReport {
     /// For a pair that probes and whose target has a LoadBalancer ingress address: the pair's
     /// probe sent through that address (`check` only).
     pub vip: Vec<VipReport>,
+    /// Drained Nodes (annotation `endpoint-copier/drain`, not expired), by name.
+    pub drained_nodes: Vec<String>,
+    /// Endpoints the leader writes not ready because their Node is drained.
+    pub drained: Vec<String>,
+    /// Endpoints drained or evicted but kept ready, because the target (that family) would
+    /// otherwise have no ready endpoint.
+    pub kept: Vec<String>,
+    /// Source endpoints without an endpoint in a derived family (a Node without an address of
+    /// that family, or no Node found), in words.
+    pub node_gaps: Vec<String>,
 }
 
 /// The pair's probe sent to the target's LoadBalancer address (the VIP) from this host.

@@ -16,6 +16,7 @@ mod kubeconfig;
 mod leader;
 mod metrics;
 mod migration;
+mod nodes;
 mod notify;
 mod probes;
 mod refusals;

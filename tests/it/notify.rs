@@ -70,6 +70,7 @@ fn leader_view(endpoints: usize, synced: u64) -> StatusView {
             synced_ago: Some(Duration::from_secs(synced)),
             holding: None,
             evicted: 0,
+            drained: 0,
         }],
         last_error: None,
     }
@@ -266,6 +267,7 @@ fn status_line_for_a_leader_shows_each_pair_and_its_sync_age() {
         synced_ago: Some(Duration::from_secs(150)),
         holding: None,
         evicted: 0,
+        drained: 0,
     });
     assert_eq!(
         status_line(&v),

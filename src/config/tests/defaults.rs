@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::raw::{
-    RawAnnotations, RawLease, RawLog, RawMembers, RawMetrics, RawPair, RawProbe, RawSync,
+    RawAnnotations, RawLease, RawLog, RawMembers, RawMetrics, RawNodes, RawPair, RawProbe, RawSync,
 };
 
 #[test]
@@ -24,6 +24,7 @@ fn packaged_defaults_file_lists_every_key() {
             source: Some(String::new()),
             target: Some(String::new()),
             probe: Some(serde_json::Value::Bool(false)),
+            derive_families: Some(true),
         }]),
         annotations: Some(RawAnnotations {
             enabled: Some(true),
@@ -49,6 +50,9 @@ fn packaged_defaults_file_lists_every_key() {
             failure_threshold: Some(0),
             success_threshold: Some(0),
             tls_server_name: Some(String::new()),
+        }),
+        nodes: Some(RawNodes {
+            selector: Some(String::new()),
         }),
         sync: Some(RawSync {
             resync_interval_secs: Some(0),
@@ -88,7 +92,7 @@ fn packaged_defaults_file_lists_every_key() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 26);
+    assert_eq!(checked, 28);
 }
 
 #[test]

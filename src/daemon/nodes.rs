@@ -1,0 +1,165 @@
+//! The engine's side of the Nodes: the Node watch's events (the cache keeps a projection per
+//! Node; a change touches every active pair), the view a plan reads (`node_view`), the wake-up
+//! at a drain's expiry, and each plan's node report (`note_nodes`: drains, kept endpoints, Nodes
+//! lacking an address — journal, Event, metric, once per change).
+//!
+//! What the facts mean is pure: `nodes` (projection, index, drain expiry) and `desired::nodes`
+//! (fill, derive, withhold).
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use kube::runtime::watcher;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::engine::Engine;
+use super::pair::{NodeOutcome, NodeView, Phase};
+use crate::events::EventReason;
+use crate::names::ServiceRef;
+
+/// Watch-error scope of the Node watch (also the key `dispatch` looks for).
+pub(super) const NODES_SCOPE: &str = "nodes";
+
+impl Engine {
+    /// A Node watch event: the projection is updated; a change touches every active pair and
+    /// the probes (a derived address is probed too).
+    pub(super) fn on_nodes(
+        &mut self,
+        event: Result<watcher::Event<k8s_openapi::api::core::v1::Node>, watcher::Error>,
+    ) {
+        match event {
+            Ok(event) => {
+                if self.watch_errors.remove(NODES_SCOPE).is_some() {
+                    info!("the Node watch delivers again; node facts and drains apply");
+                }
+                if self.nodes.apply(event) {
+                    self.nodes_changed();
+                }
+            }
+            Err(e) => {
+                // Forbidden (RBAC not updated) or failing: mirroring goes on without node facts
+                // (or with the last ones known); `watch_error` warns once per failing streak.
+                if !self.watch_errors.contains_key(NODES_SCOPE) {
+                    warn!(
+                        "without the Node watch, nodeName and zone are not filled, no family is derived and drains are not seen; `endpoint-copier check` names the missing right"
+                    );
+                }
+                self.watch_error(NODES_SCOPE.to_owned(), &e);
+            }
+        }
+    }
+
+    /// The Nodes changed, or a drain expired: every active pair is planned again.
+    pub(super) fn nodes_changed(&mut self) {
+        for state in self.pairs.values_mut() {
+            if matches!(state.phase, Phase::Active { .. }) {
+                state.write.touch();
+            }
+        }
+        self.drain_due = self.next_drain_expiry();
+        self.reprobe();
+    }
+
+    /// The Nodes as a plan reads them; `None` until the Node watch delivered its first list
+    /// (then the pair is copied as without Nodes).
+    pub(super) fn node_view(&self, derive: bool) -> Option<NodeView<'_>> {
+        self.nodes.is_ready().then(|| NodeView {
+            index: self.nodes.index(),
+            now: Timestamp::now(),
+            derive,
+        })
+    }
+
+    /// When the earliest active drain expires, on the monotonic clock (the expiry itself is
+    /// judged by this host's wall clock, as the drain command documents).
+    pub(super) fn next_drain_expiry(&self) -> Option<Instant> {
+        let now = Timestamp::now();
+        let at = self.nodes.index().next_expiry(now)?;
+        let wait = now.duration_until(at).unsigned_abs();
+        // A few milliseconds late, so that the wall clock has passed the expiry when we look.
+        Some(Instant::now() + wait + std::time::Duration::from_millis(5))
+    }
+
+    /// Whether the Node list arrived, or the Node watch fails (then plans run without it).
+    pub(super) fn nodes_settled(&self) -> bool {
+        self.nodes.is_ready() || self.watch_errors.contains_key(NODES_SCOPE)
+    }
+
+    /// Reports what changed in the Nodes' effect on `target` since the last plan: drained
+    /// endpoints (info, Event `EndpointDrained`, metric), endpoints kept ready although drained
+    /// or evicted (warn, Event `EndpointSpared`), and endpoints missing in a derived family
+    /// (warn, Event `NodeAddressMissing`).
+    pub(super) fn note_nodes(&mut self, target: &ServiceRef, outcome: NodeOutcome) {
+        let Some(state) = self.pairs.get(target) else {
+            return;
+        };
+        let before = state.nodes.clone();
+        if before == outcome {
+            return;
+        }
+        let pair = target.to_string();
+        let new_gaps: Vec<String> = outcome
+            .gaps
+            .iter()
+            .filter(|g| !before.gaps.contains(g))
+            .map(ToString::to_string)
+            .collect();
+        for gap in &new_gaps {
+            warn!(service = %target, "{gap}");
+        }
+        if !new_gaps.is_empty() {
+            self.report(target, EventReason::NodeAddressMissing, new_gaps.join("; "));
+        }
+        let (was, now) = (&before.withheld.drained, &outcome.withheld.drained);
+        let went: BTreeSet<_> = now.difference(was).collect();
+        let back: BTreeSet<_> = was.difference(now).collect();
+        for address in &went {
+            info!(service = %target, endpoint = %address, "endpoint drained: marked not ready in the target (its Node is annotated endpoint-copier/drain)");
+        }
+        for address in &back {
+            info!(service = %target, endpoint = %address, "drain over: endpoint ready again in the target");
+        }
+        if !went.is_empty() || !back.is_empty() {
+            let list = |s: &BTreeSet<&std::net::IpAddr>| {
+                s.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let note = match (went.is_empty(), back.is_empty()) {
+                (false, true) => format!(
+                    "drained (Nodes {}): {} marked not ready",
+                    outcome.drained_nodes.join(", "),
+                    list(&went)
+                ),
+                (true, false) => format!("drain over: {} ready again", list(&back)),
+                _ => format!(
+                    "drained: {} marked not ready; drain over: {} ready again",
+                    list(&went),
+                    list(&back)
+                ),
+            };
+            self.report(target, EventReason::Drained, note);
+        }
+        let kept: Vec<String> = outcome
+            .withheld
+            .kept
+            .difference(&before.withheld.kept)
+            .map(ToString::to_string)
+            .collect();
+        if !kept.is_empty() {
+            let note = format!(
+                "drains and probe evictions would leave {target} without a ready endpoint; {} stays ready (never fewer than one ready endpoint)",
+                kept.join(", ")
+            );
+            warn!(service = %target, endpoints = %kept.join(","), "{note}");
+            self.report(target, EventReason::Spared, note);
+        }
+        self.metrics
+            .set_drained(&pair, outcome.withheld.drained.len());
+        if let Some(state) = self.pairs.get_mut(target) {
+            state.nodes = outcome;
+        }
+    }
+}
