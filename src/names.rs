@@ -51,6 +51,14 @@ pub const ANNOTATION_SOURCE_NAMESPACE: &str = "endpoint-copier/default-service-n
 /// apiservers' `/readyz` when the source is `default/kubernetes`, no probe otherwise.
 pub const ANNOTATION_PROBE: &str = "endpoint-copier/probe";
 
+/// Annotation on a Node (value `"true"`): its endpoints are marked not ready in every target,
+/// for planned maintenance. Written by `endpoint-copier drain`, removed by `resume`.
+pub const ANNOTATION_DRAIN: &str = "endpoint-copier/drain";
+/// Annotation on a Node beside [`ANNOTATION_DRAIN`]: when the drain ends by itself, an RFC 3339
+/// timestamp. An expired drain is ignored, so a host that never came back to run `resume` does
+/// not stay out of the VIP for ever.
+pub const ANNOTATION_DRAIN_EXPIRES: &str = "endpoint-copier/drain-expires";
+
 /// The default pair's source: the built-in Service the apiservers write.
 pub const DEFAULT_SOURCE: &str = "default/kubernetes";
 /// The default pair's target: the LoadBalancer Service EIB creates for the VIP.
