@@ -128,7 +128,8 @@ configuration or kubeconfig."
         long_about = "End a drain: remove the endpoint-copier/drain and endpoint-copier/drain-expires \
 annotations from this host's Node (the one given with --node, else the one named like this host); \
 the leader marks its endpoints ready again as soon as its apiserver is. Retries while the API \
-server does not answer yet, up to --timeout.
+server does not answer yet, up to --timeout. With --timed-only (the drop-ins' choice) a drain \
+set by hand without expiry (kubectl annotate node NAME endpoint-copier/drain=true) is kept.
 
 Exit codes: 0 done (also when the Node was not drained), 1 the Node or the API could not be \
 reached, 78 invalid configuration or kubeconfig."
@@ -202,6 +203,12 @@ pub struct ResumeArgs {
         help = "Give up after SECS seconds in all (retrying while the API server does not answer)"
     )]
     pub timeout_secs: u64,
+    /// Remove only a drain with an expiry (`--timed-only`).
+    #[arg(
+        long,
+        help = "Remove only a drain with an expiry (as `drain` writes it); keep one set by hand without expiry"
+    )]
+    pub timed_only: bool,
 }
 
 /// Output format of `check` and `status`.
@@ -428,14 +435,18 @@ mod tests {
             parse(&["resume"]).unwrap().command,
             Command::Resume(ResumeArgs {
                 node: None,
-                timeout_secs: 30
+                timeout_secs: 30,
+                timed_only: false
             })
         );
         assert_eq!(
-            parse(&["resume", "--node", "cp-2"]).unwrap().command,
+            parse(&["resume", "--node", "cp-2", "--timed-only"])
+                .unwrap()
+                .command,
             Command::Resume(ResumeArgs {
                 node: Some("cp-2".into()),
-                timeout_secs: 30
+                timeout_secs: 30,
+                timed_only: true
             })
         );
     }

@@ -66,6 +66,34 @@ pub struct ResumeOptions {
     pub node: Option<String>,
     /// How long the whole command may take (`--timeout`, default [`DEFAULT_RESUME_TIMEOUT`]).
     pub timeout: Duration,
+    /// Remove only a drain with an expiry, as `drain` writes it (`--timed-only`, the drop-ins'
+    /// choice); a drain set by hand without expiry stays.
+    pub timed_only: bool,
+}
+
+/// The drain a Node's annotations describe, as written (expiry not judged: that is the
+/// daemon's business, against its own clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainState {
+    /// No [`names::ANNOTATION_DRAIN`] `"true"`.
+    None,
+    /// `"true"` without [`names::ANNOTATION_DRAIN_EXPIRES`]: set by hand, lasts until removed.
+    Persistent,
+    /// `"true"` with an expiry (the value as written).
+    Timed(String),
+}
+
+/// The [`DrainState`] of a Node's annotations.
+pub fn drain_state(annotations: Option<&BTreeMap<String, String>>) -> DrainState {
+    let get = |k: &str| annotations.and_then(|a| a.get(k));
+    match (
+        get(names::ANNOTATION_DRAIN).map(String::as_str),
+        get(names::ANNOTATION_DRAIN_EXPIRES),
+    ) {
+        (Some("true"), None) => DrainState::Persistent,
+        (Some("true"), Some(t)) => DrainState::Timed(t.clone()),
+        _ => DrainState::None,
+    }
 }
 
 /// A target and some of its endpoint addresses (which ones depends on the context).
@@ -159,29 +187,32 @@ pub struct Drained {
     pub addresses: Vec<IpAddr>,
     /// The targets that held one of the Node's addresses, now all not ready there.
     pub targets: Vec<ServiceRef>,
-    /// The annotation's expiry, RFC 3339.
-    pub expires: String,
+    /// The annotation's expiry, RFC 3339; `None` when the Node was already drained without
+    /// expiry (that drain is kept as it is).
+    pub expires: Option<String>,
 }
 
 impl fmt::Display for Drained {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let until = match &self.expires {
+            Some(t) => format!("until {t}"),
+            None => "without expiry (set by hand, kept)".to_owned(),
+        };
         if self.targets.is_empty() {
             let addresses: Vec<String> = self.addresses.iter().map(ToString::to_string).collect();
             write!(
                 f,
-                "Node {} annotated for drain until {}; no target holds its addresses ({}), nothing to wait for",
+                "Node {} annotated for drain {until}; no target holds its addresses ({}), nothing to wait for",
                 self.node,
-                self.expires,
                 addresses.join(", ")
             )
         } else {
             let targets: Vec<String> = self.targets.iter().map(ToString::to_string).collect();
             write!(
                 f,
-                "Node {} drained: its endpoints are not ready in {}; the drain ends with `endpoint-copier resume` or at {}",
+                "Node {} drained {until}: its endpoints are not ready in {}; `endpoint-copier resume` ends it",
                 self.node,
                 targets.join(", "),
-                self.expires
             )
         }
     }
@@ -194,11 +225,19 @@ pub struct Resumed {
     pub node: String,
     /// Whether there were drain annotations to remove.
     pub removed: bool,
+    /// Whether a drain without expiry was left in place (`--timed-only`).
+    pub kept: bool,
 }
 
 impl fmt::Display for Resumed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.removed {
+        if self.kept {
+            write!(
+                f,
+                "Node {} keeps its drain without expiry (set by hand); remove it with `endpoint-copier resume --node {}`",
+                self.node, self.node
+            )
+        } else if self.removed {
             write!(
                 f,
                 "Node {} resumed: drain annotations removed, the leader marks its endpoints ready again",
@@ -231,9 +270,17 @@ pub async fn drain(config: &Config, options: &DrainOptions) -> Result<Drained, E
             targets: emptied,
         });
     }
-    let expires = expiry(Timestamp::now(), options.expires);
-    annotate(&client, &name, Some(&expires), &deadline).await?;
-    tracing::info!(node = %name, expires = %expires, "node annotated for drain");
+    // A drain set by hand without expiry is kept as it is: giving it one would let the hook's
+    // `resume --timed-only` end a drain an operator meant to last.
+    let expires = match drain_state(node.metadata.annotations.as_ref()) {
+        DrainState::Persistent => None,
+        DrainState::None | DrainState::Timed(_) => {
+            let expires = expiry(Timestamp::now(), options.expires);
+            annotate(&client, &name, Some(&expires), &deadline).await?;
+            tracing::info!(node = %name, expires = %expires, "node annotated for drain");
+            Some(expires)
+        }
+    };
     let held: Vec<ServiceRef> = current.iter().map(|v| v.target.clone()).collect();
     let mut still = still_ready(&current);
     while !still.is_empty() {
@@ -270,9 +317,12 @@ pub async fn resume(config: &Config, options: &ResumeOptions) -> Result<Resumed,
     let client = connect(config).await?;
     let node = find_node(&client, options.node.as_deref(), &deadline).await?;
     let name = node.metadata.name.clone().unwrap_or_default();
-    let removed = node.metadata.annotations.as_ref().is_some_and(|a| {
+    let present = node.metadata.annotations.as_ref().is_some_and(|a| {
         a.contains_key(names::ANNOTATION_DRAIN) || a.contains_key(names::ANNOTATION_DRAIN_EXPIRES)
     });
+    let kept = options.timed_only
+        && drain_state(node.metadata.annotations.as_ref()) == DrainState::Persistent;
+    let removed = present && !kept;
     if removed {
         annotate(&client, &name, None, &deadline).await?;
         tracing::info!(node = %name, "node drain annotations removed");
@@ -280,6 +330,7 @@ pub async fn resume(config: &Config, options: &ResumeOptions) -> Result<Resumed,
     Ok(Resumed {
         node: name,
         removed,
+        kept,
     })
 }
 
@@ -934,6 +985,33 @@ mod tests {
                 "endpoint-copier/drain": null,
                 "endpoint-copier/drain-expires": null
             }}})
+        );
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_drain_without_expiry_is_persistent_and_one_with_expiry_is_timed() {
+        assert_eq!(drain_state(None), DrainState::None);
+        assert_eq!(
+            drain_state(Some(&annotations(&[(names::ANNOTATION_DRAIN, "true")]))),
+            DrainState::Persistent
+        );
+        assert_eq!(
+            drain_state(Some(&annotations(&[
+                (names::ANNOTATION_DRAIN, "true"),
+                (names::ANNOTATION_DRAIN_EXPIRES, "2025-01-31T12:15:00Z")
+            ]))),
+            DrainState::Timed("2025-01-31T12:15:00Z".into())
+        );
+        assert_eq!(
+            drain_state(Some(&annotations(&[(names::ANNOTATION_DRAIN, "false")]))),
+            DrainState::None
         );
     }
 

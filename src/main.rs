@@ -174,11 +174,16 @@ fn run() -> Result<u8, Error> {
             println!("{drained}");
             Ok(EXIT_OK)
         }
-        Command::Resume(ResumeArgs { node, timeout_secs }) => {
+        Command::Resume(ResumeArgs {
+            node,
+            timeout_secs,
+            timed_only,
+        }) => {
             logging::init_for_cli(&config.log.level).map_err(Error::Logging)?;
             let options = drain::ResumeOptions {
                 node,
                 timeout: std::time::Duration::from_secs(timeout_secs),
+                timed_only,
             };
             let resumed = runtime
                 .block_on(drain::resume(&config, &options))
