@@ -212,6 +212,25 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_or_late_drain_exits_1_and_an_unusable_kubeconfig_78() {
+        let refused = Error::Drain(drain::Error::LastReady {
+            node: "cp-1".into(),
+            targets: Vec::new(),
+        });
+        assert_eq!(refused.exit_code(), 1);
+        let late = Error::Drain(drain::Error::StillReady {
+            node: "cp-1".into(),
+            secs: 10,
+            still: Vec::new(),
+        });
+        assert_eq!(late.exit_code(), 1);
+        let kubeconfig = Error::Drain(drain::Error::Client(
+            endpoint_copier::client::Error::NotFound,
+        ));
+        assert_eq!(kubeconfig.exit_code(), 78);
+    }
+
+    #[test]
     fn a_report_with_problems_exits_1_and_a_clean_one_0() {
         assert_eq!(verdict_code(Verdict::Ok), 0);
         assert_eq!(verdict_code(Verdict::Problems(3)), 1);
