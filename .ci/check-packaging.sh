@@ -92,6 +92,10 @@ docdir=/usr/share/doc/packages/endpoint-copier
     /usr/lib/endpoint-copier/config.d \
     /usr/lib/endpoint-copier/config.d/10-defaults.toml \
     /usr/lib/systemd/system/endpoint-copier.service \
+    /usr/lib/systemd/system/k3s.service.d \
+    /usr/lib/systemd/system/k3s.service.d/50-endpoint-copier.conf \
+    /usr/lib/systemd/system/rke2-server.service.d \
+    /usr/lib/systemd/system/rke2-server.service.d/50-endpoint-copier.conf \
     /usr/share/licenses/endpoint-copier \
     /usr/share/licenses/endpoint-copier/LICENSE \
     "$docdir" \
@@ -115,7 +119,11 @@ grep -qx -- '-rwxr-xr-x /usr/bin/endpoint-copier' "$work/modes" || fail "/usr/bi
 grep -qx -- '-rw-r--r-- /usr/lib/systemd/system/endpoint-copier.service' "$work/modes" || fail "the unit is not 0644"
 grep -qx -- '-rw-r--r-- /usr/lib/endpoint-copier/config.d/10-defaults.toml' "$work/modes" || fail "10-defaults.toml is not 0644"
 grep -qx -- 'drwxr-xr-x /etc/endpoint-copier/config.d' "$work/modes" || fail "/etc/endpoint-copier/config.d is not a 0755 directory"
-ok "binary 0755, unit and defaults 0644, admin folder 0755"
+for server in rke2-server k3s; do
+  grep -qx -- "-rw-r--r-- /usr/lib/systemd/system/$server.service.d/50-endpoint-copier.conf" "$work/modes" \
+    || fail "the $server.service drop-in is not 0644"
+done
+ok "binary 0755, unit, drop-ins and defaults 0644, admin folder 0755"
 
 step "RPM scriptlets: no unexpanded macro, never enable on install"
 rpm -qp --scripts "$rpm_file" >"$work/scripts"
@@ -150,6 +158,12 @@ inside_file=$(file -b "$inside")
   || fail "/usr/bin/endpoint-copier in the RPM is not static: $inside_file"
 cmp -s "$inside" "$binary" || fail "/usr/bin/endpoint-copier in the RPM differs from $binary"
 ok "static and identical to $binary"
+for server in rke2-server k3s; do
+  cmp -s "$work/payload/usr/lib/systemd/system/$server.service.d/50-endpoint-copier.conf" \
+    "systemd/$server.service.d/50-endpoint-copier.conf" \
+    || fail "the $server.service drop-in in the RPM differs from systemd/$server.service.d/"
+done
+ok "drop-ins identical to systemd/*.service.d/"
 
 step "combustion installer"
 bash -n combustion/custom/scripts/25-endpoint-copier.sh || fail "25-endpoint-copier.sh does not parse"

@@ -2,6 +2,9 @@
 # Checks systemd/endpoint-copier.service: `systemd-analyze verify` must print nothing (unknown keys
 # and bad values are only warnings there, so any output fails), and the offline security review
 # must report an overall exposure <= MAX_EXPOSURE (default 1.5). Prints the figure either way.
+# Then the drop-ins systemd/rke2-server.service.d/ and systemd/k3s.service.d/: verify must print
+# nothing for a stand-in server unit (shaped like RKE2's and K3s's own: Type=notify,
+# TimeoutStartSec=0, no TimeoutStopSec=) with the drop-in applied.
 #
 # verify resolves ExecStart= and the units we order against, so it runs in a throwaway root with
 # the host's unit directory and an executable stand-in for /usr/bin/endpoint-copier.
@@ -39,6 +42,20 @@ if ! out=$(systemd-analyze verify --man=no --root="$root" endpoint-copier.servic
     echo "check-unit: FAIL: systemd-analyze verify reported problems in $unit" >&2
     exit 1
 fi
+
+for server in rke2-server k3s; do
+    dropin="$repo/systemd/$server.service.d/50-endpoint-copier.conf"
+    echo "check-unit: systemd-analyze verify $server.service with $dropin"
+    printf '[Unit]\nDescription=stand-in for %s\n[Service]\nType=notify\nTimeoutStartSec=0\nExecStart=/usr/bin/endpoint-copier version\n[Install]\nWantedBy=multi-user.target\n' \
+        "$server" >"$root/etc/systemd/system/$server.service"
+    mkdir -p "$root/usr/lib/systemd/system/$server.service.d"
+    cp "$dropin" "$root/usr/lib/systemd/system/$server.service.d/"
+    if ! out=$(systemd-analyze verify --man=no --root="$root" "$server.service" 2>&1) || [ -n "$out" ]; then
+        printf '%s\n' "$out" >&2
+        echo "check-unit: FAIL: systemd-analyze verify reported problems in $dropin" >&2
+        exit 1
+    fi
+done
 
 echo "check-unit: systemd-analyze security --offline=yes"
 report=$(systemd-analyze security --offline=yes --no-pager "$unit" 2>&1) || true

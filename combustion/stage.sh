@@ -7,7 +7,9 @@
 #   SITE_TOML  optional site drop-in; the node gets it as /etc/endpoint-copier/config.d/50-site.toml
 # Environment (optional):
 #   ENDPOINT_COPIER_BINARY  static binary (default: ${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/endpoint-copier)
-#   SOURCE_DIR              checkout holding systemd/ and packaging/config.d/ (default: this repository)
+#   SOURCE_DIR              checkout holding systemd/ and packaging/config.d/ (default: this repository);
+#                           its systemd/rke2-server.service.d/ and systemd/k3s.service.d/ drop-ins
+#                           (the drain/resume hooks) are staged when it has them
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,6 +41,17 @@ install -m 0755 "$binary" "$files/endpoint-copier"
 install -m 0644 "$unit" "$files/endpoint-copier.service"
 install -m 0644 "$defaults" "$files/endpoint-copier-10-defaults.toml"
 log "wrote $files/endpoint-copier, endpoint-copier.service, endpoint-copier-10-defaults.toml"
+# The drain/resume hooks, flat like the rest: endpoint-copier-<server>.conf.
+for server in rke2-server k3s; do
+  dropin=$source_dir/systemd/$server.service.d/50-endpoint-copier.conf
+  if [[ -f $dropin ]]; then
+    install -m 0644 "$dropin" "$files/endpoint-copier-$server.conf"
+    log "wrote $files/endpoint-copier-$server.conf"
+  elif [[ -e $files/endpoint-copier-$server.conf ]]; then
+    rm -f "$files/endpoint-copier-$server.conf"
+    log "removed stale $files/endpoint-copier-$server.conf"
+  fi
+done
 if [[ -n $site ]]; then
   install -m 0644 "$site" "$files/endpoint-copier-50-site.toml"
   log "wrote $files/endpoint-copier-50-site.toml"

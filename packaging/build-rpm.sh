@@ -29,6 +29,8 @@ command -v rpmbuild >/dev/null 2>&1 || die "rpmbuild not found (Debian/Ubuntu: a
 binary=$(cd "$(dirname "$binary")" && pwd)/$(basename "$binary")
 source_dir=$(cd "$source_dir" && pwd)
 for f in LICENSE README.md CHANGELOG.md systemd/endpoint-copier.service \
+         systemd/rke2-server.service.d/50-endpoint-copier.conf \
+         systemd/k3s.service.d/50-endpoint-copier.conf \
          packaging/config.d/10-defaults.toml docs/usage; do
   [[ -e $source_dir/$f ]] || die "'$source_dir/$f' is missing (the RPM ships it)"
 done

@@ -1,9 +1,11 @@
-//! The command line: `endpoint-copier [--config-dir DIR]... [--kubeconfig PATH] <run|check|status|version>`,
+//! The command line: `endpoint-copier [--config-dir DIR]... [--kubeconfig PATH]
+//! <run|check|status|drain|resume|version>`,
 //! parsed with clap's derive, and the version text (`version`, `--version`, `-V`).
 //!
 //! Owns: the subcommands, the global flags, `--output` of `check` and `status`, and what `--help`
 //! says. Leaves to others: reading files (`config`, which receives [`Cli::overrides`]), exit codes
-//! and every `process::exit` (`main`), and what each subcommand does (`daemon`, `inspect`).
+//! and every `process::exit` (`main`), and what each subcommand does (`daemon`, `inspect`,
+//! `drain`).
 //!
 //! The `///` docs here are for rustdoc; what an operator reads in `--help` is given separately in
 //! `about`/`long_about`, so neither has to serve both readers.
@@ -101,6 +103,38 @@ Exit codes: 0 all pairs in sync, 1 problems found (one `problem:` line each), 78
 configuration."
     )]
     Status(OutputArgs),
+    /// `drain`: take this host's Node out of every target before planned work.
+    #[command(
+        about = "Take this host's Node out of the VIP before planned work (an RKE2 upgrade, a reboot)",
+        long_about = "Take this host's Node out of the VIP before planned work (an RKE2 upgrade, a \
+reboot): annotate the Node with endpoint-copier/drain=true and an expiry \
+(endpoint-copier/drain-expires), then wait until every target that holds one of the Node's \
+addresses shows them not ready. The leader marks them not ready; the Node's apiserver keeps \
+running meanwhile. The drop-ins shipped for rke2-server.service and k3s.service run this before \
+the server stops, and `resume` once it is up again.
+
+The Node is the one given with --node, else the one named like this host. Refused, with nothing \
+written, when the Node's endpoints are the last ready ones of some target. The drain lasts until \
+`endpoint-copier resume` or until it expires, whichever comes first.
+
+Exit codes: 0 drained (or no target holds the Node's addresses), 1 refused, or still ready when \
+the timeout ran out (the annotation stays: the drain completes when the leader acts), 78 invalid \
+configuration or kubeconfig."
+    )]
+    Drain(DrainArgs),
+    /// `resume`: end a drain.
+    #[command(
+        about = "End a drain: put this host's Node back into the VIP",
+        long_about = "End a drain: remove the endpoint-copier/drain and endpoint-copier/drain-expires \
+annotations from this host's Node (the one given with --node, else the one named like this host); \
+the leader marks its endpoints ready again as soon as its apiserver is. Retries while the API \
+server does not answer yet, up to --timeout. With --timed-only (the drop-ins' choice) a drain \
+set by hand without expiry (kubectl annotate node NAME endpoint-copier/drain=true) is kept.
+
+Exit codes: 0 done (also when the Node was not drained), 1 the Node or the API could not be \
+reached, 78 invalid configuration or kubeconfig."
+    )]
+    Resume(ResumeArgs),
     /// `version`.
     #[command(about = "Print the version, commit and compiler, and exit", long_about = None)]
     Version,
@@ -118,6 +152,63 @@ pub struct OutputArgs {
         help = "Report format: text for a person, json for scripts"
     )]
     pub output: Output,
+}
+
+/// Options of `drain`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct DrainArgs {
+    /// The Node to drain; `None`: this host's.
+    #[arg(
+        long,
+        value_name = "NAME",
+        help = "The Node to drain (default: the Node named like this host)"
+    )]
+    pub node: Option<String>,
+    /// How long the whole command may take, in seconds (default: 10).
+    #[arg(
+        long = "timeout",
+        value_name = "SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        help = "Give up after SECS seconds in all, naming what is still ready"
+    )]
+    pub timeout_secs: u64,
+    /// How long the drain lasts unless resumed, in seconds (default: 900).
+    #[arg(
+        long = "expires",
+        value_name = "SECS",
+        default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600),
+        help = "The drain ends by itself after SECS seconds unless `resume` ends it first"
+    )]
+    pub expires_secs: u64,
+}
+
+/// Options of `resume`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ResumeArgs {
+    /// The Node to resume; `None`: this host's.
+    #[arg(
+        long,
+        value_name = "NAME",
+        help = "The Node to resume (default: the Node named like this host)"
+    )]
+    pub node: Option<String>,
+    /// How long the whole command may take, in seconds (default: 30).
+    #[arg(
+        long = "timeout",
+        value_name = "SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        help = "Give up after SECS seconds in all (retrying while the API server does not answer)"
+    )]
+    pub timeout_secs: u64,
+    /// Remove only a drain with an expiry (`--timed-only`).
+    #[arg(
+        long,
+        help = "Remove only a drain with an expiry (as `drain` writes it); keep one set by hand without expiry"
+    )]
+    pub timed_only: bool,
 }
 
 /// Output format of `check` and `status`.
@@ -299,13 +390,81 @@ mod tests {
 
     #[test]
     fn every_subcommand_has_help_of_its_own() {
-        for name in ["run", "check", "status", "version"] {
+        for name in ["run", "check", "status", "drain", "resume", "version"] {
             let mut cmd = Cli::command();
             let sub = cmd.find_subcommand_mut(name).unwrap();
             let about = sub.get_about().map(ToString::to_string).unwrap_or_default();
             assert!(!about.is_empty(), "{name} has no about");
             assert!(!about.contains('`'), "{name}: rustdoc in help: {about}");
         }
+    }
+
+    #[test]
+    fn drain_defaults_to_this_host_a_10_s_timeout_and_a_15_min_expiry() {
+        assert_eq!(
+            parse(&["drain"]).unwrap().command,
+            Command::Drain(DrainArgs {
+                node: None,
+                timeout_secs: 10,
+                expires_secs: 900
+            })
+        );
+        assert_eq!(
+            parse(&[
+                "drain",
+                "--node",
+                "cp-1",
+                "--timeout",
+                "5",
+                "--expires",
+                "60"
+            ])
+            .unwrap()
+            .command,
+            Command::Drain(DrainArgs {
+                node: Some("cp-1".into()),
+                timeout_secs: 5,
+                expires_secs: 60
+            })
+        );
+    }
+
+    #[test]
+    fn resume_defaults_to_this_host_and_a_30_s_timeout() {
+        assert_eq!(
+            parse(&["resume"]).unwrap().command,
+            Command::Resume(ResumeArgs {
+                node: None,
+                timeout_secs: 30,
+                timed_only: false
+            })
+        );
+        assert_eq!(
+            parse(&["resume", "--node", "cp-2", "--timed-only"])
+                .unwrap()
+                .command,
+            Command::Resume(ResumeArgs {
+                node: Some("cp-2".into()),
+                timeout_secs: 30,
+                timed_only: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_zero_or_non_numeric_drain_timeout_is_a_usage_error() {
+        for bad in ["0", "ten", "-1"] {
+            let e = parse(&["drain", "--timeout", bad]).unwrap_err();
+            assert!(
+                e.use_stderr(),
+                "{bad}: a usage error, for main to map to 64"
+            );
+        }
+        assert!(
+            parse(&["resume", "--expires", "60"])
+                .unwrap_err()
+                .use_stderr()
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod desired;
+pub mod drain;
 pub mod error;
 pub mod events;
 pub mod group;

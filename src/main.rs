@@ -6,10 +6,10 @@
 
 use std::process::ExitCode;
 
-use endpoint_copier::cli::{self, Cli, Command, OutputArgs};
+use endpoint_copier::cli::{self, Cli, Command, DrainArgs, OutputArgs, ResumeArgs};
 use endpoint_copier::error::Chain;
 use endpoint_copier::inspect::Verdict;
-use endpoint_copier::{config, daemon, inspect, logging, shutdown};
+use endpoint_copier::{config, daemon, drain, inspect, logging, shutdown};
 
 /// Success, and a clean stop after SIGTERM/SIGINT.
 const EXIT_OK: u8 = 0;
@@ -45,6 +45,9 @@ enum Error {
     /// `check` or `status` could not produce their report.
     #[error(transparent)]
     Inspect(inspect::Error),
+    /// `drain` or `resume` did not finish (refused, timed out, Node or API unreachable).
+    #[error(transparent)]
+    Drain(drain::Error),
 }
 
 impl Error {
@@ -58,7 +61,9 @@ impl Error {
             Error::Logging(logging::Error::Filter { .. }) => EXIT_CONFIG,
             // Refused, or still unloadable after the daemon's wait: restarting will not help.
             Error::Daemon(daemon::Error::Kubeconfig(_)) => EXIT_CONFIG,
-            Error::Logging(_)
+            Error::Drain(drain::Error::Client(_)) => EXIT_CONFIG,
+            Error::Drain(_)
+            | Error::Logging(_)
             | Error::Runtime(_)
             | Error::Shutdown(_)
             | Error::Daemon(_)
@@ -152,6 +157,40 @@ fn run() -> Result<u8, Error> {
                 .map(verdict_code)
                 .map_err(Error::Inspect)
         }
+        Command::Drain(DrainArgs {
+            node,
+            timeout_secs,
+            expires_secs,
+        }) => {
+            logging::init_for_cli(&config.log.level).map_err(Error::Logging)?;
+            let options = drain::DrainOptions {
+                node,
+                timeout: std::time::Duration::from_secs(timeout_secs),
+                expires: std::time::Duration::from_secs(expires_secs),
+            };
+            let drained = runtime
+                .block_on(drain::drain(&config, &options))
+                .map_err(Error::Drain)?;
+            println!("{drained}");
+            Ok(EXIT_OK)
+        }
+        Command::Resume(ResumeArgs {
+            node,
+            timeout_secs,
+            timed_only,
+        }) => {
+            logging::init_for_cli(&config.log.level).map_err(Error::Logging)?;
+            let options = drain::ResumeOptions {
+                node,
+                timeout: std::time::Duration::from_secs(timeout_secs),
+                timed_only,
+            };
+            let resumed = runtime
+                .block_on(drain::resume(&config, &options))
+                .map_err(Error::Drain)?;
+            println!("{resumed}");
+            Ok(EXIT_OK)
+        }
         Command::Version => Ok(EXIT_OK),
     }
 }
@@ -170,6 +209,25 @@ mod tests {
             Error::Daemon(daemon::Error::TaskEnded("watch")).exit_code(),
             1
         );
+    }
+
+    #[test]
+    fn a_refused_or_late_drain_exits_1_and_an_unusable_kubeconfig_78() {
+        let refused = Error::Drain(drain::Error::LastReady {
+            node: "cp-1".into(),
+            targets: Vec::new(),
+        });
+        assert_eq!(refused.exit_code(), 1);
+        let late = Error::Drain(drain::Error::StillReady {
+            node: "cp-1".into(),
+            secs: 10,
+            still: Vec::new(),
+        });
+        assert_eq!(late.exit_code(), 1);
+        let kubeconfig = Error::Drain(drain::Error::Client(
+            endpoint_copier::client::Error::NotFound,
+        ));
+        assert_eq!(kubeconfig.exit_code(), 78);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod common;
 
 mod binary;
 mod combustion;
+mod drain;
 mod eviction;
 mod group;
 mod groups;

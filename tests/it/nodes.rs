@@ -342,3 +342,74 @@ async fn the_last_ready_endpoint_is_never_drained() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn the_drain_command_returns_once_the_daemon_took_the_node_out_and_resume_brings_it_back() {
+    use endpoint_copier::drain::{self, DrainOptions, ResumeOptions};
+    let world = World::new("nodes-cmd").await;
+    let a = add_node(&world, "a", &["198.51.100.1"], &[]).await;
+    add_node(&world, "b", &["198.51.100.2"], &[]).await;
+    world.seed(&["198.51.100.1", "198.51.100.2"]).await;
+    let mut c = config(&world, false);
+    // Only this world's target: other tests' annotated Services may hold the same addresses.
+    c.annotations.enabled = false;
+    let daemon = Daemon::start(c.clone());
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1", "198.51.100.2"],
+        SEEN,
+    )
+    .await;
+
+    // As the rke2-server drop-in runs it before the server stops: it returns only once the
+    // running daemon has taken the Node's endpoint out of the target.
+    let drained = drain::drain(
+        &c,
+        &DrainOptions {
+            node: Some(a.clone()),
+            timeout: SEEN,
+            expires: drain::DEFAULT_EXPIRES,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(drained.targets, vec![world.target().parse().unwrap()]);
+    let slices = slices_of(&world.client, &world.ns, "vip").await;
+    assert_eq!(ready_addresses(slices.values()), ["198.51.100.2"]);
+
+    // Draining the other one now would empty the target: refused.
+    let b = format!("{}-b", world.ns);
+    let refused = drain::drain(
+        &c,
+        &DrainOptions {
+            node: Some(b),
+            timeout: SEEN,
+            expires: drain::DEFAULT_EXPIRES,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("last ready"), "{refused}");
+
+    drain::resume(
+        &c,
+        &ResumeOptions {
+            node: Some(a),
+            timeout: SEEN,
+            timed_only: true,
+        },
+    )
+    .await
+    .unwrap();
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1", "198.51.100.2"],
+        SEEN,
+    )
+    .await;
+    daemon.stop().await;
+}

@@ -17,6 +17,10 @@
 #   endpoint-copier.service              systemd/endpoint-copier.service (required)
 #   endpoint-copier-10-defaults.toml     packaging/config.d/10-defaults.toml (required)
 #   endpoint-copier-50-site.toml         site drop-in, installed as /etc/.../50-site.toml (optional)
+#   endpoint-copier-rke2-server.conf     systemd/rke2-server.service.d/50-endpoint-copier.conf
+#   endpoint-copier-k3s.conf             systemd/k3s.service.d/50-endpoint-copier.conf
+#                                        (the drain/resume hooks; each installed when present, where
+#                                        the RPM puts it; stage.sh always stages both)
 # Environment:
 #   ENDPOINT_COPIER_ROOT       root directory to install into (default: /), for tests and chroots
 #   ENDPOINT_COPIER_SYSTEMCTL  systemctl to enable the unit with (default: systemctl); when it is
@@ -87,6 +91,15 @@ ensure_dir /etc/endpoint-copier/config.d
 if [[ -f $files/endpoint-copier-50-site.toml ]]; then
   install_file "$files/endpoint-copier-50-site.toml" /etc/endpoint-copier/config.d/50-site.toml 0644
 fi
+# The drain/resume hooks on the server units (docs/usage/operations.md): drain this host's Node
+# before rke2-server/k3s stops, resume once it is ready. Optional inputs, so a folder staged by an
+# older stage.sh still installs; nothing to enable (drop-ins apply to their unit as they are).
+for server in rke2-server k3s; do
+  if [[ -f $files/endpoint-copier-$server.conf ]]; then
+    install_file "$files/endpoint-copier-$server.conf" \
+      "/usr/lib/systemd/system/$server.service.d/50-endpoint-copier.conf" 0644
+  fi
+done
 
 # Enabling = one symlink per WantedBy= target of the unit's [Install] section. systemctl is
 # preferred (it also honours Also= and aliases); without it (a minimal chroot, a test root, a
@@ -130,6 +143,7 @@ fi
 # real root; a test root has no policy to apply.
 if [[ -z $root ]] && command -v restorecon >/dev/null 2>&1; then
   restorecon -RF /usr/bin/endpoint-copier "/usr/lib/systemd/system/$unit" \
+    /usr/lib/systemd/system/rke2-server.service.d /usr/lib/systemd/system/k3s.service.d \
     /usr/lib/endpoint-copier /etc/endpoint-copier /etc/systemd/system >/dev/null 2>&1 || :
 fi
 
