@@ -1,31 +1,33 @@
 //! Health probe benchmark; prints figures, asserts nothing.
 //!
 //! ```text
-//! sudo cargo run --release --example bench_probe
+//! cargo run --release --example bench_probe        # as root
 //! ```
 //!
 //! Runs as root (CI is root): it re-runs itself under `unshare --net` and puts stand-in
 //! apiservers (`tests/it/common/netns.rs`: HTTPS with the test bed's CA, client certificates
 //! required) at documentation-range addresses inside that namespace, next to the in-process test
 //! bed. Without namespaces it prints why and exits 0. Default probe timing (300 ms period, 250 ms
-//! timeout, failure threshold 2, success threshold 1) and default Lease timings (4/2/1 s).
-//! Prints:
+//! timeout, failure threshold 2, success threshold 1), default Lease (4/2/1 s) and member
+//! (heartbeat 10 s) timings. Prints:
 //! 1. eviction and return: three daemons in-process (node-1..3, all probing, one leader, so the
-//!    quorum is real) and three stand-ins A, B, C. For each fault of B — refused, black-holed,
-//!    hung, HTTP 500 — `BENCH_TRIALS` (default 10) trials: the fault lands at a random point of
-//!    the probe period; time from the fault to B `ready: false` in the target slice, and from the
-//!    heal to B ready again (seen by a watch on the target); median and max;
+//!    quorum of 2 is real) and three stand-ins A, B, C. For each fault of B — refused,
+//!    black-holed, hung, HTTP 500 — `BENCH_TRIALS` (default 10) trials: the fault lands at a
+//!    random point of the probe period; time from the fault to B `ready: false` in the target
+//!    slice, and from the heal (0.5–0.8 s after the eviction) to B ready again, both as a watch
+//!    on the target sees them; median and max;
 //! 2. member Lease writes per host per minute (from the test bed's request log): idle over
 //!    `BENCH_IDLE_SECS` (default 30), and while B fails for 2 s and recovers for 2 s, over
 //!    `BENCH_FLAP_SECS` (default 20);
-//! 3. probe cost: the daemon as a child process (this example re-run as `bench_probe daemon …`
-//!    in the same namespace, so only the daemon's own work is counted; the stand-ins and the test
-//!    bed stay in the parent): CPU (utime + stime from `/proc/<pid>/stat` over `BENCH_CPU_SECS`,
-//!    default 15, after a 5 s warm-up) as a percentage of one core, and RSS (`VmRSS`), with
-//!    probes off and 3 endpoints (the baseline), with 3 probed endpoints, and with 100
-//!    (198.51.100.1–100).
+//! 3. daemon cost: the daemon as a child process (this example re-run as `bench_probe daemon
+//!    …` in the same namespace: `daemon::run` on one current-thread runtime as `endpoint-copier
+//!    run` does, without logging), so only its own work is counted while the stand-ins and the
+//!    test bed stay in the parent. CPU (utime + stime from `/proc/<pid>/stat` over
+//!    `BENCH_CPU_SECS`, default 15, after a 5 s warm-up) in % of one core, and RSS (`VmRSS`,
+//!    peak `VmHWM`): with 3 endpoints and probes off (the baseline), with 3 probed endpoints,
+//!    and with 100 (198.51.100.1–100).
 //!
-//! The figures go to the README. Takes about four minutes with the defaults.
+//! The figures go to the README. Takes about three and a half minutes with the defaults.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/it/common/netns.rs"]
