@@ -124,7 +124,8 @@ async fn main() {
     .await;
     let handover_ms = t.elapsed().as_millis();
     say(&format!(
-        "{next} took over in {handover_ms} ms (no wait for the 15 s Lease to expire)"
+        "{next} took over in {handover_ms} ms (no wait for the {} s Lease to expire)",
+        Config::default().lease.duration.as_secs()
     ));
 
     say("node-3 comes back: its apiserver re-adds 198.51.100.13");
