@@ -34,25 +34,27 @@ impl Engine {
             .iter()
             .filter(|_| self.is_leader())
             .filter(|(_, s)| s.phase != Phase::Retired)
-            .map(|(target, s)| PairStatus {
-                target: target.to_string(),
-                // Evicted and drained endpoints are still in the target (not ready): "3
-                // endpoints, 1 evicted" / "3 endpoints, 1 drained".
-                endpoints: s.endpoints
-                    + self
-                        .probes
-                        .decided
-                        .get(target)
-                        .map_or(0, |d| d.evicted.len())
-                    + s.nodes.withheld.drained.len(),
-                drained: s.nodes.withheld.drained.len(),
-                synced_ago: s.synced_at.map(|t| now.duration_since(t)),
-                holding: s.hold.as_ref().map(ToString::to_string),
-                evicted: self
+            .map(|(target, s)| {
+                let evicted = self
                     .probes
                     .decided
                     .get(target)
-                    .map_or(0, |d| d.evicted.len()),
+                    .map(|d| &d.evicted)
+                    .cloned()
+                    .unwrap_or_default();
+                let drained = &s.nodes.withheld.drained;
+                // Evicted and drained endpoints are still in the target (not ready): "3
+                // endpoints, 1 evicted" / "3 endpoints, 1 drained". An endpoint both drained and
+                // evicted is one endpoint, counted once (as drained: the cause an operator set).
+                let evicted_only = evicted.difference(drained).count();
+                PairStatus {
+                    target: target.to_string(),
+                    endpoints: s.endpoints + evicted_only + drained.len(),
+                    drained: drained.len(),
+                    synced_ago: s.synced_at.map(|t| now.duration_since(t)),
+                    holding: s.hold.as_ref().map(ToString::to_string),
+                    evicted: evicted_only,
+                }
             })
             .collect();
         // A failing watch scope is said first: while it fails, the pairs it feeds do not follow.
