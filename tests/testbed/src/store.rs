@@ -1879,9 +1879,9 @@ impl Inner {
         if res == ("", "services") {
             carry_service_allocations(&mut body, &old);
         }
-        if res == ("", "namespaces") || res == ("", "services") {
+        if res == ("", "namespaces") || res == ("", "services") || res == ("", "nodes") {
             // status is a subresource: an update of the main resource keeps the stored status
-            // (namespace and Service strategies' PrepareForUpdate).
+            // (namespace, Service and Node strategies' PrepareForUpdate).
             body["status"] = old["status"].clone();
         }
         if res == ("", "namespaces")
@@ -4059,6 +4059,36 @@ mod tests {
             )
             .unwrap();
         assert_eq!(types(&w.initial), ["ADDED c"]);
+    }
+
+    // matches: kubernetes/kubernetes pkg/registry/core/node/strategy.go — nodeStrategy.PrepareForCreate
+    // keeps the status a kubelet registers with; PrepareForUpdate sets newNode.Status = oldNode.Status,
+    // so only /status changes it afterwards.
+    #[test]
+    fn a_node_keeps_its_status_on_create_and_only_status_changes_it_later() {
+        let s = store();
+        let nodes = resource("", "v1", "nodes").unwrap();
+        let addresses = json!({"addresses": [{"type": "InternalIP", "address": "198.51.100.7"}]});
+        let o = s
+            .create(
+                nodes,
+                None,
+                json!({"metadata": {"name": "cp-1"}, "status": addresses}),
+                &WriteParams::default(),
+            )
+            .unwrap();
+        assert_eq!(o["status"]["addresses"], addresses["addresses"]);
+        let mut u = o.clone();
+        u["metadata"]["annotations"] = json!({"endpoint-copier/drain": "true"});
+        u["status"] = json!({"addresses": []});
+        let u = s
+            .replace(nodes, None, "cp-1", u, &WriteParams::default())
+            .unwrap();
+        assert_eq!(u["status"]["addresses"], addresses["addresses"]);
+        assert_eq!(
+            u["metadata"]["annotations"]["endpoint-copier/drain"],
+            "true"
+        );
     }
 
     // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#status-subresource-for-custom-resources (Service status changes only through /status)
