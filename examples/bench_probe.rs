@@ -30,8 +30,11 @@
 //! The figures go to the README. Takes about three and a half minutes with the defaults.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/it/common/netns.rs"]
-mod netns;
+// The integration tests' harness: the namespace, the stand-in apiservers and the fixtures.
+#[path = "../tests/it/common/mod.rs"]
+mod common;
+
+use common::{client_for, create, netns, source_service, source_slice, vip_service};
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -51,10 +54,9 @@ use endpoint_copier::probe::Spec;
 use endpoint_copier::shutdown::Shutdown;
 use endpoint_copier_testbed::TestBed;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::PostParams;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -181,24 +183,8 @@ fn daemon_config(
     c
 }
 
-async fn client_for(path: &Path) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
-
-fn meta(ns: &str, name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_owned()),
-        namespace: Some(ns.to_owned()),
-        ..Default::default()
-    }
-}
-
 /// Creates namespace `ns` with a source Service `apiserver` (one IPv4 slice, port `https` 6443,
-/// `addrs` ready) and a selectorless IPv4 target Service `vip`, the shapes of the test suite.
+/// `addrs` ready) and a selectorless IPv4 target Service `vip`: the test suite's fixtures.
 async fn seed(client: &Client, ns: &str, addrs: &[String]) {
     let pp = PostParams::default();
     Api::<Namespace>::all(client.clone())
@@ -214,70 +200,15 @@ async fn seed(client: &Client, ns: &str, addrs: &[String]) {
         )
         .await
         .unwrap();
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let source = Service {
-        metadata: meta(ns, "apiserver"),
-        spec: Some(ServiceSpec {
-            ports: Some(vec![ServicePort {
-                name: Some("https".into()),
-                port: 443,
-                protocol: Some("TCP".into()),
-                target_port: Some(IntOrString::Int(6443)),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    services.create(&pp, &source).await.unwrap();
-    let mut m = meta(ns, "apiserver");
-    m.labels = Some([(names::SERVICE_NAME_LABEL.to_owned(), "apiserver".to_owned())].into());
-    let slice = EndpointSlice {
-        metadata: m,
-        address_type: "IPv4".into(),
-        endpoints: addrs
-            .iter()
-            .map(|a| Endpoint {
-                addresses: vec![a.clone()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some("https".into()),
-            port: Some(6443),
-            protocol: Some("TCP".into()),
-            app_protocol: None,
-        }]),
-    };
-    Api::<EndpointSlice>::namespaced(client.clone(), ns)
-        .create(&pp, &slice)
-        .await
-        .unwrap();
-    let mut m = meta(ns, "vip");
-    m.labels = Some([("serviceType".to_owned(), "kubernetes-vip".to_owned())].into());
-    let target = Service {
-        metadata: m,
-        spec: Some(ServiceSpec {
-            type_: Some("LoadBalancer".into()),
-            ip_families: Some(vec!["IPv4".into()]),
-            ip_family_policy: Some("SingleStack".into()),
-            ports: Some(vec![ServicePort {
-                name: Some("k8s-api".into()),
-                port: 6443,
-                protocol: Some("TCP".into()),
-                target_port: Some(IntOrString::Int(6443)),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    services.create(&pp, &target).await.unwrap();
+    create(client, ns, &source_service(ns, "apiserver")).await;
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    create(
+        client,
+        ns,
+        &source_slice(ns, "apiserver", "apiserver", "IPv4", &addrs),
+    )
+    .await;
+    create(client, ns, &vip_service(ns, "vip", &["IPv4"])).await;
 }
 
 /// Each address of the target and whether it is ready, with when that was first seen (the
