@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
@@ -22,7 +22,7 @@ use tracing::{debug, error, info, warn};
 use super::decide::{self, Decision, Role, Timing};
 use super::fence::{Fence, FenceState};
 use super::observed::{Observed, Sent, is_newer};
-use super::runtime::RuntimeLock;
+use super::runtime::{self, RuntimeLock};
 use super::{Error, Leadership, Settings};
 use crate::names;
 
@@ -350,28 +350,6 @@ impl Elector {
         )
     }
 
-    /// Sets (we hold the runtime lock) or removes (we do not) the `endpoint-copier/claim`
-    /// annotation for the record `spec` we are about to write. Removing matters: a stale mark
-    /// left by an earlier run must never vouch for a record written without the lock.
-    fn mark(&self, metadata: &mut ObjectMeta, spec: &LeaseSpec) {
-        match &self.runtime {
-            Some(lock) => {
-                metadata
-                    .annotations
-                    .get_or_insert_with(Default::default)
-                    .insert(
-                        decide::CLAIM_ANNOTATION.to_owned(),
-                        decide::claim_mark(lock.token(), std::process::id(), spec),
-                    );
-            }
-            None => {
-                if let Some(a) = metadata.annotations.as_mut() {
-                    a.remove(decide::CLAIM_ANNOTATION);
-                }
-            }
-        }
-    }
-
     /// A record that is exactly the claim or renewal we last sent proves that write committed,
     /// even if its reply never reached us (a timeout, a connection dropped after the server
     /// wrote). Treat it as the success it was: remember its resourceVersion, forget the failure,
@@ -455,7 +433,7 @@ impl Elector {
                 namespace: Some(self.settings.namespace.clone()),
                 ..ObjectMeta::default()
             };
-            self.mark(&mut metadata, &spec);
+            runtime::mark_claim(self.runtime.as_ref(), &mut metadata, &spec);
             let lease = Lease {
                 metadata,
                 spec: Some(spec),
@@ -472,7 +450,7 @@ impl Elector {
                 .as_ref()
                 .and_then(|o| o.lease.clone())
                 .unwrap_or_default();
-            self.mark(&mut lease.metadata, &spec);
+            runtime::mark_claim(self.runtime.as_ref(), &mut lease.metadata, &spec);
             lease.spec = Some(spec);
             let name = self.settings.name.clone();
             (

@@ -4,7 +4,8 @@
 //! humans).
 //!
 //! What it is for: a claim on the Lease carries the token of the lock its writer held (the
-//! `endpoint-copier/claim` annotation, built and judged in `decide.rs`). A copy that holds the
+//! `endpoint-copier/claim` annotation, put on every write by [`mark_claim`], its text built and
+//! judged in `decide.rs`). A copy that holds the
 //! lock and reads a claim naming its own identity and carrying its own token knows that claim's
 //! writer no longer holds the lock — the kernel drops a `flock` when its process dies — so it may
 //! take the Lease over at once instead of waiting out a dead predecessor's claim. The argument,
@@ -19,6 +20,11 @@ use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::decide;
 
 /// Name of the lock file inside the runtime directory.
 pub const LOCK_FILE: &str = "claim.lock";
@@ -154,6 +160,28 @@ fn fresh_token() -> io::Result<String> {
     let mut bytes = [0_u8; TOKEN_HEX / 2];
     File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Sets (with the runtime lock) or removes (without it) the `endpoint-copier/claim` annotation on
+/// the Lease record `spec` about to be written. Removing matters: a stale mark left by an earlier
+/// run must never vouch for a record written without the lock.
+pub fn mark_claim(lock: Option<&RuntimeLock>, metadata: &mut ObjectMeta, spec: &LeaseSpec) {
+    match lock {
+        Some(lock) => {
+            metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(
+                    decide::CLAIM_ANNOTATION.to_owned(),
+                    decide::claim_mark(lock.token(), std::process::id(), spec),
+                );
+        }
+        None => {
+            if let Some(a) = metadata.annotations.as_mut() {
+                a.remove(decide::CLAIM_ANNOTATION);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
