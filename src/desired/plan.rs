@@ -59,7 +59,7 @@ impl Plan {
 }
 
 /// The writes that turn `actual` (every slice labelled `kubernetes.io/service-name=<target>` in the
-/// target namespace, ours or not) into `desired` (the output of [`desired`]).
+/// target namespace, ours or not) into `desired` (the output of [`desired`](super::desired)).
 ///
 /// - Never plans any change to a slice that `owner` may not change (see [`manager_of`]: only this
 ///   copier group's and endpoint-copier-operator's), or that belongs to another Service or namespace.
@@ -74,7 +74,7 @@ impl Plan {
 ///   are deleted with uid and resourceVersion preconditions.
 ///
 /// An empty `desired` deletes every adoptable slice of the target: that is how removing a pair
-/// removes its slices. Never call `plan` after [`desired`] returned a [`Hold`]: a hold means
+/// removes its slices. Never call `plan` after [`desired`](super::desired) returned a [`Hold`]: a hold means
 /// "write nothing", not "want nothing".
 pub fn plan(
     target_ref: &ServiceRef,
