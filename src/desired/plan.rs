@@ -74,7 +74,7 @@ impl Plan {
 ///   are deleted with uid and resourceVersion preconditions.
 ///
 /// An empty `desired` deletes every adoptable slice of the target: that is how removing a pair
-/// removes its slices. Never call `plan` after [`desired`](super::desired) returned a [`Hold`]: a hold means
+/// removes its slices. Never call `plan` after [`desired`](super::desired) returned a [`Hold`](super::Hold): a hold means
 /// "write nothing", not "want nothing".
 pub fn plan(
     target_ref: &ServiceRef,
