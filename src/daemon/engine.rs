@@ -99,8 +99,6 @@ pub struct Engine {
     pub(super) members_due: Option<Instant>,
     /// Pairs configured on some live members and not on others, as last reported.
     pub(super) mismatches: Vec<Mismatch>,
-    /// This copy's identity (its ballot's name).
-    pub(super) identity: String,
     /// The configured pairs with their probes.
     pub(super) pair_configs: Vec<crate::config::PairConfig>,
     /// What this copy probes, its verdicts, and the leader's last decisions.
@@ -156,7 +154,6 @@ impl Engine {
             next_task: 0,
             scan: Schedule::Idle,
             watch_errors: BTreeMap::new(),
-            identity: members.own().to_owned(),
             members,
             members_due: None,
             mismatches: Vec::new(),

@@ -216,17 +216,20 @@ impl Engine {
             .collect();
         let others = self.members.live(now);
         let mut ballots = vec![Ballot {
-            voter: &self.identity,
+            voter: self.members.own(),
             live: true,
             verdicts: &own,
         }];
-        ballots.extend(others.iter().filter(|(id, _)| **id != self.identity).map(
-            |(id, record)| Ballot {
-                voter: id,
-                live: true,
-                verdicts: &record.verdicts,
-            },
-        ));
+        ballots.extend(
+            others
+                .iter()
+                .filter(|(id, _)| id.as_str() != self.members.own())
+                .map(|(id, record)| Ballot {
+                    voter: id,
+                    live: true,
+                    verdicts: &record.verdicts,
+                }),
+        );
         Count::of(&ballots)
     }
 
