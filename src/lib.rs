@@ -36,5 +36,7 @@ pub mod nodes;
 pub mod notify;
 pub mod pairs;
 pub mod probe;
+pub mod remote;
 pub mod shutdown;
+pub mod source;
 pub mod watch;
