@@ -57,6 +57,10 @@ pub enum EventReason {
     /// A Node lacks an address of a family the target derives, or no Node holds a source
     /// endpoint's address: that family has no endpoint for it (Warning).
     NodeAddressMissing,
+    /// One source of a pair cannot be read (remote cluster unreachable, credentials refused,
+    /// Service missing) or has nothing to give: its endpoints stay in the target as they were,
+    /// the other sources keep syncing (Warning).
+    SourceUnavailable,
 }
 
 impl EventReason {
@@ -75,6 +79,7 @@ impl EventReason {
             EventReason::Spared => "EndpointSpared",
             EventReason::Drained => "EndpointDrained",
             EventReason::NodeAddressMissing => "NodeAddressMissing",
+            EventReason::SourceUnavailable => "SourceUnavailable",
         }
     }
 
@@ -95,6 +100,7 @@ impl EventReason {
             EventReason::Evicted | EventReason::Returned | EventReason::Spared => "Probe",
             EventReason::Drained => "Drain",
             EventReason::NodeAddressMissing => "Report",
+            EventReason::SourceUnavailable => "Hold",
         }
     }
 }

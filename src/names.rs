@@ -39,6 +39,10 @@ pub const ECO_MANAGED_BY: &str = "endpoint-copier-operator";
 /// Label naming the source EndpointSlice a target slice was copied from (also set by ECO, which
 /// is how we recognise its slices to adopt them).
 pub const SOURCE_LABEL: &str = "endpoint-copier/source";
+/// Label naming which source of a pair with several (or with a source other than one Service of
+/// this cluster) a target slice comes from: `service-<hash>`, `remote-<hash>` or `static`
+/// (`desired::union::source_id`). How a source that fails keeps its slices in the target.
+pub const SOURCE_ID_LABEL: &str = "endpoint-copier/source-id";
 
 /// Annotation that turns a target Service into a pair (value `"true"`).
 pub const ANNOTATION_ENABLED: &str = "endpoint-copier/enabled";

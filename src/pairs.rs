@@ -11,11 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::names::{
     ANNOTATION_ENABLED, ANNOTATION_PROBE, ANNOTATION_SOURCE_NAME, ANNOTATION_SOURCE_NAMESPACE,
     ServiceRef, is_dns1035_label, is_dns1123_label,
 };
+use crate::source::Source;
 
 /// Where a pair comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,11 +38,12 @@ impl fmt::Display for Origin {
     }
 }
 
-/// One active pair: the target's EndpointSlices mirror the source's.
+/// One active pair: the target's EndpointSlices are the union of its sources'.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Pair {
-    /// The Service whose EndpointSlices are copied.
-    pub source: ServiceRef,
+    /// Where the endpoints come from (never empty; an annotated pair has one Service of this
+    /// cluster).
+    pub sources: Vec<Source>,
     /// The Service (without selector) whose EndpointSlices we own.
     pub target: ServiceRef,
     /// Whether the pair comes from the config or from annotations.
@@ -84,6 +87,12 @@ pub enum Reason {
     TargetClaimedByConfig,
     /// Several config pairs name this target with different sources; none of them is applied.
     DuplicateTarget,
+    /// The pair has a static source and the target Service names a targetPort: static addresses
+    /// have no port names to resolve it against.
+    StaticSourceNamedPort {
+        /// The named targetPort.
+        port: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -122,6 +131,10 @@ impl fmt::Display for Reason {
             Self::DuplicateTarget => {
                 f.write_str("several config pairs name this target with different sources")
             }
+            Self::StaticSourceNamedPort { port } => write!(
+                f,
+                "the target Service names targetPort '{port}', which static addresses cannot resolve; give that port a number as targetPort, or read the addresses from a Service that defines '{port}'"
+            ),
         }
     }
 }
@@ -131,8 +144,8 @@ impl fmt::Display for Reason {
 pub struct Refusal {
     /// The target Service the refusal is about (the Event goes there).
     pub target: ServiceRef,
-    /// The source, when one could be determined.
-    pub source: Option<ServiceRef>,
+    /// The sources, when they could be determined.
+    pub source: Option<Vec<Source>>,
     /// Why nothing is written for this pair.
     pub reason: Reason,
 }
@@ -142,8 +155,10 @@ impl fmt::Display for Refusal {
         match &self.source {
             Some(source) => write!(
                 f,
-                "pair {source} -> {} refused: {}",
-                self.target, self.reason
+                "pair {} -> {} refused: {}",
+                crate::source::describe(source),
+                self.target,
+                self.reason
             ),
             None => write!(
                 f,
@@ -165,7 +180,7 @@ pub struct Resolution {
 
 /// Decides the active pairs and the refusals.
 ///
-/// `config_pairs` are `(source, target)` from the config; `services` is every Service the daemon
+/// `config_pairs` are `(sources, target)` from the config; `services` is every Service the daemon
 /// knows (configured targets and sources, annotated Services), keyed by their reference.
 ///
 /// - Config pairs are active even while their target Service does not exist yet (`desired` then
@@ -173,13 +188,15 @@ pub struct Resolution {
 ///   refused ([`Reason::DuplicateTarget`]) for every one of them.
 /// - Annotated pairs are read only when `annotations_enabled`; an annotated Service that is also a
 ///   configured target is refused ([`Reason::TargetClaimedByConfig`]), the config pair stays.
-/// - Refused: source = target; a target Service that exists and has a non-empty selector; an
-///   annotated source in another namespace not in `allowed_sources` (same namespace is always
-///   allowed); every pair on a cycle. Chains (A→B, B→C) are allowed.
+/// - Refused: a local source = the target; a target Service that exists and has a non-empty
+///   selector; a static source while the target names a targetPort; an annotated source in
+///   another namespace not in `allowed_sources` (same namespace is always allowed); every pair
+///   on a cycle through Services of this cluster (remote and static sources end every walk).
+///   Chains (A→B, B→C) are allowed.
 ///
 /// The output is deterministic: it does not depend on the order of `config_pairs`.
 pub fn resolve(
-    config_pairs: &[(ServiceRef, ServiceRef)],
+    config_pairs: &[(Vec<Source>, ServiceRef)],
     annotations_enabled: bool,
     allowed_sources: &[ServiceRef],
     services: &BTreeMap<ServiceRef, Service>,
@@ -188,20 +205,20 @@ pub fn resolve(
     let mut candidates: Vec<Pair> = Vec::new();
 
     // Config pairs, grouped by target so duplicates are found whatever their order.
-    let mut by_target: BTreeMap<&ServiceRef, BTreeSet<&ServiceRef>> = BTreeMap::new();
-    for (source, target) in config_pairs {
-        by_target.entry(target).or_default().insert(source);
+    let mut by_target: BTreeMap<&ServiceRef, BTreeSet<&Vec<Source>>> = BTreeMap::new();
+    for (sources, target) in config_pairs {
+        by_target.entry(target).or_default().insert(sources);
     }
-    for (target, sources) in &by_target {
-        if sources.len() > 1 {
-            refusals.extend(sources.iter().map(|source| Refusal {
+    for (target, lists) in &by_target {
+        if lists.len() > 1 {
+            refusals.extend(lists.iter().map(|sources| Refusal {
                 target: (*target).clone(),
-                source: Some((*source).clone()),
+                source: Some((*sources).clone()),
                 reason: Reason::DuplicateTarget,
             }));
-        } else if let Some(source) = sources.first() {
+        } else if let Some(sources) = lists.first() {
             candidates.push(Pair {
-                source: (*source).clone(),
+                sources: (*sources).clone(),
                 target: (*target).clone(),
                 origin: Origin::Config,
             });
@@ -223,18 +240,22 @@ pub fn resolve(
                 }
                 Some(Ok((source, _))) => source,
             };
+            let sources = vec![Source::Service(source.clone())];
             if by_target.contains_key(target) {
                 refusals.push(Refusal {
                     target: target.clone(),
-                    source: Some(source),
+                    source: Some(sources),
                     reason: Reason::TargetClaimedByConfig,
                 });
                 continue;
             }
-            if config_pairs.iter().any(|(s, _)| s == target) {
+            if config_pairs
+                .iter()
+                .any(|(s, _)| s.iter().any(|s| s.local_service() == Some(target)))
+            {
                 refusals.push(Refusal {
                     target: target.clone(),
-                    source: Some(source),
+                    source: Some(sources),
                     reason: Reason::TargetIsConfiguredSource,
                 });
                 continue;
@@ -242,13 +263,13 @@ pub fn resolve(
             if source.namespace != target.namespace && !allowed_sources.contains(&source) {
                 refusals.push(Refusal {
                     target: target.clone(),
-                    source: Some(source.clone()),
+                    source: Some(sources),
                     reason: Reason::SourceNotAllowed { source },
                 });
                 continue;
             }
             candidates.push(Pair {
-                source,
+                sources,
                 target: target.clone(),
                 origin: Origin::Annotation,
             });
@@ -258,33 +279,39 @@ pub fn resolve(
     // Checks that apply to every origin.
     let mut survivors = Vec::with_capacity(candidates.len());
     for pair in candidates {
-        let reason = if pair.source == pair.target {
+        let reason = if pair.local_sources().any(|s| *s == pair.target) {
             Some(Reason::SourceIsTarget)
         } else if services.get(&pair.target).is_some_and(has_selector) {
             Some(Reason::TargetHasSelector)
+        } else if pair.sources.iter().any(|s| matches!(s, Source::Static(_))) {
+            services
+                .get(&pair.target)
+                .and_then(named_target_port)
+                .map(|port| Reason::StaticSourceNamedPort { port })
         } else {
             None
         };
         match reason {
             Some(reason) => refusals.push(Refusal {
                 target: pair.target,
-                source: Some(pair.source),
+                source: Some(pair.sources),
                 reason,
             }),
             None => survivors.push(pair),
         }
     }
 
-    // Cycles among the survivors: follow "target reads source" from each pair; each target has one
-    // source, so the walk is a path that either leaves the set of targets or comes back.
-    let source_of: BTreeMap<&ServiceRef, &ServiceRef> =
-        survivors.iter().map(|p| (&p.target, &p.source)).collect();
+    // Cycles among the survivors: "target reads source" over the Services of this cluster.
+    let reads: BTreeMap<&ServiceRef, Vec<&ServiceRef>> = survivors
+        .iter()
+        .map(|p| (&p.target, p.local_sources().collect()))
+        .collect();
     let mut pairs = Vec::with_capacity(survivors.len());
     for pair in &survivors {
-        match cycle_through(&pair.target, &source_of) {
+        match cycle_through(&pair.target, &reads) {
             Some(through) => refusals.push(Refusal {
                 target: pair.target.clone(),
-                source: Some(pair.source.clone()),
+                source: Some(pair.sources.clone()),
                 reason: Reason::Cycle { through },
             }),
             None => pairs.push(pair.clone()),
@@ -300,6 +327,27 @@ pub fn resolve(
         ))
     });
     Resolution { pairs, refusals }
+}
+
+impl Pair {
+    /// The Services of this cluster the pair reads.
+    pub fn local_sources(&self) -> impl Iterator<Item = &ServiceRef> {
+        self.sources.iter().filter_map(Source::local_service)
+    }
+}
+
+/// The first named targetPort of `service`, if any.
+fn named_target_port(service: &Service) -> Option<String> {
+    service
+        .spec
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .iter()
+        .find_map(|p| match &p.target_port {
+            Some(IntOrString::String(name)) => Some(name.clone()),
+            _ => None,
+        })
 }
 
 /// The pair endpoint-copier-operator's annotations on `target` ask for, as `(source, target)`.
@@ -400,7 +448,7 @@ pub fn probe_of(
     match pair.origin {
         Origin::Config => config
             .iter()
-            .find(|p| p.target == pair.target && p.source == pair.source)
+            .find(|p| p.target == pair.target && p.sources == pair.sources)
             .and_then(|p| p.probe.clone()),
         Origin::Annotation => {
             let annotated = services
@@ -409,7 +457,7 @@ pub fn probe_of(
                 .and_then(|a| a.get(ANNOTATION_PROBE));
             match annotated {
                 Some(text) => crate::probe::spec::from_annotation(text).ok().flatten(),
-                None => crate::probe::spec::default_for(&pair.source),
+                None => crate::probe::spec::default_for_sources(&pair.sources),
             }
         }
     }
@@ -424,23 +472,37 @@ fn has_selector(service: &Service) -> bool {
         .is_some_and(|sel| !sel.is_empty())
 }
 
-/// The cycle `start` is on, as the list of targets from `start` onwards, or `None`.
+/// The cycle `start` is on, as the list of targets from `start` onwards (each reading the next,
+/// the last reading `start`), or `None`. Depth-first over "target reads source", each target
+/// visited once, so the walk ends on any graph.
 fn cycle_through(
     start: &ServiceRef,
-    source_of: &BTreeMap<&ServiceRef, &ServiceRef>,
+    reads: &BTreeMap<&ServiceRef, Vec<&ServiceRef>>,
 ) -> Option<Vec<ServiceRef>> {
-    let mut through = vec![start.clone()];
-    let mut current = *source_of.get(start)?;
-    // At most one step per pair: a longer walk is a cycle that does not pass through `start`
-    // (start only leads into it), which does not make `start`'s own pair a cycle.
-    for _ in 0..source_of.len() {
-        if current == start {
-            return Some(through);
+    fn walk<'a>(
+        at: &'a ServiceRef,
+        start: &ServiceRef,
+        reads: &BTreeMap<&'a ServiceRef, Vec<&'a ServiceRef>>,
+        path: &mut Vec<ServiceRef>,
+        seen: &mut BTreeSet<&'a ServiceRef>,
+    ) -> bool {
+        for next in reads.get(at).into_iter().flatten() {
+            if *next == start {
+                return true;
+            }
+            if seen.insert(next) {
+                path.push((*next).clone());
+                if walk(next, start, reads, path, seen) {
+                    return true;
+                }
+                path.pop();
+            }
         }
-        through.push(current.clone());
-        current = *source_of.get(current)?;
+        false
     }
-    None
+    let mut path = vec![start.clone()];
+    let mut seen = BTreeSet::new();
+    walk(start, start, reads, &mut path, &mut seen).then_some(path)
 }
 
 #[cfg(test)]
@@ -451,6 +513,25 @@ mod tests {
 
     fn r(s: &str) -> ServiceRef {
         s.parse().unwrap()
+    }
+
+    /// One local Service source `s`.
+    fn one(s: &str) -> Vec<Source> {
+        vec![Source::Service(r(s))]
+    }
+
+    /// [`super::resolve`] for pairs of one local source each, as most tests write them.
+    fn resolve(
+        config_pairs: &[(ServiceRef, ServiceRef)],
+        annotations_enabled: bool,
+        allowed_sources: &[ServiceRef],
+        services: &BTreeMap<ServiceRef, Service>,
+    ) -> Resolution {
+        let config: Vec<(Vec<Source>, ServiceRef)> = config_pairs
+            .iter()
+            .map(|(s, t)| (vec![Source::Service(s.clone())], t.clone()))
+            .collect();
+        super::resolve(&config, annotations_enabled, allowed_sources, services)
     }
 
     fn service(reference: &str, annotations: &[(&str, &str)]) -> Service {
@@ -515,7 +596,7 @@ mod tests {
 
     fn pair(source: &str, target: &str, origin: Origin) -> Pair {
         Pair {
-            source: r(source),
+            sources: one(source),
             target: r(target),
             origin,
         }
@@ -553,7 +634,7 @@ mod tests {
         assert!(res.pairs.is_empty());
         assert_eq!(res.refusals[0].reason, Reason::TargetHasSelector);
         assert_eq!(res.refusals[0].target, r("default/kubernetes-vip"));
-        assert_eq!(res.refusals[0].source, Some(r("default/kubernetes")));
+        assert_eq!(res.refusals[0].source, Some(one("default/kubernetes")));
     }
 
     #[test]
@@ -675,7 +756,7 @@ mod tests {
             res.refusals,
             [Refusal {
                 target: r("apps/other"),
-                source: Some(r("kube-system/secret-svc")),
+                source: Some(one("kube-system/secret-svc")),
                 reason: Reason::SourceNotAllowed {
                     source: r("kube-system/secret-svc")
                 },
@@ -703,7 +784,7 @@ mod tests {
             )]
         );
         assert_eq!(res.refusals[0].reason, Reason::TargetClaimedByConfig);
-        assert_eq!(res.refusals[0].source, Some(r("default/other")));
+        assert_eq!(res.refusals[0].source, Some(one("default/other")));
     }
 
     #[test]
@@ -874,7 +955,7 @@ mod tests {
     fn refusal_sentences_name_the_objects() {
         let f = Refusal {
             target: r("default/b"),
-            source: Some(r("default/a")),
+            source: Some(one("default/a")),
             reason: Reason::Cycle {
                 through: vec![r("default/b"), r("default/a")],
             },
@@ -885,7 +966,7 @@ mod tests {
         );
         let g = Refusal {
             target: r("apps/vip"),
-            source: Some(r("kube-system/x")),
+            source: Some(one("kube-system/x")),
             reason: Reason::SourceNotAllowed {
                 source: r("kube-system/x"),
             },
@@ -914,19 +995,74 @@ mod tests {
             proptest::prop_assert_eq!(&res, &resolve(&shuffled, true, &allowed(), &BTreeMap::new()));
             let targets: BTreeSet<&ServiceRef> = res.pairs.iter().map(|p| &p.target).collect();
             proptest::prop_assert_eq!(targets.len(), res.pairs.len());
-            let source_of: BTreeMap<&ServiceRef, &ServiceRef> =
-                res.pairs.iter().map(|p| (&p.target, &p.source)).collect();
+            let reads: BTreeMap<&ServiceRef, Vec<&ServiceRef>> =
+                res.pairs.iter().map(|p| (&p.target, p.local_sources().collect())).collect();
             for p in &res.pairs {
-                proptest::prop_assert!(p.source != p.target);
-                proptest::prop_assert!(cycle_through(&p.target, &source_of).is_none());
+                proptest::prop_assert!(p.local_sources().all(|s| *s != p.target));
+                proptest::prop_assert!(cycle_through(&p.target, &reads).is_none());
             }
             // Every config pair is accounted for: active or refused.
             for (source, target) in &config {
-                let active = res.pairs.iter().any(|p| &p.source == source && &p.target == target);
+                let active = res.pairs.iter().any(|p| p.sources == [Source::Service(source.clone())] && &p.target == target);
                 let refused = res.refusals.iter().any(|f| &f.target == target);
                 proptest::prop_assert!(active || refused);
             }
         }
+    }
+
+    #[test]
+    fn a_pair_reading_several_services_is_refused_when_any_of_them_closes_a_cycle() {
+        let config = [
+            (
+                vec![Source::Service(r("app/a")), Source::Service(r("app/b"))],
+                r("app/t"),
+            ),
+            (one("app/t"), r("app/b")),
+            (one("app/x"), r("app/y")),
+        ];
+        let res = super::resolve(&config, true, &allowed(), &BTreeMap::new());
+        assert_eq!(res.pairs.len(), 1, "{res:?}");
+        assert_eq!(res.pairs[0].target, r("app/y"));
+        let through: Vec<_> = res.refusals.iter().map(|f| f.reason.to_string()).collect();
+        assert!(through.iter().all(|t| t.contains("cycle")), "{through:?}");
+    }
+
+    #[test]
+    fn remote_and_static_sources_never_close_a_cycle() {
+        let remote = Source::Remote(crate::source::RemoteSource {
+            kubeconfig: "/etc/endpoint-copier/remote.yaml".into(),
+            service: r("app/t"),
+        });
+        let fixed = Source::Static(crate::source::StaticSource::new(["203.0.113.1"
+            .parse()
+            .unwrap()]));
+        let config = [(vec![remote, fixed], r("app/t"))];
+        let res = super::resolve(&config, true, &allowed(), &BTreeMap::new());
+        assert_eq!(res.pairs.len(), 1, "{res:?}");
+    }
+
+    #[test]
+    fn a_static_source_with_a_named_target_port_is_refused_with_the_port_named() {
+        use k8s_openapi::api::core::v1::ServicePort;
+        let mut target = service("app/db", &[]);
+        target.spec.as_mut().unwrap().ports = Some(vec![ServicePort {
+            name: Some("pg".into()),
+            port: 5432,
+            target_port: Some(IntOrString::String("postgres".into())),
+            ..ServicePort::default()
+        }]);
+        let fixed = Source::Static(crate::source::StaticSource::new(["203.0.113.1"
+            .parse()
+            .unwrap()]));
+        let config = [(vec![fixed], r("app/db"))];
+        let res = super::resolve(&config, true, &allowed(), &known(vec![target]));
+        assert!(res.pairs.is_empty());
+        let text = res.refusals[0].to_string();
+        assert!(text.contains("targetPort 'postgres'"), "{text}");
+        assert!(
+            text.contains("pair static 203.0.113.1 -> app/db refused"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -71,6 +71,15 @@ impl Source {
     }
 }
 
+/// `sources` as logs and Events name them, joined by ` + ` (one source: just its name).
+pub fn describe(sources: &[Source]) -> String {
+    sources
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
 impl fmt::Display for Source {
     /// `ns/name`, `ns/name in the cluster of /path/kubeconfig.yaml`, `static 198.51.100.10,
     /// 2001:db8::10`: what logs, Events and `status` say.
@@ -110,8 +119,13 @@ mod tests {
     #[test]
     fn static_addresses_are_sorted_and_deduplicated() {
         let s = StaticSource::new(
-            ["2001:db8::10", "198.51.100.20", "198.51.100.10", "198.51.100.20"]
-                .map(|a| a.parse::<IpAddr>().unwrap()),
+            [
+                "2001:db8::10",
+                "198.51.100.20",
+                "198.51.100.10",
+                "198.51.100.20",
+            ]
+            .map(|a| a.parse::<IpAddr>().unwrap()),
         );
         assert_eq!(
             Source::Static(s).to_string(),

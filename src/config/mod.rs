@@ -35,6 +35,7 @@ use figment::value::{Dict, Value};
 
 use crate::names::{self, ServiceRef};
 use crate::probe;
+use crate::source::Source;
 
 pub use drop_ins::drop_ins;
 pub use provenance::Provenance;
@@ -84,38 +85,63 @@ pub enum Kubeconfig {
 /// One configured pair (`[[pair]]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairConfig {
-    /// The Service whose EndpointSlices are copied (key `source`).
-    pub source: ServiceRef,
+    /// Where the endpoints come from (key `sources`, or `source = "ns/name"` for one Service of
+    /// this cluster): never empty, in config order, at most one [`Source::Static`] (every
+    /// `addresses` entry merged).
+    pub sources: Vec<Source>,
     /// The Service, without selector, whose EndpointSlices we own (key `target`).
     pub target: ServiceRef,
     /// What the pair's endpoints are probed with (key `probe`: `false`, `{ https = "/readyz" }`,
     /// `{ http = "/healthz" }`, `{ tcp = PORT }`); `None`: not probed. Unset: `{ https =
-    /// "/readyz" }` for a pair whose source is `default/kubernetes`, else not probed
-    /// ([`crate::probe::spec::default_for`]).
+    /// "/readyz" }` for a pair reading `default/kubernetes` of this cluster, else not probed
+    /// ([`crate::probe::spec::default_for_sources`]).
     pub probe: Option<probe::Spec>,
     /// Whether a family the target serves (`spec.ipFamilies`) but the source lacks is derived
     /// from the addresses of the source endpoints' Nodes (key `derive_families`; unset: true for
-    /// a pair whose source is `default/kubernetes`, whose slice is single-stack while EIB's
-    /// `kubernetes-vip` may be dual-stack, else false: [`derive_families_default`]).
+    /// a pair reading `default/kubernetes` of this cluster, whose slice is single-stack while
+    /// EIB's `kubernetes-vip` may be dual-stack, else false: [`derive_families_default`]).
     pub derive_families: bool,
 }
 
-/// Whether a pair from `source` derives missing families by default: only the apiservers'
-/// `default/kubernetes`, whose endpoints are the Nodes' own addresses. Any other Service's
-/// endpoints are Pods or foreign hosts, whose other-family address a Node cannot tell.
-pub fn derive_families_default(source: &ServiceRef) -> bool {
-    source.to_string() == names::DEFAULT_SOURCE
+/// Whether a pair reading `sources` derives missing families by default: only when one of them
+/// is the apiservers' `default/kubernetes` of this cluster, whose endpoints are the Nodes' own
+/// addresses. Any other Service's endpoints are Pods or foreign hosts, whose other-family
+/// address a Node cannot tell.
+pub fn derive_families_default(sources: &[Source]) -> bool {
+    sources
+        .iter()
+        .filter_map(Source::local_service)
+        .any(|s| s.to_string() == names::DEFAULT_SOURCE)
 }
 
 impl PairConfig {
-    /// The pair `source` → `target` with the probe it has when its config says nothing.
+    /// The pair of one local Service `source` → `target`, with the probe and derivation it has
+    /// when its config says nothing.
     pub fn new(source: ServiceRef, target: ServiceRef) -> PairConfig {
+        PairConfig::of(vec![Source::Service(source)], target)
+    }
+
+    /// The pair `sources` → `target`, with the defaults of [`PairConfig::new`].
+    pub fn of(sources: Vec<Source>, target: ServiceRef) -> PairConfig {
         PairConfig {
-            probe: probe::spec::default_for(&source),
-            derive_families: derive_families_default(&source),
-            source,
+            probe: probe::spec::default_for_sources(&sources),
+            derive_families: derive_families_default(&sources),
+            sources,
             target,
         }
+    }
+
+    /// The Service this pair names in member records (`group::MemberRecord`): its first
+    /// Service source, local or remote; the target itself for a pair of static addresses only.
+    pub fn record_source(&self) -> ServiceRef {
+        self.sources
+            .iter()
+            .find_map(|s| match s {
+                Source::Service(s) => Some(s.clone()),
+                Source::Remote(r) => Some(r.service.clone()),
+                Source::Static(_) => None,
+            })
+            .unwrap_or_else(|| self.target.clone())
     }
 }
 

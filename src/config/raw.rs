@@ -55,9 +55,12 @@ pub(super) struct RawConfig {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPair {
-    /// `source`: `"namespace/name"`.
+    /// `source`: `"namespace/name"`, the short form of one local Service source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) source: Option<String>,
+    /// `sources`: one or more sources whose union the target gets (instead of `source`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) sources: Option<Vec<RawSource>>,
     /// `target`: `"namespace/name"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) target: Option<String>,
@@ -69,6 +72,22 @@ pub(super) struct RawPair {
     /// `derive_families`: a boolean.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) derive_families: Option<bool>,
+}
+
+/// One element of `sources`: `{ service = "ns/name" }`, `{ service = "ns/name", kubeconfig =
+/// "/path" }` or `{ addresses = ["198.51.100.10"] }`; which keys go together is `validate`'s.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    /// `service`: `"namespace/name"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) service: Option<String>,
+    /// `kubeconfig`: an absolute path; the Service is then read in the cluster it reaches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) kubeconfig: Option<String>,
+    /// `addresses`: IPv4 and IPv6 addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) addresses: Option<Vec<String>>,
 }
 
 /// `[nodes]`.
@@ -191,7 +210,13 @@ pub(super) fn expected_type(path: &[String]) -> Option<&'static str> {
     let last = path.iter().rev().find(|s| s.parse::<usize>().is_err())?;
     let is_element = path.last().is_some_and(|s| s.parse::<usize>().is_ok());
     Some(match (last.as_str(), is_element) {
-        ("pair", true) => "a table with source and target",
+        ("pair", true) => "a table with source (or sources) and target",
+        ("sources", true) => {
+            "a table { service = \"ns/name\" }, { service = \"ns/name\", kubeconfig = \"/path\" } or { addresses = [\"IP\", ...] }"
+        }
+        ("sources", false) => "an array of source tables",
+        ("addresses", true) => "a string (an IP address)",
+        ("addresses", false) => "an array of strings (IP addresses)",
         ("pair", false) => "an array of tables ([[pair]])",
         ("allowed_sources", true) => "a string \"namespace/name\"",
         ("allowed_sources", false) => "an array of strings \"namespace/name\"",

@@ -9,6 +9,7 @@ mod env;
 mod fixtures;
 mod positions;
 mod precedence;
+mod sources;
 mod validation;
 
 use std::path::Path;

@@ -15,6 +15,7 @@ use crate::desired::{self, Hold};
 use crate::events::EventReason;
 use crate::group::{Mismatch, Wanted};
 use crate::names::ServiceRef;
+use crate::source::Source;
 
 impl Engine {
     /// Step 3 of five: starts every task that is due, the leader's only.
@@ -57,8 +58,10 @@ impl Engine {
                 s.write.is_due(now)
                     && self.slices.is_ready_for(target)
                     && s.phase
-                        .source()
-                        .is_none_or(|src| self.slices.is_ready_for(src))
+                        .sources()
+                        .iter()
+                        .filter_map(Source::local_service)
+                        .all(|src| self.slices.is_ready_for(src))
             })
             .map(|(t, _)| t.clone())
             .collect();
@@ -95,7 +98,11 @@ impl Engine {
         }
         // A ballot changed, or a member turned stale (its ballot stops counting).
         self.touch_probing();
-        let own: BTreeSet<(ServiceRef, ServiceRef)> = self.config_pairs.iter().cloned().collect();
+        let own: BTreeSet<(ServiceRef, ServiceRef)> = self
+            .pair_configs
+            .iter()
+            .map(|p| (p.record_source(), p.target.clone()))
+            .collect();
         let mismatches = self.members.mismatches(&own, now);
         if mismatches == self.mismatches {
             return;
@@ -144,17 +151,12 @@ impl Engine {
             // refused pair, until the annotation is fixed or removed (both touch it again).
             return self.hold(target, Hold::Refused, &actual);
         }
-        let source_slices = state
-            .phase
-            .source()
-            .map(|s| self.slices.slices_of(s))
-            .unwrap_or_default();
         let count = state.probe.as_ref().map(|_| self.count(now));
         let planned = plan_for(
             &state.phase,
             target,
             self.services.objects(),
-            &source_slices,
+            &|source| self.read_source(source),
             &actual,
             &self.owner,
             &Facts {
@@ -171,6 +173,7 @@ impl Engine {
             self.note_decision(target, decision, count);
         }
         self.note_nodes(target, std::mem::take(&mut step.nodes));
+        self.note_sources(target, &std::mem::take(&mut step.held));
         let Some(state) = self.pairs.get_mut(target) else {
             return;
         };
@@ -265,11 +268,7 @@ impl Engine {
         state.write.settle();
         let kept = desired::ready_endpoints(actual);
         if state.hold != Some(hold) && hold != Hold::Refused {
-            let source = state
-                .phase
-                .source()
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            let source = crate::source::describe(state.phase.sources());
             warn!(service = %target, source = %source, endpoints = kept, reason = %hold, "holding the target's EndpointSlices as they are");
         }
         state.hold = Some(hold);

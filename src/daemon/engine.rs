@@ -33,7 +33,9 @@ use crate::metrics::{Health, Metrics};
 use crate::names::ServiceRef;
 use crate::notify::{Beat, Notifier};
 use crate::pairs::{self, Refusal};
+use crate::remote;
 use crate::shutdown::Shutdown;
+use crate::source::{RemoteSource, Source};
 use crate::watch::{self, NodeCache, ServiceCache, SliceCache, SliceWatches};
 
 /// At most this many tasks (writes, checks) run at once: enough to bring 1,000 annotated pairs
@@ -69,7 +71,7 @@ pub struct Engine {
     pub(super) group: Group,
     /// The group as the pure core needs it.
     pub(super) owner: Owner,
-    pub(super) config_pairs: Vec<(ServiceRef, ServiceRef)>,
+    pub(super) config_pairs: Vec<(Vec<Source>, ServiceRef)>,
     pub(super) configured: BTreeSet<ServiceRef>,
     pub(super) annotations_enabled: bool,
     pub(super) allowed_sources: Vec<ServiceRef>,
@@ -109,6 +111,14 @@ pub struct Engine {
     pub(super) node_selector: Option<String>,
     /// When the earliest active drain expires (the pairs are planned again then).
     pub(super) drain_due: Option<Instant>,
+    /// What this copy knows of each remote source (`remote::spawn` sends it).
+    pub(super) remote: BTreeMap<RemoteSource, remote::View>,
+    /// The remote sources' views as they change; the sender is kept so that a daemon without
+    /// remote sources waits on it forever rather than seeing it closed.
+    pub(super) remote_updates: (
+        tokio::sync::mpsc::Sender<remote::Update>,
+        tokio::sync::mpsc::Receiver<remote::Update>,
+    ),
 }
 
 impl Engine {
@@ -122,10 +132,10 @@ impl Engine {
         members: Members,
         probes: ProbeState,
     ) -> Engine {
-        let config_pairs: Vec<(ServiceRef, ServiceRef)> = config
+        let config_pairs: Vec<(Vec<Source>, ServiceRef)> = config
             .pairs
             .iter()
-            .map(|p| (p.source.clone(), p.target.clone()))
+            .map(|p| (p.sources.clone(), p.target.clone()))
             .collect();
         let configured: BTreeSet<ServiceRef> =
             config_pairs.iter().map(|(_, t)| t.clone()).collect();
@@ -162,6 +172,8 @@ impl Engine {
             nodes: NodeCache::default(),
             node_selector: config.nodes.selector.clone(),
             drain_due: None,
+            remote: BTreeMap::new(),
+            remote_updates: tokio::sync::mpsc::channel(64),
         }
     }
 
@@ -208,6 +220,7 @@ impl Engine {
                 Some(event) = service_events.next() => self.on_services(event),
                 Some(event) = node_events.next() => self.on_nodes(event),
                 Some(report) = self.probes.reports.recv() => self.on_report(report),
+                Some(update) = self.remote_updates.1.recv() => self.on_remote(update),
                 Some(event) = member_events.next() => match event {
                     Ok(event) => {
                         self.watch_errors.remove("members");
@@ -333,8 +346,8 @@ impl Engine {
                 let changed = self.slices.apply(namespace, event);
                 let mut probed = false;
                 for (target, state) in &mut self.pairs {
-                    let reads = changed.contains(target)
-                        || state.phase.source().is_some_and(|s| changed.contains(s));
+                    let reads =
+                        changed.contains(target) || changed.iter().any(|s| state.phase.reads(s));
                     if reads {
                         state.write.touch();
                         probed |= state.probe.is_some();
@@ -387,13 +400,13 @@ impl Engine {
                 refused.contains_key(target),
             ) {
                 (_, Some(pair), _) => Phase::Active {
-                    source: pair.source.clone(),
+                    sources: pair.sources.clone(),
                 },
                 // A pair refused now is not removed: it is held, its slices untouched, until the
                 // refusal is fixed ("never half-applied" — and never a VIP blanked by a typo).
-                (Phase::Active { source } | Phase::Refused { source }, None, true) => {
+                (Phase::Active { sources } | Phase::Refused { sources }, None, true) => {
                     Phase::Refused {
-                        source: source.clone(),
+                        sources: sources.clone(),
                     }
                 }
                 (Phase::Retired, None, true) => Phase::Retired,
@@ -401,8 +414,8 @@ impl Engine {
             };
             if next != state.phase {
                 match &next {
-                    Phase::Active { source } => {
-                        info!(service = %target, source = %source, "pair active");
+                    Phase::Active { sources } => {
+                        info!(service = %target, source = %crate::source::describe(sources), "pair active");
                     }
                     Phase::Refused { .. } => {}
                     Phase::Retired => {
@@ -418,9 +431,9 @@ impl Engine {
         }
         for (target, pair) in &active {
             if !self.pairs.contains_key(target) {
-                info!(service = %target, source = %pair.source, origin = %pair.origin, "pair active");
+                info!(service = %target, source = %crate::source::describe(&pair.sources), origin = %pair.origin, "pair active");
                 let mut state = PairState::new(Phase::Active {
-                    source: pair.source.clone(),
+                    sources: pair.sources.clone(),
                 });
                 state.probe = pairs::probe_of(pair, &self.pair_configs, self.services.objects());
                 state.derive = super::pair::derives(pair, &self.pair_configs);
@@ -473,9 +486,14 @@ impl Engine {
         let mut wanted = BTreeSet::new();
         for (target, state) in &self.pairs {
             wanted.insert(target.clone());
-            if let Some(source) = state.phase.source() {
-                wanted.insert(source.clone());
-            }
+            wanted.extend(
+                state
+                    .phase
+                    .sources()
+                    .iter()
+                    .filter_map(Source::local_service)
+                    .cloned(),
+            );
         }
         wanted
     }

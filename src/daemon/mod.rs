@@ -27,6 +27,7 @@ mod outcome;
 pub mod pair;
 mod probes;
 pub mod schedule;
+mod sources;
 mod status;
 
 use std::time::Duration;
@@ -182,7 +183,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         config
             .pairs
             .iter()
-            .map(|p| (p.source.clone(), p.target.clone())),
+            .map(|p| (p.record_source(), p.target.clone())),
     );
     // The pairs are fixed for the process's life (no config reload); the engine puts this copy's
     // probe verdicts into the record as they change.

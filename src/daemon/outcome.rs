@@ -150,11 +150,7 @@ impl Engine {
         match result {
             Ok(applied) => {
                 let actual = self.slices.slices_of(target);
-                let source = state
-                    .phase
-                    .source()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
+                let source = crate::source::describe(state.phase.sources());
                 if state.synced_at.is_none() {
                     state.legacy.touch();
                 }

@@ -18,20 +18,21 @@ use crate::names::ServiceRef;
 use crate::nodes::NodeIndex;
 use crate::probe::Spec;
 use crate::probe::quorum::{self, Count, Decision};
+use crate::source::Source;
 
 /// What the engine does with a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
-    /// Mirrored: the target's slices follow the source's.
+    /// Mirrored: the target's slices are the union of its sources'.
     Active {
-        /// The Service whose slices are copied.
-        source: ServiceRef,
+        /// Where the endpoints come from.
+        sources: Vec<Source>,
     },
     /// Was active and is refused now (bad annotation, cycle, selector): nothing is written, its
     /// slices stay exactly as they are until the refusal is fixed or the pair removed.
     Refused {
-        /// The source it had while active.
-        source: ServiceRef,
+        /// The sources it had while active.
+        sources: Vec<Source>,
     },
     /// Removed (config, annotation or target gone), or found by the orphan scan: its slices are
     /// deleted once a fresh read of the target confirms it and no live member of the copier group
@@ -40,12 +41,19 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// The source, while the pair has one.
-    pub fn source(&self) -> Option<&ServiceRef> {
+    /// The sources, while the pair has them.
+    pub fn sources(&self) -> &[Source] {
         match self {
-            Phase::Active { source } | Phase::Refused { source } => Some(source),
-            Phase::Retired => None,
+            Phase::Active { sources } | Phase::Refused { sources } => sources,
+            Phase::Retired => &[],
         }
+    }
+
+    /// Whether the pair reads the Service `service` of this cluster.
+    pub fn reads(&self, service: &ServiceRef) -> bool {
+        self.sources()
+            .iter()
+            .any(|s| s.local_service() == Some(service))
     }
 }
 
@@ -80,6 +88,8 @@ pub struct PairState {
     pub derive: bool,
     /// What the Nodes did to the target at the last plan, as last reported.
     pub nodes: NodeOutcome,
+    /// The sources failing at the last plan, with why, as last reported.
+    pub sources_failing: BTreeMap<Source, String>,
 }
 
 impl PairState {
@@ -99,6 +109,7 @@ impl PairState {
             probe: None,
             derive: false,
             nodes: NodeOutcome::default(),
+            sources_failing: BTreeMap::new(),
         }
     }
 
@@ -118,9 +129,9 @@ pub fn derives(pair: &crate::pairs::Pair, config: &[crate::config::PairConfig]) 
     match pair.origin {
         crate::pairs::Origin::Config => config
             .iter()
-            .find(|p| p.target == pair.target && p.source == pair.source)
+            .find(|p| p.target == pair.target && p.sources == pair.sources)
             .is_some_and(|p| p.derive_families),
-        crate::pairs::Origin::Annotation => crate::config::derive_families_default(&pair.source),
+        crate::pairs::Origin::Annotation => crate::config::derive_families_default(&pair.sources),
     }
 }
 
@@ -136,6 +147,8 @@ pub struct Step {
     pub decision: Option<Decision>,
     /// What the Nodes did (the plan already carries it).
     pub nodes: NodeOutcome,
+    /// Sources that had nothing to give: their slices in the target are kept as they are.
+    pub held: Vec<(Source, Hold)>,
 }
 
 /// The Nodes as one plan sees them: the index, the leader's wall clock (drain expiry) and
@@ -171,12 +184,82 @@ pub struct NodeOutcome {
     pub withheld: Withheld,
 }
 
+/// What a source gives now, as the engine's caches (or `check`'s reads) say: a Service's
+/// slices here or in its cluster; `Err` when it has nothing to give (never read, its Service
+/// missing there). Static sources are not asked: [`plan_for`] makes their slices.
+pub type Read<'a> = dyn Fn(&Source) -> Result<Vec<EndpointSlice>, Hold> + 'a;
+
+/// Each source of a pair with what it gives now (its slices, or why it has none).
+pub type Prepared = Vec<(Source, Result<Vec<EndpointSlice>, Hold>)>;
+
+/// Each source of a pair with its slices for target Service `svc`, after the Node facts: a
+/// Service of this cluster gets nodeName, zone and (when `derive`) the missing family; static
+/// addresses get nodeName and zone. A remote Service's endpoints are another cluster's, which
+/// this cluster's Nodes cannot tell anything about.
+pub fn prepare(
+    sources: &[Source],
+    target: &ServiceRef,
+    svc: &Service,
+    read: &Read<'_>,
+    nodes: Option<&NodeView<'_>>,
+) -> (Prepared, Vec<Gap>) {
+    let mut gaps = Vec::new();
+    let prepared = sources
+        .iter()
+        .map(|source| {
+            let slices = match source {
+                Source::Static(s) => Ok(desired::union::static_slices(s, svc)),
+                other => read(other),
+            };
+            let slices = slices.map(|slices| match (nodes, source) {
+                (Some(view), Source::Service(service)) => {
+                    let with =
+                        desired::nodes::with_nodes(service, svc, &slices, view.index, view.derive);
+                    gaps.extend(with.gaps);
+                    with.slices
+                }
+                (Some(view), Source::Static(_)) => {
+                    desired::nodes::with_nodes(target, svc, &slices, view.index, false).slices
+                }
+                _ => slices,
+            });
+            (source.clone(), slices)
+        })
+        .collect();
+    (prepared, gaps)
+}
+
+/// What a pair probing with `spec` probes: the ready endpoints of every source that gave some,
+/// each with the port of its slice. Static addresses must be seen up before they count as ready
+/// (kubelet's readiness starts at failure); a Service's endpoints are ready until seen down.
+pub fn candidates(
+    spec: &Spec,
+    target: &ServiceRef,
+    svc: &Service,
+    prepared: &Prepared,
+) -> Vec<quorum::Candidate> {
+    prepared
+        .iter()
+        .filter_map(|(source, slices)| Some((source, slices.as_ref().ok()?)))
+        .flat_map(|(source, slices)| {
+            let (of, needs_up) = match source {
+                Source::Service(s) => (s, false),
+                Source::Remote(r) => (&r.service, false),
+                Source::Static(_) => (target, true),
+            };
+            quorum::candidates(spec, desired::probed_endpoints(of, svc, slices), needs_up)
+        })
+        .collect()
+}
+
 /// What to write for the target `target` in `phase`, from the caches: the Service objects kept
-/// by the watch, the source's slices and the target's slices (`actual`, every manager's). A pair
-/// that probes passes its probe and the ballots counted now: endpoints a majority sees down are
-/// written `ready: false, serving: false`. With the Nodes, endpoints get `nodeName` and zone, a
-/// missing family is derived (`desired::nodes::with_nodes`) and endpoints on drained Nodes are
-/// written not ready too — never the last ready one of a family (`desired::nodes::withhold`).
+/// by the watch, what each source gives (`read`) and the target's slices (`actual`, every
+/// manager's). The target gets the union of the sources (`desired::union`): a source with
+/// nothing to give keeps its slices as they are. A pair that probes passes its probe and the
+/// ballots counted now: endpoints a majority sees down (static ones: not seen up) are written
+/// `ready: false, serving: false`. With the Nodes, endpoints get `nodeName` and zone, a missing
+/// family is derived (`desired::nodes::with_nodes`) and endpoints on drained Nodes are written
+/// not ready too — never the last ready one of a family (`desired::nodes::withhold`).
 ///
 /// # Errors
 /// A [`Hold`] when nothing may be written now (fail-static: the target keeps what it has).
@@ -184,7 +267,7 @@ pub fn plan_for(
     phase: &Phase,
     target: &ServiceRef,
     services: &BTreeMap<ServiceRef, Service>,
-    source_slices: &[EndpointSlice],
+    read: &Read<'_>,
     actual: &[EndpointSlice],
     owner: &Owner,
     facts: &Facts<'_>,
@@ -194,36 +277,29 @@ pub fn plan_for(
         clears_target: true,
         decision: None,
         nodes: NodeOutcome::default(),
+        held: Vec::new(),
     };
     match phase {
         Phase::Retired => Ok(clear()),
         // The target Service is gone: the garbage collector removes our slices through their
         // ownerReference; we remove them too (after a fresh read), so nothing waits on it.
         Phase::Active { .. } if !services.contains_key(target) => Ok(clear()),
-        Phase::Active { source } => {
+        Phase::Active { sources } => {
             let svc = services.get(target).ok_or(Hold::TargetMissing)?;
             let mut outcome = NodeOutcome::default();
-            let augmented;
-            let source_slices = match &facts.nodes {
-                Some(view) => {
-                    let with = desired::nodes::with_nodes(
-                        source,
-                        svc,
-                        source_slices,
-                        view.index,
-                        view.derive,
-                    );
-                    outcome.gaps = with.gaps;
-                    augmented = with.slices;
-                    &augmented[..]
-                }
-                None => source_slices,
-            };
-            let mut want = desired::desired(source, target, svc, source_slices, owner)?;
+            let (prepared, gaps) = prepare(sources, target, svc, read, facts.nodes.as_ref());
+            outcome.gaps = gaps;
+            let inputs: Vec<desired::union::Input<'_>> = prepared
+                .iter()
+                .map(|(source, slices)| desired::union::Input {
+                    source,
+                    slices: slices.as_deref().map_err(|h| *h),
+                })
+                .collect();
+            let union = desired::union::union(target, svc, &inputs, actual, owner)?;
+            let mut want = union.slices;
             let mut decision = facts.probe.map(|(spec, count)| {
-                let candidates =
-                    quorum::candidates(spec, desired::probed_endpoints(source, svc, source_slices));
-                quorum::decide(&candidates, count)
+                quorum::decide(&candidates(spec, target, svc, &prepared), count)
             });
             let evicted = decision
                 .as_ref()
@@ -248,6 +324,7 @@ pub fn plan_for(
                 clears_target: false,
                 decision,
                 nodes: outcome,
+                held: union.held,
             })
         }
         Phase::Refused { .. } => Err(Hold::Refused),
@@ -289,13 +366,13 @@ mod tests {
     fn an_active_pair_without_source_slices_holds() {
         let services = BTreeMap::from([(r("default/kubernetes-vip"), vip())]);
         let phase = Phase::Active {
-            source: r("default/kubernetes"),
+            sources: vec![Source::Service(r("default/kubernetes"))],
         };
         let got = plan_for(
             &phase,
             &r("default/kubernetes-vip"),
             &services,
-            &[],
+            &|_: &Source| Ok(Vec::new()),
             &[],
             &owner(),
             &Facts::default(),
@@ -307,14 +384,14 @@ mod tests {
     fn a_refused_pair_is_held_and_a_retired_or_targetless_one_clears_after_confirmation() {
         let target = r("default/kubernetes-vip");
         let refused = Phase::Refused {
-            source: r("default/kubernetes"),
+            sources: vec![Source::Service(r("default/kubernetes"))],
         };
         assert_eq!(
             plan_for(
                 &refused,
                 &target,
                 &BTreeMap::new(),
-                &[],
+                &|_: &Source| Ok(Vec::new()),
                 &[],
                 &owner(),
                 &Facts::default()
@@ -325,20 +402,20 @@ mod tests {
             &Phase::Retired,
             &target,
             &BTreeMap::new(),
-            &[],
+            &|_: &Source| Ok(Vec::new()),
             &[],
             &owner(),
             &Facts::default(),
         );
         assert!(retired.is_ok_and(|s| s.clears_target));
         let active = Phase::Active {
-            source: r("default/kubernetes"),
+            sources: vec![Source::Service(r("default/kubernetes"))],
         };
         let gone = plan_for(
             &active,
             &target,
             &BTreeMap::new(),
-            &[],
+            &|_: &Source| Ok(Vec::new()),
             &[],
             &owner(),
             &Facts::default(),
@@ -377,7 +454,7 @@ mod tests {
         use crate::probe::{Target, Verdict};
         let services = BTreeMap::from([(r("default/kubernetes-vip"), vip())]);
         let phase = Phase::Active {
-            source: r("default/kubernetes"),
+            sources: vec![Source::Service(r("default/kubernetes"))],
         };
         let source = [apiserver_slice(&[
             "198.51.100.1",
@@ -400,7 +477,7 @@ mod tests {
             &phase,
             &r("default/kubernetes-vip"),
             &services,
-            &source,
+            &|_: &Source| Ok(source.to_vec()),
             &[],
             &owner(),
             &Facts {
@@ -437,7 +514,7 @@ mod tests {
             &phase,
             &r("default/kubernetes-vip"),
             &services,
-            &source,
+            &|_: &Source| Ok(source.to_vec()),
             &[],
             &owner(),
             &Facts::default(),

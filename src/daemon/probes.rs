@@ -18,11 +18,10 @@ use crate::desired;
 use crate::events::EventReason;
 use crate::group::MemberRecord;
 use crate::names::ServiceRef;
-use crate::probe::quorum::{self, Ballot, Count, Decision};
+use crate::probe::Spec;
+use crate::probe::quorum::{Ballot, Count, Decision};
 use crate::probe::{Report, Target, Verdict};
-
-/// A ready source endpoint as the probes see it: its address and its slice's port.
-type ProbedEndpoint = (std::net::IpAddr, Option<u16>);
+use crate::source::Source;
 
 /// This copy's verdict on one target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,35 +78,48 @@ impl Engine {
     /// endpoints are read once per call and per set of served families, not once per pair.
     pub(super) fn reprobe(&mut self) {
         let mut wanted = BTreeSet::new();
-        let mut endpoints: BTreeMap<(&ServiceRef, Vec<String>, bool), Vec<ProbedEndpoint>> =
-            BTreeMap::new();
+        // Static addresses take their port from the target Service, so a pair with some is
+        // listed on its own; pairs reading only Services share their sources' listing.
+        type Key<'a> = (
+            &'a [Source],
+            Vec<String>,
+            bool,
+            &'a Spec,
+            Option<&'a ServiceRef>,
+        );
+        let mut listed: BTreeSet<Key<'_>> = BTreeSet::new();
         for (target, state) in &self.pairs {
-            let (Phase::Active { source }, Some(spec)) = (&state.phase, &state.probe) else {
+            let (Phase::Active { sources }, Some(spec)) = (&state.phase, &state.probe) else {
                 continue;
             };
             let Some(svc) = self.services.objects().get(target) else {
                 continue;
             };
-            let families = desired::served_families(svc);
-            let listed = endpoints
-                .entry((source, families, state.derive))
-                .or_insert_with(|| {
-                    let mut slices = self.slices.slices_of(source);
-                    // Derived endpoints are probed on their own address, as the plan counts them.
-                    if let Some(view) = self.node_view(state.derive) {
-                        slices = desired::nodes::with_nodes(
-                            source,
-                            svc,
-                            &slices,
-                            view.index,
-                            view.derive,
-                        )
-                        .slices;
-                    }
-                    desired::probed_endpoints(source, svc, &slices)
-                });
+            let own = sources
+                .iter()
+                .any(|s| matches!(s, Source::Static(_)))
+                .then_some(target);
+            let key = (
+                sources.as_slice(),
+                desired::served_families(svc),
+                state.derive,
+                spec,
+                own,
+            );
+            if !listed.insert(key) {
+                continue;
+            }
+            // Derived endpoints are probed on their own address, as the plan counts them.
+            let view = self.node_view(state.derive);
+            let (prepared, _) = super::pair::prepare(
+                sources,
+                target,
+                svc,
+                &|source| self.read_source(source),
+                view.as_ref(),
+            );
             wanted.extend(
-                quorum::candidates(spec, listed.iter().copied())
+                super::pair::candidates(spec, target, svc, &prepared)
                     .into_iter()
                     .filter_map(|c| c.target),
             );

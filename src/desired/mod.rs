@@ -165,8 +165,22 @@ pub fn desired(
     source_slices: &[EndpointSlice],
     owner: &Owner,
 ) -> Result<Vec<EndpointSlice>, Hold> {
-    let spec = target.spec.as_ref();
-    if spec
+    let uid = writable_target(target)?;
+    let slices: Vec<&EndpointSlice> = source_slices
+        .iter()
+        .filter(|s| belongs_to(s, source))
+        .collect();
+    copy_slices(&source.name, slices, target_ref, target, uid, owner)
+}
+
+/// The uid of `target` when slices may be written for it.
+///
+/// # Errors
+/// [`Hold::TargetHasSelector`], [`Hold::TargetMissing`] (being deleted), [`Hold::TargetHasNoUid`].
+pub(super) fn writable_target(target: &Service) -> Result<&str, Hold> {
+    if target
+        .spec
+        .as_ref()
         .and_then(|s| s.selector.as_ref())
         .is_some_and(|sel| !sel.is_empty())
     {
@@ -175,15 +189,23 @@ pub fn desired(
     if target.metadata.deletion_timestamp.is_some() {
         return Err(Hold::TargetMissing);
     }
-    let uid = match target.metadata.uid.as_deref() {
-        Some(uid) if !uid.is_empty() => uid,
-        _ => return Err(Hold::TargetHasNoUid),
-    };
+    match target.metadata.uid.as_deref() {
+        Some(uid) if !uid.is_empty() => Ok(uid),
+        _ => Err(Hold::TargetHasNoUid),
+    }
+}
 
-    let mut slices: Vec<&EndpointSlice> = source_slices
-        .iter()
-        .filter(|s| belongs_to(s, source))
-        .collect();
+/// [`desired`]'s copy, for the slices of one source already known to be its own: one target
+/// slice per slice whose family the target serves, named by [`target_slice_name`] from
+/// `source_name`.
+pub(super) fn copy_slices(
+    source_name: &str,
+    mut slices: Vec<&EndpointSlice>,
+    target_ref: &ServiceRef,
+    target: &Service,
+    uid: &str,
+    owner: &Owner,
+) -> Result<Vec<EndpointSlice>, Hold> {
     if slices.is_empty() {
         return Err(Hold::NoSourceSlices);
     }
@@ -206,13 +228,17 @@ pub fn desired(
         return Err(Hold::NoEndpoints);
     }
 
-    let service_ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+    let service_ports = target
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or_default();
     let owner_ref = owner_reference(target_ref, uid);
     let mut used = BTreeSet::new();
     let mut out = Vec::with_capacity(slices.len());
     for slice in slices {
         let source_slice = slice.metadata.name.as_deref().unwrap_or_default();
-        let mut name = target_slice_name(&source.name, source_slice, &target_ref.name);
+        let mut name = target_slice_name(source_name, source_slice, &target_ref.name);
         // Two source slices could map to one name only through a hash collision or a source slice
         // literally named `<source>-<8 hex digits>`; salt the hash until the name is free.
         let mut salt = 0u32;
@@ -455,7 +481,7 @@ pub(super) fn sort_endpoints(endpoints: &mut [Endpoint]) {
 
 /// True when `slice` may be one of the source Service's slices: no explicit namespace or
 /// service-name label that says otherwise.
-fn belongs_to(slice: &EndpointSlice, source: &ServiceRef) -> bool {
+pub(super) fn belongs_to(slice: &EndpointSlice, source: &ServiceRef) -> bool {
     slice
         .metadata
         .namespace
@@ -465,8 +491,36 @@ fn belongs_to(slice: &EndpointSlice, source: &ServiceRef) -> bool {
 }
 
 /// The value of label `key`, if set.
-fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+pub(super) fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Why the EndpointSlice API refuses `address` as an endpoint address (kube-apiserver's
+/// `ValidateEndpointIP`, pkg/apis/core/validation: unspecified, loopback, link-local,
+/// link-local multicast), or `None` when it accepts it. An IPv4-mapped IPv6 address is refused
+/// too: it belongs in an IPv4 slice, written as IPv4.
+pub fn unusable_endpoint_address(address: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    match address {
+        IpAddr::V4(a) if a.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V4(a) if a.is_loopback() => Some("a loopback address (127.0.0.0/8)"),
+        IpAddr::V4(a) if a.is_link_local() => Some("a link-local address (169.254.0.0/16)"),
+        IpAddr::V4(a) if a.octets()[..3] == [224, 0, 0] => {
+            Some("a link-local multicast address (224.0.0.0/24)")
+        }
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address (write it as IPv4)")
+        }
+        IpAddr::V6(a) if a.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(a) if a.is_loopback() => Some("the loopback address (::1)"),
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
+            Some("a link-local address (fe80::/10)")
+        }
+        IpAddr::V6(a) if a.segments()[0] & 0xff0f == 0xff02 => {
+            Some("a link-local multicast address (ff02::/16)")
+        }
+        _ => None,
+    }
 }
 
 /// `conditions.ready != false`: absent means ready.
@@ -481,6 +535,7 @@ pub fn is_ready(endpoint: &Endpoint) -> bool {
 pub mod nodes;
 mod owner;
 mod plan;
+pub mod union;
 pub use owner::{ForeignSlice, Manager, Owner, foreign_slices, manager_of};
 pub use plan::{Plan, SliceDelete, plan};
 

@@ -133,10 +133,10 @@ pub fn node_of_host<'a>(nodes: &'a [Node], host: &str) -> Option<&'a Node> {
 
 /// The targets of the pairs `config` and the annotated `services` give (refused pairs left out).
 pub fn targets_of(config: &Config, services: &[Service]) -> BTreeSet<ServiceRef> {
-    let configured: Vec<(ServiceRef, ServiceRef)> = config
+    let configured: Vec<(Vec<crate::source::Source>, ServiceRef)> = config
         .pairs
         .iter()
-        .map(|p| (p.source.clone(), p.target.clone()))
+        .map(|p| (p.sources.clone(), p.target.clone()))
         .collect();
     let mut known: BTreeMap<ServiceRef, Service> = BTreeMap::new();
     for svc in services {

@@ -122,11 +122,7 @@ pub async fn check_report(config: &Config) -> Result<Report, Error> {
     };
     let refs = match &resolved {
         Some(r) => r.pair_refs(),
-        None => config
-            .pairs
-            .iter()
-            .map(|p| (p.source.clone(), p.target.clone()))
-            .collect(),
+        None => pairs::local_refs(config.pairs.iter().map(|p| (&p.sources, &p.target))),
     };
     let wanted = permissions::wanted(&refs, &config.lease.namespace, config.annotations.enabled);
     report.permissions = permissions::ask(&client, wanted).await?;
@@ -369,7 +365,7 @@ async fn members_into(
             .pairs
             .iter()
             .map(|p| ConfiguredPair {
-                source: p.source.to_string(),
+                source: p.record_source().to_string(),
                 target: p.target.to_string(),
             })
             .collect();

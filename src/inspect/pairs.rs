@@ -14,10 +14,11 @@ use super::Error;
 use super::report::{EndpointReport, ForeignReport, PairReport, RefusalReport, VipReport};
 use crate::config::Config;
 use crate::daemon::pair::{Facts, NodeOutcome, NodeView, Phase, plan_for};
-use crate::desired::{self, ForeignSlice, Owner, manager_of};
+use crate::desired::{self, ForeignSlice, Hold, Owner, manager_of};
 use crate::names::{self, ServiceRef};
 use crate::pairs::{self, Resolution};
-use crate::probe::quorum::{self, Candidate, Count, Decision};
+use crate::probe::quorum::{Candidate, Count, Decision};
+use crate::source::{RemoteSource, Source};
 
 /// The managed-by value of kube-controller-manager's endpointslice-mirroring controller.
 const MIRRORING_CONTROLLER: &str = "endpointslicemirroring-controller.k8s.io";
@@ -39,14 +40,33 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// The active pairs as `(source, target)`.
+    /// The active pairs as `(source, target)`, one per Service of this cluster a pair reads
+    /// (`(target, target)` for a pair that reads none here): what the daemon reads and writes in
+    /// this cluster, for the permissions.
     pub fn pair_refs(&self) -> Vec<(ServiceRef, ServiceRef)> {
-        self.resolution
-            .pairs
-            .iter()
-            .map(|p| (p.source.clone(), p.target.clone()))
-            .collect()
+        local_refs(
+            self.resolution
+                .pairs
+                .iter()
+                .map(|p| (&p.sources, &p.target)),
+        )
     }
+}
+
+/// `(source, target)` per Service of this cluster each pair reads, `(target, target)` for a pair
+/// reading none here.
+pub fn local_refs<'a>(
+    pairs: impl IntoIterator<Item = (&'a Vec<Source>, &'a ServiceRef)>,
+) -> Vec<(ServiceRef, ServiceRef)> {
+    let mut out = Vec::new();
+    for (sources, target) in pairs {
+        let local: Vec<&ServiceRef> = sources.iter().filter_map(Source::local_service).collect();
+        if local.is_empty() {
+            out.push((target.clone(), target.clone()));
+        }
+        out.extend(local.into_iter().map(|s| (s.clone(), target.clone())));
+    }
+    out
 }
 
 /// Lists the Services and resolves the pairs exactly as the engine does.
@@ -62,10 +82,10 @@ pub async fn resolve(client: &Client, config: &Config) -> Result<Resolved, Error
             what: "list Services".into(),
             source,
         })?;
-    let configured: Vec<(ServiceRef, ServiceRef)> = config
+    let configured: Vec<(Vec<Source>, ServiceRef)> = config
         .pairs
         .iter()
-        .map(|p| (p.source.clone(), p.target.clone()))
+        .map(|p| (p.sources.clone(), p.target.clone()))
         .collect();
     let mut known: BTreeMap<ServiceRef, Service> = BTreeMap::new();
     for svc in list.items {
@@ -146,12 +166,23 @@ pub async fn inspect(
         })
         .collect();
     let mut reports = Vec::new();
+    let mut remote_clients: BTreeMap<std::path::PathBuf, Option<Client>> = BTreeMap::new();
     for pair in &resolved.resolution.pairs {
-        let source_slices = slices_of(client, &pair.source).await?;
+        let mut read: BTreeMap<Source, Result<Vec<EndpointSlice>, Hold>> = BTreeMap::new();
+        for source in &pair.sources {
+            let slices = match source {
+                Source::Service(service) => Ok(slices_of(client, service).await?),
+                Source::Remote(r) => {
+                    remote_slices(r, config.allow_insecure_tls, timeout, &mut remote_clients).await
+                }
+                Source::Static(_) => continue,
+            };
+            read.insert(source.clone(), slices);
+        }
         let actual = slices_of(client, &pair.target).await?;
         // The engine's own decision, from the same inputs.
         let phase = Phase::Active {
-            source: pair.source.clone(),
+            sources: pair.sources.clone(),
         };
         let probe = pairs::probe_of(pair, &config.pairs, &resolved.known);
         let derive = crate::daemon::pair::derives(pair, &config.pairs);
@@ -164,7 +195,11 @@ pub async fn inspect(
             &phase,
             &pair.target,
             &resolved.known,
-            &source_slices,
+            &|source| {
+                read.get(source)
+                    .cloned()
+                    .unwrap_or(Err(Hold::NoSourceSlices))
+            },
             &actual,
             owner,
             &Facts {
@@ -187,20 +222,34 @@ pub async fn inspect(
             ),
         };
         // The probes cover derived endpoints too, as the daemon's do.
-        let source_slices = match (&view, resolved.known.get(&pair.target)) {
-            (Some(v), Some(svc)) => {
-                desired::nodes::with_nodes(&pair.source, svc, &source_slices, v.index, derive)
-                    .slices
-            }
-            _ => source_slices,
+        let (prepared, _) = match resolved.known.get(&pair.target) {
+            Some(svc) => crate::daemon::pair::prepare(
+                &pair.sources,
+                &pair.target,
+                svc,
+                &|source| {
+                    read.get(source)
+                        .cloned()
+                        .unwrap_or(Err(Hold::NoSourceSlices))
+                },
+                view.as_ref(),
+            ),
+            None => (Vec::new(), Vec::new()),
         };
+        let source_slices: Vec<EndpointSlice> = prepared
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flatten()
+            .cloned()
+            .collect();
         let mut vip = Vec::new();
         if let (Some(prober), Some(spec), Some(svc)) =
             (vip_prober, &probe, resolved.known.get(&pair.target))
         {
-            let source_port = desired::probed_endpoints(&pair.source, svc, &source_slices)
+            let source_port = crate::daemon::pair::candidates(spec, &pair.target, svc, &prepared)
                 .first()
-                .and_then(|(_, port)| *port);
+                .and_then(|c| c.target.as_ref().map(|t| t.port))
+                .or(spec.port);
             for target in vip_targets(svc, spec, source_port) {
                 let mut session = crate::probe::Session::new(prober.clone(), target.clone());
                 let outcome = session.probe(timeout).await;
@@ -212,13 +261,12 @@ pub async fn inspect(
             }
         }
         let endpoints = match (&probe, decision, resolved.known.get(&pair.target)) {
-            (Some(spec), Some(decision), Some(svc)) => quorum::candidates(
-                spec,
-                desired::probed_endpoints(&pair.source, svc, &source_slices),
-            )
-            .into_iter()
-            .map(|c| endpoint_report(&c, &decision, count))
-            .collect(),
+            (Some(spec), Some(decision), Some(svc)) => {
+                crate::daemon::pair::candidates(spec, &pair.target, svc, &prepared)
+                    .into_iter()
+                    .map(|c| endpoint_report(&c, &decision, count))
+                    .collect()
+            }
             _ => Vec::new(),
         };
         let mut lines = Vec::new();
@@ -247,7 +295,7 @@ pub async fn inspect(
             .collect();
         reports.push(PairReport {
             target: pair.target.to_string(),
-            source: pair.source.to_string(),
+            source: crate::source::describe(&pair.sources),
             origin: pair.origin.to_string(),
             source_endpoints: desired::ready_endpoints(&source_slices),
             target_endpoints: desired::ready_endpoints(&ours),
@@ -398,6 +446,36 @@ pub fn foreign_line(pair: &PairReport, f: &ForeignReport) -> String {
         "EndpointSlice {} on {} is managed by {}, not by this copier group, and adds {adds} to the target: {}",
         f.name, pair.target, f.manager, f.fix
     )
+}
+
+/// A remote source's slices, read through a client of its kubeconfig (built once per file,
+/// bounded by `timeout`); nothing to give when the cluster cannot be read — `check` reports why
+/// through `remote::check`.
+async fn remote_slices(
+    r: &RemoteSource,
+    allow_insecure_tls: bool,
+    timeout: std::time::Duration,
+    clients: &mut BTreeMap<std::path::PathBuf, Option<Client>>,
+) -> Result<Vec<EndpointSlice>, Hold> {
+    if !clients.contains_key(&r.kubeconfig) {
+        let built = tokio::time::timeout(
+            timeout,
+            crate::client::build(&r.kubeconfig, allow_insecure_tls),
+        )
+        .await;
+        let client = match built {
+            Ok(Ok(loaded)) => Some(loaded.client),
+            _ => None,
+        };
+        clients.insert(r.kubeconfig.clone(), client);
+    }
+    let Some(Some(client)) = clients.get(&r.kubeconfig) else {
+        return Err(Hold::NoSourceSlices);
+    };
+    match tokio::time::timeout(timeout, slices_of(client, &r.service)).await {
+        Ok(Ok(slices)) if !slices.is_empty() => Ok(slices),
+        _ => Err(Hold::NoSourceSlices),
+    }
 }
 
 async fn slices_of(client: &Client, service: &ServiceRef) -> Result<Vec<EndpointSlice>, Error> {

@@ -65,6 +65,13 @@ struct WriteLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    pair: String,
+    source: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PairLabels {
     pair: String,
 }
@@ -104,6 +111,7 @@ pub struct Metrics {
     evictions: Family<PairLabels, Counter>,
     evicted: Family<PairLabels, Gauge>,
     drained: Family<PairLabels, Gauge>,
+    source_up: Family<SourceLabels, Gauge>,
     time_to_evict: Histogram,
     probe_duration: Family<ProbeLabels, Histogram>,
     probes: Family<ProbeLabels, Counter>,
@@ -212,6 +220,12 @@ impl Metrics {
             "Endpoints marked not ready because their Node is drained (endpoint-copier/drain), by pair (leader only)",
             drained.clone(),
         );
+        let source_up = Family::default();
+        registry.register(
+            "source_up",
+            "1 while a source of a pair gives its endpoints, 0 while it fails (its last endpoints are kept in the target), by pair and source (leader only)",
+            source_up.clone(),
+        );
         // 100 ms to ~100 s: the goal is under 2 s; the tail shows a slow quorum or a slow Lease.
         let time_to_evict = Histogram::new(exponential_buckets(0.1, 2.0, 11));
         registry.register_with_unit(
@@ -242,6 +256,7 @@ impl Metrics {
             evictions,
             evicted,
             drained,
+            source_up,
             time_to_evict,
             probe_duration,
             probes,
@@ -323,6 +338,18 @@ impl Metrics {
                 pair: pair.to_owned(),
             })
             .set(saturating_i64(n));
+    }
+
+    /// Sets `endpoint_copier_source_up{pair, source, kind}` (`kind`: `service`, `remote`,
+    /// `static`).
+    pub fn set_source_up(&self, pair: &str, source: &str, kind: &'static str, up: bool) {
+        self.source_up
+            .get_or_create(&SourceLabels {
+                pair: pair.to_owned(),
+                source: source.to_owned(),
+                kind,
+            })
+            .set(i64::from(up));
     }
 
     /// Sets `endpoint_copier_drained_endpoints{pair}`.

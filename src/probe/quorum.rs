@@ -8,6 +8,8 @@
 //! - an endpoint is evicted when a strict majority of the counted ballots see it down: a ballot
 //!   silent on it counts as not down, so a minority — or copies that do not probe it yet — never
 //!   evicts; with one counted ballot, that copy's view decides;
+//! - a static address must be seen up before it is ready (kubelet's readiness starts at
+//!   failure): it is evicted unless a strict majority of the counted ballots see it up;
 //! - fail-static: if that would leave a target with no ready endpoint, the endpoint with the
 //!   fewest down votes (then the lowest address) stays ready. Probes never blank a VIP.
 
@@ -90,6 +92,11 @@ impl Count {
     pub fn majority_down(&self, target: &Target) -> bool {
         2 * self.down(target) > self.counted.len()
     }
+
+    /// Whether a strict majority of the counted ballots see `target` up.
+    pub fn majority_up(&self, target: &Target) -> bool {
+        2 * self.votes.get(target).map_or(0, |v| v.up.len()) > self.counted.len()
+    }
 }
 
 /// One ready endpoint of a pair's source, and what probes it (`None`: nothing can, e.g. no port).
@@ -99,19 +106,25 @@ pub struct Candidate {
     pub address: IpAddr,
     /// Its probe target.
     pub target: Option<Target>,
+    /// Whether it is ready only once seen up (a static address, kubelet's initial failure)
+    /// rather than until seen down (a Service's endpoint, which its source says is ready).
+    pub needs_up: bool,
 }
 
 /// The candidates of a pair that probes with `spec`, from its ready source endpoints as
-/// `desired::probed_endpoints` lists them (address, port of its slice).
+/// `desired::probed_endpoints` lists them (address, port of its slice); `needs_up` for static
+/// addresses.
 pub fn candidates(
     spec: &super::Spec,
     endpoints: impl IntoIterator<Item = (IpAddr, Option<u16>)>,
+    needs_up: bool,
 ) -> Vec<Candidate> {
     endpoints
         .into_iter()
         .map(|(address, port)| Candidate {
             address,
             target: super::spec::target(spec, address, port),
+            needs_up,
         })
         .collect()
 }
@@ -119,7 +132,8 @@ pub fn candidates(
 /// What the quorum decided for one pair's endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Decision {
-    /// Addresses to write with `ready: false, serving: false`.
+    /// Addresses to write with `ready: false, serving: false` (a static address not yet seen up
+    /// by a majority included).
     pub evicted: BTreeSet<IpAddr>,
     /// An address a majority sees down but kept ready because it is the last one (fail-static).
     pub spared: Option<IpAddr>,
@@ -135,7 +149,10 @@ pub fn decide(candidates: &[Candidate], count: &Count) -> Decision {
     let mut down: BTreeMap<IpAddr, (bool, usize)> = BTreeMap::new();
     for c in candidates {
         let (majority, votes) = match &c.target {
+            Some(t) if c.needs_up => (!count.majority_up(t), count.down(t)),
             Some(t) => (count.majority_down(t), count.down(t)),
+            // Nothing can probe it (no port): a Service's endpoint stays as its source says;
+            // a static address is as ready as without a probe.
             None => (false, 0),
         };
         let entry = down.entry(c.address).or_insert((true, usize::MAX));
@@ -183,7 +200,46 @@ mod tests {
         Candidate {
             address: IpAddr::from([198, 51, 100, last]),
             target: Some(target(last)),
+            needs_up: false,
         }
+    }
+
+    fn fixed(last: u8) -> Candidate {
+        Candidate {
+            needs_up: true,
+            ..candidate(last)
+        }
+    }
+
+    #[test]
+    fn a_static_address_is_ready_only_once_a_majority_sees_it_up() {
+        // Three copies: n1 and n2 see .1 up, only n1 sees .2 up, nobody has probed .3 yet.
+        let (a, b, c) = (view(&[], &[1, 2]), view(&[], &[1]), view(&[], &[]));
+        let ballots = [
+            Ballot {
+                voter: "n1",
+                live: true,
+                verdicts: &a,
+            },
+            Ballot {
+                voter: "n2",
+                live: true,
+                verdicts: &b,
+            },
+            Ballot {
+                voter: "n3",
+                live: true,
+                verdicts: &c,
+            },
+        ];
+        let d = decide(&[fixed(1), fixed(2), fixed(3)], &Count::of(&ballots));
+        assert_eq!(d.evicted, BTreeSet::from([ip(2), ip(3)]));
+        // Before any verdict, one of them is spared all the same: probes never blank a target.
+        let none = decide(&[fixed(1), fixed(2)], &Count::of(&[]));
+        assert_eq!(
+            (none.evicted, none.spared),
+            (BTreeSet::from([ip(2)]), Some(ip(1)))
+        );
     }
 
     fn view(down: &[u8], up: &[u8]) -> BTreeMap<Target, Verdict> {
@@ -364,6 +420,7 @@ mod tests {
         let unprobed = Candidate {
             address: ip(1),
             target: None,
+            needs_up: false,
         };
         let got = decide(&[unprobed, candidate(2)], &Count::of(&ballots));
         assert!(got.evicted.is_empty());
@@ -397,7 +454,13 @@ mod tests {
     }
 
     fn arb_candidates() -> impl Strategy<Value = Vec<Candidate>> {
-        proptest::collection::vec((1u8..6).prop_map(candidate), 1..6)
+        proptest::collection::vec(
+            ((1u8..6), any::<bool>()).prop_map(|(l, needs_up)| Candidate {
+                needs_up,
+                ..candidate(l)
+            }),
+            1..6,
+        )
     }
 
     proptest! {
@@ -414,7 +477,8 @@ mod tests {
             for a in decide(&c, &count).evicted {
                 let t = c.iter().find(|c| c.address == a).and_then(|c| c.target.clone());
                 let t = t.expect("an evicted endpoint has a target");
-                prop_assert!(2 * count.down(&t) > count.counted.len());
+                let needs_up = c.iter().filter(|c| c.address == a).all(|c| c.needs_up);
+                prop_assert!(needs_up || 2 * count.down(&t) > count.counted.len());
             }
         }
 

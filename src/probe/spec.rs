@@ -20,6 +20,15 @@ pub fn default_for(source: &ServiceRef) -> Option<Spec> {
     (source.namespace == APISERVER_SOURCE.0 && source.name == APISERVER_SOURCE.1).then(Spec::readyz)
 }
 
+/// What a pair reading `sources` probes when its config says nothing: the apiservers' `/readyz`
+/// when one of them is `default/kubernetes` of this cluster, nothing otherwise.
+pub fn default_for_sources(sources: &[crate::source::Source]) -> Option<Spec> {
+    sources
+        .iter()
+        .filter_map(crate::source::Source::local_service)
+        .find_map(default_for)
+}
+
 /// The words every error ends with.
 const VOCABULARY: &str = "use { https = \"/readyz\" }, { http = \"/healthz\" }, { tcp = PORT } (https and http take \
      port = N to override the source port), or false";

@@ -22,6 +22,11 @@ fn packaged_defaults_file_lists_every_key() {
         allow_insecure_tls: Some(false),
         pair: Some(vec![RawPair {
             source: Some(String::new()),
+            sources: Some(vec![crate::config::raw::RawSource {
+                service: Some(String::new()),
+                kubeconfig: Some(String::new()),
+                addresses: Some(vec![]),
+            }]),
             target: Some(String::new()),
             probe: Some(serde_json::Value::Bool(false)),
             derive_families: Some(true),
@@ -92,13 +97,18 @@ fn packaged_defaults_file_lists_every_key() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 28);
+    assert_eq!(checked, 29);
 }
 
 #[test]
 fn built_in_default_pair_parses_as_a_valid_service_ref() {
     let d = Config::default();
-    assert_eq!(d.pairs[0].source, names::DEFAULT_SOURCE.parse().unwrap());
+    assert_eq!(
+        d.pairs[0].sources,
+        [crate::source::Source::Service(
+            names::DEFAULT_SOURCE.parse().unwrap()
+        )]
+    );
     assert_eq!(d.pairs[0].target, names::DEFAULT_TARGET.parse().unwrap());
     assert_eq!(
         d.annotations.allowed_sources,

@@ -1,0 +1,150 @@
+//! The engine's side of a pair's sources: what each gives a plan ([`Engine::read_source`]: a
+//! Service of this cluster from the slice cache, a remote Service from the views `remote`
+//! sends), the remote views' arrival (`on_remote`), and the report of sources that fail
+//! (`note_sources`: journal, Event, metric, STATUS, once per change).
+//!
+//! Fail-static per source is decided in `desired::union` (pure); this file only says so.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tracing::{info, warn};
+
+use super::engine::Engine;
+use crate::desired::Hold;
+use crate::events::EventReason;
+use crate::names::ServiceRef;
+use crate::remote::{self, View};
+use crate::source::Source;
+
+impl Engine {
+    /// What `source` gives a plan now. A remote Service's last known slices count while its
+    /// cluster fails (they are what the target holds); it has nothing to give before its first
+    /// list, or once its Service is gone there, and then `desired::union` keeps its slices in
+    /// the target as they are.
+    pub(super) fn read_source(&self, source: &Source) -> Result<Vec<EndpointSlice>, Hold> {
+        match source {
+            Source::Service(service) => Ok(self.slices.slices_of(service)),
+            Source::Remote(r) => match self.remote.get(r) {
+                Some(View {
+                    service_exists: Some(false),
+                    ..
+                }) => Err(Hold::NoSourceSlices),
+                Some(View {
+                    slices: Some(slices),
+                    ..
+                }) => Ok(slices.clone()),
+                _ => Err(Hold::NoSourceSlices),
+            },
+            // Made from the config by `pair::prepare`.
+            Source::Static(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// A remote source's view changed: the pairs reading it are planned again.
+    pub(super) fn on_remote(&mut self, update: remote::Update) {
+        let source = Source::Remote(update.source.clone());
+        self.remote.insert(update.source, update.view);
+        let mut probed = false;
+        for state in self.pairs.values_mut() {
+            if state.phase.sources().contains(&source) {
+                state.write.touch();
+                probed |= state.probe.is_some();
+            }
+        }
+        if probed {
+            self.reprobe();
+        }
+    }
+
+    /// Reports which sources of `target` fail now, given the sources its last plan `held`: a
+    /// remote cluster in trouble (its last endpoints are written all the same) or a source with
+    /// nothing to give (its slices kept as they are). Each change once: a warning and an Event
+    /// when a source starts failing or fails differently, an info line when it recovers; the
+    /// `source_up` gauge always.
+    pub(super) fn note_sources(&mut self, target: &ServiceRef, held: &[(Source, Hold)]) {
+        let Some(state) = self.pairs.get(target) else {
+            return;
+        };
+        let sources = state.phase.sources().to_vec();
+        if sources.len() < 2 && !sources.iter().any(|s| matches!(s, Source::Remote(_))) {
+            // One Service of this cluster: its hold is the pair's, reported as it always was.
+            return;
+        }
+        let mut failing: BTreeMap<Source, String> = BTreeMap::new();
+        for source in &sources {
+            let trouble = match source {
+                Source::Remote(r) => self
+                    .remote
+                    .get(r)
+                    .and_then(|v| v.trouble.as_ref())
+                    .map(ToString::to_string),
+                _ => None,
+            };
+            let hold = held.iter().find(|(s, _)| s == source).map(|(_, h)| *h);
+            let why = match (trouble, hold) {
+                (Some(t), Some(_)) => Some(format!(
+                    "{t}; its endpoints in the target are kept as they are"
+                )),
+                (Some(t), None) => Some(format!("{t}; its last known endpoints are kept")),
+                (None, Some(h)) => Some(format!(
+                    "{}; its endpoints in the target are kept as they are",
+                    describe_hold(source, h)
+                )),
+                (None, None) => None,
+            };
+            if let Some(why) = why {
+                failing.insert(source.clone(), why);
+            }
+        }
+        let pair = target.to_string();
+        for source in &sources {
+            self.metrics.set_source_up(
+                &pair,
+                &source.to_string(),
+                source.kind(),
+                !failing.contains_key(source),
+            );
+        }
+        let before = self
+            .pairs
+            .get(target)
+            .map(|s| s.sources_failing.clone())
+            .unwrap_or_default();
+        if before == failing {
+            return;
+        }
+        for (source, why) in &failing {
+            if before.get(source) != Some(why) {
+                warn!(service = %target, source = %source, reason = %why, "a source of the pair fails; the other sources keep syncing");
+                self.report(
+                    target,
+                    EventReason::SourceUnavailable,
+                    format!("source {source}: {why}"),
+                );
+            }
+        }
+        for source in before.keys().filter(|s| !failing.contains_key(*s)) {
+            info!(service = %target, source = %source, "a source of the pair gives its endpoints again");
+        }
+        if let Some(state) = self.pairs.get_mut(target) {
+            state.sources_failing = failing;
+        }
+    }
+}
+
+/// Why `source` has nothing to give, in its own terms.
+fn describe_hold(source: &Source, hold: Hold) -> String {
+    match (source, hold) {
+        (Source::Service(s), Hold::NoSourceSlices) => {
+            format!("the Service {s} has no EndpointSlices (missing, or not read yet)")
+        }
+        (Source::Remote(_), Hold::NoSourceSlices) => {
+            "the Service has no EndpointSlices there (missing, or not read yet)".to_owned()
+        }
+        (_, Hold::NoEndpoints) => {
+            "it holds no endpoints in the families the target serves".to_owned()
+        }
+        (_, other) => other.to_string(),
+    }
+}
