@@ -437,6 +437,8 @@ pub struct PairStatus {
     pub evicted: usize,
     /// Endpoints marked not ready because their Node is drained.
     pub drained: usize,
+    /// Sources of the pair that fail now (their endpoints kept), by name.
+    pub failing_sources: Vec<String>,
 }
 
 /// Everything the STATUS line shows.
@@ -505,6 +507,11 @@ fn pair_text(pair: &PairStatus, leader: bool) -> String {
     if let Some(reason) = &pair.holding {
         text.push_str(", holding: ");
         text.push_str(reason);
+    }
+    match pair.failing_sources.as_slice() {
+        [] => {}
+        [one] => text.push_str(&format!(", source failing: {one}")),
+        many => text.push_str(&format!(", {} sources failing", many.len())),
     }
     text
 }

@@ -230,6 +230,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         members,
         probe_state,
     );
+    // Sources in other clusters: one client per kubeconfig, watched whether this copy leads or
+    // not, so that a new leader plans from warm views.
+    let remote_sources: std::collections::BTreeSet<crate::source::RemoteSource> = config
+        .pairs
+        .iter()
+        .flat_map(|p| p.sources.iter())
+        .filter_map(|s| match s {
+            crate::source::Source::Remote(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    let remotes = (!remote_sources.is_empty()).then(|| {
+        crate::remote::spawn(
+            remote_sources,
+            config.allow_insecure_tls,
+            engine.remote_sender(),
+            shutdown.clone(),
+        )
+    });
     let mut host = engine::Host {
         notifier: &notifier,
         health: &health,
@@ -285,6 +304,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     }
     event_task.abort();
     prober.abort();
+    if let Some(remotes) = remotes {
+        remotes.abort();
+    }
     services.abort_all();
     result
 }

@@ -18,6 +18,11 @@ use crate::remote::{self, View};
 use crate::source::Source;
 
 impl Engine {
+    /// Where `remote::spawn` sends the remote sources' views.
+    pub fn remote_sender(&self) -> tokio::sync::mpsc::Sender<remote::Update> {
+        self.remote_updates.0.clone()
+    }
+
     /// What `source` gives a plan now. A remote Service's last known slices count while its
     /// cluster fails (they are what the target holds); it has nothing to give before its first
     /// list, or once its Service is gone there, and then `desired::union` keeps its slices in

@@ -54,6 +54,7 @@ impl Engine {
                     synced_ago: s.synced_at.map(|t| now.duration_since(t)),
                     holding: s.hold.as_ref().map(ToString::to_string),
                     evicted: evicted_only,
+                    failing_sources: s.sources_failing.keys().map(ToString::to_string).collect(),
                 }
             })
             .collect();

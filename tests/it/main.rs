@@ -22,5 +22,6 @@ mod notify;
 mod probes;
 mod refusals;
 mod safety;
+mod sources;
 mod sync;
 mod systemd;

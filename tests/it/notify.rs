@@ -71,6 +71,7 @@ fn leader_view(endpoints: usize, synced: u64) -> StatusView {
             holding: None,
             evicted: 0,
             drained: 0,
+            failing_sources: Vec::new(),
         }],
         last_error: None,
     }
@@ -268,10 +269,28 @@ fn status_line_for_a_leader_shows_each_pair_and_its_sync_age() {
         holding: None,
         evicted: 0,
         drained: 0,
+        failing_sources: Vec::new(),
     });
     assert_eq!(
         status_line(&v),
         "leader, default/kubernetes-vip: 3 endpoints, synced 2s ago; default/other-vip: 1 endpoint, synced 2m ago"
+    );
+}
+
+#[test]
+fn status_line_names_a_failing_source_and_counts_several() {
+    let mut v = leader_view(3, 2);
+    v.pairs[0].failing_sources =
+        vec!["app/db in the cluster of /etc/endpoint-copier/remote.yaml".into()];
+    assert_eq!(
+        status_line(&v),
+        "leader, default/kubernetes-vip: 3 endpoints, synced 2s ago, source failing: app/db in the cluster of /etc/endpoint-copier/remote.yaml"
+    );
+    v.pairs[0].failing_sources.push("static 203.0.113.1".into());
+    assert!(
+        status_line(&v).ends_with(", 2 sources failing"),
+        "{}",
+        status_line(&v)
     );
 }
 
