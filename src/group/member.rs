@@ -25,7 +25,10 @@ use super::{Group, Settings, fnv1a};
 use crate::names::{self, ServiceRef};
 use crate::probe::{Target, Verdict};
 
-/// A configured pair as a member publishes it: `(source, target)`.
+/// A configured pair as a member publishes it: `(source, target)`. A pair with several sources
+/// is named by its first Service source, here or remote, and a pair of static addresses only by
+/// its target as source (`config::PairConfig::record_source`): what the group needs is the
+/// target, whose slices a live member still wants; the source tells two configs apart.
 pub type PairRef = (ServiceRef, ServiceRef);
 
 /// What a member publishes about itself.
