@@ -206,26 +206,27 @@ async fn probe(loaded: &Loaded, reach: &mut SourceReach) -> Result<(), Abort> {
     let path = loaded.path.display();
     let service = reach.source.service.clone();
     let ns = service.namespace.as_str();
-    let wanted = wanted(ns);
-    // `ask` sends one review after another: its bound is one timeout per review.
-    let limit = REQUEST_TIMEOUT.saturating_mul(u32::try_from(wanted.len()).unwrap_or(u32::MAX));
-    let answers = match tokio::time::timeout(limit, permissions::ask(client, wanted)).await {
-        Ok(Ok(answers)) => answers,
-        Ok(Err(crate::inspect::Error::Api { source, .. })) => {
-            let message = forbidden_or_abort(&source)?;
-            reach.problems.push(format!(
-                "the kubeconfig {path} may not ask its own rights (SelfSubjectAccessReview): {message}"
-            ));
-            Vec::new()
+    // One review at a time, each within its own deadline: a remote that hangs costs one timeout.
+    let mut answers = Vec::new();
+    for w in wanted(ns) {
+        match tokio::time::timeout(REQUEST_TIMEOUT, permissions::ask(client, vec![w])).await {
+            Ok(Ok(answer)) => answers.extend(answer),
+            Ok(Err(crate::inspect::Error::Api { source, .. })) => {
+                let message = forbidden_or_abort(&source)?;
+                reach.problems.push(format!(
+                    "the kubeconfig {path} may not ask its own rights (SelfSubjectAccessReview): {message}"
+                ));
+                break;
+            }
+            Ok(Err(e)) => return Err(Abort::Unreachable(chain(&e))),
+            Err(_) => {
+                return Err(Abort::Unreachable(format!(
+                    "no answer within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                )));
+            }
         }
-        Ok(Err(e)) => return Err(Abort::Unreachable(chain(&e))),
-        Err(_) => {
-            return Err(Abort::Unreachable(format!(
-                "no answer within {} s",
-                limit.as_secs()
-            )));
-        }
-    };
+    }
     let mut denied = false;
     for p in answers.iter().filter(|p| !p.allowed) {
         denied = true;

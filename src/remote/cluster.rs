@@ -39,6 +39,13 @@ const HEALTHY_RUN: Duration = Duration::from_secs(30);
 /// A watch's events, as kube's watcher yields them.
 type Events<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
 
+/// How often each watched remote is asked for its version. A black-holed remote leaves its
+/// watches silent, not failed (no read timeout on a watch, and TCP takes many minutes to give
+/// up): only a request with a deadline tells.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long that request may take before the remote counts as unreachable.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The sources of each distinct kubeconfig path.
 pub fn by_kubeconfig(sources: &BTreeSet<RemoteSource>) -> BTreeMap<PathBuf, Vec<RemoteSource>> {
     let mut out: BTreeMap<PathBuf, Vec<RemoteSource>> = BTreeMap::new();
@@ -152,7 +159,66 @@ pub async fn run(
     // Every watch runs on the Reloadable's client: a swap after a rotation reaches all of them,
     // and each one's next request (a retry after the 401, or the next re-watch) uses it.
     let client = credentials.reloadable.client();
-    let mut events: SelectAll<BoxStream<'static, (usize, Tagged)>> = SelectAll::new();
+    let mut events = start_watches(&client, &all);
+    let mut alive = Box::pin(liveness(client.clone()));
+    let mut cut = false;
+    let mut poll = tokio::time::interval_at(Instant::now() + KUBECONFIG_POLL, KUBECONFIG_POLL);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            Some((i, event)) = events.next() => {
+                if let Some((_, state, _)) = all.each.get_mut(i) {
+                    match event {
+                        Tagged::Service(e) => state.apply_service(*e),
+                        Tagged::Slices(e) => state.apply_slices(*e),
+                    }
+                }
+                if !all.publish(i).await {
+                    return;
+                }
+            }
+            answer = &mut alive => {
+                alive = Box::pin(liveness(client.clone()));
+                match answer {
+                    Err(message) => {
+                        cut = true;
+                        for (_, state, _) in &mut all.each {
+                            state.set_liveness(Some(Trouble::Unreachable(message.clone())));
+                        }
+                    }
+                    Ok(()) if cut => {
+                        cut = false;
+                        // A watch through a black hole may be dead without knowing it: start
+                        // every watch over, so each source is listed afresh.
+                        for (_, state, _) in &mut all.each {
+                            state.rewatch();
+                        }
+                        events = start_watches(&client, &all);
+                    }
+                    Ok(()) => continue,
+                }
+                for i in 0..all.each.len() {
+                    if !all.publish(i).await {
+                        return;
+                    }
+                }
+            }
+            _ = poll.tick() => credentials.reload(false).await,
+            () = credentials.reloadable.unauthorized() => {
+                debug!(kubeconfig = %kubeconfig.display(), "the remote answered 401 Unauthorized; re-reading the kubeconfig");
+                credentials.reload(true).await;
+            }
+        }
+    }
+}
+
+/// The two watches of every source, tagged with the source's index.
+fn start_watches(
+    client: &kube::Client,
+    all: &Sources,
+) -> SelectAll<BoxStream<'static, (usize, Tagged)>> {
+    let mut events = SelectAll::new();
     for (i, (source, _, _)) in all.each.iter().enumerate() {
         let ns = &source.service.namespace;
         let name = &source.service.name;
@@ -173,28 +239,19 @@ pub async fn run(
             .boxed(),
         );
     }
-    let mut poll = tokio::time::interval_at(Instant::now() + KUBECONFIG_POLL, KUBECONFIG_POLL);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            Some((i, event)) = events.next() => {
-                if let Some((_, state, _)) = all.each.get_mut(i) {
-                    match event {
-                        Tagged::Service(e) => state.apply_service(*e),
-                        Tagged::Slices(e) => state.apply_slices(*e),
-                    }
-                }
-                if !all.publish(i).await {
-                    return;
-                }
-            }
-            _ = poll.tick() => credentials.reload(false).await,
-            () = credentials.reloadable.unauthorized() => {
-                debug!(kubeconfig = %kubeconfig.display(), "the remote answered 401 Unauthorized; re-reading the kubeconfig");
-                credentials.reload(true).await;
-            }
-        }
+    events
+}
+
+/// After [`LIVENESS_INTERVAL`], asks the remote for its version: `Err` with the reason when it
+/// does not answer within [`LIVENESS_TIMEOUT`] or the connection fails. Any answer, even 401 or
+/// 403, proves the remote is there (the watches report those).
+async fn liveness(client: kube::Client) -> Result<(), String> {
+    tokio::time::sleep(LIVENESS_INTERVAL).await;
+    match tokio::time::timeout(LIVENESS_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if client::classify(&e) == client::ErrorClass::Transient => Err(chain(&e)),
+        Ok(Err(_)) => Ok(()),
+        Err(_) => Err(format!("no answer within {} s", LIVENESS_TIMEOUT.as_secs())),
     }
 }
 

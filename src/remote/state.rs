@@ -32,12 +32,28 @@ pub struct SourceState {
     service_error: Option<Trouble>,
     /// The slice watch's last error, until its next event.
     slices_error: Option<Trouble>,
+    /// The cluster's liveness probe failed: the watches may be silent rather than fine.
+    liveness: Option<Trouble>,
 }
 
 impl SourceState {
     /// Records the kubeconfig's trouble (`None` once a client is built).
     pub fn set_credentials(&mut self, trouble: Option<Trouble>) {
         self.credentials = trouble;
+    }
+
+    /// Records that the cluster stopped answering its liveness probe (`Some`), or answers again.
+    pub fn set_liveness(&mut self, trouble: Option<Trouble>) {
+        self.liveness = trouble;
+    }
+
+    /// Both watches start over from a fresh list: what kept the source in trouble stays until
+    /// each list completes (its first event clears it), not until the restart.
+    pub fn rewatch(&mut self) {
+        if let Some(t) = self.liveness.take() {
+            self.service_error.get_or_insert_with(|| t.clone());
+            self.slices_error.get_or_insert(t);
+        }
     }
 
     /// Applies one event (or error) of the Service watch.
@@ -126,7 +142,7 @@ impl SourceState {
             Trouble::Forbidden(_) => 1,
             _ => 2,
         };
-        let worst = [&self.service_error, &self.slices_error]
+        let worst = [&self.service_error, &self.slices_error, &self.liveness]
             .into_iter()
             .flatten()
             .min_by_key(|t| rank(t));
@@ -338,6 +354,23 @@ mod tests {
         s.apply_service(Ok(Event::Init));
         s.apply_service(Ok(Event::InitDone));
         assert_eq!(s.view().trouble, Some(Trouble::ServiceMissing));
+    }
+
+    #[test]
+    fn a_silent_cluster_stays_in_trouble_until_both_watches_listed_again() {
+        let mut s = SourceState::default();
+        s.apply_service(Ok(Event::InitDone));
+        s.apply_slices(Ok(Event::InitDone));
+        assert_eq!(s.view().trouble, None);
+        let cut = Trouble::Unreachable("no answer within 5 s".into());
+        s.set_liveness(Some(cut.clone()));
+        assert_eq!(s.view().trouble, Some(cut.clone()));
+        s.rewatch();
+        assert_eq!(s.view().trouble, Some(cut.clone()));
+        s.apply_service(Ok(Event::InitDone));
+        assert_eq!(s.view().trouble, Some(cut), "the slices are not listed yet");
+        s.apply_slices(Ok(Event::InitDone));
+        assert_eq!(s.view().trouble, None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::common::*;
 use endpoint_copier::remote::{self, RemoteSource, Trouble, Update, View};
 use endpoint_copier::shutdown::Shutdown;
-use endpoint_copier_testbed::Verb;
+use endpoint_copier_testbed::{Partition, Verb};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{Api, Client};
@@ -439,4 +439,52 @@ async fn each_kubeconfig_has_credentials_of_its_own() {
         .await;
     assert_eq!(fine.trouble, None);
     remote.stop().await;
+}
+
+#[tokio::test]
+async fn a_black_holed_remote_is_unreachable_and_its_watches_start_over_when_it_answers() {
+    let mut remote = Remote::seeded(&["198.51.100.1"]).await;
+    let db = remote.source("default/db");
+    remote.spawn([db.clone()].into());
+    remote
+        .until(&db, "the first view", |v| holds(v, &["198.51.100.1"]))
+        .await;
+    // Requests hang and open watches go silent: nothing fails by itself.
+    remote.tb.partition(READER, Partition::Hang);
+    let cut = remote
+        .until(&db, "Unreachable", |v| {
+            matches!(v.trouble, Some(Trouble::Unreachable(_)))
+        })
+        .await;
+    assert!(holds(&cut, &["198.51.100.1"]), "fail-static: {cut:?}");
+    remote.set_slice(&["203.0.113.5"]).await;
+    remote.tb.heal(READER);
+    remote
+        .until(&db, "the change once the remote answers", |v| {
+            holds(v, &["203.0.113.5"]) && v.trouble.is_none()
+        })
+        .await;
+    remote.stop().await;
+}
+
+#[tokio::test]
+async fn check_of_a_black_holed_remote_ends_within_seconds() {
+    let remote = Remote::seeded(&["198.51.100.1"]).await;
+    remote.tb.partition(READER, Partition::Hang);
+    let sources: BTreeSet<RemoteSource> =
+        [remote.source("default/db"), remote.source("default/other")].into();
+    let started = tokio::time::Instant::now();
+    let reaches = remote::check(&sources, false).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(reaches[0].problems.len(), 1, "{:?}", reaches[0].problems);
+    assert!(
+        reaches[0].problems[0].contains("no answer within 5 s"),
+        "{:?}",
+        reaches[0].problems
+    );
+    remote.tb.heal(READER);
 }
