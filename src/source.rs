@@ -110,8 +110,13 @@ mod tests {
     #[test]
     fn static_addresses_are_sorted_and_deduplicated() {
         let s = StaticSource::new(
-            ["2001:db8::10", "198.51.100.20", "198.51.100.10", "198.51.100.20"]
-                .map(|a| a.parse::<IpAddr>().unwrap()),
+            [
+                "2001:db8::10",
+                "198.51.100.20",
+                "198.51.100.10",
+                "198.51.100.20",
+            ]
+            .map(|a| a.parse::<IpAddr>().unwrap()),
         );
         assert_eq!(
             Source::Static(s).to_string(),

@@ -359,6 +359,7 @@ mod tests {
     #[test]
     fn a_silent_cluster_stays_in_trouble_until_both_watches_listed_again() {
         let mut s = SourceState::default();
+        s.apply_service(Ok(Event::InitApply(service())));
         s.apply_service(Ok(Event::InitDone));
         s.apply_slices(Ok(Event::InitDone));
         assert_eq!(s.view().trouble, None);
@@ -367,6 +368,7 @@ mod tests {
         assert_eq!(s.view().trouble, Some(cut.clone()));
         s.rewatch();
         assert_eq!(s.view().trouble, Some(cut.clone()));
+        s.apply_service(Ok(Event::InitApply(service())));
         s.apply_service(Ok(Event::InitDone));
         assert_eq!(s.view().trouble, Some(cut), "the slices are not listed yet");
         s.apply_slices(Ok(Event::InitDone));
