@@ -28,7 +28,7 @@ pub use check::{Reach, SourceReach, check};
 /// What this copy knows of one remote source now.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct View {
-    /// The Service's EndpointSlices (label kubernetes.io/service-name=<name> in its namespace) as
+    /// The Service's EndpointSlices (label `kubernetes.io/service-name=<name>` in its namespace) as
     /// last listed and watched, sorted by name, `managedFields` dropped; `None` until the first
     /// list completed. Kept as they are while the remote fails (fail-static): never cleared by an
     /// error.
@@ -101,7 +101,7 @@ pub struct Update {
 
 /// Watches every source in `sources` until `shutdown`: one client per distinct kubeconfig path
 /// (shared by the sources naming it), two watches per source (the Service by name with a
-/// fieldSelector metadata.name=<name>; its EndpointSlices by label), and sends the source's whole
+/// fieldSelector `metadata.name=<name>`; its EndpointSlices by label), and sends the source's whole
 /// [`View`] after every change of it (slices, existence or trouble). Never returns an error:
 /// trouble is reported in the View and retried with backoff forever. The task ends at
 /// `shutdown`, or when `updates` has no receiver left.
