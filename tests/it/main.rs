@@ -21,6 +21,7 @@ mod nodes;
 mod notify;
 mod probes;
 mod refusals;
+mod remote;
 mod safety;
 mod sources;
 mod sync;
