@@ -185,6 +185,7 @@ pub async fn check_report(config: &Config) -> Result<Report, Error> {
         }
     }
     probe_findings(&mut report);
+    remotes_into(config, &mut report).await;
     report.lease = match lease(&client, config).await {
         Ok(l) => Some(l),
         Err(e) if e.is_forbidden() => None,
@@ -237,7 +238,33 @@ pub async fn status_report(config: &Config) -> Result<Report, Error> {
         }
     }
     probe_findings(&mut report);
+    remotes_into(config, &mut report).await;
     Ok(report)
+}
+
+/// Reaches every remote kubeconfig of the configured sources (`remote::check`, each request
+/// bounded) and adds what keeps a source from being read to the problems: a remote source that
+/// fails keeps its last endpoints in the target, but it no longer follows its cluster.
+async fn remotes_into(config: &Config, report: &mut Report) {
+    let sources: BTreeSet<crate::source::RemoteSource> = config
+        .pairs
+        .iter()
+        .flat_map(|p| p.sources.iter())
+        .filter_map(|s| match s {
+            crate::source::Source::Remote(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    if sources.is_empty() {
+        return;
+    }
+    report.remotes = crate::remote::check(&sources, config.allow_insecure_tls).await;
+    for reach in &report.remotes {
+        report.problems.extend(reach.problems.iter().cloned());
+        for source in &reach.sources {
+            report.problems.extend(source.problems.iter().cloned());
+        }
+    }
 }
 
 /// What the Nodes do to each pair: a drained Node and a missing derived address are warnings

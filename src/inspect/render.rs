@@ -49,6 +49,9 @@ pub fn render(report: &Report) -> String {
     for r in &report.refused {
         let _ = writeln!(s, "refused {}: {}", r.target, r.reason);
     }
+    for reach in &report.remotes {
+        remote(&mut s, reach);
+    }
     for w in &report.warnings {
         let _ = writeln!(s, "warning: {w}");
     }
@@ -59,6 +62,26 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(s, "ok");
     }
     s
+}
+
+/// `remote /etc/endpoint-copier/remote.yaml: https://203.0.113.5:6443`, then one line per source:
+/// `  app/db: 2 ready endpoints` (or why not).
+fn remote(s: &mut String, r: &crate::remote::Reach) {
+    let _ = writeln!(
+        s,
+        "remote {}: {}",
+        r.kubeconfig.display(),
+        r.server.as_deref().unwrap_or("not reached")
+    );
+    for source in &r.sources {
+        let what = match (source.service_exists, source.ready_endpoints) {
+            (Some(false), _) => "Service missing".to_owned(),
+            (_, Some(1)) => "1 ready endpoint".to_owned(),
+            (_, Some(n)) => format!("{n} ready endpoints"),
+            (_, None) => "not read".to_owned(),
+        };
+        let _ = writeln!(s, "  {}: {what}", source.source.service);
+    }
 }
 
 fn group(s: &mut String, g: &GroupReport) {
@@ -244,9 +267,47 @@ mod tests {
                 transitions: Some(4),
             }),
             group: None,
+            remotes: vec![],
             warnings: vec![],
             problems: vec![],
         }
+    }
+
+    #[test]
+    fn each_remote_kubeconfig_gets_a_line_and_each_of_its_sources_one_more() {
+        use crate::remote::{Reach, SourceReach};
+        use crate::source::RemoteSource;
+        let mut r = report();
+        let source = |s: &str| RemoteSource {
+            kubeconfig: "/etc/endpoint-copier/remote.yaml".into(),
+            service: s.parse().unwrap(),
+        };
+        r.remotes = vec![Reach {
+            kubeconfig: "/etc/endpoint-copier/remote.yaml".into(),
+            server: Some("https://203.0.113.5:6443/".into()),
+            problems: vec![],
+            sources: vec![
+                SourceReach {
+                    source: source("app/db"),
+                    service_exists: Some(true),
+                    ready_endpoints: Some(2),
+                    problems: vec![],
+                },
+                SourceReach {
+                    source: source("app/cache"),
+                    service_exists: Some(false),
+                    ready_endpoints: None,
+                    problems: vec![],
+                },
+            ],
+        }];
+        let text = render(&r);
+        assert!(
+            text.contains(
+                "remote /etc/endpoint-copier/remote.yaml: https://203.0.113.5:6443/\n  app/db: 2 ready endpoints\n  app/cache: Service missing\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
