@@ -114,6 +114,21 @@ pub fn derive_families_default(sources: &[Source]) -> bool {
         .any(|s| s.to_string() == names::DEFAULT_SOURCE)
 }
 
+impl Config {
+    /// Every remote source the pairs name, once each: what `remote::spawn` watches and
+    /// `check` reaches.
+    pub fn remote_sources(&self) -> std::collections::BTreeSet<crate::source::RemoteSource> {
+        self.pairs
+            .iter()
+            .flat_map(|p| p.sources.iter())
+            .filter_map(|s| match s {
+                Source::Remote(r) => Some(r.clone()),
+                Source::Service(_) | Source::Static(_) => None,
+            })
+            .collect()
+    }
+}
+
 impl PairConfig {
     /// The pair of one local Service `source` → `target`, with the probe and derivation it has
     /// when its config says nothing.

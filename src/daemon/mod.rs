@@ -232,15 +232,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     );
     // Sources in other clusters: one client per kubeconfig, watched whether this copy leads or
     // not, so that a new leader plans from warm views.
-    let remote_sources: std::collections::BTreeSet<crate::source::RemoteSource> = config
-        .pairs
-        .iter()
-        .flat_map(|p| p.sources.iter())
-        .filter_map(|s| match s {
-            crate::source::Source::Remote(r) => Some(r.clone()),
-            _ => None,
-        })
-        .collect();
+    let remote_sources = config.remote_sources();
     let remotes = (!remote_sources.is_empty()).then(|| {
         crate::remote::spawn(
             remote_sources,

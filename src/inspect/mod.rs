@@ -246,15 +246,7 @@ pub async fn status_report(config: &Config) -> Result<Report, Error> {
 /// bounded) and adds what keeps a source from being read to the problems: a remote source that
 /// fails keeps its last endpoints in the target, but it no longer follows its cluster.
 async fn remotes_into(config: &Config, report: &mut Report) {
-    let sources: BTreeSet<crate::source::RemoteSource> = config
-        .pairs
-        .iter()
-        .flat_map(|p| p.sources.iter())
-        .filter_map(|s| match s {
-            crate::source::Source::Remote(r) => Some(r.clone()),
-            _ => None,
-        })
-        .collect();
+    let sources = config.remote_sources();
     if sources.is_empty() {
         return;
     }

@@ -92,6 +92,21 @@ async fn create_namespace(client: &Client, ns: &str) {
     api.create(&Default::default(), &namespace).await.unwrap();
 }
 
+/// A world whose target reads its own source (198.51.100.1) and `app/db` (198.51.100.3) in a
+/// second cluster, in sync.
+async fn local_and_remote(prefix: &str) -> (World, Remote, Daemon) {
+    let world = World::new(prefix).await;
+    world.seed(&["198.51.100.1"]).await;
+    let remote = Remote::start(&["198.51.100.3"]).await;
+    let sources = vec![
+        Source::Service(world.source().parse().unwrap()),
+        remote.source(),
+    ];
+    let daemon = Daemon::start(config_with(&world, "node-1", sources));
+    target_holds(&world, &["198.51.100.1", "198.51.100.3"]).await;
+    (world, remote, daemon)
+}
+
 fn fixed(addrs: &[&str]) -> Source {
     Source::Static(StaticSource::new(
         addrs.iter().map(|a| a.parse::<IpAddr>().unwrap()),
@@ -187,15 +202,7 @@ async fn a_union_of_three_kinds_writes_every_address_once() {
 
 #[tokio::test]
 async fn a_remote_cluster_that_goes_down_keeps_its_endpoints_while_the_rest_syncs() {
-    let world = World::new("remote-down").await;
-    world.seed(&["198.51.100.1"]).await;
-    let remote = Remote::start(&["198.51.100.3"]).await;
-    let sources = vec![
-        Source::Service(world.source().parse().unwrap()),
-        remote.source(),
-    ];
-    let daemon = Daemon::start(config_with(&world, "node-1", sources));
-    target_holds(&world, &["198.51.100.1", "198.51.100.3"]).await;
+    let (world, remote, daemon) = local_and_remote("remote-down").await;
 
     remote.bed.go_down().await;
     world.set_source(&["198.51.100.1", "198.51.100.2"]).await;
@@ -210,15 +217,7 @@ async fn a_remote_cluster_that_goes_down_keeps_its_endpoints_while_the_rest_sync
 
 #[tokio::test]
 async fn refused_credentials_and_missing_rights_keep_the_remote_endpoints() {
-    let world = World::new("remote-auth").await;
-    world.seed(&["198.51.100.1"]).await;
-    let remote = Remote::start(&["198.51.100.3"]).await;
-    let sources = vec![
-        Source::Service(world.source().parse().unwrap()),
-        remote.source(),
-    ];
-    let daemon = Daemon::start(config_with(&world, "node-1", sources));
-    target_holds(&world, &["198.51.100.1", "198.51.100.3"]).await;
+    let (world, remote, daemon) = local_and_remote("remote-auth").await;
 
     // 403: the remote identity may no longer list or watch the slices.
     remote
@@ -252,15 +251,7 @@ async fn refused_credentials_and_missing_rights_keep_the_remote_endpoints() {
 
 #[tokio::test]
 async fn a_rotated_remote_kubeconfig_is_picked_up_without_a_restart() {
-    let world = World::new("remote-rotate").await;
-    world.seed(&["198.51.100.1"]).await;
-    let remote = Remote::start(&["198.51.100.3"]).await;
-    let sources = vec![
-        Source::Service(world.source().parse().unwrap()),
-        remote.source(),
-    ];
-    let daemon = Daemon::start(config_with(&world, "node-1", sources));
-    target_holds(&world, &["198.51.100.1", "198.51.100.3"]).await;
+    let (world, remote, daemon) = local_and_remote("remote-rotate").await;
     remote.bed.rotate_client_certificate(&remote.kubeconfig);
     remote.bed.close_watches();
     remote.set(&["198.51.100.7"]).await;
@@ -270,15 +261,7 @@ async fn a_rotated_remote_kubeconfig_is_picked_up_without_a_restart() {
 
 #[tokio::test]
 async fn a_remote_service_deleted_there_keeps_its_endpoints_here() {
-    let world = World::new("remote-gone").await;
-    world.seed(&["198.51.100.1"]).await;
-    let remote = Remote::start(&["198.51.100.3"]).await;
-    let sources = vec![
-        Source::Service(world.source().parse().unwrap()),
-        remote.source(),
-    ];
-    let daemon = Daemon::start(config_with(&world, "node-1", sources));
-    target_holds(&world, &["198.51.100.1", "198.51.100.3"]).await;
+    let (world, remote, daemon) = local_and_remote("remote-gone").await;
     delete::<EndpointSlice>(&remote.client, "app", "db-9qz4m").await;
     delete::<Service>(&remote.client, "app", "db").await;
     world.set_source(&["198.51.100.2"]).await;
