@@ -12,18 +12,22 @@
 //!    (`BENCH_BINARY=path` measures another build, e.g. the static one from `cargo dist`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+#[path = "common/figures.rs"]
+mod figures;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use endpoint_copier::config::{Config, Kubeconfig};
 use endpoint_copier::names;
 use endpoint_copier::shutdown::Shutdown;
 use endpoint_copier_testbed::store::{ListParams, WriteParams, resource};
-use endpoint_copier_testbed::{TestBed, Verb};
+use endpoint_copier_testbed::TestBed;
+use figures::{client, idle_secs, idle_writes, summary, until_written};
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{PostParams, WatchEvent, WatchParams};
-use kube::{Api, Client};
+use kube::api::{PostParams, WatchParams};
+use kube::Api;
 use serde_json::json;
 
 #[tokio::main(flavor = "current_thread")]
@@ -35,16 +39,6 @@ async fn main() {
     latency_and_idle_writes().await;
     cold_start_annotated(1000).await;
     memory().await;
-}
-
-async fn client(kubeconfig: &Path) -> Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 fn slices() -> &'static endpoint_copier_testbed::store::Resource {
@@ -120,11 +114,6 @@ fn daemon_config(tb: &TestBed, identity: &str) -> Config {
     c
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 async fn latency_and_idle_writes() {
     let tb = TestBed::start().await;
     let store = tb.store();
@@ -157,47 +146,15 @@ async fn latency_and_idle_writes() {
             .replace("kubernetes", &PostParams::default(), &source)
             .await
             .unwrap();
-        loop {
-            match events.next().await {
-                Some(Ok(WatchEvent::Modified(s)))
-                    if s.endpoints.iter().any(|e| e.addresses[0] == addr) =>
-                {
-                    break;
-                }
-                Some(Ok(_)) => {}
-                other => panic!("target watch ended: {other:?}"),
-            }
-        }
+        until_written(&mut events, &addr).await;
         samples.push(t.elapsed());
     }
-    samples.sort();
     println!(
-        "source change -> target slice written (1000 changes): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(&samples, 0.50).as_secs_f64() * 1e3,
-        percentile(&samples, 0.99).as_secs_f64() * 1e3,
-        samples.last().unwrap().as_secs_f64() * 1e3
+        "source change -> target slice written (1000 changes): {}",
+        summary(&mut samples)
     );
-
-    let idle: u64 = std::env::var("BENCH_IDLE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let since = tb.requests().last().map_or(0, |r| r.seq);
-    tokio::time::sleep(Duration::from_secs(idle)).await;
-    let log = tb.requests();
-    let writes = log
-        .iter()
-        .filter(|r| {
-            r.seq > since
-                && r.resource == "endpointslices"
-                && !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch)
-        })
-        .count();
-    let lease_writes = log
-        .iter()
-        .filter(|r| r.seq > since && r.resource == "leases" && r.verb == Verb::Update)
-        .count();
+    let idle = idle_secs(60);
+    let (writes, lease_writes) = idle_writes(&tb, idle).await;
     println!(
         "EndpointSlice writes in {idle} s with nothing changing: {writes} (Lease renewals: {lease_writes})"
     );

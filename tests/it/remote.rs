@@ -58,6 +58,17 @@ impl Remote {
         }
     }
 
+    /// A remote seeded with `default/db` holding `address`, watched until its first view.
+    async fn watching(address: &str) -> (Remote, RemoteSource) {
+        let mut remote = Remote::seeded(&[address]).await;
+        let db = remote.source("default/db");
+        remote.spawn([db.clone()].into());
+        remote
+            .until(&db, "the first view", |v| holds(v, &[address]))
+            .await;
+        (remote, db)
+    }
+
     fn source(&self, service: &str) -> RemoteSource {
         source_at(&self.kubeconfig, service)
     }
@@ -159,12 +170,7 @@ async fn the_first_view_holds_the_remote_slices_and_a_change_follows() {
 
 #[tokio::test]
 async fn an_outage_keeps_the_slices_and_the_recovery_clears_the_trouble() {
-    let mut remote = Remote::seeded(&["198.51.100.1"]).await;
-    let db = remote.source("default/db");
-    remote.spawn([db.clone()].into());
-    remote
-        .until(&db, "the first view", |v| holds(v, &["198.51.100.1"]))
-        .await;
+    let (mut remote, db) = Remote::watching("198.51.100.1").await;
     remote.tb.go_down().await;
     let down = remote
         .until(&db, "Unreachable", |v| {
@@ -189,12 +195,7 @@ async fn an_outage_keeps_the_slices_and_the_recovery_clears_the_trouble() {
 
 #[tokio::test]
 async fn revoked_credentials_are_unauthorized_until_the_kubeconfig_is_rotated() {
-    let mut remote = Remote::seeded(&["198.51.100.1"]).await;
-    let db = remote.source("default/db");
-    remote.spawn([db.clone()].into());
-    remote
-        .until(&db, "the first view", |v| holds(v, &["198.51.100.1"]))
-        .await;
+    let (mut remote, db) = Remote::watching("198.51.100.1").await;
     remote.tb.revoke(READER);
     // Open watches were authenticated when they started: end them, as a real apiserver's
     // watch timeout would.
@@ -216,12 +217,7 @@ async fn revoked_credentials_are_unauthorized_until_the_kubeconfig_is_rotated() 
 
 #[tokio::test]
 async fn a_rotated_certificate_keeps_the_source_readable() {
-    let mut remote = Remote::seeded(&["198.51.100.1"]).await;
-    let db = remote.source("default/db");
-    remote.spawn([db.clone()].into());
-    remote
-        .until(&db, "the first view", |v| holds(v, &["198.51.100.1"]))
-        .await;
+    let (mut remote, db) = Remote::watching("198.51.100.1").await;
     // RKE2-style: a new certificate in the file, the old one expiring at the same moment.
     remote.tb.revoke(READER);
     remote.tb.rotate_client_certificate(&remote.kubeconfig);
@@ -245,12 +241,7 @@ async fn a_rotated_certificate_keeps_the_source_readable() {
 
 #[tokio::test]
 async fn a_withdrawn_right_is_forbidden_until_it_is_granted_again() {
-    let mut remote = Remote::seeded(&["198.51.100.1"]).await;
-    let db = remote.source("default/db");
-    remote.spawn([db.clone()].into());
-    remote
-        .until(&db, "the first view", |v| holds(v, &["198.51.100.1"]))
-        .await;
+    let (mut remote, db) = Remote::watching("198.51.100.1").await;
     for verb in [Verb::List, Verb::Watch] {
         remote.tb.set_allowed(READER, verb, "endpointslices", false);
     }
@@ -443,12 +434,7 @@ async fn each_kubeconfig_has_credentials_of_its_own() {
 
 #[tokio::test]
 async fn a_black_holed_remote_is_unreachable_and_its_watches_start_over_when_it_answers() {
-    let mut remote = Remote::seeded(&["198.51.100.1"]).await;
-    let db = remote.source("default/db");
-    remote.spawn([db.clone()].into());
-    remote
-        .until(&db, "the first view", |v| holds(v, &["198.51.100.1"]))
-        .await;
+    let (mut remote, db) = Remote::watching("198.51.100.1").await;
     // Requests hang and open watches go silent: nothing fails by itself.
     remote.tb.partition(READER, Partition::Hang);
     let cut = remote
