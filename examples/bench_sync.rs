@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 use endpoint_copier::config::{Config, Kubeconfig};
 use endpoint_copier::names;
 use endpoint_copier::shutdown::Shutdown;
-use endpoint_copier_testbed::store::{ListParams, WriteParams, resource};
 use endpoint_copier_testbed::TestBed;
+use endpoint_copier_testbed::store::{ListParams, WriteParams, resource};
 use figures::{client, idle_secs, idle_writes, summary, until_written};
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{PostParams, WatchParams};
 use kube::Api;
+use kube::api::{PostParams, WatchParams};
 use serde_json::json;
 
 #[tokio::main(flavor = "current_thread")]

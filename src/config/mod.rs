@@ -9,7 +9,8 @@
 //! - `drop_ins`: which files of the search path are merged, and in which order ([`drop_ins()`]);
 //! - `raw`: the TOML schema (`RawConfig`: every field optional, unknown keys refused);
 //! - `provenance`: where each value came from ([`Provenance`]: file, line, column; variable; flag);
-//! - `validate`: `RawConfig` → [`Config`], with the ranges and the cross-key rules.
+//! - `validate`: `RawConfig` → [`Config`], with the ranges and the cross-key rules (`sources`:
+//!   the entries of `[[pair]] sources`).
 //!
 //! Leaves to others: parsing flags (`cli`), the `ENDPOINT_COPIER_LOG` filter and subscriber
 //! (`logging`), reading the kubeconfig (`client`), the host name used when `lease.identity` is
@@ -19,6 +20,7 @@
 mod drop_ins;
 mod provenance;
 mod raw;
+mod sources;
 #[cfg(test)]
 mod tests;
 mod validate;

@@ -7,21 +7,21 @@
 //! targets). Leaves to others: the schema (`raw`), locating keys (`provenance`), the defaults
 //! themselves ([`Config::default`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::provenance::{Layers, Part, key_name};
 use super::raw::{
     RawAnnotations, RawConfig, RawLease, RawMembers, RawMetrics, RawNodes, RawPair, RawProbe,
-    RawSource, RawSync,
+    RawSync,
 };
 use super::{
     AnnotationsSettings, Config, Error, Kubeconfig, LeaseSettings, LogSettings, MembersSettings,
     MetricsSettings, NodesSettings, PairConfig, ProbeSettings, SyncSettings,
 };
 use crate::names::{self, ServiceRef};
-use crate::source::{RemoteSource, Source, StaticSource};
+use crate::source::Source;
 
 /// Longest Lease timing accepted (each of duration, renew deadline, retry period).
 const MAX_LEASE_SECS: Duration = Duration::from_secs(3600);
@@ -32,14 +32,14 @@ const MAX_SYNC_SECS: Duration = Duration::from_secs(86_400);
 const MAX_MEMBERS_SECS: Duration = Duration::from_secs(86_400);
 
 /// Builds errors that name a key and where it was set.
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     /// The merged layers, to find where a key was set.
     layers: &'a Layers,
 }
 
 impl Checker<'_> {
     /// An [`Error::InvalidValue`] for the key at `path`, positioned at its value.
-    fn bad(&self, path: &[&str], reason: impl Into<String>) -> Error {
+    pub(super) fn bad(&self, path: &[&str], reason: impl Into<String>) -> Error {
         let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
         Error::InvalidValue {
             origin: self.layers.origin(&path, Part::Value),
@@ -49,7 +49,7 @@ impl Checker<'_> {
     }
 
     /// Parses a `namespace/name` value of the key at `path`.
-    fn service_ref(&self, path: &[&str], value: &str) -> Result<ServiceRef, Error> {
+    pub(super) fn service_ref(&self, path: &[&str], value: &str) -> Result<ServiceRef, Error> {
         value
             .parse::<ServiceRef>()
             .map_err(|e| self.bad(path, e.to_string()))
@@ -136,7 +136,7 @@ fn pairs(c: &Checker<'_>, raw_pairs: &[RawPair]) -> Result<Vec<PairConfig>, Erro
                     c.service_ref(&["pair", &idx, "source"], source)?,
                 )]
             }
-            (None, Some(list)) => sources(c, &idx, list)?,
+            (None, Some(list)) => super::sources::sources(c, &idx, list)?,
         };
         let target = c.service_ref(&["pair", &idx, "target"], target)?;
         if let Some(j) = sources
@@ -183,122 +183,6 @@ fn pairs(c: &Checker<'_>, raw_pairs: &[RawPair]) -> Result<Vec<PairConfig>, Erro
         });
     }
     Ok(pairs)
-}
-
-/// `pair[idx].sources`: at least one; each a local Service, a remote Service (with its
-/// kubeconfig) or addresses; no Service listed twice. Every `addresses` entry of the pair is
-/// merged into one static source (the target gets one slice per family from it).
-fn sources(c: &Checker<'_>, idx: &str, list: &[RawSource]) -> Result<Vec<Source>, Error> {
-    if list.is_empty() {
-        return Err(c.bad(
-            &["pair", idx, "sources"],
-            "a pair needs at least one source",
-        ));
-    }
-    let mut out: Vec<Source> = Vec::with_capacity(list.len());
-    let mut addresses: Vec<IpAddr> = Vec::new();
-    for (j, raw) in list.iter().enumerate() {
-        let j = j.to_string();
-        let at = |key: &'static str| -> [&str; 5] { ["pair", idx, "sources", &j, key] };
-        let whole = ["pair", idx, "sources", j.as_str()];
-        let source = match (&raw.service, &raw.kubeconfig, &raw.addresses) {
-            (Some(_), _, Some(_)) => {
-                return Err(c.bad(
-                    &whole,
-                    "a source is either a Service ('service') or addresses ('addresses'), not both",
-                ));
-            }
-            (None, Some(_), _) => {
-                return Err(c.bad(
-                    &at("kubeconfig"),
-                    "'kubeconfig' goes with 'service' (the Service to read in that cluster)",
-                ));
-            }
-            (None, None, None) => {
-                return Err(c.bad(
-                    &whole,
-                    "a source needs 'service' (\"namespace/name\") or 'addresses' ([\"IP\", ...])",
-                ));
-            }
-            (Some(service), None, None) => Source::Service(c.service_ref(&at("service"), service)?),
-            (Some(service), Some(path), None) => Source::Remote(RemoteSource {
-                service: c.service_ref(&at("service"), service)?,
-                kubeconfig: remote_kubeconfig(c, &at("kubeconfig"), path)?,
-            }),
-            (None, None, Some(list)) => {
-                if list.is_empty() {
-                    return Err(c.bad(&at("addresses"), "lists no address"));
-                }
-                for (k, text) in list.iter().enumerate() {
-                    let k = k.to_string();
-                    let address = static_address(text).map_err(|why| {
-                        c.bad(&["pair", idx, "sources", &j, "addresses", &k], why)
-                    })?;
-                    addresses.push(address);
-                }
-                continue;
-            }
-        };
-        if out.contains(&source) {
-            return Err(c.bad(&whole, format!("{} is listed twice", source)));
-        }
-        out.push(source);
-    }
-    if !addresses.is_empty() {
-        out.push(Source::Static(StaticSource::new(addresses)));
-    }
-    Ok(out)
-}
-
-/// A static source's address: an IP address the EndpointSlice API accepts.
-fn static_address(text: &str) -> Result<IpAddr, String> {
-    if let Ok(address) = text.parse::<IpAddr>() {
-        return match crate::desired::unusable_endpoint_address(address) {
-            Some(why) => Err(format!(
-                "'{text}' is {why}, which the EndpointSlice API refuses"
-            )),
-            None => Ok(address),
-        };
-    }
-    let unbracketed = text.trim_start_matches('[');
-    let port_split = text
-        .parse::<std::net::SocketAddr>()
-        .ok()
-        .map(|s| s.ip().to_string())
-        .or_else(|| {
-            // `198.51.100.10:https` or `[2001:db8::1]:https`: a named port.
-            let (host, _) = unbracketed.rsplit_once(':')?;
-            let host = host.trim_end_matches(']');
-            host.parse::<IpAddr>().ok().map(|a| a.to_string())
-        });
-    if let Some(host) = port_split {
-        return Err(format!(
-            "'{text}' names a port; write the address alone ('{host}'): the ports come from the target Service (a named targetPort needs a Service source that defines it)"
-        ));
-    }
-    if text.chars().any(|ch| ch.is_ascii_alphabetic()) && !text.contains(':') {
-        return Err(format!(
-            "'{text}' is a host name; static sources take IP addresses (an EndpointSlice of type IPv4 or IPv6 holds addresses, never names)"
-        ));
-    }
-    Err(format!("'{text}' is not an IPv4 or IPv6 address"))
-}
-
-/// A remote source's `kubeconfig`: an absolute path that, when it exists, can be read (a missing
-/// one is waited for at run time, like the node kubeconfig on first boot).
-fn remote_kubeconfig(c: &Checker<'_>, key: &[&str], path: &str) -> Result<PathBuf, Error> {
-    let p = Path::new(path);
-    if !p.is_absolute() {
-        return Err(c.bad(key, format!("'{path}' is not an absolute path")));
-    }
-    match std::fs::File::open(p).and_then(|mut f| {
-        let mut buf = [0u8; 1];
-        std::io::Read::read(&mut f, &mut buf)
-    }) {
-        Ok(_) => Ok(p.to_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(p.to_owned()),
-        Err(e) => Err(c.bad(key, format!("'{path}' cannot be read: {e}"))),
-    }
 }
 
 /// `[annotations]`: every allowed source is a valid `namespace/name`.
