@@ -334,20 +334,25 @@ async fn static_addresses_follow_kubelet_readiness_under_a_tcp_probe() {
     daemon.stop().await;
 }
 
-#[test]
-fn a_bad_source_exits_78_naming_file_line_and_column() {
+/// Runs the binary's `command` with one drop-in `50-db.toml` holding `text`: its exit code and
+/// stderr.
+fn with_drop_in(command: &str, text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("50-db.toml"),
-        "[[pair]]\ntarget = \"app/db\"\nsources = [\n  { service = \"app/db-primary\" },\n  { addresses = [\"db.example.com\"] },\n]\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("50-db.toml"), text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_endpoint-copier"))
-        .args(["--config-dir", dir.path().to_str().unwrap(), "run"])
+        .args(["--config-dir", dir.path().to_str().unwrap(), command])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn a_bad_source_exits_78_naming_file_line_and_column() {
+    let (code, stderr) = with_drop_in(
+        "run",
+        "[[pair]]\ntarget = \"app/db\"\nsources = [\n  { service = \"app/db-primary\" },\n  { addresses = [\"db.example.com\"] },\n]\n",
+    );
+    assert_eq!(code, Some(78));
     assert!(stderr.contains("50-db.toml:5:"), "{stderr}");
     assert!(
         stderr.contains("pair[0].sources[1].addresses[0]") && stderr.contains("is a host name"),
@@ -357,18 +362,11 @@ fn a_bad_source_exits_78_naming_file_line_and_column() {
 
 #[test]
 fn an_unknown_source_key_exits_78() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("50-db.toml"),
+    let (code, stderr) = with_drop_in(
+        "check",
         "[[pair]]\ntarget = \"app/db\"\nsources = [{ service = \"app/a\", cluster = \"b\" }]\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_endpoint-copier"))
-        .args(["--config-dir", dir.path().to_str().unwrap(), "check"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    );
+    assert_eq!(code, Some(78));
     assert!(stderr.contains("50-db.toml:3:"), "{stderr}");
     assert!(
         stderr.contains("unknown key 'pair[0].sources[0].cluster'"),

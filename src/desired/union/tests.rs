@@ -124,14 +124,26 @@ fn three_kinds() -> Vec<(Source, Vec<EndpointSlice>)> {
     ]
 }
 
-fn run(parts: &[(Source, Vec<EndpointSlice>)], actual: &[EndpointSlice]) -> Result<Union, Hold> {
-    let inputs: Vec<Input<'_>> = parts
+/// `parts` as union inputs; a source `held` picks has nothing to give.
+fn inputs(
+    parts: &[(Source, Vec<EndpointSlice>)],
+    held: impl Fn(&Source) -> bool,
+) -> Vec<Input<'_>> {
+    parts
         .iter()
         .map(|(source, slices)| Input {
             source,
-            slices: Ok(slices),
+            slices: if held(source) {
+                Err(Hold::NoSourceSlices)
+            } else {
+                Ok(slices)
+            },
         })
-        .collect();
+        .collect()
+}
+
+fn run(parts: &[(Source, Vec<EndpointSlice>)], actual: &[EndpointSlice]) -> Result<Union, Hold> {
+    let inputs = inputs(parts, |_| false);
     union(
         &target_ref(),
         &target(&[IPV4, IPV6]),
@@ -246,17 +258,7 @@ fn a_source_with_nothing_to_give_keeps_its_slices_as_they_are() {
     let parts = three_kinds();
     let before = run(&parts, &[]).unwrap().slices;
     // The remote is unreachable and was never read by this copy: its slice stays in the target.
-    let inputs: Vec<Input<'_>> = parts
-        .iter()
-        .map(|(source, slices)| Input {
-            source,
-            slices: if matches!(source, Source::Remote(_)) {
-                Err(Hold::NoSourceSlices)
-            } else {
-                Ok(slices)
-            },
-        })
-        .collect();
+    let inputs = inputs(&parts, |s| matches!(s, Source::Remote(_)));
     let got = union(
         &target_ref(),
         &target(&[IPV4, IPV6]),
@@ -273,13 +275,7 @@ fn a_source_with_nothing_to_give_keeps_its_slices_as_they_are() {
 #[test]
 fn only_when_every_source_has_nothing_is_the_pair_held() {
     let parts = three_kinds();
-    let inputs: Vec<Input<'_>> = parts
-        .iter()
-        .map(|(source, _)| Input {
-            source,
-            slices: Err(Hold::NoSourceSlices),
-        })
-        .collect();
+    let inputs = inputs(&parts, |_| true);
     let got = union(
         &target_ref(),
         &target(&[IPV4, IPV6]),
@@ -293,13 +289,7 @@ fn only_when_every_source_has_nothing_is_the_pair_held() {
 #[test]
 fn a_target_that_cannot_be_written_holds_the_pair() {
     let parts = three_kinds();
-    let inputs: Vec<Input<'_>> = parts
-        .iter()
-        .map(|(source, slices)| Input {
-            source,
-            slices: Ok(slices),
-        })
-        .collect();
+    let inputs = inputs(&parts, |_| false);
     let mut t = target(&[IPV4]);
     t.metadata.uid = None;
     assert_eq!(
