@@ -194,6 +194,28 @@ impl SliceWatches {
         started
     }
 
+    /// Starts `namespace`'s watch over (a re-list on a new connection), for the same Services;
+    /// returns whether it was running. Its cache stays ready meanwhile: the new list replaces
+    /// the namespace's slices at once when it is complete.
+    pub fn restart(&mut self, client: &Client, namespace: &str) -> bool {
+        let Some((_, names, token)) = self.running.remove(namespace) else {
+            return false;
+        };
+        token.cancel();
+        let services: BTreeSet<ServiceRef> = names
+            .into_iter()
+            .map(|name| ServiceRef {
+                namespace: namespace.to_owned(),
+                name,
+            })
+            .collect();
+        // `ensure` with only this namespace would stop every other one: start it on its own.
+        let mut others = std::mem::take(&mut self.running);
+        self.ensure(client, &services);
+        self.running.append(&mut others);
+        true
+    }
+
     /// Whether `generation` is the current watch of `namespace`.
     pub fn is_current(&self, namespace: &str, generation: u64) -> bool {
         self.running
@@ -424,6 +446,24 @@ impl SliceCache {
             }
         }
         changed
+    }
+
+    /// Puts a slice as a fresh read found it (or its absence) into the cache, as a watch event
+    /// would; returns the Services whose slices changed. A conflict's re-read goes here, so the
+    /// next plan starts from the API's version even while the watch is still re-listing.
+    pub fn refresh(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        slice: Option<EndpointSlice>,
+    ) -> BTreeSet<ServiceRef> {
+        match slice {
+            Some(slice) => self.apply(namespace, Event::Apply(slice)),
+            None => self
+                .remove_elsewhere(namespace, name, None)
+                .into_iter()
+                .collect(),
+        }
     }
 
     /// Removes the slice `ns/name` from every group but `except`; returns the groups it left.

@@ -151,7 +151,11 @@ impl Engine {
             // refused pair, until the annotation is fixed or removed (both touch it again).
             return self.hold(target, Hold::Refused, &actual);
         }
-        let count = state.probe.as_ref().map(|_| self.count(now));
+        let probes = state.probe.is_some();
+        let ballots = probes.then(|| self.ballots(now));
+        let Some(state) = self.pairs.get(target) else {
+            return;
+        };
         let planned = plan_for(
             &state.phase,
             target,
@@ -160,7 +164,10 @@ impl Engine {
             &actual,
             &self.owner,
             &Facts {
-                probe: state.probe.as_ref().zip(count.as_ref()),
+                probe: state
+                    .probe
+                    .as_ref()
+                    .zip(ballots.as_ref().map(super::view::verdicts)),
                 nodes: self.node_view(state.derive),
             },
         );
@@ -169,7 +176,8 @@ impl Engine {
             Err(hold) => return self.hold(target, hold, &actual),
             Ok(step) => step,
         };
-        if let (Some(decision), Some(count)) = (step.decision.take(), count.as_ref()) {
+        // Evictions kept as written are no decision of this term: nothing to report.
+        if let (Some(decision), Some(Ok(count))) = (step.decision.take(), ballots.as_ref()) {
             self.note_decision(target, decision, count);
         }
         self.note_nodes(target, std::mem::take(&mut step.nodes));

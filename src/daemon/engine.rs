@@ -99,6 +99,8 @@ pub struct Engine {
     pub(super) members: Members,
     /// When an answer of `members` changes by time alone (a member turning stale or gone).
     pub(super) members_due: Option<Instant>,
+    /// When the member watch last delivered: whether ballots can be counted.
+    pub(super) member_view: super::view::MemberView,
     /// Pairs configured on some live members and not on others, as last reported.
     pub(super) mismatches: Vec<Mismatch>,
     /// The configured pairs with their probes.
@@ -166,6 +168,7 @@ impl Engine {
             watch_errors: BTreeMap::new(),
             members,
             members_due: None,
+            member_view: super::view::MemberView::new(config.members.heartbeat, Instant::now()),
             mismatches: Vec::new(),
             pair_configs: config.pairs.clone(),
             probes,
@@ -223,6 +226,7 @@ impl Engine {
                 Some(update) = self.remote_updates.1.recv() => self.on_remote(update),
                 Some(event) = member_events.next() => match event {
                     Ok(event) => {
+                        self.member_view.heard(Instant::now());
                         self.watch_errors.remove("members");
                         if self.members.apply(event, Instant::now()) {
                             self.members_due = Some(Instant::now());
@@ -253,6 +257,17 @@ impl Engine {
                 }
                 _ = tick.tick() => {
                     host.beat.tick();
+                    let now = Instant::now();
+                    if self.member_view.restart_due(now) {
+                        // Our own member Lease changes every heartbeat: a watch that brought
+                        // none of it is on a dead connection. Start it over; until it delivers,
+                        // ballots are not counted.
+                        warn!(watch = "members", "the member watch brought nothing for two heartbeats; starting it over");
+                        member_events = crate::group::live::watch(&self.client, &self.group);
+                        self.member_view.restarted(now);
+                        self.metrics.watch_restart("services");
+                        self.touch_probing();
+                    }
                     self.publish_status(host);
                 }
             }

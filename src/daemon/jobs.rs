@@ -75,6 +75,15 @@ pub enum WriteError {
         /// The target.
         target: ServiceRef,
     },
+    /// Someone wrote first (409, or an update of a slice that vanished): the plan was made from
+    /// a cache older than the API. The slice was read again so the next plan starts from it.
+    #[error("the cache was older than the API; re-planning from a fresh read")]
+    Conflict {
+        /// The refused write.
+        source: apply::Error,
+        /// The slice as the API has it now, when the read succeeded (boxed: a whole slice).
+        fresh: Option<Box<Refreshed>>,
+    },
     /// The fresh read that must confirm a plan clearing the target failed.
     #[error("failed to read Service {target} before deleting its EndpointSlices")]
     Confirm {
@@ -84,6 +93,37 @@ pub enum WriteError {
         #[source]
         source: kube::Error,
     },
+}
+
+/// One EndpointSlice as a fresh read (not the cache) found it after a conflict.
+#[derive(Debug, Clone)]
+pub struct Refreshed {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The slice, or `None` when it is gone.
+    pub slice: Option<EndpointSlice>,
+}
+
+/// Reads the slice a conflicting write was about (bounded by [`apply::REQUEST_TIMEOUT`]);
+/// `None` when the error is not about one slice or the read failed (the re-list brings it).
+async fn reread(api: &Api<EndpointSlice>, error: &apply::Error) -> Option<Box<Refreshed>> {
+    let apply::Error::Api {
+        namespace, slice, ..
+    } = error
+    else {
+        return None;
+    };
+    let fresh = tokio::time::timeout(apply::REQUEST_TIMEOUT, api.get_opt(slice))
+        .await
+        .ok()?
+        .ok()?;
+    Some(Box::new(Refreshed {
+        namespace: namespace.clone(),
+        name: slice.clone(),
+        slice: fresh,
+    }))
 }
 
 /// What a write task needs to know about the pair besides its plan.
@@ -126,7 +166,16 @@ pub async fn write(
         }
     }
     let api: Api<EndpointSlice> = Api::namespaced(client, &target.namespace);
-    Ok(apply::apply(&api, &target.namespace, &step.plan, &fence, &metrics).await?)
+    match apply::apply(&api, &target.namespace, &step.plan, &fence, &metrics).await {
+        Ok(applied) => Ok(applied),
+        Err(source) if source.is_conflict() => {
+            // Re-planning from the same cache would send the same stale resourceVersion again
+            // (a watch that went silent never brings the newer object): read it now.
+            let fresh = reread(&api, &source).await;
+            Err(WriteError::Conflict { source, fresh })
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether a target Service read fresh from the API is (still) a pair's: it exists and is

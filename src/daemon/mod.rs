@@ -29,6 +29,7 @@ mod probes;
 pub mod schedule;
 mod sources;
 mod status;
+mod view;
 
 use std::time::Duration;
 

@@ -18,6 +18,10 @@ use crate::error::chain;
 use crate::events::EventReason;
 use crate::names::ServiceRef;
 
+/// Conflicts in a row on one target after which it is reported (warning, Event): each one
+/// re-read the slice and re-listed the namespace, so more mean another writer, not a stale cache.
+pub(super) const CONFLICT_STREAK: u32 = 3;
+
 impl Engine {
     /// A task ended: its outcome, or why it has none.
     pub(super) fn joined(
@@ -139,6 +143,17 @@ impl Engine {
             Err(WriteError::Apply(e)) => {
                 Finish::Failed(e.retry_after().unwrap_or_else(|| self.backoff_for(&job)))
             }
+            Err(WriteError::Conflict { fresh, .. }) => {
+                // The next plan starts from the API's version of the slice, and the watch that
+                // fed the stale one lists again on a new connection (it may have gone silent).
+                if let Some(r) = fresh {
+                    self.slices.refresh(&r.namespace, &r.name, r.slice.clone());
+                }
+                if self.watches.restart(&self.client, &target.namespace) {
+                    debug!(namespace = %target.namespace, "re-listing the EndpointSlices of a namespace after a conflict");
+                }
+                Finish::Failed(self.backoff_for(&job))
+            }
             Err(_) => Finish::Failed(self.backoff_for(&job)),
         };
         let Some(state) = self.pairs.get_mut(target) else {
@@ -156,6 +171,7 @@ impl Engine {
                 }
                 state.synced_at = Some(now);
                 state.last_error = None;
+                state.conflicts = 0;
                 state.endpoints = desired::ready_endpoints(&actual);
                 let retired = state.phase == Phase::Retired;
                 self.metrics.set_last_sync(&target.to_string());
@@ -178,23 +194,37 @@ impl Engine {
                 // The caches lag behind the API: wait for the watch, never delete on a stale view.
                 info!(service = %target, error = %chain(&e), "not deleting; waiting for the Service watch to catch up");
             }
+            Err(e @ WriteError::Conflict { .. }) => {
+                let message = chain(&e);
+                state.conflicts += 1;
+                state.last_error = Some(message.clone());
+                let conflicts = state.conflicts;
+                if conflicts < CONFLICT_STREAK {
+                    debug!(service = %target, attempt = conflicts, error = %message, "conflict; re-planning");
+                } else if conflicts == CONFLICT_STREAK {
+                    // Each conflict re-read the slice and re-listed its namespace, so a streak
+                    // means someone else keeps writing this target: said once per streak, and
+                    // the backoff keeps growing.
+                    warn!(service = %target, attempt = conflicts, error = %message, "conflicts keep coming; another writer changes this target, retrying with backoff");
+                    self.report(
+                        target,
+                        EventReason::WriteFailed,
+                        format!("{conflicts} conflicts in a row; another writer keeps changing the target: {message}"),
+                    );
+                }
+            }
             Err(e) => {
                 let message = chain(&e);
                 let attempt = state.write.attempt();
                 state.last_error = Some(message.clone());
-                let conflict = matches!(&e, WriteError::Apply(a) if a.is_conflict());
                 let transient = matches!(&e, WriteError::Apply(a) if a.is_transient())
                     || matches!(e, WriteError::Confirm { .. });
-                if conflict {
-                    debug!(service = %target, attempt, error = %message, "conflict; re-planning");
-                } else if transient {
+                if transient {
                     warn!(service = %target, attempt, error = %message, "write failed; retrying with backoff");
                 } else {
                     error!(service = %target, attempt, error = %message, "write refused; retrying with backoff until fixed");
                 }
-                if !conflict {
-                    self.report(target, EventReason::WriteFailed, message);
-                }
+                self.report(target, EventReason::WriteFailed, message);
             }
         }
     }

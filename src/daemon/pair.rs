@@ -4,7 +4,7 @@
 //! The phase is an enum whose variants carry their data, so that a pair cannot be both retired
 //! and refused; the schedules (pure, in `schedule.rs`) say when its work runs next.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -75,6 +75,8 @@ pub struct PairState {
     pub hold: Option<Hold>,
     /// The last write error, until a write succeeds.
     pub last_error: Option<String>,
+    /// Conflicts in a row, until a write succeeds.
+    pub conflicts: u32,
     /// The last Event reported, so that only transitions are reported.
     pub reported: Option<(EventReason, String)>,
     /// Slices on the target that this group does not manage, as last reported.
@@ -103,6 +105,7 @@ impl PairState {
             endpoints: 0,
             hold: None,
             last_error: None,
+            conflicts: 0,
             reported: None,
             foreign: Vec::new(),
             wanted_by: Vec::new(),
@@ -163,11 +166,22 @@ pub struct NodeView<'a> {
     pub derive: bool,
 }
 
+/// How a plan decides the probed endpoints' readiness.
+#[derive(Debug, Clone, Copy)]
+pub enum Verdicts<'a> {
+    /// By the quorum of these counted ballots.
+    Counted(&'a Count),
+    /// As the target has them written now: the leader's view of the members is not complete
+    /// (not listed yet, its watch failing or silent, a live member not yet seen renewing), so
+    /// nothing is evicted and nothing evicted returns until it is.
+    AsWritten,
+}
+
 /// What the facts beside the slices make of a plan: probes and Nodes. `Default`: neither.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Facts<'a> {
-    /// The pair's probe and the ballots counted now, for a pair that probes.
-    pub probe: Option<(&'a Spec, &'a Count)>,
+    /// The pair's probe and how its verdicts are decided, for a pair that probes.
+    pub probe: Option<(&'a Spec, Verdicts<'a>)>,
     /// The Nodes, when the Node watch delivered them.
     pub nodes: Option<NodeView<'a>>,
 }
@@ -252,6 +266,32 @@ pub fn candidates(
         .collect()
 }
 
+/// The endpoints ready in `want` that our slices in `actual` have written not ready: what an
+/// eviction (or a drain) wrote, which [`Verdicts::AsWritten`] keeps as it is.
+fn written_not_ready(
+    want: &[EndpointSlice],
+    actual: &[EndpointSlice],
+    owner: &Owner,
+) -> BTreeSet<std::net::IpAddr> {
+    let addresses = |slices: &mut dyn Iterator<Item = &EndpointSlice>, ready: bool| {
+        slices
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true) == ready)
+            .flat_map(|e| e.addresses.iter())
+            .filter_map(|a| a.parse().ok())
+            .collect::<BTreeSet<std::net::IpAddr>>()
+    };
+    let ours = &mut actual.iter().filter(|s| {
+        matches!(
+            desired::manager_of(s, owner),
+            desired::Manager::Us | desired::Manager::Operator
+        )
+    });
+    let written = addresses(ours, false);
+    let wanted = addresses(&mut want.iter(), true);
+    written.intersection(&wanted).copied().collect()
+}
+
 /// What to write for the target `target` in `phase`, from the caches: the Service objects kept
 /// by the watch, what each source gives (`read`) and the target's slices (`actual`, every
 /// manager's). The target gets the union of the sources (`desired::union`): a source with
@@ -298,8 +338,14 @@ pub fn plan_for(
                 .collect();
             let union = desired::union::union(target, svc, &inputs, actual, owner)?;
             let mut want = union.slices;
-            let mut decision = facts.probe.map(|(spec, count)| {
-                quorum::decide(&candidates(spec, target, svc, &prepared), count)
+            let mut decision = facts.probe.map(|(spec, verdicts)| match verdicts {
+                Verdicts::Counted(count) => {
+                    quorum::decide(&candidates(spec, target, svc, &prepared), count)
+                }
+                Verdicts::AsWritten => quorum::Decision {
+                    evicted: written_not_ready(&want, actual, owner),
+                    spared: None,
+                },
             });
             let evicted = decision
                 .as_ref()
@@ -481,7 +527,7 @@ mod tests {
             &[],
             &owner(),
             &Facts {
-                probe: Some((&spec, &count)),
+                probe: Some((&spec, Verdicts::Counted(&count))),
                 nodes: None,
             },
         )

@@ -104,6 +104,9 @@ struct Seen {
     changed_at: Instant,
     /// How long it stays live after a change: its `leaseDurationSeconds`, or our expiry.
     duration: Duration,
+    /// Whether we have seen it change since we first read it: a record first read from a list
+    /// may be the last one a host wrote before it died, however long ago.
+    renewed: bool,
 }
 
 impl Seen {
@@ -184,7 +187,7 @@ impl Members {
                 let mut next = BTreeMap::new();
                 for lease in fresh {
                     if let Some(name) = lease.metadata.name.clone() {
-                        let (seen, news) = self.observe(self.seen.get(&name), &lease, now);
+                        let (seen, news) = self.observe(self.seen.get(&name), &lease, now, false);
                         changed |= news;
                         next.insert(name, seen);
                     }
@@ -198,7 +201,7 @@ impl Members {
                 let Some(name) = lease.metadata.name.clone() else {
                     return false;
                 };
-                let (seen, news) = self.observe(self.seen.get(&name), &lease, now);
+                let (seen, news) = self.observe(self.seen.get(&name), &lease, now, true);
                 self.seen.insert(name, seen);
                 news
             }
@@ -211,7 +214,15 @@ impl Members {
     }
 
     /// The new state of a member Lease seen at `now`, and whether it is news (see `apply`).
-    fn observe(&self, previous: Option<&Seen>, lease: &Lease, now: Instant) -> (Seen, bool) {
+    /// `written_now`: it came as a watch event, i.e. it was just written (a list may hold a dead
+    /// host's last record).
+    fn observe(
+        &self,
+        previous: Option<&Seen>,
+        lease: &Lease,
+        now: Instant,
+        written_now: bool,
+    ) -> (Seen, bool) {
         let annotation = |key: &str| {
             lease
                 .metadata
@@ -233,10 +244,10 @@ impl Members {
             Some(secs) if secs > 0 => Duration::from_secs(u64::from(secs.unsigned_abs())),
             _ => self.settings.expiry,
         };
-        let (changed_at, news) = match previous {
-            Some(p) if p.fingerprint == fingerprint => (p.changed_at, false),
-            Some(p) => (now, p.content != content || now >= p.live_until()),
-            None => (now, true),
+        let (changed_at, news, renewed) = match previous {
+            Some(p) if p.fingerprint == fingerprint => (p.changed_at, false, p.renewed),
+            Some(p) => (now, p.content != content || now >= p.live_until(), true),
+            None => (now, true, written_now),
         };
         let seen = Seen {
             content,
@@ -246,8 +257,24 @@ impl Members {
             fingerprint,
             changed_at,
             duration,
+            renewed,
         };
         (seen, news)
+    }
+
+    /// Members that look live but have not been seen renewing since this copy first read them
+    /// (ours excepted), sorted: until they renew or turn stale, their records may be a dead
+    /// host's last words, and the ballots are not complete.
+    pub fn unconfirmed(&self, now: Instant) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .seen
+            .values()
+            .filter(|s| now < s.live_until() && !s.renewed && s.identity != self.own)
+            .map(|s| s.identity.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// The live members (changed within their duration) by identity, with their records; ours
@@ -478,6 +505,23 @@ mod tests {
         assert!(m.live(t0 + secs(54)).contains_key("node-2"));
         // Coming back after being stale is news.
         assert!(m.apply(Event::Apply(lease("node-2", &[1], 99)), t0 + secs(60)));
+    }
+
+    #[test]
+    fn a_listed_member_is_unconfirmed_until_seen_renewing_and_a_written_one_is_confirmed() {
+        let t0 = Instant::now();
+        let mut m = listed(vec![lease("node-2", &[1], 0), lease("self", &[1], 0)], t0);
+        // A record from the first list may be a host's last words before it died long ago.
+        assert_eq!(m.unconfirmed(t0), vec!["node-2".to_owned()]);
+        m.apply(Event::Apply(lease("node-2", &[1], 10)), t0 + secs(10));
+        assert!(m.unconfirmed(t0 + secs(10)).is_empty());
+        // One created while we watch was just written.
+        m.apply(Event::Apply(lease("node-3", &[1], 0)), t0 + secs(11));
+        assert!(m.unconfirmed(t0 + secs(11)).is_empty());
+        // A listed member that never renews stops being waited for once it turns stale.
+        let m = listed(vec![lease("node-4", &[1], 0)], t0);
+        assert_eq!(m.unconfirmed(t0 + secs(29)), vec!["node-4".to_owned()]);
+        assert!(m.unconfirmed(t0 + secs(30)).is_empty());
     }
 
     #[test]

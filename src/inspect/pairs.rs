@@ -13,7 +13,7 @@ use kube::{Api, Client};
 use super::Error;
 use super::report::{EndpointReport, ForeignReport, PairReport, RefusalReport, VipReport};
 use crate::config::Config;
-use crate::daemon::pair::{Facts, NodeOutcome, NodeView, Phase, plan_for};
+use crate::daemon::pair::{Facts, NodeOutcome, NodeView, Phase, Verdicts, plan_for};
 use crate::desired::{self, ForeignSlice, Hold, Owner, manager_of};
 use crate::names::{self, ServiceRef};
 use crate::pairs::{self, Resolution};
@@ -203,7 +203,7 @@ pub async fn inspect(
             &actual,
             owner,
             &Facts {
-                probe: probe.as_ref().map(|p| (p, count)),
+                probe: probe.as_ref().map(|p| (p, Verdicts::Counted(count))),
                 nodes: view,
             },
         ) {

@@ -22,22 +22,22 @@ use crate::common::{Daemon, World, eventually, slices_of, wait_for_target};
 
 /// How long a test waits for something the probes and the quorum must bring about. Generous: the
 /// speed is the benchmark's business (`examples/bench_probe.rs`), not a test's.
-const WITHIN: Duration = Duration::from_secs(10);
+pub(crate) const WITHIN: Duration = Duration::from_secs(10);
 
-const A: &str = "198.51.100.21";
-const B: &str = "198.51.100.22";
-const C: &str = "198.51.100.23";
+pub(crate) const A: &str = "198.51.100.21";
+pub(crate) const B: &str = "198.51.100.22";
+pub(crate) const C: &str = "198.51.100.23";
 
 /// A world in the namespace with three stand-in apiservers (HTTPS, the test bed's CA, client
 /// certificates required) behind its source, and a target in sync.
-struct Bed {
+pub(crate) struct Bed {
     ns: Arc<NetNs>,
-    world: World,
+    pub(crate) world: World,
     apis: BTreeMap<&'static str, Listener>,
 }
 
 impl Bed {
-    async fn new(ns: Arc<NetNs>) -> Bed {
+    pub(crate) async fn new(ns: Arc<NetNs>) -> Bed {
         let world = World::new("evict").await;
         let tb = world.testbed().expect("probe tests run on the test bed");
         let mut apis = BTreeMap::new();
@@ -49,7 +49,7 @@ impl Bed {
     }
 
     /// The daemon config of `identity`, its pair probing `/readyz`.
-    fn config(&self, identity: &str) -> Config {
+    pub(crate) fn config(&self, identity: &str) -> Config {
         let mut c = self.world.config(identity);
         c.pairs[0].probe = Some(Spec::readyz());
         c
@@ -57,7 +57,7 @@ impl Bed {
 
     /// A config directory for the binary as `identity`, with the same pair and probe as
     /// [`Bed::config`] (Lease timings 4/2/1 s: the binary takes whole seconds).
-    fn binary_config(&self, identity: &str) -> tempfile::TempDir {
+    pub(crate) fn binary_config(&self, identity: &str) -> tempfile::TempDir {
         crate::common::drop_in_dir(
             &self.world,
             identity,
@@ -75,7 +75,7 @@ impl Bed {
 
     /// Writes (or rewrites) the member Lease of another host, `identity`, seeing `down` down
     /// and the rest of A, B, C up: the ballot that host's daemon would publish.
-    async fn ballot(&self, identity: &str, down: &[&str]) {
+    pub(crate) async fn ballot(&self, identity: &str, down: &[&str]) {
         let group = Group::new(&self.world.ns, "endpoint-copier");
         let mut record = MemberRecord::new(
             identity,
@@ -114,7 +114,7 @@ impl Bed {
     }
 
     /// Waits until `identity`'s own member Lease publishes `verdict` on `a`.
-    async fn published(&self, identity: &str, a: &str, verdict: Verdict) {
+    pub(crate) async fn published(&self, identity: &str, a: &str, verdict: Verdict) {
         let group = Group::new(&self.world.ns, "endpoint-copier");
         let api: Api<Lease> = Api::namespaced(self.world.client.clone(), &self.world.ns);
         let name = member_name(&group, identity);
@@ -133,7 +133,7 @@ impl Bed {
 
     /// Waits until the target's ready addresses are exactly `ready`, every address of A, B, C
     /// still in it (evicted ones not ready, not serving).
-    async fn vip(&self, ready: &[&str]) {
+    pub(crate) async fn vip(&self, ready: &[&str]) {
         wait_for_target(&self.world.client, &self.world.ns, "vip", ready, WITHIN).await;
         let slices = slices_of(&self.world.client, &self.world.ns, "vip").await;
         let all: BTreeSet<String> = slices
@@ -162,7 +162,7 @@ impl Bed {
             .count()
     }
 
-    fn api(&self, a: &str) -> &Listener {
+    pub(crate) fn api(&self, a: &str) -> &Listener {
         &self.apis[a]
     }
 }

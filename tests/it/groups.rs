@@ -12,7 +12,6 @@ use endpoint_copier_testbed::require_testbed;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::runtime::watcher;
 
@@ -116,21 +115,6 @@ fn group_config(world: &World, identity: &str, lease_name: &str, targets: &[&str
     c.members.expiry = Duration::from_secs(2);
     c.members.forget_after = Duration::from_secs(4);
     c
-}
-
-async fn events_on(world: &World, target: &str, reason: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(world.client.clone(), &world.ns);
-    api.list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(target)
-        })
-        .map(|e| e.note.unwrap_or_default())
-        .collect()
 }
 
 #[tokio::test]

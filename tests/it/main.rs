@@ -7,10 +7,12 @@ mod common;
 
 mod binary;
 mod combustion;
+mod conflicts;
 mod drain;
 mod eviction;
 mod group;
 mod groups;
+mod heal;
 mod inspect;
 mod journald;
 mod kubeconfig;

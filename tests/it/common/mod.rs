@@ -451,3 +451,20 @@ pub fn drop_in_dir(
     .unwrap();
     dir
 }
+
+/// The notes of the Events with `reason` about the Service `target` in the world's namespace.
+pub async fn events_on(world: &World, target: &str, reason: &str) -> Vec<String> {
+    let api: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(world.client.clone(), &world.ns);
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(target)
+        })
+        .map(|e| e.note.unwrap_or_default())
+        .collect()
+}

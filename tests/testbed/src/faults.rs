@@ -131,6 +131,12 @@ pub enum Partition {
     Hang,
     /// Connections are closed without an answer, as a reset would.
     Refuse,
+    /// Every packet dropped, both ways: requests are never answered, open watches stop
+    /// delivering — and the connections that carried either stay silent for good, even after the
+    /// heal, without being closed (the server gave up on them meanwhile and its FIN was dropped
+    /// too). Connections opened after the heal work. What `ha-kill.sh N --partition` followed by
+    /// `ha-revive.sh N` does to a kube-rs client on a real control plane.
+    BlackHole,
 }
 
 /// The reason kube-apiserver puts in a Status for an HTTP code (apimachinery's StatusReason).

@@ -97,11 +97,42 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
             .and_then(|c| c.first())
             .map(|c| PeerCert::new(c.to_vec())),
     );
-    let service = hyper::service::service_fn(move |req| handle(shared.clone(), peer.clone(), req));
+    // One flag per connection: a black-holed partition freezes the connections it touched for
+    // good, while connections opened after the heal serve normally.
+    let frozen = Frozen::default();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(frozen.clone());
+        handle(shared.clone(), peer.clone(), req)
+    });
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(TokioIo::new(tls), service)
         .await;
+}
+
+/// Set on a connection that carried a request or a watch of an identity while it was black-holed
+/// ([`Partition::BlackHole`]): nothing is ever sent on it again, and nothing closes it. A real
+/// firewall that drops packets does this to a connection whose server side gave up meanwhile
+/// (its watch timed out, its FIN was dropped): after the heal the client still holds an
+/// "established" connection that the server has forgotten.
+#[derive(Debug, Clone, Default)]
+pub struct Frozen(Arc<std::sync::atomic::AtomicBool>);
+
+impl Frozen {
+    fn freeze(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_frozen(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Never returns once frozen: the connection stays silent until the client drops it.
+    async fn hold_if_frozen(&self) {
+        if self.is_frozen() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// What kube-apiserver's RequestInfoFactory computes from a request.
@@ -302,10 +333,21 @@ async fn handle(
             None,
         )));
     }
+    let frozen = req
+        .extensions()
+        .get::<Frozen>()
+        .cloned()
+        .unwrap_or_default();
+    frozen.hold_if_frozen().await;
     match shared.faults.partition_of(&identity) {
         Some(Partition::Refuse) => {
             log(0);
             return Err(Refused);
+        }
+        Some(Partition::BlackHole) => {
+            log(0);
+            frozen.freeze();
+            frozen.hold_if_frozen().await;
         }
         Some(Partition::Hang) => {
             log(0);
@@ -588,7 +630,14 @@ async fn resource_request(
             };
             Ok(json_response(200, &store.list(r, ns, &p)?))
         }
-        Verb::Watch => watch(shared, identity, r, info, query),
+        Verb::Watch => {
+            let frozen = req
+                .extensions()
+                .get::<Frozen>()
+                .cloned()
+                .unwrap_or_default();
+            watch(shared, identity, r, info, query, frozen)
+        }
         Verb::Create => {
             if info.name.is_some() {
                 return Err(api_error(
@@ -703,6 +752,7 @@ fn watch(
     r: &'static Resource,
     info: &Info,
     query: &HashMap<String, String>,
+    frozen: Frozen,
 ) -> Result<Response<Body>, ApiError> {
     let p = WatchParams {
         label_selector: query.get("labelSelector").cloned(),
@@ -748,6 +798,7 @@ fn watch(
         shared: shared.clone(),
         resource: r,
         identity: identity.to_string(),
+        frozen,
         done: false,
     };
     let stream = futures::stream::unfold(state, next_event).map(|line| line.map(Frame::data));
@@ -770,6 +821,7 @@ struct WatchState {
     shared: Arc<Shared>,
     resource: &'static Resource,
     identity: String,
+    frozen: Frozen,
     done: bool,
 }
 
@@ -790,10 +842,15 @@ async fn next_event(mut s: WatchState) -> Option<(Result<Bytes, Refused>, WatchS
         None => {
             let mut partitions = s.shared.faults.subscribe();
             loop {
-                if s.shared.faults.partition_of(&s.identity) == Some(Partition::Refuse) {
-                    s.done = true;
-                    return Some((Err(Refused), s));
+                match s.shared.faults.partition_of(&s.identity) {
+                    Some(Partition::Refuse) => {
+                        s.done = true;
+                        return Some((Err(Refused), s));
+                    }
+                    Some(Partition::BlackHole) => s.frozen.freeze(),
+                    _ => {}
                 }
+                s.frozen.hold_if_frozen().await;
                 tokio::select! {
                     ev = s.events.recv() => break ev?,
                     // The bookmark goes into this watch's own channel, behind every event already
@@ -810,7 +867,12 @@ async fn next_event(mut s: WatchState) -> Option<(Result<Bytes, Refused>, WatchS
             }
         }
     };
-    // A hung partition stops delivery (events queue up in the channel) until healed.
+    // A hung partition stops delivery (events queue up in the channel) until healed; a black hole
+    // stops it for good.
+    if s.shared.faults.partition_of(&s.identity) == Some(Partition::BlackHole) {
+        s.frozen.freeze();
+    }
+    s.frozen.hold_if_frozen().await;
     s.shared.faults.wait_unhung(&s.identity).await;
     if s.shared.faults.partition_of(&s.identity) == Some(Partition::Refuse) {
         s.done = true;

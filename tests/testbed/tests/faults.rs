@@ -275,6 +275,53 @@ async fn hung_partition_stalls_one_identity_while_others_are_served() {
 }
 
 #[tokio::test]
+async fn a_black_hole_leaves_the_connections_it_touched_silent_after_the_heal() {
+    // matches: ha-kill.sh N --partition then ha-revive.sh N on three real kube-apiservers (v1.28)
+    // with a kube-rs client: after the heal the open watch stays "established" on the client and
+    // delivers nothing again, and never ends; a request sent during the cut is never answered;
+    // new connections are served.
+    let bed = TestBed::start().await;
+    let node1: Api<EndpointSlice> =
+        Api::namespaced(client(&bed.kubeconfig_for("node-1")).await, "default");
+    let node2: Api<EndpointSlice> =
+        Api::namespaced(client(&bed.kubeconfig_for("node-2")).await, "default");
+    let mut watch = node1
+        .watch(&WatchParams::default().timeout(60), "0")
+        .await
+        .unwrap()
+        .boxed();
+    bed.partition("node-1", Partition::BlackHole);
+    let during = tokio::spawn({
+        let node1 = node1.clone();
+        async move { node1.list(&ListParams::default()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bed.heal("node-1");
+    node2
+        .create(
+            &PostParams::default(),
+            &slice("kubernetes", "kubernetes", &["198.51.100.1"]),
+        )
+        .await
+        .unwrap();
+    let silent = tokio::time::timeout(Duration::from_millis(700), watch.try_next()).await;
+    assert!(silent.is_err(), "the frozen watch delivered {silent:?}");
+    assert!(
+        !during.is_finished(),
+        "the request sent into the black hole was answered"
+    );
+    // A new client (new connections) of the same identity is served at once.
+    let fresh: Api<EndpointSlice> =
+        Api::namespaced(client(&bed.kubeconfig_for("node-1")).await, "default");
+    let listed = tokio::time::timeout(Duration::from_secs(2), fresh.list(&ListParams::default()))
+        .await
+        .expect("answered after the heal")
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    during.abort();
+}
+
+#[tokio::test]
 async fn refused_partition_drops_the_identity_connections_without_an_answer() {
     // matches: a connection reset seen by one client; others are served
     let bed = TestBed::start().await;

@@ -7,6 +7,10 @@
 //! classification of failed requests ([`classify`], [`retry_after`]) that every caller retries
 //! by. It never reads `~/.kube/config`, `KUBECONFIG` or the in-cluster environment. Deciding
 //! *when* to rebuild is `daemon`'s job; permissions are read through `host`.
+//!
+//! Below it: `transport` makes the connections (kube's TLS and credentials on sockets with TCP
+//! keepalive), `link` judges whether they still carry answers and restarts what a network cut
+//! left silent.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -14,6 +18,11 @@ use std::time::{Duration, SystemTime};
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 
 use crate::config;
+
+pub mod link;
+pub mod transport;
+
+pub use link::{Link, Tracked};
 
 /// How long to wait for a TCP/TLS connection to the API server. Short: a control-plane host's
 /// apiserver is local or one hop away, and a dead one must not hold up a Lease renewal.
@@ -161,7 +170,7 @@ pub async fn build(path: &Path, allow_insecure_tls: bool) -> Result<Loaded, Erro
             path.display()
         ));
     }
-    let client = kube::Client::try_from(config.clone()).map_err(|source| Error::Build {
+    let client = transport::client(&config).map_err(|source| Error::Build {
         path: path.to_owned(),
         source,
     })?;
@@ -270,11 +279,13 @@ pub fn retry_after(error: &kube::Error) -> Option<Duration> {
 /// client certificate, [`Reloadable::swap`] points all of them at a client built from the new
 /// file. Requests already in flight finish on the old connection; the Lease is never dropped.
 /// A 401 from the server is reported through [`Reloadable::unauthorized`], so the daemon re-reads
-/// the kubeconfig at once instead of waiting for the file watch.
+/// the kubeconfig at once instead of waiting for the file watch. Every request and response body
+/// goes through one [`Link`], which restarts the watches a network cut left silent.
 #[derive(Clone)]
 pub struct Reloadable {
     current: std::sync::Arc<std::sync::RwLock<kube::Client>>,
     unauthorized: std::sync::Arc<tokio::sync::Notify>,
+    link: Link,
     outer: kube::Client,
 }
 
@@ -283,28 +294,52 @@ impl Reloadable {
     pub fn new(initial: kube::Client) -> Reloadable {
         let current = std::sync::Arc::new(std::sync::RwLock::new(initial));
         let unauthorized = std::sync::Arc::new(tokio::sync::Notify::new());
-        let (c, u) = (current.clone(), unauthorized.clone());
+        let link = Link::default();
+        let (c, u, l) = (current.clone(), unauthorized.clone(), link.clone());
         let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
             // A poisoned lock only means a swap panicked half-way; the client inside is whole.
             let inner = match c.read() {
                 Ok(g) => g.clone(),
                 Err(p) => p.into_inner().clone(),
             };
-            let u = u.clone();
+            let (u, l) = (u.clone(), l.clone());
             async move {
-                let response = inner.send(request).await?;
+                let watch = link::is_watch(request.uri());
+                let mut exchange = l.open(watch);
+                let answer = tokio::select! {
+                    answer = inner.send(request) => answer,
+                    why = exchange.cut() => return Err(kube::Error::Service(Box::new(why))),
+                    () = tokio::time::sleep(link::ANSWER_IDLE) => {
+                        exchange.timed_out();
+                        return Err(kube::Error::Service(Box::new(link::Cut::AnswerIdle)));
+                    }
+                };
+                let response = match answer {
+                    Ok(response) => response,
+                    Err(e) => {
+                        exchange.failed();
+                        return Err(e);
+                    }
+                };
+                exchange.answered();
                 if response.status() == http::StatusCode::UNAUTHORIZED {
                     u.notify_one();
                 }
-                Ok::<_, kube::Error>(response)
+                Ok::<_, kube::Error>(response.map(|body| Tracked::new(body, exchange, watch)))
             }
         });
         let outer = kube::Client::new(service, "default");
         Reloadable {
             current,
             unauthorized,
+            link,
             outer,
         }
+    }
+
+    /// The link every request of this client goes through: its health for STATUS and `status`.
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     /// The client every task uses.
