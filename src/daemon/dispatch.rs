@@ -169,6 +169,7 @@ impl Engine {
                     .as_ref()
                     .zip(ballots.as_ref().map(super::view::verdicts)),
                 nodes: self.node_view(state.derive),
+                nodes_unknown: self.nodes_unknown(state),
             },
         );
         self.note_foreign(target, &actual);

@@ -227,7 +227,9 @@ impl Engine {
                 Some(event) = member_events.next() => match event {
                     Ok(event) => {
                         self.member_view.heard(Instant::now());
-                        self.watch_errors.remove("members");
+                        if watch::is_progress(&event) {
+                            self.watch_errors.remove("members");
+                        }
                         if self.members.apply(event, Instant::now()) {
                             self.members_due = Some(Instant::now());
                         }
@@ -330,7 +332,10 @@ impl Engine {
     ) {
         match event {
             Ok(event) => {
-                self.watch_errors.remove("services");
+                // `Init` comes before a list that may still fail: not yet a recovery.
+                if watch::is_progress(&event) {
+                    self.watch_errors.remove("services");
+                }
                 let changed = self.services.apply(event);
                 if self.services.is_ready() {
                     self.resolve(&changed);
@@ -357,7 +362,9 @@ impl Engine {
         let scope = format!("endpointslices in {namespace}");
         match event {
             Ok(event) => {
-                self.watch_errors.remove(&scope);
+                if watch::is_progress(&event) {
+                    self.watch_errors.remove(&scope);
+                }
                 let changed = self.slices.apply(namespace, event);
                 let mut probed = false;
                 for (target, state) in &mut self.pairs {

@@ -30,7 +30,10 @@ impl Engine {
     ) {
         match event {
             Ok(event) => {
-                if self.watch_errors.remove(NODES_SCOPE).is_some() {
+                // `Init` comes before a list that may still fail: not yet a recovery.
+                if crate::watch::is_progress(&event)
+                    && self.watch_errors.remove(NODES_SCOPE).is_some()
+                {
                     info!("the Node watch delivers again; node facts and drains apply");
                 }
                 if self.nodes.apply(event) {
@@ -61,10 +64,11 @@ impl Engine {
         self.reprobe();
     }
 
-    /// The Nodes as a plan reads them; `None` until the Node watch delivered its first list
-    /// (then the pair is copied as without Nodes).
+    /// The Nodes as a plan reads them; `None` while there is no view to read: the watch has
+    /// not listed (it fails), or it lists no Node at all — a selector that matches nothing, not
+    /// a cluster without control plane. Then [`Engine::nodes_unknown`] keeps what is written.
     pub(super) fn node_view(&self, derive: bool) -> Option<NodeView<'_>> {
-        self.nodes.is_ready().then(|| NodeView {
+        self.has_node_view().then(|| NodeView {
             index: self.nodes.index(),
             now: Timestamp::now(),
             derive,
@@ -79,6 +83,20 @@ impl Engine {
         let wait = now.duration_until(at).unsigned_abs();
         // A few milliseconds late, so that the wall clock has passed the expiry when we look.
         Some(Instant::now() + wait + std::time::Duration::from_millis(5))
+    }
+
+    /// Whether the Node watch gives a view: listed, with at least one Node.
+    fn has_node_view(&self) -> bool {
+        self.nodes.is_ready() && !self.nodes.index().is_empty()
+    }
+
+    /// For a plan without a Node view: the endpoints `state` last wrote drained (kept drained),
+    /// so that a missing view keeps the drains and the derived family as written.
+    pub(super) fn nodes_unknown<'a>(
+        &self,
+        state: &'a super::pair::PairState,
+    ) -> Option<&'a BTreeSet<std::net::IpAddr>> {
+        (!self.has_node_view()).then_some(&state.nodes.withheld.drained)
     }
 
     /// Whether the Node list arrived, or the Node watch fails (then plans run without it).

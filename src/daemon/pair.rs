@@ -184,6 +184,10 @@ pub struct Facts<'a> {
     pub probe: Option<(&'a Spec, Verdicts<'a>)>,
     /// The Nodes, when the Node watch delivered them.
     pub nodes: Option<NodeView<'a>>,
+    /// Set when the Node view cannot be had (the watch fails: a missing right, an error): the
+    /// endpoints last written drained, which stay drained; and a family the plan has nothing for
+    /// (a derived one) keeps its slices as written. A missing view is never "no Nodes".
+    pub nodes_unknown: Option<&'a BTreeSet<std::net::IpAddr>>,
 }
 
 /// What the Nodes did to one plan.
@@ -266,6 +270,31 @@ pub fn candidates(
         .collect()
 }
 
+/// Without a Node view: every family the target serves for which `want` has no slice keeps our
+/// slices of that family in `actual` as they are (a derived family cannot be derived now, and
+/// planning it away would delete it).
+fn keep_missing_families(
+    want: &mut Vec<EndpointSlice>,
+    svc: &Service,
+    actual: &[EndpointSlice],
+    owner: &Owner,
+) {
+    let planned: BTreeSet<String> = want.iter().map(|s| s.address_type.clone()).collect();
+    let kept: Vec<EndpointSlice> = actual
+        .iter()
+        .filter(|s| desired::served_families(svc).contains(&s.address_type))
+        .filter(|s| !planned.contains(&s.address_type))
+        .filter(|s| {
+            matches!(
+                desired::manager_of(s, owner),
+                desired::Manager::Us | desired::Manager::Operator
+            )
+        })
+        .cloned()
+        .collect();
+    want.extend(kept);
+}
+
 /// The endpoints ready in `want` that our slices in `actual` have written not ready: what an
 /// eviction (or a drain) wrote, which [`Verdicts::AsWritten`] keeps as it is.
 fn written_not_ready(
@@ -338,6 +367,9 @@ pub fn plan_for(
                 .collect();
             let union = desired::union::union(target, svc, &inputs, actual, owner)?;
             let mut want = union.slices;
+            if facts.nodes_unknown.is_some() {
+                keep_missing_families(&mut want, svc, actual, owner);
+            }
             let mut decision = facts.probe.map(|(spec, verdicts)| match verdicts {
                 Verdicts::Counted(count) => {
                     quorum::decide(&candidates(spec, target, svc, &prepared), count)
@@ -351,12 +383,13 @@ pub fn plan_for(
                 .as_ref()
                 .map(|d| d.evicted.clone())
                 .unwrap_or_default();
-            let (drained_nodes, drained_addresses) = match &facts.nodes {
-                Some(view) => (
+            let (drained_nodes, drained_addresses) = match (&facts.nodes, facts.nodes_unknown) {
+                (Some(view), _) => (
                     view.index.drained(view.now),
                     view.index.drained_addresses(view.now),
                 ),
-                None => Default::default(),
+                (None, Some(written)) => (BTreeSet::new(), written.clone()),
+                (None, None) => Default::default(),
             };
             outcome.withheld =
                 desired::nodes::withhold(&mut want, &evicted, &drained_nodes, &drained_addresses);
@@ -529,6 +562,7 @@ mod tests {
             &Facts {
                 probe: Some((&spec, Verdicts::Counted(&count))),
                 nodes: None,
+                nodes_unknown: None,
             },
         )
         .unwrap();

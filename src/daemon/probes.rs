@@ -227,6 +227,8 @@ impl Engine {
             .map(|(t, o)| (t.clone(), o.verdict))
             .collect();
         let others = self.members.live(now);
+        // Only members seen renewing vote (`view.rs`): a listed record may be a dead host's.
+        let unconfirmed = self.members.unconfirmed(now);
         let mut ballots = vec![Ballot {
             voter: self.members.own(),
             live: true,
@@ -236,6 +238,7 @@ impl Engine {
             others
                 .iter()
                 .filter(|(id, _)| id.as_str() != self.members.own())
+                .filter(|(id, _)| !unconfirmed.contains(id))
                 .map(|(id, record)| Ballot {
                     voter: id,
                     live: true,

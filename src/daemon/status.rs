@@ -58,12 +58,28 @@ impl Engine {
                 }
             })
             .collect();
-        // A failing watch scope is said first: while it fails, the pairs it feeds do not follow.
-        let last_error = self
-            .watch_errors
-            .iter()
-            .next()
-            .map(|(scope, e)| format!("{scope} watch: {e}"))
+        // An API that does not answer is said first, then a failing watch scope (while it fails,
+        // the pairs it feeds do not follow), then a member view that cannot be counted.
+        let link = host.credentials.reloadable.link().health();
+        let unanswered = link.trouble_since.map(|t| now.duration_since(t));
+        self.metrics.set_link(
+            unanswered.unwrap_or_default(),
+            link.longest_silence.unwrap_or_default(),
+        );
+        let last_error = unanswered
+            .map(|d| format!("the API server does not answer ({} s)", d.as_secs()))
+            .or_else(|| {
+                self.watch_errors
+                    .iter()
+                    .next()
+                    .map(|(scope, e)| format!("{scope} watch: {e}"))
+            })
+            .or_else(|| {
+                self.is_leader()
+                    .then(|| self.members_incomplete(now))
+                    .flatten()
+                    .map(|why| format!("member view not complete, evictions as written: {why}"))
+            })
             .or_else(|| self.pairs.values().find_map(|s| s.last_error.clone()));
         host.notifier.status(&notify::status_line(&StatusView {
             role,

@@ -1,5 +1,6 @@
 //! Whether the leader's view of the group's members is complete enough to count ballots: listed,
-//! its watch neither failing nor silent, every member that looks live seen renewing. Until it
+//! its watch neither failing nor silent, and the members seen renewing (with this copy) a strict
+//! majority of those that look live; only their ballots count. Until it
 //! is, plans keep the evictions as written ([`Verdicts::AsWritten`]) and STATUS says what is
 //! missing — a new leader whose member watch went silent (a network cut that healed), or that
 //! restarted before its caches filled, must not evict by its own ballot alone, nor return the
@@ -27,7 +28,8 @@ pub enum Incomplete {
     /// The member watch has delivered nothing for this long, though our own member Lease is
     /// renewed every heartbeat: it went silent (and is started over).
     Silent(Duration),
-    /// These members look live but have not been seen renewing since this copy read them.
+    /// These members look live but have not been seen renewing since this copy read them, and
+    /// the ones that have (with this copy) are no strict majority of the members that look live.
     Unconfirmed(Vec<String>),
 }
 
@@ -110,8 +112,19 @@ impl Engine {
         if let Some(quiet) = self.member_view.silence(now) {
             return Some(Incomplete::Silent(quiet));
         }
+        // A record read from a list may be a dead host's last words: its ballot counts only once
+        // it is seen renewing. The others decide alone only when they are a strict majority of
+        // every host that looks live (this copy included); else a restarted leader would count
+        // its own, still empty ballot against the group's.
         let unconfirmed = self.members.unconfirmed(now);
-        (!unconfirmed.is_empty()).then_some(Incomplete::Unconfirmed(unconfirmed))
+        let others = self
+            .members
+            .live(now)
+            .keys()
+            .filter(|id| id.as_str() != self.members.own())
+            .count();
+        let confirmed = 1 + others.saturating_sub(unconfirmed.len());
+        (confirmed * 2 <= 1 + others).then_some(Incomplete::Unconfirmed(unconfirmed))
     }
 
     /// The ballots counted now, or why they cannot be (then plans keep what is written).

@@ -11,9 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::time::Instant;
@@ -28,12 +26,13 @@ use crate::watch::{Events, watch_backoff};
 /// members carry another group label and are never seen.
 pub fn watch(client: &Client, group: &Group) -> Events<Lease> {
     let api: Api<Lease> = Api::namespaced(client.clone(), group.lease_namespace());
-    watcher::watcher(
-        api,
-        watcher::Config::default().labels(&group.member_selector()),
+    crate::watch::paced(
+        watcher::watcher(
+            api,
+            watcher::Config::default().labels(&group.member_selector()),
+        ),
+        watch_backoff(),
     )
-    .backoff(watch_backoff())
-    .boxed()
 }
 
 /// The answer to "may the leader delete this target's slices?" ([`Members::who_wants`]).
@@ -246,7 +245,12 @@ impl Members {
         };
         let (changed_at, news, renewed) = match previous {
             Some(p) if p.fingerprint == fingerprint => (p.changed_at, false, p.renewed),
-            Some(p) => (now, p.content != content || now >= p.live_until(), true),
+            // Seen renewing for the first time is news too: its ballot starts to count.
+            Some(p) => (
+                now,
+                p.content != content || now >= p.live_until() || !p.renewed,
+                true,
+            ),
             None => (now, true, written_now),
         };
         let seen = Seen {
@@ -500,8 +504,10 @@ mod tests {
         // The same record seen again (a re-list, a resync) is no change.
         assert!(!m.apply(Event::Apply(lease("node-2", &[1], 0)), t0 + secs(20)));
         assert!(m.live(t0 + secs(30)).is_empty());
-        // A renewal (new renewTime) restarts the clock, and is no news while live.
-        assert!(!m.apply(Event::Apply(lease("node-2", &[1], 10)), t0 + secs(25)));
+        // A renewal (new renewTime) restarts the clock; the first one seen confirms a listed
+        // member (news: its ballot starts to count), later ones are no news while live.
+        assert!(m.apply(Event::Apply(lease("node-2", &[1], 10)), t0 + secs(25)));
+        assert!(!m.apply(Event::Apply(lease("node-2", &[1], 11)), t0 + secs(25)));
         assert!(m.live(t0 + secs(54)).contains_key("node-2"));
         // Coming back after being stale is news.
         assert!(m.apply(Event::Apply(lease("node-2", &[1], 99)), t0 + secs(60)));
@@ -513,7 +519,8 @@ mod tests {
         let mut m = listed(vec![lease("node-2", &[1], 0), lease("self", &[1], 0)], t0);
         // A record from the first list may be a host's last words before it died long ago.
         assert_eq!(m.unconfirmed(t0), vec!["node-2".to_owned()]);
-        m.apply(Event::Apply(lease("node-2", &[1], 10)), t0 + secs(10));
+        // Seen renewing for the first time is news: its ballot starts to count.
+        assert!(m.apply(Event::Apply(lease("node-2", &[1], 10)), t0 + secs(10)));
         assert!(m.unconfirmed(t0 + secs(10)).is_empty());
         // One created while we watch was just written.
         m.apply(Event::Apply(lease("node-3", &[1], 0)), t0 + secs(11));

@@ -186,11 +186,18 @@ pub async fn inspect(
         };
         let probe = pairs::probe_of(pair, &config.pairs, &resolved.known);
         let derive = crate::daemon::pair::derives(pair, &config.pairs);
-        let view = resolved.nodes.as_ref().map(|index| NodeView {
-            index,
-            now: jiff::Timestamp::now(),
-            derive,
-        });
+        let view = resolved
+            .nodes
+            .as_ref()
+            .filter(|index| !index.is_empty())
+            .map(|index| NodeView {
+                index,
+                now: jiff::Timestamp::now(),
+                derive,
+            });
+        // Without a Node view the engine keeps what it wrote (a derived family, drains); `check`
+        // has no memory of the drains it wrote, so it shows only the families kept.
+        let no_drains = std::collections::BTreeSet::new();
         let (plan, holding, decision, node_outcome) = match plan_for(
             &phase,
             &pair.target,
@@ -205,6 +212,7 @@ pub async fn inspect(
             &Facts {
                 probe: probe.as_ref().map(|p| (p, Verdicts::Counted(count))),
                 nodes: view,
+                nodes_unknown: view.is_none().then_some(&no_drains),
             },
         ) {
             Ok(step) if step.clears_target => (

@@ -12,7 +12,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
@@ -143,13 +142,12 @@ impl Elector {
         // instead of polling. Re-watches are paced like our requests, capped at the retry
         // period: kube's default grows to 30 s, and a follower whose watch is down learns of a
         // release only at the holder's expiry.
-        let mut events = watcher(self.api.clone(), config)
-            .backoff(crate::backoff::Backoff::new(
-                BACKOFF_BASE,
-                self.timing.retry_period,
-            ))
-            .fuse()
-            .boxed();
+        let mut events = crate::watch::paced(
+            watcher(self.api.clone(), config),
+            crate::backoff::Backoff::new(BACKOFF_BASE, self.timing.retry_period),
+        )
+        .fuse()
+        .boxed();
         let result = self.campaign(&mut events, &shutdown).await;
         self.stopped = true;
         self.fence.invalidate();

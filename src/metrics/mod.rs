@@ -97,6 +97,8 @@ struct CodeLabels {
 pub struct Metrics {
     registry: Registry,
     leader: Gauge,
+    api_unanswered: Gauge,
+    watch_silence: Gauge,
     lease_transitions: Counter,
     pairs: Family<StateLabels, Gauge>,
     endpoints: Family<EndpointLabels, Gauge>,
@@ -133,6 +135,18 @@ impl Metrics {
             "leader",
             "1 while this host holds the Lease and writes the target EndpointSlices, else 0",
             leader.clone(),
+        );
+        let api_unanswered = Gauge::default();
+        registry.register(
+            "api_unanswered_seconds",
+            "Seconds since requests to the API server started failing or timing out (0 while it answers)",
+            api_unanswered.clone(),
+        );
+        let watch_silence = Gauge::default();
+        registry.register(
+            "watch_silence_seconds",
+            "The longest any open watch has received nothing, not even a bookmark (cut and started over at 90 s)",
+            watch_silence.clone(),
         );
         let lease_transitions = Counter::default();
         registry.register(
@@ -263,6 +277,8 @@ impl Metrics {
             foreign_slices,
             registry,
             leader,
+            api_unanswered,
+            watch_silence,
             lease_transitions,
             pairs,
             endpoints,
@@ -276,6 +292,16 @@ impl Metrics {
         // Both states exist from the start, so a dashboard sees 0 rather than no data.
         metrics.set_pairs(0, 0);
         Arc::new(metrics)
+    }
+
+    /// Sets `endpoint_copier_api_unanswered_seconds` (how long the API has not answered, 0 while
+    /// it does) and `endpoint_copier_watch_silence_seconds` (the longest silence of an open
+    /// watch), from the client's link.
+    pub fn set_link(&self, unanswered: std::time::Duration, silence: std::time::Duration) {
+        self.api_unanswered
+            .set(i64::try_from(unanswered.as_secs()).unwrap_or(i64::MAX));
+        self.watch_silence
+            .set(i64::try_from(silence.as_secs()).unwrap_or(i64::MAX));
     }
 
     /// Sets `endpoint_copier_leader` to 1 (holds the Lease) or 0.

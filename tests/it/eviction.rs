@@ -33,6 +33,8 @@ pub(crate) const C: &str = "198.51.100.23";
 pub(crate) struct Bed {
     ns: Arc<NetNs>,
     pub(crate) world: World,
+    /// The other hosts the test plays, with what each sees down; renewed every second.
+    fakes: Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>>,
     apis: BTreeMap<&'static str, Listener>,
 }
 
@@ -45,7 +47,24 @@ impl Bed {
             apis.insert(a, ns.listener(ip(a), 6443, Some(tb)).await);
         }
         world.seed(&[A, B, C]).await;
-        Bed { ns, world, apis }
+        let fakes: Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
+        let (client, namespace, renewed) = (world.client.clone(), world.ns.clone(), fakes.clone());
+        // Ends with the test's runtime.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let all = renewed.lock().unwrap().clone();
+                for (identity, down) in all {
+                    write_ballot(&client, &namespace, &identity, &down).await;
+                }
+            }
+        });
+        Bed {
+            ns,
+            world,
+            fakes,
+            apis,
+        }
     }
 
     /// The daemon config of `identity`, its pair probing `/readyz`.
@@ -70,47 +89,20 @@ impl Bed {
     }
 
     fn target(&self, a: &str) -> Target {
-        format!("https://{a}:6443/readyz").parse().unwrap()
+        target_of(a)
     }
 
     /// Writes (or rewrites) the member Lease of another host, `identity`, seeing `down` down
-    /// and the rest of A, B, C up: the ballot that host's daemon would publish.
+    /// and the rest of A, B, C up: the ballot that host's daemon would publish. From then on it
+    /// is renewed every second, as a live host's daemon renews its member Lease (a ballot counts
+    /// only once the leader has seen it renew).
     pub(crate) async fn ballot(&self, identity: &str, down: &[&str]) {
-        let group = Group::new(&self.world.ns, "endpoint-copier");
-        let mut record = MemberRecord::new(
-            identity,
-            [(
-                self.world.source().parse().unwrap(),
-                self.world.target().parse().unwrap(),
-            )],
-        );
-        record.verdicts = [A, B, C]
-            .into_iter()
-            .map(|a| {
-                let v = if down.contains(&a) {
-                    Verdict::Down
-                } else {
-                    Verdict::Up
-                };
-                (self.target(a), v)
-            })
-            .collect();
-        let lease =
-            member_lease(&group, &record, Duration::from_secs(30), Timestamp::now()).unwrap();
-        let api: Api<Lease> = Api::namespaced(self.world.client.clone(), &self.world.ns);
-        let name = lease.metadata.name.clone().unwrap();
-        match api.get_opt(&name).await.unwrap() {
-            None => {
-                api.create(&PostParams::default(), &lease).await.unwrap();
-            }
-            Some(old) => {
-                let mut lease = lease;
-                lease.metadata.resource_version = old.metadata.resource_version;
-                api.replace(&name, &PostParams::default(), &lease)
-                    .await
-                    .unwrap();
-            }
-        }
+        let down: Vec<String> = down.iter().map(|a| (*a).to_owned()).collect();
+        self.fakes
+            .lock()
+            .unwrap()
+            .insert(identity.to_owned(), down.clone());
+        write_ballot(&self.world.client, &self.world.ns, identity, &down).await;
     }
 
     /// Waits until `identity`'s own member Lease publishes `verdict` on `a`.
@@ -164,6 +156,50 @@ impl Bed {
 
     pub(crate) fn api(&self, a: &str) -> &Listener {
         &self.apis[a]
+    }
+}
+
+/// The probe target of apiserver `a`, as every host's daemon names it.
+fn target_of(a: &str) -> Target {
+    format!("https://{a}:6443/readyz").parse().unwrap()
+}
+
+/// Writes (or rewrites, with a new renew time) the member Lease of host `identity` in the
+/// group of the world in `ns`, seeing `down` down and the rest of A, B, C up.
+async fn write_ballot(client: &kube::Client, ns: &str, identity: &str, down: &[String]) {
+    let group = Group::new(ns, "endpoint-copier");
+    let mut record = MemberRecord::new(
+        identity,
+        [(
+            format!("{ns}/apiserver").parse().unwrap(),
+            format!("{ns}/vip").parse().unwrap(),
+        )],
+    );
+    record.verdicts = [A, B, C]
+        .into_iter()
+        .map(|a| {
+            let v = if down.iter().any(|d| d == a) {
+                Verdict::Down
+            } else {
+                Verdict::Up
+            };
+            (target_of(a), v)
+        })
+        .collect();
+    let lease = member_lease(&group, &record, Duration::from_secs(30), Timestamp::now()).unwrap();
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let name = lease.metadata.name.clone().unwrap();
+    // A conflict with the test's own write of the same ballot is harmless: the next renewal
+    // writes it again.
+    match api.get_opt(&name).await.unwrap() {
+        None => {
+            let _ = api.create(&PostParams::default(), &lease).await;
+        }
+        Some(old) => {
+            let mut lease = lease;
+            lease.metadata.resource_version = old.metadata.resource_version;
+            let _ = api.replace(&name, &PostParams::default(), &lease).await;
+        }
     }
 }
 

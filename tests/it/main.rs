@@ -6,6 +6,7 @@
 mod common;
 
 mod binary;
+mod coldleader;
 mod combustion;
 mod conflicts;
 mod drain;

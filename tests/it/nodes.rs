@@ -24,7 +24,7 @@ const SEEN: Duration = Duration::from_secs(10);
 const WORLD_LABEL: &str = "it.endpoint-copier/world";
 
 /// This world's daemon config, watching only this world's Nodes.
-fn config(world: &World, derive: bool) -> endpoint_copier::config::Config {
+pub(crate) fn config(world: &World, derive: bool) -> endpoint_copier::config::Config {
     let mut c = world.config("node-1");
     c.nodes.selector = Some(format!("{WORLD_LABEL}={}", world.ns));
     c.pairs[0].derive_families = derive;
@@ -35,7 +35,7 @@ fn config(world: &World, derive: bool) -> endpoint_copier::config::Config {
 /// `annotations`; the status is written as the kubelet does, through the status subresource.
 /// Deliberately without the control-plane label: the other tests' daemons (default selector)
 /// must never see these Nodes, whose addresses their sources use too.
-async fn add_node(
+pub(crate) async fn add_node(
     world: &World,
     name: &str,
     addresses: &[&str],
@@ -107,7 +107,7 @@ async fn set_drain(world: &World, full: &str, drain: Option<&str>, expires: Opti
 }
 
 /// (address, nodeName, zone) of every endpoint of the target's slices of `family`, sorted.
-async fn endpoints_of(
+pub(crate) async fn endpoints_of(
     world: &World,
     family: &str,
 ) -> Vec<(String, Option<String>, Option<String>)> {
@@ -139,7 +139,7 @@ async fn event(world: &World, reason: &str, needle: &str) -> String {
     .await
 }
 
-fn some(s: &str) -> Option<String> {
+pub(crate) fn some(s: &str) -> Option<String> {
     Some(s.to_owned())
 }
 
