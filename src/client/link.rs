@@ -264,6 +264,11 @@ impl Exchange {
         self.link.failed(Instant::now());
     }
 
+    /// The link cut this exchange itself: no news about the link (it just answered).
+    pub fn dismissed(&mut self) {
+        self.answered = true;
+    }
+
     /// The caller's wait ran out ([`ANSWER_IDLE`]) before any answer: trouble.
     pub fn timed_out(&mut self) {
         self.link.idle_cut();
@@ -366,6 +371,23 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The [`Cut`] behind `error`, if a cut is what ended it (anywhere in its source chain): a watch
+/// that the link started over, not one that failed.
+pub fn cut_of(error: &(dyn std::error::Error + 'static)) -> Option<Cut> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(cut) = e.downcast_ref::<Cut>() {
+            return Some(*cut);
+        }
+        // An io::Error's `source` is its inner error's source, skipping the inner error itself.
+        next = match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
 }
 
 /// Whether a request is a watch (`?watch=true`, `?watch=1`, as kube-apiserver reads it).

@@ -308,7 +308,10 @@ impl Reloadable {
                 let mut exchange = l.open(watch);
                 let answer = tokio::select! {
                     answer = inner.send(request) => answer,
-                    why = exchange.cut() => return Err(kube::Error::Service(Box::new(why))),
+                    why = exchange.cut() => {
+                        exchange.dismissed();
+                        return Err(kube::Error::Service(Box::new(why)));
+                    }
                     () = tokio::time::sleep(link::ANSWER_IDLE) => {
                         exchange.timed_out();
                         return Err(kube::Error::Service(Box::new(link::Cut::AnswerIdle)));

@@ -532,13 +532,19 @@ impl Engine {
     }
 
     pub(super) fn watch_error(&mut self, scope: String, e: &watcher::Error) {
-        // kube's watcher re-lists on 410 and backs off on failures by itself; we count and say,
-        // once per failing streak at warn (the backoff keeps it to a few lines a minute anyway).
         self.metrics.watch_restart(match scope.as_str() {
             "services" | "members" => "services",
             super::nodes::NODES_SCOPE => "nodes",
             _ => "endpointslices",
         });
+        if let Some(cut) = crate::client::link::cut_of(e) {
+            // The link started it over on purpose (after a network cut, or silent too long):
+            // it re-lists at once; nothing failed that a person must look at.
+            debug!(watch = %scope, reason = %cut, "watch started over on a new connection");
+            return;
+        }
+        // kube's watcher re-lists on 410 and backs off on failures by itself; we count and say,
+        // once per failing streak at warn (the backoff keeps it to a few lines a minute anyway).
         if let watcher::Error::WatchError(s)
         | watcher::Error::InitialListFailed(kube::Error::Api(s)) = e
         {

@@ -43,7 +43,9 @@ impl Engine {
             Err(e) => {
                 // Forbidden (RBAC not updated) or failing: mirroring goes on without node facts
                 // (or with the last ones known); `watch_error` warns once per failing streak.
-                if !self.watch_errors.contains_key(NODES_SCOPE) {
+                if !self.watch_errors.contains_key(NODES_SCOPE)
+                    && crate::client::link::cut_of(&e).is_none()
+                {
                     warn!(
                         "without the Node watch, nodeName and zone are not filled, no family is derived and drains are not seen; `endpoint-copier check` names the missing right"
                     );

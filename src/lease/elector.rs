@@ -282,7 +282,11 @@ impl Elector {
                     }
                     Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
                     Err(error) => {
-                        warn!(lease = %self.lease_ref, error = %crate::error::chain(&error), "lease watch failed, re-watching");
+                        if crate::client::link::cut_of(&error).is_some() {
+                            debug!(lease = %self.lease_ref, error = %crate::error::chain(&error), "lease watch started over on a new connection");
+                        } else {
+                            warn!(lease = %self.lease_ref, error = %crate::error::chain(&error), "lease watch failed, re-watching");
+                        }
                     }
                 }
                 Flow::Continue

@@ -21,6 +21,7 @@ say() { printf '%s %s\n' "$(date +%H:%M:%S.%3N)" "$*"; }
 now() { date +%s.%N; }
 k() { "$RK/ha-exec.sh" kubectl "$@"; }
 
+"$RK/ha-stop.sh" >/dev/null 2>&1 || true
 HA_ANONYMOUS_AUTH=false "$RK/ha-start.sh" >"$OUT/ha-start.log" 2>&1
 k apply -f - >/dev/null <<'YAML'
 apiVersion: v1
@@ -52,6 +53,8 @@ until [ "$(ready | wc -w)" = 3 ]; do sleep 0.2; done
 say "kubernetes-vip: $(ready)"
 leader=$(k get lease -n kube-system endpoint-copier -o jsonpath='{.spec.holderIdentity}')
 L=${leader#node-}; F=$(( L % 3 + 1 ))
+# Read through a node that stays up: node 1's kubeconfig (the default) may be the dying one's.
+export HA_NODE=$(( F % 3 + 1 )); [ "$HA_NODE" = "$L" ] && HA_NODE=$F
 say "leader node-$L; cutting off node-$F for $CUT s"
 sleep 12   # two member heartbeats, so every copy has seen the others renew
 "$RK/ha-kill.sh" "$F" --partition >/dev/null
@@ -61,20 +64,21 @@ healed=$(now)
 say "node-$F healed"
 until grep -q "answers again" "$OUT/node$F.log"; do sleep 0.1; done
 line=$(grep "answers again" "$OUT/node$F.log" | tail -1)
-say "node-$F: $line"
+at=$(date -d "$(cut -d' ' -f1 <<<"$line")" +%s.%N)
+say "node-$F's watches started over $(awk -v a="$healed" -v b="$at" 'BEGIN { printf "%.2f", b - a }') s after the heal: ${line#* }"
 until [ "$(ready | wc -w)" = 3 ]; do sleep 0.2; done
 sleep 12
 say "node-$L's host dies (daemon SIGKILLed, apiserver black-holed)"
 died=$(now)
 kill -KILL "${pids[$L]}"
 "$RK/ha-kill.sh" "$L" --blackhole >/dev/null
-until ! ready | grep -qw "192.0.2.$L"; do
+until r=$(ready) && [ -n "$r" ] && ! grep -qw "192.0.2.$L" <<<"$r"; do
   awk -v a="$died" -v b="$(now)" 'BEGIN { exit !(b - a > 60) }' && { say "FAIL: 192.0.2.$L still ready after 60 s"; exit 1; }
   sleep 0.1
 done
 out=$(awk -v a="$died" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
 say "192.0.2.$L out of kubernetes-vip $out s after its host died; ready now: $(ready)"
-conflicts=$(grep -c "conflict" "$OUT"/node*.log || true)
+conflicts=$(cat "$OUT"/node*.log | grep -c "conflict" || true)
 say "log lines about conflicts: $conflicts"
 for n in 1 2 3; do [ "$n" = "$L" ] || kill -TERM "${pids[$n]}" 2>/dev/null || true; done
 wait 2>/dev/null || true

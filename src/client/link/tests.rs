@@ -178,3 +178,16 @@ fn watches_are_told_from_other_requests_by_their_query() {
     assert!(!w("/api/v1/services?watchers=true"));
     assert!(!w("/api/v1/services"));
 }
+
+#[test]
+fn a_cut_is_recognised_through_the_errors_a_watch_wraps_it_in() {
+    // As a watch reports a cut body: the watcher's error, kube's read error, the io::Error of
+    // the lines reader, kube's service error, the cut.
+    let io = std::io::Error::other(kube::Error::Service(Box::new(Cut::Healed)));
+    let error = kube::runtime::watcher::Error::WatchFailed(kube::Error::ReadEvents(io));
+    assert_eq!(cut_of(&error), Some(Cut::Healed));
+    let other = kube::runtime::watcher::Error::WatchFailed(kube::Error::ReadEvents(
+        std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+    ));
+    assert_eq!(cut_of(&other), None);
+}
