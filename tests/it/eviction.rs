@@ -856,3 +856,44 @@ async fn a_host_writes_its_member_lease_at_most_about_once_a_second_however_fast
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_targets_the_rest_is_not_probed_and_check_says_so() {
+    let Some(ns) =
+        netns::enter("eviction::over_max_targets_the_rest_is_not_probed_and_check_says_so")
+    else {
+        return;
+    };
+    let bed = Bed::new(ns).await;
+    let mut config = bed.config("node-1");
+    config.probe.max_targets = 2;
+    let daemon = Daemon::start(config.clone());
+    bed.vip(&[A, B, C]).await;
+    // The lowest two targets are probed and voted on; C is not probed at all, so it has no
+    // vote and stays as its source says.
+    let record = eventually("node-1 to vote on A and B", WITHIN, || async {
+        let r = bed.record("node-1").await?;
+        (r.verdicts.len() == 2).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        record.verdicts.keys().cloned().collect::<Vec<_>>(),
+        vec![bed.target(A), bed.target(B)]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(bed.api(C).request_count(), 0, "C is over the cap");
+    bed.vip(&[A, B, C]).await;
+    let report = endpoint_copier::inspect::check_report(&config)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w
+                .contains("3 probe targets, more than [probe] max_targets (2): 1 are not probed")),
+        "{:?}",
+        report.warnings
+    );
+    daemon.stop().await;
+}
