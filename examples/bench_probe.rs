@@ -360,8 +360,9 @@ fn slice_writes(bed: &TestBed, ns: &str, from: Instant) -> usize {
 
 async fn bench(ns: Arc<NetNs>) {
     println!(
-        "endpoint-copier probe benchmark (machine: {} cores; probe period 300 ms, timeout 250 ms, failure threshold 2, success threshold 1)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "endpoint-copier probe benchmark (machine: {} cores; probe period 300 ms, timeout 250 ms, failure threshold 2, success threshold 1, min_up {} ms)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        Config::default().probe.timing.min_up.as_millis()
     );
     progress("starting");
     let bed = TestBed::start().await;
@@ -510,7 +511,8 @@ async fn eviction_and_writes(bed: &TestBed, admin: &Client, apis: &BTreeMap<&str
     }
     println!();
     println!(
-        "2. member Lease writes per host per minute (3 hosts; heartbeat 10 s, at most one change every 250 ms)"
+        "2. member Lease writes per host per minute (3 hosts; heartbeat 10 s, at most one write every {} ms)",
+        endpoint_copier::group::member::MIN_WRITE_GAP.as_millis()
     );
     println!(
         "   idle, over {:.0} s: {} (writes per host: {}); EndpointSlice writes: {idle_slices}",

@@ -197,6 +197,11 @@ pub const MEMBER_PAIRS_ANNOTATION: &str = "endpoint-copier/pairs";
 /// Annotation on a member Lease: the copy's probe verdicts, `{"down":[target...],"up":[target...]}`
 /// with each target in its display form (`https://198.51.100.1:6443/readyz`). Absent: no verdicts.
 pub const MEMBER_VERDICTS_ANNOTATION: &str = "endpoint-copier/verdicts";
+/// Annotation on a member Lease: the targets the copy cannot judge and why, as compact sorted
+/// JSON (`{"https://198.51.100.1:6443/readyz":"TLS: the certificate does not name ..."}`); these
+/// targets are in no list of [`MEMBER_VERDICTS_ANNOTATION`], so they count neither way. Absent:
+/// no abstentions.
+pub const MEMBER_ABSTENTIONS_ANNOTATION: &str = "endpoint-copier/abstentions";
 
 #[cfg(test)]
 mod tests {

@@ -426,9 +426,10 @@ fn parse_annotations(
         Some(ns) => ns,
     };
     if let Some(text) = annotations.get(ANNOTATION_PROBE) {
-        // Refused, not ignored: a typo would otherwise silently turn the probes off.
-        crate::probe::spec::from_annotation(text)
-            .map_err(|e| invalid(ANNOTATION_PROBE, text, &e.to_string()))?;
+        // Refused, not ignored: a typo would otherwise silently turn the probes off. And refused
+        // when it asks for more than its author could do without rights (an API path, a query,
+        // another port): the whole pair is held, never applied without its probe.
+        annotated_probe(target, text).map_err(|e| invalid(ANNOTATION_PROBE, text, &e))?;
     }
     // Both parts were validated just above, so this cannot fail; map the error anyway rather than
     // unwrap, should the two validations ever drift apart.
@@ -437,9 +438,39 @@ fn parse_annotations(
     Ok((source, target_ref))
 }
 
+/// The probe the `endpoint-copier/probe` annotation `text` of `target` asks for, if it is one an
+/// annotation may ask for ([`crate::probe::spec::check_annotated`] against the ports the
+/// target's EndpointSlices carry); `Ok(None)` for `false`.
+fn annotated_probe(target: &Service, text: &str) -> Result<Option<crate::probe::Spec>, String> {
+    let spec = crate::probe::spec::from_annotation(text).map_err(|e| e.to_string())?;
+    if let Some(spec) = &spec {
+        crate::probe::spec::check_annotated(spec, &target_ports(target))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(spec)
+}
+
+/// The ports `service` sends traffic to on its endpoints: each numeric `targetPort`, or `port`
+/// where `targetPort` is unset (a named one resolves to a source port, which a probe without
+/// `port` dials anyway).
+fn target_ports(service: &Service) -> BTreeSet<u16> {
+    let ports = service.spec.as_ref().and_then(|s| s.ports.as_ref());
+    ports
+        .into_iter()
+        .flatten()
+        .filter_map(|p| match &p.target_port {
+            Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+            Some(IntOrString::String(_)) => None,
+            None => u16::try_from(p.port).ok(),
+        })
+        .collect()
+}
+
 /// What an active `pair` probes its endpoints with: a config pair's `probe` key, an annotated
-/// pair's `endpoint-copier/probe` annotation (validated by [`annotated_pair`]: a bad value refuses
-/// the pair), or, when neither says, [`crate::probe::spec::default_for`] its source.
+/// pair's `endpoint-copier/probe` annotation (validated by [`annotated_pair`]: a bad value, or
+/// one asking for more than an annotation may, refuses the pair), or, when neither says,
+/// [`crate::probe::spec::default_for`] its source. The engine probes an annotated pair's
+/// targets without credentials unless the host's config probes the same targets.
 pub fn probe_of(
     pair: &Pair,
     config: &[crate::config::PairConfig],
@@ -451,13 +482,13 @@ pub fn probe_of(
             .find(|p| p.target == pair.target && p.sources == pair.sources)
             .and_then(|p| p.probe.clone()),
         Origin::Annotation => {
-            let annotated = services
-                .get(&pair.target)
+            let service = services.get(&pair.target);
+            let annotated = service
                 .and_then(|s| s.metadata.annotations.as_ref())
                 .and_then(|a| a.get(ANNOTATION_PROBE));
-            match annotated {
-                Some(text) => crate::probe::spec::from_annotation(text).ok().flatten(),
-                None => crate::probe::spec::default_for_sources(&pair.sources),
+            match (service, annotated) {
+                (Some(service), Some(text)) => annotated_probe(service, text).ok().flatten(),
+                _ => crate::probe::spec::default_for_sources(&pair.sources),
             }
         }
     }
@@ -1119,5 +1150,60 @@ mod tests {
             "{reason}"
         );
         assert!(reason.contains("is not a TOML value"), "{reason}");
+    }
+
+    #[test]
+    fn an_annotated_pair_probing_an_api_path_is_refused_naming_the_service_and_the_value() {
+        use k8s_openapi::api::core::v1::ServicePort;
+        let mut svc = annotated("apps/vip", "kubernetes", Some("default"));
+        svc.metadata.annotations.as_mut().unwrap().insert(
+            ANNOTATION_PROBE.into(),
+            "{ https = \"/api/v1/pods\" }".into(),
+        );
+        let res = super::resolve(&[], true, &allowed(), &known(vec![svc.clone()]));
+        assert!(res.pairs.is_empty(), "{res:?}");
+        let text = res.refusals[0].to_string();
+        assert!(
+            text.starts_with("Service apps/vip refused as a target"),
+            "{text}"
+        );
+        assert!(
+            text.contains("endpoint-copier/probe='{ https = \"/api/v1/pods\" }'"),
+            "{text}"
+        );
+        assert!(text.contains("is not a health endpoint"), "{text}");
+        // The same Service asking for a health path on the port it serves is a pair, and its
+        // probe is the annotation's; a port it does not serve (a kubelet's) is refused.
+        svc.spec.as_mut().unwrap().ports = Some(vec![ServicePort {
+            port: 443,
+            target_port: Some(IntOrString::Int(6443)),
+            ..ServicePort::default()
+        }]);
+        let set = |svc: &mut Service, probe: &str| {
+            svc.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(ANNOTATION_PROBE.into(), probe.into());
+        };
+        set(&mut svc, "{ https = \"/livez\", port = 6443 }");
+        let services = known(vec![svc.clone()]);
+        let res = super::resolve(&[], true, &allowed(), &services);
+        assert_eq!(res.pairs.len(), 1, "{res:?}");
+        let probe = probe_of(&res.pairs[0], &[], &services);
+        assert_eq!(
+            crate::probe::spec::to_toml(probe.as_ref()),
+            "{ https = \"/livez\", port = 6443 }"
+        );
+        set(&mut svc, "{ https = \"/healthz\", port = 10250 }");
+        let services = known(vec![svc]);
+        let res = super::resolve(&[], true, &allowed(), &services);
+        let text = res.refusals[0].to_string();
+        assert!(
+            text.contains(
+                "port 10250 is not a port the target Service sends traffic to (those are: 6443)"
+            ),
+            "{text}"
+        );
     }
 }

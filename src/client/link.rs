@@ -382,7 +382,10 @@ pub fn cut_of(error: &(dyn std::error::Error + 'static)) -> Option<Cut> {
             return Some(*cut);
         }
         // An io::Error's `source` is its inner error's source, skipping the inner error itself.
-        next = match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => e.source(),
         };

@@ -162,15 +162,21 @@ impl PairConfig {
     }
 }
 
-/// Health probes (`[probe]`): the timing every probing pair shares, and how HTTPS probes check
-/// the apiserver's certificate. Validated: `period_ms` 100–60,000, `timeout_ms` at least 10 and
-/// less than `period_ms` (probes of one target never overlap), `failure_threshold` 2–100 (one
-/// failed probe never evicts), `success_threshold` 1–100.
+/// Health probes (`[probe]`): the timing every probing pair shares, the flap damping, how HTTPS
+/// probes check the apiserver's certificate and how many targets a host probes at most.
+/// Validated: `period_ms` 100–60,000, `timeout_ms` at least 10 and less than `period_ms` (probes
+/// of one target never overlap), `failure_threshold` 2–100 (one failed probe never evicts),
+/// `success_threshold` 1–100, `min_up_ms` 0–600,000, `max_targets` 1–10,000.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSettings {
-    /// Period, timeout and thresholds (keys `period_ms`, `timeout_ms`, `failure_threshold`,
-    /// `success_threshold`; defaults 300 ms, 250 ms, 2, 1).
+    /// Period, timeout, thresholds and flap damping (keys `period_ms`, `timeout_ms`,
+    /// `failure_threshold`, `success_threshold`, `min_up_ms`; defaults 300 ms, 250 ms, 2, 1,
+    /// 2000 ms).
     pub timing: probe::Timing,
+    /// The most probe targets (address, port, kind) one host probes (key `max_targets`,
+    /// default 256). Beyond it, the targets of this host's config come first, then annotated
+    /// pairs' in a fixed order; the rest are not probed (no vote), which is reported.
+    pub max_targets: usize,
     /// The name an HTTPS probe checks the certificate against (key `tls_server_name`, default:
     /// unset, meaning the kubeconfig's `tls-server-name` if it sets one, else the endpoint's IP
     /// address, which RKE2's and K3s's apiserver certificates carry).
@@ -280,6 +286,12 @@ pub struct MetricsSettings {
 /// subdirectory, so that the unit makes only it writable, not the `config.d` drop-ins beside it.
 pub const DEFAULT_LEASE_RUNTIME_DIR: &str = "/run/endpoint-copier/lease";
 
+/// Default `[probe] max_targets`: far above what a control plane's pairs need (a few pairs of
+/// 3–7 apiservers, two families), and low enough that annotations alone cannot make a host send
+/// thousands of probes a second (256 targets at the default period: about 850) or outgrow its
+/// member record.
+pub const DEFAULT_MAX_PROBE_TARGETS: usize = 256;
+
 /// Default `[metrics] listen`: loopback only, because the unit's hardening only allows loopback.
 const DEFAULT_METRICS_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9402);
@@ -313,6 +325,7 @@ impl Default for Config {
             },
             probe: ProbeSettings {
                 timing: probe::Timing::default(),
+                max_targets: DEFAULT_MAX_PROBE_TARGETS,
                 tls_server_name: None,
             },
             nodes: NodesSettings {

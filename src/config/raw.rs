@@ -115,6 +115,12 @@ pub(super) struct RawProbe {
     /// `success_threshold`, a count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) success_threshold: Option<u64>,
+    /// `min_up_ms`, in milliseconds (0: no flap damping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) min_up_ms: Option<u64>,
+    /// `max_targets`, a count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) max_targets: Option<u64>,
     /// `tls_server_name`: a DNS name or an IP address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) tls_server_name: Option<String>,

@@ -390,7 +390,8 @@ fn members(
 
 /// `[probe]`: a period of 100 ms to a minute, a timeout shorter than the period (probes of one
 /// target never overlap, so a longer timeout would silently stretch the period), thresholds of
-/// 2–100 failures (one failed probe never evicts) and 1–100 successes.
+/// 2–100 failures (one failed probe never evicts) and 1–100 successes, flap damping of 0–600 s,
+/// and 1–10,000 targets per host.
 fn probe(c: &Checker<'_>, rp: RawProbe, d: ProbeSettings) -> Result<ProbeSettings, Error> {
     let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
     let count = |key: &str, v: Option<u64>, d: u32, min: u64| -> Result<u32, Error> {
@@ -427,6 +428,20 @@ fn probe(c: &Checker<'_>, rp: RawProbe, d: ProbeSettings) -> Result<ProbeSetting
             d.timing.success_threshold,
             1,
         )?,
+        min_up: ms(rp.min_up_ms, d.timing.min_up),
+    };
+    if timing.min_up > Duration::from_secs(600) {
+        return Err(c.bad(
+            &["probe", "min_up_ms"],
+            "must be 0-600000 (0: no flap damping)",
+        ));
+    }
+    let max_targets = match rp.max_targets {
+        None => d.max_targets,
+        Some(n @ 1..=10_000) => usize::try_from(n).unwrap_or(d.max_targets),
+        Some(n) => {
+            return Err(c.bad(&["probe", "max_targets"], format!("{n} is outside 1-10000")));
+        }
     };
     if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timing.period) {
         return Err(c.bad(&["probe", "period_ms"], "must be 100-60000"));
@@ -463,6 +478,7 @@ fn probe(c: &Checker<'_>, rp: RawProbe, d: ProbeSettings) -> Result<ProbeSetting
     };
     Ok(ProbeSettings {
         timing,
+        max_targets,
         tls_server_name,
     })
 }

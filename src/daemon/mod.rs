@@ -211,7 +211,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     // Every copy probes, leader or not: its verdicts are its ballot. The prober's tasks never
     // block the engine; a report waits only when the engine is behind by 64 verdict changes.
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(64);
-    let (probe_state, wanted_rx) = probes::ProbeState::new(record_tx, report_rx);
+    let (probe_state, wanted_rx) =
+        probes::ProbeState::new(record_tx, report_rx, config.probe.max_targets);
     let (probe_config, probe_config_rx) = tokio::sync::watch::channel(loaded.config.clone());
     let prober = crate::probe::spawn(
         wanted_rx,

@@ -1,6 +1,8 @@
-//! The engine's side of the probes: which targets this copy probes (from the caches), its own
-//! verdicts (from the prober's reports, published in its member Lease), and — on the leader —
-//! the quorum's decision per pair, reported when it changes (journal, Event, metrics).
+//! The engine's side of the probes: which targets this copy probes (from the caches), with whose
+//! credentials (the node's only for what this host's config names) and how many at most
+//! (`[probe] max_targets`), its own verdicts and abstentions (from the prober's reports,
+//! published in its member Lease), and — on the leader — the quorum's decision per pair,
+//! reported when it changes (journal, Event, metrics).
 //!
 //! Probing itself is `probe::run` (tasks of their own, never blocking the loop); deciding is
 //! `probe::quorum` (pure). This file only moves facts between them and the engine's state.
@@ -18,9 +20,8 @@ use crate::desired;
 use crate::events::EventReason;
 use crate::group::MemberRecord;
 use crate::names::ServiceRef;
-use crate::probe::Spec;
 use crate::probe::quorum::{Ballot, Count, Decision};
-use crate::probe::{Report, Target, Verdict};
+use crate::probe::{Auth, Finding, Report, Spec, Target, Verdict, Wanted};
 use crate::source::Source;
 
 /// This copy's verdict on one target.
@@ -38,35 +39,64 @@ pub struct Own {
 
 /// What the engine keeps for the probes.
 pub struct ProbeState {
-    /// The targets this copy probes, for the prober.
-    pub wanted: watch::Sender<BTreeSet<Target>>,
+    /// The targets this copy probes, with the credentials each may carry, for the prober.
+    pub wanted: watch::Sender<Wanted>,
     /// The prober's reports.
     pub reports: mpsc::Receiver<Report>,
     /// This copy's member record; its verdicts are this copy's ballot.
     pub record: watch::Sender<MemberRecord>,
-    /// This copy's verdicts.
+    /// This copy's verdicts (its votes).
     pub own: BTreeMap<Target, Own>,
+    /// The targets this copy cannot judge, with why (the prober's detail): no vote either way.
+    pub abstained: BTreeMap<Target, String>,
     /// The quorum's last decision per target Service (leader only), as reported.
     pub decided: BTreeMap<ServiceRef, Decision>,
+    /// The most targets probed at once (`[probe] max_targets`).
+    pub max_targets: usize,
+    /// How many wanted targets are over `max_targets` (not probed), as last reported.
+    pub over_cap: usize,
 }
 
 impl ProbeState {
-    /// The state for a copy publishing `record`; the prober reads `wanted` and sends `reports`.
+    /// The state for a copy publishing `record` and probing at most `max_targets` targets; the
+    /// prober reads `wanted` and sends `reports`.
     pub fn new(
         record: watch::Sender<MemberRecord>,
         reports: mpsc::Receiver<Report>,
-    ) -> (ProbeState, watch::Receiver<BTreeSet<Target>>) {
-        let (wanted, wanted_rx) = watch::channel(BTreeSet::new());
+        max_targets: usize,
+    ) -> (ProbeState, watch::Receiver<Wanted>) {
+        let (wanted, wanted_rx) = watch::channel(Wanted::new());
         (
             ProbeState {
                 wanted,
                 reports,
                 record,
                 own: BTreeMap::new(),
+                abstained: BTreeMap::new(),
                 decided: BTreeMap::new(),
+                max_targets,
+                over_cap: 0,
             },
             wanted_rx,
         )
+    }
+
+    /// What the STATUS line says about the probes when something needs a look: targets over
+    /// the cap, endpoints this host abstains on. `None` when all is well.
+    pub fn status_note(&self) -> Option<String> {
+        let mut notes = Vec::new();
+        if self.over_cap > 0 {
+            notes.push(format!(
+                "{} targets over max_targets {}",
+                self.over_cap, self.max_targets
+            ));
+        }
+        match self.abstained.len() {
+            0 => {}
+            1 => notes.push("abstaining on 1 endpoint".to_owned()),
+            n => notes.push(format!("abstaining on {n} endpoints")),
+        }
+        (!notes.is_empty()).then(|| format!("probes: {}", notes.join(", ")))
     }
 }
 
@@ -74,18 +104,25 @@ impl Engine {
     /// Recomputes what this copy probes (every copy probes, leader or not): called when pairs,
     /// Services or slices change. The prober starts and stops tasks from the difference.
     ///
+    /// A target carries the node's credentials when a pair of this host's config probes it
+    /// ([`Auth::Node`]), none when only annotated pairs do. At most `[probe] max_targets` are
+    /// probed ([`crate::probe::capped`]); going over is reported once (warning, metric, STATUS).
+    ///
     /// Many pairs may share a source (1,000 annotated VIPs of `default/kubernetes`): its ready
     /// endpoints are read once per call and per set of served families, not once per pair.
     pub(super) fn reprobe(&mut self) {
-        let mut wanted = BTreeSet::new();
+        let mut wanted = Wanted::new();
         // Static addresses take their port from the target Service, so a pair with some is
-        // listed on its own; pairs reading only Services share their sources' listing.
+        // listed on its own; pairs reading only Services share their sources' listing (per
+        // kind of credentials: a config pair's listing must not be skipped because an annotated
+        // pair with the same sources was listed first).
         type Key<'a> = (
             &'a [Source],
             Vec<String>,
             bool,
             &'a Spec,
             Option<&'a ServiceRef>,
+            Auth,
         );
         let mut listed: BTreeSet<Key<'_>> = BTreeSet::new();
         for (target, state) in &self.pairs {
@@ -99,12 +136,19 @@ impl Engine {
                 .iter()
                 .any(|s| matches!(s, Source::Static(_)))
                 .then_some(target);
+            // A configured target is never an annotated pair's (`pairs::resolve` refuses that).
+            let auth = if self.configured.contains(target) {
+                Auth::Node
+            } else {
+                Auth::Anonymous
+            };
             let key = (
                 sources.as_slice(),
                 desired::served_families(svc),
                 state.derive,
                 spec,
                 own,
+                auth,
             );
             if !listed.insert(key) {
                 continue;
@@ -118,12 +162,18 @@ impl Engine {
                 &|source| self.read_source(source),
                 view.as_ref(),
             );
-            wanted.extend(
-                super::pair::candidates(spec, target, svc, &prepared)
-                    .into_iter()
-                    .filter_map(|c| c.target),
-            );
+            for t in super::pair::candidates(spec, target, svc, &prepared)
+                .into_iter()
+                .filter_map(|c| c.target)
+            {
+                // The node's credentials win: the host's config probes this target anyway.
+                let entry = wanted.entry(t).or_insert(auth);
+                *entry = (*entry).min(auth);
+            }
         }
+        let total = wanted.len();
+        let (wanted, over) = crate::probe::capped(wanted, self.probes.max_targets);
+        self.note_cap(total, over);
         let probes = &mut self.probes;
         probes.wanted.send_if_modified(|current| {
             if *current == wanted {
@@ -132,30 +182,80 @@ impl Engine {
             *current = wanted.clone();
             true
         });
-        // Verdicts on targets no longer probed are dropped, so the ballot speaks only of now.
-        let gone: Vec<Target> = probes
+        // Verdicts on targets no longer probed are dropped, so the ballot speaks only of now;
+        // so are abstentions. A target whose credentials changed is probed afresh: its old
+        // verdict stands until the new probes report.
+        let gone: BTreeSet<Target> = probes
             .own
             .keys()
-            .filter(|t| !wanted.contains(*t))
+            .chain(probes.abstained.keys())
+            .filter(|t| !wanted.contains_key(*t))
             .cloned()
             .collect();
         for t in &gone {
             probes.own.remove(t);
+            probes.abstained.remove(t);
             self.metrics.set_probe_verdict(&t.to_string(), None);
+            self.metrics.set_probe_abstaining(&t.to_string(), false);
         }
         if !gone.is_empty() {
             self.publish_verdicts();
         }
     }
 
-    /// A verdict of this copy's prober: kept, logged, published, and (leader) the pairs that
-    /// probe re-planned.
+    /// Reports the cap on probe targets when it starts or stops mattering: a warning once when
+    /// `over` of `total` wanted targets are left out, a notice when none are any more; the
+    /// metric always.
+    fn note_cap(&mut self, total: usize, over: usize) {
+        self.metrics.set_probe_targets(total - over, over);
+        let before = self.probes.over_cap;
+        self.probes.over_cap = over;
+        let max = self.probes.max_targets;
+        match (before, over) {
+            (0, 0) => {}
+            (0, _) => warn!(
+                targets = total,
+                max_targets = max,
+                not_probed = over,
+                "more probe targets than [probe] max_targets; the rest are not probed (annotated pairs' first), so this host has no vote on them"
+            ),
+            (_, 0) => info!(
+                targets = total,
+                max_targets = max,
+                "probe targets within [probe] max_targets again; every target is probed"
+            ),
+            _ => {}
+        }
+    }
+
+    /// A finding of this copy's prober: kept, logged, published, and (leader) the pairs that
+    /// probe re-planned. An abstention removes this copy's vote on the target (its ballot no
+    /// longer names it) and is reported once, with why.
     pub(super) fn on_report(&mut self, report: Report) {
-        if !self.probes.wanted.borrow().contains(&report.target) {
+        if !self.probes.wanted.borrow().contains_key(&report.target) {
             return; // a late report of a target just removed
         }
+        let verdict = match report.finding {
+            Finding::Vote(verdict) => verdict,
+            Finding::Abstain => {
+                self.probes.own.remove(&report.target);
+                let endpoint = report.target.to_string();
+                warn!(endpoint = %endpoint, detail = %report.detail, "probe: this host cannot judge the endpoint and abstains (no vote either way); the endpoint's health is not known from here");
+                self.metrics.set_probe_verdict(&endpoint, None);
+                self.metrics.set_probe_abstaining(&endpoint, true);
+                self.probes.abstained.insert(report.target, report.detail);
+                self.publish_verdicts();
+                self.touch_probing();
+                return;
+            }
+        };
+        if self.probes.abstained.remove(&report.target).is_some() {
+            info!(endpoint = %report.target, detail = %report.detail, "probe: this host judges the endpoint again");
+            self.metrics
+                .set_probe_abstaining(&report.target.to_string(), false);
+        }
         let previous = self.probes.own.get(&report.target).map(|o| o.verdict);
-        match (previous, report.verdict) {
+        match (previous, verdict) {
             (Some(Verdict::Up) | None, Verdict::Down) => {
                 warn!(endpoint = %report.target, detail = %report.detail, "probe: endpoint down as seen from this host");
             }
@@ -164,14 +264,12 @@ impl Engine {
             }
             _ => {}
         }
-        self.metrics.set_probe_verdict(
-            &report.target.to_string(),
-            Some(report.verdict == Verdict::Up),
-        );
+        self.metrics
+            .set_probe_verdict(&report.target.to_string(), Some(verdict == Verdict::Up));
         self.probes.own.insert(
             report.target,
             Own {
-                verdict: report.verdict,
+                verdict,
                 since: report.since,
                 changed_at: Timestamp::now(),
                 detail: report.detail,
@@ -196,12 +294,14 @@ impl Engine {
             .iter()
             .map(|(t, o)| (t.clone(), o.changed_at))
             .collect();
+        let abstained = &self.probes.abstained;
         self.probes.record.send_if_modified(|record| {
-            if record.verdicts == verdicts {
+            if record.verdicts == verdicts && record.abstained == *abstained {
                 return false;
             }
             record.verdicts = verdicts;
             record.verdicts_since = since;
+            record.abstained = abstained.clone();
             true
         });
     }
@@ -313,5 +413,30 @@ impl Engine {
         }
         self.metrics.set_evicted(&pair, decision.evicted.len());
         self.probes.decided.insert(target.clone(), decision);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(last: u8) -> Target {
+        format!("https://198.51.100.{last}:6443/readyz")
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_status_note_names_the_cap_and_the_abstentions() {
+        let (record, _) = watch::channel(MemberRecord::new("node-1", []));
+        let (_, reports) = mpsc::channel(1);
+        let (mut state, _) = ProbeState::new(record, reports, 256);
+        assert_eq!(state.status_note(), None);
+        state.over_cap = 12;
+        state.abstained.insert(target(1), "TLS: ...".into());
+        assert_eq!(
+            state.status_note().as_deref(),
+            Some("probes: 12 targets over max_targets 256, abstaining on 1 endpoint")
+        );
     }
 }

@@ -81,11 +81,18 @@ impl Engine {
                     .map(|why| format!("member view not complete, evictions as written: {why}"))
             })
             .or_else(|| self.pairs.values().find_map(|s| s.last_error.clone()));
-        host.notifier.status(&notify::status_line(&StatusView {
+        let mut line = notify::status_line(&StatusView {
             role,
             pairs,
             last_error,
-        }));
+        });
+        // What the probes need a look at (targets over the cap, endpoints this host cannot
+        // judge), on every copy: each host probes for itself.
+        if let Some(note) = self.probes.status_note() {
+            line.push_str("; ");
+            line.push_str(&note);
+        }
+        host.notifier.status(&line);
         let in_sync = self
             .pairs
             .values()

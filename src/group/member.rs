@@ -45,7 +45,16 @@ pub struct MemberRecord {
     /// When each verdict last changed, by the copy's wall clock (shown by `status`; never used
     /// to decide anything, as another host's clock is never compared with ours).
     pub verdicts_since: BTreeMap<Target, Timestamp>,
+    /// The targets the copy probes but cannot judge (a certificate that does not verify, an
+    /// anonymous probe refused), each with why (at most [`MAX_ABSTENTION_REASON`] characters).
+    /// Never in `verdicts`: an abstention counts neither way; it is here for `status` and
+    /// `check` to show.
+    pub abstained: BTreeMap<Target, String>,
 }
+
+/// The longest abstention reason a record carries, in characters: enough for a certificate's
+/// names, bounded so that many abstentions cannot bloat the record.
+pub const MAX_ABSTENTION_REASON: usize = 200;
 
 impl MemberRecord {
     /// The record of the copy `identity` configured with `pairs`.
@@ -55,6 +64,7 @@ impl MemberRecord {
             pairs: pairs.into_iter().collect(),
             verdicts: BTreeMap::new(),
             verdicts_since: BTreeMap::new(),
+            abstained: BTreeMap::new(),
         }
     }
 
@@ -68,6 +78,12 @@ impl MemberRecord {
             annotations.insert(
                 names::MEMBER_VERDICTS_ANNOTATION.to_owned(),
                 encode_verdicts(&self.verdicts, &self.verdicts_since)?,
+            );
+        }
+        if !self.abstained.is_empty() {
+            annotations.insert(
+                names::MEMBER_ABSTENTIONS_ANNOTATION.to_owned(),
+                encode_abstentions(&self.abstained)?,
             );
         }
         Ok(annotations)
@@ -98,11 +114,16 @@ impl MemberRecord {
             .and_then(|a| a.get(names::MEMBER_VERDICTS_ANNOTATION))
             .map(|json| decode_verdicts(json))
             .unwrap_or_default();
+        let abstained = annotations
+            .and_then(|a| a.get(names::MEMBER_ABSTENTIONS_ANNOTATION))
+            .map(|json| decode_abstentions(json, &verdicts))
+            .unwrap_or_default();
         Ok(MemberRecord {
             identity,
             pairs,
             verdicts,
             verdicts_since,
+            abstained,
         })
     }
 }
@@ -190,6 +211,34 @@ fn decode_verdicts(json: &str) -> Verdicts {
         .filter(|(t, _)| verdicts.contains_key(t))
         .collect();
     (verdicts, since)
+}
+
+/// `{"target":"reason",...}`, sorted, compact, each reason cut to [`MAX_ABSTENTION_REASON`].
+fn encode_abstentions(abstained: &BTreeMap<Target, String>) -> Result<String, Error> {
+    let wire: BTreeMap<String, String> = abstained
+        .iter()
+        .map(|(t, why)| {
+            (
+                t.to_string(),
+                why.chars().take(MAX_ABSTENTION_REASON).collect(),
+            )
+        })
+        .collect();
+    serde_json::to_string(&wire).map_err(Error::Encode)
+}
+
+/// The abstentions of [`names::MEMBER_ABSTENTIONS_ANNOTATION`]; what does not parse is left out,
+/// and so is a target the record also votes on (the vote is what counts).
+fn decode_abstentions(
+    json: &str,
+    verdicts: &BTreeMap<Target, Verdict>,
+) -> BTreeMap<Target, String> {
+    let wire: BTreeMap<String, String> = serde_json::from_str(json).unwrap_or_default();
+    wire.into_iter()
+        .filter_map(|(t, why)| Some((t.parse::<Target>().ok()?, why)))
+        .filter(|(t, _)| !verdicts.contains_key(t))
+        .map(|(t, why)| (t, why.chars().take(MAX_ABSTENTION_REASON).collect()))
+        .collect()
 }
 
 fn decode_pairs(json: &str) -> Result<BTreeSet<PairRef>, DecodeError> {
@@ -331,9 +380,12 @@ impl Error {
 }
 
 /// The least time between two writes of a member Lease: what the probes' verdicts may cost at
-/// most (4 writes a second, only while verdicts keep changing), and the longest a verdict change
-/// waits behind the previous write.
-pub const MIN_WRITE_GAP: Duration = Duration::from_millis(250);
+/// most (1 write a second per host, only while verdicts keep changing: with 7 hosts at most 420
+/// writes a minute for the whole group, against ~930 with the 250 ms of before), and the longest
+/// a verdict change waits behind the previous write. A change after a quiet second is written at
+/// once, so a single eviction is not slowed; the probes' flap damping (`[probe] min_up_ms`)
+/// keeps a flapping endpoint from changing verdicts in the first place.
+pub const MIN_WRITE_GAP: Duration = Duration::from_secs(1);
 
 /// The request timeout of the publisher: a heartbeat, but at least 1 s (a request slower than a
 /// heartbeat is late anyway; the next one carries fresher content).
@@ -661,6 +713,42 @@ mod tests {
             Verdict::Down
         );
         assert!(decode_verdicts("not json").0.is_empty());
+    }
+
+    #[test]
+    fn abstentions_travel_in_their_own_annotation_cut_short_and_never_beside_a_vote() {
+        let t = |s: &str| s.parse::<Target>().unwrap();
+        let mut rec = record();
+        rec.verdicts = BTreeMap::from([(t("https://198.51.100.1:6443/readyz"), Verdict::Up)]);
+        rec.abstained = BTreeMap::from([(
+            t("https://198.51.100.2:6443/readyz"),
+            "TLS: the certificate does not name 198.51.100.2".to_owned(),
+        )]);
+        let lease = member_lease(
+            &Group::default_group(),
+            &rec,
+            Duration::from_secs(30),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        let annotations = lease.metadata.annotations.as_ref().unwrap();
+        assert_eq!(
+            annotations[names::MEMBER_ABSTENTIONS_ANNOTATION],
+            r#"{"https://198.51.100.2:6443/readyz":"TLS: the certificate does not name 198.51.100.2"}"#
+        );
+        assert!(!annotations[names::MEMBER_VERDICTS_ANNOTATION].contains("198.51.100.2"));
+        assert_eq!(MemberRecord::from_lease(&lease).unwrap(), rec);
+        // A long reason is cut; a target also voted on is read as the vote only.
+        let long = "x".repeat(1000);
+        let json = format!(
+            r#"{{"https://198.51.100.1:6443/readyz":"up?","https://198.51.100.3:6443/readyz":"{long}","nonsense":"y"}}"#
+        );
+        let read = decode_abstentions(&json, &rec.verdicts);
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            read[&t("https://198.51.100.3:6443/readyz")].len(),
+            MAX_ABSTENTION_REASON
+        );
     }
 
     #[test]

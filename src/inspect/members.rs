@@ -67,7 +67,7 @@ pub fn member_report(lease: &Lease, identity: &str, now: Timestamp) -> MemberRep
                     target: t.to_string(),
                 })
                 .collect();
-            let verdicts = record
+            let mut verdicts: Vec<VerdictReport> = record
                 .verdicts
                 .iter()
                 .map(|(t, v)| VerdictReport {
@@ -78,8 +78,18 @@ pub fn member_report(lease: &Lease, identity: &str, now: Timestamp) -> MemberRep
                     }
                     .to_owned(),
                     since: record.verdicts_since.get(t).map(ToString::to_string),
+                    reason: None,
                 })
                 .collect();
+            // Abstentions are listed beside the votes, never counted as one (`ballots` reads
+            // only "up" and "down").
+            verdicts.extend(record.abstained.iter().map(|(t, why)| VerdictReport {
+                endpoint: t.to_string(),
+                verdict: "abstains".to_owned(),
+                since: None,
+                reason: Some(why.clone()),
+            }));
+            verdicts.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
             (record.identity, pairs, verdicts, None)
         }
         Err(e) => (

@@ -12,11 +12,14 @@
 //!
 //! Files: this one holds the entry points and the order of the checks; `report.rs` the report
 //! types; `permissions.rs` the rights per feature; `pairs.rs` the per-pair dry run and foreign
-//! slices; `members.rs` the member Leases; `render.rs` the text form.
+//! slices; `members.rs` the member Leases; `probes.rs` what this host and the members cannot
+//! judge (abstentions, with the certificate's missing names) and the cap on probe targets;
+//! `render.rs` the text form.
 
 mod members;
 mod pairs;
 pub mod permissions;
+mod probes;
 mod render;
 mod report;
 
@@ -171,6 +174,17 @@ pub async fn check_report(config: &Config) -> Result<Report, Error> {
             Err(e) if e.is_forbidden() => {}
             Err(e) => return Err(e),
         }
+        // Each endpoint once from here, as this host's daemon probes it: what it cannot judge
+        // (a certificate without the endpoint's address names the SANs it has) is a problem.
+        if let Some(prober) = &prober {
+            probes::probe_endpoints(
+                &mut report,
+                prober,
+                config.probe.timing.timeout,
+                config.probe.max_targets,
+            )
+            .await;
+        }
     }
     for r in &report.refused {
         report
@@ -185,6 +199,7 @@ pub async fn check_report(config: &Config) -> Result<Report, Error> {
         }
     }
     probe_findings(&mut report);
+    probes::findings(&mut report, config.probe.max_targets, true);
     remotes_into(config, &mut report).await;
     report.lease = match lease(&client, config).await {
         Ok(l) => Some(l),
@@ -238,6 +253,7 @@ pub async fn status_report(config: &Config) -> Result<Report, Error> {
         }
     }
     probe_findings(&mut report);
+    probes::findings(&mut report, config.probe.max_targets, false);
     remotes_into(config, &mut report).await;
     Ok(report)
 }

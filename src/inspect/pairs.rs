@@ -258,12 +258,17 @@ pub async fn inspect(
                 .first()
                 .and_then(|c| c.target.as_ref().map(|t| t.port))
                 .or(spec.port);
+            // As the daemon would: the node's credentials for a pair of this host's config only.
+            let auth = match pair.origin {
+                pairs::Origin::Config => crate::probe::Auth::Node,
+                pairs::Origin::Annotation => crate::probe::Auth::Anonymous,
+            };
             for target in vip_targets(svc, spec, source_port) {
-                let mut session = crate::probe::Session::new(prober.clone(), target.clone());
+                let mut session = crate::probe::Session::new(prober.clone(), target.clone(), auth);
                 let outcome = session.probe(timeout).await;
                 vip.push(VipReport {
                     probe: target.to_string(),
-                    ok: outcome.ok,
+                    ok: outcome.ok(),
                     detail: outcome.detail,
                 });
             }
@@ -404,6 +409,7 @@ fn endpoint_report(c: &Candidate, decision: &Decision, count: &Count) -> Endpoin
         down: votes.map(|v| v.down.clone()).unwrap_or_default(),
         up: votes.map(|v| v.up.clone()).unwrap_or_default(),
         counted: count.counted.len(),
+        abstains_here: None,
     }
 }
 

@@ -131,7 +131,12 @@ fn member(s: &mut String, m: &MemberReport) {
             .as_deref()
             .map(|at| format!(" since {at}"))
             .unwrap_or_default();
-        let _ = writeln!(s, "    sees {} {}{since}", v.endpoint, v.verdict);
+        let reason = v
+            .reason
+            .as_deref()
+            .map(|why| format!(" ({why})"))
+            .unwrap_or_default();
+        let _ = writeln!(s, "    sees {} {}{since}{reason}", v.endpoint, v.verdict);
     }
 }
 
@@ -201,6 +206,9 @@ fn pair(s: &mut String, p: &PairReport) {
             names(&e.down),
             names(&e.up)
         );
+        if let Some(why) = &e.abstains_here {
+            let _ = writeln!(s, "    this host cannot judge it: {why}");
+        }
     }
     for f in &p.foreign {
         let addresses = if f.ready_addresses.is_empty() {
@@ -429,6 +437,7 @@ ok
             down: vec!["cp-1".into(), "cp-3".into()],
             up: vec!["cp-2".into()],
             counted: 3,
+            abstains_here: Some("TLS: the certificate does not name 198.51.100.2 (its subject alternative names: 198.51.100.9)".into()),
         }];
         r.pairs[0].presumed_cut_off = vec!["cp-4".into()];
         r.group = Some(GroupReport {
@@ -444,11 +453,20 @@ ok
                 lease_duration_secs: Some(30),
                 pairs: vec![],
                 error: None,
-                verdicts: vec![super::super::report::VerdictReport {
-                    endpoint: "https://198.51.100.2:6443/readyz".into(),
-                    verdict: "down".into(),
-                    since: Some("2026-11-30T19:00:00Z".into()),
-                }],
+                verdicts: vec![
+                    super::super::report::VerdictReport {
+                        endpoint: "https://198.51.100.2:6443/readyz".into(),
+                        verdict: "down".into(),
+                        since: Some("2026-11-30T19:00:00Z".into()),
+                        reason: None,
+                    },
+                    super::super::report::VerdictReport {
+                        endpoint: "https://[2001:db8::2]:6443/readyz".into(),
+                        verdict: "abstains".into(),
+                        since: None,
+                        reason: Some("TLS: the certificate does not name 2001:db8::2 (its subject alternative names: 198.51.100.2)".into()),
+                    },
+                ],
             }]),
         });
         assert_eq!(
@@ -456,9 +474,11 @@ ok
             "group kube-system.endpoint-copier (lease kube-system/endpoint-copier), this host cp-1: 1 member
   member cp-1 (this host): live, renewed 3s ago, no configured pairs
     sees https://198.51.100.2:6443/readyz down since 2026-11-30T19:00:00Z
+    sees https://[2001:db8::2]:6443/readyz abstains (TLS: the certificate does not name 2001:db8::2 (its subject alternative names: 198.51.100.2))
 pair default/kubernetes-vip <- default/kubernetes (config): source 3 ready, target 2 ready, out of sync
   probe { https = \"/readyz\" }, presumed cut off (votes not counted): cp-4
   endpoint 198.51.100.2: evicted (2 of 3 live hosts see it down: cp-1, cp-3; up: cp-2)
+    this host cannot judge it: TLS: the certificate does not name 198.51.100.2 (its subject alternative names: 198.51.100.9)
   would update kubernetes-vip
 ok
 "

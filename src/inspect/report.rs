@@ -128,6 +128,10 @@ pub struct EndpointReport {
     pub up: Vec<String>,
     /// Live hosts whose votes count.
     pub counted: usize,
+    /// Why this host cannot judge it, from one probe `check` sent the way this host's daemon
+    /// probes it (its certificate does not name the address, another CA, an anonymous probe
+    /// refused); `None` when that probe could judge it, or was not sent (`status`).
+    pub abstains_here: Option<String>,
 }
 
 /// One verdict a member publishes.
@@ -135,10 +139,12 @@ pub struct EndpointReport {
 pub struct VerdictReport {
     /// The probed endpoint (`https://198.51.100.1:6443/readyz`).
     pub endpoint: String,
-    /// `up` or `down`.
+    /// `up`, `down`, or `abstains` (that host cannot judge the endpoint; no vote either way).
     pub verdict: String,
     /// When it last changed, by that host's clock (RFC 3339).
     pub since: Option<String>,
+    /// Why that host abstains (`TLS: the certificate does not name 198.51.100.1 (...)`).
+    pub reason: Option<String>,
 }
 
 /// A refused pair.

@@ -117,6 +117,8 @@ pub struct Metrics {
     time_to_evict: Histogram,
     probe_duration: Family<ProbeLabels, Histogram>,
     probes: Family<ProbeLabels, Counter>,
+    probe_abstaining: Family<EndpointTargetLabels, Gauge>,
+    probe_targets: Family<StateLabels, Gauge>,
 }
 
 /// Labels of a per-probe-target series: its display form (`https://198.51.100.1:6443/readyz`).
@@ -255,15 +257,27 @@ impl Metrics {
         );
         registry.register_with_unit(
             "probe_duration",
-            "Time one health probe took, by kind (https, http, tcp) and result (ok, failed)",
+            "Time one health probe took, by kind (https, http, tcp) and result (ok, failed, abstained)",
             Unit::Seconds,
             probe_duration.clone(),
         );
         let probes = Family::default();
         registry.register(
             "probes",
-            "Health probes run, by kind (https, http, tcp) and result (ok, failed)",
+            "Health probes run, by kind (https, http, tcp) and result (ok, failed, abstained)",
             probes.clone(),
+        );
+        let probe_abstaining = Family::default();
+        registry.register(
+            "probe_abstaining",
+            "1 per endpoint this host cannot judge (its certificate does not verify, it refuses anonymous probes): no vote either way",
+            probe_abstaining.clone(),
+        );
+        let probe_targets = Family::default();
+        registry.register(
+            "probe_targets",
+            "Probe targets this host wants, by state: probed, or over_cap ([probe] max_targets reached: not probed, no vote)",
+            probe_targets.clone(),
         );
         let metrics = Metrics {
             probe_verdict,
@@ -274,6 +288,8 @@ impl Metrics {
             time_to_evict,
             probe_duration,
             probes,
+            probe_abstaining,
+            probe_targets,
             foreign_slices,
             registry,
             leader,
@@ -345,6 +361,28 @@ impl Metrics {
             None => {
                 self.probe_verdict.remove(&labels);
             }
+        }
+    }
+
+    /// Sets `endpoint_copier_probe_abstaining{endpoint}` to 1 while this host abstains on it;
+    /// `false` drops the series.
+    pub fn set_probe_abstaining(&self, endpoint: &str, abstaining: bool) {
+        let labels = EndpointTargetLabels {
+            endpoint: endpoint.to_owned(),
+        };
+        if abstaining {
+            self.probe_abstaining.get_or_create(&labels).set(1);
+        } else {
+            self.probe_abstaining.remove(&labels);
+        }
+    }
+
+    /// Sets `endpoint_copier_probe_targets{state="probed"|"over_cap"}`.
+    pub fn set_probe_targets(&self, probed: usize, over_cap: usize) {
+        for (state, n) in [("probed", probed), ("over_cap", over_cap)] {
+            self.probe_targets
+                .get_or_create(&StateLabels { state })
+                .set(saturating_i64(n));
         }
     }
 
@@ -483,12 +521,10 @@ impl Metrics {
 
     /// Records one health probe in `endpoint_copier_probe_duration_seconds{kind, result}` and
     /// `endpoint_copier_probes_total{kind, result}`: `kind` is the target's scheme (`https`,
-    /// `http`, `tcp`), `result` is `ok` or `failed`.
-    pub fn observe_probe(&self, kind: &'static str, ok: bool, took: Duration) {
-        let labels = ProbeLabels {
-            kind,
-            result: if ok { "ok" } else { "failed" },
-        };
+    /// `http`, `tcp`), `result` is `ok`, `failed` or `abstained` (the probe could not judge the
+    /// endpoint: a certificate that does not verify, an anonymous probe refused).
+    pub fn observe_probe(&self, kind: &'static str, result: &'static str, took: Duration) {
+        let labels = ProbeLabels { kind, result };
         self.probe_duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());

@@ -3,7 +3,10 @@
 //!
 //! Owns: the TLS and credentials taken from the kube config ([`Prober`]: kube's own
 //! `rustls_client_config()` for the CA and client certificate, `auth_layer()` for bearer and
-//! refreshable tokens), dialling an endpoint address, and describing what went wrong in words.
+//! refreshable tokens, and the same CA without any credentials for [`Auth::Anonymous`] probes),
+//! dialling an endpoint address, describing what went wrong in words, and telling a failure of
+//! the endpoint from one that only says this host cannot judge it ([`Class::Abstain`]: a
+//! certificate that does not verify, no TLS configuration, an anonymous probe refused).
 //! Scheduling, thresholds and reporting are `run`'s; what a verdict means is the quorum's.
 
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::{BoxError, Layer, ServiceExt};
 
-use super::{Kind, Target};
+use super::{Auth, Class, Kind, Target};
 
 /// The User-Agent of every probe, so an apiserver's audit log tells probes from the daemon's
 /// own API requests.
@@ -58,8 +61,12 @@ type Credentials =
 /// when the kubeconfig changes (RKE2 rotates client certificates).
 #[derive(Clone)]
 pub struct Prober {
-    /// How HTTPS targets are dialled: kube's rustls config (ALPN http/1.1), or why there is none.
+    /// How HTTPS targets are dialled for [`Auth::Node`]: kube's rustls config (ALPN http/1.1,
+    /// the client certificate if the kubeconfig has one), or why there is none.
     tls: Result<tokio_rustls::TlsConnector, String>,
+    /// How HTTPS targets are dialled for [`Auth::Anonymous`]: the same CA, no client
+    /// certificate, or why there is none.
+    anonymous_tls: Result<tokio_rustls::TlsConnector, String>,
     /// The name the server certificate is verified against; `None`: the endpoint's IP address.
     server_name: Option<ServerName<'static>>,
     /// Adds `Authorization` to HTTPS requests; never sent in clear text.
@@ -71,6 +78,10 @@ impl std::fmt::Debug for Prober {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prober")
             .field("tls", &self.tls.as_ref().map(|_| "configured"))
+            .field(
+                "anonymous_tls",
+                &self.anonymous_tls.as_ref().map(|_| "configured"),
+            )
             .field("server_name", &self.server_name)
             .field("credentials", &self.credentials.is_some())
             .finish()
@@ -90,6 +101,12 @@ impl Prober {
         let mut tls = config.rustls_client_config().map_err(Error::Tls)?;
         // We speak HTTP/1.1 only (one request at a time per connection is all a probe needs).
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // The anonymous configuration is kube's own for the same config without any user
+        // credentials: the same CA (file, data or reloading verifier), no client certificate.
+        let mut bare = config.clone();
+        bare.auth_info = kube::config::AuthInfo::default();
+        let mut anonymous_tls = bare.rustls_client_config().map_err(Error::Tls)?;
+        anonymous_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let server_name = match server_name.or(config.tls_server_name.as_deref()) {
             Some(name) => Some(
                 ServerName::try_from(name.to_owned())
@@ -105,16 +122,19 @@ impl Prober {
         });
         Ok(Prober {
             tls: Ok(tokio_rustls::TlsConnector::from(Arc::new(tls))),
+            anonymous_tls: Ok(tokio_rustls::TlsConnector::from(Arc::new(anonymous_tls))),
             server_name,
             credentials,
         })
     }
 
-    /// A prober without a kube config: HTTP and TCP targets work, HTTPS targets fail with
-    /// `reason` in their detail (say why there is no config, for `status`).
+    /// A prober without a kube config: HTTP and TCP targets work, HTTPS targets abstain with
+    /// `reason` in their detail (say why there is no config, for `status`): this host cannot
+    /// judge them, which says nothing about the endpoints.
     pub fn without_tls(reason: &str) -> Prober {
         Prober {
             tls: Err(reason.to_owned()),
+            anonymous_tls: Err(reason.to_owned()),
             server_name: None,
             credentials: None,
         }
@@ -124,13 +144,21 @@ impl Prober {
 /// The result of one probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
-    /// Whether it passed: connected (TCP), or a 2xx answer (HTTP, HTTPS).
-    pub ok: bool,
+    /// Passed (connected, or a 2xx answer), failed, or could not judge the endpoint.
+    pub class: Class,
     /// What happened, in words: `HTTP 200`, `connected`, `connection refused`, `timed out after
-    /// 400 ms`, `HTTP 401`, `TLS: invalid peer certificate: UnknownIssuer`...
+    /// 400 ms`, `HTTP 401`, `TLS: the certificate does not name 198.51.100.1 (it names
+    /// 198.51.100.9)`...
     pub detail: String,
     /// How long it took, connect and TLS included (at most about the timeout).
     pub took: Duration,
+}
+
+impl Outcome {
+    /// Whether it passed: connected (TCP), or a 2xx answer (HTTP, HTTPS).
+    pub fn ok(&self) -> bool {
+        self.class == Class::Pass
+    }
 }
 
 /// An open HTTP/1 connection to one target, with the task that drives it.
@@ -153,6 +181,8 @@ impl Drop for Connection {
 pub struct Session {
     prober: Arc<Prober>,
     target: Target,
+    /// Whose credentials the probes carry.
+    auth: Auth,
     connection: Option<Connection>,
 }
 
@@ -160,17 +190,20 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("target", &self.target)
+            .field("auth", &self.auth)
             .field("connected", &self.connection.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Session {
-    /// A session for `target`; nothing is dialled until the first probe.
-    pub fn new(prober: Arc<Prober>, target: Target) -> Session {
+    /// A session for `target` whose probes carry `auth`'s credentials (HTTPS only); nothing is
+    /// dialled until the first probe.
+    pub fn new(prober: Arc<Prober>, target: Target, auth: Auth) -> Session {
         Session {
             prober,
             target,
+            auth,
             connection: None,
         }
     }
@@ -197,21 +230,24 @@ impl Session {
     pub async fn probe(&mut self, timeout: Duration) -> Outcome {
         let started = Instant::now();
         let result = tokio::time::timeout(timeout, self.attempt()).await;
-        let (ok, detail) = match result {
-            Ok(Ok(detail)) => (true, detail),
-            Ok(Err(Failure(detail))) => {
+        let (class, detail) = match result {
+            Ok(Ok(detail)) => (Class::Pass, detail),
+            Ok(Err(failure)) => {
                 self.connection = None;
-                (false, detail)
+                (failure.class, failure.detail)
             }
             Err(_elapsed) => {
                 // The server may answer this request later; a fresh connection next time keeps
                 // a late answer from being read as the next probe's.
                 self.connection = None;
-                (false, format!("timed out after {} ms", timeout.as_millis()))
+                (
+                    Class::Fail,
+                    format!("timed out after {} ms", timeout.as_millis()),
+                )
             }
         };
         Outcome {
-            ok,
+            class,
             detail,
             took: started.elapsed(),
         }
@@ -222,7 +258,9 @@ impl Session {
         let addr = SocketAddr::new(self.target.address, self.target.port);
         let (path, https) = match &self.target.kind {
             Kind::Tcp => {
-                let stream = TcpStream::connect(addr).await.map_err(Failure::io)?;
+                let stream = TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| Failure::io(&e))?;
                 drop(stream);
                 return Ok("connected".to_owned());
             }
@@ -238,7 +276,7 @@ impl Session {
                     if answer.reusable {
                         self.connection = Some(connection);
                     }
-                    return answer.verdict();
+                    return answer.verdict(self.auth);
                 }
                 // A reused connection can fail only because the server closed it while idle;
                 // like Go's transport, try once more on a fresh one before calling it a failure
@@ -266,19 +304,24 @@ impl Session {
         if answer.reusable {
             self.connection = Some(connection);
         }
-        answer.verdict()
+        answer.verdict(self.auth)
     }
 
     async fn connect(&self, addr: SocketAddr, https: bool) -> Result<Connection, Failure> {
-        let tcp = TcpStream::connect(addr).await.map_err(Failure::io)?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| Failure::io(&e))?;
         // Requests are tiny and latency is what we measure.
         let _ = tcp.set_nodelay(true);
         if https {
-            let connector = self
-                .prober
-                .tls
+            let tls = match self.auth {
+                Auth::Node => &self.prober.tls,
+                Auth::Anonymous => &self.prober.anonymous_tls,
+            };
+            // No TLS configuration on this host says nothing about the endpoint.
+            let connector = tls
                 .as_ref()
-                .map_err(|reason| Failure(format!("TLS: {reason}")))?;
+                .map_err(|reason| Failure::abstain(format!("TLS: {reason}")))?;
             let name = self
                 .prober
                 .server_name
@@ -287,11 +330,11 @@ impl Session {
             let tls = connector.connect(name, tcp).await.map_err(|e| {
                 // A refused certificate is a rustls error ("TLS: ..."); anything else in the
                 // handshake (a reset, EOF) is named as happening there.
-                let detail = describe_io(&e);
-                if detail.starts_with("TLS: ") {
-                    Failure(detail)
+                let failure = Failure::io(&e);
+                if failure.detail.starts_with("TLS: ") {
+                    failure
                 } else {
-                    Failure(format!("TLS handshake: {detail}"))
+                    Failure::fail(format!("TLS handshake: {}", failure.detail))
                 }
             })?;
             handshake(TokioIo::new(tls)).await
@@ -300,7 +343,8 @@ impl Session {
         }
     }
 
-    /// `GET path`, with the kube config's credentials on HTTPS only (never in clear text).
+    /// `GET path`, with the kube config's credentials on HTTPS for [`Auth::Node`] only (never in
+    /// clear text, never for a probe only annotations ask for).
     async fn request(&self, path: &str, https: bool) -> Result<ProbeRequest, Failure> {
         let host = match self.target.address {
             IpAddr::V4(a) => format!("{a}:{}", self.target.port),
@@ -310,15 +354,15 @@ impl Session {
             .header(http::header::HOST, host)
             .header(http::header::USER_AGENT, USER_AGENT)
             .body(Empty::new())
-            .map_err(|e| Failure(format!("bad request: {e}")))?;
-        match (&self.prober.credentials, https) {
-            (Some(credentials), true) => credentials
+            .map_err(|e| Failure::fail(format!("bad request: {e}")))?;
+        match (&self.prober.credentials, https, self.auth) {
+            (Some(credentials), true, Auth::Node) => credentials
                 .clone()
                 .oneshot(request)
                 .await
                 .map(http::Response::into_body)
                 // An exec plugin's or token file's error names the source, never the token.
-                .map_err(|e| Failure(format!("credentials: {e}"))),
+                .map_err(|e| Failure::abstain(format!("credentials: {e}"))),
             _ => Ok(request),
         }
     }
@@ -347,13 +391,20 @@ struct Answer {
 }
 
 impl Answer {
-    /// `Ok(detail)` for 2xx, else the status as the failure.
-    fn verdict(&self) -> Result<String, Failure> {
-        let detail = format!("HTTP {}", self.status.as_u16());
+    /// `Ok(detail)` for 2xx, else the status as the failure. An anonymous probe refused (401,
+    /// 403) abstains: the server answered, and says only that it wants credentials the probe
+    /// must not carry (RKE2 and K3s turn anonymous auth off).
+    fn verdict(&self, auth: Auth) -> Result<String, Failure> {
+        let code = self.status.as_u16();
+        let detail = format!("HTTP {code}");
         if self.status.is_success() {
             Ok(detail)
+        } else if auth == Auth::Anonymous && matches!(code, 401 | 403) {
+            Err(Failure::abstain(format!(
+                "{detail}: the endpoint refuses anonymous probes, and a probe only annotations ask for carries no credentials"
+            )))
         } else {
-            Err(Failure(detail))
+            Err(Failure::fail(detail))
         }
     }
 }
@@ -378,13 +429,49 @@ async fn send(connection: &mut Connection, request: ProbeRequest) -> Result<Answ
     Ok(Answer { status, reusable })
 }
 
-/// Why a probe failed, in words.
+/// Why a probe did not pass, in words, and whether that is the endpoint's failure.
 #[derive(Debug)]
-struct Failure(String);
+struct Failure {
+    /// [`Class::Fail`] or [`Class::Abstain`].
+    class: Class,
+    /// What happened.
+    detail: String,
+}
 
 impl Failure {
-    fn io(e: std::io::Error) -> Failure {
-        Failure(describe_io(&e))
+    /// The endpoint failed.
+    fn fail(detail: String) -> Failure {
+        Failure {
+            class: Class::Fail,
+            detail,
+        }
+    }
+
+    /// This host cannot judge the endpoint.
+    fn abstain(detail: String) -> Failure {
+        Failure {
+            class: Class::Abstain,
+            detail,
+        }
+    }
+
+    /// An I/O error; a certificate rustls refused inside it is an abstention.
+    fn io(e: &std::io::Error) -> Failure {
+        match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(tls) => Failure::tls(tls),
+            None => Failure::fail(describe_io(e)),
+        }
+    }
+
+    /// A rustls error: a certificate that does not verify is a matter of configuration (a SAN
+    /// missing, another CA, expired), not of health; any other TLS error is the endpoint's.
+    fn tls(e: &rustls::Error) -> Failure {
+        match e {
+            rustls::Error::InvalidCertificate(cert) => {
+                Failure::abstain(format!("TLS: {}", describe_certificate(cert)))
+            }
+            other => Failure::fail(format!("TLS: {other}")),
+        }
     }
 
     fn hyper(e: &hyper::Error) -> Failure {
@@ -392,24 +479,81 @@ impl Failure {
         let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
         while let Some(s) = source {
             if let Some(tls) = s.downcast_ref::<rustls::Error>() {
-                return Failure(format!("TLS: {tls}"));
+                return Failure::tls(tls);
             }
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                return Failure(describe_io(io));
+                return Failure::io(io);
             }
             source = s.source();
         }
         if e.is_incomplete_message() {
-            return Failure("connection closed before the answer".to_owned());
+            return Failure::fail("connection closed before the answer".to_owned());
         }
-        Failure(format!("HTTP: {e}"))
+        Failure::fail(format!("HTTP: {e}"))
     }
+}
+
+/// A certificate rustls refused, in words an operator can act on: for a name mismatch, the
+/// address (or name) expected and the subject alternative names the certificate has.
+pub(crate) fn describe_certificate(e: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        C::NotValidForNameContext {
+            expected,
+            presented,
+        } => {
+            let names: Vec<String> = presented.iter().map(|n| san(n)).collect();
+            let has = if names.is_empty() {
+                "it has no subject alternative names".to_owned()
+            } else {
+                format!("its subject alternative names: {}", names.join(", "))
+            };
+            format!(
+                "the certificate does not name {} ({has})",
+                expected.to_str()
+            )
+        }
+        C::NotValidForName => "the certificate does not name the address dialled".to_owned(),
+        C::UnknownIssuer | C::BadSignature => format!(
+            "the certificate is not signed by the kubeconfig's CA (invalid peer certificate: {e})"
+        ),
+        C::Expired | C::ExpiredContext { .. } => {
+            format!("the certificate has expired (invalid peer certificate: {e})")
+        }
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            format!("the certificate is not valid yet (invalid peer certificate: {e})")
+        }
+        other => format!("invalid peer certificate: {other}"),
+    }
+}
+
+/// One subject alternative name as webpki lists it (`IpAddress(198.51.100.1)`,
+/// `DnsName("kubernetes")`), as an operator writes it (`198.51.100.1`, `DNS:kubernetes`).
+fn san(presented: &str) -> String {
+    if let Some(ip) = presented
+        .strip_prefix("IpAddress(")
+        .and_then(|r| r.strip_suffix(')'))
+    {
+        return ip.to_owned();
+    }
+    if let Some(dns) = presented
+        .strip_prefix("DnsName(\"")
+        .and_then(|r| r.strip_suffix("\")"))
+    {
+        return format!("DNS:{dns}");
+    }
+    presented.to_owned()
 }
 
 /// An I/O error in words; a TLS error inside it is named as such.
 fn describe_io(e: &std::io::Error) -> String {
     if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        return format!("TLS: {tls}");
+        return match tls {
+            rustls::Error::InvalidCertificate(cert) => {
+                format!("TLS: {}", describe_certificate(cert))
+            }
+            other => format!("TLS: {other}"),
+        };
     }
     use std::io::ErrorKind as K;
     match e.kind() {
@@ -438,8 +582,54 @@ mod tests {
         );
         assert_eq!(
             describe_io(&tls),
-            "TLS: invalid peer certificate: UnknownIssuer"
+            "TLS: the certificate is not signed by the kubeconfig's CA (invalid peer certificate: UnknownIssuer)"
         );
+        assert_eq!(Failure::io(&tls).class, Class::Abstain);
+        assert_eq!(Failure::io(&refused).class, Class::Fail);
+    }
+
+    #[test]
+    fn a_certificate_without_the_endpoint_address_names_what_it_has() {
+        let e = rustls::CertificateError::NotValidForNameContext {
+            expected: ServerName::IpAddress(IpAddr::from([198, 51, 100, 31]).into()),
+            presented: vec![
+                "IpAddress(198.51.100.30)".to_owned(),
+                "DnsName(\"kubernetes\")".to_owned(),
+            ],
+        };
+        assert_eq!(
+            describe_certificate(&e),
+            "the certificate does not name 198.51.100.31 (its subject alternative names: 198.51.100.30, DNS:kubernetes)"
+        );
+        let failure = Failure::tls(&rustls::Error::InvalidCertificate(e));
+        assert_eq!(failure.class, Class::Abstain);
+        // Another TLS error (the server's alert, a protocol error) is the endpoint's failure.
+        let alert = Failure::tls(&rustls::Error::AlertReceived(
+            rustls::AlertDescription::InternalError,
+        ));
+        assert_eq!(alert.class, Class::Fail);
+    }
+
+    #[test]
+    fn an_anonymous_probe_refused_abstains_and_an_authenticated_one_fails() {
+        let answer = |code: u16| Answer {
+            status: http::StatusCode::from_u16(code).unwrap(),
+            reusable: true,
+        };
+        for code in [401, 403] {
+            let anonymous = answer(code).verdict(Auth::Anonymous).unwrap_err();
+            assert_eq!(anonymous.class, Class::Abstain, "{code}");
+            assert!(anonymous.detail.contains("refuses anonymous probes"));
+            assert_eq!(
+                answer(code).verdict(Auth::Node).unwrap_err().class,
+                Class::Fail
+            );
+        }
+        assert_eq!(
+            answer(500).verdict(Auth::Anonymous).unwrap_err().class,
+            Class::Fail
+        );
+        assert_eq!(answer(200).verdict(Auth::Anonymous).unwrap(), "HTTP 200");
     }
 
     #[test]
@@ -460,7 +650,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_tls_an_https_target_fails_with_the_reason() {
+    async fn without_tls_an_https_target_abstains_with_the_reason() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = Target {
             address: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
@@ -470,10 +660,11 @@ mod tests {
             },
         };
         let prober = Arc::new(Prober::without_tls("no kubeconfig yet"));
-        let outcome = Session::new(prober, target)
+        let outcome = Session::new(prober, target, Auth::Node)
             .probe(Duration::from_millis(400))
             .await;
-        assert!(!outcome.ok);
+        // This host cannot judge it: an abstention, not a failure of the endpoint.
+        assert_eq!(outcome.class, Class::Abstain);
         assert_eq!(outcome.detail, "TLS: no kubeconfig yet");
     }
 
@@ -517,12 +708,12 @@ mod tests {
                 path: "/healthz".to_owned(),
             },
         };
-        let mut session = Session::new(Arc::new(Prober::without_tls("unused")), target);
+        let mut session = Session::new(Arc::new(Prober::without_tls("unused")), target, Auth::Node);
         let timeout = Duration::from_secs(2);
         assert_eq!(session.probe(timeout).await.detail, "HTTP 200");
         assert!(session.is_connected());
         let second = session.probe(timeout).await;
-        assert!(second.ok, "{}", second.detail);
+        assert!(second.ok(), "{}", second.detail);
         let _kept = server.await.unwrap();
     }
 }

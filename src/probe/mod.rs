@@ -4,10 +4,14 @@
 //!
 //! This file owns the vocabulary every step shares: what a pair's probe is ([`Spec`]), one probed
 //! thing ([`Target`]: address, port, kind), the timing ([`Timing`]) and a copy's verdict on a
-//! target ([`Verdict`], [`Report`]). The steps:
-//! - `spec`: a pair's probe from its config value or annotation (pure);
-//! - `check`: one probe (HTTPS with the kubeconfig's CA and credentials, HTTP, TCP) over one
-//!   kept-alive connection; `tracker`: the thresholds (pure);
+//! target ([`Verdict`], [`Finding`], [`Report`]), and whose credentials a probe may carry
+//! ([`Auth`]). The steps:
+//! - `spec`: a pair's probe from its config value or annotation (pure), and what an
+//!   annotation may ask for (health paths on the target's ports, never more);
+//! - `check`: one probe (HTTPS with the kubeconfig's CA — and its credentials only for probes the
+//!   host's config names —, HTTP, TCP) over one kept-alive connection, classified as passed,
+//!   failed or not judged (a certificate that does not verify is not a dead endpoint);
+//!   `tracker`: the thresholds and the flap damping (pure);
 //! - `run`: one task per target, never overlapping, thresholds applied; it sends a [`Report`]
 //!   when a target's verdict is first known and whenever it changes;
 //! - `quorum`: the pure decision — which targets the leader evicts, from the votes of the live
@@ -21,6 +25,7 @@ mod tracker;
 
 pub use check::{Error as ProberError, Outcome, Prober, Session};
 pub use run::spawn;
+pub use run::{Wanted, capped};
 pub use tracker::{Change, Tracker};
 
 use std::fmt;
@@ -33,8 +38,9 @@ use tokio::time::Instant;
 /// What a probe does to one address.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
-    /// `GET <path>` over TLS, verified against the kubeconfig's CA and authenticated with the
-    /// kubeconfig's credentials (RKE2/K3s run the apiserver with anonymous auth off). Up = 2xx.
+    /// `GET <path>` over TLS, verified against the kubeconfig's CA; authenticated with the
+    /// kubeconfig's credentials when the host's config names the probe ([`Auth::Node`]: RKE2/K3s
+    /// run the apiserver with anonymous auth off), anonymous otherwise. Up = 2xx.
     Https {
         /// Absolute path, with an optional query (`/readyz`).
         path: String,
@@ -173,6 +179,12 @@ pub struct Timing {
     pub failure_threshold: u32,
     /// Consecutive successes that turn a verdict to up (key `success_threshold`, default 1).
     pub success_threshold: u32,
+    /// Flap damping (key `min_up_ms`, default 1500 ms; 0 turns it off): once this host has seen
+    /// a target down, it sees it up again only after every probe passed for this long (and at
+    /// least `success_threshold` of them). A flapping endpoint then stays down instead of
+    /// changing verdicts twice a second, and an evicted one returns only after it has been up
+    /// this long. The first verdict of a target is never damped.
+    pub min_up: Duration,
 }
 
 impl Default for Timing {
@@ -182,8 +194,22 @@ impl Default for Timing {
             timeout: Duration::from_millis(250),
             failure_threshold: 2,
             success_threshold: 1,
+            min_up: Duration::from_millis(1500),
         }
     }
+}
+
+/// Whose credentials a probe carries: a host spends its node credentials only on what its own
+/// config asks for. A Service annotation belongs to whoever may edit that namespace, so the
+/// probes it asks for send nothing that person could not send without any credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Auth {
+    /// A probe the host's config names (a `[[pair]]`'s `probe`, or its default): HTTPS carries
+    /// the node kubeconfig's client certificate or token.
+    Node,
+    /// A probe only annotations ask for: no client certificate, no token (the server is still
+    /// verified against the kubeconfig's CA).
+    Anonymous,
 }
 
 /// A copy's view of one target, after the thresholds.
@@ -195,19 +221,44 @@ pub enum Verdict {
     Down,
 }
 
-/// A verdict as the prober reports it to the engine: sent when a target's verdict is first
+/// How one probe went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// Connected (TCP) or a 2xx answer (HTTP, HTTPS).
+    Pass,
+    /// Anything that says the endpoint is not serving: refused, reset, timed out, a non-2xx
+    /// answer (with credentials).
+    Fail,
+    /// Says nothing about the endpoint's health, only about this host's means to judge it: the
+    /// server certificate does not verify (a name missing from its SANs, an unknown authority,
+    /// expired), the host has no TLS configuration, or an anonymous probe was refused (401, 403).
+    Abstain,
+}
+
+/// A copy's finding on one target after the thresholds: a vote, or no vote at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Finding {
+    /// Up or down: the host's ballot names the target with this verdict.
+    Vote(Verdict),
+    /// This host cannot judge the target (`failure_threshold` probes in a row said so): its
+    /// ballot does not name it, so it counts neither way, and the reason is reported apart.
+    Abstain,
+}
+
+/// A finding as the prober reports it to the engine: sent when a target's finding is first
 /// known and whenever it changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
     /// What was probed.
     pub target: Target,
-    /// The verdict now.
-    pub verdict: Verdict,
-    /// When the streak that produced this verdict began (the first probe of the streak finished;
+    /// The finding now: a vote, or an abstention (why: `detail`).
+    pub finding: Finding,
+    /// When the streak that produced this finding began (the first probe of the streak finished;
     /// local monotonic clock): for a down verdict, when the target was first seen failing.
     pub since: Instant,
     /// The last probe's outcome in words, for logs and `status`: `HTTP 200`, `connection
-    /// refused`, `timed out after 250 ms`, `HTTP 500`, `TLS: invalid peer certificate`...
+    /// refused`, `timed out after 250 ms`, `HTTP 500`, `TLS: the certificate does not name
+    /// 198.51.100.1 (it names 198.51.100.9)`...
     pub detail: String,
 }
 

@@ -4,7 +4,14 @@
 //!
 //! Pure: the config passes the value it deserialised (as JSON, so this module needs no figment),
 //! the annotation passes its string; both get one error sentence naming what is wrong.
+//!
+//! An annotation is narrower than the config ([`check_annotated`]): a Service annotation belongs
+//! to whoever may edit that namespace, so its probe may ask only for what that person could do
+//! without any rights — a health path ([`ANNOTATION_PATHS`]) with no query, on the source
+//! endpoint's own port or a port the target Service sends traffic to — and it never carries the
+//! node's credentials ([`super::Auth::Anonymous`], decided by the engine).
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use super::{Kind, Spec};
@@ -28,6 +35,11 @@ pub fn default_for_sources(sources: &[crate::source::Source]) -> Option<Spec> {
         .filter_map(crate::source::Source::local_service)
         .find_map(default_for)
 }
+
+/// The paths a probe from an annotation may GET: the health endpoints an apiserver serves to
+/// anyone (`system:public-info-viewer`), which most servers have too. Nothing that lists,
+/// proxies or reads objects.
+pub const ANNOTATION_PATHS: [&str; 3] = ["/readyz", "/livez", "/healthz"];
 
 /// The words every error ends with.
 const VOCABULARY: &str = "use { https = \"/readyz\" }, { http = \"/healthz\" }, { tcp = PORT } (https and http take \
@@ -136,6 +148,51 @@ pub fn from_annotation(text: &str) -> Result<Option<Spec>, SpecError> {
     from_value(&value)
 }
 
+/// Checks that `spec`, read from the `endpoint-copier/probe` annotation of a target Service
+/// whose traffic goes to `target_ports` (its numeric `targetPort`s, or `port` where `targetPort`
+/// is unset: what its EndpointSlices carry), asks for nothing the annotating tenant could not do
+/// itself: a path in [`ANNOTATION_PATHS`] without a query, and no port but the source
+/// endpoint's own (no `port`) or one of `target_ports`.
+///
+/// # Errors
+/// [`SpecError`] naming the path, query or port that is refused and what is allowed.
+pub fn check_annotated(spec: &Spec, target_ports: &BTreeSet<u16>) -> Result<(), SpecError> {
+    const RULE: &str = "a probe from an annotation may only GET /readyz, /livez or /healthz (no query), on the source endpoint's port or a port the target Service sends traffic to, and never carries the node's credentials (name the probe in the host's config for more)";
+    if let Kind::Https { path } | Kind::Http { path } = &spec.kind {
+        let (bare, query) = match path.split_once('?') {
+            Some((bare, query)) => (bare, Some(query)),
+            None => (path.as_str(), None),
+        };
+        if !ANNOTATION_PATHS.contains(&bare) {
+            return Err(SpecError(format!(
+                "path \"{path}\" is not a health endpoint; {RULE}"
+            )));
+        }
+        if let Some(query) = query {
+            return Err(SpecError(format!(
+                "query \"?{query}\" is not allowed; {RULE}"
+            )));
+        }
+    }
+    if let Some(port) = spec.port
+        && !target_ports.contains(&port)
+    {
+        let allowed = if target_ports.is_empty() {
+            "none".to_owned()
+        } else {
+            target_ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(SpecError(format!(
+            "port {port} is not a port the target Service sends traffic to (those are: {allowed}); {RULE}"
+        )));
+    }
+    Ok(())
+}
+
 /// The config form of `spec`, for `check` and the defaults file: `{ https = "/readyz" }`.
 pub fn to_toml(spec: Option<&Spec>) -> String {
     let Some(spec) = spec else {
@@ -225,6 +282,54 @@ mod tests {
                 .to_string()
                 .contains("is not a TOML value")
         );
+    }
+
+    #[test]
+    fn an_annotation_may_probe_health_paths_on_the_targets_ports_only() {
+        let ports = BTreeSet::from([6443, 9345]);
+        let check = |text: &str| {
+            let spec = from_annotation(text).unwrap().unwrap();
+            check_annotated(&spec, &ports).map_err(|e| e.to_string())
+        };
+        for ok in [
+            "{ https = \"/readyz\" }",
+            "{ https = \"/livez\", port = 9345 }",
+            "{ http = \"/healthz\" }",
+            "{ tcp = 6443 }",
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            (
+                "{ https = \"/api/v1/pods\" }",
+                "path \"/api/v1/pods\" is not a health endpoint",
+            ),
+            (
+                "{ https = \"/api/v1/nodes/n1/proxy/healthz\" }",
+                "is not a health endpoint",
+            ),
+            ("{ https = \"/readyz/\" }", "is not a health endpoint"),
+            (
+                "{ https = \"/readyz?verbose\" }",
+                "query \"?verbose\" is not allowed",
+            ),
+            (
+                "{ http = \"/healthz?x=1\" }",
+                "query \"?x=1\" is not allowed",
+            ),
+            (
+                "{ https = \"/readyz\", port = 10250 }",
+                "port 10250 is not a port the target Service sends traffic to (those are: 6443, 9345)",
+            ),
+            ("{ tcp = 2379 }", "port 2379 is not a port"),
+        ] {
+            let err = check(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+            assert!(
+                err.contains("never carries the node's credentials"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -11,11 +11,14 @@ use std::time::Duration;
 use endpoint_copier::config::Config;
 use endpoint_copier::group::member::{member_lease, member_name};
 use endpoint_copier::group::{Group, MemberRecord};
+use endpoint_copier::names;
 use endpoint_copier::probe::{Spec, Target, Verdict};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 
 use crate::common::netns::{self, Listener, Mode, NetNs};
 use crate::common::{Daemon, World, eventually, slices_of, wait_for_target};
@@ -40,11 +43,24 @@ pub(crate) struct Bed {
 
 impl Bed {
     pub(crate) async fn new(ns: Arc<NetNs>) -> Bed {
+        Bed::with_sans(ns, &[]).await
+    }
+
+    /// As [`Bed::new`], but the stand-ins named in `sans` serve a certificate for those IP
+    /// addresses instead of their own.
+    async fn with_sans(ns: Arc<NetNs>, sans: &[(&str, &[&str])]) -> Bed {
         let world = World::new("evict").await;
         let tb = world.testbed().expect("probe tests run on the test bed");
         let mut apis = BTreeMap::new();
         for a in [A, B, C] {
-            apis.insert(a, ns.listener(ip(a), 6443, Some(tb)).await);
+            let names: Vec<IpAddr> = sans.iter().find(|(of, _)| *of == a).map_or_else(
+                || vec![ip(a)],
+                |(_, names)| names.iter().map(|n| ip(n)).collect(),
+            );
+            apis.insert(
+                a,
+                ns.listener_with_sans(ip(a), 6443, Some(tb), &names).await,
+            );
         }
         world.seed(&[A, B, C]).await;
         let fakes: Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>> = Arc::default();
@@ -103,6 +119,29 @@ impl Bed {
             .unwrap()
             .insert(identity.to_owned(), down.clone());
         write_ballot(&self.world.client, &self.world.ns, identity, &down).await;
+    }
+
+    /// `identity`'s member record as published now, if readable.
+    async fn record(&self, identity: &str) -> Option<MemberRecord> {
+        let group = Group::new(&self.world.ns, "endpoint-copier");
+        let api: Api<Lease> = Api::namespaced(self.world.client.clone(), &self.world.ns);
+        let lease = api.get_opt(&member_name(&group, identity)).await.ok()??;
+        MemberRecord::from_lease(&lease).ok()
+    }
+
+    /// Creates a selectorless target Service `name` in the world's namespace, annotated to
+    /// mirror the world's source with `probe` as its `endpoint-copier/probe`.
+    async fn annotated_target(&self, name: &str, probe: &str) {
+        self.world
+            .create_annotated(
+                name,
+                &[
+                    (names::ANNOTATION_ENABLED, "true"),
+                    (names::ANNOTATION_SOURCE_NAME, "apiserver"),
+                    (names::ANNOTATION_PROBE, probe),
+                ],
+            )
+            .await;
     }
 
     /// Waits until `identity`'s own member Lease publishes `verdict` on `a`.
@@ -471,6 +510,426 @@ async fn check_probes_readyz_through_the_vip_and_shows_each_hosts_view() {
             .any(|p| p.contains("does not answer through the VIP") && p.contains("HTTP 503")),
         "{:?}",
         report.problems
+    );
+    daemon.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trust: what a probe from an annotation may send; certificate trouble is not a verdict.
+// ---------------------------------------------------------------------------------------------
+
+/// Every request each stand-in received, with the stand-in's address.
+fn requests(bed: &Bed) -> Vec<(&'static str, netns::Received)> {
+    [A, B, C]
+        .into_iter()
+        .flat_map(|a| bed.api(a).requests().into_iter().map(move |r| (a, r)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_annotated_pair_probing_an_api_path_is_refused_with_an_event_and_held_as_it_was() {
+    let Some(ns) = netns::enter(
+        "eviction::an_annotated_pair_probing_an_api_path_is_refused_with_an_event_and_held_as_it_was",
+    ) else {
+        return;
+    };
+    let bed = Bed::new(ns).await;
+    let daemon = Daemon::start(bed.config("node-1"));
+    bed.vip(&[A, B, C]).await;
+    // A tenant's pair, first with a health path: mirrored.
+    bed.annotated_target("tenant", "{ https = \"/livez\" }")
+        .await;
+    wait_for_target(
+        &bed.world.client,
+        &bed.world.ns,
+        "tenant",
+        &[A, B, C],
+        WITHIN,
+    )
+    .await;
+
+    // Then asking every host to LIST every pod on every apiserver with the node's credentials.
+    let api: Api<Service> = Api::namespaced(bed.world.client.clone(), &bed.world.ns);
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        names::ANNOTATION_PROBE: "{ https = \"/api/v1/pods\" }"
+    }}});
+    api.patch("tenant", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(bed.world.client.clone(), &bed.world.ns);
+    let note = eventually("a Refused Event on tenant", WITHIN, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find_map(|e| {
+            let about = e.regarding.as_ref().and_then(|r| r.name.clone());
+            (e.reason.as_deref() == Some("Refused") && about.as_deref() == Some("tenant"))
+                .then(|| e.note.unwrap_or_default())
+        })
+    })
+    .await;
+    assert!(
+        note.contains("endpoint-copier/probe='{ https = \"/api/v1/pods\" }'")
+            && note.contains("is not a health endpoint"),
+        "the Event names the Service's annotation and its value: {note}"
+    );
+    // Held: the tenant's slices stay as they were (never blanked), the VIP's pair goes on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for_target(
+        &bed.world.client,
+        &bed.world.ns,
+        "tenant",
+        &[A, B, C],
+        WITHIN,
+    )
+    .await;
+    bed.vip(&[A, B, C]).await;
+    daemon.stop().await;
+    let paths: BTreeSet<String> = requests(&bed).into_iter().map(|(_, r)| r.path).collect();
+    assert_eq!(
+        paths,
+        BTreeSet::from(["/livez".to_owned(), "/readyz".to_owned()]),
+        "no API path was ever probed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_from_annotations_carry_no_credential_and_only_the_configs_carry_the_nodes() {
+    let Some(ns) = netns::enter(
+        "eviction::probes_from_annotations_carry_no_credential_and_only_the_configs_carry_the_nodes",
+    ) else {
+        return;
+    };
+    let bed = Bed::new(ns).await;
+    // The config probes /readyz; one tenant asks for /livez, another for /readyz (what the
+    // config probes anyway: shared, no request of its own).
+    bed.annotated_target("tenant-livez", "{ https = \"/livez\" }")
+        .await;
+    bed.annotated_target("tenant-readyz", "{ https = \"/readyz\", port = 6443 }")
+        .await;
+    let daemon = Daemon::start(bed.config("node-1"));
+    bed.vip(&[A, B, C]).await;
+    let livez = |a: &str| -> Target { format!("https://{a}:6443/livez").parse().unwrap() };
+    // The stand-ins refuse anonymous requests, as RKE2's apiservers do: the host abstains on
+    // the /livez targets (no vote either way) and says why.
+    let record = eventually(
+        "node-1 to abstain on every /livez target",
+        WITHIN,
+        || async {
+            let r = bed.record("node-1").await?;
+            [A, B, C]
+                .iter()
+                .all(|a| r.abstained.contains_key(&livez(a)))
+                .then_some(r)
+        },
+    )
+    .await;
+    for a in [A, B, C] {
+        assert!(
+            record.abstained[&livez(a)]
+                .starts_with("HTTP 401: the endpoint refuses anonymous probes"),
+            "{:?}",
+            record.abstained
+        );
+        assert!(!record.verdicts.contains_key(&livez(a)));
+        assert_eq!(record.verdicts.get(&bed.target(a)), Some(&Verdict::Up));
+    }
+    // Abstentions never evict: the tenant's target keeps every endpoint.
+    wait_for_target(
+        &bed.world.client,
+        &bed.world.ns,
+        "tenant-livez",
+        &[A, B, C],
+        WITHIN,
+    )
+    .await;
+    wait_for_target(
+        &bed.world.client,
+        &bed.world.ns,
+        "tenant-readyz",
+        &[A, B, C],
+        WITHIN,
+    )
+    .await;
+    daemon.stop().await;
+
+    let all = requests(&bed);
+    for (a, r) in &all {
+        match r.path.as_str() {
+            "/livez" => assert!(
+                !r.has_credentials() && r.user.is_none(),
+                "{a}: a probe from an annotation carried a credential: {r:?}"
+            ),
+            "/readyz" => assert_eq!(r.user.as_deref(), Some("node-1"), "{a}: {r:?}"),
+            other => panic!("{a}: unexpected path {other}"),
+        }
+    }
+    for a in [A, B, C] {
+        assert!(all.iter().any(|(at, r)| *at == a && r.path == "/livez"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_the_endpoint_address_makes_the_host_abstain_and_check_names_the_san()
+{
+    let Some(ns) = netns::enter(
+        "eviction::a_certificate_without_the_endpoint_address_makes_the_host_abstain_and_check_names_the_san",
+    ) else {
+        return;
+    };
+    // C's apiserver serves a certificate for another address only (a derived IPv6 address or an
+    // ExternalIP missing from its SANs).
+    const OTHER: &str = "198.51.100.29";
+    let bed = Bed::with_sans(ns, &[(C, &[OTHER])]).await;
+    let daemon = Daemon::start(bed.config("node-1"));
+    bed.vip(&[A, B, C]).await;
+    let record = eventually("node-1 to abstain on C", WITHIN, || async {
+        let r = bed.record("node-1").await?;
+        (r.abstained.contains_key(&bed.target(C)) && r.verdicts.len() == 2).then_some(r)
+    })
+    .await;
+    // No vote on C at all, a reason naming what the certificate has instead.
+    assert!(!record.verdicts.contains_key(&bed.target(C)), "{record:?}");
+    assert_eq!(
+        record.abstained[&bed.target(C)],
+        format!("TLS: the certificate does not name {C} (its subject alternative names: {OTHER})")
+    );
+    // Never a vote down: C stays in the VIP (a single host's own view decides here).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bed.vip(&[A, B, C]).await;
+
+    let report = endpoint_copier::inspect::check_report(&bed.config("node-1"))
+        .await
+        .unwrap();
+    let problem = report
+        .problems
+        .iter()
+        .find(|p| p.contains(&format!("this host cannot judge {C}")))
+        .unwrap_or_else(|| panic!("no problem about C: {:?}", report.problems));
+    assert!(
+        problem.contains(&format!(
+            "does not name {C} (its subject alternative names: {OTHER})"
+        )),
+        "{problem}"
+    );
+    let c = report.pairs[0]
+        .endpoints
+        .iter()
+        .find(|e| e.address == C)
+        .unwrap();
+    assert!(c.abstains_here.is_some() && c.down.is_empty(), "{c:?}");
+    // `status` shows the member's abstention with its reason.
+    let status = endpoint_copier::inspect::status_report(&bed.config("node-1"))
+        .await
+        .unwrap();
+    let members = status.group.as_ref().unwrap().members.as_ref().unwrap();
+    let node1 = members.iter().find(|m| m.identity == "node-1").unwrap();
+    let seen = node1
+        .verdicts
+        .iter()
+        .find(|v| v.endpoint == bed.target(C).to_string())
+        .unwrap();
+    assert_eq!(seen.verdict, "abstains");
+    assert!(seen.reason.as_deref().unwrap().contains(OTHER), "{seen:?}");
+    assert!(
+        status
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("host node-1 cannot judge") && w.contains(OTHER)),
+        "{:?}",
+        status.warnings
+    );
+    daemon.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flap damping: an evicted endpoint returns only after `min_up` of passing probes, and each host
+// writes its member Lease at most about once a second.
+// ---------------------------------------------------------------------------------------------
+
+/// Member Lease writes of `identity` the test bed received so far.
+fn member_writes(bed: &Bed, identity: &str) -> usize {
+    let name = member_name(&Group::new(&bed.world.ns, "endpoint-copier"), identity);
+    bed.world
+        .testbed()
+        .unwrap()
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "leases" && r.verb.is_write())
+        .filter(|r| r.name.as_deref() == Some(name.as_str()))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_apiserver_is_evicted_once_and_returns_only_after_min_up_of_passing_probes() {
+    let Some(ns) = netns::enter(
+        "eviction::a_flaky_apiserver_is_evicted_once_and_returns_only_after_min_up_of_passing_probes",
+    ) else {
+        return;
+    };
+    let bed = Bed::new(ns).await;
+    let daemon = Daemon::start(bed.config("node-1"));
+    bed.vip(&[A, B, C]).await;
+    bed.published("node-1", B, Verdict::Up).await;
+    // 70 % of B's answers fail: two failures in a row come fast, seven passes in a row (2 s of
+    // them) almost never (0.3^7).
+    bed.api(B).set_mode(Mode::Flaky(70));
+    bed.vip(&[A, C]).await;
+    let (slices, members) = (bed.slice_writes(), member_writes(&bed, "node-1"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(bed.api(B).request_count() > 20, "B kept being probed");
+    bed.vip(&[A, C]).await;
+    assert_eq!(bed.slice_writes(), slices, "B stayed out: no slice write");
+    // No verdict change, so at most a heartbeat (every 10 s) in these 5 s.
+    let more = member_writes(&bed, "node-1") - members;
+    assert!(more <= 1, "{more} member writes while B flapped");
+
+    // Steady again: back only after min_up (2 s) of passing probes. (Failing for a moment
+    // first, so that no streak of passes began before the heal.)
+    bed.api(B).set_mode(Mode::Status(500));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let healed = tokio::time::Instant::now();
+    bed.api(B).set_mode(Mode::Ok);
+    bed.vip(&[A, B, C]).await;
+    let back = healed.elapsed();
+    let min_up = endpoint_copier::probe::Timing::default().min_up;
+    assert!(
+        back >= min_up,
+        "back after {back:?}, before min_up {min_up:?}"
+    );
+    daemon.stop().await;
+}
+
+/// A Lease API in memory for the publisher: GET (404 until created), POST and PUT, each write
+/// timed on tokio's clock. No sockets, so paused time advances on its own.
+fn lease_api(writes: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>) -> kube::Client {
+    use http_body_util::BodyExt;
+    let stored: Arc<std::sync::Mutex<Option<Lease>>> = Arc::default();
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let (stored, writes) = (Arc::clone(&stored), Arc::clone(&writes));
+        async move {
+            let method = request.method().clone();
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let (status, answer) = if method == http::Method::GET {
+                match stored.lock().unwrap().clone() {
+                    Some(lease) => (200, serde_json::to_vec(&lease).unwrap()),
+                    None => (
+                        404,
+                        serde_json::to_vec(&serde_json::json!({
+                            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "reason": "NotFound", "code": 404, "message": "not found"
+                        }))
+                        .unwrap(),
+                    ),
+                }
+            } else {
+                writes.lock().unwrap().push(tokio::time::Instant::now());
+                let mut lease: Lease = serde_json::from_slice(&body).unwrap();
+                let n = writes.lock().unwrap().len();
+                lease.metadata.resource_version = Some(n.to_string());
+                *stored.lock().unwrap() = Some(lease.clone());
+                (200, serde_json::to_vec(&lease).unwrap())
+            };
+            let response = http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(answer)))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    kube::Client::new(service, "kube-system")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_writes_its_member_lease_at_most_about_once_a_second_however_fast_verdicts_change() {
+    let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = lease_api(Arc::clone(&writes));
+    let mut record = MemberRecord::new("node-1", []);
+    let (tx, rx) = tokio::sync::watch::channel(record.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let publisher = tokio::spawn(endpoint_copier::group::publish(
+        Api::namespaced(client, "kube-system"),
+        Group::default_group(),
+        rx,
+        endpoint_copier::group::Settings::default(),
+        shutdown.clone(),
+    ));
+    // A verdict flips every 100 ms for 20 s: 200 changes, what a flapping endpoint without
+    // damping could cost.
+    let target = |up: bool| -> BTreeMap<Target, Verdict> {
+        BTreeMap::from([(
+            "https://198.51.100.21:6443/readyz".parse().unwrap(),
+            if up { Verdict::Up } else { Verdict::Down },
+        )])
+    };
+    let started = tokio::time::Instant::now();
+    for i in 0..200 {
+        record.verdicts = target(i % 2 == 0);
+        tx.send_replace(record.clone());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    publisher.await.unwrap().unwrap();
+    let writes = writes.lock().unwrap().clone();
+    // The first write at once, then at most one a second (the heartbeat adds none: a change is
+    // always pending sooner).
+    let most = 1 + elapsed.as_secs() as usize;
+    assert!(
+        writes.len() <= most,
+        "{} writes in {elapsed:?}, more than {most}",
+        writes.len()
+    );
+    assert!(
+        writes.len() >= most - 2,
+        "changes kept being written: {}",
+        writes.len()
+    );
+    for pair in writes.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= endpoint_copier::group::member::MIN_WRITE_GAP,
+            "two writes {:?} apart",
+            pair[1] - pair[0]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_targets_the_rest_is_not_probed_and_check_says_so() {
+    let Some(ns) =
+        netns::enter("eviction::over_max_targets_the_rest_is_not_probed_and_check_says_so")
+    else {
+        return;
+    };
+    let bed = Bed::new(ns).await;
+    let mut config = bed.config("node-1");
+    config.probe.max_targets = 2;
+    let daemon = Daemon::start(config.clone());
+    bed.vip(&[A, B, C]).await;
+    // The lowest two targets are probed and voted on; C is not probed at all, so it has no
+    // vote and stays as its source says.
+    let record = eventually("node-1 to vote on A and B", WITHIN, || async {
+        let r = bed.record("node-1").await?;
+        (r.verdicts.len() == 2).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        record.verdicts.keys().cloned().collect::<Vec<_>>(),
+        vec![bed.target(A), bed.target(B)]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(bed.api(C).request_count(), 0, "C is over the cap");
+    bed.vip(&[A, B, C]).await;
+    let report = endpoint_copier::inspect::check_report(&config)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w
+                .contains("3 probe targets, more than [probe] max_targets (2): 1 are not probed")),
+        "{:?}",
+        report.warnings
     );
     daemon.stop().await;
 }

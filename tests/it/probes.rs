@@ -3,7 +3,8 @@
 
 // ---------------------------------------------------------------------------------------------
 // The prober on its own (`probe::spawn`): each failure kind gives Down after the thresholds and
-// Up again after healing; credentials; no overlap; targets leaving the set.
+// Up again after healing (after the flap damping's `min_up`); credentials only on the targets the
+// host's config names; certificate trouble abstains; no overlap; targets leaving the set.
 // ---------------------------------------------------------------------------------------------
 
 use std::collections::BTreeSet;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use endpoint_copier::metrics::Metrics;
-use endpoint_copier::probe::{self, Report, Target, Timing, Verdict};
+use endpoint_copier::probe::{self, Auth, Finding, Report, Target, Timing, Verdict, Wanted};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ use crate::common::netns::{self, Mode};
 
 /// The prober running on a set of targets, as the engine runs it.
 struct Probing {
-    targets: watch::Sender<BTreeSet<Target>>,
+    targets: watch::Sender<Wanted>,
     kubeconfig: watch::Sender<kube::Config>,
     reports: mpsc::Receiver<Report>,
     metrics: Arc<Metrics>,
@@ -40,10 +41,20 @@ async fn kube_config(kubeconfig: &Path) -> kube::Config {
 }
 
 impl Probing {
-    /// Starts probing `targets` with the default timing and `kubeconfig`'s credentials.
+    /// Starts probing `targets` with the default timing and `kubeconfig`'s credentials, as
+    /// targets of the host's config.
     async fn start(kubeconfig: &Path, targets: Vec<Target>) -> Probing {
+        Probing::start_with(
+            kubeconfig,
+            targets.into_iter().map(|t| (t, Auth::Node)).collect(),
+        )
+        .await
+    }
+
+    /// Starts probing `targets`, each with its credentials, with the default timing.
+    async fn start_with(kubeconfig: &Path, targets: Wanted) -> Probing {
         let timing = Timing::default();
-        let (targets_tx, targets_rx) = watch::channel(targets.into_iter().collect());
+        let (targets_tx, targets_rx) = watch::channel(targets);
         let (config_tx, config_rx) = watch::channel(kube_config(kubeconfig).await);
         let (tx, reports) = mpsc::channel(16);
         let metrics = Metrics::new();
@@ -68,9 +79,10 @@ impl Probing {
         }
     }
 
-    /// The next report, within the time the thresholds allow (plus slack for a slow machine).
+    /// The next report, within the time the thresholds and the flap damping allow (plus slack
+    /// for a slow machine).
     async fn next(&mut self) -> Report {
-        let limit = netns::verdict_deadline(&self.timing);
+        let limit = netns::verdict_deadline(&self.timing) + self.timing.min_up;
         tokio::time::timeout(limit, self.reports.recv())
             .await
             .unwrap_or_else(|_| panic!("no verdict within {limit:?}"))
@@ -79,10 +91,16 @@ impl Probing {
 
     /// Waits for `verdict` on `target` (skipping reports on other targets) and returns it.
     async fn expect(&mut self, target: &Target, verdict: Verdict) -> Report {
+        self.expect_finding(target, Finding::Vote(verdict)).await
+    }
+
+    /// Waits for the next finding on `target` (skipping reports on other targets), asserts it
+    /// is `finding` and returns it.
+    async fn expect_finding(&mut self, target: &Target, finding: Finding) -> Report {
         loop {
             let r = self.next().await;
             if &r.target == target {
-                assert_eq!(r.verdict, verdict, "{target}: {}", r.detail);
+                assert_eq!(r.finding, finding, "{target}: {}", r.detail);
                 return r;
             }
         }
@@ -120,7 +138,8 @@ fn down_within(by_timeout: bool) -> Duration {
 }
 
 /// Up, then `mode` gives Down with a detail starting with `detail` within `within` of the fault,
-/// then `Mode::Ok` gives Up again within one period and a probe.
+/// then `Mode::Ok` gives Up again after the flap damping's `min_up` of passing probes, within one
+/// more period and a probe.
 async fn fault_and_heal(test: &str, mode: Mode, detail: &str, within: Duration) {
     let Some(ns) = netns::enter(test) else { return };
     let bed = TestBed::start().await;
@@ -157,8 +176,15 @@ async fn fault_and_heal(test: &str, mode: Mode, detail: &str, within: Duration) 
     let back = healed.elapsed();
     println!("{mode:?}: up again after {back:?}");
     assert_eq!(up.detail, "HTTP 200");
-    // One period until the next probe, plus the probe itself (a fresh connection and TLS).
-    let limit = Timing::default().period + SLACK;
+    // One period until the first passing probe, `min_up` of passes (damping: never sooner),
+    // plus the probe itself (a fresh connection and TLS).
+    let t = Timing::default();
+    assert!(
+        back >= t.min_up,
+        "up again after {back:?}, before min_up {:?} of passes",
+        t.min_up
+    );
+    let limit = t.min_up + t.period * 2 + SLACK;
     assert!(
         back <= limit,
         "up again after {back:?}, more than {limit:?}"
@@ -244,6 +270,7 @@ async fn https_probes_carry_the_kubeconfig_client_certificate_over_one_kept_aliv
     for r in &requests {
         assert_eq!(r.path, "/readyz");
         assert_eq!(r.user.as_deref(), Some("node-1"));
+        assert!(r.client_certificate && !r.authorization, "{r:?}");
     }
     // One TLS handshake for all of them: probing is cheap on CPU.
     assert_eq!(api.connection_count(), 1);
@@ -289,9 +316,9 @@ async fn a_probe_without_credentials_gets_401_and_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_certificate_from_another_ca_fails_tls_and_no_request_is_sent() {
+async fn a_server_certificate_from_another_ca_abstains_and_no_request_is_sent() {
     let Some(ns) = netns::enter(
-        "probes::a_server_certificate_from_another_ca_fails_tls_and_no_request_is_sent",
+        "probes::a_server_certificate_from_another_ca_abstains_and_no_request_is_sent",
     ) else {
         return;
     };
@@ -300,16 +327,113 @@ async fn a_server_certificate_from_another_ca_fails_tls_and_no_request_is_sent()
     let api = ns.listener(addr("198.51.100.15"), 6443, Some(&bed)).await;
     let target = api.target("https");
     let mut probing = Probing::start(&other.kubeconfig_for("node-1"), vec![target.clone()]).await;
-    let down = probing.expect(&target, Verdict::Down).await;
+    // A CA this host does not trust says nothing about the endpoint's health: no vote.
+    let abstained = probing.expect_finding(&target, Finding::Abstain).await;
     // Both test bed CAs have the same name, so rustls reports a bad signature, not an unknown
     // issuer; either way the certificate is refused.
     assert!(
-        down.detail.starts_with("TLS: invalid peer certificate"),
+        abstained
+            .detail
+            .starts_with("TLS: the certificate is not signed by the kubeconfig's CA"),
         "{}",
-        down.detail
+        abstained.detail
     );
     assert_eq!(api.request_count(), 0);
     probing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_the_endpoint_address_abstains_naming_the_sans_it_has() {
+    let Some(ns) = netns::enter(
+        "probes::a_certificate_without_the_endpoint_address_abstains_naming_the_sans_it_has",
+    ) else {
+        return;
+    };
+    let bed = TestBed::start().await;
+    // The apiserver at .24 serves a certificate for .25 only (a derived address, an ExternalIP
+    // its certificate lacks).
+    let api = ns
+        .listener_with_sans(
+            addr("198.51.100.24"),
+            6443,
+            Some(&bed),
+            &[addr("198.51.100.25")],
+        )
+        .await;
+    let target = api.target("https");
+    let mut probing = Probing::start(&bed.kubeconfig_for("node-1"), vec![target.clone()]).await;
+    let abstained = probing.expect_finding(&target, Finding::Abstain).await;
+    assert_eq!(
+        abstained.detail,
+        "TLS: the certificate does not name 198.51.100.24 (its subject alternative names: 198.51.100.25)"
+    );
+    assert_eq!(api.request_count(), 0);
+    let page = probing.metrics.encode();
+    assert!(
+        page.contains("endpoint_copier_probes_total{kind=\"https\",result=\"abstained\"}"),
+        "{page}"
+    );
+    probing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_probes_carry_no_client_certificate_nor_token_and_abstain_when_refused() {
+    let Some(ns) = netns::enter(
+        "probes::anonymous_probes_carry_no_client_certificate_nor_token_and_abstain_when_refused",
+    ) else {
+        return;
+    };
+    let bed = TestBed::start().await;
+    let by_cert = ns.listener(addr("198.51.100.26"), 6443, Some(&bed)).await;
+    let by_token = ns.listener(addr("198.51.100.27"), 6443, Some(&bed)).await;
+    let (cert_target, token_target) = (by_cert.target("https"), by_token.target("https"));
+    // One prober with a client certificate, one with a token: neither goes with an anonymous
+    // target.
+    let mut with_cert = Probing::start_with(
+        &bed.kubeconfig_for("node-1"),
+        Wanted::from([(cert_target.clone(), Auth::Anonymous)]),
+    )
+    .await;
+    let mut with_token = Probing::start_with(
+        &bed.kubeconfig_with_token("node-2"),
+        Wanted::from([(token_target.clone(), Auth::Anonymous)]),
+    )
+    .await;
+    // The stand-ins, as RKE2's apiservers, refuse anonymous requests: no vote either way.
+    for (probing, target) in [
+        (&mut with_cert, &cert_target),
+        (&mut with_token, &token_target),
+    ] {
+        let r = probing.expect_finding(target, Finding::Abstain).await;
+        assert!(
+            r.detail
+                .starts_with("HTTP 401: the endpoint refuses anonymous probes"),
+            "{}",
+            r.detail
+        );
+    }
+    for api in [&by_cert, &by_token] {
+        let requests = api.requests();
+        assert!(!requests.is_empty());
+        assert!(
+            requests
+                .iter()
+                .all(|r| !r.has_credentials() && r.user.is_none()),
+            "{requests:?}"
+        );
+    }
+    // The host's config names the target now: the same target, with the node's credentials.
+    with_cert
+        .targets
+        .send_replace(Wanted::from([(cert_target.clone(), Auth::Node)]));
+    let up = with_cert.expect(&cert_target, Verdict::Up).await;
+    assert_eq!(up.detail, "HTTP 200");
+    assert_eq!(
+        by_cert.requests().last().unwrap().user.as_deref(),
+        Some("node-1")
+    );
+    with_cert.stop().await;
+    with_token.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,18 +450,24 @@ async fn plain_http_and_tcp_probes_are_up_and_down_like_https() {
     let mut up = BTreeSet::new();
     while up.len() < 2 {
         let r = probing.next().await;
-        assert_eq!(r.verdict, Verdict::Up, "{}: {}", r.target, r.detail);
+        assert_eq!(
+            r.finding,
+            Finding::Vote(Verdict::Up),
+            "{}: {}",
+            r.target,
+            r.detail
+        );
         up.insert(r.detail);
     }
     assert_eq!(up, BTreeSet::from(["HTTP 200".into(), "connected".into()]));
     // Plain HTTP never carries the kubeconfig's credentials.
-    assert!(web.requests().iter().all(|r| r.user.is_none()));
+    assert!(web.requests().iter().all(|r| !r.has_credentials()));
     web.set_mode(Mode::Refuse);
     for _ in 0..2 {
         let r = probing.next().await;
         assert_eq!(
-            (r.verdict, r.detail.as_str()),
-            (Verdict::Down, "connection refused")
+            (r.finding, r.detail.as_str()),
+            (Finding::Vote(Verdict::Down), "connection refused")
         );
     }
     probing.stop().await;
@@ -405,7 +535,9 @@ async fn a_target_leaving_the_set_is_no_longer_probed() {
         Probing::start(&bed.kubeconfig_for("node-1"), vec![ta.clone(), tb.clone()]).await;
     probing.next().await;
     probing.next().await;
-    probing.targets.send_replace(BTreeSet::from([tb.clone()]));
+    probing
+        .targets
+        .send_replace(Wanted::from([(tb.clone(), Auth::Node)]));
     // A probe already running when the set changed may still land.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let before = (a.request_count(), b.request_count());

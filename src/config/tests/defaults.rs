@@ -54,6 +54,8 @@ fn packaged_defaults_file_lists_every_key() {
             timeout_ms: Some(0),
             failure_threshold: Some(0),
             success_threshold: Some(0),
+            min_up_ms: Some(0),
+            max_targets: Some(0),
             tls_server_name: Some(String::new()),
         }),
         nodes: Some(RawNodes {
@@ -97,7 +99,7 @@ fn packaged_defaults_file_lists_every_key() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 29);
+    assert_eq!(checked, 31);
 }
 
 #[test]

@@ -447,6 +447,21 @@ fn probe_timing_rules_name_the_key() {
             "probe.tls_server_name",
             "neither",
         ),
+        (
+            "[probe]\nmin_up_ms = 600001\n",
+            "probe.min_up_ms",
+            "0-600000 (0: no flap damping)",
+        ),
+        (
+            "[probe]\nmax_targets = 0\n",
+            "probe.max_targets",
+            "outside 1-10000",
+        ),
+        (
+            "[probe]\nmax_targets = 10001\n",
+            "probe.max_targets",
+            "outside 1-10000",
+        ),
     ] {
         let (k, reason) = invalid(text);
         assert_eq!(k, key, "{text}");
@@ -463,4 +478,7 @@ fn probe_timing_rules_name_the_key() {
         (3, 2)
     );
     assert_eq!(p.tls_server_name.as_deref(), Some("kubernetes.default.svc"));
+    let (c, _) = load_toml("[probe]\nmin_up_ms = 0\nmax_targets = 10\n");
+    let p = c.unwrap().probe;
+    assert_eq!((p.timing.min_up, p.max_targets), (Duration::ZERO, 10));
 }

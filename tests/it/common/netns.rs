@@ -248,10 +248,24 @@ impl NetNs {
         port: u16,
         tls: Option<&TestBed>,
     ) -> Listener {
+        self.listener_with_sans(address, port, tls, &[address])
+            .await
+    }
+
+    /// As [`NetNs::listener`], but the HTTPS certificate names exactly `sans` (IP SANs), which
+    /// need not include `address`: an apiserver whose certificate lacks an address it is
+    /// reached at (a derived IPv6 address, an ExternalIP).
+    pub async fn listener_with_sans(
+        self: &Arc<Self>,
+        address: IpAddr,
+        port: u16,
+        tls: Option<&TestBed>,
+        sans: &[IpAddr],
+    ) -> Listener {
         self.add_address(address);
         let tls = tls.map(|bed| {
             (
-                tokio_rustls::TlsAcceptor::from(bed.server_tls_for(&[address])),
+                tokio_rustls::TlsAcceptor::from(bed.server_tls_for(sans)),
                 bed.authenticator(),
             )
         });
@@ -309,6 +323,9 @@ pub enum Mode {
     BlackHole,
     /// Every other request fails with 500 (the first one fails): a flapping apiserver.
     Flap,
+    /// Each request fails with 500 with this chance, in percent, drawn independently: an
+    /// apiserver whose `/readyz` hovers around the probes' timeout, as each host sees it.
+    Flaky(u8),
 }
 
 /// One received request.
@@ -318,6 +335,17 @@ pub struct Received {
     pub path: String,
     /// The authenticated user, if any (HTTPS only).
     pub user: Option<String>,
+    /// Whether the request carried an `Authorization` header (valid or not).
+    pub authorization: bool,
+    /// Whether its TLS connection presented a client certificate (valid or not).
+    pub client_certificate: bool,
+}
+
+impl Received {
+    /// Whether it carried any credential at all: a token or a client certificate.
+    pub fn has_credentials(&self) -> bool {
+        self.authorization || self.client_certificate
+    }
 }
 
 struct State {
@@ -467,8 +495,15 @@ async fn connection(mut stream: tokio::net::TcpStream, state: Arc<State>) {
     let service_state = Arc::clone(&state);
     match &state.tls {
         None => {
-            let service = hyper::service::service_fn(move |req| {
-                answer(req, Arc::clone(&service_state), false, None)
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let authorization = req.headers().contains_key(hyper::header::AUTHORIZATION);
+                answer(
+                    req,
+                    Arc::clone(&service_state),
+                    false,
+                    None,
+                    (authorization, false),
+                )
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -491,7 +526,8 @@ async fn connection(mut stream: tokio::net::TcpStream, state: Arc<State>) {
                     .get(hyper::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok());
                 let user = authenticator.authenticate(peer.as_deref(), authorization);
-                answer(req, Arc::clone(&service_state), true, user)
+                let presented = (authorization.is_some(), peer.is_some());
+                answer(req, Arc::clone(&service_state), true, user, presented)
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
@@ -505,6 +541,7 @@ async fn answer(
     state: Arc<State>,
     https: bool,
     user: Option<String>,
+    (authorization, client_certificate): (bool, bool),
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let path = req
         .uri()
@@ -513,6 +550,8 @@ async fn answer(
     state.requests.lock().unwrap().push(Received {
         path: path.clone(),
         user: user.clone(),
+        authorization,
+        client_certificate,
     });
     // A hung server: the request waits until the mode changes (the client has long given up).
     let mut mode = state.mode.subscribe();
@@ -526,6 +565,9 @@ async fn answer(
         Mode::Status(code) => (StatusCode::from_u16(code).unwrap(), "failed"),
         Mode::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
         Mode::Flap if state.flaps.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "failed")
+        }
+        Mode::Flaky(percent) if fastrand::u8(0..100) < percent => {
             (StatusCode::INTERNAL_SERVER_ERROR, "failed")
         }
         _ if https && user.is_none() => (StatusCode::UNAUTHORIZED, "Unauthorized"),
