@@ -178,8 +178,8 @@ impl Engine {
             Ok(step) => step,
         };
         // Evictions kept as written are no decision of this term: nothing to report.
-        if let (Some(decision), Some(Ok(count))) = (step.decision.take(), ballots.as_ref()) {
-            self.note_decision(target, decision, count);
+        if let (Some(decision), Some(Ok(b))) = (step.decision.take(), ballots.as_ref()) {
+            self.note_decision(target, decision, b.all.as_ref().unwrap_or(&b.confirmed));
         }
         self.note_nodes(target, std::mem::take(&mut step.nodes));
         self.note_sources(target, &std::mem::take(&mut step.held));

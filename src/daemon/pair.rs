@@ -171,6 +171,16 @@ pub struct NodeView<'a> {
 pub enum Verdicts<'a> {
     /// By the quorum of these counted ballots.
     Counted(&'a Count),
+    /// By two counts that may differ: the members seen renewing (`confirmed`), and every member
+    /// that looks live (`all`: a record read from a list may be a dead host's last words, or a
+    /// live host's not yet renewed). Where the two agree, that is the decision; where they
+    /// differ, the endpoint stays as written.
+    Agreed {
+        /// Ballots of this copy and the members seen renewing.
+        confirmed: &'a Count,
+        /// Those and the members not yet seen renewing.
+        all: &'a Count,
+    },
     /// As the target has them written now: the leader's view of the members is not complete
     /// (not listed yet, its watch failing or silent, a live member not yet seen renewing), so
     /// nothing is evicted and nothing evicted returns until it is.
@@ -373,6 +383,26 @@ pub fn plan_for(
             let mut decision = facts.probe.map(|(spec, verdicts)| match verdicts {
                 Verdicts::Counted(count) => {
                     quorum::decide(&candidates(spec, target, svc, &prepared), count)
+                }
+                Verdicts::Agreed { confirmed, all } => {
+                    let candidates = candidates(spec, target, svc, &prepared);
+                    let (a, b) = (
+                        quorum::decide(&candidates, confirmed),
+                        quorum::decide(&candidates, all),
+                    );
+                    let written = written_not_ready(&want, actual, owner);
+                    quorum::Decision {
+                        evicted: a
+                            .evicted
+                            .union(&b.evicted)
+                            .filter(|x| {
+                                (a.evicted.contains(x) && b.evicted.contains(x))
+                                    || written.contains(x)
+                            })
+                            .copied()
+                            .collect(),
+                        spared: a.spared.or(b.spared),
+                    }
                 }
                 Verdicts::AsWritten => quorum::Decision {
                     evicted: written_not_ready(&want, actual, owner),

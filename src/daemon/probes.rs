@@ -319,7 +319,10 @@ impl Engine {
     }
 
     /// The ballots as the leader counts them now: its own verdicts, and every other live member's.
-    pub(super) fn count(&self, now: Instant) -> Count {
+    ///
+    /// `with_unconfirmed`: whether members not yet seen renewing vote too (`view.rs` decides
+    /// from both counts: only where they agree does a decision change what is written).
+    pub(super) fn count(&self, now: Instant, with_unconfirmed: bool) -> Count {
         let own: BTreeMap<Target, Verdict> = self
             .probes
             .own
@@ -327,8 +330,11 @@ impl Engine {
             .map(|(t, o)| (t.clone(), o.verdict))
             .collect();
         let others = self.members.live(now);
-        // Only members seen renewing vote (`view.rs`): a listed record may be a dead host's.
-        let unconfirmed = self.members.unconfirmed(now);
+        let unconfirmed = if with_unconfirmed {
+            Vec::new()
+        } else {
+            self.members.unconfirmed(now)
+        };
         let mut ballots = vec![Ballot {
             voter: self.members.own(),
             live: true,

@@ -1,6 +1,7 @@
 //! Whether the leader's view of the group's members is complete enough to count ballots: listed,
-//! its watch neither failing nor silent, and the members seen renewing (with this copy) a strict
-//! majority of those that look live; only their ballots count. Until it
+//! its watch neither failing nor silent. Then ballots are counted twice when some member has not
+//! been seen renewing yet (with and without it), and a plan changes an endpoint only where the
+//! two counts agree ([`Verdicts::Agreed`]). Until the view is complete
 //! is, plans keep the evictions as written ([`Verdicts::AsWritten`]) and STATUS says what is
 //! missing — a new leader whose member watch went silent (a network cut that healed), or that
 //! restarted before its caches filled, must not evict by its own ballot alone, nor return the
@@ -28,9 +29,6 @@ pub enum Incomplete {
     /// The member watch has delivered nothing for this long, though our own member Lease is
     /// renewed every heartbeat: it went silent (and is started over).
     Silent(Duration),
-    /// These members look live but have not been seen renewing since this copy read them, and
-    /// the ones that have (with this copy) are no strict majority of the members that look live.
-    Unconfirmed(Vec<String>),
 }
 
 impl std::fmt::Display for Incomplete {
@@ -40,9 +38,6 @@ impl std::fmt::Display for Incomplete {
             Incomplete::WatchFailing => write!(f, "the member watch fails"),
             Incomplete::Silent(d) => {
                 write!(f, "the member watch has been silent for {} s", d.as_secs())
-            }
-            Incomplete::Unconfirmed(ids) => {
-                write!(f, "waiting to see {} renew", ids.join(", "))
             }
         }
     }
@@ -109,26 +104,11 @@ impl Engine {
         if self.watch_errors.contains_key("members") {
             return Some(Incomplete::WatchFailing);
         }
-        if let Some(quiet) = self.member_view.silence(now) {
-            return Some(Incomplete::Silent(quiet));
-        }
-        // A record read from a list may be a dead host's last words: its ballot counts only once
-        // it is seen renewing. The others decide alone only when they are a strict majority of
-        // every host that looks live (this copy included); else a restarted leader would count
-        // its own, still empty ballot against the group's.
-        let unconfirmed = self.members.unconfirmed(now);
-        let others = self
-            .members
-            .live(now)
-            .keys()
-            .filter(|id| id.as_str() != self.members.own())
-            .count();
-        let confirmed = 1 + others.saturating_sub(unconfirmed.len());
-        (confirmed * 2 <= 1 + others).then_some(Incomplete::Unconfirmed(unconfirmed))
+        self.member_view.silence(now).map(Incomplete::Silent)
     }
 
     /// The ballots counted now, or why they cannot be (then plans keep what is written).
-    pub(super) fn ballots(&mut self, now: Instant) -> Result<Count, Incomplete> {
+    pub(super) fn ballots(&mut self, now: Instant) -> Result<Ballots, Incomplete> {
         let incomplete = self.members_incomplete(now);
         if incomplete != self.member_view.reported && self.is_leader() {
             match &incomplete {
@@ -139,17 +119,40 @@ impl Engine {
             }
         }
         self.member_view.reported.clone_from(&incomplete);
-        match incomplete {
-            Some(why) => Err(why),
-            None => Ok(self.count(now)),
+        if let Some(why) = incomplete {
+            return Err(why);
         }
+        // A record read from a list may be a dead host's last words, or a live host's not yet
+        // renewed: counted both without and with those, a decision changes what is written only
+        // where the two agree (a restarted leader's still empty ballot must not undo the group's
+        // evictions, and a dead host's last ballot must not block them).
+        let unconfirmed = !self.members.unconfirmed(now).is_empty();
+        let confirmed = self.count(now, false);
+        let all = unconfirmed.then(|| self.count(now, true));
+        Ok(Ballots { confirmed, all })
     }
 }
 
+/// The ballots a plan decides by.
+#[derive(Debug, Clone)]
+pub struct Ballots {
+    /// This copy's and those of the members seen renewing.
+    pub confirmed: Count,
+    /// With the members not yet seen renewing too, when there are any.
+    pub all: Option<Count>,
+}
+
 /// The verdicts a plan gets from [`Engine::ballots`]'s answer.
-pub(super) fn verdicts(ballots: &Result<Count, Incomplete>) -> Verdicts<'_> {
+pub(super) fn verdicts(ballots: &Result<Ballots, Incomplete>) -> Verdicts<'_> {
     match ballots {
-        Ok(count) => Verdicts::Counted(count),
+        Ok(Ballots {
+            confirmed,
+            all: None,
+        }) => Verdicts::Counted(confirmed),
+        Ok(Ballots {
+            confirmed,
+            all: Some(all),
+        }) => Verdicts::Agreed { confirmed, all },
         Err(_) => Verdicts::AsWritten,
     }
 }
@@ -188,8 +191,10 @@ mod tests {
 
     #[test]
     fn each_reason_names_what_is_missing() {
-        let ids = Incomplete::Unconfirmed(vec!["node-2".into(), "node-3".into()]);
-        assert_eq!(ids.to_string(), "waiting to see node-2, node-3 renew");
+        assert_eq!(
+            Incomplete::NotListed.to_string(),
+            "the member Leases are not listed yet"
+        );
         assert!(
             Incomplete::Silent(Duration::from_secs(31))
                 .to_string()
