@@ -3,14 +3,24 @@
 //! `daemon` decides *that* something happened (it reports transitions, not iterations); this
 //! module publishes it without ever blocking the daemon: a bounded queue feeds one task that
 //! rate-limits per target like client-go's spam filter (a burst of 25, then one per 5 minutes)
-//! and lets kube's `Recorder` fold repeats into an Event series (create, then merge-patch the
-//! count). Publishing is best effort: a failure is logged at debug and dropped.
+//! and folds a repeat of the same Event into a series (create, then merge-patch the count).
+//! Publishing is best effort: a failure is logged at debug and dropped.
+//!
+//! A repeat is the same target, reason *and note*, as client-go's core/v1 correlator keys it.
+//! Not kube's `Recorder`: it keys a series by reason alone (the events.k8s.io/v1 isomorphism),
+//! so a second `SourceUnavailable` with another cause ("cannot be reached" after "not read
+//! yet", 401 after 403) only bumped the first Event's count, and `kubectl describe` kept showing
+//! the first cause. The daemon raises an Event only when (reason, note) changes, so each one it
+//! raises must be visible with its own note.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -27,6 +37,27 @@ const REFILL_EVERY: Duration = Duration::from_secs(300);
 const NOTE_MAX: usize = 1024;
 /// One publish may not take longer than this.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A repeat within this long of the last one extends its series; a later one starts a new
+/// Event (kube's `Recorder` and client-go's events library use 6 minutes).
+const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
+
+/// The Event types, as the API spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventType {
+    /// Something worked as it should.
+    Normal,
+    /// Something an operator may want to look at.
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
 
 /// What happened to a pair, as an Event reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,18 +166,12 @@ impl Sender {
 /// dropped).
 pub fn channel(client: kube::Client, identity: &str) -> (Sender, impl Future<Output = ()> + use<>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let reporter = Reporter {
-        controller: names::NAME.to_owned(),
-        instance: Some(identity.to_owned()),
-    };
-    (
-        Sender(tx),
-        publish_loop(Recorder::new(client, reporter), rx),
-    )
+    (Sender(tx), publish_loop(client, identity.to_owned(), rx))
 }
 
-async fn publish_loop(recorder: Recorder, mut rx: mpsc::Receiver<Report>) {
+async fn publish_loop(client: kube::Client, identity: String, mut rx: mpsc::Receiver<Report>) {
     let mut limits: HashMap<ServiceRef, Bucket> = HashMap::new();
+    let mut series = SeriesCache::default();
     while let Some(report) = rx.recv().await {
         let Some(uid) = report.uid.clone() else {
             continue;
@@ -160,28 +185,130 @@ async fn publish_loop(recorder: Recorder, mut rx: mpsc::Receiver<Report>) {
             tracing::debug!(service = %report.target, reason = report.reason.as_str(), "event rate-limited");
             continue;
         }
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            namespace: Some(report.target.namespace.clone()),
-            name: Some(report.target.name.clone()),
-            uid: Some(uid),
-            ..Default::default()
+        let note = truncate(&report.note, NOTE_MAX);
+        let key = SeriesKey {
+            target: report.target.clone(),
+            uid,
+            reason: report.reason,
+            note,
         };
-        let event = Event {
-            type_: report.reason.event_type(),
-            reason: report.reason.as_str().into(),
-            note: Some(truncate(&report.note, NOTE_MAX)),
-            action: report.reason.action().into(),
-            secondary: None,
+        let api: Api<Event> = Api::namespaced(client.clone(), &report.target.namespace);
+        let stamp = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let request = async {
+            match series.repeat(&key, now) {
+                Some((name, count)) => {
+                    let patch = serde_json::json!({
+                        "series": EventSeries { count, last_observed_time: stamp },
+                    });
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map(|_| name)
+                }
+                None => {
+                    let event = new_event(&key, &identity, stamp);
+                    api.create(&PostParams::default(), &event)
+                        .await
+                        .map(|e| e.metadata.name.unwrap_or_default())
+                }
+            }
         };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, recorder.publish(&event, &reference)).await {
-            Ok(Ok(())) => {}
+        match tokio::time::timeout(PUBLISH_TIMEOUT, request).await {
+            Ok(Ok(name)) => series.published(key, name, now),
             Ok(Err(e)) => {
-                tracing::debug!(service = %report.target, error = %e, "failed to publish event")
+                tracing::debug!(service = %report.target, error = %e, "failed to publish event");
+                // A patch of an Event that is gone (expired, deleted) would fail again: the
+                // next repeat starts a new Event.
+                series.forget(&key);
             }
             Err(_) => tracing::debug!(service = %report.target, "publishing an event timed out"),
         }
+    }
+}
+
+/// What makes two Events one series: the same target, reason and note.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    /// The target Service.
+    target: ServiceRef,
+    /// Its uid (a re-created Service starts new series).
+    uid: String,
+    /// What happened.
+    reason: EventReason,
+    /// The note as published (already truncated).
+    note: String,
+}
+
+/// One published Event and its repeats.
+#[derive(Debug, Clone)]
+struct Series {
+    /// The Event's name.
+    name: String,
+    /// How many times it happened (1 before the first repeat).
+    count: i32,
+    /// When it last happened (local monotonic clock).
+    last: Instant,
+}
+
+/// The series published within [`SERIES_TTL`]; older ones are forgotten on the next publish,
+/// so the cache holds at most what the rate limit let through in that time.
+#[derive(Debug, Default)]
+struct SeriesCache(HashMap<SeriesKey, Series>);
+
+impl SeriesCache {
+    /// For a repeat of `key` at `now`: the Event to patch and its new count; `None` when it
+    /// starts a new Event (first time, or the last one is older than [`SERIES_TTL`]).
+    fn repeat(&mut self, key: &SeriesKey, now: Instant) -> Option<(String, i32)> {
+        self.0
+            .retain(|_, s| now.saturating_duration_since(s.last) < SERIES_TTL);
+        self.0
+            .get(key)
+            .map(|s| (s.name.clone(), s.count.saturating_add(1)))
+    }
+
+    /// Records that `key` was published at `now` as Event `name` (created or patched).
+    fn published(&mut self, key: SeriesKey, name: String, now: Instant) {
+        let count = self.0.get(&key).map_or(1, |s| s.count.saturating_add(1));
+        self.0.insert(
+            key,
+            Series {
+                name,
+                count,
+                last: now,
+            },
+        );
+    }
+
+    /// Forgets `key`: its next occurrence creates a new Event.
+    fn forget(&mut self, key: &SeriesKey) {
+        self.0.remove(key);
+    }
+}
+
+/// A new events.k8s.io/v1 Event for `key`, reported by `identity`, observed at `stamp`.
+fn new_event(key: &SeriesKey, identity: &str, stamp: MicroTime) -> Event {
+    Event {
+        metadata: ObjectMeta {
+            namespace: Some(key.target.namespace.clone()),
+            // As kube's Recorder and client-go name them: `<object>.<nanoseconds in hex>`.
+            name: Some(format!("{}.{:x}", key.target.name, stamp.0.as_nanosecond())),
+            ..ObjectMeta::default()
+        },
+        action: Some(key.reason.action().to_owned()),
+        reason: Some(key.reason.as_str().to_owned()),
+        note: Some(key.note.clone()),
+        type_: Some(key.reason.event_type().as_str().to_owned()),
+        event_time: Some(stamp),
+        regarding: Some(ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(key.target.namespace.clone()),
+            name: Some(key.target.name.clone()),
+            uid: Some(key.uid.clone()),
+            ..ObjectReference::default()
+        }),
+        reporting_controller: Some(names::NAME.to_owned()),
+        reporting_instance: Some(identity.to_owned()),
+        ..Event::default()
     }
 }
 
@@ -252,6 +379,57 @@ mod tests {
         assert!(cut.len() <= NOTE_MAX, "{}", cut.len());
         assert!(cut.ends_with('…'));
         assert_eq!(truncate("short", NOTE_MAX), "short");
+    }
+
+    fn key(reason: EventReason, note: &str) -> SeriesKey {
+        SeriesKey {
+            target: "default/kubernetes-vip".parse().unwrap(),
+            uid: "u1".into(),
+            reason,
+            note: note.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repeat_extends_its_series_and_another_note_starts_a_new_event() {
+        let mut cache = SeriesCache::default();
+        let t0 = Instant::now();
+        let down = key(EventReason::SourceUnavailable, "source x: not read yet");
+        assert_eq!(cache.repeat(&down, t0), None);
+        cache.published(down.clone(), "vip.1".into(), t0);
+        assert_eq!(cache.repeat(&down, t0), Some(("vip.1".into(), 2)));
+        cache.published(down.clone(), "vip.1".into(), t0);
+        assert_eq!(cache.repeat(&down, t0), Some(("vip.1".into(), 3)));
+        // The same reason with another cause is an Event of its own, so `kubectl describe`
+        // shows the cause now (kube's Recorder folded it into the first one's count).
+        let cut = key(
+            EventReason::SourceUnavailable,
+            "source x: cannot be reached",
+        );
+        assert_eq!(cache.repeat(&cut, t0), None);
+        // Six minutes after the last one, a repeat starts over.
+        let later = t0 + SERIES_TTL;
+        assert_eq!(cache.repeat(&down, later), None);
+    }
+
+    #[test]
+    fn a_new_event_names_its_target_reason_note_and_reporter() {
+        let k = key(
+            EventReason::SourceUnavailable,
+            "source x: cannot be reached",
+        );
+        let stamp = MicroTime(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let e = new_event(&k, "cp-1", stamp);
+        assert_eq!(e.reason.as_deref(), Some("SourceUnavailable"));
+        assert_eq!(e.note.as_deref(), Some("source x: cannot be reached"));
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        assert_eq!(e.action.as_deref(), Some("Hold"));
+        assert_eq!(e.reporting_controller.as_deref(), Some(names::NAME));
+        assert_eq!(e.reporting_instance.as_deref(), Some("cp-1"));
+        let regarding = e.regarding.unwrap();
+        assert_eq!(regarding.name.as_deref(), Some("kubernetes-vip"));
+        assert_eq!(regarding.uid.as_deref(), Some("u1"));
+        assert_eq!(e.metadata.name.as_deref(), Some("kubernetes-vip.0"));
     }
 
     #[test]

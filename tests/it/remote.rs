@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::common::*;
 use endpoint_copier::remote::{self, RemoteSource, Trouble, Update, View};
 use endpoint_copier::shutdown::Shutdown;
-use endpoint_copier_testbed::{Partition, Verb};
+use endpoint_copier_testbed::{Match, Partition, Verb};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{Api, Client};
@@ -314,6 +314,15 @@ async fn sources_of_one_kubeconfig_get_a_view_each() {
     let db = remote.source("default/db");
     let cache = remote.source("default/cache");
     let absent = remote.source("default/absent");
+    // One slice list answers late: a view is the sum of two independent watches (the Service
+    // by name, its slices by label), and either may complete first. A view that says
+    // `ServiceMissing` before its slices are listed is true (`slices: None` means "not listed
+    // yet"), so each wait below asks for what it checks, not for an order of arrival.
+    remote.tb.delay_next(
+        Match::any().verb(Verb::List).resource("endpointslices"),
+        1,
+        Duration::from_millis(500),
+    );
     remote.spawn([db.clone(), cache.clone(), absent.clone()].into());
     remote
         .until(&db, "db", |v| holds(v, &["198.51.100.1"]))
@@ -322,11 +331,11 @@ async fn sources_of_one_kubeconfig_get_a_view_each() {
         .until(&cache, "cache", |v| holds(v, &["2001:db8::7"]))
         .await;
     let a = remote
-        .until(&absent, "absent", |v| {
-            v.trouble == Some(Trouble::ServiceMissing)
+        .until(&absent, "absent, missing and listed", |v| {
+            v.trouble == Some(Trouble::ServiceMissing) && v.slices.is_some()
         })
         .await;
-    assert_eq!(a.slices, Some(vec![]));
+    assert_eq!(a.slices, Some(vec![]), "no slices of a missing Service");
     remote.stop().await;
 }
 

@@ -202,7 +202,21 @@ async fn a_union_of_three_kinds_writes_every_address_once() {
 
 #[tokio::test]
 async fn a_remote_cluster_that_goes_down_keeps_its_endpoints_while_the_rest_syncs() {
-    let (world, remote, daemon) = local_and_remote("remote-down").await;
+    let world = World::new("remote-down").await;
+    world.seed(&["198.51.100.1"]).await;
+    let remote = Remote::start(&["198.51.100.3"]).await;
+    // The remote answers slowly at first, so the daemon's first plan comes before the remote's
+    // first view: a `SourceUnavailable` saying "not read yet" is raised first (under load that
+    // happened by chance, and the "cannot be reached" below was folded into it).
+    remote.bed.set_latency(Duration::from_millis(700));
+    let sources = vec![
+        Source::Service(world.source().parse().unwrap()),
+        remote.source(),
+    ];
+    let daemon = Daemon::start(config_with(&world, "node-1", sources));
+    target_holds(&world, &["198.51.100.1", "198.51.100.3"]).await;
+    source_unavailable(&world, "not read yet").await;
+    remote.bed.set_latency(Duration::ZERO);
 
     remote.bed.go_down().await;
     world.set_source(&["198.51.100.1", "198.51.100.2"]).await;
@@ -243,9 +257,10 @@ async fn refused_credentials_and_missing_rights_keep_the_remote_endpoints() {
     remote.bed.revoke(READER);
     remote.bed.close_watches();
     world.set_source(&["198.51.100.6"]).await;
-    // (kube's Recorder folds this second SourceUnavailable into the first one's series, so its
-    // note is not looked for; `remote::` tests the 401 trouble itself.)
     target_holds(&world, &["198.51.100.4", "198.51.100.6"]).await;
+    // A second cause of the same source's trouble is an Event of its own, not a repeat of the
+    // first one's.
+    source_unavailable(&world, "credentials are refused").await;
     daemon.stop().await;
 }
 
