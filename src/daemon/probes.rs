@@ -261,9 +261,9 @@ impl Engine {
                 .find(|(t, _)| t.address == *address)
                 .map_or_else(String::new, |(t, v)| {
                     format!(
-                        "{t}: {} of {} live copies see it down ({})",
+                        "{t}: {} of {} live copies with a verdict see it down ({})",
                         v.down.len(),
-                        count.counted.len(),
+                        v.voters(),
                         v.down.join(", ")
                     )
                 })

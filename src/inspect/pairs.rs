@@ -395,7 +395,7 @@ fn endpoint_report(c: &Candidate, decision: &Decision, count: &Count) -> Endpoin
         .to_owned(),
         down: votes.map(|v| v.down.clone()).unwrap_or_default(),
         up: votes.map(|v| v.up.clone()).unwrap_or_default(),
-        counted: count.counted.len(),
+        counted: votes.map_or(0, crate::probe::quorum::Votes::voters),
     }
 }
 
