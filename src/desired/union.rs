@@ -54,14 +54,19 @@ pub struct Union {
 
 /// The value of [`SOURCE_ID_LABEL`] for `source`: `service-<8 hex>` and `remote-<8 hex>` (FNV-1a
 /// of the Service, and of the kubeconfig path for a remote one), `static`. Stable across hosts,
-/// runs and versions: it names the source's slices.
+/// runs and versions: it names the source's slices. The path is hashed normalized (`/etc//r.yaml`
+/// is `/etc/r.yaml`), so that a spelling never renames slices; config normalizes it already,
+/// this keeps every other caller honest.
 pub fn source_id(source: &Source) -> String {
     match source {
         Source::Service(s) => format!("service-{:08x}", fnv1a(s.to_string().as_bytes())),
-        Source::Remote(r) => format!(
-            "remote-{:08x}",
-            fnv1a(format!("{}|{}", r.kubeconfig.display(), r.service).as_bytes())
-        ),
+        Source::Remote(r) => {
+            let path: std::path::PathBuf = r.kubeconfig.components().collect();
+            format!(
+                "remote-{:08x}",
+                fnv1a(format!("{}|{}", path.display(), r.service).as_bytes())
+            )
+        }
         Source::Static(_) => "static".to_owned(),
     }
 }
