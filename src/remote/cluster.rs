@@ -204,13 +204,62 @@ pub async fn run(
                     }
                 }
             }
-            _ = poll.tick() => credentials.reload(false).await,
-            () = credentials.reloadable.unauthorized() => {
-                debug!(kubeconfig = %kubeconfig.display(), "the remote answered 401 Unauthorized; re-reading the kubeconfig");
-                credentials.reload(true).await;
+            after_401 = reload_due(&mut poll, &credentials.reloadable) => {
+                if after_401 {
+                    debug!(kubeconfig = %kubeconfig.display(), "the remote answered 401 Unauthorized; re-reading the kubeconfig");
+                }
+                // In the branch, not in the select: a reload is never abandoned half-way.
+                if credentials.reload(after_401).await != Reloaded::Repointed {
+                    continue;
+                }
+                // Another cluster behind the same file: the watches would resume there with the
+                // old cluster's resourceVersions (or keep streaming from the old one on their
+                // open connections), mixing two clusters in one view. Start from nothing.
+                for (_, state, _) in &mut all.each {
+                    state.repointed();
+                }
+                events = start_watches(&client, &all);
+                alive = Box::pin(liveness(client.clone()));
+                cut = false;
+                for i in 0..all.each.len() {
+                    if !all.publish(i).await {
+                        return;
+                    }
+                }
             }
         }
     }
+}
+
+/// Waits for the next kubeconfig poll (`false`) or a 401 from the remote (`true`: the file is
+/// re-read even if unchanged). Both waits are cancel-safe.
+async fn reload_due(poll: &mut tokio::time::Interval, reloadable: &Reloadable) -> bool {
+    tokio::select! {
+        _ = poll.tick() => false,
+        () = reloadable.unauthorized() => true,
+    }
+}
+
+/// What a re-read of a remote kubeconfig did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reloaded {
+    /// Nothing: the file is unchanged, gone for a moment, or cannot be used.
+    Kept,
+    /// New credentials for the same cluster (a rotated certificate): the watches go on.
+    Credentials,
+    /// The file names another cluster now (another server URL or CA): every source is listed
+    /// afresh.
+    Repointed,
+}
+
+/// What identifies the cluster a kubeconfig reaches: the server URL, the CA certificates and
+/// the name the server's certificate is checked against. Credentials are not part of it.
+fn cluster_of(config: &kube::Config) -> (String, Option<&Vec<Vec<u8>>>, Option<&str>) {
+    (
+        config.cluster_url.to_string(),
+        config.root_cert.as_ref(),
+        config.tls_server_name.as_deref(),
+    )
 }
 
 /// The two watches of every source, tagged with the source's index.
@@ -294,24 +343,33 @@ struct Credentials {
 impl Credentials {
     /// Re-reads the kubeconfig when its file changed (or always, when `force`: after a 401) and
     /// swaps the credentials if it loads; a file that does not load keeps the previous ones
-    /// (as `daemon::kubeconfig` does for the node's).
-    async fn reload(&mut self, force: bool) {
+    /// (as `daemon::kubeconfig` does for the node's). Says whether it now reaches another
+    /// cluster ([`Reloaded::Repointed`]), which the caller answers by listing every source afresh.
+    async fn reload(&mut self, force: bool) -> Reloaded {
         let path = self.loaded.path.clone();
         let now = Fingerprint::of(&path);
         let changed = now != self.loaded.fingerprint;
         if now.is_none() || (!force && !changed) {
             // Removed or mid-rename: keep the client we have; the next poll looks again.
-            return;
+            return Reloaded::Kept;
         }
         match client::build(&path, self.allow_insecure_tls).await {
             Ok(next) => {
-                if changed {
+                let repointed = cluster_of(&next.config) != cluster_of(&self.loaded.config);
+                if repointed {
+                    warn!(kubeconfig = %path.display(), server = %next.server, previous = %self.loaded.server, "remote kubeconfig points at another cluster now (server or CA changed); listing its sources afresh");
+                } else if changed {
                     info!(kubeconfig = %path.display(), server = %next.server, "remote kubeconfig changed; reconnecting with the new credentials");
                 } else {
                     debug!(kubeconfig = %path.display(), "remote kubeconfig re-read after a 401");
                 }
                 self.reloadable.swap(next.client.clone());
                 self.loaded = next;
+                if repointed {
+                    Reloaded::Repointed
+                } else {
+                    Reloaded::Credentials
+                }
             }
             Err(e) => {
                 if changed {
@@ -321,6 +379,7 @@ impl Credentials {
                 }
                 // Do not warn on every poll about the same broken file: remember its fingerprint.
                 self.loaded.fingerprint = now;
+                Reloaded::Kept
             }
         }
     }
@@ -402,6 +461,25 @@ mod tests {
             kubeconfig: path.into(),
             service: service.parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn another_server_or_ca_is_another_cluster_and_new_credentials_are_not() {
+        let config = |url: &str| kube::Config::new(url.parse().unwrap());
+        let a = config("https://198.51.100.1:6443");
+        let mut rotated = a.clone();
+        rotated.auth_info.token = Some("new".to_owned().into());
+        assert_eq!(cluster_of(&a), cluster_of(&rotated), "credentials only");
+        assert_ne!(
+            cluster_of(&a),
+            cluster_of(&config("https://203.0.113.1:6443"))
+        );
+        let mut other_ca = a.clone();
+        other_ca.root_cert = Some(vec![vec![1, 2, 3]]);
+        assert_ne!(cluster_of(&a), cluster_of(&other_ca));
+        let mut other_name = a.clone();
+        other_name.tls_server_name = Some("kubernetes.default.svc".into());
+        assert_ne!(cluster_of(&a), cluster_of(&other_name));
     }
 
     #[test]

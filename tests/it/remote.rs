@@ -340,6 +340,46 @@ async fn sources_of_one_kubeconfig_get_a_view_each() {
 }
 
 #[tokio::test]
+async fn a_kubeconfig_repointed_at_another_cluster_lists_that_cluster_afresh() {
+    let mut first = Remote::seeded(&["198.51.100.1"]).await;
+    let second = Remote::seeded(&["203.0.113.1"]).await;
+    // Both clusters have seen the same writes: the first one's resourceVersions are valid
+    // numbers in the second one too, which a resumed watch would accept.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("remote.yaml");
+    std::fs::copy(&first.kubeconfig, &path).unwrap();
+    let db = source_at(&path, "default/db");
+    first.spawn([db.clone()].into());
+    first
+        .until(&db, "the first cluster's slices", |v| {
+            holds(v, &["198.51.100.1"])
+        })
+        .await;
+    // The same file now names the second cluster (another server, another CA): written
+    // beside it and renamed over it, as configuration management does.
+    let tmp = dir.path().join(".remote.yaml.tmp");
+    std::fs::copy(&second.kubeconfig, &tmp).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let seen = first
+        .until(&db, "the second cluster's slices", |v| {
+            addresses(v).is_some_and(|a| a.contains(&"203.0.113.1".to_owned()))
+        })
+        .await;
+    assert!(
+        holds(&seen, &["203.0.113.1"]),
+        "no mix of two clusters: {seen:?}"
+    );
+    // And it follows the second cluster from now on.
+    second.set_slice(&["203.0.113.2"]).await;
+    first
+        .until(&db, "a change in the second cluster", |v| {
+            holds(v, &["203.0.113.2"]) && v.trouble.is_none()
+        })
+        .await;
+    first.stop().await;
+}
+
+#[tokio::test]
 async fn check_reports_a_healthy_remote() {
     let remote = Remote::seeded(&["198.51.100.1", "203.0.113.1"]).await;
     let db = remote.source("default/db");
