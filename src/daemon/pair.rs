@@ -15,7 +15,7 @@ use crate::desired::nodes::{Gap, Withheld};
 use crate::desired::{self, ForeignSlice, Hold, Owner, Plan};
 use crate::events::EventReason;
 use crate::names::ServiceRef;
-use crate::nodes::NodeIndex;
+use crate::nodes::{At, NodeIndex};
 use crate::probe::Spec;
 use crate::probe::quorum::{self, Count, Decision};
 use crate::source::Source;
@@ -151,14 +151,14 @@ pub struct Step {
     pub held: Vec<(Source, Hold)>,
 }
 
-/// The Nodes as one plan sees them: the index, the leader's wall clock (drain expiry) and
-/// whether the pair derives missing families.
+/// The Nodes as one plan sees them: the index, when drains are judged (this copy's clocks and
+/// when it first saw each timed drain) and whether the pair derives missing families.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeView<'a> {
     /// The watched Nodes.
     pub index: &'a NodeIndex,
-    /// Now, by the wall clock: a drain whose expiry is past does not count.
-    pub now: jiff::Timestamp,
+    /// Now: a drain that ended does not count.
+    pub at: At<'a>,
     /// Derive a family the target serves but the source lacks.
     pub derive: bool,
 }
@@ -305,15 +305,15 @@ pub fn plan_for(
                 .as_ref()
                 .map(|d| d.evicted.clone())
                 .unwrap_or_default();
-            let (drained_nodes, drained_addresses) = match &facts.nodes {
-                Some(view) => (
-                    view.index.drained(view.now),
-                    view.index.drained_addresses(view.now),
-                ),
-                None => Default::default(),
-            };
-            outcome.withheld =
-                desired::nodes::withhold(&mut want, &evicted, &drained_nodes, &drained_addresses);
+            let drained_nodes = facts
+                .nodes
+                .map(|view| view.index.drained(view.at))
+                .unwrap_or_default();
+            let drains = facts.nodes.map(|view| desired::nodes::Drains {
+                index: view.index,
+                nodes: &drained_nodes,
+            });
+            outcome.withheld = desired::nodes::withhold(&mut want, &evicted, drains);
             outcome.drained_nodes = drained_nodes.into_iter().collect();
             if let Some(d) = decision.as_mut() {
                 // An endpoint kept ready so that its family is not empty is not evicted.

@@ -212,9 +212,30 @@ pub struct Withheld {
     pub kept: BTreeSet<IpAddr>,
 }
 
+/// The drained Nodes as one plan sees them.
+#[derive(Debug, Clone, Copy)]
+pub struct Drains<'a> {
+    /// The known Nodes: which one an endpoint stands on, by the rule of `nodeName` ([`fill`]).
+    pub index: &'a NodeIndex,
+    /// The Nodes drained now, by name ([`NodeIndex::drained`]).
+    pub nodes: &'a BTreeSet<String>,
+}
+
+impl Drains<'_> {
+    /// Whether `endpoint`, of a target slice that is this cluster's (`remote` false), stands on
+    /// a drained Node: its Node by the same rule as `nodeName` — the one Node the control plane
+    /// vouches for that claims its address (an address two Nodes claim drains nothing), unless
+    /// the source names another Node. A remote source's endpoints are another cluster's: a
+    /// local drain never touches them, whatever their `nodeName` says.
+    fn takes(&self, remote: bool, endpoint: &Endpoint) -> bool {
+        !remote
+            && node_for(endpoint, self.index).is_some_and(|node| self.nodes.contains(&node.name))
+    }
+}
+
 /// Marks the endpoints of the desired target `slices` that are probe-`evicted` (by first
-/// address) or stand on a drained Node (`nodeName` in `drained_nodes`, or first address in
-/// `drained_addresses`) as `ready: false, serving: false`; `terminating` is kept.
+/// address) or stand on a drained Node ([`Drains`]: this cluster's endpoints only, by Node
+/// identity) as `ready: false, serving: false`; `terminating` is kept.
 ///
 /// Never empties a family: when every ready endpoint of an `addressType` would go, one stays
 /// ready — a drained endpoint that the probes do not evict (alive, under maintenance) before a
@@ -223,16 +244,11 @@ pub struct Withheld {
 pub fn withhold(
     slices: &mut [EndpointSlice],
     evicted: &BTreeSet<IpAddr>,
-    drained_nodes: &BTreeSet<String>,
-    drained_addresses: &BTreeSet<IpAddr>,
+    drains: Option<Drains<'_>>,
 ) -> Withheld {
     let first = |e: &Endpoint| e.addresses.first().and_then(|a| a.parse::<IpAddr>().ok());
-    let is_drained = |e: &Endpoint| {
-        e.node_name
-            .as_deref()
-            .is_some_and(|n| drained_nodes.contains(n))
-            || first(e).is_some_and(|a| drained_addresses.contains(&a))
-    };
+    let is_drained =
+        |remote: bool, e: &Endpoint| drains.as_ref().is_some_and(|d| d.takes(remote, e));
     let is_evicted = |e: &Endpoint| first(e).is_some_and(|a| evicted.contains(&a));
     let mut out = Withheld::default();
     let families: BTreeSet<String> = slices.iter().map(|s| s.address_type.clone()).collect();
@@ -240,17 +256,20 @@ pub fn withhold(
         // (prefer-key, nodeName, address) of every ready endpoint of the family that goes.
         let mut going: Vec<(bool, String, IpAddr)> = Vec::new();
         let mut stays = false;
-        for e in slices
+        for (remote, e) in slices
             .iter()
             .filter(|s| s.address_type == family)
-            .flat_map(|s| s.endpoints.iter())
-            .filter(|e| is_ready(e))
+            .flat_map(|s| {
+                let remote = super::union::is_remote(s);
+                s.endpoints.iter().map(move |e| (remote, e))
+            })
+            .filter(|(_, e)| is_ready(e))
         {
             let Some(address) = first(e) else {
                 stays = true;
                 continue;
             };
-            let (drained, evicted) = (is_drained(e), is_evicted(e));
+            let (drained, evicted) = (is_drained(remote, e), is_evicted(e));
             if drained || evicted {
                 // `false` sorts first: a drained endpoint the probes see alive is preferred.
                 going.push((evicted, e.node_name.clone().unwrap_or_default(), address));
@@ -266,22 +285,21 @@ pub fn withhold(
         if let Some(k) = keeper {
             out.kept.insert(k);
         }
-        for e in slices
-            .iter_mut()
-            .filter(|s| s.address_type == family)
-            .flat_map(|s| s.endpoints.iter_mut())
-        {
-            let Some(address) = first(e) else { continue };
-            if Some(address) == keeper || !is_ready(e) {
-                continue;
-            }
-            let drained = is_drained(e);
-            if drained || is_evicted(e) {
-                let c = e.conditions.get_or_insert_with(Default::default);
-                c.ready = Some(false);
-                c.serving = Some(false);
-                if drained {
-                    out.drained.insert(address);
+        for slice in slices.iter_mut().filter(|s| s.address_type == family) {
+            let remote = super::union::is_remote(slice);
+            for e in &mut slice.endpoints {
+                let Some(address) = first(e) else { continue };
+                if Some(address) == keeper || !is_ready(e) {
+                    continue;
+                }
+                let drained = is_drained(remote, e);
+                if drained || is_evicted(e) {
+                    let c = e.conditions.get_or_insert_with(Default::default);
+                    c.ready = Some(false);
+                    c.serving = Some(false);
+                    if drained {
+                        out.drained.insert(address);
+                    }
                 }
             }
         }
@@ -386,8 +404,10 @@ mod tests {
                 })
                 .collect(),
             zone: zone.map(Into::into),
+            control_plane: true,
             drain: None,
             drain_expires: None,
+            drain_duration: None,
         }
     }
 
@@ -544,18 +564,100 @@ mod tests {
         }
     }
 
+    /// cp-1 and cp-2 at .1 and .2.
+    fn two_nodes() -> NodeIndex {
+        NodeIndex::new([
+            facts("cp-1", &["198.51.100.1"], None),
+            facts("cp-2", &["198.51.100.2"], None),
+        ])
+    }
+
+    /// `withhold` with the Nodes of `index` named in `drained` drained.
+    fn withhold_with(
+        slices: &mut [EndpointSlice],
+        evicted: &[&str],
+        index: &NodeIndex,
+        drained: &[&str],
+    ) -> Withheld {
+        let evicted: BTreeSet<IpAddr> = evicted.iter().map(|a| a.parse().unwrap()).collect();
+        let nodes: BTreeSet<String> = drained.iter().map(|n| (*n).to_owned()).collect();
+        withhold(
+            slices,
+            &evicted,
+            Some(Drains {
+                index,
+                nodes: &nodes,
+            }),
+        )
+    }
+
+    /// A target slice written from a remote source (labelled with a remote source id).
+    fn remote_slice(endpoints: Vec<Endpoint>) -> EndpointSlice {
+        let mut s = kubernetes(endpoints);
+        s.metadata.name = Some("kubernetes-vip-r2k9x".into());
+        s.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(
+                crate::names::SOURCE_ID_LABEL.into(),
+                "remote-0badcafe".into(),
+            );
+        s
+    }
+
+    #[test]
+    fn a_remote_cp_1_survives_a_local_drain_of_cp_1() {
+        // The other cluster has a Node named cp-1 too, and its slice says so.
+        let mut slices = [
+            kubernetes(vec![
+                named("198.51.100.1", "cp-1"),
+                named("198.51.100.2", "cp-2"),
+            ]),
+            remote_slice(vec![named("203.0.113.1", "cp-1")]),
+        ];
+        let w = withhold_with(&mut slices, &[], &two_nodes(), &["cp-1"]);
+        assert_eq!(w.drained, ["198.51.100.1".parse().unwrap()].into());
+        assert_eq!(
+            ready_of(&slices),
+            [
+                ("198.51.100.1".to_owned(), false),
+                ("198.51.100.2".to_owned(), true),
+                ("203.0.113.1".to_owned(), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_address_a_stale_node_still_claims_drains_nothing() {
+        // cp-old was drained and left; its Node object still claims .9, now cp-new's address.
+        let index = NodeIndex::new([
+            facts("cp-old", &["198.51.100.9"], None),
+            facts("cp-new", &["198.51.100.9"], None),
+            facts("cp-2", &["198.51.100.2"], None),
+        ]);
+        let mut slices = [kubernetes(vec![
+            ep("198.51.100.9", Some(true)),
+            ep("198.51.100.2", Some(true)),
+        ])];
+        let w = withhold_with(&mut slices, &[], &index, &["cp-old"]);
+        assert!(w.drained.is_empty(), "{w:?}");
+        assert!(ready_of(&slices).iter().all(|(_, r)| *r));
+        // Its own, unclaimed address would be drained by identity: the address alone is enough.
+        let index = NodeIndex::new([
+            facts("cp-old", &["198.51.100.9"], None),
+            facts("cp-2", &["198.51.100.2"], None),
+        ]);
+        let w = withhold_with(&mut slices, &[], &index, &["cp-old"]);
+        assert_eq!(w.drained, ["198.51.100.9".parse().unwrap()].into());
+    }
+
     #[test]
     fn drained_endpoints_are_not_ready_and_come_back_when_the_drain_goes() {
         let mut slices = [kubernetes(vec![
             named("198.51.100.1", "cp-1"),
             named("198.51.100.2", "cp-2"),
         ])];
-        let w = withhold(
-            &mut slices,
-            &BTreeSet::new(),
-            &["cp-1".to_owned()].into(),
-            &BTreeSet::new(),
-        );
+        let w = withhold_with(&mut slices, &[], &two_nodes(), &["cp-1"]);
         assert_eq!(w.drained, ["198.51.100.1".parse().unwrap()].into());
         assert!(w.kept.is_empty());
         let c = slices[0].endpoints[0].conditions.as_ref().unwrap();
@@ -567,12 +669,7 @@ mod tests {
             named("198.51.100.1", "cp-1"),
             named("198.51.100.2", "cp-2"),
         ])];
-        let w = withhold(
-            &mut again,
-            &BTreeSet::new(),
-            &BTreeSet::new(),
-            &BTreeSet::new(),
-        );
+        let w = withhold_with(&mut again, &[], &two_nodes(), &[]);
         assert_eq!(w, Withheld::default());
         assert!(ready_of(&again).iter().all(|(_, r)| *r));
     }
@@ -581,12 +678,7 @@ mod tests {
     fn the_last_ready_endpoint_is_never_drained_and_a_drained_one_is_kept_before_an_evicted_one() {
         // One endpoint, drained: it stays ready.
         let mut alone = [kubernetes(vec![named("198.51.100.1", "cp-1")])];
-        let w = withhold(
-            &mut alone,
-            &BTreeSet::new(),
-            &["cp-1".to_owned()].into(),
-            &BTreeSet::new(),
-        );
+        let w = withhold_with(&mut alone, &[], &two_nodes(), &["cp-1"]);
         assert_eq!(w.kept, ["198.51.100.1".parse().unwrap()].into());
         assert!(w.drained.is_empty());
         assert_eq!(ready_of(&alone), [("198.51.100.1".to_owned(), true)]);
@@ -595,12 +687,7 @@ mod tests {
             named("198.51.100.1", "cp-1"),
             named("198.51.100.2", "cp-2"),
         ])];
-        let w = withhold(
-            &mut two,
-            &["198.51.100.1".parse().unwrap()].into(),
-            &["cp-2".to_owned()].into(),
-            &BTreeSet::new(),
-        );
+        let w = withhold_with(&mut two, &["198.51.100.1"], &two_nodes(), &["cp-2"]);
         assert_eq!(w.kept, ["198.51.100.2".parse().unwrap()].into());
         assert_eq!(
             ready_of(&two),
@@ -716,12 +803,24 @@ mod tests {
             let had = slices[0].endpoints.iter().any(is_ready);
             let ip = |l: &u8| format!("198.51.100.{l}").parse::<IpAddr>().unwrap();
             let evicted: BTreeSet<IpAddr> = evicted.iter().map(ip).collect();
-            let drained: BTreeSet<IpAddr> = drained.iter().map(ip).collect();
-            let w = withhold(&mut slices, &evicted, &BTreeSet::new(), &drained);
+            // One Node per address, n<l> at .<l>; the drained ones by name.
+            let index = NodeIndex::new((1u8..8).map(|l| facts(&format!("n{l}"), &[&ip(&l).to_string()], None)));
+            let nodes: BTreeSet<String> = drained.iter().map(|l| format!("n{l}")).collect();
+            let drains = Drains { index: &index, nodes: &nodes };
+            let w = withhold(&mut slices, &evicted, Some(drains));
             let has = slices[0].endpoints.iter().any(is_ready);
             prop_assert_eq!(had, has);
             prop_assert!(w.kept.len() <= 1);
+            let drained: BTreeSet<IpAddr> = drained.iter().map(ip).collect();
+            // An endpoint whose source names another Node (cp-1, cp-9: not known) is that
+            // Node's: never drained by its address.
             prop_assert!(w.drained.is_subset(&drained));
+            for e in &slices[0].endpoints {
+                let a = e.addresses[0].parse::<IpAddr>().unwrap();
+                if w.drained.contains(&a) {
+                    prop_assert!(e.node_name.is_none());
+                }
+            }
         }
     }
 }

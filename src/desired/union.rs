@@ -63,13 +63,22 @@ pub fn source_id(source: &Source) -> String {
         Source::Remote(r) => {
             let path: std::path::PathBuf = r.kubeconfig.components().collect();
             format!(
-                "remote-{:08x}",
+                "{REMOTE_ID_PREFIX}{:08x}",
                 fnv1a(format!("{}|{}", path.display(), r.service).as_bytes())
             )
         }
         Source::Static(_) => "static".to_owned(),
     }
 }
+
+/// Whether `slice` (a target slice) holds a remote source's endpoints: another cluster's, which
+/// this cluster's Nodes say nothing about (no drain, no nodeName) — by its [`SOURCE_ID_LABEL`].
+pub fn is_remote(slice: &EndpointSlice) -> bool {
+    label(&slice.metadata, SOURCE_ID_LABEL).is_some_and(|id| id.starts_with(REMOTE_ID_PREFIX))
+}
+
+/// How a remote source's [`source_id`] begins.
+const REMOTE_ID_PREFIX: &str = "remote-";
 
 /// Whether a pair reading `sources` is written by [`union`] (several sources, or one that is not
 /// a Service of this cluster) rather than by [`desired`] alone, whose slices carry no

@@ -186,9 +186,11 @@ pub async fn inspect(
         };
         let probe = pairs::probe_of(pair, &config.pairs, &resolved.known);
         let derive = crate::daemon::pair::derives(pair, &config.pairs);
+        // One reading: a timed drain counts as seen now (the leader's count started when it
+        // first saw it).
         let view = resolved.nodes.as_ref().map(|index| NodeView {
             index,
-            now: jiff::Timestamp::now(),
+            at: crate::nodes::At::once(),
             derive,
         });
         let (plan, holding, decision, node_outcome) = match plan_for(
