@@ -184,13 +184,44 @@ pub struct NodeOutcome {
     pub withheld: Withheld,
 }
 
-/// What a source gives now, as the engine's caches (or `check`'s reads) say: a Service's
-/// slices here or in its cluster; `Err` when it has nothing to give (never read, its Service
-/// missing there). Static sources are not asked: [`plan_for`] makes their slices.
-pub type Read<'a> = dyn Fn(&Source) -> Result<Vec<EndpointSlice>, Hold> + 'a;
+/// What a source gives now, as the engine's caches (or `check`'s reads) say. Static sources
+/// are not asked: [`plan_for`] makes their slices.
+pub type Read<'a> = dyn Fn(&Source) -> Given + 'a;
 
-/// Each source of a pair with what it gives now (its slices, or why it has none).
-pub type Prepared = Vec<(Source, Result<Vec<EndpointSlice>, Hold>)>;
+/// What one source gives a plan now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Given {
+    /// A Service's slices here or in its cluster; `Err` when it has nothing to give (never
+    /// read, its Service missing there): its slices in the target are kept as they are.
+    pub slices: Result<Vec<EndpointSlice>, Hold>,
+    /// How far what it gives — or what the target keeps of it — can be trusted.
+    pub freshness: Freshness,
+}
+
+/// How far a source's endpoints can be trusted now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Read now (a Service of this cluster, a remote one read fine, static addresses).
+    Fresh,
+    /// A remote source in trouble: what it gives is this copy's last known.
+    LastKnown,
+    /// A remote source in trouble for longer than `[sync] keep_last_known_secs`.
+    Expired,
+}
+
+impl From<Result<Vec<EndpointSlice>, Hold>> for Given {
+    /// What a source read now gives.
+    fn from(slices: Result<Vec<EndpointSlice>, Hold>) -> Given {
+        Given {
+            slices,
+            freshness: Freshness::Fresh,
+        }
+    }
+}
+
+/// Each source of a pair with what it gives now (its slices, or why it has none, and how
+/// fresh).
+pub type Prepared = Vec<(Source, Given)>;
 
 /// Each source of a pair with its slices for target Service `svc`, after the Node facts: a
 /// Service of this cluster gets nodeName, zone and (when `derive`) the missing family; static
@@ -207,11 +238,11 @@ pub fn prepare(
     let prepared = sources
         .iter()
         .map(|source| {
-            let slices = match source {
-                Source::Static(s) => Ok(desired::union::static_slices(s, svc)),
+            let given = match source {
+                Source::Static(s) => Given::from(Ok(desired::union::static_slices(s, svc))),
                 other => read(other),
             };
-            let slices = slices.map(|slices| match (nodes, source) {
+            let slices = given.slices.map(|slices| match (nodes, source) {
                 (Some(view), Source::Service(service)) => {
                     let with =
                         desired::nodes::with_nodes(service, svc, &slices, view.index, view.derive);
@@ -223,7 +254,11 @@ pub fn prepare(
                 }
                 _ => slices,
             });
-            (source.clone(), slices)
+            let given = Given {
+                slices,
+                freshness: given.freshness,
+            };
+            (source.clone(), given)
         })
         .collect();
     (prepared, gaps)
@@ -240,7 +275,7 @@ pub fn candidates(
 ) -> Vec<quorum::Candidate> {
     prepared
         .iter()
-        .filter_map(|(source, slices)| Some((source, slices.as_ref().ok()?)))
+        .filter_map(|(source, given)| Some((source, given.slices.as_ref().ok()?)))
         .flat_map(|(source, slices)| {
             let (of, needs_up) = match source {
                 Source::Service(s) => (s, false),
@@ -250,6 +285,64 @@ pub fn candidates(
             quorum::candidates(spec, desired::probed_endpoints(of, svc, slices), needs_up)
         })
         .collect()
+}
+
+/// The probe candidates of the slices `desired::union` keeps in the target for the sources of
+/// `prepared` that have nothing to give (found in `actual` as the union finds them): kept
+/// endpoints are probed like any other, so one that dies while its source cannot be read
+/// leaves the target. Ready until seen down, as their source last said.
+pub fn kept_candidates(
+    spec: &Spec,
+    target: &ServiceRef,
+    svc: &Service,
+    prepared: &Prepared,
+    actual: &[EndpointSlice],
+    owner: &Owner,
+) -> Vec<quorum::Candidate> {
+    // The union's rule: the first Service of this cluster (in source order) also owns our
+    // slices without a source id.
+    let legacy = prepared
+        .iter()
+        .filter_map(|(s, _)| match s {
+            Source::Service(_) => Some(s),
+            _ => None,
+        })
+        .min();
+    let mut kept: Vec<EndpointSlice> = Vec::new();
+    for (source, _) in prepared.iter().filter(|(_, g)| g.slices.is_err()) {
+        let id = desired::union::source_id(source);
+        kept.extend(
+            desired::union::kept_slices(target, actual, owner, &id, legacy == Some(source))
+                .cloned(),
+        );
+    }
+    if kept.is_empty() || !desired::union::is_union(&sources_of(prepared)) {
+        return Vec::new();
+    }
+    quorum::candidates(spec, desired::probed_endpoints(target, svc, &kept), false)
+}
+
+/// The sources of `prepared`, in order.
+fn sources_of(prepared: &Prepared) -> Vec<Source> {
+    prepared.iter().map(|(s, _)| s.clone()).collect()
+}
+
+/// How fresh each source's part of the target is ([`desired::nodes::Ages`]): a source with
+/// nothing to give has its slices kept as they are, a remote one in trouble gives its last
+/// known ones — both stale; one in trouble for longer than `[sync] keep_last_known_secs` is
+/// expired when the pair does not `probe` (a pair that probes goes by its probes).
+pub fn ages(prepared: &Prepared, probe: bool) -> desired::nodes::Ages {
+    let mut ages = desired::nodes::Ages::default();
+    for (source, given) in prepared {
+        let id = desired::union::source_id(source);
+        if given.slices.is_err() || given.freshness != Freshness::Fresh {
+            ages.stale.insert(id.clone());
+        }
+        if given.freshness == Freshness::Expired && !probe {
+            ages.expired.insert(id);
+        }
+    }
+    ages
 }
 
 /// What to write for the target `target` in `phase`, from the caches: the Service objects kept
@@ -291,15 +384,17 @@ pub fn plan_for(
             outcome.gaps = gaps;
             let inputs: Vec<desired::union::Input<'_>> = prepared
                 .iter()
-                .map(|(source, slices)| desired::union::Input {
+                .map(|(source, given)| desired::union::Input {
                     source,
-                    slices: slices.as_deref().map_err(|h| *h),
+                    slices: given.slices.as_deref().map_err(|h| *h),
                 })
                 .collect();
             let union = desired::union::union(target, svc, &inputs, actual, owner)?;
             let mut want = union.slices;
             let mut decision = facts.probe.map(|(spec, count)| {
-                quorum::decide(&candidates(spec, target, svc, &prepared), count)
+                let mut all = candidates(spec, target, svc, &prepared);
+                all.extend(kept_candidates(spec, target, svc, &prepared, actual, owner));
+                quorum::decide(&all, count)
             });
             let evicted = decision
                 .as_ref()
@@ -313,7 +408,8 @@ pub fn plan_for(
                 index: view.index,
                 nodes: &drained_nodes,
             });
-            outcome.withheld = desired::nodes::withhold(&mut want, &evicted, drains);
+            let ages = ages(&prepared, facts.probe.is_some());
+            outcome.withheld = desired::nodes::withhold(&mut want, &evicted, drains, &ages);
             outcome.drained_nodes = drained_nodes.into_iter().collect();
             if let Some(d) = decision.as_mut() {
                 // An endpoint kept ready so that its family is not empty is not evicted.
@@ -372,7 +468,7 @@ mod tests {
             &phase,
             &r("default/kubernetes-vip"),
             &services,
-            &|_: &Source| Ok(Vec::new()),
+            &|_: &Source| Ok(Vec::new()).into(),
             &[],
             &owner(),
             &Facts::default(),
@@ -391,7 +487,7 @@ mod tests {
                 &refused,
                 &target,
                 &BTreeMap::new(),
-                &|_: &Source| Ok(Vec::new()),
+                &|_: &Source| Ok(Vec::new()).into(),
                 &[],
                 &owner(),
                 &Facts::default()
@@ -402,7 +498,7 @@ mod tests {
             &Phase::Retired,
             &target,
             &BTreeMap::new(),
-            &|_: &Source| Ok(Vec::new()),
+            &|_: &Source| Ok(Vec::new()).into(),
             &[],
             &owner(),
             &Facts::default(),
@@ -415,7 +511,7 @@ mod tests {
             &active,
             &target,
             &BTreeMap::new(),
-            &|_: &Source| Ok(Vec::new()),
+            &|_: &Source| Ok(Vec::new()).into(),
             &[],
             &owner(),
             &Facts::default(),
@@ -448,6 +544,142 @@ mod tests {
         }
     }
 
+    /// A union of `default/kubernetes` (.1, .2) and a remote `app/db` (203.0.113.1) that gives
+    /// `remote`, into `kubernetes-vip`.
+    fn union_plan(remote: Given, actual: &[EndpointSlice], facts: &Facts<'_>) -> Step {
+        // With its port, as EIB creates it: kept slices are probed on the target's port.
+        let mut svc = vip();
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.ports = Some(vec![k8s_openapi::api::core::v1::ServicePort {
+                name: Some("https".into()),
+                port: 6443,
+                ..Default::default()
+            }]);
+        }
+        let services = BTreeMap::from([(r("default/kubernetes-vip"), svc)]);
+        let db = Source::Remote(crate::source::RemoteSource {
+            kubeconfig: "/etc/endpoint-copier/remote.yaml".into(),
+            service: r("app/db"),
+        });
+        let phase = Phase::Active {
+            sources: vec![Source::Service(r("default/kubernetes")), db],
+        };
+        let local = [apiserver_slice(&["198.51.100.1", "198.51.100.2"])];
+        plan_for(
+            &phase,
+            &r("default/kubernetes-vip"),
+            &services,
+            &|source: &Source| match source {
+                Source::Remote(_) => remote.clone(),
+                _ => Ok(local.to_vec()).into(),
+            },
+            actual,
+            &owner(),
+            facts,
+        )
+        .unwrap()
+    }
+
+    fn remote_db() -> EndpointSlice {
+        let mut s = apiserver_slice(&["203.0.113.1"]);
+        s.metadata.name = Some("db-1".into());
+        s.metadata.namespace = Some("app".into());
+        s
+    }
+
+    /// (address, ready) of every endpoint the plan creates.
+    fn created(step: &Step) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = step
+            .plan
+            .creates
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .map(|e| (e.addresses[0].clone(), desired::is_ready(e)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_remote_source_unreadable_for_longer_than_the_limit_leaves_a_pair_that_does_not_probe() {
+        let last_known = |freshness| Given {
+            slices: Ok(vec![remote_db()]),
+            freshness,
+        };
+        let kept = union_plan(last_known(Freshness::LastKnown), &[], &Facts::default());
+        assert!(created(&kept).iter().all(|(_, ready)| *ready));
+        let gone = union_plan(last_known(Freshness::Expired), &[], &Facts::default());
+        assert_eq!(
+            created(&gone),
+            [
+                ("198.51.100.1".to_owned(), true),
+                ("198.51.100.2".to_owned(), true),
+                ("203.0.113.1".to_owned(), false)
+            ]
+        );
+        // A pair that probes goes by its probes: nobody sees it down, it stays.
+        use crate::probe::quorum::Count;
+        let spec = Spec::readyz();
+        let count = Count::default();
+        let probed = union_plan(
+            last_known(Freshness::Expired),
+            &[],
+            &Facts {
+                probe: Some((&spec, &count)),
+                nodes: None,
+            },
+        );
+        assert!(created(&probed).iter().all(|(_, ready)| *ready));
+    }
+
+    #[test]
+    fn the_slices_kept_for_a_source_with_nothing_to_give_are_probed() {
+        use crate::probe::quorum::{Ballot, Count};
+        use crate::probe::{Target, Verdict};
+        // The remote was never read by this leader: its slice in the target is kept as it is.
+        let first = union_plan(Ok(vec![remote_db()]).into(), &[], &Facts::default());
+        let mut actual = first.plan.creates.clone();
+        for s in &mut actual {
+            s.metadata.namespace = Some("default".into());
+        }
+        let t = |s: &str| s.parse::<Target>().unwrap();
+        let seen = BTreeMap::from([
+            (t("https://198.51.100.1:6443/readyz"), Verdict::Up),
+            (t("https://198.51.100.2:6443/readyz"), Verdict::Up),
+            (t("https://203.0.113.1:6443/readyz"), Verdict::Down),
+        ]);
+        let count = Count::of(&[Ballot {
+            voter: "node-1",
+            live: true,
+            verdicts: &seen,
+        }]);
+        let spec = Spec::readyz();
+        let step = union_plan(
+            Given {
+                slices: Err(Hold::NoSourceSlices),
+                freshness: Freshness::LastKnown,
+            },
+            &actual,
+            &Facts {
+                probe: Some((&spec, &count)),
+                nodes: None,
+            },
+        );
+        assert_eq!(
+            step.decision.map(|d| d.evicted),
+            Some(["203.0.113.1".parse().unwrap()].into()),
+            "the kept endpoint is a candidate, and a majority sees it down"
+        );
+        let ready: Vec<(String, bool)> = step
+            .plan
+            .updates
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .map(|e| (e.addresses[0].clone(), desired::is_ready(e)))
+            .collect();
+        assert_eq!(ready, [("203.0.113.1".to_owned(), false)]);
+    }
+
     #[test]
     fn a_probing_pair_writes_what_the_quorum_evicts_as_not_ready() {
         use crate::probe::quorum::{Ballot, Count};
@@ -477,7 +709,7 @@ mod tests {
             &phase,
             &r("default/kubernetes-vip"),
             &services,
-            &|_: &Source| Ok(source.to_vec()),
+            &|_: &Source| Ok(source.to_vec()).into(),
             &[],
             &owner(),
             &Facts {
@@ -514,7 +746,7 @@ mod tests {
             &phase,
             &r("default/kubernetes-vip"),
             &services,
-            &|_: &Source| Ok(source.to_vec()),
+            &|_: &Source| Ok(source.to_vec()).into(),
             &[],
             &owner(),
             &Facts::default(),

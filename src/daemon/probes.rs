@@ -78,8 +78,9 @@ impl Engine {
     /// endpoints are read once per call and per set of served families, not once per pair.
     pub(super) fn reprobe(&mut self) {
         let mut wanted = BTreeSet::new();
-        // Static addresses take their port from the target Service, so a pair with some is
-        // listed on its own; pairs reading only Services share their sources' listing.
+        // Static addresses take their port from the target Service, and the slices a union
+        // keeps for a source with nothing to give are the target's, so such a pair is listed
+        // on its own; pairs reading one Service share their source's listing.
         type Key<'a> = (
             &'a [Source],
             Vec<String>,
@@ -95,10 +96,7 @@ impl Engine {
             let Some(svc) = self.services.objects().get(target) else {
                 continue;
             };
-            let own = sources
-                .iter()
-                .any(|s| matches!(s, Source::Static(_)))
-                .then_some(target);
+            let own = desired::union::is_union(sources).then_some(target);
             let key = (
                 sources.as_slice(),
                 desired::served_families(svc),
@@ -121,6 +119,14 @@ impl Engine {
             wanted.extend(
                 super::pair::candidates(spec, target, svc, &prepared)
                     .into_iter()
+                    .chain(super::pair::kept_candidates(
+                        spec,
+                        target,
+                        svc,
+                        &prepared,
+                        &self.slices.slices_of(target),
+                        &self.owner,
+                    ))
                     .filter_map(|c| c.target),
             );
         }

@@ -233,18 +233,48 @@ impl Drains<'_> {
     }
 }
 
+/// How fresh the sources of a union's slices are, by `endpoint-copier/source-id`
+/// ([`super::union::source_id`]): a pair of one Service of this cluster has none of either.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ages {
+    /// Sources whose endpoints in the target are not read now: kept as they are (the source has
+    /// nothing to give) or last known (a remote source in trouble). They are written as they
+    /// are, but never alone keep a family ready: when every other endpoint of a family goes,
+    /// one of those stays ready instead.
+    pub stale: BTreeSet<String>,
+    /// Of those, the sources whose endpoints go (`ready: false, serving: false`): a remote
+    /// source in trouble for longer than `[sync] keep_last_known_secs`, in a pair that does not
+    /// probe. Never the last ready endpoint of a family.
+    pub expired: BTreeSet<String>,
+}
+
+impl Ages {
+    /// (stale, expired) for an endpoint of `slice`.
+    fn of(&self, slice: &EndpointSlice) -> (bool, bool) {
+        let id = super::label(&slice.metadata, crate::names::SOURCE_ID_LABEL);
+        (
+            id.is_some_and(|id| self.stale.contains(id)),
+            id.is_some_and(|id| self.expired.contains(id)),
+        )
+    }
+}
+
 /// Marks the endpoints of the desired target `slices` that are probe-`evicted` (by first
-/// address) or stand on a drained Node ([`Drains`]: this cluster's endpoints only, by Node
-/// identity) as `ready: false, serving: false`; `terminating` is kept.
+/// address), stand on a drained Node ([`Drains`]: this cluster's endpoints only, by Node
+/// identity) or come from an expired source ([`Ages::expired`]) as `ready: false, serving:
+/// false`; `terminating` is kept.
 ///
-/// Never empties a family: when every ready endpoint of an `addressType` would go, one stays
-/// ready — a drained endpoint that the probes do not evict (alive, under maintenance) before a
-/// probe-evicted one; among equals the lowest `nodeName`, then address, so that both families
-/// keep the same Node. The result does not depend on the order of `slices` or their endpoints.
+/// Never empties a family, and stale endpoints ([`Ages::stale`]) never count for that: when
+/// every fresh ready endpoint of an `addressType` would go, one stays ready — a drained
+/// endpoint that the probes do not evict (alive, under maintenance), then an expired one (not
+/// known to be down), then a probe-evicted one; among equals the lowest `nodeName`, then
+/// address, so that both families keep the same Node. The result does not depend on the order
+/// of `slices` or their endpoints.
 pub fn withhold(
     slices: &mut [EndpointSlice],
     evicted: &BTreeSet<IpAddr>,
     drains: Option<Drains<'_>>,
+    ages: &Ages,
 ) -> Withheld {
     let first = |e: &Endpoint| e.addresses.first().and_then(|a| a.parse::<IpAddr>().ok());
     let is_drained =
@@ -254,27 +284,32 @@ pub fn withhold(
     let families: BTreeSet<String> = slices.iter().map(|s| s.address_type.clone()).collect();
     for family in families {
         // (prefer-key, nodeName, address) of every ready endpoint of the family that goes.
-        let mut going: Vec<(bool, String, IpAddr)> = Vec::new();
+        let mut going: Vec<((bool, bool), String, IpAddr)> = Vec::new();
         let mut stays = false;
-        for (remote, e) in slices
+        for (remote, (stale, expired), e) in slices
             .iter()
             .filter(|s| s.address_type == family)
             .flat_map(|s| {
-                let remote = super::union::is_remote(s);
-                s.endpoints.iter().map(move |e| (remote, e))
+                let (remote, age) = (super::union::is_remote(s), ages.of(s));
+                s.endpoints.iter().map(move |e| (remote, age, e))
             })
-            .filter(|(_, e)| is_ready(e))
+            .filter(|(_, _, e)| is_ready(e))
         {
             let Some(address) = first(e) else {
-                stays = true;
+                stays |= !stale;
                 continue;
             };
             let (drained, evicted) = (is_drained(remote, e), is_evicted(e));
-            if drained || evicted {
-                // `false` sorts first: a drained endpoint the probes see alive is preferred.
-                going.push((evicted, e.node_name.clone().unwrap_or_default(), address));
+            if drained || evicted || expired {
+                // `false` sorts first: a drained endpoint the probes see alive is preferred,
+                // then one of an expired source (not known to be down), then an evicted one.
+                going.push((
+                    (evicted, expired),
+                    e.node_name.clone().unwrap_or_default(),
+                    address,
+                ));
             } else {
-                stays = true;
+                stays |= !stale;
             }
         }
         let keeper = if stays {
@@ -286,14 +321,14 @@ pub fn withhold(
             out.kept.insert(k);
         }
         for slice in slices.iter_mut().filter(|s| s.address_type == family) {
-            let remote = super::union::is_remote(slice);
+            let (remote, (_, expired)) = (super::union::is_remote(slice), ages.of(slice));
             for e in &mut slice.endpoints {
                 let Some(address) = first(e) else { continue };
                 if Some(address) == keeper || !is_ready(e) {
                     continue;
                 }
                 let drained = is_drained(remote, e);
-                if drained || is_evicted(e) {
+                if drained || expired || is_evicted(e) {
                     let c = e.conditions.get_or_insert_with(Default::default);
                     c.ready = Some(false);
                     c.serving = Some(false);
@@ -588,6 +623,7 @@ mod tests {
                 index,
                 nodes: &nodes,
             }),
+            &Ages::default(),
         )
     }
 
@@ -603,6 +639,85 @@ mod tests {
                 "remote-0badcafe".into(),
             );
         s
+    }
+
+    /// Ages with the remote slice's source (`remote_slice`) stale, and expired when told.
+    fn remote_ages(expired: bool) -> Ages {
+        let id: BTreeSet<String> = ["remote-0badcafe".to_owned()].into();
+        Ages {
+            stale: id.clone(),
+            expired: if expired { id } else { BTreeSet::new() },
+        }
+    }
+
+    #[test]
+    fn kept_endpoints_never_alone_keep_a_family_ready() {
+        // cp-1 is drained and the only endpoint this cluster has; the remote's endpoint is only
+        // its last known (the remote cannot be read). cp-1 stays ready: a stale endpoint is no
+        // proof the family has another one.
+        let mut slices = [
+            kubernetes(vec![named("198.51.100.1", "cp-1")]),
+            remote_slice(vec![ep("203.0.113.1", Some(true))]),
+        ];
+        let w = withhold(
+            &mut slices,
+            &BTreeSet::new(),
+            Some(Drains {
+                index: &two_nodes(),
+                nodes: &["cp-1".to_owned()].into(),
+            }),
+            &remote_ages(false),
+        );
+        assert_eq!(w.kept, ["198.51.100.1".parse().unwrap()].into());
+        assert!(ready_of(&slices).iter().all(|(_, r)| *r), "{slices:?}");
+        // A fresh remote endpoint is another ready one: the drain goes through.
+        let mut slices = [
+            kubernetes(vec![named("198.51.100.1", "cp-1")]),
+            remote_slice(vec![ep("203.0.113.1", Some(true))]),
+        ];
+        withhold_with(&mut slices, &[], &two_nodes(), &["cp-1"]);
+        assert_eq!(
+            ready_of(&slices),
+            [
+                ("198.51.100.1".to_owned(), false),
+                ("203.0.113.1".to_owned(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_expired_sources_endpoints_go_but_never_the_last_one() {
+        let mut slices = [
+            kubernetes(vec![named("198.51.100.1", "cp-1")]),
+            remote_slice(vec![
+                ep("203.0.113.1", Some(true)),
+                ep("203.0.113.2", Some(true)),
+            ]),
+        ];
+        let w = withhold(&mut slices, &BTreeSet::new(), None, &remote_ages(true));
+        assert!(w.kept.is_empty());
+        assert_eq!(
+            ready_of(&slices),
+            [
+                ("198.51.100.1".to_owned(), true),
+                ("203.0.113.1".to_owned(), false),
+                ("203.0.113.2".to_owned(), false)
+            ]
+        );
+        // Alone in the target: the lowest stays ready.
+        let mut alone = [remote_slice(vec![
+            ep("203.0.113.1", Some(true)),
+            ep("203.0.113.2", Some(true)),
+        ])];
+        let w = withhold(&mut alone, &BTreeSet::new(), None, &remote_ages(true));
+        assert_eq!(w.kept, ["203.0.113.1".parse().unwrap()].into());
+        assert_eq!(
+            ready_of(&alone),
+            [
+                ("203.0.113.1".to_owned(), true),
+                ("203.0.113.2".to_owned(), false)
+            ]
+        );
     }
 
     #[test]
@@ -794,6 +909,39 @@ mod tests {
         }
 
         #[test]
+        fn stale_endpoints_never_alone_keep_a_family_ready(
+            fresh in arb_endpoints(),
+            stale in arb_endpoints(),
+            evicted in prop::collection::btree_set(1u8..8, 0..8),
+            expired in any::<bool>(),
+        ) {
+            let stale: Vec<Endpoint> = stale
+                .into_iter()
+                .map(|mut e| {
+                    e.addresses = vec![e.addresses[0].replace("198.51.100.", "203.0.113.")];
+                    e
+                })
+                .collect();
+            let mut slices = [kubernetes(fresh), remote_slice(stale)];
+            let had = slices[0].endpoints.iter().any(is_ready);
+            let ip = |l: &u8| format!("198.51.100.{l}").parse::<IpAddr>().unwrap();
+            let evicted: BTreeSet<IpAddr> = evicted.iter().map(ip).collect();
+            withhold(&mut slices, &evicted, None, &remote_ages(expired));
+            let fresh_ready = slices[0].endpoints.iter().any(is_ready);
+            let stale_ready = slices[1].endpoints.iter().filter(|e| is_ready(e)).count();
+            if had && !expired {
+                // The stale ones stay as they are, and one of this cluster's stays ready too.
+                prop_assert!(fresh_ready);
+            }
+            if had && expired {
+                // The expired ones go, but the family keeps one ready endpoint: a fresh one,
+                // or at most one expired one kept in its place.
+                prop_assert!(fresh_ready || stale_ready == 1);
+                prop_assert!(stale_ready <= 1);
+            }
+        }
+
+        #[test]
         fn withholding_never_empties_a_family_that_had_a_ready_endpoint(
             endpoints in arb_endpoints(),
             evicted in prop::collection::btree_set(1u8..8, 0..8),
@@ -807,7 +955,7 @@ mod tests {
             let index = NodeIndex::new((1u8..8).map(|l| facts(&format!("n{l}"), &[&ip(&l).to_string()], None)));
             let nodes: BTreeSet<String> = drained.iter().map(|l| format!("n{l}")).collect();
             let drains = Drains { index: &index, nodes: &nodes };
-            let w = withhold(&mut slices, &evicted, Some(drains));
+            let w = withhold(&mut slices, &evicted, Some(drains), &Ages::default());
             let has = slices[0].endpoints.iter().any(is_ready);
             prop_assert_eq!(had, has);
             prop_assert!(w.kept.len() <= 1);

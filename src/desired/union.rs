@@ -196,20 +196,9 @@ pub fn union(
             })),
             Err(hold @ (Hold::NoSourceSlices | Hold::NoEndpoints)) => {
                 held.push((input.source.clone(), hold));
-                let mine = |s: &&EndpointSlice| match label(&s.metadata, SOURCE_ID_LABEL) {
-                    Some(v) => v == id,
-                    None => legacy_owner == Some(rank),
-                };
                 parts.extend(
-                    actual
-                        .iter()
-                        .filter(|s| super::manager_of(s, owner).is_ours_to_change())
-                        .filter(|s| {
-                            label(&s.metadata, crate::names::SERVICE_NAME_LABEL)
-                                == Some(target_ref.name.as_str())
-                        })
-                        .filter(mine)
-                        .map(|s| {
+                    kept_slices(target_ref, actual, owner, &id, legacy_owner == Some(rank)).map(
+                        |s| {
                             let mut slice = s.clone();
                             slice.metadata = ObjectMeta {
                                 name: s.metadata.name.clone(),
@@ -224,7 +213,8 @@ pub fn union(
                                 kept: true,
                                 slice,
                             }
-                        }),
+                        },
+                    ),
                 );
             }
             Err(other) => return Err(other),
@@ -254,6 +244,29 @@ pub fn union(
     slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     held.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Union { slices, held })
+}
+
+/// The slices of `actual` (every slice of target `target_ref`) that [`union`] keeps for a source
+/// with nothing to give whose [`source_id`] is `id`: ours to change, on this target, labelled
+/// `id` — or, for `legacy` (the first Service of this cluster), without a source id: a
+/// single-Service pair's, from before it had more sources.
+pub fn kept_slices<'a>(
+    target_ref: &'a ServiceRef,
+    actual: &'a [EndpointSlice],
+    owner: &'a Owner,
+    id: &'a str,
+    legacy: bool,
+) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+    actual
+        .iter()
+        .filter(|s| super::manager_of(s, owner).is_ours_to_change())
+        .filter(|s| {
+            label(&s.metadata, crate::names::SERVICE_NAME_LABEL) == Some(target_ref.name.as_str())
+        })
+        .filter(move |s| match label(&s.metadata, SOURCE_ID_LABEL) {
+            Some(v) => v == id,
+            None => legacy,
+        })
 }
 
 /// One target slice on its way into a union: from which source (its rank in source order), and

@@ -201,6 +201,7 @@ pub async fn inspect(
                 read.get(source)
                     .cloned()
                     .unwrap_or(Err(Hold::NoSourceSlices))
+                    .into()
             },
             &actual,
             owner,
@@ -233,6 +234,7 @@ pub async fn inspect(
                     read.get(source)
                         .cloned()
                         .unwrap_or(Err(Hold::NoSourceSlices))
+                        .into()
                 },
                 view.as_ref(),
             ),
@@ -240,7 +242,7 @@ pub async fn inspect(
         };
         let source_slices: Vec<EndpointSlice> = prepared
             .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
+            .filter_map(|(_, given)| given.slices.as_ref().ok())
             .flatten()
             .cloned()
             .collect();

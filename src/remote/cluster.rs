@@ -65,8 +65,11 @@ enum Tagged {
 
 /// The sources of one kubeconfig, their states and what was last sent of each.
 struct Sources {
-    /// Per source: the source, what is known of it, and the view last sent.
-    each: Vec<(RemoteSource, SourceState, View)>,
+    /// Per source: the source, what is known of it, the view last sent, and since when (this
+    /// copy's monotonic clock) it has been in trouble without a break.
+    each: Vec<(RemoteSource, SourceState, View, Option<Instant>)>,
+    /// How long a source may stay in trouble before its view says `expired`.
+    keep_last_known: Duration,
     /// Where views go.
     updates: Sender<Update>,
     /// Ends a send blocked on a full channel.
@@ -77,14 +80,27 @@ impl Sources {
     /// Sends source `i`'s view if it changed since the last one sent, logging a change of
     /// trouble. Returns false when nobody listens any more (or shutdown came first).
     async fn publish(&mut self, i: usize) -> bool {
-        let Some((source, state, sent)) = self.each.get_mut(i) else {
+        let keep = self.keep_last_known;
+        let Some((source, state, sent, since)) = self.each.get_mut(i) else {
             return true;
         };
-        let view = state.view();
+        let mut view = state.view();
+        // The trouble's spell: it starts with the first trouble and ends with the first view
+        // without one (a change of kind does not restart it).
+        let now = Instant::now();
+        match (&view.trouble, *since) {
+            (None, _) => *since = None,
+            (Some(_), None) => *since = Some(now),
+            (Some(_), Some(_)) => {}
+        }
+        view.expired = since.is_some_and(|t| now.saturating_duration_since(t) >= keep);
         if view == *sent {
             return true;
         }
         log_trouble(source, sent.trouble.as_ref(), view.trouble.as_ref());
+        if view.expired && !sent.expired {
+            warn!(source = %source, keep_last_known_secs = keep.as_secs(), "remote source unreadable for longer than keep_last_known_secs; its last known endpoints no longer count as ready where the pair does not probe");
+        }
         *sent = view.clone();
         let update = Update {
             source: source.clone(),
@@ -99,9 +115,29 @@ impl Sources {
     /// Sets the kubeconfig's trouble on every source and sends what changed.
     async fn set_credentials(&mut self, trouble: Option<Trouble>) -> bool {
         for i in 0..self.each.len() {
-            if let Some((_, state, _)) = self.each.get_mut(i) {
+            if let Some((_, state, _, _)) = self.each.get_mut(i) {
                 state.set_credentials(trouble.clone());
             }
+            if !self.publish(i).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// When the next source in trouble expires, if one will.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.each
+            .iter()
+            .filter(|(_, _, sent, _)| !sent.expired)
+            .filter_map(|(_, _, _, since)| *since)
+            .min()
+            .map(|t| t + self.keep_last_known)
+    }
+
+    /// Sends every source's view that changed. False when nobody listens any more.
+    async fn publish_all(&mut self) -> bool {
+        for i in 0..self.each.len() {
             if !self.publish(i).await {
                 return false;
             }
@@ -125,19 +161,29 @@ fn log_trouble(source: &RemoteSource, before: Option<&Trouble>, now: Option<&Tro
     }
 }
 
+/// Sleeps until `at`, or for ever without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the sources of `kubeconfig` until `shutdown` (or until `updates` has no receiver).
 pub async fn run(
     kubeconfig: PathBuf,
     sources: Vec<RemoteSource>,
-    allow_insecure_tls: bool,
+    options: super::Options,
     updates: Sender<Update>,
     shutdown: Shutdown,
 ) {
+    let allow_insecure_tls = options.allow_insecure_tls;
     let mut all = Sources {
         each: sources
             .into_iter()
-            .map(|s| (s, SourceState::default(), View::default()))
+            .map(|s| (s, SourceState::default(), View::default(), None))
             .collect(),
+        keep_last_known: options.keep_last_known,
         updates,
         shutdown: shutdown.clone(),
     };
@@ -168,7 +214,7 @@ pub async fn run(
         tokio::select! {
             () = shutdown.cancelled() => return,
             Some((i, event)) = events.next() => {
-                if let Some((_, state, _)) = all.each.get_mut(i) {
+                if let Some((_, state, _, _)) = all.each.get_mut(i) {
                     match event {
                         Tagged::Service(e) => state.apply_service(*e),
                         Tagged::Slices(e) => state.apply_slices(*e),
@@ -183,7 +229,7 @@ pub async fn run(
                 match answer {
                     Err(message) => {
                         cut = true;
-                        for (_, state, _) in &mut all.each {
+                        for (_, state, _, _) in &mut all.each {
                             state.set_liveness(Some(Trouble::Unreachable(message.clone())));
                         }
                     }
@@ -191,7 +237,7 @@ pub async fn run(
                         cut = false;
                         // A watch through a black hole may be dead without knowing it: start
                         // every watch over, so each source is listed afresh.
-                        for (_, state, _) in &mut all.each {
+                        for (_, state, _, _) in &mut all.each {
                             state.rewatch();
                         }
                         events = start_watches(&client, &all);
@@ -202,6 +248,13 @@ pub async fn run(
                     if !all.publish(i).await {
                         return;
                     }
+                }
+            }
+            // A source in trouble for `keep_last_known` expires now, even if nothing else
+            // happens (a black-holed cluster sends nothing).
+            () = until(all.next_expiry()) => {
+                if !all.publish_all().await {
+                    return;
                 }
             }
             after_401 = reload_due(&mut poll, &credentials.reloadable) => {
@@ -215,7 +268,7 @@ pub async fn run(
                 // Another cluster behind the same file: the watches would resume there with the
                 // old cluster's resourceVersions (or keep streaming from the old one on their
                 // open connections), mixing two clusters in one view. Start from nothing.
-                for (_, state, _) in &mut all.each {
+                for (_, state, _, _) in &mut all.each {
                     state.repointed();
                 }
                 events = start_watches(&client, &all);
@@ -268,7 +321,7 @@ fn start_watches(
     all: &Sources,
 ) -> SelectAll<BoxStream<'static, (usize, Tagged)>> {
     let mut events = SelectAll::new();
-    for (i, (source, _, _)) in all.each.iter().enumerate() {
+    for (i, (source, _, _, _)) in all.each.iter().enumerate() {
         let ns = &source.service.namespace;
         let name = &source.service.name;
         events.push(

@@ -139,6 +139,8 @@ impl SourceState {
             slices: self.listed.then(|| self.slices.values().cloned().collect()),
             service_exists: self.service_exists,
             trouble: self.trouble(),
+            // Timed by `cluster.rs`, which owns the clock.
+            expired: false,
         }
     }
 

@@ -62,6 +62,7 @@ fn packaged_defaults_file_lists_every_key() {
         sync: Some(RawSync {
             resync_interval_secs: Some(0),
             max_backoff_secs: Some(0),
+            keep_last_known_secs: Some(0),
         }),
         log: Some(RawLog {
             level: Some(String::new()),
@@ -97,7 +98,7 @@ fn packaged_defaults_file_lists_every_key() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 29);
+    assert_eq!(checked, 30);
 }
 
 #[test]
