@@ -329,21 +329,22 @@ async fn a_timed_drain_counts_from_when_the_leader_saw_it_not_by_the_writers_clo
     let daemon = Daemon::start(config(&world, false));
     let both = ["198.51.100.1", "198.51.100.2"];
     wait_for_target(&world.client, &world.ns, "vip", &both, SEEN).await;
-    // `drain --expires 3` on a host whose wall clock is an hour behind: its expiry instant is
-    // already past by ours. The drain lasts its 3 s from when the leader saw it, all the same.
+    // `drain --expires 6` on a host whose wall clock is an hour behind: its expiry instant is
+    // already past by ours. The drain lasts its 6 s from when the leader saw it, all the same.
+    // (6 s: long enough for a loaded machine to show the drained state before it ends.)
     let behind = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
-    let expires = (behind + jiff::SignedDuration::from_secs(3)).to_string();
+    let expires = (behind + jiff::SignedDuration::from_secs(6)).to_string();
     let api: Api<Node> = Api::all(world.client.clone());
     let patch = serde_json::json!({"metadata": {"annotations": {
         names::ANNOTATION_DRAIN: "true",
         names::ANNOTATION_DRAIN_EXPIRES: expires,
-        names::ANNOTATION_DRAIN_DURATION: "3",
+        names::ANNOTATION_DRAIN_DURATION: "6",
     }}});
     api.patch(&a, &Default::default(), &kube::api::Patch::Merge(&patch))
         .await
         .unwrap();
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.2"], SEEN).await;
-    // And it ends by itself, 3 s after.
+    // And it ends by itself, 6 s after.
     wait_for_target(&world.client, &world.ns, "vip", &both, SEEN).await;
     daemon.stop().await;
 }
