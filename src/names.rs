@@ -60,11 +60,20 @@ pub const ANNOTATION_PROBE: &str = "endpoint-copier/probe";
 /// for maintenance, set by hand or by `endpoint-copier drain`.
 pub const ANNOTATION_DRAIN: &str = "endpoint-copier/drain";
 /// Annotation on a Node beside [`ANNOTATION_DRAIN`]: an RFC 3339 instant after which the drain
-/// no longer counts (judged by the leader's wall clock). Written by `endpoint-copier drain`, so
-/// that a drain whose `resume` never ran ends by itself.
+/// no longer counts (judged by the leader's wall clock) — unless [`ANNOTATION_DRAIN_DURATION`] is
+/// set too, which then decides and leaves this one for people to read. Written by
+/// `endpoint-copier drain`, so that a drain whose `resume` never ran ends by itself.
 pub const ANNOTATION_DRAIN_EXPIRES: &str = "endpoint-copier/drain-expires";
+/// Annotation on a Node beside [`ANNOTATION_DRAIN`]: how long the drain lasts, in whole seconds,
+/// counted from when the leader first saw it (by its own monotonic clock). Written by
+/// `endpoint-copier drain` with [`ANNOTATION_DRAIN_EXPIRES`]; where both are set, this one
+/// decides, so no host's wall clock ends a drain early or late.
+pub const ANNOTATION_DRAIN_DURATION: &str = "endpoint-copier/drain-duration-secs";
 /// The value of [`ANNOTATION_DRAIN`] that drains; any other value is ignored (and reported).
 pub const DRAIN_VALUE: &str = "true";
+/// The older name of [`CONTROL_PLANE_LABEL`] (Kubernetes before 1.24, and still set by RKE2 and
+/// K3s beside it).
+pub const MASTER_LABEL: &str = "node-role.kubernetes.io/master";
 /// Label that RKE2 and K3s set on server Nodes (the hosts of the apiservers): the default
 /// `[nodes] selector`.
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";

@@ -264,6 +264,11 @@ pub struct SyncSettings {
     /// Cap of the jittered exponential retry backoff (key `max_backoff_secs`, default: 30 s, at
     /// least 1 s).
     pub max_backoff: Duration,
+    /// How long a remote source that cannot be read (unreachable, refusing us, its Service gone
+    /// there) keeps its last known endpoints ready in a pair that does not probe (key
+    /// `keep_last_known_secs`, default: 300 s, Kubernetes' own toleration of an unreachable
+    /// Node; from 1 s to one day). A pair that probes goes by its probes instead.
+    pub keep_last_known: Duration,
 }
 
 /// Logging (`[log]`).
@@ -334,6 +339,7 @@ impl Default for Config {
             sync: SyncSettings {
                 resync_interval: Duration::from_secs(300),
                 max_backoff: Duration::from_secs(30),
+                keep_last_known: Duration::from_secs(300),
             },
             log: LogSettings {
                 level: "info".to_owned(),

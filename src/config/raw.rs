@@ -190,6 +190,9 @@ pub(super) struct RawSync {
     /// `max_backoff_secs`, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) max_backoff_secs: Option<u64>,
+    /// `keep_last_known_secs`, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) keep_last_known_secs: Option<u64>,
 }
 
 /// `[log]`.

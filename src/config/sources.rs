@@ -4,7 +4,7 @@
 //! error names the entry's key and, through `provenance`, where it was written.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use super::Error;
 use super::raw::RawSource;
@@ -115,18 +115,37 @@ fn static_address(text: &str) -> Result<IpAddr, String> {
 }
 
 /// A remote source's `kubeconfig`: an absolute path that, when it exists, can be read (a missing
-/// one is waited for at run time, like the node kubeconfig on first boot).
+/// one is waited for at run time, like the node kubeconfig on first boot), normalized.
+///
+/// The path is the source's identity: its slices are named and labelled from a hash of it, and
+/// each distinct path gets one client. So `/etc//r.yaml` and `/etc/./r.yaml` are written
+/// `/etc/r.yaml` (the same file by POSIX rules): two hosts that spell one file two ways must not
+/// rename the slices on a leader change. A `..` is refused rather than resolved: through a
+/// symbolic link, `a/link/../b` need not be `a/b`.
 fn remote_kubeconfig(c: &Checker<'_>, key: &[&str], path: &str) -> Result<PathBuf, Error> {
     let p = Path::new(path);
     if !p.is_absolute() {
         return Err(c.bad(key, format!("'{path}' is not an absolute path")));
     }
-    match std::fs::File::open(p).and_then(|mut f| {
+    if p.components().any(|part| part == Component::ParentDir) {
+        return Err(c.bad(
+            key,
+            format!("'{path}' contains '..'; write the path without it"),
+        ));
+    }
+    let normal = normalized(p);
+    match std::fs::File::open(&normal).and_then(|mut f| {
         let mut buf = [0u8; 1];
         std::io::Read::read(&mut f, &mut buf)
     }) {
-        Ok(_) => Ok(p.to_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(p.to_owned()),
+        Ok(_) => Ok(normal),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(normal),
         Err(e) => Err(c.bad(key, format!("'{path}' cannot be read: {e}"))),
     }
+}
+
+/// `path` without repeated separators, `.` components or a trailing separator: the same file,
+/// spelled one way (what [`Path::components`] yields, put back together).
+fn normalized(path: &Path) -> PathBuf {
+    path.components().collect()
 }

@@ -565,7 +565,14 @@ fn sync(c: &Checker<'_>, rs: &RawSync, d: &SyncSettings) -> Result<SyncSettings,
     let sync = SyncSettings {
         resync_interval: secs(rs.resync_interval_secs, d.resync_interval),
         max_backoff: secs(rs.max_backoff_secs, d.max_backoff),
+        keep_last_known: secs(rs.keep_last_known_secs, d.keep_last_known),
     };
+    if sync.keep_last_known < Duration::from_secs(1) || sync.keep_last_known > MAX_SYNC_SECS {
+        return Err(c.bad(
+            &["sync", "keep_last_known_secs"],
+            format!("must be from 1 to {} (one day)", MAX_SYNC_SECS.as_secs()),
+        ));
+    }
     if sync.resync_interval < Duration::from_secs(10) {
         return Err(c.bad(
             &["sync", "resync_interval_secs"],

@@ -113,6 +113,8 @@ pub struct Engine {
     pub(super) node_selector: Option<String>,
     /// When the earliest active drain expires (the pairs are planned again then).
     pub(super) drain_due: Option<Instant>,
+    /// When this copy first saw each timed drain (a drain lasts from then, by our clock).
+    pub(super) drains: crate::nodes::DrainClock,
     /// What this copy knows of each remote source (`remote::spawn` sends it).
     pub(super) remote: BTreeMap<RemoteSource, remote::View>,
     /// The remote sources' views as they change; the sender is kept so that a daemon without
@@ -175,6 +177,7 @@ impl Engine {
             nodes: NodeCache::default(),
             node_selector: config.nodes.selector.clone(),
             drain_due: None,
+            drains: crate::nodes::DrainClock::default(),
             remote: BTreeMap::new(),
             remote_updates: tokio::sync::mpsc::channel(64),
         }

@@ -238,7 +238,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let remotes = (!remote_sources.is_empty()).then(|| {
         crate::remote::spawn(
             remote_sources,
-            config.allow_insecure_tls,
+            crate::remote::Options {
+                allow_insecure_tls: config.allow_insecure_tls,
+                keep_last_known: config.sync.keep_last_known,
+            },
             engine.remote_sender(),
             shutdown.clone(),
         )

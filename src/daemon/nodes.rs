@@ -17,6 +17,7 @@ use super::engine::Engine;
 use super::pair::{NodeOutcome, NodeView, Phase};
 use crate::events::EventReason;
 use crate::names::ServiceRef;
+use crate::nodes::At;
 
 /// Watch-error scope of the Node watch (also the key `dispatch` looks for).
 pub(super) const NODES_SCOPE: &str = "nodes";
@@ -57,6 +58,8 @@ impl Engine {
 
     /// The Nodes changed, or a drain expired: every active pair is planned again.
     pub(super) fn nodes_changed(&mut self) {
+        // A timed drain lasts from when this copy first saw it: note the new ones now.
+        self.drains.observe(self.nodes.index(), Instant::now());
         for state in self.pairs.values_mut() {
             if matches!(state.phase, Phase::Active { .. }) {
                 state.write.touch();
@@ -72,19 +75,27 @@ impl Engine {
     pub(super) fn node_view(&self, derive: bool) -> Option<NodeView<'_>> {
         self.has_node_view().then(|| NodeView {
             index: self.nodes.index(),
-            now: Timestamp::now(),
+            at: self.drain_clock(),
             derive,
         })
     }
 
-    /// When the earliest active drain expires, on the monotonic clock (the expiry itself is
-    /// judged by this host's wall clock, as the drain command documents).
+    /// Now, for judging drains: this copy's clocks and when it first saw each timed drain.
+    fn drain_clock(&self) -> At<'_> {
+        At {
+            wall: Timestamp::now(),
+            mono: Instant::now(),
+            seen: Some(&self.drains),
+        }
+    }
+
+    /// When the earliest active drain ends, on the monotonic clock (a timed drain counts from
+    /// when this copy first saw it; an expiry written as an instant alone is judged by this
+    /// host's wall clock).
     pub(super) fn next_drain_expiry(&self) -> Option<Instant> {
-        let now = Timestamp::now();
-        let at = self.nodes.index().next_expiry(now)?;
-        let wait = now.duration_until(at).unsigned_abs();
-        // A few milliseconds late, so that the wall clock has passed the expiry when we look.
-        Some(Instant::now() + wait + std::time::Duration::from_millis(5))
+        let at = self.nodes.index().next_expiry(self.drain_clock())?;
+        // A few milliseconds late, so that the expiry has passed when we look.
+        Some(at + std::time::Duration::from_millis(5))
     }
 
     /// Whether the Node watch gives a view: listed, with at least one Node.

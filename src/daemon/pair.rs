@@ -15,7 +15,7 @@ use crate::desired::nodes::{Gap, Withheld};
 use crate::desired::{self, ForeignSlice, Hold, Owner, Plan};
 use crate::events::EventReason;
 use crate::names::ServiceRef;
-use crate::nodes::NodeIndex;
+use crate::nodes::{At, NodeIndex};
 use crate::probe::Spec;
 use crate::probe::quorum::{self, Count, Decision};
 use crate::source::Source;
@@ -154,14 +154,14 @@ pub struct Step {
     pub held: Vec<(Source, Hold)>,
 }
 
-/// The Nodes as one plan sees them: the index, the leader's wall clock (drain expiry) and
-/// whether the pair derives missing families.
+/// The Nodes as one plan sees them: the index, when drains are judged (this copy's clocks and
+/// when it first saw each timed drain) and whether the pair derives missing families.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeView<'a> {
     /// The watched Nodes.
     pub index: &'a NodeIndex,
-    /// Now, by the wall clock: a drain whose expiry is past does not count.
-    pub now: jiff::Timestamp,
+    /// Now: a drain that ended does not count.
+    pub at: At<'a>,
     /// Derive a family the target serves but the source lacks.
     pub derive: bool,
 }
@@ -212,13 +212,44 @@ pub struct NodeOutcome {
     pub withheld: Withheld,
 }
 
-/// What a source gives now, as the engine's caches (or `check`'s reads) say: a Service's
-/// slices here or in its cluster; `Err` when it has nothing to give (never read, its Service
-/// missing there). Static sources are not asked: [`plan_for`] makes their slices.
-pub type Read<'a> = dyn Fn(&Source) -> Result<Vec<EndpointSlice>, Hold> + 'a;
+/// What a source gives now, as the engine's caches (or `check`'s reads) say. Static sources
+/// are not asked: [`plan_for`] makes their slices.
+pub type Read<'a> = dyn Fn(&Source) -> Given + 'a;
 
-/// Each source of a pair with what it gives now (its slices, or why it has none).
-pub type Prepared = Vec<(Source, Result<Vec<EndpointSlice>, Hold>)>;
+/// What one source gives a plan now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Given {
+    /// A Service's slices here or in its cluster; `Err` when it has nothing to give (never
+    /// read, its Service missing there): its slices in the target are kept as they are.
+    pub slices: Result<Vec<EndpointSlice>, Hold>,
+    /// How far what it gives — or what the target keeps of it — can be trusted.
+    pub freshness: Freshness,
+}
+
+/// How far a source's endpoints can be trusted now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Read now (a Service of this cluster, a remote one read fine, static addresses).
+    Fresh,
+    /// A remote source in trouble: what it gives is this copy's last known.
+    LastKnown,
+    /// A remote source in trouble for longer than `[sync] keep_last_known_secs`.
+    Expired,
+}
+
+impl From<Result<Vec<EndpointSlice>, Hold>> for Given {
+    /// What a source read now gives.
+    fn from(slices: Result<Vec<EndpointSlice>, Hold>) -> Given {
+        Given {
+            slices,
+            freshness: Freshness::Fresh,
+        }
+    }
+}
+
+/// Each source of a pair with what it gives now (its slices, or why it has none, and how
+/// fresh).
+pub type Prepared = Vec<(Source, Given)>;
 
 /// Each source of a pair with its slices for target Service `svc`, after the Node facts: a
 /// Service of this cluster gets nodeName, zone and (when `derive`) the missing family; static
@@ -235,11 +266,11 @@ pub fn prepare(
     let prepared = sources
         .iter()
         .map(|source| {
-            let slices = match source {
-                Source::Static(s) => Ok(desired::union::static_slices(s, svc)),
+            let given = match source {
+                Source::Static(s) => Given::from(Ok(desired::union::static_slices(s, svc))),
                 other => read(other),
             };
-            let slices = slices.map(|slices| match (nodes, source) {
+            let slices = given.slices.map(|slices| match (nodes, source) {
                 (Some(view), Source::Service(service)) => {
                     let with =
                         desired::nodes::with_nodes(service, svc, &slices, view.index, view.derive);
@@ -251,7 +282,11 @@ pub fn prepare(
                 }
                 _ => slices,
             });
-            (source.clone(), slices)
+            let given = Given {
+                slices,
+                freshness: given.freshness,
+            };
+            (source.clone(), given)
         })
         .collect();
     (prepared, gaps)
@@ -268,7 +303,7 @@ pub fn candidates(
 ) -> Vec<quorum::Candidate> {
     prepared
         .iter()
-        .filter_map(|(source, slices)| Some((source, slices.as_ref().ok()?)))
+        .filter_map(|(source, given)| Some((source, given.slices.as_ref().ok()?)))
         .flat_map(|(source, slices)| {
             let (of, needs_up) = match source {
                 Source::Service(s) => (s, false),
@@ -331,6 +366,64 @@ fn written_not_ready(
     written.intersection(&wanted).copied().collect()
 }
 
+/// The probe candidates of the slices `desired::union` keeps in the target for the sources of
+/// `prepared` that have nothing to give (found in `actual` as the union finds them): kept
+/// endpoints are probed like any other, so one that dies while its source cannot be read
+/// leaves the target. Ready until seen down, as their source last said.
+pub fn kept_candidates(
+    spec: &Spec,
+    target: &ServiceRef,
+    svc: &Service,
+    prepared: &Prepared,
+    actual: &[EndpointSlice],
+    owner: &Owner,
+) -> Vec<quorum::Candidate> {
+    // The union's rule: the first Service of this cluster (in source order) also owns our
+    // slices without a source id.
+    let legacy = prepared
+        .iter()
+        .filter_map(|(s, _)| match s {
+            Source::Service(_) => Some(s),
+            _ => None,
+        })
+        .min();
+    let mut kept: Vec<EndpointSlice> = Vec::new();
+    for (source, _) in prepared.iter().filter(|(_, g)| g.slices.is_err()) {
+        let id = desired::union::source_id(source);
+        kept.extend(
+            desired::union::kept_slices(target, actual, owner, &id, legacy == Some(source))
+                .cloned(),
+        );
+    }
+    if kept.is_empty() || !desired::union::is_union(&sources_of(prepared)) {
+        return Vec::new();
+    }
+    quorum::candidates(spec, desired::probed_endpoints(target, svc, &kept), false)
+}
+
+/// The sources of `prepared`, in order.
+fn sources_of(prepared: &Prepared) -> Vec<Source> {
+    prepared.iter().map(|(s, _)| s.clone()).collect()
+}
+
+/// How fresh each source's part of the target is ([`desired::nodes::Ages`]): a source with
+/// nothing to give has its slices kept as they are, a remote one in trouble gives its last
+/// known ones — both stale; one in trouble for longer than `[sync] keep_last_known_secs` is
+/// expired when the pair does not `probe` (a pair that probes goes by its probes).
+pub fn ages(prepared: &Prepared, probe: bool) -> desired::nodes::Ages {
+    let mut ages = desired::nodes::Ages::default();
+    for (source, given) in prepared {
+        let id = desired::union::source_id(source);
+        if given.slices.is_err() || given.freshness != Freshness::Fresh {
+            ages.stale.insert(id.clone());
+        }
+        if given.freshness == Freshness::Expired && !probe {
+            ages.expired.insert(id);
+        }
+    }
+    ages
+}
+
 /// What to write for the target `target` in `phase`, from the caches: the Service objects kept
 /// by the watch, what each source gives (`read`) and the target's slices (`actual`, every
 /// manager's). The target gets the union of the sources (`desired::union`): a source with
@@ -370,9 +463,9 @@ pub fn plan_for(
             outcome.gaps = gaps;
             let inputs: Vec<desired::union::Input<'_>> = prepared
                 .iter()
-                .map(|(source, slices)| desired::union::Input {
+                .map(|(source, given)| desired::union::Input {
                     source,
-                    slices: slices.as_deref().map_err(|h| *h),
+                    slices: given.slices.as_deref().map_err(|h| *h),
                 })
                 .collect();
             let union = desired::union::union(target, svc, &inputs, actual, owner)?;
@@ -380,49 +473,54 @@ pub fn plan_for(
             if facts.nodes_unknown.is_some() {
                 keep_missing_families(&mut want, svc, actual, owner);
             }
-            let mut decision = facts.probe.map(|(spec, verdicts)| match verdicts {
-                Verdicts::Counted(count) => {
-                    quorum::decide(&candidates(spec, target, svc, &prepared), count)
-                }
-                Verdicts::Agreed { confirmed, all } => {
-                    let candidates = candidates(spec, target, svc, &prepared);
-                    let (a, b) = (
-                        quorum::decide(&candidates, confirmed),
-                        quorum::decide(&candidates, all),
-                    );
-                    let written = written_not_ready(&want, actual, owner);
-                    quorum::Decision {
-                        evicted: a
-                            .evicted
-                            .union(&b.evicted)
-                            .filter(|x| {
-                                (a.evicted.contains(x) && b.evicted.contains(x))
-                                    || written.contains(x)
-                            })
-                            .copied()
-                            .collect(),
-                        spared: a.spared.or(b.spared),
+            let mut decision = facts.probe.map(|(spec, verdicts)| {
+                let mut candidates = candidates(spec, target, svc, &prepared);
+                candidates.extend(kept_candidates(spec, target, svc, &prepared, actual, owner));
+                match verdicts {
+                    Verdicts::Counted(count) => quorum::decide(&candidates, count),
+                    Verdicts::Agreed { confirmed, all } => {
+                        let (a, b) = (
+                            quorum::decide(&candidates, confirmed),
+                            quorum::decide(&candidates, all),
+                        );
+                        let written = written_not_ready(&want, actual, owner);
+                        quorum::Decision {
+                            evicted: a
+                                .evicted
+                                .union(&b.evicted)
+                                .filter(|x| {
+                                    (a.evicted.contains(x) && b.evicted.contains(x))
+                                        || written.contains(x)
+                                })
+                                .copied()
+                                .collect(),
+                            spared: a.spared.or(b.spared),
+                        }
                     }
+                    Verdicts::AsWritten => quorum::Decision {
+                        evicted: written_not_ready(&want, actual, owner),
+                        spared: None,
+                    },
                 }
-                Verdicts::AsWritten => quorum::Decision {
-                    evicted: written_not_ready(&want, actual, owner),
-                    spared: None,
-                },
             });
             let evicted = decision
                 .as_ref()
                 .map(|d| d.evicted.clone())
                 .unwrap_or_default();
-            let (drained_nodes, drained_addresses) = match (&facts.nodes, facts.nodes_unknown) {
-                (Some(view), _) => (
-                    view.index.drained(view.now),
-                    view.index.drained_addresses(view.now),
-                ),
-                (None, Some(written)) => (BTreeSet::new(), written.clone()),
-                (None, None) => Default::default(),
+            let drained_nodes = facts
+                .nodes
+                .map(|view| view.index.drained(view.at))
+                .unwrap_or_default();
+            let drains = match (facts.nodes, facts.nodes_unknown) {
+                (Some(view), _) => Some(desired::nodes::Drains::Nodes {
+                    index: view.index,
+                    nodes: &drained_nodes,
+                }),
+                (None, Some(written)) => Some(desired::nodes::Drains::AsWritten(written)),
+                (None, None) => None,
             };
-            outcome.withheld =
-                desired::nodes::withhold(&mut want, &evicted, &drained_nodes, &drained_addresses);
+            let ages = ages(&prepared, facts.probe.is_some());
+            outcome.withheld = desired::nodes::withhold(&mut want, &evicted, drains, &ages);
             outcome.drained_nodes = drained_nodes.into_iter().collect();
             if let Some(d) = decision.as_mut() {
                 // An endpoint kept ready so that its family is not empty is not evicted.
@@ -481,7 +579,7 @@ mod tests {
             &phase,
             &r("default/kubernetes-vip"),
             &services,
-            &|_: &Source| Ok(Vec::new()),
+            &|_: &Source| Ok(Vec::new()).into(),
             &[],
             &owner(),
             &Facts::default(),
@@ -500,7 +598,7 @@ mod tests {
                 &refused,
                 &target,
                 &BTreeMap::new(),
-                &|_: &Source| Ok(Vec::new()),
+                &|_: &Source| Ok(Vec::new()).into(),
                 &[],
                 &owner(),
                 &Facts::default()
@@ -511,7 +609,7 @@ mod tests {
             &Phase::Retired,
             &target,
             &BTreeMap::new(),
-            &|_: &Source| Ok(Vec::new()),
+            &|_: &Source| Ok(Vec::new()).into(),
             &[],
             &owner(),
             &Facts::default(),
@@ -524,7 +622,7 @@ mod tests {
             &active,
             &target,
             &BTreeMap::new(),
-            &|_: &Source| Ok(Vec::new()),
+            &|_: &Source| Ok(Vec::new()).into(),
             &[],
             &owner(),
             &Facts::default(),
@@ -557,6 +655,144 @@ mod tests {
         }
     }
 
+    /// A union of `default/kubernetes` (.1, .2) and a remote `app/db` (203.0.113.1) that gives
+    /// `remote`, into `kubernetes-vip`.
+    fn union_plan(remote: Given, actual: &[EndpointSlice], facts: &Facts<'_>) -> Step {
+        // With its port, as EIB creates it: kept slices are probed on the target's port.
+        let mut svc = vip();
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.ports = Some(vec![k8s_openapi::api::core::v1::ServicePort {
+                name: Some("https".into()),
+                port: 6443,
+                ..Default::default()
+            }]);
+        }
+        let services = BTreeMap::from([(r("default/kubernetes-vip"), svc)]);
+        let db = Source::Remote(crate::source::RemoteSource {
+            kubeconfig: "/etc/endpoint-copier/remote.yaml".into(),
+            service: r("app/db"),
+        });
+        let phase = Phase::Active {
+            sources: vec![Source::Service(r("default/kubernetes")), db],
+        };
+        let local = [apiserver_slice(&["198.51.100.1", "198.51.100.2"])];
+        plan_for(
+            &phase,
+            &r("default/kubernetes-vip"),
+            &services,
+            &|source: &Source| match source {
+                Source::Remote(_) => remote.clone(),
+                _ => Ok(local.to_vec()).into(),
+            },
+            actual,
+            &owner(),
+            facts,
+        )
+        .unwrap()
+    }
+
+    fn remote_db() -> EndpointSlice {
+        let mut s = apiserver_slice(&["203.0.113.1"]);
+        s.metadata.name = Some("db-1".into());
+        s.metadata.namespace = Some("app".into());
+        s
+    }
+
+    /// (address, ready) of every endpoint the plan creates.
+    fn created(step: &Step) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = step
+            .plan
+            .creates
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .map(|e| (e.addresses[0].clone(), desired::is_ready(e)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_remote_source_unreadable_for_longer_than_the_limit_leaves_a_pair_that_does_not_probe() {
+        let last_known = |freshness| Given {
+            slices: Ok(vec![remote_db()]),
+            freshness,
+        };
+        let kept = union_plan(last_known(Freshness::LastKnown), &[], &Facts::default());
+        assert!(created(&kept).iter().all(|(_, ready)| *ready));
+        let gone = union_plan(last_known(Freshness::Expired), &[], &Facts::default());
+        assert_eq!(
+            created(&gone),
+            [
+                ("198.51.100.1".to_owned(), true),
+                ("198.51.100.2".to_owned(), true),
+                ("203.0.113.1".to_owned(), false)
+            ]
+        );
+        // A pair that probes goes by its probes: nobody sees it down, it stays.
+        use crate::probe::quorum::Count;
+        let spec = Spec::readyz();
+        let count = Count::default();
+        let probed = union_plan(
+            last_known(Freshness::Expired),
+            &[],
+            &Facts {
+                probe: Some((&spec, Verdicts::Counted(&count))),
+                nodes: None,
+                nodes_unknown: None,
+            },
+        );
+        assert!(created(&probed).iter().all(|(_, ready)| *ready));
+    }
+
+    #[test]
+    fn the_slices_kept_for_a_source_with_nothing_to_give_are_probed() {
+        use crate::probe::quorum::{Ballot, Count};
+        use crate::probe::{Target, Verdict};
+        // The remote was never read by this leader: its slice in the target is kept as it is.
+        let first = union_plan(Ok(vec![remote_db()]).into(), &[], &Facts::default());
+        let mut actual = first.plan.creates.clone();
+        for s in &mut actual {
+            s.metadata.namespace = Some("default".into());
+        }
+        let t = |s: &str| s.parse::<Target>().unwrap();
+        let seen = BTreeMap::from([
+            (t("https://198.51.100.1:6443/readyz"), Verdict::Up),
+            (t("https://198.51.100.2:6443/readyz"), Verdict::Up),
+            (t("https://203.0.113.1:6443/readyz"), Verdict::Down),
+        ]);
+        let count = Count::of(&[Ballot {
+            voter: "node-1",
+            live: true,
+            verdicts: &seen,
+        }]);
+        let spec = Spec::readyz();
+        let step = union_plan(
+            Given {
+                slices: Err(Hold::NoSourceSlices),
+                freshness: Freshness::LastKnown,
+            },
+            &actual,
+            &Facts {
+                probe: Some((&spec, Verdicts::Counted(&count))),
+                nodes: None,
+                nodes_unknown: None,
+            },
+        );
+        assert_eq!(
+            step.decision.map(|d| d.evicted),
+            Some(["203.0.113.1".parse().unwrap()].into()),
+            "the kept endpoint is a candidate, and a majority sees it down"
+        );
+        let ready: Vec<(String, bool)> = step
+            .plan
+            .updates
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .map(|e| (e.addresses[0].clone(), desired::is_ready(e)))
+            .collect();
+        assert_eq!(ready, [("203.0.113.1".to_owned(), false)]);
+    }
+
     #[test]
     fn a_probing_pair_writes_what_the_quorum_evicts_as_not_ready() {
         use crate::probe::quorum::{Ballot, Count};
@@ -586,7 +822,7 @@ mod tests {
             &phase,
             &r("default/kubernetes-vip"),
             &services,
-            &|_: &Source| Ok(source.to_vec()),
+            &|_: &Source| Ok(source.to_vec()).into(),
             &[],
             &owner(),
             &Facts {
@@ -624,7 +860,7 @@ mod tests {
             &phase,
             &r("default/kubernetes-vip"),
             &services,
-            &|_: &Source| Ok(source.to_vec()),
+            &|_: &Source| Ok(source.to_vec()).into(),
             &[],
             &owner(),
             &Facts::default(),

@@ -112,10 +112,11 @@ impl Engine {
     /// endpoints are read once per call and per set of served families, not once per pair.
     pub(super) fn reprobe(&mut self) {
         let mut wanted = Wanted::new();
-        // Static addresses take their port from the target Service, so a pair with some is
-        // listed on its own; pairs reading only Services share their sources' listing (per
-        // kind of credentials: a config pair's listing must not be skipped because an annotated
-        // pair with the same sources was listed first).
+        // Static addresses take their port from the target Service, and the slices a union
+        // keeps for a source with nothing to give are the target's, so such a pair is listed
+        // on its own; pairs reading one Service share their sources' listing (per kind of
+        // credentials: a config pair's listing must not be skipped because an annotated pair
+        // with the same sources was listed first).
         type Key<'a> = (
             &'a [Source],
             Vec<String>,
@@ -132,10 +133,7 @@ impl Engine {
             let Some(svc) = self.services.objects().get(target) else {
                 continue;
             };
-            let own = sources
-                .iter()
-                .any(|s| matches!(s, Source::Static(_)))
-                .then_some(target);
+            let own = desired::union::is_union(sources).then_some(target);
             // A configured target is never an annotated pair's (`pairs::resolve` refuses that).
             let auth = if self.configured.contains(target) {
                 Auth::Node
@@ -164,6 +162,14 @@ impl Engine {
             );
             for t in super::pair::candidates(spec, target, svc, &prepared)
                 .into_iter()
+                .chain(super::pair::kept_candidates(
+                    spec,
+                    target,
+                    svc,
+                    &prepared,
+                    &self.slices.slices_of(target),
+                    &self.owner,
+                ))
                 .filter_map(|c| c.target)
             {
                 // The node's credentials win: the host's config probes this target anyway.
@@ -370,9 +376,9 @@ impl Engine {
                 .find(|(t, _)| t.address == *address)
                 .map_or_else(String::new, |(t, v)| {
                     format!(
-                        "{t}: {} of {} live copies see it down ({})",
+                        "{t}: {} of {} live copies with a verdict see it down ({})",
                         v.down.len(),
-                        count.counted.len(),
+                        v.voters(),
                         v.down.join(", ")
                     )
                 })

@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tracing::{info, warn};
 
 use super::engine::Engine;
+use super::pair::{Freshness, Given};
 use crate::desired::Hold;
 use crate::events::EventReason;
 use crate::names::ServiceRef;
@@ -24,25 +24,35 @@ impl Engine {
     }
 
     /// What `source` gives a plan now. A remote Service's last known slices count while its
-    /// cluster fails (they are what the target holds); it has nothing to give before its first
-    /// list, or once its Service is gone there, and then `desired::union` keeps its slices in
-    /// the target as they are.
-    pub(super) fn read_source(&self, source: &Source) -> Result<Vec<EndpointSlice>, Hold> {
+    /// cluster fails (they are what the target holds), as [`Freshness::LastKnown`], and
+    /// [`Freshness::Expired`] once it has failed for `[sync] keep_last_known_secs`; it has
+    /// nothing to give before its first list, or once its Service is gone there, and then
+    /// `desired::union` keeps its slices in the target as they are.
+    pub(super) fn read_source(&self, source: &Source) -> Given {
         match source {
-            Source::Service(service) => Ok(self.slices.slices_of(service)),
-            Source::Remote(r) => match self.remote.get(r) {
-                Some(View {
-                    service_exists: Some(false),
-                    ..
-                }) => Err(Hold::NoSourceSlices),
-                Some(View {
-                    slices: Some(slices),
-                    ..
-                }) => Ok(slices.clone()),
-                _ => Err(Hold::NoSourceSlices),
-            },
+            Source::Service(service) => Ok(self.slices.slices_of(service)).into(),
+            Source::Remote(r) => {
+                let view = self.remote.get(r);
+                let slices = match view {
+                    Some(View {
+                        service_exists: Some(false),
+                        ..
+                    }) => Err(Hold::NoSourceSlices),
+                    Some(View {
+                        slices: Some(slices),
+                        ..
+                    }) => Ok(slices.clone()),
+                    _ => Err(Hold::NoSourceSlices),
+                };
+                let freshness = match view {
+                    Some(v) if v.expired => Freshness::Expired,
+                    Some(v) if v.trouble.is_some() => Freshness::LastKnown,
+                    _ => Freshness::Fresh,
+                };
+                Given { slices, freshness }
+            }
             // Made from the config by `pair::prepare`.
-            Source::Static(_) => Ok(Vec::new()),
+            Source::Static(_) => Ok(Vec::new()).into(),
         }
     }
 
@@ -72,22 +82,26 @@ impl Engine {
             return;
         };
         let sources = state.phase.sources().to_vec();
+        let probes = state.probe.is_some();
         if sources.len() < 2 && !sources.iter().any(|s| matches!(s, Source::Remote(_))) {
             // One Service of this cluster: its hold is the pair's, reported as it always was.
             return;
         }
         let mut failing: BTreeMap<Source, String> = BTreeMap::new();
         for source in &sources {
-            let trouble = match source {
-                Source::Remote(r) => self
-                    .remote
-                    .get(r)
-                    .and_then(|v| v.trouble.as_ref())
-                    .map(ToString::to_string),
+            let view = match source {
+                Source::Remote(r) => self.remote.get(r),
                 _ => None,
             };
+            let trouble = view
+                .and_then(|v| v.trouble.as_ref())
+                .map(ToString::to_string);
+            let expired = view.is_some_and(|v| v.expired) && !probes;
             let hold = held.iter().find(|(s, _)| s == source).map(|(_, h)| *h);
             let why = match (trouble, hold) {
+                (Some(t), _) if expired => Some(format!(
+                    "{t}; for longer than [sync] keep_last_known_secs, so its endpoints in the target are not ready any more (never the last ready one)"
+                )),
                 (Some(t), Some(_)) => Some(format!(
                     "{t}; its endpoints in the target are kept as they are"
                 )),

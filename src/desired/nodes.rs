@@ -212,50 +212,122 @@ pub struct Withheld {
     pub kept: BTreeSet<IpAddr>,
 }
 
+/// Which endpoints of this cluster's sources stand on drained Nodes.
+#[derive(Debug, Clone, Copy)]
+pub enum Drains<'a> {
+    /// By Node identity, from the Node view.
+    Nodes {
+        /// The known Nodes: which one an endpoint stands on, by the rule of `nodeName`
+        /// ([`fill`]).
+        index: &'a NodeIndex,
+        /// The Nodes drained now, by name ([`NodeIndex::drained`]).
+        nodes: &'a BTreeSet<String>,
+    },
+    /// Without a Node view (the watch fails, or lists no Node): the addresses the last plan
+    /// wrote drained stay drained. A missing view is never "no drains".
+    AsWritten(&'a BTreeSet<IpAddr>),
+}
+
+impl Drains<'_> {
+    /// Whether `endpoint`, of a target slice that is this cluster's (`remote` false), stands on
+    /// a drained Node: its Node by the same rule as `nodeName` — the one Node the control plane
+    /// vouches for that claims its address (an address two Nodes claim drains nothing), unless
+    /// the source names another Node. A remote source's endpoints are another cluster's: a
+    /// local drain never touches them, whatever their `nodeName` says.
+    fn takes(&self, remote: bool, endpoint: &Endpoint) -> bool {
+        if remote {
+            return false;
+        }
+        match self {
+            Drains::Nodes { index, nodes } => {
+                node_for(endpoint, index).is_some_and(|node| nodes.contains(&node.name))
+            }
+            Drains::AsWritten(addresses) => endpoint
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+                .is_some_and(|a| addresses.contains(&a)),
+        }
+    }
+}
+
+/// How fresh the sources of a union's slices are, by `endpoint-copier/source-id`
+/// ([`super::union::source_id`]): a pair of one Service of this cluster has none of either.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ages {
+    /// Sources whose endpoints in the target are not read now: kept as they are (the source has
+    /// nothing to give) or last known (a remote source in trouble). They are written as they
+    /// are, but never alone keep a family ready: when every other endpoint of a family goes,
+    /// one of those stays ready instead.
+    pub stale: BTreeSet<String>,
+    /// Of those, the sources whose endpoints go (`ready: false, serving: false`): a remote
+    /// source in trouble for longer than `[sync] keep_last_known_secs`, in a pair that does not
+    /// probe. Never the last ready endpoint of a family.
+    pub expired: BTreeSet<String>,
+}
+
+impl Ages {
+    /// (stale, expired) for an endpoint of `slice`.
+    fn of(&self, slice: &EndpointSlice) -> (bool, bool) {
+        let id = super::label(&slice.metadata, crate::names::SOURCE_ID_LABEL);
+        (
+            id.is_some_and(|id| self.stale.contains(id)),
+            id.is_some_and(|id| self.expired.contains(id)),
+        )
+    }
+}
+
 /// Marks the endpoints of the desired target `slices` that are probe-`evicted` (by first
-/// address) or stand on a drained Node (`nodeName` in `drained_nodes`, or first address in
-/// `drained_addresses`) as `ready: false, serving: false`; `terminating` is kept.
+/// address), stand on a drained Node ([`Drains`]: this cluster's endpoints only, by Node
+/// identity) or come from an expired source ([`Ages::expired`]) as `ready: false, serving:
+/// false`; `terminating` is kept.
 ///
-/// Never empties a family: when every ready endpoint of an `addressType` would go, one stays
-/// ready — a drained endpoint that the probes do not evict (alive, under maintenance) before a
-/// probe-evicted one; among equals the lowest `nodeName`, then address, so that both families
-/// keep the same Node. The result does not depend on the order of `slices` or their endpoints.
+/// Never empties a family, and stale endpoints ([`Ages::stale`]) never count for that: when
+/// every fresh ready endpoint of an `addressType` would go, one stays ready — a drained
+/// endpoint that the probes do not evict (alive, under maintenance), then an expired one (not
+/// known to be down), then a probe-evicted one; among equals the lowest `nodeName`, then
+/// address, so that both families keep the same Node. The result does not depend on the order
+/// of `slices` or their endpoints.
 pub fn withhold(
     slices: &mut [EndpointSlice],
     evicted: &BTreeSet<IpAddr>,
-    drained_nodes: &BTreeSet<String>,
-    drained_addresses: &BTreeSet<IpAddr>,
+    drains: Option<Drains<'_>>,
+    ages: &Ages,
 ) -> Withheld {
     let first = |e: &Endpoint| e.addresses.first().and_then(|a| a.parse::<IpAddr>().ok());
-    let is_drained = |e: &Endpoint| {
-        e.node_name
-            .as_deref()
-            .is_some_and(|n| drained_nodes.contains(n))
-            || first(e).is_some_and(|a| drained_addresses.contains(&a))
-    };
+    let is_drained =
+        |remote: bool, e: &Endpoint| drains.as_ref().is_some_and(|d| d.takes(remote, e));
     let is_evicted = |e: &Endpoint| first(e).is_some_and(|a| evicted.contains(&a));
     let mut out = Withheld::default();
     let families: BTreeSet<String> = slices.iter().map(|s| s.address_type.clone()).collect();
     for family in families {
         // (prefer-key, nodeName, address) of every ready endpoint of the family that goes.
-        let mut going: Vec<(bool, String, IpAddr)> = Vec::new();
+        let mut going: Vec<((bool, bool), String, IpAddr)> = Vec::new();
         let mut stays = false;
-        for e in slices
+        for (remote, (stale, expired), e) in slices
             .iter()
             .filter(|s| s.address_type == family)
-            .flat_map(|s| s.endpoints.iter())
-            .filter(|e| is_ready(e))
+            .flat_map(|s| {
+                let (remote, age) = (super::union::is_remote(s), ages.of(s));
+                s.endpoints.iter().map(move |e| (remote, age, e))
+            })
+            .filter(|(_, _, e)| is_ready(e))
         {
             let Some(address) = first(e) else {
-                stays = true;
+                stays |= !stale;
                 continue;
             };
-            let (drained, evicted) = (is_drained(e), is_evicted(e));
-            if drained || evicted {
-                // `false` sorts first: a drained endpoint the probes see alive is preferred.
-                going.push((evicted, e.node_name.clone().unwrap_or_default(), address));
+            let (drained, evicted) = (is_drained(remote, e), is_evicted(e));
+            if drained || evicted || expired {
+                // `false` sorts first: a drained endpoint the probes see alive is preferred,
+                // then one of an expired source (not known to be down), then an evicted one.
+                going.push((
+                    (evicted, expired),
+                    e.node_name.clone().unwrap_or_default(),
+                    address,
+                ));
             } else {
-                stays = true;
+                stays |= !stale;
             }
         }
         let keeper = if stays {
@@ -266,22 +338,21 @@ pub fn withhold(
         if let Some(k) = keeper {
             out.kept.insert(k);
         }
-        for e in slices
-            .iter_mut()
-            .filter(|s| s.address_type == family)
-            .flat_map(|s| s.endpoints.iter_mut())
-        {
-            let Some(address) = first(e) else { continue };
-            if Some(address) == keeper || !is_ready(e) {
-                continue;
-            }
-            let drained = is_drained(e);
-            if drained || is_evicted(e) {
-                let c = e.conditions.get_or_insert_with(Default::default);
-                c.ready = Some(false);
-                c.serving = Some(false);
-                if drained {
-                    out.drained.insert(address);
+        for slice in slices.iter_mut().filter(|s| s.address_type == family) {
+            let (remote, (_, expired)) = (super::union::is_remote(slice), ages.of(slice));
+            for e in &mut slice.endpoints {
+                let Some(address) = first(e) else { continue };
+                if Some(address) == keeper || !is_ready(e) {
+                    continue;
+                }
+                let drained = is_drained(remote, e);
+                if drained || expired || is_evicted(e) {
+                    let c = e.conditions.get_or_insert_with(Default::default);
+                    c.ready = Some(false);
+                    c.serving = Some(false);
+                    if drained {
+                        out.drained.insert(address);
+                    }
                 }
             }
         }
@@ -386,8 +457,10 @@ mod tests {
                 })
                 .collect(),
             zone: zone.map(Into::into),
+            control_plane: true,
             drain: None,
             drain_expires: None,
+            drain_duration: None,
         }
     }
 
@@ -544,18 +617,180 @@ mod tests {
         }
     }
 
+    /// cp-1 and cp-2 at .1 and .2.
+    fn two_nodes() -> NodeIndex {
+        NodeIndex::new([
+            facts("cp-1", &["198.51.100.1"], None),
+            facts("cp-2", &["198.51.100.2"], None),
+        ])
+    }
+
+    /// `withhold` with the Nodes of `index` named in `drained` drained.
+    fn withhold_with(
+        slices: &mut [EndpointSlice],
+        evicted: &[&str],
+        index: &NodeIndex,
+        drained: &[&str],
+    ) -> Withheld {
+        let evicted: BTreeSet<IpAddr> = evicted.iter().map(|a| a.parse().unwrap()).collect();
+        let nodes: BTreeSet<String> = drained.iter().map(|n| (*n).to_owned()).collect();
+        withhold(
+            slices,
+            &evicted,
+            Some(Drains::Nodes {
+                index,
+                nodes: &nodes,
+            }),
+            &Ages::default(),
+        )
+    }
+
+    /// A target slice written from a remote source (labelled with a remote source id).
+    fn remote_slice(endpoints: Vec<Endpoint>) -> EndpointSlice {
+        let mut s = kubernetes(endpoints);
+        s.metadata.name = Some("kubernetes-vip-r2k9x".into());
+        s.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(
+                crate::names::SOURCE_ID_LABEL.into(),
+                "remote-0badcafe".into(),
+            );
+        s
+    }
+
+    /// Ages with the remote slice's source (`remote_slice`) stale, and expired when told.
+    fn remote_ages(expired: bool) -> Ages {
+        let id: BTreeSet<String> = ["remote-0badcafe".to_owned()].into();
+        Ages {
+            stale: id.clone(),
+            expired: if expired { id } else { BTreeSet::new() },
+        }
+    }
+
+    #[test]
+    fn kept_endpoints_never_alone_keep_a_family_ready() {
+        // cp-1 is drained and the only endpoint this cluster has; the remote's endpoint is only
+        // its last known (the remote cannot be read). cp-1 stays ready: a stale endpoint is no
+        // proof the family has another one.
+        let mut slices = [
+            kubernetes(vec![named("198.51.100.1", "cp-1")]),
+            remote_slice(vec![ep("203.0.113.1", Some(true))]),
+        ];
+        let w = withhold(
+            &mut slices,
+            &BTreeSet::new(),
+            Some(Drains::Nodes {
+                index: &two_nodes(),
+                nodes: &["cp-1".to_owned()].into(),
+            }),
+            &remote_ages(false),
+        );
+        assert_eq!(w.kept, ["198.51.100.1".parse().unwrap()].into());
+        assert!(ready_of(&slices).iter().all(|(_, r)| *r), "{slices:?}");
+        // A fresh remote endpoint is another ready one: the drain goes through.
+        let mut slices = [
+            kubernetes(vec![named("198.51.100.1", "cp-1")]),
+            remote_slice(vec![ep("203.0.113.1", Some(true))]),
+        ];
+        withhold_with(&mut slices, &[], &two_nodes(), &["cp-1"]);
+        assert_eq!(
+            ready_of(&slices),
+            [
+                ("198.51.100.1".to_owned(), false),
+                ("203.0.113.1".to_owned(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_expired_sources_endpoints_go_but_never_the_last_one() {
+        let mut slices = [
+            kubernetes(vec![named("198.51.100.1", "cp-1")]),
+            remote_slice(vec![
+                ep("203.0.113.1", Some(true)),
+                ep("203.0.113.2", Some(true)),
+            ]),
+        ];
+        let w = withhold(&mut slices, &BTreeSet::new(), None, &remote_ages(true));
+        assert!(w.kept.is_empty());
+        assert_eq!(
+            ready_of(&slices),
+            [
+                ("198.51.100.1".to_owned(), true),
+                ("203.0.113.1".to_owned(), false),
+                ("203.0.113.2".to_owned(), false)
+            ]
+        );
+        // Alone in the target: the lowest stays ready.
+        let mut alone = [remote_slice(vec![
+            ep("203.0.113.1", Some(true)),
+            ep("203.0.113.2", Some(true)),
+        ])];
+        let w = withhold(&mut alone, &BTreeSet::new(), None, &remote_ages(true));
+        assert_eq!(w.kept, ["203.0.113.1".parse().unwrap()].into());
+        assert_eq!(
+            ready_of(&alone),
+            [
+                ("203.0.113.1".to_owned(), true),
+                ("203.0.113.2".to_owned(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_remote_cp_1_survives_a_local_drain_of_cp_1() {
+        // The other cluster has a Node named cp-1 too, and its slice says so.
+        let mut slices = [
+            kubernetes(vec![
+                named("198.51.100.1", "cp-1"),
+                named("198.51.100.2", "cp-2"),
+            ]),
+            remote_slice(vec![named("203.0.113.1", "cp-1")]),
+        ];
+        let w = withhold_with(&mut slices, &[], &two_nodes(), &["cp-1"]);
+        assert_eq!(w.drained, ["198.51.100.1".parse().unwrap()].into());
+        assert_eq!(
+            ready_of(&slices),
+            [
+                ("198.51.100.1".to_owned(), false),
+                ("198.51.100.2".to_owned(), true),
+                ("203.0.113.1".to_owned(), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_address_a_stale_node_still_claims_drains_nothing() {
+        // cp-old was drained and left; its Node object still claims .9, now cp-new's address.
+        let index = NodeIndex::new([
+            facts("cp-old", &["198.51.100.9"], None),
+            facts("cp-new", &["198.51.100.9"], None),
+            facts("cp-2", &["198.51.100.2"], None),
+        ]);
+        let mut slices = [kubernetes(vec![
+            ep("198.51.100.9", Some(true)),
+            ep("198.51.100.2", Some(true)),
+        ])];
+        let w = withhold_with(&mut slices, &[], &index, &["cp-old"]);
+        assert!(w.drained.is_empty(), "{w:?}");
+        assert!(ready_of(&slices).iter().all(|(_, r)| *r));
+        // Its own, unclaimed address would be drained by identity: the address alone is enough.
+        let index = NodeIndex::new([
+            facts("cp-old", &["198.51.100.9"], None),
+            facts("cp-2", &["198.51.100.2"], None),
+        ]);
+        let w = withhold_with(&mut slices, &[], &index, &["cp-old"]);
+        assert_eq!(w.drained, ["198.51.100.9".parse().unwrap()].into());
+    }
+
     #[test]
     fn drained_endpoints_are_not_ready_and_come_back_when_the_drain_goes() {
         let mut slices = [kubernetes(vec![
             named("198.51.100.1", "cp-1"),
             named("198.51.100.2", "cp-2"),
         ])];
-        let w = withhold(
-            &mut slices,
-            &BTreeSet::new(),
-            &["cp-1".to_owned()].into(),
-            &BTreeSet::new(),
-        );
+        let w = withhold_with(&mut slices, &[], &two_nodes(), &["cp-1"]);
         assert_eq!(w.drained, ["198.51.100.1".parse().unwrap()].into());
         assert!(w.kept.is_empty());
         let c = slices[0].endpoints[0].conditions.as_ref().unwrap();
@@ -567,12 +802,7 @@ mod tests {
             named("198.51.100.1", "cp-1"),
             named("198.51.100.2", "cp-2"),
         ])];
-        let w = withhold(
-            &mut again,
-            &BTreeSet::new(),
-            &BTreeSet::new(),
-            &BTreeSet::new(),
-        );
+        let w = withhold_with(&mut again, &[], &two_nodes(), &[]);
         assert_eq!(w, Withheld::default());
         assert!(ready_of(&again).iter().all(|(_, r)| *r));
     }
@@ -581,12 +811,7 @@ mod tests {
     fn the_last_ready_endpoint_is_never_drained_and_a_drained_one_is_kept_before_an_evicted_one() {
         // One endpoint, drained: it stays ready.
         let mut alone = [kubernetes(vec![named("198.51.100.1", "cp-1")])];
-        let w = withhold(
-            &mut alone,
-            &BTreeSet::new(),
-            &["cp-1".to_owned()].into(),
-            &BTreeSet::new(),
-        );
+        let w = withhold_with(&mut alone, &[], &two_nodes(), &["cp-1"]);
         assert_eq!(w.kept, ["198.51.100.1".parse().unwrap()].into());
         assert!(w.drained.is_empty());
         assert_eq!(ready_of(&alone), [("198.51.100.1".to_owned(), true)]);
@@ -595,12 +820,7 @@ mod tests {
             named("198.51.100.1", "cp-1"),
             named("198.51.100.2", "cp-2"),
         ])];
-        let w = withhold(
-            &mut two,
-            &["198.51.100.1".parse().unwrap()].into(),
-            &["cp-2".to_owned()].into(),
-            &BTreeSet::new(),
-        );
+        let w = withhold_with(&mut two, &["198.51.100.1"], &two_nodes(), &["cp-2"]);
         assert_eq!(w.kept, ["198.51.100.2".parse().unwrap()].into());
         assert_eq!(
             ready_of(&two),
@@ -707,6 +927,39 @@ mod tests {
         }
 
         #[test]
+        fn stale_endpoints_never_alone_keep_a_family_ready(
+            fresh in arb_endpoints(),
+            stale in arb_endpoints(),
+            evicted in prop::collection::btree_set(1u8..8, 0..8),
+            expired in any::<bool>(),
+        ) {
+            let stale: Vec<Endpoint> = stale
+                .into_iter()
+                .map(|mut e| {
+                    e.addresses = vec![e.addresses[0].replace("198.51.100.", "203.0.113.")];
+                    e
+                })
+                .collect();
+            let mut slices = [kubernetes(fresh), remote_slice(stale)];
+            let had = slices[0].endpoints.iter().any(is_ready);
+            let ip = |l: &u8| format!("198.51.100.{l}").parse::<IpAddr>().unwrap();
+            let evicted: BTreeSet<IpAddr> = evicted.iter().map(ip).collect();
+            withhold(&mut slices, &evicted, None, &remote_ages(expired));
+            let fresh_ready = slices[0].endpoints.iter().any(is_ready);
+            let stale_ready = slices[1].endpoints.iter().filter(|e| is_ready(e)).count();
+            if had && !expired {
+                // The stale ones stay as they are, and one of this cluster's stays ready too.
+                prop_assert!(fresh_ready);
+            }
+            if had && expired {
+                // The expired ones go, but the family keeps one ready endpoint: a fresh one,
+                // or at most one expired one kept in its place.
+                prop_assert!(fresh_ready || stale_ready == 1);
+                prop_assert!(stale_ready <= 1);
+            }
+        }
+
+        #[test]
         fn withholding_never_empties_a_family_that_had_a_ready_endpoint(
             endpoints in arb_endpoints(),
             evicted in prop::collection::btree_set(1u8..8, 0..8),
@@ -716,12 +969,24 @@ mod tests {
             let had = slices[0].endpoints.iter().any(is_ready);
             let ip = |l: &u8| format!("198.51.100.{l}").parse::<IpAddr>().unwrap();
             let evicted: BTreeSet<IpAddr> = evicted.iter().map(ip).collect();
-            let drained: BTreeSet<IpAddr> = drained.iter().map(ip).collect();
-            let w = withhold(&mut slices, &evicted, &BTreeSet::new(), &drained);
+            // One Node per address, n<l> at .<l>; the drained ones by name.
+            let index = NodeIndex::new((1u8..8).map(|l| facts(&format!("n{l}"), &[&ip(&l).to_string()], None)));
+            let nodes: BTreeSet<String> = drained.iter().map(|l| format!("n{l}")).collect();
+            let drains = Drains::Nodes { index: &index, nodes: &nodes };
+            let w = withhold(&mut slices, &evicted, Some(drains), &Ages::default());
             let has = slices[0].endpoints.iter().any(is_ready);
             prop_assert_eq!(had, has);
             prop_assert!(w.kept.len() <= 1);
+            let drained: BTreeSet<IpAddr> = drained.iter().map(ip).collect();
+            // An endpoint whose source names another Node (cp-1, cp-9: not known) is that
+            // Node's: never drained by its address.
             prop_assert!(w.drained.is_subset(&drained));
+            for e in &slices[0].endpoints {
+                let a = e.addresses[0].parse::<IpAddr>().unwrap();
+                if w.drained.contains(&a) {
+                    prop_assert!(e.node_name.is_none());
+                }
+            }
         }
     }
 }

@@ -54,17 +54,31 @@ pub struct Union {
 
 /// The value of [`SOURCE_ID_LABEL`] for `source`: `service-<8 hex>` and `remote-<8 hex>` (FNV-1a
 /// of the Service, and of the kubeconfig path for a remote one), `static`. Stable across hosts,
-/// runs and versions: it names the source's slices.
+/// runs and versions: it names the source's slices. The path is hashed normalized (`/etc//r.yaml`
+/// is `/etc/r.yaml`), so that a spelling never renames slices; config normalizes it already,
+/// this keeps every other caller honest.
 pub fn source_id(source: &Source) -> String {
     match source {
         Source::Service(s) => format!("service-{:08x}", fnv1a(s.to_string().as_bytes())),
-        Source::Remote(r) => format!(
-            "remote-{:08x}",
-            fnv1a(format!("{}|{}", r.kubeconfig.display(), r.service).as_bytes())
-        ),
+        Source::Remote(r) => {
+            let path: std::path::PathBuf = r.kubeconfig.components().collect();
+            format!(
+                "{REMOTE_ID_PREFIX}{:08x}",
+                fnv1a(format!("{}|{}", path.display(), r.service).as_bytes())
+            )
+        }
         Source::Static(_) => "static".to_owned(),
     }
 }
+
+/// Whether `slice` (a target slice) holds a remote source's endpoints: another cluster's, which
+/// this cluster's Nodes say nothing about (no drain, no nodeName) — by its [`SOURCE_ID_LABEL`].
+pub fn is_remote(slice: &EndpointSlice) -> bool {
+    label(&slice.metadata, SOURCE_ID_LABEL).is_some_and(|id| id.starts_with(REMOTE_ID_PREFIX))
+}
+
+/// How a remote source's [`source_id`] begins.
+const REMOTE_ID_PREFIX: &str = "remote-";
 
 /// Whether a pair reading `sources` is written by [`union`] (several sources, or one that is not
 /// a Service of this cluster) rather than by [`desired`] alone, whose slices carry no
@@ -182,20 +196,9 @@ pub fn union(
             })),
             Err(hold @ (Hold::NoSourceSlices | Hold::NoEndpoints)) => {
                 held.push((input.source.clone(), hold));
-                let mine = |s: &&EndpointSlice| match label(&s.metadata, SOURCE_ID_LABEL) {
-                    Some(v) => v == id,
-                    None => legacy_owner == Some(rank),
-                };
                 parts.extend(
-                    actual
-                        .iter()
-                        .filter(|s| super::manager_of(s, owner).is_ours_to_change())
-                        .filter(|s| {
-                            label(&s.metadata, crate::names::SERVICE_NAME_LABEL)
-                                == Some(target_ref.name.as_str())
-                        })
-                        .filter(mine)
-                        .map(|s| {
+                    kept_slices(target_ref, actual, owner, &id, legacy_owner == Some(rank)).map(
+                        |s| {
                             let mut slice = s.clone();
                             slice.metadata = ObjectMeta {
                                 name: s.metadata.name.clone(),
@@ -210,7 +213,8 @@ pub fn union(
                                 kept: true,
                                 slice,
                             }
-                        }),
+                        },
+                    ),
                 );
             }
             Err(other) => return Err(other),
@@ -240,6 +244,29 @@ pub fn union(
     slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     held.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Union { slices, held })
+}
+
+/// The slices of `actual` (every slice of target `target_ref`) that [`union`] keeps for a source
+/// with nothing to give whose [`source_id`] is `id`: ours to change, on this target, labelled
+/// `id` — or, for `legacy` (the first Service of this cluster), without a source id: a
+/// single-Service pair's, from before it had more sources.
+pub fn kept_slices<'a>(
+    target_ref: &'a ServiceRef,
+    actual: &'a [EndpointSlice],
+    owner: &'a Owner,
+    id: &'a str,
+    legacy: bool,
+) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+    actual
+        .iter()
+        .filter(|s| super::manager_of(s, owner).is_ours_to_change())
+        .filter(|s| {
+            label(&s.metadata, crate::names::SERVICE_NAME_LABEL) == Some(target_ref.name.as_str())
+        })
+        .filter(move |s| match label(&s.metadata, SOURCE_ID_LABEL) {
+            Some(v) => v == id,
+            None => legacy,
+        })
 }
 
 /// One target slice on its way into a union: from which source (its rank in source order), and

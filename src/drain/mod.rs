@@ -35,8 +35,9 @@ use crate::names::{self, ServiceRef};
 mod targets;
 use targets::list;
 pub use targets::{
-    DrainState, Held, TargetView, annotation_patch, drain_state, expiry, node_addresses,
-    node_of_host, parse_expiry, still_ready, targets_of, views, would_empty,
+    DrainState, Held, TargetView, Timed, annotation_patch, drain_state, drained_addresses, expiry,
+    has_drain_annotations, node_addresses, node_of_host, parse_expiry, still_ready, targets_of,
+    views, would_empty,
 };
 
 /// How long `drain` may take in all (`--timeout`, default 10 s): the drop-in runs it from
@@ -134,6 +135,17 @@ pub enum Error {
         /// Each target that still shows one of the Node's addresses ready, with those addresses.
         still: Vec<Held>,
     },
+    /// The daemon does not watch the Node (`[nodes] selector`): a drain of it would never be
+    /// seen; nothing was written.
+    #[error(
+        "refusing to drain Node '{node}': endpoint-copier does not watch it ([nodes] selector = \"{selector}\"), so its drain would never take effect; the Node was not annotated"
+    )]
+    NotWatched {
+        /// The Node.
+        node: String,
+        /// The selector, as configured (`""`: every Node).
+        selector: String,
+    },
 }
 
 /// What a successful `drain` did, for the line it prints.
@@ -210,14 +222,28 @@ impl fmt::Display for Resumed {
 /// Runs `endpoint-copier drain`: refuse, annotate, wait (see the module docs).
 ///
 /// # Errors
-/// [`Error::LastReady`] before anything is written; [`Error::StillReady`] when the targets do not
+/// [`Error::LastReady`] and [`Error::NotWatched`] before anything is written;
+/// [`Error::StillReady`] when the targets do not
 /// follow within `--timeout`; the others when the Node or the API cannot be reached.
 pub async fn drain(config: &Config, options: &DrainOptions) -> Result<Drained, Error> {
     let deadline = Deadline::after(options.timeout);
     let client = connect(config).await?;
     let node = find_node(&client, options.node.as_deref(), &deadline).await?;
     let name = node.metadata.name.clone().unwrap_or_default();
-    let addresses = node_addresses(&node);
+    // The addresses the leader takes out: the Node's by the daemon's rule over the Nodes it
+    // watches (an address another Node claims too is nobody's), so the wait below waits for
+    // nothing the leader will not do.
+    let watched = watched_nodes(&client, config, &deadline).await?;
+    if !watched
+        .iter()
+        .any(|n| n.metadata.name.as_deref() == Some(name.as_str()))
+    {
+        return Err(Error::NotWatched {
+            node: name,
+            selector: config.nodes.selector.clone().unwrap_or_default(),
+        });
+    }
+    let addresses = drained_addresses(&watched, &name);
     let targets = targets(&client, config, &deadline).await?;
     let slices = managed_slices(&client, &deadline).await?;
     let current = views(&targets, &slices, &addresses);
@@ -233,10 +259,13 @@ pub async fn drain(config: &Config, options: &DrainOptions) -> Result<Drained, E
     let expires = match drain_state(node.metadata.annotations.as_ref()) {
         DrainState::Persistent => None,
         DrainState::None | DrainState::Timed(_) => {
-            let expires = expiry(Timestamp::now(), options.expires);
-            annotate(&client, &name, Some(&expires), &deadline).await?;
-            tracing::info!(node = %name, expires = %expires, "node annotated for drain");
-            Some(expires)
+            let timed = Timed {
+                expires: expiry(Timestamp::now(), options.expires),
+                secs: options.expires.as_secs(),
+            };
+            annotate(&client, &name, Some(&timed), &deadline).await?;
+            tracing::info!(node = %name, expires = %timed.expires, "node annotated for drain");
+            Some(timed.expires)
         }
     };
     let held: Vec<ServiceRef> = current.iter().map(|v| v.target.clone()).collect();
@@ -275,9 +304,7 @@ pub async fn resume(config: &Config, options: &ResumeOptions) -> Result<Resumed,
     let client = connect(config).await?;
     let node = find_node(&client, options.node.as_deref(), &deadline).await?;
     let name = node.metadata.name.clone().unwrap_or_default();
-    let present = node.metadata.annotations.as_ref().is_some_and(|a| {
-        a.contains_key(names::ANNOTATION_DRAIN) || a.contains_key(names::ANNOTATION_DRAIN_EXPIRES)
-    });
+    let present = has_drain_annotations(node.metadata.annotations.as_ref());
     let kept = options.timed_only
         && drain_state(node.metadata.annotations.as_ref()) == DrainState::Persistent;
     let removed = present && !kept;
@@ -395,6 +422,23 @@ async fn find_node(
         .ok_or(Error::NodeNotFound { node: name })
 }
 
+/// The Nodes the daemon watches (`[nodes] selector`).
+async fn watched_nodes(
+    client: &Client,
+    config: &Config,
+    deadline: &Deadline,
+) -> Result<Vec<Node>, Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let params = match config.nodes.selector.as_deref() {
+        Some(s) => ListParams::default().labels(s),
+        None => ListParams::default(),
+    };
+    Ok(deadline
+        .request("list the watched Nodes", || api.list(&params))
+        .await?
+        .items)
+}
+
 /// The targets of every pair the daemon would run now: configured ones and, when annotations
 /// are enabled, annotated Services (the same inputs `inspect` gives `pairs::resolve`).
 async fn targets(
@@ -424,21 +468,21 @@ async fn managed_slices(client: &Client, deadline: &Deadline) -> Result<Vec<Endp
     Ok(deadline.request(&what, || api.list(&params)).await?.items)
 }
 
-/// Sets both drain annotations (`expires` given) or removes both (`None`), with a JSON merge
+/// Sets the drain annotations (`timed` given) or removes them (`None`), with a JSON merge
 /// patch that touches nothing else on the Node.
 async fn annotate(
     client: &Client,
     node: &str,
-    expires: Option<&str>,
+    timed: Option<&Timed>,
     deadline: &Deadline,
 ) -> Result<(), Error> {
     let api: Api<Node> = Api::all(client.clone());
-    let patch = Patch::Merge(annotation_patch(expires));
+    let patch = Patch::Merge(annotation_patch(timed));
     let params = PatchParams {
         field_manager: Some(names::FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    let what = match expires {
+    let what = match timed {
         Some(_) => format!("annotate Node {node} with {}", names::ANNOTATION_DRAIN),
         None => format!("remove the drain annotations from Node {node}"),
     };

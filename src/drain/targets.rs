@@ -22,23 +22,45 @@ use crate::names::{self, ServiceRef};
 pub enum DrainState {
     /// No [`names::ANNOTATION_DRAIN`] `"true"`.
     None,
-    /// `"true"` without [`names::ANNOTATION_DRAIN_EXPIRES`]: set by hand, lasts until removed.
+    /// `"true"` without [`names::ANNOTATION_DRAIN_EXPIRES`] or
+    /// [`names::ANNOTATION_DRAIN_DURATION`]: set by hand, lasts until removed.
     Persistent,
-    /// `"true"` with an expiry (the value as written).
+    /// `"true"` with an expiry (the expiry as written, or the duration when only that is set).
     Timed(String),
 }
 
 /// The [`DrainState`] of a Node's annotations.
 pub fn drain_state(annotations: Option<&BTreeMap<String, String>>) -> DrainState {
     let get = |k: &str| annotations.and_then(|a| a.get(k));
-    match (
-        get(names::ANNOTATION_DRAIN).map(String::as_str),
-        get(names::ANNOTATION_DRAIN_EXPIRES),
-    ) {
+    let timed = get(names::ANNOTATION_DRAIN_EXPIRES).or(get(names::ANNOTATION_DRAIN_DURATION));
+    match (get(names::ANNOTATION_DRAIN).map(String::as_str), timed) {
         (Some("true"), None) => DrainState::Persistent,
         (Some("true"), Some(t)) => DrainState::Timed(t.clone()),
         _ => DrainState::None,
     }
+}
+
+/// Whether the annotations hold any of the three drain annotations (what `resume` removes).
+pub fn has_drain_annotations(annotations: Option<&BTreeMap<String, String>>) -> bool {
+    annotations.is_some_and(|a| {
+        [
+            names::ANNOTATION_DRAIN,
+            names::ANNOTATION_DRAIN_EXPIRES,
+            names::ANNOTATION_DRAIN_DURATION,
+        ]
+        .iter()
+        .any(|k| a.contains_key(*k))
+    })
+}
+
+/// A timed drain to write: its expiry for people to read ([`expiry`]) and its length, which
+/// the leader counts from when it first sees the drain, by its own clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timed {
+    /// [`names::ANNOTATION_DRAIN_EXPIRES`]: RFC 3339, by this host's clock.
+    pub expires: String,
+    /// [`names::ANNOTATION_DRAIN_DURATION`]: whole seconds.
+    pub secs: u64,
 }
 
 /// A target and some of its endpoint addresses (which ones depends on the context).
@@ -65,17 +87,26 @@ pub(super) fn list(held: &[Held]) -> String {
         .join(", ")
 }
 
-/// The merge patch: both annotations set, or both `null` (removed).
-pub fn annotation_patch(expires: Option<&str>) -> serde_json::Value {
-    let (drain, until) = match expires {
-        Some(t) => (serde_json::json!("true"), serde_json::json!(t)),
-        None => (serde_json::Value::Null, serde_json::Value::Null),
+/// The merge patch: the three annotations set (a timed drain), or all three `null` (removed).
+pub fn annotation_patch(timed: Option<&Timed>) -> serde_json::Value {
+    let (drain, until, secs) = match timed {
+        Some(t) => (
+            serde_json::json!("true"),
+            serde_json::json!(t.expires),
+            serde_json::json!(t.secs.to_string()),
+        ),
+        None => (
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+        ),
     };
     serde_json::json!({
         "metadata": {
             "annotations": {
                 names::ANNOTATION_DRAIN: drain,
                 names::ANNOTATION_DRAIN_EXPIRES: until,
+                names::ANNOTATION_DRAIN_DURATION: secs,
             }
         }
     })
@@ -107,6 +138,27 @@ pub fn node_addresses(node: &Node) -> BTreeSet<IpAddr> {
         .iter()
         .flat_map(|s| s.addresses.iter().flatten())
         .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
+/// The addresses of Node `name` that a drain of it takes out, as the leader decides: those
+/// that, among the Nodes the daemon watches (`watched`, the `[nodes] selector`'s), are this
+/// Node's by [`crate::nodes::NodeIndex::node_of`] — not an address another Node claims too, nor
+/// one only a Node the control plane does not vouch for claims. Empty when the daemon does not
+/// watch the Node at all.
+pub fn drained_addresses(watched: &[Node], name: &str) -> BTreeSet<IpAddr> {
+    let index = crate::nodes::NodeIndex::new(
+        watched
+            .iter()
+            .filter_map(crate::nodes::NodeFacts::from_node),
+    );
+    let Some(node) = index.get(name) else {
+        return BTreeSet::new();
+    };
+    node.addresses
+        .iter()
+        .map(|a| a.ip)
+        .filter(|ip| index.node_of(*ip).is_some_and(|n| n.name == name))
         .collect()
 }
 
@@ -205,6 +257,9 @@ pub fn views(
         if !targets.contains(&target) {
             continue;
         }
+        // Another cluster's endpoints: a local drain never takes them out, whatever their
+        // address; they count as the target's other endpoints.
+        let remote = crate::desired::union::is_remote(slice);
         let view = by_target
             .entry(target.clone())
             .or_insert_with(|| TargetView {
@@ -217,7 +272,7 @@ pub fn views(
             // An absent `ready` means ready to every consumer (kube-proxy, MetalLB).
             let ready = endpoint.conditions.as_ref().and_then(|c| c.ready) != Some(false);
             for address in endpoint.addresses.iter().filter_map(|a| a.parse().ok()) {
-                match (addresses.contains(&address), ready) {
+                match (!remote && addresses.contains(&address), ready) {
                     (true, true) => {
                         view.node_ready.insert(address);
                     }
@@ -578,13 +633,17 @@ mod tests {
     }
 
     #[test]
-    fn the_patch_sets_or_removes_exactly_the_two_annotations() {
-        let set = annotation_patch(Some("2025-01-31T12:15:00Z"));
+    fn the_patch_sets_or_removes_exactly_the_three_annotations() {
+        let set = annotation_patch(Some(&Timed {
+            expires: "2025-01-31T12:15:00Z".into(),
+            secs: 900,
+        }));
         assert_eq!(
             set,
             serde_json::json!({"metadata": {"annotations": {
                 "endpoint-copier/drain": "true",
-                "endpoint-copier/drain-expires": "2025-01-31T12:15:00Z"
+                "endpoint-copier/drain-expires": "2025-01-31T12:15:00Z",
+                "endpoint-copier/drain-duration-secs": "900"
             }}})
         );
         let removed = annotation_patch(None);
@@ -592,9 +651,64 @@ mod tests {
             removed,
             serde_json::json!({"metadata": {"annotations": {
                 "endpoint-copier/drain": null,
-                "endpoint-copier/drain-expires": null
+                "endpoint-copier/drain-expires": null,
+                "endpoint-copier/drain-duration-secs": null
             }}})
         );
+    }
+
+    #[test]
+    fn a_drain_takes_out_only_the_addresses_the_leader_gives_the_node() {
+        let labelled = |mut n: Node| {
+            n.metadata.labels =
+                Some([(names::CONTROL_PLANE_LABEL.to_owned(), String::new())].into());
+            n
+        };
+        let watched = [
+            labelled(node(
+                "cp-1",
+                &[
+                    ("InternalIP", "198.51.100.1"),
+                    ("InternalIP", "198.51.100.9"),
+                ],
+            )),
+            // A stale Node that still claims .9 (a reused address): .9 is nobody's.
+            labelled(node("cp-old", &[("InternalIP", "198.51.100.9")])),
+            // A worker's kubelet claiming .1 counts for nothing.
+            node("worker-1", &[("InternalIP", "198.51.100.1")]),
+        ];
+        assert_eq!(drained_addresses(&watched, "cp-1"), set(&["198.51.100.1"]));
+        assert!(drained_addresses(&watched, "cp-9").is_empty());
+    }
+
+    #[test]
+    fn a_remote_sources_slice_never_holds_the_nodes_endpoints() {
+        let targets: BTreeSet<ServiceRef> = [target("default/kubernetes-vip")].into();
+        let mut remote = slice(
+            "default",
+            "kubernetes-vip",
+            US,
+            &[("198.51.100.1", Some(true))],
+        );
+        remote
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(names::SOURCE_ID_LABEL.into(), "remote-0badcafe".into());
+        let local = slice(
+            "default",
+            "kubernetes-vip",
+            US,
+            &[("198.51.100.2", Some(true))],
+        );
+        let v = views(
+            &targets,
+            &[remote, local],
+            &set(&["198.51.100.1", "198.51.100.2"]),
+        );
+        assert_eq!(v[0].node_ready, set(&["198.51.100.2"]));
+        assert_eq!(v[0].others_ready, set(&["198.51.100.1"]));
     }
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -186,13 +186,15 @@ pub async fn inspect(
         };
         let probe = pairs::probe_of(pair, &config.pairs, &resolved.known);
         let derive = crate::daemon::pair::derives(pair, &config.pairs);
+        // One reading: a timed drain counts as seen now (the leader's count started when it
+        // first saw it).
         let view = resolved
             .nodes
             .as_ref()
             .filter(|index| !index.is_empty())
             .map(|index| NodeView {
                 index,
-                now: jiff::Timestamp::now(),
+                at: crate::nodes::At::once(),
                 derive,
             });
         // Without a Node view the engine keeps what it wrote (a derived family, drains); `check`
@@ -206,6 +208,7 @@ pub async fn inspect(
                 read.get(source)
                     .cloned()
                     .unwrap_or(Err(Hold::NoSourceSlices))
+                    .into()
             },
             &actual,
             owner,
@@ -239,6 +242,7 @@ pub async fn inspect(
                     read.get(source)
                         .cloned()
                         .unwrap_or(Err(Hold::NoSourceSlices))
+                        .into()
                 },
                 view.as_ref(),
             ),
@@ -246,7 +250,7 @@ pub async fn inspect(
         };
         let source_slices: Vec<EndpointSlice> = prepared
             .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
+            .filter_map(|(_, given)| given.slices.as_ref().ok())
             .flatten()
             .cloned()
             .collect();
@@ -408,7 +412,7 @@ fn endpoint_report(c: &Candidate, decision: &Decision, count: &Count) -> Endpoin
         .to_owned(),
         down: votes.map(|v| v.down.clone()).unwrap_or_default(),
         up: votes.map(|v| v.up.clone()).unwrap_or_default(),
-        counted: count.counted.len(),
+        counted: votes.map_or(0, crate::probe::quorum::Votes::voters),
         abstains_here: None,
     }
 }

@@ -126,7 +126,8 @@ pub struct EndpointReport {
     pub down: Vec<String>,
     /// Live hosts that see it up.
     pub up: Vec<String>,
-    /// Live hosts whose votes count.
+    /// Live hosts whose votes count and that have a verdict on it: the majority is taken over
+    /// these (a host without one abstains).
     pub counted: usize,
     /// Why this host cannot judge it, from one probe `check` sent the way this host's daemon
     /// probes it (its certificate does not name the address, another CA, an anonymous probe

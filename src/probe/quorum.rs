@@ -5,11 +5,15 @@
 //! The rules (docs/usage/operations.md, "Probes and eviction"):
 //! - a copy whose every verdict is down is presumed cut off itself (its NIC, its route, its
 //!   firewall), and its ballot is not counted;
-//! - an endpoint is evicted when a strict majority of the counted ballots see it down: a ballot
-//!   silent on it counts as not down, so a minority — or copies that do not probe it yet — never
-//!   evicts; with one counted ballot, that copy's view decides;
+//! - a ballot votes only on the targets it has a verdict on: one silent on a target (a copy
+//!   without that pair, an older version, one not probing it yet, one whose probe cannot even
+//!   judge it — a TLS failure of its own) abstains, and does not count toward that target's
+//!   majority either way;
+//! - an endpoint is evicted when a strict majority of the ballots with a verdict on it see it
+//!   down; with one such ballot, that copy's view decides;
 //! - a static address must be seen up before it is ready (kubelet's readiness starts at
-//!   failure): it is evicted unless a strict majority of the counted ballots see it up;
+//!   failure): it is evicted unless a strict majority of the ballots with a verdict on it see it
+//!   up — so hosts without the static pair never keep its addresses out;
 //! - fail-static: if that would leave a target with no ready endpoint, the endpoint with the
 //!   fewest down votes (then the lowest address) stays ready. Probes never blank a VIP.
 
@@ -56,6 +60,13 @@ pub struct Votes {
     pub up: Vec<String>,
 }
 
+impl Votes {
+    /// How many counted ballots have a verdict on the target: its majority's denominator.
+    pub fn voters(&self) -> usize {
+        self.down.len() + self.up.len()
+    }
+}
+
 impl Count {
     /// Counts `ballots`: stale ones and cut-off ones are left out.
     pub fn of(ballots: &[Ballot<'_>]) -> Count {
@@ -88,14 +99,21 @@ impl Count {
         self.votes.get(target).map_or(0, |v| v.down.len())
     }
 
-    /// Whether a strict majority of the counted ballots see `target` down.
-    pub fn majority_down(&self, target: &Target) -> bool {
-        2 * self.down(target) > self.counted.len()
+    /// Counted ballots with a verdict on `target`: the ones its majority is taken over
+    /// (abstentions are not votes).
+    pub fn voters(&self, target: &Target) -> usize {
+        self.votes.get(target).map_or(0, Votes::voters)
     }
 
-    /// Whether a strict majority of the counted ballots see `target` up.
+    /// Whether a strict majority of the counted ballots with a verdict on `target` see it down.
+    pub fn majority_down(&self, target: &Target) -> bool {
+        2 * self.down(target) > self.voters(target)
+    }
+
+    /// Whether a strict majority of the counted ballots with a verdict on `target` see it up
+    /// (never, while no ballot has a verdict on it).
     pub fn majority_up(&self, target: &Target) -> bool {
-        2 * self.votes.get(target).map_or(0, |v| v.up.len()) > self.counted.len()
+        2 * self.votes.get(target).map_or(0, |v| v.up.len()) > self.voters(target)
     }
 }
 
@@ -213,8 +231,9 @@ mod tests {
 
     #[test]
     fn a_static_address_is_ready_only_once_a_majority_sees_it_up() {
-        // Three copies: n1 and n2 see .1 up, only n1 sees .2 up, nobody has probed .3 yet.
-        let (a, b, c) = (view(&[], &[1, 2]), view(&[], &[1]), view(&[], &[]));
+        // Three copies: n1 and n2 see .1 up; n1 sees .2 up, n2 down; nobody has probed .3 yet;
+        // n3 probes nothing yet.
+        let (a, b, c) = (view(&[], &[1, 2]), view(&[2], &[1]), view(&[], &[]));
         let ballots = [
             Ballot {
                 voter: "n1",
@@ -239,6 +258,83 @@ mod tests {
         assert_eq!(
             (none.evicted, none.spared),
             (BTreeSet::from([ip(2)]), Some(ip(1)))
+        );
+    }
+
+    /// Live ballots of `views`, voters `n1`, `n2`, ...
+    fn ballots(
+        views: &[BTreeMap<Target, Verdict>],
+    ) -> Vec<(String, bool, BTreeMap<Target, Verdict>)> {
+        views
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("n{}", i + 1), true, v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn five_hosts_three_without_the_static_pair_keep_what_the_probing_two_see_up() {
+        // n1 and n2 have the static pair (.10, .11, .12) besides the apiservers (.1, .2); n3..n5
+        // do not (not configured there, an older version, not probing it yet): they have no
+        // verdict on the static addresses and abstain on them.
+        let probing = |down: &[u8], up: &[u8]| view(down, &[&[1, 2][..], up].concat());
+        let b = ballots(&[
+            probing(&[], &[10, 11, 12]),
+            probing(&[12], &[10, 11]),
+            view(&[], &[1, 2]),
+            view(&[], &[1, 2]),
+            view(&[], &[1, 2]),
+        ]);
+        let count = Count::of(&ballots_of(&b));
+        assert_eq!(count.counted.len(), 5);
+        assert_eq!(count.voters(&target(10)), 2);
+        let d = decide(&[fixed(10), fixed(11), fixed(12)], &count);
+        // .10 and .11: both probing hosts see them up. .12: one of two is no majority.
+        assert_eq!(d.evicted, BTreeSet::from([ip(12)]));
+        assert_eq!(d.spared, None);
+    }
+
+    #[test]
+    fn two_copies_evict_what_both_see_down_and_a_tie_never() {
+        // cp-1's apiserver (.1) refuses, its host is fine: both copies see it down.
+        let b = ballots(&[view(&[1], &[2]), view(&[1], &[2])]);
+        let d = decide(&[candidate(1), candidate(2)], &Count::of(&ballots_of(&b)));
+        assert_eq!(d.evicted, BTreeSet::from([ip(1)]));
+        // cp-1's host died: its last ballot (everything up) stays live until its member Lease
+        // expires, and 1 of 2 is a tie. A partition between the two looks the same from
+        // either side: a tie never evicts, whichever it is.
+        let b = ballots(&[view(&[], &[1, 2]), view(&[1], &[2])]);
+        assert!(
+            decide(&[candidate(1), candidate(2)], &Count::of(&ballots_of(&b)))
+                .evicted
+                .is_empty()
+        );
+        // Once its ballot is stale (30 s), the survivor decides alone.
+        let mut b = b;
+        b[0].1 = false;
+        let d = decide(&[candidate(1), candidate(2)], &Count::of(&ballots_of(&b)));
+        assert_eq!(d.evicted, BTreeSet::from([ip(1)]));
+        // A static address of the dead host leaves at once: it needs a majority up.
+        let b = ballots(&[view(&[], &[1, 2]), view(&[1], &[2])]);
+        let d = decide(&[fixed(1), fixed(2)], &Count::of(&ballots_of(&b)));
+        assert_eq!(d.evicted, BTreeSet::from([ip(1)]));
+    }
+
+    #[test]
+    fn a_ballot_silent_on_an_endpoint_does_not_count_toward_its_majority() {
+        // n2 and n3 have no verdict on .1 (they do not probe it, or their probe cannot judge
+        // it); n1, the only copy with a verdict, sees it down.
+        let b = ballots(&[view(&[1], &[2]), view(&[], &[2]), view(&[], &[2])]);
+        let count = Count::of(&ballots_of(&b));
+        assert_eq!(count.voters(&target(1)), 1);
+        let d = decide(&[candidate(1), candidate(2)], &count);
+        assert_eq!(d.evicted, BTreeSet::from([ip(1)]));
+        // With one more verdict, up, it is a tie: no majority, no eviction.
+        let b = ballots(&[view(&[1], &[2]), view(&[], &[1, 2]), view(&[], &[2])]);
+        assert!(
+            decide(&[candidate(1), candidate(2)], &Count::of(&ballots_of(&b)))
+                .evicted
+                .is_empty()
         );
     }
 
@@ -478,8 +574,40 @@ mod tests {
                 let t = c.iter().find(|c| c.address == a).and_then(|c| c.target.clone());
                 let t = t.expect("an evicted endpoint has a target");
                 let needs_up = c.iter().filter(|c| c.address == a).all(|c| c.needs_up);
-                prop_assert!(needs_up || 2 * count.down(&t) > count.counted.len());
+                prop_assert!(needs_up || 2 * count.down(&t) > count.voters(&t));
             }
+        }
+
+        #[test]
+        fn what_a_majority_of_its_voters_sees_up_is_never_evicted(
+            b in arb_ballots(), c in arb_candidates(),
+        ) {
+            let count = Count::of(&ballots_of(&b));
+            let d = decide(&c, &count);
+            for cand in &c {
+                let t = cand.target.as_ref().expect("every arbitrary candidate has a target");
+                let all_up = c
+                    .iter()
+                    .filter(|o| o.address == cand.address)
+                    .all(|o| o.target.as_ref().is_some_and(|t| count.majority_up(t)));
+                if all_up {
+                    prop_assert!(!d.evicted.contains(&cand.address), "{} {:?}", t, count);
+                }
+            }
+        }
+
+        #[test]
+        fn abstentions_never_change_a_decision(
+            b in arb_ballots(), c in arb_candidates(), extra in 1usize..5,
+        ) {
+            let before = decide(&c, &Count::of(&ballots_of(&b)));
+            // Live copies with verdicts only on targets none of the candidates has (another
+            // pair's, seen up so they are not cut off): they abstain on every candidate.
+            let mut more = b.clone();
+            for i in 0..extra {
+                more.push((format!("abstains-{i}"), true, view(&[], &[200])));
+            }
+            prop_assert_eq!(decide(&c, &Count::of(&ballots_of(&more))), before);
         }
 
         #[test]

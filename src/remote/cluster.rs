@@ -65,8 +65,11 @@ enum Tagged {
 
 /// The sources of one kubeconfig, their states and what was last sent of each.
 struct Sources {
-    /// Per source: the source, what is known of it, and the view last sent.
-    each: Vec<(RemoteSource, SourceState, View)>,
+    /// Per source: the source, what is known of it, the view last sent, and since when (this
+    /// copy's monotonic clock) it has been in trouble without a break.
+    each: Vec<(RemoteSource, SourceState, View, Option<Instant>)>,
+    /// How long a source may stay in trouble before its view says `expired`.
+    keep_last_known: Duration,
     /// Where views go.
     updates: Sender<Update>,
     /// Ends a send blocked on a full channel.
@@ -77,14 +80,27 @@ impl Sources {
     /// Sends source `i`'s view if it changed since the last one sent, logging a change of
     /// trouble. Returns false when nobody listens any more (or shutdown came first).
     async fn publish(&mut self, i: usize) -> bool {
-        let Some((source, state, sent)) = self.each.get_mut(i) else {
+        let keep = self.keep_last_known;
+        let Some((source, state, sent, since)) = self.each.get_mut(i) else {
             return true;
         };
-        let view = state.view();
+        let mut view = state.view();
+        // The trouble's spell: it starts with the first trouble and ends with the first view
+        // without one (a change of kind does not restart it).
+        let now = Instant::now();
+        match (&view.trouble, *since) {
+            (None, _) => *since = None,
+            (Some(_), None) => *since = Some(now),
+            (Some(_), Some(_)) => {}
+        }
+        view.expired = since.is_some_and(|t| now.saturating_duration_since(t) >= keep);
         if view == *sent {
             return true;
         }
         log_trouble(source, sent.trouble.as_ref(), view.trouble.as_ref());
+        if view.expired && !sent.expired {
+            warn!(source = %source, keep_last_known_secs = keep.as_secs(), "remote source unreadable for longer than keep_last_known_secs; its last known endpoints no longer count as ready where the pair does not probe");
+        }
         *sent = view.clone();
         let update = Update {
             source: source.clone(),
@@ -99,9 +115,29 @@ impl Sources {
     /// Sets the kubeconfig's trouble on every source and sends what changed.
     async fn set_credentials(&mut self, trouble: Option<Trouble>) -> bool {
         for i in 0..self.each.len() {
-            if let Some((_, state, _)) = self.each.get_mut(i) {
+            if let Some((_, state, _, _)) = self.each.get_mut(i) {
                 state.set_credentials(trouble.clone());
             }
+            if !self.publish(i).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// When the next source in trouble expires, if one will.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.each
+            .iter()
+            .filter(|(_, _, sent, _)| !sent.expired)
+            .filter_map(|(_, _, _, since)| *since)
+            .min()
+            .map(|t| t + self.keep_last_known)
+    }
+
+    /// Sends every source's view that changed. False when nobody listens any more.
+    async fn publish_all(&mut self) -> bool {
+        for i in 0..self.each.len() {
             if !self.publish(i).await {
                 return false;
             }
@@ -125,19 +161,29 @@ fn log_trouble(source: &RemoteSource, before: Option<&Trouble>, now: Option<&Tro
     }
 }
 
+/// Sleeps until `at`, or for ever without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the sources of `kubeconfig` until `shutdown` (or until `updates` has no receiver).
 pub async fn run(
     kubeconfig: PathBuf,
     sources: Vec<RemoteSource>,
-    allow_insecure_tls: bool,
+    options: super::Options,
     updates: Sender<Update>,
     shutdown: Shutdown,
 ) {
+    let allow_insecure_tls = options.allow_insecure_tls;
     let mut all = Sources {
         each: sources
             .into_iter()
-            .map(|s| (s, SourceState::default(), View::default()))
+            .map(|s| (s, SourceState::default(), View::default(), None))
             .collect(),
+        keep_last_known: options.keep_last_known,
         updates,
         shutdown: shutdown.clone(),
     };
@@ -168,7 +214,7 @@ pub async fn run(
         tokio::select! {
             () = shutdown.cancelled() => return,
             Some((i, event)) = events.next() => {
-                if let Some((_, state, _)) = all.each.get_mut(i) {
+                if let Some((_, state, _, _)) = all.each.get_mut(i) {
                     match event {
                         Tagged::Service(e) => state.apply_service(*e),
                         Tagged::Slices(e) => state.apply_slices(*e),
@@ -183,7 +229,7 @@ pub async fn run(
                 match answer {
                     Err(message) => {
                         cut = true;
-                        for (_, state, _) in &mut all.each {
+                        for (_, state, _, _) in &mut all.each {
                             state.set_liveness(Some(Trouble::Unreachable(message.clone())));
                         }
                     }
@@ -191,7 +237,7 @@ pub async fn run(
                         cut = false;
                         // A watch through a black hole may be dead without knowing it: start
                         // every watch over, so each source is listed afresh.
-                        for (_, state, _) in &mut all.each {
+                        for (_, state, _, _) in &mut all.each {
                             state.rewatch();
                         }
                         events = start_watches(&client, &all);
@@ -204,13 +250,69 @@ pub async fn run(
                     }
                 }
             }
-            _ = poll.tick() => credentials.reload(false).await,
-            () = credentials.reloadable.unauthorized() => {
-                debug!(kubeconfig = %kubeconfig.display(), "the remote answered 401 Unauthorized; re-reading the kubeconfig");
-                credentials.reload(true).await;
+            // A source in trouble for `keep_last_known` expires now, even if nothing else
+            // happens (a black-holed cluster sends nothing).
+            () = until(all.next_expiry()) => {
+                if !all.publish_all().await {
+                    return;
+                }
+            }
+            after_401 = reload_due(&mut poll, &credentials.reloadable) => {
+                if after_401 {
+                    debug!(kubeconfig = %kubeconfig.display(), "the remote answered 401 Unauthorized; re-reading the kubeconfig");
+                }
+                // In the branch, not in the select: a reload is never abandoned half-way.
+                if credentials.reload(after_401).await != Reloaded::Repointed {
+                    continue;
+                }
+                // Another cluster behind the same file: the watches would resume there with the
+                // old cluster's resourceVersions (or keep streaming from the old one on their
+                // open connections), mixing two clusters in one view. Start from nothing.
+                for (_, state, _, _) in &mut all.each {
+                    state.repointed();
+                }
+                events = start_watches(&client, &all);
+                alive = Box::pin(liveness(client.clone()));
+                cut = false;
+                for i in 0..all.each.len() {
+                    if !all.publish(i).await {
+                        return;
+                    }
+                }
             }
         }
     }
+}
+
+/// Waits for the next kubeconfig poll (`false`) or a 401 from the remote (`true`: the file is
+/// re-read even if unchanged). Both waits are cancel-safe.
+async fn reload_due(poll: &mut tokio::time::Interval, reloadable: &Reloadable) -> bool {
+    tokio::select! {
+        _ = poll.tick() => false,
+        () = reloadable.unauthorized() => true,
+    }
+}
+
+/// What a re-read of a remote kubeconfig did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reloaded {
+    /// Nothing: the file is unchanged, gone for a moment, or cannot be used.
+    Kept,
+    /// New credentials for the same cluster (a rotated certificate): the watches go on.
+    Credentials,
+    /// The file names another cluster now (another server URL or CA): every source is listed
+    /// afresh.
+    Repointed,
+}
+
+/// What identifies the cluster a kubeconfig reaches: the server URL, the CA certificates and
+/// the name the server's certificate is checked against. Credentials are not part of it.
+fn cluster_of(config: &kube::Config) -> (String, Option<&Vec<Vec<u8>>>, Option<&str>) {
+    (
+        config.cluster_url.to_string(),
+        config.root_cert.as_ref(),
+        config.tls_server_name.as_deref(),
+    )
 }
 
 /// The two watches of every source, tagged with the source's index.
@@ -219,7 +321,7 @@ fn start_watches(
     all: &Sources,
 ) -> SelectAll<BoxStream<'static, (usize, Tagged)>> {
     let mut events = SelectAll::new();
-    for (i, (source, _, _)) in all.each.iter().enumerate() {
+    for (i, (source, _, _, _)) in all.each.iter().enumerate() {
         let ns = &source.service.namespace;
         let name = &source.service.name;
         events.push(
@@ -294,24 +396,33 @@ struct Credentials {
 impl Credentials {
     /// Re-reads the kubeconfig when its file changed (or always, when `force`: after a 401) and
     /// swaps the credentials if it loads; a file that does not load keeps the previous ones
-    /// (as `daemon::kubeconfig` does for the node's).
-    async fn reload(&mut self, force: bool) {
+    /// (as `daemon::kubeconfig` does for the node's). Says whether it now reaches another
+    /// cluster ([`Reloaded::Repointed`]), which the caller answers by listing every source afresh.
+    async fn reload(&mut self, force: bool) -> Reloaded {
         let path = self.loaded.path.clone();
         let now = Fingerprint::of(&path);
         let changed = now != self.loaded.fingerprint;
         if now.is_none() || (!force && !changed) {
             // Removed or mid-rename: keep the client we have; the next poll looks again.
-            return;
+            return Reloaded::Kept;
         }
         match client::build(&path, self.allow_insecure_tls).await {
             Ok(next) => {
-                if changed {
+                let repointed = cluster_of(&next.config) != cluster_of(&self.loaded.config);
+                if repointed {
+                    warn!(kubeconfig = %path.display(), server = %next.server, previous = %self.loaded.server, "remote kubeconfig points at another cluster now (server or CA changed); listing its sources afresh");
+                } else if changed {
                     info!(kubeconfig = %path.display(), server = %next.server, "remote kubeconfig changed; reconnecting with the new credentials");
                 } else {
                     debug!(kubeconfig = %path.display(), "remote kubeconfig re-read after a 401");
                 }
                 self.reloadable.swap(next.client.clone());
                 self.loaded = next;
+                if repointed {
+                    Reloaded::Repointed
+                } else {
+                    Reloaded::Credentials
+                }
             }
             Err(e) => {
                 if changed {
@@ -321,6 +432,7 @@ impl Credentials {
                 }
                 // Do not warn on every poll about the same broken file: remember its fingerprint.
                 self.loaded.fingerprint = now;
+                Reloaded::Kept
             }
         }
     }
@@ -402,6 +514,25 @@ mod tests {
             kubeconfig: path.into(),
             service: service.parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn another_server_or_ca_is_another_cluster_and_new_credentials_are_not() {
+        let config = |url: &str| kube::Config::new(url.parse().unwrap());
+        let a = config("https://198.51.100.1:6443");
+        let mut rotated = a.clone();
+        rotated.auth_info.token = Some("new".to_owned().into());
+        assert_eq!(cluster_of(&a), cluster_of(&rotated), "credentials only");
+        assert_ne!(
+            cluster_of(&a),
+            cluster_of(&config("https://203.0.113.1:6443"))
+        );
+        let mut other_ca = a.clone();
+        other_ca.root_cert = Some(vec![vec![1, 2, 3]]);
+        assert_ne!(cluster_of(&a), cluster_of(&other_ca));
+        let mut other_name = a.clone();
+        other_name.tls_server_name = Some("kubernetes.default.svc".into());
+        assert_ne!(cluster_of(&a), cluster_of(&other_name));
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub struct View {
     pub service_exists: Option<bool>,
     /// What is wrong now, `None` when the last watch events arrived fine.
     pub trouble: Option<Trouble>,
+    /// The source has been in trouble without a break for longer than `keep_last_known` (by this
+    /// copy's monotonic clock): what this copy last knew of it — its slices here, or its slices
+    /// kept in a target — no longer counts as ready in a pair that does not probe. False again
+    /// as soon as the trouble is gone.
+    pub expired: bool,
 }
 
 /// What keeps a remote source from being read, most pressing first when several apply (a
@@ -99,15 +104,25 @@ pub struct Update {
     pub view: View,
 }
 
+/// How the remote sources are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Whether a kubeconfig with `insecure-skip-tls-verify: true` is accepted.
+    pub allow_insecure_tls: bool,
+    /// How long a source may stay in trouble before its [`View`] says `expired`
+    /// (`[sync] keep_last_known_secs`).
+    pub keep_last_known: std::time::Duration,
+}
+
 /// Watches every source in `sources` until `shutdown`: one client per distinct kubeconfig path
 /// (shared by the sources naming it), two watches per source (the Service by name with a
 /// fieldSelector `metadata.name=<name>`; its EndpointSlices by label), and sends the source's whole
-/// [`View`] after every change of it (slices, existence or trouble). Never returns an error:
-/// trouble is reported in the View and retried with backoff forever. The task ends at
+/// [`View`] after every change of it (slices, existence, trouble, expiry). Never returns an
+/// error: trouble is reported in the View and retried with backoff forever. The task ends at
 /// `shutdown`, or when `updates` has no receiver left.
 pub fn spawn(
     sources: BTreeSet<RemoteSource>,
-    allow_insecure_tls: bool,
+    options: Options,
     updates: tokio::sync::mpsc::Sender<Update>,
     shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()> {
@@ -117,7 +132,7 @@ pub fn spawn(
             clusters.spawn(cluster::run(
                 kubeconfig,
                 of_cluster,
-                allow_insecure_tls,
+                options,
                 updates.clone(),
                 shutdown.clone(),
             ));

@@ -47,6 +47,17 @@ impl SourceState {
         self.liveness = trouble;
     }
 
+    /// The kubeconfig now points at another cluster (another server or CA): nothing known of
+    /// the old one says anything about the new one. Back to "not read yet" — the slices, the
+    /// Service's existence and the watches' errors are forgotten until the new cluster's lists
+    /// complete (the union keeps the target's slices of this source as they are meanwhile).
+    pub fn repointed(&mut self) {
+        *self = SourceState {
+            credentials: self.credentials.take(),
+            ..SourceState::default()
+        };
+    }
+
     /// Both watches start over from a fresh list: what kept the source in trouble stays until
     /// each list completes (its first event clears it), not until the restart.
     pub fn rewatch(&mut self) {
@@ -128,6 +139,8 @@ impl SourceState {
             slices: self.listed.then(|| self.slices.values().cloned().collect()),
             service_exists: self.service_exists,
             trouble: self.trouble(),
+            // Timed by `cluster.rs`, which owns the clock.
+            expired: false,
         }
     }
 
@@ -372,6 +385,30 @@ mod tests {
         s.apply_service(Ok(Event::InitDone));
         assert_eq!(s.view().trouble, Some(cut), "the slices are not listed yet");
         s.apply_slices(Ok(Event::InitDone));
+        assert_eq!(s.view().trouble, None);
+    }
+
+    #[test]
+    fn a_repointed_kubeconfig_forgets_the_old_cluster_until_the_new_one_is_listed() {
+        let mut s = SourceState::default();
+        s.apply_service(Ok(Event::InitApply(service())));
+        s.apply_service(Ok(Event::InitDone));
+        s.apply_slices(Ok(Event::InitApply(slice("old", "198.51.100.1"))));
+        s.apply_slices(Ok(Event::InitDone));
+        s.set_liveness(Some(Trouble::Unreachable("no answer within 5 s".into())));
+        s.repointed();
+        assert_eq!(
+            s.view(),
+            View::default(),
+            "nothing of the old cluster is left"
+        );
+        s.apply_service(Ok(Event::Init));
+        s.apply_service(Ok(Event::InitApply(service())));
+        s.apply_service(Ok(Event::InitDone));
+        s.apply_slices(Ok(Event::Init));
+        s.apply_slices(Ok(Event::InitApply(slice("new", "203.0.113.1"))));
+        s.apply_slices(Ok(Event::InitDone));
+        assert_eq!(names(&s.view()), ["new"]);
         assert_eq!(s.view().trouble, None);
     }
 

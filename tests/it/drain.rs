@@ -26,12 +26,23 @@ use kube::api::{DeleteParams, PostParams};
 
 const BIN: &str = env!("CARGO_BIN_EXE_endpoint-copier");
 
+/// The label each test puts on its Nodes, valued with its namespace; its config watches only
+/// those (`[nodes] selector`), as the daemon would.
+const WORLD_LABEL: &str = "it.endpoint-copier/world";
+
+/// The `[nodes] selector` of `world`'s config.
+fn selector(world: &World) -> String {
+    format!("{WORLD_LABEL}={}", world.ns)
+}
+
 /// A Node holding `addrs` as InternalIPs. Nodes are cluster-scoped: the name carries the test's
-/// namespace so parallel tests never meet.
+/// namespace so parallel tests never meet, and the label makes it one of the Nodes `world`'s
+/// config watches.
 async fn create_node(world: &World, name: &str, addrs: &[&str]) -> Node {
     let node = Node {
         metadata: kube::api::ObjectMeta {
             name: Some(name.to_owned()),
+            labels: Some([(WORLD_LABEL.to_owned(), world.ns.clone())].into()),
             ..Default::default()
         },
         status: Some(NodeStatus {
@@ -127,6 +138,7 @@ async fn seed_target(world: &World, endpoints: &[(&str, bool)]) {
 fn config_of(world: &World) -> Config {
     let mut c = world.config("node-1");
     c.annotations.enabled = false;
+    c.nodes.selector = Some(selector(world));
     c
 }
 
@@ -170,7 +182,39 @@ async fn drain_annotates_with_an_expiry_and_returns_once_the_target_shows_the_no
     let at = drain::parse_expiry(&expires).unwrap();
     let ahead = (at - started).get_seconds();
     assert!((895..=905).contains(&ahead), "expires {ahead} s ahead");
+    // The length too: the leader counts it from when it first sees the drain, by its own
+    // clock, never by this host's.
+    assert_eq!(
+        annotations(&world, &node)
+            .await
+            .get(names::ANNOTATION_DRAIN_DURATION)
+            .map(String::as_str),
+        Some("900")
+    );
     assert!(drained.to_string().contains(&world.target()), "{drained}");
+    delete_node(&world, &node).await;
+}
+
+#[tokio::test]
+async fn drain_refuses_a_node_the_daemon_does_not_watch_and_writes_nothing() {
+    let world = World::new("drain-unwatched").await;
+    let node = format!("{}-cp-1", world.ns);
+    create_node(&world, &node, &["203.0.113.15"]).await;
+    seed_target(&world, &[("203.0.113.15", true), ("203.0.113.16", true)]).await;
+    let mut config = config_of(&world);
+    config.nodes.selector = Some(format!("{WORLD_LABEL}=elsewhere"));
+    let err = drain::drain(&config, &drain_options(&node, Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, drain::Error::NotWatched { .. }) && err.to_string().contains("selector"),
+        "{err}"
+    );
+    assert!(
+        !annotations(&world, &node)
+            .await
+            .contains_key(names::ANNOTATION_DRAIN)
+    );
     delete_node(&world, &node).await;
 }
 
@@ -345,10 +389,11 @@ fn drop_in(dir: &Path, kubeconfig: &Path, world: &World) {
     std::fs::write(
         dir.join("50-test.toml"),
         format!(
-            "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\n\n[annotations]\nenabled = false\n",
+            "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\n\n[annotations]\nenabled = false\n\n[nodes]\nselector = \"{}\"\n",
             kubeconfig.display(),
             world.source(),
             world.target(),
+            selector(world),
         ),
     )
     .unwrap();

@@ -321,6 +321,73 @@ async fn an_expired_drain_is_ignored_and_a_drain_ends_at_its_expiry() {
 }
 
 #[tokio::test]
+async fn a_timed_drain_counts_from_when_the_leader_saw_it_not_by_the_writers_clock() {
+    let world = World::new("nodes-skew").await;
+    let a = add_node(&world, "a", &["198.51.100.1"], &[]).await;
+    add_node(&world, "b", &["198.51.100.2"], &[]).await;
+    world.seed(&["198.51.100.1", "198.51.100.2"]).await;
+    let daemon = Daemon::start(config(&world, false));
+    let both = ["198.51.100.1", "198.51.100.2"];
+    wait_for_target(&world.client, &world.ns, "vip", &both, SEEN).await;
+    // `drain --expires 6` on a host whose wall clock is an hour behind: its expiry instant is
+    // already past by ours. The drain lasts its 6 s from when the leader saw it, all the same.
+    // (6 s: long enough for a loaded machine to show the drained state before it ends.)
+    let behind = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let expires = (behind + jiff::SignedDuration::from_secs(6)).to_string();
+    let api: Api<Node> = Api::all(world.client.clone());
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        names::ANNOTATION_DRAIN: "true",
+        names::ANNOTATION_DRAIN_EXPIRES: expires,
+        names::ANNOTATION_DRAIN_DURATION: "6",
+    }}});
+    api.patch(&a, &Default::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.2"], SEEN).await;
+    // And it ends by itself, 6 s after.
+    wait_for_target(&world.client, &world.ns, "vip", &both, SEEN).await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_remote_cp_1_survives_a_local_drain_of_cp_1() {
+    use endpoint_copier::source::{RemoteSource, Source};
+    let world = World::new("nodes-remote").await;
+    let cp1 = add_node(&world, "cp-1", &["198.51.100.1"], &[]).await;
+    add_node(&world, "cp-2", &["198.51.100.2"], &[]).await;
+    world.seed(&["198.51.100.1", "198.51.100.2"]).await;
+    // Another cluster, whose apiserver runs on a Node of the same name.
+    let remote = TestBed::start().await;
+    let admin = client_for(remote.kubeconfig()).await;
+    create(&admin, "default", &source_service("default", "db")).await;
+    let mut slice = source_slice("default", "db", "db-1", "IPv4", &["203.0.113.1"]);
+    slice.endpoints[0].node_name = Some(cp1.clone());
+    create(&admin, "default", &slice).await;
+    let mut c = config(&world, false);
+    c.pairs[0].sources = vec![
+        Source::Service(world.source().parse().unwrap()),
+        Source::Remote(RemoteSource {
+            kubeconfig: remote.kubeconfig_for("remote-reader"),
+            service: "default/db".parse().unwrap(),
+        }),
+    ];
+    let daemon = Daemon::start(c);
+    let all = ["198.51.100.1", "198.51.100.2", "203.0.113.1"];
+    wait_for_target(&world.client, &world.ns, "vip", &all, SEEN).await;
+    set_drain(&world, &cp1, Some("true"), None).await;
+    // Only this cluster's cp-1 leaves.
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.2", "203.0.113.1"],
+        SEEN,
+    )
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
 async fn the_last_ready_endpoint_is_never_drained() {
     let world = World::new("nodes-last").await;
     let a = add_node(&world, "a", &["198.51.100.1"], &[]).await;

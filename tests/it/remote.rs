@@ -73,11 +73,20 @@ impl Remote {
         source_at(&self.kubeconfig, service)
     }
 
-    /// Starts `remote::spawn` over `sources`.
+    /// Starts `remote::spawn` over `sources` (last known endpoints kept for the default 300 s).
     fn spawn(&mut self, sources: BTreeSet<RemoteSource>) {
+        self.spawn_keeping(sources, Duration::from_secs(300));
+    }
+
+    /// Starts `remote::spawn` over `sources`, a source in trouble expiring after `keep`.
+    fn spawn_keeping(&mut self, sources: BTreeSet<RemoteSource>, keep: Duration) {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         self.updates = rx;
-        self.task = Some(remote::spawn(sources, false, tx, self.shutdown.clone()));
+        let options = remote::Options {
+            allow_insecure_tls: false,
+            keep_last_known: keep,
+        };
+        self.task = Some(remote::spawn(sources, options, tx, self.shutdown.clone()));
     }
 
     /// Waits until the view of `source` satisfies `pred`; returns it.
@@ -189,6 +198,40 @@ async fn an_outage_keeps_the_slices_and_the_recovery_clears_the_trouble() {
         .until(&db, "a change after the recovery", |v| {
             holds(v, &["203.0.113.9"])
         })
+        .await;
+    remote.stop().await;
+}
+
+#[tokio::test]
+async fn a_source_in_trouble_for_longer_than_the_limit_expires_until_it_recovers() {
+    let mut remote = Remote::seeded(&["198.51.100.1"]).await;
+    let db = remote.source("default/db");
+    remote.spawn_keeping([db.clone()].into(), Duration::from_secs(2));
+    remote
+        .until(&db, "the first view", |v| holds(v, &["198.51.100.1"]))
+        .await;
+    remote.tb.go_down().await;
+    let down = remote
+        .until(&db, "Unreachable", |v| {
+            matches!(v.trouble, Some(Trouble::Unreachable(_)))
+        })
+        .await;
+    assert!(!down.expired, "not before the limit: {down:?}");
+    let started = tokio::time::Instant::now();
+    // Nothing else happens meanwhile: the expiry comes by itself.
+    let expired = remote.until(&db, "expired", |v| v.expired).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        holds(&expired, &["198.51.100.1"]),
+        "still the last known: {expired:?}"
+    );
+    remote.tb.come_up().await;
+    remote
+        .until(&db, "the recovery", |v| v.trouble.is_none() && !v.expired)
         .await;
     remote.stop().await;
 }
@@ -337,6 +380,46 @@ async fn sources_of_one_kubeconfig_get_a_view_each() {
         .await;
     assert_eq!(a.slices, Some(vec![]), "no slices of a missing Service");
     remote.stop().await;
+}
+
+#[tokio::test]
+async fn a_kubeconfig_repointed_at_another_cluster_lists_that_cluster_afresh() {
+    let mut first = Remote::seeded(&["198.51.100.1"]).await;
+    let second = Remote::seeded(&["203.0.113.1"]).await;
+    // Both clusters have seen the same writes: the first one's resourceVersions are valid
+    // numbers in the second one too, which a resumed watch would accept.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("remote.yaml");
+    std::fs::copy(&first.kubeconfig, &path).unwrap();
+    let db = source_at(&path, "default/db");
+    first.spawn([db.clone()].into());
+    first
+        .until(&db, "the first cluster's slices", |v| {
+            holds(v, &["198.51.100.1"])
+        })
+        .await;
+    // The same file now names the second cluster (another server, another CA): written
+    // beside it and renamed over it, as configuration management does.
+    let tmp = dir.path().join(".remote.yaml.tmp");
+    std::fs::copy(&second.kubeconfig, &tmp).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let seen = first
+        .until(&db, "the second cluster's slices", |v| {
+            addresses(v).is_some_and(|a| a.contains(&"203.0.113.1".to_owned()))
+        })
+        .await;
+    assert!(
+        holds(&seen, &["203.0.113.1"]),
+        "no mix of two clusters: {seen:?}"
+    );
+    // And it follows the second cluster from now on.
+    second.set_slice(&["203.0.113.2"]).await;
+    first
+        .until(&db, "a change in the second cluster", |v| {
+            holds(v, &["203.0.113.2"]) && v.trouble.is_none()
+        })
+        .await;
+    first.stop().await;
 }
 
 #[tokio::test]

@@ -230,6 +230,51 @@ async fn a_remote_cluster_that_goes_down_keeps_its_endpoints_while_the_rest_sync
 }
 
 #[tokio::test]
+async fn a_remote_cluster_gone_for_longer_than_the_limit_leaves_the_vip() {
+    let world = World::new("remote-aged").await;
+    world.seed(&["198.51.100.1"]).await;
+    let remote = Remote::start(&["198.51.100.3", "198.51.100.4"]).await;
+    let sources = vec![
+        Source::Service(world.source().parse().unwrap()),
+        remote.source(),
+    ];
+    let mut config = config_with(&world, "node-1", sources);
+    config.sync.keep_last_known = Duration::from_secs(2);
+    let daemon = Daemon::start(config);
+    target_holds(&world, &["198.51.100.1", "198.51.100.3", "198.51.100.4"]).await;
+    remote.bed.go_down().await;
+    // Kept for 2 s, then not ready: this cluster's endpoint is the VIP's.
+    target_holds(&world, &["198.51.100.1"]).await;
+    source_unavailable(&world, "keep_last_known_secs").await;
+    let slices = slices_of(&world.client, &world.ns, "vip").await;
+    let listed = slices.values().flat_map(|s| s.endpoints.iter()).count();
+    assert_eq!(listed, 3, "kept in the slices, not ready");
+    remote.bed.come_up().await;
+    target_holds(&world, &["198.51.100.1", "198.51.100.3", "198.51.100.4"]).await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_remote_only_pair_keeps_one_endpoint_ready_past_the_limit() {
+    let world = World::new("remote-last").await;
+    create(
+        &world.client,
+        &world.ns,
+        &vip_service(&world.ns, "vip", &["IPv4"]),
+    )
+    .await;
+    let remote = Remote::start(&["198.51.100.3", "198.51.100.4"]).await;
+    let mut config = config_with(&world, "node-1", vec![remote.source()]);
+    config.sync.keep_last_known = Duration::from_secs(2);
+    let daemon = Daemon::start(config);
+    target_holds(&world, &["198.51.100.3", "198.51.100.4"]).await;
+    remote.bed.go_down().await;
+    // Never the last one: the lowest stays ready.
+    target_holds(&world, &["198.51.100.3"]).await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
 async fn refused_credentials_and_missing_rights_keep_the_remote_endpoints() {
     let (world, remote, daemon) = local_and_remote("remote-auth").await;
 

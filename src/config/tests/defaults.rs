@@ -64,6 +64,7 @@ fn packaged_defaults_file_lists_every_key() {
         sync: Some(RawSync {
             resync_interval_secs: Some(0),
             max_backoff_secs: Some(0),
+            keep_last_known_secs: Some(0),
         }),
         log: Some(RawLog {
             level: Some(String::new()),
@@ -99,7 +100,7 @@ fn packaged_defaults_file_lists_every_key() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 31);
+    assert_eq!(checked, 32);
 }
 
 #[test]

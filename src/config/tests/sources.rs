@@ -41,6 +41,23 @@ fn the_three_kinds_of_source_load_in_config_order() {
 }
 
 #[test]
+fn a_remote_kubeconfig_path_is_normalized() {
+    let (config, _) = load_toml(
+        "[[pair]]\ntarget = \"app/db\"\nsources = [\n  { service = \"app/db\", kubeconfig = \"/etc//endpoint-copier/./remote.yaml\" },\n]\n",
+    );
+    let sources = &config.unwrap().pairs[0].sources;
+    let [Source::Remote(remote)] = sources.as_slice() else {
+        panic!("{sources:?}")
+    };
+    // As spelled (`Path`'s own equality already ignores the difference; the hash, the logs and
+    // the member records do not).
+    assert_eq!(
+        remote.kubeconfig.as_os_str(),
+        "/etc/endpoint-copier/remote.yaml"
+    );
+}
+
+#[test]
 fn every_addresses_entry_of_a_pair_is_one_static_source() {
     let (config, _) = load_toml(
         "[[pair]]\ntarget = \"app/x\"\nsources = [{ addresses = [\"203.0.113.2\"] }, { addresses = [\"203.0.113.1\", \"203.0.113.2\"] }]\n",
@@ -148,6 +165,11 @@ fn bad_sources_are_refused_with_the_culprit_named() {
             "{ service = \"app/a\", kubeconfig = \"remote.yaml\" }",
             "pair[0].sources[0].kubeconfig",
             "'remote.yaml' is not an absolute path",
+        ),
+        (
+            "{ service = \"app/a\", kubeconfig = \"/etc/endpoint-copier/../remote.yaml\" }",
+            "pair[0].sources[0].kubeconfig",
+            "contains '..'",
         ),
         (
             unreadable_entry.as_str(),

@@ -230,6 +230,33 @@ fn a_local_service_keeps_its_names_and_others_are_named_by_their_source() {
 }
 
 #[test]
+fn a_remote_kubeconfig_spelled_two_ways_names_the_same_slices() {
+    let spelled = |path: &str| {
+        Source::Remote(RemoteSource {
+            kubeconfig: path.into(),
+            service: r("app/db"),
+        })
+    };
+    let plain = source_id(&spelled("/etc/endpoint-copier/remote.yaml"));
+    for other in [
+        "/etc//endpoint-copier/remote.yaml",
+        "/etc/./endpoint-copier/remote.yaml",
+        "//etc/endpoint-copier//remote.yaml/",
+    ] {
+        assert_eq!(source_id(&spelled(other)), plain, "{other}");
+    }
+    // Unchanged for a path spelled plainly: an upgrade renames nothing.
+    assert_eq!(
+        plain,
+        format!(
+            "remote-{:08x}",
+            crate::desired::fnv1a(b"/etc/endpoint-copier/remote.yaml|app/db")
+        )
+    );
+    assert_ne!(source_id(&spelled("/etc/other.yaml")), plain);
+}
+
+#[test]
 fn one_local_service_is_written_exactly_as_by_desired() {
     let parts = vec![(
         local("app/db-primary"),
