@@ -61,6 +61,8 @@ pub enum EventReason {
     /// Service missing) or has nothing to give: its endpoints stay in the target as they were,
     /// the other sources keep syncing (Warning).
     SourceUnavailable,
+    /// Two live copies run under one identity: their probe verdicts are not counted (Warning).
+    TwinIdentity,
 }
 
 impl EventReason {
@@ -80,6 +82,7 @@ impl EventReason {
             EventReason::Drained => "EndpointDrained",
             EventReason::NodeAddressMissing => "NodeAddressMissing",
             EventReason::SourceUnavailable => "SourceUnavailable",
+            EventReason::TwinIdentity => "TwinIdentity",
         }
     }
 
@@ -101,6 +104,7 @@ impl EventReason {
             EventReason::Drained => "Drain",
             EventReason::NodeAddressMissing => "Report",
             EventReason::SourceUnavailable => "Hold",
+            EventReason::TwinIdentity => "Report",
         }
     }
 }

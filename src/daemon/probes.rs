@@ -16,7 +16,8 @@ use super::engine::Engine;
 use super::pair::Phase;
 use crate::desired;
 use crate::events::EventReason;
-use crate::group::MemberRecord;
+use crate::group::twins::Twin;
+use crate::group::{MemberRecord, SelfHealth};
 use crate::names::ServiceRef;
 use crate::probe::Spec;
 use crate::probe::quorum::{Ballot, Count, Decision};
@@ -48,6 +49,10 @@ pub struct ProbeState {
     pub own: BTreeMap<Target, Own>,
     /// The quorum's last decision per target Service (leader only), as reported.
     pub decided: BTreeMap<ServiceRef, Decision>,
+    /// What this process knows of its own record and identity (publisher, twin sightings).
+    pub health: SelfHealth,
+    /// The twins as last reported (`daemon/status.rs`), to report each change once.
+    pub twins_reported: Vec<Twin>,
 }
 
 impl ProbeState {
@@ -55,6 +60,7 @@ impl ProbeState {
     pub fn new(
         record: watch::Sender<MemberRecord>,
         reports: mpsc::Receiver<Report>,
+        health: SelfHealth,
     ) -> (ProbeState, watch::Receiver<BTreeSet<Target>>) {
         let (wanted, wanted_rx) = watch::channel(BTreeSet::new());
         (
@@ -64,6 +70,8 @@ impl ProbeState {
                 record,
                 own: BTreeMap::new(),
                 decided: BTreeMap::new(),
+                health,
+                twins_reported: Vec::new(),
             },
             wanted_rx,
         )
@@ -218,7 +226,28 @@ impl Engine {
         }
     }
 
-    /// The ballots as the leader counts them now: its own verdicts, and every other live member's.
+    /// The twins known now: identities under which more than one live process writes, as the
+    /// member Leases show (`Members::twins`), plus our own when this process saw one itself
+    /// (on its member Lease or on the election Lease) before the member watch shows it.
+    pub(super) fn twins(&self, now: Instant) -> Vec<Twin> {
+        let mut twins = self.members.twins(now);
+        if let Some(seen) = self.probes.health.twin(now)
+            && !twins.iter().any(|t| t.identity == self.members.own())
+        {
+            let mut nonces = vec![crate::group::twins::label(&seen.nonce)];
+            nonces.extend(self.probes.record.borrow().nonce.clone());
+            nonces.sort();
+            twins.push(Twin {
+                identity: self.members.own().to_owned(),
+                nonces,
+            });
+            twins.sort();
+        }
+        twins
+    }
+
+    /// The ballots as the leader counts them now: its own verdicts, and every other live
+    /// member's — none of an identity two live processes share (`twins`), ours included.
     pub(super) fn count(&self, now: Instant) -> Count {
         let own: BTreeMap<Target, Verdict> = self
             .probes
@@ -226,12 +255,17 @@ impl Engine {
             .iter()
             .map(|(t, o)| (t.clone(), o.verdict))
             .collect();
-        let others = self.members.live(now);
-        let mut ballots = vec![Ballot {
-            voter: self.members.own(),
-            live: true,
-            verdicts: &own,
-        }];
+        let twins = self.twins(now);
+        let others = self.members.ballots(now);
+        let own_counts = !twins.iter().any(|t| t.identity == self.members.own());
+        let mut ballots = Vec::new();
+        if own_counts {
+            ballots.push(Ballot {
+                voter: self.members.own(),
+                live: true,
+                verdicts: &own,
+            });
+        }
         ballots.extend(
             others
                 .iter()

@@ -1,22 +1,33 @@
 //! What the engine tells people: the STATUS line and /readyz, Events on target Services (only
-//! transitions, only by the leader), per-pair endpoint metrics, and the report of slices on a
-//! target that another manager writes.
+//! transitions, only by the leader), per-pair endpoint metrics, the report of slices on a
+//! target that another manager writes, and this copy's standing in its group: a member
+//! publisher that cannot write (its ballot is lost: not ready, `member_publisher_up` 0) and two
+//! live processes under one identity (their ballots do not count: an error, an Event per
+//! probing target, STATUS).
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{error, info, warn};
 
 use super::engine::{Engine, Host};
 use super::pair::Phase;
 use crate::desired::{self, ForeignSlice};
 use crate::events::{EventReason, Report};
+use crate::group::health::Publisher;
+use crate::group::twins::Twin;
+use crate::group::wire::Form;
 use crate::lease::Leadership;
 use crate::names::ServiceRef;
 use crate::notify::{self, PairStatus, Standing, StatusView};
 
 impl Engine {
-    /// Refreshes STATUS and /readyz.
-    pub(super) fn publish_status(&self, host: &Host<'_>) {
+    /// Refreshes STATUS, /readyz and the member publisher's gauge, and reports a change of
+    /// the twins.
+    pub(super) fn publish_status(&mut self, host: &Host<'_>) {
+        let now = Instant::now();
+        let twins = self.twins(now);
+        self.note_twins(&twins);
+        let standing = self.standing(&twins, now);
         let role = match &self.leader {
             // Neither the Lease nor the first list came back yet: say what we wait for.
             Leadership::Starting if !self.services.is_ready() => Standing::Waiting(format!(
@@ -27,7 +38,6 @@ impl Engine {
             Leadership::Leader => Standing::Leader,
             Leadership::Follower { holder } => Standing::Follower(holder.clone()),
         };
-        let now = Instant::now();
         // Per-pair counts are the leader's: a follower does not sync, and its line says who does.
         let pairs: Vec<PairStatus> = self
             .pairs
@@ -59,11 +69,17 @@ impl Engine {
             })
             .collect();
         // A failing watch scope is said first: while it fails, the pairs it feeds do not follow.
-        let last_error = self
-            .watch_errors
-            .iter()
-            .next()
-            .map(|(scope, e)| format!("{scope} watch: {e}"))
+        // This copy's standing in the group comes first: a twin or a member record not written
+        // makes its ballot worthless, whatever the pairs say.
+        let last_error = standing
+            .line
+            .clone()
+            .or_else(|| {
+                self.watch_errors
+                    .iter()
+                    .next()
+                    .map(|(scope, e)| format!("{scope} watch: {e}"))
+            })
             .or_else(|| self.pairs.values().find_map(|s| s.last_error.clone()));
         host.notifier.status(&notify::status_line(&StatusView {
             role,
@@ -81,7 +97,91 @@ impl Engine {
             Leadership::Follower { .. } => watching,
             Leadership::Starting => false,
         };
-        host.health.set_ready(ready);
+        host.health.set_ready(ready && standing.ready);
+        self.metrics.set_member_publisher_up(standing.publisher_up);
+    }
+
+    /// This copy's standing in its group at `now`: what STATUS says of it, whether it keeps the
+    /// copy ready, and whether the member publisher's writes succeed.
+    fn standing(&self, twins: &[Twin], now: Instant) -> GroupStanding {
+        let own = self.members.own();
+        if let Some(twin) = twins.iter().find(|t| t.identity == own) {
+            return GroupStanding {
+                line: Some(format!(
+                    "another live process runs as {own} (nonces {}): this identity's ballots do not count",
+                    twin.nonces.join(", ")
+                )),
+                ready: false,
+                publisher_up: matches!(self.probes.health.publisher(), Publisher::Up { .. }),
+            };
+        }
+        let expiry = self.members.settings().expiry;
+        match self.probes.health.publisher() {
+            Publisher::Starting => GroupStanding {
+                line: None,
+                ready: true,
+                publisher_up: false,
+            },
+            Publisher::Failing {
+                since,
+                error,
+                attempts,
+            } => {
+                let failing = now.saturating_duration_since(since);
+                GroupStanding {
+                    line: Some(format!(
+                        "member Lease not written for {}s ({attempts} attempts): {error}",
+                        failing.as_secs()
+                    )),
+                    // Past the expiry the leader no longer counts this copy's ballot.
+                    ready: failing < expiry,
+                    publisher_up: false,
+                }
+            }
+            Publisher::Up { written, .. } => GroupStanding {
+                line: (written.form == Form::Partial).then(|| {
+                    format!(
+                        "member record over its size budget ({} bytes): {} verdicts left out, counted as abstentions",
+                        written.budget,
+                        written.omitted.up + written.omitted.down
+                    )
+                }),
+                ready: true,
+                publisher_up: true,
+            },
+        }
+    }
+
+    /// Reports each change of the twins once: an error (and, from the leader, an Event on every
+    /// probing target) for a new one, a notice when one is gone.
+    fn note_twins(&mut self, twins: &[Twin]) {
+        if self.probes.twins_reported == twins {
+            return;
+        }
+        let before = std::mem::replace(&mut self.probes.twins_reported, twins.to_vec());
+        for twin in twins.iter().filter(|t| !before.contains(t)) {
+            let nonces = twin.nonces.join(", ");
+            error!(identity = %twin.identity, nonces = %nonces, "two live copies run under one identity; their probe verdicts are not counted until one stops or gets its own [lease] identity");
+            let note = format!(
+                "two live copies run as {} (process nonces {nonces}); their probe verdicts are not counted until one stops or gets its own [lease] identity",
+                twin.identity
+            );
+            let probing: Vec<ServiceRef> = self
+                .pairs
+                .iter()
+                .filter(|(_, s)| s.probe.is_some() && s.phase != Phase::Retired)
+                .map(|(t, _)| t.clone())
+                .collect();
+            for target in probing {
+                self.report(&target, EventReason::TwinIdentity, note.clone());
+            }
+        }
+        for twin in before
+            .iter()
+            .filter(|t| !twins.iter().any(|n| n.identity == t.identity))
+        {
+            info!(identity = %twin.identity, "one live copy runs under this identity again; its probe verdicts count again");
+        }
     }
 
     /// Reports `note` for `target` as an Event, once per change of (reason, note), leader only.
@@ -138,6 +238,16 @@ impl Engine {
             format!("EndpointSlices not managed by this copier group also reach {target}: {text}"),
         );
     }
+}
+
+/// This copy's standing in its group, as `publish_status` reports it.
+struct GroupStanding {
+    /// What STATUS says first, if anything.
+    line: Option<String>,
+    /// Whether it lets `/readyz` say ready.
+    ready: bool,
+    /// Whether the member publisher's last write succeeded.
+    publisher_up: bool,
 }
 
 /// One line naming each foreign slice, its manager and its ready addresses.

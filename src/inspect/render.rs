@@ -120,9 +120,18 @@ fn member(s: &mut String, m: &MemberReport) {
             format!("pairs {}", list.join(", "))
         }
     };
+    let twin = m
+        .twin
+        .as_deref()
+        .map(|t| format!(", another live process writes under this identity (nonce {t})"))
+        .unwrap_or_default();
+    let omitted = match m.omitted {
+        0 => String::new(),
+        n => format!(", {n} verdicts left out (over its size budget)"),
+    };
     let _ = writeln!(
         s,
-        "  member {}{here}: {state}, {renewed}, {pairs}",
+        "  member {}{here}: {state}, {renewed}, {pairs}{twin}{omitted}",
         m.identity
     );
     for v in &m.verdicts {
@@ -236,6 +245,7 @@ mod tests {
                 group: "",
                 resource: "services",
                 namespace: None,
+                name: None,
                 features: vec![Feature::Mirroring],
                 allowed: true,
             }],
@@ -377,6 +387,9 @@ ok
                     }],
                     error: None,
                     verdicts: vec![],
+                    nonce: None,
+                    twin: None,
+                    omitted: 0,
                 },
                 MemberReport {
                     identity: "cp-2".into(),
@@ -388,6 +401,9 @@ ok
                     pairs: vec![],
                     error: None,
                     verdicts: vec![],
+                    nonce: None,
+                    twin: None,
+                    omitted: 0,
                 },
             ]),
         });
@@ -449,6 +465,9 @@ ok
                     verdict: "down".into(),
                     since: Some("2026-11-30T19:00:00Z".into()),
                 }],
+                nonce: None,
+                twin: None,
+                omitted: 0,
             }]),
         });
         assert_eq!(

@@ -97,6 +97,7 @@ struct CodeLabels {
 pub struct Metrics {
     registry: Registry,
     leader: Gauge,
+    member_publisher_up: Gauge,
     lease_transitions: Counter,
     pairs: Family<StateLabels, Gauge>,
     endpoints: Family<EndpointLabels, Gauge>,
@@ -133,6 +134,12 @@ impl Metrics {
             "leader",
             "1 while this host holds the Lease and writes the target EndpointSlices, else 0",
             leader.clone(),
+        );
+        let member_publisher_up = Gauge::default();
+        registry.register(
+            "member_publisher_up",
+            "1 while this host's member Lease writes succeed, 0 while they fail (its probe verdicts then stop counting after [members] expiry_secs)",
+            member_publisher_up.clone(),
         );
         let lease_transitions = Counter::default();
         registry.register(
@@ -263,6 +270,7 @@ impl Metrics {
             foreign_slices,
             registry,
             leader,
+            member_publisher_up,
             lease_transitions,
             pairs,
             endpoints,
@@ -281,6 +289,12 @@ impl Metrics {
     /// Sets `endpoint_copier_leader` to 1 (holds the Lease) or 0.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Sets `endpoint_copier_member_publisher_up` to 1 (the last write of this host's member
+    /// Lease succeeded) or 0.
+    pub fn set_member_publisher_up(&self, up: bool) {
+        self.member_publisher_up.set(i64::from(up));
     }
 
     /// Sets `endpoint_copier_foreign_slices{pair}`: slices on the target another manager writes.
