@@ -27,7 +27,13 @@ impl Engine {
         let now = Instant::now();
         let twins = self.twins(now);
         self.note_twins(&twins);
-        let standing = self.standing(&twins, now);
+        let standing = standing(
+            self.members.own(),
+            &twins,
+            &self.probes.health.publisher(),
+            self.members.settings().expiry,
+            now,
+        );
         let role = match &self.leader {
             // Neither the Lease nor the first list came back yet: say what we wait for.
             Leadership::Starting if !self.services.is_ready() => Standing::Waiting(format!(
@@ -101,59 +107,9 @@ impl Engine {
         self.metrics.set_member_publisher_up(standing.publisher_up);
     }
 
-    /// This copy's standing in its group at `now`: what STATUS says of it, whether it keeps the
-    /// copy ready, and whether the member publisher's writes succeed.
-    fn standing(&self, twins: &[Twin], now: Instant) -> GroupStanding {
-        let own = self.members.own();
-        if let Some(twin) = twins.iter().find(|t| t.identity == own) {
-            return GroupStanding {
-                line: Some(format!(
-                    "another live process runs as {own} (nonces {}): this identity's ballots do not count",
-                    twin.nonces.join(", ")
-                )),
-                ready: false,
-                publisher_up: matches!(self.probes.health.publisher(), Publisher::Up { .. }),
-            };
-        }
-        let expiry = self.members.settings().expiry;
-        match self.probes.health.publisher() {
-            Publisher::Starting => GroupStanding {
-                line: None,
-                ready: true,
-                publisher_up: false,
-            },
-            Publisher::Failing {
-                since,
-                error,
-                attempts,
-            } => {
-                let failing = now.saturating_duration_since(since);
-                GroupStanding {
-                    line: Some(format!(
-                        "member Lease not written for {}s ({attempts} attempts): {error}",
-                        failing.as_secs()
-                    )),
-                    // Past the expiry the leader no longer counts this copy's ballot.
-                    ready: failing < expiry,
-                    publisher_up: false,
-                }
-            }
-            Publisher::Up { written, .. } => GroupStanding {
-                line: (written.form == Form::Partial).then(|| {
-                    format!(
-                        "member record over its size budget ({} bytes): {} verdicts left out, counted as abstentions",
-                        written.budget,
-                        written.omitted.up + written.omitted.down
-                    )
-                }),
-                ready: true,
-                publisher_up: true,
-            },
-        }
-    }
-
     /// Reports each change of the twins once: an error (and, from the leader, an Event on every
-    /// probing target) for a new one, a notice when one is gone.
+    /// active pair's target: twins overwrite each other's verdicts and configured pairs) for a
+    /// new one, a notice when one is gone.
     fn note_twins(&mut self, twins: &[Twin]) {
         if self.probes.twins_reported == twins {
             return;
@@ -166,13 +122,13 @@ impl Engine {
                 "two live copies run as {} (process nonces {nonces}); their probe verdicts are not counted until one stops or gets its own [lease] identity",
                 twin.identity
             );
-            let probing: Vec<ServiceRef> = self
+            let active: Vec<ServiceRef> = self
                 .pairs
                 .iter()
-                .filter(|(_, s)| s.probe.is_some() && s.phase != Phase::Retired)
+                .filter(|(_, s)| s.phase != Phase::Retired)
                 .map(|(t, _)| t.clone())
                 .collect();
-            for target in probing {
+            for target in active {
                 self.report(&target, EventReason::TwinIdentity, note.clone());
             }
         }
@@ -240,7 +196,65 @@ impl Engine {
     }
 }
 
+/// This copy's standing in its group (identity `own`) at `now`, from the `twins` known and how
+/// its member `publisher` does: what STATUS says of it, whether it keeps the copy ready (a twin
+/// never; a publisher failing for `expiry` or longer not, since the leader no longer counts its
+/// ballot), and whether the publisher's last write succeeded.
+fn standing(
+    own: &str,
+    twins: &[Twin],
+    publisher: &Publisher,
+    expiry: std::time::Duration,
+    now: Instant,
+) -> GroupStanding {
+    let publisher_up = matches!(publisher, Publisher::Up { .. });
+    if let Some(twin) = twins.iter().find(|t| t.identity == own) {
+        return GroupStanding {
+            line: Some(format!(
+                "another live process runs as {own} (nonces {}): this identity's ballots do not count",
+                twin.nonces.join(", ")
+            )),
+            ready: false,
+            publisher_up,
+        };
+    }
+    match publisher {
+        Publisher::Starting => GroupStanding {
+            line: None,
+            ready: true,
+            publisher_up,
+        },
+        Publisher::Failing {
+            since,
+            error,
+            attempts,
+        } => {
+            let failing = now.saturating_duration_since(*since);
+            GroupStanding {
+                line: Some(format!(
+                    "member Lease not written for {}s ({attempts} attempts): {error}",
+                    failing.as_secs()
+                )),
+                ready: failing < expiry,
+                publisher_up,
+            }
+        }
+        Publisher::Up { written, .. } => GroupStanding {
+            line: (written.form == Form::Partial).then(|| {
+                format!(
+                    "member record over its size budget ({} bytes): {} verdicts left out, counted as abstentions",
+                    written.budget,
+                    written.omitted.up + written.omitted.down
+                )
+            }),
+            ready: true,
+            publisher_up,
+        },
+    }
+}
+
 /// This copy's standing in its group, as `publish_status` reports it.
+#[derive(Debug, PartialEq, Eq)]
 struct GroupStanding {
     /// What STATUS says first, if anything.
     line: Option<String>,
@@ -285,5 +299,122 @@ pub fn record_endpoints_of(
         let total: usize = of_family.iter().map(|s| s.endpoints.len()).sum();
         let ready = desired::ready_endpoints(&of_family);
         metrics.set_endpoints(&target.to_string(), family, ready, total - ready);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::group::health::Written;
+    use crate::group::wire::Omitted;
+
+    const EXPIRY: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_failing_member_publisher_is_said_at_once_and_unready_after_an_expiry() {
+        let t0 = Instant::now();
+        let failing = Publisher::Failing {
+            since: t0,
+            error: "failed to update member Lease endpoint-copier/x".into(),
+            attempts: 4,
+        };
+        let s = standing(
+            "node-1",
+            &[],
+            &failing,
+            EXPIRY,
+            t0 + Duration::from_secs(29),
+        );
+        assert_eq!(
+            s.line.as_deref(),
+            Some(
+                "member Lease not written for 29s (4 attempts): failed to update member Lease endpoint-copier/x"
+            )
+        );
+        assert!(s.ready && !s.publisher_up);
+        let s = standing("node-1", &[], &failing, EXPIRY, t0 + EXPIRY);
+        assert!(!s.ready);
+    }
+
+    #[test]
+    fn a_written_record_is_up_and_one_over_its_budget_is_said() {
+        let t0 = Instant::now();
+        let up = |form, omitted| Publisher::Up {
+            since: t0,
+            written: Written {
+                form,
+                omitted,
+                bytes: 100,
+                budget: 65536,
+            },
+        };
+        let s = standing(
+            "node-1",
+            &[],
+            &up(Form::Grouped, Omitted::default()),
+            EXPIRY,
+            t0,
+        );
+        assert_eq!(
+            s,
+            GroupStanding {
+                line: None,
+                ready: true,
+                publisher_up: true
+            }
+        );
+        let s = standing(
+            "node-1",
+            &[],
+            &up(Form::Partial, Omitted { up: 1, down: 2 }),
+            EXPIRY,
+            t0,
+        );
+        assert_eq!(
+            s.line.as_deref(),
+            Some(
+                "member record over its size budget (65536 bytes): 3 verdicts left out, counted as abstentions"
+            )
+        );
+        assert!(s.ready);
+    }
+
+    #[test]
+    fn a_twin_of_this_identity_is_said_first_and_never_ready() {
+        let twins = [
+            Twin {
+                identity: "node-2".into(),
+                nonces: vec!["a".into(), "b".into()],
+            },
+            Twin {
+                identity: "node-1".into(),
+                nonces: vec!["c".into(), "d".into()],
+            },
+        ];
+        let s = standing(
+            "node-1",
+            &twins,
+            &Publisher::Starting,
+            EXPIRY,
+            Instant::now(),
+        );
+        assert_eq!(
+            s.line.as_deref(),
+            Some(
+                "another live process runs as node-1 (nonces c, d): this identity's ballots do not count"
+            )
+        );
+        assert!(!s.ready);
+        // Another identity's twin is the leader's to report, not this copy's standing.
+        let s = standing(
+            "node-3",
+            &twins,
+            &Publisher::Starting,
+            EXPIRY,
+            Instant::now(),
+        );
+        assert_eq!(s.line, None);
     }
 }
