@@ -5,8 +5,8 @@
 //! of observed changes, so it compares timestamps and says how long ago each member renewed.
 //! Pairs configured on some live members but not on this host (or the reverse) become warnings:
 //! the leader keeps such slices and never deletes them while a live member wants them, which an
-//! operator should know about. So do this host's own member Lease not renewed (its daemon is not
-//! running, or cannot write its record) and a record over its size budget. A live record whose
+//! operator should know about. So do this host's own member Lease no longer renewed (its daemon
+//! stopped, or cannot write its record) and a record over its size budget. A live record whose
 //! writer saw another live process under its identity is a problem: a twin's ballots do not
 //! count.
 
@@ -197,15 +197,21 @@ pub fn warnings(
     members: &[MemberReport],
 ) -> Vec<String> {
     let mut out = Vec::new();
-    match members.iter().filter(|m| m.this_host).find(|m| m.live) {
-        Some(_) => {}
-        None => out.push(format!(
-            "this host's member Lease ({identity}) is {}: the daemon here is not running or cannot write it (its STATUS and the metric endpoint_copier_member_publisher_up say why); its probe verdicts are not counted",
-            match members.iter().filter(|m| m.this_host).filter_map(|m| m.renewed_secs_ago).min() {
-                Some(ago) => format!("not live (renewed {ago}s ago)"),
-                None => "missing".to_owned(),
-            }
-        )),
+    // Only a member Lease that exists and stopped: before the daemon first ran on this host (at
+    // install, from combustion) there is none, and that is no news.
+    let own: Vec<&MemberReport> = members.iter().filter(|m| m.this_host).collect();
+    if !own.is_empty() && !own.iter().any(|m| m.live) {
+        let ago = own
+            .iter()
+            .filter_map(|m| m.renewed_secs_ago)
+            .min()
+            .map_or_else(
+                || "never renewed".to_owned(),
+                |a| format!("renewed {a}s ago"),
+            );
+        out.push(format!(
+            "this host's member Lease ({identity}) is not live ({ago}): the daemon here is not running or cannot write it (its STATUS and the metric endpoint_copier_member_publisher_up say why); its probe verdicts are not counted"
+        ));
     }
     for m in members.iter().filter(|m| m.live && m.omitted > 0) {
         out.push(format!(
@@ -361,11 +367,8 @@ mod tests {
             w[1],
             "member node-2 leaves 12 probe verdicts out of its record (over its size budget): it abstains on them"
         );
-        let w = warnings("node-1", &BTreeSet::new(), &[]);
-        assert!(
-            w[0].starts_with("this host's member Lease (node-1) is missing: "),
-            "{w:?}"
-        );
+        // None at all (the daemon never ran here, e.g. `check` at install): no news.
+        assert!(warnings("node-1", &BTreeSet::new(), &[]).is_empty());
     }
 
     #[test]
