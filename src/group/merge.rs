@@ -35,6 +35,15 @@ pub(super) fn merged(
     legacy: Events<Lease>,
     legacy_namespace: &str,
 ) -> Events<Lease> {
+    // A legacy place we may not read stays so (the RBAC was narrowed after the upgrade): its
+    // watch ends after the first refusal instead of asking again every few seconds forever.
+    let legacy = legacy.scan(false, |refused, item| {
+        let out = (!*refused).then_some(item);
+        if let Some(Err(e)) = &out {
+            *refused = is_forbidden(e);
+        }
+        futures::future::ready(out)
+    });
     let tagged = futures::stream::select(
         members.map(|e| (Place::Members, e)),
         legacy.map(|e| (Place::Legacy, e)),
@@ -288,6 +297,26 @@ mod tests {
             )),
             vec!["delete endpoint-copier/a"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_legacy_watch_refused_once_is_not_asked_again() {
+        let members: Events<Lease> = futures::stream::iter(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(named("endpoint-copier", "a", "1"))),
+            Ok(Event::InitDone),
+        ])
+        .boxed();
+        // What the watcher would yield if polled again after the refusal: never passed on.
+        let legacy: Events<Lease> = futures::stream::iter(vec![
+            Err(forbidden()),
+            Ok(Event::Init),
+            Ok(Event::InitApply(named("kube-system", "x", "1"))),
+            Ok(Event::InitDone),
+        ])
+        .boxed();
+        let out: Vec<Item> = merged(members, legacy, "kube-system").collect().await;
+        assert_eq!(names(&out), vec!["init", "list endpoint-copier/a", "done"]);
     }
 
     #[test]

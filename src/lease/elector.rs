@@ -388,7 +388,9 @@ impl Elector {
             return;
         };
         let now = Instant::now();
-        let new = self.health.as_ref().is_none_or(|h| h.twin(now).is_none());
+        // Once per sighting streak: the record stays the twin's while we wait for it to expire,
+        // and every decision in between would find it again.
+        let new = !self.twin_seen || self.health.as_ref().is_some_and(|h| h.twin(now).is_none());
         if new {
             error!(
                 lease = %self.lease_ref,
