@@ -4,18 +4,20 @@
 //! `kube-system/endpoint-copier`). Every EndpointSlice a group writes carries the label
 //! [`names::GROUP_LABEL`] with [`Group::label_value`], so a leader lists and deletes only its own
 //! group's slices; slices written before groups existed (no group label) belong to the default
-//! group. Every running copy, leader or follower, publishes a **member** Lease
-//! ([`member::publish`]) that says it is alive and which pairs its own config names; the leader
-//! watches them ([`live::watch`]) into [`Members`], a pure state that answers the one question asked
-//! before a delete: does any other copy still want this target ([`Members::who_wants`])?
+//! group. Every running copy, leader or follower, publishes a **member** Lease in the member
+//! namespace ([`publish::publish`]) that says it is alive, which pairs its own config names and
+//! what its probes see; the leader watches them ([`live::watch`]) into [`Members`], a pure state
+//! that answers the questions asked before a delete (does any other copy still want this target:
+//! [`Members::who_wants`]) and before an eviction (whose ballots count: [`Members::ballots`]).
 //!
 //! Files: this one holds [`Group`] and [`Settings`]; `member.rs` the member record and its Lease;
 //! `wire.rs` the record's annotations within a size budget; `publish.rs` the publisher task;
 //! `health.rs` what this process knows of its own record (written or failing, a twin seen);
-//! `live.rs` the pure liveness state and the member watch; `twins.rs` the pure detection of two
-//! live processes under one identity. What this module
-//! leaves to others: `daemon` starts the publisher, polls the member watch into [`Members`] and acts
-//! on the answers (hold, report, delete); `desired` puts the group label on the slices it builds;
+//! `live.rs` the pure liveness state and the member watch; `merge.rs` that watch over the member
+//! namespace and the place older versions used; `twins.rs` the pure detection of two live
+//! processes under one identity. What this module leaves to others: `daemon` starts the
+//! publisher, polls the member watch into [`Members`], acts on the answers (hold, report, delete,
+//! count) and reports [`SelfHealth`]; `desired` puts the group label on the slices it builds;
 //! `config` supplies the settings. The protocol and its reasons are in `docs/development/group.md`.
 
 pub mod health;
