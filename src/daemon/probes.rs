@@ -51,8 +51,11 @@ pub struct ProbeState {
     pub decided: BTreeMap<ServiceRef, Decision>,
     /// What this process knows of its own record and identity (publisher, twin sightings).
     pub health: SelfHealth,
-    /// The twins as last reported (`daemon/status.rs`), to report each change once.
+    /// The twins as last logged (`daemon/status.rs`), to log each change once.
     pub twins_reported: Vec<Twin>,
+    /// The twins announced by Events during this leadership term (empty while following), so a
+    /// copy that becomes leader announces the twins it already knew of.
+    pub twins_announced: Vec<Twin>,
 }
 
 impl ProbeState {
@@ -72,6 +75,7 @@ impl ProbeState {
                 decided: BTreeMap::new(),
                 health,
                 twins_reported: Vec::new(),
+                twins_announced: Vec::new(),
             },
             wanted_rx,
         )

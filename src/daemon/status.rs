@@ -111,32 +111,42 @@ impl Engine {
     /// active pair's target: twins overwrite each other's verdicts and configured pairs) for a
     /// new one, a notice when one is gone.
     fn note_twins(&mut self, twins: &[Twin]) {
-        if self.probes.twins_reported == twins {
-            return;
-        }
-        let before = std::mem::replace(&mut self.probes.twins_reported, twins.to_vec());
-        for twin in twins.iter().filter(|t| !before.contains(t)) {
-            let nonces = twin.nonces.join(", ");
-            error!(identity = %twin.identity, nonces = %nonces, "two live copies run under one identity; their probe verdicts are not counted until one stops or gets its own [lease] identity");
-            let note = format!(
-                "two live copies run as {} (process nonces {nonces}); their probe verdicts are not counted until one stops or gets its own [lease] identity",
-                twin.identity
-            );
-            let active: Vec<ServiceRef> = self
-                .pairs
+        if self.probes.twins_reported != twins {
+            let before = std::mem::replace(&mut self.probes.twins_reported, twins.to_vec());
+            for twin in twins.iter().filter(|t| !before.contains(t)) {
+                error!(identity = %twin.identity, nonces = %twin.nonces.join(", "), "two live copies run under one identity; their probe verdicts are not counted until one stops or gets its own [lease] identity");
+            }
+            for twin in before
                 .iter()
-                .filter(|(_, s)| s.phase != Phase::Retired)
-                .map(|(t, _)| t.clone())
-                .collect();
-            for target in active {
-                self.report(&target, EventReason::TwinIdentity, note.clone());
+                .filter(|t| !twins.iter().any(|n| n.identity == t.identity))
+            {
+                info!(identity = %twin.identity, "one live copy runs under this identity again; its probe verdicts count again");
             }
         }
-        for twin in before
+        // Events are the leader's: a copy that becomes leader announces what it already knew.
+        if !self.is_leader() {
+            self.probes.twins_announced.clear();
+            return;
+        }
+        if self.probes.twins_announced == twins {
+            return;
+        }
+        let before = std::mem::replace(&mut self.probes.twins_announced, twins.to_vec());
+        let active: Vec<ServiceRef> = self
+            .pairs
             .iter()
-            .filter(|t| !twins.iter().any(|n| n.identity == t.identity))
-        {
-            info!(identity = %twin.identity, "one live copy runs under this identity again; its probe verdicts count again");
+            .filter(|(_, s)| s.phase != Phase::Retired)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for twin in twins.iter().filter(|t| !before.contains(t)) {
+            let note = format!(
+                "two live copies run as {} (process nonces {}); their probe verdicts are not counted until one stops or gets its own [lease] identity",
+                twin.identity,
+                twin.nonces.join(", ")
+            );
+            for target in &active {
+                self.report(target, EventReason::TwinIdentity, note.clone());
+            }
         }
     }
 
