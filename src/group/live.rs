@@ -450,11 +450,20 @@ impl Members {
     }
 
     /// The next instant after `now` at which an answer may change by time alone (a member
-    /// turning stale, or gone for good), for the engine's timer; `None` when none will.
+    /// turning stale, or gone for good, or twins no longer taking turns), for the engine's
+    /// timer; `None` when none will.
     pub fn next_change(&self, now: Instant) -> Option<Instant> {
+        let window = self.twin_window();
         self.seen
             .values()
-            .flat_map(|s| [s.live_until(), s.gone_at(self.settings.forget_after)])
+            .flat_map(|s| {
+                [
+                    Some(s.live_until()),
+                    Some(s.gone_at(self.settings.forget_after)),
+                    s.writers.turns_end(now, window),
+                ]
+            })
+            .flatten()
             .filter(|t| *t > now)
             .min()
     }
@@ -699,6 +708,26 @@ mod tests {
         }
         assert!(m.twins(t0 + secs(69)).is_empty());
         assert!(m.ballots(t0 + secs(69)).contains_key("node-2"));
+    }
+
+    #[test]
+    fn the_end_of_the_turns_is_a_change_the_leader_wakes_up_for() {
+        let t0 = Instant::now();
+        let mut m = listed(vec![written_by("node-2", "aaaa", 0)], t0);
+        m.apply(Event::Apply(written_by("node-2", "bbbb", 1)), t0 + secs(1));
+        m.apply(Event::Apply(written_by("node-2", "aaaa", 2)), t0 + secs(2));
+        // Only aaaa writes on: its ballot counts again once bbbb's turn left the window, which
+        // comes before anything else changes by time.
+        for i in [12, 22, 32, 42, 52] {
+            m.apply(
+                Event::Apply(written_by("node-2", "aaaa", i)),
+                t0 + secs(i as u64),
+            );
+        }
+        let end = t0 + 2 * SETTINGS.expiry;
+        assert_eq!(m.next_change(t0 + secs(52)), Some(end));
+        assert!(!m.ballots(end - secs(1)).contains_key("node-2"));
+        assert!(m.ballots(end).contains_key("node-2"));
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct Writers {
 
 impl Writers {
     /// Records a write by the process with `nonce` (`None`: a version that writes none), seen
-    /// at `at`; runs older than `window` before `at` are forgotten.
+    /// at `at`; runs last written `window` or longer before `at` are forgotten.
     pub fn wrote(&mut self, nonce: Option<&str>, at: Instant, window: Duration) {
         match self.runs.back_mut() {
             Some((last, seen)) if last.as_deref() == nonce => *seen = at,
@@ -43,20 +43,36 @@ impl Writers {
         while self
             .runs
             .front()
-            .is_some_and(|(_, seen)| at.saturating_duration_since(*seen) > window)
+            .is_some_and(|(_, seen)| at.saturating_duration_since(*seen) >= window)
             || self.runs.len() > MAX_RUNS
         {
             self.runs.pop_front();
         }
     }
 
-    /// The nonces of the processes seen taking turns within `window` before `now`: a nonce
-    /// whose run was followed by another's and that wrote again. Empty when there is no twin.
+    /// When [`Writers::taking_turns`] turns empty if nobody writes again: after `now`, the
+    /// instant the oldest runs have left `window` far enough that no nonce repeats. `None` when
+    /// there are no turns at `now`.
+    pub fn turns_end(&self, now: Instant, window: Duration) -> Option<Instant> {
+        if self.taking_turns(now, window).is_empty() {
+            return None;
+        }
+        // Runs leave the window oldest first: drop them one by one until no nonce repeats.
+        (1..=self.runs.len()).find_map(|k| {
+            let rest: Vec<&Option<String>> = self.runs.iter().skip(k).map(|(n, _)| n).collect();
+            let unique: BTreeSet<&Option<String>> = rest.iter().copied().collect();
+            (unique.len() == rest.len()).then(|| self.runs[k - 1].1 + window)
+        })
+    }
+
+    /// The nonces of the processes seen taking turns within `window` before `now` (runs last
+    /// written less than `window` ago): a nonce whose run was followed by another's and that
+    /// wrote again. Empty when there is no twin.
     pub fn taking_turns(&self, now: Instant, window: Duration) -> BTreeSet<String> {
         let recent: Vec<&Option<String>> = self
             .runs
             .iter()
-            .filter(|(_, seen)| now.saturating_duration_since(*seen) <= window)
+            .filter(|(_, seen)| now.saturating_duration_since(*seen) < window)
             .map(|(nonce, _)| nonce)
             .collect();
         let mut seen = BTreeSet::new();
@@ -131,6 +147,10 @@ mod tests {
             w.taking_turns(t0 + s(10), WINDOW),
             BTreeSet::from(["a".to_owned(), "b".to_owned()])
         );
+        // Unless somebody writes again, the turns are over when a's first run leaves the window.
+        assert_eq!(w.turns_end(t0 + s(10), WINDOW), Some(t0 + WINDOW));
+        assert!(!w.taking_turns(t0 + WINDOW - s(1), WINDOW).is_empty());
+        assert!(w.taking_turns(t0 + WINDOW, WINDOW).is_empty());
         // b stops: a alone for longer than the window is no twin any more.
         for i in 2..10 {
             w.wrote(Some("a"), t0 + s(10 * i), WINDOW);
