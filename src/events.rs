@@ -92,6 +92,8 @@ pub enum EventReason {
     /// Service missing) or has nothing to give: its endpoints stay in the target as they were,
     /// the other sources keep syncing (Warning).
     SourceUnavailable,
+    /// Two live copies run under one identity: their probe verdicts are not counted (Warning).
+    TwinIdentity,
 }
 
 impl EventReason {
@@ -111,6 +113,7 @@ impl EventReason {
             EventReason::Drained => "EndpointDrained",
             EventReason::NodeAddressMissing => "NodeAddressMissing",
             EventReason::SourceUnavailable => "SourceUnavailable",
+            EventReason::TwinIdentity => "TwinIdentity",
         }
     }
 
@@ -132,6 +135,7 @@ impl EventReason {
             EventReason::Drained => "Drain",
             EventReason::NodeAddressMissing => "Report",
             EventReason::SourceUnavailable => "Hold",
+            EventReason::TwinIdentity => "Report",
         }
     }
 }

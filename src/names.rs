@@ -211,6 +211,16 @@ pub const MEMBER_VERDICTS_ANNOTATION: &str = "endpoint-copier/verdicts";
 /// targets are in no list of [`MEMBER_VERDICTS_ANNOTATION`], so they count neither way. Absent:
 /// no abstentions.
 pub const MEMBER_ABSTENTIONS_ANNOTATION: &str = "endpoint-copier/abstentions";
+/// Annotation on a member Lease: the writing process's nonce (16 hex digits drawn at start), so
+/// that two live processes sharing one identity are told apart (`group::twins`).
+pub const MEMBER_NONCE_ANNOTATION: &str = "endpoint-copier/nonce";
+/// Annotation on a member Lease: the nonce of another live process this process saw writing its
+/// member Lease under the same identity (`-` when that process wrote none). Readers do not count
+/// the ballot of an identity so marked.
+pub const MEMBER_TWIN_ANNOTATION: &str = "endpoint-copier/twin";
+/// Default namespace of the member Leases (`[members] namespace`): a namespace of their own, so
+/// that the right to create and update member Leases reaches no other component's Lease.
+pub const MEMBERS_NAMESPACE: &str = "endpoint-copier";
 
 #[cfg(test)]
 mod tests {

@@ -242,6 +242,11 @@ pub struct MembersSettings {
     /// A member not live for this long is gone for good: pairs only it configured may be deleted
     /// and its object is removed (key `forget_after_secs`, default: 900 s; at least `expiry`).
     pub forget_after: Duration,
+    /// The namespace of the member Leases (key `namespace`, default: `endpoint-copier`): a
+    /// namespace of their own, so that the right to write them reaches no other component's
+    /// Lease. Versions before this key kept them in the election Lease's namespace, which the
+    /// member watch still reads (read-only) while older copies may run.
+    pub namespace: String,
 }
 
 /// Which Nodes the daemon watches (`[nodes]`) to fill `nodeName` and zone, derive a missing
@@ -327,6 +332,7 @@ impl Default for Config {
                 heartbeat: Duration::from_secs(10),
                 expiry: Duration::from_secs(30),
                 forget_after: Duration::from_secs(900),
+                namespace: crate::names::MEMBERS_NAMESPACE.to_owned(),
             },
             probe: ProbeSettings {
                 timing: probe::Timing::default(),

@@ -178,6 +178,9 @@ pub(super) struct RawMembers {
     /// `forget_after_secs`, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) forget_after_secs: Option<u64>,
+    /// `namespace`: where the member Leases live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) namespace: Option<String>,
 }
 
 /// `[sync]`.

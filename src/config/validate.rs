@@ -329,7 +329,7 @@ fn lease(c: &Checker<'_>, rl: RawLease, d: LeaseSettings) -> Result<LeaseSetting
 }
 
 /// `[members]`: a heartbeat of at least a second, an expiry longer than the heartbeat (else a
-/// healthy member would flap), and forgetting no sooner than expiry.
+/// healthy member would flap), forgetting no sooner than expiry, and a valid namespace.
 fn members(
     c: &Checker<'_>,
     rm: &RawMembers,
@@ -339,7 +339,17 @@ fn members(
         heartbeat: secs(rm.heartbeat_secs, d.heartbeat),
         expiry: secs(rm.expiry_secs, d.expiry),
         forget_after: secs(rm.forget_after_secs, d.forget_after),
+        namespace: rm.namespace.clone().unwrap_or_else(|| d.namespace.clone()),
     };
+    if !names::is_dns1123_label(&members.namespace) {
+        return Err(c.bad(
+            &["members", "namespace"],
+            format!(
+                "'{}' is not a valid namespace (a DNS-1123 label: lowercase letters, digits and '-', at most 63)",
+                members.namespace
+            ),
+        ));
+    }
     if members.heartbeat < Duration::from_secs(1) {
         return Err(c.bad(&["members", "heartbeat_secs"], "must be at least 1"));
     }

@@ -148,7 +148,7 @@ impl Engine {
             fence,
             metrics,
             events,
-            group: Group::new(&config.lease.namespace, &config.lease.name),
+            group: super::group_of(config),
             owner: Group::new(&config.lease.namespace, &config.lease.name).owner(),
             config_pairs,
             services: ServiceCache::new(configured.clone()),

@@ -208,11 +208,12 @@ pub async fn scan(
     group: Group,
     gone: Vec<Gone>,
 ) -> Result<BTreeSet<ServiceRef>, kube::Error> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), group.lease_namespace());
     for member in gone {
         let (Some(uid), Some(rv)) = (&member.uid, &member.resource_version) else {
             continue;
         };
+        // The member namespace, or the legacy place of an older version's member.
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &member.namespace);
         match forget(&leases, &member.name, uid, rv).await {
             Ok(true) => {
                 info!(identity = %member.identity, lease = %member.name, "removed the member Lease of a copy gone for good")

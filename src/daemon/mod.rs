@@ -82,6 +82,11 @@ fn member_settings(config: &Config) -> group::Settings {
     }
 }
 
+/// The copier group of `config`: elected by `[lease]`'s Lease, members in `[members] namespace`.
+pub(crate) fn group_of(config: &Config) -> Group {
+    Group::configured(config)
+}
+
 /// Runs the daemon until `shutdown` is cancelled (→ `Ok`) or something fatal happens.
 ///
 /// Sends READY=1 at once (so `systemctl start` never waits for the cluster), then waits for the
@@ -161,8 +166,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         renew_deadline: config.lease.renew_deadline,
         retry_period: config.lease.retry_period,
     };
+    // One nonce per process, in its member record and its claims: two live processes under one
+    // identity are told apart by it (group::twins), and what each learns goes into `self_health`.
+    let nonce = group::twins::fresh_nonce();
+    let self_health = group::SelfHealth::new(2 * config.members.expiry);
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
     let (elector, leadership, fence) = Elector::new(lease_api, settings);
+    let elector = elector.with_twin_watch(&nonce, self_health.clone());
     // The elector is a loop the watchdog must see progress from too, not only the engine.
     let lease_beat = heartbeats.register("lease");
     let elector = elector.with_progress(move || lease_beat.tick());
@@ -178,27 +188,26 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     };
     // Every copy, leader or not, says which pairs it has configured, so that a leader never
     // deletes the slices of a pair another live copy of the group still wants.
-    let group = Group::new(&config.lease.namespace, &config.lease.name);
+    let group = group_of(&config);
     let record = MemberRecord::new(
         &identity,
         config
             .pairs
             .iter()
             .map(|p| (p.record_source(), p.target.clone())),
-    );
+    )
+    .with_nonce(&nonce);
     // The pairs are fixed for the process's life (no config reload); the engine puts this copy's
     // probe verdicts into the record as they change.
     let (record_tx, record_rx) = tokio::sync::watch::channel(record);
     {
-        let api: Api<Lease> = Api::namespaced(client.clone(), group.lease_namespace());
+        let api: Api<Lease> = Api::namespaced(client.clone(), group.members_namespace());
         let (g, settings, s) = (group.clone(), member_settings(&config), shutdown.clone());
+        let h = self_health.clone();
         services.spawn(
             async move {
-                if let Err(e) = group::publish(api, g, record_rx, settings, s.clone()).await {
-                    // Only an object the API refuses ends it: a bug, not a reason to stop mirroring.
-                    error!(error = %chain(&e), "publishing this copy's member Lease stopped; mirroring goes on");
-                    s.cancelled().await;
-                }
+                // Never gives up: what it cannot write it reports through `self_health`.
+                group::publish(api, g, record_rx, settings, h, s).await;
                 Ok(())
             }
             .in_current_span(),
@@ -212,7 +221,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     // block the engine; a report waits only when the engine is behind by 64 verdict changes.
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(64);
     let (probe_state, wanted_rx) =
-        probes::ProbeState::new(record_tx, report_rx, config.probe.max_targets);
+        probes::ProbeState::new(record_tx, report_rx, config.probe.max_targets, self_health);
     let (probe_config, probe_config_rx) = tokio::sync::watch::channel(loaded.config.clone());
     let prober = crate::probe::spawn(
         wanted_rx,

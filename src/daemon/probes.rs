@@ -18,7 +18,8 @@ use super::engine::Engine;
 use super::pair::Phase;
 use crate::desired;
 use crate::events::EventReason;
-use crate::group::MemberRecord;
+use crate::group::twins::Twin;
+use crate::group::{MemberRecord, SelfHealth};
 use crate::names::ServiceRef;
 use crate::probe::quorum::{Ballot, Count, Decision};
 use crate::probe::{Auth, Finding, Report, Spec, Target, Verdict, Wanted};
@@ -55,6 +56,13 @@ pub struct ProbeState {
     pub max_targets: usize,
     /// How many wanted targets are over `max_targets` (not probed), as last reported.
     pub over_cap: usize,
+    /// What this process knows of its own record and identity (publisher, twin sightings).
+    pub health: SelfHealth,
+    /// The twins as last logged (`daemon/status.rs`), to log each change once.
+    pub twins_reported: Vec<Twin>,
+    /// The twins announced by Events during this leadership term (empty while following), so a
+    /// copy that becomes leader announces the twins it already knew of.
+    pub twins_announced: Vec<Twin>,
 }
 
 impl ProbeState {
@@ -64,6 +72,7 @@ impl ProbeState {
         record: watch::Sender<MemberRecord>,
         reports: mpsc::Receiver<Report>,
         max_targets: usize,
+        health: SelfHealth,
     ) -> (ProbeState, watch::Receiver<Wanted>) {
         let (wanted, wanted_rx) = watch::channel(Wanted::new());
         (
@@ -76,6 +85,9 @@ impl ProbeState {
                 decided: BTreeMap::new(),
                 max_targets,
                 over_cap: 0,
+                health,
+                twins_reported: Vec::new(),
+                twins_announced: Vec::new(),
             },
             wanted_rx,
         )
@@ -324,7 +336,28 @@ impl Engine {
         }
     }
 
-    /// The ballots as the leader counts them now: its own verdicts, and every other live member's.
+    /// The twins known now: identities under which more than one live process writes, as the
+    /// member Leases show (`Members::twins`), plus our own when this process saw one itself
+    /// (on its member Lease or on the election Lease) before the member watch shows it.
+    pub(super) fn twins(&self, now: Instant) -> Vec<Twin> {
+        let mut twins = self.members.twins(now);
+        if let Some(seen) = self.probes.health.twin(now)
+            && !twins.iter().any(|t| t.identity == self.members.own())
+        {
+            let mut nonces = vec![crate::group::twins::label(&seen.nonce)];
+            nonces.extend(self.probes.record.borrow().nonce.clone());
+            nonces.sort();
+            twins.push(Twin {
+                identity: self.members.own().to_owned(),
+                nonces,
+            });
+            twins.sort();
+        }
+        twins
+    }
+
+    /// The ballots as the leader counts them now: its own verdicts, and every other live
+    /// member's — none of an identity two live processes share (`twins`), ours included.
     ///
     /// `with_unconfirmed`: whether members not yet seen renewing vote too (`view.rs` decides
     /// from both counts: only where they agree does a decision change what is written).
@@ -335,17 +368,22 @@ impl Engine {
             .iter()
             .map(|(t, o)| (t.clone(), o.verdict))
             .collect();
-        let others = self.members.live(now);
+        let twins = self.twins(now);
+        let others = self.members.ballots(now);
         let unconfirmed = if with_unconfirmed {
             Vec::new()
         } else {
             self.members.unconfirmed(now)
         };
-        let mut ballots = vec![Ballot {
-            voter: self.members.own(),
-            live: true,
-            verdicts: &own,
-        }];
+        let own_counts = !twins.iter().any(|t| t.identity == self.members.own());
+        let mut ballots = Vec::new();
+        if own_counts {
+            ballots.push(Ballot {
+                voter: self.members.own(),
+                live: true,
+                verdicts: &own,
+            });
+        }
         ballots.extend(
             others
                 .iter()
@@ -442,7 +480,8 @@ mod tests {
     fn the_status_note_names_the_cap_and_the_abstentions() {
         let (record, _) = watch::channel(MemberRecord::new("node-1", []));
         let (_, reports) = mpsc::channel(1);
-        let (mut state, _) = ProbeState::new(record, reports, 256);
+        let health = crate::group::health::SelfHealth::new(std::time::Duration::from_secs(60));
+        let (mut state, _) = ProbeState::new(record, reports, 256, health);
         assert_eq!(state.status_note(), None);
         state.over_cap = 12;
         state.abstained.insert(target(1), "TLS: ...".into());

@@ -6,7 +6,11 @@
 //! Pure except for [`watch`], which opens the member watch the engine polls; every other function
 //! takes the current instant. Another host's `renewTime` is never compared with our clock (the
 //! same rule as the election Lease): a member is live for its `leaseDurationSeconds` after we saw
-//! its record change. Deciding what to do with the answers (hold, report, delete) is `daemon`'s.
+//! its record change — at most our own expiry, so that a record claiming a longer life (a forged
+//! `2147483647`) counts only while its writer keeps writing. Two live processes writing under one
+//! identity are [`Twin`]s (`twins.rs`): their pairs still hold, their ballots do not count
+//! ([`Members::ballots`]). Deciding what to do with the answers (hold, report, delete) is
+//! `daemon`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -17,22 +21,30 @@ use kube::{Api, Client};
 use tokio::time::Instant;
 
 use super::member::{DecodeError, MemberRecord, PairRef};
+use super::twins::{Twin, Writers};
 use super::{Group, Settings};
 use crate::names::{self, ServiceRef};
 use crate::watch::{Events, watch_backoff};
 
 /// Watches `group`'s member Leases (label `endpoint-copier/group=<value>,endpoint-copier/member=true`
-/// in the group Lease's namespace), for the engine to poll into [`Members::apply`]. Another group's
-/// members carry another group label and are never seen.
+/// in the member namespace, and read-only in the election Lease's namespace when that differs,
+/// where older versions keep theirs: `merge.rs`), for the engine to poll into
+/// [`Members::apply`]. Another group's members carry another group label and are never seen.
 pub fn watch(client: &Client, group: &Group) -> Events<Lease> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), group.lease_namespace());
-    crate::watch::paced(
-        watcher::watcher(
-            api,
-            watcher::Config::default().labels(&group.member_selector()),
-        ),
-        watch_backoff(),
-    )
+    let one = |namespace: &str| -> Events<Lease> {
+        let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        crate::watch::paced(
+            watcher::watcher(
+                api,
+                watcher::Config::default().labels(&group.member_selector()),
+            ),
+            watch_backoff(),
+        )
+    };
+    match group.legacy_members_namespace() {
+        None => one(group.members_namespace()),
+        Some(legacy) => super::merge::merged(one(group.members_namespace()), one(legacy), legacy),
+    }
 }
 
 /// The answer to "may the leader delete this target's slices?" ([`Members::who_wants`]).
@@ -74,6 +86,8 @@ pub struct Mismatch {
 /// renewed in between.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gone {
+    /// Namespace of the member Lease (the member namespace, or the legacy place).
+    pub namespace: String,
     /// Name of the member Lease.
     pub name: String,
     /// The identity it names.
@@ -92,6 +106,10 @@ type Fingerprint = (Option<LeaseSpec>, Option<String>, Option<String>);
 /// One member Lease as last seen.
 #[derive(Clone, Debug)]
 struct Seen {
+    /// Its namespace.
+    namespace: String,
+    /// Its name.
+    name: String,
     /// Its record, or why it cannot be read (such a member wants everything: see `wants`).
     content: Result<MemberRecord, DecodeError>,
     /// The identity it names (its object name when it names none).
@@ -101,11 +119,14 @@ struct Seen {
     fingerprint: Fingerprint,
     /// When we saw the fingerprint change (local monotonic clock).
     changed_at: Instant,
-    /// How long it stays live after a change: its `leaseDurationSeconds`, or our expiry.
+    /// How long it stays live after a change: its `leaseDurationSeconds`, at most our expiry
+    /// (our expiry when absent).
     duration: Duration,
     /// Whether we have seen it change since we first read it: a record first read from a list
     /// may be the last one a host wrote before it died, however long ago.
     renewed: bool,
+    /// Who wrote it lately, by nonce (see `twins.rs`).
+    writers: Writers,
 }
 
 impl Seen {
@@ -134,7 +155,7 @@ pub struct Members {
     /// Our own identity: its member Lease is ours, and what we want the engine already knows
     /// from its config (our published record may lag behind a restart).
     own: String,
-    /// By member Lease name.
+    /// By member Lease `namespace/name`.
     seen: BTreeMap<String, Seen>,
     /// Objects of a re-list in progress (between `Init` and `InitDone`).
     buffer: Option<Vec<Lease>>,
@@ -157,6 +178,11 @@ impl Members {
     /// Our own identity.
     pub fn own(&self) -> &str {
         &self.own
+    }
+
+    /// The timings members are judged with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Whether the first full list has arrived; before that [`Members::who_wants`] says
@@ -184,12 +210,11 @@ impl Members {
                 let fresh = self.buffer.take().unwrap_or_default();
                 let mut changed = !self.ready;
                 let mut next = BTreeMap::new();
-                for lease in fresh {
-                    if let Some(name) = lease.metadata.name.clone() {
-                        let (seen, news) = self.observe(self.seen.get(&name), &lease, now, false);
-                        changed |= news;
-                        next.insert(name, seen);
-                    }
+                for lease in fresh.iter().filter(|l| l.metadata.name.is_some()) {
+                    let key = super::merge::key(lease);
+                    let (seen, news) = self.observe(self.seen.get(&key), lease, now, false);
+                    changed |= news;
+                    next.insert(key, seen);
                 }
                 changed |= self.seen.keys().any(|k| !next.contains_key(k));
                 self.seen = next;
@@ -197,18 +222,18 @@ impl Members {
                 changed
             }
             Event::Apply(lease) => {
-                let Some(name) = lease.metadata.name.clone() else {
+                if lease.metadata.name.is_none() {
                     return false;
-                };
-                let (seen, news) = self.observe(self.seen.get(&name), &lease, now, true);
-                self.seen.insert(name, seen);
+                }
+                let key = super::merge::key(&lease);
+                let (seen, news) = self.observe(self.seen.get(&key), &lease, now, true);
+                self.seen.insert(key, seen);
                 news
             }
-            Event::Delete(lease) => lease
-                .metadata
-                .name
-                .as_ref()
-                .is_some_and(|name| self.seen.remove(name).is_some()),
+            Event::Delete(lease) => {
+                lease.metadata.name.is_some()
+                    && self.seen.remove(&super::merge::key(&lease)).is_some()
+            }
         }
     }
 
@@ -237,12 +262,17 @@ impl Members {
         let content = MemberRecord::from_lease(lease);
         let identity = match &content {
             Ok(record) => record.identity.clone(),
-            Err(_) => lease.metadata.name.clone().unwrap_or_default(),
+            Err(_) => super::merge::key(lease),
         };
+        // A record's own duration is honoured up to our expiry, never beyond: a member counts
+        // only while its writer keeps writing, whatever it claims.
         let duration = match lease.spec.as_ref().and_then(|s| s.lease_duration_seconds) {
-            Some(secs) if secs > 0 => Duration::from_secs(u64::from(secs.unsigned_abs())),
+            Some(secs) if secs > 0 => {
+                Duration::from_secs(u64::from(secs.unsigned_abs())).min(self.settings.expiry)
+            }
             _ => self.settings.expiry,
         };
+        let mut writers = previous.map(|p| p.writers.clone()).unwrap_or_default();
         let (changed_at, news, renewed) = match previous {
             Some(p) if p.fingerprint == fingerprint => (p.changed_at, false, p.renewed),
             // Seen renewing for the first time is news too: its ballot starts to count.
@@ -253,7 +283,13 @@ impl Members {
             ),
             None => (now, true, written_now),
         };
+        if changed_at == now {
+            let nonce = content.as_ref().ok().and_then(|r| r.nonce.as_deref());
+            writers.wrote(nonce, now, self.twin_window());
+        }
         let seen = Seen {
+            namespace: lease.metadata.namespace.clone().unwrap_or_default(),
+            name: lease.metadata.name.clone().unwrap_or_default(),
             content,
             identity,
             uid: lease.metadata.uid.clone(),
@@ -262,6 +298,7 @@ impl Members {
             changed_at,
             duration,
             renewed,
+            writers,
         };
         (seen, news)
     }
@@ -279,6 +316,53 @@ impl Members {
         ids.sort();
         ids.dedup();
         ids
+    }
+
+    /// How long a nonce's writes are remembered to tell a twin: two expiries (a twin writes at
+    /// every heartbeat, so it shows within two).
+    fn twin_window(&self) -> Duration {
+        2 * self.settings.expiry
+    }
+
+    /// The identities under which more than one live process writes: a member Lease whose
+    /// writers take turns, or a live record whose writer says it saw a twin. Sorted.
+    pub fn twins(&self, now: Instant) -> Vec<Twin> {
+        let mut by_identity: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for seen in self.seen.values() {
+            let taking_turns = seen.writers.taking_turns(now, self.twin_window());
+            if !taking_turns.is_empty() {
+                by_identity
+                    .entry(seen.identity.clone())
+                    .or_default()
+                    .extend(taking_turns);
+            }
+            if let Ok(record) = &seen.content
+                && let Some(mark) = &record.twin
+                && now < seen.live_until()
+            {
+                let nonces = by_identity.entry(seen.identity.clone()).or_default();
+                nonces.insert(super::twins::label(&record.nonce));
+                nonces.insert(mark.clone());
+            }
+        }
+        by_identity
+            .into_iter()
+            .map(|(identity, nonces)| Twin {
+                identity,
+                nonces: nonces.into_iter().collect(),
+            })
+            .collect()
+    }
+
+    /// The live members whose ballots count: [`Members::live`] without the [`Twin`]s (two
+    /// processes under one identity overwrite each other's verdicts, so neither speaks for
+    /// it). Ours included unless we are a twin.
+    pub fn ballots(&self, now: Instant) -> BTreeMap<String, MemberRecord> {
+        let twins: BTreeSet<String> = self.twins(now).into_iter().map(|t| t.identity).collect();
+        self.live(now)
+            .into_iter()
+            .filter(|(id, _)| !twins.contains(id))
+            .collect()
     }
 
     /// The live members (changed within their duration) by identity, with their records; ours
@@ -316,10 +400,11 @@ impl Members {
     /// they no longer hold anything, and the leader may delete them.
     pub fn gone_for_good(&self, now: Instant) -> Vec<Gone> {
         self.seen
-            .iter()
-            .filter(|(_, s)| now >= s.gone_at(self.settings.forget_after))
-            .map(|(name, s)| Gone {
-                name: name.clone(),
+            .values()
+            .filter(|s| now >= s.gone_at(self.settings.forget_after))
+            .map(|s| Gone {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
                 identity: s.identity.clone(),
                 uid: s.uid.clone(),
                 resource_version: s.resource_version.clone(),
@@ -327,13 +412,14 @@ impl Members {
             .collect()
     }
 
-    /// Member Leases whose record cannot be read and that are not gone for good, by name, with
-    /// the reason (for a warning: they hold every target until fixed or forgotten).
+    /// Member Leases whose record cannot be read and that are not gone for good, by
+    /// `namespace/name`, with the reason (for a warning: they hold every target until fixed or
+    /// forgotten).
     pub fn unreadable(&self, now: Instant) -> Vec<(String, DecodeError)> {
         self.seen
             .iter()
             .filter(|(_, s)| now < s.gone_at(self.settings.forget_after))
-            .filter_map(|(name, s)| s.content.clone().err().map(|e| (name.clone(), e)))
+            .filter_map(|(key, s)| s.content.clone().err().map(|e| (key.clone(), e)))
             .collect()
     }
 
@@ -395,11 +481,20 @@ impl Members {
     }
 
     /// The next instant after `now` at which an answer may change by time alone (a member
-    /// turning stale, or gone for good), for the engine's timer; `None` when none will.
+    /// turning stale, or gone for good, or twins no longer taking turns), for the engine's
+    /// timer; `None` when none will.
     pub fn next_change(&self, now: Instant) -> Option<Instant> {
+        let window = self.twin_window();
         self.seen
             .values()
-            .flat_map(|s| [s.live_until(), s.gone_at(self.settings.forget_after)])
+            .flat_map(|s| {
+                [
+                    Some(s.live_until()),
+                    Some(s.gone_at(self.settings.forget_after)),
+                    s.writers.turns_end(now, window),
+                ]
+            })
+            .flatten()
             .filter(|t| *t > now)
             .min()
     }
@@ -599,6 +694,137 @@ mod tests {
         assert_eq!(m.next_change(t0), Some(t0 + secs(5)));
         assert_eq!(m.next_change(t0 + secs(5)), Some(t0 + secs(900)));
         assert_eq!(m.next_change(t0 + secs(900)), None);
+    }
+
+    #[test]
+    fn a_forged_lease_duration_stops_counting_at_our_expiry() {
+        let t0 = Instant::now();
+        let mut forged = lease("node-9", &[1], 0);
+        forged.spec.as_mut().unwrap().lease_duration_seconds = Some(i32::MAX);
+        let m = listed(vec![forged], t0);
+        assert!(m.ballots(t0 + secs(29)).contains_key("node-9"));
+        assert!(m.live(t0 + secs(30)).is_empty());
+        assert!(m.ballots(t0 + secs(30)).is_empty());
+        assert_eq!(m.next_change(t0), Some(t0 + secs(30)));
+        // Its pairs hold no longer than anyone's either.
+        assert_eq!(m.gone_for_good(t0 + secs(900)).len(), 1);
+    }
+
+    /// `identity`'s member Lease written by the process `nonce` at wall-clock second `renewed`.
+    fn written_by(identity: &str, nonce: &str, renewed: i64) -> Lease {
+        let mut l = lease(identity, &[1], renewed);
+        l.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(names::MEMBER_NONCE_ANNOTATION.into(), nonce.into());
+        l
+    }
+
+    #[test]
+    fn two_processes_taking_turns_on_one_member_lease_are_twins_and_their_ballot_does_not_count() {
+        let t0 = Instant::now();
+        let mut m = listed(
+            vec![written_by("node-2", "aaaa", 0), lease("node-3", &[1], 0)],
+            t0,
+        );
+        // A restart: another nonce, once. Not a twin.
+        m.apply(Event::Apply(written_by("node-2", "bbbb", 1)), t0 + secs(1));
+        assert!(m.twins(t0 + secs(1)).is_empty());
+        assert!(m.ballots(t0 + secs(1)).contains_key("node-2"));
+        // The first one writes again: two live processes.
+        m.apply(Event::Apply(written_by("node-2", "aaaa", 2)), t0 + secs(2));
+        assert_eq!(
+            m.twins(t0 + secs(2)),
+            vec![Twin {
+                identity: "node-2".into(),
+                nonces: vec!["aaaa".into(), "bbbb".into()],
+            }]
+        );
+        let ballots = m.ballots(t0 + secs(2));
+        assert!(!ballots.contains_key("node-2"));
+        assert!(ballots.contains_key("node-3"));
+        // Still live for what it wants: its pairs are not deleted.
+        assert!(m.live(t0 + secs(2)).contains_key("node-2"));
+        assert_eq!(
+            m.who_wants(&pair(1).1, t0 + secs(2)),
+            Wanted::Live(vec!["node-2".into(), "node-3".into()])
+        );
+        // One of them stops: two expiries later the other speaks alone again.
+        for i in 3..70 {
+            m.apply(
+                Event::Apply(written_by("node-2", "aaaa", i)),
+                t0 + secs(i as u64),
+            );
+        }
+        assert!(m.twins(t0 + secs(69)).is_empty());
+        assert!(m.ballots(t0 + secs(69)).contains_key("node-2"));
+    }
+
+    #[test]
+    fn the_end_of_the_turns_is_a_change_the_leader_wakes_up_for() {
+        let t0 = Instant::now();
+        let mut m = listed(vec![written_by("node-2", "aaaa", 0)], t0);
+        m.apply(Event::Apply(written_by("node-2", "bbbb", 1)), t0 + secs(1));
+        m.apply(Event::Apply(written_by("node-2", "aaaa", 2)), t0 + secs(2));
+        // Only aaaa writes on: its ballot counts again once bbbb's turn left the window, which
+        // comes before anything else changes by time.
+        for i in [12, 22, 32, 42, 52] {
+            m.apply(
+                Event::Apply(written_by("node-2", "aaaa", i)),
+                t0 + secs(i as u64),
+            );
+        }
+        let end = t0 + 2 * SETTINGS.expiry;
+        assert_eq!(m.next_change(t0 + secs(52)), Some(end));
+        assert!(!m.ballots(end - secs(1)).contains_key("node-2"));
+        assert!(m.ballots(end).contains_key("node-2"));
+    }
+
+    #[test]
+    fn a_record_that_says_it_saw_a_twin_does_not_count() {
+        let t0 = Instant::now();
+        let mut marked = written_by("node-2", "aaaa", 0);
+        marked
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(names::MEMBER_TWIN_ANNOTATION.into(), "-".into());
+        let m = listed(vec![marked], t0);
+        assert_eq!(
+            m.twins(t0),
+            vec![Twin {
+                identity: "node-2".into(),
+                nonces: vec!["-".into(), "aaaa".into()],
+            }]
+        );
+        assert!(m.ballots(t0).is_empty());
+        // A stale mark is no news.
+        assert!(m.twins(t0 + secs(30)).is_empty());
+    }
+
+    #[test]
+    fn members_in_two_places_are_kept_apart() {
+        let t0 = Instant::now();
+        let mut old = lease("node-2", &[1], 0);
+        old.metadata.namespace = Some("kube-system".into());
+        let new = lease("node-2", &[2], 0);
+        let mut m = listed(vec![old.clone(), new], t0);
+        assert_eq!(
+            m.who_wants(&pair(1).1, t0),
+            Wanted::Live(vec!["node-2".into()])
+        );
+        assert_eq!(
+            m.who_wants(&pair(2).1, t0),
+            Wanted::Live(vec!["node-2".into()])
+        );
+        assert!(m.apply(Event::Delete(old), t0));
+        assert_eq!(m.who_wants(&pair(1).1, t0), Wanted::Nobody);
+        assert_eq!(
+            m.gone_for_good(t0 + secs(900))[0].namespace,
+            "endpoint-copier"
+        );
     }
 
     #[test]

@@ -4,26 +4,38 @@
 //! `kube-system/endpoint-copier`). Every EndpointSlice a group writes carries the label
 //! [`names::GROUP_LABEL`] with [`Group::label_value`], so a leader lists and deletes only its own
 //! group's slices; slices written before groups existed (no group label) belong to the default
-//! group. Every running copy, leader or follower, publishes a **member** Lease
-//! ([`member::publish`]) that says it is alive and which pairs its own config names; the leader
-//! watches them ([`live::watch`]) into [`Members`], a pure state that answers the one question asked
-//! before a delete: does any other copy still want this target ([`Members::who_wants`])?
+//! group. Every running copy, leader or follower, publishes a **member** Lease in the member
+//! namespace ([`publish::publish`]) that says it is alive, which pairs its own config names and
+//! what its probes see; the leader watches them ([`live::watch`]) into [`Members`], a pure state
+//! that answers the questions asked before a delete (does any other copy still want this target:
+//! [`Members::who_wants`]) and before an eviction (whose ballots count: [`Members::ballots`]).
 //!
-//! Files: this one holds [`Group`] and [`Settings`]; `member.rs` the member record, its Lease and
-//! the publisher task; `live.rs` the pure liveness state and the member watch. What this module
-//! leaves to others: `daemon` starts the publisher, polls the member watch into [`Members`] and acts
-//! on the answers (hold, report, delete); `desired` puts the group label on the slices it builds;
+//! Files: this one holds [`Group`] and [`Settings`]; `member.rs` the member record and its Lease;
+//! `wire.rs` the record's annotations within a size budget; `publish.rs` the publisher task;
+//! `health.rs` what this process knows of its own record (written or failing, a twin seen);
+//! `live.rs` the pure liveness state and the member watch; `merge.rs` that watch over the member
+//! namespace and the place older versions used; `twins.rs` the pure detection of two live
+//! processes under one identity. What this module leaves to others: `daemon` starts the
+//! publisher, polls the member watch into [`Members`], acts on the answers (hold, report, delete,
+//! count) and reports [`SelfHealth`]; `desired` puts the group label on the slices it builds;
 //! `config` supplies the settings. The protocol and its reasons are in `docs/development/group.md`.
 
+pub mod health;
 pub mod live;
 pub mod member;
+mod merge;
+pub mod publish;
+pub mod twins;
+pub mod wire;
 
 use std::time::Duration;
 
 use crate::names;
 
+pub use health::SelfHealth;
 pub use live::{Members, Mismatch, Wanted};
-pub use member::{MemberRecord, publish};
+pub use member::MemberRecord;
+pub use publish::publish;
 
 /// The longest label value the API accepts.
 const MAX_LABEL_VALUE: usize = 63;
@@ -52,35 +64,68 @@ impl Default for Settings {
     }
 }
 
-/// A copier group: the copies elected by the Lease `lease_namespace/lease_name`.
+/// A copier group: the copies elected by the Lease `lease_namespace/lease_name`, whose member
+/// Leases live in `members_namespace`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Group {
-    /// Namespace of the election Lease; member Leases live there too.
+    /// Namespace of the election Lease.
     lease_namespace: String,
     /// Name of the election Lease.
     lease_name: String,
+    /// Namespace of the member Leases (`[members] namespace`).
+    members_namespace: String,
     /// The value of [`names::GROUP_LABEL`], computed once.
     label_value: String,
 }
 
 impl Group {
-    /// The group elected by the Lease `lease_namespace/lease_name`.
+    /// The group elected by the Lease `lease_namespace/lease_name`, with its member Leases in
+    /// the same namespace (the layout of versions before `[members] namespace`; the daemon and
+    /// `check` move them with [`Group::members_in`]).
     pub fn new(lease_namespace: &str, lease_name: &str) -> Group {
         Group {
             lease_namespace: lease_namespace.to_owned(),
             lease_name: lease_name.to_owned(),
+            members_namespace: lease_namespace.to_owned(),
             label_value: label_value(lease_namespace, lease_name),
         }
     }
 
-    /// The default group, elected by `kube-system/endpoint-copier`.
-    pub fn default_group() -> Group {
-        Group::new(names::LEASE_NAMESPACE, names::LEASE_NAME)
+    /// The group `config` forms: elected by `[lease]`'s Lease, members in `[members] namespace`
+    /// (what the daemon runs with and `check` inspects).
+    pub fn configured(config: &crate::config::Config) -> Group {
+        Group::new(&config.lease.namespace, &config.lease.name)
+            .members_in(&config.members.namespace)
     }
 
-    /// Namespace of the election Lease (and of the member Leases).
+    /// The same group with its member Leases in `namespace`.
+    #[must_use]
+    pub fn members_in(mut self, namespace: &str) -> Group {
+        namespace.clone_into(&mut self.members_namespace);
+        self
+    }
+
+    /// The default group, elected by `kube-system/endpoint-copier`, members in the default
+    /// `[members] namespace`.
+    pub fn default_group() -> Group {
+        Group::new(names::LEASE_NAMESPACE, names::LEASE_NAME).members_in(names::MEMBERS_NAMESPACE)
+    }
+
+    /// Namespace of the election Lease.
     pub fn lease_namespace(&self) -> &str {
         &self.lease_namespace
+    }
+
+    /// Namespace of the member Leases.
+    pub fn members_namespace(&self) -> &str {
+        &self.members_namespace
+    }
+
+    /// Where versions before `[members] namespace` kept the member Leases (the election
+    /// Lease's namespace), when that is not [`Group::members_namespace`]: read during an
+    /// upgrade, so that a new leader still sees the members of older copies.
+    pub fn legacy_members_namespace(&self) -> Option<&str> {
+        (self.lease_namespace != self.members_namespace).then_some(self.lease_namespace.as_str())
     }
 
     /// Name of the election Lease.

@@ -1,9 +1,14 @@
-//! The copier group as a one-shot command sees it: its member Leases read once, each judged live
-//! when it was renewed within its `leaseDurationSeconds` of now **by this host's clock** — unlike
-//! the daemon (`group::live`), a one-shot command has no history of observed changes, so it
-//! compares timestamps and says how long ago each member renewed. Pairs configured on some live
-//! members but not on this host (or the reverse) become warnings: the leader keeps such slices
-//! and never deletes them while a live member wants them, which an operator should know about.
+//! The copier group as a one-shot command sees it: its member Leases read once (in the member
+//! namespace, and where older versions keep theirs), each judged live when it was renewed within
+//! its `leaseDurationSeconds` — at most the configured expiry, as the daemon caps it — of now
+//! **by this host's clock**: unlike the daemon (`group::live`), a one-shot command has no history
+//! of observed changes, so it compares timestamps and says how long ago each member renewed.
+//! Pairs configured on some live members but not on this host (or the reverse) become warnings:
+//! the leader keeps such slices and never deletes them while a live member wants them, which an
+//! operator should know about. So do this host's own member Lease no longer renewed (its daemon
+//! stopped, or cannot write its record) and a record over its size budget. A live record whose
+//! writer saw another live process under its identity is a problem: a twin's ballots do not
+//! count.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +22,9 @@ use super::report::{ConfiguredPair, MemberReport, VerdictReport};
 use crate::group::{Group, MemberRecord};
 use crate::probe::{Target, Verdict};
 
-/// Lists `group`'s member Leases and reports each, sorted by identity; `identity` is this host's.
+/// Lists `group`'s member Leases — in the member namespace, and in the election Lease's
+/// namespace where older versions keep theirs (skipped if we may not list there) — and reports
+/// each, judged with the configured `expiry`, sorted by identity; `identity` is this host's.
 ///
 /// # Errors
 /// [`Error::Api`] when the member Leases cannot be listed.
@@ -26,39 +33,66 @@ pub async fn read(
     group: &Group,
     identity: &str,
     now: Timestamp,
+    expiry: std::time::Duration,
 ) -> Result<Vec<MemberReport>, Error> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), group.lease_namespace());
-    let list = api
-        .list(&ListParams::default().labels(&group.member_selector()))
-        .await
-        .map_err(|source| Error::Api {
-            what: format!("list the member Leases of copier group {group}"),
-            source,
-        })?;
-    let mut members: Vec<MemberReport> = list
-        .items
+    let list = |namespace: &str| {
+        let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        async move {
+            api.list(&ListParams::default().labels(&group.member_selector()))
+                .await
+                .map_err(|source| Error::Api {
+                    what: format!("list the member Leases of copier group {group}"),
+                    source,
+                })
+        }
+    };
+    let mut leases = list(group.members_namespace()).await?.items;
+    if let Some(legacy) = group.legacy_members_namespace() {
+        match list(legacy).await {
+            Ok(older) => leases.extend(older.items),
+            // The right is optional (a missing one is a warning of its own).
+            Err(e) if e.is_forbidden() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut members: Vec<MemberReport> = leases
         .iter()
-        .map(|l| member_report(l, identity, now))
+        .map(|l| member_report(l, identity, now, expiry))
         .collect();
     members.sort_by(|a, b| a.identity.cmp(&b.identity).then(a.lease.cmp(&b.lease)));
     Ok(members)
 }
 
-/// One member Lease as reported, judged at `now`.
-pub fn member_report(lease: &Lease, identity: &str, now: Timestamp) -> MemberReport {
-    let name = lease.metadata.name.clone().unwrap_or_default();
+/// One member Lease as reported, judged at `now`; its duration counts up to `expiry` only (a
+/// record claiming longer is live no longer than one claiming `expiry`).
+pub fn member_report(
+    lease: &Lease,
+    identity: &str,
+    now: Timestamp,
+    expiry: std::time::Duration,
+) -> MemberReport {
+    let name = format!(
+        "{}/{}",
+        lease.metadata.namespace.as_deref().unwrap_or_default(),
+        lease.metadata.name.as_deref().unwrap_or_default()
+    );
     let spec = lease.spec.as_ref();
     let renewed_secs_ago = spec
         .and_then(|s| s.renew_time.as_ref())
         .map(|t| (now - t.0).get_seconds());
     let lease_duration_secs = spec.and_then(|s| s.lease_duration_seconds);
+    let cap = i64::try_from(expiry.as_secs()).unwrap_or(i64::MAX);
     // No duration: never live (the publisher always writes one).
     let live = match (renewed_secs_ago, lease_duration_secs) {
-        (Some(ago), Some(d)) => ago <= i64::from(d),
+        (Some(ago), Some(d)) => ago <= i64::from(d).min(cap),
         _ => false,
     };
+    let (mut nonce, mut twin, mut omitted) = (None, None, 0);
     let (who, pairs, verdicts, error) = match MemberRecord::from_lease(lease) {
         Ok(record) => {
+            nonce.clone_from(&record.nonce);
+            twin.clone_from(&record.twin);
+            omitted = record.omitted.up + record.omitted.down;
             let pairs = record
                 .pairs
                 .iter()
@@ -111,15 +145,41 @@ pub fn member_report(lease: &Lease, identity: &str, now: Timestamp) -> MemberRep
         pairs,
         error,
         verdicts,
+        nonce,
+        twin,
+        omitted,
     }
 }
 
-/// The ballots of the live members as a one-shot command can judge them (renewed within their
-/// duration by this host's clock), for [`crate::probe::quorum::Count::of`].
-pub fn ballots(members: &[MemberReport]) -> Vec<(String, BTreeMap<Target, Verdict>)> {
+/// The problems with the members: a live record whose writer saw another live process writing
+/// under its identity — two copies share that identity, and their ballots do not count.
+pub fn problems(members: &[MemberReport]) -> Vec<String> {
     members
         .iter()
-        .filter(|m| m.live && m.error.is_none())
+        .filter(|m| m.live)
+        .filter_map(|m| {
+            let twin = m.twin.as_deref()?;
+            let nonces = format!("{} and {twin}", m.nonce.as_deref().unwrap_or("-"));
+            Some(format!(
+                "two live copies run as {} (process nonces {nonces}): their probe verdicts are not counted; stop one, or give each host its own [lease] identity",
+                m.identity
+            ))
+        })
+        .collect()
+}
+
+/// The ballots of the live members as a one-shot command can judge them (renewed within their
+/// duration by this host's clock), for [`crate::probe::quorum::Count::of`]; none of an
+/// identity a live record says has a twin.
+pub fn ballots(members: &[MemberReport]) -> Vec<(String, BTreeMap<Target, Verdict>)> {
+    let twins: BTreeSet<&str> = members
+        .iter()
+        .filter(|m| m.live && m.twin.is_some())
+        .map(|m| m.identity.as_str())
+        .collect();
+    members
+        .iter()
+        .filter(|m| m.live && m.error.is_none() && !twins.contains(m.identity.as_str()))
         .map(|m| {
             let verdicts = m
                 .verdicts
@@ -147,6 +207,28 @@ pub fn warnings(
     members: &[MemberReport],
 ) -> Vec<String> {
     let mut out = Vec::new();
+    // Only a member Lease that exists and stopped: before the daemon first ran on this host (at
+    // install, from combustion) there is none, and that is no news.
+    let own: Vec<&MemberReport> = members.iter().filter(|m| m.this_host).collect();
+    if !own.is_empty() && !own.iter().any(|m| m.live) {
+        let ago = own
+            .iter()
+            .filter_map(|m| m.renewed_secs_ago)
+            .min()
+            .map_or_else(
+                || "never renewed".to_owned(),
+                |a| format!("renewed {a}s ago"),
+            );
+        out.push(format!(
+            "this host's member Lease ({identity}) is not live ({ago}): the daemon here is not running or cannot write it (its STATUS and the metric endpoint_copier_member_publisher_up say why); its probe verdicts are not counted"
+        ));
+    }
+    for m in members.iter().filter(|m| m.live && m.omitted > 0) {
+        out.push(format!(
+            "member {} leaves {} probe verdicts out of its record (over its size budget): it abstains on them",
+            m.identity, m.omitted
+        ));
+    }
     for m in members.iter().filter(|m| !m.this_host) {
         if let Some(e) = &m.error {
             out.push(format!(
@@ -233,6 +315,9 @@ mod tests {
             pairs: pairs.to_vec(),
             error: None,
             verdicts: Vec::new(),
+            nonce: None,
+            twin: None,
+            omitted: 0,
         }
     }
 
@@ -250,12 +335,50 @@ mod tests {
         )
         .unwrap();
         let at = |secs| Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(secs);
-        let m = member_report(&lease, "node-1", at(30));
+        let expiry = Duration::from_secs(30);
+        let m = member_report(&lease, "node-1", at(30), expiry);
         assert!(m.live && !m.this_host);
         assert_eq!(m.renewed_secs_ago, Some(30));
         assert_eq!(m.pairs, vec![pair("a/src", "a/vip")]);
-        assert!(!member_report(&lease, "node-1", at(31)).live);
-        assert!(member_report(&lease, "node-2", at(0)).this_host);
+        assert!(!member_report(&lease, "node-1", at(31), expiry).live);
+        assert!(member_report(&lease, "node-2", at(0), expiry).this_host);
+        // A forged duration counts only up to the configured expiry.
+        let mut forged = lease.clone();
+        forged.spec.as_mut().unwrap().lease_duration_seconds = Some(i32::MAX);
+        assert!(member_report(&forged, "node-1", at(30), expiry).live);
+        assert!(!member_report(&forged, "node-1", at(31), expiry).live);
+    }
+
+    #[test]
+    fn a_twin_is_a_problem_and_its_ballot_is_not_counted() {
+        let mut twin = member("node-2", true, &[]);
+        twin.nonce = Some("aaaa".into());
+        twin.twin = Some("bbbb".into());
+        let members = vec![member("node-1", true, &[]), twin];
+        assert_eq!(
+            problems(&members),
+            vec!["two live copies run as node-2 (process nonces aaaa and bbbb): their probe verdicts are not counted; stop one, or give each host its own [lease] identity".to_owned()]
+        );
+        let counted: Vec<String> = ballots(&members).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(counted, vec!["node-1".to_owned()]);
+    }
+
+    #[test]
+    fn this_hosts_member_not_live_and_a_truncated_record_are_warned_about() {
+        let mut big = member("node-2", true, &[]);
+        big.omitted = 12;
+        let members = vec![member("node-1", false, &[]), big];
+        let w = warnings("node-1", &BTreeSet::new(), &members);
+        assert!(
+            w[0].starts_with("this host's member Lease (node-1) is not live (renewed 100s ago): "),
+            "{w:?}"
+        );
+        assert_eq!(
+            w[1],
+            "member node-2 leaves 12 probe verdicts out of its record (over its size budget): it abstains on them"
+        );
+        // None at all (the daemon never ran here, e.g. `check` at install): no news.
+        assert!(warnings("node-1", &BTreeSet::new(), &[]).is_empty());
     }
 
     #[test]

@@ -127,16 +127,19 @@ pub async fn check_report(config: &Config) -> Result<Report, Error> {
         Some(r) => r.pair_refs(),
         None => pairs::local_refs(config.pairs.iter().map(|p| (&p.sources, &p.target))),
     };
-    let wanted = permissions::wanted(&refs, &config.lease.namespace, config.annotations.enabled);
+    let group = group_of(config);
+    let wanted = permissions::wanted(&refs, &group, config.annotations.enabled);
     report.permissions = permissions::ask(&client, wanted).await?;
     let (problems, warnings) = permissions::findings(&report.permissions);
     report.problems.extend(problems);
     report.warnings.extend(warnings);
-    let group = group_of(config);
-    let may_list_members = report
-        .permissions
-        .iter()
-        .all(|p| p.allowed || p.resource != "leases" || p.verb != "list");
+    election_lease_creation(&client, config, &mut report).await?;
+    let may_list_members = report.permissions.iter().all(|p| {
+        p.allowed
+            || p.resource != "leases"
+            || p.verb != "list"
+            || !p.features.contains(&Feature::Members)
+    });
     // The members first: their probe verdicts are the ballots the pairs' decisions count.
     members_into(&client, config, &group, may_list_members, &mut report).await;
     let count = count_of(&report);
@@ -357,9 +360,46 @@ fn probe_findings(report: &mut Report) {
     }
 }
 
-/// The copier group of `config`.
+/// The copier group of `config`, as the daemon forms it.
 fn group_of(config: &Config) -> Group {
-    Group::new(&config.lease.namespace, &config.lease.name)
+    Group::configured(config)
+}
+
+/// The right to create the election Lease is needed only while it does not exist (the shipped
+/// RBAC creates it instead: a create cannot be narrowed to one name). When it is denied, reads
+/// the Lease: missing, that is a problem — the daemon could not elect a leader.
+async fn election_lease_creation(
+    client: &Client,
+    config: &Config,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let denied = report
+        .permissions
+        .iter()
+        .any(|p| !p.allowed && p.features.contains(&Feature::LeaseCreation));
+    if !denied {
+        return Ok(());
+    }
+    let api: Api<Lease> = Api::namespaced(client.clone(), &config.lease.namespace);
+    match api.get_opt(&config.lease.name).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            report.problems.push(format!(
+                "the election Lease {}/{} does not exist and this identity may not create it: the daemon cannot elect a leader (apply packaging/rbac/10-mirroring.yaml, which creates it)",
+                config.lease.namespace, config.lease.name
+            ));
+            Ok(())
+        }
+        // A read we may not make is a missing permission reported above already.
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(()),
+        Err(source) => Err(Error::Api {
+            what: format!(
+                "read Lease {}/{}",
+                config.lease.namespace, config.lease.name
+            ),
+            source,
+        }),
+    }
 }
 
 /// This host's identity in the group, as the daemon computes it.
@@ -382,7 +422,8 @@ async fn members_into(
 ) {
     let identity = identity(config);
     let members = if may_list {
-        match members::read(client, group, &identity, jiff::Timestamp::now()).await {
+        let now = jiff::Timestamp::now();
+        match members::read(client, group, &identity, now, config.members.expiry).await {
             Ok(m) => Some(m),
             Err(e) => {
                 report.problems.push(format!(
@@ -407,6 +448,7 @@ async fn members_into(
         report
             .warnings
             .extend(members::warnings(&identity, &own, m));
+        report.problems.extend(members::problems(m));
     }
     report.group = Some(GroupReport {
         label: group.label_value().to_owned(),

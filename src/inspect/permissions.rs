@@ -6,7 +6,13 @@
 //! SelfSubjectAccessReview (which every authenticated user may create, and which the API
 //! evaluates without storing); [`findings`] turns the answers into report lines. The RBAC we
 //! ship for a dedicated identity (`packaging/rbac/`) grants exactly what [`wanted`] asks for
-//! the default config; a test keeps the two together.
+//! the default config, no more: a test (`tests/it/rbac.rs`) evaluates the manifests with
+//! Kubernetes' RBAC rules, resource names included, against this list.
+//!
+//! Requests on one named object carry its name, as the API's authorizer sees it: a get, update
+//! or delete names it in the path, and a list or watch with the field selector
+//! `metadata.name=<name>` names it too (apiserver `RequestInfoFactory`). A create never does
+//! (the name is in the body), which is why RBAC cannot narrow a create by name.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +25,7 @@ use serde::Serialize;
 
 use super::Error;
 use super::report::Permission;
+use crate::group::Group;
 use crate::names::ServiceRef;
 
 /// A feature of the daemon, by the rights it needs.
@@ -40,6 +47,11 @@ pub enum Feature {
     OrphanScan,
     /// The Node watch (`watch::nodes`): nodeName and zone, derived families, drains. Optional.
     Nodes,
+    /// Creating the election Lease when it does not exist. The shipped RBAC creates the Lease
+    /// instead and does not grant it (a create cannot be narrowed to one name): a missing right
+    /// is no report line of its own; `check` makes it a problem only while the Lease is
+    /// missing.
+    LeaseCreation,
 }
 
 impl Feature {
@@ -52,6 +64,7 @@ impl Feature {
             Feature::LegacyCleanup => "legacy clean-up",
             Feature::OrphanScan => "orphan scan",
             Feature::Nodes => "node facts",
+            Feature::LeaseCreation => "election Lease creation",
         }
     }
 
@@ -85,6 +98,9 @@ impl Feature {
             Feature::Nodes => {
                 "disables node facts: nodeName and zone are not filled, no address family is derived from Nodes (a dual-stack VIP gets no IPv6 backends) and drains (endpoint-copier/drain) are ignored"
             }
+            Feature::LeaseCreation => {
+                "means the election Lease must exist already (packaging/rbac/10-mirroring.yaml creates it)"
+            }
         }
     }
 }
@@ -100,6 +116,8 @@ pub struct Wanted {
     pub resource: &'static str,
     /// Namespace, or `None` for a cluster-wide request.
     pub namespace: Option<String>,
+    /// The one object it is made on, when the authorizer sees its name; `None`: any.
+    pub name: Option<String>,
     /// The features that make it, sorted.
     pub features: Vec<Feature>,
 }
@@ -112,61 +130,46 @@ const ENDPOINTS: (&str, &str) = ("", "endpoints");
 const NODES: (&str, &str) = ("", "nodes");
 
 /// The requests the daemon makes for `pairs` (every active pair, configured or annotated, as
-/// `(source, target)`), with its election and member Leases in `lease_namespace` and annotated
-/// pairs read when `annotations` is true. Each request once, in a stable order.
-pub fn wanted(
-    pairs: &[(ServiceRef, ServiceRef)],
-    lease_namespace: &str,
-    annotations: bool,
-) -> Vec<Wanted> {
-    let mut out: Vec<Wanted> = Vec::new();
-    let mut add = |feature: Feature,
-                   (group, resource): (&'static str, &'static str),
-                   verbs: &[&'static str],
-                   namespace: Option<&str>| {
-        for &verb in verbs {
-            let namespace = namespace.map(str::to_owned);
-            match out.iter_mut().find(|w| {
-                w.verb == verb
-                    && w.group == group
-                    && w.resource == resource
-                    && w.namespace == namespace
-            }) {
-                Some(w) => {
-                    if !w.features.contains(&feature) {
-                        w.features.push(feature);
-                        w.features.sort();
-                    }
-                }
-                None => out.push(Wanted {
-                    verb,
-                    group,
-                    resource,
-                    namespace,
-                    features: vec![feature],
-                }),
-            }
-        }
-    };
+/// `(source, target)`), electing with the Lease of `group` and publishing its members in the
+/// group's member namespace, and reading annotated pairs when `annotations` is true. Each
+/// request once, in a stable order.
+pub fn wanted(pairs: &[(ServiceRef, ServiceRef)], group: &Group, annotations: bool) -> Vec<Wanted> {
+    let mut requests = Requests::default();
     // The Service watch is cluster-wide (annotated Services can be anywhere, and one watch is
     // cheaper than one per namespace); `get` is the fresh read before a pair's slices are cleared.
-    add(Feature::Mirroring, SERVICES, &["list", "watch"], None);
-    // The election Lease: a watch (list + watch, narrowed by a field selector), get, create and
-    // update (every write carries the resourceVersion it read). The copy's own member Lease is
-    // written with the same verbs.
-    add(
+    requests.add(Feature::Mirroring, SERVICES, &["list", "watch"], None, None);
+    // The election Lease, by name: a watch (list + watch with the field selector
+    // metadata.name), get and update (every write carries the resourceVersion it read). A
+    // create, only while it does not exist, cannot be narrowed to its name.
+    let (lease_namespace, lease_name) = (group.lease_namespace(), group.lease_name());
+    requests.add(
+        Feature::LeaseCreation,
+        LEASES,
+        &["create"],
+        Some(lease_namespace),
+        None,
+    );
+    requests.add(
         Feature::Mirroring,
         LEASES,
-        &["get", "list", "watch", "create", "update"],
+        &["get", "list", "watch", "update"],
         Some(lease_namespace),
+        Some(lease_name),
     );
-    // The member watch: every member Lease of the group, by label.
-    add(
+    // This copy's member Lease (read, created, updated) and the member watch (every member
+    // Lease of the group, by label), in the member namespace: any name there.
+    let members_namespace = group.members_namespace();
+    requests.add(
         Feature::Members,
         LEASES,
-        &["list", "watch"],
-        Some(lease_namespace),
+        &["get", "list", "watch", "create", "update"],
+        Some(members_namespace),
+        None,
     );
+    // Not asked: the read-only watch of the members of older versions where they kept them
+    // (`group.legacy_members_namespace()`). It matters only during an upgrade, while the RBAC
+    // of the older version still grants it; once narrowed, the daemon reads that place as
+    // empty (`group::merge`), and asking would leave a warning behind for good.
     // The slice watches run per namespace of every source and target (`watch::SliceWatches`).
     let watched: BTreeSet<&str> = pairs
         .iter()
@@ -174,55 +177,127 @@ pub fn wanted(
         .collect();
     let targets: BTreeSet<&str> = pairs.iter().map(|(_, t)| t.namespace.as_str()).collect();
     for ns in &watched {
-        add(Feature::Mirroring, SLICES, &["list", "watch"], Some(ns));
+        requests.add(
+            Feature::Mirroring,
+            SLICES,
+            &["list", "watch"],
+            Some(ns),
+            None,
+        );
     }
     for ns in &targets {
         // `apply` creates, replaces (PUT: update) and deletes; Events are created, and patched
         // when kube's recorder folds a repeat into a series.
-        add(
+        requests.add(
             Feature::Mirroring,
             SLICES,
             &["create", "update", "delete"],
             Some(ns),
+            None,
         );
-        add(Feature::Mirroring, EVENTS, &["create", "patch"], Some(ns));
-        add(Feature::Mirroring, SERVICES, &["get"], Some(ns));
+        requests.add(
+            Feature::Mirroring,
+            EVENTS,
+            &["create", "patch"],
+            Some(ns),
+            None,
+        );
+        requests.add(Feature::Mirroring, SERVICES, &["get"], Some(ns), None);
     }
     if annotations {
         // An annotated pair may appear in any namespace at any time: only a cluster-wide grant
         // covers the ones that do not exist yet.
-        add(
+        requests.add(
             Feature::Annotations,
             SLICES,
             &["list", "watch", "create", "update", "delete"],
             None,
+            None,
         );
-        add(Feature::Annotations, EVENTS, &["create", "patch"], None);
-        add(Feature::Annotations, SERVICES, &["get"], None);
+        requests.add(
+            Feature::Annotations,
+            EVENTS,
+            &["create", "patch"],
+            None,
+            None,
+        );
+        requests.add(Feature::Annotations, SERVICES, &["get"], None, None);
     }
     for ns in &targets {
-        add(
+        requests.add(
             Feature::LegacyCleanup,
             ENDPOINTS,
             &["get", "delete"],
             Some(ns),
+            None,
         );
     }
     if annotations {
-        add(Feature::LegacyCleanup, ENDPOINTS, &["get", "delete"], None);
+        requests.add(
+            Feature::LegacyCleanup,
+            ENDPOINTS,
+            &["get", "delete"],
+            None,
+            None,
+        );
     }
     // `daemon::jobs::scan`: one cluster-wide metadata list per group selector, after removing
     // the member Leases of copies gone for good (a delete with preconditions).
-    add(Feature::OrphanScan, SLICES, &["list"], None);
-    add(
+    requests.add(Feature::OrphanScan, SLICES, &["list"], None, None);
+    requests.add(
         Feature::OrphanScan,
         LEASES,
         &["delete"],
-        Some(lease_namespace),
+        Some(members_namespace),
+        None,
     );
     // The Node watch (cluster-scoped, read-only): node facts and drains.
-    add(Feature::Nodes, NODES, &["list", "watch"], None);
-    out
+    requests.add(Feature::Nodes, NODES, &["list", "watch"], None, None);
+    requests.0
+}
+
+/// The requests asked so far, each once.
+#[derive(Default)]
+struct Requests(Vec<Wanted>);
+
+impl Requests {
+    /// Adds `verbs` on `resource` in `namespace` (on the object `name`, if given) for
+    /// `feature`: a request already there gets the feature added to its list.
+    fn add(
+        &mut self,
+        feature: Feature,
+        (api_group, resource): (&'static str, &'static str),
+        verbs: &[&'static str],
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) {
+        for &verb in verbs {
+            let namespace = namespace.map(str::to_owned);
+            let name = name.map(str::to_owned);
+            match self.0.iter_mut().find(|w| {
+                w.verb == verb
+                    && w.group == api_group
+                    && w.resource == resource
+                    && w.namespace == namespace
+                    && w.name == name
+            }) {
+                Some(w) => {
+                    if !w.features.contains(&feature) {
+                        w.features.push(feature);
+                        w.features.sort();
+                    }
+                }
+                None => self.0.push(Wanted {
+                    verb,
+                    group: api_group,
+                    resource,
+                    namespace,
+                    name,
+                    features: vec![feature],
+                }),
+            }
+        }
+    }
 }
 
 /// Asks the API, one SelfSubjectAccessReview per request, whether we may make each of `wanted`.
@@ -240,6 +315,7 @@ pub async fn ask(client: &Client, wanted: Vec<Wanted>) -> Result<Vec<Permission>
                     group: Some(w.group.into()),
                     resource: Some(w.resource.into()),
                     namespace: w.namespace.clone(),
+                    name: w.name.clone(),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -258,6 +334,7 @@ pub async fn ask(client: &Client, wanted: Vec<Wanted>) -> Result<Vec<Permission>
             group: w.group,
             resource: w.resource,
             namespace: w.namespace,
+            name: w.name,
             features: w.features,
             allowed: answer.status.is_some_and(|s| s.allowed),
         });
@@ -270,10 +347,15 @@ pub async fn ask(client: &Client, wanted: Vec<Wanted>) -> Result<Vec<Permission>
 /// right any required feature needs is a problem; one only optional features need is a warning
 /// saying what they lose.
 pub fn findings(permissions: &[Permission]) -> (Vec<String>, Vec<String>) {
-    // (verb, group, resource) -> where and for whom, in first-asked order.
-    let mut denied: Vec<((&str, &str, &str), Denied<'_>)> = Vec::new();
-    for p in permissions.iter().filter(|p| !p.allowed) {
-        let key = (p.verb, p.group, p.resource);
+    // (verb, group, resource, name) -> where and for whom, in first-asked order.
+    let mut denied: Vec<(DeniedKey<'_>, Denied<'_>)> = Vec::new();
+    // The right to create the election Lease is not granted by the shipped RBAC (it creates
+    // the Lease): `check` reads the Lease and reports a problem only if it is missing.
+    let lines = permissions
+        .iter()
+        .filter(|p| !p.allowed && p.features != [Feature::LeaseCreation]);
+    for p in lines {
+        let key = (p.verb, p.group, p.resource, p.name.as_deref());
         let at = match denied.iter().position(|(k, _)| *k == key) {
             Some(at) => at,
             None => {
@@ -290,7 +372,7 @@ pub fn findings(permissions: &[Permission]) -> (Vec<String>, Vec<String>) {
     }
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
-    for ((verb, group, resource), d) in denied {
+    for ((verb, group, resource, name), d) in denied {
         let Denied {
             namespaces,
             cluster,
@@ -305,8 +387,9 @@ pub fn findings(permissions: &[Permission]) -> (Vec<String>, Vec<String>) {
         if cluster {
             places.push("all namespaces");
         }
+        let named = name.map_or_else(String::new, |n| format!(" named {n}"));
         let what = format!(
-            "missing permission: {verb} {resource}{group} in {}",
+            "missing permission: {verb} {resource}{group}{named} in {}",
             and_list(&places)
         );
         let required: Vec<Feature> = features
@@ -328,6 +411,9 @@ pub fn findings(permissions: &[Permission]) -> (Vec<String>, Vec<String>) {
     }
     (problems, warnings)
 }
+
+/// One denied verb on one resource (and object): `(verb, group, resource, name)`.
+type DeniedKey<'a> = (&'a str, &'a str, &'a str, Option<&'a str>);
 
 /// Where one verb on one resource was denied, and which features need it.
 #[derive(Default)]
@@ -369,7 +455,11 @@ mod tests {
 
     #[test]
     fn slices_are_watched_in_source_and_target_namespaces_and_written_in_target_ones() {
-        let w = wanted(&[(r("src/api"), r("dst/vip"))], "kube-system", false);
+        let w = wanted(
+            &[(r("src/api"), r("dst/vip"))],
+            &Group::default_group(),
+            false,
+        );
         for ns in ["src", "dst"] {
             assert!(
                 find(&w, "watch", "endpointslices", Some(ns)).is_some(),
@@ -394,21 +484,19 @@ mod tests {
     fn a_request_two_features_make_is_asked_once_and_names_both() {
         let w = wanted(
             &[(r("default/kubernetes"), r("default/kubernetes-vip"))],
-            "kube-system",
+            &Group::default_group(),
             true,
         );
-        let list = find(&w, "list", "leases", Some("kube-system")).unwrap();
-        assert_eq!(list.features, vec![Feature::Mirroring, Feature::Members]);
         let cluster_list = find(&w, "list", "endpointslices", None).unwrap();
         assert_eq!(
             cluster_list.features,
             vec![Feature::Annotations, Feature::OrphanScan]
         );
         // The figure in docs/usage/rbac.md's example.
-        assert_eq!(w.len(), 30);
+        assert_eq!(w.len(), 35);
         let mut keys: Vec<_> = w
             .iter()
-            .map(|x| (x.verb, x.resource, x.namespace.clone()))
+            .map(|x| (x.verb, x.resource, x.namespace.clone(), x.name.clone()))
             .collect();
         let n = keys.len();
         keys.sort();
@@ -423,6 +511,7 @@ mod tests {
             group: "",
             resource,
             namespace: Some("default".into()),
+            name: None,
             features,
             allowed: false,
         };
@@ -441,6 +530,79 @@ mod tests {
                 "missing permission: list leases in default, needed by mirroring and members: "
             ),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn the_election_lease_is_asked_for_by_name_and_the_members_in_their_own_namespace() {
+        let w = wanted(&[], &Group::default_group(), false);
+        type Row<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [Feature]);
+        let leases: Vec<Row<'_>> = w
+            .iter()
+            .filter(|x| x.resource == "leases")
+            .map(|x| {
+                (
+                    x.verb,
+                    x.namespace.as_deref(),
+                    x.name.as_deref(),
+                    x.features.as_slice(),
+                )
+            })
+            .collect();
+        let (ks, ec, lease) = (
+            Some("kube-system"),
+            Some("endpoint-copier"),
+            Some("endpoint-copier"),
+        );
+        assert_eq!(
+            leases,
+            vec![
+                ("create", ks, None, &[Feature::LeaseCreation][..]),
+                ("get", ks, lease, &[Feature::Mirroring][..]),
+                ("list", ks, lease, &[Feature::Mirroring][..]),
+                ("watch", ks, lease, &[Feature::Mirroring][..]),
+                ("update", ks, lease, &[Feature::Mirroring][..]),
+                ("get", ec, None, &[Feature::Members][..]),
+                ("list", ec, None, &[Feature::Members][..]),
+                ("watch", ec, None, &[Feature::Members][..]),
+                ("create", ec, None, &[Feature::Members][..]),
+                ("update", ec, None, &[Feature::Members][..]),
+                ("delete", ec, None, &[Feature::OrphanScan][..]),
+            ]
+        );
+        // Denied, the creation alone is no report line: `check` reads the Lease instead.
+        let create = w
+            .iter()
+            .find(|x| x.verb == "create" && x.namespace.as_deref() == ks)
+            .unwrap();
+        let (problems, warnings) = findings(&[Permission {
+            verb: create.verb,
+            group: create.group,
+            resource: create.resource,
+            namespace: create.namespace.clone(),
+            name: None,
+            features: create.features.clone(),
+            allowed: false,
+        }]);
+        assert!(problems.is_empty() && warnings.is_empty());
+    }
+
+    #[test]
+    fn a_denied_named_request_names_its_object() {
+        let (_, warnings) = findings(&[Permission {
+            verb: "update",
+            group: "coordination.k8s.io",
+            resource: "leases",
+            namespace: Some("kube-system".into()),
+            name: Some("endpoint-copier".into()),
+            features: vec![Feature::OrphanScan],
+            allowed: false,
+        }]);
+        assert!(
+            warnings[0].starts_with(
+                "missing permission: update leases.coordination.k8s.io named endpoint-copier in kube-system "
+            ),
+            "{warnings:?}"
         );
     }
 }

@@ -120,9 +120,18 @@ fn member(s: &mut String, m: &MemberReport) {
             format!("pairs {}", list.join(", "))
         }
     };
+    let twin = m
+        .twin
+        .as_deref()
+        .map(|t| format!(", another live process writes under this identity (nonce {t})"))
+        .unwrap_or_default();
+    let omitted = match m.omitted {
+        0 => String::new(),
+        n => format!(", {n} verdicts left out (over its size budget)"),
+    };
     let _ = writeln!(
         s,
-        "  member {}{here}: {state}, {renewed}, {pairs}",
+        "  member {}{here}: {state}, {renewed}, {pairs}{twin}{omitted}",
         m.identity
     );
     for v in &m.verdicts {
@@ -244,6 +253,7 @@ mod tests {
                 group: "",
                 resource: "services",
                 namespace: None,
+                name: None,
                 features: vec![Feature::Mirroring],
                 allowed: true,
             }],
@@ -385,6 +395,9 @@ ok
                     }],
                     error: None,
                     verdicts: vec![],
+                    nonce: None,
+                    twin: None,
+                    omitted: 0,
                 },
                 MemberReport {
                     identity: "cp-2".into(),
@@ -396,6 +409,9 @@ ok
                     pairs: vec![],
                     error: None,
                     verdicts: vec![],
+                    nonce: None,
+                    twin: None,
+                    omitted: 0,
                 },
             ]),
         });
@@ -467,6 +483,9 @@ ok
                         reason: Some("TLS: the certificate does not name 2001:db8::2 (its subject alternative names: 198.51.100.2)".into()),
                     },
                 ],
+                nonce: None,
+                twin: None,
+                omitted: 0,
             }]),
         });
         assert_eq!(

@@ -35,6 +35,9 @@ pub struct Permission {
     pub resource: &'static str,
     /// Namespace, or `None` for all namespaces (a cluster-wide request).
     pub namespace: Option<String>,
+    /// The one object the request is made on (`None`: any), e.g. the election Lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The features of the daemon that make this request (at least one).
     pub features: Vec<Feature>,
     /// Whether the API allows it.
@@ -184,7 +187,8 @@ pub struct ConfiguredPair {
 pub struct MemberReport {
     /// The identity it names (its object name when its record cannot be read).
     pub identity: String,
-    /// Name of its member Lease (in the group Lease's namespace).
+    /// Its member Lease, `namespace/name` (the member namespace, or the election Lease's for a
+    /// copy of an older version).
     pub lease: String,
     /// Whether this is the copy configured on this host (same identity).
     pub this_host: bool,
@@ -202,6 +206,13 @@ pub struct MemberReport {
     pub error: Option<String>,
     /// Its probe verdicts: what that host sees, sorted by endpoint.
     pub verdicts: Vec<VerdictReport>,
+    /// The nonce of the process that wrote it (`None`: an older version).
+    pub nonce: Option<String>,
+    /// The nonce of another live process its writer saw writing under the same identity
+    /// (`-`: one without a nonce): a twin, whose ballot does not count.
+    pub twin: Option<String>,
+    /// Verdicts its writer left out to fit the record's size budget (it abstains on them).
+    pub omitted: usize,
 }
 
 /// The copier group this host belongs to.

@@ -135,19 +135,78 @@ pub fn wrote_it(
     (rv.is_some() && rv == written_rv) || sent == Some(spec)
 }
 
-/// Annotation on the Lease that says which runtime lock the writer of the current claim held:
-/// `token=<token of the lock file> pid=<pid, for humans> renew=<renewTime in µs since the epoch>`.
-/// Written with every claim and renewal by a copy that holds its runtime lock, removed by one
-/// that does not (see [`claim_mark`] and [`dead_predecessor`]).
+/// Annotation on the Lease that says who wrote the current claim: `token=<token of the runtime
+/// lock file> pid=<pid, for humans> nonce=<the writing process's nonce> renew=<renewTime in µs
+/// since the epoch>`. Written with every claim and renewal (`token=` only by a copy that holds
+/// its runtime lock), removed on release (see [`claim_mark`], [`dead_predecessor`], [`twin`]).
 pub const CLAIM_ANNOTATION: &str = "endpoint-copier/claim";
 
-/// The `endpoint-copier/claim` value for the record `spec` we are about to write, when we hold
-/// the runtime lock whose token is `token`. It names `spec`'s `renewTime`, so it vouches for
-/// that one record only: a writer that copies the annotation along without rewriting it (an
-/// older endpoint-copier, `kubectl edit`) and changes the record makes it void.
-pub fn claim_mark(token: &str, pid: u32, spec: &LeaseSpec) -> String {
+/// The `endpoint-copier/claim` value for the record `spec` we are about to write, by the
+/// process with `nonce`, holding the runtime lock whose token is `token` (if any). It names
+/// `spec`'s `renewTime`, so it vouches for that one record only: a writer that copies the
+/// annotation along without rewriting it (an older endpoint-copier, `kubectl edit`) and changes
+/// the record makes it void.
+pub fn claim_mark(token: Option<&str>, pid: u32, nonce: Option<&str>, spec: &LeaseSpec) -> String {
     let renew = spec.renew_time.as_ref().map_or(0, |t| t.0.as_microsecond());
-    format!("token={token} pid={pid} renew={renew}")
+    let mut words = Vec::new();
+    if let Some(token) = token {
+        words.push(format!("token={token}"));
+    }
+    words.push(format!("pid={pid}"));
+    if let Some(nonce) = nonce {
+        words.push(format!("nonce={nonce}"));
+    }
+    words.push(format!("renew={renew}"));
+    words.join(" ")
+}
+
+/// The `endpoint-copier/claim` annotation as read; every part optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// The runtime lock's token.
+    pub token: Option<String>,
+    /// The writer's pid (for the log only: pids are reused and namespaced).
+    pub pid: Option<u32>,
+    /// The writing process's nonce.
+    pub nonce: Option<String>,
+    /// The `renewTime` it vouches for, in µs since the epoch.
+    pub renew: Option<i64>,
+}
+
+impl Claim {
+    /// Reads an annotation's words; unknown and malformed ones are ignored.
+    pub fn parse(annotation: &str) -> Claim {
+        let mut claim = Claim::default();
+        for word in annotation.split_whitespace() {
+            match word.split_once('=') {
+                Some(("token", v)) if !v.is_empty() => claim.token = Some(v.to_owned()),
+                Some(("pid", v)) => claim.pid = v.parse().ok(),
+                Some(("nonce", v)) if !v.is_empty() => claim.nonce = Some(v.to_owned()),
+                Some(("renew", v)) => claim.renew = v.parse().ok(),
+                _ => {}
+            }
+        }
+        claim
+    }
+
+    /// Whether the mark vouches for `spec`: it names exactly its `renewTime`.
+    fn vouches_for(&self, spec: &LeaseSpec) -> bool {
+        let record_renew = spec.renew_time.as_ref().map(|t| t.0.as_microsecond());
+        self.renew.is_some() && self.renew == record_renew
+    }
+}
+
+/// Whether the record as read (`spec`, with its `endpoint-copier/claim` annotation) carries the
+/// mark of this process (nonce `our_nonce`), vouching for exactly this record: then this
+/// process wrote it, whatever the resourceVersion says (a write whose reply was lost, and whose
+/// exact record we no longer hold because we sent another since). Only this process writes its
+/// nonce.
+pub fn marked_by_us(spec: &LeaseSpec, annotation: Option<&str>, our_nonce: Option<&str>) -> bool {
+    let (Some(annotation), Some(ours)) = (annotation, our_nonce) else {
+        return false;
+    };
+    let claim = Claim::parse(annotation);
+    claim.nonce.as_deref() == Some(ours) && claim.vouches_for(spec)
 }
 
 /// A claim written by a process that held the runtime lock we hold now, as told by the record's
@@ -161,7 +220,8 @@ pub struct Predecessor {
 /// Whether the record as read (`spec`, with its `endpoint-copier/claim` annotation) is the claim
 /// of a *dead* process that held our runtime lock (token `our_token`; `None`: we hold none):
 /// it names our identity, this process did not write it (`wrote_it` false), and its annotation
-/// carries our lock's token and exactly this record's `renewTime`.
+/// carries our lock's token and exactly this record's `renewTime`; and no live twin sharing our
+/// token was seen (`twin_seen` false: see [`twin`]).
 ///
 /// Why that means dead: a claim carries a token only when its writer held the lock of the file
 /// holding that token, and writers hold their lock for as long as they may write the Lease. We
@@ -169,29 +229,41 @@ pub struct Predecessor {
 /// closed it, which a copy does only by exiting (or dying). Another host, a container with its
 /// own `/run`, or a copy with another `runtime_dir` has another lock file, so another token: its
 /// claims are waited for like anyone's. The full argument is in `docs/development/lease.md`.
+/// Its one assumption — nobody copies a lock file to another host — fails for a cloned machine
+/// with a persistent runtime directory; a twin seen once turns the fast takeover off for the
+/// rest of the process's life, so two such clones flip the Lease once, not at API speed.
 pub fn dead_predecessor(
     spec: &LeaseSpec,
     annotation: Option<&str>,
     identity: &str,
     wrote_it: bool,
     our_token: Option<&str>,
+    twin_seen: bool,
 ) -> Option<Predecessor> {
-    if wrote_it || holder(spec) != Some(identity) {
+    if wrote_it || twin_seen || holder(spec) != Some(identity) {
         return None;
     }
     let our_token = our_token?;
-    let (mut token, mut pid, mut renew) = (None, None, None);
-    for word in annotation?.split_whitespace() {
-        match word.split_once('=') {
-            Some(("token", v)) => token = Some(v),
-            Some(("pid", v)) => pid = v.parse::<u32>().ok(),
-            Some(("renew", v)) => renew = v.parse::<i64>().ok(),
-            _ => {}
-        }
-    }
-    let record_renew = spec.renew_time.as_ref().map(|t| t.0.as_microsecond());
-    (token == Some(our_token) && renew.is_some() && renew == record_renew)
-        .then_some(Predecessor { pid })
+    let claim = Claim::parse(annotation?);
+    (claim.token.as_deref() == Some(our_token) && claim.vouches_for(spec))
+        .then_some(Predecessor { pid: claim.pid })
+}
+
+/// Whether the record as read was written under our identity by another live process: it names
+/// us, this process did not write it (`wrote_it`, which includes [`marked_by_us`]), and this
+/// process wrote the Lease successfully before (`written_before`). A dead predecessor cannot
+/// produce such a record: its requests still in flight carry a resourceVersion our write made
+/// stale, so they fail with 409. Returns the claim the twin wrote (its nonce and pid, when it
+/// marks them).
+pub fn twin(
+    spec: &LeaseSpec,
+    annotation: Option<&str>,
+    identity: &str,
+    wrote_it: bool,
+    written_before: bool,
+) -> Option<Claim> {
+    (written_before && !wrote_it && holder(spec) == Some(identity))
+        .then(|| annotation.map(Claim::parse).unwrap_or_default())
 }
 
 /// The decision for the Lease as read (`None`: it does not exist), given when we saw its record
@@ -819,7 +891,7 @@ mod tests {
 
     fn marked(holder: &str, token: &str) -> (LeaseSpec, String) {
         let spec = claim(None, holder, ts(1_700_000_000), &TIMING);
-        let mark = claim_mark(token, 4242, &spec);
+        let mark = claim_mark(Some(token), 4242, Some("1111222233334444"), &spec);
         (spec, mark)
     }
 
@@ -827,7 +899,7 @@ mod tests {
     fn a_claim_naming_us_with_our_lock_token_is_a_dead_predecessor_and_taken_at_once() {
         let t0 = Instant::now();
         let (spec, mark) = marked("node-1", TOKEN);
-        let found = dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN));
+        let found = dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN), false);
         assert_eq!(found, Some(Predecessor { pid: Some(4242) }));
         // The elector passes it to decide as a record of ours: acquired without waiting.
         assert_eq!(
@@ -840,7 +912,7 @@ mod tests {
     fn a_claim_with_another_token_is_a_live_twin_for_all_we_know() {
         let (spec, mark) = marked("node-1", "ffffffffffffffffffffffffffffffff");
         assert_eq!(
-            dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN)),
+            dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN), false),
             None
         );
     }
@@ -849,7 +921,7 @@ mod tests {
     fn without_a_lock_of_our_own_no_claim_is_a_dead_predecessor() {
         let (spec, mark) = marked("node-1", TOKEN);
         assert_eq!(
-            dead_predecessor(&spec, Some(&mark), "node-1", false, None),
+            dead_predecessor(&spec, Some(&mark), "node-1", false, None, false),
             None
         );
     }
@@ -865,7 +937,7 @@ mod tests {
             Some("pid=1 renew=2"),
         ] {
             assert_eq!(
-                dead_predecessor(&spec, annotation, "node-1", false, Some(TOKEN)),
+                dead_predecessor(&spec, annotation, "node-1", false, Some(TOKEN), false),
                 None,
                 "{annotation:?}"
             );
@@ -876,7 +948,7 @@ mod tests {
     fn another_holder_with_our_token_is_not_our_predecessor() {
         let (spec, mark) = marked("node-2", TOKEN);
         assert_eq!(
-            dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN)),
+            dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN), false),
             None
         );
     }
@@ -887,7 +959,7 @@ mod tests {
         let (spec, mark) = marked("node-1", TOKEN);
         let renewed = claim(Some(&spec), "node-1", ts(1_700_000_001), &TIMING);
         assert_eq!(
-            dead_predecessor(&renewed, Some(&mark), "node-1", false, Some(TOKEN)),
+            dead_predecessor(&renewed, Some(&mark), "node-1", false, Some(TOKEN), false),
             None
         );
     }
@@ -896,9 +968,60 @@ mod tests {
     fn a_record_this_process_wrote_is_not_a_predecessor() {
         let (spec, mark) = marked("node-1", TOKEN);
         assert_eq!(
-            dead_predecessor(&spec, Some(&mark), "node-1", true, Some(TOKEN)),
+            dead_predecessor(&spec, Some(&mark), "node-1", true, Some(TOKEN), false),
             None
         );
+    }
+
+    #[test]
+    fn the_claim_mark_reads_back_with_or_without_a_token() {
+        let (spec, mark) = marked("node-1", TOKEN);
+        assert_eq!(
+            mark,
+            format!("token={TOKEN} pid=4242 nonce=1111222233334444 renew=1700000000000000")
+        );
+        let claim = Claim::parse(&mark);
+        assert_eq!(claim.token.as_deref(), Some(TOKEN));
+        assert_eq!(claim.nonce.as_deref(), Some("1111222233334444"));
+        assert!(claim.vouches_for(&spec));
+        let bare = Claim::parse(&claim_mark(None, 7, None, &spec));
+        assert_eq!((bare.token, bare.nonce, bare.pid), (None, None, Some(7)));
+    }
+
+    #[test]
+    fn a_record_with_our_nonce_vouching_for_it_is_ours() {
+        let (spec, mark) = marked("node-1", TOKEN);
+        assert!(marked_by_us(&spec, Some(&mark), Some("1111222233334444")));
+        assert!(!marked_by_us(&spec, Some(&mark), Some("ffff222233334444")));
+        assert!(!marked_by_us(&spec, Some(&mark), None));
+        // Changed under the mark (kubectl edit, an older copy): no longer vouched for.
+        let renewed = claim(Some(&spec), "node-1", ts(1_700_000_001), &TIMING);
+        assert!(!marked_by_us(
+            &renewed,
+            Some(&mark),
+            Some("1111222233334444")
+        ));
+    }
+
+    #[test]
+    fn a_record_naming_us_after_our_own_write_is_a_live_twin_and_ends_the_fast_takeover() {
+        // A clone of this host: same identity, same runtime-lock token, another nonce.
+        let spec = claim(None, "node-1", ts(1_700_000_000), &TIMING);
+        let mark = claim_mark(Some(TOKEN), 99, Some("2222222222222222"), &spec);
+        // Before we wrote anything, it may be a dead predecessor: taken at once...
+        assert!(twin(&spec, Some(&mark), "node-1", false, false).is_none());
+        assert!(
+            dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN), false).is_some()
+        );
+        // ...but written after a write of ours, it is a live process: a twin.
+        let found = twin(&spec, Some(&mark), "node-1", false, true).unwrap();
+        assert_eq!(found.nonce.as_deref(), Some("2222222222222222"));
+        assert_eq!(found.pid, Some(99));
+        // And once a twin was seen, a claim with our token is waited out like anyone's.
+        assert!(dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN), true).is_none());
+        // Records we wrote, and others' records, are no twin.
+        assert!(twin(&spec, Some(&mark), "node-1", true, true).is_none());
+        assert!(twin(&spec, Some(&mark), "node-2", false, true).is_none());
     }
 
     proptest! {
@@ -913,8 +1036,8 @@ mod tests {
             prop_assume!(other != TOKEN);
             let t0 = Instant::now();
             let spec = claim(None, "node-1", ts(1_700_000_000), &TIMING);
-            let mark = claim_mark(&other, pid, &spec);
-            let ours = dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN)).is_some();
+            let mark = claim_mark(Some(&other), pid, None, &spec);
+            let ours = dead_predecessor(&spec, Some(&mark), "node-1", false, Some(TOKEN), false).is_some();
             prop_assert!(!ours);
             let decision = super::decide(
                 Some(&spec), t0, "node-1", ours, Role::Follower,

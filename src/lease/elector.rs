@@ -1,17 +1,15 @@
-//! The [`Elector`]: the I/O loop around [`decide`] that reads and watches the Lease, claims,
-//! renews and releases it, publishes [`Leadership`] on a watch channel and keeps the [`Fence`]
-//! writers check. Failed requests are classified by [`Error`]'s methods in `mod.rs` and retried
-//! on `backoff::delay`.
+//! The [`Elector`]: the I/O loop around [`decide`] that watches the Lease and decides when to
+//! claim, renew or step down, publishes [`Leadership`] on a watch channel, keeps the [`Fence`]
+//! writers check, and reports a live twin (another process writing under our identity) to
+//! [`SelfHealth`]. The requests themselves are `requests.rs`'s; failed ones are classified by
+//! [`Error`]'s methods in `mod.rs` and retried on `backoff::delay`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::PostParams;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
@@ -21,12 +19,13 @@ use tracing::{debug, error, info, warn};
 use super::decide::{self, Decision, Role, Timing};
 use super::fence::{Fence, FenceState};
 use super::observed::{Observed, Sent, is_newer};
-use super::runtime::{self, RuntimeLock};
+use super::runtime::RuntimeLock;
 use super::{Error, Leadership, Settings};
-use crate::names;
+use crate::group::SelfHealth;
+use crate::group::health::{SeenOn, TwinSeen};
 
 /// The first retry waits at most this long; then it doubles, capped at the retry period.
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_BASE: Duration = Duration::from_millis(100);
 
 /// Whether the loop goes on or shutdown was requested.
 enum Flow {
@@ -36,32 +35,42 @@ enum Flow {
 
 /// Campaigns for the Lease; see [`Elector::run`].
 pub struct Elector {
-    api: Api<Lease>,
-    settings: Settings,
-    lease_ref: String,
-    timing: Timing,
-    tx: watch::Sender<Leadership>,
-    fence: Arc<FenceState>,
-    observed: Option<Observed>,
-    role: Role,
+    pub(super) api: Api<Lease>,
+    pub(super) settings: Settings,
+    pub(super) lease_ref: String,
+    pub(super) timing: Timing,
+    pub(super) tx: watch::Sender<Leadership>,
+    pub(super) fence: Arc<FenceState>,
+    pub(super) observed: Option<Observed>,
+    pub(super) role: Role,
     /// Consecutive failed requests (0 after a success).
-    failures: u32,
+    pub(super) failures: u32,
     /// After a failed request, do not send the next one before this instant.
-    retry_at: Option<Instant>,
+    pub(super) retry_at: Option<Instant>,
     /// resourceVersion of the Lease our last successful write returned (or of the record that
     /// proved a write committed whose reply was lost): with [`Elector::sent`], how we tell our
     /// own record from a twin's (see `decide::wrote_it`).
-    written_rv: Option<String>,
+    pub(super) written_rv: Option<String>,
     /// The last claim or renewal we sent. Seeing exactly this record proves that write
     /// committed, even when its reply was lost to a timeout or a dropped connection.
-    sent: Option<Sent>,
+    pub(super) sent: Option<Sent>,
     /// Called on every decision (see [`Elector::with_progress`]).
-    progress: Option<Box<dyn Fn() + Send + Sync>>,
+    pub(super) progress: Option<Box<dyn Fn() + Send + Sync>>,
     /// Set once the campaign ended: from then on nothing may open the fence again.
-    stopped: bool,
+    pub(super) stopped: bool,
     /// The runtime lock, held for as long as this elector may write the Lease (see
     /// [`Elector::with_runtime_lock`]); `None`: our claims carry no token.
-    runtime: Option<RuntimeLock>,
+    pub(super) runtime: Option<RuntimeLock>,
+    /// This process's nonce, marked in every claim (see [`Elector::with_twin_watch`]).
+    pub(super) nonce: Option<String>,
+    /// Where a twin seen on the Lease is reported.
+    pub(super) health: Option<SelfHealth>,
+    /// Whether a write of ours succeeded: from then on, a record naming us that we did not
+    /// write is a live twin's (`decide::twin`).
+    pub(super) written_before: bool,
+    /// Whether a live twin was seen: the fast takeover of `decide::dead_predecessor` is off for
+    /// the rest of the process's life.
+    pub(super) twin_seen: bool,
 }
 
 impl Elector {
@@ -92,6 +101,10 @@ impl Elector {
             progress: None,
             stopped: false,
             runtime: None,
+            nonce: None,
+            health: None,
+            written_before: false,
+            twin_seen: false,
         };
         (elector, rx, Fence::new(fence))
     }
@@ -112,6 +125,17 @@ impl Elector {
     #[must_use]
     pub fn with_runtime_lock(mut self, lock: RuntimeLock) -> Elector {
         self.runtime = Some(lock);
+        self
+    }
+
+    /// Marks every claim and renewal with this process's `nonce`, recognises as ours a record
+    /// carrying it (`decide::marked_by_us`), and reports to `health` a record naming our
+    /// identity that another live process wrote (`decide::twin`): logged at error, and from
+    /// then on a claim carrying our runtime lock's token is no longer taken at once.
+    #[must_use]
+    pub fn with_twin_watch(mut self, nonce: &str, health: SelfHealth) -> Elector {
+        self.nonce = Some(nonce.to_owned());
+        self.health = Some(health);
         self
     }
 
@@ -202,14 +226,18 @@ impl Elector {
                     Err(e) => return Err(e),
                 }
             }
+            if self.observed.is_none() {
+                continue;
+            }
+            let wrote_it = self.wrote_it();
+            self.watch_for_twin(wrote_it);
+            let predecessor = self.dead_predecessor(wrote_it);
             let Some(observed) = &self.observed else {
                 continue;
             };
             // Read again: the GET above may have taken a while, and a stale `now` would only
             // make us decide early and loop once more.
             let now = Instant::now();
-            let wrote_it = self.wrote_it();
-            let predecessor = self.dead_predecessor(wrote_it);
             let decision = decide::decide(
                 observed.spec(),
                 observed.at,
@@ -294,12 +322,12 @@ impl Elector {
         }
     }
 
-    fn current_rv(&self) -> Option<&str> {
+    pub(super) fn current_rv(&self) -> Option<&str> {
         self.observed.as_ref().and_then(Observed::resource_version)
     }
 
     /// A Lease seen on the watch: taken unless older than what we hold.
-    fn seen(&mut self, lease: Option<Lease>) {
+    pub(super) fn seen(&mut self, lease: Option<Lease>) {
         let rv = lease
             .as_ref()
             .and_then(|l| l.metadata.resource_version.as_deref());
@@ -308,7 +336,7 @@ impl Elector {
         }
     }
 
-    fn observe(&mut self, lease: Option<Lease>) {
+    pub(super) fn observe(&mut self, lease: Option<Lease>) {
         let now = Instant::now();
         let spec = lease.as_ref().map(|l| l.spec.clone().unwrap_or_default());
         let previous = self.observed.as_ref().map(|o| (o.spec(), o.at));
@@ -317,8 +345,9 @@ impl Elector {
         self.recognise_own_write();
     }
 
-    /// Whether this process wrote the record as last read (see `decide::wrote_it`).
-    fn wrote_it(&self) -> bool {
+    /// Whether this process wrote the record as last read (see `decide::wrote_it`, and
+    /// `decide::marked_by_us`: a record carrying our nonce is ours too).
+    pub(super) fn wrote_it(&self) -> bool {
         self.observed
             .as_ref()
             .and_then(|o| o.spec().map(|spec| (spec, o.resource_version())))
@@ -328,27 +357,74 @@ impl Elector {
                     rv,
                     self.written_rv.as_deref(),
                     self.sent.as_ref().map(|s| &s.spec),
-                )
+                ) || decide::marked_by_us(spec, self.claim_annotation(), self.nonce.as_deref())
             })
+    }
+
+    /// The `endpoint-copier/claim` annotation of the record as last read.
+    fn claim_annotation(&self) -> Option<&str> {
+        self.observed
+            .as_ref()?
+            .lease
+            .as_ref()?
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(decide::CLAIM_ANNOTATION)
+            .map(String::as_str)
+    }
+
+    /// Reports a record naming our identity that another live process wrote (`decide::twin`),
+    /// and turns the fast takeover off for good.
+    fn watch_for_twin(&mut self, wrote_it: bool) {
+        let Some(spec) = self.observed.as_ref().and_then(Observed::spec) else {
+            return;
+        };
+        let Some(claim) = decide::twin(
+            spec,
+            self.claim_annotation(),
+            &self.settings.identity,
+            wrote_it,
+            self.written_before,
+        ) else {
+            return;
+        };
+        let now = Instant::now();
+        // Once per sighting streak: the record stays the twin's while we wait for it to expire,
+        // and every decision in between would find it again.
+        let new = !self.twin_seen || self.health.as_ref().is_some_and(|h| h.twin(now).is_none());
+        if new {
+            error!(
+                lease = %self.lease_ref,
+                identity = %self.settings.identity,
+                nonce = self.nonce.as_deref().unwrap_or("-"),
+                twin = claim.nonce.as_deref().unwrap_or("-"),
+                pid = claim.pid.unwrap_or(0),
+                "another live process wrote the Lease under this identity; this copy no longer takes a claim of its identity over at once (two hosts with one host name, a cloned machine with its runtime directory?)"
+            );
+        }
+        self.twin_seen = true;
+        if let Some(health) = &self.health {
+            health.twin_seen(TwinSeen {
+                on: SeenOn::ElectionLease,
+                nonce: claim.nonce,
+                pid: claim.pid,
+                at: now,
+            });
+        }
     }
 
     /// Whether the record as last read is the claim of a dead process that held our runtime
     /// lock (see `decide::dead_predecessor`).
     fn dead_predecessor(&self, wrote_it: bool) -> Option<decide::Predecessor> {
-        let observed = self.observed.as_ref()?;
-        let spec = observed.spec()?;
-        let annotation = observed
-            .lease
-            .as_ref()
-            .and_then(|l| l.metadata.annotations.as_ref())
-            .and_then(|a| a.get(decide::CLAIM_ANNOTATION))
-            .map(String::as_str);
+        let spec = self.observed.as_ref()?.spec()?;
         decide::dead_predecessor(
             spec,
-            annotation,
+            self.claim_annotation(),
             &self.settings.identity,
             wrote_it,
             self.runtime.as_ref().map(RuntimeLock::token),
+            self.twin_seen,
         )
     }
 
@@ -359,7 +435,7 @@ impl Elector {
     /// has not already run out. Without this, the next read shows a record naming us with a
     /// version we never saw, which looks exactly like a twin: the leader stepped down with an
     /// error and everyone waited a whole Lease duration.
-    fn recognise_own_write(&mut self) {
+    pub(super) fn recognise_own_write(&mut self) {
         let Some(observed) = &self.observed else {
             return;
         };
@@ -385,122 +461,7 @@ impl Elector {
         }
     }
 
-    /// Timeout for the next request: a leader must not wait past its deadline; a follower has
-    /// no deadline, the renew deadline is a generous bound.
-    fn request_timeout(&self) -> Duration {
-        match self.role {
-            Role::Leader { renewed_at } => decide::fence_until(renewed_at, &self.timing)
-                .saturating_duration_since(Instant::now()),
-            Role::Follower => self.timing.renew_deadline,
-        }
-        .max(Duration::from_millis(1))
-    }
-
-    async fn read(&mut self) -> Result<(), Error> {
-        let after = self.request_timeout();
-        let lease = match tokio::time::timeout(after, self.api.get_opt(&self.settings.name)).await {
-            Err(_) => Err(self.timeout("get", after)),
-            Ok(result) => result.map_err(|source| self.request("get", source)),
-        }?;
-        self.failures = 0;
-        self.retry_at = None;
-        self.observe(lease);
-        Ok(())
-    }
-
-    async fn write(&mut self, decision: Decision) -> Result<(), Error> {
-        let current = self.observed.as_ref().and_then(Observed::spec);
-        let spec = decide::claim(
-            current,
-            &self.settings.identity,
-            Timestamp::now(),
-            &self.timing,
-        );
-        let after = self.request_timeout();
-        let params = PostParams {
-            dry_run: false,
-            field_manager: Some(names::FIELD_MANAGER.to_owned()),
-        };
-        // Our claim is as old as the moment the request leaves: peers may see it any time after.
-        let sent = Instant::now();
-        // Remembered before the request: if its reply is lost, seeing this record is how we
-        // learn that it committed (see `recognise_own_write`).
-        self.sent = Some(Sent {
-            spec: spec.clone(),
-            at: sent,
-        });
-        let (verb, result) = if decision == Decision::Create {
-            let mut metadata = ObjectMeta {
-                name: Some(self.settings.name.clone()),
-                namespace: Some(self.settings.namespace.clone()),
-                ..ObjectMeta::default()
-            };
-            runtime::mark_claim(self.runtime.as_ref(), &mut metadata, &spec);
-            let lease = Lease {
-                metadata,
-                spec: Some(spec),
-            };
-            (
-                "create",
-                tokio::time::timeout(after, self.api.create(&params, &lease)).await,
-            )
-        } else {
-            // The body carries the resourceVersion we read: the API refuses it (409) if anyone
-            // wrote in between, so two candidates can never both win.
-            let mut lease = self
-                .observed
-                .as_ref()
-                .and_then(|o| o.lease.clone())
-                .unwrap_or_default();
-            runtime::mark_claim(self.runtime.as_ref(), &mut lease.metadata, &spec);
-            lease.spec = Some(spec);
-            let name = self.settings.name.clone();
-            (
-                "update",
-                tokio::time::timeout(after, self.api.replace(&name, &params, &lease)).await,
-            )
-        };
-        let result = match result {
-            Err(_) => Err(self.timeout(verb, after)),
-            Ok(r) => r.map_err(|source| self.request(verb, source)),
-        };
-        match result {
-            Ok(lease) => {
-                self.failures = 0;
-                self.retry_at = None;
-                self.written_rv = lease.metadata.resource_version.clone();
-                self.observe(Some(lease));
-                self.lead(sent);
-                Ok(())
-            }
-            Err(e) if e.is_lost_race() => {
-                debug!(lease = %self.lease_ref, error = %crate::error::chain(&e), "lease changed under us, re-reading");
-                self.observed = None;
-                Ok(())
-            }
-            Err(e) if e.is_transient() => {
-                self.failed(&e);
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn failed(&mut self, error: &Error) {
-        self.failures = self.failures.saturating_add(1);
-        let wait = crate::backoff::delay(self.failures, BACKOFF_BASE, self.timing.retry_period);
-        self.retry_at = Some(Instant::now() + wait);
-        warn!(
-            lease = %self.lease_ref,
-            identity = %self.settings.identity,
-            attempt = self.failures,
-            backoff_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            error = %crate::error::chain(error),
-            "lease request failed, retrying"
-        );
-    }
-
-    fn lead(&mut self, sent: Instant) {
+    pub(super) fn lead(&mut self, sent: Instant) {
         let was_leader = matches!(self.role, Role::Leader { .. });
         self.role = Role::Leader { renewed_at: sent };
         self.fence
@@ -516,7 +477,7 @@ impl Elector {
         }
     }
 
-    fn step_down(&mut self, holder: Option<String>) {
+    pub(super) fn step_down(&mut self, holder: Option<String>) {
         // Fence first: writers must be refused before anyone hears we stepped down.
         self.fence.invalidate();
         if matches!(self.role, Role::Leader { .. }) {
@@ -538,7 +499,7 @@ impl Elector {
         self.publish(Leadership::Follower { holder });
     }
 
-    fn follow(&mut self, holder: Option<String>) {
+    pub(super) fn follow(&mut self, holder: Option<String>) {
         let next = Leadership::Follower { holder };
         if *self.tx.borrow() != next {
             if let Leadership::Follower { holder: Some(h) } = &next
@@ -556,7 +517,7 @@ impl Elector {
         }
     }
 
-    fn publish(&self, state: Leadership) {
+    pub(super) fn publish(&self, state: Leadership) {
         self.tx.send_if_modified(|current| {
             if *current == state {
                 false
@@ -565,74 +526,5 @@ impl Elector {
                 true
             }
         });
-    }
-
-    /// Releases the Lease if the record as last read names us; best effort, bounded by the renew
-    /// deadline (failure only means peers wait for expiry).
-    async fn release(&mut self) {
-        let deadline = Instant::now() + self.timing.renew_deadline;
-        let params = PostParams {
-            dry_run: false,
-            field_manager: Some(names::FIELD_MANAGER.to_owned()),
-        };
-        for _ in 0..3 {
-            let Some(mut lease) = self.observed.as_ref().and_then(|o| o.lease.clone()) else {
-                return;
-            };
-            let spec = lease.spec.clone().unwrap_or_default();
-            // Only a record this process wrote: a twin's record naming us is not ours to end.
-            if decide::holder(&spec) != Some(self.settings.identity.as_str()) || !self.wrote_it() {
-                return;
-            }
-            lease.spec = Some(decide::release(&spec, Timestamp::now()));
-            if let Some(a) = lease.metadata.annotations.as_mut() {
-                a.remove(decide::CLAIM_ANNOTATION);
-            }
-            let name = self.settings.name.clone();
-            match tokio::time::timeout_at(deadline, self.api.replace(&name, &params, &lease)).await
-            {
-                Ok(Ok(lease)) => {
-                    info!(lease = %self.lease_ref, identity = %self.settings.identity, "released lease");
-                    self.observe(Some(lease));
-                    return;
-                }
-                Ok(Err(source)) => {
-                    let e = self.request("update", source);
-                    if !e.is_transient() {
-                        warn!(lease = %self.lease_ref, error = %crate::error::chain(&e), "could not release lease, peers wait for expiry");
-                        return;
-                    }
-                    // A conflict means the record changed (our own renewal seen late, or a
-                    // takeover): re-read, and release only if it still names us.
-                    match tokio::time::timeout_at(deadline, self.api.get_opt(&name)).await {
-                        Ok(Ok(lease)) => self.observe(lease),
-                        _ => {
-                            warn!(lease = %self.lease_ref, error = %crate::error::chain(&e), "could not release lease, peers wait for expiry");
-                            return;
-                        }
-                    }
-                }
-                Err(_) => {
-                    warn!(lease = %self.lease_ref, "lease release timed out, peers wait for expiry");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn timeout(&self, verb: &'static str, after: Duration) -> Error {
-        Error::Timeout {
-            verb,
-            lease: self.lease_ref.clone(),
-            after_ms: after.as_millis(),
-        }
-    }
-
-    fn request(&self, verb: &'static str, source: kube::Error) -> Error {
-        Error::Request {
-            verb,
-            lease: self.lease_ref.clone(),
-            source,
-        }
     }
 }

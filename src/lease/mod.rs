@@ -7,7 +7,8 @@
 //! we write); `elector.rs` is the I/O loop around it that reads, watches, claims, renews and
 //! releases the Lease, publishes [`Leadership`] on a watch channel and keeps the [`Fence`];
 //! `observed.rs` holds the records the loop remembers (the Lease as last read, the write last
-//! sent) and the resourceVersion ordering of watch events; `fence.rs` is the fence itself.
+//! sent) and the resourceVersion ordering of watch events; `requests.rs` the elector's requests
+//! (read, claim or renew, release); `fence.rs` is the fence itself.
 //!
 //! What it leaves to others: the settings come from `config` (validated there: duration > renew
 //! deadline > 1.2 × retry period ≥ 1 s, renew deadline + retry period < duration) and the
@@ -22,6 +23,7 @@ pub mod decide;
 mod elector;
 mod fence;
 mod observed;
+mod requests;
 pub mod runtime;
 
 use std::time::Duration;

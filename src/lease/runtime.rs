@@ -4,8 +4,8 @@
 //! humans).
 //!
 //! What it is for: a claim on the Lease carries the token of the lock its writer held (the
-//! `endpoint-copier/claim` annotation, put on every write by [`mark_claim`], its text built and
-//! judged in `decide.rs`). A copy that holds the
+//! `endpoint-copier/claim` annotation, put on every write by [`mark_claim`] with the writing
+//! process's nonce, its text built and judged in `decide.rs`). A copy that holds the
 //! lock and reads a claim naming its own identity and carrying its own token knows that claim's
 //! writer no longer holds the lock — the kernel drops a `flock` when its process dies — so it may
 //! take the Lease over at once instead of waiting out a dead predecessor's claim. The argument,
@@ -162,26 +162,34 @@ fn fresh_token() -> io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Sets (with the runtime lock) or removes (without it) the `endpoint-copier/claim` annotation on
-/// the Lease record `spec` about to be written. Removing matters: a stale mark left by an earlier
-/// run must never vouch for a record written without the lock.
-pub fn mark_claim(lock: Option<&RuntimeLock>, metadata: &mut ObjectMeta, spec: &LeaseSpec) {
-    match lock {
-        Some(lock) => {
-            metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(
-                    decide::CLAIM_ANNOTATION.to_owned(),
-                    decide::claim_mark(lock.token(), std::process::id(), spec),
-                );
+/// Sets the `endpoint-copier/claim` annotation on the Lease record `spec` about to be written by
+/// the process with `nonce`, with the runtime lock's token when we hold it; removes it when
+/// there is neither. Rewriting it on every write matters: a stale mark left by an earlier run
+/// must never vouch for a record written without the lock.
+pub fn mark_claim(
+    lock: Option<&RuntimeLock>,
+    nonce: Option<&str>,
+    metadata: &mut ObjectMeta,
+    spec: &LeaseSpec,
+) {
+    if lock.is_none() && nonce.is_none() {
+        if let Some(a) = metadata.annotations.as_mut() {
+            a.remove(decide::CLAIM_ANNOTATION);
         }
-        None => {
-            if let Some(a) = metadata.annotations.as_mut() {
-                a.remove(decide::CLAIM_ANNOTATION);
-            }
-        }
+        return;
     }
+    metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            decide::CLAIM_ANNOTATION.to_owned(),
+            decide::claim_mark(
+                lock.map(RuntimeLock::token),
+                std::process::id(),
+                nonce,
+                spec,
+            ),
+        );
 }
 
 #[cfg(test)]

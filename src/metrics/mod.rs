@@ -99,6 +99,7 @@ pub struct Metrics {
     leader: Gauge,
     api_unanswered: Gauge,
     watch_silence: Gauge,
+    member_publisher_up: Gauge,
     lease_transitions: Counter,
     pairs: Family<StateLabels, Gauge>,
     endpoints: Family<EndpointLabels, Gauge>,
@@ -149,6 +150,12 @@ impl Metrics {
             "watch_silence_seconds",
             "The longest any open watch has received nothing, not even a bookmark (cut and started over at 90 s)",
             watch_silence.clone(),
+        );
+        let member_publisher_up = Gauge::default();
+        registry.register(
+            "member_publisher_up",
+            "1 while this host's member Lease writes succeed, 0 while they fail (its probe verdicts then stop counting after [members] expiry_secs)",
+            member_publisher_up.clone(),
         );
         let lease_transitions = Counter::default();
         registry.register(
@@ -295,6 +302,7 @@ impl Metrics {
             leader,
             api_unanswered,
             watch_silence,
+            member_publisher_up,
             lease_transitions,
             pairs,
             endpoints,
@@ -323,6 +331,12 @@ impl Metrics {
     /// Sets `endpoint_copier_leader` to 1 (holds the Lease) or 0.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Sets `endpoint_copier_member_publisher_up` to 1 (the last write of this host's member
+    /// Lease succeeded) or 0.
+    pub fn set_member_publisher_up(&self, up: bool) {
+        self.member_publisher_up.set(i64::from(up));
     }
 
     /// Sets `endpoint_copier_foreign_slices{pair}`: slices on the target another manager writes.

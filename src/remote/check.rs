@@ -193,6 +193,7 @@ fn wanted(namespace: &str) -> Vec<Wanted> {
                 group,
                 resource,
                 namespace: Some(namespace.to_owned()),
+                name: None,
                 features: vec![Feature::Mirroring],
             });
         }

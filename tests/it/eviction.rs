@@ -851,6 +851,7 @@ async fn a_host_writes_its_member_lease_at_most_about_once_a_second_however_fast
         Group::default_group(),
         rx,
         endpoint_copier::group::Settings::default(),
+        endpoint_copier::group::health::SelfHealth::new(Duration::from_secs(60)),
         shutdown.clone(),
     ));
     // A verdict flips every 100 ms for 20 s: 200 changes, what a flapping endpoint without
@@ -869,7 +870,7 @@ async fn a_host_writes_its_member_lease_at_most_about_once_a_second_however_fast
     }
     let elapsed = started.elapsed();
     shutdown.cancel();
-    publisher.await.unwrap().unwrap();
+    publisher.await.unwrap();
     let writes = writes.lock().unwrap().clone();
     // The first write at once, then at most one a second (the heartbeat adds none: a change is
     // always pending sooner).

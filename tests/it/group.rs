@@ -1,7 +1,10 @@
-//! Copier groups against the test bed: member Leases published by each copy, renewed per
-//! heartbeat through conflicts, watched into `Members` (stale when a publisher stops, live again
-//! when it restarts), and invisible across groups; and the precondition delete of a member gone
-//! for good.
+//! Copier groups against the test bed: member Leases published by each copy (in a namespace of
+//! their own, created when missing), renewed per heartbeat through conflicts, kept writable by a
+//! size budget (3,000 targets) and written again smaller when the API refuses one, watched into
+//! `Members` (stale when a publisher stops, live again when it restarts, a forged duration
+//! capped, two processes under one identity told apart and not counted, members of an older
+//! version read where they kept them), and invisible across groups; and the precondition delete
+//! of a member gone for good.
 //!
 //! These tests need the test bed (identities, fault injection, request log), so they do not run
 //! against a real cluster. They run in real time with short settings (200 ms heartbeats, 1 s
@@ -13,9 +16,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use endpoint_copier::group::health::Publisher as PublisherState;
 use endpoint_copier::group::live::{self, Wanted};
-use endpoint_copier::group::member::{self, MemberRecord, member_name};
-use endpoint_copier::group::{Group, Members, Settings};
+use endpoint_copier::group::member::{self, MemberRecord, legacy_member_name, member_name};
+use endpoint_copier::group::twins::{Twin, fresh_nonce};
+use endpoint_copier::group::wire::{Form, RECORD_BUDGET};
+use endpoint_copier::group::{Group, Members, SelfHealth, Settings, publish};
 use endpoint_copier::names::{self, ServiceRef};
 use endpoint_copier_testbed::{Failure, Match, TestBed, Verb};
 use futures::StreamExt;
@@ -57,27 +63,36 @@ fn record(identity: &str, targets: &[&str]) -> MemberRecord {
 }
 
 /// One copy's publisher, with its own client identity (so faults and the request log tell
-/// copies apart) and a sender to change its record.
+/// copies apart), its own process nonce, and a sender to change its record.
 struct Publisher {
     record: watch::Sender<MemberRecord>,
+    health: SelfHealth,
     stop: CancellationToken,
-    task: JoinHandle<Result<(), member::Error>>,
+    task: JoinHandle<()>,
 }
 
 impl Publisher {
     async fn start(bed: &TestBed, group: &Group, record: MemberRecord) -> Publisher {
         let client = client_for(&bed.kubeconfig_for(&record.identity)).await;
-        let (tx, rx) = watch::channel(record);
+        Publisher::start_as(client, group, record)
+    }
+
+    /// A publisher talking through `client`, as a process of its own (a fresh nonce).
+    fn start_as(client: Client, group: &Group, record: MemberRecord) -> Publisher {
+        let (tx, rx) = watch::channel(record.with_nonce(&fresh_nonce()));
+        let health = SelfHealth::new(2 * SETTINGS.expiry);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(member::publish(
+        let task = tokio::spawn(publish(
             Api::namespaced(client, NAMESPACE),
             group.clone(),
             rx,
             SETTINGS,
+            health.clone(),
             stop.clone(),
         ));
         Publisher {
             record: tx,
+            health,
             stop,
             task,
         }
@@ -88,7 +103,6 @@ impl Publisher {
         tokio::time::timeout(LIMIT, self.task)
             .await
             .expect("the publisher stops at once")
-            .unwrap()
             .unwrap();
     }
 }
@@ -137,7 +151,7 @@ impl Drop for Observer {
 }
 
 async fn member_lease(client: &Client, group: &Group, identity: &str) -> Option<Lease> {
-    Api::<Lease>::namespaced(client.clone(), NAMESPACE)
+    Api::<Lease>::namespaced(client.clone(), group.members_namespace())
         .get_opt(&member_name(group, identity))
         .await
         .unwrap()
@@ -197,6 +211,8 @@ async fn two_publishers_create_two_member_leases_with_labels_and_pairs() {
         ),
     ] {
         let lease = until_lease(&client, &group, identity, |_| true).await;
+        // In their own namespace, which the first publisher created.
+        assert_eq!(lease.metadata.namespace.as_deref(), Some("endpoint-copier"));
         let labels = lease.metadata.labels.clone().unwrap();
         assert_eq!(labels[names::GROUP_LABEL], "kube-system.endpoint-copier");
         assert_eq!(labels[names::MEMBER_LABEL], "true");
@@ -338,7 +354,7 @@ async fn a_member_gone_for_good_is_forgotten_only_if_unchanged() {
         })
         .await;
     let gone = leader.members.lock().unwrap().gone_for_good(Instant::now())[0].clone();
-    let api = Api::<Lease>::namespaced(client.clone(), NAMESPACE);
+    let api = Api::<Lease>::namespaced(client.clone(), &gone.namespace);
     let uid = gone.uid.clone().unwrap();
     // A stale resourceVersion (the member came back in between) is refused.
     assert!(!member::forget(&api, &gone.name, &uid, "1").await.unwrap());
@@ -456,4 +472,258 @@ async fn the_group_selectors_list_exactly_the_slices_the_group_owns() {
         assert!(!owned.is_empty());
         assert_eq!(listed, owned, "group {group}");
     }
+}
+
+/// A record of `identity` seeing `n` distinct HTTPS targets, one in seven down.
+fn record_with_targets(identity: &str, n: u32) -> MemberRecord {
+    use endpoint_copier::probe::{Target, Verdict};
+    let mut r = record(identity, &["kubernetes-vip"]);
+    for i in 0..n {
+        let [a, b] = u16::try_from(i).unwrap().to_be_bytes();
+        let target: Target = format!(
+            "https://198.51.{}.{b}:{}/readyz",
+            100 + a % 3,
+            6443 + u32::from(a) / 3
+        )
+        .parse()
+        .unwrap();
+        let verdict = if i % 7 == 0 {
+            Verdict::Down
+        } else {
+            Verdict::Up
+        };
+        r.verdicts_since
+            .insert(target.clone(), jiff::Timestamp::now());
+        r.verdicts.insert(target, verdict);
+    }
+    r
+}
+
+/// Bytes of a Lease's annotations as the API counts them against its 256 KiB limit.
+fn annotation_bytes(lease: &Lease) -> usize {
+    lease
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.len())
+        .sum()
+}
+
+#[tokio::test]
+async fn three_thousand_targets_keep_a_valid_member_record() {
+    let bed = TestBed::start().await;
+    let client = client_for(&bed.kubeconfig_for("tester")).await;
+    let group = Group::default_group();
+    let record = record_with_targets("node-1", 3000);
+    assert_eq!(record.verdicts.len(), 3000);
+    let one = Publisher::start(&bed, &group, record.clone()).await;
+    let lease = until_lease(&client, &group, "node-1", |l| {
+        l.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(names::MEMBER_VERDICTS_ANNOTATION))
+    })
+    .await;
+    // The whole ballot, read back by any member, within the budget (the API takes 256 KiB).
+    let read = MemberRecord::from_lease(&lease).unwrap();
+    assert_eq!(read.verdicts, record.verdicts);
+    assert!(read.omitted.up + read.omitted.down == 0);
+    let bytes = annotation_bytes(&lease);
+    assert!(bytes <= RECORD_BUDGET, "{bytes} bytes");
+    let whole = endpoint_copier::group::wire::encode(&record, usize::MAX)
+        .unwrap()
+        .bytes;
+    eprintln!(
+        "3,000 targets: member record of {bytes} bytes (whole, with times: {whole} bytes; the API refuses more than 262144)"
+    );
+    // It keeps being renewed, and says so.
+    let before = renewals(&bed, "node-1");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(renewals(&bed, "node-1") > before);
+    assert!(
+        matches!(one.health.publisher(), PublisherState::Up { written, .. } if written.form == Form::Grouped),
+        "{:?}",
+        one.health.publisher()
+    );
+    one.stop().await;
+}
+
+#[tokio::test]
+async fn a_record_the_api_refuses_is_written_again_smaller_and_the_failure_is_said() {
+    let bed = TestBed::start().await;
+    let client = client_for(&bed.kubeconfig_for("tester")).await;
+    let group = Group::default_group();
+    let one = Publisher::start(&bed, &group, record("node-1", &["kubernetes-vip"])).await;
+    until_lease(&client, &group, "node-1", |_| true).await;
+    // A policy (or a limit lower than ours) refuses the next records as they are.
+    bed.fail_next(
+        Match {
+            identity: Some("node-1".into()),
+            verb: Some(Verb::Update),
+            resource: Some("leases".into()),
+            ..Match::default()
+        },
+        2,
+        Failure::Status(422),
+    );
+    one.record.send_replace(record_with_targets("node-1", 500));
+    let deadline = Instant::now() + LIMIT;
+    let mut saw_failing = false;
+    loop {
+        match one.health.publisher() {
+            PublisherState::Failing { .. } => saw_failing = true,
+            PublisherState::Up { written, .. } if written.budget < RECORD_BUDGET => break,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no smaller record written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(saw_failing, "the refusal was never visible");
+    // The publisher goes on: the record carries the verdicts that fit, renewed as before.
+    let lease = until_lease(&client, &group, "node-1", |l| {
+        MemberRecord::from_lease(l).is_ok_and(|r| !r.verdicts.is_empty())
+    })
+    .await;
+    let read = MemberRecord::from_lease(&lease).unwrap();
+    assert_eq!(
+        read.verdicts.len() + read.omitted.up + read.omitted.down,
+        500
+    );
+    let before = renewals(&bed, "node-1");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(renewals(&bed, "node-1") > before);
+    one.stop().await;
+}
+
+#[tokio::test]
+async fn two_copies_with_one_identity_are_reported_and_their_ballot_is_not_counted() {
+    let bed = TestBed::start().await;
+    let group = Group::default_group();
+    let leader = Observer::start(&bed, &group, "node-1").await;
+    let three = Publisher::start(&bed, &group, record("node-3", &["kubernetes-vip"])).await;
+    // Two processes (two hosts both named node-2), each with its own nonce and credentials.
+    let a = Publisher::start_as(
+        client_for(&bed.kubeconfig_for("node-2-a")).await,
+        &group,
+        record("node-2", &["kubernetes-vip"]),
+    );
+    let b = Publisher::start_as(
+        client_for(&bed.kubeconfig_for("node-2-b")).await,
+        &group,
+        record("node-2", &["kubernetes-vip"]),
+    );
+    leader
+        .until("node-2 reported as twins", |m, now| {
+            m.twins(now)
+                .iter()
+                .any(|t: &Twin| t.identity == "node-2" && t.nonces.len() >= 2)
+        })
+        .await;
+    leader
+        .until("node-2 not counted, node-3 counted", |m, now| {
+            let ballots = m.ballots(now);
+            !ballots.contains_key("node-2") && ballots.contains_key("node-3")
+        })
+        .await;
+    // Each process learns it too (its record says so, and its STATUS will).
+    let now = Instant::now();
+    assert!(
+        a.health.twin(now).is_some() || b.health.twin(now).is_some(),
+        "neither process saw the other"
+    );
+    // Still live for what it configures: its pairs are not deleted under it.
+    let target = svc("default/kubernetes-vip");
+    assert!(matches!(
+        leader.members.lock().unwrap().who_wants(&target, Instant::now()),
+        Wanted::Live(ids) if ids.contains(&"node-2".to_owned())
+    ));
+    // One of them stops: the other's ballot counts again once the window passed.
+    b.stop().await;
+    leader
+        .until("node-2 counted again", |m, now| {
+            m.ballots(now).contains_key("node-2")
+        })
+        .await;
+    a.stop().await;
+    three.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_member_claiming_the_longest_duration_stops_counting_at_the_expiry() {
+    let bed = TestBed::start().await;
+    let client = client_for(bed.kubeconfig()).await;
+    let group = Group::default_group();
+    let leader = Observer::start(&bed, &group, "node-1").await;
+    // The namespace exists once any copy published (here, the leader's own).
+    let own = Publisher::start(&bed, &group, record("node-1", &[])).await;
+    until_lease(&client, &group, "node-1", |_| true).await;
+    let mut forged = member::member_lease(
+        &group,
+        &record("forger", &["kubernetes-vip"]),
+        SETTINGS.expiry,
+        jiff::Timestamp::now(),
+    )
+    .unwrap();
+    forged.spec.as_mut().unwrap().lease_duration_seconds = Some(i32::MAX);
+    Api::<Lease>::namespaced(client, group.members_namespace())
+        .create(&Default::default(), &forged)
+        .await
+        .unwrap();
+    leader
+        .until("the forger counted while fresh", |m, now| {
+            m.ballots(now).contains_key("forger")
+        })
+        .await;
+    let seen = Instant::now();
+    leader
+        .until("the forger no longer counted", |m, now| {
+            !m.ballots(now).contains_key("forger")
+        })
+        .await;
+    // Not a day, not 68 years: our expiry (1 s here), plus the time to notice.
+    assert!(seen.elapsed() <= SETTINGS.expiry + Duration::from_millis(500));
+    own.stop().await;
+}
+
+#[tokio::test]
+async fn members_of_an_older_version_beside_the_election_lease_are_seen_during_an_upgrade() {
+    let bed = TestBed::start().await;
+    let admin = client_for(bed.kubeconfig()).await;
+    let group = Group::default_group();
+    // An older copy: its member Lease in kube-system, under the old name, no nonce.
+    let old_layout = Group::new(NAMESPACE, "endpoint-copier");
+    let mut old = member::member_lease(
+        &old_layout,
+        &record("node-old", &["older-vip"]),
+        SETTINGS.expiry,
+        jiff::Timestamp::now(),
+    )
+    .unwrap();
+    assert_eq!(
+        old.metadata.name.as_deref(),
+        Some(legacy_member_name(&group, "node-old").as_str())
+    );
+    old.metadata.namespace = Some(NAMESPACE.into());
+    Api::<Lease>::namespaced(admin, NAMESPACE)
+        .create(&Default::default(), &old)
+        .await
+        .unwrap();
+    let leader = Observer::start(&bed, &group, "node-1").await;
+    let new = Publisher::start(&bed, &group, record("node-new", &["kubernetes-vip"])).await;
+    leader
+        .until("both members, both places", |m, now| {
+            let live = m.live(now);
+            live.contains_key("node-old") && live.contains_key("node-new")
+        })
+        .await;
+    assert_eq!(
+        leader
+            .members
+            .lock()
+            .unwrap()
+            .who_wants(&svc("default/older-vip"), Instant::now()),
+        Wanted::Live(vec!["node-old".into()])
+    );
+    new.stop().await;
 }

@@ -1,6 +1,8 @@
 //! Copier groups end to end: two groups never delete each other's slices, a pair configured on
 //! one member only is kept while that member lives, slices of older versions are adopted in
-//! place, and slices another manager writes on a target are left alone and reported.
+//! place, and slices another manager writes on a target are left alone and reported; two daemons
+//! under one identity are reported (Event, `check`), and a member publisher that cannot write
+//! says so (`endpoint_copier_member_publisher_up`, `/readyz`) and recovers.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use kube::Api;
 use kube::runtime::watcher;
 
 use crate::common::*;
+use endpoint_copier::inspect::check_report;
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
@@ -342,5 +345,124 @@ async fn a_mirrored_slice_on_the_target_is_untouched_and_reported() {
         after[&name].metadata.resource_version, mirrored.metadata.resource_version,
         "the mirrored slice was never written"
     );
+    daemon.stop().await;
+}
+
+/// `config` with member timings short enough for a test (1 s heartbeat, 3 s expiry).
+fn quick_members(mut config: Config) -> Config {
+    config.members.heartbeat = Duration::from_secs(1);
+    config.members.expiry = Duration::from_secs(3);
+    config.members.forget_after = Duration::from_secs(30);
+    config
+}
+
+#[tokio::test]
+async fn two_daemons_with_one_identity_are_reported_by_an_event_and_check() {
+    let world = World::new("twins").await;
+    world.seed(&["198.51.100.1"]).await;
+    let leader = Daemon::start(quick_members(world.config("node-1")));
+    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    // Two hosts both called node-2 (a cloned disk): two processes, one member Lease.
+    let a = Daemon::start(quick_members(world.config("node-2")));
+    let b = Daemon::start(quick_members(world.config("node-2")));
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(world.client.clone(), &world.ns);
+    let note = eventually("a TwinIdentity Event on the target", CONVERGE, || async {
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("TwinIdentity"))
+            .and_then(|e| e.note)
+    })
+    .await;
+    assert!(note.starts_with("two live copies run as node-2"), "{note}");
+    // `check` on any host says it as a problem: the record itself says it saw a twin.
+    let report = eventually("check to name the twins", CONVERGE, || async {
+        let report = check_report(&quick_members(world.config("node-3")))
+            .await
+            .unwrap();
+        report
+            .problems
+            .iter()
+            .any(|p| p.starts_with("two live copies run as node-2"))
+            .then_some(report)
+    })
+    .await;
+    assert!(matches!(
+        endpoint_copier::inspect::Verdict::of(&report),
+        endpoint_copier::inspect::Verdict::Problems(_)
+    ));
+    b.stop().await;
+    a.stop().await;
+    leader.stop().await;
+}
+
+/// `GET path` on the metrics listener: the status code and the body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.ok()?;
+    let code = raw.split(' ').nth(1)?.parse().ok()?;
+    Some((code, raw.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+#[tokio::test]
+async fn a_member_publisher_that_cannot_write_says_so_in_its_metric_and_readyz_and_recovers() {
+    use endpoint_copier_testbed::{Failure, Match, Scope, Verb};
+    let world = World::new("publisher-down").await;
+    let tb = require_testbed!(world.cluster);
+    world.seed(&["198.51.100.1"]).await;
+    let mut config = quick_members(world.config("node-1"));
+    let members = format!("{}-m", world.ns);
+    config.members.namespace.clone_from(&members);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    config.metrics.listen = Some(addr);
+    // The API refuses every record of this copy (a policy, a limit): it keeps mirroring, and says
+    // that its ballot is lost.
+    for verb in [Verb::Create, Verb::Update] {
+        tb.fail_until_healed(
+            Match {
+                identity: Some("node-1".into()),
+                verb: Some(verb),
+                resource: Some("leases".into()),
+                scope: Some(Scope::Namespace(members.clone())),
+            },
+            Failure::Status(422),
+        );
+    }
+    let daemon = Daemon::start(config);
+    wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
+    let gauge = |body: &str, value: &str| {
+        body.lines()
+            .any(|l| l == format!("endpoint_copier_member_publisher_up {value}"))
+    };
+    // Mirroring and in sync, but its ballot lost: not ready once an expiry has passed (and
+    // the one-second status tick after it).
+    tokio::time::sleep(Duration::from_secs(3) + Duration::from_millis(2500)).await;
+    let (_, metrics) = get(addr, "/metrics").await.unwrap();
+    assert!(gauge(&metrics, "0"), "{metrics}");
+    assert_eq!(get(addr, "/readyz").await.unwrap().0, 503);
+    tb.heal_failures();
+    eventually("the gauge at 1 and /readyz ready", CONVERGE, || async {
+        let (_, metrics) = get(addr, "/metrics").await?;
+        let (ready, _) = get(addr, "/readyz").await?;
+        (gauge(&metrics, "1") && ready == 200).then_some(())
+    })
+    .await;
     daemon.stop().await;
 }

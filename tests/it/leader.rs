@@ -1036,6 +1036,84 @@ async fn an_elector_whose_claim_reply_is_lost_leads_at_once_not_after_a_lease_du
     settle_and_check(&bed, sampler, vec![node]).await;
 }
 
+// --- Twins: two live processes under one identity (issue 20, finding 4) --------------------------
+
+/// An elector for `identity` through the client certificate `cn` (so the request log tells the
+/// processes apart), holding `lock`, watching for twins with its own nonce.
+async fn twin_elector(
+    bed: &TestBed,
+    cn: &str,
+    identity: &str,
+    lock: endpoint_copier::lease::RuntimeLock,
+) -> (
+    watch::Receiver<Leadership>,
+    endpoint_copier::group::SelfHealth,
+    CancellationToken,
+    JoinHandle<Result<(), endpoint_copier::lease::Error>>,
+) {
+    let client = client_for(&bed.kubeconfig_for(cn)).await;
+    let health = endpoint_copier::group::SelfHealth::new(Duration::from_secs(60));
+    let (elector, rx, _fence) =
+        Elector::new(Api::namespaced(client, NAMESPACE), settings(identity));
+    let elector = elector.with_runtime_lock(lock).with_twin_watch(
+        &endpoint_copier::group::twins::fresh_nonce(),
+        health.clone(),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(elector.run(stop.clone()));
+    (rx, health, stop, task)
+}
+
+#[tokio::test]
+async fn two_copies_sharing_an_identity_and_a_runtime_lock_token_do_not_flip_the_lease() {
+    let bed = TestBed::start().await;
+    // A cloned machine with a persistent runtime directory: two lock files, one token.
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let lock_a = endpoint_copier::lease::RuntimeLock::acquire(dir_a.path()).unwrap();
+    std::fs::write(
+        dir_b.path().join("claim.lock"),
+        format!("{} 1\n", lock_a.token()),
+    )
+    .unwrap();
+    let lock_b = endpoint_copier::lease::RuntimeLock::acquire(dir_b.path()).unwrap();
+    assert_eq!(lock_a.token(), lock_b.token());
+    let (rx_a, health_a, stop_a, task_a) = twin_elector(&bed, "clone-a", "node-1", lock_a).await;
+    until("the first copy to lead", DURATION, || {
+        *rx_a.borrow() == Leadership::Leader
+    })
+    .await;
+    let since = bed.requests().len();
+    let (_rx_b, health_b, stop_b, task_b) = twin_elector(&bed, "clone-b", "node-1", lock_b).await;
+    // Two Lease durations: before, each copy took the other's claim at once, at API speed.
+    sleep(2 * DURATION).await;
+    let writers: Vec<String> = bed.requests()[since..]
+        .iter()
+        .filter(|r| r.resource == "leases" && r.verb == Verb::Update && r.code == 200)
+        .map(|r| r.identity.clone())
+        .collect();
+    let handovers = writers.windows(2).filter(|w| w[0] != w[1]).count();
+    eprintln!(
+        "twins: {handovers} handovers in {:?} ({} Lease writes)",
+        2 * DURATION,
+        writers.len()
+    );
+    assert!(
+        handovers <= 1,
+        "the Lease changed hands {handovers} times: {writers:?}"
+    );
+    // The copy whose Lease was taken after its own write knows a twin runs: reported, and it
+    // no longer takes a claim of its identity over at once.
+    let now = Instant::now();
+    assert!(
+        health_a.twin(now).is_some() || health_b.twin(now).is_some(),
+        "no copy saw its twin"
+    );
+    stop_b.cancel();
+    stop_a.cancel();
+    task_b.await.unwrap().unwrap();
+    task_a.await.unwrap().unwrap();
+}
+
 // --- The leader's own host (issue 11, item 4) ----------------------------------------------------
 //
 // These run the real binary, one process per copy, and kill it with SIGKILL: only a real process

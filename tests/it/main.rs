@@ -23,6 +23,7 @@ mod migration;
 mod nodes;
 mod notify;
 mod probes;
+mod rbac;
 mod refusals;
 mod remote;
 mod safety;

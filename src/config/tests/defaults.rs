@@ -48,6 +48,7 @@ fn packaged_defaults_file_lists_every_key() {
             heartbeat_secs: Some(0),
             expiry_secs: Some(0),
             forget_after_secs: Some(0),
+            namespace: Some(String::new()),
         }),
         probe: Some(RawProbe {
             period_ms: Some(0),
@@ -100,7 +101,7 @@ fn packaged_defaults_file_lists_every_key() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 32);
+    assert_eq!(checked, 33);
 }
 
 #[test]
@@ -133,4 +134,5 @@ fn default_member_timings_are_10_30_and_900_seconds() {
     assert_eq!(m.heartbeat, Duration::from_secs(10));
     assert_eq!(m.expiry, Duration::from_secs(30));
     assert_eq!(m.forget_after, Duration::from_secs(900));
+    assert_eq!(m.namespace, "endpoint-copier");
 }

@@ -282,7 +282,20 @@ fn members_keys_are_read_in_seconds() {
             heartbeat: Duration::from_secs(5),
             expiry: Duration::from_secs(20),
             forget_after: Duration::from_secs(3600),
+            namespace: "endpoint-copier".to_owned(),
         }
+    );
+}
+
+#[test]
+fn the_member_namespace_must_be_a_namespace_name() {
+    let (c, _) = load_toml("[members]\nnamespace = \"copier-members\"\n");
+    assert_eq!(c.unwrap().members.namespace, "copier-members");
+    let (key, reason) = invalid("[members]\nnamespace = \"Kube_System\"\n");
+    assert_eq!(key, "members.namespace");
+    assert!(
+        reason.contains("'Kube_System' is not a valid namespace"),
+        "{reason}"
     );
 }
 
@@ -338,7 +351,7 @@ fn unknown_members_key_lists_the_valid_ones() {
     assert_eq!(
         e.to_string(),
         format!(
-            "{}:2:1: unknown key 'members.heartbeat' (expected one of: heartbeat_secs, expiry_secs, forget_after_secs)",
+            "{}:2:1: unknown key 'members.heartbeat' (expected one of: heartbeat_secs, expiry_secs, forget_after_secs, namespace)",
             path.display()
         )
     );

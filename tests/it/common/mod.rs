@@ -337,8 +337,9 @@ impl World {
             None => self.cluster.kubeconfig(),
         };
         let mut c = config(&kubeconfig, identity, &[(&self.source(), &self.target())]);
-        // Each test elects among its own daemons only.
+        // Each test elects among its own daemons only, and keeps its members to itself.
         c.lease.namespace = self.ns.clone();
+        c.members.namespace = self.ns.clone();
         c
     }
 
@@ -425,8 +426,9 @@ impl World {
 }
 
 /// A config directory with one drop-in for the binary, as combustion would write it: `world`'s
-/// pair (plus `pair_keys`, e.g. `probe = { https = "/readyz" }`), the Lease in the world's
-/// namespace as `identity` (plus `lease_keys`: timings, `runtime_dir`), no metrics listener.
+/// pair (plus `pair_keys`, e.g. `probe = { https = "/readyz" }`), the Lease and the members in
+/// the world's namespace as `identity` (plus `lease_keys`: timings, `runtime_dir`), no metrics
+/// listener.
 pub fn drop_in_dir(
     world: &World,
     identity: &str,
@@ -441,10 +443,11 @@ pub fn drop_in_dir(
     std::fs::write(
         dir.path().join("50-site.toml"),
         format!(
-            "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\n{pair_keys}\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\n{lease_keys}\n\n[metrics]\nlisten = \"\"\n",
+            "kubeconfig = \"{}\"\n\n[[pair]]\nsource = \"{}\"\ntarget = \"{}\"\n{pair_keys}\n\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\n{lease_keys}\n\n[members]\nnamespace = \"{}\"\n\n[metrics]\nlisten = \"\"\n",
             kubeconfig.display(),
             world.source(),
             world.target(),
+            world.ns,
             world.ns,
         ),
     )

@@ -1,12 +1,15 @@
 //! Authentication and authorization for the test bed: which identity a request belongs to (client
-//! certificate CN or bearer token), revocation, and the allow/deny table standing in for RBAC.
+//! certificate CN or bearer token), revocation, the allow/deny table tests set per identity, and
+//! — once RBAC manifests are loaded — Kubernetes' RBAC for every user outside `system:masters`.
 //!
-//! Owns the credential registry and the authorization table. Issuing certificates is left to tls.rs;
-//! turning a denial into a 403 Status and answering SelfSubjectAccessReview is left to server.rs.
+//! Owns the credential registry and the authorization decision ([`Auth::authorize`]). Issuing
+//! certificates is left to tls.rs; RBAC's rules to rbac.rs; turning a denial into a 403 Status
+//! and answering SelfSubjectAccessReview is left to server.rs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use crate::rbac::{Attributes, Policy, UserInfo};
 use crate::reqlog::Verb;
 
 /// The authenticated user of a request.
@@ -54,6 +57,9 @@ struct State {
     revoked_certs: HashSet<Vec<u8>>,
     /// (identity, verb, plural) → allowed; absent means allowed.
     rules: HashMap<(String, Verb, String), bool>,
+    /// RBAC, once manifests were loaded: then a user outside `system:masters` may do only what
+    /// it grants (kube-apiserver authorizes `system:masters` before RBAC, as a privileged group).
+    rbac: Option<Policy>,
 }
 
 /// The credential registry and authorization table.
@@ -132,13 +138,51 @@ impl Auth {
             .insert((identity.to_string(), verb, resource.to_string()), allowed);
     }
 
-    /// Whether `identity` may use `verb` on `resource`; everything is allowed unless denied.
+    /// Whether `identity` may use `verb` on `resource` by the deny table; everything is allowed
+    /// unless denied there.
     pub fn allowed(&self, identity: &str, verb: Verb, resource: &str) -> bool {
         self.lock()
             .rules
             .get(&(identity.to_string(), verb, resource.to_string()))
             .copied()
             .unwrap_or(true)
+    }
+
+    /// Loads RBAC manifests (Roles, ClusterRoles and their bindings) into the policy, turning
+    /// RBAC on; returns the objects that are not RBAC, for the caller to create.
+    ///
+    /// # Errors
+    /// [`crate::rbac::Error`] when a document does not parse.
+    pub fn load_rbac(&self, yaml: &str) -> Result<Vec<serde_json::Value>, crate::rbac::Error> {
+        let mut s = self.lock();
+        s.rbac.get_or_insert_with(Policy::default).load_yaml(yaml)
+    }
+
+    /// The RBAC policy loaded so far (`None`: RBAC off, everything allowed but the deny table).
+    pub fn rbac(&self) -> Option<Policy> {
+        self.lock().rbac.clone()
+    }
+
+    /// Whether `user` may make the request `attrs`: the deny table, then — when RBAC is on and
+    /// the user is not in `system:masters` — RBAC.
+    pub fn authorize(&self, user: &User, attrs: &Attributes<'_>) -> bool {
+        if let Some(verb) = Verb::parse(attrs.verb)
+            && !self.allowed(&user.name, verb, attrs.resource)
+        {
+            return false;
+        }
+        let s = self.lock();
+        match &s.rbac {
+            None => true,
+            Some(_) if user.groups.iter().any(|g| g == crate::MASTERS) => true,
+            Some(policy) => policy.allows(
+                UserInfo {
+                    name: &user.name,
+                    groups: &user.groups,
+                },
+                attrs,
+            ),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod faults;
 pub mod kubeconfig;
 pub mod meta;
 pub mod patch;
+pub mod rbac;
 pub mod reqlog;
 pub mod selector;
 pub mod server;
@@ -276,9 +277,13 @@ impl TestBed {
     }
 
     fn write_cert_kubeconfig(&self, path: &Path, identity: &str) {
+        self.write_cert_kubeconfig_in(path, identity, &[MASTERS]);
+    }
+
+    fn write_cert_kubeconfig_in(&self, path: &Path, identity: &str, groups: &[&str]) {
         let issued = self
             .ca
-            .issue_client(identity, &[MASTERS])
+            .issue_client(identity, groups)
             .unwrap_or_else(|e| fatal("failed to issue a client certificate", e));
         self.shared.auth.register_cert(identity, issued.cert_der);
         let yaml = kubeconfig::render(
@@ -311,6 +316,79 @@ impl TestBed {
         let path = self.next_file(identity);
         self.write_cert_kubeconfig(&path, identity);
         path
+    }
+
+    /// A new kubeconfig with a fresh client certificate for CN=`identity` and O=each of
+    /// `groups` (no `system:masters` unless listed): once RBAC manifests are loaded
+    /// ([`TestBed::apply_rbac`]), such a user may do only what they grant.
+    pub fn kubeconfig_for_user(&self, identity: &str, groups: &[&str]) -> PathBuf {
+        let path = self.next_file(identity);
+        self.write_cert_kubeconfig_in(&path, identity, groups);
+        path
+    }
+
+    /// Loads the RBAC objects of the YAML manifests in `yaml` (Roles, ClusterRoles and their
+    /// bindings), which turns RBAC on for every user outside `system:masters`, and creates the
+    /// other objects (a Namespace, a Lease...) as an admin would with `kubectl apply` (an
+    /// existing one is left as it is). Returns the `kind namespace/name` of those created.
+    ///
+    /// # Panics
+    /// When a document does not parse or an object cannot be created (a test bug).
+    pub fn apply_rbac(&self, yaml: &str) -> Vec<String> {
+        let others = self
+            .shared
+            .auth
+            .load_rbac(yaml)
+            .unwrap_or_else(|e| fatal("RBAC manifests", e));
+        let mut created = Vec::new();
+        // Namespaces first, as kubectl's ordering does.
+        let (namespaces, rest): (Vec<_>, Vec<_>) =
+            others.into_iter().partition(|o| o["kind"] == "Namespace");
+        for object in namespaces.into_iter().chain(rest) {
+            let (group, version) = match object["apiVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .split_once('/')
+            {
+                Some((g, v)) => (g.to_string(), v.to_string()),
+                None => (
+                    String::new(),
+                    object["apiVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+            };
+            let kind = object["kind"].as_str().unwrap_or_default().to_string();
+            // The kinds a manifest beside RBAC may hold that the test bed serves.
+            let plural = match kind.as_str() {
+                "Namespace" => "namespaces",
+                "Lease" => "leases",
+                "Service" => "services",
+                _ => "",
+            };
+            let r = store::resource(&group, &version, plural).unwrap_or_else(|| {
+                fatal(
+                    "RBAC manifests",
+                    format!("the test bed does not serve {kind}"),
+                )
+            });
+            let ns = object["metadata"]["namespace"].as_str().map(str::to_string);
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            match self
+                .shared
+                .store
+                .create(r, ns.as_deref(), object, &store::WriteParams::default())
+            {
+                Ok(_) => created.push(format!("{kind} {}/{name}", ns.unwrap_or_default())),
+                Err(e) if e.code == 409 => {}
+                Err(e) => fatal("RBAC manifests", e.message),
+            }
+        }
+        created
     }
 
     /// A new kubeconfig with a bearer token the server knows as `identity`.
