@@ -27,6 +27,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::meta;
 use crate::patch;
 
+mod continue_tokens;
 pub mod controllers;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::validate::{self, FieldError, bad_request, invalid_error};
@@ -287,9 +288,6 @@ const MODIFIED_MSG: &str =
 fn expired(message: String) -> ApiError {
     ApiError::new(410, "Expired", message, None)
 }
-
-/// The 410 of a list continuing from a compacted revision (storage.ErrResourceExpired wording).
-const CONTINUE_EXPIRED_MSG: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
 
 /// List parameters.
 #[derive(Debug, Default, Clone)]
@@ -644,63 +642,6 @@ fn list_options_invalid(errs: &[FieldError]) -> ApiError {
     invalid_error(&LIST_OPTIONS, "", errs)
 }
 
-// Continue tokens: base64 of {"v":"meta.k8s.io/v1","rv":N,"start":"<key>\u0000"}, the shape of
-// k8s.io/apiserver/pkg/storage continueToken, so clients see an opaque base64 string like upstream.
-const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn b64_encode(data: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn b64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = B64.iter().position(|x| *x == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    Some(out)
-}
-
-fn encode_continue(rv: u64, last_key: &str) -> String {
-    let tok = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{last_key}\u{0}")});
-    b64_encode(tok.to_string().as_bytes())
-}
-
-fn decode_continue(tok: &str) -> Result<(u64, String), ApiError> {
-    let bad = || bad_request(format!("continue key is not valid: {tok:?}"));
-    let raw = b64_decode(tok).ok_or_else(bad)?;
-    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    if v["v"] != "meta.k8s.io/v1" {
-        return Err(bad());
-    }
-    let rv = v["rv"].as_u64().ok_or_else(bad)?;
-    let start = v["start"].as_str().ok_or_else(bad)?.to_string();
-    Ok((rv, start))
-}
-
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // A panic while holding the lock (a bug in a test) must not wedge every later request.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -771,9 +712,9 @@ impl Store {
                     "specifying resource version is not allowed when using continue",
                 ));
             }
-            let (rv, key) = decode_continue(tok)?;
+            let (rv, key) = continue_tokens::decode(tok)?;
             if rv < inner.floor {
-                return Err(expired(CONTINUE_EXPIRED_MSG.into()));
+                return Err(expired(continue_tokens::EXPIRED_MSG.into()));
             }
             // Later pages are served at the first page's revision, as etcd serves them.
             list_rv = rv;
@@ -844,7 +785,7 @@ impl Store {
         }
         let mut md = json!({"resourceVersion": list_rv.to_string()});
         if more && let Some(k) = last_key {
-            md["continue"] = json!(encode_continue(list_rv, &k));
+            md["continue"] = json!(continue_tokens::encode(list_rv, &k));
             // remainingItemCount is only known (and sent) when nothing is filtered out.
             if labels.is_empty() && fields.is_empty() {
                 md["remainingItemCount"] = json!(remaining);
