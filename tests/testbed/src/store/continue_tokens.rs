@@ -10,6 +10,9 @@
 //! base64 and reads both with and without padding. Clients treat the token as opaque and send it
 //! back as they got it, so the difference is not visible to them.
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde_json::{Value, json};
 
 use super::ApiError;
@@ -44,42 +47,24 @@ pub(super) fn decode(tok: &str) -> Result<(u64, String), ApiError> {
     Ok((rv, start))
 }
 
-const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// Padded standard base64 on the way out; on the way in, padding is optional and the bits past
+/// the last whole byte are ignored (what the test bed's own decoder accepted before it used the
+/// crate; `continue_tokens::tests` pins both directions).
+const TOKEN_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
 fn encode_bytes(data: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    TOKEN_BASE64.encode(data)
 }
 
+/// None for anything that is not base64 (a character outside the alphabet, a bad length).
 fn decode_bytes(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = B64.iter().position(|x| *x == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    Some(out)
+    TOKEN_BASE64.decode(s).ok()
 }
 
 #[cfg(test)]
