@@ -18,7 +18,6 @@
 //! is not modelled; strategic merge patch and server-side apply are answered with 415.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
@@ -27,8 +26,11 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::meta;
 use crate::patch;
 
+mod allocator;
 mod continue_tokens;
 pub mod controllers;
+#[cfg(test)]
+mod fixtures;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::validate::{self, FieldError, bad_request, invalid_error};
 
@@ -473,20 +475,6 @@ fn str_at<'a>(o: &'a Value, ptr: &str) -> &'a str {
 /// a watch or Exact list from before the oldest one gets 410.
 pub const HISTORY_CAPACITY: usize = 10_000;
 
-/// Service cluster IP ranges (RKE2 defaults: 10.43.0.0/16, and fd00:43::/112 for IPv6).
-const SERVICE_V4_BASE: u32 = u32::from_be_bytes([10, 43, 0, 0]);
-const SERVICE_V4_SIZE: u32 = 1 << 16;
-const SERVICE_V6_BASE: u128 = 0xfd00_0043_0000_0000_0000_0000_0000_0000;
-const SERVICE_V6_SIZE: u128 = 1 << 16;
-/// Dynamic allocation starts above the static band (KEP-3070: the lower 256 addresses of the range
-/// are kept for addresses chosen by users, such as 10.43.0.1 and 10.43.0.10).
-const SERVICE_DYNAMIC_OFFSET: u32 = 256;
-/// NodePort range (kube-apiserver's default --service-node-port-range).
-const NODE_PORT_MIN: u16 = 30000;
-const NODE_PORT_MAX: u16 = 32767;
-/// NodePort dynamic allocation starts above the static band (KEP-3668: 86 ports for this range).
-const NODE_PORT_DYNAMIC_START: u16 = 30086;
-
 #[derive(Debug, Default)]
 struct Inner {
     objects: HashMap<ResKey, BTreeMap<ObjKey, Arc<Value>>>,
@@ -504,11 +492,8 @@ struct Inner {
     gc_off: bool,
     /// The endpointslice and endpointslice-mirroring controllers (controllers.rs).
     controllers: controllers::Controllers,
-    ips: HashSet<IpAddr>,
-    node_ports: HashSet<u16>,
-    next_v4: u32,
-    next_v6: u128,
-    next_port: u16,
+    /// Cluster IPs and NodePorts held by Services (allocator.rs).
+    alloc: allocator::Allocator,
 }
 
 /// The object store; cheap to clone (all clones share one state).
@@ -660,9 +645,6 @@ impl Store {
         let inner = Inner {
             rv: 1,
             floor: 1,
-            next_v4: SERVICE_DYNAMIC_OFFSET,
-            next_v6: u128::from(SERVICE_DYNAMIC_OFFSET),
-            next_port: NODE_PORT_DYNAMIC_START,
             ..Inner::default()
         };
         Store {
@@ -1424,7 +1406,7 @@ impl Inner {
         let old = self.objects.get_mut(&res)?.remove(key)?;
         self.unindex(res, key, &old);
         if res == ("", "services") {
-            self.release_service(&old, None);
+            self.alloc.release(&old, None);
         }
         self.rv += 1;
         let mut last = (*old).clone();
@@ -1726,7 +1708,7 @@ impl Inner {
         validate::default_object(r, &mut body);
         let mut errs = Vec::new();
         if res == ("", "services") {
-            errs.extend(self.allocate_service(&mut body, None));
+            errs.extend(self.alloc.allocate(&mut body, None));
         }
         errs.extend(validate::validate(r, &body, None));
         if !errs.is_empty() {
@@ -1743,7 +1725,7 @@ impl Inner {
             return Ok(body);
         }
         if res == ("", "services") {
-            self.commit_service(&body);
+            self.alloc.commit(&body);
         }
         let stored = self.put(res, key.clone(), body, None);
         let out = (*stored).clone();
@@ -1818,7 +1800,7 @@ impl Inner {
             }
         }
         if res == ("", "services") {
-            carry_service_allocations(&mut body, &old);
+            allocator::carry_allocations(&mut body, &old);
         }
         if res == ("", "namespaces") || res == ("", "services") || res == ("", "nodes") {
             // status is a subresource: an update of the main resource keeps the stored status
@@ -1836,7 +1818,7 @@ impl Inner {
         }
         validate::default_object(r, &mut body);
         if res == ("", "services") {
-            errs.extend(self.allocate_service(&mut body, Some(&old)));
+            errs.extend(self.alloc.allocate(&mut body, Some(&old)));
         }
         errs.extend(validate::validate(r, &body, Some(&old)));
         if old.pointer("/metadata/deletionTimestamp").is_some() {
@@ -1882,8 +1864,8 @@ impl Inner {
             return Ok(body);
         }
         if res == ("", "services") {
-            self.release_service(&old, Some(&body));
-            self.commit_service(&body);
+            self.alloc.release(&old, Some(&body));
+            self.alloc.commit(&body);
         }
         let key = obj_key(ns, name);
         let stored = self.put(res, key.clone(), body, Some(old));
@@ -1935,443 +1917,12 @@ impl Inner {
         let stored = self.put(r.key(), obj_key(ns, name), new, Some(old));
         Ok((*stored).clone())
     }
-
-    // ---- Service allocation (pkg/registry/core/service/ipallocator, portallocator) ----------
-
-    /// Fills clusterIP(s), ipFamilies, ipFamilyPolicy and nodePorts; checks requested ones.
-    /// Nothing is recorded as allocated until [`Inner::commit_service`].
-    fn allocate_service(&mut self, svc: &mut Value, old: Option<&Value>) -> Vec<FieldError> {
-        let mut errs = Vec::new();
-        let ty = str_at(svc, "/spec/type").to_string();
-        if ty == "ExternalName" {
-            return errs;
-        }
-        let spec = &mut svc["spec"];
-        let owned_ips: HashSet<IpAddr> = old
-            .map(|o| service_ips(o).into_iter().collect())
-            .unwrap_or_default();
-        let owned_ports: HashSet<u16> = old
-            .map(service_node_ports)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        // clusterIP / clusterIPs consistency (SetDefaults + ValidateService).
-        let cluster_ip = spec
-            .get("clusterIP")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let mut ips: Vec<String> = spec
-            .get("clusterIPs")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if ips.is_empty() && !cluster_ip.is_empty() {
-            ips.push(cluster_ip.clone());
-        }
-        if !cluster_ip.is_empty() && ips.first() != Some(&cluster_ip) {
-            errs.push(FieldError::invalid(
-                "spec.clusterIPs",
-                &json!(ips),
-                "first value must match `clusterIP`",
-            ));
-            return errs;
-        }
-        let policy = spec
-            .get("ipFamilyPolicy")
-            .and_then(Value::as_str)
-            .unwrap_or("SingleStack")
-            .to_string();
-        spec["ipFamilyPolicy"] = json!(policy);
-        let headless = ips.first().map(String::as_str) == Some("None");
-        let mut families: Vec<String> = spec
-            .get("ipFamilies")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if families.is_empty() {
-            if !headless {
-                for ip in &ips {
-                    match ip.parse::<IpAddr>() {
-                        Ok(IpAddr::V4(_)) => families.push("IPv4".into()),
-                        Ok(IpAddr::V6(_)) => families.push("IPv6".into()),
-                        Err(_) => {}
-                    }
-                }
-            }
-            if families.is_empty() {
-                families.push("IPv4".into());
-            }
-            if policy != "SingleStack" && families.len() == 1 {
-                let other = if families[0] == "IPv4" {
-                    "IPv6"
-                } else {
-                    "IPv4"
-                };
-                families.push(other.into());
-            }
-        }
-        if policy == "SingleStack" && families.len() > 1 {
-            errs.push(FieldError::invalid(
-                "spec.ipFamilies",
-                &json!(families),
-                "when multiple IP families are specified, IP family policy must be RequireDualStack or PreferDualStack",
-            ));
-            return errs;
-        }
-        spec["ipFamilies"] = json!(families);
-        if headless {
-            spec["clusterIP"] = json!("None");
-            spec["clusterIPs"] = json!(["None"]);
-        } else {
-            for (i, fam) in families.iter().enumerate() {
-                match ips.get(i) {
-                    Some(ip) => {
-                        match ip.parse::<IpAddr>() {
-                            Ok(addr) => {
-                                let fam_ok = matches!(
-                                    (fam.as_str(), addr),
-                                    ("IPv4", IpAddr::V4(_)) | ("IPv6", IpAddr::V6(_))
-                                );
-                                if !fam_ok {
-                                    errs.push(FieldError::invalid(
-                                    format!("spec.clusterIPs[{i}]"),
-                                    &json!(ip),
-                                    &format!("expected an {fam} value as indicated by `ipFamilies[{i}]`"),
-                                ));
-                                } else if !in_service_range(addr) {
-                                    errs.push(FieldError::invalid(
-                                    "spec.clusterIPs",
-                                    &json!(ips),
-                                    &format!(
-                                        "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}",
-                                        if fam == "IPv4" { "10.43.0.0/16" } else { "fd00:43::/112" }
-                                    ),
-                                ));
-                                } else if self.ips.contains(&addr) && !owned_ips.contains(&addr) {
-                                    errs.push(FieldError::invalid(
-                                    "spec.clusterIPs",
-                                    &json!(ips),
-                                    &format!("failed to allocate IP {ip}: provided IP is already allocated"),
-                                ));
-                                }
-                            }
-                            Err(_) => errs.push(FieldError::invalid(
-                                format!("spec.clusterIPs[{i}]"),
-                                &json!(ip),
-                                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-                            )),
-                        }
-                    }
-                    None => {
-                        let ip = if fam == "IPv4" {
-                            IpAddr::V4(self.next_free_v4())
-                        } else {
-                            IpAddr::V6(self.next_free_v6())
-                        };
-                        ips.push(ip.to_string());
-                    }
-                }
-            }
-            spec["clusterIP"] = json!(ips.first().cloned().unwrap_or_default());
-            spec["clusterIPs"] = json!(ips);
-        }
-        let wants_node_ports = ty == "NodePort"
-            || (ty == "LoadBalancer"
-                && spec
-                    .get("allocateLoadBalancerNodePorts")
-                    .and_then(Value::as_bool)
-                    != Some(false));
-        if wants_node_ports {
-            let mut taken: HashSet<u16> = HashSet::new();
-            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                // Ports that are not objects were already reported by validation.
-                for (i, p) in ports.iter_mut().enumerate().filter(|(_, p)| p.is_object()) {
-                    match p
-                        .get("nodePort")
-                        .and_then(Value::as_i64)
-                        .filter(|n| *n != 0)
-                    {
-                        Some(n) => {
-                            let ok = u16::try_from(n)
-                                .ok()
-                                .filter(|n| (NODE_PORT_MIN..=NODE_PORT_MAX).contains(n));
-                            match ok {
-                                None => errs.push(FieldError::invalid(
-                                    format!("spec.ports[{i}].nodePort"),
-                                    &json!(n),
-                                    "provided port is not in the valid range. The range of valid ports is 30000-32767",
-                                )),
-                                Some(n) if (self.node_ports.contains(&n) && !owned_ports.contains(&n)) || !taken.insert(n) => {
-                                    errs.push(FieldError::invalid(
-                                        format!("spec.ports[{i}].nodePort"),
-                                        &json!(n),
-                                        "provided port is already allocated",
-                                    ));
-                                }
-                                Some(_) => {}
-                            }
-                        }
-                        None => {
-                            let n = self.next_free_port(&taken);
-                            taken.insert(n);
-                            p["nodePort"] = json!(n);
-                        }
-                    }
-                }
-            }
-        }
-        errs
-    }
-
-    fn next_free_v4(&mut self) -> Ipv4Addr {
-        for _ in 0..SERVICE_V4_SIZE {
-            let off = self.next_v4;
-            self.next_v4 = if off + 1 >= SERVICE_V4_SIZE - 1 {
-                SERVICE_DYNAMIC_OFFSET
-            } else {
-                off + 1
-            };
-            let ip = Ipv4Addr::from(SERVICE_V4_BASE + off);
-            if !self.ips.contains(&IpAddr::V4(ip)) {
-                return ip;
-            }
-        }
-        Ipv4Addr::from(SERVICE_V4_BASE + SERVICE_DYNAMIC_OFFSET)
-    }
-
-    fn next_free_v6(&mut self) -> Ipv6Addr {
-        for _ in 0..SERVICE_V6_SIZE {
-            let off = self.next_v6;
-            self.next_v6 = if off + 1 >= SERVICE_V6_SIZE {
-                u128::from(SERVICE_DYNAMIC_OFFSET)
-            } else {
-                off + 1
-            };
-            let ip = Ipv6Addr::from(SERVICE_V6_BASE + off);
-            if !self.ips.contains(&IpAddr::V6(ip)) {
-                return ip;
-            }
-        }
-        Ipv6Addr::from(SERVICE_V6_BASE + u128::from(SERVICE_DYNAMIC_OFFSET))
-    }
-
-    fn next_free_port(&mut self, taken: &HashSet<u16>) -> u16 {
-        for _ in NODE_PORT_MIN..=NODE_PORT_MAX {
-            let n = self.next_port;
-            self.next_port = if n >= NODE_PORT_MAX {
-                NODE_PORT_DYNAMIC_START
-            } else {
-                n + 1
-            };
-            if !self.node_ports.contains(&n) && !taken.contains(&n) {
-                return n;
-            }
-        }
-        NODE_PORT_DYNAMIC_START
-    }
-
-    fn commit_service(&mut self, svc: &Value) {
-        self.ips.extend(service_ips(svc));
-        self.node_ports.extend(service_node_ports(svc));
-    }
-
-    /// Frees what `old` held and `new` (if any) no longer holds.
-    fn release_service(&mut self, old: &Value, new: Option<&Value>) {
-        let keep_ips: HashSet<IpAddr> = new
-            .map(service_ips)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let keep_ports: HashSet<u16> = new
-            .map(service_node_ports)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        for ip in service_ips(old) {
-            if !keep_ips.contains(&ip) {
-                self.ips.remove(&ip);
-            }
-        }
-        for p in service_node_ports(old) {
-            if !keep_ports.contains(&p) {
-                self.node_ports.remove(&p);
-            }
-        }
-    }
-}
-
-fn in_service_range(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => {
-            let n = u32::from(a);
-            n > SERVICE_V4_BASE && n < SERVICE_V4_BASE + SERVICE_V4_SIZE - 1
-        }
-        IpAddr::V6(a) => {
-            let n = u128::from(a);
-            n > SERVICE_V6_BASE && n < SERVICE_V6_BASE + SERVICE_V6_SIZE
-        }
-    }
-}
-
-fn service_ips(svc: &Value) -> Vec<IpAddr> {
-    svc.pointer("/spec/clusterIPs")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-fn service_node_ports(svc: &Value) -> Vec<u16> {
-    svc.pointer("/spec/ports")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| u16::try_from(p.get("nodePort")?.as_i64()?).ok())
-                .filter(|n| *n != 0)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// On update, values the server allocated are kept when the new body leaves them out
-/// (pkg/registry/core/service/storage patchAllocatedValues).
-fn carry_service_allocations(new: &mut Value, old: &Value) {
-    if !new.get("spec").is_some_and(Value::is_object) {
-        new["spec"] = json!({});
-    }
-    let same_type = new
-        .pointer("/spec/type")
-        .and_then(Value::as_str)
-        .unwrap_or("ClusterIP")
-        == str_at(old, "/spec/type");
-    let spec = &mut new["spec"];
-    let unset = |v: Option<&Value>| match v {
-        None | Some(Value::Null) => true,
-        Some(Value::String(s)) => s.is_empty(),
-        Some(Value::Array(a)) => a.is_empty(),
-        _ => false,
-    };
-    if str_at(old, "/spec/type") != "ExternalName" {
-        for k in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-            if unset(spec.get(k))
-                && let Some(v) = old.pointer(&format!("/spec/{k}"))
-            {
-                spec[k] = v.clone();
-            }
-        }
-    }
-    if same_type
-        && let Some(old_ports) = old.pointer("/spec/ports").and_then(Value::as_array)
-        && let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut)
-    {
-        for p in ports {
-            if !p.is_object() || p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0 {
-                continue;
-            }
-            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
-            if let Some(np) = old_ports
-                .iter()
-                .find(|o| {
-                    o.get("port") == p.get("port")
-                        && o.get("protocol").and_then(Value::as_str).unwrap_or("TCP") == proto
-                })
-                .and_then(|o| o.get("nodePort"))
-            {
-                p["nodePort"] = np.clone();
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::fixtures::*;
     use super::*;
-
-    fn res(group: &str, plural: &str) -> &'static Resource {
-        RESOURCES
-            .iter()
-            .find(|r| r.group == group && r.plural == plural)
-            .unwrap()
-    }
-    fn ns_res() -> &'static Resource {
-        res("", "namespaces")
-    }
-    fn slices() -> &'static Resource {
-        res("discovery.k8s.io", "endpointslices")
-    }
-    fn leases() -> &'static Resource {
-        res("coordination.k8s.io", "leases")
-    }
-    fn services() -> &'static Resource {
-        res("", "services")
-    }
-
-    /// A store with namespaces "default" and "kube-system".
-    fn store() -> Store {
-        let s = Store::new();
-        for n in ["default", "kube-system"] {
-            s.create(
-                ns_res(),
-                None,
-                json!({"metadata": {"name": n}}),
-                &WriteParams::default(),
-            )
-            .unwrap();
-        }
-        s
-    }
-
-    fn slice(name: &str, labels: Value, addrs: &[&str]) -> Value {
-        json!({"metadata": {"name": name, "labels": labels}, "addressType": "IPv4",
-               "endpoints": addrs.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>(),
-               "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]})
-    }
-
-    fn create_slice(s: &Store, name: &str, labels: Value) -> Value {
-        s.create(
-            slices(),
-            Some("default"),
-            slice(name, labels, &["198.51.100.1"]),
-            &WriteParams::default(),
-        )
-        .unwrap()
-    }
-
-    fn lease(name: &str, holder: &str) -> Value {
-        json!({"metadata": {"name": name}, "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
-    }
-
-    fn rv(o: &Value) -> u64 {
-        rv_of(o).parse().unwrap()
-    }
-
-    fn drain(w: &mut Watch) -> Vec<Value> {
-        let mut out = Vec::new();
-        while let Ok(ev) = w.events.try_recv() {
-            out.push(ev);
-        }
-        out
-    }
-
-    fn types(evs: &[Value]) -> Vec<String> {
-        evs.iter()
-            .map(|e| {
-                format!(
-                    "{} {}",
-                    e["type"].as_str().unwrap(),
-                    str_at(&e["object"], "/metadata/name")
-                )
-            })
-            .collect()
-    }
 
     // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#resourceversion-in-metadata and https://kubernetes.io/docs/concepts/overview/working-with-objects/names/#uids
     #[test]
@@ -2811,120 +2362,6 @@ mod tests {
         assert_eq!(o["endpoints"], Value::Null);
         let l = s.list(slices(), None, &ListParams::default()).unwrap();
         assert_eq!(l["items"][0]["endpoints"], Value::Null);
-    }
-
-    // matches: https://kubernetes.io/docs/concepts/services-networking/dual-stack/#services
-    #[test]
-    fn services_get_cluster_ips_families_and_policy_by_default() {
-        let s = store();
-        let body = json!({"metadata": {"name": "kubernetes-vip"}, "spec": {"type": "LoadBalancer", "ports": [{"name": "k8s-api", "port": 6443}]}});
-        let o = s
-            .create(services(), Some("default"), body, &WriteParams::default())
-            .unwrap();
-        let ip = str_at(&o, "/spec/clusterIP");
-        assert!(ip.starts_with("10.43."), "{ip}");
-        assert_eq!(o["spec"]["clusterIPs"], json!([ip]));
-        assert_eq!(o["spec"]["ipFamilies"], json!(["IPv4"]));
-        assert_eq!(o["spec"]["ipFamilyPolicy"], "SingleStack");
-        let np = o["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
-        assert!((30000..=32767).contains(&np));
-        let dual = json!({"metadata": {"name": "d"}, "spec": {"ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 80}]}});
-        let d = s
-            .create(services(), Some("default"), dual, &WriteParams::default())
-            .unwrap();
-        assert_eq!(d["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
-        assert!(
-            d["spec"]["clusterIPs"][1]
-                .as_str()
-                .unwrap()
-                .starts_with("fd00:43::")
-        );
-        assert!(d["spec"]["ports"][0].get("nodePort").is_none());
-    }
-
-    // matches: https://kubernetes.io/docs/concepts/services-networking/cluster-ip-allocation/
-    #[test]
-    fn a_cluster_ip_in_use_or_out_of_range_is_rejected_and_freed_on_delete() {
-        let s = store();
-        let mk = |n: &str, ip: &str| json!({"metadata": {"name": n}, "spec": {"clusterIP": ip, "ports": [{"port": 443}]}});
-        s.create(
-            services(),
-            Some("default"),
-            mk("kubernetes", "10.43.0.1"),
-            &WriteParams::default(),
-        )
-        .unwrap();
-        let e = s
-            .create(
-                services(),
-                Some("default"),
-                mk("other", "10.43.0.1"),
-                &WriteParams::default(),
-            )
-            .unwrap_err();
-        assert_eq!(e.code, 422);
-        assert_eq!(
-            e.message,
-            "Service \"other\" is invalid: spec.clusterIPs: Invalid value: [\"10.43.0.1\"]: failed to allocate IP 10.43.0.1: provided IP is already allocated"
-        );
-        let e = s
-            .create(
-                services(),
-                Some("default"),
-                mk("far", "10.44.0.1"),
-                &WriteParams::default(),
-            )
-            .unwrap_err();
-        assert!(
-            e.message.contains("is not in the valid range"),
-            "{}",
-            e.message
-        );
-        s.delete(
-            services(),
-            Some("default"),
-            "kubernetes",
-            &DeleteParams::default(),
-        )
-        .unwrap();
-        s.create(
-            services(),
-            Some("default"),
-            mk("other", "10.43.0.1"),
-            &WriteParams::default(),
-        )
-        .unwrap();
-    }
-
-    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/pkg/registry/core/service/storage/storage.go (patchAllocatedValues)
-    #[test]
-    fn replacing_a_service_without_cluster_ip_keeps_the_allocated_one() {
-        let s = store();
-        let body = json!({"metadata": {"name": "v"}, "spec": {"type": "LoadBalancer", "ports": [{"name": "a", "port": 6443}]}});
-        let o = s
-            .create(
-                services(),
-                Some("default"),
-                body.clone(),
-                &WriteParams::default(),
-            )
-            .unwrap();
-        let mut again = body;
-        again["metadata"]["labels"] = json!({"serviceType": "kubernetes-vip"});
-        let u = s
-            .replace(
-                services(),
-                Some("default"),
-                "v",
-                again,
-                &WriteParams::default(),
-            )
-            .unwrap();
-        assert_eq!(u["spec"]["clusterIP"], o["spec"]["clusterIP"]);
-        assert_eq!(
-            u["spec"]["ports"][0]["nodePort"],
-            o["spec"]["ports"][0]["nodePort"]
-        );
     }
 
     // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#list-and-watch-filtering
@@ -4276,38 +3713,6 @@ mod tests {
                 .collect();
             assert_eq!(state, want, "selective watch from {rv}");
         }
-    }
-
-    // Robustness: malformed bodies are refused, never a panic under the store's lock.
-    #[test]
-    fn malformed_service_ports_are_rejected_without_panicking() {
-        let s = store();
-        let e = s
-            .create(
-                services(),
-                Some("default"),
-                json!({"metadata": {"name": "v"}, "spec": {"type": "NodePort", "ports": [5, {"port": 80}]}}),
-                &WriteParams::default(),
-            )
-            .unwrap_err();
-        assert_eq!(e.code, 422);
-        s.create(
-            services(),
-            Some("default"),
-            json!({"metadata": {"name": "w"}, "spec": {"type": "NodePort", "ports": [{"name": "a", "port": 80}]}}),
-            &WriteParams::default(),
-        )
-        .unwrap();
-        let e = s
-            .replace(
-                services(),
-                Some("default"),
-                "w",
-                json!({"metadata": {"name": "w"}, "spec": {"type": "NodePort", "ports": [7]}}),
-                &WriteParams::default(),
-            )
-            .unwrap_err();
-        assert_eq!(e.code, 422);
     }
 
     /// A pseudo-random JSON value shaped roughly like an object of `r` (fields it has, wrong types).
