@@ -17,7 +17,7 @@
 //! are recorded only when a fieldManager is given, one entry per manager and operation; Event TTL
 //! is not modelled; strategic merge patch and server-side apply are answered with 415.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
@@ -31,6 +31,7 @@ mod continue_tokens;
 pub mod controllers;
 #[cfg(test)]
 mod fixtures;
+mod gc;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::validate::{self, FieldError, bad_request, invalid_error};
 
@@ -478,10 +479,6 @@ pub const HISTORY_CAPACITY: usize = 10_000;
 #[derive(Debug, Default)]
 struct Inner {
     objects: HashMap<ResKey, BTreeMap<ObjKey, Arc<Value>>>,
-    /// uid → where the object lives, for ownerReference lookups.
-    uids: HashMap<String, (ResKey, ObjKey)>,
-    /// owner uid → dependents, so a delete finds its dependents without a scan.
-    dependents: HashMap<String, HashSet<(ResKey, ObjKey)>>,
     rv: u64,
     history: VecDeque<Change>,
     /// Every change with rv > floor is in `history`.
@@ -489,7 +486,8 @@ struct Inner {
     watchers: Vec<Watcher>,
     /// Last watch id handed out (ids start at 1; 0 is a watch that already ended).
     next_watch_id: u64,
-    gc_off: bool,
+    /// The garbage collector: its switch and its ownerReference indexes (gc.rs).
+    gc: gc::Gc,
     /// The endpointslice and endpointslice-mirroring controllers (controllers.rs).
     controllers: controllers::Controllers,
     /// Cluster IPs and NodePorts held by Services (allocator.rs).
@@ -528,17 +526,6 @@ fn has_finalizers(o: &Value) -> bool {
     o.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty())
-}
-
-fn owner_uids(o: &Value) -> Vec<String> {
-    o.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .map(|refs| {
-            refs.iter()
-                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn parse_rv(s: &str) -> Result<u64, ApiError> {
@@ -1177,9 +1164,10 @@ impl Store {
     /// a dead kube-controller-manager; turning it back on catches up at once, as a restarted one does.
     pub fn set_garbage_collection(&self, on: bool) {
         let mut inner = lock(&self.inner);
-        inner.gc_off = !on;
+        inner.gc.set_on(on);
         if on {
             inner.gc_sweep();
+            inner.finalize_terminating_namespaces();
             inner.run_controllers();
         }
     }
@@ -1378,9 +1366,9 @@ impl Inner {
         set_rv(&mut obj, self.rv);
         let obj = Arc::new(obj);
         if let Some(p) = &prev {
-            self.unindex(res, &key, p);
+            self.gc.unindex(res, &key, p);
         }
-        self.index(res, &key, &obj);
+        self.gc.index(res, &key, &obj);
         self.objects
             .entry(res)
             .or_default()
@@ -1404,7 +1392,7 @@ impl Inner {
     /// Removes an object (no GC); returns its last state at the deletion's resourceVersion.
     fn take(&mut self, res: ResKey, key: &str) -> Option<Value> {
         let old = self.objects.get_mut(&res)?.remove(key)?;
-        self.unindex(res, key, &old);
+        self.gc.unindex(res, key, &old);
         if res == ("", "services") {
             self.alloc.release(&old, None);
         }
@@ -1431,36 +1419,11 @@ impl Inner {
             .map(|o| str_at(o, "/metadata/uid").to_string());
         let last = self.take(res, key).unwrap_or(Value::Null);
         if let Some(uid) = uid
-            && !self.gc_off
+            && self.gc.is_on()
         {
             self.collect_dependents(&uid);
         }
         last
-    }
-
-    fn index(&mut self, res: ResKey, key: &str, o: &Value) {
-        self.uids.insert(
-            str_at(o, "/metadata/uid").to_string(),
-            (res, key.to_string()),
-        );
-        for u in owner_uids(o) {
-            self.dependents
-                .entry(u)
-                .or_default()
-                .insert((res, key.to_string()));
-        }
-    }
-
-    fn unindex(&mut self, res: ResKey, key: &str, o: &Value) {
-        self.uids.remove(str_at(o, "/metadata/uid"));
-        for u in owner_uids(o) {
-            if let Some(set) = self.dependents.get_mut(&u) {
-                set.remove(&(res, key.to_string()));
-                if set.is_empty() {
-                    self.dependents.remove(&u);
-                }
-            }
-        }
     }
 
     /// Records a change and fans it out.
@@ -1501,87 +1464,6 @@ impl Inner {
         objs
     }
 
-    /// Whether an owner with `uid` exists where the GC would look for it: cluster-scoped, or in
-    /// the dependent's namespace.
-    fn owner_exists(&self, uid: &str, dependent_ns: &str) -> bool {
-        match self.uids.get(uid) {
-            Some(((g, p), key)) => {
-                let namespaced = resource_by_key((g, p)).is_some_and(|r| r.namespaced);
-                !namespaced || key.split_once('/').map(|(ns, _)| ns) == Some(dependent_ns)
-            }
-            None => false,
-        }
-    }
-
-    /// The garbage collector's decision for one object with ownerReferences
-    /// (pkg/controller/garbagecollector attemptToDeleteItem, background propagation): delete it
-    /// when no owner exists; drop the references to absent owners when some still exist.
-    fn gc_check(&mut self, res: ResKey, key: &str) {
-        let Some(o) = self.objects.get(&res).and_then(|m| m.get(key)).cloned() else {
-            return;
-        };
-        let owners = owner_uids(&o);
-        if owners.is_empty() {
-            return;
-        }
-        let ns = str_at(&o, "/metadata/namespace");
-        let alive: Vec<&String> = owners.iter().filter(|u| self.owner_exists(u, ns)).collect();
-        if alive.is_empty() {
-            self.remove(res, key);
-        } else if alive.len() < owners.len() {
-            let mut new = (*o).clone();
-            if let Some(refs) = new
-                .pointer_mut("/metadata/ownerReferences")
-                .and_then(Value::as_array_mut)
-            {
-                let alive: HashSet<String> = alive.into_iter().cloned().collect();
-                refs.retain(|r| {
-                    r.get("uid")
-                        .and_then(Value::as_str)
-                        .is_some_and(|u| alive.contains(u))
-                });
-            }
-            self.put(res, key.to_string(), new, Some(o));
-        }
-    }
-
-    fn collect_dependents(&mut self, uid: &str) {
-        let deps: Vec<(ResKey, ObjKey)> = self
-            .dependents
-            .get(uid)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        for (res, key) in deps {
-            self.gc_check(res, &key);
-        }
-    }
-
-    /// What a restarted kube-controller-manager does at once: collect orphans and finish
-    /// terminating namespaces.
-    fn gc_sweep(&mut self) {
-        let all: Vec<(ResKey, ObjKey)> = self
-            .objects
-            .iter()
-            .flat_map(|(res, m)| m.keys().map(|k| (*res, k.clone())))
-            .collect();
-        for (res, key) in all {
-            self.gc_check(res, &key);
-        }
-        let terminating: Vec<String> = self
-            .objects
-            .get(&("", "namespaces"))
-            .map(|m| {
-                m.values()
-                    .filter(|n| str_at(n, "/status/phase") == "Terminating")
-                    .map(|n| str_at(n, "/metadata/name").to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for ns in terminating {
-            self.finalize_namespace(&ns);
-        }
-    }
-
     /// Namespace deletion. Simplified: with the GC on, the contents and the namespace go at once
     /// (the real one passes through phase Terminating while the namespace controller empties it);
     /// with the GC off (no kube-controller-manager), it stays Terminating, as for real.
@@ -1595,7 +1477,7 @@ impl Inner {
             term["metadata"]["deletionTimestamp"] = json!(meta::now());
             term["status"] = json!({"phase": "Terminating"});
         }
-        if self.gc_off {
+        if !self.gc.is_on() {
             if str_at(&old, "/status/phase") == "Terminating" {
                 return (*old).clone();
             }
@@ -1608,6 +1490,24 @@ impl Inner {
         }
         last["status"] = json!({"phase": "Terminating"});
         last
+    }
+
+    /// What a restarted namespace controller does at once: finish every namespace left
+    /// Terminating while kube-controller-manager was down.
+    fn finalize_terminating_namespaces(&mut self) {
+        let terminating: Vec<String> = self
+            .objects
+            .get(&("", "namespaces"))
+            .map(|m| {
+                m.values()
+                    .filter(|n| str_at(n, "/status/phase") == "Terminating")
+                    .map(|n| str_at(n, "/metadata/name").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for ns in terminating {
+            self.finalize_namespace(&ns);
+        }
     }
 
     fn finalize_namespace(&mut self, name: &str) -> Value {
@@ -1729,7 +1629,7 @@ impl Inner {
         }
         let stored = self.put(res, key.clone(), body, None);
         let out = (*stored).clone();
-        if !self.gc_off {
+        if self.gc.is_on() {
             self.gc_check(res, &key);
         }
         Ok(out)
@@ -1875,7 +1775,7 @@ impl Inner {
             self.remove(res, &key);
             return Ok(out);
         }
-        if !self.gc_off {
+        if self.gc.is_on() {
             self.gc_check(res, &key);
         }
         Ok(out)
@@ -2889,80 +2789,6 @@ mod tests {
             .create(leases(), Some("kube-system"), bad, &WriteParams::default())
             .unwrap_err();
         assert_eq!(e.code, 400);
-    }
-
-    // matches: https://kubernetes.io/docs/concepts/architecture/garbage-collection/#background-deletion
-    #[test]
-    fn deleting_an_owner_deletes_its_dependents_unless_garbage_collection_is_off() {
-        let s = store();
-        let svc = s
-            .create(
-                services(),
-                Some("default"),
-                json!({"metadata": {"name": "v"}, "spec": {"ports": [{"port": 1}]}}),
-                &WriteParams::default(),
-            )
-            .unwrap();
-        let owner = json!([{"apiVersion": "v1", "kind": "Service", "name": "v", "uid": svc["metadata"]["uid"], "controller": true}]);
-        let mut body = slice("v-1", json!({}), &["198.51.100.1"]);
-        body["metadata"]["ownerReferences"] = owner.clone();
-        s.create(
-            slices(),
-            Some("default"),
-            body.clone(),
-            &WriteParams::default(),
-        )
-        .unwrap();
-        let mut w = s
-            .watch(
-                slices(),
-                None,
-                &WatchParams {
-                    resource_version: Some(s.resource_version().to_string()),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        s.delete(services(), Some("default"), "v", &DeleteParams::default())
-            .unwrap();
-        assert_eq!(types(&drain(&mut w)), ["DELETED v-1"]);
-
-        s.set_garbage_collection(false);
-        let svc = s
-            .create(
-                services(),
-                Some("default"),
-                json!({"metadata": {"name": "v"}, "spec": {"ports": [{"port": 1}]}}),
-                &WriteParams::default(),
-            )
-            .unwrap();
-        body["metadata"]["ownerReferences"][0]["uid"] = svc["metadata"]["uid"].clone();
-        s.create(slices(), Some("default"), body, &WriteParams::default())
-            .unwrap();
-        s.delete(services(), Some("default"), "v", &DeleteParams::default())
-            .unwrap();
-        assert!(
-            s.get(slices(), Some("default"), "v-1").is_ok(),
-            "a dead controller manager leaves dependents"
-        );
-        s.set_garbage_collection(true);
-        assert_eq!(
-            s.get(slices(), Some("default"), "v-1").unwrap_err().code,
-            404,
-            "a restarted one catches up"
-        );
-    }
-
-    // matches: https://kubernetes.io/docs/concepts/architecture/garbage-collection/#owners-dependents (a dependent whose owner is absent is collected)
-    #[test]
-    fn a_dependent_created_with_only_absent_owners_is_collected() {
-        let s = store();
-        let mut body = slice("orphan", json!({}), &["198.51.100.1"]);
-        body["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Service", "name": "gone", "uid": "5b0e9a4e-0000-4000-8000-000000000000"}]);
-        let mut w = s.watch(slices(), None, &WatchParams::default()).unwrap();
-        s.create(slices(), Some("default"), body, &WriteParams::default())
-            .unwrap();
-        assert_eq!(types(&drain(&mut w)), ["ADDED orphan", "DELETED orphan"]);
     }
 
     // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/namespaces/ (deleting a namespace deletes everything in it)
