@@ -32,6 +32,7 @@ pub mod controllers;
 #[cfg(test)]
 mod fixtures;
 mod gc;
+mod namespaces;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::validate::{self, FieldError, bad_request, invalid_error};
 
@@ -250,15 +251,6 @@ fn not_found(r: &Resource, name: &str) -> ApiError {
         "NotFound",
         format!("{} {name:?} not found", r.group_resource()),
         Some(details(r, name)),
-    )
-}
-
-fn namespace_not_found(ns: &str) -> ApiError {
-    ApiError::new(
-        404,
-        "NotFound",
-        format!("namespaces {ns:?} not found"),
-        Some(json!({"name": ns, "kind": "namespaces"})),
     )
 }
 
@@ -1059,18 +1051,7 @@ impl Store {
         p: &DeleteParams,
     ) -> Result<Value, ApiError> {
         let ns = object_scope(r, ns)?;
-        if r.group.is_empty()
-            && r.plural == "namespaces"
-            && ["default", "kube-system", "kube-public"].contains(&name)
-        {
-            // The NamespaceLifecycle admission plugin protects the immortal namespaces.
-            return Err(ApiError::new(
-                403,
-                "Forbidden",
-                format!("namespaces {name:?} is forbidden: this namespace may not be deleted"),
-                Some(details(r, name)),
-            ));
-        }
+        namespaces::admit_delete(r, name)?;
         let mut inner = lock(&self.inner);
         let key = obj_key(ns, name);
         let old = inner.get(r, &key).ok_or_else(|| not_found(r, name))?;
@@ -1464,93 +1445,6 @@ impl Inner {
         objs
     }
 
-    /// Namespace deletion. Simplified: with the GC on, the contents and the namespace go at once
-    /// (the real one passes through phase Terminating while the namespace controller empties it);
-    /// with the GC off (no kube-controller-manager), it stays Terminating, as for real.
-    fn delete_namespace(&mut self, name: &str) -> Value {
-        let res = ("", "namespaces");
-        let Some(old) = self.objects.get(&res).and_then(|m| m.get(name)).cloned() else {
-            return Value::Null;
-        };
-        let mut term = (*old).clone();
-        if term.pointer("/metadata/deletionTimestamp").is_none() {
-            term["metadata"]["deletionTimestamp"] = json!(meta::now());
-            term["status"] = json!({"phase": "Terminating"});
-        }
-        if !self.gc.is_on() {
-            if str_at(&old, "/status/phase") == "Terminating" {
-                return (*old).clone();
-            }
-            return (*self.put(res, name.to_string(), term, Some(old))).clone();
-        }
-        let mut last = self.finalize_namespace(name);
-        // The DELETE response shows the namespace as the request left it: Terminating.
-        if let Some(m) = last.get_mut("metadata") {
-            m["deletionTimestamp"] = term["metadata"]["deletionTimestamp"].clone();
-        }
-        last["status"] = json!({"phase": "Terminating"});
-        last
-    }
-
-    /// What a restarted namespace controller does at once: finish every namespace left
-    /// Terminating while kube-controller-manager was down.
-    fn finalize_terminating_namespaces(&mut self) {
-        let terminating: Vec<String> = self
-            .objects
-            .get(&("", "namespaces"))
-            .map(|m| {
-                m.values()
-                    .filter(|n| str_at(n, "/status/phase") == "Terminating")
-                    .map(|n| str_at(n, "/metadata/name").to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for ns in terminating {
-            self.finalize_namespace(&ns);
-        }
-    }
-
-    fn finalize_namespace(&mut self, name: &str) -> Value {
-        let prefix = format!("{name}/");
-        let keys: Vec<(ResKey, ObjKey)> = self
-            .objects
-            .iter()
-            .flat_map(|(res, m)| {
-                m.range(prefix.clone()..)
-                    .take_while(|(k, _)| k.starts_with(&prefix))
-                    .map(|(k, _)| (*res, k.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for (res, key) in keys {
-            if self.objects.get(&res).is_some_and(|m| m.contains_key(&key)) {
-                self.remove(res, &key);
-            }
-        }
-        self.remove(("", "namespaces"), name)
-    }
-
-    fn check_namespace(&self, r: &Resource, ns: Option<&str>, name: &str) -> Result<(), ApiError> {
-        let Some(ns) = ns else { return Ok(()) };
-        match self
-            .objects
-            .get(&("", "namespaces"))
-            .and_then(|m| m.get(ns))
-        {
-            None => Err(namespace_not_found(ns)),
-            Some(n) if str_at(n, "/status/phase") == "Terminating" => Err(ApiError::new(
-                403,
-                "Forbidden",
-                format!(
-                    "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                    r.group_resource()
-                ),
-                Some(details(r, name)),
-            )),
-            Some(_) => Ok(()),
-        }
-    }
-
     fn create(
         &mut self,
         r: &Resource,
@@ -1897,23 +1791,6 @@ mod tests {
             "{}",
             e.message
         );
-    }
-
-    // matches: https://kubernetes.io/docs/reference/access-authn-authz/admission-controllers/#namespacelifecycle
-    #[test]
-    fn create_in_a_missing_namespace_is_not_found() {
-        let s = store();
-        let e = s
-            .create(
-                slices(),
-                Some("nope"),
-                slice("a", json!({}), &["198.51.100.1"]),
-                &WriteParams::default(),
-            )
-            .unwrap_err();
-        assert_eq!((e.code, e.reason.as_str()), (404, "NotFound"));
-        assert_eq!(e.message, "namespaces \"nope\" not found");
-        assert_eq!(e.status()["details"]["kind"], "namespaces");
     }
 
     // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go (NewAlreadyExists)
@@ -2789,66 +2666,6 @@ mod tests {
             .create(leases(), Some("kube-system"), bad, &WriteParams::default())
             .unwrap_err();
         assert_eq!(e.code, 400);
-    }
-
-    // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/namespaces/ (deleting a namespace deletes everything in it)
-    #[test]
-    fn deleting_a_namespace_deletes_its_contents() {
-        let s = store();
-        s.create(
-            ns_res(),
-            None,
-            json!({"metadata": {"name": "t"}}),
-            &WriteParams::default(),
-        )
-        .unwrap();
-        s.create(
-            slices(),
-            Some("t"),
-            slice("a", json!({}), &["198.51.100.1"]),
-            &WriteParams::default(),
-        )
-        .unwrap();
-        create_slice(&s, "keep", json!({}));
-        let d = s
-            .delete(ns_res(), None, "t", &DeleteParams::default())
-            .unwrap();
-        assert_eq!(d["status"]["phase"], "Terminating");
-        assert_eq!(s.get(slices(), Some("t"), "a").unwrap_err().code, 404);
-        assert_eq!(s.get(ns_res(), None, "t").unwrap_err().code, 404);
-        assert!(s.get(slices(), Some("default"), "keep").is_ok());
-        let e = s
-            .delete(ns_res(), None, "default", &DeleteParams::default())
-            .unwrap_err();
-        assert_eq!(
-            (e.code, e.message.as_str()),
-            (
-                403,
-                "namespaces \"default\" is forbidden: this namespace may not be deleted"
-            )
-        );
-        s.set_garbage_collection(false);
-        s.create(
-            ns_res(),
-            None,
-            json!({"metadata": {"name": "u"}}),
-            &WriteParams::default(),
-        )
-        .unwrap();
-        s.delete(ns_res(), None, "u", &DeleteParams::default())
-            .unwrap();
-        let e = s
-            .create(
-                slices(),
-                Some("u"),
-                slice("a", json!({}), &["198.51.100.1"]),
-                &WriteParams::default(),
-            )
-            .unwrap_err();
-        assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"));
-        assert!(e.message.ends_with(
-            "unable to create new content in namespace u because it is being terminated"
-        ));
     }
 
     // matches: https://kubernetes.io/docs/reference/using-api/server-side-apply/#field-management (managedFields on update)
