@@ -17,11 +17,11 @@
 //! are recorded only when a fieldManager is given, one entry per manager and operation; Event TTL
 //! is not modelled; strategic merge patch and server-side apply are answered with 415.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::meta;
 use crate::patch;
@@ -33,8 +33,12 @@ pub mod controllers;
 mod fixtures;
 mod gc;
 mod namespaces;
+mod watch_cache;
+
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::validate::{self, FieldError, bad_request, invalid_error};
+pub use watch_cache::HISTORY_CAPACITY;
+use watch_cache::{Change, EvType, WatchCache};
 
 /// One API resource the test bed serves.
 #[derive(Debug)]
@@ -377,77 +381,6 @@ fn obj_key(ns: Option<&str>, name: &str) -> ObjKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EvType {
-    Added,
-    Modified,
-    Deleted,
-}
-
-/// One change, kept for watches from an older resourceVersion and for Exact lists.
-#[derive(Debug)]
-struct Change {
-    rv: u64,
-    res: ResKey,
-    key: ObjKey,
-    ty: EvType,
-    /// New state (Added/Modified) or last state with the deletion's resourceVersion (Deleted).
-    obj: Arc<Value>,
-    /// State before the change (Modified, Deleted).
-    prev: Option<Arc<Value>>,
-}
-
-#[derive(Debug)]
-struct Watcher {
-    id: u64,
-    res: ResKey,
-    ns: Option<String>,
-    labels: LabelSelector,
-    fields: FieldSelector,
-    tx: UnboundedSender<Value>,
-}
-
-impl Watcher {
-    fn matches(&self, o: &Value) -> bool {
-        if let Some(ns) = &self.ns
-            && o.pointer("/metadata/namespace").and_then(Value::as_str) != Some(ns.as_str())
-        {
-            return false;
-        }
-        self.labels.matches(o) && self.fields.matches(o)
-    }
-
-    /// The event this watcher sees for `c`, as the watch cache's cacheWatcher computes it:
-    /// an object that starts matching is ADDED, one that stops matching is DELETED (its previous
-    /// state, at the change's resourceVersion).
-    fn event_for(&self, c: &Change) -> Option<Value> {
-        if self.res != c.res {
-            return None;
-        }
-        let (cur, old) = match c.ty {
-            EvType::Added => (Some(&c.obj), None),
-            EvType::Modified => (Some(&c.obj), c.prev.as_ref()),
-            EvType::Deleted => (None, Some(&c.obj)),
-        };
-        let cur_m = cur.is_some_and(|o| self.matches(o));
-        let old_m = old.is_some_and(|o| self.matches(o));
-        match (cur_m, old_m) {
-            (true, true) => Some(event("MODIFIED", (*c.obj).clone())),
-            (true, false) => Some(event("ADDED", (*c.obj).clone())),
-            (false, true) => {
-                let mut o = (**old?).clone();
-                set_rv(&mut o, c.rv);
-                Some(event("DELETED", o))
-            }
-            (false, false) => None,
-        }
-    }
-}
-
-fn event(ty: &str, object: Value) -> Value {
-    json!({"type": ty, "object": object})
-}
-
 fn set_rv(o: &mut Value, rv: u64) {
     if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         m.insert("resourceVersion".into(), Value::String(rv.to_string()));
@@ -464,20 +397,12 @@ fn str_at<'a>(o: &'a Value, ptr: &str) -> &'a str {
     o.pointer(ptr).and_then(Value::as_str).unwrap_or("")
 }
 
-/// How many changes the store remembers (the watch cache's default capacity order of magnitude):
-/// a watch or Exact list from before the oldest one gets 410.
-pub const HISTORY_CAPACITY: usize = 10_000;
-
 #[derive(Debug, Default)]
 struct Inner {
     objects: HashMap<ResKey, BTreeMap<ObjKey, Arc<Value>>>,
     rv: u64,
-    history: VecDeque<Change>,
-    /// Every change with rv > floor is in `history`.
-    floor: u64,
-    watchers: Vec<Watcher>,
-    /// Last watch id handed out (ids start at 1; 0 is a watch that already ended).
-    next_watch_id: u64,
+    /// History and open watches (watch_cache.rs).
+    watch: WatchCache,
     /// The garbage collector: its switch and its ownerReference indexes (gc.rs).
     gc: gc::Gc,
     /// The endpointslice and endpointslice-mirroring controllers (controllers.rs).
@@ -623,7 +548,7 @@ impl Store {
     pub fn new() -> Store {
         let inner = Inner {
             rv: 1,
-            floor: 1,
+            watch: WatchCache::new(1),
             ..Inner::default()
         };
         Store {
@@ -674,12 +599,16 @@ impl Store {
                 ));
             }
             let (rv, key) = continue_tokens::decode(tok)?;
-            if rv < inner.floor {
+            if rv < inner.watch.floor() {
                 return Err(expired(continue_tokens::EXPIRED_MSG.into()));
             }
             // Later pages are served at the first page's revision, as etcd serves them.
             list_rv = rv;
-            snapshot = Some(inner.snapshot(r.key(), rv));
+            snapshot = Some(
+                inner
+                    .watch
+                    .snapshot(inner.objects.get(&r.key()), r.key(), rv),
+            );
             start = Some(key);
         } else if rv_param == "0" {
             limit = None;
@@ -689,14 +618,18 @@ impl Store {
                 return Err(too_large(rv, inner.rv));
             }
             if p.resource_version_match.as_deref() == Some("Exact") {
-                if rv < inner.floor {
+                if rv < inner.watch.floor() {
                     // etcd3 interpretListError: a compacted revision.
                     return Err(expired(
                         "The resourceVersion for the provided list is too old.".into(),
                     ));
                 }
                 if rv < inner.rv {
-                    snapshot = Some(inner.snapshot(r.key(), rv));
+                    snapshot = Some(
+                        inner
+                            .watch
+                            .snapshot(inner.objects.get(&r.key()), r.key(), rv),
+                    );
                     list_rv = rv;
                 }
             }
@@ -772,122 +705,8 @@ impl Store {
         ns: Option<&str>,
         p: &WatchParams,
     ) -> Result<Watch, ApiError> {
-        let (labels, fields) =
-            selectors(r, p.label_selector.as_deref(), p.field_selector.as_deref())?;
-        let mut errs = Vec::new();
-        match p.send_initial_events {
-            Some(_) => {
-                if p.resource_version_match.as_deref() != Some("NotOlderThan") {
-                    errs.push(FieldError::forbidden(
-                        "resourceVersionMatch",
-                        "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-                    ));
-                }
-                if p.send_initial_events == Some(true) && !p.allow_bookmarks {
-                    errs.push(FieldError::forbidden(
-                        "allowWatchBookmarks",
-                        "allowWatchBookmarks must be set to true when sendInitialEvents is true",
-                    ));
-                }
-            }
-            None => {
-                if p.resource_version_match
-                    .as_deref()
-                    .is_some_and(|m| !m.is_empty())
-                {
-                    errs.push(FieldError::forbidden(
-                        "resourceVersionMatch",
-                        "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
-                    ));
-                }
-            }
-        }
-        if let Some(m) = p
-            .resource_version_match
-            .as_deref()
-            .filter(|m| !m.is_empty())
-            && m != "NotOlderThan"
-        {
-            errs.push(FieldError::not_supported(
-                "resourceVersionMatch",
-                &json!(m),
-                &["NotOlderThan"],
-            ));
-        }
-        if !errs.is_empty() {
-            return Err(list_options_invalid(&errs));
-        }
-        let rv_param = p.resource_version.as_deref().unwrap_or("");
-        let from = if rv_param.is_empty() || rv_param == "0" {
-            None
-        } else {
-            Some(parse_rv(rv_param)?)
-        };
-        let (tx, rx) = unbounded_channel();
-        let w = Watcher {
-            id: 0,
-            res: r.key(),
-            ns: scope(r, ns).map(str::to_string),
-            labels,
-            fields,
-            tx,
-        };
-        let mut inner = lock(&self.inner);
-        if let Some(f) = from
-            && f > inner.rv
-        {
-            return Err(too_large(f, inner.rv));
-        }
-        // sendInitialEvents=true, or (unset with rv unset/"0"): the current state as ADDED events.
-        let synthetic = match p.send_initial_events {
-            Some(s) => s,
-            None => from.is_none(),
-        };
-        let mut initial = Vec::new();
-        if synthetic {
-            if let Some(objs) = inner.objects.get(&r.key()) {
-                for o in objs.values() {
-                    if w.matches(o) {
-                        initial.push(event("ADDED", (**o).clone()));
-                    }
-                }
-            }
-            if p.send_initial_events == Some(true) {
-                // matches: KEP-3157, the bookmark marking the end of the initial events.
-                let mut b = bookmark_for(r, inner.rv);
-                b["object"]["metadata"]["annotations"] =
-                    json!({"k8s.io/initial-events-end": "true"});
-                initial.push(b);
-            }
-        } else if let Some(from) = from {
-            if from < inner.floor {
-                // watch_cache.go getAllEventsSinceLocked: "(oldest-1)", the newest gone revision.
-                let e = expired(format!(
-                    "too old resource version: {from} ({})",
-                    inner.floor
-                ));
-                // The real server writes this ERROR event and ends the watch: drop the sender.
-                initial.push(event("ERROR", e.status()));
-                return Ok(Watch {
-                    initial,
-                    events: rx,
-                    id: 0,
-                });
-            }
-            for c in inner.history.iter().filter(|c| c.rv > from) {
-                if let Some(ev) = w.event_for(c) {
-                    initial.push(ev);
-                }
-            }
-        }
-        inner.next_watch_id += 1;
-        let id = inner.next_watch_id;
-        inner.watchers.push(Watcher { id, ..w });
-        Ok(Watch {
-            initial,
-            events: rx,
-            id,
-        })
+        let req = watch_cache::Request::new(r, ns, p)?;
+        lock(&self.inner).open_watch(r, req)
     }
 
     /// Creates an object; returns it as stored.
@@ -1112,7 +931,7 @@ impl Store {
 
     /// A BOOKMARK watch event at the current resourceVersion.
     pub fn bookmark(&self, r: &Resource) -> Value {
-        bookmark_for(r, lock(&self.inner).rv)
+        watch_cache::bookmark_for(r, lock(&self.inner).rv)
     }
 
     /// Queues a BOOKMARK at the current resourceVersion into watch `id`'s own event stream, behind
@@ -1121,24 +940,20 @@ impl Store {
     /// received. Returns false when that watch is gone.
     pub fn request_bookmark(&self, r: &Resource, id: u64) -> bool {
         let inner = lock(&self.inner);
-        let b = bookmark_for(r, inner.rv);
-        inner
-            .watchers
-            .iter()
-            .find(|w| w.id == id)
-            .is_some_and(|w| w.tx.send(b).is_ok())
+        let b = watch_cache::bookmark_for(r, inner.rv);
+        inner.watch.send_bookmark(id, b)
     }
 
     /// Forgets all history: watches and continue tokens from an older resourceVersion get 410.
     pub fn compact(&self) {
         let mut inner = lock(&self.inner);
-        inner.floor = inner.rv;
-        inner.history.clear();
+        let rv = inner.rv;
+        inner.watch.compact(rv);
     }
 
     /// Drops every open watch's sender, so the server ends those responses.
     pub fn close_watches(&self) {
-        lock(&self.inner).watchers.clear();
+        lock(&self.inner).watch.close_all();
     }
 
     /// Turns the garbage collector (and namespace finalization) on or off (default: on). Off models
@@ -1169,17 +984,8 @@ impl Store {
 
     /// Number of open watches (closed receivers are not counted).
     pub fn watcher_count(&self) -> usize {
-        let mut inner = lock(&self.inner);
-        inner.watchers.retain(|w| !w.tx.is_closed());
-        inner.watchers.len()
+        lock(&self.inner).watch.open_count()
     }
-}
-
-fn bookmark_for(r: &Resource, rv: u64) -> Value {
-    event(
-        "BOOKMARK",
-        json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": {"resourceVersion": rv.to_string()}}),
-    )
 }
 
 /// The 415 for patch types the test bed does not implement (endpoint-copier sends neither
@@ -1411,38 +1217,8 @@ impl Inner {
     fn emit(&mut self, c: Change) {
         // Queue the controllers' work; they run when the write that caused it is done.
         self.controllers.note(&c);
-        // Each watcher gets its own copy only when its selector matches; a closed receiver is
-        // dropped here, lazily, instead of being tracked separately.
-        self.watchers.retain(|w| match w.event_for(&c) {
-            Some(ev) => w.tx.send(ev).is_ok(),
-            None => !w.tx.is_closed(),
-        });
-        self.history.push_back(c);
-        while self.history.len() > HISTORY_CAPACITY {
-            if let Some(old) = self.history.pop_front() {
-                self.floor = old.rv;
-            }
-        }
-    }
-
-    /// The objects of `res` as they were at resourceVersion `rv` (history rolled back).
-    fn snapshot(&self, res: ResKey, rv: u64) -> BTreeMap<ObjKey, Arc<Value>> {
-        let mut objs = self.objects.get(&res).cloned().unwrap_or_default();
-        for c in self.history.iter().rev().take_while(|c| c.rv > rv) {
-            if c.res != res {
-                continue;
-            }
-            match (&c.ty, &c.prev) {
-                (EvType::Added, _) => {
-                    objs.remove(&c.key);
-                }
-                (_, Some(prev)) => {
-                    objs.insert(c.key.clone(), Arc::clone(prev));
-                }
-                (_, None) => {}
-            }
-        }
-        objs
+        // Then the watchers and the history (watch_cache.rs).
+        self.watch.record(c);
     }
 
     fn create(
@@ -2336,216 +2112,6 @@ mod tests {
         assert_eq!(l["items"][0]["metadata"]["labels"]["v"], "1");
     }
 
-    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#semantics-for-watch ("Get State and Start at Most Recent")
-    #[test]
-    fn a_watch_without_resource_version_sends_the_current_state_then_changes() {
-        let s = store();
-        create_slice(&s, "a", json!({}));
-        let mut w = s
-            .watch(slices(), Some("default"), &WatchParams::default())
-            .unwrap();
-        assert_eq!(types(&w.initial), ["ADDED a"]);
-        assert_eq!(w.initial[0]["object"]["kind"], "EndpointSlice");
-        create_slice(&s, "b", json!({}));
-        s.create(
-            leases(),
-            Some("kube-system"),
-            lease("l", "x"),
-            &WriteParams::default(),
-        )
-        .unwrap();
-        s.delete(slices(), Some("default"), "a", &DeleteParams::default())
-            .unwrap();
-        assert_eq!(types(&drain(&mut w)), ["ADDED b", "DELETED a"]);
-        let w0 = s
-            .watch(
-                slices(),
-                None,
-                &WatchParams {
-                    resource_version: Some("0".into()),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(types(&w0.initial), ["ADDED b"]);
-    }
-
-    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#semantics-for-watch ("Start at Exact")
-    #[test]
-    fn a_watch_from_a_resource_version_replays_later_changes_without_synthetic_events() {
-        let s = store();
-        let a = create_slice(&s, "a", json!({}));
-        create_slice(&s, "b", json!({}));
-        s.delete(slices(), Some("default"), "a", &DeleteParams::default())
-            .unwrap();
-        let w = s
-            .watch(
-                slices(),
-                None,
-                &WatchParams {
-                    resource_version: Some(rv_of(&a).into()),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(types(&w.initial), ["ADDED b", "DELETED a"]);
-        let w = s
-            .watch(
-                slices(),
-                None,
-                &WatchParams {
-                    resource_version: Some(s.resource_version().to_string()),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        assert!(w.initial.is_empty());
-    }
-
-    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#410-gone-responses
-    #[test]
-    fn a_watch_from_a_compacted_resource_version_gets_one_410_error_event_and_ends() {
-        let s = store();
-        let a = create_slice(&s, "a", json!({}));
-        create_slice(&s, "b", json!({}));
-        s.compact();
-        let mut w = s
-            .watch(
-                slices(),
-                None,
-                &WatchParams {
-                    resource_version: Some(rv_of(&a).into()),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(w.initial.len(), 1);
-        let ev = &w.initial[0];
-        assert_eq!(ev["type"], "ERROR");
-        assert_eq!(ev["object"]["code"], 410);
-        assert_eq!(ev["object"]["reason"], "Expired");
-        assert_eq!(
-            ev["object"]["message"],
-            format!(
-                "too old resource version: {} ({})",
-                rv(&a),
-                s.resource_version()
-            )
-        );
-        assert!(w.events.try_recv().is_err());
-        assert_eq!(s.watcher_count(), 0);
-    }
-
-    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#streaming-lists
-    #[test]
-    fn send_initial_events_ends_the_initial_state_with_an_annotated_bookmark() {
-        let s = store();
-        create_slice(&s, "a", json!({}));
-        let p = WatchParams {
-            send_initial_events: Some(true),
-            resource_version_match: Some("NotOlderThan".into()),
-            allow_bookmarks: true,
-            ..WatchParams::default()
-        };
-        let w = s.watch(slices(), None, &p).unwrap();
-        assert_eq!(types(&w.initial), ["ADDED a", "BOOKMARK "]);
-        let b = &w.initial[1]["object"];
-        assert_eq!(
-            b["metadata"]["annotations"]["k8s.io/initial-events-end"],
-            "true"
-        );
-        assert_eq!(
-            b["metadata"]["resourceVersion"],
-            s.resource_version().to_string()
-        );
-        assert_eq!(b["apiVersion"], "discovery.k8s.io/v1");
-        let e = s
-            .watch(
-                slices(),
-                None,
-                &WatchParams {
-                    send_initial_events: Some(true),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap_err();
-        assert_eq!(e.code, 422);
-        assert!(
-            e.message
-                .starts_with("ListOptions.meta.k8s.io \"\" is invalid"),
-            "{}",
-            e.message
-        );
-    }
-
-    // matches: https://github.com/kubernetes/kubernetes/blob/v1.33.0/staging/src/k8s.io/apiserver/pkg/storage/cacher/cache_watcher.go (convertToWatchEvent)
-    #[test]
-    fn objects_entering_or_leaving_a_watch_selector_are_added_or_deleted() {
-        let s = store();
-        let mut w = s
-            .watch(
-                slices(),
-                None,
-                &WatchParams {
-                    label_selector: Some("app=x".into()),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        let o = create_slice(&s, "a", json!({"app": "y"}));
-        let mut m = o.clone();
-        m["metadata"]["labels"] = json!({"app": "x"});
-        let m = s
-            .replace(slices(), Some("default"), "a", m, &WriteParams::default())
-            .unwrap();
-        let mut n = m.clone();
-        n["endpoints"][0]["addresses"] = json!(["198.51.100.3"]);
-        let n = s
-            .replace(slices(), Some("default"), "a", n, &WriteParams::default())
-            .unwrap();
-        let mut out = n.clone();
-        out["metadata"]["labels"] = json!({"app": "z"});
-        let out = s
-            .replace(slices(), Some("default"), "a", out, &WriteParams::default())
-            .unwrap();
-        let evs = drain(&mut w);
-        assert_eq!(types(&evs), ["ADDED a", "MODIFIED a", "DELETED a"]);
-        // The DELETED object is the last matching state, at the change's resourceVersion.
-        assert_eq!(evs[2]["object"]["metadata"]["labels"]["app"], "x");
-        assert_eq!(rv(&evs[2]["object"]), rv(&out));
-    }
-
-    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#watch-bookmarks
-    #[test]
-    fn bookmarks_carry_the_current_resource_version() {
-        let s = store();
-        create_slice(&s, "a", json!({}));
-        let b = s.bookmark(slices());
-        assert_eq!(b["type"], "BOOKMARK");
-        assert_eq!(b["object"]["kind"], "EndpointSlice");
-        assert_eq!(
-            b["object"]["metadata"]["resourceVersion"],
-            s.resource_version().to_string()
-        );
-    }
-
-    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes (a dropped watch ends its stream)
-    #[test]
-    fn close_watches_ends_every_stream_and_dropped_receivers_are_not_counted() {
-        let s = store();
-        let mut w1 = s.watch(slices(), None, &WatchParams::default()).unwrap();
-        let w2 = s.watch(leases(), None, &WatchParams::default()).unwrap();
-        assert_eq!(s.watcher_count(), 2);
-        drop(w2);
-        assert_eq!(s.watcher_count(), 1);
-        s.close_watches();
-        assert_eq!(s.watcher_count(), 0);
-        assert!(matches!(
-            w1.events.try_recv(),
-            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
-        ));
-    }
-
     // matches: https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kubectl-patch/#use-a-json-merge-patch-to-update-a-deployment
     #[test]
     fn a_merge_patch_applies_to_the_stored_object_and_its_resource_version_is_a_precondition() {
@@ -2691,89 +2257,6 @@ mod tests {
         assert!(mf["fieldsV1"]["f:endpoints"].is_object());
         let plain = create_slice(&s, "b", json!({}));
         assert!(plain["metadata"].get("managedFields").is_none());
-    }
-
-    // History is bounded (the watch cache keeps a window of events): older starting points get 410.
-    #[test]
-    fn history_keeps_a_bounded_window_of_changes() {
-        let s = store();
-        let first = s
-            .create(
-                leases(),
-                Some("kube-system"),
-                lease("l", "0"),
-                &WriteParams::default(),
-            )
-            .unwrap();
-        for i in 0..HISTORY_CAPACITY + 5 {
-            s.patch(
-                leases(),
-                Some("kube-system"),
-                "l",
-                PatchKind::Merge,
-                json!({"spec": {"holderIdentity": i.to_string()}}),
-                &WriteParams::default(),
-            )
-            .unwrap();
-        }
-        let w = s
-            .watch(
-                leases(),
-                None,
-                &WatchParams {
-                    resource_version: Some(rv_of(&first).into()),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(w.initial[0]["type"], "ERROR");
-        let recent = (s.resource_version() - 10).to_string();
-        let w = s
-            .watch(
-                leases(),
-                None,
-                &WatchParams {
-                    resource_version: Some(recent),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(w.initial.len(), 10);
-    }
-
-    // Fan-out: every watcher whose selector matches gets each event, in order.
-    #[test]
-    fn ten_watchers_each_receive_every_matching_event_in_order() {
-        let s = store();
-        let mut ws: Vec<Watch> = (0..10)
-            .map(|_| s.watch(leases(), None, &WatchParams::default()).unwrap())
-            .collect();
-        let mut other = s.watch(slices(), None, &WatchParams::default()).unwrap();
-        s.create(
-            leases(),
-            Some("kube-system"),
-            lease("l", "a"),
-            &WriteParams::default(),
-        )
-        .unwrap();
-        for i in 0..100 {
-            s.patch(
-                leases(),
-                Some("kube-system"),
-                "l",
-                PatchKind::Merge,
-                json!({"spec": {"holderIdentity": format!("h{i}")}}),
-                &WriteParams::default(),
-            )
-            .unwrap();
-        }
-        for w in &mut ws {
-            let evs = drain(w);
-            assert_eq!(evs.len(), 101);
-            let rvs: Vec<u64> = evs.iter().map(|e| rv(&e["object"])).collect();
-            assert!(rvs.windows(2).all(|p| p[1] == p[0] + 1));
-        }
-        assert!(drain(&mut other).is_empty());
     }
 
     // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#resourceversion-in-requests (resourceVersion="0" is served from the watch cache, limit ignored)
@@ -2996,92 +2479,6 @@ mod tests {
         );
     }
 
-    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#watch-bookmarks (a bookmark promises every change up to its resourceVersion was sent)
-    #[test]
-    fn a_requested_bookmark_arrives_after_the_events_already_queued() {
-        let s = store();
-        let mut w = s
-            .watch(
-                slices(),
-                None,
-                &WatchParams {
-                    allow_bookmarks: true,
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        create_slice(&s, "a", json!({}));
-        assert!(s.request_bookmark(slices(), w.id));
-        create_slice(&s, "b", json!({}));
-        let evs = drain(&mut w);
-        assert_eq!(types(&evs), ["ADDED a", "BOOKMARK ", "ADDED b"]);
-        assert_eq!(rv(&evs[1]["object"]), rv(&evs[0]["object"]));
-        drop(w);
-        assert!(!s.request_bookmark(slices(), 999));
-    }
-
-    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#streaming-lists (sendInitialEvents=false: start at most recent)
-    #[test]
-    fn send_initial_events_false_skips_the_current_state() {
-        let s = store();
-        create_slice(&s, "a", json!({}));
-        let mut w = s
-            .watch(
-                slices(),
-                None,
-                &WatchParams {
-                    send_initial_events: Some(false),
-                    resource_version_match: Some("NotOlderThan".into()),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        assert!(w.initial.is_empty());
-        create_slice(&s, "b", json!({}));
-        assert_eq!(types(&drain(&mut w)), ["ADDED b"]);
-    }
-
-    // matches: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#list-and-watch-filtering (the initial state is filtered too)
-    #[test]
-    fn a_selective_watch_sends_only_matching_objects_in_its_initial_state() {
-        let s = store();
-        create_slice(&s, "a", json!({"kubernetes.io/service-name": "kubernetes"}));
-        create_slice(&s, "b", json!({"kubernetes.io/service-name": "other"}));
-        s.create(
-            slices(),
-            Some("kube-system"),
-            slice(
-                "c",
-                json!({"kubernetes.io/service-name": "kubernetes"}),
-                &["198.51.100.4"],
-            ),
-            &WriteParams::default(),
-        )
-        .unwrap();
-        let w = s
-            .watch(
-                slices(),
-                Some("default"),
-                &WatchParams {
-                    label_selector: Some("kubernetes.io/service-name=kubernetes".into()),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(types(&w.initial), ["ADDED a"]);
-        let w = s
-            .watch(
-                slices(),
-                None,
-                &WatchParams {
-                    field_selector: Some("metadata.name=c".into()),
-                    ..WatchParams::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(types(&w.initial), ["ADDED c"]);
-    }
-
     // matches: kubernetes/kubernetes pkg/registry/core/node/strategy.go — nodeStrategy.PrepareForCreate
     // keeps the status a kubelet registers with; PrepareForUpdate sets newNode.Status = oldNode.Status,
     // so only /status changes it afterwards.
@@ -3191,171 +2588,6 @@ mod tests {
             .unwrap();
         assert_eq!(p["status"], json!({"loadBalancer": {}}));
         assert_eq!(p["spec"]["type"], "LoadBalancer");
-    }
-
-    /// Applies watch events to a name → object map, as an informer does.
-    fn apply_events(state: &mut BTreeMap<String, Value>, evs: &[Value]) {
-        for e in evs {
-            let o = &e["object"];
-            let key = format!(
-                "{}/{}",
-                str_at(o, "/metadata/namespace"),
-                str_at(o, "/metadata/name")
-            );
-            match e["type"].as_str().unwrap() {
-                "ADDED" | "MODIFIED" => {
-                    let mut o = o.clone();
-                    o.as_object_mut().unwrap().remove("apiVersion");
-                    o.as_object_mut().unwrap().remove("kind");
-                    state.insert(key, o);
-                }
-                "DELETED" => {
-                    state.remove(&key);
-                }
-                other => panic!("unexpected {other}"),
-            }
-        }
-    }
-
-    fn list_state(l: &Value) -> BTreeMap<String, Value> {
-        l["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| {
-                (
-                    format!(
-                        "{}/{}",
-                        str_at(o, "/metadata/namespace"),
-                        str_at(o, "/metadata/name")
-                    ),
-                    o.clone(),
-                )
-            })
-            .collect()
-    }
-
-    // matches: https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes (list at N, then watch from N, reproduces every later state)
-    #[test]
-    fn a_list_then_a_watch_from_its_resource_version_always_reproduces_the_current_state() {
-        let s = store();
-        // A fixed linear congruential sequence: random-looking, reproducible.
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |n: u64| {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (seed >> 33) % n
-        };
-        let mut checkpoints = Vec::new();
-        // Successful writes per kind (create, replace, patch, delete); failures (409, 404) are part
-        // of the sequence and change nothing.
-        let mut ok = [0usize; 4];
-        for step in 0..400 {
-            let ns = if next(2) == 0 {
-                "default"
-            } else {
-                "kube-system"
-            };
-            let name = format!("s{}", next(6));
-            let labels = json!({"app": format!("a{}", next(3))});
-            let addr = format!("198.51.100.{}", next(200) + 1);
-            let w = WriteParams::default();
-            let op = next(4) as usize;
-            let done = match op {
-                0 => s
-                    .create(slices(), Some(ns), slice(&name, labels, &[&addr]), &w)
-                    .is_ok(),
-                1 => s
-                    .replace(
-                        slices(),
-                        Some(ns),
-                        &name,
-                        slice(&name, labels, &[&addr]),
-                        &w,
-                    )
-                    .is_ok(),
-                2 => s
-                    .patch(
-                        slices(),
-                        Some(ns),
-                        &name,
-                        PatchKind::Merge,
-                        json!({"metadata": {"labels": labels}}),
-                        &w,
-                    )
-                    .is_ok(),
-                _ => s
-                    .delete(slices(), Some(ns), &name, &DeleteParams::default())
-                    .is_ok(),
-            };
-            ok[op] += usize::from(done);
-            if step % 37 == 0 {
-                let l = s.list(slices(), None, &ListParams::default()).unwrap();
-                checkpoints.push(l);
-            }
-        }
-        assert!(
-            ok.iter().all(|n| *n > 10),
-            "every kind of write happened: {ok:?}"
-        );
-        assert!(checkpoints.len() > 5);
-        let now = list_state(&s.list(slices(), None, &ListParams::default()).unwrap());
-        assert!(!now.is_empty());
-        for l in &checkpoints {
-            let rv = l["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let exact = s
-                .list(
-                    slices(),
-                    None,
-                    &ListParams {
-                        resource_version: Some(rv.clone()),
-                        resource_version_match: Some("Exact".into()),
-                        ..ListParams::default()
-                    },
-                )
-                .unwrap();
-            assert_eq!(list_state(&exact), list_state(l), "Exact list at {rv}");
-            let w = s
-                .watch(
-                    slices(),
-                    None,
-                    &WatchParams {
-                        resource_version: Some(rv.clone()),
-                        ..WatchParams::default()
-                    },
-                )
-                .unwrap();
-            let mut state = list_state(l);
-            apply_events(&mut state, &w.initial);
-            assert_eq!(state, now, "list at {rv} + watch from {rv}");
-            // The same through a selective watch: only app=a1 objects, entering and leaving.
-            let w = s
-                .watch(
-                    slices(),
-                    None,
-                    &WatchParams {
-                        resource_version: Some(rv.clone()),
-                        label_selector: Some("app=a1".into()),
-                        ..WatchParams::default()
-                    },
-                )
-                .unwrap();
-            let mut state: BTreeMap<String, Value> = list_state(l)
-                .into_iter()
-                .filter(|(_, o)| o["metadata"]["labels"]["app"] == "a1")
-                .collect();
-            apply_events(&mut state, &w.initial);
-            let want: BTreeMap<String, Value> = now
-                .iter()
-                .filter(|(_, o)| o["metadata"]["labels"]["app"] == "a1")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            assert_eq!(state, want, "selective watch from {rv}");
-        }
     }
 
     /// A pseudo-random JSON value shaped roughly like an object of `r` (fields it has, wrong types).
