@@ -4,7 +4,7 @@
 //! shape of k8s.io/apiserver/pkg/storage/continue.go `continueToken` (`EncodeContinue`,
 //! `DecodeContinue`), and the 400 for a token that is not one of ours. Leaves paging itself (where
 //! a page starts and ends, `remainingItemCount`) and the 410 for a token older than the history
-//! kept to [`Store::list`](super::Store::list), and that history to the watch cache.
+//! kept to `list.rs`, and that history to `watch_cache.rs`.
 //!
 //! Upstream encodes with `base64.RawURLEncoding`; the test bed has always written padded standard
 //! base64 and reads both with and without padding. Clients treat the token as opaque and send it
