@@ -34,177 +34,15 @@ mod fixtures;
 mod gc;
 mod list;
 mod namespaces;
+mod resources;
 mod watch_cache;
 
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::validate::{self, FieldError, bad_request, invalid_error};
+pub use resources::{RESOURCES, Resource, resource};
+use resources::{ResKey, resource_by_key};
 pub use watch_cache::HISTORY_CAPACITY;
 use watch_cache::{Change, EvType, WatchCache};
-
-/// One API resource the test bed serves.
-#[derive(Debug)]
-pub struct Resource {
-    /// API group ("" for core).
-    pub group: &'static str,
-    /// API version, e.g. "v1".
-    pub version: &'static str,
-    /// Plural resource name, e.g. "endpointslices".
-    pub plural: &'static str,
-    /// Kind, e.g. "EndpointSlice".
-    pub kind: &'static str,
-    /// Whether objects live in a namespace.
-    pub namespaced: bool,
-    /// Short names served by discovery.
-    pub short_names: &'static [&'static str],
-    /// Verbs served by discovery.
-    pub verbs: &'static [&'static str],
-}
-
-impl Resource {
-    /// `apiVersion` of this resource's objects ("v1", "discovery.k8s.io/v1").
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_string()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
-    }
-
-    /// The group-qualified resource as errors name it ("services", "leases.coordination.k8s.io").
-    pub fn group_resource(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.to_string()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
-    }
-
-    /// Storage identity: (group, plural).
-    fn key(&self) -> ResKey {
-        (self.group, self.plural)
-    }
-
-    /// Whether a PUT to a missing object creates it (each strategy's `AllowCreateOnUpdate`).
-    fn allow_create_on_update(&self) -> bool {
-        // Events went to false upstream ("POST is needed to create one").
-        matches!(
-            (self.group, self.plural),
-            ("", "services") | ("", "endpoints") | ("coordination.k8s.io", "leases")
-        )
-    }
-
-    /// Whether a PUT without metadata.resourceVersion is allowed (each strategy's
-    /// `AllowUnconditionalUpdate`; false for Leases, so leader election is always conditional).
-    fn allow_unconditional_update(&self) -> bool {
-        !(self.group == "coordination.k8s.io" && self.plural == "leases")
-    }
-
-    /// Whether the strategy maintains metadata.generation (only EndpointSlice among ours:
-    /// pkg/registry/discovery/endpointslice/strategy.go; Services, Leases, Events have none).
-    fn has_generation(&self) -> bool {
-        self.group == "discovery.k8s.io" && self.plural == "endpointslices"
-    }
-}
-
-const VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-
-/// Every resource the test bed serves.
-pub static RESOURCES: &[Resource] = &[
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "namespaces",
-        kind: "Namespace",
-        namespaced: false,
-        short_names: &["ns"],
-        verbs: &[
-            "create", "delete", "get", "list", "patch", "update", "watch",
-        ],
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "nodes",
-        kind: "Node",
-        namespaced: false,
-        short_names: &["no"],
-        verbs: VERBS,
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "services",
-        kind: "Service",
-        namespaced: true,
-        short_names: &["svc"],
-        verbs: VERBS,
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "endpoints",
-        kind: "Endpoints",
-        namespaced: true,
-        short_names: &["ep"],
-        verbs: VERBS,
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        plural: "events",
-        kind: "Event",
-        namespaced: true,
-        short_names: &["ev"],
-        verbs: VERBS,
-    },
-    Resource {
-        group: "discovery.k8s.io",
-        version: "v1",
-        plural: "endpointslices",
-        kind: "EndpointSlice",
-        namespaced: true,
-        short_names: &[],
-        verbs: VERBS,
-    },
-    Resource {
-        group: "coordination.k8s.io",
-        version: "v1",
-        plural: "leases",
-        kind: "Lease",
-        namespaced: true,
-        short_names: &[],
-        verbs: VERBS,
-    },
-    Resource {
-        group: "events.k8s.io",
-        version: "v1",
-        plural: "events",
-        kind: "Event",
-        namespaced: true,
-        short_names: &["ev"],
-        verbs: VERBS,
-    },
-];
-
-/// Looks a resource up by group, version and plural.
-pub fn resource(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
-}
-
-fn resource_by_key(k: ResKey) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.key() == k)
-}
 
 /// An API error, rendered as a metav1.Status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -370,8 +208,6 @@ pub struct Watch {
     pub id: u64,
 }
 
-/// Storage identity of a resource: (group, plural).
-type ResKey = (&'static str, &'static str);
 /// Storage key of an object: "ns/name" (namespaced) or "name", so iteration order is etcd's.
 type ObjKey = String;
 
