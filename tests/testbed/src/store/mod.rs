@@ -29,6 +29,7 @@ use crate::patch;
 mod allocator;
 mod continue_tokens;
 pub mod controllers;
+mod errors;
 #[cfg(test)]
 mod fixtures;
 mod gc;
@@ -39,93 +40,15 @@ mod watch_cache;
 
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::validate::{self, FieldError, bad_request, invalid_error};
+pub use errors::ApiError;
+use errors::{
+    MODIFIED_MSG, already_exists, conflict, details, expired, list_options_invalid, not_found,
+    too_large,
+};
 pub use resources::{RESOURCES, Resource, resource};
 use resources::{ResKey, resource_by_key};
 pub use watch_cache::HISTORY_CAPACITY;
 use watch_cache::{Change, EvType, WatchCache};
-
-/// An API error, rendered as a metav1.Status.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    /// HTTP status code.
-    pub code: u16,
-    /// Status reason, e.g. "NotFound".
-    pub reason: String,
-    /// Human-readable message, worded as kube-apiserver words it.
-    pub message: String,
-    /// Status details ({name, group, kind, causes}); None when the real server sends none.
-    pub details: Option<Value>,
-}
-
-impl ApiError {
-    /// The full metav1.Status object.
-    pub fn status(&self) -> Value {
-        let mut s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": self.message, "reason": self.reason, "code": self.code});
-        if let Some(d) = &self.details {
-            s["details"] = d.clone();
-        }
-        s
-    }
-
-    fn new(code: u16, reason: &str, message: String, details: Option<Value>) -> ApiError {
-        ApiError {
-            code,
-            reason: reason.into(),
-            message,
-            details,
-        }
-    }
-}
-
-/// StatusDetails for `name` of `r` (group omitted when empty, as `omitempty` does).
-fn details(r: &Resource, name: &str) -> Value {
-    let mut d = json!({"name": name, "kind": r.plural});
-    if !r.group.is_empty() {
-        d["group"] = json!(r.group);
-    }
-    d
-}
-
-fn not_found(r: &Resource, name: &str) -> ApiError {
-    ApiError::new(
-        404,
-        "NotFound",
-        format!("{} {name:?} not found", r.group_resource()),
-        Some(details(r, name)),
-    )
-}
-
-fn already_exists(r: &Resource, name: &str) -> ApiError {
-    ApiError::new(
-        409,
-        "AlreadyExists",
-        format!("{} {name:?} already exists", r.group_resource()),
-        Some(details(r, name)),
-    )
-}
-
-/// errors.NewConflict: "Operation cannot be fulfilled on <gr> <name>: <detail>".
-fn conflict(r: &Resource, name: &str, detail: &str) -> ApiError {
-    ApiError::new(
-        409,
-        "Conflict",
-        format!(
-            "Operation cannot be fulfilled on {} {name:?}: {detail}",
-            r.group_resource()
-        ),
-        Some(details(r, name)),
-    )
-}
-
-/// The optimistic-concurrency message of storage.ErrConflict / registry OptimisticLockErrorMsg.
-const MODIFIED_MSG: &str =
-    "the object has been modified; please apply your changes to the latest version and try again";
-
-fn expired(message: String) -> ApiError {
-    ApiError::new(410, "Expired", message, None)
-}
 
 /// List parameters.
 #[derive(Debug, Default, Clone)]
@@ -299,32 +222,6 @@ fn selectors(
     let f = FieldSelector::parse(field.unwrap_or(""), r.group, r.kind)
         .map_err(|e| bad_request(e.to_string()))?;
     Ok((l, f))
-}
-
-/// The 504 the watch cache answers after waiting in vain for a future resourceVersion
-/// (waitUntilFreshAndBlock; the test bed answers at once instead of after 3 s).
-fn too_large(rv: u64, current: u64) -> ApiError {
-    ApiError::new(
-        504,
-        "Timeout",
-        format!("Timeout: Too large resource version: {rv}, current: {current}"),
-        Some(
-            json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
-        ),
-    )
-}
-
-fn list_options_invalid(errs: &[FieldError]) -> ApiError {
-    static LIST_OPTIONS: Resource = Resource {
-        group: "meta.k8s.io",
-        version: "v1",
-        plural: "listoptions",
-        kind: "ListOptions",
-        namespaced: false,
-        short_names: &[],
-        verbs: &[],
-    };
-    invalid_error(&LIST_OPTIONS, "", errs)
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
