@@ -5,6 +5,9 @@
 //! flags the write path asks (`AllowCreateOnUpdate`, `AllowUnconditionalUpdate`, whether
 //! metadata.generation is kept). Leaves what a strategy does with an object to `writes.rs` and
 //! `validate.rs`.
+//!
+//! Simplification: core/v1 and events.k8s.io/v1 Events are two resources here, each with its own
+//! storage; the real server serves both from one storage, converting between the versions.
 
 /// Storage identity of a resource: (group, plural).
 pub(super) type ResKey = (&'static str, &'static str);
