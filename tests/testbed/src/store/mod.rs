@@ -4,7 +4,7 @@
 //! here and writes the returned values / [`ApiError::status`] out.
 //!
 //! This file is the front door and the registry core: [`Store`] with every method the server and
-//! the tests call, the parameter types, the shared state (`Inner`, one sub-state per job), and
+//! the tests call, the shared state (`Inner`, one sub-state per job), and
 //! the storage primitives every job writes through (`put`, `take`, `remove`: a fresh
 //! resourceVersion, the garbage collector's indexes, the change handed to the watch cache and the
 //! controllers), as etcd3 storage under the generic registry keeps them
@@ -21,6 +21,7 @@
 //! | `namespaces.rs` | the namespace lifecycle |
 //! | `allocator.rs` | cluster IPs and NodePorts |
 //! | `controllers.rs` | the endpointslice and endpointslice-mirroring controllers |
+//! | `params.rs` | the parameters the [`Store`] methods take |
 //! | `resources.rs`, `errors.rs` | the served resources; [`ApiError`] and its common constructors |
 //! | `tests.rs`, `fixtures.rs` | the registry's tests; fixtures shared by every job's tests |
 //!
@@ -55,6 +56,7 @@ mod fixtures;
 mod gc;
 mod list;
 mod namespaces;
+mod params;
 mod resources;
 mod watch_cache;
 mod writes;
@@ -66,81 +68,12 @@ use errors::{
     MODIFIED_MSG, already_exists, conflict, details, expired, list_options_invalid, not_found,
     too_large,
 };
+pub use params::{DeleteParams, ListParams, PatchKind, WatchParams, WriteParams};
 pub use resources::{RESOURCES, Resource, resource};
 use resources::{ResKey, resource_by_key};
 pub use watch_cache::HISTORY_CAPACITY;
 use watch_cache::{Change, EvType, WatchCache};
 use writes::{check_url_name, prepare_body, unsupported_patch};
-
-/// List parameters.
-#[derive(Debug, Default, Clone)]
-pub struct ListParams {
-    /// labelSelector (None = everything).
-    pub label_selector: Option<String>,
-    /// fieldSelector (None = everything).
-    pub field_selector: Option<String>,
-    /// limit: at most this many items per page (None or 0 = all).
-    pub limit: Option<usize>,
-    /// continue: the token of the previous page.
-    pub continue_token: Option<String>,
-    /// resourceVersion ("" / None = most recent, "0" = any, "N").
-    pub resource_version: Option<String>,
-    /// resourceVersionMatch ("Exact" or "NotOlderThan").
-    pub resource_version_match: Option<String>,
-}
-
-/// Watch parameters.
-#[derive(Debug, Default, Clone)]
-pub struct WatchParams {
-    /// labelSelector (None = everything).
-    pub label_selector: Option<String>,
-    /// fieldSelector (None = everything).
-    pub field_selector: Option<String>,
-    /// resourceVersion ("" / None = current state then changes, "0" = same, "N" = changes after N).
-    pub resource_version: Option<String>,
-    /// resourceVersionMatch (only "NotOlderThan", only with sendInitialEvents).
-    pub resource_version_match: Option<String>,
-    /// allowWatchBookmarks (default: false).
-    pub allow_bookmarks: bool,
-    /// sendInitialEvents (streaming list).
-    pub send_initial_events: Option<bool>,
-}
-
-/// Write parameters.
-#[derive(Debug, Default, Clone)]
-pub struct WriteParams {
-    /// fieldManager: recorded in managedFields when given.
-    pub field_manager: Option<String>,
-    /// dryRun=All: validate and answer, store nothing.
-    pub dry_run: bool,
-}
-
-/// Delete parameters.
-#[derive(Debug, Default, Clone)]
-pub struct DeleteParams {
-    /// preconditions.uid.
-    pub precondition_uid: Option<String>,
-    /// preconditions.resourceVersion.
-    pub precondition_resource_version: Option<String>,
-    /// dryRun=All.
-    pub dry_run: bool,
-}
-
-/// Patch types.
-#[derive(Debug, Clone, Copy)]
-pub enum PatchKind {
-    /// application/merge-patch+json (RFC 7386).
-    Merge,
-    /// application/json-patch+json (RFC 6902).
-    Json,
-    /// application/strategic-merge-patch+json (not implemented: 415).
-    StrategicMerge,
-    /// application/apply-patch+yaml (not implemented: 415).
-    Apply {
-        /// force=true.
-        force: bool,
-    },
-}
 
 /// An open watch: initial events, then a stream of events.
 #[derive(Debug)]
