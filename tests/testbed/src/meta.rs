@@ -2,7 +2,7 @@
 //!
 //! Owns: the values kube-apiserver generates (k8s.io/apiserver/pkg/registry/rest/create.go
 //! `FillObjectMetaSystemFields`, names.SimpleNameGenerator, the field manager's managedFields).
-//! Leaves to `store.rs` when each is applied (create vs update) and the resourceVersion counter.
+//! Leaves to `store/` when each is applied (create vs update) and the resourceVersion counter.
 
 use serde_json::{Map, Value, json};
 

@@ -1,7 +1,7 @@
 //! JSON merge patch (RFC 7386) and JSON patch (RFC 6902), as kube-apiserver applies them
 //! (it uses github.com/evanphx/json-patch on the object's JSON form).
 //!
-//! Owns: applying a patch document to a JSON value. Leaves to `store.rs` which object is patched,
+//! Owns: applying a patch document to a JSON value. Leaves to `store/` which object is patched,
 //! the preconditions and validation of the result, and how errors become Status objects
 //! (merge patch failures are 400 BadRequest, JSON patch application failures 422, as upstream).
 

@@ -2,7 +2,7 @@
 //!
 //! Owns: parsing `labelSelector` (the full grammar of k8s.io/apimachinery/pkg/labels/selector.go)
 //! and `fieldSelector` (k8s.io/apimachinery/pkg/fields/selector.go), and matching them against a
-//! stored object. Leaves to `store.rs` which objects are matched and what a parse error becomes
+//! stored object. Leaves to `store/` which objects are matched and what a parse error becomes
 //! (a 400 BadRequest Status).
 
 use serde_json::Value;

@@ -5,7 +5,7 @@
 //! (pkg/apis/discovery/validation), Services (pkg/apis/core/validation), Leases
 //! (pkg/apis/coordination/validation) and Events (pkg/apis/core/validation/events.go), the decoding
 //! checks the real server does before validation (MicroTime and Time formats → 400), and defaults
-//! that need no allocation (pkg/apis/*/v1/defaults.go). Leaves to `store.rs` anything needing
+//! that need no allocation (pkg/apis/*/v1/defaults.go). Leaves to `store/` anything needing
 //! state: cluster IP / node port allocation, conflicts, existence.
 //!
 //! Field errors render exactly as `field.Error` does: `<field>: <body>`, where the body is what the
