@@ -13,6 +13,8 @@
 //! ```
 //!
 //! `desired`, `pairs` and `lease::decide` are pure; everything else is thin I/O around them.
+//! Every request and watch goes through `client::link`, which restarts the watches a network
+//! cut left on dead connections (`docs/development/architecture.md`, "Watch liveness").
 //! `daemon` supervises the tasks; `main` wires the process (flags, logging, exit codes).
 
 pub mod apply;

@@ -16,7 +16,8 @@
 //!
 //! Modules: `kubeconfig` (wait, reload), `engine` (the one `select!` loop and its handlers),
 //! `pair` (per-pair state, the shared plan decision), `schedule` (pure: when work runs next),
-//! `jobs` (the tasks the engine spawns), `status` (STATUS, readiness, Events).
+//! `jobs` (the tasks the engine spawns), `status` (STATUS, readiness, Events), `view` (whether
+//! the member view is complete enough to count ballots, else evictions stay as written).
 
 mod dispatch;
 mod engine;
