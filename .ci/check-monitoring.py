@@ -9,7 +9,9 @@
 4. every metric named in the rules, their tests and the dashboard is one the daemon registers
    (read from the `register`/`register_with_unit` calls under src/), except those in PENDING;
 5. the dashboard is valid JSON, and every panel and query uses the `datasource` variable; with
-   `--dashboard-rules FILE`, its queries are written as recording rules for `promtool check rules`.
+   `--dashboard-rules FILE`, its queries are written as recording rules for `promtool check rules`;
+6. the scrape manifests fit together: the proxy forwards to the packaged default `[metrics]
+   listen`, on the host's network, only /metrics; the Service and ServiceMonitor find it.
 
 Prints one line per check; exits 1 naming every failure.
 """
@@ -27,6 +29,8 @@ RULES = MON / "endpoint-copier.rules.yaml"
 PROMRULE = MON / "endpoint-copier-prometheusrule.yaml"
 TESTS = MON / "endpoint-copier.rules.test.yaml"
 DASHBOARD = MON / "endpoint-copier-dashboard.json"
+SCRAPE = MON / "endpoint-copier-scrape.yaml"
+DEFAULTS = REPO / "packaging" / "config.d" / "10-defaults.toml"
 OPERATIONS = REPO / "docs" / "usage" / "operations.md"
 RUNBOOK_BASE = (
     "https://github.com/suse-edge/endpoint-copier/blob/main/docs/usage/operations.md#"
@@ -207,6 +211,34 @@ for panel in dash.get("panels", []):
         if t.get("datasource", {}).get("uid") != "${datasource}" or not t.get("expr"):
             fail(f"panel '{panel.get('title')}' query {t.get('refId')}: no expr or not on ${{datasource}}")
 ok(f"{DASHBOARD.name}: valid JSON, {queries} queries on ${{datasource}}", mark)
+
+# 6. The scrape manifests.
+mark = len(failures)
+docs = {d["kind"]: d for d in yaml.safe_load_all(SCRAPE.read_text()) if d}
+for kind in ("Namespace", "ServiceAccount", "ClusterRoleBinding", "DaemonSet", "Service", "ServiceMonitor"):
+    if kind not in docs:
+        fail(f"{SCRAPE.name} has no {kind}")
+if {"DaemonSet", "Service", "ServiceMonitor"} <= docs.keys():
+    listen = re.search(r'^listen\s*=\s*"([^"]+)"', DEFAULTS.read_text(), re.M)
+    pod = docs["DaemonSet"]["spec"]["template"]
+    args = pod["spec"]["containers"][0]["args"]
+    if not listen or f"--upstream=http://{listen.group(1)}/" not in args:
+        fail(f"{SCRAPE.name}: the proxy's --upstream is not the packaged [metrics] listen ({listen.group(1) if listen else 'none'})")
+    if "--allow-paths=/metrics" not in args:
+        fail(f"{SCRAPE.name}: the proxy must forward /metrics only (--allow-paths=/metrics)")
+    if pod["spec"].get("hostNetwork") is not True:
+        fail(f"{SCRAPE.name}: the proxy needs hostNetwork to reach the host's loopback")
+    pod_labels = pod["metadata"]["labels"]
+    svc = docs["Service"]
+    if any(pod_labels.get(k) != v for k, v in svc["spec"]["selector"].items()):
+        fail(f"{SCRAPE.name}: the Service's selector does not select the proxy pods")
+    sm = docs["ServiceMonitor"]
+    if any(svc["metadata"]["labels"].get(k) != v for k, v in sm["spec"]["selector"]["matchLabels"].items()):
+        fail(f"{SCRAPE.name}: the ServiceMonitor's selector does not select the Service")
+    ports = {p["name"] for p in svc["spec"]["ports"]}
+    if any(e["port"] not in ports for e in sm["spec"]["endpoints"]):
+        fail(f"{SCRAPE.name}: the ServiceMonitor scrapes a port the Service does not have")
+ok(f"{SCRAPE.name}: proxy to the packaged listen address, Service and ServiceMonitor agree", mark)
 
 # For promtool: the dashboard's queries as recording rules, Grafana's interval variables replaced,
 # so that `promtool check rules` parses every one of them.
