@@ -65,6 +65,19 @@ spec_version=$(sed -n 's/^Version:[[:space:]]*//p' packaging/endpoint-copier.spe
   || fail "Cargo.toml says $cargo_version, packaging/endpoint-copier.spec says '$spec_version'"
 ok "$cargo_version"
 
+step "spec is arch-neutral: rpmspec -P --target $arch"
+# What OBS builds natively on $arch (spec mode a): the Rust triple of that arch, and that arch
+# allowed. rpmspec parses without building, so it works for any arch on this host.
+rpmspec -P --target "$arch" packaging/endpoint-copier.spec >"$work/spec-$arch" 2>"$work/rpmspec.log" \
+  || { cat "$work/rpmspec.log" >&2; fail "rpmspec -P --target $arch failed"; }
+grep -qE "^ExclusiveArch:.*[[:space:]]$arch([[:space:]]|\$)" "$work/spec-$arch" \
+  || fail "the spec's ExclusiveArch does not include $arch"
+grep -q -- "--target $arch-unknown-linux-gnu" "$work/spec-$arch" \
+  || fail "the spec does not build for $arch-unknown-linux-gnu on $arch"
+grep -q -- "target/$arch-unknown-linux-gnu/release/endpoint-copier" "$work/spec-$arch" \
+  || fail "the spec does not package target/$arch-unknown-linux-gnu/release/endpoint-copier on $arch"
+ok "ExclusiveArch has $arch; %build builds and installs $arch-unknown-linux-gnu"
+
 step "static release binary: $binary"
 if [[ ! -f $binary ]]; then
   printf '    not built yet; running cargo %s\n' "$dist_alias"
