@@ -6,7 +6,9 @@
 #   EIB_DIR    the folder holding the EIB definition file (custom/ is created inside it)
 #   SITE_TOML  optional site drop-in; the node gets it as /etc/endpoint-copier/config.d/50-site.toml
 # Environment (optional):
-#   ENDPOINT_COPIER_BINARY  static binary (default: ${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/endpoint-copier)
+#   ENDPOINT_COPIER_ARCH    the image's arch, x86_64 (default) or aarch64: picks the binary that
+#                           `cargo dist` or `cargo dist-aarch64` built
+#   ENDPOINT_COPIER_BINARY  static binary (default: ${CARGO_TARGET_DIR:-target}/<arch>-unknown-linux-gnu/release/endpoint-copier)
 #   SOURCE_DIR              checkout holding systemd/ and packaging/config.d/ (default: this repository);
 #                           its systemd/rke2-server.service.d/ and systemd/k3s.service.d/ drop-ins
 #                           (the drain/resume hooks) are staged when it has them
@@ -14,7 +16,8 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source_dir=${SOURCE_DIR:-$repo}
-binary=${ENDPOINT_COPIER_BINARY:-${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-gnu/release/endpoint-copier}
+arch=${ENDPOINT_COPIER_ARCH:-x86_64}
+binary=${ENDPOINT_COPIER_BINARY:-${CARGO_TARGET_DIR:-$repo/target}/$arch-unknown-linux-gnu/release/endpoint-copier}
 
 log() { printf 'stage: %s\n' "$*"; }
 die() { printf 'stage: error: %s\n' "$*" >&2; exit 1; }
@@ -23,7 +26,11 @@ die() { printf 'stage: error: %s\n' "$*" >&2; exit 1; }
 eib_dir=$1
 site=${2:-}
 [[ -d $eib_dir ]] || die "EIB definition folder '$eib_dir' does not exist"
-[[ -f $binary ]] || die "no binary at '$binary' (build it with: cargo dist)"
+case $arch in
+  x86_64 | aarch64) ;;
+  *) die "ENDPOINT_COPIER_ARCH='$arch' is not x86_64 or aarch64" ;;
+esac
+[[ -f $binary ]] || die "no binary at '$binary' (build it with: cargo dist, or cargo dist-aarch64 for aarch64)"
 unit=$source_dir/systemd/endpoint-copier.service
 defaults=$source_dir/packaging/config.d/10-defaults.toml
 [[ -f $unit ]] || die "'$unit' is missing"
@@ -41,6 +48,11 @@ install -m 0755 "$binary" "$files/endpoint-copier"
 install -m 0644 "$unit" "$files/endpoint-copier.service"
 install -m 0644 "$defaults" "$files/endpoint-copier-10-defaults.toml"
 log "wrote $files/endpoint-copier, endpoint-copier.service, endpoint-copier-10-defaults.toml"
+# The script on the node refuses an executable for another arch than the node's; say here which
+# one was staged (`file` names it, when it is installed).
+if command -v file >/dev/null 2>&1; then
+  log "staged binary: $(file -b "$binary" | cut -d, -f1-2)"
+fi
 # The drain/resume hooks, flat like the rest: endpoint-copier-<server>.conf.
 for server in rke2-server k3s; do
   dropin=$source_dir/systemd/$server.service.d/50-endpoint-copier.conf

@@ -1,6 +1,8 @@
 //! The command line: `endpoint-copier [--config-dir DIR]... [--kubeconfig PATH]
 //! <run|check|status|drain|resume|version>`,
-//! parsed with clap's derive, and the version text (`version`, `--version`, `-V`).
+//! parsed with clap's derive, and the version text (`version`, `--version`, `-V`). The hidden
+//! `generate man|completions DIR` writes the man pages and shell completions from this definition
+//! ([`generate`], for packagers).
 //!
 //! Owns: the subcommands, the global flags, `--output` of `check` and `status`, and what `--help`
 //! says. Leaves to others: reading files (`config`, which receives [`Cli::overrides`]), exit codes
@@ -16,6 +18,8 @@ use std::sync::OnceLock;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::config::Overrides;
+
+pub mod generate;
 
 /// `endpoint-copier --help`, first line.
 const ABOUT: &str = "Copy the EndpointSlices of default/kubernetes to default/kubernetes-vip, \
@@ -138,6 +142,36 @@ reached, 78 invalid configuration or kubeconfig."
     /// `version`.
     #[command(about = "Print the version, commit and compiler, and exit", long_about = None)]
     Version,
+    /// `generate`: the man pages or the shell completions, for packagers ([`generate`]).
+    #[command(
+        hide = true,
+        about = "Write the man pages or the shell completions into DIR (for packagers)",
+        long_about = None
+    )]
+    Generate(GenerateArgs),
+}
+
+/// Options of the hidden `generate`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct GenerateArgs {
+    /// What to write.
+    #[arg(
+        value_enum,
+        help = "man: one page per command; completions: bash, zsh and fish"
+    )]
+    pub what: Generated,
+    /// The folder to write into (created if missing).
+    #[arg(value_name = "DIR", help = "Folder to write into (created if missing)")]
+    pub dir: PathBuf,
+}
+
+/// What `generate` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generated {
+    /// `endpoint-copier.1` and `endpoint-copier-<subcommand>.1`.
+    Man,
+    /// `endpoint-copier.bash`, `_endpoint-copier` (zsh) and `endpoint-copier.fish`.
+    Completions,
 }
 
 /// Options of `check` and `status`.
@@ -397,6 +431,25 @@ mod tests {
             assert!(!about.is_empty(), "{name} has no about");
             assert!(!about.contains('`'), "{name}: rustdoc in help: {about}");
         }
+    }
+
+    #[test]
+    fn generate_is_accepted_but_hidden_from_help() {
+        assert_eq!(
+            parse(&["generate", "man", "/tmp/out"]).unwrap().command,
+            Command::Generate(GenerateArgs {
+                what: Generated::Man,
+                dir: PathBuf::from("/tmp/out")
+            })
+        );
+        assert!(
+            parse(&["generate", "pdf", "/tmp/out"])
+                .unwrap_err()
+                .use_stderr()
+        );
+        assert!(parse(&["generate", "man"]).unwrap_err().use_stderr());
+        let help = parse(&["--help"]).unwrap_err().to_string();
+        assert!(!help.contains("generate"), "{help}");
     }
 
     #[test]

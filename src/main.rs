@@ -6,7 +6,9 @@
 
 use std::process::ExitCode;
 
-use endpoint_copier::cli::{self, Cli, Command, DrainArgs, OutputArgs, ResumeArgs};
+use endpoint_copier::cli::{
+    self, Cli, Command, DrainArgs, GenerateArgs, Generated, OutputArgs, ResumeArgs,
+};
 use endpoint_copier::error::Chain;
 use endpoint_copier::inspect::Verdict;
 use endpoint_copier::{config, daemon, drain, inspect, logging, shutdown};
@@ -48,6 +50,9 @@ enum Error {
     /// `drain` or `resume` did not finish (refused, timed out, Node or API unreachable).
     #[error(transparent)]
     Drain(drain::Error),
+    /// `generate` could not write the man pages or completions.
+    #[error("failed to generate the man pages or completions")]
+    Generate(#[source] cli::generate::Error),
 }
 
 impl Error {
@@ -67,7 +72,8 @@ impl Error {
             | Error::Runtime(_)
             | Error::Shutdown(_)
             | Error::Daemon(_)
-            | Error::Inspect(_) => EXIT_FAILURE,
+            | Error::Inspect(_)
+            | Error::Generate(_) => EXIT_FAILURE,
         }
     }
 }
@@ -119,6 +125,18 @@ fn run() -> Result<u8, Error> {
     };
     if let Command::Version = cli.command {
         println!("{}", cli::version());
+        return Ok(EXIT_OK);
+    }
+    // For packagers, at build time: needs no config, so it runs before the config is read.
+    if let Command::Generate(GenerateArgs { what, dir }) = &cli.command {
+        let written = match what {
+            Generated::Man => cli::generate::man_pages(dir),
+            Generated::Completions => cli::generate::completions(dir),
+        }
+        .map_err(Error::Generate)?;
+        for path in written {
+            println!("{}", path.display());
+        }
         return Ok(EXIT_OK);
     }
     let loaded = config::load(&cli.overrides()).map_err(|e| Error::Config(Box::new(e)))?;
@@ -191,7 +209,7 @@ fn run() -> Result<u8, Error> {
             println!("{resumed}");
             Ok(EXIT_OK)
         }
-        Command::Version => Ok(EXIT_OK),
+        Command::Version | Command::Generate(_) => Ok(EXIT_OK),
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! Each test runs the script with bash against a temporary root directory (`ENDPOINT_COPIER_ROOT`)
 //! and a temporary files directory (`ENDPOINT_COPIER_FILES`) holding stand-ins: a shell script
-//! in place of the binary (it records how `check` was called and exits with a chosen code), a
-//! minimal unit and a defaults file. The real unit and defaults belong to `systemd/` and
+//! in place of the binary (it records how it was called, writes stand-in man pages and
+//! completions for `generate`, and exits with a chosen code), a minimal unit and a defaults
+//! file. A few tests use the real binary instead, for what only it can show: its arch and the
+//! man pages and completions it writes. The real unit and defaults belong to `systemd/` and
 //! `packaging/config.d/`; what they contain is tested there. These tests pin what the script does
 //! with them: paths, modes, the enable symlink, idempotence, its log lines and its failures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -62,14 +64,49 @@ impl Fixture {
         fixture
     }
 
-    /// Writes the fake binary: it appends its arguments to `$FAKE_LOG` and exits with
+    /// Writes the fake binary: it appends its arguments to `$FAKE_LOG`; `generate man DIR` and
+    /// `generate completions DIR` write stand-ins (two pages, three completions, the same in every
+    /// version) or exit with `$FAKE_GENERATE_EXIT` if set; everything else exits with
     /// `$FAKE_EXIT` (default 0). `tag` makes two versions differ; nothing else varies, so two
     /// fixtures install byte-identical binaries.
     fn set_binary(&self, tag: &str) {
         let body = format!(
-            "#!/bin/sh\n# fake endpoint-copier {tag}\necho \"$*\" >> \"$FAKE_LOG\"\nexit \"${{FAKE_EXIT:-0}}\"\n"
+            r##"#!/bin/sh
+# fake endpoint-copier {tag}
+echo "$*" >> "$FAKE_LOG"
+if [ "$1" = generate ]; then
+  [ -z "$FAKE_GENERATE_EXIT" ] || exit "$FAKE_GENERATE_EXIT"
+  mkdir -p "$3"
+  case $2 in
+    man) for p in endpoint-copier endpoint-copier-run; do echo ".TH $p 1" > "$3/$p.1"; done ;;
+    completions) for c in endpoint-copier.bash _endpoint-copier endpoint-copier.fish; do echo "# $c" > "$3/$c"; done ;;
+  esac
+  exit 0
+fi
+exit "${{FAKE_EXIT:-0}}"
+"##
         );
         self.write_file("endpoint-copier", &body, 0o755);
+    }
+
+    /// Puts the real binary, built for this host, in place of the fake one.
+    fn use_real_binary(&self) {
+        let path = self.files.join("endpoint-copier");
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_endpoint-copier"), &path).unwrap();
+    }
+
+    /// Puts a file with an ELF header for `machine` (`e_machine`: 62 x86_64, 183 aarch64) in
+    /// place of the binary; nothing can run it, so only tests that refuse it use it.
+    fn set_elf_binary(&self, machine: u16) {
+        let mut header = vec![0u8; 64];
+        header[..4].copy_from_slice(b"\x7fELF");
+        header[4] = 2; // 64-bit
+        header[5] = 1; // little-endian
+        header[18..20].copy_from_slice(&machine.to_le_bytes());
+        let path = self.files.join("endpoint-copier");
+        fs::write(&path, header).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     fn write_file(&self, name: &str, contents: &str, mode: u32) {
@@ -87,7 +124,8 @@ impl Fixture {
             .env("ENDPOINT_COPIER_FILES", &self.files)
             .env("ENDPOINT_COPIER_SYSTEMCTL", "/nonexistent/systemctl")
             .env("FAKE_LOG", &self.fake_log)
-            .env_remove("FAKE_EXIT");
+            .env_remove("FAKE_EXIT")
+            .env_remove("FAKE_GENERATE_EXIT");
         for (key, value) in env {
             command.env(key, value);
         }
@@ -253,6 +291,11 @@ fn second_run_changes_nothing_and_says_so() {
             "endpoint-copier: unchanged /usr/lib/systemd/system/endpoint-copier.service",
             "endpoint-copier: unchanged /usr/lib/endpoint-copier/config.d/10-defaults.toml",
             "endpoint-copier: unchanged /etc/endpoint-copier/config.d/50-site.toml",
+            "endpoint-copier: unchanged /usr/share/man/man1/endpoint-copier-run.1.gz",
+            "endpoint-copier: unchanged /usr/share/man/man1/endpoint-copier.1.gz",
+            "endpoint-copier: unchanged /usr/share/bash-completion/completions/endpoint-copier",
+            "endpoint-copier: unchanged /usr/share/zsh/site-functions/_endpoint-copier",
+            "endpoint-copier: unchanged /usr/share/fish/vendor_completions.d/endpoint-copier.fish",
             "endpoint-copier: unchanged endpoint-copier.service, already enabled for multi-user.target rke2-server.service",
             "endpoint-copier: configuration valid (endpoint-copier check)",
             "endpoint-copier: nothing to change, already installed and enabled",
@@ -271,8 +314,13 @@ fn first_run_logs_one_line_per_change_and_counts_them() {
             "endpoint-copier: installed /usr/lib/systemd/system/endpoint-copier.service (mode 0644)",
             "endpoint-copier: installed /usr/lib/endpoint-copier/config.d/10-defaults.toml (mode 0644)",
             "endpoint-copier: created /etc/endpoint-copier/config.d",
+            "endpoint-copier: installed /usr/share/man/man1/endpoint-copier-run.1.gz (mode 0644)",
+            "endpoint-copier: installed /usr/share/man/man1/endpoint-copier.1.gz (mode 0644)",
+            "endpoint-copier: installed /usr/share/bash-completion/completions/endpoint-copier (mode 0644)",
+            "endpoint-copier: installed /usr/share/zsh/site-functions/_endpoint-copier (mode 0644)",
+            "endpoint-copier: installed /usr/share/fish/vendor_completions.d/endpoint-copier.fish (mode 0644)",
             "endpoint-copier: enabled endpoint-copier.service for multi-user.target rke2-server.service (by symlink)",
-            "endpoint-copier: done, 5 change(s)",
+            "endpoint-copier: done, 10 change(s)",
         ]
     );
 }
@@ -382,9 +430,10 @@ fn check_runs_the_installed_binary_on_the_installed_config_folders() {
     fx.run_ok(&[]);
 
     let calls = fs::read_to_string(&fx.fake_log).unwrap();
+    let checks: Vec<&str> = calls.lines().filter(|l| l.starts_with("check")).collect();
     let root = fx.root.display();
     assert_eq!(
-        calls.trim_end(),
+        checks.join("\n"),
         format!(
             "check --config-dir {root}/usr/lib/endpoint-copier/config.d --config-dir {root}/etc/endpoint-copier/config.d"
         )
@@ -411,13 +460,117 @@ fn a_failed_check_is_a_warning_by_default_and_an_error_when_strict() {
 }
 
 #[test]
-fn check_off_never_runs_the_binary() {
+fn check_off_never_runs_check() {
     let fx = Fixture::new();
     fx.run_ok(&[("ENDPOINT_COPIER_CHECK", "off")]);
+    let calls = fs::read_to_string(&fx.fake_log).unwrap();
     assert!(
-        !fx.fake_log.exists(),
-        "the binary ran although check was off"
+        calls.lines().all(|l| l.starts_with("generate ")),
+        "the binary ran something else than generate although check was off: {calls}"
     );
+}
+
+#[test]
+fn the_real_binary_installs_its_man_pages_and_completions_where_the_rpm_puts_them() {
+    let fx = Fixture::new();
+    fx.use_real_binary();
+    let log = fx.run_ok(&[("ENDPOINT_COPIER_CHECK", "off")]);
+
+    let arch = std::env::consts::ARCH;
+    assert_eq!(
+        log.first().map(String::as_str),
+        Some(format!("endpoint-copier: binary built for {arch}, like this node").as_str()),
+        "log: {log:#?}"
+    );
+    for name in [
+        "endpoint-copier",
+        "endpoint-copier-run",
+        "endpoint-copier-check",
+        "endpoint-copier-status",
+        "endpoint-copier-drain",
+        "endpoint-copier-resume",
+        "endpoint-copier-version",
+    ] {
+        let page = fx.at(&format!("/usr/share/man/man1/{name}.1.gz"));
+        assert_eq!(mode(&page), 0o644, "{name}");
+        let out = Command::new("gzip").arg("-dc").arg(&page).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!(".TH {name} 1 ")), "{name}: {text}");
+    }
+    let bash = fs::read_to_string(fx.at("/usr/share/bash-completion/completions/endpoint-copier"))
+        .unwrap();
+    assert!(bash.contains("complete -F"), "{bash}");
+    let zsh = fs::read_to_string(fx.at("/usr/share/zsh/site-functions/_endpoint-copier")).unwrap();
+    assert!(zsh.starts_with("#compdef endpoint-copier"), "{zsh}");
+    let fish =
+        fs::read_to_string(fx.at("/usr/share/fish/vendor_completions.d/endpoint-copier.fish"))
+            .unwrap();
+    assert!(fish.contains("complete -c endpoint-copier"), "{fish}");
+
+    // Generated again on the next run, byte for byte: nothing changes.
+    let before = snapshot(&fx.root);
+    let again = fx.run_ok(&[("ENDPOINT_COPIER_CHECK", "off")]);
+    assert_eq!(snapshot(&fx.root), before, "log: {again:#?}");
+    assert_eq!(
+        again.last().map(String::as_str),
+        Some("endpoint-copier: nothing to change, already installed and enabled")
+    );
+}
+
+#[test]
+fn a_binary_for_another_arch_is_refused_before_anything_is_installed() {
+    let fx = Fixture::new();
+    let (other, machine) = if std::env::consts::ARCH == "aarch64" {
+        ("x86_64", 62)
+    } else {
+        ("aarch64", 183)
+    };
+    fx.set_elf_binary(machine);
+
+    let output = fx.run(&[("ENDPOINT_COPIER_CHECK", "off")]);
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "is built for {other} but this node is {}",
+            std::env::consts::ARCH
+        )),
+        "stderr: {stderr}"
+    );
+    assert!(snapshot(&fx.root).is_empty(), "something was installed");
+}
+
+#[test]
+fn a_file_that_is_no_executable_is_refused() {
+    let fx = Fixture::new();
+    fx.write_file("endpoint-copier", "<html>404 Not Found</html>\n", 0o755);
+
+    let output = fx.run(&[("ENDPOINT_COPIER_CHECK", "off")]);
+
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("is not an x86_64 or aarch64 executable")
+    );
+    assert!(snapshot(&fx.root).is_empty(), "something was installed");
+}
+
+#[test]
+fn a_binary_that_cannot_generate_its_docs_is_installed_with_a_warning() {
+    let fx = Fixture::new();
+    let log = fx.run_ok(&[
+        ("ENDPOINT_COPIER_CHECK", "off"),
+        ("FAKE_GENERATE_EXIT", "64"),
+    ]);
+    assert!(
+        log.contains(
+            &"endpoint-copier: warning: endpoint-copier generate failed; no man pages or shell completions installed"
+                .to_owned()
+        ),
+        "log: {log:#?}"
+    );
+    assert!(fx.at("/usr/bin/endpoint-copier").is_file());
+    assert!(!fx.at("/usr/share/man").exists());
 }
 
 #[test]

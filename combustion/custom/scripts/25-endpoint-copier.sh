@@ -8,6 +8,11 @@
 # the cleanup script (99-cleanup-combustion.sh, or cleanup-combustion.sh in newer EIB, which sorts
 # after every numbered name), which deletes /combustion and the files we copy from.
 #
+# Which arch: the one of the binary staged beside it (stage.sh takes the x86_64 build of `cargo
+# dist` or the aarch64 build of `cargo dist-aarch64`). EIB builds an image for one arch; an
+# executable for another arch than the node's (`uname -m`) is refused before anything is
+# installed, and the arch installed is logged.
+#
 # Why /usr/bin and /usr/lib even on SL Micro, whose /usr is read-only: combustion runs inside a
 # new transactional-update snapshot, where /usr is writable; the snapshot becomes the booted
 # system. The layout is exactly the RPM's, so switching to the RPM later replaces the same paths.
@@ -21,6 +26,8 @@
 #   endpoint-copier-k3s.conf             systemd/k3s.service.d/50-endpoint-copier.conf
 #                                        (the drain/resume hooks; each installed when present, where
 #                                        the RPM puts it; stage.sh always stages both)
+# The man pages and the bash, zsh and fish completions are not staged: the installed binary
+# writes them (its hidden `generate`), and they land where the RPM puts them.
 # Environment:
 #   ENDPOINT_COPIER_ROOT       root directory to install into (default: /), for tests and chroots
 #   ENDPOINT_COPIER_SYSTEMCTL  systemctl to enable the unit with (default: systemctl); when it is
@@ -55,6 +62,34 @@ root=$(cd "$root" && pwd)
 for f in endpoint-copier "$unit" endpoint-copier-10-defaults.toml; do
   [[ -f $files/$f ]] || die "'$files/$f' is missing (copy it into the EIB definition's custom/files/)"
 done
+
+# binary_arch FILE: the arch an ELF executable is built for, from its header's e_machine (bytes
+# 18-19, little-endian), named as `uname -m` names it; "script" for a #! script, which runs on
+# any arch; "unknown" for anything else.
+binary_arch() {
+  local head
+  head=$(od -An -tx1 -N4 "$1" | tr -d ' \n')
+  case $head in
+    7f454c46)
+      case $(od -An -tu2 -j18 -N2 --endian=little "$1" | tr -d ' \n') in
+        62) echo x86_64 ;;
+        183) echo aarch64 ;;
+        *) echo unknown ;;
+      esac
+      ;;
+    2321*) echo script ;;
+    *) echo unknown ;;
+  esac
+}
+
+node_arch=$(uname -m)
+arch=$(binary_arch "$files/endpoint-copier")
+case $arch in
+  script) ;;
+  "$node_arch") log "binary built for $arch, like this node" ;;
+  unknown) die "'$files/endpoint-copier' is not an x86_64 or aarch64 executable" ;;
+  *) die "'$files/endpoint-copier' is built for $arch but this node is $node_arch (stage the $node_arch build: packaging/README.md)" ;;
+esac
 
 # install_file SRC DEST MODE: copy SRC to $root/DEST with MODE unless it is already identical.
 install_file() {
@@ -101,6 +136,31 @@ for server in rke2-server k3s; do
   fi
 done
 
+# The man pages and shell completions, written by the binary just installed from its command-line
+# definition (the hidden `generate`), at the RPM's paths, man pages gzipped like the RPM's (-n:
+# no name or time in the header, so an unchanged page compares equal on the next run).
+# Documentation only: if the binary cannot write them, say so and go on.
+generated=$(mktemp -d "${TMPDIR:-/tmp}/endpoint-copier-generated.XXXXXX")
+trap 'rm -rf "$generated"' EXIT
+if "$root/usr/bin/endpoint-copier" generate man "$generated/man" >/dev/null \
+  && "$root/usr/bin/endpoint-copier" generate completions "$generated/completions" >/dev/null; then
+  shopt -s nullglob
+  for page in "$generated"/man/*.1; do
+    gzip -9n "$page"
+    install_file "$page.gz" "/usr/share/man/man1/$(basename "$page").gz" 0644
+  done
+  shopt -u nullglob
+  for completion in endpoint-copier.bash:/usr/share/bash-completion/completions/endpoint-copier \
+                    _endpoint-copier:/usr/share/zsh/site-functions/_endpoint-copier \
+                    endpoint-copier.fish:/usr/share/fish/vendor_completions.d/endpoint-copier.fish; do
+    if [[ -f $generated/completions/${completion%%:*} ]]; then
+      install_file "$generated/completions/${completion%%:*}" "${completion#*:}" 0644
+    fi
+  done
+else
+  log "warning: endpoint-copier generate failed; no man pages or shell completions installed"
+fi
+
 # Enabling = one symlink per WantedBy= target of the unit's [Install] section. systemctl is
 # preferred (it also honours Also= and aliases); without it (a minimal chroot, a test root, a
 # systemctl too old for --root) we create exactly the symlinks systemctl would.
@@ -144,7 +204,8 @@ fi
 if [[ -z $root ]] && command -v restorecon >/dev/null 2>&1; then
   restorecon -RF /usr/bin/endpoint-copier "/usr/lib/systemd/system/$unit" \
     /usr/lib/systemd/system/rke2-server.service.d /usr/lib/systemd/system/k3s.service.d \
-    /usr/lib/endpoint-copier /etc/endpoint-copier /etc/systemd/system >/dev/null 2>&1 || :
+    /usr/lib/endpoint-copier /etc/endpoint-copier /etc/systemd/system \
+    /usr/share/man/man1 /usr/share/bash-completion /usr/share/zsh /usr/share/fish >/dev/null 2>&1 || :
 fi
 
 # Validate the merged configuration now, while the console is watched, rather than have the unit
