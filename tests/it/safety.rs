@@ -20,14 +20,8 @@ use crate::common::*;
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
-#[tokio::test]
-async fn a_leader_whose_lists_and_gets_are_refused_for_30s_makes_few_requests_and_logs_little() {
-    let world = World::new("soak").await;
-    let tb = require_testbed!(world.cluster);
-    world.seed(&["198.51.100.1"]).await;
-    let dir = config_dir(&world, "node-1");
-    let mut child = spawn_run(dir.path());
-    // Every line the daemon logs, as it logs it.
+/// Every line the daemon `child` logs on stderr, as it logs it (read by a thread of its own).
+fn logged(child: &mut std::process::Child) -> Arc<Mutex<Vec<String>>> {
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let stderr = child.stderr.take().unwrap();
     let sink = lines.clone();
@@ -36,6 +30,18 @@ async fn a_leader_whose_lists_and_gets_are_refused_for_30s_makes_few_requests_an
             sink.lock().unwrap().push(line);
         }
     });
+    lines
+}
+
+#[tokio::test]
+async fn a_leader_whose_lists_and_gets_are_refused_for_30s_makes_few_requests_and_logs_little() {
+    let world = World::new("soak").await;
+    let tb = require_testbed!(world.cluster);
+    world.seed(&["198.51.100.1"]).await;
+    let dir = config_dir(&world, "node-1");
+    let mut child = spawn_run(dir.path());
+    // Every line the daemon logs, as it logs it.
+    let lines = logged(&mut child);
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -307,14 +313,7 @@ async fn a_copier_without_node_rights_lists_nodes_rarely_and_says_so_once() {
     world.seed(&["198.51.100.1"]).await;
     let dir = config_dir(&world, "node-1");
     let mut child = spawn_run(dir.path());
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let lines = logged(&mut child);
     // Mirroring goes on without node facts.
     wait_for_target(&world.client, &world.ns, "vip", &["198.51.100.1"], CONVERGE).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
