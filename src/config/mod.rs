@@ -18,6 +18,7 @@
 //! [`load_from`] takes the directories and the environment as arguments.
 
 mod drop_ins;
+mod probing;
 mod provenance;
 mod raw;
 mod sources;
