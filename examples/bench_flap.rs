@@ -80,29 +80,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn main() -> ExitCode {
-    if !netns::inside() {
-        let Some(mut command) = netns::unshare_command() else {
-            println!(
-                "bench_flap: cannot create a network namespace (unshare --net failed, also with \
-                 --map-root-user); run it as root. Nothing measured."
-            );
-            return ExitCode::SUCCESS;
-        };
-        let status = command.status().unwrap();
-        return if status.success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
-    }
-    let ns = Arc::new(NetNs::prepare());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(bench(ns));
-    ExitCode::SUCCESS
+    netns::bench_main("bench_flap", bench)
 }
 
 /// The config of host `identity` in namespace `ns`: the pair `ns/apiserver` → `ns/vip` probing

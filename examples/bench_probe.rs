@@ -97,29 +97,7 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("daemon") {
         return daemon_child(&args[2..]);
     }
-    if !netns::inside() {
-        let Some(mut command) = netns::unshare_command() else {
-            println!(
-                "bench_probe: cannot create a network namespace (unshare --net failed, also with \
-                 --map-root-user); run it as root. Nothing measured."
-            );
-            return ExitCode::SUCCESS;
-        };
-        let status = command.status().unwrap();
-        return if status.success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
-    }
-    let ns = Arc::new(NetNs::prepare());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(bench(ns));
-    ExitCode::SUCCESS
+    netns::bench_main("bench_probe", bench)
 }
 
 /// The daemon child: `daemon KUBECONFIG NAMESPACE IDENTITY RUNTIME_DIR PROBE(0|1)`. Runs the

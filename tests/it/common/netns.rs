@@ -130,6 +130,39 @@ pub fn inside() -> bool {
     std::env::var_os(IN_NETNS).is_some()
 }
 
+/// The `main` of a benchmark that measures inside a network namespace of its own: outside one,
+/// re-runs this program under `unshare --net` (or says why nothing was measured); inside, runs
+/// `bench` on a two-thread runtime. `name` is the program's, for the message.
+pub fn bench_main<F, Fut>(name: &str, bench: F) -> std::process::ExitCode
+where
+    F: FnOnce(std::sync::Arc<NetNs>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use std::process::ExitCode;
+    if !inside() {
+        let Some(mut command) = unshare_command() else {
+            println!(
+                "{name}: cannot create a network namespace (unshare --net failed, also with \
+                 --map-root-user); run it as root. Nothing measured."
+            );
+            return ExitCode::SUCCESS;
+        };
+        return if command.status().unwrap().success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let ns = std::sync::Arc::new(NetNs::prepare());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench(ns));
+    ExitCode::SUCCESS
+}
+
 /// A command that runs this executable again in a new network namespace (as root, else with a
 /// user namespace), marked so that [`inside`] is true there; add the arguments. `None` when
 /// namespaces cannot be created here. For programs other than the test suite (the benchmark):
