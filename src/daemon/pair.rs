@@ -329,12 +329,7 @@ fn keep_missing_families(
         .iter()
         .filter(|s| desired::served_families(svc).contains(&s.address_type))
         .filter(|s| !planned.contains(&s.address_type))
-        .filter(|s| {
-            matches!(
-                desired::manager_of(s, owner),
-                desired::Manager::Us | desired::Manager::Operator
-            )
-        })
+        .filter(|s| desired::manager_of(s, owner).is_ours_to_change())
         .cloned()
         .collect();
     want.extend(kept);
@@ -355,12 +350,9 @@ fn written_not_ready(
             .filter_map(|a| a.parse().ok())
             .collect::<BTreeSet<std::net::IpAddr>>()
     };
-    let ours = &mut actual.iter().filter(|s| {
-        matches!(
-            desired::manager_of(s, owner),
-            desired::Manager::Us | desired::Manager::Operator
-        )
-    });
+    let ours = &mut actual
+        .iter()
+        .filter(|s| desired::manager_of(s, owner).is_ours_to_change());
     let written = addresses(ours, false);
     let wanted = addresses(&mut want.iter(), true);
     written.intersection(&wanted).copied().collect()
@@ -791,6 +783,78 @@ mod tests {
             .map(|e| (e.addresses[0].clone(), desired::is_ready(e)))
             .collect();
         assert_eq!(ready, [("203.0.113.1".to_owned(), false)]);
+    }
+
+    #[test]
+    fn without_a_complete_member_view_or_where_two_counts_differ_evictions_stay_as_written() {
+        use crate::probe::quorum::{Ballot, Count};
+        use crate::probe::{Target, Verdict};
+        let target = r("default/kubernetes-vip");
+        let services = BTreeMap::from([(target.clone(), vip())]);
+        let phase = Phase::Active {
+            sources: vec![Source::Service(r("default/kubernetes"))],
+        };
+        let source = [apiserver_slice(&["198.51.100.1", "198.51.100.2"])];
+        let t = |s: &str| s.parse::<Target>().unwrap();
+        let sees = |down: bool| {
+            BTreeMap::from([
+                (t("https://198.51.100.1:6443/readyz"), Verdict::Up),
+                (
+                    t("https://198.51.100.2:6443/readyz"),
+                    if down { Verdict::Down } else { Verdict::Up },
+                ),
+            ])
+        };
+        let (up, down) = (sees(false), sees(true));
+        let ballot = |voter, verdicts| Ballot {
+            voter,
+            live: true,
+            verdicts,
+        };
+        // What the group wrote: .2 evicted by two hosts that see it down.
+        let evicting = Count::of(&[ballot("node-2", &down), ballot("node-3", &down)]);
+        let spec = Spec::readyz();
+        let plan = |actual: &[EndpointSlice], verdicts| {
+            plan_for(
+                &phase,
+                &target,
+                &services,
+                &|_: &Source| Ok(source.to_vec()).into(),
+                actual,
+                &owner(),
+                &Facts {
+                    probe: Some((&spec, verdicts)),
+                    nodes: None,
+                    nodes_unknown: None,
+                },
+            )
+            .unwrap()
+            .plan
+        };
+        let mut written = plan(&[], Verdicts::Counted(&evicting)).creates;
+        written[0].metadata.resource_version = Some("7".into());
+        // A restarted leader: its own ballot sees .2 up, the others are not seen renewing yet.
+        let confirmed = Count::of(&[ballot("node-1", &up)]);
+        let all = Count::of(&[
+            ballot("node-1", &up),
+            ballot("node-2", &down),
+            ballot("node-3", &down),
+        ]);
+        let agreed = Verdicts::Agreed {
+            confirmed: &confirmed,
+            all: &all,
+        };
+        assert!(
+            plan(&written, agreed).is_empty(),
+            "the counts differ: as written"
+        );
+        assert!(plan(&written, Verdicts::AsWritten).is_empty());
+        // Where both counts see it up, it returns.
+        let back = Verdicts::Agreed {
+            confirmed: &confirmed,
+            all: &confirmed,
+        };
+        assert_eq!(plan(&written, back).updates.len(), 1);
     }
 
     #[test]
