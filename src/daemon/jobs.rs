@@ -11,9 +11,9 @@ use kube::Api;
 use kube::api::ListParams;
 use tokio::time::Instant;
 
-use super::pair::Step;
 use super::schedule::TaskId;
 use crate::apply::{self, Applied};
+use crate::desired::step::Step;
 use crate::group::Group;
 use crate::group::live::Gone;
 use crate::group::member::forget;

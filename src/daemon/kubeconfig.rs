@@ -88,13 +88,17 @@ pub struct Credentials {
     pub loaded: client::Loaded,
     /// Its kube config, for the probes (their TLS and credentials follow a rotation too).
     pub probe_config: tokio::sync::watch::Sender<kube::Config>,
+    /// Where the kubeconfig is looked for (`kubeconfig`).
+    pub kubeconfig: crate::config::Kubeconfig,
+    /// `allow_insecure_tls`.
+    pub allow_insecure_tls: bool,
 }
 
 impl Credentials {
     /// Re-reads the kubeconfig when its file changed (or always, when `force`: after a 401) and
     /// swaps the credentials if it loads; a file that does not load keeps the previous ones.
-    pub async fn reload(&mut self, config: &Config, force: bool) {
-        let path = client::locate(&config.kubeconfig).unwrap_or_else(|| self.loaded.path.clone());
+    pub async fn reload(&mut self, force: bool) {
+        let path = client::locate(&self.kubeconfig).unwrap_or_else(|| self.loaded.path.clone());
         let now = client::Fingerprint::of(&path);
         if !force && now == self.loaded.fingerprint && path == self.loaded.path {
             return;
@@ -103,7 +107,7 @@ impl Credentials {
             // Mid-rename or removed: keep the client we have; the next poll looks again.
             return;
         }
-        match client::build(&path, config.allow_insecure_tls).await {
+        match client::build(&path, self.allow_insecure_tls).await {
             Ok(next) => {
                 info!(path = %path.display(), "kubeconfig changed; reconnecting with the new credentials");
                 self.reloadable.swap(next.client.clone());

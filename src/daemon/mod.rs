@@ -11,32 +11,46 @@
 //! A source change reaches the write in five named steps (also in
 //! `docs/development/architecture.md`): 1. [`crate::watch::SliceWatches::next`] yields the event;
 //! 2. `Engine::on_slices` updates the cache and touches the pairs that read it; 3. `Engine::dispatch`
-//! picks the pairs whose schedule is due; 4. `Engine::start_write` computes [`pair::plan_for`] and
+//! picks the pairs whose schedule is due; 4. `Engine::start_write` computes
+//! [`crate::desired::step::plan_for`] and
 //! spawns the write; 5. [`crate::apply::apply`] writes, fenced by the Lease.
 //!
-//! Modules: `kubeconfig` (wait, reload), `engine` (the one `select!` loop and its handlers),
-//! `pair` (per-pair state, the shared plan decision), `schedule` (pure: when work runs next),
-//! `jobs` (the tasks the engine spawns), `status` (STATUS, readiness, Events), `view` (whether
-//! the member view is complete enough to count ballots, else evictions stay as written).
+//! Modules: `kubeconfig` (wait, reload), `settings` (what the engine is told once), `engine`
+//! (the one `select!` loop, leadership, pair resolution) and the sub-states it owns, each in
+//! the file whose handlers change it — `caches` (Services, slices, their watches and errors by
+//! `scope`), `members` (the group's members; whether ballots can be counted, else evictions
+//! stay as written), `nodes` (Nodes, drains), `sources` (remote views), `probes` (verdicts,
+//! quorum decisions), `tasks` (the task table) —; `pair` (per-pair state as enums), `schedule`
+//! (pure: when work runs next), `dispatch` (what is due, a plan into a write), `jobs` (the tasks
+//! the engine spawns), `outcome` (what a finished task changes), `status` (STATUS, readiness,
+//! Events), `reported` (the one report-on-change memory), `supervise` (every long-lived task in
+//! one named set: one that ends stops the daemon with its name).
 
+mod caches;
 mod dispatch;
 mod engine;
 mod jobs;
 mod kubeconfig;
+mod members;
 mod nodes;
 mod outcome;
 pub mod pair;
 mod probes;
+mod reported;
 pub mod schedule;
+mod scope;
+mod settings;
 mod sources;
 mod status;
-mod view;
+mod supervise;
+mod tasks;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use tokio::task::JoinSet;
 use tracing::{Instrument, error, info, warn};
 
 use crate::client::{self, Reloadable};
@@ -120,23 +134,23 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             .watchdog_interval()
             .unwrap_or(Duration::from_secs(30)),
     );
-    let mut services: JoinSet<Result<(), Error>> = JoinSet::new();
+    let mut supervised = supervise::Supervised::default();
 
     if let Some(listen) = config.metrics.listen {
         let (m, h, s) = (metrics.clone(), health.clone(), shutdown.clone());
-        services.spawn(async move {
+        supervised.spawn("metrics", async move {
             // Metrics are for observing; they must never stop the mirroring. A port already taken
             // is reported once, loudly, and the daemon goes on without the endpoint.
             if let Err(e) = metrics::serve(listen, m, h, s.clone()).await {
                 error!(listen = %listen, error = %chain(&e), "metrics endpoint disabled; mirroring goes on");
-                s.cancelled().await;
             }
+            s.cancelled().await;
             Ok(())
         });
     }
     {
         let (n, b, s) = (notifier.clone(), heartbeats.clone(), shutdown.clone());
-        services.spawn(async move {
+        supervised.spawn("watchdog", async move {
             notify::run_watchdog(n, b, s).await;
             Ok(())
         });
@@ -183,10 +197,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     };
     // The Lease outlives the writers: it is released only after they drained (see below).
     let lease_stop = Shutdown::new();
-    let mut elector_task = {
+    supervised.elector({
         let s = lease_stop.clone();
         tokio::spawn(async move { elector.run(s).await }.in_current_span())
-    };
+    });
     // Every copy, leader or not, says which pairs it has configured, so that a leader never
     // deletes the slices of a pair another live copy of the group still wants.
     let group = group_of(&config);
@@ -205,17 +219,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         let api: Api<Lease> = Api::namespaced(client.clone(), group.members_namespace());
         let (g, settings, s) = (group.clone(), member_settings(&config), shutdown.clone());
         let h = self_health.clone();
-        services.spawn(
-            async move {
-                // Never gives up: what it cannot write it reports through `self_health`.
-                group::publish(api, g, record_rx, settings, h, s).await;
-                Ok(())
-            }
-            .in_current_span(),
-        );
+        supervised.spawn("member publisher", async move {
+            // Never gives up: what it cannot write it reports through `self_health`.
+            group::publish(api, g, record_rx, settings, h, s).await;
+            Ok(())
+        });
     }
     let (event_tx, event_loop) = events::channel(client.clone(), &identity);
-    let event_task = tokio::spawn(event_loop.in_current_span());
+    supervised.adopt("events", tokio::spawn(event_loop.in_current_span()));
 
     let members = group::Members::new(member_settings(&config), &identity);
     // Every copy probes, leader or not: its verdicts are its ballot. The prober's tasks never
@@ -233,20 +244,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         metrics.clone(),
         shutdown.clone(),
     );
-    let mut engine = engine::Engine::new(
-        &config,
+    supervised.adopt("prober", prober);
+    let io = engine::Io {
         client,
         fence,
-        metrics.clone(),
-        event_tx,
-        members,
-        probe_state,
-    );
+        metrics: metrics.clone(),
+        events: event_tx,
+    };
+    let mut engine = engine::Engine::new(settings::Settings::of(&config), io, members, probe_state);
     // Sources in other clusters: one client per kubeconfig, watched whether this copy leads or
     // not, so that a new leader plans from warm views.
     let remote_sources = config.remote_sources();
-    let remotes = (!remote_sources.is_empty()).then(|| {
-        crate::remote::spawn(
+    if !remote_sources.is_empty() {
+        let remotes = crate::remote::spawn(
             remote_sources,
             crate::remote::Options {
                 allow_insecure_tls: config.allow_insecure_tls,
@@ -254,8 +264,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             },
             engine.remote_sender(),
             shutdown.clone(),
-        )
-    });
+        );
+        supervised.adopt("remote sources", remotes);
+    }
     let mut host = engine::Host {
         notifier: &notifier,
         health: &health,
@@ -264,17 +275,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             reloadable,
             loaded,
             probe_config,
+            kubeconfig: config.kubeconfig.clone(),
+            allow_insecure_tls: config.allow_insecure_tls,
         },
     };
     let result = engine
-        .run(
-            &config,
-            &shutdown,
-            leadership,
-            &mut services,
-            &mut elector_task,
-            &mut host,
-        )
+        .run(&shutdown, leadership, &mut supervised, &mut host)
         .await;
 
     // Shutdown, in the order that hands over cleanly: say so, stop watching, let the writes in
@@ -282,10 +288,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     notifier.stopping();
     info!("stopping");
     let abandoned = engine.drain(DRAIN_TIMEOUT).await;
-    if elector_task.is_finished() {
-        // It ended by itself (its error is in `result`): there is nothing left to release, and
-        // its handle may already have been awaited.
-    } else {
+    // `None` once it ended by itself (its error is in `result`): nothing left to release.
+    if let Some(mut elector_task) = supervised.take_elector().filter(|t| !t.is_finished()) {
         if let Some(until) = abandoned {
             // A write we abandoned may still be on its way to (or inside) the API server. Keep
             // the Lease — the elector renews it meanwhile — until that request's own timeout has
@@ -309,11 +313,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             }
         }
     }
-    event_task.abort();
-    prober.abort();
-    if let Some(remotes) = remotes {
-        remotes.abort();
-    }
-    services.abort_all();
+    supervised.abort_all();
     result
 }

@@ -535,6 +535,7 @@ pub fn is_ready(endpoint: &Endpoint) -> bool {
 pub mod nodes;
 mod owner;
 mod plan;
+pub mod step;
 pub mod union;
 pub use owner::{ForeignSlice, Manager, Owner, foreign_slices, manager_of};
 pub use plan::{Plan, SliceDelete, plan};

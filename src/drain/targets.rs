@@ -185,34 +185,18 @@ pub fn node_of_host<'a>(nodes: &'a [Node], host: &str) -> Option<&'a Node> {
 
 /// The targets of the pairs `config` and the annotated `services` give (refused pairs left out).
 pub fn targets_of(config: &Config, services: &[Service]) -> BTreeSet<ServiceRef> {
-    let configured: Vec<(Vec<crate::source::Source>, ServiceRef)> = config
-        .pairs
+    let rules = crate::pairs::Rules::of(config);
+    let known: BTreeMap<ServiceRef, Service> = services
         .iter()
-        .map(|p| (p.sources.clone(), p.target.clone()))
+        .filter_map(|svc| Some((crate::watch::service_ref(svc)?, svc.clone())))
+        .filter(|(r, svc)| rules.concerns(r, svc))
         .collect();
-    let mut known: BTreeMap<ServiceRef, Service> = BTreeMap::new();
-    for svc in services {
-        if let Some(r) = crate::watch::service_ref(svc) {
-            let annotated = svc
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(names::ANNOTATION_ENABLED));
-            if annotated || configured.iter().any(|(_, t)| *t == r) {
-                known.insert(r, svc.clone());
-            }
-        }
-    }
-    crate::pairs::resolve(
-        &configured,
-        config.annotations.enabled,
-        &config.annotations.allowed_sources,
-        &known,
-    )
-    .pairs
-    .into_iter()
-    .map(|p| p.target)
-    .collect()
+    rules
+        .resolve(&known)
+        .pairs
+        .into_iter()
+        .map(|p| p.target)
+        .collect()
 }
 
 /// One target as seen from one Node: which of the Node's addresses it shows ready or not, and

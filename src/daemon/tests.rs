@@ -1,0 +1,568 @@
+//! Unit tests of the engine's rules on hand-built caches, under paused time (controller-rs
+//! style): the engine is built with a fake API behind its client, its caches are filled by
+//! calling its handlers with watch events, and the tests call `dispatch` and join its tasks as
+//! the loop would. What a rule does is then exact, with no sleep and no test bed.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::watcher::Event;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::engine::{Engine, Io};
+use super::pair::Standing;
+use super::probes::ProbeState;
+use super::scope::Scope;
+use super::settings::Settings;
+use crate::config::Config;
+use crate::desired::Hold;
+use crate::events::{self, EventReason, Report};
+use crate::group::{Group, MemberRecord, Members, Wanted};
+use crate::lease::{Fence, Leadership};
+use crate::metrics::Metrics;
+use crate::names::ServiceRef;
+
+fn r(s: &str) -> ServiceRef {
+    s.parse().unwrap()
+}
+
+/// How the fake API answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reply {
+    /// Never: every request hangs (a black-holed apiserver).
+    Hang,
+    /// 409 Conflict to writes, 404 to reads.
+    Conflict,
+    /// Writes echo their body back (created, updated), reads 404.
+    Accept,
+}
+
+/// A fake API server behind the engine's client: it logs every request and answers as told.
+#[derive(Clone)]
+struct FakeApi {
+    log: Arc<Mutex<Vec<String>>>,
+    reply: Arc<Mutex<Reply>>,
+}
+
+impl FakeApi {
+    fn new(reply: Reply) -> FakeApi {
+        FakeApi {
+            log: Arc::default(),
+            reply: Arc::new(Mutex::new(reply)),
+        }
+    }
+
+    fn answer(&self, reply: Reply) {
+        *self.reply.lock().unwrap() = reply;
+    }
+
+    /// The requests so far, as "METHOD path".
+    fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn writes(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|r| !r.starts_with("GET"))
+            .collect()
+    }
+
+    fn client(&self) -> kube::Client {
+        let api = self.clone();
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let api = api.clone();
+            async move {
+                let method = req.method().clone();
+                api.log
+                    .lock()
+                    .unwrap()
+                    .push(format!("{method} {}", req.uri().path()));
+                let reply = *api.reply.lock().unwrap();
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let (code, body) = match (reply, method == http::Method::GET) {
+                    (Reply::Hang, _) => std::future::pending().await,
+                    (_, true) => (404, status(404, "NotFound")),
+                    (Reply::Conflict, false) => (409, status(409, "Conflict")),
+                    (Reply::Accept, false) => (200, body.unwrap_or_default()),
+                };
+                let response = http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Full::new(body))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+}
+
+fn status(code: u16, reason: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"{reason}","code":{code},"message":"{reason}"}}"#
+    ))
+}
+
+/// An engine with `config`, its fake API, and what it reports.
+struct Bed {
+    engine: Engine,
+    api: FakeApi,
+    events: mpsc::Receiver<Report>,
+    /// Keeps the prober's side of the channels open.
+    _probe: (
+        mpsc::Sender<crate::probe::Report>,
+        watch::Receiver<crate::probe::Wanted>,
+    ),
+}
+
+fn bed(config: &Config, reply: Reply) -> Bed {
+    let api = FakeApi::new(reply);
+    let (events, captured) = events::captured();
+    let io = Io {
+        client: api.client(),
+        fence: Fence::open_for("kube-system/endpoint-copier", Duration::from_secs(3600)),
+        metrics: Metrics::new(),
+        events,
+    };
+    let members = Members::new(super::member_settings(config), "node-1");
+    let (record, _) = watch::channel(MemberRecord::new("node-1", []));
+    let (report_tx, report_rx) = mpsc::channel(8);
+    let health = crate::group::SelfHealth::new(Duration::from_secs(60));
+    let (probes, wanted) = ProbeState::new(record, report_rx, 256, health);
+    Bed {
+        engine: Engine::new(Settings::of(config), io, members, probes),
+        api,
+        events: captured,
+        _probe: (report_tx, wanted),
+    }
+}
+
+/// The default config without probes: `default/kubernetes` → `default/kubernetes-vip`.
+fn plain() -> Config {
+    let mut config = Config::default();
+    for pair in &mut config.pairs {
+        pair.probe = None;
+    }
+    config
+}
+
+fn service(name: &str, annotations: &[(&str, &str)]) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            uid: Some(format!("uid-{name}")),
+            annotations: (!annotations.is_empty()).then(|| {
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect()
+            }),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            ip_families: Some(vec!["IPv4".into()]),
+            ports: Some(vec![ServicePort {
+                name: Some("https".into()),
+                port: 443,
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn apiservers(addrs: &[&str]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some("kubernetes".into()),
+            namespace: Some("default".into()),
+            labels: Some(
+                [(
+                    crate::names::SERVICE_NAME_LABEL.to_owned(),
+                    "kubernetes".to_owned(),
+                )]
+                .into(),
+            ),
+            resource_version: Some("1".into()),
+            ..ObjectMeta::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: addrs
+            .iter()
+            .map(|a| Endpoint {
+                addresses: vec![(*a).to_owned()],
+                ..Endpoint::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("https".into()),
+            port: Some(6443),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        }]),
+    }
+}
+
+impl Bed {
+    /// The Service watch lists `services`.
+    fn list_services(&mut self, services: Vec<Service>) {
+        self.engine.on_services(Ok(Event::Init));
+        for s in services {
+            self.engine.on_services(Ok(Event::InitApply(s)));
+        }
+        self.engine.on_services(Ok(Event::InitDone));
+    }
+
+    /// The slice watch of `default` lists `slices`.
+    fn list_slices(&mut self, slices: Vec<EndpointSlice>) {
+        let generation = self
+            .engine
+            .caches
+            .watches
+            .generation_of("default")
+            .expect("default is watched");
+        self.engine
+            .on_slices("default", generation, Ok(Event::Init));
+        for s in slices {
+            self.engine
+                .on_slices("default", generation, Ok(Event::InitApply(s)));
+        }
+        self.engine
+            .on_slices("default", generation, Ok(Event::InitDone));
+    }
+
+    /// The Node and member watches list nothing.
+    fn list_the_rest(&mut self) {
+        self.engine.on_nodes(Ok(Event::Init));
+        self.engine.on_nodes(Ok(Event::InitDone));
+        self.engine.on_members(Ok(Event::Init));
+        self.engine.on_members(Ok(Event::InitDone));
+    }
+
+    /// Everything listed for the default pair, with `addrs` in `default/kubernetes`.
+    fn listed(&mut self, addrs: &[&str]) {
+        self.list_services(vec![
+            service("kubernetes", &[]),
+            service("kubernetes-vip", &[]),
+        ]);
+        self.list_slices(vec![apiservers(addrs)]);
+        self.list_the_rest();
+    }
+
+    fn state(&self, target: &str) -> &super::pair::PairState {
+        &self.engine.pairs[&r(target)]
+    }
+
+    /// Joins every task that ends within `limit` of virtual time, as the loop would.
+    async fn join(&mut self, limit: Duration) {
+        while let Ok(Some(joined)) =
+            tokio::time::timeout(limit, self.engine.tasks.join_next()).await
+        {
+            self.engine.joined(joined);
+        }
+    }
+
+    /// The Events reported so far: (reason, note).
+    fn reported(&mut self) -> Vec<(EventReason, String)> {
+        let mut out = Vec::new();
+        while let Ok(report) = self.events.try_recv() {
+            out.push((report.reason, report.note));
+        }
+        out
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_writes_nothing_and_a_leader_writes_only_once_every_view_is_listed() {
+    let mut bed = bed(&plain(), Reply::Accept);
+    bed.list_services(vec![
+        service("kubernetes", &[]),
+        service("kubernetes-vip", &[]),
+    ]);
+    bed.list_slices(vec![apiservers(&["198.51.100.1", "198.51.100.2"])]);
+    bed.engine.set_leadership(Leadership::Follower {
+        holder: Some("node-2".into()),
+    });
+    bed.engine.dispatch();
+    assert!(bed.engine.tasks.is_empty(), "a follower never writes");
+
+    bed.engine.set_leadership(Leadership::Leader);
+    bed.engine.dispatch();
+    assert!(
+        !bed.state("default/kubernetes-vip").write.is_running(),
+        "no write before the Node view is settled: it would drop derived slices and drains"
+    );
+
+    bed.list_the_rest();
+    bed.engine.dispatch();
+    assert!(bed.state("default/kubernetes-vip").write.is_running());
+    bed.join(Duration::from_secs(1)).await;
+    assert_eq!(
+        bed.api.writes(),
+        ["POST /apis/discovery.k8s.io/v1/namespaces/default/endpointslices"]
+    );
+    assert!(matches!(
+        bed.state("default/kubernetes-vip").standing,
+        Standing::Synced { .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn work_that_is_due_but_blocked_never_makes_the_loop_spin() {
+    let mut bed = bed(&plain(), Reply::Conflict);
+    bed.listed(&["198.51.100.1"]);
+    bed.engine.set_leadership(Leadership::Leader);
+    bed.engine.dispatch();
+    bed.join(Duration::from_secs(1)).await;
+    let backoff = bed
+        .engine
+        .next_wakeup()
+        .expect("a failed write waits out its backoff");
+    // The backoff ends while this copy cannot start the write (another copy leads): the next
+    // wake-up must not be that past instant, or the loop would wake at once, find nothing to
+    // start, and wake again, forever.
+    bed.engine
+        .set_leadership(Leadership::Follower { holder: None });
+    tokio::time::advance(backoff - Instant::now() + Duration::from_millis(1)).await;
+    bed.engine.dispatch();
+    assert!(
+        bed.engine.next_wakeup().is_none_or(|t| t > Instant::now()),
+        "next wake-up in the past: {:?} (now {:?})",
+        bed.engine.next_wakeup(),
+        Instant::now()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn conflicts_are_reported_once_on_the_third_in_a_row_and_a_success_ends_the_streak() {
+    let mut bed = bed(&plain(), Reply::Conflict);
+    bed.listed(&["198.51.100.1"]);
+    bed.engine.set_leadership(Leadership::Leader);
+    for _ in 0..5 {
+        bed.engine.dispatch();
+        bed.join(Duration::from_secs(1)).await;
+        // Past any backoff of the first attempts (capped by max_backoff).
+        tokio::time::advance(Duration::from_secs(31)).await;
+    }
+    let failed: Vec<String> = bed
+        .reported()
+        .into_iter()
+        .filter(|(reason, _)| *reason == EventReason::WriteFailed)
+        .map(|(_, note)| note)
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].starts_with("3 conflicts in a row"),
+        "{}",
+        failed[0]
+    );
+    assert!(matches!(
+        bed.state("default/kubernetes-vip").standing,
+        Standing::Failing { conflicts: 5, .. }
+    ));
+
+    bed.api.answer(Reply::Accept);
+    bed.engine.dispatch();
+    bed.join(Duration::from_secs(1)).await;
+    assert!(matches!(
+        bed.state("default/kubernetes-vip").standing,
+        Standing::Synced { .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn losing_the_lease_aborts_the_writes_in_flight_and_a_new_term_plans_again() {
+    let mut bed = bed(&plain(), Reply::Hang);
+    bed.listed(&["198.51.100.1"]);
+    bed.engine.set_leadership(Leadership::Leader);
+    bed.engine.dispatch();
+    assert!(bed.state("default/kubernetes-vip").write.is_running());
+
+    bed.engine.set_leadership(Leadership::Follower {
+        holder: Some("node-2".into()),
+    });
+    assert!(!bed.engine.tasks.has_tracked(), "every write aborted");
+    assert!(!bed.state("default/kubernetes-vip").write.is_running());
+
+    bed.api.answer(Reply::Accept);
+    bed.engine.set_leadership(Leadership::Leader);
+    assert_eq!(
+        bed.state("default/kubernetes-vip").standing,
+        Standing::Unplanned
+    );
+    bed.engine.dispatch();
+    bed.join(Duration::from_secs(1)).await;
+    assert!(matches!(
+        bed.state("default/kubernetes-vip").standing,
+        Standing::Synced { .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pair_whose_source_has_no_slices_is_held_and_says_so_once() {
+    let mut bed = bed(&plain(), Reply::Accept);
+    bed.list_services(vec![
+        service("kubernetes", &[]),
+        service("kubernetes-vip", &[]),
+    ]);
+    bed.list_slices(Vec::new());
+    bed.list_the_rest();
+    bed.engine.set_leadership(Leadership::Leader);
+    bed.engine.dispatch();
+    bed.engine.resync();
+    bed.engine.dispatch();
+    assert!(bed.api.writes().is_empty(), "fail-static: nothing written");
+    assert_eq!(
+        bed.state("default/kubernetes-vip").standing,
+        Standing::Held(Hold::NoSourceSlices)
+    );
+    let missing: Vec<_> = bed
+        .reported()
+        .into_iter()
+        .filter(|(reason, _)| *reason == EventReason::SourceMissing)
+        .collect();
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert!(
+        bed.state("default/kubernetes-vip").is_settled(),
+        "a hold keeps the copy ready"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_pair_another_live_member_configures_is_kept_and_reported_once() {
+    let mut config = plain();
+    config.pairs.clear();
+    let mut bed = bed(&config, Reply::Accept);
+    let annotated = service(
+        "kubernetes-vip",
+        &[
+            (crate::names::ANNOTATION_ENABLED, "true"),
+            (crate::names::ANNOTATION_SOURCE_NAME, "kubernetes"),
+        ],
+    );
+    bed.list_services(vec![service("kubernetes", &[]), annotated]);
+    bed.list_slices(vec![apiservers(&["198.51.100.1"])]);
+    bed.engine.on_nodes(Ok(Event::Init));
+    bed.engine.on_nodes(Ok(Event::InitDone));
+    // node-2 still has the pair in its config.
+    let group = Group::configured(&config);
+    let record = MemberRecord::new(
+        "node-2",
+        [(r("default/kubernetes"), r("default/kubernetes-vip"))],
+    );
+    let lease = crate::group::member::member_lease(
+        &group,
+        &record,
+        Duration::from_secs(30),
+        Timestamp::now(),
+    )
+    .unwrap();
+    bed.engine.on_members(Ok(Event::Init));
+    bed.engine.on_members(Ok(Event::InitApply(lease.clone())));
+    bed.engine.on_members(Ok(Event::InitDone));
+    bed.engine.on_members(Ok(Event::Apply(lease)));
+    bed.engine.set_leadership(Leadership::Leader);
+    bed.engine.dispatch();
+    bed.join(Duration::from_secs(1)).await;
+    bed.api.log.lock().unwrap().clear();
+
+    // The annotation goes: the pair is retired here, but node-2 wants it.
+    bed.engine
+        .on_services(Ok(Event::Apply(service("kubernetes-vip", &[]))));
+    assert!(bed.state("default/kubernetes-vip").phase.is_retired());
+    for _ in 0..3 {
+        bed.engine.dispatch();
+        bed.join(Duration::from_secs(1)).await;
+        bed.engine.resync();
+    }
+    assert!(
+        bed.api.writes().is_empty(),
+        "nothing deleted: {:?}",
+        bed.api.writes()
+    );
+    let elsewhere: Vec<String> = bed
+        .reported()
+        .into_iter()
+        .filter(|(reason, _)| *reason == EventReason::ConfiguredElsewhere)
+        .map(|(_, note)| note)
+        .collect();
+    assert_eq!(elsewhere.len(), 1, "{elsewhere:?}");
+    assert!(elsewhere[0].contains("node-2"), "{}", elsewhere[0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_the_member_watch_fails_nobody_is_ruled_out_whatever_the_namespaces_are_called() {
+    let mut bed = bed(&plain(), Reply::Accept);
+    bed.listed(&["198.51.100.1"]);
+    let error =
+        kube::runtime::watcher::Error::WatchFailed(kube::Error::Service("connection reset".into()));
+    bed.engine.watch_error(Scope::Members, &error);
+    // A slice watch restarted in a namespace named like the member scope.
+    bed.engine.caches.errors.restarted(&["members".to_owned()]);
+    assert_eq!(
+        bed.engine
+            .wanted(&r("default/kubernetes-vip"), Instant::now()),
+        Wanted::Unknown
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_event_plans_the_probing_pairs_again_at_once() {
+    let mut bed = bed(&Config::default(), Reply::Accept);
+    bed.listed(&["198.51.100.1"]);
+    bed.engine.set_leadership(Leadership::Leader);
+    bed.engine.dispatch();
+    bed.join(Duration::from_secs(1)).await;
+    let vip = "default/kubernetes-vip";
+    assert!(!bed.state(vip).write.is_due(Instant::now()), "settled");
+
+    let group = Group::configured(&Config::default());
+    let mut record = MemberRecord::new("node-2", [(r("default/kubernetes"), r(vip))]);
+    record.verdicts = BTreeMap::from([(
+        "https://198.51.100.1:6443/readyz".parse().unwrap(),
+        crate::probe::Verdict::Down,
+    )]);
+    let lease = crate::group::member::member_lease(
+        &group,
+        &record,
+        Duration::from_secs(30),
+        Timestamp::now(),
+    )
+    .unwrap();
+    bed.engine.on_members(Ok(Event::Apply(lease)));
+    assert!(
+        bed.state(vip).write.is_due(Instant::now()),
+        "the ballot changed: planned again without waiting for a timer"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_are_the_leaders_and_each_is_said_once_per_change() {
+    let mut bed = bed(&plain(), Reply::Accept);
+    bed.listed(&["198.51.100.1"]);
+    let vip = r("default/kubernetes-vip");
+    bed.engine
+        .set_leadership(Leadership::Follower { holder: None });
+    bed.engine
+        .report(&vip, EventReason::Synced, "as a follower".into());
+    assert!(bed.reported().is_empty());
+    bed.engine.set_leadership(Leadership::Leader);
+    for _ in 0..3 {
+        bed.engine.report(&vip, EventReason::Synced, "one".into());
+    }
+    bed.engine.report(&vip, EventReason::Synced, "two".into());
+    let notes: Vec<String> = bed.reported().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(notes, ["one", "two"]);
+}
