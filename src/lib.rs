@@ -27,6 +27,7 @@ pub mod desired;
 pub mod drain;
 pub mod error;
 pub mod events;
+pub mod family;
 pub mod group;
 pub mod host;
 pub mod inspect;

@@ -29,6 +29,9 @@ pub use link::{Link, Tracked};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long writing one request may take.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one write may take before we give up on it and retry later. Long enough for a busy
+/// apiserver, short enough that a hung one does not stall the pair past a Lease renew deadline.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why no client could be built.
 #[derive(Debug, thiserror::Error)]

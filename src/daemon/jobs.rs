@@ -1,7 +1,7 @@
 //! The work the engine runs as tasks, so that a slow API never stalls the watches: a pair's
 //! write, the check for endpoint-copier-operator's leftover Endpoints, and the scan for slices of
 //! pairs removed while this copy did not lead. Each returns a [`Done`] the engine matches to the
-//! run it started (by [`TaskId`]); none decides what to write (`pair::plan_for` does).
+//! run it started (by [`TaskId`]); none decides what to write (`desired::step::plan_for` does).
 
 use std::collections::BTreeSet;
 

@@ -365,7 +365,7 @@ impl Engine {
     /// The ballots as the leader counts them now: its own verdicts, and every other live
     /// member's — none of an identity two live processes share (`twins`), ours included.
     ///
-    /// `with_unconfirmed`: whether members not yet seen renewing vote too (`view.rs` decides
+    /// `with_unconfirmed`: whether members not yet seen renewing vote too (`members.rs` decides
     /// from both counts: only where they agree does a decision change what is written).
     pub(super) fn count(&self, now: Instant, with_unconfirmed: bool) -> Count {
         let own: BTreeMap<Target, Verdict> = self

@@ -19,10 +19,7 @@ use crate::names::{
     is_dns1123_subdomain,
 };
 
-/// `addressType` of IPv4 EndpointSlices (and the IPv4 entry of a Service's `spec.ipFamilies`).
-pub const IPV4: &str = "IPv4";
-/// `addressType` of IPv6 EndpointSlices (and the IPv6 entry of a Service's `spec.ipFamilies`).
-pub const IPV6: &str = "IPv6";
+pub use crate::family::{IPV4, IPV6};
 /// Protocol the API server fills in when an EndpointPort or ServicePort names none.
 pub(super) const DEFAULT_PROTOCOL: &str = "TCP";
 /// Longest label value the API accepts.
@@ -298,32 +295,6 @@ pub fn probed_endpoints(
     out.sort();
     out.dedup();
     out
-}
-
-/// Marks every endpoint of `slices` whose first address is in `evicted` as `ready: false,
-/// serving: false` (kube-proxy and MetalLB then skip it; `kubectl` still shows it). `terminating`
-/// is kept. Returns how many endpoints were marked.
-pub fn mark_evicted(slices: &mut [EndpointSlice], evicted: &BTreeSet<std::net::IpAddr>) -> usize {
-    let mut marked = 0;
-    for endpoint in slices.iter_mut().flat_map(|s| s.endpoints.iter_mut()) {
-        let hit = endpoint
-            .addresses
-            .first()
-            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-            .is_some_and(|a| evicted.contains(&a));
-        if hit {
-            let conditions = endpoint.conditions.get_or_insert_with(Default::default);
-            conditions.ready = Some(false);
-            conditions.serving = Some(false);
-            marked += 1;
-        }
-    }
-    if marked > 0 {
-        for slice in slices.iter_mut() {
-            sort_endpoints(&mut slice.endpoints);
-        }
-    }
-    marked
 }
 
 /// An endpoint as kube-apiserver stores it in a discovery/v1 EndpointSlice: the strategy drops

@@ -1334,16 +1334,3 @@ fn probed_endpoints_are_the_ready_served_ones_with_their_slice_port() {
     assert_eq!(both.len(), 4);
     assert_eq!(both[3], (ip("2001:db8::1"), Some(6443)));
 }
-
-#[test]
-fn evicted_endpoints_stay_in_the_slice_not_ready_and_not_serving() {
-    let mut slices = want(&vip4(), &[three_apiservers()]);
-    let evicted = BTreeSet::from(["198.51.100.11".parse().unwrap()]);
-    assert_eq!(mark_evicted(&mut slices, &evicted), 1);
-    assert_eq!(slices[0].endpoints.len(), 3);
-    let e = &slices[0].endpoints[1];
-    assert_eq!(e.addresses, ["198.51.100.11"]);
-    let c = e.conditions.as_ref().unwrap();
-    assert_eq!((c.ready, c.serving), (Some(false), Some(false)));
-    assert_eq!(ready_endpoints(&slices), 2);
-}

@@ -450,7 +450,7 @@ pub fn foreign_line(pair: &PairReport, f: &ForeignReport) -> String {
 
 /// A remote source's slices, read through a client of its kubeconfig (built once per file,
 /// bounded by `timeout`); nothing to give when the cluster cannot be read — `check` reports why
-/// through `remote::check`.
+/// through `inspect::remote::check`.
 async fn remote_slices(
     r: &RemoteSource,
     allow_insecure_tls: bool,

@@ -66,7 +66,7 @@ pub fn render(report: &Report) -> String {
 
 /// `remote /etc/endpoint-copier/remote.yaml: https://203.0.113.5:6443`, then one line per source:
 /// `  app/db: 2 ready endpoints` (or why not).
-fn remote(s: &mut String, r: &crate::remote::Reach) {
+fn remote(s: &mut String, r: &super::remote::Reach) {
     let _ = writeln!(
         s,
         "remote {}: {}",
@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn each_remote_kubeconfig_gets_a_line_and_each_of_its_sources_one_more() {
-        use crate::remote::{Reach, SourceReach};
+        use crate::inspect::remote::{Reach, SourceReach};
         use crate::source::RemoteSource;
         let mut r = report();
         let source = |s: &str| RemoteSource {

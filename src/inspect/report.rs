@@ -251,7 +251,7 @@ pub struct Report {
     pub group: Option<GroupReport>,
     /// Each remote kubeconfig of the configured sources: whether it loads and its cluster
     /// answers, and per source the rights, the Service and its ready endpoints.
-    pub remotes: Vec<crate::remote::Reach>,
+    pub remotes: Vec<super::remote::Reach>,
     /// One line per thing worth knowing that does not stop the daemon from working; they do not
     /// change the verdict.
     pub warnings: Vec<String>,

@@ -350,38 +350,3 @@ fn only_nodes_the_control_plane_vouches_for_claim_an_address_while_any_is() {
         Lookup::One(&worker("worker-1", "198.51.100.1"))
     );
 }
-
-#[test]
-fn ready_on_and_ready_elsewhere_tell_whether_a_drain_took_effect_or_would_empty_a_target() {
-    use k8s_openapi::api::discovery::v1::EndpointConditions;
-    let a = NodeFacts::from_node(&node("a", &[("InternalIP", "198.51.100.1")], &[])).unwrap();
-    let ep = |addr: &str, node: Option<&str>, ready: Option<bool>| Endpoint {
-        addresses: vec![addr.into()],
-        node_name: node.map(Into::into),
-        conditions: Some(EndpointConditions {
-            ready,
-            ..EndpointConditions::default()
-        }),
-        ..Endpoint::default()
-    };
-    let slice = |endpoints| EndpointSlice {
-        metadata: ObjectMeta::default(),
-        address_type: "IPv4".into(),
-        endpoints,
-        ports: None,
-    };
-    let before = [slice(vec![
-        ep("198.51.100.1", None, None),
-        ep("198.51.100.2", Some("b"), Some(true)),
-    ])];
-    assert_eq!(ready_on(&a, &before), vec!["198.51.100.1".to_owned()]);
-    assert_eq!(ready_elsewhere(&a, &before), 1);
-    let after = [slice(vec![
-        ep("198.51.100.1", Some("a"), Some(false)),
-        ep("2001:db8::1", Some("a"), Some(false)),
-        ep("198.51.100.2", Some("b"), Some(true)),
-    ])];
-    assert!(ready_on(&a, &after).is_empty());
-    let alone = [slice(vec![ep("198.51.100.1", Some("a"), None)])];
-    assert_eq!(ready_elsewhere(&a, &alone), 0);
-}

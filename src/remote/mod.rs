@@ -19,11 +19,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::shutdown::Shutdown;
 pub use crate::source::RemoteSource;
 
-mod check;
-mod cluster;
-mod state;
-
-pub use check::{Reach, SourceReach, check};
+pub(crate) mod cluster;
+pub(crate) mod state;
 
 /// What this copy knows of one remote source now.
 #[derive(Debug, Clone, PartialEq, Default)]
