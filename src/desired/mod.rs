@@ -393,20 +393,26 @@ fn target_ports(
                 // Absent (or 0, which the API server also treats as unset): the Service port.
                 _ => sp.port,
             };
-            Some(EndpointPort {
-                name: sp.name.clone().filter(|n| !n.is_empty()),
-                protocol: Some(
-                    sp.protocol
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_PROTOCOL.to_owned()),
-                ),
+            Some(normalized_port(EndpointPort {
+                name: sp.name.clone(),
+                protocol: sp.protocol.clone(),
                 app_protocol: sp.app_protocol.clone(),
                 port: Some(number),
-            })
+            }))
         })
         .collect();
     sort_ports(&mut ports);
     ports
+}
+
+/// A port as the API server stores it: an empty name is no name, no protocol is TCP. The one
+/// port rule, for the ports we derive from a Service and for those we compare in a slice.
+pub(super) fn normalized_port(port: EndpointPort) -> EndpointPort {
+    EndpointPort {
+        name: port.name.filter(|n| !n.is_empty()),
+        protocol: Some(port.protocol.unwrap_or_else(|| DEFAULT_PROTOCOL.to_owned())),
+        ..port
+    }
 }
 
 /// Canonical port order: by name, then number, then protocol.

@@ -182,6 +182,20 @@ impl NodeFacts {
         })
     }
 
+    /// Whether the Node carries a drain set to last until removed: `drain: "true"` with neither
+    /// an expiry nor a duration (set by hand; `drain` keeps it so, `resume --timed-only` leaves
+    /// it).
+    pub fn has_lasting_drain(&self) -> bool {
+        self.drain.as_deref() == Some(DRAIN_VALUE)
+            && self.drain_expires.is_none()
+            && self.drain_duration.is_none()
+    }
+
+    /// Whether the Node carries any of the three drain annotations (what `resume` removes).
+    pub fn has_drain_annotations(&self) -> bool {
+        self.drain.is_some() || self.drain_expires.is_some() || self.drain_duration.is_some()
+    }
+
     /// The annotations that make this Node's drain what it is.
     fn drain_key(&self) -> DrainKey {
         (self.drain_duration.clone(), self.drain_expires.clone())

@@ -350,3 +350,30 @@ fn only_nodes_the_control_plane_vouches_for_claim_an_address_while_any_is() {
         Lookup::One(&worker("worker-1", "198.51.100.1"))
     );
 }
+
+#[test]
+fn a_drain_without_expiry_lasts_and_every_drain_annotation_counts_for_resume() {
+    let facts = |annotations: &[(&str, &str)]| {
+        let mut n = k8s_openapi::api::core::v1::Node::default();
+        n.metadata.name = Some("cp-1".into());
+        n.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        NodeFacts::from_node(&n).unwrap()
+    };
+    let lasting = facts(&[(ANNOTATION_DRAIN, "true")]);
+    assert!(lasting.has_lasting_drain() && lasting.has_drain_annotations());
+    let timed = facts(&[
+        (ANNOTATION_DRAIN, "true"),
+        (ANNOTATION_DRAIN_EXPIRES, "2025-01-31T12:15:00Z"),
+    ]);
+    assert!(!timed.has_lasting_drain() && timed.has_drain_annotations());
+    let off = facts(&[(ANNOTATION_DRAIN, "false")]);
+    assert!(!off.has_lasting_drain() && off.has_drain_annotations());
+    let stray = facts(&[(ANNOTATION_DRAIN_DURATION, "600")]);
+    assert!(!stray.has_lasting_drain() && stray.has_drain_annotations());
+    assert!(!facts(&[]).has_drain_annotations());
+}
