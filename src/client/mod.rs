@@ -19,9 +19,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 
 use crate::config;
 
+mod credentials;
 pub mod link;
 pub mod transport;
 
+pub use credentials::{Credentials, Reloaded, cluster_of};
 pub use link::{Link, Tracked};
 
 /// How long to wait for a TCP/TLS connection to the API server. Short: a control-plane host's

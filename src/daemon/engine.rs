@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::Error;
 use super::caches::Caches;
-use super::kubeconfig::Credentials;
+use super::kubeconfig::NodeCredentials;
 use super::members::MemberState;
 use super::nodes::NodeState;
 use super::pair::{Active, PairState, Phase, Standing};
@@ -59,7 +59,7 @@ pub struct Host<'a> {
     /// The engine loop's watchdog heartbeat.
     pub beat: &'a Beat,
     /// The kubeconfig and the client it feeds.
-    pub credentials: Credentials,
+    pub credentials: NodeCredentials,
 }
 
 /// Where the engine reads, writes and reports: handles, not state.
@@ -188,8 +188,8 @@ impl Engine {
                 () = tokio::time::sleep_until(wakeup) => {}
                 _ = resync.tick() => self.resync(),
                 _ = kubeconfig_poll.tick() => host.credentials.reload(false).await,
-                () = host.credentials.reloadable.unauthorized() => {
-                    warn!(path = %host.credentials.loaded.path.display(), "the API server answered 401 Unauthorized; re-reading the kubeconfig");
+                () = host.credentials.current.reloadable.unauthorized() => {
+                    warn!(path = %host.credentials.current.loaded.path.display(), "the API server answered 401 Unauthorized; re-reading the kubeconfig");
                     host.credentials.reload(true).await;
                 }
                 _ = tick.tick() => {

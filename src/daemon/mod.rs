@@ -53,7 +53,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use tracing::{Instrument, error, info, warn};
 
-use crate::client::{self, Reloadable};
+use crate::client;
 use crate::config::Config;
 use crate::error::chain;
 use crate::events;
@@ -170,8 +170,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         warn!(path = %loaded.path.display(), "{w}");
     }
     info!(path = %loaded.path.display(), server = %loaded.server, identity = %identity, "connected");
-    let reloadable = Reloadable::new(loaded.client.clone());
-    let client = reloadable.client();
+    let (probe_config, probe_config_rx) = tokio::sync::watch::channel(loaded.config.clone());
+    let credentials = client::Credentials::new(loaded, config.allow_insecure_tls, "kubeconfig");
+    let client = credentials.reloadable.client();
 
     let settings = lease::Settings {
         namespace: config.lease.namespace.clone(),
@@ -234,7 +235,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(64);
     let (probe_state, wanted_rx) =
         probes::ProbeState::new(record_tx, report_rx, config.probe.max_targets, self_health);
-    let (probe_config, probe_config_rx) = tokio::sync::watch::channel(loaded.config.clone());
     let prober = crate::probe::spawn(
         wanted_rx,
         probe_config_rx,
@@ -271,12 +271,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         notifier: &notifier,
         health: &health,
         beat: &beat,
-        credentials: kubeconfig::Credentials {
-            reloadable,
-            loaded,
+        credentials: kubeconfig::NodeCredentials {
+            current: credentials,
             probe_config,
             kubeconfig: config.kubeconfig.clone(),
-            allow_insecure_tls: config.allow_insecure_tls,
         },
     };
     let result = engine

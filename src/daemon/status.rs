@@ -38,7 +38,7 @@ impl Engine {
             // Neither the Lease nor the first list came back yet: say what we wait for.
             Leadership::Starting if !self.caches.services.is_ready() => Standing::Waiting(format!(
                 "the API server at {}",
-                host.credentials.loaded.server
+                host.credentials.current.loaded.server
             )),
             Leadership::Starting => Standing::Starting,
             Leadership::Leader => Standing::Leader,
@@ -88,7 +88,7 @@ impl Engine {
         // makes its ballot worthless, whatever the pairs say. Then an API that does not answer,
         // a failing watch scope (while it fails, the pairs it feeds do not follow), and a member
         // view that cannot be counted.
-        let link = host.credentials.reloadable.link().health();
+        let link = host.credentials.current.reloadable.link().health();
         let unanswered = link.trouble_since.map(|t| now.duration_since(t));
         self.io.metrics.set_link(
             unanswered.unwrap_or_default(),
