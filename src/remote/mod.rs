@@ -5,7 +5,7 @@
 //! file is rewritten or the remote answers 401, exactly like the node kubeconfig in
 //! `daemon::kubeconfig`), two read-only watches per source (the Service by name, its slices by
 //! label), the classification of what goes wrong into a [`Trouble`], and `check`'s probe of the
-//! remotes ([`check()`]). It never writes to a remote cluster, and it decides nothing about the
+//! remotes (`inspect::remote::check`). It never writes to a remote cluster, and it decides nothing about the
 //! target: uniting the sources is `desired`'s job, reacting to a [`Update`] is `daemon`'s.
 //!
 //! Files: `state.rs` (pure: one source's events in, its [`View`] out), `cluster.rs` (the task of
