@@ -566,3 +566,233 @@ async fn events_are_the_leaders_and_each_is_said_once_per_change() {
     let notes: Vec<String> = bed.reported().into_iter().map(|(_, n)| n).collect();
     assert_eq!(notes, ["one", "two"]);
 }
+
+/// A control-plane Node `name` with address `ip` and these annotations.
+fn node(name: &str, ip: &str, annotations: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Node {
+    use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus};
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                [(
+                    "node-role.kubernetes.io/control-plane".to_owned(),
+                    "true".to_owned(),
+                )]
+                .into(),
+            ),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        status: Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: ip.into(),
+            }]),
+            ..NodeStatus::default()
+        }),
+        ..Node::default()
+    }
+}
+
+/// Each endpoint of `slices` with whether it is ready, by address.
+fn readiness(slices: &[EndpointSlice]) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .map(|e| (e.addresses[0].clone(), crate::desired::is_ready(e)))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_drain_wakes_the_loop_when_it_ends_and_its_endpoint_is_ready_again() {
+    let mut bed = bed(&plain(), Reply::Accept);
+    bed.list_services(vec![
+        service("kubernetes", &[]),
+        service("kubernetes-vip", &[]),
+    ]);
+    bed.list_slices(vec![apiservers(&["198.51.100.1", "198.51.100.2"])]);
+    bed.engine.on_members(Ok(Event::Init));
+    bed.engine.on_members(Ok(Event::InitDone));
+    bed.engine.on_nodes(Ok(Event::Init));
+    bed.engine.on_nodes(Ok(Event::InitApply(node(
+        "cp-1",
+        "198.51.100.1",
+        &[
+            (crate::names::ANNOTATION_DRAIN, "true"),
+            (crate::names::ANNOTATION_DRAIN_DURATION, "60"),
+        ],
+    ))));
+    bed.engine
+        .on_nodes(Ok(Event::InitApply(node("cp-2", "198.51.100.2", &[]))));
+    bed.engine.on_nodes(Ok(Event::InitDone));
+    bed.engine.set_leadership(Leadership::Leader);
+    bed.engine.dispatch();
+    let vip = r("default/kubernetes-vip");
+    let plan = |bed: &Bed| {
+        let actual = bed.engine.caches.slices.slices_of(&vip);
+        let state = &bed.engine.pairs[&vip];
+        crate::desired::step::plan_for(
+            state.phase.intent(),
+            &vip,
+            bed.engine.caches.services.objects(),
+            &|s| bed.engine.read_source(s),
+            &actual,
+            &bed.engine.settings.owner,
+            &crate::desired::step::Facts {
+                probe: None,
+                nodes: bed.engine.node_view(true),
+                nodes_unknown: None,
+            },
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        readiness(&plan(&bed).plan.creates),
+        [
+            ("198.51.100.1".to_owned(), false),
+            ("198.51.100.2".to_owned(), true)
+        ],
+        "drained for now"
+    );
+    let wakeup = bed
+        .engine
+        .next_wakeup()
+        .expect("the drain's end wakes the loop");
+    assert!(
+        wakeup <= Instant::now() + Duration::from_secs(61),
+        "{wakeup:?}"
+    );
+    bed.join(Duration::from_secs(1)).await;
+    bed.engine.pairs.get_mut(&vip).unwrap().write.settle();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    bed.engine.dispatch();
+    assert!(
+        bed.state("default/kubernetes-vip").write.is_running(),
+        "planned again at the drain's end"
+    );
+    assert_eq!(
+        readiness(&plan(&bed).plan.creates),
+        [
+            ("198.51.100.1".to_owned(), true),
+            ("198.51.100.2".to_owned(), true)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_evicts_by_its_own_ballot_only_once_the_member_list_has_arrived() {
+    let mut bed = bed(&Config::default(), Reply::Accept);
+    bed.list_services(vec![
+        service("kubernetes", &[]),
+        service("kubernetes-vip", &[]),
+    ]);
+    bed.list_slices(vec![apiservers(&["198.51.100.1", "198.51.100.2"])]);
+    bed.engine.on_nodes(Ok(Event::Init));
+    bed.engine.on_nodes(Ok(Event::InitDone));
+    // This host sees .1 up and .2 down (a ballot that sees everything down does not count).
+    for (address, verdict) in [
+        ("198.51.100.1", crate::probe::Verdict::Up),
+        ("198.51.100.2", crate::probe::Verdict::Down),
+    ] {
+        let target: crate::probe::Target =
+            format!("https://{address}:6443/readyz").parse().unwrap();
+        assert!(
+            bed.engine.probes.wanted.borrow().contains_key(&target),
+            "the pair's endpoints are probed"
+        );
+        bed.engine.on_report(crate::probe::Report {
+            target,
+            finding: crate::probe::Finding::Vote(verdict),
+            since: Instant::now(),
+            detail: "as probed".into(),
+        });
+    }
+    bed.engine.set_leadership(Leadership::Leader);
+    let vip = r("default/kubernetes-vip");
+    // A cold leader: the member Leases are not listed yet.
+    let ballots = bed.engine.ballots(Instant::now());
+    assert!(
+        matches!(ballots, Err(super::members::Incomplete::NotListed)),
+        "{ballots:?}"
+    );
+    bed.engine.dispatch();
+    bed.join(Duration::from_secs(1)).await;
+    assert_eq!(
+        bed.api.writes().len(),
+        1,
+        "the target is written as it would be written anyway"
+    );
+    assert!(
+        !bed.engine.probes.decided.contains_key(&vip),
+        "but nothing is evicted by a ballot counted from an incomplete view"
+    );
+    bed.engine.on_members(Ok(Event::Init));
+    bed.engine.on_members(Ok(Event::InitDone));
+    let ballots = bed.engine.ballots(Instant::now()).expect("complete now");
+    assert_eq!(ballots.confirmed.votes.len(), 2, "{:?}", ballots.confirmed);
+    assert!(
+        bed.engine.pairs[&vip].write.is_due(Instant::now()),
+        "the member list's arrival plans the probing pair again"
+    );
+    bed.engine.dispatch();
+    bed.join(Duration::from_secs(1)).await;
+    assert_eq!(
+        bed.engine.probes.decided[&vip].evicted,
+        ["198.51.100.2".parse().unwrap()].into(),
+        "its own ballot, counted from a complete view, evicts"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pair_refused_while_active_keeps_its_slices_and_each_refusal_is_reported_once_a_term() {
+    let mut config = plain();
+    config.pairs.clear();
+    let mut bed = bed(&config, Reply::Accept);
+    let annotated = |source: &str| {
+        service(
+            "vip",
+            &[
+                (crate::names::ANNOTATION_ENABLED, "true"),
+                (crate::names::ANNOTATION_SOURCE_NAME, source),
+            ],
+        )
+    };
+    bed.list_services(vec![service("kubernetes", &[]), annotated("kubernetes")]);
+    bed.list_slices(vec![apiservers(&["198.51.100.1"])]);
+    bed.list_the_rest();
+    bed.engine.set_leadership(Leadership::Leader);
+    bed.engine.dispatch();
+    bed.join(Duration::from_secs(1)).await;
+    assert_eq!(bed.api.writes().len(), 1);
+    // The annotation now names the target itself: refused, never half-applied.
+    bed.engine.on_services(Ok(Event::Apply(annotated("vip"))));
+    assert!(matches!(
+        bed.state("default/vip").phase,
+        super::pair::Phase::Refused { .. }
+    ));
+    for _ in 0..3 {
+        bed.engine.resync();
+        bed.engine.dispatch();
+        bed.join(Duration::from_secs(1)).await;
+    }
+    assert_eq!(bed.api.writes().len(), 1, "nothing written or deleted");
+    let refused = |bed: &mut Bed| {
+        bed.reported()
+            .into_iter()
+            .filter(|(reason, _)| *reason == EventReason::Refused)
+            .count()
+    };
+    assert_eq!(refused(&mut bed), 1);
+    bed.engine
+        .set_leadership(Leadership::Follower { holder: None });
+    bed.engine.set_leadership(Leadership::Leader);
+    bed.engine.dispatch();
+    assert_eq!(refused(&mut bed), 1, "a new term reports it again, once");
+}
