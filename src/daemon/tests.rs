@@ -274,6 +274,20 @@ impl Bed {
         }
     }
 
+    /// Runs the loop's timer arm for `span` of virtual time: dispatch, join what ends, sleep to
+    /// the next wake-up — as `Engine::run` does when no event comes.
+    async fn run_for(&mut self, span: Duration) {
+        let end = Instant::now() + span;
+        loop {
+            self.engine.dispatch();
+            self.join(Duration::from_millis(1)).await;
+            match self.engine.next_wakeup().filter(|t| *t < end) {
+                Some(at) => tokio::time::advance(at - Instant::now()).await,
+                None => break,
+            }
+        }
+    }
+
     /// The Events reported so far: (reason, note).
     fn reported(&mut self) -> Vec<(EventReason, String)> {
         let mut out = Vec::new();
@@ -373,13 +387,35 @@ async fn conflicts_are_reported_once_on_the_third_in_a_row_and_a_success_ends_th
         Standing::Failing { conflicts: 5, .. }
     ));
 
+    // The backoff keeps growing: in the next 5 s of conflicts, a handful of attempts at most.
+    let before = bed.api.writes().len();
+    bed.run_for(Duration::from_secs(5)).await;
+    let attempts = bed.api.writes().len() - before;
+    assert!(
+        attempts <= 1,
+        "{attempts} writes in 5 s after five conflicts"
+    );
+
     bed.api.answer(Reply::Accept);
+    tokio::time::advance(Duration::from_secs(31)).await;
     bed.engine.dispatch();
     bed.join(Duration::from_secs(1)).await;
     assert!(matches!(
         bed.state("default/kubernetes-vip").standing,
         Standing::Synced { .. }
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn conflicts_back_off_from_200_ms_doubling() {
+    let mut bed = bed(&plain(), Reply::Conflict);
+    bed.listed(&["198.51.100.1"]);
+    bed.engine.set_leadership(Leadership::Leader);
+    bed.run_for(Duration::from_secs(5)).await;
+    // 0.2 + 0.4 + 0.8 + 1.6 s (with jitter: each delay between half and all of that): at most
+    // six attempts in 5 s, not a loop.
+    let attempts = bed.api.writes().len();
+    assert!((3..=6).contains(&attempts), "{attempts} writes in 5 s");
 }
 
 #[tokio::test(start_paused = true)]
