@@ -23,7 +23,7 @@ use super::pair::Standing;
 use super::probes::ProbeState;
 use super::scope::Scope;
 use super::settings::Settings;
-use crate::config::Config;
+use crate::config::{Config, PairConfig as PairConfigOf};
 use crate::desired::Hold;
 use crate::events::{self, EventReason, Report};
 use crate::group::{Group, MemberRecord, Members, Wanted};
@@ -51,6 +51,8 @@ enum Reply {
 struct FakeApi {
     log: Arc<Mutex<Vec<String>>>,
     reply: Arc<Mutex<Reply>>,
+    /// The bodies of the writes it accepted, not yet delivered to a watch.
+    accepted: Arc<Mutex<Vec<Bytes>>>,
 }
 
 impl FakeApi {
@@ -58,6 +60,7 @@ impl FakeApi {
         FakeApi {
             log: Arc::default(),
             reply: Arc::new(Mutex::new(reply)),
+            accepted: Arc::default(),
         }
     }
 
@@ -93,7 +96,11 @@ impl FakeApi {
                     (Reply::Hang, _) => std::future::pending().await,
                     (_, true) => (404, status(404, "NotFound")),
                     (Reply::Conflict, false) => (409, status(409, "Conflict")),
-                    (Reply::Accept, false) => (200, body.unwrap_or_default()),
+                    (Reply::Accept, false) => {
+                        let body = body.unwrap_or_default();
+                        api.accepted.lock().unwrap().push(body.clone());
+                        (200, body)
+                    }
                 };
                 let response = http::Response::builder()
                     .status(code)
@@ -126,6 +133,8 @@ struct Bed {
 }
 
 fn bed(config: &Config, reply: Reply) -> Bed {
+    // The backoff's jitter draws from this thread's generator: seeded, every run is the same.
+    fastrand::seed(7);
     let api = FakeApi::new(reply);
     let (events, captured) = events::captured();
     let io = Io {
@@ -274,6 +283,24 @@ impl Bed {
         }
     }
 
+    /// The slice watch of `default` brings the slices the fake API accepted since last time, as
+    /// a real watch brings our own writes back.
+    fn deliver(&mut self) {
+        let generation = self.engine.caches.watches.generation_of("default");
+        let accepted: Vec<Bytes> = std::mem::take(&mut *self.api.accepted.lock().unwrap());
+        for (i, body) in accepted.into_iter().enumerate() {
+            let Ok(mut slice) = serde_json::from_slice::<EndpointSlice>(&body) else {
+                continue;
+            };
+            slice.metadata.namespace = Some("default".into());
+            slice.metadata.resource_version = Some(format!("{}", 100 + i));
+            if let Some(generation) = generation {
+                self.engine
+                    .on_slices("default", generation, Ok(Event::Apply(slice)));
+            }
+        }
+    }
+
     /// Runs the loop's timer arm for `span` of virtual time: dispatch, join what ends, sleep to
     /// the next wake-up — as `Engine::run` does when no event comes.
     async fn run_for(&mut self, span: Duration) {
@@ -387,12 +414,13 @@ async fn conflicts_are_reported_once_on_the_third_in_a_row_and_a_success_ends_th
         Standing::Failing { conflicts: 5, .. }
     ));
 
-    // The backoff keeps growing: in the next 5 s of conflicts, a handful of attempts at most.
+    // The backoff keeps growing: the sixth attempt waits 3.2 to 6.4 s (jittered), so the next
+    // 5 s of conflicts see two attempts at most.
     let before = bed.api.writes().len();
     bed.run_for(Duration::from_secs(5)).await;
     let attempts = bed.api.writes().len() - before;
     assert!(
-        attempts <= 1,
+        attempts <= 2,
         "{attempts} writes in 5 s after five conflicts"
     );
 
@@ -831,4 +859,77 @@ async fn a_pair_refused_while_active_keeps_its_slices_and_each_refusal_is_report
     bed.engine.set_leadership(Leadership::Leader);
     bed.engine.dispatch();
     assert_eq!(refused(&mut bed), 1, "a new term reports it again, once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_remote_source_in_trouble_is_reported_once_and_its_last_endpoints_are_kept() {
+    use crate::remote::{Trouble, Update, View};
+    use crate::source::{RemoteSource, Source};
+    let db = RemoteSource {
+        kubeconfig: "/etc/endpoint-copier/remote.yaml".into(),
+        service: r("app/db"),
+    };
+    let mut config = plain();
+    config.pairs = vec![PairConfigOf::of(
+        vec![
+            Source::Service(r("default/kubernetes")),
+            Source::Remote(db.clone()),
+        ],
+        r("default/kubernetes-vip"),
+    )];
+    config.pairs[0].probe = None;
+    let mut bed = bed(&config, Reply::Accept);
+    bed.listed(&["198.51.100.1"]);
+    let mut remote = apiservers(&["203.0.113.1"]);
+    remote.metadata.namespace = Some("app".into());
+    remote.metadata.name = Some("db-1".into());
+    remote.metadata.labels =
+        Some([(crate::names::SERVICE_NAME_LABEL.to_owned(), "db".to_owned())].into());
+    let view = |trouble: Option<Trouble>| Update {
+        source: db.clone(),
+        view: View {
+            slices: Some(vec![remote.clone()]),
+            service_exists: Some(true),
+            trouble,
+            expired: false,
+        },
+    };
+    bed.engine.on_remote(view(None));
+    bed.engine.set_leadership(Leadership::Leader);
+    bed.engine.dispatch();
+    bed.join(Duration::from_secs(1)).await;
+    bed.deliver();
+    let written = bed.api.writes().len();
+    assert_eq!(written, 2, "one slice per source: {:?}", bed.api.writes());
+    bed.engine.dispatch();
+    bed.join(Duration::from_secs(1)).await;
+    assert_eq!(bed.api.writes().len(), written, "in sync: nothing more");
+
+    let down = || Some(Trouble::Unreachable("connection refused".into()));
+    for _ in 0..3 {
+        bed.engine.on_remote(view(down()));
+        bed.engine.dispatch();
+        bed.join(Duration::from_secs(1)).await;
+    }
+    let unavailable: Vec<String> = bed
+        .reported()
+        .into_iter()
+        .filter(|(reason, _)| *reason == EventReason::SourceUnavailable)
+        .map(|(_, note)| note)
+        .collect();
+    assert_eq!(unavailable.len(), 1, "{unavailable:?}");
+    assert!(unavailable[0].contains("app/db"), "{}", unavailable[0]);
+    assert_eq!(
+        bed.api.writes().len(),
+        written,
+        "its last known endpoints stay as written"
+    );
+    assert_eq!(
+        bed.state("default/kubernetes-vip")
+            .said
+            .sources_failing
+            .last()
+            .len(),
+        1
+    );
 }
