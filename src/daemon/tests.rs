@@ -252,21 +252,42 @@ impl Bed {
             .on_slices("default", generation, Ok(Event::InitDone));
     }
 
-    /// The Node and member watches list nothing.
-    fn list_the_rest(&mut self) {
+    /// The Node watch lists `nodes`.
+    fn list_nodes(&mut self, nodes: Vec<k8s_openapi::api::core::v1::Node>) {
         self.engine.on_nodes(Ok(Event::Init));
+        for n in nodes {
+            self.engine.on_nodes(Ok(Event::InitApply(n)));
+        }
         self.engine.on_nodes(Ok(Event::InitDone));
+    }
+
+    /// The member watch lists `leases`.
+    fn list_members(&mut self, leases: Vec<k8s_openapi::api::coordination::v1::Lease>) {
         self.engine.on_members(Ok(Event::Init));
+        for l in leases {
+            self.engine.on_members(Ok(Event::InitApply(l)));
+        }
         self.engine.on_members(Ok(Event::InitDone));
     }
 
-    /// Everything listed for the default pair, with `addrs` in `default/kubernetes`.
-    fn listed(&mut self, addrs: &[&str]) {
+    /// The Node and member watches list nothing.
+    fn list_the_rest(&mut self) {
+        self.list_nodes(Vec::new());
+        self.list_members(Vec::new());
+    }
+
+    /// The Services of the default pair, and `addrs` in `default/kubernetes`.
+    fn list_pair(&mut self, addrs: &[&str]) {
         self.list_services(vec![
             service("kubernetes", &[]),
             service("kubernetes-vip", &[]),
         ]);
         self.list_slices(vec![apiservers(addrs)]);
+    }
+
+    /// Everything listed for the default pair, with `addrs` in `default/kubernetes`.
+    fn listed(&mut self, addrs: &[&str]) {
+        self.list_pair(addrs);
         self.list_the_rest();
     }
 
@@ -328,11 +349,7 @@ impl Bed {
 #[tokio::test(start_paused = true)]
 async fn a_follower_writes_nothing_and_a_leader_writes_only_once_every_view_is_listed() {
     let mut bed = bed(&plain(), Reply::Accept);
-    bed.list_services(vec![
-        service("kubernetes", &[]),
-        service("kubernetes-vip", &[]),
-    ]);
-    bed.list_slices(vec![apiservers(&["198.51.100.1", "198.51.100.2"])]);
+    bed.list_pair(&["198.51.100.1", "198.51.100.2"]);
     bed.engine.set_leadership(Leadership::Follower {
         holder: Some("node-2".into()),
     });
@@ -518,8 +535,7 @@ async fn a_removed_pair_another_live_member_configures_is_kept_and_reported_once
     );
     bed.list_services(vec![service("kubernetes", &[]), annotated]);
     bed.list_slices(vec![apiservers(&["198.51.100.1"])]);
-    bed.engine.on_nodes(Ok(Event::Init));
-    bed.engine.on_nodes(Ok(Event::InitDone));
+    bed.list_nodes(Vec::new());
     // node-2 still has the pair in its config.
     let group = Group::configured(&config);
     let record = MemberRecord::new(
@@ -533,9 +549,7 @@ async fn a_removed_pair_another_live_member_configures_is_kept_and_reported_once
         Timestamp::now(),
     )
     .unwrap();
-    bed.engine.on_members(Ok(Event::Init));
-    bed.engine.on_members(Ok(Event::InitApply(lease.clone())));
-    bed.engine.on_members(Ok(Event::InitDone));
+    bed.list_members(vec![lease.clone()]);
     bed.engine.on_members(Ok(Event::Apply(lease)));
     bed.engine.set_leadership(Leadership::Leader);
     bed.engine.dispatch();
@@ -677,25 +691,19 @@ fn readiness(slices: &[EndpointSlice]) -> Vec<(String, bool)> {
 #[tokio::test(start_paused = true)]
 async fn a_timed_drain_wakes_the_loop_when_it_ends_and_its_endpoint_is_ready_again() {
     let mut bed = bed(&plain(), Reply::Accept);
-    bed.list_services(vec![
-        service("kubernetes", &[]),
-        service("kubernetes-vip", &[]),
+    bed.list_pair(&["198.51.100.1", "198.51.100.2"]);
+    bed.list_members(Vec::new());
+    bed.list_nodes(vec![
+        node(
+            "cp-1",
+            "198.51.100.1",
+            &[
+                (crate::names::ANNOTATION_DRAIN, "true"),
+                (crate::names::ANNOTATION_DRAIN_DURATION, "60"),
+            ],
+        ),
+        node("cp-2", "198.51.100.2", &[]),
     ]);
-    bed.list_slices(vec![apiservers(&["198.51.100.1", "198.51.100.2"])]);
-    bed.engine.on_members(Ok(Event::Init));
-    bed.engine.on_members(Ok(Event::InitDone));
-    bed.engine.on_nodes(Ok(Event::Init));
-    bed.engine.on_nodes(Ok(Event::InitApply(node(
-        "cp-1",
-        "198.51.100.1",
-        &[
-            (crate::names::ANNOTATION_DRAIN, "true"),
-            (crate::names::ANNOTATION_DRAIN_DURATION, "60"),
-        ],
-    ))));
-    bed.engine
-        .on_nodes(Ok(Event::InitApply(node("cp-2", "198.51.100.2", &[]))));
-    bed.engine.on_nodes(Ok(Event::InitDone));
     bed.engine.set_leadership(Leadership::Leader);
     bed.engine.dispatch();
     let vip = r("default/kubernetes-vip");
@@ -753,13 +761,8 @@ async fn a_timed_drain_wakes_the_loop_when_it_ends_and_its_endpoint_is_ready_aga
 #[tokio::test(start_paused = true)]
 async fn a_leader_evicts_by_its_own_ballot_only_once_the_member_list_has_arrived() {
     let mut bed = bed(&Config::default(), Reply::Accept);
-    bed.list_services(vec![
-        service("kubernetes", &[]),
-        service("kubernetes-vip", &[]),
-    ]);
-    bed.list_slices(vec![apiservers(&["198.51.100.1", "198.51.100.2"])]);
-    bed.engine.on_nodes(Ok(Event::Init));
-    bed.engine.on_nodes(Ok(Event::InitDone));
+    bed.list_pair(&["198.51.100.1", "198.51.100.2"]);
+    bed.list_nodes(Vec::new());
     // This host sees .1 up and .2 down (a ballot that sees everything down does not count).
     for (address, verdict) in [
         ("198.51.100.1", crate::probe::Verdict::Up),
@@ -797,8 +800,7 @@ async fn a_leader_evicts_by_its_own_ballot_only_once_the_member_list_has_arrived
         !bed.engine.probes.decided.contains_key(&vip),
         "but nothing is evicted by a ballot counted from an incomplete view"
     );
-    bed.engine.on_members(Ok(Event::Init));
-    bed.engine.on_members(Ok(Event::InitDone));
+    bed.list_members(Vec::new());
     let ballots = bed.engine.ballots(Instant::now()).expect("complete now");
     assert_eq!(ballots.confirmed.votes.len(), 2, "{:?}", ballots.confirmed);
     assert!(
