@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 use tokio::sync::{mpsc, watch};
@@ -193,35 +193,16 @@ fn service(name: &str, annotations: &[(&str, &str)]) -> Service {
 }
 
 fn apiservers(addrs: &[&str]) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some("kubernetes".into()),
-            namespace: Some("default".into()),
-            labels: Some(
-                [(
-                    crate::names::SERVICE_NAME_LABEL.to_owned(),
-                    "kubernetes".to_owned(),
-                )]
-                .into(),
-            ),
-            resource_version: Some("1".into()),
-            ..ObjectMeta::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: addrs
-            .iter()
-            .map(|a| Endpoint {
-                addresses: vec![(*a).to_owned()],
-                ..Endpoint::default()
-            })
-            .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some("https".into()),
-            port: Some(6443),
-            protocol: Some("TCP".into()),
-            app_protocol: None,
-        }]),
-    }
+    let mut slice = crate::desired::step::tests::apiserver_slice(addrs);
+    slice.metadata.labels = Some(
+        [(
+            crate::names::SERVICE_NAME_LABEL.to_owned(),
+            "kubernetes".to_owned(),
+        )]
+        .into(),
+    );
+    slice.metadata.resource_version = Some("1".into());
+    slice
 }
 
 impl Bed {
@@ -322,6 +303,17 @@ impl Bed {
         }
     }
 
+    /// Dispatches, and joins what that started: one turn of the loop after an event.
+    async fn write_now(&mut self) {
+        self.engine.dispatch();
+        self.join(Duration::from_secs(1)).await;
+    }
+
+    /// Whether `target` stands synced.
+    fn synced(&self, target: &str) -> bool {
+        matches!(self.state(target).standing, Standing::Synced { .. })
+    }
+
     /// Runs the loop's timer arm for `span` of virtual time: dispatch, join what ends, sleep to
     /// the next wake-up — as `Engine::run` does when no event comes.
     async fn run_for(&mut self, span: Duration) {
@@ -371,10 +363,7 @@ async fn a_follower_writes_nothing_and_a_leader_writes_only_once_every_view_is_l
         bed.api.writes(),
         ["POST /apis/discovery.k8s.io/v1/namespaces/default/endpointslices"]
     );
-    assert!(matches!(
-        bed.state("default/kubernetes-vip").standing,
-        Standing::Synced { .. }
-    ));
+    assert!(bed.synced("default/kubernetes-vip"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -382,8 +371,7 @@ async fn work_that_is_due_but_blocked_never_makes_the_loop_spin() {
     let mut bed = bed(&plain(), Reply::Conflict);
     bed.listed(&["198.51.100.1"]);
     bed.engine.set_leadership(Leadership::Leader);
-    bed.engine.dispatch();
-    bed.join(Duration::from_secs(1)).await;
+    bed.write_now().await;
     let backoff = bed
         .engine
         .next_wakeup()
@@ -409,8 +397,7 @@ async fn conflicts_are_reported_once_on_the_third_in_a_row_and_a_success_ends_th
     bed.listed(&["198.51.100.1"]);
     bed.engine.set_leadership(Leadership::Leader);
     for _ in 0..5 {
-        bed.engine.dispatch();
-        bed.join(Duration::from_secs(1)).await;
+        bed.write_now().await;
         // Past any backoff of the first attempts (capped by max_backoff).
         tokio::time::advance(Duration::from_secs(31)).await;
     }
@@ -443,12 +430,8 @@ async fn conflicts_are_reported_once_on_the_third_in_a_row_and_a_success_ends_th
 
     bed.api.answer(Reply::Accept);
     tokio::time::advance(Duration::from_secs(31)).await;
-    bed.engine.dispatch();
-    bed.join(Duration::from_secs(1)).await;
-    assert!(matches!(
-        bed.state("default/kubernetes-vip").standing,
-        Standing::Synced { .. }
-    ));
+    bed.write_now().await;
+    assert!(bed.synced("default/kubernetes-vip"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -483,12 +466,8 @@ async fn losing_the_lease_aborts_the_writes_in_flight_and_a_new_term_plans_again
         bed.state("default/kubernetes-vip").standing,
         Standing::Unplanned
     );
-    bed.engine.dispatch();
-    bed.join(Duration::from_secs(1)).await;
-    assert!(matches!(
-        bed.state("default/kubernetes-vip").standing,
-        Standing::Synced { .. }
-    ));
+    bed.write_now().await;
+    assert!(bed.synced("default/kubernetes-vip"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -552,8 +531,7 @@ async fn a_removed_pair_another_live_member_configures_is_kept_and_reported_once
     bed.list_members(vec![lease.clone()]);
     bed.engine.on_members(Ok(Event::Apply(lease)));
     bed.engine.set_leadership(Leadership::Leader);
-    bed.engine.dispatch();
-    bed.join(Duration::from_secs(1)).await;
+    bed.write_now().await;
     bed.api.log.lock().unwrap().clear();
 
     // The annotation goes: the pair is retired here, but node-2 wants it.
@@ -561,8 +539,7 @@ async fn a_removed_pair_another_live_member_configures_is_kept_and_reported_once
         .on_services(Ok(Event::Apply(service("kubernetes-vip", &[]))));
     assert!(bed.state("default/kubernetes-vip").phase.is_retired());
     for _ in 0..3 {
-        bed.engine.dispatch();
-        bed.join(Duration::from_secs(1)).await;
+        bed.write_now().await;
         bed.engine.resync();
     }
     assert!(
@@ -601,8 +578,7 @@ async fn a_member_event_plans_the_probing_pairs_again_at_once() {
     let mut bed = bed(&Config::default(), Reply::Accept);
     bed.listed(&["198.51.100.1"]);
     bed.engine.set_leadership(Leadership::Leader);
-    bed.engine.dispatch();
-    bed.join(Duration::from_secs(1)).await;
+    bed.write_now().await;
     let vip = "default/kubernetes-vip";
     assert!(!bed.state(vip).write.is_due(Instant::now()), "settled");
 
@@ -789,8 +765,7 @@ async fn a_leader_evicts_by_its_own_ballot_only_once_the_member_list_has_arrived
         matches!(ballots, Err(super::members::Incomplete::NotListed)),
         "{ballots:?}"
     );
-    bed.engine.dispatch();
-    bed.join(Duration::from_secs(1)).await;
+    bed.write_now().await;
     assert_eq!(
         bed.api.writes().len(),
         1,
@@ -807,8 +782,7 @@ async fn a_leader_evicts_by_its_own_ballot_only_once_the_member_list_has_arrived
         bed.engine.pairs[&vip].write.is_due(Instant::now()),
         "the member list's arrival plans the probing pair again"
     );
-    bed.engine.dispatch();
-    bed.join(Duration::from_secs(1)).await;
+    bed.write_now().await;
     assert_eq!(
         bed.engine.probes.decided[&vip].evicted,
         ["198.51.100.2".parse().unwrap()].into(),
@@ -834,8 +808,7 @@ async fn a_pair_refused_while_active_keeps_its_slices_and_each_refusal_is_report
     bed.list_slices(vec![apiservers(&["198.51.100.1"])]);
     bed.list_the_rest();
     bed.engine.set_leadership(Leadership::Leader);
-    bed.engine.dispatch();
-    bed.join(Duration::from_secs(1)).await;
+    bed.write_now().await;
     assert_eq!(bed.api.writes().len(), 1);
     // The annotation now names the target itself: refused, never half-applied.
     bed.engine.on_services(Ok(Event::Apply(annotated("vip"))));
@@ -845,8 +818,7 @@ async fn a_pair_refused_while_active_keeps_its_slices_and_each_refusal_is_report
     ));
     for _ in 0..3 {
         bed.engine.resync();
-        bed.engine.dispatch();
-        bed.join(Duration::from_secs(1)).await;
+        bed.write_now().await;
     }
     assert_eq!(bed.api.writes().len(), 1, "nothing written or deleted");
     let refused = |bed: &mut Bed| {
@@ -898,20 +870,17 @@ async fn a_remote_source_in_trouble_is_reported_once_and_its_last_endpoints_are_
     };
     bed.engine.on_remote(view(None));
     bed.engine.set_leadership(Leadership::Leader);
-    bed.engine.dispatch();
-    bed.join(Duration::from_secs(1)).await;
+    bed.write_now().await;
     bed.deliver();
     let written = bed.api.writes().len();
     assert_eq!(written, 2, "one slice per source: {:?}", bed.api.writes());
-    bed.engine.dispatch();
-    bed.join(Duration::from_secs(1)).await;
+    bed.write_now().await;
     assert_eq!(bed.api.writes().len(), written, "in sync: nothing more");
 
     let down = || Some(Trouble::Unreachable("connection refused".into()));
     for _ in 0..3 {
         bed.engine.on_remote(view(down()));
-        bed.engine.dispatch();
-        bed.join(Duration::from_secs(1)).await;
+        bed.write_now().await;
     }
     let unavailable: Vec<String> = bed
         .reported()

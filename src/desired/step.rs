@@ -421,7 +421,7 @@ pub fn plan_for(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use k8s_openapi::api::core::v1::ServiceSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -508,7 +508,8 @@ mod tests {
         assert!(gone.is_ok_and(|s| s.clears_target));
     }
 
-    fn apiserver_slice(addrs: &[&str]) -> EndpointSlice {
+    /// The built-in `default/kubernetes` slice with `addrs` on port 6443.
+    pub(crate) fn apiserver_slice(addrs: &[&str]) -> EndpointSlice {
         use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
         EndpointSlice {
             metadata: ObjectMeta {
