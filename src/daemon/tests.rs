@@ -156,6 +156,13 @@ fn bed(config: &Config, reply: Reply) -> Bed {
     }
 }
 
+/// A config without pairs: only annotated Services are mirrored.
+fn annotations_only() -> Config {
+    let mut config = plain();
+    config.pairs.clear();
+    config
+}
+
 /// The default config without probes: `default/kubernetes` → `default/kubernetes-vip`.
 fn plain() -> Config {
     let mut config = Config::default();
@@ -502,8 +509,7 @@ async fn a_pair_whose_source_has_no_slices_is_held_and_says_so_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_removed_pair_another_live_member_configures_is_kept_and_reported_once() {
-    let mut config = plain();
-    config.pairs.clear();
+    let config = annotations_only();
     let mut bed = bed(&config, Reply::Accept);
     let annotated = service(
         "kubernetes-vip",
@@ -621,36 +627,9 @@ async fn events_are_the_leaders_and_each_is_said_once_per_change() {
     assert_eq!(notes, ["one", "two"]);
 }
 
-/// A control-plane Node `name` with address `ip` and these annotations.
+/// A Node `name` with the internal address `ip` and these annotations.
 fn node(name: &str, ip: &str, annotations: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Node {
-    use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus};
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(
-                [(
-                    "node-role.kubernetes.io/control-plane".to_owned(),
-                    "true".to_owned(),
-                )]
-                .into(),
-            ),
-            annotations: Some(
-                annotations
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-            ),
-            ..ObjectMeta::default()
-        },
-        status: Some(NodeStatus {
-            addresses: Some(vec![NodeAddress {
-                type_: "InternalIP".into(),
-                address: ip.into(),
-            }]),
-            ..NodeStatus::default()
-        }),
-        ..Node::default()
-    }
+    crate::nodes::tests::node(name, &[("InternalIP", ip)], annotations)
 }
 
 /// Each endpoint of `slices` with whether it is ready, by address.
@@ -792,8 +771,7 @@ async fn a_leader_evicts_by_its_own_ballot_only_once_the_member_list_has_arrived
 
 #[tokio::test(start_paused = true)]
 async fn a_pair_refused_while_active_keeps_its_slices_and_each_refusal_is_reported_once_a_term() {
-    let mut config = plain();
-    config.pairs.clear();
+    let config = annotations_only();
     let mut bed = bed(&config, Reply::Accept);
     let annotated = |source: &str| {
         service(

@@ -416,4 +416,4 @@ pub fn is_on(endpoint: &Endpoint, node: &NodeFacts) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
