@@ -163,6 +163,14 @@ fn annotations_only() -> Config {
     config
 }
 
+/// A leader with `config` whose caches list the default pair with `addrs`.
+fn leading(config: &Config, reply: Reply, addrs: &[&str]) -> Bed {
+    let mut bed = bed(config, reply);
+    bed.listed(addrs);
+    bed.engine.set_leadership(Leadership::Leader);
+    bed
+}
+
 /// The default config without probes: `default/kubernetes` → `default/kubernetes-vip`.
 fn plain() -> Config {
     let mut config = Config::default();
@@ -375,9 +383,7 @@ async fn a_follower_writes_nothing_and_a_leader_writes_only_once_every_view_is_l
 
 #[tokio::test(start_paused = true)]
 async fn work_that_is_due_but_blocked_never_makes_the_loop_spin() {
-    let mut bed = bed(&plain(), Reply::Conflict);
-    bed.listed(&["198.51.100.1"]);
-    bed.engine.set_leadership(Leadership::Leader);
+    let mut bed = leading(&plain(), Reply::Conflict, &["198.51.100.1"]);
     bed.write_now().await;
     let backoff = bed
         .engine
@@ -400,9 +406,7 @@ async fn work_that_is_due_but_blocked_never_makes_the_loop_spin() {
 
 #[tokio::test(start_paused = true)]
 async fn conflicts_are_reported_once_on_the_third_in_a_row_and_a_success_ends_the_streak() {
-    let mut bed = bed(&plain(), Reply::Conflict);
-    bed.listed(&["198.51.100.1"]);
-    bed.engine.set_leadership(Leadership::Leader);
+    let mut bed = leading(&plain(), Reply::Conflict, &["198.51.100.1"]);
     for _ in 0..5 {
         bed.write_now().await;
         // Past any backoff of the first attempts (capped by max_backoff).
@@ -443,9 +447,7 @@ async fn conflicts_are_reported_once_on_the_third_in_a_row_and_a_success_ends_th
 
 #[tokio::test(start_paused = true)]
 async fn conflicts_back_off_from_200_ms_doubling() {
-    let mut bed = bed(&plain(), Reply::Conflict);
-    bed.listed(&["198.51.100.1"]);
-    bed.engine.set_leadership(Leadership::Leader);
+    let mut bed = leading(&plain(), Reply::Conflict, &["198.51.100.1"]);
     bed.run_for(Duration::from_secs(5)).await;
     // 0.2 + 0.4 + 0.8 + 1.6 s (with jitter: each delay between half and all of that): at most
     // six attempts in 5 s, not a loop.
@@ -455,9 +457,7 @@ async fn conflicts_back_off_from_200_ms_doubling() {
 
 #[tokio::test(start_paused = true)]
 async fn losing_the_lease_aborts_the_writes_in_flight_and_a_new_term_plans_again() {
-    let mut bed = bed(&plain(), Reply::Hang);
-    bed.listed(&["198.51.100.1"]);
-    bed.engine.set_leadership(Leadership::Leader);
+    let mut bed = leading(&plain(), Reply::Hang, &["198.51.100.1"]);
     bed.engine.dispatch();
     assert!(bed.state("default/kubernetes-vip").write.is_running());
 
@@ -581,9 +581,7 @@ async fn while_the_member_watch_fails_nobody_is_ruled_out_whatever_the_namespace
 
 #[tokio::test(start_paused = true)]
 async fn a_member_event_plans_the_probing_pairs_again_at_once() {
-    let mut bed = bed(&Config::default(), Reply::Accept);
-    bed.listed(&["198.51.100.1"]);
-    bed.engine.set_leadership(Leadership::Leader);
+    let mut bed = leading(&Config::default(), Reply::Accept, &["198.51.100.1"]);
     bed.write_now().await;
     let vip = "default/kubernetes-vip";
     assert!(!bed.state(vip).write.is_due(Instant::now()), "settled");
