@@ -19,7 +19,7 @@ use crate::names::{
     is_dns1123_subdomain,
 };
 
-pub use crate::family::{IPV4, IPV6};
+pub use crate::family::{IPV4, IPV6, unusable_endpoint_address};
 /// Protocol the API server fills in when an EndpointPort or ServicePort names none.
 pub(super) const DEFAULT_PROTOCOL: &str = "TCP";
 /// Longest label value the API accepts.
@@ -470,34 +470,6 @@ pub(super) fn belongs_to(slice: &EndpointSlice, source: &ServiceRef) -> bool {
 /// The value of label `key`, if set.
 pub(super) fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.labels.as_ref()?.get(key).map(String::as_str)
-}
-
-/// Why the EndpointSlice API refuses `address` as an endpoint address (kube-apiserver's
-/// `ValidateEndpointIP`, pkg/apis/core/validation: unspecified, loopback, link-local,
-/// link-local multicast), or `None` when it accepts it. An IPv4-mapped IPv6 address is refused
-/// too: it belongs in an IPv4 slice, written as IPv4.
-pub fn unusable_endpoint_address(address: std::net::IpAddr) -> Option<&'static str> {
-    use std::net::IpAddr;
-    match address {
-        IpAddr::V4(a) if a.is_unspecified() => Some("the unspecified address"),
-        IpAddr::V4(a) if a.is_loopback() => Some("a loopback address (127.0.0.0/8)"),
-        IpAddr::V4(a) if a.is_link_local() => Some("a link-local address (169.254.0.0/16)"),
-        IpAddr::V4(a) if a.octets()[..3] == [224, 0, 0] => {
-            Some("a link-local multicast address (224.0.0.0/24)")
-        }
-        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
-            Some("an IPv4-mapped IPv6 address (write it as IPv4)")
-        }
-        IpAddr::V6(a) if a.is_unspecified() => Some("the unspecified address"),
-        IpAddr::V6(a) if a.is_loopback() => Some("the loopback address (::1)"),
-        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
-            Some("a link-local address (fe80::/10)")
-        }
-        IpAddr::V6(a) if a.segments()[0] & 0xff0f == 0xff02 => {
-            Some("a link-local multicast address (ff02::/16)")
-        }
-        _ => None,
-    }
 }
 
 /// `conditions.ready != false`: absent means ready.
