@@ -94,6 +94,17 @@ impl Supervised {
     }
 }
 
+impl Drop for Supervised {
+    /// A daemon whose future is dropped (a simulated host crashing, a test ending) takes its
+    /// tasks with it instead of leaving them running detached.
+    fn drop(&mut self) {
+        self.abort_all();
+        if let Some(elector) = self.elector.take() {
+            elector.abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +133,20 @@ mod tests {
             tasks.next_ended().await,
             Error::TaskEnded("inner")
         ));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_set_stops_every_task_the_adopted_and_the_elector_too() {
+        let adopted = tokio::spawn(std::future::pending::<()>());
+        let watch = adopted.abort_handle();
+        let elector = tokio::spawn(std::future::pending::<Result<(), lease::Error>>());
+        let elector_watch = elector.abort_handle();
+        let mut tasks = Supervised::default();
+        tasks.adopt("prober", adopted);
+        tasks.elector(elector);
+        drop(tasks);
+        tokio::task::yield_now().await;
+        assert!(watch.is_finished() && elector_watch.is_finished());
     }
 
     #[tokio::test(start_paused = true)]
