@@ -88,7 +88,7 @@ impl Engine {
     }
 
     /// The members' answers may have changed: retired pairs are looked at again, and pairs
-    /// configured on some copies only are reported.
+    /// configured on some copies only, or differently, are reported.
     pub(super) fn members_changed(&mut self, now: Instant) {
         self.members_due = self.members.next_change(now);
         for state in self.pairs.values_mut() {
@@ -98,6 +98,11 @@ impl Engine {
         }
         // A ballot changed, or a member turned stale (its ballot stops counting).
         self.touch_probing();
+        for d in self.skew.update(&self.members, &self.pair_configs, now) {
+            let note = d.note();
+            warn!(service = %d.target, source = %d.source, "{note}");
+            self.report(&d.target, EventReason::ConfiguredElsewhere, note);
+        }
         let own: BTreeSet<(ServiceRef, ServiceRef)> = self
             .pair_configs
             .iter()

@@ -103,6 +103,8 @@ pub struct Engine {
     pub(super) member_view: super::view::MemberView,
     /// Pairs configured on some live members and not on others, as last reported.
     pub(super) mismatches: Vec<Mismatch>,
+    /// Pairs configured differently on live copies, as last reported (`group::skew`).
+    pub(super) skew: crate::group::Skew,
     /// The configured pairs with their probes.
     pub(super) pair_configs: Vec<crate::config::PairConfig>,
     /// What this copy probes, its verdicts, and the leader's last decisions.
@@ -172,6 +174,7 @@ impl Engine {
             members_due: None,
             member_view: super::view::MemberView::new(config.members.heartbeat, Instant::now()),
             mismatches: Vec::new(),
+            skew: crate::group::Skew::default(),
             pair_configs: config.pairs.clone(),
             probes,
             nodes: NodeCache::default(),

@@ -114,6 +114,12 @@ impl Engine {
             line.push_str("; ");
             line.push_str(&note);
         }
+        // Live copies that run other versions (every copy says so) or configure a pair
+        // differently (the leader's finding).
+        if let Some(note) = self.skew.status_note(&self.members, self.is_leader(), now) {
+            line.push_str("; ");
+            line.push_str(&note);
+        }
         host.notifier.status(&line);
         let in_sync = self
             .pairs

@@ -27,6 +27,7 @@ mod rbac;
 mod refusals;
 mod remote;
 mod safety;
+mod skew;
 mod sources;
 mod sync;
 mod systemd;

@@ -1,0 +1,198 @@
+//! Copies of one group that differ beyond their pair list: two hosts that configure the same
+//! pair differently (here only one static address apart) are reported by the leader — a
+//! warning, one `ConfiguredElsewhere` Event on the target naming both hosts and the part that
+//! differs, a STATUS mention — and by `status` on either host.
+//!
+//! The leader runs as the binary, with a unix datagram socket standing in for systemd's
+//! `NOTIFY_SOCKET`, so that its STATUS lines can be read; the other host runs in-process.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use endpoint_copier::config::PairConfig;
+use endpoint_copier::source::{Source, StaticSource};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::binary::{BIN, wait_exit};
+use crate::common::*;
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// A bound socket playing systemd, in a temp dir that lives as long as it.
+struct Systemd {
+    _dir: tempfile::TempDir,
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+    /// Every STATUS= text received so far, in order.
+    statuses: Vec<String>,
+}
+
+impl Systemd {
+    fn new() -> Systemd {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        Systemd {
+            _dir: dir,
+            socket,
+            path,
+            statuses: Vec::new(),
+        }
+    }
+
+    /// Reads what arrived; returns the last STATUS text seen so far.
+    fn last_status(&mut self) -> Option<String> {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            for line in msg.lines() {
+                if let Some(status) = line.strip_prefix("STATUS=") {
+                    self.statuses.push(status.to_owned());
+                }
+            }
+        }
+        self.statuses.last().cloned()
+    }
+}
+
+/// The world's pair with the source Service and the static address `static_address`.
+fn pair_keys(world: &World, static_address: &str) -> String {
+    format!(
+        "[[pair]]\ntarget = \"{}\"\nsources = [\n  {{ service = \"{}\" }},\n  {{ addresses = [\"{static_address}\"] }},\n]\n",
+        world.target(),
+        world.source()
+    )
+}
+
+/// Starts the binary as `identity` with the world's pair plus `static_address`, its STATUS going
+/// to `systemd`.
+fn spawn_binary(
+    world: &World,
+    identity: &str,
+    static_address: &str,
+    systemd: &Systemd,
+) -> (Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = world.cluster.testbed().map_or_else(
+        || world.cluster.kubeconfig(),
+        |tb| tb.kubeconfig_for(identity),
+    );
+    std::fs::write(
+        dir.path().join("50-site.toml"),
+        format!(
+            "kubeconfig = \"{}\"\n\n{}\n[lease]\nnamespace = \"{}\"\nidentity = \"{identity}\"\nduration_secs = 4\nrenew_deadline_secs = 2\nretry_period_secs = 1\nruntime_dir = \"{}\"\n\n[members]\nnamespace = \"{}\"\nheartbeat_secs = 1\nexpiry_secs = 3\n\n[metrics]\nlisten = \"\"\n",
+            kubeconfig.display(),
+            pair_keys(world, static_address),
+            world.ns,
+            runtime_dir().display(),
+            world.ns,
+        ),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["--config-dir", dir.path().to_str().unwrap(), "run"])
+        .env("NOTIFY_SOCKET", &systemd.path)
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, dir)
+}
+
+/// An in-process daemon as `identity` with the world's pair plus `static_address`.
+fn in_process_config(
+    world: &World,
+    identity: &str,
+    static_address: &str,
+) -> endpoint_copier::config::Config {
+    let mut c = world.config(identity);
+    c.pairs = vec![PairConfig::of(
+        vec![
+            Source::Service(world.source().parse().unwrap()),
+            Source::Static(StaticSource::new([static_address.parse().unwrap()])),
+        ],
+        world.target().parse().unwrap(),
+    )];
+    c.members.heartbeat = Duration::from_secs(1);
+    c.members.expiry = Duration::from_secs(3);
+    c
+}
+
+#[tokio::test]
+async fn two_hosts_differing_only_in_one_static_address_are_reported() {
+    let world = World::new("skew-static").await;
+    world.seed(&["198.51.100.1"]).await;
+    let mut systemd = Systemd::new();
+    let (mut leader, _dir) = spawn_binary(&world, "node-1", "203.0.113.1", &systemd);
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1", "203.0.113.1"],
+        CONVERGE,
+    )
+    .await;
+    // Alone, the leader has nothing to report.
+    let status = eventually("a STATUS line from the leader", CONVERGE, || {
+        let s = systemd.last_status().filter(|s| s.starts_with("leader"));
+        async move { s }
+    })
+    .await;
+    assert!(!status.contains("differently"), "{status}");
+    assert!(
+        events_on(&world, "vip", "ConfiguredElsewhere")
+            .await
+            .is_empty()
+    );
+
+    // node-2 joins with the same pair, one static address apart.
+    let node2_config = in_process_config(&world, "node-2", "203.0.113.2");
+    let node2 = Daemon::start(node2_config.clone());
+    let note = eventually("a ConfiguredElsewhere Event on vip", CONVERGE, || async {
+        events_on(&world, "vip", "ConfiguredElsewhere").await.pop()
+    })
+    .await;
+    assert!(
+        note.contains(&format!(
+            "pair {} -> {} is configured differently on live copies: node-1 differs from node-2 in its static addresses",
+            world.source(),
+            world.target()
+        )),
+        "{note}"
+    );
+    let status = eventually("STATUS naming the difference", CONVERGE, || {
+        let s = systemd
+            .last_status()
+            .filter(|s| s.contains("configured differently on live copies"));
+        async move { s }
+    })
+    .await;
+    assert!(status.contains(&world.target()), "{status}");
+    // `status` on node-2 says the same, from the member Leases alone.
+    let report = endpoint_copier::inspect::status_report(&node2_config)
+        .await
+        .unwrap();
+    assert!(
+        report.warnings.iter().any(|w| w.contains(
+            "is configured differently on live copies: node-1 differs from node-2 in its static addresses"
+        )),
+        "{:?}",
+        report.warnings
+    );
+    // Once: the difference is one Event, however many passes the leader makes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        events_on(&world, "vip", "ConfiguredElsewhere").await.len(),
+        1,
+        "one Event for one difference"
+    );
+    kill(Pid::from_raw(leader.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_exit(&mut leader, Duration::from_secs(15)), 0);
+    node2.stop().await;
+}
