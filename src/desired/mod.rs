@@ -536,7 +536,9 @@ pub mod nodes;
 mod owner;
 mod plan;
 pub mod union;
-pub use owner::{ForeignSlice, Manager, Owner, foreign_slices, manager_of};
+pub use owner::{
+    ForeignSlice, Manager, NEWER_VERSION, Owner, foreign_slices, manager_of, understands,
+};
 pub use plan::{Plan, SliceDelete, plan};
 
 #[cfg(test)]

@@ -3,7 +3,11 @@
 //! warning, one `ConfiguredElsewhere` Event on the target naming both hosts and the part that
 //! differs, a STATUS mention — and by `status` on either host.
 //!
-//! The leader runs as the binary, with a unix datagram socket standing in for systemd's
+//! A slice of the group that a newer version wrote (a source id this version does not know) is
+//! kept untouched by the leader, on a target it configures and on one it does not, and reported
+//! once.
+//!
+//! The leader of the first test runs as the binary, with a unix datagram socket standing in for systemd's
 //! `NOTIFY_SOCKET`, so that its STATUS lines can be read; the other host runs in-process.
 
 use std::os::unix::net::UnixDatagram;
@@ -11,7 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use endpoint_copier::config::PairConfig;
+use endpoint_copier::names;
 use endpoint_copier::source::{Source, StaticSource};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -195,4 +201,80 @@ async fn two_hosts_differing_only_in_one_static_address_are_reported() {
     kill(Pid::from_raw(leader.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(wait_exit(&mut leader, Duration::from_secs(15)), 0);
     node2.stop().await;
+}
+
+/// A slice of `world`'s default group on `service`, as a newer version might write it: our
+/// managed-by and group labels, a source id of a kind this version does not know.
+fn newer_slice(world: &World, service: &str, name: &str, address: &str) -> EndpointSlice {
+    let mut slice = source_slice(&world.ns, service, name, "IPv4", &[address]);
+    let labels = slice.metadata.labels.as_mut().unwrap();
+    labels.insert(names::MANAGED_BY_LABEL.into(), names::MANAGED_BY.into());
+    labels.insert(
+        names::GROUP_LABEL.into(),
+        format!("{}.{}", world.ns, names::LEASE_NAME),
+    );
+    labels.insert(names::SOURCE_ID_LABEL.into(), "dns-0123abcd".into());
+    slice
+}
+
+#[tokio::test]
+async fn slices_of_a_newer_version_are_kept_untouched_and_reported_once() {
+    let world = World::new("skew-newer").await;
+    world.seed(&["198.51.100.1"]).await;
+    create(
+        &world.client,
+        &world.ns,
+        &vip_service(&world.ns, "vip-new", &["IPv4"]),
+    )
+    .await;
+    // One on the configured target, one on a target only a newer version configures.
+    let on_vip = create(
+        &world.client,
+        &world.ns,
+        &newer_slice(&world, "vip", "vip-dns", "203.0.113.7"),
+    )
+    .await;
+    let on_other = create(
+        &world.client,
+        &world.ns,
+        &newer_slice(&world, "vip-new", "vip-new-dns", "203.0.113.8"),
+    )
+    .await;
+    let daemon = Daemon::start(world.config("node-1"));
+    wait_for_target(
+        &world.client,
+        &world.ns,
+        "vip",
+        &["198.51.100.1", "203.0.113.7"],
+        CONVERGE,
+    )
+    .await;
+    let note = eventually("a ForeignSlices Event on vip", CONVERGE, || async {
+        events_on(&world, "vip", "ForeignSlices").await.pop()
+    })
+    .await;
+    assert!(
+        note.contains("vip-dns (managed by endpoint-copier, a newer version (source id 'dns-0123abcd' is unknown to version"),
+        "{note}"
+    );
+    // The leader's scan for removed pairs has run (it runs first in a term) and a resync
+    // passes: both slices are exactly as written.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (service, before) in [("vip", &on_vip), ("vip-new", &on_other)] {
+        let now = slices_of(&world.client, &world.ns, service).await;
+        let name = before.metadata.name.as_deref().unwrap();
+        assert_eq!(
+            now.get(name)
+                .and_then(|s| s.metadata.resource_version.clone()),
+            before.metadata.resource_version,
+            "{service}: {name} untouched"
+        );
+    }
+    assert_eq!(events_on(&world, "vip", "ForeignSlices").await.len(), 1);
+    assert!(
+        events_on(&world, "vip-new", "ForeignSlices")
+            .await
+            .is_empty()
+    );
+    daemon.stop().await;
 }
