@@ -31,3 +31,4 @@ mod skew;
 mod sources;
 mod sync;
 mod systemd;
+mod upgrade;

@@ -11,6 +11,7 @@
 //! `NOTIFY_SOCKET`, so that its STATUS lines can be read; the other host runs in-process.
 
 use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -27,16 +28,16 @@ use crate::common::*;
 const CONVERGE: Duration = Duration::from_secs(20);
 
 /// A bound socket playing systemd, in a temp dir that lives as long as it.
-struct Systemd {
+pub(crate) struct Systemd {
     _dir: tempfile::TempDir,
     socket: UnixDatagram,
-    path: std::path::PathBuf,
+    pub(crate) path: std::path::PathBuf,
     /// Every STATUS= text received so far, in order.
     statuses: Vec<String>,
 }
 
 impl Systemd {
-    fn new() -> Systemd {
+    pub(crate) fn new() -> Systemd {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let socket = UnixDatagram::bind(&path).unwrap();
@@ -50,7 +51,7 @@ impl Systemd {
     }
 
     /// Reads what arrived; returns the last STATUS text seen so far.
-    fn last_status(&mut self) -> Option<String> {
+    pub(crate) fn last_status(&mut self) -> Option<String> {
         let mut buf = vec![0u8; 65536];
         while let Ok(n) = self.socket.recv(&mut buf) {
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -80,7 +81,7 @@ fn spawn_binary(
     identity: &str,
     static_address: &str,
     systemd: &Systemd,
-) -> (Child, tempfile::TempDir) {
+) -> (Host, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = world.cluster.testbed().map_or_else(
         || world.cluster.kubeconfig(),
@@ -98,17 +99,77 @@ fn spawn_binary(
         ),
     )
     .unwrap();
-    let child = Command::new(BIN)
-        .args(["--config-dir", dir.path().to_str().unwrap(), "run"])
-        .env("NOTIFY_SOCKET", &systemd.path)
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("JOURNAL_STREAM")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let host = Host::spawn("node-1", Path::new(BIN), dir.path(), Some(systemd));
+    (host, dir)
+}
+
+/// A daemon process of the test: killed (SIGKILL) if the test ends without stopping it, and its
+/// stderr (in its config directory) printed then, so that a failure shows what each host said.
+pub(crate) struct Host {
+    child: Child,
+    log: PathBuf,
+    name: &'static str,
+}
+
+impl Host {
+    /// Runs `binary` as `name` with the config in `dir`, its STATUS going to `systemd` when
+    /// given.
+    pub(crate) fn spawn(
+        name: &'static str,
+        binary: &Path,
+        dir: &Path,
+        systemd: Option<&Systemd>,
+    ) -> Host {
+        let log = dir.join("stderr.log");
+        let mut command = Command::new(binary);
+        command
+            .args(["--config-dir", dir.to_str().unwrap(), "run"])
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env("ENDPOINT_COPIER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(systemd) = systemd {
+            command.env("NOTIFY_SOCKET", &systemd.path);
+        }
+        Host {
+            child: command.spawn().unwrap(),
+            log,
+            name,
+        }
+    }
+
+    /// SIGTERM, then the exit code must be 0 (a clean stop that released the Lease).
+    pub(crate) fn stop(&mut self) {
+        kill(
+            Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
+            Signal::SIGTERM,
+        )
         .unwrap();
-    (child, dir)
+        let code = wait_exit(&mut self.child, Duration::from_secs(15));
+        assert_eq!(code, 0, "{} stops cleanly: {}", self.name, self.tail());
+    }
+
+    /// The last lines the process wrote to stderr.
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- {} (stderr) ---\n{}", self.name, self.tail());
+        }
+    }
 }
 
 /// An in-process daemon as `identity` with the world's pair plus `static_address`.
@@ -198,8 +259,7 @@ async fn two_hosts_differing_only_in_one_static_address_are_reported() {
         1,
         "one Event for one difference"
     );
-    kill(Pid::from_raw(leader.id() as i32), Signal::SIGTERM).unwrap();
-    assert_eq!(wait_exit(&mut leader, Duration::from_secs(15)), 0);
+    leader.stop();
     node2.stop().await;
 }
 
