@@ -1,7 +1,7 @@
 //! The digest of one configured pair: a short, stable summary of everything in its
 //! [`PairConfig`] that changes what the leader writes, which each member publishes beside the
 //! pair in its record (`wire.rs`), so that a leader sees when live copies configure one target
-//! differently (`live.rs`, [`super::Members::config_differences`]).
+//! differently (`skew.rs`, [`super::skew::config_differences`]).
 //!
 //! The digest is made of **parts**, each the 32-bit FNV-1a hash of one canonical text, so that a
 //! difference can be named (the static addresses, the probe...) without publishing the config

@@ -282,7 +282,7 @@ pub fn decode_pairs(
 const MAX_VERSION: usize = 64;
 
 /// The version of [`names::MEMBER_VERSION_ANNOTATION`]: `None` unless it is 1 to
-/// [`MAX_VERSION`] characters of `[0-9A-Za-z.+-]` (a SemVer version), so that a forged value
+/// 64 characters of `[0-9A-Za-z.+-]` (a SemVer version), so that a forged value
 /// cannot put anything else into STATUS or a log line.
 pub fn decode_version(value: &str) -> Option<String> {
     let ok = !value.is_empty()
