@@ -217,6 +217,7 @@ impl Engine {
                 // and the pairs configured on some members only, again.
                 self.refusals.reported.clear();
                 self.members.mismatches.forget();
+                self.members.skew = crate::group::Skew::default();
                 self.members.due = Some(instant);
                 // Pairs may have been removed while another copy (or none) led.
                 self.scan.reset();

@@ -237,7 +237,9 @@ pub async fn scan(
         targets.extend(list.items.iter().filter_map(|s| {
             let namespace = s.metadata.namespace.clone()?;
             let name = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
-            Some(ServiceRef { namespace, name })
+            // A newer version's slice (labels this one does not know) is no removed pair of ours.
+            crate::desired::understands(s.metadata.labels.as_ref())
+                .then_some(ServiceRef { namespace, name })
         }));
     }
     Ok(targets)

@@ -63,6 +63,8 @@ pub struct MemberState {
     pub view: MemberView,
     /// Pairs configured on some live members and not on others, as last reported.
     pub mismatches: Reported<Vec<Mismatch>>,
+    /// Pairs configured differently on live members (`group::skew`), as last reported.
+    pub skew: crate::group::Skew,
 }
 
 impl MemberState {
@@ -73,6 +75,7 @@ impl MemberState {
             due: None,
             view: MemberView::new(heartbeat, now),
             mismatches: Reported::default(),
+            skew: crate::group::Skew::default(),
         }
     }
 }
@@ -166,7 +169,7 @@ impl Engine {
 
     /// The members' answers may have changed (an event, or a member turning stale): retired
     /// pairs are looked at again, the probing pairs planned again (a ballot changed), and —
-    /// by the leader — pairs configured on some members only are reported.
+    /// by the leader — pairs configured on some members only, or differently, are reported.
     pub(super) fn members_changed(&mut self, now: Instant) {
         self.members.due = self.members.live.next_change(now);
         for state in self.pairs.values_mut() {
@@ -177,6 +180,12 @@ impl Engine {
         self.touch_probing();
         if !self.is_leader() {
             return;
+        }
+        let configured = self.settings.rules.configured();
+        for d in self.members.skew.update(&self.members.live, configured, now) {
+            let note = d.note();
+            warn!(service = %d.target, source = %d.source, "{note}");
+            self.report(&d.target, EventReason::ConfiguredElsewhere, note);
         }
         let own: std::collections::BTreeSet<(ServiceRef, ServiceRef)> = self
             .settings

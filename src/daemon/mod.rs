@@ -205,14 +205,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     // Every copy, leader or not, says which pairs it has configured, so that a leader never
     // deletes the slices of a pair another live copy of the group still wants.
     let group = group_of(&config);
-    let record = MemberRecord::new(
-        &identity,
-        config
-            .pairs
-            .iter()
-            .map(|p| (p.record_source(), p.target.clone())),
-    )
-    .with_nonce(&nonce);
+    // With this version and each pair's digest, so that the leader sees versions and
+    // configurations that differ (group::skew).
+    let record = MemberRecord::of_config(&identity, &config.pairs).with_nonce(&nonce);
     // The pairs are fixed for the process's life (no config reload); the engine puts this copy's
     // probe verdicts into the record as they change.
     let (record_tx, record_rx) = tokio::sync::watch::channel(record);

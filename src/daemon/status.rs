@@ -128,6 +128,14 @@ impl Engine {
             line.push_str("; ");
             line.push_str(&note);
         }
+        // Live copies that run other versions (every copy says so) or configure a pair
+        // differently (the leader's finding).
+        if let Some(note) = self.members
+            .skew
+            .status_note(&self.members.live, self.is_leader(), now) {
+            line.push_str("; ");
+            line.push_str(&note);
+        }
         host.notifier.status(&line);
         let in_sync = self
             .pairs

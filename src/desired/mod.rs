@@ -486,7 +486,9 @@ mod owner;
 mod plan;
 pub mod step;
 pub mod union;
-pub use owner::{ForeignSlice, Manager, Owner, foreign_slices, manager_of};
+pub use owner::{
+    ForeignSlice, Manager, NEWER_VERSION, Owner, foreign_slices, manager_of, understands,
+};
 pub use plan::{Plan, SliceDelete, plan};
 
 #[cfg(test)]

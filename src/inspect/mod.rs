@@ -444,6 +444,7 @@ async fn members_into(
             .map(|p| ConfiguredPair {
                 source: p.record_source().to_string(),
                 target: p.target.to_string(),
+                digest: Some(crate::group::digest::PairDigest::of(p).to_string()),
             })
             .collect();
         report

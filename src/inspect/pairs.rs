@@ -424,6 +424,10 @@ pub fn fix_for(target: &ServiceRef, slice: &ForeignSlice) -> String {
             "another copier group mirrors into {target}: configure the pair in one group only, then delete EndpointSlice {ns}/{}",
             slice.name
         ),
+        m if m.starts_with(desired::NEWER_VERSION) => format!(
+            "written by a newer endpoint-copier of this group, which this host does not understand: upgrade every host to one version (docs/usage/upgrade.md); EndpointSlice {ns}/{} is never deleted or rewritten meanwhile",
+            slice.name
+        ),
         m if m.starts_with("endpoint-copier (no group") => format!(
             "written by an endpoint-copier without copier groups, which only the default group adopts: delete EndpointSlice {ns}/{} once no such copy runs",
             slice.name
