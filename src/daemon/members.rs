@@ -182,7 +182,11 @@ impl Engine {
             return;
         }
         let configured = self.settings.rules.configured();
-        for d in self.members.skew.update(&self.members.live, configured, now) {
+        for d in self
+            .members
+            .skew
+            .update(&self.members.live, configured, now)
+        {
             let note = d.note();
             warn!(service = %d.target, source = %d.source, "{note}");
             self.report(&d.target, EventReason::ConfiguredElsewhere, note);

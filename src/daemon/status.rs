@@ -130,9 +130,11 @@ impl Engine {
         }
         // Live copies that run other versions (every copy says so) or configure a pair
         // differently (the leader's finding).
-        if let Some(note) = self.members
+        if let Some(note) = self
+            .members
             .skew
-            .status_note(&self.members.live, self.is_leader(), now) {
+            .status_note(&self.members.live, self.is_leader(), now)
+        {
             line.push_str("; ");
             line.push_str(&note);
         }

@@ -1369,4 +1369,3 @@ fn a_slice_of_ours_written_by_a_newer_version_is_never_updated_or_deleted() {
     // What this version writes is deleted as before.
     assert_eq!(plan(&target_ref(), &[], &written(&d)).deletes.len(), 1);
 }
-
