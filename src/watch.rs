@@ -279,6 +279,14 @@ impl SliceWatches {
         true
     }
 
+    /// Starts every namespace's watch over (a new leadership term lists everything anew).
+    pub fn restart_all(&mut self, client: &Client) {
+        let namespaces: Vec<String> = self.running.keys().cloned().collect();
+        for ns in namespaces {
+            self.restart(client, &ns);
+        }
+    }
+
     /// The current watch of `namespace`, if it is watched.
     pub fn generation_of(&self, namespace: &str) -> Option<u64> {
         self.running.get(namespace).map(|(g, _, _)| *g)
@@ -437,7 +445,12 @@ impl SliceCache {
 
     /// Whether the slices of `service` are known: its namespace's watch delivered a full list.
     pub fn is_ready_for(&self, service: &ServiceRef) -> bool {
-        self.ready.contains(&service.namespace)
+        self.is_listed(&service.namespace)
+    }
+
+    /// Whether the slices of `namespace` are listed.
+    pub fn is_listed(&self, namespace: &str) -> bool {
+        self.ready.contains(namespace)
     }
 
     /// Whether every namespace in play has delivered a full list.

@@ -11,7 +11,7 @@ use kube::runtime::watcher;
 use tracing::{debug, warn};
 
 use super::engine::Engine;
-use super::scope::{Scope, WatchErrors};
+use super::scope::{Relists, Scope, WatchErrors};
 use crate::error::chain;
 use crate::names::ServiceRef;
 use crate::pairs::Rules;
@@ -28,6 +28,8 @@ pub struct Caches {
     pub watches: SliceWatches,
     /// The watches failing now, until they deliver.
     pub errors: WatchErrors,
+    /// The watches listing again, until their list completes.
+    pub relists: Relists,
 }
 
 impl Caches {
@@ -38,6 +40,7 @@ impl Caches {
             slices: SliceCache::default(),
             watches: SliceWatches::default(),
             errors: WatchErrors::default(),
+            relists: Relists::default(),
         }
     }
 }
@@ -51,7 +54,15 @@ impl Engine {
                 if watch::is_progress(&event) {
                     self.caches.errors.recovered(&Scope::Services);
                 }
+                let listed = matches!(event, watcher::Event::InitDone)
+                    && self.caches.relists.listed(&Scope::Services);
                 let changed = self.caches.services.apply(event);
+                if listed {
+                    // Listed again: every pair waited for it.
+                    for state in self.pairs.values_mut() {
+                        state.write.touch();
+                    }
+                }
                 if self.caches.services.is_ready() {
                     self.resolve(&changed);
                     self.rewatch_slices();
@@ -77,11 +88,22 @@ impl Engine {
                 if watch::is_progress(&event) {
                     self.caches.errors.recovered(&scope);
                 }
+                // Listed again: the pairs of this namespace waited for it.
+                let listed =
+                    matches!(event, watcher::Event::InitDone) && self.caches.relists.listed(&scope);
                 let changed = self.caches.slices.apply(namespace, event);
                 let mut probed = false;
                 for (target, state) in &mut self.pairs {
-                    let reads =
-                        changed.contains(target) || changed.iter().any(|s| state.phase.reads(s));
+                    let in_namespace = target.namespace == namespace
+                        || state
+                            .phase
+                            .sources()
+                            .iter()
+                            .filter_map(Source::local_service)
+                            .any(|s| s.namespace == namespace);
+                    let reads = (listed && in_namespace)
+                        || changed.contains(target)
+                        || changed.iter().any(|s| state.phase.reads(s));
                     if reads {
                         state.write.touch();
                         probed |= state.phase.probe().is_some();
@@ -110,6 +132,48 @@ impl Engine {
         }
         self.caches.errors.restarted(&restarted);
         self.caches.slices.rewatch(wanted, &restarted);
+    }
+
+    /// Whether the slices of `service`'s namespace are listed and not listing again: a leader
+    /// plans from them only then.
+    pub(super) fn slices_current(&self, service: &ServiceRef) -> bool {
+        self.caches.slices.is_ready_for(service)
+            && !self
+                .caches
+                .relists
+                .pending(&Scope::Slices(service.namespace.clone()))
+    }
+
+    /// A new leadership term: nothing is written until every view is listed in it. A watch
+    /// that has listed is started over (`Engine::run` restarts the streams); one whose first
+    /// list is still to come is waited for; one that fails now is left to its backoff (a
+    /// forbidden optional watch must not be listed at every term; while it fails, plans keep
+    /// what it fed as written).
+    pub(super) fn relist_all(&mut self) {
+        let namespaces: BTreeSet<String> = self
+            .wanted_services()
+            .into_iter()
+            .map(|s| s.namespace)
+            .collect();
+        let scopes = [Scope::Services, Scope::Members, Scope::Nodes]
+            .into_iter()
+            .chain(namespaces.into_iter().map(Scope::Slices));
+        for scope in scopes {
+            if self.caches.errors.fails(&scope) {
+                continue;
+            }
+            let listed = match &scope {
+                Scope::Services => self.caches.services.is_ready(),
+                Scope::Members => self.members.live.is_ready(),
+                Scope::Nodes => self.nodes.cache.is_ready(),
+                Scope::Slices(ns) => self.caches.slices.is_listed(ns),
+            };
+            if listed {
+                self.caches.relists.restart(scope);
+            } else {
+                self.caches.relists.started(scope);
+            }
+        }
     }
 
     /// Every Service whose slices we need: sources and targets of the pairs.

@@ -9,6 +9,7 @@ use super::engine::Engine;
 use super::jobs::{self, Job, Outcome, WriteContext};
 use super::pair::Standing;
 use super::schedule::Schedule;
+use super::scope::Scope;
 use crate::desired::step::{Facts, plan_for};
 use crate::desired::{self, Hold};
 use crate::events::EventReason;
@@ -20,6 +21,11 @@ impl Engine {
     /// Step 3 of five: starts every task that is due, the leader's only.
     pub(super) fn dispatch(&mut self) {
         if !self.caches.services.is_ready() || !self.is_leader() {
+            return;
+        }
+        // This term's Service list first: resolving pairs from the one before could retire a
+        // pair, or hold one, that the API already changed.
+        if self.caches.relists.pending(&Scope::Services) {
             return;
         }
         // The fence closes by itself at the renew deadline, a moment before the elector says it
@@ -56,12 +62,12 @@ impl Engine {
             .iter()
             .filter(|(target, s)| {
                 s.write.is_due(now)
-                    && self.caches.slices.is_ready_for(target)
+                    && self.slices_current(target)
                     && s.phase
                         .sources()
                         .iter()
                         .filter_map(Source::local_service)
-                        .all(|src| self.caches.slices.is_ready_for(src))
+                        .all(|src| self.slices_current(src))
             })
             .map(|(t, _)| t.clone())
             .collect();

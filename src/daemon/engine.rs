@@ -29,6 +29,7 @@ use super::nodes::NodeState;
 use super::pair::{Active, PairState, Phase, Standing};
 use super::probes::ProbeState;
 use super::schedule::Schedule;
+use super::scope::Scope;
 use super::settings::Settings;
 use super::sources::RemoteState;
 use super::supervise::Supervised;
@@ -166,6 +167,30 @@ impl Engine {
                     }
                     let now = leadership.borrow_and_update().clone();
                     self.set_leadership(now);
+                    // A new term plans only from views listed since it began: every watch not
+                    // listing already starts over (a host whose connections a cut left silent
+                    // must not write from what it knew before).
+                    for scope in self.caches.relists.take_restart() {
+                        match scope {
+                            Scope::Services => service_events = watch::services(&self.io.client),
+                            Scope::Members => {
+                                member_events = crate::group::live::watch(
+                                    &self.io.client,
+                                    &self.settings.group,
+                                );
+                                self.members.view.heard(Instant::now());
+                            }
+                            Scope::Nodes => {
+                                node_events = watch::nodes(
+                                    &self.io.client,
+                                    self.settings.node_selector.as_deref(),
+                                );
+                            }
+                            Scope::Slices(ns) => {
+                                self.caches.watches.restart(&self.io.client, &ns);
+                            }
+                        }
+                    }
                 }
                 Some(event) = service_events.next() => self.on_services(event),
                 Some(event) = node_events.next() => self.on_nodes(event),
@@ -221,6 +246,8 @@ impl Engine {
                 self.members.due = Some(instant);
                 // Pairs may have been removed while another copy (or none) led.
                 self.scan.reset();
+                // Nothing is written until every view is listed again (this term's).
+                self.relist_all();
                 // Evictions are decided afresh, and reported, by each leadership term.
                 self.probes.decided.clear();
                 // A new leader plans every pair from its (warm) caches before its first write;

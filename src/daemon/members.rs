@@ -38,6 +38,9 @@ pub enum Incomplete {
     /// The member watch has delivered nothing for this long, though our own member Lease is
     /// renewed every heartbeat: it went silent (and is started over).
     Silent(Duration),
+    /// The member watch was started over (a cut, an error, a new leadership term) and has not
+    /// listed again: the records known are from before.
+    Relisting,
 }
 
 impl std::fmt::Display for Incomplete {
@@ -48,6 +51,7 @@ impl std::fmt::Display for Incomplete {
             Incomplete::Silent(d) => {
                 write!(f, "the member watch has been silent for {} s", d.as_secs())
             }
+            Incomplete::Relisting => write!(f, "the member Leases are being listed again"),
         }
     }
 }
@@ -142,7 +146,9 @@ impl Engine {
                 if crate::watch::is_progress(&event) {
                     self.caches.errors.recovered(&Scope::Members);
                 }
-                if self.members.live.apply(event, now) {
+                let listed = matches!(event, watcher::Event::InitDone)
+                    && self.caches.relists.listed(&Scope::Members);
+                if self.members.live.apply(event, now) || listed {
                     self.members_changed(now);
                 }
             }
@@ -162,6 +168,7 @@ impl Engine {
             "the member watch brought nothing for two heartbeats; starting it over"
         );
         self.members.view.restarted(now);
+        self.caches.relists.started(Scope::Members);
         self.io.metrics.watch_restart(Scope::Members.metric_label());
         self.touch_probing();
         true
@@ -231,6 +238,9 @@ impl Engine {
         }
         if self.caches.errors.fails(&Scope::Members) {
             return Some(Incomplete::WatchFailing);
+        }
+        if self.caches.relists.pending(&Scope::Members) {
+            return Some(Incomplete::Relisting);
         }
         self.members.view.silence(now).map(Incomplete::Silent)
     }

@@ -42,11 +42,13 @@ impl Engine {
         match event {
             Ok(event) => {
                 // `Init` comes before a list that may still fail: not yet a recovery.
+                let listed = matches!(event, watcher::Event::InitDone)
+                    && self.caches.relists.listed(&Scope::Nodes);
                 if crate::watch::is_progress(&event) && self.caches.errors.recovered(&Scope::Nodes)
                 {
                     info!("the Node watch delivers again; node facts and drains apply");
                 }
-                if self.nodes.cache.apply(event) {
+                if self.nodes.cache.apply(event) || listed {
                     self.nodes_changed();
                 }
             }
@@ -109,9 +111,14 @@ impl Engine {
         Some(at + std::time::Duration::from_millis(5))
     }
 
-    /// Whether the Node watch gives a view: listed, with at least one Node.
+    /// Whether the Node watch gives a view: listed (and not listing again), working, with at
+    /// least one Node. A view from before a cut, or of a failing watch, is the past: a plan
+    /// keeps the drains and derived families as written instead (`nodes_unknown`).
     fn has_node_view(&self) -> bool {
-        self.nodes.cache.is_ready() && !self.nodes.cache.index().is_empty()
+        self.nodes.cache.is_ready()
+            && !self.caches.relists.pending(&Scope::Nodes)
+            && !self.caches.errors.fails(&Scope::Nodes)
+            && !self.nodes.cache.index().is_empty()
     }
 
     /// For a plan without a Node view: the endpoints `state` last wrote drained (kept drained),
@@ -123,9 +130,11 @@ impl Engine {
         (!self.has_node_view()).then_some(&state.said.nodes.last().withheld.drained)
     }
 
-    /// Whether the Node list arrived, or the Node watch fails (then plans run without it).
+    /// Whether the Node list arrived (and is not being listed again), or the Node watch fails
+    /// (then plans run without it, keeping what is written).
     pub(super) fn nodes_settled(&self) -> bool {
-        self.nodes.cache.is_ready() || self.caches.errors.fails(&Scope::Nodes)
+        (self.nodes.cache.is_ready() && !self.caches.relists.pending(&Scope::Nodes))
+            || self.caches.errors.fails(&Scope::Nodes)
     }
 
     /// Reports what changed in the Nodes' effect on `target` since the last plan: drained

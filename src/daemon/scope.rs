@@ -2,7 +2,7 @@
 //! never clear another's (a string key once did: `prod`'s restart cleared `preprod`'s error, and
 //! a namespace named `members` cleared the entry that stops deletes).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// One watch of the engine's.
@@ -74,6 +74,56 @@ impl WatchErrors {
     }
 }
 
+/// The watches listing afresh: started over with a new list (a new leadership term, a silent
+/// member watch), and not yet through it. Until then their cache is what they knew before —
+/// fine to keep following, never enough to write from: a leader writes only from views listed
+/// since it took the Lease, so a host whose connections a cut left silent (its own apiserver
+/// hung) never plans from the Nodes and ballots it knew before.
+///
+/// A watch that fails, or that the link cut, is not one of them: kube's watcher resumes it
+/// from its last resourceVersion, and the apiserver replays every change since (or answers 410,
+/// and the watcher lists afresh).
+#[derive(Debug, Default)]
+pub struct Relists {
+    /// The scopes whose fresh list is pending.
+    pending: BTreeSet<Scope>,
+    /// The watches the loop must start over (with a fresh list), until it has.
+    restart: BTreeSet<Scope>,
+}
+
+impl Relists {
+    /// `scope`'s watch lists afresh now (a new watch: its first list is pending).
+    pub fn started(&mut self, scope: Scope) {
+        self.pending.insert(scope);
+    }
+
+    /// `scope`'s watch is to be started over by the loop, and its fresh list waited for.
+    pub fn restart(&mut self, scope: Scope) {
+        self.pending.insert(scope.clone());
+        self.restart.insert(scope);
+    }
+
+    /// The watches the loop must start over now, once per [`Relists::restart`].
+    pub fn take_restart(&mut self) -> BTreeSet<Scope> {
+        std::mem::take(&mut self.restart)
+    }
+
+    /// `scope` delivered a complete list; whether one was pending.
+    pub fn listed(&mut self, scope: &Scope) -> bool {
+        self.pending.remove(scope)
+    }
+
+    /// Whether `scope`'s fresh list is pending.
+    pub fn pending(&self, scope: &Scope) -> bool {
+        self.pending.contains(scope)
+    }
+
+    /// The scopes listing afresh, for STATUS.
+    pub fn all(&self) -> impl Iterator<Item = &Scope> {
+        self.pending.iter()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +141,28 @@ mod tests {
         assert!(errors.fails(&Scope::Nodes));
         errors.restarted(&["preprod".to_owned()]);
         assert!(!errors.fails(&Scope::Slices("preprod".into())));
+    }
+
+    #[test]
+    fn a_scope_listing_afresh_is_pending_until_its_list_and_each_restart_is_taken_once() {
+        let mut relists = Relists::default();
+        relists.started(Scope::Nodes);
+        assert!(relists.pending(&Scope::Nodes) && !relists.pending(&Scope::Services));
+        assert!(
+            relists.take_restart().is_empty(),
+            "a new watch lists by itself"
+        );
+        relists.restart(Scope::Services);
+        relists.restart(Scope::Slices("prod".into()));
+        assert_eq!(
+            relists.take_restart(),
+            [Scope::Services, Scope::Slices("prod".into())].into()
+        );
+        assert!(relists.take_restart().is_empty());
+        assert!(relists.listed(&Scope::Nodes));
+        assert!(!relists.listed(&Scope::Nodes));
+        assert!(relists.pending(&Scope::Slices("prod".into())));
+        assert!(!relists.pending(&Scope::Slices("preprod".into())));
     }
 
     #[test]

@@ -107,6 +107,13 @@ impl Engine {
                     .map(|(scope, e)| format!("{scope} watch: {e}"))
             })
             .or_else(|| {
+                // A new term (or a cut) lists every view again before anything is written.
+                let listing: Vec<String> =
+                    self.caches.relists.all().map(ToString::to_string).collect();
+                (self.is_leader() && !listing.is_empty())
+                    .then(|| format!("listing again before writing: {}", listing.join(", ")))
+            })
+            .or_else(|| {
                 self.is_leader()
                     .then(|| self.members_incomplete(now))
                     .flatten()

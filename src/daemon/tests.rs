@@ -120,11 +120,29 @@ fn status(code: u16, reason: &str) -> Bytes {
     ))
 }
 
+/// What the watches of a [`Bed`] hold, as the API would list them now.
+#[derive(Default)]
+struct Listed {
+    services: Option<Vec<Service>>,
+    slices: Option<Vec<EndpointSlice>>,
+    nodes: Option<Vec<k8s_openapi::api::core::v1::Node>>,
+    members: Option<Vec<k8s_openapi::api::coordination::v1::Lease>>,
+}
+
+/// `object` replaces the one of its name in `list`, or joins it.
+fn upsert<K: kube::Resource>(list: &mut Option<Vec<K>>, object: K) {
+    let list = list.get_or_insert_default();
+    list.retain(|o| o.meta().name != object.meta().name);
+    list.push(object);
+}
+
 /// An engine with `config`, its fake API, and what it reports.
 struct Bed {
     engine: Engine,
     api: FakeApi,
     events: mpsc::Receiver<Report>,
+    /// What each watch last listed (and what changed since), for a new term to list again.
+    stored: Listed,
     /// Keeps the prober's side of the channels open.
     _probe: (
         mpsc::Sender<crate::probe::Report>,
@@ -152,6 +170,7 @@ fn bed(config: &Config, reply: Reply) -> Bed {
         engine: Engine::new(Settings::of(config), io, members, probes),
         api,
         events: captured,
+        stored: Listed::default(),
         _probe: (report_tx, wanted),
     }
 }
@@ -167,7 +186,7 @@ fn annotations_only() -> Config {
 fn leading(config: &Config, reply: Reply, addrs: &[&str]) -> Bed {
     let mut bed = bed(config, reply);
     bed.listed(addrs);
-    bed.engine.set_leadership(Leadership::Leader);
+    bed.lead();
     bed
 }
 
@@ -223,6 +242,7 @@ fn apiservers(addrs: &[&str]) -> EndpointSlice {
 impl Bed {
     /// The Service watch lists `services`.
     fn list_services(&mut self, services: Vec<Service>) {
+        self.stored.services = Some(services.clone());
         self.engine.on_services(Ok(Event::Init));
         for s in services {
             self.engine.on_services(Ok(Event::InitApply(s)));
@@ -232,6 +252,7 @@ impl Bed {
 
     /// The slice watch of `default` lists `slices`.
     fn list_slices(&mut self, slices: Vec<EndpointSlice>) {
+        self.stored.slices = Some(slices.clone());
         let generation = self
             .engine
             .caches
@@ -250,6 +271,7 @@ impl Bed {
 
     /// The Node watch lists `nodes`.
     fn list_nodes(&mut self, nodes: Vec<k8s_openapi::api::core::v1::Node>) {
+        self.stored.nodes = Some(nodes.clone());
         self.engine.on_nodes(Ok(Event::Init));
         for n in nodes {
             self.engine.on_nodes(Ok(Event::InitApply(n)));
@@ -259,11 +281,47 @@ impl Bed {
 
     /// The member watch lists `leases`.
     fn list_members(&mut self, leases: Vec<k8s_openapi::api::coordination::v1::Lease>) {
+        self.stored.members = Some(leases.clone());
         self.engine.on_members(Ok(Event::Init));
         for l in leases {
             self.engine.on_members(Ok(Event::InitApply(l)));
         }
         self.engine.on_members(Ok(Event::InitDone));
+    }
+
+    /// The Service watch brings `service`, changed.
+    fn apply_service(&mut self, service: Service) {
+        upsert(&mut self.stored.services, service.clone());
+        self.engine.on_services(Ok(Event::Apply(service)));
+    }
+
+    /// The member watch brings `lease`, changed.
+    fn apply_member(&mut self, lease: k8s_openapi::api::coordination::v1::Lease) {
+        upsert(&mut self.stored.members, lease.clone());
+        self.engine.on_members(Ok(Event::Apply(lease)));
+    }
+
+    /// This copy becomes leader: as `Engine::run` does, every watch starts over, and lists
+    /// again what the API holds now.
+    fn lead(&mut self) {
+        self.engine.set_leadership(Leadership::Leader);
+        assert!(
+            !self.engine.caches.relists.take_restart().is_empty(),
+            "a new term lists anew"
+        );
+        let listed = std::mem::take(&mut self.stored);
+        if let Some(services) = listed.services {
+            self.list_services(services);
+        }
+        if let Some(slices) = listed.slices {
+            self.list_slices(slices);
+        }
+        if let Some(nodes) = listed.nodes {
+            self.list_nodes(nodes);
+        }
+        if let Some(members) = listed.members {
+            self.list_members(members);
+        }
     }
 
     /// The Node and member watches list nothing.
@@ -311,6 +369,7 @@ impl Bed {
             };
             slice.metadata.namespace = Some("default".into());
             slice.metadata.resource_version = Some(format!("{}", 100 + i));
+            upsert(&mut self.stored.slices, slice.clone());
             if let Some(generation) = generation {
                 self.engine
                     .on_slices("default", generation, Ok(Event::Apply(slice)));
@@ -363,7 +422,7 @@ async fn a_follower_writes_nothing_and_a_leader_writes_only_once_every_view_is_l
     bed.engine.dispatch();
     assert!(bed.engine.tasks.is_empty(), "a follower never writes");
 
-    bed.engine.set_leadership(Leadership::Leader);
+    bed.lead();
     bed.engine.dispatch();
     assert!(
         !bed.state("default/kubernetes-vip").write.is_running(),
@@ -468,7 +527,7 @@ async fn losing_the_lease_aborts_the_writes_in_flight_and_a_new_term_plans_again
     assert!(!bed.state("default/kubernetes-vip").write.is_running());
 
     bed.api.answer(Reply::Accept);
-    bed.engine.set_leadership(Leadership::Leader);
+    bed.lead();
     assert_eq!(
         bed.state("default/kubernetes-vip").standing,
         Standing::Unplanned
@@ -486,7 +545,7 @@ async fn a_pair_whose_source_has_no_slices_is_held_and_says_so_once() {
     ]);
     bed.list_slices(Vec::new());
     bed.list_the_rest();
-    bed.engine.set_leadership(Leadership::Leader);
+    bed.lead();
     bed.engine.dispatch();
     bed.engine.resync();
     bed.engine.dispatch();
@@ -535,14 +594,13 @@ async fn a_removed_pair_another_live_member_configures_is_kept_and_reported_once
     )
     .unwrap();
     bed.list_members(vec![lease.clone()]);
-    bed.engine.on_members(Ok(Event::Apply(lease)));
-    bed.engine.set_leadership(Leadership::Leader);
+    bed.apply_member(lease);
+    bed.lead();
     bed.write_now().await;
     bed.api.log.lock().unwrap().clear();
 
     // The annotation goes: the pair is retired here, but node-2 wants it.
-    bed.engine
-        .on_services(Ok(Event::Apply(service("kubernetes-vip", &[]))));
+    bed.apply_service(service("kubernetes-vip", &[]));
     assert!(bed.state("default/kubernetes-vip").phase.is_retired());
     for _ in 0..3 {
         bed.write_now().await;
@@ -599,7 +657,7 @@ async fn a_member_event_plans_the_probing_pairs_again_at_once() {
         Timestamp::now(),
     )
     .unwrap();
-    bed.engine.on_members(Ok(Event::Apply(lease)));
+    bed.apply_member(lease);
     assert!(
         bed.state(vip).write.is_due(Instant::now()),
         "the ballot changed: planned again without waiting for a timer"
@@ -616,7 +674,7 @@ async fn events_are_the_leaders_and_each_is_said_once_per_change() {
     bed.engine
         .report(&vip, EventReason::Synced, "as a follower".into());
     assert!(bed.reported().is_empty());
-    bed.engine.set_leadership(Leadership::Leader);
+    bed.lead();
     for _ in 0..3 {
         bed.engine.report(&vip, EventReason::Synced, "one".into());
     }
@@ -657,7 +715,7 @@ async fn a_timed_drain_wakes_the_loop_when_it_ends_and_its_endpoint_is_ready_aga
         ),
         node("cp-2", "198.51.100.2", &[]),
     ]);
-    bed.engine.set_leadership(Leadership::Leader);
+    bed.lead();
     bed.engine.dispatch();
     let vip = r("default/kubernetes-vip");
     let plan = |bed: &Bed| {
@@ -734,7 +792,7 @@ async fn a_leader_evicts_by_its_own_ballot_only_once_the_member_list_has_arrived
             detail: "as probed".into(),
         });
     }
-    bed.engine.set_leadership(Leadership::Leader);
+    bed.lead();
     let vip = r("default/kubernetes-vip");
     // A cold leader: the member Leases are not listed yet.
     let ballots = bed.engine.ballots(Instant::now());
@@ -783,11 +841,11 @@ async fn a_pair_refused_while_active_keeps_its_slices_and_each_refusal_is_report
     bed.list_services(vec![service("kubernetes", &[]), annotated("kubernetes")]);
     bed.list_slices(vec![apiservers(&["198.51.100.1"])]);
     bed.list_the_rest();
-    bed.engine.set_leadership(Leadership::Leader);
+    bed.lead();
     bed.write_now().await;
     assert_eq!(bed.api.writes().len(), 1);
     // The annotation now names the target itself: refused, never half-applied.
-    bed.engine.on_services(Ok(Event::Apply(annotated("vip"))));
+    bed.apply_service(annotated("vip"));
     assert!(matches!(
         bed.state("default/vip").phase,
         super::pair::Phase::Refused { .. }
@@ -806,7 +864,7 @@ async fn a_pair_refused_while_active_keeps_its_slices_and_each_refusal_is_report
     assert_eq!(refused(&mut bed), 1);
     bed.engine
         .set_leadership(Leadership::Follower { holder: None });
-    bed.engine.set_leadership(Leadership::Leader);
+    bed.lead();
     bed.engine.dispatch();
     assert_eq!(refused(&mut bed), 1, "a new term reports it again, once");
 }
@@ -845,7 +903,7 @@ async fn a_remote_source_in_trouble_is_reported_once_and_its_last_endpoints_are_
         },
     };
     bed.engine.on_remote(view(None));
-    bed.engine.set_leadership(Leadership::Leader);
+    bed.lead();
     bed.write_now().await;
     bed.deliver();
     let written = bed.api.writes().len();
@@ -878,5 +936,81 @@ async fn a_remote_source_in_trouble_is_reported_once_and_its_last_endpoints_are_
             .last()
             .len(),
         1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_term_writes_nothing_until_every_view_is_listed_again() {
+    let mut bed = bed(&plain(), Reply::Accept);
+    bed.listed(&["198.51.100.1"]);
+    bed.engine.set_leadership(Leadership::Leader);
+    assert!(!bed.engine.caches.relists.take_restart().is_empty());
+    let vip = "default/kubernetes-vip";
+    bed.write_now().await;
+    assert!(
+        bed.api.writes().is_empty(),
+        "nothing from the last term's views"
+    );
+    // Each view listed again in turn; the write waits for the last.
+    bed.list_services(vec![
+        service("kubernetes", &[]),
+        service("kubernetes-vip", &[]),
+    ]);
+    bed.list_members(Vec::new());
+    bed.list_nodes(Vec::new());
+    bed.write_now().await;
+    assert!(
+        bed.api.writes().is_empty(),
+        "the slices are not listed again yet"
+    );
+    bed.list_slices(vec![apiservers(&["198.51.100.1"])]);
+    assert!(
+        bed.state(vip).write.is_due(Instant::now()),
+        "the last list touches the pair"
+    );
+    bed.write_now().await;
+    assert_eq!(bed.api.writes().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_node_view_of_a_failing_node_watch_never_drains() {
+    let mut bed = bed(&plain(), Reply::Accept);
+    bed.list_pair(&["198.51.100.1", "198.51.100.2"]);
+    bed.list_members(Vec::new());
+    // What this host knew of the Nodes before its Node watch started failing: cp-1 drained.
+    // The drain has ended since, which the failing watch cannot tell.
+    bed.list_nodes(vec![
+        node(
+            "cp-1",
+            "198.51.100.1",
+            &[(crate::names::ANNOTATION_DRAIN, "true")],
+        ),
+        node("cp-2", "198.51.100.2", &[]),
+    ]);
+    let cut =
+        kube::runtime::watcher::Error::WatchFailed(kube::Error::Service("connection reset".into()));
+    bed.engine.watch_error(Scope::Nodes, &cut);
+    bed.engine.set_leadership(Leadership::Leader);
+    assert!(!bed.engine.caches.relists.take_restart().is_empty());
+    bed.list_services(vec![
+        service("kubernetes", &[]),
+        service("kubernetes-vip", &[]),
+    ]);
+    bed.list_slices(vec![apiservers(&["198.51.100.1", "198.51.100.2"])]);
+    bed.list_members(Vec::new());
+    bed.write_now().await;
+    bed.deliver();
+    let written: Vec<EndpointSlice> = bed
+        .engine
+        .caches
+        .slices
+        .slices_of(&r("default/kubernetes-vip"));
+    assert_eq!(
+        readiness(&written),
+        [
+            ("198.51.100.1".to_owned(), true),
+            ("198.51.100.2".to_owned(), true)
+        ],
+        "no drain from a stale Node view: the target keeps what it has (nothing drained)"
     );
 }
