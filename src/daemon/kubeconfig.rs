@@ -27,6 +27,7 @@ const WAIT_POLL: Duration = Duration::from_secs(2);
 /// [`GIVE_UP`].
 pub async fn wait(
     config: &Config,
+    connector: &client::transport::Connector,
     notifier: &Notifier,
     beat: &Beat,
     shutdown: &Shutdown,
@@ -39,7 +40,9 @@ pub async fn wait(
         let found = client::locate(&config.kubeconfig);
         let attempt = match &found {
             // A configured path that does not exist yet is waited for like `auto`'s files.
-            Some(path) if path.exists() => client::build(path, config.allow_insecure_tls).await,
+            Some(path) if path.exists() => {
+                client::build_with(path, config.allow_insecure_tls, connector).await
+            }
             _ => Err(client::Error::NotFound),
         };
         match attempt {
@@ -88,6 +91,8 @@ pub struct Credentials {
     pub loaded: client::Loaded,
     /// Its kube config, for the probes (their TLS and credentials follow a rotation too).
     pub probe_config: tokio::sync::watch::Sender<kube::Config>,
+    /// How a rebuilt client connects (the same as the first one's).
+    pub connector: client::transport::Connector,
 }
 
 impl Credentials {
@@ -103,7 +108,7 @@ impl Credentials {
             // Mid-rename or removed: keep the client we have; the next poll looks again.
             return;
         }
-        match client::build(&path, config.allow_insecure_tls).await {
+        match client::build_with(&path, config.allow_insecure_tls, &self.connector).await {
             Ok(next) => {
                 info!(path = %path.display(), "kubeconfig changed; reconnecting with the new credentials");
                 self.reloadable.swap(next.client.clone());

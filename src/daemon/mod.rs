@@ -18,6 +18,11 @@
 //! `pair` (per-pair state, the shared plan decision), `schedule` (pure: when work runs next),
 //! `jobs` (the tasks the engine spawns), `status` (STATUS, readiness, Events), `view` (whether
 //! the member view is complete enough to count ballots, else evictions stay as written).
+//!
+//! [`run_with`] is the one seam to the world outside the config: an [`Environment`] says how
+//! the API client connects and how probes dial. [`run`] passes a host's (TCP and TLS); the
+//! simulator (`tests/sim/`, docs/development/testing.md "Simulator") passes its in-memory
+//! network, so that several real daemons run in one process under a virtual clock.
 
 mod dispatch;
 mod engine;
@@ -88,6 +93,56 @@ pub(crate) fn group_of(config: &Config) -> Group {
     Group::configured(config)
 }
 
+/// How the daemon reaches the world outside its config: the API server and the probed
+/// endpoints. [`Environment::default`] is a host's: TCP, TLS from the kubeconfig.
+///
+/// Everything else a daemon touches on its host is config already: the health server
+/// (`[metrics] listen`, none in tests), the runtime directory (`[lease] runtime_dir`), the Lease
+/// identity (`[lease] identity`), sd-notify (`NOTIFY_SOCKET`, absent outside systemd); logging
+/// is `main`'s. Random choices (backoff jitter, the process nonce) come from `fastrand`'s
+/// thread-local generator, which a caller running every copy on one thread seeds with
+/// `fastrand::seed`.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    /// How the API client connects (the kubeconfig's client and every client rebuilt from it).
+    pub connector: client::transport::Connector,
+    /// How the probes dial endpoint addresses.
+    pub dialer: crate::probe::Dialer,
+}
+
+/// A task aborted when its handle is dropped: when `run_with`'s future is dropped (a simulated
+/// host crashing), the tasks it started go with it instead of running on detached.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::ops::Deref for AbortOnDrop<T> {
+    type Target = tokio::task::JoinHandle<T>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for AbortOnDrop<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled (→ `Ok`) or something fatal happens.
 ///
 /// Sends READY=1 at once (so `systemctl start` never waits for the cluster), then waits for the
@@ -97,6 +152,18 @@ pub(crate) fn group_of(config: &Config) -> Group {
 /// [`Error`] for the failures listed there; transient API trouble is retried inside, never
 /// returned.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    run_with(config, shutdown, Environment::default()).await
+}
+
+/// [`run`] in `environment`: the API client connects and the probes dial as it says.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    config: Config,
+    shutdown: Shutdown,
+    environment: Environment,
+) -> Result<(), Error> {
     // First of all, before any port or API is touched: a second live copy sharing our runtime
     // directory is refused (exit 1; under systemd that copy can only be a manual run, and the
     // unit retries until it is gone). An unusable directory only costs the fast restart.
@@ -148,7 +215,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         Some(id) => id.clone(),
         None => crate::host::hostname().map_err(Error::Identity)?,
     };
-    let Some(loaded) = kubeconfig::wait(&config, &notifier, &beat, &shutdown).await? else {
+    let Some(loaded) =
+        kubeconfig::wait(&config, &environment.connector, &notifier, &beat, &shutdown).await?
+    else {
         notifier.stopping();
         return Ok(());
     };
@@ -185,7 +254,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let lease_stop = Shutdown::new();
     let mut elector_task = {
         let s = lease_stop.clone();
-        tokio::spawn(async move { elector.run(s).await }.in_current_span())
+        AbortOnDrop(tokio::spawn(
+            async move { elector.run(s).await }.in_current_span(),
+        ))
     };
     // Every copy, leader or not, says which pairs it has configured, so that a leader never
     // deletes the slices of a pair another live copy of the group still wants.
@@ -215,7 +286,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         );
     }
     let (event_tx, event_loop) = events::channel(client.clone(), &identity);
-    let event_task = tokio::spawn(event_loop.in_current_span());
+    let event_task = AbortOnDrop(tokio::spawn(event_loop.in_current_span()));
 
     let members = group::Members::new(member_settings(&config), &identity);
     // Every copy probes, leader or not: its verdicts are its ballot. The prober's tasks never
@@ -224,15 +295,18 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let (probe_state, wanted_rx) =
         probes::ProbeState::new(record_tx, report_rx, config.probe.max_targets, self_health);
     let (probe_config, probe_config_rx) = tokio::sync::watch::channel(loaded.config.clone());
-    let prober = crate::probe::spawn(
+    let prober = AbortOnDrop(crate::probe::spawn(
         wanted_rx,
         probe_config_rx,
-        config.probe.tls_server_name.clone(),
+        crate::probe::Reach {
+            server_name: config.probe.tls_server_name.clone(),
+            dialer: environment.dialer.clone(),
+        },
         config.probe.timing,
         report_tx,
         metrics.clone(),
         shutdown.clone(),
-    );
+    ));
     let mut engine = engine::Engine::new(
         &config,
         client,
@@ -246,7 +320,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     // not, so that a new leader plans from warm views.
     let remote_sources = config.remote_sources();
     let remotes = (!remote_sources.is_empty()).then(|| {
-        crate::remote::spawn(
+        AbortOnDrop(crate::remote::spawn(
             remote_sources,
             crate::remote::Options {
                 allow_insecure_tls: config.allow_insecure_tls,
@@ -254,7 +328,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             },
             engine.remote_sender(),
             shutdown.clone(),
-        )
+        ))
     });
     let mut host = engine::Host {
         notifier: &notifier,
@@ -264,6 +338,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             reloadable,
             loaded,
             probe_config,
+            connector: environment.connector.clone(),
         },
     };
     let result = engine
