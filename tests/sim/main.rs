@@ -1,0 +1,210 @@
+//! The simulator (issue 23): several copies of the real daemon (`daemon::run_with`) against the
+//! test bed in one process, on one thread, under tokio's paused clock, over an in-memory
+//! network; a seeded fault schedule; invariants checked after every write the test bed accepts.
+//!
+//! `cargo test --release --test sim` runs the CI budget and ends with one line
+//! `sim: R runs, S simulated s, W wall s, V violations` (exit 1 when V > 0). Environment:
+//! `SIM_SEED` (the first seed; alone, replays that one run), `SIM_RUNS`, `SIM_DURATION`
+//! (simulated seconds per run), `SIM_HOSTS` (1–7), `SIM_LOG` (a tracing filter for the daemons'
+//! logs, e.g. `endpoint_copier=debug`), `SIM_TRACE` (print the last events of every run, not
+//! only of a failing one), `SIM_TAIL` (how many: default 50). docs/development/testing.md, "Simulator", says how to
+//! replay a seed and extend the simulator.
+//!
+//! Files: `net.rs` the network and its faults, `world.rs` one run (the cluster, the hosts, the
+//! fault schedule, the write observer), `check.rs` the invariants and their self-test.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod check;
+mod net;
+mod world;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Runs per `cargo test --release --test sim` (fits ~3 minutes of wall time on 2 cores; see
+/// docs/development/testing.md for the measurement).
+const CI_RUNS: u64 = 40;
+/// Simulated seconds per CI run.
+const CI_DURATION_SECS: u64 = 600;
+/// A debug build (`cargo test` of the whole workspace) runs a token budget: the daemons are
+/// some 20 times slower unoptimised.
+const DEBUG_RUNS: u64 = 2;
+/// Simulated seconds per debug run.
+const DEBUG_DURATION_SECS: u64 = 120;
+/// The first seed when `SIM_SEED` is not set: CI runs the same seeds every time.
+const FIRST_SEED: u64 = 1;
+/// Wall time without any progress of the virtual clock after which a run is declared stuck.
+const STALL: Duration = Duration::from_secs(60);
+
+struct Settings {
+    first_seed: u64,
+    runs: u64,
+    opts: world::Opts,
+}
+
+fn var(name: &str) -> Result<Option<u64>, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name}='{v}' is not a whole number")),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => Err(format!("{name}: {e}")),
+    }
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings, String> {
+        let seed = var("SIM_SEED")?;
+        let (runs, secs) = if cfg!(debug_assertions) {
+            (DEBUG_RUNS, DEBUG_DURATION_SECS)
+        } else {
+            (CI_RUNS, CI_DURATION_SECS)
+        };
+        // A seed alone replays that run.
+        let runs = var("SIM_RUNS")?.unwrap_or(if seed.is_some() { 1 } else { runs });
+        let secs = var("SIM_DURATION")?.unwrap_or(secs);
+        let hosts = var("SIM_HOSTS")?.unwrap_or(3);
+        if !(1..=7).contains(&hosts) {
+            return Err(format!("SIM_HOSTS={hosts}: between 1 and 7"));
+        }
+        if secs < 30 {
+            return Err(format!(
+                "SIM_DURATION={secs}: at least 30 simulated seconds"
+            ));
+        }
+        Ok(Settings {
+            first_seed: seed.unwrap_or(FIRST_SEED),
+            runs,
+            opts: world::Opts {
+                hosts: hosts as usize,
+                duration: Duration::from_secs(secs),
+            },
+        })
+    }
+}
+
+/// Beats once per liveness tick (every 500 ms of virtual time); the watchdog thread reads it.
+pub struct Progress {
+    pub beats: AtomicU64,
+    pub seed: AtomicU64,
+}
+
+fn main() -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sim: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        eprintln!("sim: NOTIFY_SOCKET is set: the simulated daemons would notify it; unset it");
+        return ExitCode::from(64);
+    }
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match check::self_test() {
+        Ok(names) => println!(
+            "sim: checker self-test: {} invariants fire on crafted histories ({})",
+            names.len(),
+            names.join(", ")
+        ),
+        Err(e) => {
+            eprintln!("sim: checker self-test failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let progress = Arc::new(Progress {
+        beats: AtomicU64::new(0),
+        seed: AtomicU64::new(settings.first_seed),
+    });
+    let wall = std::time::Instant::now();
+    {
+        let progress = Arc::clone(&progress);
+        std::thread::spawn(move || watchdog(&progress, wall));
+    }
+    let (mut simulated, mut violations) = (0u64, 0usize);
+    for seed in settings.first_seed..settings.first_seed + settings.runs {
+        progress.seed.store(seed, Ordering::Relaxed);
+        // The daemons' own randomness (backoff jitter, nonces) is fastrand's thread-local
+        // generator, and every task runs on this thread.
+        fastrand::seed(seed);
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all().start_paused(true);
+        // select!'s branch order is random per runtime; only tokio_unstable lets us seed it.
+        #[cfg(tokio_unstable)]
+        builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+        let runtime = match builder.build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sim: no runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let started = std::time::Instant::now();
+        let outcome = runtime.block_on(world::run(seed, &settings.opts, Arc::clone(&progress)));
+        drop(runtime);
+        simulated += settings.opts.duration.as_secs();
+        println!(
+            "sim: seed {seed}: schedule digest {:016x}, trace digest {:016x} ({} events), {} violations, {:.1} wall s, faults {:?}",
+            outcome.schedule,
+            outcome.digest,
+            outcome.events,
+            outcome.violations.len(),
+            started.elapsed().as_secs_f64(),
+            outcome.faults
+        );
+        if !outcome.violations.is_empty() {
+            violations += outcome.violations.len();
+            eprint!("{}", world::report(seed, &outcome));
+        } else if std::env::var_os("SIM_TRACE").is_some() {
+            eprint!("{}", world::report(seed, &outcome));
+        }
+    }
+    println!(
+        "sim: {} runs, {simulated} simulated s, {:.1} wall s, {violations} violations",
+        settings.runs,
+        wall.elapsed().as_secs_f64()
+    );
+    if violations > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Ends the process when virtual time stops advancing: a task that never yields, or a loop
+/// whose next wake-up is always now, keeps the paused clock from moving, and the run would
+/// never end. Counted as a violation of `progress`.
+fn watchdog(progress: &Progress, wall: std::time::Instant) {
+    let mut last = progress.beats.load(Ordering::Relaxed);
+    let mut since = std::time::Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = progress.beats.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            since = std::time::Instant::now();
+        } else if since.elapsed() >= STALL {
+            let seed = progress.seed.load(Ordering::Relaxed);
+            eprintln!(
+                "sim: seed {seed}: invariant progress broken: virtual time has not advanced for {} wall s (a task spins without yielding, or a wake-up loop never sleeps)",
+                STALL.as_secs()
+            );
+            eprintln!("sim: replay with SIM_SEED={seed}");
+            println!(
+                "sim: 1 runs, 0 simulated s, {:.1} wall s, 1 violations",
+                wall.elapsed().as_secs_f64()
+            );
+            std::process::exit(1);
+        }
+    }
+}

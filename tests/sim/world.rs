@@ -1,0 +1,993 @@
+//! One run: a test bed with `n` apiserver doors, `n` hosts each running the real daemon
+//! (`daemon::run_with` over the in-memory network), a seeded fault schedule, and the write
+//! observer that feeds every accepted write to the [`Checker`].
+//!
+//! The cluster: Nodes `node-1`..`node-n` (control-plane, InternalIP = door address), Service
+//! `default/kubernetes` whose slice `kubernetes` lists the doors whose apiserver runs (a killed
+//! one leaves 7–20 s later, as the real endpoint reconciler does; a hung or unreachable one
+//! never leaves), and the target `default/kubernetes-vip`. Every host runs the shipped default
+//! pair with the default probe (HTTPS `/readyz`), Lease and member timings.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use endpoint_copier::client::transport::Connector;
+use endpoint_copier::config::{Config, Kubeconfig, PairConfig};
+use endpoint_copier::daemon::{self, Environment};
+use endpoint_copier::group::MemberRecord;
+use endpoint_copier::names;
+use endpoint_copier::probe::{Dialer, Verdict};
+use endpoint_copier::shutdown::Shutdown;
+use endpoint_copier_testbed::store::{self, ListParams, WriteParams};
+use endpoint_copier_testbed::{Failure, Match, Options, Partition, TestBed, Verb};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::check::{Ballot, Checker, Truth, Violation};
+use crate::net::{self, Door, Net, PathFault};
+
+/// Events kept for a violation's report.
+const TRACE_TAIL: usize = 50;
+
+/// What a run is asked to do.
+#[derive(Clone, Copy, Debug)]
+pub struct Opts {
+    /// Hosts (and apiservers): 1–7.
+    pub hosts: usize,
+    /// Simulated time.
+    pub duration: Duration,
+}
+
+/// What a run found.
+pub struct Outcome {
+    /// The broken invariants, in order.
+    pub violations: Vec<Violation>,
+    /// The trace's digest: every event, the daemons' included.
+    pub digest: u64,
+    /// The fault schedule's and the outcome's digest: the same for the same seed, always.
+    pub schedule: u64,
+    /// Events traced.
+    pub events: u64,
+    /// The report to print when something broke: the last events.
+    pub tail: Vec<String>,
+    /// Faults applied, by kind.
+    pub faults: BTreeMap<&'static str, u32>,
+}
+
+/// The trace: every event folded into a digest; the last ones kept for a report.
+pub struct Trace {
+    /// How many of the last events to keep: `SIM_TAIL`, else [`TRACE_TAIL`].
+    keep: usize,
+    tail: VecDeque<String>,
+    digest: u64,
+    count: u64,
+}
+
+impl Default for Trace {
+    fn default() -> Trace {
+        let keep = std::env::var("SIM_TAIL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TRACE_TAIL);
+        Trace {
+            keep,
+            tail: VecDeque::new(),
+            digest: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Trace {
+    fn push(&mut self, at: Duration, text: &str) {
+        let line = format!("{:>9.3}s {text}", at.as_secs_f64());
+        // FNV-1a: fixed, so digests compare across processes.
+        let mut h = if self.count == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.digest
+        };
+        for b in line.bytes().chain([b'\n']) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.digest = h;
+        self.count += 1;
+        self.tail.push_back(line);
+        if self.tail.len() > self.keep {
+            self.tail.pop_front();
+        }
+    }
+}
+
+/// What the observer, the ticker and the driver share.
+pub struct Lab {
+    start: Instant,
+    pub checker: Checker,
+    pub trace: Trace,
+    /// The fault schedule and, at the end, the invariants broken: what one seed reproduces
+    /// exactly (the trace's interleaving of the daemons' own events may differ, see
+    /// docs/development/testing.md).
+    schedule: Trace,
+    /// Violations already traced.
+    reported: usize,
+    /// Last ballot traced per member, and last target traced.
+    last_ballot: BTreeMap<String, String>,
+    /// What the liveness checks need to know of the world.
+    pub truth: Truth,
+    /// Faults active now, by label.
+    active: BTreeSet<String>,
+}
+
+impl Lab {
+    fn event(&mut self, text: &str) {
+        let at = Instant::now().duration_since(self.start);
+        self.trace.push(at, text);
+    }
+
+    /// Traces violations the checker found since the last call.
+    fn flush(&mut self) {
+        while self.reported < self.checker.violations.len() {
+            let v = self.checker.violations[self.reported].clone();
+            self.reported += 1;
+            self.event(&format!("VIOLATION {}: {}", v.invariant, v.detail));
+        }
+    }
+
+    /// Folds `text` into the schedule digest, at the current virtual time.
+    fn schedule(&mut self, text: &str) {
+        let at = Instant::now().duration_since(self.start);
+        self.schedule.push(at, text);
+    }
+
+    fn fault_on(&mut self, label: String) {
+        self.schedule(&format!("fault: {label}"));
+        self.fault_on_as(label);
+    }
+
+    /// A fault whose label depends on the daemons (who leads): the schedule digest gets the
+    /// caller's stable name instead.
+    fn fault_on_as(&mut self, label: String) {
+        self.event(&format!("fault: {label}"));
+        self.active.insert(label);
+        self.truth.calm_since = None;
+    }
+
+    fn fault_off(&mut self, label: &str) {
+        self.schedule(&format!("healed: {label}"));
+        self.event(&format!("healed: {label}"));
+        self.active.remove(label);
+        if self.active.is_empty() {
+            self.truth.calm_since = Some(Instant::now());
+        }
+    }
+}
+
+fn short(a: &IpAddr) -> String {
+    match a {
+        IpAddr::V4(v4) => format!(".{}", v4.octets()[3]),
+        IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
+fn show(target: &BTreeMap<IpAddr, bool>) -> String {
+    target
+        .iter()
+        .map(|(a, r)| format!("{}{}", short(a), if *r { "" } else { "(not ready)" }))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn resource(group: &str, version: &str, plural: &str) -> &'static store::Resource {
+    store::resource(group, version, plural)
+        .unwrap_or_else(|| panic!("the test bed serves {plural}"))
+}
+
+/// The target as the store holds it: address → ready, over the slices of ours.
+fn target_of(store: &store::Store) -> BTreeMap<IpAddr, bool> {
+    let slices = resource("discovery.k8s.io", "v1", "endpointslices");
+    let p = ListParams {
+        label_selector: Some(format!(
+            "kubernetes.io/service-name=kubernetes-vip,endpointslice.kubernetes.io/managed-by={}",
+            names::MANAGED_BY
+        )),
+        ..ListParams::default()
+    };
+    let mut out = BTreeMap::new();
+    let Ok(list) = store.list(slices, Some("default"), &p) else {
+        return out;
+    };
+    for slice in list["items"].as_array().into_iter().flatten() {
+        for e in slice["endpoints"].as_array().into_iter().flatten() {
+            let ready = e["conditions"]["ready"].as_bool().unwrap_or(true);
+            for a in e["addresses"].as_array().into_iter().flatten() {
+                if let Some(a) = a.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
+                    let r = out.entry(a).or_insert(false);
+                    *r |= ready;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The observer's work on one accepted write.
+fn observe(
+    lab: &Mutex<Lab>,
+    a: &endpoint_copier_testbed::server::Accepted<'_>,
+    store: &store::Store,
+) {
+    let mut lab = lock(lab);
+    let now = Instant::now();
+    let name = a.object["metadata"]["name"].as_str().unwrap_or("");
+    match a.resource {
+        "leases" if a.namespace == Some("kube-system") && name == "endpoint-copier" => {
+            let holder = if a.verb == Verb::Delete {
+                None
+            } else {
+                a.object["spec"]["holderIdentity"]
+                    .as_str()
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+            };
+            if lab.checker.holder_at(now).map(str::to_owned) != holder {
+                lab.event(&format!(
+                    "lease: {} holds ({} wrote)",
+                    holder.as_deref().unwrap_or("nobody"),
+                    a.identity
+                ));
+            }
+            lab.checker.on_lease(now, holder);
+        }
+        "leases" => {
+            let Ok(lease) = serde_json::from_value(a.object.clone()) else {
+                return;
+            };
+            let Ok(record) = MemberRecord::from_lease(&lease) else {
+                return;
+            };
+            let ballot: Ballot = record
+                .verdicts
+                .iter()
+                .map(|(t, v)| (t.address, *v == Verdict::Up))
+                .collect();
+            let shown = ballot
+                .iter()
+                .map(|(a, up)| format!("{}{}", short(a), if *up { " up" } else { " DOWN" }))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if lab.last_ballot.get(&record.identity) != Some(&shown) {
+                lab.event(&format!(
+                    "ballot {}: {}",
+                    record.identity,
+                    if shown.is_empty() { "none" } else { &shown }
+                ));
+                lab.last_ballot.insert(record.identity.clone(), shown);
+            }
+            lab.checker.on_member(now, &record.identity, ballot);
+        }
+        "endpointslices" if a.namespace == Some("default") => {
+            let labels = &a.object["metadata"]["labels"];
+            if labels["kubernetes.io/service-name"] != "kubernetes-vip" {
+                return;
+            }
+            let ours = labels["endpointslice.kubernetes.io/managed-by"] == names::MANAGED_BY;
+            let wanted_delete = if a.verb == Verb::Delete && ours {
+                labels["endpoint-copier/source"]
+                    .as_str()
+                    .and_then(|source| {
+                        store
+                            .get(
+                                resource("discovery.k8s.io", "v1", "endpointslices"),
+                                Some("default"),
+                                source,
+                            )
+                            .ok()
+                            .map(|_| name.to_owned())
+                    })
+            } else {
+                None
+            };
+            let target = target_of(store);
+            lab.event(&format!(
+                "write {} {:?} {name}: {}",
+                a.identity,
+                a.verb,
+                show(&target)
+            ));
+            lab.checker
+                .on_slice_write(now, a.arrived, a.identity, wanted_delete, target);
+        }
+        "nodes" => {
+            let drained = drained_of(store);
+            lab.checker.on_drains(now, drained.clone());
+            lab.truth.drained = drained;
+        }
+        _ => {}
+    }
+    lab.flush();
+}
+
+fn drained_of(store: &store::Store) -> BTreeSet<IpAddr> {
+    let mut out = BTreeSet::new();
+    let Ok(list) = store.list(resource("", "v1", "nodes"), None, &ListParams::default()) else {
+        return out;
+    };
+    for node in list["items"].as_array().into_iter().flatten() {
+        if node["metadata"]["annotations"][names::ANNOTATION_DRAIN] == names::DRAIN_VALUE {
+            for a in node["status"]["addresses"].as_array().into_iter().flatten() {
+                if let Some(a) = a["address"].as_str().and_then(|s| s.parse().ok()) {
+                    out.insert(a);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn lock(lab: &Mutex<Lab>) -> MutexGuard<'_, Lab> {
+    lab.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One simulated host.
+struct Host {
+    identity: String,
+    config: Config,
+    incarnation: u32,
+    running: Option<(Shutdown, tokio::task::JoinHandle<Result<(), daemon::Error>>)>,
+}
+
+/// A run in progress.
+struct World {
+    bed: Arc<TestBed>,
+    net: Arc<Net>,
+    lab: Arc<Mutex<Lab>>,
+    hosts: Vec<Host>,
+    rng: fastrand::Rng,
+    faults: BTreeMap<&'static str, u32>,
+    /// Bumped whenever a door changes, so a pending reconcile of an older state does nothing.
+    door_epoch: Arc<Mutex<Vec<u64>>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn runtime_dir(dirs: &mut Vec<tempfile::TempDir>) -> PathBuf {
+    let dir = tempfile::Builder::new()
+        .prefix("endpoint-copier-sim-run-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("sim: a runtime directory: {e}"));
+    let path = dir.path().to_owned();
+    dirs.push(dir);
+    path
+}
+
+impl World {
+    fn new(seed: u64, opts: &Opts) -> World {
+        let bed = Arc::new(TestBed::in_memory(Options {
+            // As the real server: a bookmark a minute (1 s would be 60 times the events).
+            bookmark_interval: Duration::from_secs(60),
+            ..Options::default()
+        }));
+        let lab = Arc::new(Mutex::new(Lab {
+            start: Instant::now(),
+            checker: Checker::default(),
+            trace: Trace::default(),
+            schedule: Trace::default(),
+            reported: 0,
+            last_ballot: BTreeMap::new(),
+            truth: Truth {
+                calm_since: Some(Instant::now()),
+                ..Truth::default()
+            },
+            active: BTreeSet::new(),
+        }));
+        {
+            let lab = Arc::clone(&lab);
+            bed.on_write(Arc::new(move |a, store| observe(&lab, a, store)));
+        }
+        let net = Net::new(opts.hosts, Arc::clone(&bed));
+        let mut dirs = Vec::new();
+        let hosts = (0..opts.hosts)
+            .map(|h| {
+                let identity = format!("node-{}", h + 1);
+                let server = format!("https://{}:{}", net::door_address(h), net::API_PORT);
+                let kubeconfig = bed.kubeconfig_at(&identity, &server);
+                let mut config = Config {
+                    kubeconfig: Kubeconfig::Path(kubeconfig),
+                    pairs: vec![PairConfig::new(
+                        "default/kubernetes"
+                            .parse()
+                            .unwrap_or_else(|e| panic!("{e}")),
+                        "default/kubernetes-vip"
+                            .parse()
+                            .unwrap_or_else(|e| panic!("{e}")),
+                    )],
+                    ..Config::default()
+                };
+                config.lease.identity = Some(identity.clone());
+                config.lease.runtime_dir = Some(runtime_dir(&mut dirs));
+                config.metrics.listen = None;
+                Host {
+                    identity,
+                    config,
+                    incarnation: 0,
+                    running: None,
+                }
+            })
+            .collect();
+        let mut world = World {
+            bed,
+            net,
+            lab,
+            hosts,
+            rng: fastrand::Rng::with_seed(seed),
+            faults: BTreeMap::new(),
+            door_epoch: Arc::new(Mutex::new(vec![0; opts.hosts])),
+            _dirs: dirs,
+        };
+        world.seed_cluster(opts.hosts);
+        world
+    }
+
+    fn event(&self, text: &str) {
+        lock(&self.lab).event(text);
+    }
+
+    fn seed_cluster(&mut self, n: usize) {
+        let store = self.bed.store();
+        let p = WriteParams::default();
+        for h in 0..n {
+            let name = format!("node-{}", h + 1);
+            let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
+                "labels": {names::CONTROL_PLANE_LABEL: "true"}}});
+            store
+                .create(resource("", "v1", "nodes"), None, node, &p)
+                .unwrap_or_else(|e| panic!("sim: Node: {}", e.message));
+            let status = json!({"status": {"addresses": [
+                {"type": "InternalIP", "address": net::door_address(h).to_string()},
+                {"type": "Hostname", "address": name}]}});
+            store
+                .replace_status(resource("", "v1", "nodes"), None, &name, status, &p)
+                .unwrap_or_else(|e| panic!("sim: Node status: {}", e.message));
+        }
+        let vip = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes-vip", "namespace": "default",
+                "labels": {"serviceType": "kubernetes-vip"}},
+            "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                "ports": [{"name": "k8s-api", "port": 6443, "protocol": "TCP", "targetPort": 6443}]},
+        });
+        store
+            .create(resource("", "v1", "services"), Some("default"), vip, &p)
+            .unwrap_or_else(|e| panic!("sim: target Service: {}", e.message));
+        let source: BTreeSet<IpAddr> = (0..n).map(net::door_address).collect();
+        self.write_source(&source);
+    }
+
+    /// Writes the `kubernetes` slice with `addresses`, as the apiservers' reconciler does.
+    fn write_source(&self, addresses: &BTreeSet<IpAddr>) {
+        let store = self.bed.store();
+        let r = resource("discovery.k8s.io", "v1", "endpointslices");
+        let endpoints: Vec<Value> = addresses
+            .iter()
+            .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}}))
+            .collect();
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "https", "port": net::API_PORT, "protocol": "TCP"}],
+        });
+        let p = WriteParams::default();
+        let written = match store.get(r, Some("default"), "kubernetes") {
+            Ok(_) => store.replace(r, Some("default"), "kubernetes", slice, &p),
+            Err(_) => store.create(r, Some("default"), slice, &p),
+        };
+        if let Err(e) = written {
+            panic!("sim: source slice: {}", e.message);
+        }
+        let mut lab = lock(&self.lab);
+        lab.truth.source = addresses.clone();
+        let shown = addresses.iter().map(short).collect::<Vec<_>>().join(" ");
+        lab.event(&format!("source: {shown}"));
+    }
+
+    fn source(&self) -> BTreeSet<IpAddr> {
+        lock(&self.lab).truth.source.clone()
+    }
+
+    fn start(&mut self, h: usize) {
+        let host = &mut self.hosts[h];
+        let environment = Environment {
+            connector: Connector::Dial(self.net.connector(h, host.incarnation, &host.identity)),
+            dialer: Dialer::Dial(self.net.dialer(h, host.incarnation)),
+        };
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(daemon::run_with(
+            host.config.clone(),
+            shutdown.clone(),
+            environment,
+        ));
+        host.running = Some((shutdown, task));
+        let text = format!(
+            "host {} starts (incarnation {})",
+            host.identity, host.incarnation
+        );
+        self.event(&text);
+    }
+
+    /// Host `h` dies at once: nothing it had open or in flight reaches anyone any more.
+    async fn crash(&mut self, h: usize, keep_runtime_dir: bool) {
+        let next = self.net.crash(h);
+        let host = &mut self.hosts[h];
+        host.incarnation = next;
+        if let Some((shutdown, task)) = host.running.take() {
+            task.abort();
+            let _ = task.await;
+            // Only stragglers the aborted future did not own are left to hear this.
+            shutdown.cancel();
+        }
+        if !keep_runtime_dir {
+            host.config.lease.runtime_dir = Some(runtime_dir(&mut self._dirs));
+        }
+        let text = format!(
+            "host {} crashes ({} its runtime directory)",
+            self.hosts[h].identity,
+            if keep_runtime_dir {
+                "keeping"
+            } else {
+                "losing"
+            }
+        );
+        self.event(&text);
+    }
+
+    /// Stops every host as systemd would (SIGTERM), at the end of a run.
+    async fn stop_all(&mut self) {
+        for host in &mut self.hosts {
+            if let Some((shutdown, task)) = host.running.take() {
+                shutdown.cancel();
+                if tokio::time::timeout(Duration::from_secs(30), task)
+                    .await
+                    .is_err()
+                {
+                    lock(&self.lab).checker.violations.push(Violation {
+                        invariant: "stop",
+                        detail: format!("{} did not stop within 30 s of SIGTERM", host.identity),
+                    });
+                }
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<usize> {
+        let lab = lock(&self.lab);
+        let holder = lab.checker.holder_at(Instant::now())?.to_owned();
+        self.hosts.iter().position(|h| h.identity == holder)
+    }
+
+    /// Sets door `j` and models the endpoint reconciler: a killed apiserver leaves the source
+    /// 7–20 s later; one that comes back is in again within 1–3 s.
+    fn set_door(&mut self, j: usize, door: Door) {
+        self.net.set_door(j, door);
+        let epoch = {
+            let mut epochs = self
+                .door_epoch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            epochs[j] += 1;
+            epochs[j]
+        };
+        let (delay, present) = match door {
+            Door::Down => (Duration::from_millis(self.rng.u64(7_000..=20_000)), false),
+            _ => (Duration::from_millis(self.rng.u64(1_000..=3_000)), true),
+        };
+        let address = net::door_address(j);
+        if self.source().contains(&address) == present {
+            return;
+        }
+        let me = Reconcile {
+            lab: Arc::clone(&self.lab),
+            bed: Arc::clone(&self.bed),
+            epochs: Arc::clone(&self.door_epoch),
+            j,
+            epoch,
+            present,
+        };
+        // The reconciler runs as its own task: the driver goes on meanwhile.
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            me.apply();
+        });
+    }
+}
+
+/// A delayed write of the source slice by the apiservers' endpoint reconciler.
+struct Reconcile {
+    lab: Arc<Mutex<Lab>>,
+    bed: Arc<TestBed>,
+    epochs: Arc<Mutex<Vec<u64>>>,
+    j: usize,
+    epoch: u64,
+    present: bool,
+}
+
+impl Reconcile {
+    fn apply(self) {
+        let current = self
+            .epochs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)[self.j];
+        // Only if the door is still as it was when this was scheduled.
+        if current != self.epoch {
+            return;
+        }
+        let mut source = lock(&self.lab).truth.source.clone();
+        let address = net::door_address(self.j);
+        let changed = if self.present {
+            source.insert(address)
+        } else {
+            source.remove(&address)
+        };
+        if changed {
+            let w = SourceWriter {
+                bed: &self.bed,
+                lab: &self.lab,
+            };
+            w.write(&source);
+        }
+    }
+}
+
+struct SourceWriter<'a> {
+    bed: &'a TestBed,
+    lab: &'a Mutex<Lab>,
+}
+
+impl SourceWriter<'_> {
+    fn write(&self, addresses: &BTreeSet<IpAddr>) {
+        let store = self.bed.store();
+        let r = resource("discovery.k8s.io", "v1", "endpointslices");
+        let Ok(mut slice) = store.get(r, Some("default"), "kubernetes") else {
+            return;
+        };
+        slice["endpoints"] = Value::Array(
+            addresses
+                .iter()
+                .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}}))
+                .collect(),
+        );
+        if let Some(m) = slice["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        if let Err(e) = store.replace(
+            r,
+            Some("default"),
+            "kubernetes",
+            slice,
+            &WriteParams::default(),
+        ) {
+            panic!("sim: source slice: {}", e.message);
+        }
+        let mut lab = lock(self.lab);
+        lab.truth.source = addresses.clone();
+        let shown = addresses.iter().map(short).collect::<Vec<_>>().join(" ");
+        lab.event(&format!("source: {shown}"));
+    }
+}
+
+/// Runs one seed for `opts.duration` of simulated time.
+pub async fn run(seed: u64, opts: &Opts, progress: Arc<crate::Progress>) -> Outcome {
+    let mut world = World::new(seed, opts);
+    world.event(&format!(
+        "seed {seed}: {} hosts, {} s",
+        opts.hosts,
+        opts.duration.as_secs()
+    ));
+    for h in 0..opts.hosts {
+        world.start(h);
+    }
+    let end = Instant::now() + opts.duration;
+    let ticker = {
+        let lab = Arc::clone(&world.lab);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                progress
+                    .beats
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut lab = lock(&lab);
+                let truth = lab.truth.clone();
+                lab.checker.tick(Instant::now(), &truth);
+                lab.flush();
+            }
+        })
+    };
+    // Let the group form before the first fault.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    while Instant::now() < end {
+        world.step(end).await;
+    }
+    ticker.abort();
+    world.stop_all().await;
+    let mut lab = lock(&world.lab);
+    lab.checker.finish(Instant::now());
+    lab.flush();
+    let broken: Vec<&str> = lab.checker.violations.iter().map(|v| v.invariant).collect();
+    let outcome = format!("end: broken {broken:?}");
+    lab.schedule(&outcome);
+    Outcome {
+        violations: lab.checker.violations.clone(),
+        digest: lab.trace.digest,
+        schedule: lab.schedule.digest,
+        events: lab.trace.count,
+        tail: lab.trace.tail.iter().cloned().collect(),
+        faults: std::mem::take(&mut world.faults),
+    }
+}
+
+impl World {
+    /// One fault, held for a while, healed, then a calm gap.
+    async fn step(&mut self, end: Instant) {
+        let n = self.hosts.len();
+        let hold = Duration::from_millis(self.rng.u64(2_000..=40_000));
+        let kind = self.rng.u32(0..100);
+        let h = self.rng.usize(0..n);
+        let j = self.rng.usize(0..n);
+        match kind {
+            // An apiserver killed, then restarted (its watch cache starts empty: 410s).
+            0..=11 => {
+                let label = format!("apiserver {} killed", j + 1);
+                self.count("apiserver-kill");
+                lock(&self.lab).fault_on(label.clone());
+                self.set_door(j, Door::Down);
+                self.mark_dead(j, true);
+                self.hold(hold, end).await;
+                self.set_door(j, Door::Up);
+                self.mark_dead(j, false);
+                self.bed.compact();
+                lock(&self.lab).fault_off(&label);
+            }
+            // An apiserver hangs: accepted, never answered; it stays in default/kubernetes.
+            12..=21 => {
+                let label = format!("apiserver {} hangs", j + 1);
+                self.count("apiserver-hang");
+                lock(&self.lab).fault_on(label.clone());
+                self.set_door(j, Door::Hung);
+                self.hold(hold, end).await;
+                self.set_door(j, Door::Up);
+                lock(&self.lab).fault_off(&label);
+            }
+            // /readyz answers 500 while the API serves.
+            22..=29 => {
+                let label = format!("apiserver {} unready (500)", j + 1);
+                self.count("apiserver-500");
+                lock(&self.lab).fault_on(label.clone());
+                self.set_door(j, Door::Unready);
+                self.mark_dead(j, true);
+                self.hold(hold, end).await;
+                self.set_door(j, Door::Up);
+                self.mark_dead(j, false);
+                lock(&self.lab).fault_off(&label);
+            }
+            // Host h cannot reach apiserver j (probes; its API too when j is its own).
+            30..=41 => {
+                let fault = match self.rng.u32(0..4) {
+                    0 => PathFault::Refuse,
+                    1 => PathFault::TlsAlert,
+                    2 => PathFault::TlsCert,
+                    _ => PathFault::BlackHole,
+                };
+                let label = format!("path node-{} -> apiserver {}: {fault:?}", h + 1, j + 1);
+                self.count("path");
+                lock(&self.lab).fault_on(label.clone());
+                self.net.set_path(h, j, Some(fault));
+                self.hold(hold, end).await;
+                self.net.set_path(h, j, None);
+                lock(&self.lab).fault_off(&label);
+            }
+            // Node j partitioned: it and the others cannot reach each other's apiservers;
+            // its own apiserver, cut off from etcd, leaves its requests hanging.
+            42..=51 => {
+                let label = format!("node-{} partitioned", j + 1);
+                self.count("partition");
+                lock(&self.lab).fault_on(label.clone());
+                for k in (0..n).filter(|k| *k != j) {
+                    self.net.set_path(j, k, Some(PathFault::BlackHole));
+                    self.net.set_path(k, j, Some(PathFault::BlackHole));
+                }
+                self.bed
+                    .partition(&self.hosts[j].identity, Partition::BlackHole);
+                self.hold(hold, end).await;
+                for k in (0..n).filter(|k| *k != j) {
+                    self.net.set_path(j, k, None);
+                    self.net.set_path(k, j, None);
+                }
+                self.bed.heal(&self.hosts[j].identity);
+                lock(&self.lab).fault_off(&label);
+            }
+            // A host crashes and restarts, with or without its runtime directory.
+            52..=61 => {
+                let keep = self.rng.bool();
+                let label = format!("node-{} down", h + 1);
+                self.count("host-crash");
+                lock(&self.lab).fault_on(label.clone());
+                self.crash(h, keep).await;
+                self.hold(hold, end).await;
+                self.start(h);
+                lock(&self.lab).fault_off(&label);
+            }
+            // The leader's host crashes and restarts.
+            // (With no leader at the moment, host h.)
+            62..=69 => {
+                let keep = self.rng.bool();
+                let l = self.leader().unwrap_or(h);
+                let label = format!("leader node-{} down", l + 1);
+                self.count("leader-crash");
+                {
+                    let mut lab = lock(&self.lab);
+                    lab.schedule(&format!("fault: leader down (keep runtime dir: {keep})"));
+                    lab.fault_on_as(label.clone());
+                }
+                self.crash(l, keep).await;
+                self.hold(hold, end).await;
+                self.start(l);
+                lock(&self.lab).fault_off(&label);
+            }
+            // A burst of 5xx/429 on one host's requests.
+            70..=76 => {
+                let failure = match self.rng.u32(0..3) {
+                    0 => Failure::InternalError,
+                    1 => Failure::ServiceUnavailable,
+                    _ => Failure::TooManyRequests {
+                        retry_after_secs: 1,
+                    },
+                };
+                let count = self.rng.usize(1..=20);
+                let label = format!("{count} x {failure:?} for node-{}", h + 1);
+                self.count("5xx-burst");
+                lock(&self.lab).fault_on(label.clone());
+                self.bed.fail_next(
+                    Match::any().identity(&self.hosts[h].identity),
+                    count,
+                    failure,
+                );
+                self.hold(hold, end).await;
+                self.bed.heal_failures();
+                lock(&self.lab).fault_off(&label);
+            }
+            // The reply to the next EndpointSlice or Lease write is lost after the commit.
+            77..=83 => {
+                let what = if self.rng.bool() {
+                    "endpointslices"
+                } else {
+                    "leases"
+                };
+                let label = format!("reply lost: next {what} write of node-{}", h + 1);
+                self.count("lost-reply");
+                lock(&self.lab).fault_on(label.clone());
+                self.bed.commit_then_drop_next(
+                    Match::any()
+                        .identity(&self.hosts[h].identity)
+                        .resource(what),
+                    1,
+                );
+                self.hold(hold, end).await;
+                self.bed.heal_failures();
+                lock(&self.lab).fault_off(&label);
+            }
+            // Watch history compacted and every watch closed: 410 and relists.
+            84..=88 => {
+                self.count("compaction");
+                {
+                    let mut lab = lock(&self.lab);
+                    lab.schedule("fault: compaction");
+                    lab.event("fault: compaction, watches closed");
+                }
+                self.bed.compact();
+                self.bed.close_watches();
+            }
+            // A Node drained, then resumed.
+            89..=95 => {
+                let label = format!("node-{} drained", j + 1);
+                self.count("drain");
+                lock(&self.lab).fault_on(label.clone());
+                self.set_drain(j, true);
+                self.hold(hold, end).await;
+                self.set_drain(j, false);
+                lock(&self.lab).fault_off(&label);
+            }
+            // Calm.
+            _ => {
+                {
+                    let mut lab = lock(&self.lab);
+                    lab.schedule("calm");
+                    lab.event("calm");
+                }
+                self.hold(crate::check::CALM_BOUND + Duration::from_secs(10), end)
+                    .await;
+            }
+        }
+        // A gap before the next fault; now and then long enough for the liveness bound.
+        let gap = if self.rng.u32(0..4) == 0 {
+            crate::check::CALM_BOUND + Duration::from_secs(5)
+        } else {
+            Duration::from_millis(self.rng.u64(0..=20_000))
+        };
+        self.hold(gap, end).await;
+    }
+
+    fn count(&mut self, kind: &'static str) {
+        *self.faults.entry(kind).or_default() += 1;
+    }
+
+    async fn hold(&self, d: Duration, end: Instant) {
+        tokio::time::sleep_until((Instant::now() + d).min(end)).await;
+    }
+
+    /// Door `j` seen dead by every host (killed, or unready) — or not any more.
+    fn mark_dead(&self, j: usize, dead: bool) {
+        let mut lab = lock(&self.lab);
+        let a = net::door_address(j);
+        if dead {
+            lab.truth.dead_alone.insert(a, Instant::now());
+        } else {
+            lab.truth.dead_alone.remove(&a);
+        }
+    }
+
+    fn set_drain(&self, j: usize, on: bool) {
+        let store = self.bed.store();
+        let r = resource("", "v1", "nodes");
+        let name = format!("node-{}", j + 1);
+        let Ok(mut node) = store.get(r, None, &name) else {
+            return;
+        };
+        if let Some(m) = node["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+            let annotations = m.entry("annotations").or_insert_with(|| json!({}));
+            if on {
+                annotations[names::ANNOTATION_DRAIN] = json!(names::DRAIN_VALUE);
+            } else if let Some(a) = annotations.as_object_mut() {
+                a.remove(names::ANNOTATION_DRAIN);
+            }
+        }
+        if let Err(e) = store.replace(r, None, &name, node, &WriteParams::default()) {
+            panic!("sim: drain: {}", e.message);
+        }
+        // Not a client write: tell the checker here.
+        let drained = drained_of(store);
+        let mut lab = lock(&self.lab);
+        lab.checker.on_drains(Instant::now(), drained.clone());
+        lab.truth.drained = drained;
+    }
+}
+
+/// A report of a run's violations: seed, invariants, the trace's last events.
+pub fn report(seed: u64, outcome: &Outcome) -> String {
+    let mut out = String::new();
+    for v in &outcome.violations {
+        let _ = writeln!(
+            out,
+            "sim: seed {seed}: invariant {} broken: {}",
+            v.invariant, v.detail
+        );
+    }
+    let _ = writeln!(
+        out,
+        "sim: seed {seed}: the last {} events:",
+        outcome.tail.len()
+    );
+    for line in &outcome.tail {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(out, "sim: replay with SIM_SEED={seed}");
+    out
+}
