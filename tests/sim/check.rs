@@ -13,8 +13,8 @@
 //!   Node is drained;
 //! - `healthy-evicted`: after [`CALM_BOUND`] without any fault, every source endpoint on a Node
 //!   not drained is ready in the target;
-//! - `dead-ready`: an endpoint every host sees dead for [`DEAD_BOUND`], while nothing else is
-//!   wrong, is not ready (unless it is the last ready one);
+//! - `dead-ready`: an endpoint every running host sees dead for [`DEAD_BOUND`], while nothing
+//!   else is wrong but crashed hosts, is not ready (unless it is the last ready one);
 //! - `write-budget`: at most [`WRITE_BUDGET`] EndpointSlice writes in any minute;
 //! - `progress` (main.rs): virtual time advances (a task that never yields, a wake-up loop that
 //!   never sleeps, stops the clock).
@@ -31,10 +31,11 @@ use tokio::time::Instant;
 /// leader waits out a member expiry (30 s) for an unconfirmed record; a new leader waits out the
 /// Lease (15 s). 60 s covers the sum of the likely ones.
 pub const CALM_BOUND: Duration = Duration::from_secs(60);
-/// How long an endpoint every host sees dead may stay ready while nothing else is wrong: a
-/// leader whose own apiserver died loses its Lease (renew deadline 10 s), a peer takes it when
-/// it expires (15 s), lists and counts (a few s).
-pub const DEAD_BOUND: Duration = Duration::from_secs(30);
+/// How long an endpoint every running host sees dead may stay ready while nothing else is wrong
+/// but hosts that crashed: a crashed member's last ballot counts until its record expires
+/// (`[members] expiry`, 30 s after the leader saw it change), a crashed leader's Lease expires
+/// first (4 s), probes and the write take a few seconds.
+pub const DEAD_BOUND: Duration = Duration::from_secs(45);
 /// EndpointSlice writes allowed in any 60 s: each fault costs at most a few (evict, return,
 /// a conflict's retry); a loop that rewrites the same slice blows it at once.
 pub const WRITE_BUDGET: usize = 40;
@@ -44,8 +45,11 @@ const BALLOT_LAG: Duration = Duration::from_secs(5);
 /// How long after an eviction the writer's own ballot may be published and still count: a
 /// leader counts its own verdicts as they are, and publishes them at most once a second.
 const OWN_LAG: Duration = Duration::from_secs(2);
-/// How long a member record counts after it was written: `[members] expiry` (30 s) plus
-/// [`BALLOT_LAG`].
+/// `[members] expiry`: a member whose record has not changed for this long is stale to the
+/// leader (judged from when the leader saw the change, which is no earlier than the write).
+const MEMBER_EXPIRY: Duration = Duration::from_secs(30);
+/// How long a member record may still count after it was written: [`MEMBER_EXPIRY`] plus
+/// [`BALLOT_LAG`] (the leader may have seen the write that much later).
 const MEMBER_LIVE: Duration = Duration::from_secs(35);
 
 /// One member's published verdicts: address → up.
@@ -69,7 +73,8 @@ pub struct Truth {
     pub source: BTreeSet<IpAddr>,
     /// Addresses on drained Nodes.
     pub drained: BTreeSet<IpAddr>,
-    /// Addresses every host sees dead, since when — only while that is the one fault active.
+    /// Addresses every running host sees dead, since when — only while the other faults
+    /// active, if any, are crashed hosts (and some host runs).
     pub dead_alone: BTreeMap<IpAddr, Instant>,
 }
 
@@ -94,6 +99,10 @@ pub struct Checker {
     pending: Vec<(Instant, IpAddr, String)>,
     /// What broke.
     pub violations: Vec<Violation>,
+    /// Liveness episodes already reported (one report each): the calm period's start, the
+    /// dead addresses with their `since`.
+    reported_calm: Option<Instant>,
+    reported_dead: BTreeSet<(IpAddr, Instant)>,
 }
 
 impl Checker {
@@ -247,19 +256,23 @@ impl Checker {
                 .rposition(|(t, _)| *t <= end)
                 .map_or(first, |i| i + 1);
             let recent = &versions[first..last.max(first)];
-            let live = recent
+            // The leader may count a member whose last write is up to MEMBER_LIVE old, and may
+            // already hold one stale whose last write is MEMBER_EXPIRY old.
+            let age = recent
                 .last()
-                .is_some_and(|(t, _)| at.saturating_duration_since(*t) <= MEMBER_LIVE);
-            if !live {
+                .map_or(Duration::MAX, |(t, _)| at.saturating_duration_since(*t));
+            if age > MEMBER_LIVE {
                 continue;
             }
+            let may_be_stale = age >= MEMBER_EXPIRY;
             let counted = |b: &Ballot| !b.is_empty() && b.values().any(|up| *up);
             let sees_down = recent
                 .iter()
                 .any(|(_, b)| counted(b) && b.get(&address) == Some(&false));
-            let can_abstain = recent
-                .iter()
-                .any(|(_, b)| !counted(b) || !b.contains_key(&address));
+            let can_abstain = may_be_stale
+                || recent
+                    .iter()
+                    .any(|(_, b)| !counted(b) || !b.contains_key(&address));
             if sees_down {
                 down.push(member.as_str());
             } else if !can_abstain {
@@ -283,6 +296,7 @@ impl Checker {
         }
         if let Some(since) = truth.calm_since
             && now.duration_since(since) >= CALM_BOUND
+            && self.reported_calm != Some(since)
         {
             let evicted: Vec<IpAddr> = truth
                 .source
@@ -292,6 +306,7 @@ impl Checker {
                 .copied()
                 .collect();
             if !evicted.is_empty() {
+                self.reported_calm = Some(since);
                 self.violate(
                     "healthy-evicted",
                     format!(
@@ -310,7 +325,9 @@ impl Checker {
                 && truth.source.contains(address)
                 && self.target.get(address) == Some(&true)
                 && others_ready
+                && !self.reported_dead.contains(&(*address, *since))
             {
+                self.reported_dead.insert((*address, *since));
                 let detail = format!(
                     "{address}, dead for every host for {} s, is still ready",
                     now.duration_since(*since).as_secs()

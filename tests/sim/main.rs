@@ -4,17 +4,21 @@
 //!
 //! `cargo test --release --test sim` runs the CI budget and ends with one line
 //! `sim: R runs, S simulated s, W wall s, V violations` (exit 1 when V > 0). Environment:
-//! `SIM_SEED` (the first seed; alone, replays that one run), `SIM_RUNS`, `SIM_DURATION`
-//! (simulated seconds per run), `SIM_HOSTS` (1–7), `SIM_LOG` (a tracing filter for the daemons'
+//! `SIM_SEED` (the first seed; alone, replays that one run), `SIM_RUNS` (either of the two:
+//! seeds only, no scripted scenarios), `SIM_SCENARIO` (one scripted scenario of `faults.rs`), `SIM_DURATION`
+//! (simulated seconds per run), `SIM_HOSTS` (1–7; unset: 3 in half the runs, 2, 4 or 5 in the
+//! others, drawn from the seed), `SIM_LOG` (a tracing filter for the daemons'
 //! logs, e.g. `endpoint_copier=debug`), `SIM_TRACE` (print the last events of every run, not
 //! only of a failing one), `SIM_TAIL` (how many: default 50). docs/development/testing.md, "Simulator", says how to
 //! replay a seed and extend the simulator.
 //!
 //! Files: `net.rs` the network and its faults, `world.rs` one run (the cluster, the hosts, the
-//! fault schedule, the write observer), `check.rs` the invariants and their self-test.
+//! write observer, the trace), `faults.rs` the seeded fault schedule, `check.rs` the
+//! invariants and their self-test.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod check;
+mod faults;
 mod net;
 mod world;
 
@@ -38,10 +42,83 @@ const FIRST_SEED: u64 = 1;
 /// Wall time without any progress of the virtual clock after which a run is declared stuck.
 const STALL: Duration = Duration::from_secs(60);
 
+/// One run to make.
+struct Job {
+    /// `seed 7`, `scenario stale-ballot`.
+    name: String,
+    /// How to replay it.
+    replay: String,
+    seed: u64,
+    opts: world::Opts,
+}
+
 struct Settings {
+    /// `SIM_SCENARIO`: only that scenario.
+    scenario: Option<String>,
+    /// Whether `SIM_SEED` or `SIM_RUNS` asked for seeds only (no scenarios).
+    seeds_only: bool,
     first_seed: u64,
     runs: u64,
-    opts: world::Opts,
+    /// `SIM_HOSTS`, when set.
+    hosts: Option<usize>,
+    duration: Duration,
+}
+
+impl Settings {
+    /// The runs to make: a scenario alone; or the scripted scenarios (unless seeds were asked
+    /// for), then the seeds.
+    fn jobs(&self) -> Vec<Job> {
+        let scenario_job = |name: &str| {
+            faults::scenario(name).map(|(hosts, duration, plan)| Job {
+                name: format!("scenario {name}"),
+                replay: format!("SIM_SCENARIO={name}"),
+                seed: self.first_seed,
+                opts: world::Opts {
+                    hosts,
+                    duration,
+                    scenario: Some(plan),
+                },
+            })
+        };
+        if let Some(name) = &self.scenario {
+            return scenario_job(name).into_iter().collect();
+        }
+        let mut jobs: Vec<Job> = if self.seeds_only {
+            Vec::new()
+        } else {
+            faults::SCENARIOS
+                .iter()
+                .filter_map(|n| scenario_job(n))
+                .collect()
+        };
+        for seed in self.first_seed..self.first_seed + self.runs {
+            jobs.push(Job {
+                name: format!("seed {seed}"),
+                replay: format!("SIM_SEED={seed}"),
+                seed,
+                opts: world::Opts {
+                    hosts: hosts_for(seed, self.hosts),
+                    duration: self.duration,
+                    scenario: None,
+                },
+            });
+        }
+        jobs
+    }
+}
+
+/// The hosts of a run: `SIM_HOSTS`, else drawn from the seed — 3 in half the runs, 2 in a
+/// quarter (where one stale ballot is a tie), 4 or 5 in the rest.
+fn hosts_for(seed: u64, fixed: Option<usize>) -> usize {
+    fixed.unwrap_or_else(|| {
+        // Its own generator: the world's draws stay the same whatever the host count.
+        match fastrand::Rng::with_seed(seed ^ 0x5157_4f53_5453).u32(0..20) {
+            0..=9 => 3,
+            10..=14 => 2,
+            15..=17 => 4,
+            _ => 5,
+        }
+    })
 }
 
 fn var(name: &str) -> Result<Option<u64>, String> {
@@ -67,8 +144,20 @@ impl Settings {
         // A seed alone replays that run.
         let runs = var("SIM_RUNS")?.unwrap_or(if seed.is_some() { 1 } else { runs });
         let secs = var("SIM_DURATION")?.unwrap_or(secs);
-        let hosts = var("SIM_HOSTS")?.unwrap_or(3);
-        if !(1..=7).contains(&hosts) {
+        let hosts = var("SIM_HOSTS")?;
+        let scenario = std::env::var("SIM_SCENARIO").ok();
+        if let Some(name) = &scenario
+            && faults::scenario(name).is_none()
+        {
+            return Err(format!(
+                "SIM_SCENARIO={name}: no such scenario (there are: {})",
+                faults::SCENARIOS.join(", ")
+            ));
+        }
+        let seeds_only = seed.is_some() || std::env::var_os("SIM_RUNS").is_some();
+        if let Some(hosts) = hosts
+            && !(1..=7).contains(&hosts)
+        {
             return Err(format!("SIM_HOSTS={hosts}: between 1 and 7"));
         }
         if secs < 30 {
@@ -77,12 +166,12 @@ impl Settings {
             ));
         }
         Ok(Settings {
+            scenario,
+            seeds_only,
             first_seed: seed.unwrap_or(FIRST_SEED),
             runs,
-            opts: world::Opts {
-                hosts: hosts as usize,
-                duration: Duration::from_secs(secs),
-            },
+            hosts: hosts.map(|h| h as usize),
+            duration: Duration::from_secs(secs),
         })
     }
 }
@@ -131,8 +220,9 @@ fn main() -> ExitCode {
         let progress = Arc::clone(&progress);
         std::thread::spawn(move || watchdog(&progress, wall));
     }
-    let (mut simulated, mut violations) = (0u64, 0usize);
-    for seed in settings.first_seed..settings.first_seed + settings.runs {
+    let (mut simulated, mut violations, mut runs) = (0u64, 0usize, 0u64);
+    for job in settings.jobs() {
+        let seed = job.seed;
         progress.seed.store(seed, Ordering::Relaxed);
         // The daemons' own randomness (backoff jitter, nonces) is fastrand's thread-local
         // generator, and every task runs on this thread.
@@ -150,11 +240,14 @@ fn main() -> ExitCode {
             }
         };
         let started = std::time::Instant::now();
-        let outcome = runtime.block_on(world::run(seed, &settings.opts, Arc::clone(&progress)));
+        let outcome = runtime.block_on(world::run(seed, &job.opts, Arc::clone(&progress)));
         drop(runtime);
-        simulated += settings.opts.duration.as_secs();
+        runs += 1;
+        simulated += job.opts.duration.as_secs();
         println!(
-            "sim: seed {seed}: schedule digest {:016x}, trace digest {:016x} ({} events), {} violations, {:.1} wall s, faults {:?}",
+            "sim: {}: {} hosts, schedule digest {:016x}, trace digest {:016x} ({} events), {} violations, {:.1} wall s, faults {:?}",
+            job.name,
+            job.opts.hosts,
             outcome.schedule,
             outcome.digest,
             outcome.events,
@@ -164,14 +257,13 @@ fn main() -> ExitCode {
         );
         if !outcome.violations.is_empty() {
             violations += outcome.violations.len();
-            eprint!("{}", world::report(seed, &outcome));
+            eprint!("{}", world::report(&job.replay, &outcome));
         } else if std::env::var_os("SIM_TRACE").is_some() {
-            eprint!("{}", world::report(seed, &outcome));
+            eprint!("{}", world::report(&job.replay, &outcome));
         }
     }
     println!(
-        "sim: {} runs, {simulated} simulated s, {:.1} wall s, {violations} violations",
-        settings.runs,
+        "sim: {runs} runs, {simulated} simulated s, {:.1} wall s, {violations} violations",
         wall.elapsed().as_secs_f64()
     );
     if violations > 0 {

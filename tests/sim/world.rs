@@ -23,23 +23,25 @@ use endpoint_copier::names;
 use endpoint_copier::probe::{Dialer, Verdict};
 use endpoint_copier::shutdown::Shutdown;
 use endpoint_copier_testbed::store::{self, ListParams, WriteParams};
-use endpoint_copier_testbed::{Failure, Match, Options, Partition, TestBed, Verb};
+use endpoint_copier_testbed::{Options, TestBed, Verb};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::check::{Ballot, Checker, Truth, Violation};
-use crate::net::{self, Door, Net, PathFault};
+use crate::net::{self, Door, Net};
 
 /// Events kept for a violation's report.
 const TRACE_TAIL: usize = 50;
 
 /// What a run is asked to do.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Opts {
     /// Hosts (and apiservers): 1–7.
     pub hosts: usize,
     /// Simulated time.
     pub duration: Duration,
+    /// A scripted schedule instead of the seed's.
+    pub scenario: Option<Vec<crate::faults::Planned>>,
 }
 
 /// What a run found.
@@ -119,12 +121,20 @@ pub struct Lab {
     last_ballot: BTreeMap<String, String>,
     /// What the liveness checks need to know of the world.
     pub truth: Truth,
-    /// Faults active now, by label.
-    active: BTreeSet<String>,
+    /// Faults active now, by label: whether each is a crashed host.
+    active: BTreeMap<String, bool>,
+    /// Hosts down now.
+    hosts_down: usize,
+    /// Hosts in the run.
+    hosts: usize,
+    /// Since when the one dead address has been the only fault active but crashes.
+    alone_since: Option<Instant>,
+    /// Addresses every host sees dead (killed or unready apiservers), since when.
+    dead: BTreeMap<IpAddr, Instant>,
 }
 
 impl Lab {
-    fn event(&mut self, text: &str) {
+    pub(crate) fn event(&mut self, text: &str) {
         let at = Instant::now().duration_since(self.start);
         self.trace.push(at, text);
     }
@@ -139,31 +149,65 @@ impl Lab {
     }
 
     /// Folds `text` into the schedule digest, at the current virtual time.
-    fn schedule(&mut self, text: &str) {
+    pub(crate) fn schedule(&mut self, text: &str) {
         let at = Instant::now().duration_since(self.start);
         self.schedule.push(at, text);
     }
 
-    fn fault_on(&mut self, label: String) {
+    pub(crate) fn fault_on(&mut self, label: String) {
         self.schedule(&format!("fault: {label}"));
-        self.fault_on_as(label);
+        self.fault_on_as(label, false);
     }
 
-    /// A fault whose label depends on the daemons (who leads): the schedule digest gets the
-    /// caller's stable name instead.
-    fn fault_on_as(&mut self, label: String) {
+    /// A fault the caller folds into the schedule digest itself (its label depends on the
+    /// daemons: who leads); `crash`: it is a crashed host.
+    pub(crate) fn fault_on_as(&mut self, label: String, crash: bool) {
         self.event(&format!("fault: {label}"));
-        self.active.insert(label);
+        self.active.insert(label, crash);
         self.truth.calm_since = None;
+        self.refresh_alone();
     }
 
-    fn fault_off(&mut self, label: &str) {
+    /// Recomputes `truth.dead_alone`: the one dead address while every other active fault is
+    /// a crashed host and some host runs.
+    fn refresh_alone(&mut self) {
+        let others = self.active.values().filter(|crash| !**crash).count();
+        let alone = self.dead.len() == 1 && others == 1 && self.hosts_down < self.hosts;
+        if !alone {
+            self.alone_since = None;
+            self.truth.dead_alone.clear();
+            return;
+        }
+        let since = *self.alone_since.get_or_insert_with(Instant::now);
+        if let Some((address, dead_since)) = self.dead.iter().next() {
+            self.truth.dead_alone = [(*address, since.max(*dead_since))].into();
+        }
+    }
+
+    /// `n` hosts are down now.
+    pub(crate) fn set_hosts_down(&mut self, n: usize) {
+        self.hosts_down = n;
+        self.refresh_alone();
+    }
+
+    /// `address` is seen dead by every host from now on, or not any more.
+    pub(crate) fn set_dead(&mut self, address: IpAddr, dead: bool) {
+        if dead {
+            self.dead.insert(address, Instant::now());
+        } else {
+            self.dead.remove(&address);
+        }
+        self.refresh_alone();
+    }
+
+    pub(crate) fn fault_off(&mut self, label: &str) {
         self.schedule(&format!("healed: {label}"));
         self.event(&format!("healed: {label}"));
         self.active.remove(label);
         if self.active.is_empty() {
             self.truth.calm_since = Some(Instant::now());
         }
+        self.refresh_alone();
     }
 }
 
@@ -329,27 +373,31 @@ fn drained_of(store: &store::Store) -> BTreeSet<IpAddr> {
     out
 }
 
-fn lock(lab: &Mutex<Lab>) -> MutexGuard<'_, Lab> {
+pub(crate) fn lock(lab: &Mutex<Lab>) -> MutexGuard<'_, Lab> {
     lab.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One simulated host.
-struct Host {
-    identity: String,
+pub(crate) struct Host {
+    pub(crate) identity: String,
     config: Config,
     incarnation: u32,
     running: Option<(Shutdown, tokio::task::JoinHandle<Result<(), daemon::Error>>)>,
 }
 
 /// A run in progress.
-struct World {
-    bed: Arc<TestBed>,
-    net: Arc<Net>,
-    lab: Arc<Mutex<Lab>>,
-    hosts: Vec<Host>,
-    rng: fastrand::Rng,
-    faults: BTreeMap<&'static str, u32>,
+pub(crate) struct World {
+    pub(crate) bed: Arc<TestBed>,
+    pub(crate) net: Arc<Net>,
+    pub(crate) lab: Arc<Mutex<Lab>>,
+    pub(crate) hosts: Vec<Host>,
+    pub(crate) rng: fastrand::Rng,
+    pub(crate) faults: BTreeMap<&'static str, u32>,
+    /// The host a leader crash took down, to restart at its heal.
+    pub(crate) leader_crashed: Option<usize>,
+    /// The run's simulated duration.
+    duration: Duration,
     /// Bumped whenever a door changes, so a pending reconcile of an older state does nothing.
     door_epoch: Arc<Mutex<Vec<u64>>>,
     _dirs: Vec<tempfile::TempDir>,
@@ -383,7 +431,11 @@ impl World {
                 calm_since: Some(Instant::now()),
                 ..Truth::default()
             },
-            active: BTreeSet::new(),
+            active: BTreeMap::new(),
+            hosts_down: 0,
+            hosts: opts.hosts,
+            alone_since: None,
+            dead: BTreeMap::new(),
         }));
         {
             let lab = Arc::clone(&lab);
@@ -426,6 +478,8 @@ impl World {
             hosts,
             rng: fastrand::Rng::with_seed(seed),
             faults: BTreeMap::new(),
+            leader_crashed: None,
+            duration: opts.duration,
             door_epoch: Arc::new(Mutex::new(vec![0; opts.hosts])),
             _dirs: dirs,
         };
@@ -433,7 +487,7 @@ impl World {
         world
     }
 
-    fn event(&self, text: &str) {
+    pub(crate) fn event(&self, text: &str) {
         lock(&self.lab).event(text);
     }
 
@@ -502,7 +556,7 @@ impl World {
         lock(&self.lab).truth.source.clone()
     }
 
-    fn start(&mut self, h: usize) {
+    pub(crate) fn start(&mut self, h: usize) {
         let host = &mut self.hosts[h];
         let environment = Environment {
             connector: Connector::Dial(self.net.connector(h, host.incarnation, &host.identity)),
@@ -523,7 +577,7 @@ impl World {
     }
 
     /// Host `h` dies at once: nothing it had open or in flight reaches anyone any more.
-    async fn crash(&mut self, h: usize, keep_runtime_dir: bool) {
+    pub(crate) async fn crash(&mut self, h: usize, keep_runtime_dir: bool) {
         let next = self.net.crash(h);
         let host = &mut self.hosts[h];
         host.incarnation = next;
@@ -536,6 +590,7 @@ impl World {
         if !keep_runtime_dir {
             host.config.lease.runtime_dir = Some(runtime_dir(&mut self._dirs));
         }
+        lock(&self.lab).set_hosts_down(self.hosts.iter().filter(|h| h.running.is_none()).count());
         let text = format!(
             "host {} crashes ({} its runtime directory)",
             self.hosts[h].identity,
@@ -566,7 +621,7 @@ impl World {
         }
     }
 
-    fn leader(&self) -> Option<usize> {
+    pub(crate) fn leader(&self) -> Option<usize> {
         let lab = lock(&self.lab);
         let holder = lab.checker.holder_at(Instant::now())?.to_owned();
         self.hosts.iter().position(|h| h.identity == holder)
@@ -574,7 +629,7 @@ impl World {
 
     /// Sets door `j` and models the endpoint reconciler: a killed apiserver leaves the source
     /// 7–20 s later; one that comes back is in again within 1–3 s.
-    fn set_door(&mut self, j: usize, door: Door) {
+    pub(crate) fn set_door(&mut self, j: usize, door: Door) {
         self.net.set_door(j, door);
         let epoch = {
             let mut epochs = self
@@ -710,11 +765,11 @@ pub async fn run(seed: u64, opts: &Opts, progress: Arc<crate::Progress>) -> Outc
             }
         })
     };
-    // Let the group form before the first fault.
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    while Instant::now() < end {
-        world.step(end).await;
-    }
+    let plan = match &opts.scenario {
+        Some(plan) => plan.clone(),
+        None => crate::faults::plan(&mut world.rng, opts),
+    };
+    world.execute(plan, end).await;
     ticker.abort();
     world.stop_all().await;
     let mut lab = lock(&world.lab);
@@ -734,216 +789,20 @@ pub async fn run(seed: u64, opts: &Opts, progress: Arc<crate::Progress>) -> Outc
 }
 
 impl World {
-    /// One fault, held for a while, healed, then a calm gap.
-    async fn step(&mut self, end: Instant) {
-        let n = self.hosts.len();
-        let hold = Duration::from_millis(self.rng.u64(2_000..=40_000));
-        let kind = self.rng.u32(0..100);
-        let h = self.rng.usize(0..n);
-        let j = self.rng.usize(0..n);
-        match kind {
-            // An apiserver killed, then restarted (its watch cache starts empty: 410s).
-            0..=11 => {
-                let label = format!("apiserver {} killed", j + 1);
-                self.count("apiserver-kill");
-                lock(&self.lab).fault_on(label.clone());
-                self.set_door(j, Door::Down);
-                self.mark_dead(j, true);
-                self.hold(hold, end).await;
-                self.set_door(j, Door::Up);
-                self.mark_dead(j, false);
-                self.bed.compact();
-                lock(&self.lab).fault_off(&label);
-            }
-            // An apiserver hangs: accepted, never answered; it stays in default/kubernetes.
-            12..=21 => {
-                let label = format!("apiserver {} hangs", j + 1);
-                self.count("apiserver-hang");
-                lock(&self.lab).fault_on(label.clone());
-                self.set_door(j, Door::Hung);
-                self.hold(hold, end).await;
-                self.set_door(j, Door::Up);
-                lock(&self.lab).fault_off(&label);
-            }
-            // /readyz answers 500 while the API serves.
-            22..=29 => {
-                let label = format!("apiserver {} unready (500)", j + 1);
-                self.count("apiserver-500");
-                lock(&self.lab).fault_on(label.clone());
-                self.set_door(j, Door::Unready);
-                self.mark_dead(j, true);
-                self.hold(hold, end).await;
-                self.set_door(j, Door::Up);
-                self.mark_dead(j, false);
-                lock(&self.lab).fault_off(&label);
-            }
-            // Host h cannot reach apiserver j (probes; its API too when j is its own).
-            30..=41 => {
-                let fault = match self.rng.u32(0..4) {
-                    0 => PathFault::Refuse,
-                    1 => PathFault::TlsAlert,
-                    2 => PathFault::TlsCert,
-                    _ => PathFault::BlackHole,
-                };
-                let label = format!("path node-{} -> apiserver {}: {fault:?}", h + 1, j + 1);
-                self.count("path");
-                lock(&self.lab).fault_on(label.clone());
-                self.net.set_path(h, j, Some(fault));
-                self.hold(hold, end).await;
-                self.net.set_path(h, j, None);
-                lock(&self.lab).fault_off(&label);
-            }
-            // Node j partitioned: it and the others cannot reach each other's apiservers;
-            // its own apiserver, cut off from etcd, leaves its requests hanging.
-            42..=51 => {
-                let label = format!("node-{} partitioned", j + 1);
-                self.count("partition");
-                lock(&self.lab).fault_on(label.clone());
-                for k in (0..n).filter(|k| *k != j) {
-                    self.net.set_path(j, k, Some(PathFault::BlackHole));
-                    self.net.set_path(k, j, Some(PathFault::BlackHole));
-                }
-                self.bed
-                    .partition(&self.hosts[j].identity, Partition::BlackHole);
-                self.hold(hold, end).await;
-                for k in (0..n).filter(|k| *k != j) {
-                    self.net.set_path(j, k, None);
-                    self.net.set_path(k, j, None);
-                }
-                self.bed.heal(&self.hosts[j].identity);
-                lock(&self.lab).fault_off(&label);
-            }
-            // A host crashes and restarts, with or without its runtime directory.
-            52..=61 => {
-                let keep = self.rng.bool();
-                let label = format!("node-{} down", h + 1);
-                self.count("host-crash");
-                lock(&self.lab).fault_on(label.clone());
-                self.crash(h, keep).await;
-                self.hold(hold, end).await;
-                self.start(h);
-                lock(&self.lab).fault_off(&label);
-            }
-            // The leader's host crashes and restarts.
-            // (With no leader at the moment, host h.)
-            62..=69 => {
-                let keep = self.rng.bool();
-                let l = self.leader().unwrap_or(h);
-                let label = format!("leader node-{} down", l + 1);
-                self.count("leader-crash");
-                {
-                    let mut lab = lock(&self.lab);
-                    lab.schedule(&format!("fault: leader down (keep runtime dir: {keep})"));
-                    lab.fault_on_as(label.clone());
-                }
-                self.crash(l, keep).await;
-                self.hold(hold, end).await;
-                self.start(l);
-                lock(&self.lab).fault_off(&label);
-            }
-            // A burst of 5xx/429 on one host's requests.
-            70..=76 => {
-                let failure = match self.rng.u32(0..3) {
-                    0 => Failure::InternalError,
-                    1 => Failure::ServiceUnavailable,
-                    _ => Failure::TooManyRequests {
-                        retry_after_secs: 1,
-                    },
-                };
-                let count = self.rng.usize(1..=20);
-                let label = format!("{count} x {failure:?} for node-{}", h + 1);
-                self.count("5xx-burst");
-                lock(&self.lab).fault_on(label.clone());
-                self.bed.fail_next(
-                    Match::any().identity(&self.hosts[h].identity),
-                    count,
-                    failure,
-                );
-                self.hold(hold, end).await;
-                self.bed.heal_failures();
-                lock(&self.lab).fault_off(&label);
-            }
-            // The reply to the next EndpointSlice or Lease write is lost after the commit.
-            77..=83 => {
-                let what = if self.rng.bool() {
-                    "endpointslices"
-                } else {
-                    "leases"
-                };
-                let label = format!("reply lost: next {what} write of node-{}", h + 1);
-                self.count("lost-reply");
-                lock(&self.lab).fault_on(label.clone());
-                self.bed.commit_then_drop_next(
-                    Match::any()
-                        .identity(&self.hosts[h].identity)
-                        .resource(what),
-                    1,
-                );
-                self.hold(hold, end).await;
-                self.bed.heal_failures();
-                lock(&self.lab).fault_off(&label);
-            }
-            // Watch history compacted and every watch closed: 410 and relists.
-            84..=88 => {
-                self.count("compaction");
-                {
-                    let mut lab = lock(&self.lab);
-                    lab.schedule("fault: compaction");
-                    lab.event("fault: compaction, watches closed");
-                }
-                self.bed.compact();
-                self.bed.close_watches();
-            }
-            // A Node drained, then resumed.
-            89..=95 => {
-                let label = format!("node-{} drained", j + 1);
-                self.count("drain");
-                lock(&self.lab).fault_on(label.clone());
-                self.set_drain(j, true);
-                self.hold(hold, end).await;
-                self.set_drain(j, false);
-                lock(&self.lab).fault_off(&label);
-            }
-            // Calm.
-            _ => {
-                {
-                    let mut lab = lock(&self.lab);
-                    lab.schedule("calm");
-                    lab.event("calm");
-                }
-                self.hold(crate::check::CALM_BOUND + Duration::from_secs(10), end)
-                    .await;
-            }
-        }
-        // A gap before the next fault; now and then long enough for the liveness bound.
-        let gap = if self.rng.u32(0..4) == 0 {
-            crate::check::CALM_BOUND + Duration::from_secs(5)
-        } else {
-            Duration::from_millis(self.rng.u64(0..=20_000))
-        };
-        self.hold(gap, end).await;
+    pub(crate) fn duration(&self) -> Duration {
+        self.duration
     }
 
-    fn count(&mut self, kind: &'static str) {
+    pub(crate) fn count(&mut self, kind: &'static str) {
         *self.faults.entry(kind).or_default() += 1;
     }
 
-    async fn hold(&self, d: Duration, end: Instant) {
-        tokio::time::sleep_until((Instant::now() + d).min(end)).await;
-    }
-
     /// Door `j` seen dead by every host (killed, or unready) — or not any more.
-    fn mark_dead(&self, j: usize, dead: bool) {
-        let mut lab = lock(&self.lab);
-        let a = net::door_address(j);
-        if dead {
-            lab.truth.dead_alone.insert(a, Instant::now());
-        } else {
-            lab.truth.dead_alone.remove(&a);
-        }
+    pub(crate) fn mark_dead(&self, j: usize, dead: bool) {
+        lock(&self.lab).set_dead(net::door_address(j), dead);
     }
 
-    fn set_drain(&self, j: usize, on: bool) {
+    pub(crate) fn set_drain(&self, j: usize, on: bool) {
         let store = self.bed.store();
         let r = resource("", "v1", "nodes");
         let name = format!("node-{}", j + 1);
@@ -970,24 +829,25 @@ impl World {
     }
 }
 
-/// A report of a run's violations: seed, invariants, the trace's last events.
-pub fn report(seed: u64, outcome: &Outcome) -> String {
+/// A report of a run's violations: which run (`replay`: how to replay it), the invariants,
+/// the trace's last events.
+pub fn report(replay: &str, outcome: &Outcome) -> String {
     let mut out = String::new();
     for v in &outcome.violations {
         let _ = writeln!(
             out,
-            "sim: seed {seed}: invariant {} broken: {}",
+            "sim: {replay}: invariant {} broken: {}",
             v.invariant, v.detail
         );
     }
     let _ = writeln!(
         out,
-        "sim: seed {seed}: the last {} events:",
+        "sim: {replay}: the last {} events:",
         outcome.tail.len()
     );
     for line in &outcome.tail {
         let _ = writeln!(out, "  {line}");
     }
-    let _ = writeln!(out, "sim: replay with SIM_SEED={seed}");
+    let _ = writeln!(out, "sim: replay with {replay}");
     out
 }
