@@ -40,7 +40,7 @@ const DEBUG_DURATION_SECS: u64 = 120;
 /// The first seed when `SIM_SEED` is not set: CI runs the same seeds every time.
 const FIRST_SEED: u64 = 1;
 /// Wall time without any progress of the virtual clock after which a run is declared stuck.
-const STALL: Duration = Duration::from_secs(60);
+const STALL: Duration = Duration::from_secs(30);
 
 /// One run to make.
 struct Job {
@@ -179,7 +179,12 @@ impl Settings {
 /// Beats once per liveness tick (every 500 ms of virtual time); the watchdog thread reads it.
 pub struct Progress {
     pub beats: AtomicU64,
-    pub seed: AtomicU64,
+    /// The run going on, to name it (its replay), and the ones finished.
+    pub replay: std::sync::Mutex<String>,
+    pub runs: AtomicU64,
+    pub simulated: AtomicU64,
+    /// The run's lab, for its trace.
+    pub lab: std::sync::Mutex<Option<Arc<std::sync::Mutex<world::Lab>>>>,
 }
 
 fn main() -> ExitCode {
@@ -213,7 +218,10 @@ fn main() -> ExitCode {
     }
     let progress = Arc::new(Progress {
         beats: AtomicU64::new(0),
-        seed: AtomicU64::new(settings.first_seed),
+        replay: std::sync::Mutex::new(String::new()),
+        runs: AtomicU64::new(0),
+        simulated: AtomicU64::new(0),
+        lab: std::sync::Mutex::new(None),
     });
     let wall = std::time::Instant::now();
     {
@@ -223,7 +231,9 @@ fn main() -> ExitCode {
     let (mut simulated, mut violations, mut runs) = (0u64, 0usize, 0u64);
     for job in settings.jobs() {
         let seed = job.seed;
-        progress.seed.store(seed, Ordering::Relaxed);
+        if let Ok(mut r) = progress.replay.lock() {
+            r.clone_from(&job.replay);
+        }
         // The daemons' own randomness (backoff jitter, nonces) is fastrand's thread-local
         // generator, and every task runs on this thread.
         fastrand::seed(seed);
@@ -244,6 +254,8 @@ fn main() -> ExitCode {
         drop(runtime);
         runs += 1;
         simulated += job.opts.duration.as_secs();
+        progress.runs.store(runs, Ordering::Relaxed);
+        progress.simulated.store(simulated, Ordering::Relaxed);
         println!(
             "sim: {}: {} hosts, schedule digest {:016x}, trace digest {:016x} ({} events), {} violations, {:.1} wall s, faults {:?}",
             job.name,
@@ -286,14 +298,26 @@ fn watchdog(progress: &Progress, wall: std::time::Instant) {
             last = now;
             since = std::time::Instant::now();
         } else if since.elapsed() >= STALL {
-            let seed = progress.seed.load(Ordering::Relaxed);
+            let replay = progress
+                .replay
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default();
             eprintln!(
-                "sim: seed {seed}: invariant progress broken: virtual time has not advanced for {} wall s (a task spins without yielding, or a wake-up loop never sleeps)",
+                "sim: {replay}: invariant progress broken: virtual time has not advanced for {} wall s (a task spins without yielding, or a wake-up loop never sleeps)",
                 STALL.as_secs()
             );
-            eprintln!("sim: replay with SIM_SEED={seed}");
+            let lab = progress.lab.lock().ok().and_then(|l| l.clone());
+            if let Some(lab) = lab
+                && let Ok(lab) = lab.try_lock()
+            {
+                eprint!("{}", lab.tail_report(&replay));
+            }
+            eprintln!("sim: replay with {replay}");
             println!(
-                "sim: 1 runs, 0 simulated s, {:.1} wall s, 1 violations",
+                "sim: {} runs, {} simulated s, {:.1} wall s, 1 violations",
+                progress.runs.load(Ordering::Relaxed) + 1,
+                progress.simulated.load(Ordering::Relaxed),
                 wall.elapsed().as_secs_f64()
             );
             std::process::exit(1);

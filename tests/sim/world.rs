@@ -139,6 +139,18 @@ impl Lab {
         self.trace.push(at, text);
     }
 
+    /// The trace's last events, for a run that never ends.
+    pub fn tail_report(&self, replay: &str) -> String {
+        let mut out = format!(
+            "sim: {replay}: the last {} events:\n",
+            self.trace.tail.len()
+        );
+        for line in &self.trace.tail {
+            let _ = writeln!(out, "  {line}");
+        }
+        out
+    }
+
     /// Traces violations the checker found since the last call.
     fn flush(&mut self) {
         while self.reported < self.checker.violations.len() {
@@ -740,6 +752,9 @@ impl SourceWriter<'_> {
 /// Runs one seed for `opts.duration` of simulated time.
 pub async fn run(seed: u64, opts: &Opts, progress: Arc<crate::Progress>) -> Outcome {
     let mut world = World::new(seed, opts);
+    if let Ok(mut lab) = progress.lab.lock() {
+        *lab = Some(Arc::clone(&world.lab));
+    }
     world.event(&format!(
         "seed {seed}: {} hosts, {} s",
         opts.hosts,
