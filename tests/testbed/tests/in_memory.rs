@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex};
 use endpoint_copier_testbed::{Options, TestBed, Verb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// What the observer saw of one write: who, which verb, which object, whether it is stored.
+type Seen = (String, Verb, String, bool);
+
 /// Sends one request on a fresh in-memory connection as `identity`; returns the whole answer.
 async fn exchange(bed: &TestBed, identity: &str, request: &str) -> String {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
@@ -42,7 +45,7 @@ async fn an_in_memory_connection_is_served_as_the_identity_given() {
 #[tokio::test]
 async fn every_accepted_write_reaches_the_observer_with_the_store_as_it_left_it() {
     let bed = TestBed::in_memory(Options::default());
-    let seen: Arc<Mutex<Vec<(String, Verb, String, bool)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     {
         let seen = Arc::clone(&seen);
         bed.on_write(Arc::new(move |a, store| {
