@@ -9,7 +9,7 @@
 //! (simulated seconds per run), `SIM_HOSTS` (1–7; unset: 3 in half the runs, 2, 4 or 5 in the
 //! others, drawn from the seed), `SIM_LOG` (a tracing filter for the daemons'
 //! logs, e.g. `endpoint_copier=debug`), `SIM_TRACE` (print the last events of every run, not
-//! only of a failing one), `SIM_TAIL` (how many: default 50). docs/development/testing.md, "Simulator", says how to
+//! only of a failing one; `SIM_TRACE=schedule`: the schedule's), `SIM_TAIL` (how many: default 50). docs/development/testing.md, "Simulator", says how to
 //! replay a seed and extend the simulator.
 //!
 //! Files: `net.rs` the network and its faults, `world.rs` one run (the cluster, the hosts, the
@@ -257,7 +257,7 @@ fn main() -> ExitCode {
         progress.runs.store(runs, Ordering::Relaxed);
         progress.simulated.store(simulated, Ordering::Relaxed);
         println!(
-            "sim: {}: {} hosts, schedule digest {:016x}, trace digest {:016x} ({} events), {} violations, {:.1} wall s, faults {:?}",
+            "sim: {}: {} hosts, schedule digest {:016x}, trace digest {:016x} ({} events), {} violations, {:.1} wall s, at most {} slice writes/min, faults {:?}",
             job.name,
             job.opts.hosts,
             outcome.schedule,
@@ -265,11 +265,16 @@ fn main() -> ExitCode {
             outcome.events,
             outcome.violations.len(),
             started.elapsed().as_secs_f64(),
+            outcome.busiest_minute,
             outcome.faults
         );
         if !outcome.violations.is_empty() {
             violations += outcome.violations.len();
             eprint!("{}", world::report(&job.replay, &outcome));
+        } else if std::env::var("SIM_TRACE").is_ok_and(|v| v == "schedule") {
+            for line in &outcome.schedule_tail {
+                eprintln!("  {line}");
+            }
         } else if std::env::var_os("SIM_TRACE").is_some() {
             eprint!("{}", world::report(&job.replay, &outcome));
         }

@@ -58,6 +58,10 @@ pub struct Outcome {
     pub tail: Vec<String>,
     /// Faults applied, by kind.
     pub faults: BTreeMap<&'static str, u32>,
+    /// The most EndpointSlice writes in any 60 s.
+    pub busiest_minute: usize,
+    /// The schedule's last lines (`SIM_TRACE=schedule` prints them).
+    pub schedule_tail: Vec<String>,
 }
 
 /// The trace: every event folded into a digest; the last ones kept for a report.
@@ -86,7 +90,11 @@ impl Default for Trace {
 
 impl Trace {
     fn push(&mut self, at: Duration, text: &str) {
-        let line = format!("{:>9.3}s {text}", at.as_secs_f64());
+        self.push_line(format!("{:>9.3}s {text}", at.as_secs_f64()));
+    }
+
+    /// A line without a time (the end of a run: how long the hosts take to stop varies).
+    fn push_line(&mut self, line: String) {
         // FNV-1a: fixed, so digests compare across processes.
         let mut h = if self.count == 0 {
             0xcbf2_9ce4_8422_2325
@@ -791,8 +799,7 @@ pub async fn run(seed: u64, opts: &Opts, progress: Arc<crate::Progress>) -> Outc
     lab.checker.finish(Instant::now());
     lab.flush();
     let broken: Vec<&str> = lab.checker.violations.iter().map(|v| v.invariant).collect();
-    let outcome = format!("end: broken {broken:?}");
-    lab.schedule(&outcome);
+    lab.schedule.push_line(format!("end: broken {broken:?}"));
     Outcome {
         violations: lab.checker.violations.clone(),
         digest: lab.trace.digest,
@@ -800,6 +807,8 @@ pub async fn run(seed: u64, opts: &Opts, progress: Arc<crate::Progress>) -> Outc
         events: lab.trace.count,
         tail: lab.trace.tail.iter().cloned().collect(),
         faults: std::mem::take(&mut world.faults),
+        busiest_minute: lab.checker.busiest_minute,
+        schedule_tail: lab.schedule.tail.iter().cloned().collect(),
     }
 }
 
