@@ -45,6 +45,8 @@ pub enum Fault {
     LostReply(usize, &'static str),
     /// Host `h`'s election Lease requests fail with 503 while everything else works.
     LeaseFails(usize),
+    /// Host `h`'s next 50 API requests each wait this long at its apiserver (a slow path).
+    Slow(usize, Duration),
     /// History compacted and every watch closed: 410 and relists (instantaneous).
     Compaction,
     /// Node `j` drained (`endpoint-copier/drain: "true"`), then resumed.
@@ -81,7 +83,9 @@ impl Fault {
             // Decided when it happens: takes every host lock, so it runs alone among crashes.
             Fault::LeaderCrash(..) => (0..n).map(Lock::Host).collect(),
             Fault::Crash(h, _) => vec![Lock::Host(*h)],
-            Fault::Burst(..) | Fault::LostReply(..) | Fault::LeaseFails(_) => vec![Lock::Rules],
+            Fault::Burst(..) | Fault::LostReply(..) | Fault::LeaseFails(_) | Fault::Slow(..) => {
+                vec![Lock::Rules]
+            }
             Fault::Drain(j) => vec![Lock::Drain(*j)],
             Fault::Compaction | Fault::Calm => Vec::new(),
         }
@@ -100,6 +104,7 @@ impl Fault {
             Fault::Burst(..) => "5xx-burst",
             Fault::LostReply(..) => "lost-reply",
             Fault::LeaseFails(_) => "lease-fails",
+            Fault::Slow(..) => "slow",
             Fault::Compaction => "compaction",
             Fault::Drain(_) => "drain",
             Fault::Calm => "calm",
@@ -119,6 +124,11 @@ impl Fault {
             Fault::Burst(h, f, n) => format!("{n} x {f:?} for node-{}", h + 1),
             Fault::LostReply(h, what) => format!("reply lost: next {what} write of node-{}", h + 1),
             Fault::LeaseFails(h) => format!("node-{}'s election Lease requests fail", h + 1),
+            Fault::Slow(h, d) => format!(
+                "node-{}'s API requests slowed by {} ms",
+                h + 1,
+                d.as_millis()
+            ),
             Fault::Compaction => "compaction, watches closed".to_owned(),
             Fault::Drain(j) => format!("node-{} drained", j + 1),
             Fault::Calm => "calm".to_owned(),
@@ -176,8 +186,9 @@ fn draw(rng: &mut fastrand::Rng, n: usize) -> Fault {
                 "leases"
             },
         ),
-        77..=81 => Fault::LeaseFails(h),
-        82..=85 => Fault::Compaction,
+        77..=80 => Fault::LeaseFails(h),
+        81..=83 => Fault::Slow(h, Duration::from_millis(rng.u64(200..=3_000))),
+        84..=85 => Fault::Compaction,
         86..=94 => Fault::Drain(j),
         _ => Fault::Calm,
     }
@@ -399,6 +410,10 @@ impl World {
                     .namespace("kube-system"),
                 Failure::ServiceUnavailable,
             ),
+            Fault::Slow(h, d) => {
+                self.bed
+                    .delay_next(Match::any().identity(&self.hosts[*h].identity), 50, *d);
+            }
             Fault::Drain(j) => self.set_drain(*j, true),
             Fault::LeaderCrash(..) | Fault::Compaction | Fault::Calm => {}
         }
@@ -435,7 +450,7 @@ impl World {
                     self.start(l);
                 }
             }
-            Fault::Burst(..) | Fault::LostReply(..) | Fault::LeaseFails(_) => {
+            Fault::Burst(..) | Fault::LostReply(..) | Fault::LeaseFails(_) | Fault::Slow(..) => {
                 self.bed.heal_failures();
             }
             Fault::Drain(j) => self.set_drain(*j, false),
