@@ -29,7 +29,7 @@ use std::time::Duration;
 
 /// Runs per `cargo test --release --test sim` (fits ~3 minutes of wall time on 2 cores; see
 /// docs/development/testing.md for the measurement).
-const CI_RUNS: u64 = 40;
+const CI_RUNS: u64 = 500;
 /// Simulated seconds per CI run.
 const CI_DURATION_SECS: u64 = 600;
 /// A debug build (`cargo test` of the whole workspace) runs a token budget: the daemons are

@@ -137,6 +137,9 @@ pub struct Lab {
     hosts: usize,
     /// Since when the one dead address has been the only fault active but crashes.
     alone_since: Option<Instant>,
+    /// When a host last started: a restarted leader weighs the records it has only listed
+    /// for a member expiry before they count or go, so the dead-ready bound counts from it.
+    last_start: Option<Instant>,
     /// Addresses every host sees dead (killed or unready apiservers), since when.
     dead: BTreeMap<IpAddr, Instant>,
 }
@@ -199,14 +202,18 @@ impl Lab {
             return;
         }
         let since = *self.alone_since.get_or_insert_with(Instant::now);
+        let since = self.last_start.map_or(since, |s| since.max(s));
         if let Some((address, dead_since)) = self.dead.iter().next() {
             self.truth.dead_alone = [(*address, since.max(*dead_since))].into();
         }
     }
 
-    /// `n` hosts are down now.
-    pub(crate) fn set_hosts_down(&mut self, n: usize) {
+    /// `n` hosts are down now; `started`: because one just started.
+    pub(crate) fn set_hosts_down(&mut self, n: usize, started: bool) {
         self.hosts_down = n;
+        if started {
+            self.last_start = Some(Instant::now());
+        }
         self.refresh_alone();
     }
 
@@ -455,6 +462,7 @@ impl World {
             hosts_down: 0,
             hosts: opts.hosts,
             alone_since: None,
+            last_start: None,
             dead: BTreeMap::new(),
         }));
         {
@@ -593,7 +601,10 @@ impl World {
             "host {} starts (incarnation {})",
             host.identity, host.incarnation
         );
-        self.event(&text);
+        let down = self.hosts.iter().filter(|h| h.running.is_none()).count();
+        let mut lab = lock(&self.lab);
+        lab.set_hosts_down(down, true);
+        lab.event(&text);
     }
 
     /// Host `h` dies at once: nothing it had open or in flight reaches anyone any more.
@@ -610,7 +621,10 @@ impl World {
         if !keep_runtime_dir {
             host.config.lease.runtime_dir = Some(runtime_dir(&mut self._dirs));
         }
-        lock(&self.lab).set_hosts_down(self.hosts.iter().filter(|h| h.running.is_none()).count());
+        lock(&self.lab).set_hosts_down(
+            self.hosts.iter().filter(|h| h.running.is_none()).count(),
+            false,
+        );
         let text = format!(
             "host {} crashes ({} its runtime directory)",
             self.hosts[h].identity,
