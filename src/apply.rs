@@ -27,9 +27,7 @@ use crate::lease::{Fence, NotLeader};
 use crate::metrics::Metrics;
 use crate::names;
 
-/// How long one write may take before we give up on it and retry later. Long enough for a busy
-/// apiserver, short enough that a hung one does not stall the pair past a Lease renew deadline.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::client::REQUEST_TIMEOUT;
 
 /// The kind of write, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

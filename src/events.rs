@@ -153,6 +153,13 @@ pub struct Report {
     pub note: String,
 }
 
+/// A sender whose reports stay in the returned queue, for unit tests of the engine.
+#[cfg(test)]
+pub(crate) fn captured() -> (Sender, mpsc::Receiver<Report>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (Sender(tx), rx)
+}
+
 /// The sending side, cheap to clone; never blocks.
 #[derive(Clone)]
 pub struct Sender(mpsc::Sender<Report>);

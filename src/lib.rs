@@ -12,10 +12,16 @@
 //!              pairs (which pairs, which refused) ──► desired ──► plan ──► apply
 //! ```
 //!
-//! `desired`, `pairs` and `lease::decide` are pure; everything else is thin I/O around them.
+//! `desired` (with `desired::step::plan_for`, what to write for one pair now), `pairs` (with
+//! `pairs::Rules`, the one resolution of which pairs exist), `nodes`, `probe::quorum`,
+//! `group::live` and `lease::decide` are pure; everything else is thin I/O around them. The
+//! modules form no cycle: `family` and `names` are leaves, `inspect` (the `check`/`status`
+//! report) is built on the pure core and never on `daemon`.
 //! Every request and watch goes through `client::link`, which restarts the watches a network
 //! cut left on dead connections (`docs/development/architecture.md`, "Watch liveness").
-//! `daemon` supervises the tasks; `main` wires the process (flags, logging, exit codes).
+//! `daemon` runs the engine — settings apart from its state, its rules unit-tested under paused
+//! time — and supervises every long-lived task; `main` wires the process (flags, logging, exit
+//! codes).
 
 pub mod apply;
 pub mod backoff;
@@ -27,6 +33,7 @@ pub mod desired;
 pub mod drain;
 pub mod error;
 pub mod events;
+pub mod family;
 pub mod group;
 pub mod host;
 pub mod inspect;

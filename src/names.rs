@@ -218,6 +218,9 @@ pub const MEMBER_NONCE_ANNOTATION: &str = "endpoint-copier/nonce";
 /// member Lease under the same identity (`-` when that process wrote none). Readers do not count
 /// the ballot of an identity so marked.
 pub const MEMBER_TWIN_ANNOTATION: &str = "endpoint-copier/twin";
+/// Annotation on a member Lease: the product version of the process that writes it (`0.2.0`;
+/// absent in records of 0.1.0). Shown by `status` and STATUS when live members differ.
+pub const MEMBER_VERSION_ANNOTATION: &str = "endpoint-copier/version";
 /// Default namespace of the member Leases (`[members] namespace`): a namespace of their own, so
 /// that the right to create and update member Leases reaches no other component's Lease.
 pub const MEMBERS_NAMESPACE: &str = "endpoint-copier";

@@ -279,6 +279,11 @@ impl SliceWatches {
         true
     }
 
+    /// The current watch of `namespace`, if it is watched.
+    pub fn generation_of(&self, namespace: &str) -> Option<u64> {
+        self.running.get(namespace).map(|(g, _, _)| *g)
+    }
+
     /// Whether `generation` is the current watch of `namespace`.
     pub fn is_current(&self, namespace: &str, generation: u64) -> bool {
         self.running
@@ -318,14 +323,16 @@ pub struct ServiceCache {
     objects: BTreeMap<ServiceRef, Service>,
     buffer: Option<BTreeMap<ServiceRef, Service>>,
     ready: bool,
-    configured: BTreeSet<ServiceRef>,
+    /// Which Services take part in pairs.
+    rules: crate::pairs::Rules,
 }
 
 impl ServiceCache {
-    /// An empty cache that keeps `configured` targets and any annotated Service.
-    pub fn new(configured: BTreeSet<ServiceRef>) -> ServiceCache {
+    /// An empty cache that keeps the Services `rules` concern: configured targets and any
+    /// annotated Service.
+    pub fn new(rules: crate::pairs::Rules) -> ServiceCache {
         ServiceCache {
-            configured,
+            rules,
             ..ServiceCache::default()
         }
     }
@@ -341,12 +348,7 @@ impl ServiceCache {
     }
 
     fn keeps(&self, key: &ServiceRef, svc: &Service) -> bool {
-        self.configured.contains(key)
-            || svc
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(names::ANNOTATION_ENABLED))
+        self.rules.concerns(key, svc)
     }
 
     /// Applies one watch event; returns the Services whose cached state changed.
@@ -641,7 +643,14 @@ mod tests {
 
     #[test]
     fn unrelated_services_are_not_stored() {
-        let mut cache = ServiceCache::new([r("default/kubernetes-vip")].into());
+        let mut cache = ServiceCache::new(crate::pairs::Rules::new(
+            vec![crate::config::PairConfig::new(
+                r("default/kubernetes"),
+                r("default/kubernetes-vip"),
+            )],
+            true,
+            Vec::new(),
+        ));
         cache.apply(Event::Init);
         for i in 0..100 {
             cache.apply(Event::InitApply(svc("apps", &format!("s{i}"), false)));
@@ -656,7 +665,7 @@ mod tests {
 
     #[test]
     fn removing_the_annotation_drops_the_service() {
-        let mut cache = ServiceCache::new(BTreeSet::new());
+        let mut cache = ServiceCache::new(crate::pairs::Rules::default());
         assert_eq!(
             cache.apply(Event::Apply(svc("team", "vip", true))),
             [r("team/vip")].into()

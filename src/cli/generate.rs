@@ -242,14 +242,18 @@ mod tests {
         let page = std::fs::read_to_string(dir.path().join("endpoint-copier.1")).unwrap();
         // roff escapes '-' as '\-'.
         for needle in [
-            ".TH endpoint-copier 1 \"\" \"endpoint-copier 0.1.0\" \"endpoint-copier manual\"\n",
+            format!(
+                ".TH endpoint-copier 1 \"\" \"endpoint-copier {}\" \"endpoint-copier manual\"\n",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_str(),
             "kubernetes\\-vip",
             "Exit codes",
             "endpoint\\-copier\\-drain(1)",
             ".SH FILES",
             "/etc/endpoint\\-copier/config.d/*.toml",
             ".SH \"SEE ALSO\"",
-            "v0.1.0",
+            format!("v{}", env!("CARGO_PKG_VERSION")).as_str(),
         ] {
             assert!(page.contains(needle), "no {needle:?} in:\n{page}");
         }

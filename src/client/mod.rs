@@ -19,9 +19,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 
 use crate::config;
 
+mod credentials;
 pub mod link;
 pub mod transport;
 
+pub use credentials::{Credentials, Reloaded, cluster_of};
 pub use link::{Link, Tracked};
 
 /// How long to wait for a TCP/TLS connection to the API server. Short: a control-plane host's
@@ -29,6 +31,9 @@ pub use link::{Link, Tracked};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long writing one request may take.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one write may take before we give up on it and retry later. Long enough for a busy
+/// apiserver, short enough that a hung one does not stall the pair past a Lease renew deadline.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why no client could be built.
 #[derive(Debug, thiserror::Error)]

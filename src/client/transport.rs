@@ -49,7 +49,7 @@ pub const DEAD_PEER_NOTICED_WITHIN: Duration =
     Duration::from_secs(KEEPALIVE_IDLE.as_secs() + TCP_USER_TIMEOUT.as_secs());
 
 // A request we still wait for is never cut by the kernel first.
-const _: () = assert!(TCP_USER_TIMEOUT.as_secs() >= crate::apply::REQUEST_TIMEOUT.as_secs());
+const _: () = assert!(TCP_USER_TIMEOUT.as_secs() >= super::REQUEST_TIMEOUT.as_secs());
 
 /// A client for `config`: kube's layers (base URL, credentials, extra headers) over a hyper
 /// client whose sockets carry TCP keepalive and `TCP_USER_TIMEOUT`.

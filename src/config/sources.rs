@@ -83,7 +83,7 @@ pub(super) fn sources(
 /// A static source's address: an IP address the EndpointSlice API accepts.
 fn static_address(text: &str) -> Result<IpAddr, String> {
     if let Ok(address) = text.parse::<IpAddr>() {
-        return match crate::desired::unusable_endpoint_address(address) {
+        return match crate::family::unusable_endpoint_address(address) {
             Some(why) => Err(format!(
                 "'{text}' is {why}, which the EndpointSlice API refuses"
             )),

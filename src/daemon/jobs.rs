@@ -1,7 +1,7 @@
 //! The work the engine runs as tasks, so that a slow API never stalls the watches: a pair's
 //! write, the check for endpoint-copier-operator's leftover Endpoints, and the scan for slices of
 //! pairs removed while this copy did not lead. Each returns a [`Done`] the engine matches to the
-//! run it started (by [`TaskId`]); none decides what to write (`pair::plan_for` does).
+//! run it started (by [`TaskId`]); none decides what to write (`desired::step::plan_for` does).
 
 use std::collections::BTreeSet;
 
@@ -11,9 +11,9 @@ use kube::Api;
 use kube::api::ListParams;
 use tokio::time::Instant;
 
-use super::pair::Step;
 use super::schedule::TaskId;
 use crate::apply::{self, Applied};
+use crate::desired::step::Step;
 use crate::group::Group;
 use crate::group::live::Gone;
 use crate::group::member::forget;
@@ -237,7 +237,9 @@ pub async fn scan(
         targets.extend(list.items.iter().filter_map(|s| {
             let namespace = s.metadata.namespace.clone()?;
             let name = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
-            Some(ServiceRef { namespace, name })
+            // A newer version's slice (labels this one does not know) is no removed pair of ours.
+            crate::desired::understands(s.metadata.labels.as_ref())
+                .then_some(ServiceRef { namespace, name })
         }));
     }
     Ok(targets)

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::Error;
-use crate::client::{self, Reloadable};
+use crate::client;
 use crate::config::Config;
 use crate::error::chain;
 use crate::notify::{Beat, Notifier};
@@ -83,43 +83,25 @@ pub async fn wait(
     }
 }
 
-/// The loaded kubeconfig and the client whose transport it swaps on a rewrite.
-pub struct Credentials {
-    /// The client under every API object of the daemon.
-    pub reloadable: Reloadable,
-    /// The kubeconfig as last loaded.
-    pub loaded: client::Loaded,
+/// The node's kubeconfig: the client it feeds, where it is looked for, and the probes' copy.
+pub struct NodeCredentials {
+    /// The loaded kubeconfig and the client whose transport a reload swaps.
+    pub current: client::Credentials,
     /// Its kube config, for the probes (their TLS and credentials follow a rotation too).
     pub probe_config: tokio::sync::watch::Sender<kube::Config>,
-    /// How a rebuilt client connects (the same as the first one's).
-    pub connector: client::transport::Connector,
+    /// Where the kubeconfig is looked for (`kubeconfig`: `auto` may find another file later).
+    pub kubeconfig: crate::config::Kubeconfig,
 }
 
-impl Credentials {
+impl NodeCredentials {
     /// Re-reads the kubeconfig when its file changed (or always, when `force`: after a 401) and
     /// swaps the credentials if it loads; a file that does not load keeps the previous ones.
-    pub async fn reload(&mut self, config: &Config, force: bool) {
-        let path = client::locate(&config.kubeconfig).unwrap_or_else(|| self.loaded.path.clone());
-        let now = client::Fingerprint::of(&path);
-        if !force && now == self.loaded.fingerprint && path == self.loaded.path {
-            return;
-        }
-        if now.is_none() {
-            // Mid-rename or removed: keep the client we have; the next poll looks again.
-            return;
-        }
-        match client::build_with(&path, config.allow_insecure_tls, &self.connector).await {
-            Ok(next) => {
-                info!(path = %path.display(), "kubeconfig changed; reconnecting with the new credentials");
-                self.reloadable.swap(next.client.clone());
-                self.probe_config.send_replace(next.config.clone());
-                self.loaded = next;
-            }
-            Err(e) => {
-                warn!(path = %path.display(), error = %chain(&e), "kubeconfig changed but cannot be used; keeping the previous credentials");
-                // Do not retry every poll on the same broken file: remember its fingerprint.
-                self.loaded.fingerprint = now;
-            }
+    pub async fn reload(&mut self, force: bool) {
+        let path =
+            client::locate(&self.kubeconfig).unwrap_or_else(|| self.current.loaded.path.clone());
+        if self.current.reload(&path, force).await != client::Reloaded::Kept {
+            self.probe_config
+                .send_replace(self.current.loaded.config.clone());
         }
     }
 }

@@ -11,40 +11,55 @@
 //! A source change reaches the write in five named steps (also in
 //! `docs/development/architecture.md`): 1. [`crate::watch::SliceWatches::next`] yields the event;
 //! 2. `Engine::on_slices` updates the cache and touches the pairs that read it; 3. `Engine::dispatch`
-//! picks the pairs whose schedule is due; 4. `Engine::start_write` computes [`pair::plan_for`] and
+//! picks the pairs whose schedule is due; 4. `Engine::start_write` computes
+//! [`crate::desired::step::plan_for`] and
 //! spawns the write; 5. [`crate::apply::apply`] writes, fenced by the Lease.
 //!
-//! Modules: `kubeconfig` (wait, reload), `engine` (the one `select!` loop and its handlers),
-//! `pair` (per-pair state, the shared plan decision), `schedule` (pure: when work runs next),
-//! `jobs` (the tasks the engine spawns), `status` (STATUS, readiness, Events), `view` (whether
-//! the member view is complete enough to count ballots, else evictions stay as written).
+//! Modules: `kubeconfig` (wait, reload), `settings` (what the engine is told once), `engine`
+//! (the one `select!` loop, leadership, pair resolution) and the sub-states it owns, each in
+//! the file whose handlers change it — `caches` (Services, slices, their watches and errors by
+//! `scope`), `members` (the group's members; whether ballots can be counted, else evictions
+//! stay as written), `nodes` (Nodes, drains), `sources` (remote views), `probes` (verdicts,
+//! quorum decisions), `tasks` (the task table) —; `pair` (per-pair state as enums), `schedule`
+//! (pure: when work runs next), `dispatch` (what is due, a plan into a write), `jobs` (the tasks
+//! the engine spawns), `outcome` (what a finished task changes), `status` (STATUS, readiness,
+//! Events), `reported` (the one report-on-change memory), `supervise` (every long-lived task in
+//! one named set: one that ends stops the daemon with its name).
 //!
 //! [`run_with`] is the one seam to the world outside the config: an [`Environment`] says how
 //! the API client connects and how probes dial. [`run`] passes a host's (TCP and TLS); the
 //! simulator (`tests/sim/`, docs/development/testing.md "Simulator") passes its in-memory
-//! network, so that several real daemons run in one process under a virtual clock.
+//! network, so that several real daemons run in one process under a virtual clock. Every task
+//! `run_with` starts is supervised and aborted with its future (a simulated host crashing).
 
+mod caches;
 mod dispatch;
 mod engine;
 mod jobs;
 mod kubeconfig;
+mod members;
 mod nodes;
 mod outcome;
 pub mod pair;
 mod probes;
+mod reported;
 pub mod schedule;
+mod scope;
+mod settings;
 mod sources;
 mod status;
-mod view;
+mod supervise;
+mod tasks;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use tokio::task::JoinSet;
 use tracing::{Instrument, error, info, warn};
 
-use crate::client::{self, Reloadable};
+use crate::client;
 use crate::config::Config;
 use crate::error::chain;
 use crate::events;
@@ -110,39 +125,6 @@ pub struct Environment {
     pub dialer: crate::probe::Dialer,
 }
 
-/// A task aborted when its handle is dropped: when `run_with`'s future is dropped (a simulated
-/// host crashing), the tasks it started go with it instead of running on detached.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> std::ops::Deref for AbortOnDrop<T> {
-    type Target = tokio::task::JoinHandle<T>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl<T> std::ops::DerefMut for AbortOnDrop<T> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
 /// Runs the daemon until `shutdown` is cancelled (→ `Ok`) or something fatal happens.
 ///
 /// Sends READY=1 at once (so `systemctl start` never waits for the cluster), then waits for the
@@ -187,23 +169,23 @@ pub async fn run_with(
             .watchdog_interval()
             .unwrap_or(Duration::from_secs(30)),
     );
-    let mut services: JoinSet<Result<(), Error>> = JoinSet::new();
+    let mut supervised = supervise::Supervised::default();
 
     if let Some(listen) = config.metrics.listen {
         let (m, h, s) = (metrics.clone(), health.clone(), shutdown.clone());
-        services.spawn(async move {
+        supervised.spawn("metrics", async move {
             // Metrics are for observing; they must never stop the mirroring. A port already taken
             // is reported once, loudly, and the daemon goes on without the endpoint.
             if let Err(e) = metrics::serve(listen, m, h, s.clone()).await {
                 error!(listen = %listen, error = %chain(&e), "metrics endpoint disabled; mirroring goes on");
-                s.cancelled().await;
             }
+            s.cancelled().await;
             Ok(())
         });
     }
     {
         let (n, b, s) = (notifier.clone(), heartbeats.clone(), shutdown.clone());
-        services.spawn(async move {
+        supervised.spawn("watchdog", async move {
             notify::run_watchdog(n, b, s).await;
             Ok(())
         });
@@ -225,8 +207,10 @@ pub async fn run_with(
         warn!(path = %loaded.path.display(), "{w}");
     }
     info!(path = %loaded.path.display(), server = %loaded.server, identity = %identity, "connected");
-    let reloadable = Reloadable::new(loaded.client.clone());
-    let client = reloadable.client();
+    let (probe_config, probe_config_rx) = tokio::sync::watch::channel(loaded.config.clone());
+    let credentials = client::Credentials::new(loaded, config.allow_insecure_tls, "kubeconfig")
+        .with_connector(environment.connector.clone());
+    let client = credentials.reloadable.client();
 
     let settings = lease::Settings {
         namespace: config.lease.namespace.clone(),
@@ -252,23 +236,16 @@ pub async fn run_with(
     };
     // The Lease outlives the writers: it is released only after they drained (see below).
     let lease_stop = Shutdown::new();
-    let mut elector_task = {
+    supervised.elector({
         let s = lease_stop.clone();
-        AbortOnDrop(tokio::spawn(
-            async move { elector.run(s).await }.in_current_span(),
-        ))
-    };
+        tokio::spawn(async move { elector.run(s).await }.in_current_span())
+    });
     // Every copy, leader or not, says which pairs it has configured, so that a leader never
     // deletes the slices of a pair another live copy of the group still wants.
     let group = group_of(&config);
-    let record = MemberRecord::new(
-        &identity,
-        config
-            .pairs
-            .iter()
-            .map(|p| (p.record_source(), p.target.clone())),
-    )
-    .with_nonce(&nonce);
+    // With this version and each pair's digest, so that the leader sees versions and
+    // configurations that differ (group::skew).
+    let record = MemberRecord::of_config(&identity, &config.pairs).with_nonce(&nonce);
     // The pairs are fixed for the process's life (no config reload); the engine puts this copy's
     // probe verdicts into the record as they change.
     let (record_tx, record_rx) = tokio::sync::watch::channel(record);
@@ -276,17 +253,14 @@ pub async fn run_with(
         let api: Api<Lease> = Api::namespaced(client.clone(), group.members_namespace());
         let (g, settings, s) = (group.clone(), member_settings(&config), shutdown.clone());
         let h = self_health.clone();
-        services.spawn(
-            async move {
-                // Never gives up: what it cannot write it reports through `self_health`.
-                group::publish(api, g, record_rx, settings, h, s).await;
-                Ok(())
-            }
-            .in_current_span(),
-        );
+        supervised.spawn("member publisher", async move {
+            // Never gives up: what it cannot write it reports through `self_health`.
+            group::publish(api, g, record_rx, settings, h, s).await;
+            Ok(())
+        });
     }
     let (event_tx, event_loop) = events::channel(client.clone(), &identity);
-    let event_task = AbortOnDrop(tokio::spawn(event_loop.in_current_span()));
+    supervised.adopt("events", tokio::spawn(event_loop.in_current_span()));
 
     let members = group::Members::new(member_settings(&config), &identity);
     // Every copy probes, leader or not: its verdicts are its ballot. The prober's tasks never
@@ -294,8 +268,7 @@ pub async fn run_with(
     let (report_tx, report_rx) = tokio::sync::mpsc::channel(64);
     let (probe_state, wanted_rx) =
         probes::ProbeState::new(record_tx, report_rx, config.probe.max_targets, self_health);
-    let (probe_config, probe_config_rx) = tokio::sync::watch::channel(loaded.config.clone());
-    let prober = AbortOnDrop(crate::probe::spawn(
+    let prober = crate::probe::spawn(
         wanted_rx,
         probe_config_rx,
         crate::probe::Reach {
@@ -306,21 +279,20 @@ pub async fn run_with(
         report_tx,
         metrics.clone(),
         shutdown.clone(),
-    ));
-    let mut engine = engine::Engine::new(
-        &config,
+    );
+    supervised.adopt("prober", prober);
+    let io = engine::Io {
         client,
         fence,
-        metrics.clone(),
-        event_tx,
-        members,
-        probe_state,
-    );
+        metrics: metrics.clone(),
+        events: event_tx,
+    };
+    let mut engine = engine::Engine::new(settings::Settings::of(&config), io, members, probe_state);
     // Sources in other clusters: one client per kubeconfig, watched whether this copy leads or
     // not, so that a new leader plans from warm views.
     let remote_sources = config.remote_sources();
-    let remotes = (!remote_sources.is_empty()).then(|| {
-        AbortOnDrop(crate::remote::spawn(
+    if !remote_sources.is_empty() {
+        let remotes = crate::remote::spawn(
             remote_sources,
             crate::remote::Options {
                 allow_insecure_tls: config.allow_insecure_tls,
@@ -328,28 +300,21 @@ pub async fn run_with(
             },
             engine.remote_sender(),
             shutdown.clone(),
-        ))
-    });
+        );
+        supervised.adopt("remote sources", remotes);
+    }
     let mut host = engine::Host {
         notifier: &notifier,
         health: &health,
         beat: &beat,
-        credentials: kubeconfig::Credentials {
-            reloadable,
-            loaded,
+        credentials: kubeconfig::NodeCredentials {
+            current: credentials,
             probe_config,
-            connector: environment.connector.clone(),
+            kubeconfig: config.kubeconfig.clone(),
         },
     };
     let result = engine
-        .run(
-            &config,
-            &shutdown,
-            leadership,
-            &mut services,
-            &mut elector_task,
-            &mut host,
-        )
+        .run(&shutdown, leadership, &mut supervised, &mut host)
         .await;
 
     // Shutdown, in the order that hands over cleanly: say so, stop watching, let the writes in
@@ -357,10 +322,8 @@ pub async fn run_with(
     notifier.stopping();
     info!("stopping");
     let abandoned = engine.drain(DRAIN_TIMEOUT).await;
-    if elector_task.is_finished() {
-        // It ended by itself (its error is in `result`): there is nothing left to release, and
-        // its handle may already have been awaited.
-    } else {
+    // `None` once it ended by itself (its error is in `result`): nothing left to release.
+    if let Some(mut elector_task) = supervised.take_elector().filter(|t| !t.is_finished()) {
         if let Some(until) = abandoned {
             // A write we abandoned may still be on its way to (or inside) the API server. Keep
             // the Lease — the elector renews it meanwhile — until that request's own timeout has
@@ -384,11 +347,6 @@ pub async fn run_with(
             }
         }
     }
-    event_task.abort();
-    prober.abort();
-    if let Some(remotes) = remotes {
-        remotes.abort();
-    }
-    services.abort_all();
+    supervised.abort_all();
     result
 }

@@ -14,13 +14,23 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::engine::Engine;
-use super::pair::{NodeOutcome, NodeView, Phase};
+use super::scope::Scope;
+use crate::desired::step::{NodeOutcome, NodeView};
 use crate::events::EventReason;
 use crate::names::ServiceRef;
-use crate::nodes::At;
+use crate::nodes::{At, DrainClock};
+use crate::watch::NodeCache;
 
-/// Watch-error scope of the Node watch (also the key `dispatch` looks for).
-pub(super) const NODES_SCOPE: &str = "nodes";
+/// The Nodes as this copy knows them, and the drains.
+#[derive(Debug, Default)]
+pub struct NodeState {
+    /// The watched Nodes' projections (`[nodes] selector`).
+    pub cache: NodeCache,
+    /// When the earliest active drain expires (the pairs are planned again then).
+    pub drain_due: Option<Instant>,
+    /// When this copy first saw each timed drain (a drain lasts from then, by our clock).
+    pub drains: DrainClock,
+}
 
 impl Engine {
     /// A Node watch event: the projection is updated; a change touches every active pair and
@@ -32,26 +42,25 @@ impl Engine {
         match event {
             Ok(event) => {
                 // `Init` comes before a list that may still fail: not yet a recovery.
-                if crate::watch::is_progress(&event)
-                    && self.watch_errors.remove(NODES_SCOPE).is_some()
+                if crate::watch::is_progress(&event) && self.caches.errors.recovered(&Scope::Nodes)
                 {
                     info!("the Node watch delivers again; node facts and drains apply");
                 }
-                if self.nodes.apply(event) {
+                if self.nodes.cache.apply(event) {
                     self.nodes_changed();
                 }
             }
             Err(e) => {
                 // Forbidden (RBAC not updated) or failing: mirroring goes on without node facts
                 // (or with the last ones known); `watch_error` warns once per failing streak.
-                if !self.watch_errors.contains_key(NODES_SCOPE)
+                if !self.caches.errors.fails(&Scope::Nodes)
                     && crate::client::link::cut_of(&e).is_none()
                 {
                     warn!(
                         "without the Node watch, nodeName and zone are not filled, no family is derived and drains are not seen; `endpoint-copier check` names the missing right"
                     );
                 }
-                self.watch_error(NODES_SCOPE.to_owned(), &e);
+                self.watch_error(Scope::Nodes, &e);
             }
         }
     }
@@ -59,13 +68,15 @@ impl Engine {
     /// The Nodes changed, or a drain expired: every active pair is planned again.
     pub(super) fn nodes_changed(&mut self) {
         // A timed drain lasts from when this copy first saw it: note the new ones now.
-        self.drains.observe(self.nodes.index(), Instant::now());
+        self.nodes
+            .drains
+            .observe(self.nodes.cache.index(), Instant::now());
         for state in self.pairs.values_mut() {
-            if matches!(state.phase, Phase::Active { .. }) {
+            if state.phase.active().is_some() {
                 state.write.touch();
             }
         }
-        self.drain_due = self.next_drain_expiry();
+        self.nodes.drain_due = self.next_drain_expiry();
         self.reprobe();
     }
 
@@ -74,7 +85,7 @@ impl Engine {
     /// a cluster without control plane. Then [`Engine::nodes_unknown`] keeps what is written.
     pub(super) fn node_view(&self, derive: bool) -> Option<NodeView<'_>> {
         self.has_node_view().then(|| NodeView {
-            index: self.nodes.index(),
+            index: self.nodes.cache.index(),
             at: self.drain_clock(),
             derive,
         })
@@ -85,7 +96,7 @@ impl Engine {
         At {
             wall: Timestamp::now(),
             mono: Instant::now(),
-            seen: Some(&self.drains),
+            seen: Some(&self.nodes.drains),
         }
     }
 
@@ -93,14 +104,14 @@ impl Engine {
     /// when this copy first saw it; an expiry written as an instant alone is judged by this
     /// host's wall clock).
     pub(super) fn next_drain_expiry(&self) -> Option<Instant> {
-        let at = self.nodes.index().next_expiry(self.drain_clock())?;
+        let at = self.nodes.cache.index().next_expiry(self.drain_clock())?;
         // A few milliseconds late, so that the expiry has passed when we look.
         Some(at + std::time::Duration::from_millis(5))
     }
 
     /// Whether the Node watch gives a view: listed, with at least one Node.
     fn has_node_view(&self) -> bool {
-        self.nodes.is_ready() && !self.nodes.index().is_empty()
+        self.nodes.cache.is_ready() && !self.nodes.cache.index().is_empty()
     }
 
     /// For a plan without a Node view: the endpoints `state` last wrote drained (kept drained),
@@ -109,12 +120,12 @@ impl Engine {
         &self,
         state: &'a super::pair::PairState,
     ) -> Option<&'a BTreeSet<std::net::IpAddr>> {
-        (!self.has_node_view()).then_some(&state.nodes.withheld.drained)
+        (!self.has_node_view()).then_some(&state.said.nodes.last().withheld.drained)
     }
 
     /// Whether the Node list arrived, or the Node watch fails (then plans run without it).
     pub(super) fn nodes_settled(&self) -> bool {
-        self.nodes.is_ready() || self.watch_errors.contains_key(NODES_SCOPE)
+        self.nodes.cache.is_ready() || self.caches.errors.fails(&Scope::Nodes)
     }
 
     /// Reports what changed in the Nodes' effect on `target` since the last plan: drained
@@ -122,13 +133,12 @@ impl Engine {
     /// or evicted (warn, Event `EndpointSpared`), and endpoints missing in a derived family
     /// (warn, Event `NodeAddressMissing`).
     pub(super) fn note_nodes(&mut self, target: &ServiceRef, outcome: NodeOutcome) {
-        let Some(state) = self.pairs.get(target) else {
+        let Some(state) = self.pairs.get_mut(target) else {
             return;
         };
-        let before = state.nodes.clone();
-        if before == outcome {
+        let Some(before) = state.said.nodes.change(outcome.clone()) else {
             return;
-        }
+        };
         let pair = target.to_string();
         let new_gaps: Vec<String> = outcome
             .gaps
@@ -187,10 +197,8 @@ impl Engine {
             warn!(service = %target, endpoints = %kept.join(","), "{note}");
             self.report(target, EventReason::Spared, note);
         }
-        self.metrics
+        self.io
+            .metrics
             .set_drained(&pair, outcome.withheld.drained.len());
-        if let Some(state) = self.pairs.get_mut(target) {
-            state.nodes = outcome;
-        }
     }
 }

@@ -10,7 +10,7 @@ use tracing::{debug, error, info, warn};
 
 use super::engine::{BACKOFF_BASE, Engine};
 use super::jobs::{Done, Job, Outcome, WriteError};
-use super::pair::{PairState, Phase};
+use super::pair::{PairState, Phase, Standing};
 use super::schedule::{Finish, TaskId};
 use crate::apply;
 use crate::desired;
@@ -23,45 +23,15 @@ use crate::names::ServiceRef;
 pub(super) const CONFLICT_STREAK: u32 = 3;
 
 impl Engine {
-    /// A task ended: its outcome, or why it has none.
-    pub(super) fn joined(
-        &mut self,
-        joined: Result<(tokio::task::Id, Done), tokio::task::JoinError>,
-    ) {
-        match joined {
-            Ok((id, done)) => {
-                self.running.remove(&id);
-                self.finish(done);
-            }
-            Err(e) => {
-                let Some((task, job)) = self.running.remove(&e.id()) else {
-                    return; // aborted at a leadership change: already accounted for
-                };
-                if e.is_cancelled() {
-                    if let Some(s) = self.schedule_of(&job) {
-                        s.abort(task, Instant::now());
-                    }
-                    return;
-                }
-                // A panic: retried like any failure, after a backoff.
-                error!(job = ?job, error = %e, "task failed");
-                let delay = self.backoff_for(&job);
-                if let Some(s) = self.schedule_of(&job) {
-                    s.finish(task, Finish::Failed(delay), Instant::now());
-                }
-            }
-        }
-    }
-
     /// The delay before the next run of `job` after one more failure.
     pub(super) fn backoff_for(&mut self, job: &Job) -> Duration {
         let (cap, attempt) = match job {
             Job::Write(_) => (
-                self.max_backoff,
+                self.settings.max_backoff,
                 self.schedule_of(job).map_or(0, |s| s.attempt()),
             ),
             _ => (
-                self.chore_backoff,
+                self.settings.chore_backoff,
                 self.schedule_of(job).map_or(0, |s| s.attempt()),
             ),
         };
@@ -84,10 +54,15 @@ impl Engine {
                         Finish::Failed(e.retry_after().unwrap_or_else(|| self.backoff_for(&job)))
                     }
                 };
-                let Some(state) = self.pairs.get_mut(target) else {
+                let Some(legacy) = self
+                    .pairs
+                    .get_mut(target)
+                    .and_then(|s| s.phase.active_mut())
+                    .map(|a| &mut a.legacy)
+                else {
                     return;
                 };
-                if !state.legacy.finish(task, how, now) {
+                if !legacy.finish(task, how, now) {
                     return;
                 }
                 match result {
@@ -96,11 +71,11 @@ impl Engine {
                     }
                     Ok(false) => {}
                     // One warning per failing streak; the schedule's backoff keeps it rare.
-                    Err(e) if state.legacy.attempt() == 1 => {
+                    Err(e) if legacy.attempt() == 1 => {
                         warn!(service = %target, error = %chain(&e), "could not check for endpoint-copier-operator's leftover Endpoints; retrying with backoff")
                     }
                     Err(e) => {
-                        debug!(service = %target, attempt = state.legacy.attempt(), error = %chain(&e), "legacy Endpoints check still failing")
+                        debug!(service = %target, attempt = legacy.attempt(), error = %chain(&e), "legacy Endpoints check still failing")
                     }
                 }
             }
@@ -147,9 +122,15 @@ impl Engine {
                 // The next plan starts from the API's version of the slice, and the watch that
                 // fed the stale one lists again on a new connection (it may have gone silent).
                 if let Some(r) = fresh {
-                    self.slices.refresh(&r.namespace, &r.name, r.slice.clone());
+                    self.caches
+                        .slices
+                        .refresh(&r.namespace, &r.name, r.slice.clone());
                 }
-                if self.watches.restart(&self.client, &target.namespace) {
+                if self
+                    .caches
+                    .watches
+                    .restart(&self.io.client, &target.namespace)
+                {
                     debug!(namespace = %target.namespace, "re-listing the EndpointSlices of a namespace after a conflict");
                 }
                 Finish::Failed(self.backoff_for(&job))
@@ -164,19 +145,18 @@ impl Engine {
         }
         match result {
             Ok(applied) => {
-                let actual = self.slices.slices_of(target);
                 let source = crate::source::describe(state.phase.sources());
-                if state.synced_at.is_none() {
-                    state.legacy.touch();
+                let first = !matches!(state.standing, Standing::Synced { .. });
+                // As the cache has it; the watch brings the write and the next plan recounts.
+                let endpoints = desired::ready_endpoints(&self.caches.slices.slices_of(target));
+                state.standing = Standing::Synced { at: now, endpoints };
+                if first && let Some(active) = state.phase.active_mut() {
+                    active.legacy.touch();
                 }
-                state.synced_at = Some(now);
-                state.last_error = None;
-                state.conflicts = 0;
-                state.endpoints = desired::ready_endpoints(&actual);
-                let retired = state.phase == Phase::Retired;
-                self.metrics.set_last_sync(&target.to_string());
+                let retired = state.phase.is_retired();
+                self.io.metrics.set_last_sync(&target.to_string());
                 if applied.writes() > 0 {
-                    self.metrics.observe_sync(now.duration_since(started));
+                    self.io.metrics.observe_sync(now.duration_since(started));
                     info!(service = %target, source = %source, created = applied.created, updated = applied.updated, deleted = applied.deleted, "target EndpointSlices updated");
                     if !retired {
                         let note = format!(
@@ -196,9 +176,7 @@ impl Engine {
             }
             Err(e @ WriteError::Conflict { .. }) => {
                 let message = chain(&e);
-                state.conflicts += 1;
-                state.last_error = Some(message.clone());
-                let conflicts = state.conflicts;
+                let conflicts = state.fail(message.clone(), true);
                 if conflicts < CONFLICT_STREAK {
                     debug!(service = %target, attempt = conflicts, error = %message, "conflict; re-planning");
                 } else if conflicts == CONFLICT_STREAK {
@@ -216,7 +194,7 @@ impl Engine {
             Err(e) => {
                 let message = chain(&e);
                 let attempt = state.write.attempt();
-                state.last_error = Some(message.clone());
+                state.fail(message.clone(), false);
                 let transient = matches!(&e, WriteError::Apply(a) if a.is_transient())
                     || matches!(e, WriteError::Confirm { .. });
                 if transient {
@@ -234,7 +212,7 @@ impl Engine {
     pub(super) fn adopt_orphans(&mut self, targets: BTreeSet<ServiceRef>) {
         for target in targets {
             // A refused target keeps its slices (held), like a pair refused while running.
-            if self.pairs.contains_key(&target) || self.refused.contains_key(&target) {
+            if self.pairs.contains_key(&target) || self.refusals.now.contains_key(&target) {
                 continue;
             }
             info!(service = %target, "found EndpointSlices of a removed pair; deleting them once a fresh read confirms it");
@@ -248,19 +226,13 @@ impl Engine {
     pub async fn drain(&mut self, limit: Duration) -> Option<Instant> {
         let deadline = Instant::now() + limit;
         // Background checks are not worth waiting for; writes are.
-        let checks: Vec<tokio::task::Id> = self
-            .running
-            .iter()
-            .filter(|(_, (_, job))| matches!(job, Job::Scan))
-            .map(|(id, _)| *id)
-            .collect();
-        self.running.retain(|id, _| !checks.contains(id));
-        while !self.running.is_empty() {
-            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
-                Ok(Some(done)) => self.joined(done),
+        self.tasks.forget_checks();
+        while self.tasks.has_tracked() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(joined)) => self.joined(joined),
                 Ok(None) => break,
                 Err(_) => {
-                    let until = apply::outstanding_until(&self.fence);
+                    let until = apply::outstanding_until(&self.io.fence);
                     self.tasks.abort_all();
                     return Some(until);
                 }

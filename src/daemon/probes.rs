@@ -15,7 +15,6 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::engine::Engine;
-use super::pair::Phase;
 use crate::desired;
 use crate::events::EventReason;
 use crate::group::twins::Twin;
@@ -139,15 +138,20 @@ impl Engine {
         );
         let mut listed: BTreeSet<Key<'_>> = BTreeSet::new();
         for (target, state) in &self.pairs {
-            let (Phase::Active { sources }, Some(spec)) = (&state.phase, &state.probe) else {
+            let Some((active, spec)) = state
+                .phase
+                .active()
+                .and_then(|a| Some((a, a.probe.as_ref()?)))
+            else {
                 continue;
             };
-            let Some(svc) = self.services.objects().get(target) else {
+            let sources = &active.sources;
+            let Some(svc) = self.caches.services.objects().get(target) else {
                 continue;
             };
             let own = desired::union::is_union(sources).then_some(target);
             // A configured target is never an annotated pair's (`pairs::resolve` refuses that).
-            let auth = if self.configured.contains(target) {
+            let auth = if self.settings.is_configured(target) {
                 Auth::Node
             } else {
                 Auth::Anonymous
@@ -155,7 +159,7 @@ impl Engine {
             let key = (
                 sources.as_slice(),
                 desired::served_families(svc),
-                state.derive,
+                active.derive,
                 spec,
                 own,
                 auth,
@@ -164,23 +168,23 @@ impl Engine {
                 continue;
             }
             // Derived endpoints are probed on their own address, as the plan counts them.
-            let view = self.node_view(state.derive);
-            let (prepared, _) = super::pair::prepare(
+            let view = self.node_view(active.derive);
+            let (prepared, _) = crate::desired::step::prepare(
                 sources,
                 target,
                 svc,
                 &|source| self.read_source(source),
                 view.as_ref(),
             );
-            for t in super::pair::candidates(spec, target, svc, &prepared)
+            for t in crate::desired::step::candidates(spec, target, svc, &prepared)
                 .into_iter()
-                .chain(super::pair::kept_candidates(
+                .chain(crate::desired::step::kept_candidates(
                     spec,
                     target,
                     svc,
                     &prepared,
-                    &self.slices.slices_of(target),
-                    &self.owner,
+                    &self.caches.slices.slices_of(target),
+                    &self.settings.owner,
                 ))
                 .filter_map(|c| c.target)
             {
@@ -213,8 +217,8 @@ impl Engine {
         for t in &gone {
             probes.own.remove(t);
             probes.abstained.remove(t);
-            self.metrics.set_probe_verdict(&t.to_string(), None);
-            self.metrics.set_probe_abstaining(&t.to_string(), false);
+            self.io.metrics.set_probe_verdict(&t.to_string(), None);
+            self.io.metrics.set_probe_abstaining(&t.to_string(), false);
         }
         if !gone.is_empty() {
             self.publish_verdicts();
@@ -225,7 +229,7 @@ impl Engine {
     /// `over` of `total` wanted targets are left out, a notice when none are any more; the
     /// metric always.
     fn note_cap(&mut self, total: usize, over: usize) {
-        self.metrics.set_probe_targets(total - over, over);
+        self.io.metrics.set_probe_targets(total - over, over);
         let before = self.probes.over_cap;
         self.probes.over_cap = over;
         let max = self.probes.max_targets;
@@ -259,8 +263,8 @@ impl Engine {
                 self.probes.own.remove(&report.target);
                 let endpoint = report.target.to_string();
                 warn!(endpoint = %endpoint, detail = %report.detail, "probe: this host cannot judge the endpoint and abstains (no vote either way); the endpoint's health is not known from here");
-                self.metrics.set_probe_verdict(&endpoint, None);
-                self.metrics.set_probe_abstaining(&endpoint, true);
+                self.io.metrics.set_probe_verdict(&endpoint, None);
+                self.io.metrics.set_probe_abstaining(&endpoint, true);
                 self.probes.abstained.insert(report.target, report.detail);
                 self.publish_verdicts();
                 self.touch_probing();
@@ -269,7 +273,8 @@ impl Engine {
         };
         if self.probes.abstained.remove(&report.target).is_some() {
             info!(endpoint = %report.target, detail = %report.detail, "probe: this host judges the endpoint again");
-            self.metrics
+            self.io
+                .metrics
                 .set_probe_abstaining(&report.target.to_string(), false);
         }
         let previous = self.probes.own.get(&report.target).map(|o| o.verdict);
@@ -282,7 +287,8 @@ impl Engine {
             }
             _ => {}
         }
-        self.metrics
+        self.io
+            .metrics
             .set_probe_verdict(&report.target.to_string(), Some(verdict == Verdict::Up));
         self.probes.own.insert(
             report.target,
@@ -330,7 +336,7 @@ impl Engine {
             return;
         }
         for state in self.pairs.values_mut() {
-            if state.probe.is_some() && matches!(state.phase, Phase::Active { .. }) {
+            if state.phase.probe().is_some() {
                 state.write.touch();
             }
         }
@@ -340,15 +346,15 @@ impl Engine {
     /// member Leases show (`Members::twins`), plus our own when this process saw one itself
     /// (on its member Lease or on the election Lease) before the member watch shows it.
     pub(super) fn twins(&self, now: Instant) -> Vec<Twin> {
-        let mut twins = self.members.twins(now);
+        let mut twins = self.members.live.twins(now);
         if let Some(seen) = self.probes.health.twin(now)
-            && !twins.iter().any(|t| t.identity == self.members.own())
+            && !twins.iter().any(|t| t.identity == self.members.live.own())
         {
             let mut nonces = vec![crate::group::twins::label(&seen.nonce)];
             nonces.extend(self.probes.record.borrow().nonce.clone());
             nonces.sort();
             twins.push(Twin {
-                identity: self.members.own().to_owned(),
+                identity: self.members.live.own().to_owned(),
                 nonces,
             });
             twins.sort();
@@ -359,7 +365,7 @@ impl Engine {
     /// The ballots as the leader counts them now: its own verdicts, and every other live
     /// member's — none of an identity two live processes share (`twins`), ours included.
     ///
-    /// `with_unconfirmed`: whether members not yet seen renewing vote too (`view.rs` decides
+    /// `with_unconfirmed`: whether members not yet seen renewing vote too (`members.rs` decides
     /// from both counts: only where they agree does a decision change what is written).
     pub(super) fn count(&self, now: Instant, with_unconfirmed: bool) -> Count {
         let own: BTreeMap<Target, Verdict> = self
@@ -369,17 +375,17 @@ impl Engine {
             .map(|(t, o)| (t.clone(), o.verdict))
             .collect();
         let twins = self.twins(now);
-        let others = self.members.ballots(now);
+        let others = self.members.live.ballots(now);
         let unconfirmed = if with_unconfirmed {
             Vec::new()
         } else {
-            self.members.unconfirmed(now)
+            self.members.live.unconfirmed(now)
         };
-        let own_counts = !twins.iter().any(|t| t.identity == self.members.own());
+        let own_counts = !twins.iter().any(|t| t.identity == self.members.live.own());
         let mut ballots = Vec::new();
         if own_counts {
             ballots.push(Ballot {
-                voter: self.members.own(),
+                voter: self.members.live.own(),
                 live: true,
                 verdicts: &own,
             });
@@ -387,7 +393,7 @@ impl Engine {
         ballots.extend(
             others
                 .iter()
-                .filter(|(id, _)| id.as_str() != self.members.own())
+                .filter(|(id, _)| id.as_str() != self.members.live.own())
                 .filter(|(id, _)| !unconfirmed.contains(id))
                 .map(|(id, record)| Ballot {
                     voter: id,
@@ -424,7 +430,7 @@ impl Engine {
         for address in decision.evicted.difference(&before.evicted) {
             let why = votes(address);
             warn!(service = %target, endpoint = %address, votes = %why, "endpoint evicted: marked not ready in the target");
-            self.metrics.probe_eviction(&pair);
+            self.io.metrics.probe_eviction(&pair);
             // Time from this copy's first failed probe to the eviction, when it saw one.
             if let Some(own) = self
                 .probes
@@ -433,7 +439,8 @@ impl Engine {
                 .find(|(t, o)| t.address == *address && o.verdict == Verdict::Down)
                 .map(|(_, o)| o)
             {
-                self.metrics
+                self.io
+                    .metrics
                     .observe_time_to_evict(Instant::now().duration_since(own.since));
             }
             self.report(
@@ -461,7 +468,7 @@ impl Engine {
                 format!("every endpoint of {target} looks down; {address} stays ready so the VIP is never empty ({why})"),
             );
         }
-        self.metrics.set_evicted(&pair, decision.evicted.len());
+        self.io.metrics.set_evicted(&pair, decision.evicted.len());
         self.probes.decided.insert(target.clone(), decision);
     }
 }

@@ -10,17 +10,39 @@ use std::collections::BTreeMap;
 use tracing::{info, warn};
 
 use super::engine::Engine;
-use super::pair::{Freshness, Given};
 use crate::desired::Hold;
+use crate::desired::step::{Freshness, Given};
 use crate::events::EventReason;
 use crate::names::ServiceRef;
 use crate::remote::{self, View};
-use crate::source::Source;
+use crate::source::{RemoteSource, Source};
+
+/// What this copy knows of each remote source, as `remote::spawn` sends it.
+pub struct RemoteState {
+    /// The views, by source.
+    pub views: BTreeMap<RemoteSource, View>,
+    /// The views as they change; the sender is kept so that a daemon without remote sources
+    /// waits on it forever rather than seeing it closed.
+    pub updates: (
+        tokio::sync::mpsc::Sender<remote::Update>,
+        tokio::sync::mpsc::Receiver<remote::Update>,
+    ),
+}
+
+impl RemoteState {
+    /// No view yet.
+    pub fn new() -> RemoteState {
+        RemoteState {
+            views: BTreeMap::new(),
+            updates: tokio::sync::mpsc::channel(64),
+        }
+    }
+}
 
 impl Engine {
     /// Where `remote::spawn` sends the remote sources' views.
     pub fn remote_sender(&self) -> tokio::sync::mpsc::Sender<remote::Update> {
-        self.remote_updates.0.clone()
+        self.remote.updates.0.clone()
     }
 
     /// What `source` gives a plan now. A remote Service's last known slices count while its
@@ -30,9 +52,9 @@ impl Engine {
     /// `desired::union` keeps its slices in the target as they are.
     pub(super) fn read_source(&self, source: &Source) -> Given {
         match source {
-            Source::Service(service) => Ok(self.slices.slices_of(service)).into(),
+            Source::Service(service) => Ok(self.caches.slices.slices_of(service)).into(),
             Source::Remote(r) => {
-                let view = self.remote.get(r);
+                let view = self.remote.views.get(r);
                 let slices = match view {
                     Some(View {
                         service_exists: Some(false),
@@ -59,12 +81,12 @@ impl Engine {
     /// A remote source's view changed: the pairs reading it are planned again.
     pub(super) fn on_remote(&mut self, update: remote::Update) {
         let source = Source::Remote(update.source.clone());
-        self.remote.insert(update.source, update.view);
+        self.remote.views.insert(update.source, update.view);
         let mut probed = false;
         for state in self.pairs.values_mut() {
             if state.phase.sources().contains(&source) {
                 state.write.touch();
-                probed |= state.probe.is_some();
+                probed |= state.phase.probe().is_some();
             }
         }
         if probed {
@@ -82,7 +104,7 @@ impl Engine {
             return;
         };
         let sources = state.phase.sources().to_vec();
-        let probes = state.probe.is_some();
+        let probes = state.phase.probe().is_some();
         if sources.len() < 2 && !sources.iter().any(|s| matches!(s, Source::Remote(_))) {
             // One Service of this cluster: its hold is the pair's, reported as it always was.
             return;
@@ -90,7 +112,7 @@ impl Engine {
         let mut failing: BTreeMap<Source, String> = BTreeMap::new();
         for source in &sources {
             let view = match source {
-                Source::Remote(r) => self.remote.get(r),
+                Source::Remote(r) => self.remote.views.get(r),
                 _ => None,
             };
             let trouble = view
@@ -118,21 +140,20 @@ impl Engine {
         }
         let pair = target.to_string();
         for source in &sources {
-            self.metrics.set_source_up(
+            self.io.metrics.set_source_up(
                 &pair,
                 &source.to_string(),
                 source.kind(),
                 !failing.contains_key(source),
             );
         }
-        let before = self
+        let Some(before) = self
             .pairs
-            .get(target)
-            .map(|s| s.sources_failing.clone())
-            .unwrap_or_default();
-        if before == failing {
+            .get_mut(target)
+            .and_then(|s| s.said.sources_failing.change(failing.clone()))
+        else {
             return;
-        }
+        };
         for (source, why) in &failing {
             if before.get(source) != Some(why) {
                 warn!(service = %target, source = %source, reason = %why, "a source of the pair fails; the other sources keep syncing");
@@ -145,9 +166,6 @@ impl Engine {
         }
         for source in before.keys().filter(|s| !failing.contains_key(*s)) {
             info!(service = %target, source = %source, "a source of the pair gives its endpoints again");
-        }
-        if let Some(state) = self.pairs.get_mut(target) {
-            state.sources_failing = failing;
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::engine::{Engine, Host};
-use super::pair::Phase;
+use super::pair::Standing as PairStanding;
 use crate::desired::{self, ForeignSlice};
 use crate::events::{EventReason, Report};
 use crate::group::health::Publisher;
@@ -28,17 +28,17 @@ impl Engine {
         let twins = self.twins(now);
         self.note_twins(&twins);
         let standing = standing(
-            self.members.own(),
+            self.members.live.own(),
             &twins,
             &self.probes.health.publisher(),
-            self.members.settings().expiry,
+            self.members.live.settings().expiry,
             now,
         );
         let role = match &self.leader {
             // Neither the Lease nor the first list came back yet: say what we wait for.
-            Leadership::Starting if !self.services.is_ready() => Standing::Waiting(format!(
+            Leadership::Starting if !self.caches.services.is_ready() => Standing::Waiting(format!(
                 "the API server at {}",
-                host.credentials.loaded.server
+                host.credentials.current.loaded.server
             )),
             Leadership::Starting => Standing::Starting,
             Leadership::Leader => Standing::Leader,
@@ -49,7 +49,7 @@ impl Engine {
             .pairs
             .iter()
             .filter(|_| self.is_leader())
-            .filter(|(_, s)| s.phase != Phase::Retired)
+            .filter(|(_, s)| !s.phase.is_retired())
             .map(|(target, s)| {
                 let evicted = self
                     .probes
@@ -58,19 +58,29 @@ impl Engine {
                     .map(|d| &d.evicted)
                     .cloned()
                     .unwrap_or_default();
-                let drained = &s.nodes.withheld.drained;
+                let drained = &s.said.nodes.last().withheld.drained;
+                let endpoints = match s.standing {
+                    PairStanding::Synced { endpoints, .. } => endpoints,
+                    _ => desired::ready_endpoints(&self.caches.slices.slices_of(target)),
+                };
                 // Evicted and drained endpoints are still in the target (not ready): "3
                 // endpoints, 1 evicted" / "3 endpoints, 1 drained". An endpoint both drained and
                 // evicted is one endpoint, counted once (as drained: the cause an operator set).
                 let evicted_only = evicted.difference(drained).count();
                 PairStatus {
                     target: target.to_string(),
-                    endpoints: s.endpoints + evicted_only + drained.len(),
+                    endpoints: endpoints + evicted_only + drained.len(),
                     drained: drained.len(),
-                    synced_ago: s.synced_at.map(|t| now.duration_since(t)),
-                    holding: s.hold.as_ref().map(ToString::to_string),
+                    synced_ago: s.standing.synced_at().map(|t| now.duration_since(t)),
+                    holding: s.standing.hold().as_ref().map(ToString::to_string),
                     evicted: evicted_only,
-                    failing_sources: s.sources_failing.keys().map(ToString::to_string).collect(),
+                    failing_sources: s
+                        .said
+                        .sources_failing
+                        .last()
+                        .keys()
+                        .map(ToString::to_string)
+                        .collect(),
                 }
             })
             .collect();
@@ -78,9 +88,9 @@ impl Engine {
         // makes its ballot worthless, whatever the pairs say. Then an API that does not answer,
         // a failing watch scope (while it fails, the pairs it feeds do not follow), and a member
         // view that cannot be counted.
-        let link = host.credentials.reloadable.link().health();
+        let link = host.credentials.current.reloadable.link().health();
         let unanswered = link.trouble_since.map(|t| now.duration_since(t));
-        self.metrics.set_link(
+        self.io.metrics.set_link(
             unanswered.unwrap_or_default(),
             link.longest_silence.unwrap_or_default(),
         );
@@ -91,9 +101,9 @@ impl Engine {
                 unanswered.map(|d| format!("the API server does not answer ({} s)", d.as_secs()))
             })
             .or_else(|| {
-                self.watch_errors
-                    .iter()
-                    .next()
+                self.caches
+                    .errors
+                    .first()
                     .map(|(scope, e)| format!("{scope} watch: {e}"))
             })
             .or_else(|| {
@@ -102,7 +112,11 @@ impl Engine {
                     .flatten()
                     .map(|why| format!("member view not complete, evictions as written: {why}"))
             })
-            .or_else(|| self.pairs.values().find_map(|s| s.last_error.clone()));
+            .or_else(|| {
+                self.pairs
+                    .values()
+                    .find_map(|s| s.standing.error().map(str::to_owned))
+            });
         let mut line = notify::status_line(&StatusView {
             role,
             pairs,
@@ -114,20 +128,32 @@ impl Engine {
             line.push_str("; ");
             line.push_str(&note);
         }
+        // Live copies that run other versions (every copy says so) or configure a pair
+        // differently (the leader's finding).
+        if let Some(note) = self
+            .members
+            .skew
+            .status_note(&self.members.live, self.is_leader(), now)
+        {
+            line.push_str("; ");
+            line.push_str(&note);
+        }
         host.notifier.status(&line);
         let in_sync = self
             .pairs
             .values()
-            .filter(|s| s.phase != Phase::Retired)
-            .all(|s| s.last_error.is_none() && (s.is_in_sync() || s.hold.is_some()));
-        let watching = self.services.is_ready() && self.slices.is_ready();
+            .filter(|s| !s.phase.is_retired())
+            .all(super::pair::PairState::is_settled);
+        let watching = self.caches.services.is_ready() && self.caches.slices.is_ready();
         let ready = match self.leader {
             Leadership::Leader => watching && in_sync,
             Leadership::Follower { .. } => watching,
             Leadership::Starting => false,
         };
         host.health.set_ready(ready && standing.ready);
-        self.metrics.set_member_publisher_up(standing.publisher_up);
+        self.io
+            .metrics
+            .set_member_publisher_up(standing.publisher_up);
     }
 
     /// Reports each change of the twins once: an error (and, from the leader, an Event on every
@@ -158,7 +184,7 @@ impl Engine {
         let active: Vec<ServiceRef> = self
             .pairs
             .iter()
-            .filter(|(_, s)| s.phase != Phase::Retired)
+            .filter(|(_, s)| !s.phase.is_retired())
             .map(|(t, _)| t.clone())
             .collect();
         for twin in twins.iter().filter(|t| !before.contains(t)) {
@@ -178,19 +204,22 @@ impl Engine {
         if !self.is_leader() {
             return;
         }
-        if let Some(state) = self.pairs.get_mut(target) {
-            let key = (reason, note.clone());
-            if state.reported.as_ref() == Some(&key) {
-                return;
-            }
-            state.reported = Some(key);
+        if let Some(state) = self.pairs.get_mut(target)
+            && state
+                .said
+                .event
+                .change(Some((reason, note.clone())))
+                .is_none()
+        {
+            return;
         }
         let uid = self
+            .caches
             .services
             .objects()
             .get(target)
             .and_then(|s| s.metadata.uid.clone());
-        self.events.send(Report {
+        self.io.events.send(Report {
             target: target.clone(),
             uid,
             reason,
@@ -200,22 +229,22 @@ impl Engine {
 
     /// Per-family ready/not-ready endpoint gauges of `target`.
     pub(super) fn record_endpoints(&self, target: &ServiceRef, slices: &[EndpointSlice]) {
-        record_endpoints_of(&self.metrics, target, slices);
+        record_endpoints_of(&self.io.metrics, target, slices);
     }
 
     /// Slices on `target` that this group does not manage: never touched, always reported (the
     /// VIP serves them too). Logged, raised as an Event and counted when the set changes.
     pub(super) fn note_foreign(&mut self, target: &ServiceRef, actual: &[EndpointSlice]) {
-        let foreign = desired::foreign_slices(actual, &self.owner);
+        let foreign = desired::foreign_slices(actual, &self.settings.owner);
         let Some(state) = self.pairs.get_mut(target) else {
             return;
         };
-        if state.foreign == foreign {
+        if state.said.foreign.change(foreign.clone()).is_none() {
             return;
         }
-        self.metrics
+        self.io
+            .metrics
             .set_foreign_slices(&target.to_string(), foreign.len());
-        state.foreign = foreign.clone();
         if foreign.is_empty() {
             return;
         }

@@ -19,10 +19,7 @@ use crate::names::{
     is_dns1123_subdomain,
 };
 
-/// `addressType` of IPv4 EndpointSlices (and the IPv4 entry of a Service's `spec.ipFamilies`).
-pub const IPV4: &str = "IPv4";
-/// `addressType` of IPv6 EndpointSlices (and the IPv6 entry of a Service's `spec.ipFamilies`).
-pub const IPV6: &str = "IPv6";
+pub use crate::family::{IPV4, IPV6, unusable_endpoint_address};
 /// Protocol the API server fills in when an EndpointPort or ServicePort names none.
 pub(super) const DEFAULT_PROTOCOL: &str = "TCP";
 /// Longest label value the API accepts.
@@ -300,32 +297,6 @@ pub fn probed_endpoints(
     out
 }
 
-/// Marks every endpoint of `slices` whose first address is in `evicted` as `ready: false,
-/// serving: false` (kube-proxy and MetalLB then skip it; `kubectl` still shows it). `terminating`
-/// is kept. Returns how many endpoints were marked.
-pub fn mark_evicted(slices: &mut [EndpointSlice], evicted: &BTreeSet<std::net::IpAddr>) -> usize {
-    let mut marked = 0;
-    for endpoint in slices.iter_mut().flat_map(|s| s.endpoints.iter_mut()) {
-        let hit = endpoint
-            .addresses
-            .first()
-            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-            .is_some_and(|a| evicted.contains(&a));
-        if hit {
-            let conditions = endpoint.conditions.get_or_insert_with(Default::default);
-            conditions.ready = Some(false);
-            conditions.serving = Some(false);
-            marked += 1;
-        }
-    }
-    if marked > 0 {
-        for slice in slices.iter_mut() {
-            sort_endpoints(&mut slice.endpoints);
-        }
-    }
-    marked
-}
-
 /// An endpoint as kube-apiserver stores it in a discovery/v1 EndpointSlice: the strategy drops
 /// `deprecatedTopology` on every v1 write (`dropTopologyOnV1`), and `hints.forNodes` while the
 /// alpha PreferSameTrafficDistribution gate is off (1.33's default). Copying them would make the
@@ -422,20 +393,26 @@ fn target_ports(
                 // Absent (or 0, which the API server also treats as unset): the Service port.
                 _ => sp.port,
             };
-            Some(EndpointPort {
-                name: sp.name.clone().filter(|n| !n.is_empty()),
-                protocol: Some(
-                    sp.protocol
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_PROTOCOL.to_owned()),
-                ),
+            Some(normalized_port(EndpointPort {
+                name: sp.name.clone(),
+                protocol: sp.protocol.clone(),
                 app_protocol: sp.app_protocol.clone(),
                 port: Some(number),
-            })
+            }))
         })
         .collect();
     sort_ports(&mut ports);
     ports
+}
+
+/// A port as the API server stores it: an empty name is no name, no protocol is TCP. The one
+/// port rule, for the ports we derive from a Service and for those we compare in a slice.
+pub(super) fn normalized_port(port: EndpointPort) -> EndpointPort {
+    EndpointPort {
+        name: port.name.filter(|n| !n.is_empty()),
+        protocol: Some(port.protocol.unwrap_or_else(|| DEFAULT_PROTOCOL.to_owned())),
+        ..port
+    }
 }
 
 /// Canonical port order: by name, then number, then protocol.
@@ -495,34 +472,6 @@ pub(super) fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.labels.as_ref()?.get(key).map(String::as_str)
 }
 
-/// Why the EndpointSlice API refuses `address` as an endpoint address (kube-apiserver's
-/// `ValidateEndpointIP`, pkg/apis/core/validation: unspecified, loopback, link-local,
-/// link-local multicast), or `None` when it accepts it. An IPv4-mapped IPv6 address is refused
-/// too: it belongs in an IPv4 slice, written as IPv4.
-pub fn unusable_endpoint_address(address: std::net::IpAddr) -> Option<&'static str> {
-    use std::net::IpAddr;
-    match address {
-        IpAddr::V4(a) if a.is_unspecified() => Some("the unspecified address"),
-        IpAddr::V4(a) if a.is_loopback() => Some("a loopback address (127.0.0.0/8)"),
-        IpAddr::V4(a) if a.is_link_local() => Some("a link-local address (169.254.0.0/16)"),
-        IpAddr::V4(a) if a.octets()[..3] == [224, 0, 0] => {
-            Some("a link-local multicast address (224.0.0.0/24)")
-        }
-        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
-            Some("an IPv4-mapped IPv6 address (write it as IPv4)")
-        }
-        IpAddr::V6(a) if a.is_unspecified() => Some("the unspecified address"),
-        IpAddr::V6(a) if a.is_loopback() => Some("the loopback address (::1)"),
-        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
-            Some("a link-local address (fe80::/10)")
-        }
-        IpAddr::V6(a) if a.segments()[0] & 0xff0f == 0xff02 => {
-            Some("a link-local multicast address (ff02::/16)")
-        }
-        _ => None,
-    }
-}
-
 /// `conditions.ready != false`: absent means ready.
 pub fn is_ready(endpoint: &Endpoint) -> bool {
     endpoint
@@ -535,8 +484,11 @@ pub fn is_ready(endpoint: &Endpoint) -> bool {
 pub mod nodes;
 mod owner;
 mod plan;
+pub mod step;
 pub mod union;
-pub use owner::{ForeignSlice, Manager, Owner, foreign_slices, manager_of};
+pub use owner::{
+    ForeignSlice, Manager, NEWER_VERSION, Owner, foreign_slices, manager_of, understands,
+};
 pub use plan::{Plan, SliceDelete, plan};
 
 #[cfg(test)]

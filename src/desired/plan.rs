@@ -11,9 +11,7 @@ use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::owner::{Owner, manager_of};
-use super::{
-    DEFAULT_PROTOCOL, MAX_NAME, hashed_name, label, ready_endpoints, sort_endpoints, sort_ports,
-};
+use super::{MAX_NAME, hashed_name, label, ready_endpoints, sort_endpoints, sort_ports};
 use crate::names::{SERVICE_NAME_LABEL, SOURCE_LABEL, ServiceRef, is_dns1123_subdomain};
 
 /// One EndpointSlice to delete, with the preconditions the DELETE must carry so that it never
@@ -206,16 +204,8 @@ pub(super) fn normalized_ports(slice: &EndpointSlice) -> Vec<EndpointPort> {
         .as_deref()
         .unwrap_or_default()
         .iter()
-        .map(|p| EndpointPort {
-            name: p.name.clone().filter(|n| !n.is_empty()),
-            protocol: Some(
-                p.protocol
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_PROTOCOL.to_owned()),
-            ),
-            app_protocol: p.app_protocol.clone(),
-            port: p.port,
-        })
+        .cloned()
+        .map(super::normalized_port)
         .collect();
     sort_ports(&mut ports);
     ports

@@ -1336,14 +1336,36 @@ fn probed_endpoints_are_the_ready_served_ones_with_their_slice_port() {
 }
 
 #[test]
-fn evicted_endpoints_stay_in_the_slice_not_ready_and_not_serving() {
-    let mut slices = want(&vip4(), &[three_apiservers()]);
-    let evicted = BTreeSet::from(["198.51.100.11".parse().unwrap()]);
-    assert_eq!(mark_evicted(&mut slices, &evicted), 1);
-    assert_eq!(slices[0].endpoints.len(), 3);
-    let e = &slices[0].endpoints[1];
-    assert_eq!(e.addresses, ["198.51.100.11"]);
-    let c = e.conditions.as_ref().unwrap();
-    assert_eq!((c.ready, c.serving), (Some(false), Some(false)));
-    assert_eq!(ready_endpoints(&slices), 2);
+fn a_slice_of_ours_written_by_a_newer_version_is_never_updated_or_deleted() {
+    let d = want(&vip4(), &[three_apiservers()]);
+    // Our slice as written, plus what a newer version would add.
+    let with = |key: &str, value: &str| {
+        let mut s = written(&d).remove(0);
+        s.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(key.to_owned(), value.to_owned());
+        s
+    };
+    let newer = with(crate::names::SOURCE_ID_LABEL, "dns-0123abcd");
+    assert_eq!(manager_of(&written(&d)[0], &owner()), Manager::Us);
+    let mut other = newer.clone();
+    other.metadata.name = Some("kubernetes-vip-dns".into());
+    other.metadata.uid = Some("uid-dns".into());
+    other.endpoints = vec![ep("203.0.113.7", Some(true))];
+    // The pair removed (nothing wanted): neither is deleted.
+    let p = plan(&target_ref(), &[], &[newer.clone(), other.clone()]);
+    assert!(p.is_empty(), "{p:?}");
+    // The pair wants its slice, whose name the newer slice holds: created beside it under
+    // another name, the newer one neither rewritten nor deleted.
+    let p = plan(&target_ref(), &d, &[newer.clone(), other]);
+    assert!(p.updates.is_empty() && p.deletes.is_empty(), "{p:?}");
+    assert_eq!(p.creates.len(), 1);
+    assert_ne!(p.creates[0].metadata.name, newer.metadata.name);
+    // A label under endpoint-copier/ this version does not write: the same.
+    let labelled_newer = with("endpoint-copier/zone-hint", "a");
+    assert!(plan(&target_ref(), &[], &[labelled_newer]).is_empty());
+    // What this version writes is deleted as before.
+    assert_eq!(plan(&target_ref(), &[], &written(&d)).deletes.len(), 1);
 }

@@ -71,6 +71,20 @@ pub fn source_id(source: &Source) -> String {
     }
 }
 
+/// Whether `id` is a [`source_id`] this version writes: `service-` or `remote-` and 8 lowercase
+/// hex digits, or `static`. A slice of ours with any other source id was written by a newer
+/// version (another kind of source): `desired::manager_of` keeps it untouched.
+pub fn is_known_source_id(id: &str) -> bool {
+    let hashed = |prefix: &str| {
+        id.strip_prefix(prefix).is_some_and(|h| {
+            h.len() == 8
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    };
+    id == "static" || hashed("service-") || hashed(REMOTE_ID_PREFIX)
+}
+
 /// Whether `slice` (a target slice) holds a remote source's endpoints: another cluster's, which
 /// this cluster's Nodes say nothing about (no drain, no nodeName) — by its [`SOURCE_ID_LABEL`].
 pub fn is_remote(slice: &EndpointSlice) -> bool {

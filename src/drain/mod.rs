@@ -31,13 +31,13 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::names::{self, ServiceRef};
+use crate::nodes::NodeFacts;
 
 mod targets;
 use targets::list;
 pub use targets::{
-    DrainState, Held, TargetView, Timed, annotation_patch, drain_state, drained_addresses, expiry,
-    has_drain_annotations, node_addresses, node_of_host, parse_expiry, still_ready, targets_of,
-    views, would_empty,
+    Held, TargetView, Timed, annotation_patch, drained_addresses, expiry, node_addresses,
+    node_of_host, parse_expiry, still_ready, targets_of, views, would_empty,
 };
 
 /// How long `drain` may take in all (`--timeout`, default 10 s): the drop-in runs it from
@@ -256,17 +256,17 @@ pub async fn drain(config: &Config, options: &DrainOptions) -> Result<Drained, E
     }
     // A drain set by hand without expiry is kept as it is: giving it one would let the hook's
     // `resume --timed-only` end a drain an operator meant to last.
-    let expires = match drain_state(node.metadata.annotations.as_ref()) {
-        DrainState::Persistent => None,
-        DrainState::None | DrainState::Timed(_) => {
-            let timed = Timed {
-                expires: expiry(Timestamp::now(), options.expires),
-                secs: options.expires.as_secs(),
-            };
-            annotate(&client, &name, Some(&timed), &deadline).await?;
-            tracing::info!(node = %name, expires = %timed.expires, "node annotated for drain");
-            Some(timed.expires)
-        }
+    let lasting = NodeFacts::from_node(&node).is_some_and(|f| f.has_lasting_drain());
+    let expires = if lasting {
+        None
+    } else {
+        let timed = Timed {
+            expires: expiry(Timestamp::now(), options.expires),
+            secs: options.expires.as_secs(),
+        };
+        annotate(&client, &name, Some(&timed), &deadline).await?;
+        tracing::info!(node = %name, expires = %timed.expires, "node annotated for drain");
+        Some(timed.expires)
     };
     let held: Vec<ServiceRef> = current.iter().map(|v| v.target.clone()).collect();
     let mut still = still_ready(&current);
@@ -304,9 +304,9 @@ pub async fn resume(config: &Config, options: &ResumeOptions) -> Result<Resumed,
     let client = connect(config).await?;
     let node = find_node(&client, options.node.as_deref(), &deadline).await?;
     let name = node.metadata.name.clone().unwrap_or_default();
-    let present = has_drain_annotations(node.metadata.annotations.as_ref());
-    let kept = options.timed_only
-        && drain_state(node.metadata.annotations.as_ref()) == DrainState::Persistent;
+    let facts = NodeFacts::from_node(&node);
+    let present = facts.as_ref().is_some_and(NodeFacts::has_drain_annotations);
+    let kept = options.timed_only && facts.as_ref().is_some_and(NodeFacts::has_lasting_drain);
     let removed = present && !kept;
     if removed {
         annotate(&client, &name, None, &deadline).await?;

@@ -1,5 +1,5 @@
-//! The pure half of `drain` and `resume`: what a Node's annotations say ([`drain_state`]), the
-//! annotations to write ([`annotation_patch`], [`expiry`]), which Node is this host's
+//! The pure half of `drain` and `resume` (what a Node's annotations say is `nodes::NodeFacts`'s,
+//! one model for the daemon and the CLI): the annotations to write ([`annotation_patch`], [`expiry`]), which Node is this host's
 //! ([`node_of_host`]), which targets can hold its endpoints ([`targets_of`]), and what those
 //! targets show of it ([`views`], [`still_ready`], [`would_empty`]). No API, no clock: `mod.rs`
 //! reads, passes the objects and the time, and writes.
@@ -15,43 +15,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::config::Config;
 use crate::names::{self, ServiceRef};
-
-/// The drain a Node's annotations describe, as written (expiry not judged: that is the
-/// daemon's business, against its own clock).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DrainState {
-    /// No [`names::ANNOTATION_DRAIN`] `"true"`.
-    None,
-    /// `"true"` without [`names::ANNOTATION_DRAIN_EXPIRES`] or
-    /// [`names::ANNOTATION_DRAIN_DURATION`]: set by hand, lasts until removed.
-    Persistent,
-    /// `"true"` with an expiry (the expiry as written, or the duration when only that is set).
-    Timed(String),
-}
-
-/// The [`DrainState`] of a Node's annotations.
-pub fn drain_state(annotations: Option<&BTreeMap<String, String>>) -> DrainState {
-    let get = |k: &str| annotations.and_then(|a| a.get(k));
-    let timed = get(names::ANNOTATION_DRAIN_EXPIRES).or(get(names::ANNOTATION_DRAIN_DURATION));
-    match (get(names::ANNOTATION_DRAIN).map(String::as_str), timed) {
-        (Some("true"), None) => DrainState::Persistent,
-        (Some("true"), Some(t)) => DrainState::Timed(t.clone()),
-        _ => DrainState::None,
-    }
-}
-
-/// Whether the annotations hold any of the three drain annotations (what `resume` removes).
-pub fn has_drain_annotations(annotations: Option<&BTreeMap<String, String>>) -> bool {
-    annotations.is_some_and(|a| {
-        [
-            names::ANNOTATION_DRAIN,
-            names::ANNOTATION_DRAIN_EXPIRES,
-            names::ANNOTATION_DRAIN_DURATION,
-        ]
-        .iter()
-        .any(|k| a.contains_key(*k))
-    })
-}
 
 /// A timed drain to write: its expiry for people to read ([`expiry`]) and its length, which
 /// the leader counts from when it first sees the drain, by its own clock.
@@ -185,34 +148,18 @@ pub fn node_of_host<'a>(nodes: &'a [Node], host: &str) -> Option<&'a Node> {
 
 /// The targets of the pairs `config` and the annotated `services` give (refused pairs left out).
 pub fn targets_of(config: &Config, services: &[Service]) -> BTreeSet<ServiceRef> {
-    let configured: Vec<(Vec<crate::source::Source>, ServiceRef)> = config
-        .pairs
+    let rules = crate::pairs::Rules::of(config);
+    let known: BTreeMap<ServiceRef, Service> = services
         .iter()
-        .map(|p| (p.sources.clone(), p.target.clone()))
+        .filter_map(|svc| Some((crate::watch::service_ref(svc)?, svc.clone())))
+        .filter(|(r, svc)| rules.concerns(r, svc))
         .collect();
-    let mut known: BTreeMap<ServiceRef, Service> = BTreeMap::new();
-    for svc in services {
-        if let Some(r) = crate::watch::service_ref(svc) {
-            let annotated = svc
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(names::ANNOTATION_ENABLED));
-            if annotated || configured.iter().any(|(_, t)| *t == r) {
-                known.insert(r, svc.clone());
-            }
-        }
-    }
-    crate::pairs::resolve(
-        &configured,
-        config.annotations.enabled,
-        &config.annotations.allowed_sources,
-        &known,
-    )
-    .pairs
-    .into_iter()
-    .map(|p| p.target)
-    .collect()
+    rules
+        .resolve(&known)
+        .pairs
+        .into_iter()
+        .map(|p| p.target)
+        .collect()
 }
 
 /// One target as seen from one Node: which of the Node's addresses it shows ready or not, and
@@ -709,33 +656,6 @@ mod tests {
         );
         assert_eq!(v[0].node_ready, set(&["198.51.100.2"]));
         assert_eq!(v[0].others_ready, set(&["198.51.100.1"]));
-    }
-
-    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn a_drain_without_expiry_is_persistent_and_one_with_expiry_is_timed() {
-        assert_eq!(drain_state(None), DrainState::None);
-        assert_eq!(
-            drain_state(Some(&annotations(&[(names::ANNOTATION_DRAIN, "true")]))),
-            DrainState::Persistent
-        );
-        assert_eq!(
-            drain_state(Some(&annotations(&[
-                (names::ANNOTATION_DRAIN, "true"),
-                (names::ANNOTATION_DRAIN_EXPIRES, "2025-01-31T12:15:00Z")
-            ]))),
-            DrainState::Timed("2025-01-31T12:15:00Z".into())
-        );
-        assert_eq!(
-            drain_state(Some(&annotations(&[(names::ANNOTATION_DRAIN, "false")]))),
-            DrainState::None
-        );
     }
 
     #[test]

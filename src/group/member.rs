@@ -19,6 +19,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Preconditions};
 use tracing::info;
 
+use super::digest::PairDigest;
 use super::wire::{self, Encoded, Omitted, RECORD_BUDGET};
 use super::{Group, fnv1a};
 use crate::names::{self, ServiceRef};
@@ -59,6 +60,13 @@ pub struct MemberRecord {
     /// characters). Never in `verdicts`: an abstention counts neither way; it is here for
     /// `status` and `check` to show, and the budget drops it first (`wire::encode`).
     pub abstained: BTreeMap<Target, String>,
+    /// The digest of each configured pair's full configuration ([`PairDigest`]), written beside
+    /// the pair. A pair without one (a record of 0.1.0, or a digest this version cannot read)
+    /// has an unknown configuration: never a difference.
+    pub digests: BTreeMap<PairRef, PairDigest>,
+    /// The writer's product version ([`names::MEMBER_VERSION_ANNOTATION`]; `None` in records of
+    /// 0.1.0, which write none, or an unreadable value).
+    pub version: Option<String>,
 }
 
 impl MemberRecord {
@@ -69,6 +77,40 @@ impl MemberRecord {
             pairs: pairs.into_iter().collect(),
             ..MemberRecord::default()
         }
+    }
+
+    /// The record of the copy `identity` configured with `pairs` (their digests computed), as
+    /// this version writes it: with its version.
+    pub fn of_config<'a>(
+        identity: &str,
+        pairs: impl IntoIterator<Item = &'a crate::config::PairConfig>,
+    ) -> MemberRecord {
+        let digests: BTreeMap<PairRef, PairDigest> = pairs
+            .into_iter()
+            .map(|p| ((p.record_source(), p.target.clone()), PairDigest::of(p)))
+            .collect();
+        MemberRecord {
+            version: Some(VERSION.to_owned()),
+            ..MemberRecord::new(identity, digests.keys().cloned())
+        }
+        .with_digests(digests)
+    }
+
+    /// The same record with `digests` for its pairs (a digest of a pair it does not name is
+    /// left out).
+    #[must_use]
+    pub fn with_digests(mut self, digests: BTreeMap<PairRef, PairDigest>) -> MemberRecord {
+        self.digests = digests
+            .into_iter()
+            .filter(|(pair, _)| self.pairs.contains(pair))
+            .collect();
+        self
+    }
+
+    /// The version that wrote this record: its version annotation, or [`UNVERSIONED`] when it
+    /// has none.
+    pub fn version_or_unversioned(&self) -> &str {
+        self.version.as_deref().unwrap_or(UNVERSIONED)
     }
 
     /// The same record, written by the process with `nonce`.
@@ -94,8 +136,8 @@ impl MemberRecord {
             .ok_or(DecodeError::NoIdentity)?;
         let annotations = lease.metadata.annotations.as_ref();
         let get = |key: &str| annotations.and_then(|a| a.get(key));
-        let pairs = match get(names::MEMBER_PAIRS_ANNOTATION) {
-            None => BTreeSet::new(),
+        let (pairs, digests) = match get(names::MEMBER_PAIRS_ANNOTATION) {
+            None => (BTreeSet::new(), BTreeMap::new()),
             Some(json) => wire::decode_pairs(json)?,
         };
         // Verdicts a reader cannot parse (a newer kind of target) are skipped, not fatal: the
@@ -115,9 +157,18 @@ impl MemberRecord {
             verdicts,
             verdicts_since,
             abstained,
+            digests,
+            version: get(names::MEMBER_VERSION_ANNOTATION).and_then(|v| wire::decode_version(v)),
         })
     }
 }
+
+/// This build's product version, written into every member record.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version a record without a version annotation comes from: 0.1.0 wrote none, and every
+/// build before it called itself 0.1.0 too (the first release).
+pub const UNVERSIONED: &str = "0.1.0";
 
 /// Why a member Lease could not be read as a [`MemberRecord`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -537,12 +588,79 @@ mod tests {
     }
 
     #[test]
+    fn the_version_and_each_pairs_digest_are_written_and_read_back() {
+        let pairs = [
+            crate::config::PairConfig::new(
+                svc("default/kubernetes"),
+                svc("default/kubernetes-vip"),
+            ),
+            crate::config::PairConfig::new(svc("edge/api"), svc("edge/api-vip")),
+        ];
+        let rec = MemberRecord::of_config("node-1", &pairs);
+        assert_eq!(rec.version.as_deref(), Some(VERSION));
+        assert_eq!(rec.digests.len(), 2);
+        let lease = member_lease(
+            &Group::default_group(),
+            &rec,
+            Duration::from_secs(30),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        let annotations = lease.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[names::MEMBER_VERSION_ANNOTATION], VERSION);
+        let digest = PairDigest::of(&pairs[0]);
+        assert!(
+            annotations[names::MEMBER_PAIRS_ANNOTATION].starts_with(&format!(
+                r#"[{{"source":"default/kubernetes","target":"default/kubernetes-vip","digest":"{digest}"}}"#
+            )),
+            "{}",
+            annotations[names::MEMBER_PAIRS_ANNOTATION]
+        );
+        let back = MemberRecord::from_lease(&lease).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(back.version_or_unversioned(), VERSION);
+    }
+
+    #[test]
+    fn a_record_of_0_1_0_reads_with_no_version_and_no_digests() {
+        // What 0.1.0 wrote: pairs without digests, no version annotation.
+        let mut lease = member_lease(
+            &Group::default_group(),
+            &record(),
+            Duration::from_secs(30),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        let annotations = lease.metadata.annotations.as_mut().unwrap();
+        assert!(!annotations.contains_key(names::MEMBER_VERSION_ANNOTATION));
+        let back = MemberRecord::from_lease(&lease).unwrap();
+        assert_eq!(back.version, None);
+        assert!(back.digests.is_empty());
+        assert_eq!(back.pairs.len(), 2);
+        assert_eq!(back.version_or_unversioned(), UNVERSIONED);
+        // A digest or a version this version cannot read is unknown, not an error.
+        let annotations = lease.metadata.annotations.as_mut().unwrap();
+        annotations.insert(
+            names::MEMBER_PAIRS_ANNOTATION.into(),
+            r#"[{"source":"edge/api","target":"edge/api-vip","digest":"not a digest"}]"#.into(),
+        );
+        annotations.insert(
+            names::MEMBER_VERSION_ANNOTATION.into(),
+            "0.3.0\nEVIL".into(),
+        );
+        let back = MemberRecord::from_lease(&lease).unwrap();
+        assert_eq!(back.pairs.len(), 1);
+        assert!(back.digests.is_empty());
+        assert_eq!(back.version, None);
+    }
+
+    #[test]
     fn unknown_fields_in_the_pairs_annotation_are_ignored() {
         let pairs = wire::decode_pairs(
             r#"[{"source":"default/kubernetes","target":"default/kubernetes-vip","probe":"readyz"}]"#,
         )
         .unwrap();
-        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs.0.len(), 1);
     }
 
     #[test]

@@ -15,16 +15,20 @@
 //! `health.rs` what this process knows of its own record (written or failing, a twin seen);
 //! `live.rs` the pure liveness state and the member watch; `merge.rs` that watch over the member
 //! namespace and the place older versions used; `twins.rs` the pure detection of two live
-//! processes under one identity. What this module leaves to others: `daemon` starts the
+//! processes under one identity; `digest.rs` the digest of a configured pair each record
+//! carries; `skew.rs` where live copies differ (a pair configured differently, the versions
+//! they run). What this module leaves to others: `daemon` starts the
 //! publisher, polls the member watch into [`Members`], acts on the answers (hold, report, delete,
 //! count) and reports [`SelfHealth`]; `desired` puts the group label on the slices it builds;
 //! `config` supplies the settings. The protocol and its reasons are in `docs/development/group.md`.
 
+pub mod digest;
 pub mod health;
 pub mod live;
 pub mod member;
 mod merge;
 pub mod publish;
+pub mod skew;
 pub mod twins;
 pub mod wire;
 
@@ -36,6 +40,7 @@ pub use health::SelfHealth;
 pub use live::{Members, Mismatch, Wanted};
 pub use member::MemberRecord;
 pub use publish::publish;
+pub use skew::Skew;
 
 /// The longest label value the API accepts.
 const MAX_LABEL_VALUE: usize = 63;

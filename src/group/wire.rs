@@ -1,9 +1,10 @@
 //! The wire form of a member record — its annotations — and the size budget that keeps every
 //! record writable by construction.
 //!
-//! Owns the JSON of [`names::MEMBER_PAIRS_ANNOTATION`], [`names::MEMBER_VERDICTS_ANNOTATION`] and
-//! [`names::MEMBER_ABSTENTIONS_ANNOTATION`] (explanations only, dropped first by the budget),
-//! the two scalar annotations (nonce, twin mark), and [`encode`], which picks the most complete
+//! Owns the JSON of [`names::MEMBER_PAIRS_ANNOTATION`] (each pair with its digest),
+//! [`names::MEMBER_VERDICTS_ANNOTATION`] and [`names::MEMBER_ABSTENTIONS_ANNOTATION`]
+//! (explanations only, dropped first by the budget), the three scalar annotations (nonce, twin
+//! mark, version), and [`encode`], which picks the most complete
 //! form that fits a byte budget: whole verdicts with their times, then without the times, then
 //! grouped by probe (lossless, about a third of the size), then grouped with the down verdicts
 //! left out first and the up verdicts last ([`Omitted`] says how many). The API refuses a
@@ -22,6 +23,7 @@ use std::net::IpAddr;
 
 use jiff::Timestamp;
 
+use super::digest::PairDigest;
 use super::member::{DecodeError, Error, MemberRecord, PairRef};
 use crate::names::{self, ServiceRef};
 use crate::probe::{Kind, Target, Verdict};
@@ -86,21 +88,24 @@ pub struct Encoded {
 }
 
 /// The annotations of `record` in the most complete form whose size (keys and values) is at most
-/// `budget` bytes. The pairs, nonce and twin mark always go whole (they are bounded by the
-/// config); the verdicts shrink as the module documentation says, down to none at all.
+/// `budget` bytes. The pairs with their digests, nonce, twin mark and version always go whole
+/// (they are bounded by the config); the verdicts shrink as the module documentation says, down to none at all.
 ///
 /// # Errors
 /// [`Error::Encode`] if JSON serialization fails (it does not for these types).
 pub fn encode(record: &MemberRecord, budget: usize) -> Result<Encoded, Error> {
     let mut fixed = BTreeMap::from([(
         names::MEMBER_PAIRS_ANNOTATION.to_owned(),
-        encode_pairs(&record.pairs)?,
+        encode_pairs(&record.pairs, &record.digests)?,
     )]);
     if let Some(nonce) = &record.nonce {
         fixed.insert(names::MEMBER_NONCE_ANNOTATION.to_owned(), nonce.clone());
     }
     if let Some(twin) = &record.twin {
         fixed.insert(names::MEMBER_TWIN_ANNOTATION.to_owned(), twin.clone());
+    }
+    if let Some(version) = &record.version {
+        fixed.insert(names::MEMBER_VERSION_ANNOTATION.to_owned(), version.clone());
     }
     let fixed_bytes = size(&fixed);
     // The abstentions explain; they decide nothing (an abstention is the absence of a verdict):
@@ -223,33 +228,69 @@ pub fn size(annotations: &BTreeMap<String, String>) -> usize {
     annotations.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 
-/// The wire form of one pair in [`names::MEMBER_PAIRS_ANNOTATION`].
+/// The wire form of one pair in [`names::MEMBER_PAIRS_ANNOTATION`]. Readers before the digest
+/// ignore the field (they ignore unknown fields).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct WirePair {
     source: ServiceRef,
     target: ServiceRef,
+    /// The pair's [`PairDigest`] in its wire form; absent in records of 0.1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
 }
 
-/// `[{"source":"ns/a","target":"ns/b"},...]`, sorted (a `BTreeSet` iterates in order), compact.
-fn encode_pairs(pairs: &BTreeSet<PairRef>) -> Result<String, Error> {
+/// `[{"source":"ns/a","target":"ns/b","digest":"s=…"},...]`, sorted (a `BTreeSet` iterates in
+/// order), compact; a pair without a digest has no `digest` field.
+fn encode_pairs(
+    pairs: &BTreeSet<PairRef>,
+    digests: &BTreeMap<PairRef, PairDigest>,
+) -> Result<String, Error> {
     let wire: Vec<WirePair> = pairs
         .iter()
-        .map(|(source, target)| WirePair {
-            source: source.clone(),
-            target: target.clone(),
+        .map(|pair| WirePair {
+            source: pair.0.clone(),
+            target: pair.1.clone(),
+            digest: digests.get(pair).map(ToString::to_string),
         })
         .collect();
     serde_json::to_string(&wire).map_err(Error::Encode)
 }
 
-/// The pairs of [`names::MEMBER_PAIRS_ANNOTATION`].
+/// The pairs of [`names::MEMBER_PAIRS_ANNOTATION`], with the digests that are there and can be
+/// read (a pair without one has an unknown configuration).
 ///
 /// # Errors
 /// [`DecodeError::Pairs`] when the JSON is not a list of pairs (unknown fields are ignored).
-pub fn decode_pairs(json: &str) -> Result<BTreeSet<PairRef>, DecodeError> {
+pub fn decode_pairs(
+    json: &str,
+) -> Result<(BTreeSet<PairRef>, BTreeMap<PairRef, PairDigest>), DecodeError> {
     let wire: Vec<WirePair> =
         serde_json::from_str(json).map_err(|e| DecodeError::Pairs(e.to_string()))?;
-    Ok(wire.into_iter().map(|p| (p.source, p.target)).collect())
+    let mut pairs = BTreeSet::new();
+    let mut digests = BTreeMap::new();
+    for p in wire {
+        let pair = (p.source, p.target);
+        if let Some(digest) = p.digest.as_deref().and_then(PairDigest::parse) {
+            digests.insert(pair.clone(), digest);
+        }
+        pairs.insert(pair);
+    }
+    Ok((pairs, digests))
+}
+
+/// The longest version string a record carries, in characters.
+const MAX_VERSION: usize = 64;
+
+/// The version of [`names::MEMBER_VERSION_ANNOTATION`]: `None` unless it is 1 to
+/// 64 characters of `[0-9A-Za-z.+-]` (a SemVer version), so that a forged value
+/// cannot put anything else into STATUS or a log line.
+pub fn decode_version(value: &str) -> Option<String> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_VERSION
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-'));
+    ok.then(|| value.to_owned())
 }
 
 /// The wire form of [`names::MEMBER_VERDICTS_ANNOTATION`]. Readers before the grouped form read

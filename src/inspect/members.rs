@@ -5,7 +5,8 @@
 //! of observed changes, so it compares timestamps and says how long ago each member renewed.
 //! Pairs configured on some live members but not on this host (or the reverse) become warnings:
 //! the leader keeps such slices and never deletes them while a live member wants them, which an
-//! operator should know about. So do this host's own member Lease no longer renewed (its daemon
+//! operator should know about. So do live members that run another version or configure a pair
+//! differently (`group::skew`), this host's own member Lease no longer renewed (its daemon
 //! stopped, or cannot write its record) and a record over its size budget. A live record whose
 //! writer saw another live process under its identity is a problem: a twin's ballots do not
 //! count.
@@ -19,6 +20,9 @@ use kube::{Api, Client};
 
 use super::Error;
 use super::report::{ConfiguredPair, MemberReport, VerdictReport};
+use crate::group::digest::PairDigest;
+use crate::group::member::{PairRef, UNVERSIONED, VERSION};
+use crate::group::skew::{Difference, Versions, differences_among};
 use crate::group::{Group, MemberRecord};
 use crate::probe::{Target, Verdict};
 
@@ -87,18 +91,20 @@ pub fn member_report(
         (Some(ago), Some(d)) => ago <= i64::from(d).min(cap),
         _ => false,
     };
-    let (mut nonce, mut twin, mut omitted) = (None, None, 0);
+    let (mut nonce, mut twin, mut omitted, mut version) = (None, None, 0, None);
     let (who, pairs, verdicts, error) = match MemberRecord::from_lease(lease) {
         Ok(record) => {
             nonce.clone_from(&record.nonce);
             twin.clone_from(&record.twin);
             omitted = record.omitted.up + record.omitted.down;
+            version.clone_from(&record.version);
             let pairs = record
                 .pairs
                 .iter()
-                .map(|(s, t)| ConfiguredPair {
-                    source: s.to_string(),
-                    target: t.to_string(),
+                .map(|pair| ConfiguredPair {
+                    source: pair.0.to_string(),
+                    target: pair.1.to_string(),
+                    digest: record.digests.get(pair).map(ToString::to_string),
                 })
                 .collect();
             let mut verdicts: Vec<VerdictReport> = record
@@ -148,6 +154,7 @@ pub fn member_report(
         nonce,
         twin,
         omitted,
+        version,
     }
 }
 
@@ -241,16 +248,23 @@ pub fn warnings(
         .iter()
         .filter(|m| m.live && !m.this_host && m.error.is_none())
         .collect();
-    let mut all: BTreeMap<&ConfiguredPair, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
+    // A pair is its source and target; the digest says how it is configured (below).
+    let key = |p: &ConfiguredPair| ConfiguredPair {
+        digest: None,
+        ..p.clone()
+    };
+    let names = |pairs: &[ConfiguredPair]| pairs.iter().map(key).collect::<BTreeSet<_>>();
+    let own_keys: BTreeSet<ConfiguredPair> = own_pairs.iter().map(key).collect();
+    let mut all: BTreeMap<ConfiguredPair, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
     for p in own_pairs
         .iter()
         .chain(others.iter().flat_map(|m| m.pairs.iter()))
     {
-        all.entry(p).or_default();
+        all.entry(key(p)).or_default();
     }
     for (pair, (on, off)) in &mut all {
         for m in &others {
-            if m.pairs.contains(pair) {
+            if names(&m.pairs).contains(pair) {
                 on.push(&m.identity);
             } else {
                 off.push(&m.identity);
@@ -258,7 +272,7 @@ pub fn warnings(
         }
     }
     for (pair, (on, off)) in all {
-        if own_pairs.contains(pair) {
+        if own_keys.contains(&pair) {
             if off.is_empty() {
                 continue;
             }
@@ -287,6 +301,54 @@ pub fn warnings(
             ));
         }
     }
+    out.extend(skew_warnings(identity, own_pairs, &others));
+    out
+}
+
+/// The warnings about how the live members differ beyond their pairs: the versions they run
+/// (this host counting as this build), and pairs configured differently (`group::skew`'s rule,
+/// this host counting with `own_pairs`).
+fn skew_warnings(
+    identity: &str,
+    own_pairs: &BTreeSet<ConfiguredPair>,
+    others: &[&MemberReport],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut versions: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    versions
+        .entry(VERSION.to_owned())
+        .or_default()
+        .push(identity.to_owned());
+    for m in others {
+        versions
+            .entry(m.version.clone().unwrap_or_else(|| UNVERSIONED.to_owned()))
+            .or_default()
+            .push(m.identity.clone());
+    }
+    if let Some(note) = Versions(versions.clone()).note() {
+        let who: Vec<String> = versions
+            .iter()
+            .map(|(v, ids)| format!("{v} on {}", ids.join(", ")))
+            .collect();
+        out.push(format!(
+            "{note} ({}): finish the upgrade (docs/usage/upgrade.md); until then what only the newer version does waits",
+            who.join("; ")
+        ));
+    }
+    let digests = |pairs: &mut dyn Iterator<Item = &ConfiguredPair>| {
+        pairs
+            .filter_map(|p| {
+                let pair = (p.source.parse().ok()?, p.target.parse().ok()?);
+                Some((pair, PairDigest::parse(p.digest.as_deref()?)?))
+            })
+            .collect::<BTreeMap<PairRef, PairDigest>>()
+    };
+    let mut configs: BTreeMap<String, BTreeMap<PairRef, PairDigest>> = others
+        .iter()
+        .map(|m| (m.identity.clone(), digests(&mut m.pairs.iter())))
+        .collect();
+    configs.insert(identity.to_owned(), digests(&mut own_pairs.iter()));
+    out.extend(differences_among(&configs).iter().map(Difference::note));
     out
 }
 
@@ -301,6 +363,7 @@ mod tests {
         ConfiguredPair {
             source: s.into(),
             target: t.into(),
+            digest: None,
         }
     }
 
@@ -318,6 +381,7 @@ mod tests {
             nonce: None,
             twin: None,
             omitted: 0,
+            version: Some(VERSION.into()),
         }
     }
 
@@ -379,6 +443,59 @@ mod tests {
         );
         // None at all (the daemon never ran here, e.g. `check` at install): no news.
         assert!(warnings("node-1", &BTreeSet::new(), &[]).is_empty());
+    }
+
+    #[test]
+    fn another_version_and_a_pair_configured_differently_are_warned_about() {
+        let with = |last: u8| {
+            let p = crate::config::PairConfig::of(
+                vec![
+                    crate::source::Source::Service("default/kubernetes".parse().unwrap()),
+                    crate::source::Source::Static(crate::source::StaticSource::new([
+                        std::net::IpAddr::from([198, 51, 100, last]),
+                    ])),
+                ],
+                "default/kubernetes-vip".parse().unwrap(),
+            );
+            ConfiguredPair {
+                digest: Some(PairDigest::of(&p).to_string()),
+                ..pair("default/kubernetes", "default/kubernetes-vip")
+            }
+        };
+        let own: BTreeSet<ConfiguredPair> = [with(1)].into();
+        let mut older = member(
+            "node-3",
+            true,
+            &[pair("default/kubernetes", "default/kubernetes-vip")],
+        );
+        older.version = None;
+        let members = vec![
+            member("node-1", true, &[with(1)]),
+            member("node-2", true, &[with(2)]),
+            older,
+        ];
+        let w = warnings("node-1", &own, &members);
+        // The pair is the same pair everywhere (no "configured on ... only"), only its digest
+        // differs; node-3 publishes none and is not compared.
+        assert_eq!(w.len(), 2, "{w:?}");
+        if VERSION != UNVERSIONED {
+            assert_eq!(
+                w[0],
+                format!(
+                    "members run 0.1.0 and {VERSION} (0.1.0 on node-3; {VERSION} on node-1, node-2): finish the upgrade (docs/usage/upgrade.md); until then what only the newer version does waits"
+                )
+            );
+        }
+        assert_eq!(
+            w[1],
+            "pair default/kubernetes -> default/kubernetes-vip is configured differently on live copies: node-1 differs from node-2 in its static addresses; its EndpointSlices follow the configuration of whichever copy leads"
+        );
+        // All on one version and one configuration: nothing.
+        let same = vec![
+            member("node-1", true, &[with(1)]),
+            member("node-2", true, &[with(1)]),
+        ];
+        assert!(warnings("node-1", &own, &same).is_empty());
     }
 
     #[test]

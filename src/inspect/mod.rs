@@ -20,6 +20,7 @@ mod members;
 mod pairs;
 pub mod permissions;
 mod probes;
+pub mod remote;
 mod render;
 mod report;
 
@@ -261,7 +262,7 @@ pub async fn status_report(config: &Config) -> Result<Report, Error> {
     Ok(report)
 }
 
-/// Reaches every remote kubeconfig of the configured sources (`remote::check`, each request
+/// Reaches every remote kubeconfig of the configured sources (`inspect::remote::check`, each request
 /// bounded) and adds what keeps a source from being read to the problems: a remote source that
 /// fails keeps its last endpoints in the target, but it no longer follows its cluster.
 async fn remotes_into(config: &Config, report: &mut Report) {
@@ -269,7 +270,7 @@ async fn remotes_into(config: &Config, report: &mut Report) {
     if sources.is_empty() {
         return;
     }
-    report.remotes = crate::remote::check(&sources, config.allow_insecure_tls).await;
+    report.remotes = remote::check(&sources, config.allow_insecure_tls).await;
     for reach in &report.remotes {
         report.problems.extend(reach.problems.iter().cloned());
         for source in &reach.sources {
@@ -443,6 +444,7 @@ async fn members_into(
             .map(|p| ConfiguredPair {
                 source: p.record_source().to_string(),
                 target: p.target.to_string(),
+                digest: Some(crate::group::digest::PairDigest::of(p).to_string()),
             })
             .collect();
         report

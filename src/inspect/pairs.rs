@@ -13,7 +13,7 @@ use kube::{Api, Client};
 use super::Error;
 use super::report::{EndpointReport, ForeignReport, PairReport, RefusalReport, VipReport};
 use crate::config::Config;
-use crate::daemon::pair::{Facts, NodeOutcome, NodeView, Phase, Verdicts, plan_for};
+use crate::desired::step::{Facts, Intent, NodeOutcome, NodeView, Verdicts, plan_for};
 use crate::desired::{self, ForeignSlice, Hold, Owner, manager_of};
 use crate::names::{self, ServiceRef};
 use crate::pairs::{self, Resolution};
@@ -82,30 +82,14 @@ pub async fn resolve(client: &Client, config: &Config) -> Result<Resolved, Error
             what: "list Services".into(),
             source,
         })?;
-    let configured: Vec<(Vec<Source>, ServiceRef)> = config
-        .pairs
-        .iter()
-        .map(|p| (p.sources.clone(), p.target.clone()))
+    let rules = pairs::Rules::of(config);
+    let known: BTreeMap<ServiceRef, Service> = list
+        .items
+        .into_iter()
+        .filter_map(|svc| Some((crate::watch::service_ref(&svc)?, svc)))
+        .filter(|(r, svc)| rules.concerns(r, svc))
         .collect();
-    let mut known: BTreeMap<ServiceRef, Service> = BTreeMap::new();
-    for svc in list.items {
-        if let Some(r) = crate::watch::service_ref(&svc) {
-            let annotated = svc
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(names::ANNOTATION_ENABLED));
-            if annotated || configured.iter().any(|(_, t)| *t == r) {
-                known.insert(r, svc);
-            }
-        }
-    }
-    let resolution = pairs::resolve(
-        &configured,
-        config.annotations.enabled,
-        &config.annotations.allowed_sources,
-        &known,
-    );
+    let resolution = rules.resolve(&known);
     let nodes = list_nodes(client, config).await?;
     Ok(Resolved {
         known,
@@ -181,11 +165,9 @@ pub async fn inspect(
         }
         let actual = slices_of(client, &pair.target).await?;
         // The engine's own decision, from the same inputs.
-        let phase = Phase::Active {
-            sources: pair.sources.clone(),
-        };
-        let probe = pairs::probe_of(pair, &config.pairs, &resolved.known);
-        let derive = crate::daemon::pair::derives(pair, &config.pairs);
+        let rules = pairs::Rules::of(config);
+        let probe = rules.probe_of(pair, &resolved.known);
+        let derive = rules.derives(pair);
         // One reading: a timed drain counts as seen now (the leader's count started when it
         // first saw it).
         let view = resolved
@@ -201,7 +183,7 @@ pub async fn inspect(
         // has no memory of the drains it wrote, so it shows only the families kept.
         let no_drains = std::collections::BTreeSet::new();
         let (plan, holding, decision, node_outcome) = match plan_for(
-            &phase,
+            Intent::Mirror(&pair.sources),
             &pair.target,
             &resolved.known,
             &|source| {
@@ -234,7 +216,7 @@ pub async fn inspect(
         };
         // The probes cover derived endpoints too, as the daemon's do.
         let (prepared, _) = match resolved.known.get(&pair.target) {
-            Some(svc) => crate::daemon::pair::prepare(
+            Some(svc) => crate::desired::step::prepare(
                 &pair.sources,
                 &pair.target,
                 svc,
@@ -258,7 +240,7 @@ pub async fn inspect(
         if let (Some(prober), Some(spec), Some(svc)) =
             (vip_prober, &probe, resolved.known.get(&pair.target))
         {
-            let source_port = crate::daemon::pair::candidates(spec, &pair.target, svc, &prepared)
+            let source_port = crate::desired::step::candidates(spec, &pair.target, svc, &prepared)
                 .first()
                 .and_then(|c| c.target.as_ref().map(|t| t.port))
                 .or(spec.port);
@@ -279,7 +261,7 @@ pub async fn inspect(
         }
         let endpoints = match (&probe, decision, resolved.known.get(&pair.target)) {
             (Some(spec), Some(decision), Some(svc)) => {
-                crate::daemon::pair::candidates(spec, &pair.target, svc, &prepared)
+                crate::desired::step::candidates(spec, &pair.target, svc, &prepared)
                     .into_iter()
                     .map(|c| endpoint_report(&c, &decision, count))
                     .collect()
@@ -442,6 +424,10 @@ pub fn fix_for(target: &ServiceRef, slice: &ForeignSlice) -> String {
             "another copier group mirrors into {target}: configure the pair in one group only, then delete EndpointSlice {ns}/{}",
             slice.name
         ),
+        m if m.starts_with(desired::NEWER_VERSION) => format!(
+            "written by a newer endpoint-copier of this group, which this host does not understand: upgrade every host to one version (docs/usage/upgrade.md); EndpointSlice {ns}/{} is never deleted or rewritten meanwhile",
+            slice.name
+        ),
         m if m.starts_with("endpoint-copier (no group") => format!(
             "written by an endpoint-copier without copier groups, which only the default group adopts: delete EndpointSlice {ns}/{} once no such copy runs",
             slice.name
@@ -468,7 +454,7 @@ pub fn foreign_line(pair: &PairReport, f: &ForeignReport) -> String {
 
 /// A remote source's slices, read through a client of its kubeconfig (built once per file,
 /// bounded by `timeout`); nothing to give when the cluster cannot be read — `check` reports why
-/// through `remote::check`.
+/// through `inspect::remote::check`.
 async fn remote_slices(
     r: &RemoteSource,
     allow_insecure_tls: bool,

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::report::{GroupReport, MemberReport, PairReport, Report};
+use crate::group::member::UNVERSIONED;
 
 /// The text form of a report.
 pub fn render(report: &Report) -> String {
@@ -66,7 +67,7 @@ pub fn render(report: &Report) -> String {
 
 /// `remote /etc/endpoint-copier/remote.yaml: https://203.0.113.5:6443`, then one line per source:
 /// `  app/db: 2 ready endpoints` (or why not).
-fn remote(s: &mut String, r: &crate::remote::Reach) {
+fn remote(s: &mut String, r: &super::remote::Reach) {
     let _ = writeln!(
         s,
         "remote {}: {}",
@@ -115,7 +116,17 @@ fn member(s: &mut String, m: &MemberReport) {
             let list: Vec<String> = m
                 .pairs
                 .iter()
-                .map(|p| format!("{} <- {}", p.target, p.source))
+                .map(|p| {
+                    // A short sum of the digest: two hosts showing other sums configure the
+                    // pair differently.
+                    let config = p
+                        .digest
+                        .as_deref()
+                        .and_then(crate::group::digest::PairDigest::parse)
+                        .map(|d| format!(" (config {})", d.short()))
+                        .unwrap_or_default();
+                    format!("{} <- {}{config}", p.target, p.source)
+                })
                 .collect();
             format!("pairs {}", list.join(", "))
         }
@@ -129,9 +140,14 @@ fn member(s: &mut String, m: &MemberReport) {
         0 => String::new(),
         n => format!(", {n} verdicts left out (over its size budget)"),
     };
+    let version = match (&m.version, &m.error) {
+        (Some(v), _) => format!(", version {v}"),
+        (None, None) => format!(", version {UNVERSIONED} (writes none)"),
+        (None, Some(_)) => String::new(),
+    };
     let _ = writeln!(
         s,
-        "  member {}{here}: {state}, {renewed}, {pairs}{twin}{omitted}",
+        "  member {}{here}: {state}, {renewed}{version}, {pairs}{twin}{omitted}",
         m.identity
     );
     for v in &m.verdicts {
@@ -293,7 +309,7 @@ mod tests {
 
     #[test]
     fn each_remote_kubeconfig_gets_a_line_and_each_of_its_sources_one_more() {
-        use crate::remote::{Reach, SourceReach};
+        use crate::inspect::remote::{Reach, SourceReach};
         use crate::source::RemoteSource;
         let mut r = report();
         let source = |s: &str| RemoteSource {
@@ -392,12 +408,14 @@ ok
                     pairs: vec![ConfiguredPair {
                         source: "default/kubernetes".into(),
                         target: "default/kubernetes-vip".into(),
+                        digest: Some("s=b327c2da;a=811c9dc5;p=143ef665;d=4db211e5".into()),
                     }],
                     error: None,
                     verdicts: vec![],
                     nonce: None,
                     twin: None,
                     omitted: 0,
+                    version: Some("0.2.0".into()),
                 },
                 MemberReport {
                     identity: "cp-2".into(),
@@ -412,6 +430,7 @@ ok
                     nonce: None,
                     twin: None,
                     omitted: 0,
+                    version: None,
                 },
             ]),
         });
@@ -426,8 +445,8 @@ ok
         assert_eq!(
             render(&r),
             "group kube-system.endpoint-copier (lease kube-system/endpoint-copier), this host cp-1: 2 members
-  member cp-1 (this host): live, renewed 3s ago, pairs default/kubernetes-vip <- default/kubernetes
-  member cp-2: not live, renewed 120s ago, no configured pairs
+  member cp-1 (this host): live, renewed 3s ago, version 0.2.0, pairs default/kubernetes-vip <- default/kubernetes (config 3b4f5ce4)
+  member cp-2: not live, renewed 120s ago, version 0.1.0 (writes none), no configured pairs
 pair default/kubernetes-vip <- default/kubernetes (config): source 3 ready, target 2 ready ours + 1 ready foreign, out of sync
   foreign slice kubernetes-vip-x1 by endpointslicemirroring-controller.k8s.io: 203.0.113.9
   would update kubernetes-vip
@@ -486,12 +505,13 @@ ok
                 nonce: None,
                 twin: None,
                 omitted: 0,
+                version: Some("0.2.0".into()),
             }]),
         });
         assert_eq!(
             render(&r),
             "group kube-system.endpoint-copier (lease kube-system/endpoint-copier), this host cp-1: 1 member
-  member cp-1 (this host): live, renewed 3s ago, no configured pairs
+  member cp-1 (this host): live, renewed 3s ago, version 0.2.0, no configured pairs
     sees https://198.51.100.2:6443/readyz down since 2026-11-30T19:00:00Z
     sees https://[2001:db8::2]:6443/readyz abstains (TLS: the certificate does not name 2001:db8::2 (its subject alternative names: 198.51.100.2))
 pair default/kubernetes-vip <- default/kubernetes (config): source 3 ready, target 2 ready, out of sync

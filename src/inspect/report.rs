@@ -180,6 +180,11 @@ pub struct ConfiguredPair {
     pub source: String,
     /// Target Service, `namespace/name`.
     pub target: String,
+    /// The digest of the pair's full configuration (`group::digest`: `s=…;a=…;p=…;d=…`);
+    /// `None` in a record of 0.1.0. Not part of the pair's identity: two copies naming the same
+    /// pair with other digests configure it differently.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// One member of the copier group, from its member Lease.
@@ -213,6 +218,9 @@ pub struct MemberReport {
     pub twin: Option<String>,
     /// Verdicts its writer left out to fit the record's size budget (it abstains on them).
     pub omitted: usize,
+    /// The product version its writer runs (`None`: 0.1.0, which writes none, or a record
+    /// that cannot be read).
+    pub version: Option<String>,
 }
 
 /// The copier group this host belongs to.
@@ -251,7 +259,7 @@ pub struct Report {
     pub group: Option<GroupReport>,
     /// Each remote kubeconfig of the configured sources: whether it loads and its cluster
     /// answers, and per source the rights, the Service and its ready endpoints.
-    pub remotes: Vec<crate::remote::Reach>,
+    pub remotes: Vec<super::remote::Reach>,
     /// One line per thing worth knowing that does not stop the daemon from working; they do not
     /// change the verdict.
     pub warnings: Vec<String>,

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::api::discovery::v1::Endpoint;
 use tokio::time::Instant;
 
 use crate::names::{
@@ -182,6 +182,20 @@ impl NodeFacts {
         })
     }
 
+    /// Whether the Node carries a drain set to last until removed: `drain: "true"` with neither
+    /// an expiry nor a duration (set by hand; `drain` keeps it so, `resume --timed-only` leaves
+    /// it).
+    pub fn has_lasting_drain(&self) -> bool {
+        self.drain.as_deref() == Some(DRAIN_VALUE)
+            && self.drain_expires.is_none()
+            && self.drain_duration.is_none()
+    }
+
+    /// Whether the Node carries any of the three drain annotations (what `resume` removes).
+    pub fn has_drain_annotations(&self) -> bool {
+        self.drain.is_some() || self.drain_expires.is_some() || self.drain_duration.is_some()
+    }
+
     /// The annotations that make this Node's drain what it is.
     fn drain_key(&self) -> DrainKey {
         (self.drain_duration.clone(), self.drain_expires.clone())
@@ -245,13 +259,7 @@ impl NodeFacts {
     }
 }
 
-/// `IPv4` or `IPv6`, as an EndpointSlice's `addressType` names the family of `ip`.
-pub fn family_of(ip: IpAddr) -> &'static str {
-    match ip {
-        IpAddr::V4(_) => crate::desired::IPV4,
-        IpAddr::V6(_) => crate::desired::IPV6,
-    }
-}
+pub use crate::family::of as family_of;
 
 /// Which Node holds an address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,7 +403,7 @@ impl NodeIndex {
 
 /// Whether `endpoint` stands on `node`: its `nodeName` names it, or (no `nodeName`) its first
 /// address is one of the Node's. (Remote sources' endpoints are another cluster's: callers pass
-/// this cluster's slices only, see [`ready_on`].)
+/// this cluster's slices only.)
 pub fn is_on(endpoint: &Endpoint, node: &NodeFacts) -> bool {
     match endpoint.node_name.as_deref() {
         Some(name) => name == node.name,
@@ -407,32 +415,5 @@ pub fn is_on(endpoint: &Endpoint, node: &NodeFacts) -> bool {
     }
 }
 
-/// The addresses of the endpoints of `slices` (one target's, as read) that stand on `node` and
-/// are still ready (`conditions.ready` not `false`). Empty once a drain of `node` took effect in
-/// that target. For `endpoint-copier drain`: wait until this is empty for every target.
-pub fn ready_on(node: &NodeFacts, slices: &[EndpointSlice]) -> Vec<String> {
-    slices
-        .iter()
-        .filter(|s| !crate::desired::union::is_remote(s))
-        .flat_map(|s| s.endpoints.iter())
-        .filter(|e| is_on(e, node) && crate::desired::is_ready(e))
-        .filter_map(|e| e.addresses.first().cloned())
-        .collect()
-}
-
-/// Number of ready endpoints of `slices` (one target's) that do not stand on `node`. Zero means
-/// draining `node` would empty that target: the engine keeps one of its endpoints ready instead
-/// (never fewer than one ready endpoint because of drains), and `endpoint-copier drain` refuses.
-pub fn ready_elsewhere(node: &NodeFacts, slices: &[EndpointSlice]) -> usize {
-    slices
-        .iter()
-        .flat_map(|s| {
-            let remote = crate::desired::union::is_remote(s);
-            s.endpoints.iter().map(move |e| (remote, e))
-        })
-        .filter(|(remote, e)| (*remote || !is_on(e, node)) && crate::desired::is_ready(e))
-        .count()
-}
-
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -352,36 +352,28 @@ fn only_nodes_the_control_plane_vouches_for_claim_an_address_while_any_is() {
 }
 
 #[test]
-fn ready_on_and_ready_elsewhere_tell_whether_a_drain_took_effect_or_would_empty_a_target() {
-    use k8s_openapi::api::discovery::v1::EndpointConditions;
-    let a = NodeFacts::from_node(&node("a", &[("InternalIP", "198.51.100.1")], &[])).unwrap();
-    let ep = |addr: &str, node: Option<&str>, ready: Option<bool>| Endpoint {
-        addresses: vec![addr.into()],
-        node_name: node.map(Into::into),
-        conditions: Some(EndpointConditions {
-            ready,
-            ..EndpointConditions::default()
-        }),
-        ..Endpoint::default()
+fn a_drain_without_expiry_lasts_and_every_drain_annotation_counts_for_resume() {
+    let facts = |annotations: &[(&str, &str)]| {
+        let mut n = k8s_openapi::api::core::v1::Node::default();
+        n.metadata.name = Some("cp-1".into());
+        n.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        NodeFacts::from_node(&n).unwrap()
     };
-    let slice = |endpoints| EndpointSlice {
-        metadata: ObjectMeta::default(),
-        address_type: "IPv4".into(),
-        endpoints,
-        ports: None,
-    };
-    let before = [slice(vec![
-        ep("198.51.100.1", None, None),
-        ep("198.51.100.2", Some("b"), Some(true)),
-    ])];
-    assert_eq!(ready_on(&a, &before), vec!["198.51.100.1".to_owned()]);
-    assert_eq!(ready_elsewhere(&a, &before), 1);
-    let after = [slice(vec![
-        ep("198.51.100.1", Some("a"), Some(false)),
-        ep("2001:db8::1", Some("a"), Some(false)),
-        ep("198.51.100.2", Some("b"), Some(true)),
-    ])];
-    assert!(ready_on(&a, &after).is_empty());
-    let alone = [slice(vec![ep("198.51.100.1", Some("a"), None)])];
-    assert_eq!(ready_elsewhere(&a, &alone), 0);
+    let lasting = facts(&[(ANNOTATION_DRAIN, "true")]);
+    assert!(lasting.has_lasting_drain() && lasting.has_drain_annotations());
+    let timed = facts(&[
+        (ANNOTATION_DRAIN, "true"),
+        (ANNOTATION_DRAIN_EXPIRES, "2025-01-31T12:15:00Z"),
+    ]);
+    assert!(!timed.has_lasting_drain() && timed.has_drain_annotations());
+    let off = facts(&[(ANNOTATION_DRAIN, "false")]);
+    assert!(!off.has_lasting_drain() && off.has_drain_annotations());
+    let stray = facts(&[(ANNOTATION_DRAIN_DURATION, "600")]);
+    assert!(!stray.has_lasting_drain() && stray.has_drain_annotations());
+    assert!(!facts(&[]).has_drain_annotations());
 }

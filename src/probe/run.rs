@@ -238,14 +238,15 @@ async fn probe_target(
         let Some(change) = tracker.observe(outcome.class, Instant::now()) else {
             continue;
         };
+        // Debug only: the engine says each change once, at warn or info (`daemon/probes.rs`).
         match change.finding {
-            Finding::Vote(verdict) => tracing::info!(
+            Finding::Vote(verdict) => tracing::debug!(
                 endpoint = %target,
                 verdict = ?verdict,
                 detail = %outcome.detail,
                 "probe verdict changed"
             ),
-            Finding::Abstain => tracing::info!(
+            Finding::Abstain => tracing::debug!(
                 endpoint = %target,
                 detail = %outcome.detail,
                 "probe cannot judge the endpoint; this host abstains"

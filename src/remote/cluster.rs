@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::state::SourceState;
 use super::{RemoteSource, Trouble, Update, View};
-use crate::client::{self, Fingerprint, Reloadable};
+use crate::client::{self, Credentials, Reloadable, Reloaded};
 use crate::error::chain;
 use crate::names;
 use crate::shutdown::Shutdown;
@@ -197,11 +197,7 @@ pub async fn run(
     if !all.set_credentials(None).await {
         return;
     }
-    let mut credentials = Credentials {
-        reloadable: Reloadable::new(loaded.client.clone()),
-        loaded,
-        allow_insecure_tls,
-    };
+    let mut credentials = Credentials::new(loaded, allow_insecure_tls, "remote kubeconfig");
     // Every watch runs on the Reloadable's client: a swap after a rotation reaches all of them,
     // and each one's next request (a retry after the 401, or the next re-watch) uses it.
     let client = credentials.reloadable.client();
@@ -262,7 +258,7 @@ pub async fn run(
                     debug!(kubeconfig = %kubeconfig.display(), "the remote answered 401 Unauthorized; re-reading the kubeconfig");
                 }
                 // In the branch, not in the select: a reload is never abandoned half-way.
-                if credentials.reload(after_401).await != Reloaded::Repointed {
+                if credentials.reload(&kubeconfig, after_401).await != Reloaded::Repointed {
                     continue;
                 }
                 // Another cluster behind the same file: the watches would resume there with the
@@ -291,28 +287,6 @@ async fn reload_due(poll: &mut tokio::time::Interval, reloadable: &Reloadable) -
         _ = poll.tick() => false,
         () = reloadable.unauthorized() => true,
     }
-}
-
-/// What a re-read of a remote kubeconfig did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reloaded {
-    /// Nothing: the file is unchanged, gone for a moment, or cannot be used.
-    Kept,
-    /// New credentials for the same cluster (a rotated certificate): the watches go on.
-    Credentials,
-    /// The file names another cluster now (another server URL or CA): every source is listed
-    /// afresh.
-    Repointed,
-}
-
-/// What identifies the cluster a kubeconfig reaches: the server URL, the CA certificates and
-/// the name the server's certificate is checked against. Credentials are not part of it.
-fn cluster_of(config: &kube::Config) -> (String, Option<&Vec<Vec<u8>>>, Option<&str>) {
-    (
-        config.cluster_url.to_string(),
-        config.root_cert.as_ref(),
-        config.tls_server_name.as_deref(),
-    )
 }
 
 /// The two watches of every source, tagged with the source's index.
@@ -379,61 +353,6 @@ async fn connect(
         tokio::select! {
             () = all.shutdown.cancelled() => return None,
             () = tokio::time::sleep(WAIT_POLL) => {}
-        }
-    }
-}
-
-/// The loaded kubeconfig and the client whose credentials a reload swaps.
-struct Credentials {
-    /// The client under every watch of this kubeconfig.
-    reloadable: Reloadable,
-    /// The kubeconfig as last loaded (or its fingerprint as last refused).
-    loaded: client::Loaded,
-    /// Whether insecure-skip-tls-verify is accepted.
-    allow_insecure_tls: bool,
-}
-
-impl Credentials {
-    /// Re-reads the kubeconfig when its file changed (or always, when `force`: after a 401) and
-    /// swaps the credentials if it loads; a file that does not load keeps the previous ones
-    /// (as `daemon::kubeconfig` does for the node's). Says whether it now reaches another
-    /// cluster ([`Reloaded::Repointed`]), which the caller answers by listing every source afresh.
-    async fn reload(&mut self, force: bool) -> Reloaded {
-        let path = self.loaded.path.clone();
-        let now = Fingerprint::of(&path);
-        let changed = now != self.loaded.fingerprint;
-        if now.is_none() || (!force && !changed) {
-            // Removed or mid-rename: keep the client we have; the next poll looks again.
-            return Reloaded::Kept;
-        }
-        match client::build(&path, self.allow_insecure_tls).await {
-            Ok(next) => {
-                let repointed = cluster_of(&next.config) != cluster_of(&self.loaded.config);
-                if repointed {
-                    warn!(kubeconfig = %path.display(), server = %next.server, previous = %self.loaded.server, "remote kubeconfig points at another cluster now (server or CA changed); listing its sources afresh");
-                } else if changed {
-                    info!(kubeconfig = %path.display(), server = %next.server, "remote kubeconfig changed; reconnecting with the new credentials");
-                } else {
-                    debug!(kubeconfig = %path.display(), "remote kubeconfig re-read after a 401");
-                }
-                self.reloadable.swap(next.client.clone());
-                self.loaded = next;
-                if repointed {
-                    Reloaded::Repointed
-                } else {
-                    Reloaded::Credentials
-                }
-            }
-            Err(e) => {
-                if changed {
-                    warn!(kubeconfig = %path.display(), error = %chain(&e), "remote kubeconfig changed but cannot be used; keeping the previous credentials");
-                } else {
-                    debug!(kubeconfig = %path.display(), error = %chain(&e), "remote kubeconfig still cannot be used");
-                }
-                // Do not warn on every poll about the same broken file: remember its fingerprint.
-                self.loaded.fingerprint = now;
-                Reloaded::Kept
-            }
         }
     }
 }
@@ -514,25 +433,6 @@ mod tests {
             kubeconfig: path.into(),
             service: service.parse().unwrap(),
         }
-    }
-
-    #[test]
-    fn another_server_or_ca_is_another_cluster_and_new_credentials_are_not() {
-        let config = |url: &str| kube::Config::new(url.parse().unwrap());
-        let a = config("https://198.51.100.1:6443");
-        let mut rotated = a.clone();
-        rotated.auth_info.token = Some("new".to_owned().into());
-        assert_eq!(cluster_of(&a), cluster_of(&rotated), "credentials only");
-        assert_ne!(
-            cluster_of(&a),
-            cluster_of(&config("https://203.0.113.1:6443"))
-        );
-        let mut other_ca = a.clone();
-        other_ca.root_cert = Some(vec![vec![1, 2, 3]]);
-        assert_ne!(cluster_of(&a), cluster_of(&other_ca));
-        let mut other_name = a.clone();
-        other_name.tls_server_name = Some("kubernetes.default.svc".into());
-        assert_ne!(cluster_of(&a), cluster_of(&other_name));
     }
 
     #[test]

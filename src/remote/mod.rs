@@ -4,12 +4,12 @@
 //! Owns: one client per distinct kubeconfig path (waited for while missing, re-read when the
 //! file is rewritten or the remote answers 401, exactly like the node kubeconfig in
 //! `daemon::kubeconfig`), two read-only watches per source (the Service by name, its slices by
-//! label), the classification of what goes wrong into a [`Trouble`], and `check`'s probe of the
-//! remotes ([`check()`]). It never writes to a remote cluster, and it decides nothing about the
+//! label) and the classification of what goes wrong into a [`Trouble`] (`check`'s probe of the
+//! remotes is `inspect::remote`). It never writes to a remote cluster, and it decides nothing about the
 //! target: uniting the sources is `desired`'s job, reacting to a [`Update`] is `daemon`'s.
 //!
 //! Files: `state.rs` (pure: one source's events in, its [`View`] out), `cluster.rs` (the task of
-//! one kubeconfig: credentials, watches, updates), `check.rs` (the one-shot probe).
+//! one kubeconfig: credentials, watches, updates).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -19,11 +19,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::shutdown::Shutdown;
 pub use crate::source::RemoteSource;
 
-mod check;
-mod cluster;
-mod state;
-
-pub use check::{Reach, SourceReach, check};
+pub(crate) mod cluster;
+pub(crate) mod state;
 
 /// What this copy knows of one remote source now.
 #[derive(Debug, Clone, PartialEq, Default)]

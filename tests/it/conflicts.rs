@@ -81,14 +81,9 @@ async fn conflicts_that_keep_coming_are_reported_once_and_backed_off() {
     )
     .await;
     assert!(note.starts_with("3 conflicts in a row"), "{note}");
-    // The backoff doubles from 200 ms: in 5 s of conflicts, a handful of attempts, not a loop.
-    let start = tb.requests().len();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let attempts = of_node1(&tb.requests()[start..], "endpointslices")
-        .iter()
-        .filter(|r| r.verb == Verb::Update)
-        .count();
-    assert!(attempts <= 4, "{attempts} updates in 5 s");
+    // How the backoff grows is an engine rule, unit-tested under paused time
+    // (`daemon::tests::conflicts_back_off_from_200_ms_doubling`); here, that it converges once
+    // the other writer stops.
     tb.heal_failures();
     wait_for_target(
         &world.client,

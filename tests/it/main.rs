@@ -27,6 +27,8 @@ mod rbac;
 mod refusals;
 mod remote;
 mod safety;
+mod skew;
 mod sources;
 mod sync;
 mod systemd;
+mod upgrade;

@@ -426,7 +426,7 @@ async fn a_kubeconfig_repointed_at_another_cluster_lists_that_cluster_afresh() {
 async fn check_reports_a_healthy_remote() {
     let remote = Remote::seeded(&["198.51.100.1", "203.0.113.1"]).await;
     let db = remote.source("default/db");
-    let reaches = remote::check(&[db.clone()].into(), false).await;
+    let reaches = endpoint_copier::inspect::remote::check(&[db.clone()].into(), false).await;
     assert_eq!(reaches.len(), 1);
     let reach = &reaches[0];
     assert_eq!(reach.kubeconfig, remote.kubeconfig);
@@ -448,7 +448,8 @@ async fn check_names_a_missing_right_and_a_missing_service() {
         .set_allowed(READER, Verb::List, "endpointslices", false);
     let db = remote.source("default/db");
     let nope = remote.source("default/nope");
-    let reaches = remote::check(&[db.clone(), nope.clone()].into(), false).await;
+    let reaches =
+        endpoint_copier::inspect::remote::check(&[db.clone(), nope.clone()].into(), false).await;
     let reach = &reaches[0];
     assert!(reach.problems.is_empty(), "{:?}", reach.problems);
     let of = |s: &RemoteSource| reach.sources.iter().find(|r| r.source == *s).unwrap();
@@ -482,7 +483,7 @@ async fn check_of_a_remote_that_is_down_ends_with_one_problem() {
     let sources: BTreeSet<RemoteSource> =
         [remote.source("default/db"), remote.source("default/other")].into();
     let started = tokio::time::Instant::now();
-    let reaches = remote::check(&sources, false).await;
+    let reaches = endpoint_copier::inspect::remote::check(&sources, false).await;
     assert!(started.elapsed() < Duration::from_secs(15));
     let reach = &reaches[0];
     assert_eq!(reach.problems.len(), 1, "{:?}", reach.problems);
@@ -552,7 +553,7 @@ async fn check_of_a_black_holed_remote_ends_within_seconds() {
     let sources: BTreeSet<RemoteSource> =
         [remote.source("default/db"), remote.source("default/other")].into();
     let started = tokio::time::Instant::now();
-    let reaches = remote::check(&sources, false).await;
+    let reaches = endpoint_copier::inspect::remote::check(&sources, false).await;
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",

@@ -251,7 +251,8 @@ where
         .unwrap();
 }
 
-/// The slices labelled for `service`, by name.
+/// The slices labelled for `service`, by name — but those written by another test's copier
+/// group ([`of_another_test`]).
 pub async fn slices_of(
     client: &Client,
     ns: &str,
@@ -265,8 +266,45 @@ pub async fn slices_of(
         .unwrap()
         .items
         .into_iter()
+        .filter(|s| !of_another_test(s, ns))
         .map(|s| (s.metadata.name.clone().unwrap(), s))
         .collect()
+}
+
+thread_local! {
+    /// The namespaces of the worlds of the test running on this thread (a `#[tokio::test]` runs
+    /// on a thread of its own, its daemons' tasks too): its copier groups' labels name them.
+    static OWN_NAMESPACES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `slice`, in namespace `ns`, was written by the copier group of another test. On a
+/// real cluster every test's daemons share one API: each mirrors every annotated Service it
+/// sees (annotations are on by default), so the annotated target of one test gets a slice from
+/// the group of every other test running at once — as two copier groups of one cluster would
+/// (each writes only its own labelled slice). A test observes what its own groups wrote: their
+/// group label names its world's namespace (`<namespace>.<name>`, or `kube-system.<ns>-…`),
+/// while another test's names another unique namespace (`<prefix>-<8 hex>`). On the test bed
+/// every test has its own API, and nothing is ever filtered out.
+pub fn of_another_test(slice: &EndpointSlice, ns: &str) -> bool {
+    let Some(group) = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(names::GROUP_LABEL))
+    else {
+        return false;
+    };
+    let is_test_namespace = |part: &str| {
+        part.rsplit_once('-').is_some_and(|(_, suffix)| {
+            suffix.len() == 8 && suffix.chars().all(|c| c.is_ascii_hexdigit())
+        })
+    };
+    let ours = OWN_NAMESPACES.with(|own| own.borrow().iter().any(|o| group.contains(o.as_str())));
+    !ours
+        && !group.contains(ns)
+        && group
+            .split('.')
+            .any(|part| is_test_namespace(part.trim_end_matches("-default")))
 }
 
 /// Sorted addresses of the ready endpoints in `slices`.
@@ -315,6 +353,7 @@ impl World {
         let cluster = Cluster::connect().await;
         let client = client_for(&cluster.kubeconfig()).await;
         let ns = cluster.unique_namespace(prefix).await;
+        OWN_NAMESPACES.with(|own| own.borrow_mut().push(ns.clone()));
         World {
             cluster,
             ns,
@@ -470,4 +509,44 @@ pub async fn events_on(world: &World, target: &str, reason: &str) -> Vec<String>
         })
         .map(|e| e.note.unwrap_or_default())
         .collect()
+}
+
+#[test]
+fn only_a_slice_of_another_tests_copier_group_is_left_out() {
+    let slice = |group: Option<&str>| {
+        let mut s = source_slice("orphans-cb026381", "vip", "vip-x", "IPv4", &["203.0.113.9"]);
+        if let Some(g) = group {
+            s.metadata
+                .labels
+                .get_or_insert_default()
+                .insert(names::GROUP_LABEL.to_owned(), g.to_owned());
+        }
+        s
+    };
+    let ns = "orphans-cb026381";
+    assert!(!of_another_test(&slice(None), ns), "no group: kept");
+    assert!(!of_another_test(
+        &slice(Some("orphans-cb026381.endpoint-copier")),
+        ns
+    ));
+    assert!(!of_another_test(
+        &slice(Some("orphans-cb026381.copier-a")),
+        ns
+    ));
+    assert!(!of_another_test(
+        &slice(Some("kube-system.orphans-cb026381-default")),
+        ns
+    ));
+    assert!(
+        !of_another_test(&slice(Some("kube-system.endpoint-copier")), ns),
+        "the default group"
+    );
+    assert!(of_another_test(
+        &slice(Some("scope-a-0f1e2d3c.endpoint-copier")),
+        ns
+    ));
+    assert!(of_another_test(
+        &slice(Some("kube-system.two-groups-89abcdef-default")),
+        ns
+    ));
 }

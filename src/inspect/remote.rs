@@ -18,14 +18,13 @@ use kube::Api;
 use kube::api::ListParams;
 use serde::Serialize;
 
-use super::RemoteSource;
-use super::Trouble;
-use super::cluster::by_kubeconfig;
-use super::state::from_request;
+use super::permissions::{self, Feature, Wanted};
 use crate::client::{self, Loaded};
 use crate::error::chain;
-use crate::inspect::permissions::{self, Feature, Wanted};
 use crate::names;
+use crate::remote::cluster::by_kubeconfig;
+use crate::remote::state::from_request;
+use crate::remote::{RemoteSource, Trouble};
 
 /// The longest one request to a remote may take (an access review, a get, a list): long enough
 /// for a slow remote across a WAN, short enough that `check` answers at the console.
@@ -212,7 +211,7 @@ async fn probe(loaded: &Loaded, reach: &mut SourceReach) -> Result<(), Abort> {
     for w in wanted(ns) {
         match tokio::time::timeout(REQUEST_TIMEOUT, permissions::ask(client, vec![w])).await {
             Ok(Ok(answer)) => answers.extend(answer),
-            Ok(Err(crate::inspect::Error::Api { source, .. })) => {
+            Ok(Err(super::Error::Api { source, .. })) => {
                 let message = forbidden_or_abort(&source)?;
                 reach.problems.push(format!(
                     "the kubeconfig {path} may not ask its own rights (SelfSubjectAccessReview): {message}"
