@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tracing::{debug, info, warn};
 
-use super::{Fingerprint, Loaded, Reloadable, build};
+use super::{Fingerprint, Loaded, Reloadable, build_with, transport};
 use crate::error::chain;
 
 /// What a re-read of a kubeconfig did.
@@ -33,6 +33,9 @@ pub struct Credentials {
     allow_insecure_tls: bool,
     /// What the logs call it: "kubeconfig" (the node's), "remote kubeconfig".
     what: &'static str,
+    /// How a rebuilt client connects ([`transport::Connector::Tcp`] unless the daemon was given
+    /// another: the simulator's).
+    connector: transport::Connector,
 }
 
 impl Credentials {
@@ -43,7 +46,14 @@ impl Credentials {
             loaded,
             allow_insecure_tls,
             what,
+            connector: transport::Connector::Tcp,
         }
+    }
+
+    /// These credentials, rebuilt through `connector` on every reload.
+    pub fn with_connector(mut self, connector: transport::Connector) -> Credentials {
+        self.connector = connector;
+        self
     }
 
     /// Re-reads the kubeconfig at `path` when it is not the file last loaded or that file
@@ -56,7 +66,7 @@ impl Credentials {
             // Removed or mid-rename: keep the client we have; the next poll looks again.
             return Reloaded::Kept;
         }
-        match build(path, self.allow_insecure_tls).await {
+        match build_with(path, self.allow_insecure_tls, &self.connector).await {
             Ok(next) => {
                 let repointed = cluster_of(&next.config) != cluster_of(&self.loaded.config);
                 if repointed {

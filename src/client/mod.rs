@@ -121,6 +121,19 @@ pub fn waiting_for(kubeconfig: &config::Kubeconfig) -> String {
 /// [`Error::Load`] when the file is missing or unparsable, [`Error::Insecure`] when it skips TLS
 /// verification without `allow_insecure_tls`, [`Error::Build`] when the credentials are unusable.
 pub async fn build(path: &Path, allow_insecure_tls: bool) -> Result<Loaded, Error> {
+    build_with(path, allow_insecure_tls, &transport::Connector::Tcp).await
+}
+
+/// [`build`], the client's connections made by `connector` ([`transport::Connector::Tcp`] on
+/// a host; the simulator's in-memory network in `tests/sim/`).
+///
+/// # Errors
+/// As [`build`].
+pub async fn build_with(
+    path: &Path,
+    allow_insecure_tls: bool,
+    connector: &transport::Connector,
+) -> Result<Loaded, Error> {
     let fingerprint = Fingerprint::of(path);
     let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Load {
         path: path.to_owned(),
@@ -175,7 +188,7 @@ pub async fn build(path: &Path, allow_insecure_tls: bool) -> Result<Loaded, Erro
             path.display()
         ));
     }
-    let client = transport::client(&config).map_err(|source| Error::Build {
+    let client = transport::client_with(&config, connector).map_err(|source| Error::Build {
         path: path.to_owned(),
         source,
     })?;

@@ -27,6 +27,7 @@ const WAIT_POLL: Duration = Duration::from_secs(2);
 /// [`GIVE_UP`].
 pub async fn wait(
     config: &Config,
+    connector: &client::transport::Connector,
     notifier: &Notifier,
     beat: &Beat,
     shutdown: &Shutdown,
@@ -39,7 +40,9 @@ pub async fn wait(
         let found = client::locate(&config.kubeconfig);
         let attempt = match &found {
             // A configured path that does not exist yet is waited for like `auto`'s files.
-            Some(path) if path.exists() => client::build(path, config.allow_insecure_tls).await,
+            Some(path) if path.exists() => {
+                client::build_with(path, config.allow_insecure_tls, connector).await
+            }
             _ => Err(client::Error::NotFound),
         };
         match attempt {

@@ -25,6 +25,12 @@
 //! the engine spawns), `outcome` (what a finished task changes), `status` (STATUS, readiness,
 //! Events), `reported` (the one report-on-change memory), `supervise` (every long-lived task in
 //! one named set: one that ends stops the daemon with its name).
+//!
+//! [`run_with`] is the one seam to the world outside the config: an [`Environment`] says how
+//! the API client connects and how probes dial. [`run`] passes a host's (TCP and TLS); the
+//! simulator (`tests/sim/`, docs/development/testing.md "Simulator") passes its in-memory
+//! network, so that several real daemons run in one process under a virtual clock. Every task
+//! `run_with` starts is supervised and aborted with its future (a simulated host crashing).
 
 mod caches;
 mod dispatch;
@@ -102,6 +108,23 @@ pub(crate) fn group_of(config: &Config) -> Group {
     Group::configured(config)
 }
 
+/// How the daemon reaches the world outside its config: the API server and the probed
+/// endpoints. [`Environment::default`] is a host's: TCP, TLS from the kubeconfig.
+///
+/// Everything else a daemon touches on its host is config already: the health server
+/// (`[metrics] listen`, none in tests), the runtime directory (`[lease] runtime_dir`), the Lease
+/// identity (`[lease] identity`), sd-notify (`NOTIFY_SOCKET`, absent outside systemd); logging
+/// is `main`'s. Random choices (backoff jitter, the process nonce) come from `fastrand`'s
+/// thread-local generator, which a caller running every copy on one thread seeds with
+/// `fastrand::seed`.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    /// How the API client connects (the kubeconfig's client and every client rebuilt from it).
+    pub connector: client::transport::Connector,
+    /// How the probes dial endpoint addresses.
+    pub dialer: crate::probe::Dialer,
+}
+
 /// Runs the daemon until `shutdown` is cancelled (→ `Ok`) or something fatal happens.
 ///
 /// Sends READY=1 at once (so `systemctl start` never waits for the cluster), then waits for the
@@ -111,6 +134,18 @@ pub(crate) fn group_of(config: &Config) -> Group {
 /// [`Error`] for the failures listed there; transient API trouble is retried inside, never
 /// returned.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    run_with(config, shutdown, Environment::default()).await
+}
+
+/// [`run`] in `environment`: the API client connects and the probes dial as it says.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    config: Config,
+    shutdown: Shutdown,
+    environment: Environment,
+) -> Result<(), Error> {
     // First of all, before any port or API is touched: a second live copy sharing our runtime
     // directory is refused (exit 1; under systemd that copy can only be a manual run, and the
     // unit retries until it is gone). An unusable directory only costs the fast restart.
@@ -162,7 +197,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         Some(id) => id.clone(),
         None => crate::host::hostname().map_err(Error::Identity)?,
     };
-    let Some(loaded) = kubeconfig::wait(&config, &notifier, &beat, &shutdown).await? else {
+    let Some(loaded) =
+        kubeconfig::wait(&config, &environment.connector, &notifier, &beat, &shutdown).await?
+    else {
         notifier.stopping();
         return Ok(());
     };
@@ -171,7 +208,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     }
     info!(path = %loaded.path.display(), server = %loaded.server, identity = %identity, "connected");
     let (probe_config, probe_config_rx) = tokio::sync::watch::channel(loaded.config.clone());
-    let credentials = client::Credentials::new(loaded, config.allow_insecure_tls, "kubeconfig");
+    let credentials = client::Credentials::new(loaded, config.allow_insecure_tls, "kubeconfig")
+        .with_connector(environment.connector.clone());
     let client = credentials.reloadable.client();
 
     let settings = lease::Settings {
@@ -233,7 +271,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let prober = crate::probe::spawn(
         wanted_rx,
         probe_config_rx,
-        config.probe.tls_server_name.clone(),
+        crate::probe::Reach {
+            server_name: config.probe.tls_server_name.clone(),
+            dialer: environment.dialer.clone(),
+        },
         config.probe.timing,
         report_tx,
         metrics.clone(),

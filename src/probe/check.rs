@@ -8,6 +8,11 @@
 //! the endpoint from one that only says this host cannot judge it ([`Class::Abstain`]: a
 //! certificate that does not verify, no TLS configuration, an anonymous probe refused).
 //! Scheduling, thresholds and reporting are `run`'s; what a verdict means is the quorum's.
+//!
+//! [`Dialer`] is the seam under the dial: [`Dialer::Tcp`] on a host; [`Dialer::Dial`] takes
+//! its streams from a [`ProbeDial`] someone else supplies (the simulator answers each host's
+//! probes of each address: ok, refused, hung, black-holed, a TLS error, 500), and then stands
+//! for TCP and TLS both.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -47,6 +52,33 @@ pub enum Error {
     ServerName(String),
 }
 
+/// Makes probe connections without sockets (the simulator's in-memory network).
+pub trait ProbeDial: Send + Sync + 'static {
+    /// A connection to `addr`, or the error a socket (or a TLS handshake, as an `io::Error`
+    /// wrapping a `rustls::Error`) would give. For HTTPS targets the stream stands for a
+    /// verified TLS session: no TLS is spoken on it.
+    fn dial(&self, addr: SocketAddr) -> crate::client::transport::Dialling;
+}
+
+/// How probes reach an endpoint address.
+#[derive(Clone, Default)]
+pub enum Dialer {
+    /// TCP, then TLS for HTTPS targets: the daemon's.
+    #[default]
+    Tcp,
+    /// Streams from a [`ProbeDial`] (the simulator only).
+    Dial(Arc<dyn ProbeDial>),
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dialer::Tcp => f.write_str("Tcp"),
+            Dialer::Dial(_) => f.write_str("Dial"),
+        }
+    }
+}
+
 /// Request type the credentials layer rewrites.
 type ProbeRequest = http::Request<Empty<Bytes>>;
 /// The kube config's `Authorization` header as a service that adds it to a request (bearer
@@ -71,6 +103,8 @@ pub struct Prober {
     server_name: Option<ServerName<'static>>,
     /// Adds `Authorization` to HTTPS requests; never sent in clear text.
     credentials: Option<Credentials>,
+    /// How targets are dialled.
+    dialer: Dialer,
 }
 
 impl std::fmt::Debug for Prober {
@@ -84,6 +118,7 @@ impl std::fmt::Debug for Prober {
             )
             .field("server_name", &self.server_name)
             .field("credentials", &self.credentials.is_some())
+            .field("dialer", &self.dialer)
             .finish()
     }
 }
@@ -125,7 +160,14 @@ impl Prober {
             anonymous_tls: Ok(tokio_rustls::TlsConnector::from(Arc::new(anonymous_tls))),
             server_name,
             credentials,
+            dialer: Dialer::Tcp,
         })
+    }
+
+    /// This prober, dialling through `dialer`.
+    pub fn with_dialer(mut self, dialer: Dialer) -> Prober {
+        self.dialer = dialer;
+        self
     }
 
     /// A prober without a kube config: HTTP and TCP targets work, HTTPS targets abstain with
@@ -137,6 +179,7 @@ impl Prober {
             anonymous_tls: Err(reason.to_owned()),
             server_name: None,
             credentials: None,
+            dialer: Dialer::Tcp,
         }
     }
 }
@@ -258,10 +301,14 @@ impl Session {
         let addr = SocketAddr::new(self.target.address, self.target.port);
         let (path, https) = match &self.target.kind {
             Kind::Tcp => {
-                let stream = TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| Failure::io(&e))?;
-                drop(stream);
+                match &self.prober.dialer {
+                    Dialer::Tcp => drop(
+                        TcpStream::connect(addr)
+                            .await
+                            .map_err(|e| Failure::io(&e))?,
+                    ),
+                    Dialer::Dial(dial) => drop(dial.dial(addr).await.map_err(|e| Failure::io(&e))?),
+                }
                 return Ok("connected".to_owned());
             }
             Kind::Http { path } => (path.clone(), false),
@@ -308,6 +355,11 @@ impl Session {
     }
 
     async fn connect(&self, addr: SocketAddr, https: bool) -> Result<Connection, Failure> {
+        if let Dialer::Dial(dial) = &self.prober.dialer {
+            // The dialled stream stands for TCP and TLS both (see `ProbeDial`).
+            let stream = dial.dial(addr).await.map_err(|e| Failure::io(&e))?;
+            return handshake(TokioIo::new(stream)).await;
+        }
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| Failure::io(&e))?;

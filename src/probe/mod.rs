@@ -23,9 +23,9 @@ mod run;
 pub mod spec;
 mod tracker;
 
-pub use check::{Error as ProberError, Outcome, Prober, Session};
+pub use check::{Dialer, Error as ProberError, Outcome, ProbeDial, Prober, Session};
 pub use run::spawn;
-pub use run::{Wanted, capped};
+pub use run::{Reach, Wanted, capped};
 pub use tracker::{Change, Tracker};
 
 use std::fmt;

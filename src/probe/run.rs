@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::check::{Prober, Session};
+use super::check::{Dialer, Prober, Session};
 use super::tracker::Tracker;
 use super::{Auth, Class, Finding, Report, Target, Timing};
 use crate::metrics::Metrics;
@@ -52,27 +52,34 @@ pub fn capped(wanted: Wanted, max_targets: usize) -> (Wanted, usize) {
 /// [`Report`] to `reports` when a target's finding is first known and on each change. Records
 /// every probe in `metrics`.
 ///
+/// Probes dial as `reach` says ([`Reach::default`] on a host: TCP, the endpoint's address as
+/// the TLS server name unless the kube config names one).
+///
 /// Never blocks the caller: everything runs in the returned task and the tasks it spawns, which
 /// end when `shutdown` is cancelled or `targets`' sender is dropped. A full `reports` channel
 /// delays only the target whose verdict changed.
 pub fn spawn(
     targets: watch::Receiver<Wanted>,
     kubeconfig: watch::Receiver<kube::Config>,
-    server_name: Option<String>,
+    reach: Reach,
     timing: Timing,
     reports: mpsc::Sender<Report>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(supervise(
-        targets,
-        kubeconfig,
-        server_name,
-        timing,
-        reports,
-        metrics,
-        shutdown,
+        targets, kubeconfig, reach, timing, reports, metrics, shutdown,
     ))
+}
+
+/// How probes reach their targets.
+#[derive(Clone, Debug, Default)]
+pub struct Reach {
+    /// The name server certificates are verified against (`[probe] tls_server_name`); `None`:
+    /// the kube config's `tls-server-name`, else the endpoint's address.
+    pub server_name: Option<String>,
+    /// How targets are dialled ([`Dialer::Tcp`] on a host).
+    pub dialer: Dialer,
 }
 
 /// A running target task.
@@ -89,10 +96,11 @@ struct Probing {
 fn build(
     config: &kube::Config,
     server_name: Option<&str>,
+    dialer: &Dialer,
     previous: Option<&Arc<Prober>>,
 ) -> Arc<Prober> {
     match Prober::new(config, server_name) {
-        Ok(p) => Arc::new(p),
+        Ok(p) => Arc::new(p.with_dialer(dialer.clone())),
         Err(e) => {
             let error = crate::error::chain(&e);
             match previous {
@@ -102,7 +110,7 @@ fn build(
                 }
                 None => {
                     tracing::error!(error = %error, "HTTPS probes cannot run");
-                    Arc::new(Prober::without_tls(&error))
+                    Arc::new(Prober::without_tls(&error).with_dialer(dialer.clone()))
                 }
             }
         }
@@ -112,7 +120,10 @@ fn build(
 async fn supervise(
     mut targets: watch::Receiver<Wanted>,
     mut kubeconfig: watch::Receiver<kube::Config>,
-    server_name: Option<String>,
+    Reach {
+        server_name,
+        dialer,
+    }: Reach,
     timing: Timing,
     reports: mpsc::Sender<Report>,
     metrics: Arc<Metrics>,
@@ -123,6 +134,7 @@ async fn supervise(
     let first = build(
         &kubeconfig.borrow_and_update(),
         server_name.as_deref(),
+        &dialer,
         None,
     );
     let (prober_tx, prober_rx) = watch::channel(first);
@@ -163,6 +175,7 @@ async fn supervise(
                     let next = build(
                         &kubeconfig.borrow_and_update(),
                         server_name.as_deref(),
+                        &dialer,
                         Some(&prober_tx.borrow()),
                     );
                     prober_tx.send_replace(next);
@@ -338,7 +351,7 @@ mod tests {
         let task = spawn(
             targets,
             kubeconfig,
-            None,
+            Reach::default(),
             fast(),
             tx,
             Arc::clone(&metrics),
@@ -384,7 +397,7 @@ mod tests {
         let task = spawn(
             targets,
             kubeconfig,
-            None,
+            Reach::default(),
             fast(),
             tx,
             Metrics::new(),

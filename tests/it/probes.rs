@@ -62,7 +62,7 @@ impl Probing {
         let task = probe::spawn(
             targets_rx,
             config_rx,
-            None,
+            probe::Reach::default(),
             timing,
             tx,
             Arc::clone(&metrics),

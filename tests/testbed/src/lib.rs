@@ -88,8 +88,8 @@ pub struct TestBed {
     files: Mutex<HashMap<PathBuf, String>>,
     server: Mutex<Option<JoinHandle<()>>>,
     counter: AtomicU64,
-    /// The server's own runtime (see [`ServerRuntime`]).
-    runtime: ServerRuntime,
+    /// The server's own runtime (see [`ServerRuntime`]); `None` for [`TestBed::in_memory`].
+    runtime: Option<ServerRuntime>,
 }
 
 /// The test bed runs on its own runtime, on its own thread, not on the test's: a test that pauses
@@ -202,6 +202,7 @@ impl TestBed {
             close_watches: tokio::sync::watch::channel(0).0,
             address: format!("127.0.0.1:{port}"),
             bookmark_interval: opts.bookmark_interval,
+            observer: server::ObserverSlot::default(),
         });
         let server = runtime
             .handle
@@ -220,13 +221,113 @@ impl TestBed {
             files: Mutex::default(),
             server: Mutex::new(Some(server)),
             counter: AtomicU64::new(0),
-            runtime,
+            runtime: Some(runtime),
         };
         bed.write_cert_kubeconfig(&admin, ADMIN);
         if opts.seed {
             bed.seed();
         }
         bed
+    }
+
+    /// A test bed without a listener and without a runtime of its own: it serves only the
+    /// connections handed to [`TestBed::serve_connection`], on the caller's runtime and clock.
+    /// The simulator (`tests/sim/`) runs it beside several daemons under tokio's paused clock,
+    /// with no socket at all. [`TestBed::go_down`] and [`TestBed::come_up`] do nothing on it
+    /// (the caller owns the connections); every other fault works as on a listening one.
+    ///
+    /// # Panics
+    /// When the CA or the kubeconfig cannot be created, or seeding fails.
+    pub fn in_memory(opts: Options) -> TestBed {
+        let ca = tls::Ca::new().unwrap_or_else(|e| fatal("failed to create the CA", e));
+        let server_cert = ca
+            .issue_server()
+            .unwrap_or_else(|e| fatal("failed to issue the server certificate", e));
+        let tls = ca
+            .server_config(&server_cert)
+            .unwrap_or_else(|e| fatal("failed to configure TLS", e));
+        let shared = Arc::new(Shared {
+            store: Store::new(),
+            auth: auth::Auth::default(),
+            faults: faults::Faults::default(),
+            log: reqlog::RequestLog::default(),
+            tls,
+            close_watches: tokio::sync::watch::channel(0).0,
+            address: "127.0.0.1:6443".to_owned(),
+            bookmark_interval: opts.bookmark_interval,
+            observer: server::ObserverSlot::default(),
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("endpoint-copier-testbed-")
+            .tempdir()
+            .unwrap_or_else(|e| fatal("failed to create a temp dir", e));
+        let admin = dir.path().join("rke2.yaml");
+        let bed = TestBed {
+            shared,
+            ca,
+            port: 0,
+            dir,
+            admin: admin.clone(),
+            files: Mutex::default(),
+            server: Mutex::new(None),
+            counter: AtomicU64::new(0),
+            runtime: None,
+        };
+        bed.write_cert_kubeconfig(&admin, ADMIN);
+        if opts.seed {
+            bed.seed();
+        }
+        bed
+    }
+
+    /// Serves one HTTP/1.1 connection on `io` (any byte stream: a `tokio::io::duplex` end)
+    /// until the client closes it, as if TLS had been done and the client had shown a
+    /// certificate for `identity` (group `system:masters`). Runs on the caller's runtime;
+    /// dropping the future drops the connection (the client sees it reset).
+    pub fn serve_connection<I>(
+        &self,
+        io: I,
+        identity: &str,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let peer = auth::PeerCert {
+            der: Vec::new(),
+            user: Some(auth::User {
+                name: identity.to_owned(),
+                groups: vec![MASTERS.to_owned(), "system:authenticated".to_owned()],
+            }),
+        };
+        server::serve_io(io, Some(peer), self.shared.clone())
+    }
+
+    /// Calls `observer` after every write the store carries out for a client (creates,
+    /// updates, patches, deletes; not dry runs nor the controllers' own writes), with the write
+    /// and the store as it left it. Replaces the previous observer.
+    pub fn on_write(&self, observer: server::WriteObserver) {
+        self.shared.observer.set(observer);
+    }
+
+    /// A new kubeconfig for CN=`identity` (O=system:masters) whose `server:` is `server`
+    /// (an in-memory test bed's clients name the apiserver they dial there).
+    pub fn kubeconfig_at(&self, identity: &str, server: &str) -> PathBuf {
+        let path = self.next_file(identity);
+        let issued = self
+            .ca
+            .issue_client(identity, &[MASTERS])
+            .unwrap_or_else(|e| fatal("failed to issue a client certificate", e));
+        self.shared.auth.register_cert(identity, issued.cert_der);
+        let yaml = kubeconfig::render(
+            server,
+            &self.ca.cert_pem,
+            &Credentials::Cert {
+                cert_pem: issued.cert_pem,
+                key_pem: issued.key_pem,
+            },
+        );
+        kubeconfig::write_atomic(&path, &yaml).unwrap_or_else(|e| fatal("kubeconfig", e));
+        path
     }
 
     fn seed(&self) {
@@ -524,14 +625,17 @@ impl TestBed {
         if server.is_some() {
             return;
         }
-        let listener = bind(&self.runtime.handle, self.port)
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        let listener = bind(&runtime.handle, self.port)
             .unwrap_or_else(|e| fatal(&format!("failed to listen again on port {}", self.port), e));
         // matches: staging/src/k8s.io/apiserver/pkg/storage/cacher/watch_cache.go — a restarted
         // apiserver's watch cache starts at the current etcd revision, so a client resuming from
         // an older resourceVersion gets 410 Gone and must re-list. The data survives (etcd).
         self.shared.store.compact();
         *server = Some(
-            self.runtime
+            runtime
                 .handle
                 .spawn(server::serve(listener, self.shared.clone())),
         );

@@ -59,6 +59,76 @@ pub struct Shared {
     pub address: String,
     /// Interval between BOOKMARK events on watches that allow them (default 1 s).
     pub bookmark_interval: Duration,
+    /// Told of every write the store carried out for a client (see [`Accepted`]).
+    pub observer: ObserverSlot,
+}
+
+/// Where the [`WriteObserver`] is kept (none by default).
+#[derive(Default)]
+pub struct ObserverSlot(std::sync::RwLock<Option<WriteObserver>>);
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObserverSlot")
+    }
+}
+
+impl ObserverSlot {
+    /// Sets (replaces) the observer.
+    pub fn set(&self, observer: WriteObserver) {
+        match self.0.write() {
+            Ok(mut g) => *g = Some(observer),
+            Err(p) => *p.into_inner() = Some(observer),
+        }
+    }
+
+    fn get(&self) -> Option<WriteObserver> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Called after every write the store carried out for a client, before the answer leaves
+/// (and whether or not it then reaches the client): the simulator checks its invariants here.
+/// Gets the write and the store as the write left it. Controllers' writes and dry runs are not
+/// reported.
+pub type WriteObserver = Arc<dyn Fn(&Accepted<'_>, &Store) + Send + Sync>;
+
+/// When and in which order a request arrived, carried in its extensions.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    seq: u64,
+    at: tokio::time::Instant,
+}
+
+/// One write the store carried out for a client.
+#[derive(Debug)]
+pub struct Accepted<'a> {
+    /// Its request's position in the request log.
+    pub seq: u64,
+    /// When the request arrived, on tokio's clock (the simulator's virtual time), before any
+    /// injected delay or partition held it.
+    pub arrived: tokio::time::Instant,
+    /// Who sent it.
+    pub identity: &'a str,
+    /// Create, update, patch or delete.
+    pub verb: Verb,
+    /// The resource's plural name.
+    pub resource: &'a str,
+    /// The namespace in the path.
+    pub namespace: Option<&'a str>,
+    /// The object as written (for a delete: its last state).
+    pub object: &'a Value,
+}
+
+impl Shared {
+    fn observe(&self, accepted: &Accepted<'_>) {
+        if let Some(observer) = self.observer.get() {
+            observer(accepted, &self.store);
+        }
+    }
 }
 
 /// Accepts connections until aborted. Every connection runs in a JoinSet owned by this future, so
@@ -91,13 +161,22 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let Ok(tls) = acceptor.accept(stream).await else {
         return;
     };
-    let peer: Arc<Option<PeerCert>> = Arc::new(
-        tls.get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| PeerCert::new(c.to_vec())),
-    );
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| PeerCert::new(c.to_vec()));
+    serve_io(tls, peer, shared).await;
+}
+
+/// Serves HTTP/1.1 on `io` until the client closes it: a connection whose TLS (if any) is done
+/// and whose client certificate, if it showed one, is `peer`.
+pub async fn serve_io<I>(io: I, peer: Option<PeerCert>, shared: Arc<Shared>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let peer = Arc::new(peer);
     // One flag per connection: a black-holed partition freezes the connections it touched for
     // good, while connections opened after the heal serve normally.
     let frozen = Frozen::default();
@@ -107,7 +186,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection(TokioIo::new(io), service)
         .await;
 }
 
@@ -295,6 +374,11 @@ async fn handle(
 ) -> Result<Response<Body>, Refused> {
     let seq = shared.log.next_seq();
     let at = Instant::now();
+    let mut req = req;
+    req.extensions_mut().insert(Arrival {
+        seq,
+        at: tokio::time::Instant::now(),
+    });
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query());
     let info = request_info(req.method(), &path, &query);
@@ -634,6 +718,20 @@ async fn resource_request(
     let store = &shared.store;
     let ns = info.namespace.as_deref();
     let name = info.name.as_deref().unwrap_or("");
+    let arrival = req.extensions().get::<Arrival>().copied();
+    let observe = |object: &Value, dry_run: bool| {
+        if let (Some(a), false) = (arrival, dry_run) {
+            shared.observe(&Accepted {
+                seq: a.seq,
+                arrived: a.at,
+                identity,
+                verb,
+                resource: r.plural,
+                namespace: ns,
+                object,
+            });
+        }
+    };
     match verb {
         Verb::Get => Ok(json_response(200, &store.get(r, ns, name)?)),
         Verb::List => {
@@ -676,7 +774,9 @@ async fn resource_request(
             let p = write_params(query)?;
             let body = read_json(req).await?;
             check_namespace(&body, ns)?;
-            Ok(json_response(201, &store.create(r, ns, body, &p)?))
+            let out = store.create(r, ns, body, &p)?;
+            observe(&out, p.dry_run);
+            Ok(json_response(201, &out))
         }
         Verb::Update => {
             let p = write_params(query)?;
@@ -689,7 +789,9 @@ async fn resource_request(
                     "the name of the object ({body_name}) does not match the name on the URL ({name})"
                 )));
             }
-            Ok(json_response(200, &store.replace(r, ns, name, body, &p)?))
+            let out = store.replace(r, ns, name, body, &p)?;
+            observe(&out, p.dry_run);
+            Ok(json_response(200, &out))
         }
         Verb::Patch => {
             let kind = match media_type(&req).as_deref() {
@@ -723,6 +825,7 @@ async fn resource_request(
             let created =
                 matches!(kind, PatchKind::Apply { .. }) && store.get(r, ns, name).is_err();
             let out = store.patch(r, ns, name, kind, patch, &p)?;
+            observe(&out, p.dry_run);
             Ok(json_response(if created { 201 } else { 200 }, &out))
         }
         Verb::Delete => {
@@ -742,7 +845,9 @@ async fn resource_request(
                     p.dry_run |= dr.iter().any(|v| v == "All");
                 }
             }
-            Ok(json_response(200, &store.delete(r, ns, name, &p)?))
+            let out = store.delete(r, ns, name, &p)?;
+            observe(&out, p.dry_run);
+            Ok(json_response(200, &out))
         }
         Verb::DeleteCollection => {
             let p = ListParams {

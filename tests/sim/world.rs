@@ -1,0 +1,891 @@
+//! One run: a test bed with `n` apiserver doors, `n` hosts each running the real daemon
+//! (`daemon::run_with` over the in-memory network), a seeded fault schedule, and the write
+//! observer that feeds every accepted write to the [`Checker`].
+//!
+//! The cluster: Nodes `node-1`..`node-n` (control-plane, InternalIP = door address), Service
+//! `default/kubernetes` whose slice `kubernetes` lists the doors whose apiserver runs (a killed
+//! one leaves 7–20 s later, as the real endpoint reconciler does; a hung or unreachable one
+//! never leaves), and the target `default/kubernetes-vip`. Every host runs the shipped default
+//! pair with the default probe (HTTPS `/readyz`), Lease and member timings.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use endpoint_copier::client::transport::Connector;
+use endpoint_copier::config::{Config, Kubeconfig, PairConfig};
+use endpoint_copier::daemon::{self, Environment};
+use endpoint_copier::group::MemberRecord;
+use endpoint_copier::names;
+use endpoint_copier::probe::{Dialer, Verdict};
+use endpoint_copier::shutdown::Shutdown;
+use endpoint_copier_testbed::store::{self, ListParams, WriteParams};
+use endpoint_copier_testbed::{Options, TestBed, Verb};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::check::{Ballot, Checker, Truth, Violation};
+use crate::net::{self, Door, Net};
+
+/// Events kept for a violation's report.
+const TRACE_TAIL: usize = 50;
+
+/// What a run is asked to do.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// Hosts (and apiservers): 1–7.
+    pub hosts: usize,
+    /// Simulated time.
+    pub duration: Duration,
+    /// A scripted schedule instead of the seed's.
+    pub scenario: Option<Vec<crate::faults::Planned>>,
+}
+
+/// What a run found.
+pub struct Outcome {
+    /// The broken invariants, in order.
+    pub violations: Vec<Violation>,
+    /// The trace's digest: every event, the daemons' included.
+    pub digest: u64,
+    /// The fault schedule's and the outcome's digest: the same for the same seed, always.
+    pub schedule: u64,
+    /// Events traced.
+    pub events: u64,
+    /// The report to print when something broke: the last events.
+    pub tail: Vec<String>,
+    /// Faults applied, by kind.
+    pub faults: BTreeMap<&'static str, u32>,
+    /// The most EndpointSlice writes in any 60 s.
+    pub busiest_minute: usize,
+    /// The schedule's last lines (`SIM_TRACE=schedule` prints them).
+    pub schedule_tail: Vec<String>,
+}
+
+/// The trace: every event folded into a digest; the last ones kept for a report.
+pub struct Trace {
+    /// How many of the last events to keep: `SIM_TAIL`, else [`TRACE_TAIL`].
+    keep: usize,
+    tail: VecDeque<String>,
+    digest: u64,
+    count: u64,
+}
+
+impl Default for Trace {
+    fn default() -> Trace {
+        let keep = std::env::var("SIM_TAIL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TRACE_TAIL);
+        Trace {
+            keep,
+            tail: VecDeque::new(),
+            digest: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Trace {
+    fn push(&mut self, at: Duration, text: &str) {
+        self.push_line(format!("{:>9.3}s {text}", at.as_secs_f64()));
+    }
+
+    /// A line without a time (the end of a run: how long the hosts take to stop varies).
+    fn push_line(&mut self, line: String) {
+        // FNV-1a: fixed, so digests compare across processes.
+        let mut h = if self.count == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.digest
+        };
+        for b in line.bytes().chain([b'\n']) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.digest = h;
+        self.count += 1;
+        self.tail.push_back(line);
+        if self.tail.len() > self.keep {
+            self.tail.pop_front();
+        }
+    }
+}
+
+/// What the observer, the ticker and the driver share.
+pub struct Lab {
+    start: Instant,
+    pub checker: Checker,
+    pub trace: Trace,
+    /// The fault schedule and, at the end, the invariants broken: what one seed reproduces
+    /// exactly (the trace's interleaving of the daemons' own events may differ, see
+    /// docs/development/testing.md).
+    schedule: Trace,
+    /// Violations already traced.
+    reported: usize,
+    /// Last ballot traced per member, and last target traced.
+    last_ballot: BTreeMap<String, String>,
+    /// What the liveness checks need to know of the world.
+    pub truth: Truth,
+    /// Faults active now, by label: whether each is a crashed host.
+    active: BTreeMap<String, bool>,
+    /// Hosts down now.
+    hosts_down: usize,
+    /// Hosts in the run.
+    hosts: usize,
+    /// Since when the one dead address has been the only fault active but crashes.
+    alone_since: Option<Instant>,
+    /// When a host last started: a restarted leader weighs the records it has only listed
+    /// for a member expiry before they count or go, so the dead-ready bound counts from it.
+    last_start: Option<Instant>,
+    /// Addresses every host sees dead (killed or unready apiservers), since when.
+    dead: BTreeMap<IpAddr, Instant>,
+}
+
+impl Lab {
+    pub(crate) fn event(&mut self, text: &str) {
+        let at = Instant::now().duration_since(self.start);
+        self.trace.push(at, text);
+    }
+
+    /// The trace's last events, for a run that never ends.
+    pub fn tail_report(&self, replay: &str) -> String {
+        let mut out = format!(
+            "sim: {replay}: the last {} events:\n",
+            self.trace.tail.len()
+        );
+        for line in &self.trace.tail {
+            let _ = writeln!(out, "  {line}");
+        }
+        out
+    }
+
+    /// Traces violations the checker found since the last call.
+    fn flush(&mut self) {
+        while self.reported < self.checker.violations.len() {
+            let v = self.checker.violations[self.reported].clone();
+            self.reported += 1;
+            self.event(&format!("VIOLATION {}: {}", v.invariant, v.detail));
+        }
+    }
+
+    /// Folds `text` into the schedule digest, at the current virtual time.
+    pub(crate) fn schedule(&mut self, text: &str) {
+        let at = Instant::now().duration_since(self.start);
+        self.schedule.push(at, text);
+    }
+
+    pub(crate) fn fault_on(&mut self, label: String) {
+        self.schedule(&format!("fault: {label}"));
+        self.fault_on_as(label, false);
+    }
+
+    /// A fault the caller folds into the schedule digest itself (its label depends on the
+    /// daemons: who leads); `crash`: it is a crashed host.
+    pub(crate) fn fault_on_as(&mut self, label: String, crash: bool) {
+        self.event(&format!("fault: {label}"));
+        self.active.insert(label, crash);
+        self.truth.calm_since = None;
+        self.refresh_alone();
+    }
+
+    /// Recomputes `truth.dead_alone`: the one dead address while every other active fault is
+    /// a crashed host and some host runs.
+    fn refresh_alone(&mut self) {
+        let others = self.active.values().filter(|crash| !**crash).count();
+        let alone = self.dead.len() == 1 && others == 1 && self.hosts_down < self.hosts;
+        if !alone {
+            self.alone_since = None;
+            self.truth.dead_alone.clear();
+            return;
+        }
+        let since = *self.alone_since.get_or_insert_with(Instant::now);
+        let since = self.last_start.map_or(since, |s| since.max(s));
+        if let Some((address, dead_since)) = self.dead.iter().next() {
+            self.truth.dead_alone = [(*address, since.max(*dead_since))].into();
+        }
+    }
+
+    /// `n` hosts are down now; `started`: because one just started.
+    pub(crate) fn set_hosts_down(&mut self, n: usize, started: bool) {
+        self.hosts_down = n;
+        if started {
+            self.last_start = Some(Instant::now());
+        }
+        self.refresh_alone();
+    }
+
+    /// `address` is seen dead by every host from now on, or not any more.
+    pub(crate) fn set_dead(&mut self, address: IpAddr, dead: bool) {
+        if dead {
+            self.dead.insert(address, Instant::now());
+        } else {
+            self.dead.remove(&address);
+        }
+        self.refresh_alone();
+    }
+
+    pub(crate) fn fault_off(&mut self, label: &str) {
+        self.schedule(&format!("healed: {label}"));
+        self.event(&format!("healed: {label}"));
+        self.active.remove(label);
+        if self.active.is_empty() {
+            self.truth.calm_since = Some(Instant::now());
+        }
+        self.refresh_alone();
+    }
+}
+
+fn short(a: &IpAddr) -> String {
+    match a {
+        IpAddr::V4(v4) => format!(".{}", v4.octets()[3]),
+        IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
+fn show(target: &BTreeMap<IpAddr, bool>) -> String {
+    target
+        .iter()
+        .map(|(a, r)| format!("{}{}", short(a), if *r { "" } else { "(not ready)" }))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn resource(group: &str, version: &str, plural: &str) -> &'static store::Resource {
+    store::resource(group, version, plural)
+        .unwrap_or_else(|| panic!("the test bed serves {plural}"))
+}
+
+/// The target as the store holds it: address → ready, over the slices of ours.
+fn target_of(store: &store::Store) -> BTreeMap<IpAddr, bool> {
+    let slices = resource("discovery.k8s.io", "v1", "endpointslices");
+    let p = ListParams {
+        label_selector: Some(format!(
+            "kubernetes.io/service-name=kubernetes-vip,endpointslice.kubernetes.io/managed-by={}",
+            names::MANAGED_BY
+        )),
+        ..ListParams::default()
+    };
+    let mut out = BTreeMap::new();
+    let Ok(list) = store.list(slices, Some("default"), &p) else {
+        return out;
+    };
+    for slice in list["items"].as_array().into_iter().flatten() {
+        for e in slice["endpoints"].as_array().into_iter().flatten() {
+            let ready = e["conditions"]["ready"].as_bool().unwrap_or(true);
+            for a in e["addresses"].as_array().into_iter().flatten() {
+                if let Some(a) = a.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
+                    let r = out.entry(a).or_insert(false);
+                    *r |= ready;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The observer's work on one accepted write.
+fn observe(
+    lab: &Mutex<Lab>,
+    a: &endpoint_copier_testbed::server::Accepted<'_>,
+    store: &store::Store,
+) {
+    let mut lab = lock(lab);
+    let now = Instant::now();
+    let name = a.object["metadata"]["name"].as_str().unwrap_or("");
+    match a.resource {
+        "leases" if a.namespace == Some("kube-system") && name == "endpoint-copier" => {
+            let holder = if a.verb == Verb::Delete {
+                None
+            } else {
+                a.object["spec"]["holderIdentity"]
+                    .as_str()
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+            };
+            if lab.checker.holder_at(now).map(str::to_owned) != holder {
+                lab.event(&format!(
+                    "lease: {} holds ({} wrote)",
+                    holder.as_deref().unwrap_or("nobody"),
+                    a.identity
+                ));
+            }
+            lab.checker.on_lease(now, holder);
+        }
+        "leases" => {
+            let Ok(lease) = serde_json::from_value(a.object.clone()) else {
+                return;
+            };
+            let Ok(record) = MemberRecord::from_lease(&lease) else {
+                return;
+            };
+            let ballot: Ballot = record
+                .verdicts
+                .iter()
+                .map(|(t, v)| (t.address, *v == Verdict::Up))
+                .collect();
+            let shown = ballot
+                .iter()
+                .map(|(a, up)| format!("{}{}", short(a), if *up { " up" } else { " DOWN" }))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if lab.last_ballot.get(&record.identity) != Some(&shown) {
+                lab.event(&format!(
+                    "ballot {}: {}",
+                    record.identity,
+                    if shown.is_empty() { "none" } else { &shown }
+                ));
+                lab.last_ballot.insert(record.identity.clone(), shown);
+            }
+            lab.checker.on_member(now, &record.identity, ballot);
+        }
+        "endpointslices" if a.namespace == Some("default") => {
+            let labels = &a.object["metadata"]["labels"];
+            if labels["kubernetes.io/service-name"] != "kubernetes-vip" {
+                return;
+            }
+            let ours = labels["endpointslice.kubernetes.io/managed-by"] == names::MANAGED_BY;
+            let wanted_delete = if a.verb == Verb::Delete && ours {
+                labels["endpoint-copier/source"]
+                    .as_str()
+                    .and_then(|source| {
+                        store
+                            .get(
+                                resource("discovery.k8s.io", "v1", "endpointslices"),
+                                Some("default"),
+                                source,
+                            )
+                            .ok()
+                            .map(|_| name.to_owned())
+                    })
+            } else {
+                None
+            };
+            let target = target_of(store);
+            lab.event(&format!(
+                "write {} {:?} {name}: {}",
+                a.identity,
+                a.verb,
+                show(&target)
+            ));
+            lab.checker
+                .on_slice_write(now, a.arrived, a.identity, wanted_delete, target);
+        }
+        "nodes" => {
+            let drained = drained_of(store);
+            lab.checker.on_drains(now, drained.clone());
+            lab.truth.drained = drained;
+        }
+        _ => {}
+    }
+    lab.flush();
+}
+
+fn drained_of(store: &store::Store) -> BTreeSet<IpAddr> {
+    let mut out = BTreeSet::new();
+    let Ok(list) = store.list(resource("", "v1", "nodes"), None, &ListParams::default()) else {
+        return out;
+    };
+    for node in list["items"].as_array().into_iter().flatten() {
+        if node["metadata"]["annotations"][names::ANNOTATION_DRAIN] == names::DRAIN_VALUE {
+            for a in node["status"]["addresses"].as_array().into_iter().flatten() {
+                if let Some(a) = a["address"].as_str().and_then(|s| s.parse().ok()) {
+                    out.insert(a);
+                }
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn lock(lab: &Mutex<Lab>) -> MutexGuard<'_, Lab> {
+    lab.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One simulated host.
+pub(crate) struct Host {
+    pub(crate) identity: String,
+    config: Config,
+    incarnation: u32,
+    running: Option<(Shutdown, tokio::task::JoinHandle<Result<(), daemon::Error>>)>,
+}
+
+/// A run in progress.
+pub(crate) struct World {
+    pub(crate) bed: Arc<TestBed>,
+    pub(crate) net: Arc<Net>,
+    pub(crate) lab: Arc<Mutex<Lab>>,
+    pub(crate) hosts: Vec<Host>,
+    pub(crate) rng: fastrand::Rng,
+    pub(crate) faults: BTreeMap<&'static str, u32>,
+    /// The host a leader crash took down, to restart at its heal.
+    pub(crate) leader_crashed: Option<usize>,
+    /// The run's simulated duration.
+    duration: Duration,
+    /// Bumped whenever a door changes, so a pending reconcile of an older state does nothing.
+    door_epoch: Arc<Mutex<Vec<u64>>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn runtime_dir(dirs: &mut Vec<tempfile::TempDir>) -> PathBuf {
+    let dir = tempfile::Builder::new()
+        .prefix("endpoint-copier-sim-run-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("sim: a runtime directory: {e}"));
+    let path = dir.path().to_owned();
+    dirs.push(dir);
+    path
+}
+
+impl World {
+    fn new(seed: u64, opts: &Opts) -> World {
+        let bed = Arc::new(TestBed::in_memory(Options {
+            // As the real server: a bookmark a minute (1 s would be 60 times the events).
+            bookmark_interval: Duration::from_secs(60),
+            ..Options::default()
+        }));
+        let lab = Arc::new(Mutex::new(Lab {
+            start: Instant::now(),
+            checker: Checker::default(),
+            trace: Trace::default(),
+            schedule: Trace::default(),
+            reported: 0,
+            last_ballot: BTreeMap::new(),
+            truth: Truth {
+                calm_since: Some(Instant::now()),
+                ..Truth::default()
+            },
+            active: BTreeMap::new(),
+            hosts_down: 0,
+            hosts: opts.hosts,
+            alone_since: None,
+            last_start: None,
+            dead: BTreeMap::new(),
+        }));
+        {
+            let lab = Arc::clone(&lab);
+            bed.on_write(Arc::new(move |a, store| observe(&lab, a, store)));
+        }
+        let net = Net::new(opts.hosts, Arc::clone(&bed));
+        let mut dirs = Vec::new();
+        let hosts = (0..opts.hosts)
+            .map(|h| {
+                let identity = format!("node-{}", h + 1);
+                let server = format!("https://{}:{}", net::door_address(h), net::API_PORT);
+                let kubeconfig = bed.kubeconfig_at(&identity, &server);
+                let mut config = Config {
+                    kubeconfig: Kubeconfig::Path(kubeconfig),
+                    pairs: vec![PairConfig::new(
+                        "default/kubernetes"
+                            .parse()
+                            .unwrap_or_else(|e| panic!("{e}")),
+                        "default/kubernetes-vip"
+                            .parse()
+                            .unwrap_or_else(|e| panic!("{e}")),
+                    )],
+                    ..Config::default()
+                };
+                config.lease.identity = Some(identity.clone());
+                config.lease.runtime_dir = Some(runtime_dir(&mut dirs));
+                config.metrics.listen = None;
+                Host {
+                    identity,
+                    config,
+                    incarnation: 0,
+                    running: None,
+                }
+            })
+            .collect();
+        let mut world = World {
+            bed,
+            net,
+            lab,
+            hosts,
+            rng: fastrand::Rng::with_seed(seed),
+            faults: BTreeMap::new(),
+            leader_crashed: None,
+            duration: opts.duration,
+            door_epoch: Arc::new(Mutex::new(vec![0; opts.hosts])),
+            _dirs: dirs,
+        };
+        world.seed_cluster(opts.hosts);
+        world
+    }
+
+    pub(crate) fn event(&self, text: &str) {
+        lock(&self.lab).event(text);
+    }
+
+    fn seed_cluster(&mut self, n: usize) {
+        let store = self.bed.store();
+        let p = WriteParams::default();
+        for h in 0..n {
+            let name = format!("node-{}", h + 1);
+            let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
+                "labels": {names::CONTROL_PLANE_LABEL: "true"}}});
+            store
+                .create(resource("", "v1", "nodes"), None, node, &p)
+                .unwrap_or_else(|e| panic!("sim: Node: {}", e.message));
+            let status = json!({"status": {"addresses": [
+                {"type": "InternalIP", "address": net::door_address(h).to_string()},
+                {"type": "Hostname", "address": name}]}});
+            store
+                .replace_status(resource("", "v1", "nodes"), None, &name, status, &p)
+                .unwrap_or_else(|e| panic!("sim: Node status: {}", e.message));
+        }
+        let vip = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes-vip", "namespace": "default",
+                "labels": {"serviceType": "kubernetes-vip"}},
+            "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                "ports": [{"name": "k8s-api", "port": 6443, "protocol": "TCP", "targetPort": 6443}]},
+        });
+        store
+            .create(resource("", "v1", "services"), Some("default"), vip, &p)
+            .unwrap_or_else(|e| panic!("sim: target Service: {}", e.message));
+        let source: BTreeSet<IpAddr> = (0..n).map(net::door_address).collect();
+        self.write_source(&source);
+    }
+
+    /// Writes the `kubernetes` slice with `addresses`, as the apiservers' reconciler does.
+    fn write_source(&self, addresses: &BTreeSet<IpAddr>) {
+        let store = self.bed.store();
+        let r = resource("discovery.k8s.io", "v1", "endpointslices");
+        let endpoints: Vec<Value> = addresses
+            .iter()
+            .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}}))
+            .collect();
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "https", "port": net::API_PORT, "protocol": "TCP"}],
+        });
+        let p = WriteParams::default();
+        let written = match store.get(r, Some("default"), "kubernetes") {
+            Ok(_) => store.replace(r, Some("default"), "kubernetes", slice, &p),
+            Err(_) => store.create(r, Some("default"), slice, &p),
+        };
+        if let Err(e) = written {
+            panic!("sim: source slice: {}", e.message);
+        }
+        let mut lab = lock(&self.lab);
+        lab.truth.source = addresses.clone();
+        let shown = addresses.iter().map(short).collect::<Vec<_>>().join(" ");
+        lab.event(&format!("source: {shown}"));
+    }
+
+    fn source(&self) -> BTreeSet<IpAddr> {
+        lock(&self.lab).truth.source.clone()
+    }
+
+    pub(crate) fn start(&mut self, h: usize) {
+        let host = &mut self.hosts[h];
+        let environment = Environment {
+            connector: Connector::Dial(self.net.connector(h, host.incarnation, &host.identity)),
+            dialer: Dialer::Dial(self.net.dialer(h, host.incarnation)),
+        };
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(daemon::run_with(
+            host.config.clone(),
+            shutdown.clone(),
+            environment,
+        ));
+        host.running = Some((shutdown, task));
+        let text = format!(
+            "host {} starts (incarnation {})",
+            host.identity, host.incarnation
+        );
+        let down = self.hosts.iter().filter(|h| h.running.is_none()).count();
+        let mut lab = lock(&self.lab);
+        lab.set_hosts_down(down, true);
+        lab.event(&text);
+    }
+
+    /// Host `h` dies at once: nothing it had open or in flight reaches anyone any more.
+    pub(crate) async fn crash(&mut self, h: usize, keep_runtime_dir: bool) {
+        let next = self.net.crash(h);
+        let host = &mut self.hosts[h];
+        host.incarnation = next;
+        if let Some((shutdown, task)) = host.running.take() {
+            task.abort();
+            let _ = task.await;
+            // Only stragglers the aborted future did not own are left to hear this.
+            shutdown.cancel();
+        }
+        if !keep_runtime_dir {
+            host.config.lease.runtime_dir = Some(runtime_dir(&mut self._dirs));
+        }
+        lock(&self.lab).set_hosts_down(
+            self.hosts.iter().filter(|h| h.running.is_none()).count(),
+            false,
+        );
+        let text = format!(
+            "host {} crashes ({} its runtime directory)",
+            self.hosts[h].identity,
+            if keep_runtime_dir {
+                "keeping"
+            } else {
+                "losing"
+            }
+        );
+        self.event(&text);
+    }
+
+    /// Stops every host as systemd would (SIGTERM), at the end of a run.
+    async fn stop_all(&mut self) {
+        for host in &mut self.hosts {
+            if let Some((shutdown, task)) = host.running.take() {
+                shutdown.cancel();
+                if tokio::time::timeout(Duration::from_secs(30), task)
+                    .await
+                    .is_err()
+                {
+                    lock(&self.lab).checker.violations.push(Violation {
+                        invariant: "stop",
+                        detail: format!("{} did not stop within 30 s of SIGTERM", host.identity),
+                    });
+                }
+            }
+        }
+    }
+
+    pub(crate) fn leader(&self) -> Option<usize> {
+        let lab = lock(&self.lab);
+        let holder = lab.checker.holder_at(Instant::now())?.to_owned();
+        self.hosts.iter().position(|h| h.identity == holder)
+    }
+
+    /// Sets door `j` and models the endpoint reconciler: a killed apiserver leaves the source
+    /// 7–20 s later; one that comes back is in again within 1–3 s.
+    pub(crate) fn set_door(&mut self, j: usize, door: Door) {
+        self.net.set_door(j, door);
+        let epoch = {
+            let mut epochs = self
+                .door_epoch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            epochs[j] += 1;
+            epochs[j]
+        };
+        let (delay, present) = match door {
+            Door::Down => (Duration::from_millis(self.rng.u64(7_000..=20_000)), false),
+            _ => (Duration::from_millis(self.rng.u64(1_000..=3_000)), true),
+        };
+        let address = net::door_address(j);
+        if self.source().contains(&address) == present {
+            return;
+        }
+        let me = Reconcile {
+            lab: Arc::clone(&self.lab),
+            bed: Arc::clone(&self.bed),
+            epochs: Arc::clone(&self.door_epoch),
+            j,
+            epoch,
+            present,
+        };
+        // The reconciler runs as its own task: the driver goes on meanwhile.
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            me.apply();
+        });
+    }
+}
+
+/// A delayed write of the source slice by the apiservers' endpoint reconciler.
+struct Reconcile {
+    lab: Arc<Mutex<Lab>>,
+    bed: Arc<TestBed>,
+    epochs: Arc<Mutex<Vec<u64>>>,
+    j: usize,
+    epoch: u64,
+    present: bool,
+}
+
+impl Reconcile {
+    fn apply(self) {
+        let current = self
+            .epochs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)[self.j];
+        // Only if the door is still as it was when this was scheduled.
+        if current != self.epoch {
+            return;
+        }
+        let mut source = lock(&self.lab).truth.source.clone();
+        let address = net::door_address(self.j);
+        let changed = if self.present {
+            source.insert(address)
+        } else {
+            source.remove(&address)
+        };
+        if changed {
+            let w = SourceWriter {
+                bed: &self.bed,
+                lab: &self.lab,
+            };
+            w.write(&source);
+        }
+    }
+}
+
+struct SourceWriter<'a> {
+    bed: &'a TestBed,
+    lab: &'a Mutex<Lab>,
+}
+
+impl SourceWriter<'_> {
+    fn write(&self, addresses: &BTreeSet<IpAddr>) {
+        let store = self.bed.store();
+        let r = resource("discovery.k8s.io", "v1", "endpointslices");
+        let Ok(mut slice) = store.get(r, Some("default"), "kubernetes") else {
+            return;
+        };
+        slice["endpoints"] = Value::Array(
+            addresses
+                .iter()
+                .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}}))
+                .collect(),
+        );
+        if let Some(m) = slice["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        if let Err(e) = store.replace(
+            r,
+            Some("default"),
+            "kubernetes",
+            slice,
+            &WriteParams::default(),
+        ) {
+            panic!("sim: source slice: {}", e.message);
+        }
+        let mut lab = lock(self.lab);
+        lab.truth.source = addresses.clone();
+        let shown = addresses.iter().map(short).collect::<Vec<_>>().join(" ");
+        lab.event(&format!("source: {shown}"));
+    }
+}
+
+/// Runs one seed for `opts.duration` of simulated time.
+pub async fn run(seed: u64, opts: &Opts, progress: Arc<crate::Progress>) -> Outcome {
+    let mut world = World::new(seed, opts);
+    if let Ok(mut lab) = progress.lab.lock() {
+        *lab = Some(Arc::clone(&world.lab));
+    }
+    world.event(&format!(
+        "seed {seed}: {} hosts, {} s",
+        opts.hosts,
+        opts.duration.as_secs()
+    ));
+    for h in 0..opts.hosts {
+        world.start(h);
+    }
+    let end = Instant::now() + opts.duration;
+    let ticker = {
+        let lab = Arc::clone(&world.lab);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                progress
+                    .beats
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut lab = lock(&lab);
+                let truth = lab.truth.clone();
+                lab.checker.tick(Instant::now(), &truth);
+                lab.flush();
+            }
+        })
+    };
+    let plan = match &opts.scenario {
+        Some(plan) => plan.clone(),
+        None => crate::faults::plan(&mut world.rng, opts),
+    };
+    world.execute(plan, end).await;
+    ticker.abort();
+    world.stop_all().await;
+    let mut lab = lock(&world.lab);
+    lab.checker.finish(Instant::now());
+    lab.flush();
+    let broken: Vec<&str> = lab.checker.violations.iter().map(|v| v.invariant).collect();
+    lab.schedule.push_line(format!("end: broken {broken:?}"));
+    Outcome {
+        violations: lab.checker.violations.clone(),
+        digest: lab.trace.digest,
+        schedule: lab.schedule.digest,
+        events: lab.trace.count,
+        tail: lab.trace.tail.iter().cloned().collect(),
+        faults: std::mem::take(&mut world.faults),
+        busiest_minute: lab.checker.busiest_minute,
+        schedule_tail: lab.schedule.tail.iter().cloned().collect(),
+    }
+}
+
+impl World {
+    pub(crate) fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    pub(crate) fn count(&mut self, kind: &'static str) {
+        *self.faults.entry(kind).or_default() += 1;
+    }
+
+    /// Door `j` seen dead by every host (killed, or unready) — or not any more.
+    pub(crate) fn mark_dead(&self, j: usize, dead: bool) {
+        lock(&self.lab).set_dead(net::door_address(j), dead);
+    }
+
+    pub(crate) fn set_drain(&self, j: usize, on: bool) {
+        let store = self.bed.store();
+        let r = resource("", "v1", "nodes");
+        let name = format!("node-{}", j + 1);
+        let Ok(mut node) = store.get(r, None, &name) else {
+            return;
+        };
+        if let Some(m) = node["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+            let annotations = m.entry("annotations").or_insert_with(|| json!({}));
+            if on {
+                annotations[names::ANNOTATION_DRAIN] = json!(names::DRAIN_VALUE);
+            } else if let Some(a) = annotations.as_object_mut() {
+                a.remove(names::ANNOTATION_DRAIN);
+            }
+        }
+        if let Err(e) = store.replace(r, None, &name, node, &WriteParams::default()) {
+            panic!("sim: drain: {}", e.message);
+        }
+        // Not a client write: tell the checker here.
+        let drained = drained_of(store);
+        let mut lab = lock(&self.lab);
+        lab.checker.on_drains(Instant::now(), drained.clone());
+        lab.truth.drained = drained;
+    }
+}
+
+/// A report of a run's violations: which run (`replay`: how to replay it), the invariants,
+/// the trace's last events.
+pub fn report(replay: &str, outcome: &Outcome) -> String {
+    let mut out = String::new();
+    for v in &outcome.violations {
+        let _ = writeln!(
+            out,
+            "sim: {replay}: invariant {} broken: {}",
+            v.invariant, v.detail
+        );
+    }
+    let _ = writeln!(
+        out,
+        "sim: {replay}: the last {} events:",
+        outcome.tail.len()
+    );
+    for line in &outcome.tail {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(out, "sim: replay with {replay}");
+    out
+}
