@@ -393,7 +393,17 @@ pub fn plan_for(
                 .nodes
                 .map(|view| view.index.drained(view.at))
                 .unwrap_or_default();
-            let drains = match (facts.nodes, facts.nodes_unknown) {
+            // Without a Node view, the drains this copy last wrote stay — those the target still
+            // holds not ready: another leader may have ended a drain since (this copy's memory
+            // of its last term must not drain again what the target shows ready).
+            let still_drained: Option<BTreeSet<std::net::IpAddr>> =
+                facts.nodes_unknown.map(|remembered| {
+                    remembered
+                        .intersection(&written_not_ready(&want, actual, owner))
+                        .copied()
+                        .collect()
+                });
+            let drains = match (facts.nodes, still_drained.as_ref()) {
                 (Some(view), _) => Some(desired::nodes::Drains::Nodes {
                     index: view.index,
                     nodes: &drained_nodes,
@@ -816,5 +826,61 @@ pub(crate) mod tests {
         .unwrap();
         assert!(plain.decision.is_none());
         assert_eq!(desired::ready_endpoints(&plain.plan.creates), 3);
+    }
+
+    #[test]
+    fn without_a_node_view_a_remembered_drain_stays_only_while_the_target_holds_it_not_ready() {
+        let target = r("default/kubernetes-vip");
+        let services = BTreeMap::from([(target.clone(), vip())]);
+        let sources = vec![Source::Service(r("default/kubernetes"))];
+        let source = [apiserver_slice(&["198.51.100.1", "198.51.100.2"])];
+        let remembered = BTreeSet::from(["198.51.100.2".parse().unwrap()]);
+        let plan = |actual: &[EndpointSlice]| {
+            plan_for(
+                Intent::Mirror(&sources),
+                &target,
+                &services,
+                &|_: &Source| Ok(source.to_vec()).into(),
+                actual,
+                &owner(),
+                &Facts {
+                    probe: None,
+                    nodes: None,
+                    nodes_unknown: Some(&remembered),
+                },
+            )
+            .unwrap()
+            .plan
+        };
+        let ready_of = |slices: &[EndpointSlice]| -> Vec<(String, bool)> {
+            slices
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .map(|e| (e.addresses[0].clone(), desired::is_ready(e)))
+                .collect()
+        };
+        // This copy drained .2 in its last term; another leader has written it ready since.
+        let mut written = plan(&[]).creates;
+        assert_eq!(
+            ready_of(&written),
+            [
+                ("198.51.100.1".to_owned(), true),
+                ("198.51.100.2".to_owned(), true)
+            ],
+            "nothing written not ready: nothing to keep drained"
+        );
+        written[0].metadata.resource_version = Some("7".into());
+        assert!(plan(&written).is_empty(), "the target stays as it is");
+        // The target still holds .2 not ready: the drain stays as written.
+        for e in &mut written[0].endpoints {
+            if e.addresses[0] == "198.51.100.2" {
+                e.conditions = Some(k8s_openapi::api::discovery::v1::EndpointConditions {
+                    ready: Some(false),
+                    serving: Some(false),
+                    terminating: None,
+                });
+            }
+        }
+        assert!(plan(&written).is_empty(), "kept not ready as written");
     }
 }

@@ -131,10 +131,8 @@ pub struct Lab {
     pub truth: Truth,
     /// Faults active now, by label: whether each is a crashed host.
     active: BTreeMap<String, bool>,
-    /// Hosts down now.
-    hosts_down: usize,
-    /// Hosts in the run.
-    hosts: usize,
+    /// The hosts running now, by index (host `h` talks to apiserver `h`).
+    running: BTreeSet<usize>,
     /// Since when the one dead address has been the only fault active but crashes.
     alone_since: Option<Instant>,
     /// When a host last started: a restarted leader weighs the records it has only listed
@@ -192,10 +190,15 @@ impl Lab {
     }
 
     /// Recomputes `truth.dead_alone`: the one dead address while every other active fault is
-    /// a crashed host and some host runs.
+    /// a crashed host and some running host can write — its own apiserver is not the dead one
+    /// (a host whose only apiserver hangs can neither lead nor vote: nobody could evict then).
     fn refresh_alone(&mut self) {
         let others = self.active.values().filter(|crash| !**crash).count();
-        let alone = self.dead.len() == 1 && others == 1 && self.hosts_down < self.hosts;
+        let can_write = self
+            .running
+            .iter()
+            .any(|h| !self.dead.contains_key(&net::door_address(*h)));
+        let alone = self.dead.len() == 1 && others == 1 && can_write;
         if !alone {
             self.alone_since = None;
             self.truth.dead_alone.clear();
@@ -208,9 +211,9 @@ impl Lab {
         }
     }
 
-    /// `n` hosts are down now; `started`: because one just started.
-    pub(crate) fn set_hosts_down(&mut self, n: usize, started: bool) {
-        self.hosts_down = n;
+    /// The hosts running now; `started`: because one just started.
+    pub(crate) fn set_running(&mut self, running: BTreeSet<usize>, started: bool) {
+        self.running = running;
         if started {
             self.last_start = Some(Instant::now());
         }
@@ -459,8 +462,7 @@ impl World {
                 ..Truth::default()
             },
             active: BTreeMap::new(),
-            hosts_down: 0,
-            hosts: opts.hosts,
+            running: BTreeSet::new(),
             alone_since: None,
             last_start: None,
             dead: BTreeMap::new(),
@@ -584,6 +586,13 @@ impl World {
         lock(&self.lab).truth.source.clone()
     }
 
+    /// The hosts whose daemon runs, by index.
+    fn running_hosts(&self) -> BTreeSet<usize> {
+        (0..self.hosts.len())
+            .filter(|h| self.hosts[*h].running.is_some())
+            .collect()
+    }
+
     pub(crate) fn start(&mut self, h: usize) {
         let host = &mut self.hosts[h];
         let environment = Environment {
@@ -591,19 +600,20 @@ impl World {
             dialer: Dialer::Dial(self.net.dialer(h, host.incarnation)),
         };
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(daemon::run_with(
-            host.config.clone(),
-            shutdown.clone(),
-            environment,
+        // Each daemon's logs (SIM_LOG) carry its host's name.
+        let span = tracing::info_span!("host", name = %host.identity);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            daemon::run_with(host.config.clone(), shutdown.clone(), environment),
+            span,
         ));
         host.running = Some((shutdown, task));
         let text = format!(
             "host {} starts (incarnation {})",
             host.identity, host.incarnation
         );
-        let down = self.hosts.iter().filter(|h| h.running.is_none()).count();
+        let running = self.running_hosts();
         let mut lab = lock(&self.lab);
-        lab.set_hosts_down(down, true);
+        lab.set_running(running, true);
         lab.event(&text);
     }
 
@@ -621,10 +631,8 @@ impl World {
         if !keep_runtime_dir {
             host.config.lease.runtime_dir = Some(runtime_dir(&mut self._dirs));
         }
-        lock(&self.lab).set_hosts_down(
-            self.hosts.iter().filter(|h| h.running.is_none()).count(),
-            false,
-        );
+        let running = self.running_hosts();
+        lock(&self.lab).set_running(running, false);
         let text = format!(
             "host {} crashes ({} its runtime directory)",
             self.hosts[h].identity,
