@@ -18,6 +18,7 @@
 //!   copies, never the last ready endpoint of a target.
 
 mod check;
+mod failure;
 pub mod quorum;
 mod run;
 pub mod spec;
