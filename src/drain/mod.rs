@@ -29,6 +29,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
+use crate::client::transport::Connector;
 use crate::config::Config;
 use crate::names::{self, ServiceRef};
 use crate::nodes::NodeFacts;
@@ -226,8 +227,21 @@ impl fmt::Display for Resumed {
 /// [`Error::StillReady`] when the targets do not
 /// follow within `--timeout`; the others when the Node or the API cannot be reached.
 pub async fn drain(config: &Config, options: &DrainOptions) -> Result<Drained, Error> {
+    drain_with(config, options, &Connector::Tcp).await
+}
+
+/// [`drain`], its client's connections made by `connector` (the demo's in-memory network in
+/// `examples/demo/`; [`Connector::Tcp`] on a host).
+///
+/// # Errors
+/// As [`drain`].
+pub async fn drain_with(
+    config: &Config,
+    options: &DrainOptions,
+    connector: &Connector,
+) -> Result<Drained, Error> {
     let deadline = Deadline::after(options.timeout);
-    let client = connect(config).await?;
+    let client = connect(config, connector).await?;
     let node = find_node(&client, options.node.as_deref(), &deadline).await?;
     let name = node.metadata.name.clone().unwrap_or_default();
     // The addresses the leader takes out: the Node's by the daemon's rule over the Nodes it
@@ -300,8 +314,20 @@ pub async fn drain(config: &Config, options: &DrainOptions) -> Result<Drained, E
 /// # Errors
 /// When the Node or the API cannot be reached within `--timeout`.
 pub async fn resume(config: &Config, options: &ResumeOptions) -> Result<Resumed, Error> {
+    resume_with(config, options, &Connector::Tcp).await
+}
+
+/// [`resume`], its client's connections made by `connector` (as [`drain_with`]).
+///
+/// # Errors
+/// As [`resume`].
+pub async fn resume_with(
+    config: &Config,
+    options: &ResumeOptions,
+    connector: &Connector,
+) -> Result<Resumed, Error> {
     let deadline = Deadline::after(options.timeout);
-    let client = connect(config).await?;
+    let client = connect(config, connector).await?;
     let node = find_node(&client, options.node.as_deref(), &deadline).await?;
     let name = node.metadata.name.clone().unwrap_or_default();
     let facts = NodeFacts::from_node(&node);
@@ -382,11 +408,11 @@ impl Deadline {
     }
 }
 
-/// The client, from the kubeconfig every command uses.
-async fn connect(config: &Config) -> Result<Client, Error> {
+/// The client, from the kubeconfig every command uses, connecting through `connector`.
+async fn connect(config: &Config, connector: &Connector) -> Result<Client, Error> {
     let path = crate::client::locate(&config.kubeconfig)
         .ok_or(Error::Client(crate::client::Error::NotFound))?;
-    let loaded = crate::client::build(&path, config.allow_insecure_tls)
+    let loaded = crate::client::build_with(&path, config.allow_insecure_tls, connector)
         .await
         .map_err(Error::Client)?;
     Ok(loaded.client)
