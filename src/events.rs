@@ -175,12 +175,24 @@ impl Sender {
 
 /// Creates the queue and the publishing loop (run it as a task; it ends when every [`Sender`] is
 /// dropped).
-pub fn channel(client: kube::Client, identity: &str) -> (Sender, impl Future<Output = ()> + use<>) {
+pub fn channel(
+    client: kube::Client,
+    identity: &str,
+    clock: crate::clock::Clock,
+) -> (Sender, impl Future<Output = ()> + use<>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    (Sender(tx), publish_loop(client, identity.to_owned(), rx))
+    (
+        Sender(tx),
+        publish_loop(client, identity.to_owned(), clock, rx),
+    )
 }
 
-async fn publish_loop(client: kube::Client, identity: String, mut rx: mpsc::Receiver<Report>) {
+async fn publish_loop(
+    client: kube::Client,
+    identity: String,
+    clock: crate::clock::Clock,
+    mut rx: mpsc::Receiver<Report>,
+) {
     let mut limits: HashMap<ServiceRef, Bucket> = HashMap::new();
     let mut series = SeriesCache::default();
     while let Some(report) = rx.recv().await {
@@ -204,7 +216,7 @@ async fn publish_loop(client: kube::Client, identity: String, mut rx: mpsc::Rece
             note,
         };
         let api: Api<Event> = Api::namespaced(client.clone(), &report.target.namespace);
-        let stamp = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let stamp = MicroTime(clock.now());
         let request = async {
             match series.repeat(&key, now) {
                 Some((name, count)) => {

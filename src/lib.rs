@@ -27,6 +27,7 @@ pub mod apply;
 pub mod backoff;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod desired;

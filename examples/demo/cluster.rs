@@ -157,7 +157,7 @@ impl Demo {
             }
         }));
         seed(bed.store());
-        let net = Net::new(HOSTS, Arc::clone(&bed));
+        let net = Net::with_remote(HOSTS, Arc::clone(&bed), None);
         let mut dirs = Vec::new();
         let hosts = (0..HOSTS)
             .map(|h| {
@@ -201,6 +201,8 @@ impl Demo {
         let environment = Environment {
             connector: Connector::Dial(self.net.connector(h, host.incarnation, &host.name)),
             dialer: Dialer::Dial(self.net.dialer(h, host.incarnation)),
+            // Real time: the host's own clock.
+            clock: endpoint_copier::clock::Clock::System,
         };
         let shutdown = Shutdown::new();
         let span = tracing::info_span!("host", name = %host.name);

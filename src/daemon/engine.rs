@@ -73,6 +73,8 @@ pub struct Io {
     pub metrics: Arc<Metrics>,
     /// The Event publisher's queue.
     pub events: events::Sender,
+    /// The wall clock (for a drain written as an instant alone).
+    pub clock: crate::clock::Clock,
 }
 
 /// The targets refused now, and which refusals this leadership term reported.

@@ -123,6 +123,8 @@ pub struct Environment {
     pub connector: client::transport::Connector,
     /// How the probes dial endpoint addresses.
     pub dialer: crate::probe::Dialer,
+    /// The wall clock what the daemon writes is stamped with.
+    pub clock: crate::clock::Clock,
 }
 
 /// Runs the daemon until `shutdown` is cancelled (→ `Ok`) or something fatal happens.
@@ -226,7 +228,9 @@ pub async fn run_with(
     let self_health = group::SelfHealth::new(2 * config.members.expiry);
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
     let (elector, leadership, fence) = Elector::new(lease_api, settings);
-    let elector = elector.with_twin_watch(&nonce, self_health.clone());
+    let elector = elector
+        .with_twin_watch(&nonce, self_health.clone())
+        .with_clock(environment.clock.clone());
     // The elector is a loop the watchdog must see progress from too, not only the engine.
     let lease_beat = heartbeats.register("lease");
     let elector = elector.with_progress(move || lease_beat.tick());
@@ -252,14 +256,15 @@ pub async fn run_with(
     {
         let api: Api<Lease> = Api::namespaced(client.clone(), group.members_namespace());
         let (g, settings, s) = (group.clone(), member_settings(&config), shutdown.clone());
-        let h = self_health.clone();
+        let (h, clock) = (self_health.clone(), environment.clock.clone());
         supervised.spawn("member publisher", async move {
             // Never gives up: what it cannot write it reports through `self_health`.
-            group::publish(api, g, record_rx, settings, h, s).await;
+            group::publish(api, g, record_rx, settings, h, clock, s).await;
             Ok(())
         });
     }
-    let (event_tx, event_loop) = events::channel(client.clone(), &identity);
+    let (event_tx, event_loop) =
+        events::channel(client.clone(), &identity, environment.clock.clone());
     supervised.adopt("events", tokio::spawn(event_loop.in_current_span()));
 
     let members = group::Members::new(member_settings(&config), &identity);
@@ -286,6 +291,7 @@ pub async fn run_with(
         fence,
         metrics: metrics.clone(),
         events: event_tx,
+        clock: environment.clock.clone(),
     };
     let mut engine = engine::Engine::new(settings::Settings::of(&config), io, members, probe_state);
     // Sources in other clusters: one client per kubeconfig, watched whether this copy leads or
@@ -297,6 +303,7 @@ pub async fn run_with(
             crate::remote::Options {
                 allow_insecure_tls: config.allow_insecure_tls,
                 keep_last_known: config.sync.keep_last_known,
+                connector: environment.connector.clone(),
             },
             engine.remote_sender(),
             shutdown.clone(),

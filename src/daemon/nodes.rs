@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 
-use jiff::Timestamp;
 use kube::runtime::watcher;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -96,7 +95,7 @@ impl Engine {
     /// Now, for judging drains: this copy's clocks and when it first saw each timed drain.
     fn drain_clock(&self) -> At<'_> {
         At {
-            wall: Timestamp::now(),
+            wall: self.io.clock.now(),
             mono: Instant::now(),
             seen: Some(&self.nodes.drains),
         }

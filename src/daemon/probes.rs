@@ -295,7 +295,7 @@ impl Engine {
             Own {
                 verdict,
                 since: report.since,
-                changed_at: Timestamp::now(),
+                changed_at: self.io.clock.now(),
                 detail: report.detail,
             },
         );

@@ -160,6 +160,7 @@ fn bed(config: &Config, reply: Reply) -> Bed {
         fence: Fence::open_for("kube-system/endpoint-copier", Duration::from_secs(3600)),
         metrics: Metrics::new(),
         events,
+        clock: crate::clock::Clock::System,
     };
     let members = Members::new(super::member_settings(config), "node-1");
     let (record, _) = watch::channel(MemberRecord::new("node-1", []));

@@ -18,7 +18,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -35,6 +34,7 @@ use super::member::{
 };
 use super::wire::{Form, MIN_BUDGET, RECORD_BUDGET};
 use super::{Group, Settings};
+use crate::clock::Clock;
 use crate::names;
 
 /// The request timeout of the publisher: a heartbeat, but at least 1 s (a request slower than a
@@ -44,7 +44,8 @@ fn request_timeout(settings: &Settings) -> Duration {
 }
 
 /// Keeps `record.identity`'s member Lease in `group` equal to the latest `record` and renewed
-/// every `settings.heartbeat`, until `shutdown` is cancelled; reports to `health`.
+/// every `settings.heartbeat` (its renewals stamped by `clock`), until `shutdown` is cancelled;
+/// reports to `health`.
 ///
 /// Each write is a PUT carrying the resourceVersion last read or written (409: re-read and
 /// retry), or a create when the object is missing (and, when the member namespace itself is
@@ -60,6 +61,7 @@ pub async fn publish(
     mut record: watch::Receiver<MemberRecord>,
     settings: Settings,
     health: SelfHealth,
+    clock: Clock,
     shutdown: CancellationToken,
 ) {
     let client = api.into_client();
@@ -69,6 +71,7 @@ pub async fn publish(
         group,
         settings,
         health,
+        clock,
         current: None,
         failures: 0,
         warned: false,
@@ -129,6 +132,8 @@ struct Publisher {
     group: Group,
     settings: Settings,
     health: SelfHealth,
+    /// The wall clock renewals are stamped with.
+    clock: Clock,
     /// The member Lease as last read or written (`None`: unknown, read it first).
     current: Option<Lease>,
     /// Consecutive failed attempts (0 after a success).
@@ -156,7 +161,7 @@ impl Publisher {
             &self.group,
             record,
             self.settings.expiry,
-            Timestamp::now(),
+            self.clock.now(),
             self.budget,
         )?;
         let result = self.send(record, &name, &lease_ref, lease).await;

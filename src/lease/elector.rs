@@ -4,6 +4,7 @@
 //! [`SelfHealth`]. The requests themselves are `requests.rs`'s; failed ones are classified by
 //! [`Error`]'s methods in `mod.rs` and retried on `backoff::delay`.
 
+use crate::clock::Clock;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +72,8 @@ pub struct Elector {
     /// Whether a live twin was seen: the fast takeover of `decide::dead_predecessor` is off for
     /// the rest of the process's life.
     pub(super) twin_seen: bool,
+    /// The wall clock claims and renewals are stamped with (never read back to decide).
+    pub(super) clock: Clock,
 }
 
 impl Elector {
@@ -105,6 +108,7 @@ impl Elector {
             health: None,
             written_before: false,
             twin_seen: false,
+            clock: Clock::System,
         };
         (elector, rx, Fence::new(fence))
     }
@@ -136,6 +140,13 @@ impl Elector {
     pub fn with_twin_watch(mut self, nonce: &str, health: SelfHealth) -> Elector {
         self.nonce = Some(nonce.to_owned());
         self.health = Some(health);
+        self
+    }
+
+    /// Stamps `acquireTime` and `renewTime` with `clock` (the system's by default).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Elector {
+        self.clock = clock;
         self
     }
 

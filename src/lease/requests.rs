@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
@@ -47,7 +46,7 @@ impl Elector {
         let spec = decide::claim(
             current,
             &self.settings.identity,
-            Timestamp::now(),
+            self.clock.now(),
             &self.timing,
         );
         let after = self.request_timeout();
@@ -162,7 +161,7 @@ impl Elector {
             if decide::holder(&spec) != Some(self.settings.identity.as_str()) || !self.wrote_it() {
                 return;
             }
-            lease.spec = Some(decide::release(&spec, Timestamp::now()));
+            lease.spec = Some(decide::release(&spec, self.clock.now()));
             if let Some(a) = lease.metadata.annotations.as_mut() {
                 a.remove(decide::CLAIM_ANNOTATION);
             }

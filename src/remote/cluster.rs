@@ -187,7 +187,7 @@ pub async fn run(
         updates,
         shutdown: shutdown.clone(),
     };
-    let Some(loaded) = connect(&kubeconfig, allow_insecure_tls, &mut all).await else {
+    let Some(loaded) = connect(&kubeconfig, &options, &mut all).await else {
         return;
     };
     info!(kubeconfig = %kubeconfig.display(), server = %loaded.server, "remote cluster connected");
@@ -197,7 +197,8 @@ pub async fn run(
     if !all.set_credentials(None).await {
         return;
     }
-    let mut credentials = Credentials::new(loaded, allow_insecure_tls, "remote kubeconfig");
+    let mut credentials = Credentials::new(loaded, allow_insecure_tls, "remote kubeconfig")
+        .with_connector(options.connector.clone());
     // Every watch runs on the Reloadable's client: a swap after a rotation reaches all of them,
     // and each one's next request (a retry after the 401, or the next re-watch) uses it.
     let client = credentials.reloadable.client();
@@ -335,12 +336,14 @@ async fn liveness(client: kube::Client) -> Result<(), String> {
 /// [`Trouble::Kubeconfig`] meanwhile; `None` at shutdown or when nobody listens.
 async fn connect(
     kubeconfig: &std::path::Path,
-    allow_insecure_tls: bool,
+    options: &super::Options,
     all: &mut Sources,
 ) -> Option<client::Loaded> {
     loop {
         let trouble = if kubeconfig.exists() {
-            match client::build(kubeconfig, allow_insecure_tls).await {
+            match client::build_with(kubeconfig, options.allow_insecure_tls, &options.connector)
+                .await
+            {
                 Ok(loaded) => return Some(loaded),
                 Err(e) => Trouble::Kubeconfig(chain(&e)),
             }

@@ -102,13 +102,15 @@ pub struct Update {
 }
 
 /// How the remote sources are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Whether a kubeconfig with `insecure-skip-tls-verify: true` is accepted.
     pub allow_insecure_tls: bool,
     /// How long a source may stay in trouble before its [`View`] says `expired`
     /// (`[sync] keep_last_known_secs`).
     pub keep_last_known: std::time::Duration,
+    /// How the clients connect (the node kubeconfig's connector: TCP, or the simulator's).
+    pub connector: crate::client::transport::Connector,
 }
 
 /// Watches every source in `sources` until `shutdown`: one client per distinct kubeconfig path
@@ -129,7 +131,7 @@ pub fn spawn(
             clusters.spawn(cluster::run(
                 kubeconfig,
                 of_cluster,
-                options,
+                options.clone(),
                 updates.clone(),
                 shutdown.clone(),
             ));

@@ -852,6 +852,7 @@ async fn a_host_writes_its_member_lease_at_most_about_once_a_second_however_fast
         rx,
         endpoint_copier::group::Settings::default(),
         endpoint_copier::group::health::SelfHealth::new(Duration::from_secs(60)),
+        endpoint_copier::clock::Clock::System,
         shutdown.clone(),
     ));
     // A verdict flips every 100 ms for 20 s: 200 changes, what a flapping endpoint without

@@ -88,6 +88,7 @@ impl Publisher {
             rx,
             SETTINGS,
             health.clone(),
+            endpoint_copier::clock::Clock::System,
             stop.clone(),
         ));
         Publisher {

@@ -85,6 +85,7 @@ impl Remote {
         let options = remote::Options {
             allow_insecure_tls: false,
             keep_last_known: keep,
+            connector: endpoint_copier::client::transport::Connector::Tcp,
         };
         self.task = Some(remote::spawn(sources, options, tx, self.shutdown.clone()));
     }

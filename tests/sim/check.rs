@@ -80,6 +80,8 @@ pub struct Truth {
     /// Addresses every running host sees dead, since when — only while the other faults
     /// active, if any, are crashed hosts (and some host runs).
     pub dead_alone: BTreeMap<IpAddr, Instant>,
+    /// The addresses of the remote Service (in the other cluster) now.
+    pub remote_source: BTreeSet<IpAddr>,
 }
 
 /// The invariants' memory of the run.
@@ -109,11 +111,29 @@ pub struct Checker {
     /// dead addresses with their `since`.
     reported_calm: Option<Instant>,
     reported_dead: BTreeSet<(IpAddr, Instant)>,
+    /// Each member's records over time: the targets of the pairs it configures (targets.rs).
+    pub(crate) wants: BTreeMap<String, Vec<(Instant, BTreeSet<String>)>>,
+    /// The targets beside the VIP, by `namespace/name` (targets.rs).
+    pub(crate) others: BTreeMap<String, crate::targets::Other>,
 }
 
 impl Checker {
-    fn violate(&mut self, invariant: &'static str, detail: String) {
+    pub(crate) fn violate(&mut self, invariant: &'static str, detail: String) {
         self.violations.push(Violation { invariant, detail });
+    }
+
+    /// `fence`: a write that arrived at `arrived` must be the Lease holder's of that instant.
+    pub(crate) fn check_fence(&mut self, arrived: Instant, writer: &str) {
+        let holder = self.holder_at(arrived).map(str::to_owned);
+        if holder.as_deref() != Some(writer) {
+            self.violate(
+                "fence",
+                format!(
+                    "{writer} wrote an EndpointSlice while the Lease named {}",
+                    holder.as_deref().unwrap_or("nobody")
+                ),
+            );
+        }
     }
 
     /// The election Lease was written: `holder` holds it from `now`.
@@ -162,17 +182,7 @@ impl Checker {
         wanted_delete: Option<String>,
         target: BTreeMap<IpAddr, bool>,
     ) {
-        // fence
-        let holder = self.holder_at(arrived).map(str::to_owned);
-        if holder.as_deref() != Some(writer) {
-            self.violate(
-                "fence",
-                format!(
-                    "{writer} wrote an EndpointSlice while the Lease named {}",
-                    holder.as_deref().unwrap_or("nobody")
-                ),
-            );
-        }
+        self.check_fence(arrived, writer);
         // wanted-delete
         if let Some(slice) = wanted_delete {
             self.violate(
@@ -303,6 +313,7 @@ impl Checker {
     /// The liveness checks at `now`.
     pub fn tick(&mut self, now: Instant, truth: &Truth) {
         self.settle(now, false);
+        self.tick_others(now, truth);
         if self.target.is_empty() {
             return;
         }
@@ -555,5 +566,6 @@ pub fn self_test() -> Result<Vec<&'static str>, String> {
     clean(&c, "a dead endpoint still inside its bound")?;
     c.tick(at(2) + DEAD_BOUND, &truth);
     expect(&c, "dead-ready", &mut fired)?;
+    crate::targets::self_test(&mut fired)?;
     Ok(fired)
 }

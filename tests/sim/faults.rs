@@ -13,6 +13,7 @@ use std::time::Duration;
 use endpoint_copier_testbed::{Failure, Match, Partition};
 use tokio::time::Instant;
 
+use crate::drains::Set;
 use crate::net::{Door, PathFault};
 use crate::world::{Opts, World, lock};
 
@@ -51,6 +52,19 @@ pub enum Fault {
     Compaction,
     /// Node `j` drained (`endpoint-copier/drain: "true"`), then resumed.
     Drain(usize),
+    /// `endpoint-copier drain --for secs` run on host `h` for Node `j`: written with host
+    /// `h`'s wall clock (which may be off); it ends by itself, nobody resumes it.
+    TimedDrain(usize, usize, u64),
+    /// Host `h`'s wall clock stepped to `secs` off the true time (NTP, an operator, a VM
+    /// restored), then back to its usual drift.
+    ClockStep(usize, i64),
+    /// Host `h` restarted (`systemctl restart`) with the pair only some hosts have turned on
+    /// (`Some(true)`), off, or toggled (`None`); its old config back at the heal.
+    Reconfigure(usize, Option<bool>),
+    /// The other cluster's apiserver killed (`Down`) or hung, for every host.
+    RemoteOutage(Door),
+    /// The remote Service's endpoints change (instantaneous): the seed's pick of them.
+    RemoteChange(u8),
     /// Nothing for a while (long enough for the liveness bound).
     Calm,
 }
@@ -65,6 +79,8 @@ enum Lock {
     /// `heal_failures` ends them all at once.
     Rules,
     Drain(usize),
+    Clock(usize),
+    Remote,
 }
 
 impl Fault {
@@ -86,8 +102,11 @@ impl Fault {
             Fault::Burst(..) | Fault::LostReply(..) | Fault::LeaseFails(_) | Fault::Slow(..) => {
                 vec![Lock::Rules]
             }
-            Fault::Drain(j) => vec![Lock::Drain(*j)],
-            Fault::Compaction | Fault::Calm => Vec::new(),
+            Fault::Drain(j) | Fault::TimedDrain(j, ..) => vec![Lock::Drain(*j)],
+            Fault::ClockStep(h, _) => vec![Lock::Clock(*h)],
+            Fault::Reconfigure(h, _) => vec![Lock::Host(*h)],
+            Fault::RemoteOutage(_) => vec![Lock::Remote],
+            Fault::Compaction | Fault::Calm | Fault::RemoteChange(_) => Vec::new(),
         }
     }
 
@@ -107,6 +126,11 @@ impl Fault {
             Fault::Slow(..) => "slow",
             Fault::Compaction => "compaction",
             Fault::Drain(_) => "drain",
+            Fault::TimedDrain(..) => "timed-drain",
+            Fault::ClockStep(..) => "clock-step",
+            Fault::Reconfigure(..) => "reconfigure",
+            Fault::RemoteOutage(_) => "remote-outage",
+            Fault::RemoteChange(_) => "remote-change",
             Fault::Calm => "calm",
         }
     }
@@ -131,6 +155,21 @@ impl Fault {
             ),
             Fault::Compaction => "compaction, watches closed".to_owned(),
             Fault::Drain(j) => format!("node-{} drained", j + 1),
+            Fault::TimedDrain(j, h, secs) => {
+                format!("node-{} drained for {secs} s from node-{}", j + 1, h + 1)
+            }
+            Fault::ClockStep(h, secs) => format!("node-{}'s clock stepped to {secs:+} s", h + 1),
+            Fault::Reconfigure(h, on) => format!(
+                "node-{} restarted with api-internal {}",
+                h + 1,
+                match on {
+                    Some(true) => "on",
+                    Some(false) => "off",
+                    None => "toggled",
+                }
+            ),
+            Fault::RemoteOutage(door) => format!("the other cluster's apiserver {door:?}"),
+            Fault::RemoteChange(pick) => format!("remote endpoints changed (pick {pick})"),
             Fault::Calm => "calm".to_owned(),
         }
     }
@@ -150,7 +189,7 @@ pub struct Planned {
 /// One fault drawn from `rng` for `n` hosts.
 fn draw(rng: &mut fastrand::Rng, n: usize) -> Fault {
     let (h, j) = (rng.usize(0..n), rng.usize(0..n));
-    match rng.u32(0..100) {
+    match rng.u32(0..120) {
         0..=10 => Fault::Kill(j),
         11..=19 => Fault::Hang(j),
         20..=27 => Fault::Unready(j),
@@ -190,6 +229,11 @@ fn draw(rng: &mut fastrand::Rng, n: usize) -> Fault {
         81..=83 => Fault::Slow(h, Duration::from_millis(rng.u64(200..=3_000))),
         84..=85 => Fault::Compaction,
         86..=94 => Fault::Drain(j),
+        95..=100 => Fault::TimedDrain(j, h, rng.u64(5..=40)),
+        101..=104 => Fault::ClockStep(h, rng.i64(-7_200..=7_200)),
+        105..=109 => Fault::Reconfigure(h, None),
+        110..=113 => Fault::RemoteOutage(if rng.bool() { Door::Down } else { Door::Hung }),
+        114..=116 => Fault::RemoteChange(rng.u8(1..8)),
         _ => Fault::Calm,
     }
 }
@@ -202,6 +246,8 @@ pub fn plan(rng: &mut fastrand::Rng, opts: &Opts) -> Vec<Planned> {
         let fault = draw(rng, opts.hosts);
         let hold = match fault {
             Fault::Calm => crate::check::CALM_BOUND + Duration::from_secs(10),
+            // It ends by itself; the fault is over then.
+            Fault::TimedDrain(_, _, secs) => Duration::from_secs(secs),
             // Mostly short; one in five long enough for the dead-ready bound.
             _ if rng.u32(0..5) == 0 => Duration::from_millis(rng.u64(40_000..=90_000)),
             _ => Duration::from_millis(rng.u64(2_000..=40_000)),
@@ -218,9 +264,22 @@ pub fn plan(rng: &mut fastrand::Rng, opts: &Opts) -> Vec<Planned> {
     out
 }
 
-/// A named, scripted run: `(hosts, simulated seconds, schedule)`. CI runs each once before
-/// the seeds; `SIM_SCENARIO=name` runs one.
-pub fn scenario(name: &str) -> Option<(usize, Duration, Vec<Planned>)> {
+/// A named, scripted run. CI runs each once before the seeds; `SIM_SCENARIO=name` runs one.
+pub fn scenario(name: &str) -> Option<Opts> {
+    let (hosts, duration, plan, extra) = scripted(name)?;
+    Some(Opts {
+        hosts,
+        duration,
+        scenario: Some(plan),
+        extra,
+    })
+}
+
+/// A scenario: hosts, simulated time, schedule, and which hosts have the extra pair (`None`:
+/// the seed's choice).
+type Scripted = (usize, Duration, Vec<Planned>, Option<Vec<bool>>);
+
+fn scripted(name: &str) -> Option<Scripted> {
     let s = Duration::from_secs;
     let at = |at: u64, hold: u64, fault: Fault| Planned {
         at: s(at),
@@ -238,10 +297,11 @@ pub fn scenario(name: &str) -> Option<(usize, Duration, Vec<Planned>)> {
                 at(20, 200, Fault::Crash(0, true)),
                 at(30, 150, Fault::Unready(1)),
             ],
+            None,
         ),
         // An apiserver hangs (TCP accepted, never answered): Kubernetes keeps it in
         // default/kubernetes, the quorum takes it out of the VIP.
-        "hung-apiserver" => (3, s(150), vec![at(20, 90, Fault::Hang(1))]),
+        "hung-apiserver" => (3, s(150), vec![at(20, 90, Fault::Hang(1))], None),
         // The leader's host crashes for good: a peer takes over and the group keeps mirroring.
         "leader-dies" => (
             3,
@@ -250,12 +310,52 @@ pub fn scenario(name: &str) -> Option<(usize, Duration, Vec<Planned>)> {
                 at(20, 120, Fault::LeaderCrash(0, false)),
                 at(40, 60, Fault::Unready(2)),
             ],
+            None,
         ),
         // A drain before a planned restart of node-2's apiserver, then the restart.
         "planned-restart" => (
             3,
             s(150),
             vec![at(20, 60, Fault::Drain(1)), at(30, 20, Fault::Kill(1))],
+            None,
+        ),
+        // Wall clocks two hours apart: a timed drain written by a host ahead, then one by a
+        // host behind, each ends after its duration — never by the writer's clock.
+        "clock-drift" => (
+            3,
+            s(240),
+            vec![
+                at(20, 100, Fault::ClockStep(0, 7_200)),
+                at(30, 20, Fault::TimedDrain(1, 0, 20)),
+                at(125, 100, Fault::ClockStep(2, -7_200)),
+                at(130, 20, Fault::TimedDrain(1, 2, 20)),
+            ],
+            None,
+        ),
+        // Only node-1 configures api-internal, and leads. Its host crashes: node-2, without
+        // the pair, leads and must keep the pair's slices while node-1's record names it
+        // (`[members] forget_after`). node-1 comes back, then restarts without the pair: now
+        // nobody wants them, and they may go.
+        "config-differs" => (
+            2,
+            s(240),
+            vec![
+                at(30, 40, Fault::LeaderCrash(0, true)),
+                at(100, 60, Fault::Reconfigure(0, Some(false))),
+            ],
+            Some(vec![true, false]),
+        ),
+        // The other cluster's apiserver hangs for longer than `keep_last_known` (60 s here),
+        // and its Service changes meanwhile: the last known endpoints stay (never the last
+        // ready one goes), and the change arrives after the heal.
+        "remote-outage" => (
+            3,
+            s(240),
+            vec![
+                at(20, 90, Fault::RemoteOutage(Door::Hung)),
+                at(40, 0, Fault::RemoteChange(0b100)),
+            ],
+            None,
         ),
         _ => return None,
     })
@@ -267,6 +367,9 @@ pub const SCENARIOS: &[&str] = &[
     "hung-apiserver",
     "leader-dies",
     "planned-restart",
+    "clock-drift",
+    "config-differs",
+    "remote-outage",
 ];
 
 /// A step of the schedule.
@@ -300,7 +403,10 @@ impl World {
                 Step::Apply(i) => {
                     let p = &plan[i];
                     let locks = p.fault.locks(n);
-                    let instant = matches!(p.fault, Fault::Compaction | Fault::Calm);
+                    let instant = matches!(
+                        p.fault,
+                        Fault::Compaction | Fault::Calm | Fault::RemoteChange(_)
+                    );
                     let free = locks.iter().all(|l| !held.contains(l));
                     if !free || (!instant && running >= MAX_ACTIVE) {
                         lock(&self.lab).schedule(&format!("skipped: {}", p.fault.label()));
@@ -347,6 +453,22 @@ impl World {
                 let mut lab = lock(&self.lab);
                 lab.schedule("calm");
                 lab.event("calm");
+                return;
+            }
+            Fault::RemoteChange(pick) => {
+                {
+                    let mut lab = lock(&self.lab);
+                    lab.schedule(&format!("fault: {label}"));
+                    lab.event(&format!("fault: {label}"));
+                }
+                // A non-empty subset of the three addresses, by the pick's bits.
+                let addresses = crate::world::REMOTE_ADDRESSES
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| pick & (1 << i) != 0)
+                    .map(|(_, a)| *a)
+                    .collect();
+                self.write_remote(&addresses);
                 return;
             }
             Fault::LeaderCrash(h, keep) => {
@@ -414,8 +536,23 @@ impl World {
                 self.bed
                     .delay_next(Match::any().identity(&self.hosts[*h].identity), 50, *d);
             }
-            Fault::Drain(j) => self.set_drain(*j, true),
-            Fault::LeaderCrash(..) | Fault::Compaction | Fault::Calm => {}
+            Fault::Drain(j) => self.set_drain(*j, &Set::Lasting),
+            Fault::TimedDrain(j, h, secs) => {
+                let wall = self.wall_of(*h);
+                self.set_drain(*j, &Set::Timed { secs: *secs, wall });
+            }
+            Fault::ClockStep(h, secs) => {
+                self.hosts[*h]
+                    .drift
+                    .set(jiff::SignedDuration::from_secs(*secs));
+            }
+            Fault::Reconfigure(h, on) => {
+                let before = self.hosts[*h].extra;
+                self.reconfigured.insert(*h, before);
+                self.reconfigure(*h, on.unwrap_or(!before)).await;
+            }
+            Fault::RemoteOutage(door) => self.net.set_remote(*door),
+            Fault::LeaderCrash(..) | Fault::Compaction | Fault::Calm | Fault::RemoteChange(_) => {}
         }
     }
 
@@ -453,8 +590,20 @@ impl World {
             Fault::Burst(..) | Fault::LostReply(..) | Fault::LeaseFails(_) | Fault::Slow(..) => {
                 self.bed.heal_failures();
             }
-            Fault::Drain(j) => self.set_drain(*j, false),
-            Fault::Compaction | Fault::Calm => return,
+            Fault::Drain(j) => self.set_drain(*j, &Set::Off),
+            // Its annotations stay, ended (as after `drain --for`); a later drain replaces them.
+            Fault::TimedDrain(..) => {}
+            Fault::ClockStep(h, _) => {
+                let usual = self.hosts[*h].usual_drift;
+                self.hosts[*h].drift.set(usual);
+            }
+            Fault::Reconfigure(h, _) => {
+                if let Some(before) = self.reconfigured.remove(h) {
+                    self.reconfigure(*h, before).await;
+                }
+            }
+            Fault::RemoteOutage(_) => self.net.set_remote(Door::Up),
+            Fault::Compaction | Fault::Calm | Fault::RemoteChange(_) => return,
         }
         lock(&self.lab).fault_off(&fault.label());
     }

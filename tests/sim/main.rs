@@ -12,14 +12,17 @@
 //! only of a failing one; `SIM_TRACE=schedule`: the schedule's), `SIM_TAIL` (how many: default 50). docs/development/testing.md, "Simulator", says how to
 //! replay a seed and extend the simulator.
 //!
-//! Files: `net.rs` the network and its faults, `world.rs` one run (the cluster, the hosts, the
-//! write observer, the trace), `faults.rs` the seeded fault schedule, `check.rs` the
-//! invariants and their self-test.
+//! Files: `net.rs` the network and its faults, `world.rs` one run (the cluster, the hosts and
+//! their clocks, the other cluster, the write observer, the trace), `drains.rs` Node drains,
+//! `faults.rs` the seeded fault schedule, `check.rs` the invariants on the VIP and their
+//! self-test, `targets.rs` those on the other targets.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod check;
+mod drains;
 mod faults;
 mod net;
+mod targets;
 mod world;
 
 use std::process::ExitCode;
@@ -69,15 +72,11 @@ impl Settings {
     /// for), then the seeds.
     fn jobs(&self) -> Vec<Job> {
         let scenario_job = |name: &str| {
-            faults::scenario(name).map(|(hosts, duration, plan)| Job {
+            faults::scenario(name).map(|opts| Job {
                 name: format!("scenario {name}"),
                 replay: format!("SIM_SCENARIO={name}"),
                 seed: self.first_seed,
-                opts: world::Opts {
-                    hosts,
-                    duration,
-                    scenario: Some(plan),
-                },
+                opts,
             })
         };
         if let Some(name) = &self.scenario {
@@ -100,6 +99,7 @@ impl Settings {
                     hosts: hosts_for(seed, self.hosts),
                     duration: self.duration,
                     scenario: None,
+                    extra: None,
                 },
             });
         }

@@ -14,6 +14,9 @@
 //!   verify: an abstention);
 //! - a crashed host: every connection of its incarnation reset, nothing new ever dialled.
 //!
+//! - the other cluster ([`REMOTE_ADDRESS`], a second test bed) that a remote source reads:
+//!   up, killed or hung for every host at once (its outage).
+//!
 //! Faults on one host's API path at the HTTP level (hung, refused, black-holed requests) are
 //! the test bed's own `partition(identity, ..)`: each host's API traffic carries its identity.
 
@@ -42,6 +45,9 @@ const DEAD_PEER: Duration = endpoint_copier::client::transport::DEAD_PEER_NOTICE
 /// Bytes in flight per direction of a pipe (a socket buffer).
 const PIPE: usize = 256 * 1024;
 
+/// The other cluster's apiserver, which remote sources reach (`203.0.113.20:6443`).
+pub const REMOTE_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 20));
+
 /// Door `j`'s address (`198.51.100.11` for door 0).
 pub fn door_address(j: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(198, 51, 100, 11 + j as u8))
@@ -51,6 +57,9 @@ pub fn door_address(j: usize) -> IpAddr {
 pub fn door_of(address: IpAddr, doors: usize) -> Option<usize> {
     (0..doors).find(|j| door_address(*j) == address)
 }
+
+/// The door number of [`REMOTE_ADDRESS`] on connections (no host-to-door path fault applies).
+const REMOTE_DOOR: usize = usize::MAX;
 
 /// How an apiserver is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +204,8 @@ struct State {
     paths: BTreeMap<(usize, usize), PathFault>,
     /// The current incarnation of each host; older ones are dead.
     incarnations: Vec<u32>,
+    /// The other cluster's apiserver.
+    remote: Door,
     conns: Vec<Conn>,
 }
 
@@ -202,20 +213,40 @@ struct State {
 pub struct Net {
     state: Mutex<State>,
     bed: Arc<TestBed>,
+    /// The other cluster, when the run has one.
+    remote: Option<Arc<TestBed>>,
 }
 
 impl Net {
-    /// A network of `hosts` hosts and as many doors, all up, onto `bed`.
-    pub fn new(hosts: usize, bed: Arc<TestBed>) -> Arc<Net> {
+    /// A network of `hosts` hosts and as many doors, all up, onto `bed`; and `remote` (another
+    /// cluster), if any, served at [`REMOTE_ADDRESS`].
+    pub fn with_remote(hosts: usize, bed: Arc<TestBed>, remote: Option<Arc<TestBed>>) -> Arc<Net> {
         Arc::new(Net {
             state: Mutex::new(State {
                 doors: vec![Door::Up; hosts],
                 paths: BTreeMap::new(),
                 incarnations: vec![0; hosts],
+                remote: Door::Up,
                 conns: Vec::new(),
             }),
             bed,
+            remote,
         })
+    }
+
+    /// Sets the other cluster's apiserver (`Down`: killed, `Hung`), acting on its connections.
+    pub fn set_remote(&self, door: Door) {
+        let mut s = self.lock();
+        s.remote = door;
+        let wires = s.wires(|c| c.door == REMOTE_DOOR);
+        drop(s);
+        for w in wires {
+            match door {
+                Door::Down => w.set(WireState::Dead(io::ErrorKind::ConnectionReset)),
+                Door::Hung => w.set(WireState::Frozen),
+                Door::Up | Door::Unready => {}
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -308,6 +339,13 @@ impl Net {
         let s = self.lock();
         if s.incarnations[h] != k {
             return Admit::Refused;
+        }
+        if j == REMOTE_DOOR {
+            return match s.remote {
+                Door::Down => Admit::Refused,
+                Door::Hung => Admit::Hung,
+                Door::Up | Door::Unready => Admit::Open,
+            };
         }
         match s.paths.get(&(h, j)) {
             Some(PathFault::Refuse) => return Admit::Refused,
@@ -402,7 +440,13 @@ impl Dial for ApiDial {
             let doors = net.lock().doors.len();
             uri.host()
                 .and_then(|host| host.parse::<IpAddr>().ok())
-                .and_then(|a| door_of(a, doors))
+                .and_then(|a| {
+                    if a == REMOTE_ADDRESS && net.remote.is_some() {
+                        Some(REMOTE_DOOR)
+                    } else {
+                        door_of(a, doors)
+                    }
+                })
         };
         Box::pin(async move {
             let Some(j) = door else {
@@ -423,7 +467,11 @@ impl Dial for ApiDial {
                 }
                 Admit::Open => {
                     let (client, server, wire) = net.pipe(h, k, j, false);
-                    let task = tokio::spawn(net.bed.serve_connection(server, &identity));
+                    let bed = match &net.remote {
+                        Some(remote) if j == REMOTE_DOOR => remote,
+                        _ => &net.bed,
+                    };
+                    let task = tokio::spawn(bed.serve_connection(server, &identity));
                     *wire
                         .server
                         .lock()

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use endpoint_copier::client::transport::Connector;
+use endpoint_copier::clock::{Clock, Drift};
 use endpoint_copier::config::{Config, Kubeconfig, PairConfig};
 use endpoint_copier::daemon::{self, Environment};
 use endpoint_copier::group::MemberRecord;
@@ -24,6 +25,7 @@ use endpoint_copier::probe::{Dialer, Verdict};
 use endpoint_copier::shutdown::Shutdown;
 use endpoint_copier_testbed::store::{self, ListParams, WriteParams};
 use endpoint_copier_testbed::{Options, TestBed, Verb};
+use jiff::SignedDuration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -42,6 +44,8 @@ pub struct Opts {
     pub duration: Duration,
     /// A scripted schedule instead of the seed's.
     pub scenario: Option<Vec<crate::faults::Planned>>,
+    /// Which hosts configure the extra pair, instead of the seed's choice.
+    pub extra: Option<Vec<bool>>,
 }
 
 /// What a run found.
@@ -137,7 +141,11 @@ pub struct Lab {
     alone_since: Option<Instant>,
     /// When a host last started: a restarted leader weighs the records it has only listed
     /// for a member expiry before they count or go, so the dead-ready bound counts from it.
-    last_start: Option<Instant>,
+    pub(crate) last_start: Option<Instant>,
+    /// When a fault last healed.
+    pub(crate) last_heal: Option<Instant>,
+    /// The Nodes' drains as written.
+    pub(crate) drains: crate::drains::Drains,
     /// Addresses every host sees dead (killed or unready apiservers), since when.
     dead: BTreeMap<IpAddr, Instant>,
 }
@@ -234,6 +242,7 @@ impl Lab {
         self.schedule(&format!("healed: {label}"));
         self.event(&format!("healed: {label}"));
         self.active.remove(label);
+        self.last_heal = Some(Instant::now());
         if self.active.is_empty() {
             self.truth.calm_since = Some(Instant::now());
         }
@@ -256,17 +265,17 @@ fn show(target: &BTreeMap<IpAddr, bool>) -> String {
         .join(" ")
 }
 
-fn resource(group: &str, version: &str, plural: &str) -> &'static store::Resource {
+pub(crate) fn resource(group: &str, version: &str, plural: &str) -> &'static store::Resource {
     store::resource(group, version, plural)
         .unwrap_or_else(|| panic!("the test bed serves {plural}"))
 }
 
-/// The target as the store holds it: address → ready, over the slices of ours.
-fn target_of(store: &store::Store) -> BTreeMap<IpAddr, bool> {
+/// Target `default/<service>` as the store holds it: address → ready, over the slices of ours.
+fn target_of(store: &store::Store, service: &str) -> BTreeMap<IpAddr, bool> {
     let slices = resource("discovery.k8s.io", "v1", "endpointslices");
     let p = ListParams {
         label_selector: Some(format!(
-            "kubernetes.io/service-name=kubernetes-vip,endpointslice.kubernetes.io/managed-by={}",
+            "kubernetes.io/service-name={service},endpointslice.kubernetes.io/managed-by={}",
             names::MANAGED_BY
         )),
         ..ListParams::default()
@@ -324,6 +333,17 @@ fn observe(
             let Ok(record) = MemberRecord::from_lease(&lease) else {
                 return;
             };
+            if a.verb == Verb::Delete {
+                // The leader forgot the member: its pairs hold nothing any more.
+                lab.checker.on_wants(now, &record.identity, BTreeSet::new());
+                return;
+            }
+            let wants = record
+                .pairs
+                .iter()
+                .map(|(_, target)| target.to_string())
+                .collect();
+            lab.checker.on_wants(now, &record.identity, wants);
             let ballot: Ballot = record
                 .verdicts
                 .iter()
@@ -346,10 +366,26 @@ fn observe(
         }
         "endpointslices" if a.namespace == Some("default") => {
             let labels = &a.object["metadata"]["labels"];
-            if labels["kubernetes.io/service-name"] != "kubernetes-vip" {
+            let ours = labels["endpointslice.kubernetes.io/managed-by"] == names::MANAGED_BY;
+            let service = labels["kubernetes.io/service-name"].as_str().unwrap_or("");
+            if ours && service != "kubernetes-vip" {
+                let target = format!("default/{service}");
+                let deleted = (a.verb == Verb::Delete).then(|| name.to_owned());
+                let now_target = target_of(store, service);
+                lab.event(&format!(
+                    "write {} {:?} {name}: {}",
+                    a.identity,
+                    a.verb,
+                    show(&now_target)
+                ));
+                lab.checker
+                    .on_other_write(now, a.arrived, a.identity, &target, deleted, now_target);
+                lab.flush();
                 return;
             }
-            let ours = labels["endpointslice.kubernetes.io/managed-by"] == names::MANAGED_BY;
+            if service != "kubernetes-vip" {
+                return;
+            }
             let wanted_delete = if a.verb == Verb::Delete && ours {
                 labels["endpoint-copier/source"]
                     .as_str()
@@ -366,7 +402,7 @@ fn observe(
             } else {
                 None
             };
-            let target = target_of(store);
+            let target = target_of(store, "kubernetes-vip");
             lab.event(&format!(
                 "write {} {:?} {name}: {}",
                 a.identity,
@@ -377,30 +413,12 @@ fn observe(
                 .on_slice_write(now, a.arrived, a.identity, wanted_delete, target);
         }
         "nodes" => {
-            let drained = drained_of(store);
-            lab.checker.on_drains(now, drained.clone());
-            lab.truth.drained = drained;
+            lab.drains.read(store, now);
+            lab.refresh_drains();
         }
         _ => {}
     }
     lab.flush();
-}
-
-fn drained_of(store: &store::Store) -> BTreeSet<IpAddr> {
-    let mut out = BTreeSet::new();
-    let Ok(list) = store.list(resource("", "v1", "nodes"), None, &ListParams::default()) else {
-        return out;
-    };
-    for node in list["items"].as_array().into_iter().flatten() {
-        if node["metadata"]["annotations"][names::ANNOTATION_DRAIN] == names::DRAIN_VALUE {
-            for a in node["status"]["addresses"].as_array().into_iter().flatten() {
-                if let Some(a) = a["address"].as_str().and_then(|s| s.parse().ok()) {
-                    out.insert(a);
-                }
-            }
-        }
-    }
-    out
 }
 
 pub(crate) fn lock(lab: &Mutex<Lab>) -> MutexGuard<'_, Lab> {
@@ -411,7 +429,13 @@ pub(crate) fn lock(lab: &Mutex<Lab>) -> MutexGuard<'_, Lab> {
 /// One simulated host.
 pub(crate) struct Host {
     pub(crate) identity: String,
-    config: Config,
+    pub(crate) config: Config,
+    /// How far its wall clock is off (a fault may step it while the daemon runs).
+    pub(crate) drift: Drift,
+    /// Its drift when the run began, restored when a clock fault heals.
+    pub(crate) usual_drift: SignedDuration,
+    /// Whether its config has the pair only some hosts have ([`extra_pair`]).
+    pub(crate) extra: bool,
     incarnation: u32,
     running: Option<(Shutdown, tokio::task::JoinHandle<Result<(), daemon::Error>>)>,
 }
@@ -426,11 +450,75 @@ pub(crate) struct World {
     pub(crate) faults: BTreeMap<&'static str, u32>,
     /// The host a leader crash took down, to restart at its heal.
     pub(crate) leader_crashed: Option<usize>,
+    /// Hosts a reconfiguration fault restarted, with whether they had the extra pair before.
+    pub(crate) reconfigured: BTreeMap<usize, bool>,
     /// The run's simulated duration.
     duration: Duration,
+    /// When the run began: the true wall time is [`EPOCH`] then.
+    began: Instant,
+    /// The other cluster, whose Service `app/db` the remote source reads.
+    pub(crate) remote: Arc<TestBed>,
     /// Bumped whenever a door changes, so a pending reconcile of an older state does nothing.
     door_epoch: Arc<Mutex<Vec<u64>>>,
     _dirs: Vec<tempfile::TempDir>,
+}
+
+/// The VIP.
+pub(crate) const VIP: &str = "default/kubernetes-vip";
+/// The target of the pair only some hosts configure.
+pub(crate) const EXTRA_TARGET: &str = "default/api-internal";
+/// The remote Service (in the other cluster) and its addresses at the start.
+const REMOTE_SERVICE: &str = "app/db";
+pub(crate) const REMOTE_ADDRESSES: [IpAddr; 3] = [
+    IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 40)),
+    IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 41)),
+    IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 42)),
+];
+
+fn service(name: &str) -> names::ServiceRef {
+    name.parse().unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// `app/db` in the other cluster → `default/db`, without probes (its addresses are nowhere
+/// the hosts could probe), as docs/usage/configuration.md shows a remote source.
+fn remote_pair(kubeconfig: &std::path::Path) -> PairConfig {
+    PairConfig::of(
+        vec![endpoint_copier::source::Source::Remote(
+            endpoint_copier::source::RemoteSource {
+                kubeconfig: kubeconfig.to_owned(),
+                service: service(REMOTE_SERVICE),
+            },
+        )],
+        service(crate::targets::REMOTE_TARGET),
+    )
+}
+
+/// `default/kubernetes` → `default/api-internal`, without probes: the pair some hosts have and
+/// others not (a config that differs by host).
+pub(crate) fn extra_pair() -> PairConfig {
+    let mut pair = PairConfig::new(service("default/kubernetes"), service(EXTRA_TARGET));
+    pair.probe = None;
+    pair
+}
+
+/// The true wall time when a run begins (every run: a trace shows the same instants).
+pub(crate) const EPOCH: jiff::Timestamp = jiff::Timestamp::constant(1_798_761_600, 0);
+
+/// A host's wall clock offset: right in 3 runs of 5, else up to two hours ahead or behind
+/// (NTP that never synced, a VM restored from a snapshot).
+fn drift_of(rng: &mut fastrand::Rng) -> SignedDuration {
+    if rng.u32(0..5) < 3 {
+        SignedDuration::ZERO
+    } else {
+        SignedDuration::from_millis(rng.i64(-7_200_000..=7_200_000))
+    }
+}
+
+impl World {
+    /// Host `h`'s wall clock now.
+    pub(crate) fn wall_of(&self, h: usize) -> jiff::Timestamp {
+        Clock::simulated(EPOCH, self.began, self.hosts[h].drift.clone()).now()
+    }
 }
 
 fn runtime_dir(dirs: &mut Vec<tempfile::TempDir>) -> PathBuf {
@@ -465,14 +553,27 @@ impl World {
             running: BTreeSet::new(),
             alone_since: None,
             last_start: None,
+            last_heal: None,
+            drains: crate::drains::Drains::default(),
             dead: BTreeMap::new(),
         }));
         {
             let lab = Arc::clone(&lab);
             bed.on_write(Arc::new(move |a, store| observe(&lab, a, store)));
         }
-        let net = Net::new(opts.hosts, Arc::clone(&bed));
+        let remote = Arc::new(TestBed::in_memory(Options {
+            bookmark_interval: Duration::from_secs(60),
+            ..Options::default()
+        }));
+        let net = Net::with_remote(opts.hosts, Arc::clone(&bed), Some(Arc::clone(&remote)));
+        let remote_kubeconfig = remote.kubeconfig_at(
+            "endpoint-copier-reader",
+            &format!("https://{}:{}", net::REMOTE_ADDRESS, net::API_PORT),
+        );
         let mut dirs = Vec::new();
+        // Its own generator: the fault schedule stays what it was whatever the clocks and
+        // configs.
+        let mut clocks = fastrand::Rng::with_seed(seed ^ 0x434c_4f43_4b53);
         let hosts = (0..opts.hosts)
             .map(|h| {
                 let identity = format!("node-{}", h + 1);
@@ -480,22 +581,27 @@ impl World {
                 let kubeconfig = bed.kubeconfig_at(&identity, &server);
                 let mut config = Config {
                     kubeconfig: Kubeconfig::Path(kubeconfig),
-                    pairs: vec![PairConfig::new(
-                        "default/kubernetes"
-                            .parse()
-                            .unwrap_or_else(|e| panic!("{e}")),
-                        "default/kubernetes-vip"
-                            .parse()
-                            .unwrap_or_else(|e| panic!("{e}")),
-                    )],
+                    pairs: vec![
+                        PairConfig::new(service("default/kubernetes"), service(VIP)),
+                        remote_pair(&remote_kubeconfig),
+                    ],
                     ..Config::default()
                 };
+                // Long enough for most outages, short enough that some outlast it.
+                config.sync.keep_last_known = Duration::from_secs(60);
                 config.lease.identity = Some(identity.clone());
                 config.lease.runtime_dir = Some(runtime_dir(&mut dirs));
                 config.metrics.listen = None;
+                let usual_drift = drift_of(&mut clocks);
                 Host {
                     identity,
                     config,
+                    drift: Drift::new(usual_drift),
+                    usual_drift,
+                    extra: {
+                        let drawn = clocks.bool();
+                        opts.extra.as_ref().map_or(drawn, |e| e[h])
+                    },
                     incarnation: 0,
                     running: None,
                 }
@@ -509,7 +615,10 @@ impl World {
             rng: fastrand::Rng::with_seed(seed),
             faults: BTreeMap::new(),
             leader_crashed: None,
+            reconfigured: BTreeMap::new(),
             duration: opts.duration,
+            began: Instant::now(),
+            remote,
             door_epoch: Arc::new(Mutex::new(vec![0; opts.hosts])),
             _dirs: dirs,
         };
@@ -548,6 +657,33 @@ impl World {
         store
             .create(resource("", "v1", "services"), Some("default"), vip, &p)
             .unwrap_or_else(|e| panic!("sim: target Service: {}", e.message));
+        for (name, port) in [("db", 5432), ("api-internal", 6443)] {
+            let target = json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                    "ports": [{"name": "tcp", "port": port, "protocol": "TCP", "targetPort": port}]},
+            });
+            store
+                .create(resource("", "v1", "services"), Some("default"), target, &p)
+                .unwrap_or_else(|e| panic!("sim: target Service {name}: {}", e.message));
+        }
+        let db = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "db", "namespace": "app"},
+            "spec": {"type": "ClusterIP", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                "ports": [{"name": "tcp", "port": 5432, "protocol": "TCP", "targetPort": 5432}]},
+        });
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}});
+        self.remote
+            .store()
+            .create(resource("", "v1", "namespaces"), None, ns, &p)
+            .unwrap_or_else(|e| panic!("sim: remote namespace: {}", e.message));
+        self.remote
+            .store()
+            .create(resource("", "v1", "services"), Some("app"), db, &p)
+            .unwrap_or_else(|e| panic!("sim: remote Service: {}", e.message));
+        self.write_remote(&REMOTE_ADDRESSES[..2].iter().copied().collect());
         let source: BTreeSet<IpAddr> = (0..n).map(net::door_address).collect();
         self.write_source(&source);
     }
@@ -582,6 +718,36 @@ impl World {
         lab.event(&format!("source: {shown}"));
     }
 
+    /// Writes the remote Service's slice with `addresses`, as that cluster's controller does.
+    pub(crate) fn write_remote(&self, addresses: &BTreeSet<IpAddr>) {
+        let store = self.remote.store();
+        let r = resource("discovery.k8s.io", "v1", "endpointslices");
+        let endpoints: Vec<Value> = addresses
+            .iter()
+            .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}}))
+            .collect();
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "db-7f3kq", "namespace": "app",
+                "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "tcp", "port": 5432, "protocol": "TCP"}],
+        });
+        let p = WriteParams::default();
+        let written = match store.get(r, Some("app"), "db-7f3kq") {
+            Ok(_) => store.replace(r, Some("app"), "db-7f3kq", slice, &p),
+            Err(_) => store.create(r, Some("app"), slice, &p),
+        };
+        if let Err(e) = written {
+            panic!("sim: remote slice: {}", e.message);
+        }
+        let mut lab = lock(&self.lab);
+        lab.truth.remote_source = addresses.clone();
+        let shown = addresses.iter().map(short).collect::<Vec<_>>().join(" ");
+        lab.event(&format!("remote source: {shown}"));
+    }
+
     fn source(&self) -> BTreeSet<IpAddr> {
         lock(&self.lab).truth.source.clone()
     }
@@ -598,18 +764,30 @@ impl World {
         let environment = Environment {
             connector: Connector::Dial(self.net.connector(h, host.incarnation, &host.identity)),
             dialer: Dialer::Dial(self.net.dialer(h, host.incarnation)),
+            clock: Clock::simulated(EPOCH, self.began, host.drift.clone()),
         };
+        let mut config = host.config.clone();
+        if host.extra {
+            config.pairs.push(extra_pair());
+        }
         let shutdown = Shutdown::new();
         // Each daemon's logs (SIM_LOG) carry its host's name.
         let span = tracing::info_span!("host", name = %host.identity);
         let task = tokio::spawn(tracing::Instrument::instrument(
-            daemon::run_with(host.config.clone(), shutdown.clone(), environment),
+            daemon::run_with(config, shutdown.clone(), environment),
             span,
         ));
         host.running = Some((shutdown, task));
         let text = format!(
-            "host {} starts (incarnation {})",
-            host.identity, host.incarnation
+            "host {} starts (incarnation {}, clock {:+} s, {})",
+            host.identity,
+            host.incarnation,
+            host.drift.get().as_secs(),
+            if host.extra {
+                "with api-internal"
+            } else {
+                "without api-internal"
+            }
         );
         let running = self.running_hosts();
         let mut lab = lock(&self.lab);
@@ -643,6 +821,28 @@ impl World {
             }
         );
         self.event(&text);
+    }
+
+    /// Host `h` restarted as `systemctl restart` after its config changed: stopped
+    /// gracefully (SIGTERM), then started with the extra pair `extra`.
+    pub(crate) async fn reconfigure(&mut self, h: usize, extra: bool) {
+        if let Some((shutdown, task)) = self.hosts[h].running.take() {
+            shutdown.cancel();
+            if tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .is_err()
+            {
+                lock(&self.lab).checker.violate(
+                    "stop",
+                    format!(
+                        "{} did not stop within 30 s of SIGTERM",
+                        self.hosts[h].identity
+                    ),
+                );
+            }
+        }
+        self.hosts[h].extra = extra;
+        self.start(h);
     }
 
     /// Stops every host as systemd would (SIGTERM), at the end of a run.
@@ -804,6 +1004,7 @@ pub async fn run(seed: u64, opts: &Opts, progress: Arc<crate::Progress>) -> Outc
                     .beats
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut lab = lock(&lab);
+                lab.refresh_drains();
                 let truth = lab.truth.clone();
                 lab.checker.tick(Instant::now(), &truth);
                 lab.flush();
@@ -846,32 +1047,6 @@ impl World {
     /// Door `j` seen dead by every host (killed, or unready) — or not any more.
     pub(crate) fn mark_dead(&self, j: usize, dead: bool) {
         lock(&self.lab).set_dead(net::door_address(j), dead);
-    }
-
-    pub(crate) fn set_drain(&self, j: usize, on: bool) {
-        let store = self.bed.store();
-        let r = resource("", "v1", "nodes");
-        let name = format!("node-{}", j + 1);
-        let Ok(mut node) = store.get(r, None, &name) else {
-            return;
-        };
-        if let Some(m) = node["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-            let annotations = m.entry("annotations").or_insert_with(|| json!({}));
-            if on {
-                annotations[names::ANNOTATION_DRAIN] = json!(names::DRAIN_VALUE);
-            } else if let Some(a) = annotations.as_object_mut() {
-                a.remove(names::ANNOTATION_DRAIN);
-            }
-        }
-        if let Err(e) = store.replace(r, None, &name, node, &WriteParams::default()) {
-            panic!("sim: drain: {}", e.message);
-        }
-        // Not a client write: tell the checker here.
-        let drained = drained_of(store);
-        let mut lab = lock(&self.lab);
-        lab.checker.on_drains(Instant::now(), drained.clone());
-        lab.truth.drained = drained;
     }
 }
 
