@@ -22,7 +22,7 @@
 //!    kube's watcher asks for them.
 //! 3. **TCP keepalive** on every socket ([`super::transport`]), for a peer that vanished.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -88,7 +88,9 @@ pub struct Link {
 #[derive(Default)]
 struct State {
     next_id: u64,
-    exchanges: HashMap<u64, Entry>,
+    /// By id, in the order they began: a heal edge cuts them in that order, the same every time
+    /// (a simulated run replays exactly).
+    exchanges: BTreeMap<u64, Entry>,
     trouble_since: Option<Instant>,
     last_cut: Option<Instant>,
     cuts: u64,

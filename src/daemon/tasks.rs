@@ -97,10 +97,14 @@ impl Tasks {
         }
     }
 
-    /// Aborts every task; returns their runs, for their schedules to be told.
+    /// Aborts every task; returns their runs in the order they were spawned, for their
+    /// schedules to be told (the same order every time: a simulated run replays exactly).
     pub fn abort_all(&mut self) -> Vec<(TaskId, Job)> {
         self.set.abort_all();
-        std::mem::take(&mut self.running).into_values().collect()
+        let mut runs: Vec<(TaskId, Job)> =
+            std::mem::take(&mut self.running).into_values().collect();
+        runs.sort_by_key(|(id, _)| *id);
+        runs
     }
 
     /// Forgets the background checks (the scan): at shutdown they are not worth waiting for.

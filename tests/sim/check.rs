@@ -39,6 +39,9 @@ pub const CALM_BOUND: Duration = Duration::from_secs(60);
 /// for as long, a crashed leader's Lease expires first (4 s), probes and the write take a few
 /// seconds.
 pub const DEAD_BOUND: Duration = Duration::from_secs(45);
+/// How soon a drained endpoint must be not ready in the target, while nothing but drains is
+/// wrong: the leader writes within milliseconds of the Node event; a new term relists first.
+pub const DRAIN_BOUND: Duration = Duration::from_secs(10);
 /// EndpointSlice writes allowed in any 60 s: each fault costs at most a few (evict, return,
 /// a conflict's retry; the busiest minute of the 500 CI runs had 9); a loop that rewrites the
 /// same slice blows it at once.
@@ -82,6 +85,11 @@ pub struct Truth {
     pub dead_alone: BTreeMap<IpAddr, Instant>,
     /// The addresses of the remote Service (in the other cluster) now.
     pub remote_source: BTreeSet<IpAddr>,
+    /// Addresses whose drain is within its length (lasting, or timed and not yet run out),
+    /// with when it was written.
+    pub drain_started: BTreeMap<IpAddr, Instant>,
+    /// Since when every active fault is a drain (`None`: another fault is active).
+    pub drains_only_since: Option<Instant>,
 }
 
 /// The invariants' memory of the run.
@@ -111,6 +119,7 @@ pub struct Checker {
     /// dead addresses with their `since`.
     reported_calm: Option<Instant>,
     reported_dead: BTreeSet<(IpAddr, Instant)>,
+    reported_drains: BTreeSet<(IpAddr, Instant)>,
     /// Each member's records over time: the targets of the pairs it configures (targets.rs).
     pub(crate) wants: BTreeMap<String, Vec<(Instant, BTreeSet<String>)>>,
     /// The targets beside the VIP, by `namespace/name` (targets.rs).
@@ -335,6 +344,29 @@ impl Checker {
                     format!(
                         "{evicted:?} not ready in the target {} s after the last fault healed",
                         now.duration_since(since).as_secs()
+                    ),
+                );
+            }
+        }
+        for (address, written) in &truth.drain_started {
+            let Some(quiet) = truth.drains_only_since else {
+                break;
+            };
+            let from = quiet.max(*written);
+            let others_ready = self
+                .target
+                .iter()
+                .any(|(a, r)| *r && a != address && !truth.drained.contains(a));
+            if now.duration_since(from) >= DRAIN_BOUND
+                && self.target.get(address) == Some(&true)
+                && others_ready
+                && self.reported_drains.insert((*address, *written))
+            {
+                self.violate(
+                    "drain-ignored",
+                    format!(
+                        "{address}, drained {} s ago, is still ready while other endpoints are",
+                        now.duration_since(*written).as_secs()
                     ),
                 );
             }
@@ -566,6 +598,26 @@ pub fn self_test() -> Result<Vec<&'static str>, String> {
     clean(&c, "a dead endpoint still inside its bound")?;
     c.tick(at(2) + DEAD_BOUND, &truth);
     expect(&c, "dead-ready", &mut fired)?;
+    // drain-ignored: .12 drained, nothing else wrong, still ready after the bound.
+    let mut c = Checker::default();
+    c.on_lease(at(0), Some("node-1".into()));
+    c.on_slice_write(
+        at(1),
+        at(1),
+        "node-1",
+        None,
+        target(&[(11, true), (12, true), (13, true)]),
+    );
+    let truth = Truth {
+        drained: [a(12)].into(),
+        drain_started: [(a(12), at(2))].into(),
+        drains_only_since: Some(at(0)),
+        ..Truth::default()
+    };
+    c.tick(at(2) + DRAIN_BOUND - Duration::from_secs(1), &truth);
+    clean(&c, "a drain still inside its bound")?;
+    c.tick(at(2) + DRAIN_BOUND, &truth);
+    expect(&c, "drain-ignored", &mut fired)?;
     crate::targets::self_test(&mut fired)?;
     Ok(fired)
 }

@@ -82,9 +82,10 @@ impl Drains {
         self.seen = next;
     }
 
-    /// The addresses drained at `now`, a host having last started or a fault last healed at
-    /// `news` (when a copy may first have seen a drain written earlier).
-    pub fn drained(&self, now: Instant, news: Option<Instant>) -> BTreeSet<IpAddr> {
+    /// The addresses drained at `now`, with when their drain was written, a host having last
+    /// started or a fault last healed at `news` (when a copy may first have seen a drain
+    /// written earlier).
+    pub fn drained(&self, now: Instant, news: Option<Instant>) -> BTreeMap<IpAddr, Instant> {
         self.seen
             .iter()
             .filter(|(_, s)| match s.lasts {
@@ -94,8 +95,16 @@ impl Drains {
                     now < from + lasts + WATCH_LAG
                 }
             })
-            .map(|(a, _)| *a)
+            .map(|(a, s)| (*a, s.since))
             .collect()
+    }
+
+    /// Whether a timed drain of `address` written at `since` is still within its own length
+    /// (not only within the leeway a late copy gets): what the leader must honour.
+    pub fn within_length(&self, address: IpAddr, now: Instant) -> bool {
+        self.seen
+            .get(&address)
+            .is_some_and(|s| s.lasts.is_none_or(|lasts| now < s.since + lasts))
     }
 }
 
@@ -108,7 +117,12 @@ impl Lab {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        let drained = self.drains.drained(now, news);
+        let started = self.drains.drained(now, news);
+        let drained: BTreeSet<IpAddr> = started.keys().copied().collect();
+        self.truth.drain_started = started
+            .into_iter()
+            .filter(|(a, _)| self.drains.within_length(*a, now))
+            .collect();
         if drained != self.truth.drained {
             self.checker.on_drains(now, drained.clone());
             self.truth.drained = drained;

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::drains::Set;
 use crate::net::{Door, PathFault};
-use crate::world::{Opts, World, lock};
+use crate::world::{Dead, Opts, World, lock};
 
 /// Faults active at once, at most: more would mostly break the majority and test nothing new.
 const MAX_ACTIVE: usize = 2;
@@ -319,18 +319,19 @@ fn scripted(name: &str) -> Option<Scripted> {
             vec![at(20, 60, Fault::Drain(1)), at(30, 20, Fault::Kill(1))],
             None,
         ),
-        // Wall clocks two hours apart: a timed drain written by a host ahead, then one by a
-        // host behind, each ends after its duration — never by the writer's clock.
+        // Wall clocks two hours apart: a timed drain written on a follower two hours ahead,
+        // then one written on a follower two hours behind. Each takes effect at once and ends
+        // after its duration — never by the writer's clock against the leader's.
         "clock-drift" => (
             3,
             s(240),
             vec![
-                at(20, 100, Fault::ClockStep(0, 7_200)),
-                at(30, 20, Fault::TimedDrain(1, 0, 20)),
+                at(20, 100, Fault::ClockStep(1, 7_200)),
+                at(30, 20, Fault::TimedDrain(2, 1, 20)),
                 at(125, 100, Fault::ClockStep(2, -7_200)),
                 at(130, 20, Fault::TimedDrain(1, 2, 20)),
             ],
-            None,
+            Some(vec![true, true, true]),
         ),
         // Only node-1 configures api-internal, and leads. Its host crashes: node-2, without
         // the pair, leads and must keep the pair's slices while node-1's record names it
@@ -488,20 +489,21 @@ impl World {
                 lab.schedule(&format!("fault: {label}"));
                 lab.fault_on_as(label, true);
             }
+            Fault::Drain(_) | Fault::TimedDrain(..) => lock(&self.lab).drain_on(label),
             _ => lock(&self.lab).fault_on(label),
         }
         match fault {
             Fault::Kill(j) => {
                 self.set_door(*j, Door::Down);
-                self.mark_dead(*j, true);
+                self.mark_dead(*j, Some(Dead::Silent));
             }
             Fault::Hang(j) => {
                 self.set_door(*j, Door::Hung);
-                self.mark_dead(*j, true);
+                self.mark_dead(*j, Some(Dead::Silent));
             }
             Fault::Unready(j) => {
                 self.set_door(*j, Door::Unready);
-                self.mark_dead(*j, true);
+                self.mark_dead(*j, Some(Dead::ServingApi));
             }
             Fault::Path(h, j, f) => self.net.set_path(*h, *j, Some(*f)),
             Fault::Partition(j) => {
@@ -561,17 +563,17 @@ impl World {
         match fault {
             Fault::Kill(j) => {
                 self.set_door(*j, Door::Up);
-                self.mark_dead(*j, false);
+                self.mark_dead(*j, None);
                 // A restarted apiserver's watch cache starts at the current revision.
                 self.bed.compact();
             }
             Fault::Hang(j) => {
                 self.set_door(*j, Door::Up);
-                self.mark_dead(*j, false);
+                self.mark_dead(*j, None);
             }
             Fault::Unready(j) => {
                 self.set_door(*j, Door::Up);
-                self.mark_dead(*j, false);
+                self.mark_dead(*j, None);
             }
             Fault::Path(h, j, _) => self.net.set_path(*h, *j, None),
             Fault::Partition(j) => {

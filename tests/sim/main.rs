@@ -44,6 +44,9 @@ const DEBUG_DURATION_SECS: u64 = 120;
 const FIRST_SEED: u64 = 1;
 /// Wall time without any progress of the virtual clock after which a run is declared stuck.
 const STALL: Duration = Duration::from_secs(30);
+/// Runs made twice at the end (the first ones): the same seed must give the same trace, byte
+/// for byte (invariant `reproducible`).
+const REPLAYED: usize = 16;
 
 /// One run to make.
 struct Job {
@@ -229,29 +232,17 @@ fn main() -> ExitCode {
         std::thread::spawn(move || watchdog(&progress, wall));
     }
     let (mut simulated, mut violations, mut runs) = (0u64, 0usize, 0u64);
-    for job in settings.jobs() {
-        let seed = job.seed;
-        if let Ok(mut r) = progress.replay.lock() {
-            r.clone_from(&job.replay);
-        }
-        // The daemons' own randomness (backoff jitter, nonces) is fastrand's thread-local
-        // generator, and every task runs on this thread.
-        fastrand::seed(seed);
-        let mut builder = tokio::runtime::Builder::new_current_thread();
-        builder.enable_all().start_paused(true);
-        // select!'s branch order is random per runtime; only tokio_unstable lets us seed it.
-        #[cfg(tokio_unstable)]
-        builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
-        let runtime = match builder.build() {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("sim: no runtime: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let jobs = settings.jobs();
+    let mut firsts = Vec::new();
+    for job in &jobs {
         let started = std::time::Instant::now();
-        let outcome = runtime.block_on(world::run(seed, &job.opts, Arc::clone(&progress)));
-        drop(runtime);
+        let outcome = match run_one(job, &progress) {
+            Ok(o) => o,
+            Err(code) => return code,
+        };
+        if firsts.len() < REPLAYED {
+            firsts.push((outcome.digest, outcome.tail.clone()));
+        }
         runs += 1;
         simulated += job.opts.duration.as_secs();
         progress.runs.store(runs, Ordering::Relaxed);
@@ -279,6 +270,55 @@ fn main() -> ExitCode {
             eprint!("{}", world::report(&job.replay, &outcome));
         }
     }
+    // The same seed, the same trace: the first runs again, their digests compared — in a build
+    // whose select! order is seeded (.cargo/config.toml); without it, replays may differ.
+    if cfg!(not(tokio_unstable)) {
+        firsts.clear();
+        println!(
+            "sim: built without --cfg tokio_unstable (RUSTFLAGS replaced .cargo/config.toml's): select! is unseeded, replays are not checked"
+        );
+    }
+    let (replayed, mut differed) = (firsts.len(), 0usize);
+    for (job, (first, first_tail)) in jobs.iter().zip(firsts) {
+        let again = match run_one(job, &progress) {
+            Ok(o) => o,
+            Err(code) => return code,
+        };
+        runs += 1;
+        simulated += job.opts.duration.as_secs();
+        if again.digest != first {
+            violations += 1;
+            differed += 1;
+            eprintln!(
+                "sim: {}: invariant reproducible broken: trace digest {first:016x}, then {:016x} on a replay in this process",
+                job.replay, again.digest
+            );
+            // Where they part: the first differing line of the two tails (`SIM_TAIL` widens them).
+            let parted = first_tail.iter().zip(&again.tail).find(|(a, b)| a != b);
+            if let Some((a, b)) = parted {
+                eprintln!(
+                    "sim: {}: first run: {a}\nsim: {}: replay:    {b}",
+                    job.replay, job.replay
+                );
+            }
+            if std::env::var_os("SIM_TRACE").is_some() {
+                eprint!(
+                    "{}",
+                    world::report(&format!("{} (replay)", job.replay), &again)
+                );
+            }
+        }
+    }
+    if replayed > 0 {
+        println!(
+            "sim: replayed the first {replayed} runs: {}",
+            if differed == 0 {
+                "the same trace digests".to_owned()
+            } else {
+                format!("{differed} differed, see above")
+            }
+        );
+    }
     println!(
         "sim: {runs} runs, {simulated} simulated s, {:.1} wall s, {violations} violations",
         wall.elapsed().as_secs_f64()
@@ -288,6 +328,30 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// One run of `job` on a fresh runtime, every random draw seeded from its seed; `Err` when no
+/// runtime could be built.
+fn run_one(job: &Job, progress: &Arc<Progress>) -> Result<world::Outcome, ExitCode> {
+    if let Ok(mut r) = progress.replay.lock() {
+        r.clone_from(&job.replay);
+    }
+    // The daemons' own randomness (backoff jitter, nonces) is fastrand's thread-local
+    // generator, and every task runs on this thread.
+    fastrand::seed(job.seed);
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all().start_paused(true);
+    // select!'s branch order is random per runtime; only tokio_unstable lets us seed it
+    // (.cargo/config.toml sets it for every build but the shipped ones).
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&job.seed.to_le_bytes()));
+    let runtime = builder.build().map_err(|e| {
+        eprintln!("sim: no runtime: {e}");
+        ExitCode::FAILURE
+    })?;
+    let outcome = runtime.block_on(world::run(job.seed, &job.opts, Arc::clone(progress)));
+    drop(runtime);
+    Ok(outcome)
 }
 
 /// Ends the process when virtual time stops advancing: a task that never yields, or a loop

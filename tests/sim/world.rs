@@ -118,6 +118,15 @@ impl Trace {
     }
 }
 
+/// How an apiserver every host sees dead is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dead {
+    /// Killed or hung: its host's API requests go unanswered too.
+    Silent,
+    /// `/readyz` fails, the API serves: its host can still lead and vote.
+    ServingApi,
+}
+
 /// What the observer, the ticker and the driver share.
 pub struct Lab {
     start: Instant,
@@ -135,6 +144,8 @@ pub struct Lab {
     pub truth: Truth,
     /// Faults active now, by label: whether each is a crashed host.
     active: BTreeMap<String, bool>,
+    /// The labels of the active faults that are drains.
+    drain_faults: BTreeSet<String>,
     /// The hosts running now, by index (host `h` talks to apiserver `h`).
     running: BTreeSet<usize>,
     /// Since when the one dead address has been the only fault active but crashes.
@@ -146,8 +157,8 @@ pub struct Lab {
     pub(crate) last_heal: Option<Instant>,
     /// The Nodes' drains as written.
     pub(crate) drains: crate::drains::Drains,
-    /// Addresses every host sees dead (killed or unready apiservers), since when.
-    dead: BTreeMap<IpAddr, Instant>,
+    /// Addresses every host sees dead (killed, hung or unready apiservers), since when, and how.
+    dead: BTreeMap<IpAddr, (Instant, Dead)>,
 }
 
 impl Lab {
@@ -195,17 +206,36 @@ impl Lab {
         self.active.insert(label, crash);
         self.truth.calm_since = None;
         self.refresh_alone();
+        self.refresh_quiet();
+    }
+
+    /// A drain fault (lasting or timed) begins.
+    pub(crate) fn drain_on(&mut self, label: String) {
+        self.drain_faults.insert(label.clone());
+        self.fault_on(label);
+    }
+
+    /// Recomputes `truth.drains_only_since`: whether every active fault is a drain, since when.
+    fn refresh_quiet(&mut self) {
+        let only_drains = self.active.keys().all(|l| self.drain_faults.contains(l));
+        if !only_drains {
+            self.truth.drains_only_since = None;
+        } else if self.truth.drains_only_since.is_none() {
+            self.truth.drains_only_since = Some(Instant::now());
+        }
     }
 
     /// Recomputes `truth.dead_alone`: the one dead address while every other active fault is
-    /// a crashed host and some running host can write — its own apiserver is not the dead one
-    /// (a host whose only apiserver hangs can neither lead nor vote: nobody could evict then).
+    /// a crashed host and some running host can write — its own apiserver serves the API (a
+    /// host whose only apiserver is killed or hangs can neither lead nor vote: nobody could
+    /// evict then; one whose apiserver only fails `/readyz` still can).
     fn refresh_alone(&mut self) {
         let others = self.active.values().filter(|crash| !**crash).count();
-        let can_write = self
-            .running
-            .iter()
-            .any(|h| !self.dead.contains_key(&net::door_address(*h)));
+        let can_write = self.running.iter().any(|h| {
+            self.dead
+                .get(&net::door_address(*h))
+                .is_none_or(|(_, dead)| *dead == Dead::ServingApi)
+        });
         let alone = self.dead.len() == 1 && others == 1 && can_write;
         if !alone {
             self.alone_since = None;
@@ -214,7 +244,7 @@ impl Lab {
         }
         let since = *self.alone_since.get_or_insert_with(Instant::now);
         let since = self.last_start.map_or(since, |s| since.max(s));
-        if let Some((address, dead_since)) = self.dead.iter().next() {
+        if let Some((address, (dead_since, _))) = self.dead.iter().next() {
             self.truth.dead_alone = [(*address, since.max(*dead_since))].into();
         }
     }
@@ -228,12 +258,15 @@ impl Lab {
         self.refresh_alone();
     }
 
-    /// `address` is seen dead by every host from now on, or not any more.
-    pub(crate) fn set_dead(&mut self, address: IpAddr, dead: bool) {
-        if dead {
-            self.dead.insert(address, Instant::now());
-        } else {
-            self.dead.remove(&address);
+    /// `address` is seen dead by every host from now on, and how (`None`: not any more).
+    pub(crate) fn set_dead(&mut self, address: IpAddr, dead: Option<Dead>) {
+        match dead {
+            Some(how) => {
+                self.dead.insert(address, (Instant::now(), how));
+            }
+            None => {
+                self.dead.remove(&address);
+            }
         }
         self.refresh_alone();
     }
@@ -242,6 +275,8 @@ impl Lab {
         self.schedule(&format!("healed: {label}"));
         self.event(&format!("healed: {label}"));
         self.active.remove(label);
+        self.drain_faults.remove(label);
+        self.refresh_quiet();
         self.last_heal = Some(Instant::now());
         if self.active.is_empty() {
             self.truth.calm_since = Some(Instant::now());
@@ -547,9 +582,11 @@ impl World {
             last_ballot: BTreeMap::new(),
             truth: Truth {
                 calm_since: Some(Instant::now()),
+                drains_only_since: Some(Instant::now()),
                 ..Truth::default()
             },
             active: BTreeMap::new(),
+            drain_faults: BTreeSet::new(),
             running: BTreeSet::new(),
             alone_since: None,
             last_start: None,
@@ -1044,8 +1081,8 @@ impl World {
         *self.faults.entry(kind).or_default() += 1;
     }
 
-    /// Door `j` seen dead by every host (killed, or unready) — or not any more.
-    pub(crate) fn mark_dead(&self, j: usize, dead: bool) {
+    /// Door `j` seen dead by every host (killed, hung or unready), and how — or not any more.
+    pub(crate) fn mark_dead(&self, j: usize, dead: Option<Dead>) {
         lock(&self.lab).set_dead(net::door_address(j), dead);
     }
 }
