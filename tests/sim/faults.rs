@@ -490,6 +490,7 @@ impl World {
                 lab.fault_on_as(label, true);
             }
             Fault::Drain(_) | Fault::TimedDrain(..) => lock(&self.lab).drain_on(label),
+            Fault::ClockStep(..) => lock(&self.lab).harmless_on(&label),
             _ => lock(&self.lab).fault_on(label),
         }
         match fault {
@@ -598,6 +599,8 @@ impl World {
             Fault::ClockStep(h, _) => {
                 let usual = self.hosts[*h].usual_drift;
                 self.hosts[*h].drift.set(usual);
+                lock(&self.lab).harmless_off(&fault.label());
+                return;
             }
             Fault::Reconfigure(h, _) => {
                 if let Some(before) = self.reconfigured.remove(h) {

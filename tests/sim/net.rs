@@ -240,13 +240,7 @@ impl Net {
         s.remote = door;
         let wires = s.wires(|c| c.door == REMOTE_DOOR);
         drop(s);
-        for w in wires {
-            match door {
-                Door::Down => w.set(WireState::Dead(io::ErrorKind::ConnectionReset)),
-                Door::Hung => w.set(WireState::Frozen),
-                Door::Up | Door::Unready => {}
-            }
-        }
+        door_changed(&wires, door);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -266,13 +260,7 @@ impl Net {
         s.doors[j] = door;
         let wires = s.wires(|c| c.door == j);
         drop(s);
-        for w in wires {
-            match door {
-                Door::Down => w.set(WireState::Dead(io::ErrorKind::ConnectionReset)),
-                Door::Hung => w.set(WireState::Frozen),
-                Door::Up | Door::Unready => {}
-            }
-        }
+        door_changed(&wires, door);
     }
 
     /// Sets (or with `None` heals) the path from host `h` to door `j`.
@@ -386,6 +374,18 @@ impl Net {
             server,
             wire,
         )
+    }
+}
+
+/// What an apiserver turning `door` does to the connections it holds: killed resets them, hung
+/// freezes them; one that serves again leaves them as they are.
+fn door_changed(wires: &[Arc<Wire>], door: Door) {
+    for w in wires {
+        match door {
+            Door::Down => w.set(WireState::Dead(io::ErrorKind::ConnectionReset)),
+            Door::Hung => w.set(WireState::Frozen),
+            Door::Up | Door::Unready => {}
+        }
     }
 }
 

@@ -210,40 +210,34 @@ pub fn self_test(fired: &mut Vec<&'static str>) -> Result<(), String> {
         return Err(format!("wanted-delete: false alarm {:?}", c.violations));
     }
 
+    // node-1, holding the Lease, writes the remote target with .40 ready or not at second `t`.
+    let write_40 = |c: &mut Checker, t: u64, ready: bool| {
+        c.on_other_write(
+            at(t),
+            at(t),
+            "node-1",
+            REMOTE_TARGET,
+            None,
+            [(a(40), ready)].into(),
+        );
+    };
+    let holding = || {
+        let mut c = Checker::default();
+        c.on_lease(at(0), Some("node-1".into()));
+        c
+    };
+
     // last-ready on another target.
-    let mut c = Checker::default();
-    c.on_lease(at(0), Some("node-1".into()));
-    c.on_other_write(
-        at(1),
-        at(1),
-        "node-1",
-        REMOTE_TARGET,
-        None,
-        [(a(40), true)].into(),
-    );
-    c.on_other_write(
-        at(2),
-        at(2),
-        "node-1",
-        REMOTE_TARGET,
-        None,
-        [(a(40), false)].into(),
-    );
+    let mut c = holding();
+    write_40(&mut c, 1, true);
+    write_40(&mut c, 2, false);
     if !fired_now(&c, "last-ready") {
         return Err("the last-ready check did not fire on the remote target".into());
     }
 
     // remote-stale: calm for the bound, the target still has the old endpoint.
-    let mut c = Checker::default();
-    c.on_lease(at(0), Some("node-1".into()));
-    c.on_other_write(
-        at(1),
-        at(1),
-        "node-1",
-        REMOTE_TARGET,
-        None,
-        [(a(40), true)].into(),
-    );
+    let mut c = holding();
+    write_40(&mut c, 1, true);
     let truth = Truth {
         calm_since: Some(at(2)),
         remote_source: [a(40), a(41)].into(),

@@ -209,6 +209,19 @@ impl Lab {
         self.refresh_quiet();
     }
 
+    /// A fault that must change nothing the invariants look at (a host's wall clock stepped):
+    /// traced, but the liveness checks go on as if nothing were wrong.
+    pub(crate) fn harmless_on(&mut self, label: &str) {
+        self.schedule(&format!("fault: {label}"));
+        self.event(&format!("fault: {label} (the checks go on)"));
+    }
+
+    /// The end of a fault begun with [`Lab::harmless_on`].
+    pub(crate) fn harmless_off(&mut self, label: &str) {
+        self.schedule(&format!("healed: {label}"));
+        self.event(&format!("healed: {label}"));
+    }
+
     /// A drain fault (lasting or timed) begins.
     pub(crate) fn drain_on(&mut self, label: String) {
         self.drain_faults.insert(label.clone());
@@ -727,58 +740,21 @@ impl World {
 
     /// Writes the `kubernetes` slice with `addresses`, as the apiservers' reconciler does.
     fn write_source(&self, addresses: &BTreeSet<IpAddr>) {
-        let store = self.bed.store();
-        let r = resource("discovery.k8s.io", "v1", "endpointslices");
-        let endpoints: Vec<Value> = addresses
-            .iter()
-            .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}}))
-            .collect();
-        let slice = json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "kubernetes", "namespace": "default",
-                "labels": {"kubernetes.io/service-name": "kubernetes"}},
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": [{"name": "https", "port": net::API_PORT, "protocol": "TCP"}],
-        });
-        let p = WriteParams::default();
-        let written = match store.get(r, Some("default"), "kubernetes") {
-            Ok(_) => store.replace(r, Some("default"), "kubernetes", slice, &p),
-            Err(_) => store.create(r, Some("default"), slice, &p),
-        };
-        if let Err(e) = written {
-            panic!("sim: source slice: {}", e.message);
+        SourceWriter {
+            bed: &self.bed,
+            lab: &self.lab,
         }
-        let mut lab = lock(&self.lab);
-        lab.truth.source = addresses.clone();
-        let shown = addresses.iter().map(short).collect::<Vec<_>>().join(" ");
-        lab.event(&format!("source: {shown}"));
+        .write(addresses);
     }
 
     /// Writes the remote Service's slice with `addresses`, as that cluster's controller does.
     pub(crate) fn write_remote(&self, addresses: &BTreeSet<IpAddr>) {
-        let store = self.remote.store();
-        let r = resource("discovery.k8s.io", "v1", "endpointslices");
-        let endpoints: Vec<Value> = addresses
-            .iter()
-            .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}}))
-            .collect();
-        let slice = json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "db-7f3kq", "namespace": "app",
-                "labels": {"kubernetes.io/service-name": "db"}},
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": [{"name": "tcp", "port": 5432, "protocol": "TCP"}],
-        });
-        let p = WriteParams::default();
-        let written = match store.get(r, Some("app"), "db-7f3kq") {
-            Ok(_) => store.replace(r, Some("app"), "db-7f3kq", slice, &p),
-            Err(_) => store.create(r, Some("app"), slice, &p),
-        };
-        if let Err(e) = written {
-            panic!("sim: remote slice: {}", e.message);
-        }
+        put_slice(
+            self.remote.store(),
+            ("app", "db-7f3kq", "db"),
+            ("tcp", 5432),
+            addresses,
+        );
         let mut lab = lock(&self.lab);
         lab.truth.remote_source = addresses.clone();
         let shown = addresses.iter().map(short).collect::<Vec<_>>().join(" ");
@@ -942,6 +918,37 @@ impl World {
     }
 }
 
+/// Writes (creates or replaces) the EndpointSlice `(namespace, name, service)` with `addresses`,
+/// all ready, on one port: what a cluster's endpoint controller keeps there.
+fn put_slice(
+    store: &store::Store,
+    (namespace, name, service): (&str, &str, &str),
+    (port_name, port): (&str, u16),
+    addresses: &BTreeSet<IpAddr>,
+) {
+    let r = resource("discovery.k8s.io", "v1", "endpointslices");
+    let endpoints: Vec<Value> = addresses
+        .iter()
+        .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}}))
+        .collect();
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+    });
+    let p = WriteParams::default();
+    let written = match store.get(r, Some(namespace), name) {
+        Ok(_) => store.replace(r, Some(namespace), name, slice, &p),
+        Err(_) => store.create(r, Some(namespace), slice, &p),
+    };
+    if let Err(e) = written {
+        panic!("sim: slice {namespace}/{name}: {}", e.message);
+    }
+}
+
 /// A delayed write of the source slice by the apiservers' endpoint reconciler.
 struct Reconcile {
     lab: Arc<Mutex<Lab>>,
@@ -985,30 +992,14 @@ struct SourceWriter<'a> {
 }
 
 impl SourceWriter<'_> {
+    /// Writes the `kubernetes` slice with `addresses`, as the apiservers' reconciler does.
     fn write(&self, addresses: &BTreeSet<IpAddr>) {
-        let store = self.bed.store();
-        let r = resource("discovery.k8s.io", "v1", "endpointslices");
-        let Ok(mut slice) = store.get(r, Some("default"), "kubernetes") else {
-            return;
-        };
-        slice["endpoints"] = Value::Array(
-            addresses
-                .iter()
-                .map(|a| json!({"addresses": [a.to_string()], "conditions": {"ready": true}}))
-                .collect(),
+        put_slice(
+            self.bed.store(),
+            ("default", "kubernetes", "kubernetes"),
+            ("https", net::API_PORT),
+            addresses,
         );
-        if let Some(m) = slice["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
-        if let Err(e) = store.replace(
-            r,
-            Some("default"),
-            "kubernetes",
-            slice,
-            &WriteParams::default(),
-        ) {
-            panic!("sim: source slice: {}", e.message);
-        }
         let mut lab = lock(self.lab);
         lab.truth.source = addresses.clone();
         let shown = addresses.iter().map(short).collect::<Vec<_>>().join(" ");
