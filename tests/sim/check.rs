@@ -5,8 +5,9 @@
 //! The invariants (DESIGN.md, "Invariants the simulator checks"; bounds in
 //! docs/development/testing.md, "Simulator"):
 //! - `last-ready`: once the target had a ready endpoint, no write leaves it without one;
-//! - `wanted-delete`: no slice of ours is deleted while its source slice exists (every host of a
-//!   run configures the pair, so a live member always wants it);
+//! - `wanted-delete`: no slice of the VIP is deleted while its source slice exists (every host
+//!   configures that pair), nor of any target while a live member's record names it
+//!   (targets.rs);
 //! - `fence`: every EndpointSlice write arrived while the election Lease named its writer;
 //! - `majority`: an endpoint turns not ready only when a strict majority of the counted
 //!   ballots (live members' records, cut-off ballots and silence excluded; the writer's own
@@ -16,9 +17,13 @@
 //!   not drained is ready in the target;
 //! - `dead-ready`: an endpoint every running host sees dead for [`DEAD_BOUND`], while nothing
 //!   else is wrong but crashed hosts, is not ready (unless it is the last ready one);
+//! - `drain-ignored`: while nothing but drains is wrong, a drained endpoint is not ready
+//!   [`DRAIN_BOUND`] after its drain was written (unless it is the last ready one);
 //! - `write-budget`: at most [`WRITE_BUDGET`] EndpointSlice writes in any minute;
 //! - `progress` (main.rs): virtual time advances (a task that never yields, a wake-up loop that
-//!   never sleeps, stops the clock).
+//!   never sleeps, stops the clock);
+//! - `reproducible` (main.rs): a run made again gives the same trace digest;
+//! - on the other targets (targets.rs): `last-ready`, `fence`, `write-budget`, `remote-stale`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
