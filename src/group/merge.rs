@@ -17,7 +17,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::watcher::{self, Event};
 use tracing::info;
 
-use crate::watch::Events;
+use crate::watch::{Events, is_forbidden};
 
 /// One of the two watched places.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,17 +178,6 @@ impl Merge {
         );
         out.push(Ok(Event::InitDone));
         out
-    }
-}
-
-/// Whether a watch failed because we may not list or watch there.
-fn is_forbidden(e: &watcher::Error) -> bool {
-    match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 403,
-        watcher::Error::WatchError(s) => s.code == 403,
-        _ => false,
     }
 }
 

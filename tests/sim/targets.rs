@@ -165,9 +165,26 @@ pub fn self_test(fired: &mut Vec<&'static str>) -> Result<(), String> {
     let fired_now =
         |c: &Checker, name: &'static str| c.violations.iter().any(|v| v.invariant == name);
 
+    // A checker in which node-1 holds the Lease.
+    let holding = || {
+        let mut c = Checker::default();
+        c.on_lease(at(0), Some("node-1".into()));
+        c
+    };
+    // node-1 deletes a slice of api-internal at second 12.
+    let delete_extra = |c: &mut Checker| {
+        c.on_other_write(
+            at(12),
+            at(12),
+            "node-1",
+            "default/api-internal",
+            Some("api-internal-x".into()),
+            BTreeMap::new(),
+        );
+    };
+
     // wanted-delete: node-2 names api-internal in every record; node-1's delete breaks it.
-    let mut c = Checker::default();
-    c.on_lease(at(0), Some("node-1".into()));
+    let mut c = holding();
     c.on_wants(at(1), "node-1", wants(&["default/kubernetes-vip"]));
     c.on_wants(
         at(1),
@@ -179,14 +196,7 @@ pub fn self_test(fired: &mut Vec<&'static str>) -> Result<(), String> {
         "node-2",
         wants(&["default/kubernetes-vip", "default/api-internal"]),
     );
-    c.on_other_write(
-        at(12),
-        at(12),
-        "node-1",
-        "default/api-internal",
-        Some("api-internal-x".into()),
-        BTreeMap::new(),
-    );
+    delete_extra(&mut c);
     if !fired_now(&c, "wanted-delete") {
         return Err(
             "the wanted-delete check did not fire on a delete a live member's record wants".into(),
@@ -194,18 +204,10 @@ pub fn self_test(fired: &mut Vec<&'static str>) -> Result<(), String> {
     }
     fired.push("wanted-delete (members)");
     // ... but not once node-2's newer record (seen for the lag) no longer names it.
-    let mut c = Checker::default();
-    c.on_lease(at(0), Some("node-1".into()));
+    let mut c = holding();
     c.on_wants(at(1), "node-2", wants(&["default/api-internal"]));
     c.on_wants(at(11), "node-2", wants(&[]));
-    c.on_other_write(
-        at(12),
-        at(12),
-        "node-1",
-        "default/api-internal",
-        Some("api-internal-x".into()),
-        BTreeMap::new(),
-    );
+    delete_extra(&mut c);
     if !c.violations.is_empty() {
         return Err(format!("wanted-delete: false alarm {:?}", c.violations));
     }
@@ -220,11 +222,6 @@ pub fn self_test(fired: &mut Vec<&'static str>) -> Result<(), String> {
             None,
             [(a(40), ready)].into(),
         );
-    };
-    let holding = || {
-        let mut c = Checker::default();
-        c.on_lease(at(0), Some("node-1".into()));
-        c
     };
 
     // last-ready on another target.
